@@ -1,0 +1,33 @@
+//! # factum-core
+//!
+//! Factum's model and contracts: [`EventData`], [`RecordedEvent`],
+//! [`StreamName`], [`ExpectedRevision`], read and subscription requests,
+//! [`Error`], and the [`EventStore`] trait that every backend implements
+//! (the embedded engine, PostgreSQL, the remote client).
+//!
+//! With the `testkit` feature, [`testkit`] holds the conformance suite
+//! every backend must pass.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod expected;
+pub mod metadata;
+pub mod model;
+pub mod read;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, Result};
+pub use expected::{AppendResult, CurrentRevision, DeleteResult, ExpectedRevision};
+pub use metadata::{StreamMetadata, StreamMetadataResult, METADATA_EVENT_TYPE};
+pub use model::{
+    ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
+};
+pub use read::{
+    AllStart, Direction, Filter, FilterMatch, FilterOn, ReadAll, ReadStream, StreamStart,
+    Subscribe, SubscriptionStart, SubscriptionTarget,
+};
+pub use store::{EventStore, Subscription, SubscriptionMessage};
+pub use {bytes::Bytes, uuid::Uuid};

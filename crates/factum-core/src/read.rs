@@ -1,0 +1,311 @@
+//! Read and subscription requests, and server-side filters.
+
+use regex::Regex;
+
+use crate::error::{Error, Result};
+use crate::model::{Position, RecordedEvent, StreamName, StreamRevision, Timestamp};
+
+/// Which way to read.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// Where a stream read starts (inclusive).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum StreamStart {
+    /// The first event (forwards) — or, backwards, the last.
+    #[default]
+    Start,
+    /// The last event (backwards); forwards from `End` reads nothing.
+    End,
+    /// This revision, included.
+    Revision(StreamRevision),
+}
+
+/// Where a `$all` read starts (inclusive).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum AllStart {
+    /// Position 0 (forwards) — or, backwards, the head.
+    #[default]
+    Start,
+    /// The head (backwards); forwards from `End` reads nothing.
+    End,
+    /// This position, included.
+    Position(Position),
+}
+
+/// A read of one stream: a user stream, `$ce-<category>` or `$et-<type>`.
+#[derive(Clone, Debug)]
+pub struct ReadStream {
+    /// The stream.
+    pub stream: StreamName,
+    /// Where to start.
+    pub from: StreamStart,
+    /// Which way.
+    pub direction: Direction,
+    /// At most this many events.
+    pub max_count: u64,
+    /// Only events created at or before this time (a temporal read).
+    pub until: Option<Timestamp>,
+}
+
+impl ReadStream {
+    /// Forwards from the start, without a count limit.
+    pub fn forwards(stream: StreamName) -> Self {
+        ReadStream {
+            stream,
+            from: StreamStart::Start,
+            direction: Direction::Forwards,
+            max_count: u64::MAX,
+            until: None,
+        }
+    }
+
+    /// Backwards from the end, without a count limit.
+    pub fn backwards(stream: StreamName) -> Self {
+        ReadStream {
+            direction: Direction::Backwards,
+            from: StreamStart::End,
+            ..Self::forwards(stream)
+        }
+    }
+
+    /// Starts at this revision (inclusive).
+    pub fn from_revision(mut self, revision: StreamRevision) -> Self {
+        self.from = StreamStart::Revision(revision);
+        self
+    }
+
+    /// Reads at most `n` events.
+    pub fn max_count(mut self, n: u64) -> Self {
+        self.max_count = n;
+        self
+    }
+
+    /// Only events created at or before `t`.
+    pub fn until(mut self, t: Timestamp) -> Self {
+        self.until = Some(t);
+        self
+    }
+}
+
+/// What a filter looks at.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FilterOn {
+    /// The event's stream name.
+    StreamName,
+    /// The event's type.
+    EventType,
+}
+
+/// How a filter matches.
+#[derive(Clone, Debug)]
+pub enum FilterMatch {
+    /// Any of these prefixes.
+    Prefixes(Vec<String>),
+    /// This regular expression (unanchored, as in KurrentDB).
+    Regex(Regex),
+}
+
+/// A server-side filter for `$all` reads and subscriptions.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    /// What it looks at.
+    pub on: FilterOn,
+    /// How it matches.
+    pub matcher: FilterMatch,
+}
+
+impl Filter {
+    /// Matches events whose stream name starts with any prefix.
+    pub fn stream_prefix<S: Into<String>>(prefixes: impl IntoIterator<Item = S>) -> Self {
+        Filter {
+            on: FilterOn::StreamName,
+            matcher: FilterMatch::Prefixes(prefixes.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    /// Matches events whose type starts with any prefix.
+    pub fn event_type_prefix<S: Into<String>>(prefixes: impl IntoIterator<Item = S>) -> Self {
+        Filter {
+            on: FilterOn::EventType,
+            matcher: FilterMatch::Prefixes(prefixes.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    /// Matches events whose stream name matches the regex.
+    pub fn stream_regex(pattern: &str) -> Result<Self> {
+        Ok(Filter {
+            on: FilterOn::StreamName,
+            matcher: FilterMatch::Regex(compile(pattern)?),
+        })
+    }
+
+    /// Matches events whose type matches the regex.
+    pub fn event_type_regex(pattern: &str) -> Result<Self> {
+        Ok(Filter {
+            on: FilterOn::EventType,
+            matcher: FilterMatch::Regex(compile(pattern)?),
+        })
+    }
+
+    /// Excludes system events (types starting with `$`), as KurrentDB's clients offer.
+    pub fn exclude_system_events() -> Self {
+        Filter {
+            on: FilterOn::EventType,
+            matcher: FilterMatch::Regex(Regex::new(r"^[^$]").expect("valid regex")),
+        }
+    }
+
+    /// Does the filter accept a stream name / event type pair?
+    pub fn matches_parts(&self, stream: &str, event_type: &str) -> bool {
+        let subject = match self.on {
+            FilterOn::StreamName => stream,
+            FilterOn::EventType => event_type,
+        };
+        match &self.matcher {
+            FilterMatch::Prefixes(ps) => ps.iter().any(|p| subject.starts_with(p.as_str())),
+            FilterMatch::Regex(r) => r.is_match(subject),
+        }
+    }
+
+    /// Does the filter accept this event?
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.matches_parts(event.stream.as_str(), &event.event_type)
+    }
+}
+
+fn compile(pattern: &str) -> Result<Regex> {
+    Regex::new(pattern).map_err(|e| Error::InvalidInput(format!("invalid filter regex: {e}")))
+}
+
+/// A read of the global log.
+#[derive(Clone, Debug)]
+pub struct ReadAll {
+    /// Where to start.
+    pub from: AllStart,
+    /// Which way.
+    pub direction: Direction,
+    /// At most this many (matching) events.
+    pub max_count: u64,
+    /// Only matching events.
+    pub filter: Option<Filter>,
+    /// Only events created at or before this time.
+    pub until: Option<Timestamp>,
+}
+
+impl ReadAll {
+    /// Forwards from position 0, without a count limit.
+    pub fn forwards() -> Self {
+        ReadAll {
+            from: AllStart::Start,
+            direction: Direction::Forwards,
+            max_count: u64::MAX,
+            filter: None,
+            until: None,
+        }
+    }
+
+    /// Backwards from the head, without a count limit.
+    pub fn backwards() -> Self {
+        ReadAll {
+            from: AllStart::End,
+            direction: Direction::Backwards,
+            ..Self::forwards()
+        }
+    }
+
+    /// Starts at this position (inclusive).
+    pub fn from_position(mut self, p: Position) -> Self {
+        self.from = AllStart::Position(p);
+        self
+    }
+
+    /// Reads at most `n` events.
+    pub fn max_count(mut self, n: u64) -> Self {
+        self.max_count = n;
+        self
+    }
+
+    /// Only events the filter accepts.
+    pub fn filter(mut self, f: Filter) -> Self {
+        self.filter = Some(f);
+        self
+    }
+
+    /// Only events created at or before `t`.
+    pub fn until(mut self, t: Timestamp) -> Self {
+        self.until = Some(t);
+        self
+    }
+}
+
+/// What a subscription follows.
+#[derive(Clone, Debug)]
+pub enum SubscriptionTarget {
+    /// One stream (a user stream, `$ce-…` or `$et-…`).
+    Stream(StreamName),
+    /// The global log, optionally filtered.
+    All(Option<Filter>),
+}
+
+/// Where a subscription starts. Subscriptions start *after* the given point
+/// (exclusive), as in KurrentDB, so a consumer passes its last checkpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum SubscriptionStart {
+    /// From the first event.
+    Beginning,
+    /// Only events committed after the subscription starts.
+    End,
+    /// After this revision (stream targets) or position (`$all`).
+    After(u64),
+}
+
+/// A subscription request.
+#[derive(Clone, Debug)]
+pub struct Subscribe {
+    /// What to follow.
+    pub target: SubscriptionTarget,
+    /// From where.
+    pub start: SubscriptionStart,
+}
+
+impl Subscribe {
+    /// Follow a stream.
+    pub fn stream(stream: StreamName, start: SubscriptionStart) -> Self {
+        Subscribe {
+            target: SubscriptionTarget::Stream(stream),
+            start,
+        }
+    }
+
+    /// Follow `$all`, optionally filtered.
+    pub fn all(start: SubscriptionStart, filter: Option<Filter>) -> Self {
+        Subscribe {
+            target: SubscriptionTarget::All(filter),
+            start,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match() {
+        let f = Filter::stream_prefix(["order-", "cart-"]);
+        assert!(f.matches_parts("order-1", "X"));
+        assert!(!f.matches_parts("user-1", "X"));
+        let f = Filter::event_type_regex("^Order(Paid|Shipped)$").unwrap();
+        assert!(f.matches_parts("s", "OrderPaid"));
+        assert!(!f.matches_parts("s", "OrderCreated"));
+        assert!(Filter::event_type_regex("(").is_err());
+        assert!(!Filter::exclude_system_events().matches_parts("s", "$metadata"));
+    }
+}
