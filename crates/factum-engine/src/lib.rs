@@ -1,1 +1,34 @@
-//! engine
+//! # factum-engine
+//!
+//! Factum's embedded storage engine: an append-only log of CRC32C-framed
+//! segment files written by one group-committing writer, with derived,
+//! checkpointed indexes and catch-up/live subscriptions. It implements
+//! [`factum_core::EventStore`].
+//!
+//! ```no_run
+//! use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
+//! # async fn demo() -> factum_core::Result<()> {
+//! let store = factum_engine::Engine::open("./data")?;
+//! let stream = StreamName::new("order-1")?;
+//! let event = EventData::json("OrderPlaced", &serde_json::json!({"total": 42}))?;
+//! store.append(stream.clone(), ExpectedRevision::NoStream, vec![event]).await?;
+//! let events = store.read_stream(ReadStream::forwards(stream)).await?;
+//! assert_eq!(events.len(), 1);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod format;
+pub mod index;
+pub mod log;
+pub mod overlay;
+pub mod reader;
+pub mod subscription;
+pub mod verify;
+pub mod writer;
+
+pub use config::{Durability, EngineConfig};
+pub use engine::{Engine, Recovery};
+pub use verify::{verify, VerifyReport};

@@ -1,0 +1,62 @@
+//! Engine configuration.
+
+use std::time::Duration;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the log is fsynced (the default): an acknowledged append
+    /// survives a crash or power loss.
+    Always,
+    /// Without fsync. Only for tests and clearly labelled benchmarks: a
+    /// crash of the machine can lose acknowledged appends.
+    None,
+}
+
+/// Limits and tuning of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Durability of acknowledged appends.
+    pub durability: Durability,
+    /// Largest event (data + metadata + type), bytes. Default 16 MiB.
+    pub max_event_bytes: usize,
+    /// Largest append (sum of its events), bytes. Default 64 MiB.
+    pub max_append_bytes: usize,
+    /// Most events in one append. Default 100,000.
+    pub max_append_events: usize,
+    /// Segment size at which a new segment starts. Default 256 MiB.
+    pub segment_bytes: u64,
+    /// Most appends in one group commit.
+    pub max_group_appends: usize,
+    /// A group commit stops taking appends past this many bytes.
+    pub max_group_bytes: usize,
+    /// Flush the index to disk when this many entries are pending.
+    pub index_flush_entries: usize,
+    /// … or at least this often.
+    pub index_flush_interval: Duration,
+    /// Page cache of the index file, bytes.
+    pub index_cache_bytes: usize,
+    /// A live subscriber this many events behind the head is told it fell behind.
+    pub fell_behind_events: u64,
+    /// Messages buffered per subscription.
+    pub subscription_buffer: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            durability: Durability::Always,
+            max_event_bytes: 16 << 20,
+            max_append_bytes: 64 << 20,
+            max_append_events: 100_000,
+            segment_bytes: 256 << 20,
+            max_group_appends: 4096,
+            max_group_bytes: 8 << 20,
+            index_flush_entries: 200_000,
+            index_flush_interval: Duration::from_secs(2),
+            index_cache_bytes: 64 << 20,
+            fell_behind_events: 50_000,
+            subscription_buffer: 512,
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The engine: opening (lock, recovery), the `EventStore` implementation,
+//! and closing.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use factum_core::{
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
+    StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
+};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::EngineConfig;
+use crate::format::{decode_frame_events, SEGMENT_HEADER_LEN};
+use crate::index::Index;
+use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
+use crate::overlay::Overlay;
+use crate::reader::Reader;
+use crate::writer::{AppendKind, AppendRequest, Committed, Writer};
+
+/// The name of the lock file in a store's directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An embedded event store in a directory. Cheap to clone; the store
+/// closes when the last clone is dropped (or on [`Engine::close`]).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: EngineConfig,
+    reader: Reader,
+    index: Arc<Index>,
+    writer_tx: Mutex<Option<Sender<AppendRequest>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _lock: File,
+}
+
+/// What opening found and did.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Frames replayed into the index from the log tail.
+    pub frames_replayed: u64,
+    /// Bytes of an incomplete last batch that were cut, and where.
+    pub cut: Option<(PathBuf, u64, u64)>,
+}
+
+/// Takes the directory lock so only one process opens the store.
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+/// Replays the log after the index checkpoint into the index. Cuts an
+/// incomplete tail batch of the last segment; refuses anything else that
+/// does not check out.
+fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Recovery> {
+    let mut report = Recovery::default();
+    let all = segments.all();
+    let first = all.first().expect("at least one segment");
+    let last_no = all.last().expect("at least one segment").number;
+    let cp = index.checkpoint();
+    let (mut seg_no, mut offset) = if cp.end == Loc(0) {
+        (first.number, SEGMENT_HEADER_LEN as u64)
+    } else {
+        (cp.end.segment(), cp.end.offset())
+    };
+    let index_ahead = |detail: String| {
+        Error::Corrupt {
+        file: index.path().to_path_buf(),
+        offset: 0,
+        detail: format!("{detail}: the index is ahead of the log, so acknowledged events are missing from the log"),
+    }
+    };
+    let mut overlay = Overlay::new(index);
+    loop {
+        let seg = segments.get(seg_no).ok_or_else(|| {
+            index_ahead(format!(
+                "the index checkpoint names segment {seg_no}, which is missing"
+            ))
+        })?;
+        let len = seg.len()?;
+        if offset > len {
+            return Err(index_ahead(format!(
+                "the index checkpoint is at offset {offset} of {}, which is {len} bytes long",
+                seg.path.display()
+            )));
+        }
+        if offset == SEGMENT_HEADER_LEN as u64
+            && seg.first_position != overlay.mem.checkpoint.next_position
+        {
+            return Err(Error::Corrupt {
+                file: seg.path.clone(),
+                offset: 0,
+                detail: format!(
+                    "segment starts at position {}, but the log before it ends at {}",
+                    seg.first_position, overlay.mem.checkpoint.next_position
+                ),
+            });
+        }
+        let mut frames = FrameReader::new(seg.clone(), offset, len);
+        loop {
+            match frames.next_frame()? {
+                Scanned::Frame {
+                    offset,
+                    header,
+                    bytes,
+                } => {
+                    let expected = overlay.mem.checkpoint.next_position;
+                    if header.first_position != expected {
+                        return Err(Error::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            detail: format!(
+                                "frame starts at position {}, expected {expected}",
+                                header.first_position
+                            ),
+                        });
+                    }
+                    let events =
+                        decode_frame_events(&bytes, &header).map_err(|detail| Error::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            detail,
+                        })?;
+                    let located: Vec<_> = events
+                        .into_iter()
+                        .map(|(e, o)| (e, Loc::new(seg.number, offset + o as u64)))
+                        .collect();
+                    let end = Loc::new(seg.number, offset + header.len as u64);
+                    overlay.add_frame(Loc::new(seg.number, offset), &located, end)?;
+                    report.frames_replayed += 1;
+                    if overlay.mem.entries.len() >= flush_every {
+                        index.apply(overlay.take());
+                        index.flush()?;
+                    }
+                }
+                Scanned::End => break,
+                Scanned::Incomplete { offset } | Scanned::Invalid { offset, .. } => {
+                    if seg.number != last_no {
+                        return Err(Error::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            detail: "invalid or incomplete frame in a sealed segment".into(),
+                        });
+                    }
+                    if let Some(valid) = valid_frame_after(&seg, offset, len)? {
+                        return Err(Error::Corrupt {
+                            file: seg.path.clone(),
+                            offset,
+                            detail: format!(
+                                "invalid frame, yet a valid frame follows at offset {valid}"
+                            ),
+                        });
+                    }
+                    // A torn tail: the last batch was never acknowledged. Cut it.
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&seg.path)
+                        .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+                    f.set_len(offset).and_then(|_| f.sync_all()).map_err(|e| {
+                        Error::io(format!("cutting the tail of {}", seg.path.display()), e)
+                    })?;
+                    tracing::warn!(
+                        file = %seg.path.display(),
+                        offset,
+                        bytes = len - offset,
+                        "cut an incomplete batch at the end of the log (it was never acknowledged)"
+                    );
+                    report.cut = Some((seg.path.clone(), offset, len - offset));
+                    break;
+                }
+            }
+        }
+        if seg_no == last_no {
+            // The checkpoint must cover at least the start of the active segment.
+            if overlay.mem.checkpoint.end.segment() != seg_no
+                || overlay.mem.checkpoint.end == Loc(0)
+            {
+                overlay.mem.checkpoint.end = Loc::new(seg_no, frames.offset().min(len));
+            }
+            break;
+        }
+        seg_no += 1;
+        offset = SEGMENT_HEADER_LEN as u64;
+        overlay.mem.checkpoint.end = Loc::new(seg_no, offset);
+    }
+    index.apply(overlay.take());
+    index.flush()?;
+    Ok(report)
+}
+
+impl Engine {
+    /// Opens (or creates) a store in `dir` with default configuration.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Engine> {
+        Self::open_with(dir, EngineConfig::default()).map(|(e, _)| e)
+    }
+
+    /// Opens (or creates) a store, returning what recovery did.
+    pub fn open_with(dir: impl AsRef<Path>, config: EngineConfig) -> Result<(Engine, Recovery)> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = lock_dir(&dir)?;
+        let segments = Arc::new(open_segments(&dir)?);
+        let index = Arc::new(Index::open(&dir, config.index_cache_bytes)?);
+        let recovery = recover(&segments, &index, config.index_flush_entries)?;
+        let cp = index.checkpoint();
+        let active = segments.last().expect("at least one segment");
+        let segment_len = active.len()?;
+        let (committed_tx, committed_rx) = watch::channel(Committed {
+            next_position: cp.next_position,
+            end: Loc::new(active.number, segment_len),
+        });
+        let reader = Reader {
+            segments: segments.clone(),
+            index: index.clone(),
+            committed: committed_rx,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
+        let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+        let writer = Writer {
+            config: config.clone(),
+            dir: dir.clone(),
+            segments: segments.clone(),
+            index: index.clone(),
+            reader: reader.clone(),
+            committed: committed_tx,
+            file,
+            segment: active,
+            segment_len,
+            failed: None,
+            flush_signal: flush_tx,
+        };
+        let (tx, rx) = mpsc::channel();
+        let writer_thread = std::thread::Builder::new()
+            .name("factum-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        let flush_index = index.clone();
+        let interval = config.index_flush_interval;
+        let indexer_thread = std::thread::Builder::new()
+            .name("factum-indexer".into())
+            .spawn(move || loop {
+                let stop = matches!(flush_rx.recv_timeout(interval), Err(mpsc::RecvTimeoutError::Disconnected));
+                if let Err(e) = flush_index.flush() {
+                    tracing::error!(error = %e, "index flush failed; will retry (the log is intact)");
+                }
+                if stop {
+                    return;
+                }
+            })
+            .map_err(|e| Error::io("starting the indexer thread", e))?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                reader,
+                index,
+                writer_tx: Mutex::new(Some(tx)),
+                threads: Mutex::new(vec![writer_thread, indexer_thread]),
+                _lock: lock,
+            }),
+        };
+        Ok((engine, recovery))
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// A reader of committed data (for tools such as `verify`).
+    pub fn reader(&self) -> &Reader {
+        &self.inner.reader
+    }
+
+    /// Flushes the index to disk now (it is also flushed in the background).
+    pub fn flush_index(&self) -> Result<()> {
+        self.inner.index.flush()
+    }
+
+    /// Stops accepting appends, finishes queued ones, flushes the index and
+    /// waits for the writer. Other clones then answer `Unavailable`.
+    pub fn close(&self) -> Result<()> {
+        self.inner.shutdown();
+        self.inner.index.flush()
+    }
+
+    async fn submit(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        kind: AppendKind,
+    ) -> Result<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        let req = AppendRequest {
+            stream,
+            expected,
+            kind,
+            reply,
+        };
+        {
+            let tx = self.inner.writer_tx.lock();
+            let tx = tx
+                .as_ref()
+                .ok_or_else(|| Error::Unavailable("the store is closed".into()))?;
+            tx.send(req)
+                .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        drop(self.writer_tx.lock().take());
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Err(e) = self.index.flush() {
+            tracing::error!(error = %e, "index flush at close failed; the next open replays the log");
+        }
+    }
+}
+
+impl EventStore for Engine {
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.submit(stream, expected, AppendKind::Events(events))
+            .await
+    }
+
+    async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
+        self.inner.reader.read_stream(&request)
+    }
+
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
+        self.inner.reader.read_all(&request)
+    }
+
+    async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
+        let rx = crate::subscription::start(
+            self.inner.reader.clone(),
+            request,
+            self.inner.config.fell_behind_events,
+            self.inner.config.subscription_buffer,
+        )?;
+        Ok(Subscription::new(ReceiverStream(rx)))
+    }
+
+    async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
+        let meta_stream = stream.metadata_stream();
+        match self.inner.index.stream(stream.as_str())? {
+            Some(r) if r.tombstoned => return Err(Error::StreamDeleted { stream }),
+            _ => {}
+        }
+        let rec = self.inner.index.stream(meta_stream.as_str())?;
+        let Some(rev) = rec.as_ref().and_then(|r| r.last_revision) else {
+            return Ok(StreamMetadataResult::default());
+        };
+        let events = self
+            .inner
+            .reader
+            .stream_events(rec.expect("checked").id, rev, 1)?;
+        let last = events.last().ok_or_else(|| Error::Corrupt {
+            file: self.inner.index.path().to_path_buf(),
+            offset: 0,
+            detail: format!("metadata event {rev}@{meta_stream} is missing from the index"),
+        })?;
+        debug_assert_eq!(last.event_type, METADATA_EVENT_TYPE);
+        Ok(StreamMetadataResult {
+            revision: Some(StreamRevision(rev)),
+            metadata: StreamMetadata::from_json(&last.data)?,
+        })
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Result<AppendResult> {
+        self.submit(stream, expected, AppendKind::SetMetadata(metadata))
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        let r = self
+            .submit(stream, expected, AppendKind::SoftDelete)
+            .await?;
+        Ok(DeleteResult {
+            position: r.position,
+        })
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        let r = self.submit(stream, expected, AppendKind::Tombstone).await?;
+        Ok(DeleteResult {
+            position: r.position,
+        })
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>> {
+        Ok(self
+            .inner
+            .reader
+            .committed()
+            .next_position
+            .checked_sub(1)
+            .map(Position))
+    }
+}
+
+/// Adapts the subscription channel to a `Stream`.
+struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<factum_core::SubscriptionMessage>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<factum_core::SubscriptionMessage>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}

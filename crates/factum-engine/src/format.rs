@@ -1,0 +1,395 @@
+//! The bytes the engine writes to segment files (see `docs/format.md`).
+//!
+//! A segment is a header followed by batch frames. A frame is one atomic
+//! append: a fixed header, event records, and a CRC32C over the whole frame.
+//! Every event record also carries its own CRC32C so a single event can be
+//! read and checked without reading its whole batch.
+
+use bytes::Bytes;
+use factum_core::{ContentType, StreamName, StreamRevision, Timestamp, Uuid};
+
+/// Segment header magic: `FACTUMSG`.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"FACTUMSG";
+/// Version of this format.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the segment header.
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Frame magic (`FCTB` little-endian).
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"FCTB");
+/// Size of a frame header.
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Size of a frame trailer (the CRC).
+pub const FRAME_TRAILER_LEN: usize = 4;
+/// Size of the fixed part of an event record.
+pub const EVENT_HEADER_LEN: usize = 64;
+
+/// Record flag: the event is a tombstone (`$streamDeleted`).
+pub const FLAG_TOMBSTONE: u8 = 1;
+/// Record flag: the `$metadata` event soft-deletes its stream.
+pub const FLAG_SOFT_DELETE: u8 = 2;
+
+/// The header of a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Dense sequence number of the segment (0, 1, 2 …).
+    pub number: u32,
+    /// Global position of the first event the segment may hold.
+    pub first_position: u64,
+}
+
+impl SegmentHeader {
+    /// Encodes to the 32-byte header.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.number.to_le_bytes());
+        b[16..24].copy_from_slice(&self.first_position.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..24]);
+        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header; the error says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
+        if b.len() < SEGMENT_HEADER_LEN {
+            return Err(format!(
+                "segment header is {} bytes, expected {SEGMENT_HEADER_LEN}",
+                b.len()
+            ));
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err("not a Factum segment (bad magic)".into());
+        }
+        let crc = u32::from_le_bytes(b[24..28].try_into().unwrap());
+        if crc != crc32c::crc32c(&b[0..24]) {
+            return Err("segment header checksum mismatch".into());
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(format!("segment format version {version} is not supported (this build reads {FORMAT_VERSION})"));
+        }
+        Ok(SegmentHeader {
+            number: u32::from_le_bytes(b[12..16].try_into().unwrap()),
+            first_position: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+        })
+    }
+}
+
+/// One event as the engine stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Global position.
+    pub position: u64,
+    /// Revision in its stream.
+    pub revision: u64,
+    /// Commit time.
+    pub created: Timestamp,
+    /// Event id.
+    pub id: Uuid,
+    /// Content type.
+    pub content_type: ContentType,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Stream.
+    pub stream: StreamName,
+    /// Event type.
+    pub event_type: String,
+    /// Payload.
+    pub data: Bytes,
+    /// User metadata.
+    pub metadata: Bytes,
+}
+
+impl StoredEvent {
+    /// Bytes this event takes in a frame.
+    pub fn encoded_len(&self) -> usize {
+        EVENT_HEADER_LEN
+            + self.stream.as_str().len()
+            + self.event_type.len()
+            + self.data.len()
+            + self.metadata.len()
+    }
+
+    /// Appends the encoded record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let len = self.encoded_len() as u32;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]); // crc, filled below
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out.extend_from_slice(&self.revision.to_le_bytes());
+        out.extend_from_slice(&self.created.0.to_le_bytes());
+        out.extend_from_slice(self.id.as_bytes());
+        out.push(match self.content_type {
+            ContentType::Json => 0,
+            ContentType::Binary => 1,
+        });
+        out.push(self.flags);
+        out.extend_from_slice(&(self.stream.as_str().len() as u16).to_le_bytes());
+        out.extend_from_slice(&(self.event_type.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0u8; 2]);
+        out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u32).to_le_bytes());
+        debug_assert_eq!(out.len() - start, EVENT_HEADER_LEN);
+        out.extend_from_slice(self.stream.as_str().as_bytes());
+        out.extend_from_slice(self.event_type.as_bytes());
+        out.extend_from_slice(&self.data);
+        out.extend_from_slice(&self.metadata);
+        let crc = crc32c::crc32c(&out[start + 8..]);
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The total length of the record starting at `b`, from its length field.
+    pub fn peek_len(b: &[u8]) -> Option<usize> {
+        b.get(0..4)
+            .map(|l| u32::from_le_bytes(l.try_into().unwrap()) as usize)
+    }
+
+    /// Decodes one record from `buf` (which holds exactly the record or more).
+    /// `check_crc` verifies the record's own checksum.
+    pub fn decode(buf: &Bytes, check_crc: bool) -> Result<(StoredEvent, usize), String> {
+        let b = &buf[..];
+        if b.len() < EVENT_HEADER_LEN {
+            return Err("event record shorter than its header".into());
+        }
+        let len = Self::peek_len(b).unwrap();
+        if len < EVENT_HEADER_LEN || len > b.len() {
+            return Err(format!("event record length {len} is out of bounds"));
+        }
+        if check_crc {
+            let crc = u32::from_le_bytes(b[4..8].try_into().unwrap());
+            if crc != crc32c::crc32c(&b[8..len]) {
+                return Err("event record checksum mismatch".into());
+            }
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+        let content_type = match b[48] {
+            0 => ContentType::Json,
+            1 => ContentType::Binary,
+            other => return Err(format!("unknown content type tag {other}")),
+        };
+        let (sl, tl, dl, ml) = (u16_at(50), u16_at(52), u32_at(56), u32_at(60));
+        if EVENT_HEADER_LEN + sl + tl + dl + ml != len {
+            return Err("event record field lengths do not add up".into());
+        }
+        let mut o = EVENT_HEADER_LEN;
+        let stream = StreamName::from_utf8(&b[o..o + sl]).map_err(|e| e.to_string())?;
+        o += sl;
+        let event_type = std::str::from_utf8(&b[o..o + tl])
+            .map_err(|_| "event type is not UTF-8".to_string())?
+            .to_string();
+        o += tl;
+        let data = buf.slice(o..o + dl);
+        o += dl;
+        let metadata = buf.slice(o..o + ml);
+        Ok((
+            StoredEvent {
+                position: u64_at(8),
+                revision: u64_at(16),
+                created: Timestamp(u64_at(24) as i64),
+                id: Uuid::from_bytes(b[32..48].try_into().unwrap()),
+                content_type,
+                flags: b[49],
+                stream,
+                event_type,
+                data,
+                metadata,
+            },
+            len,
+        ))
+    }
+
+    /// The stream revision as a typed value.
+    pub fn stream_revision(&self) -> StreamRevision {
+        StreamRevision(self.revision)
+    }
+}
+
+/// The fixed header of a batch frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Total frame length including header and trailer.
+    pub len: u32,
+    /// Position of the first event.
+    pub first_position: u64,
+    /// Number of events.
+    pub count: u32,
+    /// Commit time.
+    pub created: Timestamp,
+}
+
+impl FrameHeader {
+    /// Parses a frame header without checking the CRC.
+    pub fn peek(b: &[u8]) -> Option<FrameHeader> {
+        if b.len() < FRAME_HEADER_LEN {
+            return None;
+        }
+        if u32::from_le_bytes(b[0..4].try_into().unwrap()) != FRAME_MAGIC {
+            return None;
+        }
+        Some(FrameHeader {
+            len: u32::from_le_bytes(b[4..8].try_into().unwrap()),
+            first_position: u64::from_le_bytes(b[8..16].try_into().unwrap()),
+            count: u32::from_le_bytes(b[16..20].try_into().unwrap()),
+            created: Timestamp(i64::from_le_bytes(b[24..32].try_into().unwrap())),
+        })
+    }
+}
+
+/// Encodes one batch frame (header, event records, CRC) onto `out`.
+/// Returns the offsets of each event record relative to the frame start.
+pub fn encode_frame(events: &[StoredEvent], created: Timestamp, out: &mut Vec<u8>) -> Vec<u32> {
+    let start = out.len();
+    out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]); // length, below
+    out.extend_from_slice(&events[0].position.to_le_bytes());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&created.0.to_le_bytes());
+    let mut offsets = Vec::with_capacity(events.len());
+    for e in events {
+        offsets.push((out.len() - start) as u32);
+        e.encode_into(out);
+    }
+    let len = (out.len() - start + FRAME_TRAILER_LEN) as u32;
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    offsets
+}
+
+/// What is at an offset in a segment.
+#[derive(Debug)]
+pub enum FrameCheck {
+    /// A complete, valid frame.
+    Valid(FrameHeader),
+    /// The bytes end before a complete frame (a torn tail, or zeros).
+    Incomplete,
+    /// A complete frame whose checksum or structure is wrong.
+    Invalid(String),
+}
+
+/// Checks the frame at the start of `b` (`b` extends to the end of the file
+/// or further than the frame). Verifies the frame CRC and the events' framing.
+pub fn check_frame(b: &[u8]) -> FrameCheck {
+    if b.len() < FRAME_HEADER_LEN {
+        return FrameCheck::Incomplete;
+    }
+    let Some(h) = FrameHeader::peek(b) else {
+        if b[..FRAME_HEADER_LEN].iter().all(|&x| x == 0) {
+            return FrameCheck::Incomplete;
+        }
+        return FrameCheck::Invalid("bad frame magic".into());
+    };
+    let len = h.len as usize;
+    if len < FRAME_HEADER_LEN + FRAME_TRAILER_LEN + EVENT_HEADER_LEN {
+        return FrameCheck::Invalid(format!("frame length {len} is too small"));
+    }
+    if len > b.len() {
+        return FrameCheck::Incomplete;
+    }
+    let crc = u32::from_le_bytes(b[len - 4..len].try_into().unwrap());
+    if crc != crc32c::crc32c(&b[..len - 4]) {
+        return FrameCheck::Invalid("frame checksum mismatch".into());
+    }
+    // Walk the records so a valid CRC over inconsistent framing is still caught.
+    let mut o = FRAME_HEADER_LEN;
+    for _ in 0..h.count {
+        match StoredEvent::peek_len(&b[o..len - 4]) {
+            Some(l) if l >= EVENT_HEADER_LEN && o + l <= len - 4 => o += l,
+            _ => return FrameCheck::Invalid("event record overruns its frame".into()),
+        }
+    }
+    if o != len - 4 {
+        return FrameCheck::Invalid("frame has bytes after its last event".into());
+    }
+    FrameCheck::Valid(h)
+}
+
+/// Decodes the events of a frame already checked with [`check_frame`].
+/// `frame` holds exactly the frame.
+pub fn decode_frame_events(
+    frame: &Bytes,
+    h: &FrameHeader,
+) -> Result<Vec<(StoredEvent, u32)>, String> {
+    let mut out = Vec::with_capacity(h.count as usize);
+    let mut o = FRAME_HEADER_LEN;
+    for _ in 0..h.count {
+        let (e, l) = StoredEvent::decode(&frame.slice(o..frame.len() - FRAME_TRAILER_LEN), false)?;
+        out.push((e, o as u32));
+        o += l;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(pos: u64, data: &'static [u8]) -> StoredEvent {
+        StoredEvent {
+            position: pos,
+            revision: pos,
+            created: Timestamp(42),
+            id: Uuid::new_v4(),
+            content_type: ContentType::Json,
+            flags: 0,
+            stream: StreamName::new("s-1").unwrap(),
+            event_type: "T".into(),
+            data: Bytes::from_static(data),
+            metadata: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn frame_round_trip_and_every_torn_prefix_is_incomplete() {
+        let events = vec![ev(7, b"{\"a\":1}"), ev(8, b"[]")];
+        let mut buf = Vec::new();
+        let offsets = encode_frame(&events, Timestamp(42), &mut buf);
+        let FrameCheck::Valid(h) = check_frame(&buf) else {
+            panic!()
+        };
+        assert_eq!(
+            (h.first_position, h.count, h.len as usize),
+            (7, 2, buf.len())
+        );
+        let frame = Bytes::from(buf.clone());
+        let decoded = decode_frame_events(&frame, &h).unwrap();
+        assert_eq!(
+            decoded.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+            events
+        );
+        assert_eq!(decoded.iter().map(|(_, o)| *o).collect::<Vec<_>>(), offsets);
+        let (single, _) = StoredEvent::decode(&frame.slice(offsets[1] as usize..), true).unwrap();
+        assert_eq!(single, events[1]);
+        for cut in 0..buf.len() {
+            assert!(
+                matches!(check_frame(&buf[..cut]), FrameCheck::Incomplete),
+                "cut {cut}"
+            );
+        }
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                !matches!(check_frame(&bad), FrameCheck::Valid(_)),
+                "flip at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn segment_header_round_trip() {
+        let h = SegmentHeader {
+            number: 3,
+            first_position: 1 << 33,
+        };
+        assert_eq!(SegmentHeader::decode(&h.encode()).unwrap(), h);
+        let mut b = h.encode();
+        b[13] ^= 1;
+        assert!(SegmentHeader::decode(&b).is_err());
+    }
+}

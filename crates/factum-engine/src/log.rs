@@ -1,0 +1,392 @@
+//! The segment log: the source of truth.
+//!
+//! Segment files `NNNNNNNNNNNNNNNNNNNN.seg` are named by the first global
+//! position they may hold and carry a dense segment number in their header.
+//! A location (`Loc`) packs a segment number and a byte offset into a `u64`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use factum_core::{Error, Result};
+use parking_lot::RwLock;
+
+use crate::format::{check_frame, FrameCheck, FrameHeader, SegmentHeader, SEGMENT_HEADER_LEN};
+
+/// A place in the log: segment number (high 24 bits) and byte offset (low 40 bits).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash, Default)]
+pub struct Loc(pub u64);
+
+impl Loc {
+    /// Packs a segment number and offset.
+    pub fn new(segment: u32, offset: u64) -> Loc {
+        debug_assert!(offset < (1 << 40));
+        Loc(((segment as u64) << 40) | offset)
+    }
+    /// The segment number.
+    pub fn segment(self) -> u32 {
+        (self.0 >> 40) as u32
+    }
+    /// The offset within the segment.
+    pub fn offset(self) -> u64 {
+        self.0 & ((1 << 40) - 1)
+    }
+}
+
+/// One segment file, open for reading.
+#[derive(Debug)]
+pub struct Segment {
+    /// Dense number.
+    pub number: u32,
+    /// First position it may hold.
+    pub first_position: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Read handle (positional reads only, shared by readers).
+    pub file: File,
+}
+
+impl Segment {
+    /// Reads exactly `len` bytes at `offset`.
+    pub fn read_exact(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::Corrupt {
+                    file: self.path.clone(),
+                    offset,
+                    detail: format!("expected {len} bytes, file ends first"),
+                }
+            } else {
+                Error::io(format!("reading {}", self.path.display()), e)
+            }
+        })?;
+        Ok(buf.freeze())
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub fn read_upto(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        let mut got = 0;
+        while got < len {
+            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf.freeze())
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("stat {}", self.path.display()), e))
+    }
+}
+
+/// The file name of a segment.
+pub fn segment_file_name(first_position: u64) -> String {
+    format!("{first_position:020}.seg")
+}
+
+/// The set of segments, shared by the writer and readers.
+#[derive(Debug, Default)]
+pub struct Segments {
+    list: RwLock<Vec<Arc<Segment>>>,
+}
+
+impl Segments {
+    /// The segment with this number.
+    pub fn get(&self, number: u32) -> Option<Arc<Segment>> {
+        let list = self.list.read();
+        let first = list.first()?.number;
+        list.get(number.checked_sub(first)? as usize).cloned()
+    }
+
+    /// All segments, oldest first.
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.list.read().clone()
+    }
+
+    /// The newest segment.
+    pub fn last(&self) -> Option<Arc<Segment>> {
+        self.list.read().last().cloned()
+    }
+
+    /// Adds a new newest segment.
+    pub fn push(&self, s: Arc<Segment>) {
+        self.list.write().push(s);
+    }
+}
+
+/// Opens every segment in `dir` and checks that their numbers are dense.
+/// Creates segment 0 in an empty store.
+pub fn open_segments(dir: &Path) -> Result<Segments> {
+    let mut found = Vec::new();
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".seg") {
+            if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    let segments = Segments::default();
+    if found.is_empty() {
+        segments.push(Arc::new(create_segment(dir, 0, 0)?));
+        return Ok(segments);
+    }
+    let mut expected_number = None;
+    for path in found {
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut hb = [0u8; SEGMENT_HEADER_LEN];
+        let header = file
+            .read_exact_at(&mut hb, 0)
+            .map_err(|e| e.to_string())
+            .and_then(|_| SegmentHeader::decode(&hb));
+        let header = header.map_err(|detail| Error::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            detail,
+        })?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if stem != format!("{:020}", header.first_position) {
+            return Err(Error::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                detail: format!(
+                    "file name does not match the header's first position {}",
+                    header.first_position
+                ),
+            });
+        }
+        if let Some(n) = expected_number {
+            if header.number != n {
+                return Err(Error::Corrupt {
+                    file: path.clone(),
+                    offset: 0,
+                    detail: format!(
+                        "segment number {} follows segment {}: segment(s) {}..{} are missing",
+                        header.number,
+                        n - 1,
+                        n,
+                        header.number
+                    ),
+                });
+            }
+        }
+        expected_number = Some(header.number + 1);
+        segments.push(Arc::new(Segment {
+            number: header.number,
+            first_position: header.first_position,
+            path,
+            file,
+        }));
+    }
+    Ok(segments)
+}
+
+/// Creates a segment file with its header, durably (file and directory fsynced).
+pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Segment> {
+    let path = dir.join(segment_file_name(first_position));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.write_all(
+        &SegmentHeader {
+            number,
+            first_position,
+        }
+        .encode(),
+    )
+    .and_then(|_| f.sync_all())
+    .map_err(|e| Error::io(format!("writing header of {}", path.display()), e))?;
+    sync_dir(dir)?;
+    let file =
+        File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    Ok(Segment {
+        number,
+        first_position,
+        path,
+        file,
+    })
+}
+
+/// fsyncs a directory so new and renamed entries in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+/// Reads frames of one segment sequentially in large chunks.
+pub struct FrameReader {
+    segment: Arc<Segment>,
+    /// File offset of `buf[0]`.
+    buf_offset: u64,
+    buf: Bytes,
+    /// Offset of the next frame.
+    offset: u64,
+    /// Do not read at or past this offset.
+    limit: u64,
+}
+
+/// What [`FrameReader::next_frame`] found.
+pub enum Scanned {
+    /// A valid frame at this offset.
+    Frame {
+        /// Where it starts.
+        offset: u64,
+        /// Its header.
+        header: FrameHeader,
+        /// Exactly the frame's bytes.
+        bytes: Bytes,
+    },
+    /// The limit was reached exactly.
+    End,
+    /// The bytes at `offset` are not a complete frame.
+    Incomplete {
+        /// Where.
+        offset: u64,
+    },
+    /// The bytes at `offset` are a complete but invalid frame.
+    Invalid {
+        /// Where.
+        offset: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl FrameReader {
+    /// Reads `segment` from `offset` up to `limit`.
+    pub fn new(segment: Arc<Segment>, offset: u64, limit: u64) -> Self {
+        FrameReader {
+            segment,
+            buf_offset: offset,
+            buf: Bytes::new(),
+            offset,
+            limit,
+        }
+    }
+
+    /// The segment being read.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.segment
+    }
+
+    /// Offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn available(&self) -> &[u8] {
+        let start = (self.offset - self.buf_offset) as usize;
+        &self.buf[start.min(self.buf.len())..]
+    }
+
+    fn refill(&mut self, need: usize) -> Result<()> {
+        let want = need.max(CHUNK).min((self.limit - self.offset) as usize);
+        self.buf = self.segment.read_upto(self.offset, want)?;
+        self.buf_offset = self.offset;
+        Ok(())
+    }
+
+    /// The next frame, checked.
+    pub fn next_frame(&mut self) -> Result<Scanned> {
+        if self.offset >= self.limit {
+            return Ok(Scanned::End);
+        }
+        let mut need = crate::format::FRAME_HEADER_LEN;
+        loop {
+            let avail = self.available();
+            let have_all = self.buf_offset + self.buf.len() as u64 >= self.limit;
+            if avail.len() >= need || have_all {
+                match check_frame(avail) {
+                    FrameCheck::Valid(header) => {
+                        let start = (self.offset - self.buf_offset) as usize;
+                        let bytes = self.buf.slice(start..start + header.len as usize);
+                        let offset = self.offset;
+                        self.offset += header.len as u64;
+                        return Ok(Scanned::Frame {
+                            offset,
+                            header,
+                            bytes,
+                        });
+                    }
+                    FrameCheck::Invalid(detail) => {
+                        return Ok(Scanned::Invalid {
+                            offset: self.offset,
+                            detail,
+                        })
+                    }
+                    FrameCheck::Incomplete if have_all => {
+                        return Ok(Scanned::Incomplete {
+                            offset: self.offset,
+                        })
+                    }
+                    FrameCheck::Incomplete => {
+                        let want = FrameHeader::peek(avail).map_or(need, |h| h.len as usize);
+                        need = if want > avail.len() {
+                            want
+                        } else {
+                            avail.len() + 1
+                        };
+                    }
+                }
+            }
+            self.refill(need)?;
+        }
+    }
+}
+
+/// Is there any valid frame in `segment` after `offset`? Used by recovery
+/// to tell a torn tail (nothing valid follows) from corruption.
+pub fn valid_frame_after(
+    segment: &Arc<Segment>,
+    offset: u64,
+    file_len: u64,
+) -> Result<Option<u64>> {
+    let magic = crate::format::FRAME_MAGIC.to_le_bytes();
+    let mut at = offset + 1;
+    while at + crate::format::FRAME_HEADER_LEN as u64 <= file_len {
+        let chunk = segment.read_upto(at, CHUNK + 3)?;
+        for i in 0..chunk.len().saturating_sub(3) {
+            if chunk[i..i + 4] == magic {
+                let cand = at + i as u64;
+                let h = segment.read_upto(cand, crate::format::FRAME_HEADER_LEN)?;
+                if let Some(h) = FrameHeader::peek(&h) {
+                    if cand + h.len as u64 <= file_len {
+                        let b = segment.read_upto(cand, h.len as usize)?;
+                        if matches!(check_frame(&b), FrameCheck::Valid(_)) {
+                            return Ok(Some(cand));
+                        }
+                    }
+                }
+            }
+        }
+        at += CHUNK as u64;
+    }
+    Ok(None)
+}

@@ -1,0 +1,359 @@
+//! Reads: one event by location, streams through the index, `$all` by
+//! scanning the log. Readers only look below the committed position and
+//! never take the writer's path.
+
+use std::sync::Arc;
+
+use factum_core::{
+    AllStart, Direction, Error, Filter, Link, Position, ReadAll, ReadStream, RecordedEvent, Result,
+    StreamMetadata, StreamName, StreamRevision, StreamStart, Timestamp,
+};
+use tokio::sync::watch;
+
+use crate::format::{
+    check_frame, decode_frame_events, FrameCheck, FrameHeader, StoredEvent, FRAME_HEADER_LEN,
+};
+use crate::index::{Index, Walk};
+use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
+use crate::writer::Committed;
+
+/// Reads a store's committed data.
+#[derive(Clone)]
+pub struct Reader {
+    pub(crate) segments: Arc<Segments>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) committed: watch::Receiver<Committed>,
+}
+
+const PAGE: usize = 512;
+
+fn corrupt(seg: &Segment, offset: u64, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        file: seg.path.clone(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
+/// Converts a stored event to the public form.
+pub fn recorded(e: StoredEvent, link: Option<Link>) -> RecordedEvent {
+    RecordedEvent {
+        id: e.id,
+        stream: e.stream,
+        revision: StreamRevision(e.revision),
+        position: Position(e.position),
+        event_type: e.event_type,
+        content_type: e.content_type,
+        data: e.data,
+        metadata: e.metadata,
+        created: e.created,
+        link,
+    }
+}
+
+impl Reader {
+    /// What is committed now.
+    pub fn committed(&self) -> Committed {
+        *self.committed.borrow()
+    }
+
+    fn segment(&self, loc: Loc) -> Result<Arc<Segment>> {
+        self.segments
+            .get(loc.segment())
+            .ok_or_else(|| Error::Corrupt {
+                file: self.index.path().to_path_buf(),
+                offset: 0,
+                detail: format!(
+                    "index points to segment {} which does not exist",
+                    loc.segment()
+                ),
+            })
+    }
+
+    /// The event record at `loc`, checksum verified.
+    pub fn event_at(&self, loc: Loc) -> Result<StoredEvent> {
+        let seg = self.segment(loc)?;
+        let mut b = seg.read_upto(loc.offset(), 4096)?;
+        let len = StoredEvent::peek_len(&b)
+            .ok_or_else(|| corrupt(&seg, loc.offset(), "event record is cut short"))?;
+        if len > b.len() {
+            b = seg.read_exact(loc.offset(), len)?;
+        }
+        StoredEvent::decode(&b, true)
+            .map(|(e, _)| e)
+            .map_err(|d| corrupt(&seg, loc.offset(), d))
+    }
+
+    /// The frame at `loc`, checked.
+    pub fn frame_at(&self, loc: Loc) -> Result<(FrameHeader, Vec<(StoredEvent, u32)>)> {
+        let seg = self.segment(loc)?;
+        let head = seg.read_exact(loc.offset(), FRAME_HEADER_LEN)?;
+        let h = FrameHeader::peek(&head)
+            .ok_or_else(|| corrupt(&seg, loc.offset(), "no frame where the index points"))?;
+        let bytes = seg.read_exact(loc.offset(), h.len as usize)?;
+        match check_frame(&bytes) {
+            FrameCheck::Valid(h) => {
+                let events =
+                    decode_frame_events(&bytes, &h).map_err(|d| corrupt(&seg, loc.offset(), d))?;
+                Ok((h, events))
+            }
+            FrameCheck::Invalid(d) => Err(corrupt(&seg, loc.offset(), d)),
+            FrameCheck::Incomplete => Err(corrupt(&seg, loc.offset(), "frame is cut short")),
+        }
+    }
+
+    /// Up to `count` events of stream `id` from revision `from`, ascending.
+    pub fn stream_events(&self, id: u64, from: u64, count: usize) -> Result<Vec<StoredEvent>> {
+        self.index
+            .entries(id, from, 0, Walk::Up, count)?
+            .into_iter()
+            .map(|(_, _, loc)| self.event_at(loc))
+            .collect()
+    }
+
+    /// Reads a user stream, `$$meta`, `$ce-…` or `$et-…`.
+    pub fn read_stream(&self, req: &ReadStream) -> Result<Vec<RecordedEvent>> {
+        let name = &req.stream;
+        if name.is_all() {
+            return Err(Error::InvalidInput("read $all with read_all".into()));
+        }
+        let Some(rec) = self.index.stream(name.as_str())? else {
+            return Err(Error::StreamNotFound {
+                stream: name.clone(),
+            });
+        };
+        if rec.tombstoned {
+            return Err(Error::StreamDeleted {
+                stream: name.clone(),
+            });
+        }
+        let last = match rec.last_revision {
+            Some(l) if !rec.deleted => l,
+            _ => {
+                return Err(Error::StreamNotFound {
+                    stream: name.clone(),
+                })
+            }
+        };
+        let is_link = name.category_stream_of().is_some() || name.event_type_stream_of().is_some();
+        let meta = match &rec.metadata {
+            Some(m) => StreamMetadata::from_json(m)?,
+            None => StreamMetadata::default(),
+        };
+        let min_rev = meta.first_visible_revision(StreamRevision(last));
+        let oldest = meta.oldest_visible(Timestamp::now());
+        let (mut cursor, walk) = match (req.direction, req.from) {
+            (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
+            (Direction::Forwards, StreamStart::Start) => (min_rev, Walk::Up),
+            (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min_rev), Walk::Up),
+            (Direction::Backwards, StreamStart::Start) => (0, Walk::Down),
+            (Direction::Backwards, StreamStart::End) => (last, Walk::Down),
+            (Direction::Backwards, StreamStart::Revision(r)) => (r.0.min(last), Walk::Down),
+        };
+        let mut out = Vec::new();
+        while (out.len() as u64) < req.max_count {
+            let want = (req.max_count - out.len() as u64).min(PAGE as u64) as usize;
+            let page = self.index.entries(rec.id, cursor, min_rev, walk, want)?;
+            if page.is_empty() {
+                break;
+            }
+            for (rev, pos, loc) in &page {
+                let e = self.event_at(*loc)?;
+                if e.position != *pos {
+                    return Err(Error::Corrupt {
+                        file: self.index.path().to_path_buf(),
+                        offset: 0,
+                        detail: format!(
+                            "index entry {rev}@{name} points to an event at another position"
+                        ),
+                    });
+                }
+                if oldest.is_some_and(|o| e.created < o) {
+                    continue;
+                }
+                if req.until.is_some_and(|u| e.created > u) {
+                    if walk == Walk::Up {
+                        return Ok(out);
+                    }
+                    continue;
+                }
+                let link = is_link.then(|| Link {
+                    stream: name.clone(),
+                    revision: StreamRevision(*rev),
+                });
+                out.push(recorded(e, link));
+            }
+            let edge = page.last().expect("non-empty").0;
+            cursor = match walk {
+                Walk::Up => edge + 1,
+                Walk::Down => match edge.checked_sub(1) {
+                    Some(c) if c >= min_rev => c,
+                    _ => break,
+                },
+            };
+        }
+        Ok(out)
+    }
+
+    /// Reads `$all`.
+    pub fn read_all(&self, req: &ReadAll) -> Result<Vec<RecordedEvent>> {
+        match req.direction {
+            Direction::Forwards => {
+                let start = match req.from {
+                    AllStart::Start => 0,
+                    AllStart::End => return Ok(Vec::new()),
+                    AllStart::Position(p) => p.0,
+                };
+                Ok(self
+                    .scan_forwards(
+                        start,
+                        req.max_count,
+                        req.filter.as_ref(),
+                        req.until,
+                        u64::MAX,
+                    )?
+                    .0)
+            }
+            Direction::Backwards => self.read_all_backwards(req),
+        }
+    }
+
+    /// Scans `$all` forwards from `start`, returning matching events and the
+    /// position after the last one examined (at most `max_scan` examined).
+    pub fn scan_forwards(
+        &self,
+        start: u64,
+        max_count: u64,
+        filter: Option<&Filter>,
+        until: Option<Timestamp>,
+        max_scan: u64,
+    ) -> Result<(Vec<RecordedEvent>, u64)> {
+        let committed = self.committed();
+        let mut out = Vec::new();
+        if start >= committed.next_position || max_count == 0 {
+            return Ok((out, start));
+        }
+        let Some((_, loc)) = self.index.batch(start, Walk::Down)? else {
+            return Ok((out, start));
+        };
+        let mut scanned = 0u64;
+        let mut next = start;
+        let mut seg_no = loc.segment();
+        let mut offset = loc.offset();
+        loop {
+            let seg = self.segment(Loc::new(seg_no, 0))?;
+            let limit = if seg_no == committed.end.segment() {
+                committed.end.offset()
+            } else {
+                seg.len()?
+            };
+            let mut frames = FrameReader::new(seg.clone(), offset, limit);
+            loop {
+                match frames.next_frame()? {
+                    Scanned::Frame {
+                        offset,
+                        header,
+                        bytes,
+                    } => {
+                        if header.first_position + header.count as u64 <= next {
+                            continue;
+                        }
+                        let events = decode_frame_events(&bytes, &header)
+                            .map_err(|d| corrupt(&seg, offset, d))?;
+                        for (e, _) in events {
+                            if e.position < next {
+                                continue;
+                            }
+                            if e.position >= committed.next_position {
+                                return Ok((out, next));
+                            }
+                            if until.is_some_and(|u| e.created > u) {
+                                return Ok((out, next));
+                            }
+                            next = e.position + 1;
+                            scanned += 1;
+                            if filter
+                                .is_none_or(|f| f.matches_parts(e.stream.as_str(), &e.event_type))
+                            {
+                                out.push(recorded(e, None));
+                                if out.len() as u64 >= max_count {
+                                    return Ok((out, next));
+                                }
+                            }
+                            if scanned >= max_scan {
+                                return Ok((out, next));
+                            }
+                        }
+                    }
+                    Scanned::End => break,
+                    Scanned::Incomplete { offset } => {
+                        return Err(corrupt(
+                            &seg,
+                            offset,
+                            "frame is cut short below the committed end",
+                        ))
+                    }
+                    Scanned::Invalid { offset, detail } => {
+                        return Err(corrupt(&seg, offset, detail))
+                    }
+                }
+            }
+            if seg_no >= committed.end.segment() {
+                return Ok((out, next));
+            }
+            seg_no += 1;
+            offset = crate::format::SEGMENT_HEADER_LEN as u64;
+        }
+    }
+
+    fn read_all_backwards(&self, req: &ReadAll) -> Result<Vec<RecordedEvent>> {
+        let committed = self.committed();
+        let mut out = Vec::new();
+        let Some(head) = committed.next_position.checked_sub(1) else {
+            return Ok(out);
+        };
+        let mut pos = match req.from {
+            AllStart::Start => return Ok(out),
+            AllStart::End => head,
+            AllStart::Position(p) => p.0.min(head),
+        };
+        while (out.len() as u64) < req.max_count {
+            let Some((first, loc)) = self.index.batch(pos, Walk::Down)? else {
+                break;
+            };
+            let (_, events) = self.frame_at(loc)?;
+            for (e, _) in events.into_iter().rev() {
+                if e.position > pos {
+                    continue;
+                }
+                if req.until.is_some_and(|u| e.created > u) {
+                    continue;
+                }
+                if req
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.matches_parts(e.stream.as_str(), &e.event_type))
+                {
+                    out.push(recorded(e, None));
+                    if out.len() as u64 >= req.max_count {
+                        return Ok(out);
+                    }
+                }
+            }
+            match first.checked_sub(1) {
+                Some(p) => pos = p,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stream record's last revision for a subscription starting at `End`.
+    pub fn stream_next_revision(&self, stream: &StreamName) -> Result<u64> {
+        Ok(self
+            .index
+            .stream(stream.as_str())?
+            .and_then(|r| r.last_revision)
+            .map_or(0, |r| r + 1))
+    }
+}

@@ -1,0 +1,219 @@
+//! `factum verify`: checks every record of the log and every index entry
+//! against it, without changing anything.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use factum_core::{Result, StreamName};
+
+use crate::engine::lock_dir;
+use crate::format::{decode_frame_events, StoredEvent, SEGMENT_HEADER_LEN};
+use crate::index::Index;
+use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned};
+use crate::overlay::link_streams;
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Segment files checked.
+    pub segments: usize,
+    /// Frames (atomic batches) checked.
+    pub frames: u64,
+    /// Event records checked.
+    pub events: u64,
+    /// Index entries checked against the log.
+    pub index_entries: u64,
+    /// Stream records checked.
+    pub streams: u64,
+    /// Problems: any entry here means the store is damaged.
+    pub faults: Vec<String>,
+    /// Facts worth knowing that are not damage (a torn tail the next open cuts, …).
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when no fault was found.
+    pub fn ok(&self) -> bool {
+        self.faults.is_empty()
+    }
+}
+
+/// Verifies the store in `dir`. Takes the directory lock, so it refuses to
+/// run on a store another process has open. Errors only when it cannot
+/// run at all; damage is reported in the report's `faults`.
+pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    let _lock = lock_dir(dir)?;
+    let mut r = VerifyReport::default();
+    let segments = match open_segments(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            r.faults.push(e.to_string());
+            return Ok(r);
+        }
+    };
+    // 1. The log: every frame and record, dense positions.
+    let all = segments.all();
+    r.segments = all.len();
+    let mut locs: Vec<u64> = Vec::new(); // position -> loc of its record
+    let first_position = all.first().map_or(0, |s| s.first_position);
+    let mut next = first_position;
+    let mut log_end = Loc::default();
+    'segments: for seg in &all {
+        if seg.first_position != next {
+            r.faults.push(format!(
+                "{}: starts at position {}, but the log before it ends at {next}",
+                seg.path.display(),
+                seg.first_position
+            ));
+        }
+        let len = seg.len()?;
+        let mut frames = FrameReader::new(seg.clone(), SEGMENT_HEADER_LEN as u64, len);
+        loop {
+            match frames.next_frame()? {
+                Scanned::Frame {
+                    offset,
+                    header,
+                    bytes,
+                } => {
+                    r.frames += 1;
+                    if header.first_position != next {
+                        r.faults.push(format!(
+                            "{} at offset {offset}: frame starts at position {}, expected {next}",
+                            seg.path.display(),
+                            header.first_position
+                        ));
+                    }
+                    match decode_frame_events(&bytes, &header) {
+                        Err(d) => r
+                            .faults
+                            .push(format!("{} at offset {offset}: {d}", seg.path.display())),
+                        Ok(events) => {
+                            for (e, o) in events {
+                                let rec_bytes = bytes.slice(o as usize..);
+                                if let Err(d) = StoredEvent::decode(&rec_bytes, true) {
+                                    r.faults.push(format!(
+                                        "{} at offset {}: {d}",
+                                        seg.path.display(),
+                                        offset + o as u64
+                                    ));
+                                }
+                                if e.position != next {
+                                    r.faults.push(format!(
+                                        "{} at offset {}: event has position {}, expected {next}",
+                                        seg.path.display(),
+                                        offset + o as u64,
+                                        e.position
+                                    ));
+                                }
+                                locs.push(Loc::new(seg.number, offset + o as u64).0);
+                                next = e.position + 1;
+                                r.events += 1;
+                            }
+                        }
+                    }
+                    log_end = Loc::new(seg.number, offset + header.len as u64);
+                }
+                Scanned::End => break,
+                Scanned::Incomplete { offset } | Scanned::Invalid { offset, .. } => {
+                    let is_last = seg.number == all.last().expect("non-empty").number;
+                    match valid_frame_after(seg, offset, len)? {
+                        None if is_last => r.notes.push(format!(
+                            "{}: an incomplete batch of {} bytes at offset {offset} was never acknowledged; the next open cuts it",
+                            seg.path.display(),
+                            len - offset
+                        )),
+                        _ => r.faults.push(format!(
+                            "{} at offset {offset}: invalid frame (checksum or framing)",
+                            seg.path.display()
+                        )),
+                    }
+                    continue 'segments;
+                }
+            }
+        }
+    }
+    // 2. The index: integrity, checkpoint, and every entry against the log.
+    let mut index = match Index::open(dir, 16 << 20) {
+        Ok(i) => i,
+        Err(e) => {
+            r.faults.push(e.to_string());
+            return Ok(r);
+        }
+    };
+    match index.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => r
+            .notes
+            .push("the index file needed repair by redb (it is derived data)".into()),
+        Err(e) => {
+            r.faults.push(e.to_string());
+            return Ok(r);
+        }
+    }
+    let cp = index.checkpoint();
+    if cp.next_position > next || cp.end > log_end && cp.end.offset() > SEGMENT_HEADER_LEN as u64 {
+        r.faults.push(format!(
+            "index checkpoint (position {}, segment {} offset {}) is past the end of the log (position {next})",
+            cp.next_position,
+            cp.end.segment(),
+            cp.end.offset()
+        ));
+    }
+    if cp.next_position < next {
+        r.notes.push(format!(
+            "{} events after the index checkpoint are not indexed yet (the next open indexes them)",
+            next - cp.next_position
+        ));
+    }
+    let mut names: HashMap<u64, (String, Option<u64>)> = HashMap::new();
+    index.for_each_stream(|name, rec| {
+        r.streams += 1;
+        names.insert(rec.id, (name.to_string(), rec.last_revision));
+        Ok(())
+    })?;
+    let segments_for_read = segments;
+    let mut expected_rev: HashMap<u64, u64> = HashMap::new();
+    index.for_each_entry(|id, rev, pos, loc| {
+        r.index_entries += 1;
+        let Some((name, _)) = names.get(&id) else {
+            r.faults.push(format!("index entry for unknown stream id {id}"));
+            return Ok(());
+        };
+        let want = expected_rev.entry(id).or_insert(0);
+        if rev != *want {
+            r.faults.push(format!("index: stream {name:?} jumps from revision {} to {rev}", *want as i64 - 1));
+        }
+        *want = rev + 1;
+        let idx = pos.checked_sub(first_position).map(|i| i as usize);
+        if idx.and_then(|i| locs.get(i)) != Some(&loc.0) {
+            r.faults.push(format!("index: {rev}@{name} points to position {pos} at a location where that event is not"));
+            return Ok(());
+        }
+        let seg = segments_for_read.get(loc.segment()).expect("location checked above");
+        let b = seg.read_upto(loc.offset(), 4096)?;
+        let b = match StoredEvent::peek_len(&b) {
+            Some(l) if l > b.len() => seg.read_exact(loc.offset(), l)?,
+            _ => b,
+        };
+        if let Ok((e, _)) = StoredEvent::decode(&b, true) {
+            let belongs = e.stream.as_str() == name && e.revision == rev
+                || StreamName::new(&e.stream)
+                    .map(|s| link_streams(&s, &e.event_type).iter().flatten().any(|l| l == name))
+                    .unwrap_or(false);
+            if !belongs {
+                r.faults.push(format!("index: {rev}@{name} points to {}@{}", e.revision, e.stream));
+            }
+        }
+        Ok(())
+    })?;
+    for (id, (name, last)) in &names {
+        let indexed = expected_rev.get(id).copied();
+        if last.map(|l| l + 1) != indexed {
+            r.faults.push(format!(
+                "index: stream {name:?} has last revision {last:?} but its entries end at {:?}",
+                indexed.map(|n| n as i64 - 1)
+            ));
+        }
+    }
+    Ok(r)
+}
