@@ -24,7 +24,11 @@ pub struct StreamMetadata {
     #[serde(rename = "$tb", default, skip_serializing_if = "Option::is_none")]
     pub truncate_before: Option<u64>,
     /// Cache-control hint in seconds (kept for KurrentDB compatibility).
-    #[serde(rename = "$cacheControl", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "$cacheControl",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cache_control: Option<u64>,
     /// Access control list (stored; enforced once ACLs land).
     #[serde(rename = "$acl", default, skip_serializing_if = "Option::is_none")]
@@ -58,9 +62,7 @@ impl StreamMetadata {
     /// stream's last revision.
     pub fn first_visible_revision(&self, last: StreamRevision) -> u64 {
         let by_tb = self.truncate_before.unwrap_or(0);
-        let by_count = self
-            .max_count
-            .map_or(0, |n| (last.0 + 1).saturating_sub(n));
+        let by_count = self.max_count.map_or(0, |n| (last.0 + 1).saturating_sub(n));
         by_tb.max(by_count)
     }
 

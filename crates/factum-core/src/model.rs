@@ -102,7 +102,10 @@ impl StreamName {
         if self.is_system() {
             return None;
         }
-        self.0.split_once('-').map(|(c, _)| c).filter(|c| !c.is_empty())
+        self.0
+            .split_once('-')
+            .map(|(c, _)| c)
+            .filter(|c| !c.is_empty())
     }
 
     /// True when appends go to this stream directly (not `$all`, `$ce-…`, `$et-…`).
@@ -355,7 +358,11 @@ impl EventData {
     }
 
     /// An event with explicit content type and a fresh random id.
-    pub fn new(event_type: impl Into<String>, content_type: ContentType, data: impl Into<Bytes>) -> Self {
+    pub fn new(
+        event_type: impl Into<String>,
+        content_type: ContentType,
+        data: impl Into<Bytes>,
+    ) -> Self {
         EventData {
             id: Uuid::new_v4(),
             event_type: event_type.into(),
@@ -453,7 +460,10 @@ mod tests {
         assert_eq!(s.metadata_stream().metadata_of(), Some(s.clone()));
         assert!(!StreamName::new("$ce-order").unwrap().is_writable());
         assert!(!StreamName::new("$all").unwrap().is_writable());
-        assert_eq!(StreamName::new("$et-Paid").unwrap().event_type_stream_of(), Some("Paid"));
+        assert_eq!(
+            StreamName::new("$et-Paid").unwrap().event_type_stream_of(),
+            Some("Paid")
+        );
         assert_eq!(StreamName::new("plain").unwrap().category(), None);
     }
 
@@ -461,7 +471,10 @@ mod tests {
     fn timestamps_round_trip() {
         let t = Timestamp::parse("2026-01-31T23:59:58.5Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-01-31T23:59:58.500000Z");
-        assert_eq!(Timestamp::parse("1970-01-01T00:00:00Z").unwrap(), Timestamp(0));
+        assert_eq!(
+            Timestamp::parse("1970-01-01T00:00:00Z").unwrap(),
+            Timestamp(0)
+        );
         assert_eq!(
             Timestamp::parse("2026-01-01T01:00:00+01:00").unwrap(),
             Timestamp::parse("2026-01-01T00:00:00Z").unwrap()

@@ -46,6 +46,9 @@ pub struct StreamRecord {
     pub last_event_id: Uuid,
     /// Soft-deleted: reads answer not-found until the next append.
     pub deleted: bool,
+    /// First revision of the stream's current life (after its last soft
+    /// delete): older events stay hidden whatever later metadata says.
+    pub base: u64,
     /// Tombstoned: gone for good.
     pub tombstoned: bool,
     /// The stream's metadata JSON (from the last `$metadata` in `$$stream`).
@@ -61,6 +64,7 @@ impl StreamRecord {
             last_position: 0,
             last_event_id: Uuid::nil(),
             deleted: false,
+            base: 0,
             tombstoned: false,
             metadata: None,
         }
@@ -72,6 +76,7 @@ impl StreamRecord {
         b.extend_from_slice(&self.last_revision.map_or(u64::MAX, |r| r).to_le_bytes());
         b.extend_from_slice(&self.last_position.to_le_bytes());
         b.extend_from_slice(self.last_event_id.as_bytes());
+        b.extend_from_slice(&self.base.to_le_bytes());
         b.push(
             self.deleted as u8
                 | (self.tombstoned as u8) << 1
@@ -84,19 +89,20 @@ impl StreamRecord {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < 41 {
+        if b.len() < 49 {
             return None;
         }
         let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        let flags = b[40];
+        let flags = b[48];
         Some(StreamRecord {
             id: u(0),
             last_revision: Some(u(8)).filter(|&r| r != u64::MAX),
             last_position: u(16),
             last_event_id: Uuid::from_bytes(b[24..40].try_into().unwrap()),
+            base: u(40),
             deleted: flags & 1 != 0,
             tombstoned: flags & 2 != 0,
-            metadata: (flags & 4 != 0).then(|| b[41..].to_vec()),
+            metadata: (flags & 4 != 0).then(|| b[49..].to_vec()),
         })
     }
 }
@@ -359,21 +365,13 @@ impl Index {
         guarded(p, || {
             let t = tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
             let it = t.range::<(u64, u64)>(range).map_err(|e| redb_err(p, e))?;
-            let mut push = |r: std::result::Result<
-                (
-                    redb::AccessGuard<'_, (u64, u64)>,
-                    redb::AccessGuard<'_, (u64, u64)>,
-                ),
-                redb::StorageError,
-            >|
-             -> Result<()> {
+            let it: Box<dyn Iterator<Item = _>> = match walk {
+                Walk::Up => Box::new(it.take(limit)),
+                Walk::Down => Box::new(it.rev().take(limit)),
+            };
+            for r in it {
                 let (k, v) = r.map_err(|e| redb_err(p, e))?;
                 merged.insert(k.value().1, v.value());
-                Ok(())
-            };
-            match walk {
-                Walk::Up => it.take(limit).try_for_each(&mut push)?,
-                Walk::Down => it.rev().take(limit).try_for_each(&mut push)?,
             }
             Ok(())
         })?;
@@ -551,6 +549,7 @@ mod tests {
         assert_eq!(StreamRecord::decode(&r.encode()).unwrap(), r);
         r.last_revision = Some(9);
         r.tombstoned = true;
+        r.base = 3;
         r.metadata = Some(b"{\"$maxCount\":2}".to_vec());
         r.last_event_id = Uuid::new_v4();
         assert_eq!(StreamRecord::decode(&r.encode()).unwrap(), r);

@@ -84,6 +84,7 @@ impl Segment {
     }
 
     /// The file's length.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
         self.file
             .metadata()

@@ -123,6 +123,7 @@ impl<'a> Overlay<'a> {
             t.metadata = Some(e.data.to_vec());
             if e.flags & FLAG_SOFT_DELETE != 0 {
                 t.deleted = true;
+                t.base = t.last_revision.map_or(0, |l| l + 1);
             }
             self.put(target.as_str(), t);
         }

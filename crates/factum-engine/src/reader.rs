@@ -140,14 +140,15 @@ impl Reader {
             Some(m) => StreamMetadata::from_json(m)?,
             None => StreamMetadata::default(),
         };
-        let min_rev = meta.first_visible_revision(StreamRevision(last));
+        let min_rev = meta
+            .first_visible_revision(StreamRevision(last))
+            .max(rec.base);
         let oldest = meta.oldest_visible(Timestamp::now());
         let (mut cursor, walk) = match (req.direction, req.from) {
             (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
             (Direction::Forwards, StreamStart::Start) => (min_rev, Walk::Up),
             (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min_rev), Walk::Up),
-            (Direction::Backwards, StreamStart::Start) => (0, Walk::Down),
-            (Direction::Backwards, StreamStart::End) => (last, Walk::Down),
+            (Direction::Backwards, StreamStart::Start | StreamStart::End) => (last, Walk::Down),
             (Direction::Backwards, StreamStart::Revision(r)) => (r.0.min(last), Walk::Down),
         };
         let mut out = Vec::new();
@@ -313,8 +314,7 @@ impl Reader {
             return Ok(out);
         };
         let mut pos = match req.from {
-            AllStart::Start => return Ok(out),
-            AllStart::End => head,
+            AllStart::Start | AllStart::End => head,
             AllStart::Position(p) => p.0.min(head),
         };
         while (out.len() as u64) < req.max_count {

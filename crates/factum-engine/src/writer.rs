@@ -33,6 +33,8 @@ use crate::reader::Reader;
 
 /// The event type of tombstones.
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
+/// The revision of a tombstone record (KurrentDB's `i64::MAX`).
+pub const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
 
 /// What an append request does.
 #[derive(Debug)]
@@ -403,7 +405,12 @@ impl Writer {
                 overlay,
             );
         }
-        if !is_delete && req.expected == ExpectedRevision::Any {
+        if !is_delete
+            && matches!(
+                req.expected,
+                ExpectedRevision::Any | ExpectedRevision::StreamExists
+            )
+        {
             if let (Some(r), Some(last)) = (rec.as_ref(), events.last()) {
                 if r.last_event_id == last.id && !r.deleted {
                     if overlay.touched(stream.as_str()) {
@@ -458,7 +465,12 @@ impl Writer {
             .enumerate()
             .map(|(i, e)| StoredEvent {
                 position: first_position + i as u64,
-                revision: next_rev + i as u64,
+                // A tombstone sits at the end of the revision space, as in KurrentDB.
+                revision: if flags == FLAG_TOMBSTONE {
+                    TOMBSTONE_REVISION
+                } else {
+                    next_rev + i as u64
+                },
                 created: now,
                 id: e.id,
                 content_type: e.content_type,
@@ -500,7 +512,7 @@ impl Writer {
     ) -> Result<Outcome> {
         let first = match expected {
             ExpectedRevision::Exact(r) => Some(r.0 + 1),
-            ExpectedRevision::NoStream => Some(0),
+            ExpectedRevision::NoStream => Some(rec.map_or(0, |r| r.base)),
             _ => None,
         };
         if let (Some(first), Some(rec), false) = (first, rec, events.is_empty()) {
@@ -524,6 +536,10 @@ impl Writer {
         first: u64,
         events: &[EventData],
     ) -> Result<Option<AppendResult>> {
+        if first < rec.base {
+            // Events from before a soft delete belong to a past life of the stream.
+            return Ok(None);
+        }
         let found = self.reader.stream_events(rec.id, first, events.len())?;
         if found.len() != events.len()
             || found
