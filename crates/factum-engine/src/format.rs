@@ -149,6 +149,17 @@ impl StoredEvent {
     /// Decodes one record from `buf` (which holds exactly the record or more).
     /// `check_crc` verifies the record's own checksum.
     pub fn decode(buf: &Bytes, check_crc: bool) -> Result<(StoredEvent, usize), String> {
+        Self::decode_with(buf, check_crc, None)
+    }
+
+    /// As [`StoredEvent::decode`], reusing `same_stream` when the record's
+    /// stream has that name (every event of a frame shares one stream, so a
+    /// frame decodes and validates the name once).
+    pub fn decode_with(
+        buf: &Bytes,
+        check_crc: bool,
+        same_stream: Option<&StreamName>,
+    ) -> Result<(StoredEvent, usize), String> {
         let b = &buf[..];
         if b.len() < EVENT_HEADER_LEN {
             return Err("event record shorter than its header".into());
@@ -176,7 +187,11 @@ impl StoredEvent {
             return Err("event record field lengths do not add up".into());
         }
         let mut o = EVENT_HEADER_LEN;
-        let stream = StreamName::from_utf8(&b[o..o + sl]).map_err(|e| e.to_string())?;
+        let name = &b[o..o + sl];
+        let stream = match same_stream {
+            Some(s) if s.as_str().as_bytes() == name => s.clone(),
+            _ => StreamName::from_utf8(name).map_err(|e| e.to_string())?,
+        };
         o += sl;
         let event_type = std::str::from_utf8(&b[o..o + tl])
             .map_err(|_| "event type is not UTF-8".to_string())?
@@ -318,7 +333,12 @@ pub fn decode_frame_events(
     let mut out = Vec::with_capacity(h.count as usize);
     let mut o = FRAME_HEADER_LEN;
     for _ in 0..h.count {
-        let (e, l) = StoredEvent::decode(&frame.slice(o..frame.len() - FRAME_TRAILER_LEN), false)?;
+        let same = out.last().map(|(e, _): &(StoredEvent, u32)| &e.stream);
+        let (e, l) = StoredEvent::decode_with(
+            &frame.slice(o..frame.len() - FRAME_TRAILER_LEN),
+            false,
+            same,
+        )?;
         out.push((e, o as u32));
         o += l;
     }
