@@ -1,0 +1,388 @@
+//! `factum bench`: the embedded engine measured against raw-disk baselines
+//! taken in the same run, on the same file system.
+//!
+//! Every figure is printed as measured; a figure that misses its target is
+//! shown as missed. Workloads (see each module):
+//! `fsync-baseline`, `append-seq`, `append-concurrent`, `append-batch`
+//! ([`append`]), `read-all`, `read-stream` ([`read`]),
+//! `subscribe-latency` ([`subscribe`]), `open` ([`open`]).
+
+pub mod append;
+pub mod open;
+pub mod read;
+pub mod subscribe;
+pub mod util;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// Arguments of `factum bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Run in a fresh directory under DIR (removed afterwards) instead of
+    /// the system's temporary directory. Never touches an existing store.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Short runs and smaller stores: the whole run takes about a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// One JSON object per workload per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run only these workloads (default: all).
+    #[arg(long = "workload", value_enum, num_args = 1.., value_name = "NAME")]
+    pub workloads: Vec<Workload>,
+    /// Events in the `open` workload's store (default 10,000,000; quick 1,000,000).
+    #[arg(long, value_name = "N")]
+    pub open_events: Option<u64>,
+    /// Streams in the `open` workload's store (default: events / 10).
+    #[arg(long, value_name = "N")]
+    pub open_streams: Option<u64>,
+    /// Keep the bench directory for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Caps the events of every workload (for tests: keeps a run tiny).
+    #[arg(long, value_name = "N", hide = true)]
+    pub events: Option<u64>,
+}
+
+/// The workloads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Raw write(300 B) + fdatasync loop: the disk's fsync rate.
+    FsyncBaseline,
+    /// One writer, one 256-B event per append.
+    AppendSeq,
+    /// 256 concurrent writers, one 256-B event per append each.
+    AppendConcurrent,
+    /// 1,000 events of 256 B per append.
+    AppendBatch,
+    /// `$all` read forwards in pages of 10,000.
+    ReadAll,
+    /// A 1,000-event stream read fully, repeatedly.
+    ReadStream,
+    /// Append-start → live `$all` delivery at 10k events/s.
+    SubscribeLatency,
+    /// Reopening a large store: time and peak memory.
+    Open,
+}
+
+impl Workload {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::FsyncBaseline => "fsync-baseline",
+            Workload::AppendSeq => "append-seq",
+            Workload::AppendConcurrent => "append-concurrent",
+            Workload::AppendBatch => "append-batch",
+            Workload::ReadAll => "read-all",
+            Workload::ReadStream => "read-stream",
+            Workload::SubscribeLatency => "subscribe-latency",
+            Workload::Open => "open",
+        }
+    }
+
+    const ALL: [Workload; 8] = [
+        Workload::FsyncBaseline,
+        Workload::AppendSeq,
+        Workload::AppendConcurrent,
+        Workload::AppendBatch,
+        Workload::ReadAll,
+        Workload::ReadStream,
+        Workload::SubscribeLatency,
+        Workload::Open,
+    ];
+}
+
+/// One workload's result: one JSON line, one table row.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Report {
+    /// Workload name.
+    pub workload: &'static str,
+    /// Events (or operations, for `fsync-baseline`) measured.
+    pub events: u64,
+    /// Measured time, seconds.
+    pub seconds: f64,
+    /// Throughput; `null` where it means nothing (`open`).
+    pub events_per_sec: Option<f64>,
+    /// Median latency of one operation (see `latency_of`), µs.
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency, µs.
+    pub p99_us: Option<f64>,
+    /// What one latency sample is.
+    pub latency_of: &'static str,
+    /// Bytes per second written to the log, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<f64>,
+    /// The raw baseline's operations per second, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_events_per_sec: Option<f64>,
+    /// The raw baseline's bytes per second, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_bytes_per_sec: Option<f64>,
+    /// Measured / baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// The target, in words.
+    pub target: String,
+    /// Whether the target was met; `null` where there is none.
+    pub target_met: Option<bool>,
+    /// Durability of the measured appends (or of the load, for read workloads).
+    pub durability: String,
+    /// Peak resident memory, MB (`open`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+    /// `quick` or `full`.
+    pub mode: &'static str,
+    /// File system of the bench directory.
+    pub filesystem: String,
+    /// How it was measured, caveats.
+    pub notes: Vec<String>,
+}
+
+/// What workloads share.
+pub struct Ctx {
+    /// The bench directory.
+    pub root: PathBuf,
+    /// Quick mode.
+    pub quick: bool,
+    /// Cap on events per workload.
+    pub cap: Option<u64>,
+    /// The raw fsync rate, once measured.
+    pub fsync_rate: Option<f64>,
+    /// The runtime the engine's async API runs on.
+    pub rt: tokio::runtime::Runtime,
+    /// `open` store size.
+    pub open_events: Option<u64>,
+    /// `open` stream count.
+    pub open_streams: Option<u64>,
+    /// File system of `root`.
+    pub filesystem: String,
+}
+
+impl Ctx {
+    /// A fresh directory for one workload.
+    pub fn dir(&self, name: &str) -> Result<PathBuf, CliError> {
+        let d = self.root.join(name);
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// A measuring time by mode.
+    pub fn secs(&self, quick: f64, full: f64) -> Duration {
+        Duration::from_secs_f64(if self.quick { quick } else { full })
+    }
+
+    /// `n` under the `--events` cap.
+    pub fn cap(&self, n: u64) -> u64 {
+        self.cap.map_or(n, |c| n.min(c.max(1)))
+    }
+
+    /// A report with the shared fields filled in.
+    pub fn report(&self, workload: Workload) -> Report {
+        Report {
+            workload: workload.name(),
+            mode: if self.quick { "quick" } else { "full" },
+            filesystem: self.filesystem.clone(),
+            durability: "always".into(),
+            ..Report::default()
+        }
+    }
+}
+
+/// Runs `factum bench`.
+pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        Workload::ALL
+            .into_iter()
+            .filter(|w| args.workloads.contains(w))
+            .collect()
+    };
+    let parent = match &args.data {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", d.display())))?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("factum-bench-")
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            CliError::failure(format!(
+                "cannot create a directory in {}: {e}",
+                parent.display()
+            ))
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+    let filesystem = util::filesystem_of(tmp.path());
+    let mut ctx = Ctx {
+        root: tmp.path().to_path_buf(),
+        quick: args.quick,
+        cap: args.events,
+        fsync_rate: None,
+        rt,
+        open_events: args.open_events,
+        open_streams: args.open_streams,
+        filesystem,
+    };
+    eprintln!(
+        "factum bench ({} mode) in {} on {}; {} CPU(s)",
+        if ctx.quick { "quick" } else { "full" },
+        ctx.root.display(),
+        ctx.filesystem,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if ctx.filesystem.starts_with("tmpfs") {
+        eprintln!("warning: the bench directory is on tmpfs, where fsync does nothing: figures are not representative of a disk");
+    }
+    let mut reports = Vec::new();
+    for w in workloads {
+        eprintln!("running {} …", w.name());
+        let report = match w {
+            Workload::FsyncBaseline => append::fsync_baseline(&mut ctx),
+            Workload::AppendSeq => append::seq(&mut ctx),
+            Workload::AppendConcurrent => append::concurrent(&mut ctx),
+            Workload::AppendBatch => append::batch(&mut ctx),
+            Workload::ReadAll => read::read_all(&mut ctx),
+            Workload::ReadStream => read::read_stream(&mut ctx),
+            Workload::SubscribeLatency => subscribe::latency(&mut ctx),
+            Workload::Open => open::open(&mut ctx),
+        }
+        .map_err(|e| e.context(format!("workload {}", w.name())))?;
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(ctx.root.join(w.name()));
+        }
+        if args.json {
+            let line = serde_json::to_string(&report)
+                .map_err(|e| CliError::failure(format!("cannot encode the report: {e}")))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        } else {
+            eprintln!("  {}", summary(&report));
+        }
+        reports.push(report);
+    }
+    if !args.json {
+        print_table(&reports)?;
+    }
+    if args.keep {
+        let kept = tmp.keep();
+        eprintln!("kept the bench directory {}", kept.display());
+    }
+    Ok(())
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v >= 10_000.0 => format!("{:.1} ms", v / 1000.0),
+        Some(v) => format!("{v:.0} µs"),
+    }
+}
+
+fn met(r: &Report) -> &'static str {
+    match r.target_met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "-",
+    }
+}
+
+fn summary(r: &Report) -> String {
+    format!(
+        "{}: {} events in {:.3} s, {} events/s, p50 {}, p99 {}, ratio {}, target {} ({})",
+        r.workload,
+        r.events,
+        r.seconds,
+        fmt_rate(r.events_per_sec),
+        fmt_us(r.p50_us),
+        fmt_us(r.p99_us),
+        r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+        r.target,
+        met(r)
+    )
+}
+
+fn print_table(reports: &[Report]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<18} {:>9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  durability",
+        "workload",
+        "events",
+        "secs",
+        "events/s",
+        "p50",
+        "p99",
+        "baseline",
+        "ratio",
+        "bytes/s",
+        "target"
+    )?;
+    for r in reports {
+        let baseline = r
+            .baseline_events_per_sec
+            .map(|v| format!("{}/s", fmt_rate(Some(v))))
+            .or_else(|| {
+                r.baseline_bytes_per_sec
+                    .map(|v| format!("{}B/s", fmt_rate(Some(v))))
+            })
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<18} {:>9} {:>7.3} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  {}",
+            r.workload,
+            r.events,
+            r.seconds,
+            fmt_rate(r.events_per_sec),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            baseline,
+            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            fmt_rate(r.bytes_per_sec),
+            met(r),
+            r.durability
+        )?;
+    }
+    writeln!(out)?;
+    for r in reports {
+        writeln!(out, "{} — target: {} → {}", r.workload, r.target, met(r))?;
+        if let Some(rss) = r.peak_rss_mb {
+            writeln!(out, "    peak RSS {rss:.0} MB")?;
+        }
+        writeln!(out, "    latency: {}", r.latency_of)?;
+        for n in &r.notes {
+            writeln!(out, "    {n}")?;
+        }
+    }
+    if let Some(fs) = reports.first().map(|r| &r.filesystem) {
+        writeln!(out, "file system: {fs}")?;
+    }
+    Ok(())
+}
