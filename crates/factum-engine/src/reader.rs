@@ -73,7 +73,8 @@ impl Reader {
     /// The event record at `loc`, checksum verified.
     pub fn event_at(&self, loc: Loc) -> Result<StoredEvent> {
         let seg = self.segment(loc)?;
-        let mut b = seg.read_upto(loc.offset(), 4096)?;
+        // Most events are small: one short read, a second only for large ones.
+        let mut b = seg.read_upto(loc.offset(), 1024)?;
         let len = StoredEvent::peek_len(&b)
             .ok_or_else(|| corrupt(&seg, loc.offset(), "event record is cut short"))?;
         if len > b.len() {
