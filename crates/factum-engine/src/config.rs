@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub index_flush_interval: Duration,
     /// Page cache of the index file, bytes.
     pub index_cache_bytes: usize,
+    /// Cache of log blocks for reads through the index, bytes.
+    pub read_cache_bytes: usize,
     /// A live subscriber this many events behind the head is told it fell behind.
     pub fell_behind_events: u64,
     /// Messages buffered per subscription.
@@ -55,6 +57,7 @@ impl Default for EngineConfig {
             index_flush_entries: 200_000,
             index_flush_interval: Duration::from_secs(2),
             index_cache_bytes: 64 << 20,
+            read_cache_bytes: 64 << 20,
             fell_behind_events: 50_000,
             subscription_buffer: 512,
         }

@@ -232,6 +232,7 @@ impl Engine {
             end: Loc::new(active.number, segment_len),
         });
         let reader = Reader {
+            cache: Arc::new(crate::cache::BlockCache::new(config.read_cache_bytes)),
             segments: segments.clone(),
             index: index.clone(),
             committed: committed_rx,

@@ -330,15 +330,26 @@ pub fn decode_frame_events(
     frame: &Bytes,
     h: &FrameHeader,
 ) -> Result<Vec<(StoredEvent, u32)>, String> {
-    let mut out = Vec::with_capacity(h.count as usize);
+    decode_frame_events_from(frame, h, 0)
+}
+
+/// As [`decode_frame_events`], skipping the first `skip` records without
+/// decoding them (a read that starts inside a frame).
+pub fn decode_frame_events_from(
+    frame: &Bytes,
+    h: &FrameHeader,
+    skip: u32,
+) -> Result<Vec<(StoredEvent, u32)>, String> {
+    let end = frame.len() - FRAME_TRAILER_LEN;
+    let mut out = Vec::with_capacity(h.count.saturating_sub(skip) as usize);
     let mut o = FRAME_HEADER_LEN;
-    for _ in 0..h.count {
+    for i in 0..h.count {
+        if i < skip {
+            o += StoredEvent::peek_len(&frame[o..end]).ok_or("event record overruns its frame")?;
+            continue;
+        }
         let same = out.last().map(|(e, _): &(StoredEvent, u32)| &e.stream);
-        let (e, l) = StoredEvent::decode_with(
-            &frame.slice(o..frame.len() - FRAME_TRAILER_LEN),
-            false,
-            same,
-        )?;
+        let (e, l) = StoredEvent::decode_with(&frame.slice(o..end), false, same)?;
         out.push((e, o as u32));
         o += l;
     }

@@ -286,8 +286,13 @@ impl Index {
     }
 
     /// Applies a group of changes (after the log write they describe is durable).
-    pub fn apply(&self, changes: Memtable) {
-        self.state.write().active.merge(changes);
+    pub fn apply(&self, changes: crate::overlay::Changes) {
+        let mut st = self.state.write();
+        let m = &mut st.active;
+        m.streams.extend(changes.streams);
+        m.entries.extend(changes.entries);
+        m.batches.extend(changes.batches);
+        m.checkpoint = changes.checkpoint;
     }
 
     /// A stream's record.
@@ -559,15 +564,15 @@ mod tests {
     fn entries_merge_memtable_and_flushed_data() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path(), 1 << 20).unwrap();
-        let mut m = Memtable::default();
+        let mut m = crate::overlay::Changes::default();
         for rev in 0..10 {
-            m.entries.insert((1, rev), (rev * 2, rev * 100));
+            m.entries.push(((1, rev), (rev * 2, rev * 100)));
         }
         index.apply(m);
         index.flush().unwrap();
-        let mut m = Memtable::default();
+        let mut m = crate::overlay::Changes::default();
         for rev in 10..15 {
-            m.entries.insert((1, rev), (rev * 2, rev * 100));
+            m.entries.push(((1, rev), (rev * 2, rev * 100)));
         }
         index.apply(m);
         let up = index.entries(1, 8, 0, Walk::Up, 4).unwrap();

@@ -18,6 +18,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod format;

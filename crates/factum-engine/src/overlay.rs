@@ -7,26 +7,57 @@ use std::sync::Arc;
 use factum_core::{Result, StreamName};
 
 use crate::format::{StoredEvent, FLAG_SOFT_DELETE, FLAG_TOMBSTONE};
-use crate::index::{Index, Memtable, StreamRecord};
+use std::collections::HashMap;
+
+use crate::index::{Checkpoint, Index, StreamRecord};
 use crate::log::Loc;
+
+/// Index changes of one group commit (or one stretch of recovery), in the
+/// order they were made.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Changed stream records by name (newest state).
+    pub streams: HashMap<Arc<str>, StreamRecord>,
+    /// New entries: ((stream id, revision), (position, location)).
+    pub entries: Vec<((u64, u64), (u64, u64))>,
+    /// New frames: (first position, location).
+    pub batches: Vec<(u64, u64)>,
+    /// Checkpoint after these changes.
+    pub checkpoint: Checkpoint,
+}
 
 /// Pending index changes over the committed index.
 pub struct Overlay<'a> {
     index: &'a Index,
     /// The changes.
-    pub mem: Memtable,
+    pub mem: Changes,
+    /// Reused buffer for link stream names.
+    link: String,
 }
 
-/// The link streams an event of a user stream is indexed under.
-pub fn link_streams(stream: &StreamName, event_type: &str) -> [Option<String>; 2] {
+/// The link streams an event is indexed under, as (prefix, name part):
+/// `$ce-<category>` and `$et-<type>` for events of user streams (not for
+/// system streams or `$`-types). One rule for the writer, recovery and verify.
+pub fn link_parts<'e>(
+    stream: &'e StreamName,
+    event_type: &'e str,
+) -> [(&'static str, Option<&'e str>); 2] {
     if stream.is_system() {
-        return [None, None];
+        return [("$ce-", None), ("$et-", None)];
     }
+    let typed = !event_type.is_empty() && !event_type.starts_with('$');
     [
-        stream.category().map(|c| format!("$ce-{c}")),
-        (!event_type.is_empty() && !event_type.starts_with('$'))
-            .then(|| format!("$et-{event_type}")),
+        ("$ce-", stream.category()),
+        ("$et-", typed.then_some(event_type)),
     ]
+}
+
+/// The link stream names of an event (see [`link_parts`]).
+pub fn link_streams(stream: &StreamName, event_type: &str) -> Vec<String> {
+    link_parts(stream, event_type)
+        .into_iter()
+        .filter_map(|(prefix, part)| part.map(|p| format!("{prefix}{p}")))
+        .collect()
 }
 
 impl<'a> Overlay<'a> {
@@ -34,21 +65,22 @@ impl<'a> Overlay<'a> {
     pub fn new(index: &'a Index) -> Self {
         Overlay {
             index,
-            mem: Memtable {
+            mem: Changes {
                 checkpoint: index.checkpoint(),
-                ..Memtable::default()
+                ..Changes::default()
             },
+            link: String::new(),
         }
     }
 
     /// Takes the changes, leaving an empty overlay at the same checkpoint.
-    pub fn take(&mut self) -> Memtable {
+    pub fn take(&mut self) -> Changes {
         let checkpoint = self.mem.checkpoint;
         std::mem::replace(
             &mut self.mem,
-            Memtable {
+            Changes {
                 checkpoint,
-                ..Memtable::default()
+                ..Changes::default()
             },
         )
     }
@@ -66,19 +98,21 @@ impl<'a> Overlay<'a> {
         self.mem.streams.contains_key(name)
     }
 
-    fn record_or_new(&mut self, name: &str) -> Result<StreamRecord> {
-        if let Some(r) = self.record(name)? {
-            return Ok(r);
+    /// The pending record of a stream, fetched from the index or created
+    /// (with the next stream id) the first time the group touches it.
+    fn record_mut(&mut self, name: &str) -> Result<&mut StreamRecord> {
+        if !self.mem.streams.contains_key(name) {
+            let r = match self.index.stream(name)? {
+                Some(r) => r,
+                None => {
+                    let id = self.mem.checkpoint.next_stream_id;
+                    self.mem.checkpoint.next_stream_id += 1;
+                    StreamRecord::new(id)
+                }
+            };
+            self.mem.streams.insert(Arc::from(name), r);
         }
-        let id = self.mem.checkpoint.next_stream_id;
-        self.mem.checkpoint.next_stream_id += 1;
-        let r = StreamRecord::new(id);
-        self.mem.streams.insert(Arc::from(name), r.clone());
-        Ok(r)
-    }
-
-    fn put(&mut self, name: &str, r: StreamRecord) {
-        self.mem.streams.insert(Arc::from(name), r);
+        Ok(self.mem.streams.get_mut(name).expect("inserted above"))
     }
 
     /// Records one durable (or being made durable) frame: its events with
@@ -90,7 +124,7 @@ impl<'a> Overlay<'a> {
         end: Loc,
     ) -> Result<()> {
         if let Some((first, _)) = events.first() {
-            self.mem.batches.insert(first.position, frame_loc.0);
+            self.mem.batches.push((first.position, frame_loc.0));
         }
         for (e, loc) in events {
             self.add_event(e, *loc)?;
@@ -103,38 +137,39 @@ impl<'a> Overlay<'a> {
     }
 
     fn add_event(&mut self, e: &StoredEvent, loc: Loc) -> Result<()> {
-        let name = e.stream.as_str();
-        let mut rec = self.record_or_new(name)?;
+        let rec = self.record_mut(e.stream.as_str())?;
         rec.last_position = e.position;
         if e.flags & FLAG_TOMBSTONE != 0 {
             rec.tombstoned = true;
-            self.put(name, rec);
             return Ok(());
         }
         rec.last_revision = Some(e.revision);
         rec.last_event_id = e.id;
         rec.deleted = false;
-        self.mem
-            .entries
-            .insert((rec.id, e.revision), (e.position, loc.0));
-        self.put(name, rec);
+        let key = (rec.id, e.revision);
+        self.mem.entries.push((key, (e.position, loc.0)));
         if let Some(target) = e.stream.metadata_of() {
-            let mut t = self.record_or_new(target.as_str())?;
+            let t = self.record_mut(target.as_str())?;
             t.metadata = Some(e.data.to_vec());
             if e.flags & FLAG_SOFT_DELETE != 0 {
                 t.deleted = true;
                 t.base = t.last_revision.map_or(0, |l| l + 1);
             }
-            self.put(target.as_str(), t);
         }
-        for link in link_streams(&e.stream, &e.event_type).into_iter().flatten() {
-            let mut l = self.record_or_new(&link)?;
+        for (prefix, part) in link_parts(&e.stream, &e.event_type) {
+            let Some(part) = part else { continue };
+            let mut name = std::mem::take(&mut self.link);
+            name.clear();
+            name.push_str(prefix);
+            name.push_str(part);
+            let l = self.record_mut(&name)?;
             let rev = l.last_revision.map_or(0, |r| r + 1);
             l.last_revision = Some(rev);
             l.last_position = e.position;
             l.last_event_id = e.id;
-            self.mem.entries.insert((l.id, rev), (e.position, loc.0));
-            self.put(&link, l);
+            let key = (l.id, rev);
+            self.mem.entries.push((key, (e.position, loc.0)));
+            self.link = name;
         }
         Ok(())
     }

@@ -10,8 +10,10 @@ use factum_core::{
 };
 use tokio::sync::watch;
 
+use crate::cache::{BlockCache, BLOCK};
 use crate::format::{
-    check_frame, decode_frame_events, FrameCheck, FrameHeader, StoredEvent, FRAME_HEADER_LEN,
+    check_frame, decode_frame_events, decode_frame_events_from, FrameCheck, FrameHeader,
+    StoredEvent, FRAME_HEADER_LEN,
 };
 use crate::index::{Index, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
@@ -20,6 +22,7 @@ use crate::writer::Committed;
 /// Reads a store's committed data.
 #[derive(Clone)]
 pub struct Reader {
+    pub(crate) cache: Arc<BlockCache>,
     pub(crate) segments: Arc<Segments>,
     pub(crate) index: Arc<Index>,
     pub(crate) committed: watch::Receiver<Committed>,
@@ -72,17 +75,53 @@ impl Reader {
 
     /// The event record at `loc`, checksum verified.
     pub fn event_at(&self, loc: Loc) -> Result<StoredEvent> {
+        self.event_at_in(loc, None)
+    }
+
+    /// As [`Reader::event_at`], reusing `stream` when the record belongs to it.
+    pub fn event_at_in(&self, loc: Loc, stream: Option<&StreamName>) -> Result<StoredEvent> {
         let seg = self.segment(loc)?;
-        // Most events are small: one short read, a second only for large ones.
-        let mut b = seg.read_upto(loc.offset(), 1024)?;
-        let len = StoredEvent::peek_len(&b)
-            .ok_or_else(|| corrupt(&seg, loc.offset(), "event record is cut short"))?;
-        if len > b.len() {
-            b = seg.read_exact(loc.offset(), len)?;
-        }
-        StoredEvent::decode(&b, true)
+        let b = self.record_bytes(&seg, loc)?;
+        StoredEvent::decode_with(&b, true, stream)
             .map(|(e, _)| e)
             .map_err(|d| corrupt(&seg, loc.offset(), d))
+    }
+
+    /// The bytes of the record at `loc` (at least the record), from the
+    /// block cache when the record lies within one committed block.
+    fn record_bytes(&self, seg: &Segment, loc: Loc) -> Result<bytes::Bytes> {
+        let offset = loc.offset();
+        let block = offset / BLOCK;
+        let within = (offset - block * BLOCK) as usize;
+        let committed = self.committed();
+        let block_end = (block + 1) * BLOCK;
+        let cacheable = seg.number < committed.end.segment()
+            || (seg.number == committed.end.segment() && block_end <= committed.end.offset());
+        if cacheable {
+            let bytes = match self.cache.get(seg.number, block) {
+                Some(b) => b,
+                None => {
+                    let b = seg.read_upto(block * BLOCK, BLOCK as usize)?;
+                    if b.len() == BLOCK as usize {
+                        self.cache.put(seg.number, block, b.clone());
+                    }
+                    b
+                }
+            };
+            if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
+                if within + len <= bytes.len() {
+                    return Ok(bytes.slice(within..within + len));
+                }
+            }
+        }
+        // Not cacheable, or the record crosses a block boundary.
+        let mut b = seg.read_upto(offset, 1024)?;
+        let len = StoredEvent::peek_len(&b)
+            .ok_or_else(|| corrupt(seg, offset, "event record is cut short"))?;
+        if len > b.len() {
+            b = seg.read_exact(offset, len)?;
+        }
+        Ok(b)
     }
 
     /// The frame at `loc`, checked.
@@ -160,7 +199,7 @@ impl Reader {
                 break;
             }
             for (rev, pos, loc) in &page {
-                let e = self.event_at(*loc)?;
+                let e = self.event_at_in(*loc, (!is_link).then_some(name))?;
                 if e.position != *pos {
                     return Err(Error::Corrupt {
                         file: self.index.path().to_path_buf(),
@@ -260,7 +299,8 @@ impl Reader {
                         if header.first_position + header.count as u64 <= next {
                             continue;
                         }
-                        let events = decode_frame_events(&bytes, &header)
+                        let skip = next.saturating_sub(header.first_position) as u32;
+                        let events = decode_frame_events_from(&bytes, &header, skip)
                             .map_err(|d| corrupt(&seg, offset, d))?;
                         for (e, _) in events {
                             if e.position < next {

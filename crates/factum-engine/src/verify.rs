@@ -198,7 +198,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         if let Ok((e, _)) = StoredEvent::decode(&b, true) {
             let belongs = e.stream.as_str() == name && e.revision == rev
                 || StreamName::new(&e.stream)
-                    .map(|s| link_streams(&s, &e.event_type).iter().flatten().any(|l| l == name))
+                    .map(|s| link_streams(&s, &e.event_type).iter().any(|l| l == name))
                     .unwrap_or(false);
             if !belongs {
                 r.faults.push(format!("index: {rev}@{name} points to {}@{}", e.revision, e.stream));

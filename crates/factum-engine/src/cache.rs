@@ -1,0 +1,58 @@
+//! A cache of log blocks for point reads (one event through the index).
+//!
+//! Reading a stream fetches events scattered over the log; without a cache
+//! each costs a system call and a copy. Only blocks that lie wholly below
+//! the committed end of the log are cached, so a cached block never changes
+//! (the log is append-only and nothing below the committed end is ever
+//! rewritten). Eviction is first-in, first-out, bounded by bytes.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// Size of a cached block.
+pub const BLOCK: u64 = 64 * 1024;
+
+/// Cached blocks keyed by (segment number, block number).
+pub struct BlockCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    blocks: HashMap<(u32, u64), Bytes>,
+    order: VecDeque<(u32, u64)>,
+}
+
+impl BlockCache {
+    /// A cache holding at most `capacity_bytes` of blocks (0 disables it).
+    pub fn new(capacity_bytes: usize) -> Self {
+        BlockCache {
+            capacity: capacity_bytes / BLOCK as usize,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The cached block, if any.
+    pub fn get(&self, segment: u32, block: u64) -> Option<Bytes> {
+        self.inner.lock().blocks.get(&(segment, block)).cloned()
+    }
+
+    /// Caches a full, committed block.
+    pub fn put(&self, segment: u32, block: u64, bytes: Bytes) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if inner.blocks.insert((segment, block), bytes).is_none() {
+            inner.order.push_back((segment, block));
+        }
+        while inner.order.len() > self.capacity {
+            if let Some(old) = inner.order.pop_front() {
+                inner.blocks.remove(&old);
+            }
+        }
+    }
+}
