@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod context;
+pub mod event;
+pub mod repository;
+pub mod snapshot;
+pub mod temporal;
+pub mod testing;
+pub mod upcast;
+
+pub use aggregate::Aggregate;
+pub use context::{CommandContext, EventMetadata};
+pub use event::{CodecError, DomainEvent};
+pub use repository::{Executed, Loaded, Recorded, Repository, RepositoryError};
+pub use snapshot::{
+    Snapshot, SnapshotBound, SnapshotContext, SnapshotOutcome, SnapshotPolicy, SnapshotStore,
+    StreamSnapshotStore,
+};
+pub use temporal::stream_events_between;
+pub use upcast::Upcasters;
