@@ -347,6 +347,8 @@ impl Index {
             Walk::Up => (Bound::Included((id, from)), Bound::Included((id, u64::MAX))),
             Walk::Down => (Bound::Included((id, min_rev)), Bound::Included((id, from))),
         };
+        // Memtable entries are few; merge them (and drop duplicates with redb
+        // during a flush) only when there are any.
         let mut merged: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let take = |m: &BTreeMap<(u64, u64), (u64, u64)>, out: &mut BTreeMap<u64, (u64, u64)>| {
             let it = m.range(range);
@@ -367,6 +369,7 @@ impl Index {
             self.begin_read()?
         };
         let p = &self.path;
+        let mut from_db: Vec<(u64, u64, Loc)> = Vec::with_capacity(limit.min(1024));
         guarded(p, || {
             let t = tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
             let it = t.range::<(u64, u64)>(range).map_err(|e| redb_err(p, e))?;
@@ -376,10 +379,19 @@ impl Index {
             };
             for r in it {
                 let (k, v) = r.map_err(|e| redb_err(p, e))?;
-                merged.insert(k.value().1, v.value());
+                let (pos, loc) = v.value();
+                from_db.push((k.value().1, pos, Loc(loc)));
             }
             Ok(())
         })?;
+        if merged.is_empty() {
+            return Ok(from_db);
+        }
+        merged.extend(
+            from_db
+                .into_iter()
+                .map(|(rev, pos, loc)| (rev, (pos, loc.0))),
+        );
         let out = merged
             .into_iter()
             .map(|(rev, (pos, loc))| (rev, pos, Loc(loc)));

@@ -75,53 +75,7 @@ impl Reader {
 
     /// The event record at `loc`, checksum verified.
     pub fn event_at(&self, loc: Loc) -> Result<StoredEvent> {
-        self.event_at_in(loc, None)
-    }
-
-    /// As [`Reader::event_at`], reusing `stream` when the record belongs to it.
-    pub fn event_at_in(&self, loc: Loc, stream: Option<&StreamName>) -> Result<StoredEvent> {
-        let seg = self.segment(loc)?;
-        let b = self.record_bytes(&seg, loc)?;
-        StoredEvent::decode_with(&b, true, stream)
-            .map(|(e, _)| e)
-            .map_err(|d| corrupt(&seg, loc.offset(), d))
-    }
-
-    /// The bytes of the record at `loc` (at least the record), from the
-    /// block cache when the record lies within one committed block.
-    fn record_bytes(&self, seg: &Segment, loc: Loc) -> Result<bytes::Bytes> {
-        let offset = loc.offset();
-        let block = offset / BLOCK;
-        let within = (offset - block * BLOCK) as usize;
-        let committed = self.committed();
-        let block_end = (block + 1) * BLOCK;
-        let cacheable = seg.number < committed.end.segment()
-            || (seg.number == committed.end.segment() && block_end <= committed.end.offset());
-        if cacheable {
-            let bytes = match self.cache.get(seg.number, block) {
-                Some(b) => b,
-                None => {
-                    let b = seg.read_upto(block * BLOCK, BLOCK as usize)?;
-                    if b.len() == BLOCK as usize {
-                        self.cache.put(seg.number, block, b.clone());
-                    }
-                    b
-                }
-            };
-            if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
-                if within + len <= bytes.len() {
-                    return Ok(bytes.slice(within..within + len));
-                }
-            }
-        }
-        // Not cacheable, or the record crosses a block boundary.
-        let mut b = seg.read_upto(offset, 1024)?;
-        let len = StoredEvent::peek_len(&b)
-            .ok_or_else(|| corrupt(seg, offset, "event record is cut short"))?;
-        if len > b.len() {
-            b = seg.read_exact(offset, len)?;
-        }
-        Ok(b)
+        PointReads::new(self).event(loc, None)
     }
 
     /// The frame at `loc`, checked.
@@ -147,7 +101,10 @@ impl Reader {
         self.index
             .entries(id, from, 0, Walk::Up, count)?
             .into_iter()
-            .map(|(_, _, loc)| self.event_at(loc))
+            .map({
+                let mut reads = PointReads::new(self);
+                move |(_, _, loc)| reads.event(loc, None)
+            })
             .collect()
     }
 
@@ -192,6 +149,7 @@ impl Reader {
             (Direction::Backwards, StreamStart::Revision(r)) => (r.0.min(last), Walk::Down),
         };
         let mut out = Vec::new();
+        let mut reads = PointReads::new(self);
         while (out.len() as u64) < req.max_count {
             let want = (req.max_count - out.len() as u64).min(PAGE as u64) as usize;
             let page = self.index.entries(rec.id, cursor, min_rev, walk, want)?;
@@ -199,7 +157,7 @@ impl Reader {
                 break;
             }
             for (rev, pos, loc) in &page {
-                let e = self.event_at_in(*loc, (!is_link).then_some(name))?;
+                let e = reads.event(*loc, (!is_link).then_some(name))?;
                 if e.position != *pos {
                     return Err(Error::Corrupt {
                         file: self.index.path().to_path_buf(),
@@ -396,5 +354,82 @@ impl Reader {
             .stream(stream.as_str())?
             .and_then(|r| r.last_revision)
             .map_or(0, |r| r + 1))
+    }
+}
+
+/// Point reads of event records within one request: remembers the
+/// committed end and the last cache block, so events that share a block
+/// cost neither a lock nor a system call.
+struct PointReads<'r> {
+    reader: &'r Reader,
+    committed: Committed,
+    block: Option<(u32, u64, bytes::Bytes)>,
+}
+
+impl<'r> PointReads<'r> {
+    fn new(reader: &'r Reader) -> Self {
+        PointReads {
+            committed: reader.committed(),
+            reader,
+            block: None,
+        }
+    }
+
+    /// The record at `loc`, checksum verified; reuses `stream` when the
+    /// record belongs to it.
+    fn event(&mut self, loc: Loc, stream: Option<&StreamName>) -> Result<StoredEvent> {
+        let b = self.record_bytes(loc)?;
+        StoredEvent::decode_with(&b, true, stream)
+            .map(|(e, _)| e)
+            .map_err(|d| match self.reader.segment(loc) {
+                Ok(seg) => corrupt(&seg, loc.offset(), d),
+                Err(e) => e,
+            })
+    }
+
+    /// The bytes of the record at `loc`, from the block cache when the
+    /// record lies within one committed block.
+    fn record_bytes(&mut self, loc: Loc) -> Result<bytes::Bytes> {
+        let (seg_no, offset) = (loc.segment(), loc.offset());
+        let block = offset / BLOCK;
+        let within = (offset - block * BLOCK) as usize;
+        let block_end = (block + 1) * BLOCK;
+        let end = self.committed.end;
+        let cacheable =
+            seg_no < end.segment() || (seg_no == end.segment() && block_end <= end.offset());
+        if cacheable {
+            let hit = matches!(&self.block, Some((s, b, _)) if *s == seg_no && *b == block);
+            if !hit {
+                let bytes = match self.reader.cache.get(seg_no, block) {
+                    Some(b) => b,
+                    None => {
+                        let b = self
+                            .reader
+                            .segment(loc)?
+                            .read_upto(block * BLOCK, BLOCK as usize)?;
+                        if b.len() == BLOCK as usize {
+                            self.reader.cache.put(seg_no, block, b.clone());
+                        }
+                        b
+                    }
+                };
+                self.block = Some((seg_no, block, bytes));
+            }
+            let bytes = &self.block.as_ref().expect("set above").2;
+            if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
+                if within + len <= bytes.len() {
+                    return Ok(bytes.slice(within..within + len));
+                }
+            }
+        }
+        // Not cacheable, or the record crosses a block boundary.
+        let seg = self.reader.segment(loc)?;
+        let mut b = seg.read_upto(offset, 1024)?;
+        let len = StoredEvent::peek_len(&b)
+            .ok_or_else(|| corrupt(&seg, offset, "event record is cut short"))?;
+        if len > b.len() {
+            b = seg.read_exact(offset, len)?;
+        }
+        Ok(b)
     }
 }
