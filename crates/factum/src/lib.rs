@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod context;
 pub mod event;
+pub mod projection;
 pub mod repository;
 pub mod snapshot;
 pub mod temporal;
@@ -14,6 +15,10 @@ pub mod upcast;
 pub use aggregate::Aggregate;
 pub use context::{CommandContext, EventMetadata};
 pub use event::{CodecError, DomainEvent};
+pub use projection::{
+    Envelope, FailurePolicy, Lag, ProjectionError, ProjectionHandle, ProjectionRunner,
+    ProjectionStatus, ReadModelStore, RebuildProgress, RunState, RunnerOptions, Sink,
+};
 pub use repository::{Executed, Loaded, Recorded, Repository, RepositoryError};
 pub use snapshot::{
     Snapshot, SnapshotBound, SnapshotContext, SnapshotOutcome, SnapshotPolicy, SnapshotStore,
