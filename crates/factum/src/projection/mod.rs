@@ -10,6 +10,8 @@
 //!   batching; the failure policy; lag; `wait_for`; rebuild.
 
 mod envelope;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod runner;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
