@@ -5,6 +5,13 @@
 //! Errors print one line on stderr (`error: …`) and exit with 2 for
 //! invalid input or usage, 1 for anything else.
 
+/// mimalloc instead of glibc's allocator: reads allocate many short-lived
+/// events, and glibc returns the heap top to the OS after each page and
+/// page-faults it back in (measured: `$all` reads 1.5M/s with glibc, 6–7M/s
+/// with mimalloc on the same store).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod commands;
 mod error;

@@ -139,7 +139,7 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                         });
                     }
                     let events =
-                        decode_frame_events(&bytes, &header).map_err(|detail| Error::Corrupt {
+                        decode_frame_events(bytes, &header).map_err(|detail| Error::Corrupt {
                             file: seg.path.clone(),
                             offset,
                             detail,

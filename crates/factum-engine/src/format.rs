@@ -148,19 +148,22 @@ impl StoredEvent {
 
     /// Decodes one record from `buf` (which holds exactly the record or more).
     /// `check_crc` verifies the record's own checksum.
-    pub fn decode(buf: &Bytes, check_crc: bool) -> Result<(StoredEvent, usize), String> {
+    pub fn decode(buf: &[u8], check_crc: bool) -> Result<(StoredEvent, usize), String> {
         Self::decode_with(buf, check_crc, None)
     }
 
     /// As [`StoredEvent::decode`], reusing `same_stream` when the record's
     /// stream has that name (every event of a frame shares one stream, so a
     /// frame decodes and validates the name once).
+    ///
+    /// Data and metadata are copied out, so the record's buffer can be reused
+    /// (many small copies are cheaper than pinning large read buffers).
     pub fn decode_with(
-        buf: &Bytes,
+        buf: &[u8],
         check_crc: bool,
         same_stream: Option<&StreamName>,
     ) -> Result<(StoredEvent, usize), String> {
-        let b = &buf[..];
+        let b = buf;
         if b.len() < EVENT_HEADER_LEN {
             return Err("event record shorter than its header".into());
         }
@@ -197,9 +200,13 @@ impl StoredEvent {
             .map_err(|_| "event type is not UTF-8".to_string())?
             .to_string();
         o += tl;
-        let data = buf.slice(o..o + dl);
+        let data = Bytes::copy_from_slice(&buf[o..o + dl]);
         o += dl;
-        let metadata = buf.slice(o..o + ml);
+        let metadata = if ml == 0 {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&buf[o..o + ml])
+        };
         Ok((
             StoredEvent {
                 position: u64_at(8),
@@ -327,7 +334,7 @@ pub fn check_frame(b: &[u8]) -> FrameCheck {
 /// Decodes the events of a frame already checked with [`check_frame`].
 /// `frame` holds exactly the frame.
 pub fn decode_frame_events(
-    frame: &Bytes,
+    frame: &[u8],
     h: &FrameHeader,
 ) -> Result<Vec<(StoredEvent, u32)>, String> {
     decode_frame_events_from(frame, h, 0)
@@ -336,7 +343,7 @@ pub fn decode_frame_events(
 /// As [`decode_frame_events`], skipping the first `skip` records without
 /// decoding them (a read that starts inside a frame).
 pub fn decode_frame_events_from(
-    frame: &Bytes,
+    frame: &[u8],
     h: &FrameHeader,
     skip: u32,
 ) -> Result<Vec<(StoredEvent, u32)>, String> {
@@ -349,7 +356,7 @@ pub fn decode_frame_events_from(
             continue;
         }
         let same = out.last().map(|(e, _): &(StoredEvent, u32)| &e.stream);
-        let (e, l) = StoredEvent::decode_with(&frame.slice(o..end), false, same)?;
+        let (e, l) = StoredEvent::decode_with(&frame[o..end], false, same)?;
         out.push((e, o as u32));
         o += l;
     }

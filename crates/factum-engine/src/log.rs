@@ -239,12 +239,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
 }
 
-/// Reads frames of one segment sequentially in large chunks.
+/// Reads frames of one segment sequentially in large chunks, into one
+/// buffer reused for the whole scan.
 pub struct FrameReader {
     segment: Arc<Segment>,
     /// File offset of `buf[0]`.
     buf_offset: u64,
-    buf: Bytes,
+    buf: Vec<u8>,
+    /// Valid bytes in `buf`.
+    buf_len: usize,
     /// Offset of the next frame.
     offset: u64,
     /// Do not read at or past this offset.
@@ -252,15 +255,15 @@ pub struct FrameReader {
 }
 
 /// What [`FrameReader::next_frame`] found.
-pub enum Scanned {
+pub enum Scanned<'a> {
     /// A valid frame at this offset.
     Frame {
         /// Where it starts.
         offset: u64,
         /// Its header.
         header: FrameHeader,
-        /// Exactly the frame's bytes.
-        bytes: Bytes,
+        /// Exactly the frame's bytes (valid until the next call).
+        bytes: &'a [u8],
     },
     /// The limit was reached exactly.
     End,
@@ -286,7 +289,8 @@ impl FrameReader {
         FrameReader {
             segment,
             buf_offset: offset,
-            buf: Bytes::new(),
+            buf: Vec::new(),
+            buf_len: 0,
             offset,
             limit,
         }
@@ -302,34 +306,54 @@ impl FrameReader {
         self.offset
     }
 
-    fn available(&self) -> &[u8] {
-        let start = (self.offset - self.buf_offset) as usize;
-        &self.buf[start.min(self.buf.len())..]
+    fn start(&self) -> usize {
+        ((self.offset - self.buf_offset) as usize).min(self.buf_len)
     }
 
     fn refill(&mut self, need: usize) -> Result<()> {
         let want = need.max(CHUNK).min((self.limit - self.offset) as usize);
-        self.buf = self.segment.read_upto(self.offset, want)?;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let mut got = 0;
+        while got < want {
+            match self
+                .segment
+                .file
+                .read_at(&mut self.buf[got..want], self.offset + got as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("reading {}", self.segment.path.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        self.buf_len = got;
         self.buf_offset = self.offset;
         Ok(())
     }
 
     /// The next frame, checked.
-    pub fn next_frame(&mut self) -> Result<Scanned> {
+    pub fn next_frame(&mut self) -> Result<Scanned<'_>> {
         if self.offset >= self.limit {
             return Ok(Scanned::End);
         }
         let mut need = crate::format::FRAME_HEADER_LEN;
         loop {
-            let avail = self.available();
-            let have_all = self.buf_offset + self.buf.len() as u64 >= self.limit;
+            let avail = &self.buf[self.start()..self.buf_len];
+            let have_all = self.buf_offset + self.buf_len as u64 >= self.limit;
             if avail.len() >= need || have_all {
                 match check_frame(avail) {
                     FrameCheck::Valid(header) => {
-                        let start = (self.offset - self.buf_offset) as usize;
-                        let bytes = self.buf.slice(start..start + header.len as usize);
+                        let start = self.start();
                         let offset = self.offset;
                         self.offset += header.len as u64;
+                        let bytes = &self.buf[start..start + header.len as usize];
                         return Ok(Scanned::Frame {
                             offset,
                             header,

@@ -228,7 +228,7 @@ impl Reader {
         max_scan: u64,
     ) -> Result<(Vec<RecordedEvent>, u64)> {
         let committed = self.committed();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max_count.min(4096) as usize);
         if start >= committed.next_position || max_count == 0 {
             return Ok((out, start));
         }
@@ -258,7 +258,7 @@ impl Reader {
                             continue;
                         }
                         let skip = next.saturating_sub(header.first_position) as u32;
-                        let events = decode_frame_events_from(&bytes, &header, skip)
+                        let events = decode_frame_events_from(bytes, &header, skip)
                             .map_err(|d| corrupt(&seg, offset, d))?;
                         for (e, _) in events {
                             if e.position < next {

@@ -83,14 +83,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                             header.first_position
                         ));
                     }
-                    match decode_frame_events(&bytes, &header) {
+                    match decode_frame_events(bytes, &header) {
                         Err(d) => r
                             .faults
                             .push(format!("{} at offset {offset}: {d}", seg.path.display())),
                         Ok(events) => {
                             for (e, o) in events {
-                                let rec_bytes = bytes.slice(o as usize..);
-                                if let Err(d) = StoredEvent::decode(&rec_bytes, true) {
+                                if let Err(d) = StoredEvent::decode(&bytes[o as usize..], true) {
                                     r.faults.push(format!(
                                         "{} at offset {}: {d}",
                                         seg.path.display(),

@@ -5,12 +5,14 @@
 //! shown as missed. Workloads (see each module):
 //! `fsync-baseline`, `append-seq`, `append-concurrent`, `append-batch`
 //! ([`append`]), `read-all`, `read-stream` ([`read`]),
-//! `subscribe-latency` ([`subscribe`]), `open` ([`open`]).
+//! `subscribe-latency` ([`subscribe`]), `open` ([`open`]), `aggregate-load`,
+//! `projection-sqlite`, `projection-postgres` ([`toolkit`]).
 
 pub mod append;
 pub mod open;
 pub mod read;
 pub mod subscribe;
+pub mod toolkit;
 pub mod util;
 
 use std::io::Write;
@@ -71,6 +73,12 @@ pub enum Workload {
     SubscribeLatency,
     /// Reopening a large store: time and peak memory.
     Open,
+    /// Loading a 10,050-event aggregate with a snapshot every 100 vs replay.
+    AggregateLoad,
+    /// Rebuilding a read model into SQLite.
+    ProjectionSqlite,
+    /// Rebuilding a read model into PostgreSQL.
+    ProjectionPostgres,
 }
 
 impl Workload {
@@ -85,10 +93,13 @@ impl Workload {
             Workload::ReadStream => "read-stream",
             Workload::SubscribeLatency => "subscribe-latency",
             Workload::Open => "open",
+            Workload::AggregateLoad => "aggregate-load",
+            Workload::ProjectionSqlite => "projection-sqlite",
+            Workload::ProjectionPostgres => "projection-postgres",
         }
     }
 
-    const ALL: [Workload; 8] = [
+    const ALL: [Workload; 11] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -97,6 +108,9 @@ impl Workload {
         Workload::ReadStream,
         Workload::SubscribeLatency,
         Workload::Open,
+        Workload::AggregateLoad,
+        Workload::ProjectionSqlite,
+        Workload::ProjectionPostgres,
     ];
 }
 
@@ -263,6 +277,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             Workload::ReadStream => read::read_stream(&mut ctx),
             Workload::SubscribeLatency => subscribe::latency(&mut ctx),
             Workload::Open => open::open(&mut ctx),
+            Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),
+            Workload::ProjectionSqlite => toolkit::projection_sqlite(&mut ctx),
+            Workload::ProjectionPostgres => toolkit::projection_postgres(&mut ctx),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;
         if !args.keep {

@@ -44,28 +44,40 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     }
     let load_secs = load_started.elapsed().as_secs_f64();
     let engine = open_engine(&dir, Durability::Always)?;
-    let (n, elapsed, mut lat) = ctx.rt.block_on(async {
-        let mut lat = Latencies::default();
-        let started = Instant::now();
-        let mut next = 0u64;
-        loop {
-            let t = Instant::now();
-            let page = engine
-                .read_all(
-                    ReadAll::forwards()
-                        .from_position(Position(next))
-                        .max_count(PAGE),
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            lat.push(t.elapsed());
-            next = last.position.0 + 1;
-            if (page.len() as u64) < PAGE {
-                break;
+    // Two passes over the same store: the first after reopening (the
+    // process's allocator and the reader still warming up), the second is
+    // the steady state that the figure reports. Both are printed.
+    let pass = |engine: &factum_engine::Engine| {
+        ctx.rt.block_on(async {
+            let mut lat = Latencies::default();
+            let started = Instant::now();
+            let mut next = 0u64;
+            loop {
+                let t = Instant::now();
+                let page = engine
+                    .read_all(
+                        ReadAll::forwards()
+                            .from_position(Position(next))
+                            .max_count(PAGE),
+                    )
+                    .await?;
+                let Some(last) = page.last() else { break };
+                lat.push(t.elapsed());
+                next = last.position.0 + 1;
+                if (page.len() as u64) < PAGE {
+                    break;
+                }
             }
-        }
-        Ok::<_, CliError>((next, started.elapsed(), lat))
-    })?;
+            Ok::<_, CliError>((next, started.elapsed(), lat))
+        })
+    };
+    let (first_n, first_elapsed, _) = pass(&engine)?;
+    let (n, elapsed, mut lat) = pass(&engine)?;
+    if first_n != n {
+        return Err(CliError::failure(format!(
+            "two reads of $all disagree: {first_n} then {n} events"
+        )));
+    }
     engine.close()?;
     if n != total {
         return Err(CliError::failure(format!(
@@ -86,6 +98,10 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     r.durability = "none (load only; the read is unaffected)".into();
     r.notes.push(format!(
         "loaded {total} events of {EVENT_BYTES} B in appends of {LOAD_BATCH} over 100 streams with durability None in {load_secs:.2} s; store reopened; page cache warm"
+    ));
+    r.notes.push(format!(
+        "reported: the second of two passes; the first pass after reopening ran at {:.2}M events/s",
+        rate(n, first_elapsed) / 1e6
     ));
     Ok(r)
 }
