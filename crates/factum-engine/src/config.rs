@@ -40,9 +40,6 @@ pub struct EngineConfig {
     pub read_cache_bytes: usize,
     /// A live subscriber this many events behind the head is told it fell behind.
     pub fell_behind_events: u64,
-    /// How long the idle writer spins for the next append before it parks
-    /// (saves a thread wake-up per append for clients that await each one).
-    pub writer_spin: Duration,
     /// Messages buffered per subscription.
     pub subscription_buffer: usize,
 }
@@ -63,7 +60,6 @@ impl Default for EngineConfig {
             read_cache_bytes: 64 << 20,
             fell_behind_events: 50_000,
             subscription_buffer: 512,
-            writer_spin: Duration::from_micros(50),
         }
     }
 }

@@ -100,9 +100,9 @@ impl Writer {
         loop {
             let mut group: Vec<AppendRequest> = std::mem::take(&mut carry);
             if group.is_empty() {
-                match next_request(&rx, self.config.writer_spin) {
-                    Some(r) => group.push(r),
-                    None => return,
+                match rx.recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => return,
                 }
             }
             while group.len() < self.config.max_group_appends {
@@ -555,24 +555,6 @@ impl Writer {
             position: Position(last.position),
         }))
     }
-}
-
-/// Waits for the next request: spins for up to `spin` first, because a
-/// client that awaits each append sends its next one a few microseconds
-/// after the answer, and parking and waking the writer thread costs more
-/// than that. `None` when every sender is gone.
-fn next_request(rx: &Receiver<AppendRequest>, spin: std::time::Duration) -> Option<AppendRequest> {
-    if !spin.is_zero() {
-        let started = std::time::Instant::now();
-        while started.elapsed() < spin {
-            match rx.try_recv() {
-                Ok(r) => return Some(r),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => std::hint::spin_loop(),
-            }
-        }
-    }
-    rx.recv().ok()
 }
 
 fn current_revision(rec: Option<&StreamRecord>) -> CurrentRevision {
