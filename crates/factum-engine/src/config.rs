@@ -55,7 +55,7 @@ impl Default for EngineConfig {
             max_group_appends: 4096,
             max_group_bytes: 8 << 20,
             index_flush_entries: 200_000,
-            index_flush_interval: Duration::from_secs(2),
+            index_flush_interval: Duration::from_secs(30),
             index_cache_bytes: 64 << 20,
             read_cache_bytes: 64 << 20,
             fell_behind_events: 50_000,
