@@ -15,6 +15,7 @@ pub mod expected;
 pub mod metadata;
 pub mod model;
 pub mod read;
+pub mod rules;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

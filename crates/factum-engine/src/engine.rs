@@ -21,7 +21,8 @@ use crate::index::Index;
 use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
 use crate::overlay::Overlay;
 use crate::reader::Reader;
-use crate::writer::{AppendKind, AppendRequest, Committed, Writer};
+use crate::writer::{AppendRequest, Committed, Writer};
+use factum_core::rules::Operation;
 
 /// The name of the lock file in a store's directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -319,13 +320,13 @@ impl Engine {
         &self,
         stream: StreamName,
         expected: ExpectedRevision,
-        kind: AppendKind,
+        op: Operation,
     ) -> Result<AppendResult> {
         let (reply, rx) = oneshot::channel();
         let req = AppendRequest {
             stream,
             expected,
-            kind,
+            op,
             reply,
         };
         {
@@ -366,7 +367,7 @@ impl EventStore for Engine {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.submit(stream, expected, AppendKind::Events(events))
+        self.submit(stream, expected, Operation::Append(events))
             .await
     }
 
@@ -420,7 +421,7 @@ impl EventStore for Engine {
         expected: ExpectedRevision,
         metadata: StreamMetadata,
     ) -> Result<AppendResult> {
-        self.submit(stream, expected, AppendKind::SetMetadata(metadata))
+        self.submit(stream, expected, Operation::SetMetadata(metadata))
             .await
     }
 
@@ -429,9 +430,7 @@ impl EventStore for Engine {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        let r = self
-            .submit(stream, expected, AppendKind::SoftDelete)
-            .await?;
+        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
         Ok(DeleteResult {
             position: r.position,
         })
@@ -442,7 +441,7 @@ impl EventStore for Engine {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, AppendKind::Tombstone).await?;
+        let r = self.submit(stream, expected, Operation::Tombstone).await?;
         Ok(DeleteResult {
             position: r.position,
         })

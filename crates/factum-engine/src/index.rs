@@ -70,6 +70,19 @@ impl StreamRecord {
         }
     }
 
+    /// The state the append rules need.
+    pub fn state(&self) -> factum_core::rules::StreamState {
+        factum_core::rules::StreamState {
+            last_revision: self.last_revision,
+            last_position: self.last_position,
+            last_event_id: self.last_event_id,
+            deleted: self.deleted,
+            tombstoned: self.tombstoned,
+            base: self.base,
+            metadata: self.metadata.clone(),
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(48 + self.metadata.as_ref().map_or(0, Vec::len));
         b.extend_from_slice(&self.id.to_le_bytes());

@@ -15,9 +15,10 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
 use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, ExpectedRevision, Position, Result,
-    StreamMetadata, StreamName, StreamRevision, Timestamp, METADATA_EVENT_TYPE,
+    AppendResult, Error, EventData, ExpectedRevision, Position, Result, StreamName, StreamRevision,
+    Timestamp, Uuid,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -26,28 +27,10 @@ use crate::format::{
     encode_frame, StoredEvent, EVENT_HEADER_LEN, FLAG_SOFT_DELETE, FLAG_TOMBSTONE,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN,
 };
-use crate::index::{Index, StreamRecord};
+use crate::index::Index;
 use crate::log::{create_segment, Loc, Segment, Segments};
 use crate::overlay::Overlay;
 use crate::reader::Reader;
-
-/// The event type of tombstones.
-pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
-/// The revision of a tombstone record (KurrentDB's `i64::MAX`).
-pub const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
-
-/// What an append request does.
-#[derive(Debug)]
-pub enum AppendKind {
-    /// Append the events to the stream.
-    Events(Vec<EventData>),
-    /// Write new metadata to `$$stream` (expectation on `$$stream`).
-    SetMetadata(StreamMetadata),
-    /// Soft-delete the stream.
-    SoftDelete,
-    /// Tombstone the stream.
-    Tombstone,
-}
 
 /// One queued request.
 pub struct AppendRequest {
@@ -56,7 +39,7 @@ pub struct AppendRequest {
     /// The expectation.
     pub expected: ExpectedRevision,
     /// What to do.
-    pub kind: AppendKind,
+    pub op: Operation,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<AppendResult>>,
 }
@@ -226,25 +209,12 @@ impl Writer {
         Ok(())
     }
 
-    fn check_event(&self, e: &EventData) -> Result<()> {
-        if e.event_type.is_empty() {
-            return Err(Error::InvalidInput("event type is empty".into()));
+    fn limits(&self) -> Limits {
+        Limits {
+            max_event_bytes: self.config.max_event_bytes,
+            max_append_bytes: self.config.max_append_bytes,
+            max_append_events: self.config.max_append_events,
         }
-        if e.event_type.len() > factum_core::model::MAX_EVENT_TYPE_BYTES {
-            return Err(Error::LimitExceeded {
-                what: "event type length in bytes".into(),
-                limit: factum_core::model::MAX_EVENT_TYPE_BYTES as u64,
-                actual: e.event_type.len() as u64,
-            });
-        }
-        if e.size() > self.config.max_event_bytes {
-            return Err(Error::LimitExceeded {
-                what: format!("event {} size in bytes (data + metadata + type)", e.id),
-                limit: self.config.max_event_bytes as u64,
-                actual: e.size() as u64,
-            });
-        }
-        Ok(())
     }
 
     /// Validates one request against the newest state and, when it writes,
@@ -269,179 +239,71 @@ impl Writer {
         buf: &mut Vec<u8>,
         now: Timestamp,
     ) -> Result<Outcome> {
-        let target = &req.stream;
-        if !target.is_writable() {
-            return Err(Error::InvalidInput(format!("stream {target} is read-only")));
-        }
-        // The stream the frame is written to, and its events.
-        let (stream, events, flags) = match &req.kind {
-            AppendKind::Events(events) => {
-                if target.metadata_of().is_some() {
-                    for e in events {
-                        if e.event_type != METADATA_EVENT_TYPE {
-                            return Err(Error::InvalidInput(format!(
-                                "metadata stream {target} only takes {METADATA_EVENT_TYPE} events, not {}",
-                                e.event_type
-                            )));
-                        }
-                        StreamMetadata::from_json(&e.data)?;
-                    }
-                }
-                for e in events {
-                    self.check_event(e)?;
-                }
-                (target.clone(), events.clone(), 0u8)
-            }
-            AppendKind::SetMetadata(m) => {
-                let data = m.to_json();
-                (
-                    target.metadata_stream(),
-                    vec![EventData::new(
-                        METADATA_EVENT_TYPE,
-                        factum_core::ContentType::Json,
-                        data,
-                    )],
-                    0,
-                )
-            }
-            AppendKind::SoftDelete | AppendKind::Tombstone => (target.clone(), Vec::new(), 0),
-        };
-        let total: usize = events.iter().map(EventData::size).sum();
-        if total > self.config.max_append_bytes {
-            return Err(Error::LimitExceeded {
-                what: "append size in bytes".into(),
-                limit: self.config.max_append_bytes as u64,
-                actual: total as u64,
-            });
-        }
-        if events.len() > self.config.max_append_events {
-            return Err(Error::LimitExceeded {
-                what: "events in one append".into(),
-                limit: self.config.max_append_events as u64,
-                actual: events.len() as u64,
-            });
-        }
-        // A metadata write or an append to `$$x` is refused when `x` is tombstoned.
-        let owner = stream.metadata_of().unwrap_or_else(|| stream.clone());
-        let owner_rec = overlay.record(owner.as_str())?;
-        if owner_rec.as_ref().is_some_and(|r| r.tombstoned) {
-            return Err(Error::StreamDeleted { stream: owner });
-        }
-        let rec = if owner == stream {
-            owner_rec
+        let (owner, written) = rules::streams_of(&req.stream, &req.op);
+        let owner_state = overlay.record(owner.as_str())?.map(|r| r.state());
+        let written_rec = if written == owner {
+            overlay.record(owner.as_str())?
         } else {
-            overlay.record(stream.as_str())?
+            overlay.record(written.as_str())?
         };
-        let current = current_revision(rec.as_ref());
-        let next_rev = rec
-            .as_ref()
-            .and_then(|r| r.last_revision)
-            .map_or(0, |r| r + 1);
-
-        let (stream, events, flags) = match &req.kind {
-            AppendKind::SoftDelete | AppendKind::Tombstone => {
-                let tombstone = matches!(req.kind, AppendKind::Tombstone);
-                if !req.expected.is_satisfied_by(current) {
-                    return Err(wrong(target, req.expected, current));
-                }
-                if !tombstone && current == CurrentRevision::NoStream {
-                    return Err(Error::StreamNotFound {
-                        stream: target.clone(),
-                    });
-                }
-                if tombstone {
-                    (
-                        stream,
-                        vec![EventData::new(
-                            TOMBSTONE_EVENT_TYPE,
-                            factum_core::ContentType::Json,
-                            "{}",
-                        )],
-                        FLAG_TOMBSTONE,
-                    )
-                } else {
-                    let mut meta = match rec.as_ref().and_then(|r| r.metadata.as_deref()) {
-                        Some(m) => StreamMetadata::from_json(m)?,
-                        None => StreamMetadata::default(),
-                    };
-                    meta.truncate_before = Some(next_rev);
-                    let meta_stream = target.metadata_stream();
-                    let data = meta.to_json();
-                    (
-                        meta_stream,
-                        vec![EventData::new(
-                            METADATA_EVENT_TYPE,
-                            factum_core::ContentType::Json,
-                            data,
-                        )],
-                        FLAG_SOFT_DELETE,
-                    )
-                }
-            }
-            _ => (stream, events, flags),
-        };
-        // The expectation for deletes was checked on the target above; the
-        // frame of a soft delete goes to `$$target`, so look that up too.
-        let (rec, current, next_rev) =
-            if stream.as_str() == target.as_str() || !matches!(req.kind, AppendKind::SoftDelete) {
-                (rec, current, next_rev)
-            } else {
-                let r = overlay.record(stream.as_str())?;
-                let c = current_revision(r.as_ref());
-                let n = r
-                    .as_ref()
-                    .and_then(|r| r.last_revision)
-                    .map_or(0, |x| x + 1);
-                (r, c, n)
-            };
-        let is_delete = matches!(req.kind, AppendKind::SoftDelete | AppendKind::Tombstone);
-        if !is_delete && !req.expected.is_satisfied_by(current) {
-            return self.idempotent_or_wrong(
-                &stream,
-                req.expected,
-                current,
-                rec.as_ref(),
-                &events,
-                overlay,
-            );
-        }
-        if !is_delete
-            && matches!(
-                req.expected,
-                ExpectedRevision::Any | ExpectedRevision::StreamExists
-            )
-        {
-            if let (Some(r), Some(last)) = (rec.as_ref(), events.last()) {
-                if r.last_event_id == last.id && !r.deleted {
+        let written_state = written_rec.as_ref().map(|r| r.state());
+        let mut decision = rules::decide(
+            &req.stream,
+            req.expected,
+            req.op.clone(),
+            owner_state.as_ref(),
+            written_state.as_ref(),
+            &self.limits(),
+        );
+        loop {
+            match decision {
+                Decision::Reject(e) => return Err(e),
+                Decision::Done(r) => return Ok(Outcome::Done(Ok(r))),
+                Decision::CheckRetry {
+                    stream,
+                    first,
+                    ids,
+                    otherwise,
+                } => {
+                    // The events to compare may still be pending in this group.
                     if overlay.touched(stream.as_str()) {
                         return Ok(Outcome::Defer);
                     }
-                    let first = r
-                        .last_revision
-                        .and_then(|l| (l + 1).checked_sub(events.len() as u64));
-                    if let Some(done) = first
-                        .map(|f| self.already_appended(r, f, &events))
-                        .transpose()?
-                        .flatten()
-                    {
-                        return Ok(Outcome::Done(Ok(done)));
+                    let rec = written_rec
+                        .as_ref()
+                        .expect("a retry needs an existing stream");
+                    match self.already_appended(rec.id, first, &ids)? {
+                        Some(done) => return Ok(Outcome::Done(Ok(done))),
+                        None => decision = *otherwise,
                     }
                 }
+                Decision::Write {
+                    stream,
+                    events,
+                    kind,
+                    first_revision,
+                } => return self.encode(overlay, buf, now, stream, events, kind, first_revision),
             }
         }
-        if events.is_empty() {
-            // An empty append only checks the expectation.
-            let rev = match current {
-                CurrentRevision::Current(r) => r,
-                CurrentRevision::NoStream => StreamRevision(u64::MAX),
-            };
-            let pos = rec.map_or(0, |r| r.last_position);
-            return Ok(Outcome::Done(Ok(AppendResult {
-                revision: rev,
-                position: Position(pos),
-            })));
-        }
-        // Encode the frame.
+    }
+
+    /// Encodes one frame into the group buffer and records its index changes.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        overlay: &mut Overlay<'_>,
+        buf: &mut Vec<u8>,
+        now: Timestamp,
+        stream: StreamName,
+        events: Vec<EventData>,
+        kind: WriteKind,
+        first_revision: u64,
+    ) -> Result<Outcome> {
+        let flags = match kind {
+            WriteKind::Events => 0,
+            WriteKind::SoftDelete => FLAG_SOFT_DELETE,
+            WriteKind::Tombstone => FLAG_TOMBSTONE,
+        };
         let frame_len = FRAME_HEADER_LEN
             + FRAME_TRAILER_LEN
             + events
@@ -465,12 +327,7 @@ impl Writer {
             .enumerate()
             .map(|(i, e)| StoredEvent {
                 position: first_position + i as u64,
-                // A tombstone sits at the end of the revision space, as in KurrentDB.
-                revision: if flags == FLAG_TOMBSTONE {
-                    TOMBSTONE_REVISION
-                } else {
-                    next_rev + i as u64
-                },
+                revision: first_revision + i as u64,
                 created: now,
                 id: e.id,
                 content_type: e.content_type,
@@ -499,53 +356,15 @@ impl Writer {
         })))
     }
 
-    /// A failed expectation: succeed without writing when the same event
-    /// ids already stand where the caller expected to put them.
-    fn idempotent_or_wrong(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedRevision,
-        current: CurrentRevision,
-        rec: Option<&StreamRecord>,
-        events: &[EventData],
-        overlay: &Overlay<'_>,
-    ) -> Result<Outcome> {
-        let first = match expected {
-            ExpectedRevision::Exact(r) => Some(r.0 + 1),
-            ExpectedRevision::NoStream => Some(rec.map_or(0, |r| r.base)),
-            _ => None,
-        };
-        if let (Some(first), Some(rec), false) = (first, rec, events.is_empty()) {
-            if rec.last_revision.is_some_and(|l| l >= first) {
-                if overlay.touched(stream.as_str()) {
-                    return Ok(Outcome::Defer);
-                }
-                if let Some(done) = self.already_appended(rec, first, events)? {
-                    return Ok(Outcome::Done(Ok(done)));
-                }
-            }
-        }
-        Ok(Outcome::Done(Err(wrong(stream, expected, current))))
-    }
-
-    /// If the events at revisions `first..` of the stream have exactly these
+    /// If the events of stream `id` from revision `first` have exactly these
     /// ids, the result of that earlier append.
-    fn already_appended(
-        &self,
-        rec: &StreamRecord,
-        first: u64,
-        events: &[EventData],
-    ) -> Result<Option<AppendResult>> {
-        if first < rec.base {
-            // Events from before a soft delete belong to a past life of the stream.
-            return Ok(None);
-        }
-        let found = self.reader.stream_events(rec.id, first, events.len())?;
-        if found.len() != events.len()
+    fn already_appended(&self, id: u64, first: u64, ids: &[Uuid]) -> Result<Option<AppendResult>> {
+        let found = self.reader.stream_events(id, first, ids.len())?;
+        if found.len() != ids.len()
             || found
                 .iter()
-                .zip(events)
-                .any(|(f, e)| f.id != e.id || f.revision < first)
+                .zip(ids)
+                .any(|(f, id)| f.id != *id || f.revision < first)
         {
             return Ok(None);
         }
@@ -554,22 +373,5 @@ impl Writer {
             revision: StreamRevision(last.revision),
             position: Position(last.position),
         }))
-    }
-}
-
-fn current_revision(rec: Option<&StreamRecord>) -> CurrentRevision {
-    match rec {
-        Some(r) if !r.deleted => r.last_revision.map_or(CurrentRevision::NoStream, |l| {
-            CurrentRevision::Current(StreamRevision(l))
-        }),
-        _ => CurrentRevision::NoStream,
-    }
-}
-
-fn wrong(stream: &StreamName, expected: ExpectedRevision, actual: CurrentRevision) -> Error {
-    Error::WrongExpectedVersion {
-        stream: stream.clone(),
-        expected,
-        actual,
     }
 }

@@ -207,11 +207,10 @@ pub use self::checks_subscribe::{
 };
 pub use self::proptest::{model_proptest, proptest_cases};
 
-/// The event type of the record a tombstone writes (KurrentDB's).
-pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
+pub use crate::rules::TOMBSTONE_EVENT_TYPE;
 /// The revision a tombstone record reads with in `$all` (KurrentDB's
 /// `EventNumber.DeletedStream`, `i64::MAX`).
-pub const TOMBSTONE_REVISION: StreamRevision = StreamRevision(i64::MAX as u64);
+pub const TOMBSTONE_REVISION: StreamRevision = StreamRevision(crate::rules::TOMBSTONE_REVISION);
 /// Largest event ([`EventData::size`](crate::EventData::size)) a backend must
 /// accept at most: one byte more answers `LimitExceeded`.
 pub const MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
