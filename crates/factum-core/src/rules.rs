@@ -51,6 +51,62 @@ impl StreamState {
     pub fn next_revision(&self) -> u64 {
         self.last_revision.map_or(0, |r| r + 1)
     }
+
+    /// Records an event written to this stream.
+    pub fn record_event(&mut self, revision: u64, position: u64, id: Uuid, kind: WriteKind) {
+        self.last_position = position;
+        if kind == WriteKind::Tombstone {
+            self.tombstoned = true;
+            return;
+        }
+        self.last_revision = Some(revision);
+        self.last_event_id = id;
+        self.deleted = false;
+    }
+
+    /// Records a `$metadata` event written to `$$<this stream>`.
+    pub fn record_metadata(&mut self, data: &[u8], kind: WriteKind) {
+        self.metadata = Some(data.to_vec());
+        if kind == WriteKind::SoftDelete {
+            self.deleted = true;
+            self.base = self.next_revision();
+        }
+    }
+
+    /// Records a new entry of this link stream (`$ce-…`, `$et-…`); returns
+    /// the entry's revision.
+    pub fn record_link(&mut self, position: u64, id: Uuid) -> u64 {
+        let revision = self.next_revision();
+        self.last_revision = Some(revision);
+        self.last_position = position;
+        self.last_event_id = id;
+        revision
+    }
+}
+
+/// The link streams an event is indexed under, as (prefix, name part):
+/// `$ce-<category>` and `$et-<type>` for events of user streams (never for
+/// system streams or `$`-types).
+pub fn link_parts<'e>(
+    stream: &'e StreamName,
+    event_type: &'e str,
+) -> [(&'static str, Option<&'e str>); 2] {
+    if stream.is_system() {
+        return [("$ce-", None), ("$et-", None)];
+    }
+    let typed = !event_type.is_empty() && !event_type.starts_with('$');
+    [
+        ("$ce-", stream.category()),
+        ("$et-", typed.then_some(event_type)),
+    ]
+}
+
+/// The link stream names of an event (see [`link_parts`]).
+pub fn link_streams(stream: &StreamName, event_type: &str) -> Vec<String> {
+    link_parts(stream, event_type)
+        .into_iter()
+        .filter_map(|(prefix, part)| part.map(|p| format!("{prefix}{p}")))
+        .collect()
 }
 
 /// Size limits of a store.

@@ -18,6 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use factum_core::rules::StreamState;
 use factum_core::{Error, Result, Uuid};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -33,26 +34,27 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const INDEX_FILE: &str = "index.redb";
 const INDEX_VERSION: u64 = 1;
 
-/// What the index knows about one stream (user, `$$meta`, `$ce-`, `$et-`).
+/// What the index knows about one stream (user, `$$meta`, `$ce-`, `$et-`):
+/// its dense id (used in index keys) and its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamRecord {
     /// Dense id used in index keys.
     pub id: u64,
-    /// Revision of the last event (not counting a tombstone).
-    pub last_revision: Option<u64>,
-    /// Position of the last event.
-    pub last_position: u64,
-    /// Id of the last event (for idempotent `Any` retries).
-    pub last_event_id: Uuid,
-    /// Soft-deleted: reads answer not-found until the next append.
-    pub deleted: bool,
-    /// First revision of the stream's current life (after its last soft
-    /// delete): older events stay hidden whatever later metadata says.
-    pub base: u64,
-    /// Tombstoned: gone for good.
-    pub tombstoned: bool,
-    /// The stream's metadata JSON (from the last `$metadata` in `$$stream`).
-    pub metadata: Option<Vec<u8>>,
+    /// Revisions, deletion, metadata.
+    pub state: StreamState,
+}
+
+impl std::ops::Deref for StreamRecord {
+    type Target = StreamState;
+    fn deref(&self) -> &StreamState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for StreamRecord {
+    fn deref_mut(&mut self) -> &mut StreamState {
+        &mut self.state
+    }
 }
 
 impl StreamRecord {
@@ -60,26 +62,7 @@ impl StreamRecord {
     pub fn new(id: u64) -> Self {
         StreamRecord {
             id,
-            last_revision: None,
-            last_position: 0,
-            last_event_id: Uuid::nil(),
-            deleted: false,
-            base: 0,
-            tombstoned: false,
-            metadata: None,
-        }
-    }
-
-    /// The state the append rules need.
-    pub fn state(&self) -> factum_core::rules::StreamState {
-        factum_core::rules::StreamState {
-            last_revision: self.last_revision,
-            last_position: self.last_position,
-            last_event_id: self.last_event_id,
-            deleted: self.deleted,
-            tombstoned: self.tombstoned,
-            base: self.base,
-            metadata: self.metadata.clone(),
+            state: StreamState::default(),
         }
     }
 
@@ -109,13 +92,15 @@ impl StreamRecord {
         let flags = b[48];
         Some(StreamRecord {
             id: u(0),
-            last_revision: Some(u(8)).filter(|&r| r != u64::MAX),
-            last_position: u(16),
-            last_event_id: Uuid::from_bytes(b[24..40].try_into().unwrap()),
-            base: u(40),
-            deleted: flags & 1 != 0,
-            tombstoned: flags & 2 != 0,
-            metadata: (flags & 4 != 0).then(|| b[49..].to_vec()),
+            state: StreamState {
+                last_revision: Some(u(8)).filter(|&r| r != u64::MAX),
+                last_position: u(16),
+                last_event_id: Uuid::from_bytes(b[24..40].try_into().unwrap()),
+                base: u(40),
+                deleted: flags & 1 != 0,
+                tombstoned: flags & 2 != 0,
+                metadata: (flags & 4 != 0).then(|| b[49..].to_vec()),
+            },
         })
     }
 }

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use factum_core::{Result, StreamName};
+use factum_core::rules::{link_parts, WriteKind};
+use factum_core::Result;
 
 use crate::format::{StoredEvent, FLAG_SOFT_DELETE, FLAG_TOMBSTONE};
 use std::collections::HashMap;
@@ -33,31 +34,6 @@ pub struct Overlay<'a> {
     pub mem: Changes,
     /// Reused buffer for link stream names.
     link: String,
-}
-
-/// The link streams an event is indexed under, as (prefix, name part):
-/// `$ce-<category>` and `$et-<type>` for events of user streams (not for
-/// system streams or `$`-types). One rule for the writer, recovery and verify.
-pub fn link_parts<'e>(
-    stream: &'e StreamName,
-    event_type: &'e str,
-) -> [(&'static str, Option<&'e str>); 2] {
-    if stream.is_system() {
-        return [("$ce-", None), ("$et-", None)];
-    }
-    let typed = !event_type.is_empty() && !event_type.starts_with('$');
-    [
-        ("$ce-", stream.category()),
-        ("$et-", typed.then_some(event_type)),
-    ]
-}
-
-/// The link stream names of an event (see [`link_parts`]).
-pub fn link_streams(stream: &StreamName, event_type: &str) -> Vec<String> {
-    link_parts(stream, event_type)
-        .into_iter()
-        .filter_map(|(prefix, part)| part.map(|p| format!("{prefix}{p}")))
-        .collect()
 }
 
 impl<'a> Overlay<'a> {
@@ -137,24 +113,23 @@ impl<'a> Overlay<'a> {
     }
 
     fn add_event(&mut self, e: &StoredEvent, loc: Loc) -> Result<()> {
+        let kind = if e.flags & FLAG_TOMBSTONE != 0 {
+            WriteKind::Tombstone
+        } else if e.flags & FLAG_SOFT_DELETE != 0 {
+            WriteKind::SoftDelete
+        } else {
+            WriteKind::Events
+        };
         let rec = self.record_mut(e.stream.as_str())?;
-        rec.last_position = e.position;
-        if e.flags & FLAG_TOMBSTONE != 0 {
-            rec.tombstoned = true;
+        rec.record_event(e.revision, e.position, e.id, kind);
+        if kind == WriteKind::Tombstone {
             return Ok(());
         }
-        rec.last_revision = Some(e.revision);
-        rec.last_event_id = e.id;
-        rec.deleted = false;
         let key = (rec.id, e.revision);
         self.mem.entries.push((key, (e.position, loc.0)));
         if let Some(target) = e.stream.metadata_of() {
-            let t = self.record_mut(target.as_str())?;
-            t.metadata = Some(e.data.to_vec());
-            if e.flags & FLAG_SOFT_DELETE != 0 {
-                t.deleted = true;
-                t.base = t.last_revision.map_or(0, |l| l + 1);
-            }
+            self.record_mut(target.as_str())?
+                .record_metadata(&e.data, kind);
         }
         for (prefix, part) in link_parts(&e.stream, &e.event_type) {
             let Some(part) = part else { continue };
@@ -163,11 +138,7 @@ impl<'a> Overlay<'a> {
             name.push_str(prefix);
             name.push_str(part);
             let l = self.record_mut(&name)?;
-            let rev = l.last_revision.map_or(0, |r| r + 1);
-            l.last_revision = Some(rev);
-            l.last_position = e.position;
-            l.last_event_id = e.id;
-            let key = (l.id, rev);
+            let key = (l.id, l.record_link(e.position, e.id));
             self.mem.entries.push((key, (e.position, loc.0)));
             self.link = name;
         }

@@ -10,7 +10,7 @@ use crate::engine::lock_dir;
 use crate::format::{decode_frame_events, StoredEvent, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned};
-use crate::overlay::link_streams;
+use factum_core::rules::link_streams;
 
 /// What `verify` found.
 #[derive(Clone, Debug, Default)]

@@ -240,13 +240,13 @@ impl Writer {
         now: Timestamp,
     ) -> Result<Outcome> {
         let (owner, written) = rules::streams_of(&req.stream, &req.op);
-        let owner_state = overlay.record(owner.as_str())?.map(|r| r.state());
+        let owner_state = overlay.record(owner.as_str())?.map(|r| r.state);
         let written_rec = if written == owner {
             overlay.record(owner.as_str())?
         } else {
             overlay.record(written.as_str())?
         };
-        let written_state = written_rec.as_ref().map(|r| r.state());
+        let written_state = written_rec.as_ref().map(|r| r.state.clone());
         let mut decision = rules::decide(
             &req.stream,
             req.expected,
