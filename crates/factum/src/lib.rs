@@ -21,8 +21,8 @@ pub use projection::{
 };
 pub use repository::{Executed, Loaded, Recorded, Repository, RepositoryError};
 pub use snapshot::{
-    Snapshot, SnapshotBound, SnapshotContext, SnapshotOutcome, SnapshotPolicy, SnapshotStore,
-    StreamSnapshotStore,
+    NoSnapshots, Snapshot, SnapshotBound, SnapshotContext, SnapshotOutcome, SnapshotPolicy,
+    SnapshotStore, StreamSnapshotStore,
 };
 pub use temporal::stream_events_between;
 pub use upcast::Upcasters;

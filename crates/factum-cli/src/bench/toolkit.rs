@@ -420,10 +420,18 @@ pub fn projection_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
         None => return Err(failure(format!("cannot derive a database URL from {base}"))),
     };
     ctx.rt
-        .block_on(admin.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
-        )))
-        .map_err(failure)?;
+        .block_on(async {
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                .await?;
+            admin.batch_execute(&format!("CREATE DATABASE {db}")).await
+        })
+        .map_err(|e| {
+            failure(
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            )
+        })?;
     let dir = ctx.dir(Workload::ProjectionPostgres.name())?;
     let engine = std::sync::Arc::new(open_engine(&dir.join("store"), Durability::None)?);
     let total = projection_events(ctx);

@@ -544,19 +544,27 @@ impl<S: EventStore + Clone, M: ReadModelStore> ProjectionHandle<S, M> {
         generation: u64,
         progress: &mut (impl FnMut(RebuildProgress) + Send),
     ) -> Result<(), ProjectionError> {
+        let mut last_report: Option<Instant> = None;
         loop {
             let s = rx.borrow_and_update().clone();
-            let head = self
-                .store
-                .head_position()
-                .await
-                .map_err(|e| ProjectionError::Store(e.to_string()))?;
-            progress(RebuildProgress {
-                generation,
-                position: s.position,
-                head,
-                events_applied: s.events_applied,
-            });
+            let done = matches!(
+                s.state,
+                RunState::Live | RunState::Failed | RunState::Stopped
+            );
+            if done || last_report.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                last_report = Some(Instant::now());
+                let head = self
+                    .store
+                    .head_position()
+                    .await
+                    .map_err(|e| ProjectionError::Store(e.to_string()))?;
+                progress(RebuildProgress {
+                    generation,
+                    position: s.position,
+                    head,
+                    events_applied: s.events_applied,
+                });
+            }
             match s.state {
                 RunState::Live => return Ok(()),
                 RunState::Failed | RunState::Stopped => {

@@ -95,3 +95,23 @@ pub enum SnapshotOutcome {
     /// load replays more events. The reason is kept (and logged).
     Failed(String),
 }
+
+/// A snapshot store that never has a snapshot: every load replays the
+/// whole stream (a baseline for measurements, or snapshots turned off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSnapshots;
+
+impl SnapshotStore for NoSnapshots {
+    async fn load(
+        &self,
+        _stream: &StreamName,
+        _schema_version: u32,
+        _bound: SnapshotBound,
+    ) -> factum_core::Result<SnapshotLookup> {
+        Ok(SnapshotLookup::default())
+    }
+
+    async fn save(&self, _stream: &StreamName, _snapshot: Snapshot) -> factum_core::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+//! The toolkit workloads of `factum bench` run end to end on tiny inputs.
+
+use std::process::Command;
+
+#[test]
+fn toolkit_workloads_report_their_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args([
+            "bench",
+            "--quick",
+            "--workload",
+            "aggregate-load",
+            "projection-sqlite",
+            "--json",
+            "--events",
+            "1000",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["workload"], "aggregate-load");
+    assert!(lines[0]["p99_us"].as_f64().unwrap() >= lines[0]["p50_us"].as_f64().unwrap());
+    assert!(lines[0]["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[1]["workload"], "projection-sqlite");
+    assert_eq!(
+        lines[1]["events"], 1000,
+        "every event applied by the rebuild"
+    );
+    assert!(lines[1]["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
