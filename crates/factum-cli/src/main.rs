@@ -17,7 +17,6 @@ mod commands;
 mod error;
 mod output;
 
-use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,15 +56,8 @@ enum Command {
     Verify(commands::admin::VerifyArgs),
     /// Deletes the index and rebuilds it from the log.
     Reindex(commands::admin::ReindexArgs),
-    /// Runs the server (not implemented yet).
-    Serve {
-        /// The store's directory.
-        #[arg(long, env = "FACTUM_DATA", value_name = "DIR")]
-        data: Option<PathBuf>,
-        /// Further options, for the server to come.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<OsString>,
-    },
+    /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
+    Serve(commands::serve::ServeArgs),
     /// Measures the embedded engine against raw-disk baselines.
     Bench(bench::BenchArgs),
     /// Appends forever from concurrent tasks and reports every acknowledged
@@ -103,9 +95,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stats(a) => commands::stats::run(a),
         Command::Verify(a) => commands::admin::verify(a),
         Command::Reindex(a) => commands::admin::reindex(a),
-        Command::Serve { .. } => Err(CliError::failure(
-            "not implemented yet: the server arrives with issue #4",
-        )),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::CrashLoad(a) => commands::crash_load::run(a),
         Command::BenchOpenProbe(a) => bench::open::probe(a),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod append;
 pub mod crash_load;
 pub mod read;
+pub mod serve;
 pub mod stats;
 pub mod tail;
 

@@ -1,0 +1,227 @@
+//! `factum serve`: the KurrentDB-compatible gRPC + HTTP server on a store.
+//!
+//! Settings come from flags, then `FACTUM_…` environment variables, then an
+//! optional config file (`--config`, `FACTUM_CONFIG`) of `name = value`
+//! lines using the flags' names (`listen = "127.0.0.1:2113"`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use factum_engine::EngineConfig;
+
+use super::{open, runtime};
+use crate::error::CliError;
+
+/// Arguments of `factum serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The store's directory (created when missing).
+    #[arg(long, env = "FACTUM_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on, gRPC and HTTP alike [default: 127.0.0.1:2113].
+    #[arg(long, env = "FACTUM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Serve without TLS and accept any or no credentials (required until
+    /// TLS and users land).
+    #[arg(long, env = "FACTUM_INSECURE")]
+    pub insecure: Option<Option<bool>>,
+    /// The address clients are told to connect to (Gossip) [default: the bound address].
+    #[arg(long, env = "FACTUM_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Largest append in bytes (data + metadata) [default: 67108864].
+    #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
+    pub max_append_bytes: Option<u64>,
+    /// Seconds to wait for in-flight requests at shutdown [default: 30].
+    #[arg(long, env = "FACTUM_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
+    /// A config file of `name = value` lines with the flags' names.
+    #[arg(long, env = "FACTUM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Reads `name = value` lines; `#` starts a comment; values may be quoted.
+fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "{}:{}: expected `name = value`",
+                path.display(),
+                i + 1
+            )));
+        };
+        let key = k.trim().replace('_', "-");
+        let known = [
+            "data",
+            "listen",
+            "insecure",
+            "advertise",
+            "max-append-bytes",
+            "shutdown-grace",
+        ];
+        if !known.contains(&key.as_str()) {
+            return Err(CliError::usage(format!(
+                "{}:{}: unknown setting {key:?} (known: {})",
+                path.display(),
+                i + 1,
+                known.join(", ")
+            )));
+        }
+        out.insert(key, v.trim().trim_matches('"').to_owned());
+    }
+    Ok(out)
+}
+
+/// The settings after layering flags, environment and file.
+struct Settings {
+    data: PathBuf,
+    listen: String,
+    insecure: bool,
+    advertise: Option<String>,
+    max_append_bytes: Option<u64>,
+    grace: Duration,
+}
+
+fn settings(args: ServeArgs) -> Result<Settings, CliError> {
+    let file = match &args.config {
+        Some(p) => read_config(p)?,
+        None => HashMap::new(),
+    };
+    let num = |key: &str| -> Result<Option<u64>, CliError> {
+        file.get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| CliError::usage(format!("config {key} = {v:?} is not a number")))
+            })
+            .transpose()
+    };
+    let data = args
+        .data
+        .or_else(|| file.get("data").map(PathBuf::from))
+        .ok_or_else(|| {
+            CliError::usage(
+                "--data DIR is required (or FACTUM_DATA, or data = … in the config file)",
+            )
+        })?;
+    let insecure = match args.insecure {
+        Some(v) => v.unwrap_or(true),
+        None => match file.get("insecure").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => {
+                return Err(CliError::usage(format!(
+                    "config insecure = {v:?}: use true or false"
+                )))
+            }
+        },
+    };
+    Ok(Settings {
+        data,
+        listen: args
+            .listen
+            .or_else(|| file.get("listen").cloned())
+            .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
+        insecure,
+        advertise: args.advertise.or_else(|| file.get("advertise").cloned()),
+        max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
+        grace: Duration::from_secs(args.shutdown_grace.or(num("shutdown-grace")?).unwrap_or(30)),
+    })
+}
+
+/// Bytes of the files directly in `dir` (the store's segments and index).
+fn dir_size(dir: &Path) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let meta = entry.ok()?.metadata().ok()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Some(total)
+}
+
+async fn signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Runs `factum serve` until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    let s = settings(args)?;
+    if !s.insecure {
+        return Err(CliError::usage(
+            "TLS and authentication are not implemented yet: pass --insecure to serve without them",
+        ));
+    }
+    std::fs::create_dir_all(&s.data)
+        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", s.data.display())))?;
+    let engine = Arc::new(open(&s.data, EngineConfig::default())?);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&s.listen)
+            .await
+            .map_err(|e| CliError::failure(format!("cannot listen on {}: {e}", s.listen)))?;
+        let bound = listener.local_addr()?;
+        let advertise: SocketAddr = match &s.advertise {
+            Some(a) => a
+                .parse()
+                .map_err(|_| CliError::usage(format!("--advertise {a:?} is not host:port")))?,
+            None => bound,
+        };
+        let mut config = factum_server::ServerConfig::new(advertise);
+        if let Some(m) = s.max_append_bytes {
+            config.max_append_bytes = m;
+            config.max_message_bytes = (m as usize).saturating_add(1024 * 1024);
+        }
+        let dir = s.data.clone();
+        config.size_probe = Some(Arc::new(move || dir_size(&dir)));
+        println!(
+            "factum serving {} on {bound} (gRPC and HTTP; insecure)",
+            s.data.display()
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(factum_server::serve(
+            listener,
+            engine.clone(),
+            config,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        signal().await;
+        eprintln!("shutting down");
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(s.grace, server).await {
+            Ok(Ok(r)) => r.map_err(CliError::from),
+            Ok(Err(e)) => Err(CliError::failure(format!("the server task failed: {e}"))),
+            Err(_) => {
+                eprintln!("requests still running after {:?}: closing anyway", s.grace);
+                Ok(())
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    engine.close()?;
+    eprintln!("store closed");
+    result
+}

@@ -1,0 +1,296 @@
+//! Conversions between Factum's model and the KurrentDB wire messages.
+
+use std::collections::HashMap;
+
+use factum_core::{
+    ContentType, CurrentRevision, EventData, ExpectedRevision, Position, RecordedEvent, StreamName,
+    StreamRevision, Timestamp, Uuid,
+};
+use factum_proto::shared;
+use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
+use tonic::Status;
+
+/// The event type of a link event in `$ce-…` / `$et-…` streams.
+pub const LINK_EVENT_TYPE: &str = "$>";
+
+/// .NET ticks (100 ns) per microsecond: `created` travels as ticks since the
+/// Unix epoch.
+const TICKS_PER_MICRO: i64 = 10;
+
+/// How ids go on the wire in read responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UuidFormat {
+    /// Two signed 64-bit halves.
+    Structured,
+    /// The canonical string.
+    String,
+}
+
+/// A wire UUID in either form.
+pub fn uuid_to_wire(id: Uuid, format: UuidFormat) -> shared::Uuid {
+    let value = match format {
+        UuidFormat::Structured => {
+            let (most, least) = id.as_u64_pair();
+            shared::uuid::Value::Structured(shared::uuid::Structured {
+                most_significant_bits: most as i64,
+                least_significant_bits: least as i64,
+            })
+        }
+        UuidFormat::String => shared::uuid::Value::String(id.hyphenated().to_string()),
+    };
+    shared::Uuid { value: Some(value) }
+}
+
+/// Parses a wire UUID (either form); `None` or a malformed id is `InvalidArgument`.
+pub fn uuid_from_wire(id: Option<&shared::Uuid>, what: &str) -> Result<Uuid, Status> {
+    match id.and_then(|u| u.value.as_ref()) {
+        Some(shared::uuid::Value::Structured(s)) => Ok(Uuid::from_u64_pair(
+            s.most_significant_bits as u64,
+            s.least_significant_bits as u64,
+        )),
+        Some(shared::uuid::Value::String(s)) => Uuid::parse_str(s)
+            .map_err(|e| Status::invalid_argument(format!("{what} {s:?} is not a UUID: {e}"))),
+        None => Err(Status::invalid_argument(format!("{what} is missing"))),
+    }
+}
+
+/// Parses a stream identifier; a missing or invalid name is `InvalidArgument`.
+pub fn stream_from_wire(id: Option<&shared::StreamIdentifier>) -> Result<StreamName, Status> {
+    let id = id.ok_or_else(|| Status::invalid_argument("stream_identifier is missing"))?;
+    StreamName::from_utf8(&id.stream_name)
+        .map_err(|e| Status::invalid_argument(format!("invalid stream name: {e}")))
+}
+
+/// A stream identifier for the wire.
+pub fn stream_to_wire(stream: &StreamName) -> shared::StreamIdentifier {
+    shared::StreamIdentifier {
+        stream_name: stream.as_str().as_bytes().to_vec(),
+    }
+}
+
+/// The four expected-revision forms every write request carries in the same
+/// shape (the variants share numbers across Append, Delete, Tombstone and
+/// BatchAppend).
+#[derive(Clone, Copy, Debug)]
+pub enum WireExpected {
+    /// `revision`
+    Revision(u64),
+    /// `no_stream`
+    NoStream,
+    /// `any`
+    Any,
+    /// `stream_exists`
+    StreamExists,
+}
+
+impl WireExpected {
+    /// The core form.
+    pub fn to_core(self) -> ExpectedRevision {
+        match self {
+            WireExpected::Revision(r) => ExpectedRevision::Exact(StreamRevision(r)),
+            WireExpected::NoStream => ExpectedRevision::NoStream,
+            WireExpected::Any => ExpectedRevision::Any,
+            WireExpected::StreamExists => ExpectedRevision::StreamExists,
+        }
+    }
+}
+
+/// KurrentDB's numeric encoding of an expected revision, used in error
+/// metadata (`expected-version`): -2 any, -1 no stream, -4 stream exists.
+pub fn expected_version_number(e: ExpectedRevision) -> i64 {
+    match e {
+        ExpectedRevision::Any => -2,
+        ExpectedRevision::NoStream => -1,
+        ExpectedRevision::StreamExists => -4,
+        ExpectedRevision::Exact(r) => r.0 as i64,
+    }
+}
+
+/// KurrentDB's numeric encoding of a current revision: -1 for no stream.
+pub fn current_version_number(c: CurrentRevision) -> i64 {
+    match c {
+        CurrentRevision::NoStream => -1,
+        CurrentRevision::Current(r) => r.0 as i64,
+    }
+}
+
+/// Builds an event to append from a proposed message's parts; `type` and
+/// `content-type` are required in the system metadata, as in KurrentDB.
+pub fn proposed_to_event(
+    id: Option<&shared::Uuid>,
+    metadata: &HashMap<String, String>,
+    custom_metadata: Vec<u8>,
+    data: Vec<u8>,
+) -> Result<EventData, Status> {
+    let id = uuid_from_wire(id, "event id")?;
+    let missing: Vec<&str> = ["type", "content-type"]
+        .into_iter()
+        .filter(|k| !metadata.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let mut status = Status::invalid_argument(format!(
+            "required metadata properties are missing: {}",
+            missing.join(", ")
+        ));
+        let md = status.metadata_mut();
+        md.insert(
+            "exception",
+            "missing-required-metadata-property".parse().unwrap(),
+        );
+        if let Ok(v) = missing.join(",").parse() {
+            md.insert("required-metadata-properties", v);
+        }
+        return Err(status);
+    }
+    let content_type = match metadata["content-type"].as_str() {
+        "application/json" => ContentType::Json,
+        _ => ContentType::Binary,
+    };
+    Ok(EventData {
+        id,
+        event_type: metadata["type"].clone(),
+        content_type,
+        data: data.into(),
+        metadata: custom_metadata.into(),
+    })
+}
+
+fn ticks(created: Timestamp) -> String {
+    created
+        .as_micros()
+        .saturating_mul(TICKS_PER_MICRO)
+        .to_string()
+}
+
+/// Parses the `created` system property (ticks since the Unix epoch).
+pub fn created_from_ticks(s: &str) -> Option<Timestamp> {
+    s.parse::<i64>()
+        .ok()
+        .map(|t| Timestamp(t.div_euclid(TICKS_PER_MICRO)))
+}
+
+fn system_metadata(
+    event_type: &str,
+    content_type: ContentType,
+    created: Timestamp,
+) -> HashMap<String, String> {
+    let mut m = HashMap::with_capacity(3);
+    m.insert("type".to_owned(), event_type.to_owned());
+    m.insert("content-type".to_owned(), content_type.mime().to_owned());
+    m.insert("created".to_owned(), ticks(created));
+    m
+}
+
+/// The event itself (never the link) as a wire record.
+pub fn event_to_wire(e: &RecordedEvent, format: UuidFormat) -> WireEvent {
+    WireEvent {
+        id: Some(uuid_to_wire(e.id, format)),
+        stream_identifier: Some(stream_to_wire(&e.stream)),
+        stream_revision: e.revision.0,
+        prepare_position: e.position.0,
+        commit_position: e.position.0,
+        metadata: system_metadata(&e.event_type, e.content_type, e.created),
+        custom_metadata: e.metadata.to_vec(),
+        data: e.data.to_vec(),
+    }
+}
+
+/// A deterministic id for the link event pointing at `e` from `stream`:
+/// Factum stores no link records, so the id is derived (the same link reads
+/// with the same id every time).
+pub fn link_id(e: &RecordedEvent, link_stream: &StreamName) -> Uuid {
+    // FNV-1a over the link stream name, folded into the target's id; the
+    // version nibble marks it as a v8 (custom) UUID.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in link_stream.as_str().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mixed = e.id.as_u128() ^ ((h as u128) << 64 | h.rotate_left(17) as u128);
+    uuid::Builder::from_custom_bytes(mixed.to_be_bytes()).into_uuid()
+}
+
+/// The link event (`$>`, data `"<revision>@<stream>"`) through which `e`
+/// was read, when it was read through a `$ce-`/`$et-` stream.
+pub fn link_to_wire(e: &RecordedEvent, format: UuidFormat) -> Option<WireEvent> {
+    let link = e.link.as_ref()?;
+    Some(WireEvent {
+        id: Some(uuid_to_wire(link_id(e, &link.stream), format)),
+        stream_identifier: Some(stream_to_wire(&link.stream)),
+        stream_revision: link.revision.0,
+        // No separate link record exists: the link stands at its target's position.
+        prepare_position: e.position.0,
+        commit_position: e.position.0,
+        metadata: system_metadata(LINK_EVENT_TYPE, ContentType::Binary, e.created),
+        custom_metadata: Vec::new(),
+        data: format!("{}@{}", e.revision, e.stream).into_bytes(),
+    })
+}
+
+/// A position for the wire (`commit == prepare`: Factum's log is dense).
+pub fn all_position(p: Position) -> shared::AllStreamPosition {
+    shared::AllStreamPosition {
+        commit_position: p.0,
+        prepare_position: p.0,
+    }
+}
+
+/// The server's current time as a protobuf timestamp.
+pub fn now_timestamp() -> prost_types::Timestamp {
+    let t = Timestamp::now().as_micros();
+    prost_types::Timestamp {
+        seconds: t.div_euclid(1_000_000),
+        nanos: (t.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_round_trip_in_both_forms() {
+        let id = Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
+        for f in [UuidFormat::Structured, UuidFormat::String] {
+            let w = uuid_to_wire(id, f);
+            assert_eq!(uuid_from_wire(Some(&w), "id").unwrap(), id);
+        }
+        // Java's layout: most significant half first, big-endian.
+        let shared::uuid::Value::Structured(s) =
+            uuid_to_wire(id, UuidFormat::Structured).value.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.most_significant_bits as u64, 0x0f8f_ad5b_d9cb_469f);
+        assert!(uuid_from_wire(None, "id").is_err());
+        let bad = shared::Uuid {
+            value: Some(shared::uuid::Value::String("nope".into())),
+        };
+        assert_eq!(
+            uuid_from_wire(Some(&bad), "id").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn created_travels_as_ticks() {
+        let t = Timestamp(1_700_000_000_123_456);
+        assert_eq!(ticks(t), "17000000001234560");
+        assert_eq!(created_from_ticks(&ticks(t)), Some(t));
+    }
+
+    #[test]
+    fn proposed_messages_need_type_and_content_type() {
+        let id = uuid_to_wire(Uuid::new_v4(), UuidFormat::String);
+        let mut md = HashMap::new();
+        md.insert("type".to_owned(), "X".to_owned());
+        let err = proposed_to_event(Some(&id), &md, vec![], vec![]).unwrap_err();
+        assert_eq!(
+            err.metadata().get("exception").unwrap(),
+            "missing-required-metadata-property"
+        );
+        md.insert("content-type".to_owned(), "application/json".to_owned());
+        let e = proposed_to_event(Some(&id), &md, vec![], b"{}".to_vec()).unwrap();
+        assert_eq!(e.content_type, ContentType::Json);
+    }
+}

@@ -1,0 +1,192 @@
+//! The gRPC services: `Streams`, `ServerFeatures`, `Gossip`. Every other
+//! KurrentDB service path answers UNIMPLEMENTED (tonic's router does that for
+//! unknown paths) until its issue lands.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use factum_core::{EventStore, Uuid};
+use factum_proto::gossip::{self, gossip_server::Gossip, ClusterInfo, MemberInfo};
+use factum_proto::server_features::{
+    server_features_server::ServerFeatures, SupportedMethod, SupportedMethods,
+};
+use factum_proto::shared;
+use factum_proto::streams::streams_server::Streams;
+use factum_proto::streams::{
+    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
+    ReadResp, TombstoneReq, TombstoneResp,
+};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::Ctx;
+use crate::convert::{self, UuidFormat};
+use crate::{grpc_read, grpc_write};
+
+/// A boxed stream of responses.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Buffered responses per call: enough to keep the socket busy, small
+/// enough that a slow reader holds little memory.
+const CHANNEL: usize = 256;
+
+fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> ResponseStream<T> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// The gRPC front end over a store.
+pub struct GrpcApi<S> {
+    ctx: Arc<Ctx<S>>,
+    instance_id: Uuid,
+}
+
+impl<S> Clone for GrpcApi<S> {
+    fn clone(&self) -> Self {
+        GrpcApi {
+            ctx: self.ctx.clone(),
+            instance_id: self.instance_id,
+        }
+    }
+}
+
+impl<S: EventStore> GrpcApi<S> {
+    /// Serves `ctx`'s store.
+    pub fn new(ctx: Arc<Ctx<S>>) -> Self {
+        GrpcApi {
+            ctx,
+            instance_id: Uuid::new_v4(),
+        }
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let headers = req.metadata().clone().into_headers();
+        self.ctx
+            .config
+            .authenticator
+            .authenticate(&headers)
+            .map(|_| ())
+            .map_err(|r| Status::unauthenticated(r.0))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: EventStore> Streams for GrpcApi<S> {
+    type ReadStream = ResponseStream<ReadResp>;
+
+    async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
+        self.authenticate(&request)?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(grpc_read::run(self.ctx.clone(), request.into_inner(), tx));
+        Ok(Response::new(channel_stream(rx)))
+    }
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendReq>>,
+    ) -> Result<Response<AppendResp>, Status> {
+        self.authenticate(&request)?;
+        grpc_write::append(self.ctx.clone(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        self.authenticate(&request)?;
+        grpc_write::delete(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tombstone(
+        &self,
+        request: Request<TombstoneReq>,
+    ) -> Result<Response<TombstoneResp>, Status> {
+        self.authenticate(&request)?;
+        grpc_write::tombstone(&self.ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type BatchAppendStream = ResponseStream<BatchAppendResp>;
+
+    async fn batch_append(
+        &self,
+        request: Request<Streaming<BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        self.authenticate(&request)?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(grpc_write::batch_append(
+            self.ctx.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(channel_stream(rx)))
+    }
+}
+
+/// Exactly the methods this server implements: (service, methods).
+pub const IMPLEMENTED: [(&str, &[&str]); 3] = [
+    (
+        factum_proto::service_names::STREAMS,
+        &["read", "append", "delete", "tombstone", "batchappend"],
+    ),
+    (
+        factum_proto::service_names::SERVER_FEATURES,
+        &["getsupportedmethods"],
+    ),
+    (factum_proto::service_names::GOSSIP, &["read"]),
+];
+
+#[tonic::async_trait]
+impl<S: EventStore> ServerFeatures for GrpcApi<S> {
+    async fn get_supported_methods(
+        &self,
+        request: Request<shared::Empty>,
+    ) -> Result<Response<SupportedMethods>, Status> {
+        self.authenticate(&request)?;
+        let methods = IMPLEMENTED
+            .iter()
+            .flat_map(|(service, methods)| {
+                methods.iter().map(move |m| SupportedMethod {
+                    method_name: (*m).to_owned(),
+                    service_name: service.to_lowercase(),
+                    features: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(SupportedMethods {
+            methods,
+            event_store_server_version: self.ctx.config.version.clone(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: EventStore> Gossip for GrpcApi<S> {
+    async fn read(&self, request: Request<shared::Empty>) -> Result<Response<ClusterInfo>, Status> {
+        self.authenticate(&request)?;
+        let addr = self.ctx.config.advertise;
+        // One node, always the leader; alive unless shutting down.
+        let state = if self.ctx.shutting_down() {
+            gossip::member_info::VNodeState::ShuttingDown
+        } else {
+            gossip::member_info::VNodeState::Leader
+        };
+        let ticks = factum_core::Timestamp::now().as_micros().saturating_mul(10);
+        Ok(Response::new(ClusterInfo {
+            members: vec![MemberInfo {
+                instance_id: Some(convert::uuid_to_wire(self.instance_id, UuidFormat::String)),
+                time_stamp: ticks,
+                state: state as i32,
+                is_alive: !self.ctx.shutting_down(),
+                http_end_point: Some(gossip::EndPoint {
+                    address: addr.ip().to_string(),
+                    port: addr.port() as u32,
+                }),
+            }],
+        }))
+    }
+}

@@ -1,0 +1,488 @@
+//! `Streams.Read`: reads (count) and subscriptions of a stream or `$all`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use factum_core::{
+    AllStart, Direction, Error, EventStore, Position, ReadAll, ReadStream, RecordedEvent,
+    StreamName, StreamRevision, StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart,
+    SubscriptionTarget,
+};
+use factum_proto::streams::read_req::options::{
+    self as opts, all_options::AllOption, stream_options::RevisionOption, CountOption,
+    FilterOption, StreamOption,
+};
+use factum_proto::streams::read_resp::{self, Content};
+use factum_proto::streams::{ReadReq, ReadResp};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::context::Ctx;
+use crate::convert::{self, UuidFormat};
+use crate::errors::{to_status, Operation};
+use crate::filter::WireFilter;
+
+/// Events per store call while paging a read.
+const PAGE: u64 = 512;
+
+/// Where a read goes.
+enum Target {
+    Stream(StreamName, StreamStart),
+    All(AllStart),
+}
+
+/// A parsed `ReadReq`.
+struct Plan {
+    target: Target,
+    direction: Direction,
+    resolve_links: bool,
+    /// `None` for a subscription.
+    count: Option<u64>,
+    filter: Option<WireFilter>,
+    uuid: UuidFormat,
+    compatibility: u32,
+}
+
+fn plan(req: ReadReq) -> Result<Plan, Status> {
+    let o = req
+        .options
+        .ok_or_else(|| Status::invalid_argument("ReadReq.options is missing"))?;
+    let direction = match o.read_direction {
+        0 => Direction::Forwards,
+        1 => Direction::Backwards,
+        d => {
+            return Err(Status::invalid_argument(format!(
+                "unknown read direction {d}"
+            )))
+        }
+    };
+    let target = match o.stream_option {
+        Some(StreamOption::Stream(s)) => {
+            let name = convert::stream_from_wire(s.stream_identifier.as_ref())?;
+            let start = match s.revision_option {
+                Some(RevisionOption::Revision(r)) => StreamStart::Revision(StreamRevision(r)),
+                Some(RevisionOption::End(_)) => StreamStart::End,
+                Some(RevisionOption::Start(_)) | None => StreamStart::Start,
+            };
+            if name.is_all() {
+                Target::All(match start {
+                    StreamStart::Start => AllStart::Start,
+                    StreamStart::End => AllStart::End,
+                    StreamStart::Revision(r) => AllStart::Position(Position(r.0)),
+                })
+            } else {
+                Target::Stream(name, start)
+            }
+        }
+        Some(StreamOption::All(a)) => Target::All(match a.all_option {
+            Some(AllOption::Position(p)) => AllStart::Position(Position(p.commit_position)),
+            Some(AllOption::End(_)) => AllStart::End,
+            Some(AllOption::Start(_)) | None => AllStart::Start,
+        }),
+        None => {
+            return Err(Status::invalid_argument(
+                "ReadReq.options has neither stream nor all",
+            ))
+        }
+    };
+    let count = match o.count_option {
+        Some(CountOption::Count(n)) => Some(n),
+        Some(CountOption::Subscription(_)) => None,
+        None => {
+            return Err(Status::invalid_argument(
+                "ReadReq.options has neither count nor subscription",
+            ))
+        }
+    };
+    if count.is_none() && direction == Direction::Backwards {
+        return Err(Status::invalid_argument(
+            "a subscription cannot go backwards",
+        ));
+    }
+    // KurrentDB applies filters to `$all` only; a stream read ignores one.
+    let filter = match (&target, o.filter_option) {
+        (Target::All(_), Some(FilterOption::Filter(f))) => Some(WireFilter::from_wire(&f)?),
+        _ => None,
+    };
+    let uuid = match o.uuid_option.and_then(|u| u.content) {
+        Some(opts::uuid_option::Content::Structured(_)) => UuidFormat::Structured,
+        _ => UuidFormat::String,
+    };
+    Ok(Plan {
+        target,
+        direction,
+        resolve_links: o.resolve_links,
+        count,
+        filter,
+        uuid,
+        compatibility: o.control_option.map_or(0, |c| c.compatibility),
+    })
+}
+
+/// Sends to the client; `Err` means the client went away.
+struct Out<'a, S> {
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+    ctx: &'a Ctx<S>,
+    plan: &'a Plan,
+}
+
+struct Gone;
+
+impl<S> Out<'_, S> {
+    async fn send(&self, content: Content) -> Result<(), Gone> {
+        self.tx
+            .send(Ok(ReadResp {
+                content: Some(content),
+            }))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn event(&self, e: &RecordedEvent) -> Result<(), Gone> {
+        let f = self.plan.uuid;
+        let (event, link) = match (e.link.is_some(), self.plan.resolve_links) {
+            // Read through a link stream, links resolved: the event and its link.
+            (true, true) => (
+                Some(convert::event_to_wire(e, f)),
+                convert::link_to_wire(e, f),
+            ),
+            // Not resolved: the link record alone.
+            (true, false) => (convert::link_to_wire(e, f), None),
+            (false, _) => (Some(convert::event_to_wire(e, f)), None),
+        };
+        self.ctx
+            .metrics
+            .sent(1, (e.data.len() + e.metadata.len()) as u64);
+        self.send(Content::Event(read_resp::ReadEvent {
+            event,
+            link,
+            position: Some(read_resp::read_event::Position::CommitPosition(
+                e.position.0,
+            )),
+        }))
+        .await
+    }
+}
+
+/// Runs a read or subscription, streaming into `tx`.
+pub async fn run<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    req: ReadReq,
+    tx: mpsc::Sender<Result<ReadResp, Status>>,
+) {
+    let plan = match plan(req) {
+        Ok(p) => p,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let out = Out {
+        tx: tx.clone(),
+        ctx: &ctx,
+        plan: &plan,
+    };
+    let result = match plan.count {
+        Some(n) => {
+            let started = Instant::now();
+            ctx.metrics.reads.fetch_add(1, Ordering::Relaxed);
+            let r = read(&out, n).await;
+            ctx.metrics.read_latency.observe(started.elapsed());
+            r
+        }
+        None => {
+            ctx.metrics
+                .subscriptions_total
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.metrics
+                .subscriptions_active
+                .fetch_add(1, Ordering::Relaxed);
+            let r = subscribe(&out).await;
+            ctx.metrics
+                .subscriptions_active
+                .fetch_sub(1, Ordering::Relaxed);
+            r
+        }
+    };
+    if let Ok(Err(status)) = result {
+        let _ = tx.send(Err(status)).await;
+    }
+}
+
+type Outcome = Result<Result<(), Status>, Gone>;
+
+async fn read<S: EventStore>(out: &Out<'_, S>, count: u64) -> Outcome {
+    match &out.plan.target {
+        Target::Stream(name, start) => read_stream(out, name, *start, count).await,
+        Target::All(start) => read_all(out, *start, count).await,
+    }
+}
+
+async fn read_stream<S: EventStore>(
+    out: &Out<'_, S>,
+    name: &StreamName,
+    start: StreamStart,
+    count: u64,
+) -> Outcome {
+    let store = &out.ctx.store;
+    let direction = out.plan.direction;
+    let mut from = start;
+    let mut remaining = count;
+    let mut first_page = true;
+    while remaining > 0 {
+        if out.ctx.shutting_down() {
+            return Ok(Err(Status::unavailable("server is shutting down")));
+        }
+        let want = remaining.min(PAGE);
+        let req = ReadStream {
+            stream: name.clone(),
+            from,
+            direction,
+            max_count: want,
+            until: None,
+        };
+        let events = match store.read_stream(req).await {
+            Ok(e) => e,
+            Err(Error::StreamNotFound { stream }) if first_page => {
+                out.send(Content::StreamNotFound(read_resp::StreamNotFound {
+                    stream_identifier: Some(convert::stream_to_wire(&stream)),
+                }))
+                .await?;
+                return Ok(Ok(()));
+            }
+            // Deleted between pages: what was read stands.
+            Err(Error::StreamNotFound { .. }) => break,
+            Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+        };
+        first_page = false;
+        for e in &events {
+            out.event(e).await?;
+        }
+        remaining -= events.len() as u64;
+        let Some(last) = events.last() else { break };
+        if (events.len() as u64) < want {
+            break;
+        }
+        let r = last.read_revision().0;
+        from = match direction {
+            Direction::Forwards => StreamStart::Revision(StreamRevision(r + 1)),
+            Direction::Backwards if r == 0 => break,
+            Direction::Backwards => StreamStart::Revision(StreamRevision(r - 1)),
+        };
+    }
+    if out.plan.compatibility >= 1 {
+        if let Some((first, last)) = bounds(out.ctx, name).await {
+            out.send(Content::FirstStreamPosition(first)).await?;
+            out.send(Content::LastStreamPosition(last)).await?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The first and last readable revisions of a stream.
+async fn bounds<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option<(u64, u64)> {
+    let first = ctx
+        .store
+        .read_stream(ReadStream::forwards(name.clone()).max_count(1))
+        .await
+        .ok()?;
+    let last = ctx
+        .store
+        .read_stream(ReadStream::backwards(name.clone()).max_count(1))
+        .await
+        .ok()?;
+    Some((
+        first.first()?.read_revision().0,
+        last.first()?.read_revision().0,
+    ))
+}
+
+async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) -> Outcome {
+    let store = &out.ctx.store;
+    let direction = out.plan.direction;
+    let store_filter = out.plan.filter.as_ref().and_then(WireFilter::to_store);
+    // Filters the store cannot evaluate are applied here, page by page.
+    let server_filter = out.plan.filter.as_ref().filter(|_| store_filter.is_none());
+    let mut from = start;
+    let mut remaining = count;
+    while remaining > 0 {
+        if out.ctx.shutting_down() {
+            return Ok(Err(Status::unavailable("server is shutting down")));
+        }
+        let want = if server_filter.is_some() {
+            PAGE
+        } else {
+            remaining.min(PAGE)
+        };
+        let req = ReadAll {
+            from,
+            direction,
+            max_count: want,
+            filter: store_filter.clone(),
+            until: None,
+        };
+        let events = match store.read_all(req).await {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+        };
+        for e in &events {
+            if remaining == 0 {
+                break;
+            }
+            if server_filter.is_none_or(|f| f.matches(e)) {
+                out.event(e).await?;
+                remaining -= 1;
+            }
+        }
+        let Some(last) = events.last() else { break };
+        if (events.len() as u64) < want {
+            break;
+        }
+        let p = last.position.0;
+        from = match direction {
+            Direction::Forwards => AllStart::Position(Position(p + 1)),
+            Direction::Backwards if p == 0 => break,
+            Direction::Backwards => AllStart::Position(Position(p - 1)),
+        };
+    }
+    Ok(Ok(()))
+}
+
+/// The resume point a subscription reports in caught-up / fell-behind.
+#[derive(Default)]
+struct Resume {
+    revision: Option<u64>,
+    position: Option<u64>,
+}
+
+impl Resume {
+    fn caught_up(&self) -> read_resp::CaughtUp {
+        read_resp::CaughtUp {
+            timestamp: Some(convert::now_timestamp()),
+            stream_revision: self.revision.map(|r| r as i64),
+            position: self.position.map(|p| read_resp::Position {
+                commit_position: p,
+                prepare_position: p,
+            }),
+        }
+    }
+
+    fn fell_behind(&self) -> read_resp::FellBehind {
+        let c = self.caught_up();
+        read_resp::FellBehind {
+            timestamp: c.timestamp,
+            stream_revision: c.stream_revision,
+            position: c.position,
+        }
+    }
+}
+
+async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
+    let mut resume = Resume::default();
+    let (target, start) = match &out.plan.target {
+        Target::Stream(name, start) => {
+            let start = match start {
+                StreamStart::Start => SubscriptionStart::Beginning,
+                StreamStart::End => SubscriptionStart::End,
+                StreamStart::Revision(r) => {
+                    resume.revision = Some(r.0);
+                    SubscriptionStart::After(r.0)
+                }
+            };
+            (SubscriptionTarget::Stream(name.clone()), start)
+        }
+        Target::All(start) => {
+            let start = match start {
+                AllStart::Start => SubscriptionStart::Beginning,
+                AllStart::End => SubscriptionStart::End,
+                AllStart::Position(p) => {
+                    resume.position = Some(p.0);
+                    SubscriptionStart::After(p.0)
+                }
+            };
+            // Filtering happens here so checkpoints come at the interval the
+            // client asked for.
+            (SubscriptionTarget::All(None), start)
+        }
+    };
+    let mut sub = match out.ctx.store.subscribe(Subscribe { target, start }).await {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    out.send(Content::Confirmation(read_resp::SubscriptionConfirmation {
+        subscription_id: id,
+    }))
+    .await?;
+    let filter = out.plan.filter.as_ref();
+    let mut scanned_since_checkpoint = 0u64;
+    let mut shutdown = out.ctx.shutdown.clone();
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = shutdown.wait_for(|s| *s) => {
+                return Ok(Err(Status::unavailable("server is shutting down")));
+            }
+            _ = out.tx.closed() => return Err(Gone),
+        };
+        let Some(msg) = msg else {
+            return Ok(Err(Status::unavailable(
+                "the store closed the subscription",
+            )));
+        };
+        match msg {
+            Ok(SubscriptionMessage::Event(e)) => match filter {
+                Some(f) => {
+                    resume.position = Some(e.position.0);
+                    if f.matches(&e) {
+                        out.event(&e).await?;
+                        scanned_since_checkpoint = 0;
+                    } else {
+                        scanned_since_checkpoint += 1;
+                        if scanned_since_checkpoint >= f.checkpoint_interval {
+                            scanned_since_checkpoint = 0;
+                            out.send(checkpoint(e.position)).await?;
+                        }
+                    }
+                }
+                None => {
+                    if matches!(out.plan.target, Target::All(_)) {
+                        resume.position = Some(e.position.0);
+                    } else {
+                        resume.revision = Some(e.read_revision().0);
+                    }
+                    out.event(&e).await?;
+                }
+            },
+            Ok(SubscriptionMessage::CaughtUp) => {
+                if let (Some(_), Some(p)) = (filter, resume.position) {
+                    if scanned_since_checkpoint > 0 {
+                        scanned_since_checkpoint = 0;
+                        out.send(checkpoint(Position(p))).await?;
+                    }
+                }
+                out.send(Content::CaughtUp(resume.caught_up())).await?;
+            }
+            Ok(SubscriptionMessage::FellBehind) => {
+                if out.plan.compatibility >= 2 {
+                    out.send(Content::FellBehind(resume.fell_behind())).await?;
+                }
+            }
+            Ok(SubscriptionMessage::Checkpoint(p)) => {
+                if filter.is_some() {
+                    out.send(checkpoint(p)).await?;
+                }
+            }
+            Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+        }
+    }
+}
+
+fn checkpoint(p: Position) -> Content {
+    Content::Checkpoint(read_resp::Checkpoint {
+        commit_position: p.0,
+        prepare_position: p.0,
+        timestamp: Some(convert::now_timestamp()),
+    })
+}

@@ -1,0 +1,472 @@
+//! `Streams.Append`, `BatchAppend`, `Delete`, `Tombstone`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use factum_core::{
+    AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamMetadata,
+    StreamName, Uuid, METADATA_EVENT_TYPE,
+};
+use factum_proto::shared;
+use factum_proto::status as rpc;
+use factum_proto::streams::{
+    append_req, append_resp, batch_append_req, batch_append_resp, delete_req, tombstone_req,
+    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq,
+    TombstoneResp,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::context::Ctx;
+use crate::convert::{self, UuidFormat, WireExpected};
+use crate::errors::{append_too_large, to_status, transport_status, Operation};
+
+/// Appends (or, for `$$<stream>`, sets metadata) and counts it.
+async fn write<S: EventStore>(
+    ctx: &Ctx<S>,
+    stream: StreamName,
+    expected: ExpectedRevision,
+    events: Vec<EventData>,
+) -> Result<AppendResult, Error> {
+    let started = Instant::now();
+    let (n, bytes) = (events.len(), events.iter().map(EventData::size).sum());
+    let result = match stream.metadata_of() {
+        // Clients set metadata by appending a `$metadata` event to `$$<stream>`.
+        Some(target) => {
+            let [event] = <[EventData; 1]>::try_from(events).map_err(|v| {
+                Error::InvalidInput(format!(
+                    "an append to metadata stream {stream} must hold exactly one {METADATA_EVENT_TYPE} event, not {}",
+                    v.len()
+                ))
+            })?;
+            if event.event_type != METADATA_EVENT_TYPE {
+                return Err(Error::InvalidInput(format!(
+                    "events in {stream} must be of type {METADATA_EVENT_TYPE}, not {:?}",
+                    event.event_type
+                )));
+            }
+            let metadata = StreamMetadata::from_json(&event.data)?;
+            ctx.store
+                .set_stream_metadata(target, expected, metadata)
+                .await
+        }
+        None => ctx.store.append(stream, expected, events).await,
+    };
+    match &result {
+        Ok(_) => ctx.metrics.appended(n, bytes, started.elapsed()),
+        Err(_) => {
+            ctx.metrics.append_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+fn expected_of_append(
+    o: Option<append_req::options::ExpectedStreamRevision>,
+) -> Result<WireExpected, Status> {
+    use append_req::options::ExpectedStreamRevision as E;
+    Ok(match o {
+        Some(E::Revision(r)) => WireExpected::Revision(r),
+        Some(E::NoStream(_)) => WireExpected::NoStream,
+        Some(E::Any(_)) => WireExpected::Any,
+        Some(E::StreamExists(_)) => WireExpected::StreamExists,
+        None => {
+            return Err(Status::invalid_argument(
+                "expected_stream_revision is missing",
+            ))
+        }
+    })
+}
+
+/// `Streams.Append`: options, then events, then one answer.
+pub async fn append<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    mut input: Streaming<AppendReq>,
+) -> Result<AppendResp, Status> {
+    let first = input
+        .message()
+        .await
+        .map_err(transport_status)?
+        .ok_or_else(|| Status::invalid_argument("the append stream was empty"))?;
+    let Some(append_req::Content::Options(options)) = first.content else {
+        return Err(Status::invalid_argument(
+            "an append must start with its options",
+        ));
+    };
+    let stream = convert::stream_from_wire(options.stream_identifier.as_ref())?;
+    let expected = expected_of_append(options.expected_stream_revision)?.to_core();
+    let mut events = Vec::new();
+    let mut size = 0u64;
+    while let Some(msg) = input.message().await.map_err(transport_status)? {
+        match msg.content {
+            Some(append_req::Content::ProposedMessage(p)) => {
+                size += (p.data.len() + p.custom_metadata.len()) as u64;
+                if size > ctx.config.max_append_bytes {
+                    return Err(append_too_large(ctx.config.max_append_bytes, size));
+                }
+                events.push(convert::proposed_to_event(
+                    p.id.as_ref(),
+                    &p.metadata,
+                    p.custom_metadata,
+                    p.data,
+                )?);
+            }
+            Some(append_req::Content::Options(_)) => {
+                return Err(Status::invalid_argument(
+                    "an append carries its options once",
+                ))
+            }
+            None => return Err(Status::invalid_argument("an append message was empty")),
+        }
+    }
+    let result = match write(&ctx, stream, expected, events).await {
+        Ok(r) => append_resp::Result::Success(append_resp::Success {
+            current_revision_option: Some(
+                append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
+            ),
+            position_option: Some(append_resp::success::PositionOption::Position(
+                append_resp::Position {
+                    commit_position: r.position.0,
+                    prepare_position: r.position.0,
+                },
+            )),
+        }),
+        Err(Error::WrongExpectedVersion {
+            expected, actual, ..
+        }) => append_resp::Result::WrongExpectedVersion(wrong_expected_version(expected, actual)),
+        Err(e) => return Err(to_status(&e, Operation::Append)),
+    };
+    Ok(AppendResp {
+        result: Some(result),
+    })
+}
+
+/// Both shapes of the answer, as current KurrentDB servers send them.
+fn wrong_expected_version(
+    expected: ExpectedRevision,
+    actual: CurrentRevision,
+) -> append_resp::WrongExpectedVersion {
+    use append_resp::wrong_expected_version as w;
+    let e = shared::Empty {};
+    let (current, current_old) = match actual {
+        CurrentRevision::Current(r) => (
+            w::CurrentRevisionOption::CurrentRevision(r.0),
+            w::CurrentRevisionOption2060::CurrentRevision2060(r.0),
+        ),
+        CurrentRevision::NoStream => (
+            w::CurrentRevisionOption::CurrentNoStream(e),
+            w::CurrentRevisionOption2060::NoStream2060(e),
+        ),
+    };
+    let (exp, exp_old) = match expected {
+        ExpectedRevision::Exact(r) => (
+            w::ExpectedRevisionOption::ExpectedRevision(r.0),
+            Some(w::ExpectedRevisionOption2060::ExpectedRevision2060(r.0)),
+        ),
+        ExpectedRevision::Any => (
+            w::ExpectedRevisionOption::ExpectedAny(e),
+            Some(w::ExpectedRevisionOption2060::Any2060(e)),
+        ),
+        ExpectedRevision::StreamExists => (
+            w::ExpectedRevisionOption::ExpectedStreamExists(e),
+            Some(w::ExpectedRevisionOption2060::StreamExists2060(e)),
+        ),
+        ExpectedRevision::NoStream => (w::ExpectedRevisionOption::ExpectedNoStream(e), None),
+    };
+    append_resp::WrongExpectedVersion {
+        current_revision_option_20_6_0: Some(current_old),
+        expected_revision_option_20_6_0: exp_old,
+        current_revision_option: Some(current),
+        expected_revision_option: Some(exp),
+    }
+}
+
+/// `Streams.Delete` (soft delete).
+pub async fn delete<S: EventStore>(ctx: &Ctx<S>, req: DeleteReq) -> Result<DeleteResp, Status> {
+    use delete_req::options::ExpectedStreamRevision as E;
+    let o = req
+        .options
+        .ok_or_else(|| Status::invalid_argument("DeleteReq.options is missing"))?;
+    let stream = convert::stream_from_wire(o.stream_identifier.as_ref())?;
+    let expected = match o.expected_stream_revision {
+        Some(E::Revision(r)) => WireExpected::Revision(r),
+        Some(E::NoStream(_)) => WireExpected::NoStream,
+        Some(E::Any(_)) | None => WireExpected::Any,
+        Some(E::StreamExists(_)) => WireExpected::StreamExists,
+    };
+    let r = ctx
+        .store
+        .delete_stream(stream, expected.to_core())
+        .await
+        .map_err(|e| to_status(&e, Operation::Delete))?;
+    Ok(DeleteResp {
+        position_option: Some(
+            factum_proto::streams::delete_resp::PositionOption::Position(
+                factum_proto::streams::delete_resp::Position {
+                    commit_position: r.position.0,
+                    prepare_position: r.position.0,
+                },
+            ),
+        ),
+    })
+}
+
+/// `Streams.Tombstone` (hard delete).
+pub async fn tombstone<S: EventStore>(
+    ctx: &Ctx<S>,
+    req: TombstoneReq,
+) -> Result<TombstoneResp, Status> {
+    use tombstone_req::options::ExpectedStreamRevision as E;
+    let o = req
+        .options
+        .ok_or_else(|| Status::invalid_argument("TombstoneReq.options is missing"))?;
+    let stream = convert::stream_from_wire(o.stream_identifier.as_ref())?;
+    let expected = match o.expected_stream_revision {
+        Some(E::Revision(r)) => WireExpected::Revision(r),
+        Some(E::NoStream(_)) => WireExpected::NoStream,
+        Some(E::Any(_)) | None => WireExpected::Any,
+        Some(E::StreamExists(_)) => WireExpected::StreamExists,
+    };
+    let r = ctx
+        .store
+        .tombstone_stream(stream, expected.to_core())
+        .await
+        .map_err(|e| to_status(&e, Operation::Tombstone))?;
+    Ok(TombstoneResp {
+        position_option: Some(
+            factum_proto::streams::tombstone_resp::PositionOption::Position(
+                factum_proto::streams::tombstone_resp::Position {
+                    commit_position: r.position.0,
+                    prepare_position: r.position.0,
+                },
+            ),
+        ),
+    })
+}
+
+/// One append being assembled from BatchAppend chunks.
+struct Pending {
+    stream: StreamName,
+    wire_stream: shared::StreamIdentifier,
+    expected: WireExpected,
+    events: Vec<EventData>,
+    size: u64,
+}
+
+/// `Streams.BatchAppend`: appends multiplexed by correlation id; each
+/// completed append runs concurrently and answers when done.
+pub async fn batch_append<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    mut input: Streaming<BatchAppendReq>,
+    tx: mpsc::Sender<Result<BatchAppendResp, Status>>,
+) {
+    let mut pending: HashMap<Uuid, Pending> = HashMap::new();
+    loop {
+        let msg = match input.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(status) => {
+                let _ = tx.send(Err(transport_status(status))).await;
+                return;
+            }
+        };
+        let correlation =
+            match convert::uuid_from_wire(msg.correlation_id.as_ref(), "correlation_id") {
+                Ok(c) => c,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+        let wire_correlation = msg.correlation_id.clone();
+        let entry = match pending.entry(correlation) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Some(options) = msg.options.as_ref() else {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "the first request of batch append {correlation} carries no options"
+                        ))))
+                        .await;
+                    return;
+                };
+                let stream = match convert::stream_from_wire(options.stream_identifier.as_ref()) {
+                    Ok(s) => s,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                use batch_append_req::options::ExpectedStreamPosition as E;
+                let expected = match options.expected_stream_position {
+                    Some(E::StreamPosition(r)) => WireExpected::Revision(r),
+                    Some(E::NoStream(_)) => WireExpected::NoStream,
+                    Some(E::Any(_)) | None => WireExpected::Any,
+                    Some(E::StreamExists(_)) => WireExpected::StreamExists,
+                };
+                v.insert(Pending {
+                    wire_stream: convert::stream_to_wire(&stream),
+                    stream,
+                    expected,
+                    events: Vec::new(),
+                    size: 0,
+                })
+            }
+        };
+        let mut refused = None;
+        for p in msg.proposed_messages {
+            entry.size += (p.data.len() + p.custom_metadata.len()) as u64;
+            if entry.size > ctx.config.max_append_bytes {
+                refused = Some(Error::LimitExceeded {
+                    what: "append size in bytes".into(),
+                    limit: ctx.config.max_append_bytes,
+                    actual: entry.size,
+                });
+                break;
+            }
+            match convert::proposed_to_event(p.id.as_ref(), &p.metadata, p.custom_metadata, p.data)
+            {
+                Ok(e) => entry.events.push(e),
+                Err(status) => {
+                    refused = Some(Error::InvalidInput(status.message().to_owned()));
+                    break;
+                }
+            }
+        }
+        if refused.is_none() && !msg.is_final {
+            continue;
+        }
+        let Some(p) = pending.remove(&correlation) else {
+            continue;
+        };
+        let (ctx, tx) = (ctx.clone(), tx.clone());
+        tokio::spawn(async move {
+            let result = match refused {
+                Some(e) => Err(e),
+                None => write(&ctx, p.stream.clone(), p.expected.to_core(), p.events).await,
+            };
+            let _ = tx
+                .send(Ok(batch_response(
+                    wire_correlation,
+                    &p.wire_stream,
+                    p.expected,
+                    result,
+                )))
+                .await;
+        });
+    }
+}
+
+fn batch_response(
+    correlation_id: Option<shared::Uuid>,
+    stream: &shared::StreamIdentifier,
+    expected: WireExpected,
+    result: Result<AppendResult, Error>,
+) -> BatchAppendResp {
+    use batch_append_resp::ExpectedStreamPosition as P;
+    let result = match result {
+        Ok(r) => batch_append_resp::Result::Success(batch_append_resp::Success {
+            current_revision_option: Some(
+                batch_append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
+            ),
+            position_option: Some(batch_append_resp::success::PositionOption::Position(
+                convert::all_position(r.position),
+            )),
+        }),
+        Err(e) => batch_append_resp::Result::Error(batch_error(&e)),
+    };
+    BatchAppendResp {
+        correlation_id: correlation_id
+            .or_else(|| Some(convert::uuid_to_wire(Uuid::nil(), UuidFormat::String))),
+        result: Some(result),
+        stream_identifier: Some(stream.clone()),
+        expected_stream_position: Some(match expected {
+            WireExpected::Revision(r) => P::StreamPosition(r),
+            WireExpected::NoStream => P::NoStream(()),
+            WireExpected::Any => P::Any(()),
+            WireExpected::StreamExists => P::StreamExists(()),
+        }),
+    }
+}
+
+/// A failed batch append: clients unpack the single detail by type name.
+fn batch_error(e: &Error) -> rpc::Status {
+    fn any<M: Message>(name: &str, m: &M) -> prost_types::Any {
+        prost_types::Any {
+            type_url: format!("type.googleapis.com/{name}"),
+            value: m.encode_to_vec(),
+        }
+    }
+    let (code, details) = match e {
+        Error::WrongExpectedVersion {
+            expected, actual, ..
+        } => {
+            use shared::wrong_expected_version as w;
+            let detail = shared::WrongExpectedVersion {
+                current_stream_revision_option: Some(match actual {
+                    CurrentRevision::Current(r) => {
+                        w::CurrentStreamRevisionOption::CurrentStreamRevision(r.0)
+                    }
+                    CurrentRevision::NoStream => {
+                        w::CurrentStreamRevisionOption::CurrentNoStream(())
+                    }
+                }),
+                expected_stream_position_option: Some(match expected {
+                    ExpectedRevision::Exact(r) => {
+                        w::ExpectedStreamPositionOption::ExpectedStreamPosition(r.0)
+                    }
+                    ExpectedRevision::Any => w::ExpectedStreamPositionOption::ExpectedAny(()),
+                    ExpectedRevision::StreamExists => {
+                        w::ExpectedStreamPositionOption::ExpectedStreamExists(())
+                    }
+                    ExpectedRevision::NoStream => {
+                        w::ExpectedStreamPositionOption::ExpectedNoStream(())
+                    }
+                }),
+            };
+            (
+                rpc::Code::FailedPrecondition,
+                any("event_store.client.WrongExpectedVersion", &detail),
+            )
+        }
+        Error::StreamDeleted { stream } => (
+            rpc::Code::FailedPrecondition,
+            any(
+                "event_store.client.StreamDeleted",
+                &shared::StreamDeleted {
+                    stream_identifier: Some(convert::stream_to_wire(stream)),
+                },
+            ),
+        ),
+        Error::LimitExceeded { limit, .. } => (
+            rpc::Code::InvalidArgument,
+            any(
+                "event_store.client.MaximumAppendSizeExceeded",
+                &shared::MaximumAppendSizeExceeded {
+                    max_append_size: (*limit).min(u32::MAX as u64) as u32,
+                },
+            ),
+        ),
+        Error::Unavailable(_) => (
+            rpc::Code::Unavailable,
+            any("event_store.client.Unknown", &shared::Unknown {}),
+        ),
+        other => (
+            rpc::Code::InvalidArgument,
+            any(
+                "event_store.client.BadRequest",
+                &shared::BadRequest {
+                    message: other.to_string(),
+                },
+            ),
+        ),
+    };
+    rpc::Status {
+        code: code as i32,
+        message: e.to_string(),
+        details: Some(details),
+    }
+}

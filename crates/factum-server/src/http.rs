@@ -1,0 +1,504 @@
+//! HTTP/JSON for people and scripts, on the gRPC port: streams, metadata,
+//! deletes, live tails as server-sent events, health, metrics, OpenAPI.
+//! `openapi.rs` documents exactly these routes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use factum_core::{
+    AllStart, ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Position,
+    ReadAll, ReadStream, RecordedEvent, StreamMetadata, StreamName, StreamRevision, StreamStart,
+    Subscribe, SubscriptionMessage, SubscriptionStart, Uuid,
+};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::context::Ctx;
+
+/// The header carrying an expected revision (`any`, `no-stream`, `exists`, or a number).
+pub const EXPECTED_HEADER: &str = "factum-expected-revision";
+/// Largest page a read returns.
+const MAX_PAGE: u64 = 4096;
+
+type Shared<S> = State<Arc<Ctx<S>>>;
+
+/// The HTTP routes over `ctx`'s store.
+pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
+    Router::new()
+        .route("/health", get(health::<S>))
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .route(
+            "/streams/{stream}",
+            get(read::<S>).post(append::<S>).delete(delete::<S>),
+        )
+        .route(
+            "/streams/{stream}/metadata",
+            get(get_metadata::<S>).put(put_metadata::<S>),
+        )
+        .route("/streams/{stream}/subscribe", get(subscribe::<S>))
+        .with_state(ctx)
+}
+
+/// An error answer: `{"error": kind, "message": text, ...}`.
+struct ApiError(StatusCode, Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::WrongExpectedVersion { .. } => StatusCode::CONFLICT,
+            Error::StreamNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::StreamDeleted { .. } => StatusCode::GONE,
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut body = json!({ "error": crate::errors::kind(&e), "message": e.to_string() });
+        if let Error::WrongExpectedVersion {
+            expected, actual, ..
+        } = &e
+        {
+            body["expected"] = json!(expected.to_string());
+            body["actual"] = json!(actual.to_string());
+        }
+        ApiError(status, body)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::from(Error::InvalidInput(msg.into()))
+}
+
+fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
+    StreamName::new(raw).map_err(ApiError::from)
+}
+
+/// Base64 (standard alphabet, padded) for binary payloads in JSON.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A payload as JSON when it is JSON, else as base64.
+fn payload(key: &str, bytes: &[u8], json_hint: bool, out: &mut serde_json::Map<String, Value>) {
+    if bytes.is_empty() {
+        return;
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if json_hint || key == "metadata" => {
+            out.insert(key.to_owned(), v);
+        }
+        _ => {
+            out.insert(format!("{key}_base64"), Value::String(base64(bytes)));
+        }
+    }
+}
+
+/// An event as the HTTP API shows it.
+pub fn event_json(e: &RecordedEvent) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("id".into(), json!(e.id));
+    m.insert("stream".into(), json!(e.stream.as_str()));
+    m.insert("revision".into(), json!(e.revision.0));
+    m.insert("position".into(), json!(e.position.0));
+    m.insert("type".into(), json!(e.event_type));
+    m.insert("content_type".into(), json!(e.content_type.mime()));
+    m.insert("created".into(), json!(e.created.to_rfc3339()));
+    payload("data", &e.data, e.content_type == ContentType::Json, &mut m);
+    payload("metadata", &e.metadata, true, &mut m);
+    if let Some(l) = &e.link {
+        m.insert(
+            "link".into(),
+            json!({ "stream": l.stream.as_str(), "revision": l.revision.0 }),
+        );
+    }
+    Value::Object(m)
+}
+
+async fn health<S: EventStore>(State(ctx): Shared<S>) -> Response {
+    let ready = !ctx.shutting_down() && ctx.store.head_position().await.is_ok();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({ "live": true, "ready": ready }))).into_response()
+}
+
+async fn ready<S: EventStore>(State(ctx): Shared<S>) -> Response {
+    if ctx.shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match ctx.store.head_position().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics<S: EventStore>(State(ctx): Shared<S>) -> Response {
+    let size = ctx.config.size_probe.as_ref().and_then(|p| p());
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ctx.metrics.render(size),
+    )
+        .into_response()
+}
+
+/// Query of a read: `from` (revision, position, `start` or `end`),
+/// `direction` (`forwards`/`backwards`), `count` (≤ 4096).
+#[derive(Deserialize)]
+pub struct ReadQuery {
+    from: Option<String>,
+    direction: Option<String>,
+    count: Option<u64>,
+}
+
+async fn read<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let direction = match q.direction.as_deref() {
+        None | Some("forwards") => Direction::Forwards,
+        Some("backwards") => Direction::Backwards,
+        Some(d) => return Err(bad(format!("direction {d:?}: use forwards or backwards"))),
+    };
+    let count = q.count.unwrap_or(100).min(MAX_PAGE);
+    let from = match q.from.as_deref() {
+        None => None,
+        Some("start") => Some(Err(false)),
+        Some("end") => Some(Err(true)),
+        Some(n) => Some(Ok(n
+            .parse::<u64>()
+            .map_err(|_| bad(format!("from {n:?}: use start, end or a number")))?)),
+    };
+    let name = stream_name(&stream)?;
+    let events = if name.is_all() {
+        let from = match from {
+            None => match direction {
+                Direction::Forwards => AllStart::Start,
+                Direction::Backwards => AllStart::End,
+            },
+            Some(Ok(p)) => AllStart::Position(Position(p)),
+            Some(Err(false)) => AllStart::Start,
+            Some(Err(true)) => AllStart::End,
+        };
+        ctx.store
+            .read_all(ReadAll {
+                from,
+                direction,
+                max_count: count,
+                filter: None,
+                until: None,
+            })
+            .await?
+    } else {
+        let from = match from {
+            None => match direction {
+                Direction::Forwards => StreamStart::Start,
+                Direction::Backwards => StreamStart::End,
+            },
+            Some(Ok(r)) => StreamStart::Revision(StreamRevision(r)),
+            Some(Err(false)) => StreamStart::Start,
+            Some(Err(true)) => StreamStart::End,
+        };
+        ctx.store
+            .read_stream(ReadStream {
+                stream: name.clone(),
+                from,
+                direction,
+                max_count: count,
+                until: None,
+            })
+            .await?
+    };
+    // Where the next page starts, when this one was full.
+    let next = match (events.last(), events.len() as u64 == count) {
+        (Some(last), true) => {
+            let at = if name.is_all() {
+                last.position.0
+            } else {
+                last.read_revision().0
+            };
+            match direction {
+                Direction::Forwards => Some(at + 1),
+                Direction::Backwards => at.checked_sub(1),
+            }
+        }
+        _ => None,
+    };
+    ctx.metrics.sent(
+        events.len() as u64,
+        events
+            .iter()
+            .map(|e| (e.data.len() + e.metadata.len()) as u64)
+            .sum(),
+    );
+    Ok(Json(json!({
+        "stream": name.as_str(),
+        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// An event to append over HTTP.
+#[derive(Deserialize)]
+pub struct NewEvent {
+    id: Option<Uuid>,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Value,
+    metadata: Option<Value>,
+}
+
+/// An append body: a list of events, or `{expected_revision, events}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum AppendBody {
+    /// Just the events.
+    Events(Vec<NewEvent>),
+    /// Events with an expected revision.
+    WithExpected {
+        /// `any`, `no-stream`, `exists` or a revision number.
+        expected_revision: Option<String>,
+        /// The events.
+        events: Vec<NewEvent>,
+    },
+}
+
+fn expected(headers: &HeaderMap, field: Option<&str>) -> Result<ExpectedRevision, ApiError> {
+    let raw = match headers.get(EXPECTED_HEADER) {
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| bad(format!("{EXPECTED_HEADER} is not text")))?,
+        ),
+        None => field,
+    };
+    raw.map_or(Ok(ExpectedRevision::Any), |s| {
+        s.parse().map_err(ApiError::from)
+    })
+}
+
+async fn append<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: AppendBody =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("append body: {e}")))?;
+    let (exp, events) = match body {
+        AppendBody::Events(ev) => (None, ev),
+        AppendBody::WithExpected {
+            expected_revision,
+            events,
+        } => (expected_revision, events),
+    };
+    let expected = expected(&headers, exp.as_deref())?;
+    let name = stream_name(&stream)?;
+    let events: Vec<EventData> = events
+        .into_iter()
+        .map(|e| {
+            let mut d = EventData::json(e.event_type, &e.data)?;
+            if let Some(id) = e.id {
+                d = d.with_id(id);
+            }
+            if let Some(m) = e.metadata {
+                d = d.with_metadata(serde_json::to_vec(&m).unwrap_or_default());
+            }
+            Ok(d)
+        })
+        .collect::<Result<_, Error>>()?;
+    let size: u64 = events.iter().map(|e| e.size() as u64).sum();
+    if size > ctx.config.max_append_bytes {
+        return Err(ApiError::from(Error::LimitExceeded {
+            what: "append size in bytes".into(),
+            limit: ctx.config.max_append_bytes,
+            actual: size,
+        }));
+    }
+    let started = std::time::Instant::now();
+    let n = events.len();
+    let r = ctx.store.append(name, expected, events).await?;
+    ctx.metrics.appended(n, size as usize, started.elapsed());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "revision": r.revision.0, "position": r.position.0 })),
+    ))
+}
+
+/// Query of a delete: `tombstone=true` for a hard delete.
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    tombstone: Option<bool>,
+}
+
+async fn delete<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+    Query(q): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let name = stream_name(&stream)?;
+    let expected = expected(&headers, None)?;
+    let r = if q.tombstone.unwrap_or(false) {
+        ctx.store.tombstone_stream(name, expected).await?
+    } else {
+        ctx.store.delete_stream(name, expected).await?
+    };
+    Ok(Json(json!({ "position": r.position.0 })))
+}
+
+async fn get_metadata<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = ctx.store.stream_metadata(stream_name(&stream)?).await?;
+    let metadata: Value = serde_json::from_slice(&r.metadata.to_json()).unwrap_or(Value::Null);
+    Ok(Json(
+        json!({ "revision": r.revision.map(|r| r.0), "metadata": metadata }),
+    ))
+}
+
+async fn put_metadata<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let metadata = StreamMetadata::from_json(&body)?;
+    let expected = expected(&headers, None)?;
+    let r = ctx
+        .store
+        .set_stream_metadata(stream_name(&stream)?, expected, metadata)
+        .await?;
+    Ok(Json(
+        json!({ "revision": r.revision.0, "position": r.position.0 }),
+    ))
+}
+
+/// Query of a live tail: `from` = `start`, `end` (default) or the revision
+/// / position to continue after.
+#[derive(Deserialize)]
+pub struct SubscribeQuery {
+    from: Option<String>,
+}
+
+async fn subscribe<S: EventStore>(
+    State(ctx): Shared<S>,
+    Path(stream): Path<String>,
+    Query(q): Query<SubscribeQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let start = match q.from.as_deref() {
+        None | Some("end") => SubscriptionStart::End,
+        Some("start") => SubscriptionStart::Beginning,
+        Some(n) => SubscriptionStart::After(
+            n.parse()
+                .map_err(|_| bad(format!("from {n:?}: use start, end or a number")))?,
+        ),
+    };
+    let name = stream_name(&stream)?;
+    let req = if name.is_all() {
+        Subscribe::all(start, None)
+    } else {
+        Subscribe::stream(name, start)
+    };
+    let sub = ctx.store.subscribe(req).await?;
+    let shutdown = ctx.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (sub, shutdown, false),
+        |(mut sub, mut shutdown, done)| async move {
+            if done {
+                return None;
+            }
+            let msg = tokio::select! {
+                m = sub.next() => Some(m),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let Some(msg) = msg else {
+                let ev = SseEvent::default()
+                    .event("shutdown")
+                    .data("server is shutting down");
+                return Some((Ok(ev), (sub, shutdown, true)));
+            };
+            let ev = match msg? {
+                Ok(SubscriptionMessage::Event(e)) => SseEvent::default()
+                    .event("event")
+                    .data(event_json(&e).to_string()),
+                Ok(SubscriptionMessage::CaughtUp) => {
+                    SseEvent::default().event("caught-up").data("{}")
+                }
+                Ok(SubscriptionMessage::FellBehind) => {
+                    SseEvent::default().event("fell-behind").data("{}")
+                }
+                Ok(SubscriptionMessage::Checkpoint(p)) => SseEvent::default()
+                    .event("checkpoint")
+                    .data(json!({ "position": p.0 }).to_string()),
+                Err(e) => {
+                    let ev = SseEvent::default().event("error").data(
+                        json!({ "error": crate::errors::kind(&e), "message": e.to_string() })
+                            .to_string(),
+                    );
+                    return Some((Ok(ev), (sub, shutdown, true)));
+                }
+            };
+            Some((Ok(ev), (sub, shutdown, false)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! # factum-server
+//!
+//! Factum's network front end over any [`EventStore`]: the KurrentDB gRPC
+//! protocol (so KurrentDB's official clients work unchanged) and an
+//! HTTP/JSON API, both on one port. Requests whose content type is
+//! `application/grpc…` go to the gRPC services; everything else to the HTTP
+//! routes.
+//!
+//! | module | what |
+//! |---|---|
+//! | `grpc` | `Streams`, `ServerFeatures`, `Gossip`; other KurrentDB services answer UNIMPLEMENTED |
+//! | `grpc_read` | `Streams.Read`: reads and subscriptions, filters, checkpoints, links |
+//! | `grpc_write` | `Append`, `BatchAppend`, `Delete`, `Tombstone`; metadata via `$$<stream>` |
+//! | `convert` / `errors` | wire ⇄ model; errors as statuses with KurrentDB's `exception` metadata |
+//! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
+//! | `metrics` | Prometheus counters and latency histograms |
+//! | `auth` | the authentication seam (insecure mode accepts anything) |
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! let (store, _) = factum_engine::Engine::open_with("./data", Default::default()).unwrap();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2113").await?;
+//! let config = factum_server::ServerConfig::new(listener.local_addr()?);
+//! factum_server::serve(listener, Arc::new(store), config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+mod context;
+pub mod convert;
+pub mod errors;
+pub mod filter;
+pub mod grpc;
+mod grpc_read;
+mod grpc_write;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header::CONTENT_TYPE, HeaderValue, Request, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
+use factum_core::EventStore;
+use factum_proto::gossip::gossip_server::GossipServer;
+use factum_proto::server_features::server_features_server::ServerFeaturesServer;
+use factum_proto::streams::streams_server::StreamsServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+pub use context::{Ctx, ServerConfig, SizeProbe};
+
+/// Builds the single service that answers both gRPC and HTTP, and the
+/// shared context (whose `shutdown` flips when `shutdown_tx` sends `true`).
+pub fn app<S: EventStore>(
+    store: Arc<S>,
+    config: ServerConfig,
+) -> (Router, Arc<Ctx<S>>, watch::Sender<bool>) {
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let max = config.max_message_bytes;
+    let ctx = Arc::new(Ctx {
+        store,
+        config,
+        metrics: Default::default(),
+        shutdown,
+    });
+    let api = grpc::GrpcApi::new(ctx.clone());
+    let grpc = tonic::service::Routes::new(
+        StreamsServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(ServerFeaturesServer::new(api.clone()))
+    .add_service(GossipServer::new(api))
+    .prepare()
+    .into_axum_router();
+    let http = http::router(ctx.clone());
+    let dispatch = tower::service_fn(move |req: Request<Body>| {
+        let is_grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let call = if is_grpc {
+            grpc.clone().oneshot(req)
+        } else {
+            http.clone().oneshot(req)
+        };
+        async move {
+            let mut resp = call.await?;
+            if is_grpc {
+                oversized_is_resource_exhausted(&mut resp);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    (Router::new().fallback_service(dispatch), ctx, shutdown_tx)
+}
+
+/// tonic refuses an over-long message before our handlers run, with
+/// OUT_OF_RANGE in a trailers-only response; gRPC's convention for "message
+/// larger than the limit" is RESOURCE_EXHAUSTED.
+fn oversized_is_resource_exhausted(resp: &mut Response<Body>) {
+    let h = resp.headers();
+    let oversized = h.get("grpc-status").is_some_and(|s| s == "11")
+        && h.get("grpc-message").is_some_and(|m| {
+            m.to_str()
+                .unwrap_or("")
+                .contains("message%20length%20too%20large")
+                || m.to_str()
+                    .unwrap_or("")
+                    .contains("message length too large")
+        });
+    if oversized {
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}
+
+/// Serves `store` on `listener` until `shutdown` completes; then stops
+/// accepting, ends subscriptions with UNAVAILABLE, lets in-flight requests
+/// (appends included) finish, and returns. The caller closes the store.
+pub async fn serve<S: EventStore>(
+    listener: TcpListener,
+    store: Arc<S>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, _ctx, shutdown_tx) = app(store, config);
+    let listener = listener.tap_io(|tcp| {
+        // gRPC exchanges small frames: never wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests, ending subscriptions");
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+}

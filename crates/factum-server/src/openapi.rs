@@ -1,0 +1,96 @@
+//! The OpenAPI 3.1 document of the HTTP routes in `http.rs` (served at
+//! `/openapi.json`; a test checks every documented path is routed).
+
+use serde_json::{json, Value};
+
+fn stream_param() -> Value {
+    json!({ "name": "stream", "in": "path", "required": true,
+            "description": "Stream name; `$all` for the global log (reads and subscriptions only).",
+            "schema": { "type": "string" } })
+}
+
+fn expected_param() -> Value {
+    json!({ "name": crate::http::EXPECTED_HEADER, "in": "header", "required": false,
+            "description": "Expected revision: `any` (default), `no-stream`, `exists` or a revision number.",
+            "schema": { "type": "string" } })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+/// The document.
+pub fn document() -> Value {
+    json!({
+      "openapi": "3.1.0",
+      "info": { "title": "Factum HTTP API", "version": env!("CARGO_PKG_VERSION"),
+                "description": "Streams, metadata, deletes and live tails over HTTP/JSON. The same port serves KurrentDB's gRPC protocol." },
+      "paths": {
+        "/health": { "get": { "summary": "Liveness and readiness",
+            "responses": { "200": { "description": "Ready" }, "503": { "description": "Live but not ready" } } } },
+        "/health/live": { "get": { "summary": "Liveness", "responses": { "200": { "description": "The process serves requests" } } } },
+        "/health/ready": { "get": { "summary": "Readiness",
+            "responses": { "200": { "description": "The store answers" }, "503": { "description": "Not ready or shutting down" } } } },
+        "/metrics": { "get": { "summary": "Prometheus metrics",
+            "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } } } },
+        "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+        "/streams/{stream}": {
+          "get": { "summary": "Read a page of a stream or of $all",
+            "parameters": [ stream_param(),
+              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end`, or a revision ($all: a position), inclusive." },
+              { "name": "direction", "in": "query", "schema": { "enum": ["forwards", "backwards"] } },
+              { "name": "count", "in": "query", "schema": { "type": "integer", "maximum": 4096, "default": 100 } } ],
+            "responses": { "200": { "description": "A page; `next` is where the following page starts (null at the end)",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Page" } } } },
+              "404": error_response("Stream not found"), "410": error_response("Stream tombstoned") } },
+          "post": { "summary": "Append events",
+            "parameters": [ stream_param(), expected_param() ],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AppendBody" } } } },
+            "responses": { "201": { "description": "Appended", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WriteResult" } } } },
+              "400": error_response("Bad input"), "409": error_response("Wrong expected revision"),
+              "410": error_response("Stream tombstoned"), "413": error_response("Append too large") } },
+          "delete": { "summary": "Soft-delete (or, with tombstone=true, hard-delete) a stream",
+            "parameters": [ stream_param(), expected_param(),
+              { "name": "tombstone", "in": "query", "schema": { "type": "boolean" } } ],
+            "responses": { "200": { "description": "Deleted" }, "404": error_response("Stream not found"),
+              "409": error_response("Wrong expected revision"), "410": error_response("Stream tombstoned") } } },
+        "/streams/{stream}/metadata": {
+          "get": { "summary": "Stream metadata", "parameters": [ stream_param() ],
+            "responses": { "200": { "description": "`revision` of $$stream (null when never set) and the metadata" },
+              "410": error_response("Stream tombstoned") } },
+          "put": { "summary": "Set stream metadata ($maxAge, $maxCount, $tb, $acl, custom keys)",
+            "parameters": [ stream_param(), expected_param() ],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
+            "responses": { "200": { "description": "Written", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WriteResult" } } } },
+              "400": error_response("Bad metadata"), "409": error_response("Wrong expected revision") } } },
+        "/streams/{stream}/subscribe": {
+          "get": { "summary": "Live tail as server-sent events (`event`, `caught-up`, `fell-behind`, `checkpoint`, `error`, `shutdown`)",
+            "parameters": [ stream_param(),
+              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end` (default), or the revision/position to continue after." } ],
+            "responses": { "200": { "description": "An event stream", "content": { "text/event-stream": {} } } } } }
+      },
+      "components": { "schemas": {
+        "Event": { "type": "object", "required": ["id", "stream", "revision", "position", "type", "created"],
+          "properties": { "id": { "type": "string", "format": "uuid" }, "stream": { "type": "string" },
+            "revision": { "type": "integer" }, "position": { "type": "integer" }, "type": { "type": "string" },
+            "content_type": { "type": "string" }, "created": { "type": "string", "format": "date-time" },
+            "data": {}, "data_base64": { "type": "string" }, "metadata": {}, "metadata_base64": { "type": "string" },
+            "link": { "type": "object", "properties": { "stream": { "type": "string" }, "revision": { "type": "integer" } } } } },
+        "Page": { "type": "object", "properties": { "stream": { "type": "string" },
+            "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },
+            "next": { "type": ["integer", "null"] } } },
+        "NewEvent": { "type": "object", "required": ["type"],
+          "properties": { "id": { "type": "string", "format": "uuid" }, "type": { "type": "string" }, "data": {}, "metadata": {} } },
+        "AppendBody": { "oneOf": [
+            { "type": "array", "items": { "$ref": "#/components/schemas/NewEvent" } },
+            { "type": "object", "required": ["events"], "properties": {
+                "expected_revision": { "type": "string" },
+                "events": { "type": "array", "items": { "$ref": "#/components/schemas/NewEvent" } } } } ] },
+        "WriteResult": { "type": "object", "properties": { "revision": { "type": "integer" }, "position": { "type": "integer" } } },
+        "Error": { "type": "object", "required": ["error", "message"],
+          "properties": { "error": { "type": "string" }, "message": { "type": "string" },
+            "expected": { "type": "string" }, "actual": { "type": "string" } } }
+      } }
+    })
+}

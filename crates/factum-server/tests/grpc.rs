@@ -1,0 +1,384 @@
+//! The server over the embedded engine, driven with the generated tonic
+//! client: wire behaviour the official clients depend on, bad input, and
+//! HTTP on the same port. (The official clients themselves run in
+//! factum-cli's interop tests.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use factum_engine::{Durability, Engine, EngineConfig};
+use factum_proto::server_features::server_features_client::ServerFeaturesClient;
+use factum_proto::shared;
+use factum_proto::streams::read_req::options::{
+    self as ro, CountOption, FilterOption, StreamOption,
+};
+use factum_proto::streams::read_resp::Content;
+use factum_proto::streams::streams_client::StreamsClient;
+use factum_proto::streams::{append_req, append_resp, AppendReq, ReadReq, ReadResp};
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        durability: Durability::None,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = Engine::open_with(dir.path(), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = factum_server::ServerConfig::new(addr);
+    cfg.max_append_bytes = 1024 * 1024;
+    cfg.max_message_bytes = 2 * 1024 * 1024;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(factum_server::serve(
+        listener,
+        Arc::new(engine),
+        cfg,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Running {
+        addr,
+        stop: Some(tx),
+        task,
+        _dir: dir,
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn sid(name: &str) -> Option<shared::StreamIdentifier> {
+    Some(shared::StreamIdentifier {
+        stream_name: name.as_bytes().to_vec(),
+    })
+}
+
+fn proposed(event_type: &str, data: &[u8]) -> AppendReq {
+    let mut md = HashMap::new();
+    md.insert("type".to_owned(), event_type.to_owned());
+    md.insert("content-type".to_owned(), "application/json".to_owned());
+    AppendReq {
+        content: Some(append_req::Content::ProposedMessage(
+            append_req::ProposedMessage {
+                id: Some(shared::Uuid {
+                    value: Some(shared::uuid::Value::String(
+                        uuid::Uuid::new_v4().to_string(),
+                    )),
+                }),
+                metadata: md,
+                custom_metadata: vec![],
+                data: data.to_vec(),
+            },
+        )),
+    }
+}
+
+fn options(stream: &str, expected: append_req::options::ExpectedStreamRevision) -> AppendReq {
+    AppendReq {
+        content: Some(append_req::Content::Options(append_req::Options {
+            stream_identifier: sid(stream),
+            expected_stream_revision: Some(expected),
+        })),
+    }
+}
+
+fn read_stream(stream: &str, count: u64) -> ReadReq {
+    ReadReq {
+        options: Some(factum_proto::streams::read_req::Options {
+            stream_option: Some(StreamOption::Stream(ro::StreamOptions {
+                stream_identifier: sid(stream),
+                revision_option: Some(ro::stream_options::RevisionOption::Start(shared::Empty {})),
+            })),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(FilterOption::NoFilter(shared::Empty {})),
+            uuid_option: Some(ro::UuidOption {
+                content: Some(ro::uuid_option::Content::Structured(shared::Empty {})),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn collect(
+    client: &mut StreamsClient<Channel>,
+    req: ReadReq,
+) -> Result<Vec<ReadResp>, tonic::Status> {
+    let mut stream = client.read(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn append_read_conflict_and_bad_input() {
+    use append_req::options::ExpectedStreamRevision as E;
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+
+    let reqs = vec![
+        options("order-1", E::NoStream(shared::Empty {})),
+        proposed("Placed", b"{}"),
+        proposed("Paid", b"{}"),
+    ];
+    let resp = client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(append_resp::Result::Success(s)) = resp.result else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(
+        s.current_revision_option,
+        Some(append_resp::success::CurrentRevisionOption::CurrentRevision(1))
+    );
+
+    // A conflict is an answer, not an error, with both shapes filled.
+    let reqs = vec![options("order-1", E::Revision(0)), proposed("X", b"{}")];
+    let resp = client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(append_resp::Result::WrongExpectedVersion(w)) = resp.result else {
+        panic!("{resp:?}")
+    };
+    use append_resp::wrong_expected_version as w_;
+    assert_eq!(
+        w.current_revision_option,
+        Some(w_::CurrentRevisionOption::CurrentRevision(1))
+    );
+    assert_eq!(
+        w.expected_revision_option,
+        Some(w_::ExpectedRevisionOption::ExpectedRevision(0))
+    );
+    assert_eq!(
+        w.current_revision_option_20_6_0,
+        Some(w_::CurrentRevisionOption2060::CurrentRevision2060(1))
+    );
+
+    let events = collect(&mut client, read_stream("order-1", 10))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    let Some(Content::Event(e)) = &events[1].content else {
+        panic!()
+    };
+    let rec = e.event.as_ref().unwrap();
+    assert_eq!(rec.metadata["type"], "Paid");
+    assert!(matches!(
+        rec.id.as_ref().unwrap().value,
+        Some(shared::uuid::Value::Structured(_))
+    ));
+
+    // Unknown stream: a stream_not_found message, then a clean end.
+    let resp = collect(&mut client, read_stream("nope-1", 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        resp[..],
+        [ReadResp {
+            content: Some(Content::StreamNotFound(_))
+        }]
+    ));
+
+    // Invalid names and missing fields are INVALID_ARGUMENT; the server goes on.
+    let err = collect(&mut client, read_stream("", 10)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = collect(&mut client, ReadReq { options: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let reqs = vec![proposed("X", b"{}")];
+    let err = client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let reqs = vec![
+        options("$all", E::Any(shared::Empty {})),
+        proposed("X", b"{}"),
+    ];
+    assert_eq!(
+        client
+            .append(futures_util::stream::iter(reqs))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // An append over the server's limit: KurrentDB's exception metadata.
+    let big = vec![b'x'; 700 * 1024];
+    let reqs = vec![
+        options("big-1", E::Any(shared::Empty {})),
+        proposed("B", &big),
+        proposed("B", &big),
+    ];
+    let err = client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.metadata().get("exception").unwrap(),
+        "maximum-append-size-exceeded"
+    );
+    // A single message over the transport limit: RESOURCE_EXHAUSTED.
+    let huge = vec![b'x'; 3 * 1024 * 1024];
+    let reqs = vec![
+        options("big-1", E::Any(shared::Empty {})),
+        proposed("B", &huge),
+    ];
+    let err = client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let mut huge_read = read_stream("order-1", 1);
+    if let Some(StreamOption::Stream(s)) =
+        huge_read.options.as_mut().unwrap().stream_option.as_mut()
+    {
+        s.stream_identifier = sid(&"y".repeat(3 * 1024 * 1024));
+    }
+    let err = collect(&mut client, huge_read).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // Still serving.
+    assert_eq!(
+        collect(&mut client, read_stream("order-1", 10))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn tombstoned_streams_answer_stream_deleted() {
+    use append_req::options::ExpectedStreamRevision as E;
+    use factum_proto::streams::{tombstone_req, TombstoneReq};
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let reqs = vec![
+        options("gone-1", E::Any(shared::Empty {})),
+        proposed("X", b"{}"),
+    ];
+    client
+        .append(futures_util::stream::iter(reqs))
+        .await
+        .unwrap();
+    client
+        .tombstone(TombstoneReq {
+            options: Some(tombstone_req::Options {
+                stream_identifier: sid("gone-1"),
+                expected_stream_revision: Some(
+                    tombstone_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
+                ),
+            }),
+        })
+        .await
+        .unwrap();
+    let err = collect(&mut client, read_stream("gone-1", 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.metadata().get("exception").unwrap(), "stream-deleted");
+    assert_eq!(err.metadata().get("stream-name").unwrap(), "gone-1");
+}
+
+#[tokio::test]
+async fn features_unimplemented_services_and_http_share_the_port() {
+    let server = start().await;
+    let ch = channel(server.addr).await;
+    let methods = ServerFeaturesClient::new(ch.clone())
+        .get_supported_methods(shared::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = methods
+        .methods
+        .iter()
+        .map(|m| format!("{}/{}", m.service_name, m.method_name))
+        .collect();
+    assert!(names.contains(&"event_store.client.streams.streams/batchappend".to_owned()));
+    assert_eq!(names.len(), 7);
+
+    // A KurrentDB service we do not implement: UNIMPLEMENTED.
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Delete",
+    );
+    let codec = tonic_prost::ProstCodec::<shared::Empty, shared::Empty>::default();
+    let err = grpc
+        .unary(tonic::Request::new(shared::Empty {}), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    // HTTP on the same port.
+    let body = http_get(server.addr, "/health/live").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let body = http_get(server.addr, "/streams/%24all?count=5").await;
+    assert!(body.contains("\"events\":[]"), "{body}");
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_with_unavailable() {
+    let mut server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let mut req = read_stream("live-1", 0);
+    req.options.as_mut().unwrap().count_option =
+        Some(CountOption::Subscription(ro::SubscriptionOptions {}));
+    let mut sub = client.read(req).await.unwrap().into_inner();
+    let first = sub.message().await.unwrap().unwrap();
+    assert!(matches!(first.content, Some(Content::Confirmation(_))));
+    let caught_up = sub.message().await.unwrap().unwrap();
+    assert!(
+        matches!(caught_up.content, Some(Content::CaughtUp(_))),
+        "{caught_up:?}"
+    );
+    server.stop.take().unwrap().send(()).unwrap();
+    let end = loop {
+        match sub.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    drop(sub);
+    drop(client);
+    tokio::time::timeout(std::time::Duration::from_secs(10), server.task)
+        .await
+        .expect("server stops after draining")
+        .unwrap()
+        .unwrap();
+}
