@@ -1,0 +1,316 @@
+//! # factum-postgres
+//!
+//! Factum's PostgreSQL backend: the [`EventStore`] contract on PostgreSQL,
+//! so Factum servers can be stateless front ends over one shared,
+//! replicated database.
+//!
+//! ```no_run
+//! use factum_core::{EventData, EventStore, ExpectedRevision, StreamName};
+//! use factum_postgres::{PostgresConfig, PostgresStore};
+//! # async fn demo() -> factum_core::Result<()> {
+//! let store = PostgresStore::connect(PostgresConfig::new("postgres://postgres@127.0.0.1/postgres")).await?;
+//! let s = StreamName::new("order-1")?;
+//! store.append(s, ExpectedRevision::NoStream, vec![EventData::json("Placed", &1)?]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Positions are dense and in commit order: every append transaction takes
+//! the lock on the one `head` row first and holds it to commit (ADR 6).
+//! Appends from one process are batched into one transaction by a writer
+//! task (group commit), so throughput comes from batching. Live
+//! subscriptions wake on `LISTEN`/`NOTIFY` and poll as a fallback.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod read;
+mod schema;
+mod subscribe;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use factum_core::rules::{Limits, Operation};
+use factum_core::{
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
+    Subscription,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use schema::migrate;
+
+/// How to reach and use the database.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// Connection string, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    pub url: String,
+    /// Schema holding the store's tables (several stores can share a database).
+    pub schema: String,
+    /// Connections for reads.
+    pub pool_size: usize,
+    /// Statement timeout applied to every connection.
+    pub statement_timeout: Duration,
+    /// Live subscriptions poll this often when no notification arrives.
+    pub poll_interval: Duration,
+    /// Most appends batched into one transaction.
+    pub max_group_appends: usize,
+    /// Event and append size limits.
+    pub limits: Limits,
+    /// A live subscriber this many events behind the head is told it fell behind.
+    pub fell_behind_events: u64,
+}
+
+impl PostgresConfig {
+    /// Defaults for a connection string (schema `factum`).
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            schema: "factum".into(),
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            max_group_appends: 512,
+            limits: Limits::default(),
+            fell_behind_events: 50_000,
+        }
+    }
+
+    /// Uses another schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+}
+
+/// An event store in PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: PostgresConfig,
+    pub pool: Pool,
+    /// `{schema}.` prefix for table names.
+    pub tables: Tables,
+    writer: mpsc::Sender<writer::Request>,
+    /// Bumped on every notification (or poll): a hint that the head moved.
+    pub wake: watch::Receiver<u64>,
+    pub drop_schema_on_drop: bool,
+}
+
+/// Fully qualified table names.
+#[derive(Clone, Debug)]
+pub(crate) struct Tables {
+    pub schema: String,
+    pub head: String,
+    pub streams: String,
+    pub events: String,
+    pub links: String,
+    pub channel: String,
+}
+
+impl Tables {
+    fn new(schema: &str) -> Self {
+        Tables {
+            schema: schema.to_string(),
+            head: format!("{schema}.head"),
+            streams: format!("{schema}.streams"),
+            events: format!("{schema}.events"),
+            links: format!("{schema}.links"),
+            channel: format!("factum_{schema}"),
+        }
+    }
+}
+
+/// Turns a database error into the caller's terms: connection trouble is
+/// `Unavailable` (retryable; appends are idempotent by event id).
+pub(crate) fn db_err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("PostgreSQL {context}: {e}"))
+}
+
+fn valid_schema(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "schema name {s:?} must be 1-48 characters of a-z, 0-9 and _, not starting with a digit"
+        )))
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations, and starts the writer and the
+    /// notification listener.
+    pub async fn connect(config: PostgresConfig) -> Result<PostgresStore> {
+        valid_schema(&config.schema)?;
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        ));
+        let manager = Manager::from_config(
+            pg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .build()
+            .map_err(|e| db_err("pool", e))?;
+        let tables = Tables::new(&config.schema);
+        {
+            let mut client = pool.get().await.map_err(|e| db_err("connect", e))?;
+            schema::migrate_client(&mut client, &config.schema).await?;
+        }
+        let wake = subscribe::listen(pg.clone(), tables.channel.clone(), config.poll_interval);
+        let writer = writer::start(pool.clone(), tables.clone(), config.clone());
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                config,
+                pool,
+                tables,
+                writer,
+                wake,
+                drop_schema_on_drop: false,
+            }),
+        })
+    }
+
+    /// For tests: drop the store's schema (all its data) when the last
+    /// clone is dropped.
+    pub fn drop_schema_on_drop(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.drop_schema_on_drop = true;
+        }
+        self
+    }
+
+    async fn submit(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        op: Operation,
+    ) -> Result<AppendResult> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Request {
+                stream,
+                expected,
+                op,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.drop_schema_on_drop {
+            return;
+        }
+        let url = self.config.url.clone();
+        let schema = self.tables.schema.clone();
+        // Drop may run inside a runtime: do the blocking work on a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.submit(stream, expected, Operation::Append(events))
+            .await
+    }
+
+    async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
+        read::read_stream(&self.inner, &request).await
+    }
+
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
+        read::read_all(&self.inner, &request).await
+    }
+
+    async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
+        subscribe::start(self.inner.clone(), request).await
+    }
+
+    async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
+        read::stream_metadata(&self.inner, &stream).await
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Result<AppendResult> {
+        self.submit(stream, expected, Operation::SetMetadata(metadata))
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
+        Ok(DeleteResult {
+            position: r.position,
+        })
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        let r = self.submit(stream, expected, Operation::Tombstone).await?;
+        Ok(DeleteResult {
+            position: r.position,
+        })
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>> {
+        Ok(read::next_position(&self.inner)
+            .await?
+            .checked_sub(1)
+            .map(Position))
+    }
+}

@@ -1,0 +1,295 @@
+//! Reads: streams (through `events` or `links`), `$all` by position.
+
+use factum_core::rules::StreamState;
+use factum_core::{
+    AllStart, ContentType, Direction, Error, Filter, Link, Position, ReadAll, ReadStream,
+    RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
+    StreamStart, Timestamp,
+};
+use tokio_postgres::Row;
+
+use crate::{db_err, Inner};
+
+const PAGE: i64 = 1000;
+const COLUMNS: &str = "e.position, e.stream_name, e.revision, e.id, e.event_type, e.content_type, e.created, e.data, e.metadata";
+
+fn q(e: tokio_postgres::Error) -> Error {
+    db_err("read", e)
+}
+
+fn event(row: &Row, link: Option<Link>) -> Result<RecordedEvent> {
+    let stream: String = row.get(1);
+    Ok(RecordedEvent {
+        position: Position(row.get::<_, i64>(0) as u64),
+        stream: StreamName::new(stream)?,
+        revision: StreamRevision(row.get::<_, i64>(2) as u64),
+        id: row.get(3),
+        event_type: row.get(4),
+        content_type: if row.get::<_, i16>(5) == 0 {
+            ContentType::Json
+        } else {
+            ContentType::Binary
+        },
+        created: Timestamp(row.get(6)),
+        data: row.get::<_, Vec<u8>>(7).into(),
+        metadata: row.get::<_, Vec<u8>>(8).into(),
+        link,
+    })
+}
+
+/// A stream's id and state, if the store has seen it.
+pub(crate) async fn stream_state(inner: &Inner, name: &str) -> Result<Option<(i64, StreamState)>> {
+    let client = inner.pool.get().await.map_err(|e| db_err("connect", e))?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata
+                 FROM {} WHERE name = $1",
+                inner.tables.streams
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(q)?;
+    Ok(row.map(|r| {
+        (
+            r.get(0),
+            StreamState {
+                last_revision: r.get::<_, Option<i64>>(1).map(|v| v as u64),
+                last_position: r.get::<_, i64>(2) as u64,
+                last_event_id: r.get(3),
+                base: r.get::<_, i64>(4) as u64,
+                deleted: r.get(5),
+                tombstoned: r.get(6),
+                metadata: r.get(7),
+            },
+        )
+    }))
+}
+
+/// The next position to be assigned (head + 1).
+pub(crate) async fn next_position(inner: &Inner) -> Result<u64> {
+    let client = inner.pool.get().await.map_err(|e| db_err("connect", e))?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT next_position FROM {} WHERE id = 1",
+                inner.tables.head
+            ),
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+pub(crate) async fn read_stream(inner: &Inner, req: &ReadStream) -> Result<Vec<RecordedEvent>> {
+    let name = &req.stream;
+    if name.is_all() {
+        return Err(Error::InvalidInput("read $all with read_all".into()));
+    }
+    let Some((id, state)) = stream_state(inner, name.as_str()).await? else {
+        return Err(Error::StreamNotFound {
+            stream: name.clone(),
+        });
+    };
+    if state.tombstoned {
+        return Err(Error::StreamDeleted {
+            stream: name.clone(),
+        });
+    }
+    let last = match state.last_revision {
+        Some(l) if !state.deleted => l,
+        _ => {
+            return Err(Error::StreamNotFound {
+                stream: name.clone(),
+            })
+        }
+    };
+    let is_link = name.category_stream_of().is_some() || name.event_type_stream_of().is_some();
+    let meta = match &state.metadata {
+        Some(m) => StreamMetadata::from_json(m)?,
+        None => StreamMetadata::default(),
+    };
+    let min_rev = meta
+        .first_visible_revision(StreamRevision(last))
+        .max(state.base);
+    let oldest = meta
+        .oldest_visible(Timestamp::now())
+        .map_or(i64::MIN, |t| t.0);
+    let until = req.until.map_or(i64::MAX, |t| t.0);
+    let forwards = req.direction == Direction::Forwards;
+    let (lo, hi) = match (req.direction, req.from) {
+        (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
+        (Direction::Forwards, StreamStart::Start) => (min_rev, last),
+        (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min_rev), last),
+        (Direction::Backwards, StreamStart::Start | StreamStart::End) => (min_rev, last),
+        (Direction::Backwards, StreamStart::Revision(r)) => (min_rev, r.0.min(last)),
+    };
+    if lo > hi || req.max_count == 0 {
+        return Ok(Vec::new());
+    }
+    let order = if forwards { "ASC" } else { "DESC" };
+    let limit = req.max_count.min(i64::MAX as u64) as i64;
+    let sql = if is_link {
+        format!(
+            "SELECT {COLUMNS}, l.revision FROM {} l JOIN {} e ON e.position = l.position
+             WHERE l.stream_id = $1 AND l.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
+             ORDER BY l.revision {order} LIMIT $6",
+            inner.tables.links, inner.tables.events
+        )
+    } else {
+        format!(
+            "SELECT {COLUMNS} FROM {} e
+             WHERE e.stream_id = $1 AND e.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
+               AND e.flags & 1 = 0
+             ORDER BY e.revision {order} LIMIT $6",
+            inner.tables.events
+        )
+    };
+    let client = inner.pool.get().await.map_err(|e| db_err("connect", e))?;
+    let rows = client
+        .query(
+            &sql,
+            &[&id, &(lo as i64), &(hi as i64), &oldest, &until, &limit],
+        )
+        .await
+        .map_err(q)?;
+    rows.iter()
+        .map(|row| {
+            let link = is_link.then(|| Link {
+                stream: name.clone(),
+                revision: StreamRevision(row.get::<_, i64>(9) as u64),
+            });
+            event(row, link)
+        })
+        .collect()
+}
+
+pub(crate) async fn read_all(inner: &Inner, req: &ReadAll) -> Result<Vec<RecordedEvent>> {
+    match req.direction {
+        Direction::Forwards => {
+            let start = match req.from {
+                AllStart::Start => 0,
+                AllStart::End => return Ok(Vec::new()),
+                AllStart::Position(p) => p.0,
+            };
+            Ok(scan(
+                inner,
+                start,
+                true,
+                req.max_count,
+                req.filter.as_ref(),
+                req.until,
+                u64::MAX,
+            )
+            .await?
+            .0)
+        }
+        Direction::Backwards => {
+            let start = match req.from {
+                AllStart::Start | AllStart::End => i64::MAX as u64,
+                AllStart::Position(p) => p.0,
+            };
+            Ok(scan(
+                inner,
+                start,
+                false,
+                req.max_count,
+                req.filter.as_ref(),
+                req.until,
+                u64::MAX,
+            )
+            .await?
+            .0)
+        }
+    }
+}
+
+/// Scans `$all` from `start` (inclusive) in one direction; returns matching
+/// events and, forwards, the position after the last one examined. Stops
+/// after `max_scan` examined events.
+pub(crate) async fn scan(
+    inner: &Inner,
+    start: u64,
+    forwards: bool,
+    max_count: u64,
+    filter: Option<&Filter>,
+    until: Option<Timestamp>,
+    max_scan: u64,
+) -> Result<(Vec<RecordedEvent>, u64)> {
+    if max_count == 0 {
+        return Ok((Vec::new(), start));
+    }
+    let client = inner.pool.get().await.map_err(|e| db_err("connect", e))?;
+    let (cmp, order) = if forwards {
+        (">=", "ASC")
+    } else {
+        ("<=", "DESC")
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {} e WHERE e.position {cmp} $1 ORDER BY e.position {order} LIMIT $2",
+        inner.tables.events
+    );
+    let mut out = Vec::new();
+    let mut cursor = start as i64;
+    let mut scanned = 0u64;
+    loop {
+        let page = PAGE
+            .min((max_scan - scanned).min(i64::MAX as u64) as i64)
+            .max(1);
+        let rows = client.query(&sql, &[&cursor, &page]).await.map_err(q)?;
+        if rows.is_empty() {
+            return Ok((out, cursor.max(0) as u64));
+        }
+        let n = rows.len() as i64;
+        for row in &rows {
+            let e = event(row, None)?;
+            cursor = if forwards {
+                e.position.0 as i64 + 1
+            } else {
+                e.position.0 as i64 - 1
+            };
+            scanned += 1;
+            if until.is_some_and(|u| e.created > u) {
+                if forwards {
+                    return Ok((out, e.position.0));
+                }
+                continue;
+            }
+            if filter.is_none_or(|f| f.matches(&e)) {
+                out.push(e);
+                if out.len() as u64 >= max_count {
+                    return Ok((out, cursor.max(0) as u64));
+                }
+            }
+            if scanned >= max_scan {
+                return Ok((out, cursor.max(0) as u64));
+            }
+        }
+        if n < page || cursor < 0 {
+            return Ok((out, cursor.max(0) as u64));
+        }
+    }
+}
+
+pub(crate) async fn stream_metadata(
+    inner: &Inner,
+    stream: &StreamName,
+) -> Result<StreamMetadataResult> {
+    let owner = stream_state(inner, stream.as_str()).await?;
+    if owner.as_ref().is_some_and(|(_, s)| s.tombstoned) {
+        return Err(Error::StreamDeleted {
+            stream: stream.clone(),
+        });
+    }
+    let meta_stream = stream_state(inner, stream.metadata_stream().as_str()).await?;
+    let Some(revision) = meta_stream.and_then(|(_, s)| s.last_revision) else {
+        return Ok(StreamMetadataResult::default());
+    };
+    let json = owner.and_then(|(_, s)| s.metadata).unwrap_or_default();
+    Ok(StreamMetadataResult {
+        revision: Some(StreamRevision(revision)),
+        metadata: StreamMetadata::from_json(&json)?,
+    })
+}

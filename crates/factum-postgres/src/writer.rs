@@ -1,0 +1,435 @@
+//! The writer task: batches appends into one transaction (group commit).
+//!
+//! Each group locks the `head` row first, so positions are assigned in
+//! commit order with no gaps even with several processes writing (ADR 6).
+//! The append rules are `factum_core::rules`, the same as the engine's.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::{Object, Pool};
+use factum_core::rules::{self, Decision, Operation, StreamState, WriteKind, TOMBSTONE_REVISION};
+use factum_core::{
+    AppendResult, ContentType, Error, ExpectedRevision, Position, Result, StreamName,
+    StreamRevision, Uuid,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Transaction;
+
+use crate::{db_err, PostgresConfig, Tables};
+
+/// One queued request.
+pub struct Request {
+    pub stream: StreamName,
+    pub expected: ExpectedRevision,
+    pub op: Operation,
+    pub reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// Starts the writer task; appends go through the returned sender.
+pub fn start(pool: Pool, tables: Tables, config: PostgresConfig) -> mpsc::Sender<Request> {
+    let (tx, rx) = mpsc::channel(config.max_group_appends.max(1) * 4);
+    tokio::spawn(run(pool, tables, config, rx));
+    tx
+}
+
+async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::Receiver<Request>) {
+    let mut client: Option<Object> = None;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < config.max_group_appends {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if client.is_none() {
+            match pool.get().await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    let why = format!("PostgreSQL is unreachable: {e}");
+                    for r in group {
+                        let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        match commit_group(c, &tables, &config, &group).await {
+            Ok(answers) => {
+                for (r, a) in group.into_iter().zip(answers) {
+                    let _ = r.reply.send(a);
+                }
+            }
+            Err(e) => {
+                // The connection may be broken; take a fresh one next time.
+                client = None;
+                let why = format!(
+                    "{e}; the append may or may not have been committed: retrying it with the same event ids is safe"
+                );
+                tracing::warn!("append group failed: {why}");
+                for r in group {
+                    let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A stream's id and state within a group.
+struct Entry {
+    id: i64,
+    state: StreamState,
+}
+
+/// Rows to insert, column by column (for `UNNEST`).
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    stream_id: Vec<i64>,
+    stream_name: Vec<String>,
+    revision: Vec<i64>,
+    id: Vec<Uuid>,
+    event_type: Vec<String>,
+    content_type: Vec<i16>,
+    flags: Vec<i16>,
+    created: Vec<i64>,
+    data: Vec<Vec<u8>>,
+    metadata: Vec<Vec<u8>>,
+    link_stream: Vec<i64>,
+    link_revision: Vec<i64>,
+    link_position: Vec<i64>,
+}
+
+struct Group<'t> {
+    t: &'t Tables,
+    states: HashMap<String, Entry>,
+    touched: HashSet<String>,
+    next_position: i64,
+    next_stream_id: i64,
+    created: i64,
+    rows: Rows,
+}
+
+fn q(e: tokio_postgres::Error) -> Error {
+    db_err("append", e)
+}
+
+impl Group<'_> {
+    fn entry(&mut self, name: &str) -> &mut Entry {
+        self.touched.insert(name.to_string());
+        let next = &mut self.next_stream_id;
+        self.states.entry(name.to_string()).or_insert_with(|| {
+            let id = *next;
+            *next += 1;
+            Entry {
+                id,
+                state: StreamState::default(),
+            }
+        })
+    }
+
+    fn state(&self, name: &StreamName) -> Option<&StreamState> {
+        self.states.get(name.as_str()).map(|e| &e.state)
+    }
+
+    fn write(
+        &mut self,
+        stream: &StreamName,
+        events: Vec<factum_core::EventData>,
+        kind: WriteKind,
+        first: u64,
+    ) -> AppendResult {
+        let mut last = (0, 0);
+        for (i, e) in events.into_iter().enumerate() {
+            let position = self.next_position;
+            self.next_position += 1;
+            let revision = if kind == WriteKind::Tombstone {
+                TOMBSTONE_REVISION
+            } else {
+                first + i as u64
+            };
+            let entry = self.entry(stream.as_str());
+            entry
+                .state
+                .record_event(revision, position as u64, e.id, kind);
+            let stream_id = entry.id;
+            if kind != WriteKind::Tombstone {
+                if let Some(target) = stream.metadata_of() {
+                    self.entry(target.as_str())
+                        .state
+                        .record_metadata(&e.data, kind);
+                }
+                for link in rules::link_streams(stream, &e.event_type) {
+                    let l = self.entry(&link);
+                    let rev = l.state.record_link(position as u64, e.id);
+                    let id = l.id;
+                    self.rows.link_stream.push(id);
+                    self.rows.link_revision.push(rev as i64);
+                    self.rows.link_position.push(position);
+                }
+            }
+            let r = &mut self.rows;
+            r.position.push(position);
+            r.stream_id.push(stream_id);
+            r.stream_name.push(stream.to_string());
+            r.revision.push(revision as i64);
+            r.id.push(e.id);
+            r.event_type.push(e.event_type);
+            r.content_type.push(match e.content_type {
+                ContentType::Json => 0,
+                ContentType::Binary => 1,
+            });
+            r.flags.push(match kind {
+                WriteKind::Events => 0,
+                WriteKind::Tombstone => 1,
+                WriteKind::SoftDelete => 2,
+            });
+            r.created.push(self.created);
+            r.data.push(e.data.to_vec());
+            r.metadata.push(e.metadata.to_vec());
+            last = (revision, position as u64);
+        }
+        AppendResult {
+            revision: StreamRevision(last.0),
+            position: Position(last.1),
+        }
+    }
+
+    /// Inserts the pending rows (so queries in this transaction see them).
+    async fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        let r = std::mem::take(&mut self.rows);
+        if !r.position.is_empty() {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
+                     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
+                                          $7::smallint[], $8::smallint[], $9::bigint[], $10::bytea[], $11::bytea[])",
+                    self.t.events
+                ),
+                &[&r.position, &r.stream_id, &r.stream_name, &r.revision, &r.id, &r.event_type,
+                  &r.content_type, &r.flags, &r.created, &r.data, &r.metadata],
+            )
+            .await
+            .map_err(q)?;
+        }
+        if !r.link_stream.is_empty() {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (stream_id, revision, position) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])",
+                    self.t.links
+                ),
+                &[&r.link_stream, &r.link_revision, &r.link_position],
+            )
+            .await
+            .map_err(q)?;
+        }
+        Ok(())
+    }
+
+    async fn save_streams(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let mut c = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for name in self.touched.drain() {
+            let e = &self.states[&name];
+            let s = &e.state;
+            c.0.push(name.clone());
+            c.1.push(e.id);
+            c.2.push(s.last_revision.map(|r| r as i64));
+            c.3.push(s.last_position as i64);
+            c.4.push(s.last_event_id);
+            c.5.push(s.base as i64);
+            c.6.push(s.deleted);
+            c.7.push(s.tombstoned);
+            c.8.push(s.metadata.clone());
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::uuid[], $6::bigint[],
+                                      $7::boolean[], $8::boolean[], $9::bytea[])
+                 ON CONFLICT (name) DO UPDATE SET
+                     last_revision = EXCLUDED.last_revision, last_position = EXCLUDED.last_position,
+                     last_event_id = EXCLUDED.last_event_id, base = EXCLUDED.base, deleted = EXCLUDED.deleted,
+                     tombstoned = EXCLUDED.tombstoned, metadata = EXCLUDED.metadata",
+                self.t.streams
+            ),
+            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
+        )
+        .await
+        .map_err(q)?;
+        Ok(())
+    }
+}
+
+/// Runs one group in one transaction; the outer error means the whole
+/// transaction failed (nothing of it is known to be committed).
+async fn commit_group(
+    client: &mut Object,
+    t: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+) -> Result<Vec<Result<AppendResult>>> {
+    let tx = client.transaction().await.map_err(q)?;
+    let head = tx
+        .query_one(
+            &format!("SELECT next_position, next_stream_id, last_created FROM {} WHERE id = 1 FOR UPDATE", t.head),
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let clock: i64 = tx
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    let mut g = Group {
+        t,
+        states: HashMap::new(),
+        touched: HashSet::new(),
+        next_position: head.get(0),
+        next_stream_id: head.get(1),
+        created: clock.max(head.get::<_, i64>(2)),
+        rows: Rows::default(),
+    };
+    // Load every stream the group may touch in one query.
+    let mut names: Vec<String> = Vec::new();
+    for r in group {
+        let (owner, written) = rules::streams_of(&r.stream, &r.op);
+        if let Operation::Append(events) = &r.op {
+            for e in events {
+                names.extend(rules::link_streams(&written, &e.event_type));
+            }
+        }
+        names.push(owner.to_string());
+        names.push(written.to_string());
+    }
+    names.sort();
+    names.dedup();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata
+                 FROM {} WHERE name = ANY($1)",
+                t.streams
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(q)?;
+    for row in rows {
+        let state = StreamState {
+            last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
+            last_position: row.get::<_, i64>(3) as u64,
+            last_event_id: row.get(4),
+            base: row.get::<_, i64>(5) as u64,
+            deleted: row.get(6),
+            tombstoned: row.get(7),
+            metadata: row.get(8),
+        };
+        g.states.insert(
+            row.get(0),
+            Entry {
+                id: row.get(1),
+                state,
+            },
+        );
+    }
+    let mut answers = Vec::with_capacity(group.len());
+    for r in group {
+        let (owner, written) = rules::streams_of(&r.stream, &r.op);
+        let mut d = rules::decide(
+            &r.stream,
+            r.expected,
+            r.op.clone(),
+            g.state(&owner),
+            g.state(&written),
+            &config.limits,
+        );
+        let answer = loop {
+            match d {
+                Decision::Reject(e) => break Err(e),
+                Decision::Done(res) => break Ok(res),
+                Decision::CheckRetry {
+                    stream,
+                    first,
+                    ids,
+                    otherwise,
+                } => {
+                    g.flush(&tx).await?;
+                    let id = g.states.get(stream.as_str()).map(|e| e.id).unwrap_or(-1);
+                    let found = tx
+                        .query(
+                            &format!(
+                                "SELECT id, revision, position FROM {} WHERE stream_id = $1 AND revision >= $2 AND flags & 1 = 0
+                                 ORDER BY revision LIMIT $3",
+                                t.events
+                            ),
+                            &[&id, &(first as i64), &(ids.len() as i64)],
+                        )
+                        .await
+                        .map_err(q)?;
+                    let same = found.len() == ids.len()
+                        && found
+                            .iter()
+                            .zip(&ids)
+                            .all(|(row, id)| row.get::<_, Uuid>(0) == *id);
+                    match found.last() {
+                        Some(last) if same => {
+                            break Ok(AppendResult {
+                                revision: StreamRevision(last.get::<_, i64>(1) as u64),
+                                position: Position(last.get::<_, i64>(2) as u64),
+                            })
+                        }
+                        _ => d = *otherwise,
+                    }
+                }
+                Decision::Write {
+                    stream,
+                    events,
+                    kind,
+                    first_revision,
+                } => {
+                    break Ok(g.write(&stream, events, kind, first_revision));
+                }
+            }
+        };
+        answers.push(answer);
+    }
+    let wrote = g.next_position != head.get::<_, i64>(0);
+    g.flush(&tx).await?;
+    g.save_streams(&tx).await?;
+    if wrote || g.next_stream_id != head.get::<_, i64>(1) {
+        tx.execute(
+            &format!("UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1", t.head),
+            &[&g.next_position, &g.next_stream_id, &g.created],
+        )
+        .await
+        .map_err(q)?;
+    }
+    if wrote {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&t.channel, &g.next_position.to_string()],
+        )
+        .await
+        .map_err(q)?;
+    }
+    tx.commit().await.map_err(|e| db_err("commit", e))?;
+    Ok(answers)
+}
