@@ -84,6 +84,79 @@ impl StreamState {
     }
 }
 
+/// The revisions a stream read covers, after retention (`$maxCount`,
+/// `$tb`, `$maxAge`) and soft deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamReadPlan {
+    /// Lowest revision to read (inclusive).
+    pub lo: u64,
+    /// Highest revision to read (inclusive).
+    pub hi: u64,
+    /// Oldest first?
+    pub forwards: bool,
+    /// Events created before this are hidden (`$maxAge`).
+    pub oldest: Option<crate::Timestamp>,
+    /// A `$ce-`/`$et-` stream (events carry their link).
+    pub is_link: bool,
+}
+
+/// Plans a stream read from the stream's state: the errors for missing,
+/// soft-deleted and tombstoned streams, and the visible revision range.
+/// `Ok(None)` means the read returns no events.
+pub fn plan_stream_read(
+    req: &crate::ReadStream,
+    state: Option<&StreamState>,
+    now: crate::Timestamp,
+) -> Result<Option<StreamReadPlan>> {
+    use crate::{Direction, StreamStart};
+    let name = &req.stream;
+    if name.is_all() {
+        return Err(Error::InvalidInput("read $all with read_all".into()));
+    }
+    let Some(state) = state else {
+        return Err(Error::StreamNotFound {
+            stream: name.clone(),
+        });
+    };
+    if state.tombstoned {
+        return Err(Error::StreamDeleted {
+            stream: name.clone(),
+        });
+    }
+    let last = match state.last_revision {
+        Some(l) if !state.deleted => l,
+        _ => {
+            return Err(Error::StreamNotFound {
+                stream: name.clone(),
+            })
+        }
+    };
+    let meta = match &state.metadata {
+        Some(m) => StreamMetadata::from_json(m)?,
+        None => StreamMetadata::default(),
+    };
+    let min = meta
+        .first_visible_revision(StreamRevision(last))
+        .max(state.base);
+    let (lo, hi) = match (req.direction, req.from) {
+        (Direction::Forwards, StreamStart::End) => return Ok(None),
+        (Direction::Forwards, StreamStart::Start) => (min, last),
+        (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min), last),
+        (Direction::Backwards, StreamStart::Start | StreamStart::End) => (min, last),
+        (Direction::Backwards, StreamStart::Revision(r)) => (min, r.0.min(last)),
+    };
+    if lo > hi || req.max_count == 0 {
+        return Ok(None);
+    }
+    Ok(Some(StreamReadPlan {
+        lo,
+        hi,
+        forwards: req.direction == Direction::Forwards,
+        oldest: meta.oldest_visible(now),
+        is_link: name.category_stream_of().is_some() || name.event_type_stream_of().is_some(),
+    }))
+}
+
 /// The link streams an event is indexed under, as (prefix, name part):
 /// `$ce-<category>` and `$et-<type>` for events of user streams (never for
 /// system streams or `$`-types).

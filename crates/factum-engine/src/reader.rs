@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use factum_core::{
     AllStart, Direction, Error, Filter, Link, Position, ReadAll, ReadStream, RecordedEvent, Result,
-    StreamMetadata, StreamName, StreamRevision, StreamStart, Timestamp,
+    StreamName, StreamRevision, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -18,6 +18,7 @@ use crate::format::{
 use crate::index::{Index, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
 use crate::writer::Committed;
+use factum_core::rules;
 
 /// Reads a store's committed data.
 #[derive(Clone)]
@@ -111,42 +112,22 @@ impl Reader {
     /// Reads a user stream, `$$meta`, `$ce-…` or `$et-…`.
     pub fn read_stream(&self, req: &ReadStream) -> Result<Vec<RecordedEvent>> {
         let name = &req.stream;
-        if name.is_all() {
-            return Err(Error::InvalidInput("read $all with read_all".into()));
-        }
-        let Some(rec) = self.index.stream(name.as_str())? else {
-            return Err(Error::StreamNotFound {
-                stream: name.clone(),
-            });
+        let rec = if name.is_all() {
+            None
+        } else {
+            self.index.stream(name.as_str())?
         };
-        if rec.tombstoned {
-            return Err(Error::StreamDeleted {
-                stream: name.clone(),
-            });
-        }
-        let last = match rec.last_revision {
-            Some(l) if !rec.deleted => l,
-            _ => {
-                return Err(Error::StreamNotFound {
-                    stream: name.clone(),
-                })
-            }
+        let Some(plan) =
+            rules::plan_stream_read(req, rec.as_ref().map(|r| &r.state), Timestamp::now())?
+        else {
+            return Ok(Vec::new());
         };
-        let is_link = name.category_stream_of().is_some() || name.event_type_stream_of().is_some();
-        let meta = match &rec.metadata {
-            Some(m) => StreamMetadata::from_json(m)?,
-            None => StreamMetadata::default(),
-        };
-        let min_rev = meta
-            .first_visible_revision(StreamRevision(last))
-            .max(rec.base);
-        let oldest = meta.oldest_visible(Timestamp::now());
-        let (mut cursor, walk) = match (req.direction, req.from) {
-            (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
-            (Direction::Forwards, StreamStart::Start) => (min_rev, Walk::Up),
-            (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min_rev), Walk::Up),
-            (Direction::Backwards, StreamStart::Start | StreamStart::End) => (last, Walk::Down),
-            (Direction::Backwards, StreamStart::Revision(r)) => (r.0.min(last), Walk::Down),
+        let rec = rec.expect("a plan needs a stream");
+        let (is_link, oldest, min_rev) = (plan.is_link, plan.oldest, plan.lo);
+        let (mut cursor, walk) = if plan.forwards {
+            (plan.lo, Walk::Up)
+        } else {
+            (plan.hi, Walk::Down)
         };
         let mut out = Vec::new();
         let mut reads = PointReads::new(self);

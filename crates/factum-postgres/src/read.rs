@@ -1,10 +1,10 @@
 //! Reads: streams (through `events` or `links`), `$all` by position.
 
-use factum_core::rules::StreamState;
+use factum_core::rules::{self, StreamState};
 use factum_core::{
     AllStart, ContentType, Direction, Error, Filter, Link, Position, ReadAll, ReadStream,
     RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
-    StreamStart, Timestamp,
+    Timestamp,
 };
 use tokio_postgres::Row;
 
@@ -85,50 +85,20 @@ pub(crate) async fn next_position(inner: &Inner) -> Result<u64> {
 
 pub(crate) async fn read_stream(inner: &Inner, req: &ReadStream) -> Result<Vec<RecordedEvent>> {
     let name = &req.stream;
-    if name.is_all() {
-        return Err(Error::InvalidInput("read $all with read_all".into()));
-    }
-    let Some((id, state)) = stream_state(inner, name.as_str()).await? else {
-        return Err(Error::StreamNotFound {
-            stream: name.clone(),
-        });
+    let found = if name.is_all() {
+        None
+    } else {
+        stream_state(inner, name.as_str()).await?
     };
-    if state.tombstoned {
-        return Err(Error::StreamDeleted {
-            stream: name.clone(),
-        });
-    }
-    let last = match state.last_revision {
-        Some(l) if !state.deleted => l,
-        _ => {
-            return Err(Error::StreamNotFound {
-                stream: name.clone(),
-            })
-        }
-    };
-    let is_link = name.category_stream_of().is_some() || name.event_type_stream_of().is_some();
-    let meta = match &state.metadata {
-        Some(m) => StreamMetadata::from_json(m)?,
-        None => StreamMetadata::default(),
-    };
-    let min_rev = meta
-        .first_visible_revision(StreamRevision(last))
-        .max(state.base);
-    let oldest = meta
-        .oldest_visible(Timestamp::now())
-        .map_or(i64::MIN, |t| t.0);
-    let until = req.until.map_or(i64::MAX, |t| t.0);
-    let forwards = req.direction == Direction::Forwards;
-    let (lo, hi) = match (req.direction, req.from) {
-        (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
-        (Direction::Forwards, StreamStart::Start) => (min_rev, last),
-        (Direction::Forwards, StreamStart::Revision(r)) => (r.0.max(min_rev), last),
-        (Direction::Backwards, StreamStart::Start | StreamStart::End) => (min_rev, last),
-        (Direction::Backwards, StreamStart::Revision(r)) => (min_rev, r.0.min(last)),
-    };
-    if lo > hi || req.max_count == 0 {
+    let Some(plan) =
+        rules::plan_stream_read(req, found.as_ref().map(|(_, s)| s), Timestamp::now())?
+    else {
         return Ok(Vec::new());
-    }
+    };
+    let id = found.map_or(-1, |(id, _)| id);
+    let (lo, hi, forwards, is_link) = (plan.lo, plan.hi, plan.forwards, plan.is_link);
+    let oldest = plan.oldest.map_or(i64::MIN, |t| t.0);
+    let until = req.until.map_or(i64::MAX, |t| t.0);
     let order = if forwards { "ASC" } else { "DESC" };
     let limit = req.max_count.min(i64::MAX as u64) as i64;
     let sql = if is_link {
