@@ -146,3 +146,55 @@ mod tests {
         assert_eq!(uuid.encode_to_vec(), expected);
     }
 }
+
+/// Text in gRPC metadata values: header values must be visible ASCII, so
+/// Factum percent-escapes anything else (and `%` itself) — e.g. a stream
+/// name in `stream-name`. ASCII names travel unchanged, as KurrentDB sends them.
+pub mod metadata_text {
+    /// Escapes `value` for a metadata value.
+    pub fn escape(value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        for c in value.chars() {
+            if (' '..='~').contains(&c) && c != '%' {
+                out.push(c);
+            } else {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Undoes [`escape`].
+    pub fn unescape(value: &str) -> String {
+        let bytes = value.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trips() {
+            for s in ["order-1", "café-1 %", "$ce-x", "a%zz"] {
+                assert_eq!(super::unescape(&super::escape(s)), s);
+            }
+            assert_eq!(super::escape("café %"), "caf%C3%A9 %25");
+        }
+    }
+}

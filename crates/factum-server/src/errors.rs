@@ -21,45 +21,11 @@ use tonic::{Code, Status};
 use crate::convert::{current_version_number, expected_version_number};
 
 fn put(md: &mut MetadataMap, key: &'static str, value: &str) {
-    // Header values must be visible ASCII; anything else is percent-escaped
-    // so a stream name never makes the status unsendable.
-    let escaped: String = value
-        .chars()
-        .flat_map(|c| {
-            if (' '..='~').contains(&c) && c != '%' {
-                vec![c]
-            } else {
-                let mut buf = [0u8; 4];
-                c.encode_utf8(&mut buf)
-                    .bytes()
-                    .flat_map(|b| format!("%{b:02X}").chars().collect::<Vec<_>>())
-                    .collect()
-            }
-        })
-        .collect();
-    if let Ok(v) = MetadataValue::try_from(escaped.as_str()) {
+    // Header values must be visible ASCII: anything else is escaped so a
+    // stream name never makes the status unsendable.
+    if let Ok(v) = MetadataValue::try_from(factum_proto::metadata_text::escape(value).as_str()) {
         md.insert(key, v);
     }
-}
-
-/// Undoes the percent-escaping of [`put`] (for clients of our own).
-pub fn unescape(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The operation name KurrentDB puts in wrong-expected-version messages.
@@ -225,6 +191,6 @@ mod tests {
         let s = to_status(&err, Operation::Read);
         let raw = s.metadata().get("stream-name").unwrap().to_str().unwrap();
         assert_eq!(raw, "caf%C3%A9-1 %25");
-        assert_eq!(unescape(raw), "café-1 %");
+        assert_eq!(factum_proto::metadata_text::unescape(raw), "café-1 %");
     }
 }

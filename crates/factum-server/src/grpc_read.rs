@@ -230,7 +230,16 @@ async fn read_stream<S: EventStore>(
     let mut from = start;
     let mut remaining = count;
     let mut first_page = true;
-    while remaining > 0 {
+    // Metadata of a tombstoned stream is gone with it: `$$<stream>` reads
+    // answer StreamDeleted, as the stream's own reads do.
+    if let Some(target) = name.metadata_of() {
+        if let Err(e @ Error::StreamDeleted { .. }) = store.stream_metadata(target).await {
+            return Ok(Err(to_status(&e, Operation::Read)));
+        }
+    }
+    // The first page always reaches the store, so a count of 0 still
+    // reports a missing or deleted stream.
+    while remaining > 0 || first_page {
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }

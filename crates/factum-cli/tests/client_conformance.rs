@@ -1,0 +1,113 @@
+//! factum-client passes the core conformance testkit against real
+//! `factum serve` processes: every store the testkit creates is a fresh
+//! server on a free port over a fresh temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use factum_client::Client;
+use factum_core::testkit::StoreFactory;
+use factum_core::{
+    AppendResult, DeleteResult, EventData, EventStore, ExpectedRevision, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
+    Subscription,
+};
+
+/// A client plus the server process (and directory) it talks to.
+pub struct RemoteStore {
+    client: Client,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// One `factum serve` per store.
+#[derive(Default)]
+pub struct ServeFactory;
+
+impl StoreFactory for ServeFactory {
+    type Store = RemoteStore;
+    async fn create(&self) -> RemoteStore {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
+            .arg("--data")
+            .arg(dir.path().join("store"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("factum serve starts");
+        let stdout = server.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        let client = Client::connect(&format!("esdb://{addr}?tls=false"))
+            .await
+            .unwrap();
+        RemoteStore {
+            client,
+            server,
+            _dir: dir,
+        }
+    }
+}
+
+impl EventStore for RemoteStore {
+    async fn append(
+        &self,
+        s: StreamName,
+        e: ExpectedRevision,
+        ev: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.client.append(s, e, ev).await
+    }
+    async fn read_stream(&self, r: ReadStream) -> Result<Vec<RecordedEvent>> {
+        self.client.read_stream(r).await
+    }
+    async fn read_all(&self, r: ReadAll) -> Result<Vec<RecordedEvent>> {
+        self.client.read_all(r).await
+    }
+    async fn subscribe(&self, r: Subscribe) -> Result<Subscription> {
+        self.client.subscribe(r).await
+    }
+    async fn stream_metadata(&self, s: StreamName) -> Result<StreamMetadataResult> {
+        self.client.stream_metadata(s).await
+    }
+    async fn set_stream_metadata(
+        &self,
+        s: StreamName,
+        e: ExpectedRevision,
+        m: StreamMetadata,
+    ) -> Result<AppendResult> {
+        self.client.set_stream_metadata(s, e, m).await
+    }
+    async fn delete_stream(&self, s: StreamName, e: ExpectedRevision) -> Result<DeleteResult> {
+        self.client.delete_stream(s, e).await
+    }
+    async fn tombstone_stream(&self, s: StreamName, e: ExpectedRevision) -> Result<DeleteResult> {
+        self.client.tombstone_stream(s, e).await
+    }
+    async fn head_position(&self) -> Result<Option<Position>> {
+        self.client.head_position().await
+    }
+}
+
+mod conformance {
+    factum_core::conformance_tests!(super::ServeFactory);
+}

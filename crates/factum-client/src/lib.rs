@@ -1,0 +1,509 @@
+//! # factum-client
+//!
+//! A remote [`EventStore`] over the KurrentDB-compatible gRPC protocol:
+//! the toolkit (or anything written against the trait) runs unchanged
+//! against a `factum serve` — or, for what the protocol covers, a KurrentDB
+//! node. It passes the core conformance testkit against `factum serve`.
+//!
+//! What the protocol cannot say is done on the client: temporal reads
+//! (`until`) filter on each event's `created` time; `head_position` reads
+//! `$all` backwards; metadata is the last `$metadata` event of `$$<stream>`.
+//!
+//! ```no_run
+//! # async fn run() -> factum_core::Result<()> {
+//! use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
+//! let store = factum_client::Client::connect("esdb://127.0.0.1:2113?tls=false").await?;
+//! let order = StreamName::new("order-1")?;
+//! store.append(order.clone(), ExpectedRevision::Any, vec![EventData::binary("Placed", "x")]).await?;
+//! let events = store.read_stream(ReadStream::forwards(order)).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod wire;
+
+use factum_core::{
+    AllStart, AppendResult, CurrentRevision, DeleteResult, Direction, Error, EventData, EventStore,
+    ExpectedRevision, Filter, FilterMatch, FilterOn, Position, ReadAll, ReadStream, RecordedEvent,
+    Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision, StreamStart,
+    Subscribe, Subscription, SubscriptionMessage, SubscriptionStart, SubscriptionTarget, Timestamp,
+    METADATA_EVENT_TYPE,
+};
+use factum_proto::shared::Empty;
+use factum_proto::streams::read_req::options::{
+    self as ro, CountOption, FilterOption, StreamOption,
+};
+use factum_proto::streams::read_req::Options as ReadOptions;
+use factum_proto::streams::read_resp::Content;
+use factum_proto::streams::streams_client::StreamsClient;
+use factum_proto::streams::{
+    append_req, append_resp, delete_req, tombstone_req, ReadReq, ReadResp,
+};
+use futures_util::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+/// Largest message the client sends or accepts (the server's default
+/// append limit plus framing).
+const MAX_MESSAGE: usize = 65 * 1024 * 1024;
+
+/// A connection to a server; cheap to clone (one HTTP/2 connection shared).
+#[derive(Clone, Debug)]
+pub struct Client {
+    streams: StreamsClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `http://host:port` or `esdb://host:port?tls=false`
+    /// (TLS is not implemented yet and is refused).
+    pub async fn connect(endpoint: &str) -> Result<Client> {
+        let url = if let Some(rest) = endpoint.strip_prefix("esdb://") {
+            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if !query
+                .split('&')
+                .any(|kv| kv.eq_ignore_ascii_case("tls=false"))
+            {
+                return Err(Error::Unsupported(
+                    "TLS connections are not implemented yet: add ?tls=false".into(),
+                ));
+            }
+            let host = hosts
+                .split(',')
+                .next()
+                .unwrap_or(hosts)
+                .trim_end_matches('/');
+            format!("http://{host}")
+        } else {
+            endpoint.to_owned()
+        };
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::InvalidInput(format!("bad endpoint {endpoint:?}: {e}")))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;
+        Ok(Client {
+            streams: StreamsClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        })
+    }
+
+    async fn append_raw(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        use append_req::options::ExpectedStreamRevision as E;
+        let expected_wire = match expected {
+            ExpectedRevision::Any => E::Any(Empty {}),
+            ExpectedRevision::NoStream => E::NoStream(Empty {}),
+            ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
+            ExpectedRevision::Exact(r) => E::Revision(r.0),
+        };
+        let mut reqs = Vec::with_capacity(events.len() + 1);
+        reqs.push(append_req::Content::Options(append_req::Options {
+            stream_identifier: wire::stream_id(stream),
+            expected_stream_revision: Some(expected_wire),
+        }));
+        for e in events {
+            reqs.push(append_req::Content::ProposedMessage(
+                append_req::ProposedMessage {
+                    id: wire::uuid(e.id),
+                    metadata: wire::proposed_metadata(&e),
+                    custom_metadata: e.metadata.to_vec(),
+                    data: e.data.to_vec(),
+                },
+            ));
+        }
+        let reqs = reqs
+            .into_iter()
+            .map(|c| factum_proto::streams::AppendReq { content: Some(c) });
+        let resp = self
+            .streams
+            .clone()
+            .append(futures_util::stream::iter(reqs))
+            .await
+            .map_err(|s| wire::from_status(s, stream))?
+            .into_inner();
+        use append_resp::success::{CurrentRevisionOption as C, PositionOption as P};
+        match resp.result {
+            Some(append_resp::Result::Success(s)) => Ok(AppendResult {
+                revision: StreamRevision(match s.current_revision_option {
+                    Some(C::CurrentRevision(r)) => r,
+                    _ => 0,
+                }),
+                position: Position(match s.position_option {
+                    Some(P::Position(p)) => p.commit_position,
+                    _ => 0,
+                }),
+            }),
+            Some(append_resp::Result::WrongExpectedVersion(w)) => {
+                use append_resp::wrong_expected_version::CurrentRevisionOption as Cur;
+                Err(Error::WrongExpectedVersion {
+                    stream: stream.clone(),
+                    expected,
+                    actual: match w.current_revision_option {
+                        Some(Cur::CurrentRevision(r)) => {
+                            CurrentRevision::Current(StreamRevision(r))
+                        }
+                        _ => CurrentRevision::NoStream,
+                    },
+                })
+            }
+            None => Err(wire::protocol("an append answer without a result")),
+        }
+    }
+
+    async fn read(&self, options: ReadOptions, stream: &StreamName) -> Result<Streaming<ReadResp>> {
+        let req = ReadReq {
+            options: Some(ReadOptions {
+                resolve_links: true,
+                uuid_option: Some(ro::UuidOption {
+                    content: Some(ro::uuid_option::Content::String(Empty {})),
+                }),
+                control_option: Some(ro::ControlOption { compatibility: 2 }),
+                ..options
+            }),
+        };
+        self.streams
+            .clone()
+            .read(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| wire::from_status(s, stream))
+    }
+
+    /// Drains a count read, keeping events created at or before `until`.
+    async fn collect(
+        &self,
+        mut resp: Streaming<ReadResp>,
+        stream: &StreamName,
+        direction: Direction,
+        max_count: u64,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        while (out.len() as u64) < max_count {
+            let Some(msg) = resp
+                .message()
+                .await
+                .map_err(|s| wire::from_status(s, stream))?
+            else {
+                break;
+            };
+            match msg.content {
+                Some(Content::Event(e)) => {
+                    let e = wire::event(e)?;
+                    match until {
+                        // Commit times never decrease along the log.
+                        Some(t) if e.created > t && direction == Direction::Forwards => break,
+                        Some(t) if e.created > t => continue,
+                        _ => out.push(e),
+                    }
+                }
+                Some(Content::StreamNotFound(_)) => {
+                    return Err(Error::StreamNotFound {
+                        stream: stream.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn direction(d: Direction) -> i32 {
+    match d {
+        Direction::Forwards => 0,
+        Direction::Backwards => 1,
+    }
+}
+
+fn filter_options(f: &Filter) -> ro::FilterOptions {
+    use ro::filter_options::{Expression, Filter as F, Window};
+    let expr = match &f.matcher {
+        FilterMatch::Prefixes(p) => Expression {
+            regex: String::new(),
+            prefix: p.clone(),
+        },
+        FilterMatch::Regex(r) => Expression {
+            regex: r.as_str().to_owned(),
+            prefix: Vec::new(),
+        },
+    };
+    ro::FilterOptions {
+        filter: Some(match f.on {
+            FilterOn::StreamName => F::StreamIdentifier(expr),
+            FilterOn::EventType => F::EventType(expr),
+        }),
+        window: Some(Window::Max(32)),
+        checkpoint_interval_multiplier: 1,
+    }
+}
+
+fn stream_option(stream: &StreamName, from: StreamStart) -> Option<StreamOption> {
+    use ro::stream_options::RevisionOption as R;
+    Some(StreamOption::Stream(ro::StreamOptions {
+        stream_identifier: wire::stream_id(stream),
+        revision_option: Some(match from {
+            StreamStart::Start => R::Start(Empty {}),
+            StreamStart::End => R::End(Empty {}),
+            StreamStart::Revision(r) => R::Revision(r.0),
+        }),
+    }))
+}
+
+fn all_option(from: AllStart) -> Option<StreamOption> {
+    use ro::all_options::AllOption as A;
+    Some(StreamOption::All(ro::AllOptions {
+        all_option: Some(match from {
+            AllStart::Start => A::Start(Empty {}),
+            AllStart::End => A::End(Empty {}),
+            AllStart::Position(p) => A::Position(ro::Position {
+                commit_position: p.0,
+                prepare_position: p.0,
+            }),
+        }),
+    }))
+}
+
+impl EventStore for Client {
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.append_raw(&stream, expected, events).await
+    }
+
+    async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        let options = ReadOptions {
+            stream_option: stream_option(&request.stream, request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(FilterOption::NoFilter(Empty {})),
+            ..Default::default()
+        };
+        let resp = self.read(options, &request.stream).await?;
+        self.collect(
+            resp,
+            &request.stream,
+            request.direction,
+            request.max_count,
+            request.until,
+        )
+        .await
+    }
+
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        let options = ReadOptions {
+            stream_option: all_option(request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(match &request.filter {
+                Some(f) => FilterOption::Filter(filter_options(f)),
+                None => FilterOption::NoFilter(Empty {}),
+            }),
+            ..Default::default()
+        };
+        let all = StreamName::all();
+        let resp = self.read(options, &all).await?;
+        self.collect(
+            resp,
+            &all,
+            request.direction,
+            request.max_count,
+            request.until,
+        )
+        .await
+    }
+
+    async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
+        let (option, filter, name) = match &request.target {
+            SubscriptionTarget::Stream(s) => {
+                let from = match request.start {
+                    SubscriptionStart::Beginning => StreamStart::Start,
+                    SubscriptionStart::End => StreamStart::End,
+                    SubscriptionStart::After(r) => StreamStart::Revision(StreamRevision(r)),
+                };
+                (
+                    stream_option(s, from),
+                    FilterOption::NoFilter(Empty {}),
+                    s.clone(),
+                )
+            }
+            SubscriptionTarget::All(f) => {
+                let from = match request.start {
+                    SubscriptionStart::Beginning => AllStart::Start,
+                    SubscriptionStart::End => AllStart::End,
+                    SubscriptionStart::After(p) => AllStart::Position(Position(p)),
+                };
+                let filter = match f {
+                    Some(f) => FilterOption::Filter(filter_options(f)),
+                    None => FilterOption::NoFilter(Empty {}),
+                };
+                (all_option(from), filter, StreamName::all())
+            }
+        };
+        let options = ReadOptions {
+            stream_option: option,
+            count_option: Some(CountOption::Subscription(ro::SubscriptionOptions {})),
+            filter_option: Some(filter),
+            ..Default::default()
+        };
+        let mut resp = self.read(options, &name).await?;
+        // The confirmation means the server's subscription exists: every
+        // event committed from now on will be delivered.
+        match resp
+            .message()
+            .await
+            .map_err(|s| wire::from_status(s, &name))?
+        {
+            Some(ReadResp {
+                content: Some(Content::Confirmation(_)),
+            }) => {}
+            other => {
+                return Err(wire::protocol(format!(
+                    "expected a subscription confirmation, got {other:?}"
+                )))
+            }
+        }
+        let messages = resp.filter_map(move |msg| {
+            let name = name.clone();
+            async move {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(s) => return Some(Err(wire::from_status(s, &name))),
+                };
+                match msg.content? {
+                    Content::Event(e) => Some(wire::event(e).map(SubscriptionMessage::Event)),
+                    Content::CaughtUp(_) => Some(Ok(SubscriptionMessage::CaughtUp)),
+                    Content::FellBehind(_) => Some(Ok(SubscriptionMessage::FellBehind)),
+                    Content::Checkpoint(c) => Some(Ok(SubscriptionMessage::Checkpoint(Position(
+                        c.commit_position,
+                    )))),
+                    _ => None,
+                }
+            }
+        });
+        Ok(Subscription::new(messages))
+    }
+
+    async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
+        let meta = stream.metadata_stream();
+        let read = ReadStream::backwards(meta).max_count(1);
+        match self.read_stream(read).await {
+            Ok(events) => match events.first() {
+                Some(e) => Ok(StreamMetadataResult {
+                    revision: Some(e.revision),
+                    metadata: StreamMetadata::from_json(&e.data)?,
+                }),
+                None => Ok(StreamMetadataResult::default()),
+            },
+            Err(Error::StreamNotFound { .. }) => Ok(StreamMetadataResult::default()),
+            Err(Error::StreamDeleted { .. }) => Err(Error::StreamDeleted { stream }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Result<AppendResult> {
+        let event = EventData::new(
+            METADATA_EVENT_TYPE,
+            factum_core::ContentType::Json,
+            metadata.to_json(),
+        );
+        self.append_raw(&stream.metadata_stream(), expected, vec![event])
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        use delete_req::options::ExpectedStreamRevision as E;
+        let req = factum_proto::streams::DeleteReq {
+            options: Some(delete_req::Options {
+                stream_identifier: wire::stream_id(&stream),
+                expected_stream_revision: Some(match expected {
+                    ExpectedRevision::Any => E::Any(Empty {}),
+                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
+                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
+                    ExpectedRevision::Exact(r) => E::Revision(r.0),
+                }),
+            }),
+        };
+        let resp = self
+            .streams
+            .clone()
+            .delete(req)
+            .await
+            .map_err(|s| wire::from_status(s, &stream))?
+            .into_inner();
+        use factum_proto::streams::delete_resp::PositionOption as P;
+        Ok(DeleteResult {
+            position: Position(match resp.position_option {
+                Some(P::Position(p)) => p.commit_position,
+                _ => 0,
+            }),
+        })
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult> {
+        use tombstone_req::options::ExpectedStreamRevision as E;
+        let req = factum_proto::streams::TombstoneReq {
+            options: Some(tombstone_req::Options {
+                stream_identifier: wire::stream_id(&stream),
+                expected_stream_revision: Some(match expected {
+                    ExpectedRevision::Any => E::Any(Empty {}),
+                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
+                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
+                    ExpectedRevision::Exact(r) => E::Revision(r.0),
+                }),
+            }),
+        };
+        let resp = self
+            .streams
+            .clone()
+            .tombstone(req)
+            .await
+            .map_err(|s| wire::from_status(s, &stream))?
+            .into_inner();
+        use factum_proto::streams::tombstone_resp::PositionOption as P;
+        Ok(DeleteResult {
+            position: Position(match resp.position_option {
+                Some(P::Position(p)) => p.commit_position,
+                _ => 0,
+            }),
+        })
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>> {
+        let last = self.read_all(ReadAll::backwards().max_count(1)).await?;
+        Ok(last.first().map(|e| e.position))
+    }
+}

@@ -1,0 +1,168 @@
+//! Wire ⇄ model for the client: statuses as core errors, read responses as
+//! recorded events, requests from core types.
+
+use std::collections::HashMap;
+
+use factum_core::{
+    ContentType, CurrentRevision, Error, EventData, ExpectedRevision, Link, Position,
+    RecordedEvent, StreamName, StreamRevision, Timestamp, Uuid,
+};
+use factum_proto::metadata_text::unescape;
+use factum_proto::shared;
+use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
+use factum_proto::streams::read_resp::ReadEvent;
+use tonic::{Code, Status};
+
+/// The link event type of `$ce-`/`$et-` streams.
+const LINK_EVENT_TYPE: &str = "$>";
+
+pub fn stream_id(stream: &StreamName) -> Option<shared::StreamIdentifier> {
+    Some(shared::StreamIdentifier {
+        stream_name: stream.as_str().as_bytes().to_vec(),
+    })
+}
+
+pub fn uuid(id: Uuid) -> Option<shared::Uuid> {
+    Some(shared::Uuid {
+        value: Some(shared::uuid::Value::String(id.hyphenated().to_string())),
+    })
+}
+
+fn parse_uuid(id: Option<&shared::Uuid>) -> Result<Uuid, Error> {
+    match id.and_then(|u| u.value.as_ref()) {
+        Some(shared::uuid::Value::Structured(s)) => Ok(Uuid::from_u64_pair(
+            s.most_significant_bits as u64,
+            s.least_significant_bits as u64,
+        )),
+        Some(shared::uuid::Value::String(s)) => {
+            Uuid::parse_str(s).map_err(|e| protocol(format!("event id {s:?} is not a UUID: {e}")))
+        }
+        None => Err(protocol("an event came without its id")),
+    }
+}
+
+/// The server answered something the protocol does not allow.
+pub fn protocol(msg: impl Into<String>) -> Error {
+    Error::Unavailable(format!("protocol error from the server: {}", msg.into()))
+}
+
+/// KurrentDB's numeric expected version (-2 any, -1 no stream, -4 exists).
+fn expected_from_number(n: i64) -> ExpectedRevision {
+    match n {
+        -2 => ExpectedRevision::Any,
+        -1 => ExpectedRevision::NoStream,
+        -4 => ExpectedRevision::StreamExists,
+        n => ExpectedRevision::Exact(StreamRevision(n.max(0) as u64)),
+    }
+}
+
+fn current_from_number(n: i64) -> CurrentRevision {
+    if n < 0 {
+        CurrentRevision::NoStream
+    } else {
+        CurrentRevision::Current(StreamRevision(n as u64))
+    }
+}
+
+/// A status as the core error it stands for: exactly, when the server is
+/// Factum (`factum-error` metadata); by KurrentDB's `exception` key or the
+/// status code otherwise.
+pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
+    let md = status.metadata();
+    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(unescape);
+    let stream = || {
+        text("stream-name")
+            .and_then(|s| StreamName::new(s).ok())
+            .unwrap_or_else(|| fallback_stream.clone())
+    };
+    let num = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
+    let kind = text("factum-error").or_else(|| text("exception"));
+    match kind.as_deref() {
+        Some("wrong-expected-version") => Error::WrongExpectedVersion {
+            stream: stream(),
+            expected: expected_from_number(num("expected-version").unwrap_or(-2)),
+            actual: current_from_number(num("actual-version").unwrap_or(-1)),
+        },
+        Some("stream-deleted") => Error::StreamDeleted { stream: stream() },
+        Some("stream-not-found") => Error::StreamNotFound { stream: stream() },
+        Some("limit-exceeded") | Some("maximum-append-size-exceeded") => Error::LimitExceeded {
+            what: text("factum-limit-what").unwrap_or_else(|| "append size in bytes".into()),
+            limit: num("factum-limit")
+                .or_else(|| num("maximum-append-size"))
+                .unwrap_or(0) as u64,
+            actual: num("factum-limit-actual").unwrap_or(0) as u64,
+        },
+        Some("invalid-input") => Error::InvalidInput(status.message().to_owned()),
+        Some("unsupported") => Error::Unsupported(status.message().to_owned()),
+        _ => match status.code() {
+            Code::InvalidArgument => Error::InvalidInput(status.message().to_owned()),
+            Code::ResourceExhausted => Error::LimitExceeded {
+                what: format!("gRPC message size ({})", status.message()),
+                limit: 0,
+                actual: 0,
+            },
+            Code::Unimplemented => Error::Unsupported(status.message().to_owned()),
+            code => Error::Unavailable(format!("{code:?}: {}", status.message())),
+        },
+    }
+}
+
+/// The system properties every proposed event carries.
+pub fn proposed_metadata(e: &EventData) -> HashMap<String, String> {
+    let mut m = HashMap::with_capacity(2);
+    m.insert("type".to_owned(), e.event_type.clone());
+    m.insert("content-type".to_owned(), e.content_type.mime().to_owned());
+    m
+}
+
+fn record(w: WireEvent) -> Result<RecordedEvent, Error> {
+    let id = parse_uuid(w.id.as_ref())?;
+    let stream = StreamName::from_utf8(
+        &w.stream_identifier
+            .ok_or_else(|| protocol("an event came without its stream"))?
+            .stream_name,
+    )?;
+    let event_type = w.metadata.get("type").cloned().unwrap_or_default();
+    let content_type = match w.metadata.get("content-type").map(String::as_str) {
+        Some("application/json") => ContentType::Json,
+        _ => ContentType::Binary,
+    };
+    // `created` is .NET ticks (100 ns) since the Unix epoch.
+    let created = w
+        .metadata
+        .get("created")
+        .and_then(|t| t.parse::<i64>().ok())
+        .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
+    Ok(RecordedEvent {
+        id,
+        stream,
+        revision: StreamRevision(w.stream_revision),
+        position: Position(w.commit_position),
+        event_type,
+        content_type,
+        data: w.data.into(),
+        metadata: w.custom_metadata.into(),
+        created,
+        link: None,
+    })
+}
+
+/// A read event as the core sees it: the original event, with `link` set
+/// when it was reached through a `$ce-`/`$et-` link (links are always
+/// requested resolved).
+pub fn event(e: ReadEvent) -> Result<RecordedEvent, Error> {
+    let event = e
+        .event
+        .ok_or_else(|| protocol("a read event came without its event"))?;
+    let mut out = record(event)?;
+    if let Some(link) = e.link {
+        let link = record(link)?;
+        if link.event_type == LINK_EVENT_TYPE {
+            out.link = Some(Link {
+                stream: link.stream,
+                revision: link.revision,
+            });
+        }
+    }
+    Ok(out)
+}
