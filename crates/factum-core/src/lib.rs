@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod expected;
+pub mod follow;
 pub mod metadata;
 pub mod model;
 pub mod read;

@@ -40,8 +40,6 @@ pub struct EngineConfig {
     pub read_cache_bytes: usize,
     /// A live subscriber this many events behind the head is told it fell behind.
     pub fell_behind_events: u64,
-    /// Messages buffered per subscription.
-    pub subscription_buffer: usize,
 }
 
 impl Default for EngineConfig {
@@ -59,7 +57,6 @@ impl Default for EngineConfig {
             index_cache_bytes: 64 << 20,
             read_cache_bytes: 64 << 20,
             fell_behind_events: 50_000,
-            subscription_buffer: 512,
         }
     }
 }

@@ -380,13 +380,11 @@ impl EventStore for Engine {
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
-        let rx = crate::subscription::start(
+        crate::subscription::start(
             self.inner.reader.clone(),
             request,
             self.inner.config.fell_behind_events,
-            self.inner.config.subscription_buffer,
-        )?;
-        Ok(Subscription::new(ReceiverStream(rx)))
+        )
     }
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
@@ -455,18 +453,5 @@ impl EventStore for Engine {
             .next_position
             .checked_sub(1)
             .map(Position))
-    }
-}
-
-/// Adapts the subscription channel to a `Stream`.
-struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<factum_core::SubscriptionMessage>>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<factum_core::SubscriptionMessage>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
     }
 }

@@ -1,14 +1,16 @@
-//! Subscriptions: the same pull loop as the engine's (catch-up and live are
-//! one read from one cursor, so the hand-over can neither skip nor repeat),
-//! woken by `LISTEN`/`NOTIFY` and by a poll timer as the fallback when a
-//! notification is missed or the listening connection drops.
+//! Subscriptions: PostgreSQL's side of the shared subscription loop
+//! (`factum_core::follow`), woken by `LISTEN`/`NOTIFY` and by a poll timer
+//! as the fallback when a notification is missed or the listening
+//! connection drops. Transient errors (the server restarting) make the loop
+//! wait and resume from its cursor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use factum_core::follow::{follow, Follow};
 use factum_core::{
-    Error, Position, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
-    SubscriptionMessage, SubscriptionStart, SubscriptionTarget,
+    Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
+    SubscriptionStart, SubscriptionTarget,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -74,9 +76,68 @@ pub(crate) fn listen(
     rx
 }
 
-struct Cursor {
-    target: SubscriptionTarget,
-    next: u64,
+struct PgFollow {
+    inner: Arc<Inner>,
+    wake: watch::Receiver<u64>,
+}
+
+impl Follow for PgFollow {
+    async fn page(
+        &mut self,
+        target: &SubscriptionTarget,
+        cursor: &mut u64,
+    ) -> Result<(Vec<RecordedEvent>, bool)> {
+        match target {
+            SubscriptionTarget::All(filter) => {
+                let (events, next) = read::scan(
+                    &self.inner,
+                    *cursor,
+                    true,
+                    PAGE,
+                    filter.as_ref(),
+                    None,
+                    MAX_SCAN,
+                )
+                .await?;
+                *cursor = next;
+                Ok((events, next >= read::next_position(&self.inner).await?))
+            }
+            SubscriptionTarget::Stream(stream) => {
+                let req = ReadStream::forwards(stream.clone())
+                    .from_revision(StreamRevision(*cursor))
+                    .max_count(PAGE);
+                match read::read_stream(&self.inner, &req).await {
+                    Ok(events) => {
+                        if let Some(last) = events.last() {
+                            *cursor = last.read_revision().0 + 1;
+                        }
+                        Ok((events, true))
+                    }
+                    Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), true)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn behind(&mut self, target: &SubscriptionTarget, cursor: u64) -> u64 {
+        let head = match target {
+            SubscriptionTarget::All(_) => read::next_position(&self.inner).await.ok(),
+            SubscriptionTarget::Stream(s) => read::stream_state(&self.inner, s.as_str())
+                .await
+                .ok()
+                .map(|st| st.and_then(|(_, st)| st.last_revision).map_or(0, |r| r + 1)),
+        };
+        head.map_or(0, |h| h.saturating_sub(cursor))
+    }
+
+    fn mark_seen(&mut self) {
+        self.wake.borrow_and_update();
+    }
+
+    async fn wait(&mut self) -> bool {
+        self.wake.changed().await.is_ok()
+    }
 }
 
 pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscription> {
@@ -87,7 +148,7 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
             ));
         }
     }
-    let next = match (&req.target, req.start) {
+    let cursor = match (&req.target, req.start) {
         (_, SubscriptionStart::Beginning) => 0,
         (_, SubscriptionStart::After(n)) => n
             .checked_add(1)
@@ -100,125 +161,10 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
                 .map_or(0, |r| r + 1)
         }
     };
-    let (tx, rx) = mpsc::channel(512);
-    tokio::spawn(run(
+    let fell_behind = inner.config.fell_behind_events;
+    let source = PgFollow {
+        wake: inner.wake.clone(),
         inner,
-        Cursor {
-            target: req.target,
-            next,
-        },
-        tx,
-    ));
-    Ok(Subscription::new(ReceiverStream(rx)))
-}
-
-struct ReceiverStream(mpsc::Receiver<Result<SubscriptionMessage>>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<SubscriptionMessage>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-async fn read_page(inner: &Inner, cursor: &mut Cursor) -> Result<(Vec<RecordedEvent>, bool)> {
-    match &cursor.target {
-        SubscriptionTarget::All(filter) => {
-            let (events, next) = read::scan(
-                inner,
-                cursor.next,
-                true,
-                PAGE,
-                filter.as_ref(),
-                None,
-                MAX_SCAN,
-            )
-            .await?;
-            cursor.next = next;
-            let at_head = cursor.next >= read::next_position(inner).await?;
-            Ok((events, at_head))
-        }
-        SubscriptionTarget::Stream(stream) => {
-            let req = ReadStream::forwards(stream.clone())
-                .from_revision(StreamRevision(cursor.next))
-                .max_count(PAGE);
-            match read::read_stream(inner, &req).await {
-                Ok(events) => {
-                    if let Some(last) = events.last() {
-                        cursor.next = last.read_revision().0 + 1;
-                    }
-                    Ok((events, true))
-                }
-                Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), true)),
-                Err(e) => Err(e),
-            }
-        }
-    }
-}
-
-async fn run(inner: Arc<Inner>, mut cursor: Cursor, tx: mpsc::Sender<Result<SubscriptionMessage>>) {
-    let mut wake = inner.wake.clone();
-    let mut live = false;
-    let mut last_checkpoint = None;
-    loop {
-        wake.borrow_and_update();
-        let (events, at_head) = match read_page(&inner, &mut cursor).await {
-            Ok(p) => p,
-            Err(e) if e.is_transient() => {
-                // PostgreSQL is down or restarting: wait and resume from the cursor.
-                tokio::select! {
-                    _ = tokio::time::sleep(inner.config.poll_interval) => continue,
-                    _ = tx.closed() => return,
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        if events.is_empty() && !at_head {
-            continue;
-        }
-        if events.is_empty() {
-            if !live {
-                live = true;
-                if tx.send(Ok(SubscriptionMessage::CaughtUp)).await.is_err() {
-                    return;
-                }
-            }
-            if let SubscriptionTarget::All(Some(_)) = &cursor.target {
-                if cursor.next > 0 && last_checkpoint != Some(cursor.next) {
-                    last_checkpoint = Some(cursor.next);
-                    let cp = SubscriptionMessage::Checkpoint(Position(cursor.next - 1));
-                    if tx.send(Ok(cp)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            tokio::select! {
-                changed = wake.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            continue;
-        }
-        let last_position = events.last().map(|e| e.position.0);
-        for e in events {
-            if tx.send(Ok(SubscriptionMessage::Event(e))).await.is_err() {
-                return;
-            }
-        }
-        if live {
-            if let (Some(last), Ok(head)) = (last_position, read::next_position(&inner).await) {
-                if head.saturating_sub(last + 1) > inner.config.fell_behind_events {
-                    live = false;
-                    if tx.send(Ok(SubscriptionMessage::FellBehind)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
+    };
+    Ok(follow(source, req.target, cursor, fell_behind))
 }

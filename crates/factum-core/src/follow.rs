@@ -1,0 +1,135 @@
+//! The subscription loop every backend shares (ADR 3): catch-up and live
+//! are one read from one cursor, so the hand-over can neither skip nor
+//! repeat an event, and nobody waits for a slow subscriber — it only falls
+//! behind and is told so.
+//!
+//! A backend implements [`Follow`] (read a page after a cursor, wait for the
+//! head to move) and calls [`follow`]. The loop reads only when the
+//! subscriber asks for more, so a subscriber that stops reading costs
+//! nothing.
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use crate::error::Result;
+use crate::model::{Position, RecordedEvent};
+use crate::read::SubscriptionTarget;
+use crate::store::{Subscription, SubscriptionMessage};
+
+/// What a backend provides to [`follow`].
+pub trait Follow: Send + 'static {
+    /// Reads up to one page of events of `target` after `cursor` (the next
+    /// revision for a stream, the next position for `$all`), advancing the
+    /// cursor past everything examined. Returns the events and whether the
+    /// cursor reached the head.
+    fn page(
+        &mut self,
+        target: &SubscriptionTarget,
+        cursor: &mut u64,
+    ) -> impl Future<Output = Result<(Vec<RecordedEvent>, bool)>> + Send;
+
+    /// How many events the cursor is behind the head.
+    fn behind(
+        &mut self,
+        target: &SubscriptionTarget,
+        cursor: u64,
+    ) -> impl Future<Output = u64> + Send;
+
+    /// Marks the head as seen; called before each read so that [`Follow::wait`]
+    /// returns when anything commits after it.
+    fn mark_seen(&mut self);
+
+    /// Waits until the head may have moved (or, after a transient error, a
+    /// while). `false` when the store closed and the subscription ends.
+    fn wait(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+struct State<F> {
+    source: F,
+    target: SubscriptionTarget,
+    cursor: u64,
+    fell_behind: u64,
+    live: bool,
+    last_checkpoint: Option<u64>,
+    pending: VecDeque<Result<SubscriptionMessage>>,
+    wait_first: bool,
+    done: bool,
+}
+
+/// A subscription over `source` from `cursor` (the first revision or
+/// position to deliver). A live subscriber more than `fell_behind` events
+/// behind the head is sent [`SubscriptionMessage::FellBehind`].
+pub fn follow<F: Follow>(
+    source: F,
+    target: SubscriptionTarget,
+    cursor: u64,
+    fell_behind: u64,
+) -> Subscription {
+    let state = State {
+        source,
+        target,
+        cursor,
+        fell_behind,
+        live: false,
+        last_checkpoint: None,
+        pending: VecDeque::new(),
+        wait_first: false,
+        done: false,
+    };
+    Subscription::new(futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(m) = st.pending.pop_front() {
+                return Some((m, st));
+            }
+            if st.done {
+                return None;
+            }
+            if std::mem::take(&mut st.wait_first) && !st.source.wait().await {
+                return None;
+            }
+            st.source.mark_seen();
+            let (events, at_head) = match st.source.page(&st.target, &mut st.cursor).await {
+                Ok(page) => page,
+                Err(e) if e.is_transient() => {
+                    // The backend is down or restarting: resume from the cursor later.
+                    st.wait_first = true;
+                    continue;
+                }
+                Err(e) => {
+                    st.done = true;
+                    st.pending.push_back(Err(e));
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                if !at_head {
+                    continue;
+                }
+                if !st.live {
+                    st.live = true;
+                    st.pending.push_back(Ok(SubscriptionMessage::CaughtUp));
+                }
+                if let SubscriptionTarget::All(Some(_)) = &st.target {
+                    if st.cursor > 0 && st.last_checkpoint != Some(st.cursor) {
+                        st.last_checkpoint = Some(st.cursor);
+                        st.pending
+                            .push_back(Ok(SubscriptionMessage::Checkpoint(Position(
+                                st.cursor - 1,
+                            ))));
+                    }
+                }
+                st.wait_first = true;
+                continue;
+            }
+            st.pending.extend(
+                events
+                    .into_iter()
+                    .map(|e| Ok(SubscriptionMessage::Event(e))),
+            );
+            if st.live && st.source.behind(&st.target, st.cursor).await > st.fell_behind {
+                st.live = false;
+                st.pending.push_back(Ok(SubscriptionMessage::FellBehind));
+            }
+        }
+    }))
+}
