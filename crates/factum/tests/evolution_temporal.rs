@@ -1,5 +1,6 @@
 //! Upcasting stored v1 events on load (the seed cases) and temporal queries.
 
+#[macro_use]
 mod common;
 #[path = "../examples/bank/domain.rs"]
 #[allow(dead_code)]
@@ -12,9 +13,12 @@ use factum::{CommandContext, Repository, RepositoryError, SnapshotPolicy};
 use factum_core::{EventData, EventStore, ExpectedRevision, StreamName, StreamRevision, Timestamp};
 use serde_json::json;
 
-#[tokio::test]
-async fn v1_events_are_upcast_on_load() {
-    let (store, _dir) = common::engine();
+on_every_backend!(
+    v1_events_are_upcast_on_load,
+    as_of_time_and_revision_and_time_ranges,
+);
+
+async fn v1_events_are_upcast_on_load<S: EventStore + Clone>(store: S, _dir: tempfile::TempDir) {
     let stream = StreamName::new("account-old").unwrap();
     // Written by an old version of the application: no `$schemaVersion`,
     // `name` instead of `owner`, deposits without a currency.
@@ -87,9 +91,10 @@ async fn v1_events_are_upcast_on_load() {
     ));
 }
 
-#[tokio::test]
-async fn as_of_time_and_revision_and_time_ranges() {
-    let (store, _dir) = common::engine();
+async fn as_of_time_and_revision_and_time_ranges<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone()).snapshots(SnapshotPolicy::every(3));
     let ctx = CommandContext::new();
     repo.execute("t", &Cmd::Open { owner: "o".into() }, &ctx)

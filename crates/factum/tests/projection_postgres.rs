@@ -30,21 +30,11 @@ struct TestDb {
 }
 
 async fn test_db(test: &str) -> Option<TestDb> {
-    let base = std::env::var("FACTUM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = common::postgres_url();
     let admin = match tokio::time::timeout(Duration::from_secs(5), postgres::connect(&base)).await {
         Ok(Ok(c)) => c,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL at {base} is required under CI=true: {why}");
-            }
-            println!("SKIPPED {test}: no PostgreSQL at {base} ({why})");
-            return None;
-        }
+        Ok(Err(e)) => return common::skip_without_postgres(test, e).and(None),
+        Err(_) => return common::skip_without_postgres(test, "timed out").and(None),
     };
     let name = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
     admin

@@ -1,7 +1,8 @@
-//! Projections into SQLite on the embedded engine: catch-up then live,
+//! Projections into SQLite, on every backend's store: catch-up then live,
 //! restart without double-apply, failure policies, lag, read-your-writes,
 //! rebuild, upcasting and pinning.
 
+#[macro_use]
 mod common;
 #[path = "../examples/bank/domain.rs"]
 #[allow(dead_code)]
@@ -24,6 +25,14 @@ use factum::{
 use factum_core::{EventData, EventStore, ExpectedRevision, Position, StreamName};
 use read_models::AccountBalances;
 use serde_json::json;
+
+on_every_backend!(
+    catch_up_live_restart_and_read_your_writes,
+    stop_policy_commits_nothing_of_the_failing_batch_then_resumes_exactly_once,
+    dead_letter_and_retry_policies,
+    rebuild_beside_the_live_generation_then_switch,
+    projections_read_upcast_or_pinned_versions,
+);
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -65,9 +74,10 @@ fn balances(model: &SqliteReadModel<impl SqliteProjection>) -> Vec<(String, i64)
         .unwrap()
 }
 
-#[tokio::test]
-async fn catch_up_live_restart_and_read_your_writes() {
-    let (store, dir) = common::engine();
+async fn catch_up_live_restart_and_read_your_writes<S: EventStore + Clone>(
+    store: S,
+    dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone());
     bank_activity(&repo, "a", &[10, 20]).await;
     bank_activity(&repo, "b", &[5]).await;
@@ -180,9 +190,12 @@ fn flaky(poison: u64, failures: i64) -> Flaky {
     }
 }
 
-#[tokio::test]
-async fn stop_policy_commits_nothing_of_the_failing_batch_then_resumes_exactly_once() {
-    let (store, dir) = common::engine();
+async fn stop_policy_commits_nothing_of_the_failing_batch_then_resumes_exactly_once<
+    S: EventStore + Clone,
+>(
+    store: S,
+    dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone());
     bank_activity(&repo, "a", &[1, 2, 13, 4]).await;
     let f = flaky(13, -1);
@@ -216,9 +229,7 @@ async fn stop_policy_commits_nothing_of_the_failing_batch_then_resumes_exactly_o
     fixed.stop().await;
 }
 
-#[tokio::test]
-async fn dead_letter_and_retry_policies() {
-    let (store, dir) = common::engine();
+async fn dead_letter_and_retry_policies<S: EventStore + Clone>(store: S, dir: tempfile::TempDir) {
     let repo = Repository::<_, Account>::new(store.clone());
     let head = bank_activity(&repo, "a", &[1, 13, 2]).await;
 
@@ -285,9 +296,10 @@ async fn dead_letter_and_retry_policies() {
     handle.stop().await;
 }
 
-#[tokio::test]
-async fn rebuild_beside_the_live_generation_then_switch() {
-    let (store, dir) = common::engine();
+async fn rebuild_beside_the_live_generation_then_switch<S: EventStore + Clone>(
+    store: S,
+    dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone());
     for i in 0..20 {
         bank_activity(&repo, &format!("r{i:02}"), &[i + 1, 100]).await;
@@ -359,9 +371,10 @@ impl SqliteProjection for Recorder {
     }
 }
 
-#[tokio::test]
-async fn projections_read_upcast_or_pinned_versions() {
-    let (store, dir) = common::engine();
+async fn projections_read_upcast_or_pinned_versions<S: EventStore + Clone>(
+    store: S,
+    dir: tempfile::TempDir,
+) {
     let stream = StreamName::new("account-u").unwrap();
     store
         .append(

@@ -1,6 +1,7 @@
-//! The repository on the embedded engine: execute, metadata, conflicts and
+//! The repository on every backend: execute, metadata, conflicts and
 //! retries, domain errors, given/when/then.
 
+#[macro_use]
 mod common;
 #[path = "../examples/bank/domain.rs"]
 #[allow(dead_code)]
@@ -83,9 +84,15 @@ fn then_fails_on_other_events() {
         }]);
 }
 
-#[tokio::test]
-async fn execute_appends_with_metadata_and_keeps_domain_errors() {
-    let (store, _dir) = common::engine();
+on_every_backend!(
+    execute_appends_with_metadata_and_keeps_domain_errors,
+    conflicts_reload_and_retry_then_give_up,
+);
+
+async fn execute_appends_with_metadata_and_keeps_domain_errors<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone());
     let ctx = CommandContext::new()
         .correlation_id("corr-7")
@@ -162,9 +169,10 @@ fn intruding_deposit() -> EventData {
     .with_metadata(&b"{\"$schemaVersion\":2}"[..])
 }
 
-#[tokio::test]
-async fn conflicts_reload_and_retry_then_give_up() {
-    let (engine, _dir) = common::engine();
+async fn conflicts_reload_and_retry_then_give_up<S: EventStore + Clone>(
+    engine: S,
+    _dir: tempfile::TempDir,
+) {
     let races = Arc::new(AtomicU32::new(0));
     let store = common::RacingStore {
         inner: engine.clone(),

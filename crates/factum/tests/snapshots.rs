@@ -1,6 +1,7 @@
 //! Snapshots: policies, the `$snapshot-` stream and its `$maxCount`,
 //! schema versions, and loads that use them.
 
+#[macro_use]
 mod common;
 #[path = "../examples/bank/domain.rs"]
 #[allow(dead_code)]
@@ -15,6 +16,13 @@ use factum::{
 use factum_core::{EventStore, ReadStream, StreamName, StreamRevision};
 use serde::{Deserialize, Serialize};
 
+on_every_backend!(
+    every_n_events_and_loads_from_the_newest,
+    max_count_trims_old_snapshots,
+    another_schema_version_is_ignored_then_replaced,
+    state_size_and_custom_policies,
+);
+
 async fn deposits<S: EventStore + Clone, A>(repo: &Repository<S, A>, id: &str, n: u64)
 where
     A: Aggregate<Command = Cmd, Error = AccountError>,
@@ -27,9 +35,10 @@ where
     }
 }
 
-#[tokio::test]
-async fn every_n_events_and_loads_from_the_newest() {
-    let (store, _dir) = common::engine();
+async fn every_n_events_and_loads_from_the_newest<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
     let repo = Repository::<_, Account>::new(store.clone()).snapshots(SnapshotPolicy::every(10));
     let ctx = CommandContext::new();
     let first = repo
@@ -70,9 +79,7 @@ async fn every_n_events_and_loads_from_the_newest() {
     assert_eq!(plain.events_replayed, 25);
 }
 
-#[tokio::test]
-async fn max_count_trims_old_snapshots() {
-    let (store, _dir) = common::engine();
+async fn max_count_trims_old_snapshots<S: EventStore + Clone>(store: S, _dir: tempfile::TempDir) {
     let snaps = StreamSnapshotStore::new(store.clone()).keep(2);
     let repo = Repository::<_, Account>::new(store.clone())
         .with_snapshot_store(snaps.clone())
@@ -157,9 +164,10 @@ impl Aggregate for Mislabelled {
     }
 }
 
-#[tokio::test]
-async fn another_schema_version_is_ignored_then_replaced() {
-    let (store, _dir) = common::engine();
+async fn another_schema_version_is_ignored_then_replaced<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
     let v1 = Repository::<_, Account>::new(store.clone()).snapshots(SnapshotPolicy::every(5));
     v1.execute(
         "v",
@@ -208,9 +216,7 @@ async fn another_schema_version_is_ignored_then_replaced() {
     assert_eq!(m.state.cents_only, 700);
 }
 
-#[tokio::test]
-async fn state_size_and_custom_policies() {
-    let (store, _dir) = common::engine();
+async fn state_size_and_custom_policies<S: EventStore + Clone>(store: S, _dir: tempfile::TempDir) {
     let ctx = CommandContext::new();
     let small = Repository::<_, Account>::new(store.clone())
         .snapshots(SnapshotPolicy::StateBytesAtLeast(10_000));

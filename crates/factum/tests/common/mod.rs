@@ -1,5 +1,6 @@
-//! What the integration tests share: a throwaway engine, a store that
-//! injects concurrent writers.
+//! What the integration tests share: a throwaway store on each backend
+//! (the embedded engine; PostgreSQL in a fresh schema), the macro that runs
+//! a test on both, and a store that injects concurrent writers.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +11,7 @@ use factum_core::{
     Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe, Subscription,
 };
 use factum_engine::{Durability, Engine, EngineConfig};
+use factum_postgres::{PostgresConfig, PostgresStore};
 
 /// An engine in a temporary directory, without fsync (tests only).
 pub fn engine() -> (Arc<Engine>, tempfile::TempDir) {
@@ -20,6 +22,71 @@ pub fn engine() -> (Arc<Engine>, tempfile::TempDir) {
     };
     let (engine, _) = Engine::open_with(dir.path(), config).expect("open engine");
     (Arc::new(engine), dir)
+}
+
+/// The PostgreSQL server the tests use: `FACTUM_TEST_POSTGRES_URL`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`).
+pub fn postgres_url() -> String {
+    std::env::var("FACTUM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Without a server: `None` after printing SKIPPED, except under `CI=true`,
+/// where the test fails.
+pub fn skip_without_postgres(test: &str, why: impl std::fmt::Display) -> Option<()> {
+    let url = postgres_url();
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("PostgreSQL at {url} is required under CI=true ({test}): {why}");
+    }
+    println!("SKIPPED {test}: no PostgreSQL at {url} ({why})");
+    None
+}
+
+/// A PostgreSQL store in a fresh schema, dropped with the store's last
+/// clone, and a temporary directory (for SQLite read models); `None` (the
+/// test is skipped) without a server.
+pub async fn postgres(test: &str) -> Option<(PostgresStore, tempfile::TempDir)> {
+    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
+    let mut config = PostgresConfig::new(postgres_url()).schema(schema);
+    // Live subscriptions wake on NOTIFY; poll fast as the fallback.
+    config.poll_interval = std::time::Duration::from_millis(100);
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        PostgresStore::connect(config),
+    )
+    .await;
+    match connected {
+        Ok(Ok(store)) => Some((
+            store.drop_schema_on_drop(),
+            tempfile::tempdir().expect("tempdir"),
+        )),
+        Ok(Err(e)) => skip_without_postgres(test, e).and(None),
+        Err(_) => skip_without_postgres(test, "connecting timed out").and(None),
+    }
+}
+
+/// Runs each named test on every backend: for `async fn name<S>(store: S,
+/// dir: TempDir)` generic over the store, it makes `name::engine` and
+/// `name::postgres` (skipped without a server, see [`postgres`]).
+#[allow(unused_macros)] // not every test file runs on both
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn engine() {
+                let (store, dir) = crate::common::engine();
+                super::$name(store, dir).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some((store, dir)) = crate::common::postgres(stringify!($name)).await else {
+                    return;
+                };
+                super::$name(store, dir).await;
+            }
+        }
+    )+};
 }
 
 /// A store that, before each of the next `races` appends with an `Exact`
