@@ -1,5 +1,5 @@
-//! Snapshots: policies, the `$snapshot-` stream and its `$maxCount`,
-//! schema versions, and loads that use them.
+//! Snapshots: policies, the `$snapshot-` stream and its `$maxCount`, the
+//! PostgreSQL table store, schema versions, and loads that use them.
 
 #[macro_use]
 mod common;
@@ -13,10 +13,11 @@ use factum::{
     Aggregate, CommandContext, Repository, SnapshotBound, SnapshotOutcome, SnapshotPolicy,
     SnapshotStore, StreamSnapshotStore,
 };
-use factum_core::{EventStore, ReadStream, StreamName, StreamRevision};
+use factum_core::{EventStore, ReadStream, StreamName, StreamRevision, Timestamp};
 use serde::{Deserialize, Serialize};
 
 on_every_backend!(
+    table_snapshots_serve_loads_and_temporal_loads,
     every_n_events_and_loads_from_the_newest,
     max_count_trims_old_snapshots,
     another_schema_version_is_ignored_then_replaced,
@@ -277,4 +278,152 @@ impl SnapshotStore for NoSnapshots {
     async fn save(&self, _: &StreamName, _: factum::Snapshot) -> factum_core::Result<()> {
         Ok(())
     }
+}
+
+/// What every snapshot store does: the newest usable snapshot within a
+/// bound (revision or exact commit time), other schema versions skipped and
+/// reported, other streams apart, the newest `keep` (3) kept.
+async fn snapshot_store_contract(snaps: impl SnapshotStore) {
+    let s = StreamName::new("account-c").unwrap();
+    let snap = |revision: u64, schema_version: u32, at: i64| factum::Snapshot {
+        revision: StreamRevision(revision),
+        schema_version,
+        last_event_at: Timestamp(at),
+        state: format!("{{\"r\":{revision}}}").into_bytes().into(),
+        taken_at: None,
+    };
+    let load = |version: u32, bound: SnapshotBound| {
+        let (snaps, s) = (&snaps, s.clone());
+        async move {
+            let l = snaps.load(&s, version, bound).await.unwrap();
+            (l.snapshot.map(|x| x.revision.0), l.skipped_stale)
+        }
+    };
+    assert_eq!(load(1, SnapshotBound::Latest).await, (None, false));
+    snaps.save(&s, snap(4, 1, 100)).await.unwrap();
+    snaps.save(&s, snap(9, 1, 200)).await.unwrap();
+    snaps.save(&s, snap(14, 2, 300)).await.unwrap();
+
+    let newest = snaps
+        .load(&s, 1, SnapshotBound::Latest)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
+    assert_eq!(newest.revision, StreamRevision(9));
+    assert_eq!(newest.schema_version, 1);
+    assert_eq!(newest.last_event_at, Timestamp(200));
+    assert_eq!(&newest.state[..], b"{\"r\":9}");
+    assert!(
+        newest.taken_at.is_some(),
+        "the store stamps when it stored it"
+    );
+    assert_eq!(
+        load(1, SnapshotBound::Latest).await,
+        (Some(9), true),
+        "the newer v2 snapshot is skipped and reported"
+    );
+    assert_eq!(load(2, SnapshotBound::Latest).await, (Some(14), false));
+    assert_eq!(load(3, SnapshotBound::Latest).await, (None, true));
+    let rev = SnapshotBound::AtOrBeforeRevision;
+    assert_eq!(load(1, rev(StreamRevision(8))).await, (Some(4), false));
+    assert_eq!(load(1, rev(StreamRevision(9))).await, (Some(9), false));
+    assert_eq!(load(1, rev(StreamRevision(3))).await, (None, false));
+    assert_eq!(load(2, rev(StreamRevision(13))).await, (None, true));
+    let time = SnapshotBound::AtOrBeforeTime;
+    assert_eq!(load(1, time(Timestamp(199))).await, (Some(4), false));
+    assert_eq!(load(1, time(Timestamp(200))).await, (Some(9), false));
+    assert_eq!(load(1, time(Timestamp(99))).await, (None, false));
+    assert_eq!(load(1, time(Timestamp(300))).await, (Some(9), true));
+
+    let other = snaps
+        .load(
+            &StreamName::new("account-d").unwrap(),
+            1,
+            SnapshotBound::Latest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, Default::default(), "streams are apart");
+
+    // A fourth snapshot trims the oldest.
+    snaps.save(&s, snap(19, 1, 400)).await.unwrap();
+    assert_eq!(load(1, rev(StreamRevision(8))).await, (None, false));
+    assert_eq!(load(1, SnapshotBound::Latest).await, (Some(19), false));
+    assert_eq!(load(1, rev(StreamRevision(18))).await, (Some(9), true));
+}
+
+#[tokio::test]
+async fn snapshot_store_contract_in_stream_on_engine() {
+    let (store, _dir) = common::engine();
+    snapshot_store_contract(StreamSnapshotStore::new(store).keep(3)).await;
+}
+
+#[tokio::test]
+async fn snapshot_store_contract_in_stream_on_postgres() {
+    let test = "snapshot_store_contract_in_stream_on_postgres";
+    let Some((store, _dir)) = common::postgres(test).await else {
+        return;
+    };
+    snapshot_store_contract(StreamSnapshotStore::new(store).keep(3)).await;
+}
+
+#[tokio::test]
+async fn snapshot_store_contract_in_postgres_table() {
+    let test = "snapshot_store_contract_in_postgres_table";
+    let Some((snaps, _schema)) = common::postgres_snapshots(test).await else {
+        return;
+    };
+    snapshot_store_contract(snaps.keep(3)).await;
+}
+
+/// The table store behind a repository (on any event store): loads start
+/// from its snapshots, temporal loads from the newest one before the time,
+/// and nothing is written to `$snapshot-` streams.
+async fn table_snapshots_serve_loads_and_temporal_loads<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
+    let test = "table_snapshots_serve_loads_and_temporal_loads";
+    let Some((snaps, _schema)) = common::postgres_snapshots(test).await else {
+        return;
+    };
+    let repo = Repository::<_, Account>::new(store.clone())
+        .with_snapshot_store(snaps.clone())
+        .snapshots(SnapshotPolicy::every(10));
+    let ctx = CommandContext::new();
+    repo.execute("p", &Cmd::Open { owner: "o".into() }, &ctx)
+        .await
+        .unwrap();
+    let mut at_12 = None;
+    for k in 1..=24 {
+        let done = repo
+            .execute("p", &Cmd::Deposit { amount: 1 }, &ctx)
+            .await
+            .unwrap();
+        if k == 9 || k == 19 {
+            assert_eq!(done.snapshot, SnapshotOutcome::Saved(StreamRevision(k)));
+        }
+        if k == 12 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            at_12 = Some(Timestamp::now());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    let loaded = repo.load("p").await.unwrap();
+    assert_eq!(loaded.state.balance, 24);
+    assert_eq!(loaded.snapshot_revision, Some(StreamRevision(19)));
+    assert_eq!(loaded.events_replayed, 5);
+    let then = repo.load_as_of("p", at_12.unwrap()).await.unwrap();
+    assert_eq!(then.state.balance, 12);
+    assert_eq!(then.snapshot_revision, Some(StreamRevision(9)));
+    assert_eq!(then.events_replayed, 3);
+    let stream = StreamName::new("account-p").unwrap();
+    let in_store = store
+        .read_stream(ReadStream::forwards(snapshot_stream_of(&stream).unwrap()))
+        .await;
+    assert!(
+        matches!(in_store, Err(factum_core::Error::StreamNotFound { .. })),
+        "{in_store:?}"
+    );
 }

@@ -5,9 +5,12 @@
 //! of the serialized state and the commit time of the last event folded in
 //! (so temporal loads can pick the newest snapshot at or before a time).
 //! [`SnapshotStore`] is the seam for storage; [`StreamSnapshotStore`] keeps
-//! them in the event store itself and so works on every backend.
+//! them in the event store itself and so works on every backend;
+//! [`PostgresSnapshotStore`] (feature `postgres`) keeps them in a table.
 
 mod policy;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod stream;
 
 use std::future::Future;
@@ -15,6 +18,8 @@ use std::future::Future;
 use factum_core::{Bytes, StreamName, StreamRevision, Timestamp};
 
 pub use policy::{SnapshotContext, SnapshotPolicy};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresSnapshotStore;
 pub use stream::{snapshot_stream_of, StreamSnapshotStore, SNAPSHOT_EVENT_TYPE};
 
 /// One snapshot.

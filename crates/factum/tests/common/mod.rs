@@ -65,6 +65,50 @@ pub async fn postgres(test: &str) -> Option<(PostgresStore, tempfile::TempDir)> 
     }
 }
 
+/// Drops a PostgreSQL schema when dropped (also when a test panics).
+pub struct DropSchema(pub String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let schema = self.0.clone();
+        // Drop may run inside a runtime: do the blocking work on a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let client = factum::projection::postgres::connect(&postgres_url())
+                    .await
+                    .ok()?;
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A snapshot table in a fresh schema (dropped with the guard); `None`
+/// (the test is skipped) without a server.
+pub async fn postgres_snapshots(
+    test: &str,
+) -> Option<(factum::snapshot::PostgresSnapshotStore, DropSchema)> {
+    let schema = format!("factum_snap_{}", factum_core::Uuid::new_v4().simple());
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        factum::snapshot::PostgresSnapshotStore::connect(&postgres_url(), &schema),
+    )
+    .await;
+    match connected {
+        Ok(Ok(store)) => Some((store, DropSchema(schema))),
+        Ok(Err(e)) => skip_without_postgres(test, e).and(None),
+        Err(_) => skip_without_postgres(test, "connecting timed out").and(None),
+    }
+}
+
 /// Runs each named test on every backend: for `async fn name<S>(store: S,
 /// dir: TempDir)` generic over the store, it makes `name::engine` and
 /// `name::postgres` (skipped without a server, see [`postgres`]).
