@@ -80,6 +80,10 @@ impl Client {
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidInput(format!("bad endpoint {endpoint:?}: {e}")))?
             .tcp_nodelay(true)
+            // Reads stream many events: HTTP/2's default 64 KiB window
+            // would stall the server between window updates.
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .connect()
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;

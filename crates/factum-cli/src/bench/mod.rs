@@ -6,9 +6,13 @@
 //! `fsync-baseline`, `append-seq`, `append-concurrent`, `append-batch`
 //! ([`append`]), `read-all`, `read-stream` ([`read`]),
 //! `subscribe-latency` ([`subscribe`]), `open` ([`open`]), `aggregate-load`,
-//! `projection-sqlite`, `projection-postgres` ([`toolkit`]).
+//! `aggregate-load-postgres`,
+//! `projection-sqlite`, `projection-postgres` ([`toolkit`]), `grpc-append-seq`,
+//! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
+//! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine).
 
 pub mod append;
+pub mod grpc;
 pub mod open;
 pub mod read;
 pub mod subscribe;
@@ -75,10 +79,22 @@ pub enum Workload {
     Open,
     /// Loading a 10,050-event aggregate with a snapshot every 100 vs replay.
     AggregateLoad,
+    /// The same aggregate on PostgreSQL: snapshots in a table vs in a stream.
+    AggregateLoadPostgres,
     /// Rebuilding a read model into SQLite.
     ProjectionSqlite,
     /// Rebuilding a read model into PostgreSQL.
     ProjectionPostgres,
+    /// `append-seq` through the gRPC server, against the engine.
+    GrpcAppendSeq,
+    /// 256 writers through the gRPC server, against the engine.
+    GrpcAppendConcurrent,
+    /// 1,000-event appends through the gRPC server, against the engine.
+    GrpcAppendBatch,
+    /// `$all` streamed over gRPC, against paged engine reads.
+    GrpcReadAll,
+    /// Append → live delivery over gRPC, against the engine.
+    GrpcSubscribeLatency,
 }
 
 impl Workload {
@@ -94,12 +110,18 @@ impl Workload {
             Workload::SubscribeLatency => "subscribe-latency",
             Workload::Open => "open",
             Workload::AggregateLoad => "aggregate-load",
+            Workload::AggregateLoadPostgres => "aggregate-load-postgres",
             Workload::ProjectionSqlite => "projection-sqlite",
             Workload::ProjectionPostgres => "projection-postgres",
+            Workload::GrpcAppendSeq => "grpc-append-seq",
+            Workload::GrpcAppendConcurrent => "grpc-append-concurrent",
+            Workload::GrpcAppendBatch => "grpc-append-batch",
+            Workload::GrpcReadAll => "grpc-read-all",
+            Workload::GrpcSubscribeLatency => "grpc-subscribe-latency",
         }
     }
 
-    const ALL: [Workload; 11] = [
+    const ALL: [Workload; 17] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -109,8 +131,14 @@ impl Workload {
         Workload::SubscribeLatency,
         Workload::Open,
         Workload::AggregateLoad,
+        Workload::AggregateLoadPostgres,
         Workload::ProjectionSqlite,
         Workload::ProjectionPostgres,
+        Workload::GrpcAppendSeq,
+        Workload::GrpcAppendConcurrent,
+        Workload::GrpcAppendBatch,
+        Workload::GrpcReadAll,
+        Workload::GrpcSubscribeLatency,
     ];
 }
 
@@ -278,8 +306,14 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             Workload::SubscribeLatency => subscribe::latency(&mut ctx),
             Workload::Open => open::open(&mut ctx),
             Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),
+            Workload::AggregateLoadPostgres => toolkit::aggregate_load_postgres(&mut ctx),
             Workload::ProjectionSqlite => toolkit::projection_sqlite(&mut ctx),
             Workload::ProjectionPostgres => toolkit::projection_postgres(&mut ctx),
+            Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx),
+            Workload::GrpcAppendConcurrent => grpc::append_concurrent(&mut ctx),
+            Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx),
+            Workload::GrpcReadAll => grpc::read_all(&mut ctx),
+            Workload::GrpcSubscribeLatency => grpc::subscribe_latency(&mut ctx),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;
         if !args.keep {
