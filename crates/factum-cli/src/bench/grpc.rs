@@ -173,9 +173,13 @@ fn append_workload(
     let dir = ctx.dir(w.name())?;
     let embedded = {
         let engine = Arc::new(open_engine(&dir.join("embedded"), Durability::Always)?);
-        let side = ctx
-            .rt
-            .block_on(appends(&[engine.clone()], writers, per_append, time, max))?;
+        let side = ctx.rt.block_on(appends(
+            std::slice::from_ref(&engine),
+            writers,
+            per_append,
+            time,
+            max,
+        ))?;
         engine.close()?;
         side
     };
