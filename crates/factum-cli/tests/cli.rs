@@ -289,10 +289,71 @@ fn verify_stats_and_reindex_on_a_good_store() {
 }
 
 #[test]
-fn serve_is_not_implemented_yet() {
-    let o = run(&["serve", "--port", "2113"]);
-    assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
+fn serve_refuses_to_run_without_insecure_or_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let o = run(&[
+        "serve",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pass --insecure"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["serve", "--insecure"])
+        .env_remove("FACTUM_DATA")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--data DIR is required"),
+        "{}",
+        stderr(&o)
+    );
+    let config = dir.path().join("factum.conf");
+    std::fs::write(&config, "listen = 127.0.0.1:0\nport = 2113\n").unwrap();
+    let o = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown setting \"port\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn serve_takes_its_settings_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("factum.conf");
+    let data = dir.path().join("store");
+    std::fs::write(
+        &config,
+        format!(
+            "# test\ndata = \"{}\"\nlisten = 127.0.0.1:0\ninsecure = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("FACTUM_DATA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.contains(&format!("serving {} on 127.0.0.1:", data.display())),
+        "{line}"
+    );
+    assert!(data.is_dir());
 }
 
 #[test]
