@@ -405,10 +405,13 @@ async fn put_metadata<S: EventStore>(
 ) -> Result<Json<Value>, ApiError> {
     let metadata = StreamMetadata::from_json(&body)?;
     let expected = expected(&headers, None)?;
+    let started = std::time::Instant::now();
     let r = ctx
         .store
         .set_stream_metadata(stream_name(&stream)?, expected, metadata)
         .await?;
+    // Counted as a one-event append, as over gRPC (where it is one).
+    ctx.metrics.appended(1, body.len(), started.elapsed());
     Ok(Json(
         json!({ "revision": r.revision.0, "position": r.position.0 }),
     ))
