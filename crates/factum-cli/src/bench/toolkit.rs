@@ -1,6 +1,8 @@
 //! Toolkit workloads (crate `factum`): `aggregate-load` (a 10,050-event
 //! aggregate loaded with a snapshot every 100 events, against full replay
-//! as the baseline), `projection-sqlite` and `projection-postgres` (a
+//! as the baseline), `aggregate-load-postgres` (the same aggregate in a
+//! PostgreSQL store, snapshots in a table against snapshots in the store's
+//! `$snapshot-` stream), `projection-sqlite` and `projection-postgres` (a
 //! rebuild of a balances read model from position 0, against a raw `$all`
 //! read of the same events as the baseline).
 //!
@@ -13,15 +15,16 @@ use std::time::{Duration, Instant};
 use factum::projection::postgres::{self, PostgresProjection, PostgresReadModel};
 use factum::projection::sqlite::{SqliteProjection, SqliteReadModel};
 use factum::projection::{ApplyError, Envelope};
+use factum::snapshot::PostgresSnapshotStore;
 use factum::{
     Aggregate, DomainEvent, NoSnapshots, ProjectionRunner, ReadModelStore, Repository,
     RunnerOptions, Snapshot, SnapshotStore, StreamSnapshotStore,
 };
 use factum_core::{
     Bytes, ContentType, EventData, EventStore, ExpectedRevision, Position, ReadAll, StreamName,
-    StreamRevision,
 };
 use factum_engine::{Durability, Engine};
+use factum_postgres::{PostgresConfig, PostgresStore};
 use serde::{Deserialize, Serialize};
 
 use super::util::{open_engine, rate, Latencies};
@@ -75,6 +78,86 @@ impl Aggregate for Counter {
     }
 }
 
+/// Appends the counter's `events` events to `stream` in appends of 100 and
+/// returns a snapshot of the state after each full hundred (revisions 99,
+/// 199, …), to be saved in the snapshot stores under test.
+async fn fill_counter<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+    events: u64,
+) -> Result<Vec<Snapshot>, CliError> {
+    let mut snapshots = Vec::new();
+    let mut written = 0u64;
+    let mut counter = Counter::default();
+    while written < events {
+        let n = SNAPSHOT_EVERY.min(events - written);
+        let batch = (0..n)
+            .map(|i| {
+                let data = format!("{{\"n\":{}}}", written + i);
+                EventData::new("Added", ContentType::Json, data)
+            })
+            .collect();
+        let appended = store
+            .append(stream.clone(), ExpectedRevision::Any, batch)
+            .await?;
+        for i in 0..n {
+            counter.total += written + i;
+            counter.count += 1;
+        }
+        written += n;
+        if n == SNAPSHOT_EVERY {
+            let state = serde_json::to_vec(&counter).map_err(failure)?;
+            snapshots.push(Snapshot {
+                revision: appended.revision,
+                schema_version: Counter::SNAPSHOT_VERSION,
+                last_event_at: factum_core::Timestamp::now(),
+                state: Bytes::from(state),
+                taken_at: None,
+            });
+        }
+    }
+    Ok(snapshots)
+}
+
+/// `n` timed loads of counter `1`.
+async fn time_loads<S: EventStore, P: SnapshotStore>(
+    repo: &Repository<S, Counter, P>,
+    n: usize,
+) -> Result<(Latencies, Duration), CliError> {
+    let mut lat = Latencies::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        repo.load("1").await.map_err(failure)?;
+        lat.push(t.elapsed());
+    }
+    Ok((lat, started.elapsed()))
+}
+
+/// A warm-up load through each repository; all must give the same state.
+async fn check_loads_agree<S: EventStore, P: SnapshotStore, Q: SnapshotStore>(
+    snapshotted: &Repository<S, Counter, P>,
+    replayed: &Repository<S, Counter, Q>,
+    events: u64,
+) -> Result<u64, CliError> {
+    let a = snapshotted.load("1").await.map_err(failure)?;
+    let b = replayed.load("1").await.map_err(failure)?;
+    if a.state.total != b.state.total || b.state.count != events || a.snapshot_revision.is_none() {
+        return Err(failure("snapshot and replay loads disagree"));
+    }
+    Ok(a.events_replayed)
+}
+
+fn p50_p99_note(what: &str, lat: &mut Latencies) -> String {
+    let (p50, p99) = lat.p50_p99_us();
+    format!(
+        "{what}: p50 {} µs, p99 {} µs over {} loads",
+        p50.map_or("-".into(), |v| format!("{v:.0}")),
+        p99.map_or("-".into(), |v| format!("{v:.0}")),
+        lat.len()
+    )
+}
+
 /// `aggregate-load`: p50/p99 of `Repository::load` with snapshots every 100
 /// events; the baseline is the same load replaying all 10,050 events.
 pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
@@ -84,39 +167,8 @@ pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
     let stream = Counter::stream_name("1")?;
     let snapshots = StreamSnapshotStore::new(engine.clone());
     ctx.rt.block_on(async {
-        let mut written = 0u64;
-        let mut counter = Counter::default();
-        while written < events {
-            let n = SNAPSHOT_EVERY.min(events - written);
-            let batch = (0..n)
-                .map(|i| {
-                    let data = format!("{{\"n\":{}}}", written + i);
-                    EventData::new("Added", ContentType::Json, data)
-                })
-                .collect();
-            engine
-                .append(stream.clone(), ExpectedRevision::Any, batch)
-                .await?;
-            for i in 0..n {
-                counter.total += written + i;
-                counter.count += 1;
-            }
-            written += n;
-            if n == SNAPSHOT_EVERY {
-                let state = serde_json::to_vec(&counter).map_err(failure)?;
-                snapshots
-                    .save(
-                        &stream,
-                        Snapshot {
-                            revision: StreamRevision(written - 1),
-                            schema_version: Counter::SNAPSHOT_VERSION,
-                            last_event_at: factum_core::Timestamp::now(),
-                            state: Bytes::from(state),
-                            taken_at: None,
-                        },
-                    )
-                    .await?;
-            }
+        for s in fill_counter(&engine, &stream, events).await? {
+            snapshots.save(&stream, s).await?;
         }
         Ok::<_, CliError>(())
     })?;
@@ -124,36 +176,14 @@ pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
     let without = Repository::<_, Counter>::new(engine.clone()).with_snapshot_store(NoSnapshots);
     let loads = if ctx.quick { 2_000 } else { 20_000 };
     let replays = if ctx.quick { 20 } else { 100 };
-    let expected_count = events;
     let (mut lat, elapsed, replayed) = ctx.rt.block_on(async {
-        // Warm-up, and a check that both loads agree.
-        let a = with.load("1").await.map_err(failure)?;
-        let b = without.load("1").await.map_err(failure)?;
-        if a.state.total != b.state.total || b.state.count != expected_count {
-            return Err(failure("snapshot and replay loads disagree"));
-        }
-        let mut lat = Latencies::with_capacity(loads);
-        let started = Instant::now();
-        for _ in 0..loads {
-            let t = Instant::now();
-            with.load("1").await.map_err(failure)?;
-            lat.push(t.elapsed());
-        }
-        Ok::<_, CliError>((lat, started.elapsed(), a.events_replayed))
+        let replayed = check_loads_agree(&with, &without, events).await?;
+        let (lat, elapsed) = time_loads(&with, loads).await?;
+        Ok::<_, CliError>((lat, elapsed, replayed))
     })?;
-    let (mut base_lat, base_elapsed) = ctx.rt.block_on(async {
-        let mut lat = Latencies::with_capacity(replays);
-        let started = Instant::now();
-        for _ in 0..replays {
-            let t = Instant::now();
-            without.load("1").await.map_err(failure)?;
-            lat.push(t.elapsed());
-        }
-        Ok::<_, CliError>((lat, started.elapsed()))
-    })?;
+    let (mut base_lat, base_elapsed) = ctx.rt.block_on(time_loads(&without, replays))?;
     engine.close()?;
     let (p50, p99) = lat.p50_p99_us();
-    let (b50, b99) = base_lat.p50_p99_us();
     let per_sec = rate(loads as u64, elapsed);
     let base_per_sec = rate(replays as u64, base_elapsed);
     let met = p99.map(|p| p <= 100.0);
@@ -172,13 +202,106 @@ pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
         notes: vec![
             format!("aggregate of {events} events, snapshot every {SNAPSHOT_EVERY} in $snapshot-counter-1; each load replays {replayed} events after the snapshot"),
             "events/s here = loads per second; baseline = loads per second replaying every event without snapshots".into(),
-            format!(
-                "baseline (no snapshot): p50 {} µs, p99 {} µs over {replays} loads",
-                b50.map_or("-".into(), |v| format!("{v:.0}")),
-                b99.map_or("-".into(), |v| format!("{v:.0}"))
-            ),
+            p50_p99_note("baseline (no snapshot)", &mut base_lat),
         ],
         ..ctx.report(Workload::AggregateLoad)
+    })
+}
+
+/// The PostgreSQL server of the PostgreSQL workloads.
+fn bench_postgres_url() -> String {
+    std::env::var("FACTUM_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `aggregate-load-postgres`: the same aggregate in a PostgreSQL event store
+/// (`FACTUM_BENCH_POSTGRES_URL`; a schema of its own, dropped afterwards),
+/// loaded with its snapshots in the `factum_snapshots` table
+/// (`PostgresSnapshotStore`, measured) against snapshots in the
+/// `$snapshot-counter-1` stream of the same store (the baseline).
+/// Without a server the report says skipped.
+pub fn aggregate_load_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
+    let url = bench_postgres_url();
+    let schema = format!("factum_bench_{}", std::process::id());
+    let target = "measure both: snapshot table vs $snapshot- stream on PostgreSQL";
+    let connected = ctx.rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            PostgresStore::connect(PostgresConfig::new(&url).schema(&schema)),
+        )
+        .await
+    });
+    let store = match connected {
+        Ok(Ok(store)) => store.drop_schema_on_drop(),
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            return Ok(Report {
+                target: target.into(),
+                notes: vec![format!("skipped: no PostgreSQL at {url} ({why})")],
+                ..ctx.report(Workload::AggregateLoadPostgres)
+            });
+        }
+    };
+    let events = ctx.cap(AGGREGATE_EVENTS);
+    let stream = Counter::stream_name("1")?;
+    let loads = if ctx.quick { 300 } else { 3_000 };
+    let replays = if ctx.quick { 5 } else { 20 };
+    let (mut table, mut in_store, mut replay, replayed) = ctx.rt.block_on(async {
+        let table_store = PostgresSnapshotStore::connect(&url, &schema).await?;
+        let stream_store = StreamSnapshotStore::new(store.clone());
+        for s in fill_counter(&store, &stream, events).await? {
+            table_store.save(&stream, s.clone()).await?;
+            stream_store.save(&stream, s).await?;
+        }
+        let in_table =
+            Repository::<_, Counter>::new(store.clone()).with_snapshot_store(table_store);
+        let in_stream = Repository::<_, Counter>::new(store.clone());
+        let without = Repository::<_, Counter>::new(store.clone()).with_snapshot_store(NoSnapshots);
+        let replayed = check_loads_agree(&in_table, &without, events).await?;
+        check_loads_agree(&in_stream, &without, events).await?;
+        // Alternate blocks so drift in the server's state hits both alike.
+        let (mut table, mut in_store) = (
+            (Latencies::with_capacity(loads), Duration::ZERO),
+            (Latencies::with_capacity(loads), Duration::ZERO),
+        );
+        for _ in 0..10 {
+            let (lat, d) = time_loads(&in_table, loads / 10).await?;
+            table.0.extend(lat);
+            table.1 += d;
+            let (lat, d) = time_loads(&in_stream, loads / 10).await?;
+            in_store.0.extend(lat);
+            in_store.1 += d;
+        }
+        let replay = time_loads(&without, replays).await?;
+        Ok::<_, CliError>((table, in_store, replay, replayed))
+    })?;
+    drop(store);
+    let (p50, p99) = table.0.p50_p99_us();
+    let n = table.0.len() as u64;
+    let per_sec = rate(n, table.1);
+    let base_per_sec = rate(in_store.0.len() as u64, in_store.1);
+    Ok(Report {
+        events: n,
+        seconds: table.1.as_secs_f64(),
+        events_per_sec: Some(per_sec),
+        p50_us: p50,
+        p99_us: p99,
+        latency_of: "one Repository::load (snapshot from the factum_snapshots table + tail replay from PostgreSQL)",
+        baseline_events_per_sec: Some(base_per_sec),
+        ratio: Some(per_sec / base_per_sec),
+        target: target.into(),
+        target_met: None,
+        durability: "PostgreSQL defaults (load); reads measured".into(),
+        notes: vec![
+            format!("aggregate of {events} events in a PostgreSQL store at {url}, snapshot every {SNAPSHOT_EVERY}; each load replays {replayed} events after the snapshot"),
+            "events/s here = loads per second; baseline = loads per second with the snapshot in the $snapshot-counter-1 stream of the same store (StreamSnapshotStore); 10 alternating blocks".into(),
+            p50_p99_note("baseline ($snapshot- stream)", &mut in_store.0),
+            p50_p99_note("no snapshot (full replay)", &mut replay.0),
+        ],
+        ..ctx.report(Workload::AggregateLoadPostgres)
     })
 }
 
@@ -395,8 +518,7 @@ pub fn projection_sqlite(ctx: &mut Ctx) -> Result<Report, CliError> {
 /// default `postgres://postgres@127.0.0.1:5432/postgres`; a database of its
 /// own is created and dropped). Without a server the report says skipped.
 pub fn projection_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
-    let base = std::env::var("FACTUM_BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = bench_postgres_url();
     let admin = ctx.rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(5), postgres::connect(&base)).await
     });
