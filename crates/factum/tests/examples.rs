@@ -1,5 +1,14 @@
 //! Runs the two examples' scenarios (the same code `cargo run --example`
-//! runs) and checks what they report.
+//! runs) and checks what they report, then their `rebuild` commands.
+
+// Each example includes `examples/common/rebuild.rs`: separate crates under
+// `cargo run --example`, two modules of this one test crate.
+#![allow(clippy::duplicate_mod)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use factum::projection::ProgressBar;
 
 #[path = "../examples/bank/main.rs"]
 #[allow(dead_code)]
@@ -35,6 +44,83 @@ async fn bank_example() {
     assert_eq!(r.alice_audit_window, vec!["MoneyWithdrawn"]);
     assert_eq!(r.rebuilt_generation, 2);
     assert!(r.rebuild_reports > 0);
+
+    // `bank rebuild DIR account_balances daily_transactions`: both move to
+    // generation 2 with the same content; account_summary is left alone.
+    let out = Captured::default();
+    let names = ["account_balances".to_string(), "daily_transactions".into()];
+    let rebuilt = bank::rebuild(dir.path(), &names, |m| out.bar(m))
+        .await
+        .unwrap();
+    assert_eq!(
+        rebuilt,
+        vec![
+            ("account_balances".into(), 2),
+            ("daily_transactions".into(), 2)
+        ]
+    );
+    let text = out.text();
+    assert!(
+        text.contains("account_balances [##############################] 100%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("daily_transactions: generation 2 is live"),
+        "{text}"
+    );
+    let models = dir.path().join("read-models");
+    let balances = factum::projection::sqlite::SqliteReadModel::new(
+        &models,
+        bank::read_models::AccountBalances,
+    )
+    .unwrap();
+    let rows: Vec<(String, i64)> = balances
+        .reader()
+        .unwrap()
+        .prepare("SELECT account, balance FROM account_balances ORDER BY account")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, r.balances, "the rebuild gives the same balances");
+    // All models (the summary goes 2 → 3); unknown names and missing stores
+    // are clear errors.
+    let all = bank::rebuild(dir.path(), &[], |m| out.bar(m))
+        .await
+        .unwrap();
+    assert_eq!(all[1], ("account_summary".into(), 3));
+    let unknown = bank::rebuild(dir.path(), &["nope".into()], |m| out.bar(m)).await;
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("known: account_balances"));
+    let empty = tempfile::tempdir().unwrap();
+    let missing = bank::rebuild(empty.path(), &[], |m| out.bar(m)).await;
+    assert!(missing.unwrap_err().to_string().contains("no store at"));
+}
+
+/// Collects what progress bars write.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn bar(&self, model: &str) -> ProgressBar {
+        ProgressBar::new(model, Box::new(self.clone()), false)
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
 }
 
 #[tokio::test]
@@ -72,4 +158,12 @@ async fn orders_example() {
         orders::domain::OrderStatus::Paid
     );
     assert_eq!(r.rebuilt_generation, 2);
+    let out = Captured::default();
+    let rebuilt = orders::rebuild(dir.path(), &["revenue_by_product".into()], |m| out.bar(m))
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, vec![("revenue_by_product".into(), 3)]);
+    assert!(out
+        .text()
+        .contains("revenue_by_product: generation 3 is live"));
 }

@@ -8,10 +8,12 @@
 //!   [`sqlite`] (embedded, the default) and [`postgres`] implement them.
 //! - [`ProjectionRunner`]: catch-up from the checkpoint, then live;
 //!   batching; the failure policy; lag; `wait_for`; rebuild.
+//! - [`ProgressBar`]: a rebuild's progress on a terminal or in a log.
 
 mod envelope;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod progress;
 mod runner;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use factum_core::{Position, Timestamp};
 
 pub use envelope::Envelope;
+pub use progress::ProgressBar;
 pub use runner::{ProjectionHandle, ProjectionRunner, RunnerOptions};
 
 /// An error a projection's `apply` returns (any error type).
