@@ -37,6 +37,20 @@ fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> R
     }))
 }
 
+/// A stream of batches, flattened into single responses.
+fn batched_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<Result<Vec<T>, Status>>,
+) -> ResponseStream<T> {
+    use futures_util::StreamExt;
+    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Box::pin(batches.flat_map(|batch| match batch {
+        Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
+        Err(status) => futures_util::stream::iter(vec![Err(status)]),
+    }))
+}
+
 /// The gRPC front end over a store.
 pub struct GrpcApi<S> {
     ctx: Arc<Ctx<S>>,
@@ -78,9 +92,10 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         self.authenticate(&request)?;
-        let (tx, rx) = mpsc::channel(CHANNEL);
+        // Batches of up to 64 responses: a few in flight are plenty.
+        let (tx, rx) = mpsc::channel(8);
         tokio::spawn(grpc_read::run(self.ctx.clone(), request.into_inner(), tx));
-        Ok(Response::new(channel_stream(rx)))
+        Ok(Response::new(batched_stream(rx)))
     }
 
     async fn append(

@@ -120,26 +120,59 @@ fn plan(req: ReadReq) -> Result<Plan, Status> {
     })
 }
 
+/// Messages per batch handed to the response stream: one channel hand-off
+/// per batch instead of per event keeps long reads cheap.
+const BATCH: usize = 64;
+
+/// Batches of responses (or the final error) for the response stream.
+pub type Batches = mpsc::Sender<Result<Vec<ReadResp>, Status>>;
+
 /// Sends to the client; `Err` means the client went away.
 struct Out<'a, S> {
-    tx: mpsc::Sender<Result<ReadResp, Status>>,
+    tx: Batches,
     ctx: &'a Ctx<S>,
     plan: &'a Plan,
+    pending: std::sync::Mutex<Vec<ReadResp>>,
 }
 
 struct Gone;
 
 impl<S> Out<'_, S> {
-    async fn send(&self, content: Content) -> Result<(), Gone> {
-        self.tx
-            .send(Ok(ReadResp {
-                content: Some(content),
-            }))
-            .await
-            .map_err(|_| Gone)
+    /// Queues a message; sends the batch when full or when `now`.
+    async fn push(&self, resp: ReadResp, now: bool) -> Result<(), Gone> {
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(resp);
+            if !now && pending.len() < BATCH {
+                return Ok(());
+            }
+            std::mem::take(&mut *pending)
+        };
+        self.tx.send(Ok(batch)).await.map_err(|_| Gone)
     }
 
-    async fn event(&self, e: &RecordedEvent) -> Result<(), Gone> {
+    /// Sends whatever is queued.
+    async fn flush(&self) -> Result<(), Gone> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Ok(batch)).await.map_err(|_| Gone)
+    }
+
+    /// Sends a control message (and anything queued before it) now.
+    async fn send(&self, content: Content) -> Result<(), Gone> {
+        self.push(
+            ReadResp {
+                content: Some(content),
+            },
+            true,
+        )
+        .await
+    }
+
+    /// An event: queued in reads (`now == false`), sent at once in subscriptions.
+    async fn event(&self, e: &RecordedEvent, now: bool) -> Result<(), Gone> {
         let f = self.plan.uuid;
         let (event, link) = match (e.link.is_some(), self.plan.resolve_links) {
             // Read through a link stream, links resolved: the event and its link.
@@ -154,23 +187,21 @@ impl<S> Out<'_, S> {
         self.ctx
             .metrics
             .sent(1, (e.data.len() + e.metadata.len()) as u64);
-        self.send(Content::Event(read_resp::ReadEvent {
-            event,
-            link,
-            position: Some(read_resp::read_event::Position::CommitPosition(
-                e.position.0,
-            )),
-        }))
-        .await
+        let resp = ReadResp {
+            content: Some(Content::Event(read_resp::ReadEvent {
+                event,
+                link,
+                position: Some(read_resp::read_event::Position::CommitPosition(
+                    e.position.0,
+                )),
+            })),
+        };
+        self.push(resp, now).await
     }
 }
 
 /// Runs a read or subscription, streaming into `tx`.
-pub async fn run<S: EventStore>(
-    ctx: Arc<Ctx<S>>,
-    req: ReadReq,
-    tx: mpsc::Sender<Result<ReadResp, Status>>,
-) {
+pub async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: Batches) {
     let plan = match plan(req) {
         Ok(p) => p,
         Err(status) => {
@@ -182,12 +213,16 @@ pub async fn run<S: EventStore>(
         tx: tx.clone(),
         ctx: &ctx,
         plan: &plan,
+        pending: Default::default(),
     };
     let result = match plan.count {
         Some(n) => {
             let started = Instant::now();
             ctx.metrics.reads.fetch_add(1, Ordering::Relaxed);
-            let r = read(&out, n).await;
+            let r = match read(&out, n).await {
+                Ok(r) => out.flush().await.map(|_| r),
+                gone => gone,
+            };
             ctx.metrics.read_latency.observe(started.elapsed());
             r
         }
@@ -266,7 +301,7 @@ async fn read_stream<S: EventStore>(
         };
         first_page = false;
         for e in &events {
-            out.event(e).await?;
+            out.event(e, false).await?;
         }
         remaining -= events.len() as u64;
         let Some(last) = events.last() else { break };
@@ -340,7 +375,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
                 break;
             }
             if server_filter.is_none_or(|f| f.matches(e)) {
-                out.event(e).await?;
+                out.event(e, false).await?;
                 remaining -= 1;
             }
         }
@@ -445,7 +480,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                 Some(f) => {
                     resume.position = Some(e.position.0);
                     if f.matches(&e) {
-                        out.event(&e).await?;
+                        out.event(&e, true).await?;
                         scanned_since_checkpoint = 0;
                     } else {
                         scanned_since_checkpoint += 1;
@@ -461,7 +496,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                     } else {
                         resume.revision = Some(e.read_revision().0);
                     }
-                    out.event(&e).await?;
+                    out.event(&e, true).await?;
                 }
             },
             Ok(SubscriptionMessage::CaughtUp) => {
