@@ -16,8 +16,9 @@ pub use aggregate::Aggregate;
 pub use context::{CommandContext, EventMetadata};
 pub use event::{CodecError, DomainEvent};
 pub use projection::{
-    Envelope, FailurePolicy, Lag, ProjectionError, ProjectionHandle, ProjectionRunner,
-    ProjectionStatus, ReadModelStore, RebuildProgress, RunState, RunnerOptions, Sink,
+    Envelope, FailurePolicy, Lag, ProjectionError, ProjectionHandle, ProjectionMetrics,
+    ProjectionRunner, ProjectionStatus, ReadModelStore, RebuildProgress, ResubscribePolicy,
+    RunState, RunnerOptions, Sink,
 };
 pub use repository::{Executed, Loaded, Recorded, Repository, RepositoryError};
 pub use snapshot::{

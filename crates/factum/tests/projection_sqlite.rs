@@ -32,6 +32,7 @@ on_every_backend!(
     dead_letter_and_retry_policies,
     rebuild_beside_the_live_generation_then_switch,
     projections_read_upcast_or_pinned_versions,
+    transient_store_errors_resubscribe_from_the_position,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -91,6 +92,17 @@ async fn catch_up_live_restart_and_read_your_writes<S: EventStore + Clone>(
     let lag = handle.lag().await.unwrap();
     assert_eq!(lag.positions_behind, 0);
     assert_eq!(lag.seconds_behind, 0.0);
+    let m = handle.metrics().await.unwrap();
+    assert_eq!(m.lag, lag);
+    let text = factum::projection::render_prometheus(&[m]);
+    assert!(
+        text.contains("factum_projection_lag_positions{projection=\"account_balances\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "factum_projection_position{{projection=\"account_balances\"}} {}\n",
+        head.0
+    )));
 
     // Live: read-your-writes with the position the command returned.
     let done = repo
@@ -218,6 +230,13 @@ async fn stop_policy_commits_nothing_of_the_failing_batch_then_resumes_exactly_o
     let lag = handle.lag().await.unwrap();
     assert_eq!(lag.positions_behind, 5);
     assert!(lag.seconds_behind > 0.0);
+    let m = handle.metrics().await.unwrap();
+    assert_eq!(m.lag.positions_behind, 5);
+    let samples = m.samples();
+    let value = |name: &str| samples.iter().find(|s| s.name == name).unwrap().value;
+    assert_eq!(value("factum_projection_failed"), 1.0);
+    assert_eq!(value("factum_projection_live"), 0.0);
+    assert!(value("factum_projection_lag_seconds") > 0.0);
 
     // Fixed: runs again from the same checkpoint; every deposit counted once.
     f.failures.store(0, Ordering::SeqCst);
@@ -454,4 +473,94 @@ fn bad_names_are_refused() {
         SqliteReadModel::new(dir.path(), Bad),
         Err(ProjectionError::Invalid(_))
     ));
+}
+
+/// The store ends subscriptions with a transient error (a restarting
+/// server) twice mid-stream and refuses one subscribe: the runner
+/// re-subscribes after its position and every event counts exactly once.
+/// A permanent error still stops it.
+async fn transient_store_errors_resubscribe_from_the_position<S: EventStore + Clone>(
+    store: S,
+    dir: tempfile::TempDir,
+) {
+    let repo = Repository::<_, Account>::new(store.clone());
+    bank_activity(&repo, "a", &[1, 2, 3, 4]).await;
+    bank_activity(&repo, "b", &[10, 20]).await;
+    let flaky = common::BreakingStore::new(store.clone(), || {
+        factum_core::Error::Unavailable("connection reset (injected)".into())
+    });
+    flaky.breaks.store(2, Ordering::SeqCst);
+    flaky.refusals.store(1, Ordering::SeqCst);
+    let policy = factum::ResubscribePolicy {
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        max_attempts: Some(3),
+    };
+    let model = SqliteReadModel::new(dir.path().join("rm"), AccountBalances).unwrap();
+    let handle = ProjectionRunner::start(
+        flaky.clone(),
+        model.clone(),
+        RunnerOptions::default()
+            .batch_size(1)
+            .resubscribe(policy.clone()),
+    )
+    .await
+    .unwrap();
+    let head = store.head_position().await.unwrap().unwrap();
+    handle.wait_for(head, WAIT).await.unwrap();
+    assert_eq!(balances(&model), vec![("a".into(), 10), ("b".into(), 30)]);
+    let status = handle.status().unwrap();
+    // Broken after 2 events, refused once (a failed re-subscribe), broken
+    // after 2 more, then it runs.
+    assert_eq!(status.resubscribes, 3);
+    assert_eq!(status.events_applied, 8, "nothing applied twice");
+    assert!(status
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("injected")));
+    // Live again after the breaks.
+    let done = repo
+        .execute("a", &Cmd::Deposit { amount: 5 }, &CommandContext::new())
+        .await
+        .unwrap();
+    handle.wait_for(done.position.unwrap(), WAIT).await.unwrap();
+    assert_eq!(balances(&model)[0], ("a".into(), 15));
+    assert_eq!(handle.status().unwrap().state, RunState::Live);
+    handle.stop().await;
+
+    // A store that stays down: after max_attempts failures in a row, stop.
+    flaky.refusals.store(100, Ordering::SeqCst);
+    let down = ProjectionRunner::start(
+        flaky.clone(),
+        model.clone(),
+        RunnerOptions::default().resubscribe(policy),
+    )
+    .await
+    .unwrap();
+    match down.wait_for(Position(head.0 + 100), WAIT).await {
+        Err(ProjectionError::Stopped { reason, .. }) => {
+            assert!(reason.contains("gave up after 3 re-subscribes"), "{reason}")
+        }
+        other => panic!("expected the projection to give up, got {other:?}"),
+    }
+    assert_eq!(down.status().unwrap().resubscribes, 3);
+    down.stop().await;
+
+    // A permanent error is not retried.
+    let broken = common::BreakingStore::new(store.clone(), || {
+        factum_core::Error::InvalidInput("bad subscription (injected)".into())
+    });
+    broken.breaks.store(1, Ordering::SeqCst);
+    let model = SqliteReadModel::new(dir.path().join("rm2"), AccountBalances).unwrap();
+    let handle = ProjectionRunner::start(broken, model, RunnerOptions::default())
+        .await
+        .unwrap();
+    match handle.wait_for(head, WAIT).await {
+        Err(ProjectionError::Stopped { reason, .. }) => {
+            assert!(reason.contains("bad subscription"), "{reason}")
+        }
+        other => panic!("expected the projection to stop, got {other:?}"),
+    }
+    assert_eq!(handle.status().unwrap().resubscribes, 0);
+    handle.stop().await;
 }

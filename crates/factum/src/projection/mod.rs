@@ -9,8 +9,11 @@
 //! - [`ProjectionRunner`]: catch-up from the checkpoint, then live;
 //!   batching; the failure policy; lag; `wait_for`; rebuild.
 //! - [`ProgressBar`]: a rebuild's progress on a terminal or in a log.
+//! - [`metrics`]: lag and counters as name → value samples and Prometheus
+//!   text, for the application's `/metrics`.
 
 mod envelope;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod progress;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use factum_core::{Position, Timestamp};
 
 pub use envelope::Envelope;
+pub use metrics::{render_prometheus, ProjectionMetrics};
 pub use progress::ProgressBar;
 pub use runner::{ProjectionHandle, ProjectionRunner, RunnerOptions};
 
@@ -147,6 +151,42 @@ impl FailurePolicy {
     }
 }
 
+/// When the store ends a projection's subscription with a transient error
+/// ([`factum_core::Error::is_transient`]: the server or database is down or
+/// restarting), the runner waits and subscribes again after its position,
+/// with exponential backoff, instead of failing. Other errors stop it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResubscribePolicy {
+    /// Wait before the first re-subscribe; doubles after each failure in a
+    /// row (a subscription that delivers anything resets it).
+    pub initial_backoff: Duration,
+    /// Longest wait.
+    pub max_backoff: Duration,
+    /// Failures in a row after which the projection stops (`None`: never).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ResubscribePolicy {
+    /// From 100 ms up to 10 s, for ever.
+    fn default() -> Self {
+        ResubscribePolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_attempts: None,
+        }
+    }
+}
+
+impl ResubscribePolicy {
+    /// The wait before re-subscribing after `failures` (≥ 1) in a row.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
 /// What committing a batch did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BatchOutcome {
@@ -218,7 +258,8 @@ pub enum RunState {
     CatchingUp,
     /// At the head, following live events.
     Live,
-    /// Waiting before retrying a failed batch.
+    /// Waiting before retrying a failed batch, or before re-subscribing
+    /// after a transient store error (`last_error` says which).
     Retrying,
     /// Stopped on request.
     Stopped,
@@ -244,6 +285,9 @@ pub struct ProjectionStatus {
     pub dead_lettered: u64,
     /// Batch attempts that failed and were retried.
     pub retries: u64,
+    /// Times the subscription was re-opened after the store ended it with
+    /// a transient error (see [`ResubscribePolicy`]).
+    pub resubscribes: u64,
     /// The last failure, if any.
     pub last_error: Option<String>,
     /// Commit time of the last event applied.

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    Envelope, FailurePolicy, Lag, ProjectionError, ProjectionStatus, ReadModelStore,
-    RebuildProgress, RunState, Sink,
+    Envelope, FailurePolicy, Lag, ProjectionError, ProjectionMetrics, ProjectionStatus,
+    ReadModelStore, RebuildProgress, ResubscribePolicy, RunState, Sink,
 };
 use crate::upcast::Upcasters;
 
@@ -44,6 +44,9 @@ pub struct RunnerOptions {
     /// How often a checkpoint-only advance (events filtered out) is
     /// persisted (default 1 s).
     pub checkpoint_interval: Duration,
+    /// Re-subscribing after transient store errors (default: from 100 ms
+    /// up to 10 s, for ever).
+    pub resubscribe: ResubscribePolicy,
 }
 
 impl Default for RunnerOptions {
@@ -55,6 +58,7 @@ impl Default for RunnerOptions {
             upcasters: Upcasters::new(),
             pinned: HashMap::new(),
             checkpoint_interval: Duration::from_secs(1),
+            resubscribe: ResubscribePolicy::default(),
         }
     }
 }
@@ -81,6 +85,12 @@ impl RunnerOptions {
     /// Reads `event_type` at `version` (downcasting newer events).
     pub fn pin(mut self, event_type: impl Into<String>, version: u32) -> Self {
         self.pinned.insert(event_type.into(), version);
+        self
+    }
+
+    /// Sets the re-subscribe policy.
+    pub fn resubscribe(mut self, policy: ResubscribePolicy) -> Self {
+        self.resubscribe = policy;
         self
     }
 
@@ -150,6 +160,7 @@ impl Worker {
             events_applied: 0,
             dead_lettered: 0,
             retries: 0,
+            resubscribes: 0,
             last_error: None,
             last_event_at: None,
         });
@@ -187,6 +198,14 @@ impl Worker {
     }
 }
 
+/// Why one subscription of a worker ended without an error.
+enum Interrupted {
+    /// Stop was requested.
+    Stopped,
+    /// The store failed transiently: subscribe again.
+    Transient(factum_core::Error),
+}
+
 struct Work<K> {
     sink: K,
     name: String,
@@ -204,6 +223,8 @@ impl<K: Sink> Work<K> {
         }
     }
 
+    /// Follows the store from the checkpoint until stopped; re-subscribes
+    /// after transient store errors (the options' [`ResubscribePolicy`]).
     async fn run<S: EventStore>(
         &mut self,
         store: S,
@@ -214,13 +235,65 @@ impl<K: Sink> Work<K> {
             s.position = checkpoint;
             s.state = RunState::CatchingUp;
         });
-        let start = checkpoint.map_or(SubscriptionStart::Beginning, |p| {
-            SubscriptionStart::After(p.0)
-        });
-        let mut sub = store
+        let mut failures = 0u32;
+        loop {
+            let error = match self.follow(&store, &mut stop, &mut failures).await? {
+                Interrupted::Stopped => return Ok(()),
+                Interrupted::Transient(e) => e,
+            };
+            failures += 1;
+            let policy = &self.options.resubscribe;
+            if policy.max_attempts.is_some_and(|m| failures > m) {
+                return Err(ProjectionError::Store(format!(
+                    "{error} (gave up after {} re-subscribes)",
+                    failures - 1
+                )));
+            }
+            let wait = policy.backoff(failures);
+            tracing::warn!(projection = %self.name, error = %error, failures,
+                "the subscription ended with a transient error; re-subscribing in {wait:?}");
+            self.live = false;
+            self.status.send_modify(|s| {
+                s.state = RunState::Retrying;
+                s.last_error = Some(format!("event store: {error}"));
+                s.resubscribes += 1;
+            });
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One subscription after the position reached so far: batches and
+    /// commits until stopped (`Stopped`) or the store fails transiently
+    /// (`Transient`, with everything received before committed). Any other
+    /// failure is the error. `failures` is reset once the store delivers.
+    async fn follow<S: EventStore>(
+        &mut self,
+        store: &S,
+        stop: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> Result<Interrupted, ProjectionError> {
+        let start = self
+            .status
+            .borrow()
+            .position
+            .map_or(SubscriptionStart::Beginning, |p| {
+                SubscriptionStart::After(p.0)
+            });
+        let mut sub = match store
             .subscribe(Subscribe::all(start, Some(self.options.filter.clone())))
             .await
-            .map_err(|e| ProjectionError::Store(e.to_string()))?;
+        {
+            Ok(sub) => sub,
+            Err(e) if e.is_transient() => return Ok(Interrupted::Transient(e)),
+            Err(e) => return Err(ProjectionError::Store(e.to_string())),
+        };
+        if self.status.borrow().state == RunState::Retrying {
+            self.status.send_modify(|s| s.state = RunState::CatchingUp);
+        }
         let mut batch: Vec<Envelope> = Vec::with_capacity(self.options.batch_size);
         // A checkpoint-only advance not yet persisted, and when it was seen.
         let mut unpersisted: Option<(Position, Instant)> = None;
@@ -236,7 +309,7 @@ impl<K: Sink> Work<K> {
                     if let Some((p, _)) = unpersisted.take() {
                         self.commit(Vec::new(), p).await?;
                     }
-                    return Ok(());
+                    return Ok(Interrupted::Stopped);
                 }
                 _ = tokio::time::sleep(persist_in.unwrap_or_default()), if persist_in.is_some() => {
                     if let Some((p, _)) = unpersisted.take() {
@@ -254,8 +327,13 @@ impl<K: Sink> Work<K> {
                             "the subscription ended (the store closed)".into(),
                         ))
                     }
+                    Some(Err(e)) if e.is_transient() => {
+                        self.flush(&mut batch).await?;
+                        return Ok(Interrupted::Transient(e));
+                    }
                     Some(Err(e)) => return Err(ProjectionError::Store(e.to_string())),
                     Some(Ok(SubscriptionMessage::Event(e))) => {
+                        *failures = 0;
                         batch.push(Envelope::new(
                             e,
                             &self.options.upcasters,
@@ -267,6 +345,7 @@ impl<K: Sink> Work<K> {
                         }
                     }
                     Some(Ok(SubscriptionMessage::CaughtUp)) => {
+                        *failures = 0;
                         self.flush(&mut batch).await?;
                         self.live = true;
                         self.status.send_modify(|s| s.state = RunState::Live);
@@ -410,6 +489,22 @@ impl<S: EventStore + Clone, M: ReadModelStore> ProjectionHandle<S, M> {
             .map_err(|e| ProjectionError::Store(e.to_string()))?;
         let position = self.status().and_then(|s| s.position);
         lag_between(&self.store, head, position).await
+    }
+
+    /// The live generation's status and lag, for export as metrics
+    /// ([`ProjectionMetrics::samples`], [`render_prometheus`](super::render_prometheus)).
+    /// After [`stop`](Self::stop) it is an error.
+    pub async fn metrics(&self) -> Result<ProjectionMetrics, ProjectionError> {
+        let status = self
+            .status()
+            .ok_or_else(|| self.stopped("stopped by request"))?;
+        let head = self
+            .store
+            .head_position()
+            .await
+            .map_err(|e| ProjectionError::Store(e.to_string()))?;
+        let lag = lag_between(&self.store, head, status.position).await?;
+        Ok(ProjectionMetrics { status, lag })
     }
 
     /// Waits until the live read model reflects every event up to

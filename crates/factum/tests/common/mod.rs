@@ -206,3 +206,103 @@ impl<S: EventStore> EventStore for RacingStore<S> {
         self.inner.head_position().await
     }
 }
+
+/// A store whose subscriptions break: each of the next `breaks`
+/// subscriptions ends with `error` after delivering `events_per_break`
+/// events, and each of the next `refusals` subscribe calls fails with it.
+#[derive(Clone)]
+pub struct BreakingStore<S> {
+    pub inner: S,
+    pub breaks: Arc<AtomicU32>,
+    pub refusals: Arc<AtomicU32>,
+    pub events_per_break: u32,
+    pub error: fn() -> factum_core::Error,
+}
+
+impl<S> BreakingStore<S> {
+    pub fn new(inner: S, error: fn() -> factum_core::Error) -> Self {
+        BreakingStore {
+            inner,
+            breaks: Arc::default(),
+            refusals: Arc::default(),
+            events_per_break: 2,
+            error,
+        }
+    }
+}
+
+fn take_one(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl<S: EventStore> EventStore for BreakingStore<S> {
+    async fn append(
+        &self,
+        stream: StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(&self, r: ReadStream) -> Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(r).await
+    }
+    async fn read_all(&self, r: ReadAll) -> Result<Vec<RecordedEvent>> {
+        self.inner.read_all(r).await
+    }
+    async fn subscribe(&self, r: Subscribe) -> Result<Subscription> {
+        if take_one(&self.refusals) {
+            return Err((self.error)());
+        }
+        let sub = self.inner.subscribe(r).await?;
+        if !take_one(&self.breaks) {
+            return Ok(sub);
+        }
+        let error = self.error;
+        let left = self.events_per_break;
+        let broken = futures_util::stream::unfold(
+            (sub, left, false),
+            move |(mut sub, left, ended)| async move {
+                if ended {
+                    return None;
+                }
+                if left == 0 {
+                    return Some((Err(error()), (sub, 0, true)));
+                }
+                let m = sub.next().await?;
+                let is_event = matches!(m, Ok(factum_core::SubscriptionMessage::Event(_)));
+                Some((m, (sub, left - u32::from(is_event), false)))
+            },
+        );
+        Ok(Subscription::new(broken))
+    }
+    async fn stream_metadata(&self, s: StreamName) -> Result<StreamMetadataResult> {
+        self.inner.stream_metadata(s).await
+    }
+    async fn set_stream_metadata(
+        &self,
+        s: StreamName,
+        e: ExpectedRevision,
+        m: StreamMetadata,
+    ) -> Result<AppendResult> {
+        self.inner.set_stream_metadata(s, e, m).await
+    }
+    async fn delete_stream(
+        &self,
+        s: StreamName,
+        e: ExpectedRevision,
+    ) -> Result<factum_core::DeleteResult> {
+        self.inner.delete_stream(s, e).await
+    }
+    async fn tombstone_stream(
+        &self,
+        s: StreamName,
+        e: ExpectedRevision,
+    ) -> Result<factum_core::DeleteResult> {
+        self.inner.tombstone_stream(s, e).await
+    }
+    async fn head_position(&self) -> Result<Option<factum_core::Position>> {
+        self.inner.head_position().await
+    }
+}
