@@ -1,0 +1,295 @@
+//! KurrentDB's official Rust client against a real `factum serve`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, EventData,
+    ReadAllOptions, ReadStreamOptions, StreamMetadata, StreamPosition, StreamState,
+    SubscribeToAllOptions, SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+    TombstoneStreamOptions,
+};
+
+/// The `factum` binary beside this test's executable, built when missing.
+fn factum_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let bin = dir.join("factum");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "factum-cli", "--bin", "factum"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build the factum binary");
+    }
+    bin
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(factum_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
+            .arg("--data")
+            .arg(dir.path().join("store"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+fn ev(t: &str) -> EventData {
+    EventData::json(t, &serde_json::json!({ "t": t })).unwrap()
+}
+
+async fn read_types(
+    client: &Client,
+    stream: &str,
+    opts: &ReadStreamOptions,
+) -> Result<Vec<String>, Error> {
+    let mut s = client.read_stream(stream.to_owned(), opts).await?;
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await? {
+        out.push(e.get_original_event().event_type.clone());
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_rust_client() {
+    let server = Server::start();
+    let settings: ClientSettings = format!("esdb://{}?tls=false", server.addr).parse().unwrap();
+    let client = Client::new(settings).unwrap();
+
+    // Every expected-revision form, and conflicts with the current revision.
+    let s = name("acct");
+    let opts = |st| AppendToStreamOptions::default().stream_state(st);
+    let r = client
+        .append_to_stream(s.clone(), &opts(StreamState::NoStream), ev("Opened"))
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 0);
+    match client
+        .append_to_stream(s.clone(), &opts(StreamState::NoStream), ev("X"))
+        .await
+    {
+        Err(Error::WrongExpectedVersion { current, .. }) => assert_eq!(
+            current.to_string(),
+            kurrentdb::CurrentRevision::Current(0).to_string()
+        ),
+        other => panic!("{other:?}"),
+    }
+    client
+        .append_to_stream(
+            s.clone(),
+            &opts(StreamState::StreamRevision(0)),
+            vec![ev("D"), ev("D")],
+        )
+        .await
+        .unwrap();
+    client
+        .append_to_stream(s.clone(), &opts(StreamState::StreamExists), ev("W"))
+        .await
+        .unwrap();
+    client
+        .append_to_stream(s.clone(), &opts(StreamState::Any), ev("C"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        client
+            .append_to_stream(name("none"), &opts(StreamState::StreamExists), ev("X"))
+            .await,
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+
+    // Reads both ways.
+    let fwd = read_types(&client, &s, &ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(fwd, ["Opened", "D", "D", "W", "C"]);
+    let back = ReadStreamOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(2);
+    assert_eq!(read_types(&client, &s, &back).await.unwrap(), ["C", "W"]);
+    assert!(matches!(
+        read_types(&client, &name("unknown"), &ReadStreamOptions::default()).await,
+        Err(Error::ResourceNotFound)
+    ));
+
+    // $all with a server-side filter.
+    let tag = name("Tag").replace('-', "");
+    client
+        .append_to_stream(
+            name("f"),
+            &opts(StreamState::Any),
+            vec![ev(&tag), ev("Other")],
+        )
+        .await
+        .unwrap();
+    let filter = SubscriptionFilter::on_event_type().add_prefix(&tag);
+    let mut all = client
+        .read_all(&ReadAllOptions::default().filter(filter).max_count(10))
+        .await
+        .unwrap();
+    let mut hits = Vec::new();
+    while let Some(e) = all.next().await.unwrap() {
+        hits.push(e.get_original_event().event_type.clone());
+    }
+    assert_eq!(hits, [tag.clone()]);
+
+    // Catch-up then live.
+    let live = name("live");
+    client
+        .append_to_stream(live.clone(), &opts(StreamState::Any), ev("Before"))
+        .await
+        .unwrap();
+    let mut sub = client
+        .subscribe_to_stream(
+            live.clone(),
+            &SubscribeToStreamOptions::default().start_from(StreamPosition::Start),
+        )
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        match sub.next_subscription_event().await.unwrap() {
+            SubscriptionEvent::EventAppeared(e) => {
+                seen.push(e.get_original_event().event_type.clone());
+                if seen.len() == 2 {
+                    break;
+                }
+            }
+            SubscriptionEvent::CaughtUp(_) => {
+                client
+                    .append_to_stream(
+                        live.clone(),
+                        &opts(StreamState::StreamRevision(0)),
+                        ev("After"),
+                    )
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["Before", "After"]);
+
+    // Filtered $all subscription with checkpoints.
+    let filter = SubscriptionFilter::on_event_type().add_prefix("NeverWritten");
+    let mut sub = client
+        .subscribe_to_all(&SubscribeToAllOptions::default().filter(filter))
+        .await;
+    let checkpoint = loop {
+        if let SubscriptionEvent::Checkpoint(p) = sub.next_subscription_event().await.unwrap() {
+            break p;
+        }
+    };
+    assert!(checkpoint.commit > 0);
+
+    // Metadata.
+    let md = StreamMetadata::builder().max_count(2).build();
+    client
+        .set_stream_metadata(s.clone(), &AppendToStreamOptions::default(), &md)
+        .await
+        .unwrap();
+    let back = client
+        .get_stream_metadata(
+            s.clone(),
+            &ReadStreamOptions::default()
+                .backwards()
+                .position(StreamPosition::End)
+                .max_count(1),
+        )
+        .await
+        .unwrap();
+    let kurrentdb::StreamMetadataResult::Success(m) = back else {
+        panic!("{back:?}")
+    };
+    assert_eq!(m.metadata().max_count, Some(2));
+    assert_eq!(
+        read_types(&client, &s, &ReadStreamOptions::default())
+            .await
+            .unwrap(),
+        ["W", "C"]
+    );
+
+    // $ce- with resolved links.
+    let cat = format!("cat{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    client
+        .append_to_stream(format!("{cat}-1"), &opts(StreamState::Any), ev("One"))
+        .await
+        .unwrap();
+    let mut links = client
+        .read_stream(
+            format!("$ce-{cat}"),
+            &ReadStreamOptions::default().resolve_link_tos(),
+        )
+        .await
+        .unwrap();
+    let e = links.next().await.unwrap().unwrap();
+    // The resolved event, and the link it was read through ("original").
+    assert_eq!(e.event.as_ref().unwrap().stream_id(), format!("{cat}-1"));
+    assert_eq!(e.get_original_event().stream_id(), format!("$ce-{cat}"));
+    assert_eq!(e.link.as_ref().unwrap().event_type, "$>");
+
+    // Delete, recreate, tombstone.
+    client
+        .delete_stream(s.clone(), &DeleteStreamOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_types(&client, &s, &ReadStreamOptions::default()).await,
+        Err(Error::ResourceNotFound)
+    ));
+    client
+        .tombstone_stream(s.clone(), &TombstoneStreamOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_types(&client, &s, &ReadStreamOptions::default()).await,
+        Err(Error::ResourceDeleted)
+    ));
+    assert!(matches!(
+        client
+            .append_to_stream(s.clone(), &opts(StreamState::Any), ev("X"))
+            .await,
+        Err(Error::ResourceDeleted)
+    ));
+}
