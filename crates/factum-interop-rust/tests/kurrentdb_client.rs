@@ -173,7 +173,7 @@ async fn official_rust_client() {
     while let Some(e) = all.next().await.unwrap() {
         hits.push(e.get_original_event().event_type.clone());
     }
-    assert_eq!(hits, [tag.clone()]);
+    assert_eq!(hits, vec![tag]);
 
     // Catch-up then live.
     let live = name("live");
