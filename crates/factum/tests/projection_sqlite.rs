@@ -64,6 +64,26 @@ async fn bank_activity<S: EventStore + Clone>(
     last.unwrap()
 }
 
+/// Waits until the runner reports `Live`: a position can be reached before
+/// the store says it caught up (an event appended during catch-up is
+/// delivered before `CaughtUp`).
+async fn eventually_live<S: EventStore + Clone, M: factum::ReadModelStore>(
+    handle: &factum::ProjectionHandle<S, M>,
+) -> factum::ProjectionStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = handle.status().unwrap();
+        if status.state == RunState::Live {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not live within {WAIT:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn balances(model: &SqliteReadModel<impl SqliteProjection>) -> Vec<(String, i64)> {
     let conn = model.reader().unwrap();
     let mut stmt = conn
@@ -111,8 +131,7 @@ async fn catch_up_live_restart_and_read_your_writes<S: EventStore + Clone>(
         .unwrap();
     handle.wait_for(done.position.unwrap(), WAIT).await.unwrap();
     assert_eq!(balances(&model)[0], ("a".into(), 23));
-    let status = handle.status().unwrap();
-    assert_eq!(status.state, RunState::Live);
+    let status = eventually_live(&handle).await;
     assert_eq!(status.events_applied, 6);
 
     // A position never written: the wait times out with where it got to.
@@ -525,7 +544,7 @@ async fn transient_store_errors_resubscribe_from_the_position<S: EventStore + Cl
         .unwrap();
     handle.wait_for(done.position.unwrap(), WAIT).await.unwrap();
     assert_eq!(balances(&model)[0], ("a".into(), 15));
-    assert_eq!(handle.status().unwrap().state, RunState::Live);
+    eventually_live(&handle).await;
     handle.stop().await;
 
     // A store that stays down: after max_attempts failures in a row, stop.
