@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use deadpool_postgres::ClientWrapper;
 use deadpool_postgres::{Object, Pool};
 use factum_core::rules::{self, Decision, Operation, StreamState, WriteKind, TOMBSTONE_REVISION};
 use factum_core::{
@@ -13,7 +14,6 @@ use factum_core::{
     StreamRevision, Uuid,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Transaction;
 
 use crate::{db_err, PostgresConfig, Tables};
 
@@ -34,6 +34,7 @@ pub fn start(pool: Pool, tables: Tables, config: PostgresConfig) -> mpsc::Sender
 
 async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::Receiver<Request>) {
     let mut client: Option<Object> = None;
+    let sql = Sql::new(&tables);
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < config.max_group_appends {
@@ -55,7 +56,7 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
             }
         }
         let c = client.as_mut().expect("connected above");
-        match commit_group(c, &tables, &config, &group).await {
+        match commit_group(c, &sql, &tables, &config, &group).await {
             Ok(answers) => {
                 for (r, a) in group.into_iter().zip(answers) {
                     let _ = r.reply.send(a);
@@ -72,6 +73,66 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                     let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
                 }
             }
+        }
+    }
+}
+
+/// The writer's statements, for the configured schema.
+struct Sql {
+    lock_head: String,
+    load_streams: String,
+    retry_ids: String,
+    insert_events: String,
+    insert_links: String,
+    upsert_streams: String,
+    update_head: String,
+}
+
+impl Sql {
+    fn new(t: &Tables) -> Sql {
+        Sql {
+            // The clock is read in the same statement; monotonic `created` is
+            // kept by taking the maximum with the last commit's time.
+            lock_head: format!(
+                "SELECT next_position, next_stream_id, last_created,
+                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+                 FROM {} WHERE id = 1 FOR UPDATE",
+                t.head
+            ),
+            load_streams: format!(
+                "SELECT name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata
+                 FROM {} WHERE name = ANY($1)",
+                t.streams
+            ),
+            retry_ids: format!(
+                "SELECT id, revision, position FROM {} WHERE stream_id = $1 AND revision >= $2 AND flags & 1 = 0
+                 ORDER BY revision LIMIT $3",
+                t.events
+            ),
+            insert_events: format!(
+                "INSERT INTO {} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
+                                      $7::smallint[], $8::smallint[], $9::bigint[], $10::bytea[], $11::bytea[])",
+                t.events
+            ),
+            insert_links: format!(
+                "INSERT INTO {} (stream_id, revision, position) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])",
+                t.links
+            ),
+            upsert_streams: format!(
+                "INSERT INTO {} (name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::uuid[], $6::bigint[],
+                                      $7::boolean[], $8::boolean[], $9::bytea[])
+                 ON CONFLICT (name) DO UPDATE SET
+                     last_revision = EXCLUDED.last_revision, last_position = EXCLUDED.last_position,
+                     last_event_id = EXCLUDED.last_event_id, base = EXCLUDED.base, deleted = EXCLUDED.deleted,
+                     tombstoned = EXCLUDED.tombstoned, metadata = EXCLUDED.metadata",
+                t.streams
+            ),
+            update_head: format!(
+                "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1",
+                t.head
+            ),
         }
     }
 }
@@ -102,7 +163,7 @@ struct Rows {
 }
 
 struct Group<'t> {
-    t: &'t Tables,
+    sql: &'t Sql,
     states: HashMap<String, Entry>,
     touched: HashSet<String>,
     next_position: i64,
@@ -197,117 +258,106 @@ impl Group<'_> {
     }
 
     /// Inserts the pending rows (so queries in this transaction see them).
-    async fn flush(&mut self, tx: &Transaction<'_>) -> Result<()> {
+    async fn flush(&mut self, tx: &ClientWrapper) -> Result<()> {
         let r = std::mem::take(&mut self.rows);
-        if !r.position.is_empty() {
+        let (events, links) = tokio::try_join!(
+            tx.prepare_cached(&self.sql.insert_events),
+            tx.prepare_cached(&self.sql.insert_links)
+        )
+        .map_err(q)?;
+        let insert_events = async {
+            if r.position.is_empty() {
+                return Ok(0);
+            }
             tx.execute(
-                &format!(
-                    "INSERT INTO {} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
-                     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
-                                          $7::smallint[], $8::smallint[], $9::bigint[], $10::bytea[], $11::bytea[])",
-                    self.t.events
-                ),
-                &[&r.position, &r.stream_id, &r.stream_name, &r.revision, &r.id, &r.event_type,
-                  &r.content_type, &r.flags, &r.created, &r.data, &r.metadata],
+                &events,
+                &[
+                    &r.position,
+                    &r.stream_id,
+                    &r.stream_name,
+                    &r.revision,
+                    &r.id,
+                    &r.event_type,
+                    &r.content_type,
+                    &r.flags,
+                    &r.created,
+                    &r.data,
+                    &r.metadata,
+                ],
             )
             .await
-            .map_err(q)?;
-        }
-        if !r.link_stream.is_empty() {
+        };
+        let insert_links = async {
+            if r.link_stream.is_empty() {
+                return Ok(0);
+            }
             tx.execute(
-                &format!(
-                    "INSERT INTO {} (stream_id, revision, position) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])",
-                    self.t.links
-                ),
+                &links,
                 &[&r.link_stream, &r.link_revision, &r.link_position],
             )
             .await
-            .map_err(q)?;
-        }
+        };
+        // Pipelined: both statements go out before either answer comes back.
+        tokio::try_join!(insert_events, insert_links).map_err(q)?;
         Ok(())
     }
 
-    async fn save_streams(&mut self, tx: &Transaction<'_>) -> Result<()> {
-        if self.touched.is_empty() {
-            return Ok(());
-        }
-        let mut c = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+    /// The touched streams' states, column by column (for `UNNEST`).
+    #[allow(clippy::type_complexity)]
+    fn stream_columns(
+        &mut self,
+    ) -> (
+        Vec<String>,
+        Vec<i64>,
+        Vec<Option<i64>>,
+        Vec<i64>,
+        Vec<Uuid>,
+        Vec<i64>,
+        Vec<bool>,
+        Vec<bool>,
+        Vec<Option<Vec<u8>>>,
+    ) {
+        let mut c = Default::default();
+        let (names, ids, revs, poss, evids, bases, dels, tombs, metas): &mut (
+            Vec<String>,
+            Vec<i64>,
+            Vec<Option<i64>>,
+            Vec<i64>,
+            Vec<Uuid>,
+            Vec<i64>,
+            Vec<bool>,
+            Vec<bool>,
+            Vec<Option<Vec<u8>>>,
+        ) = &mut c;
         for name in self.touched.drain() {
             let e = &self.states[&name];
             let s = &e.state;
-            c.0.push(name.clone());
-            c.1.push(e.id);
-            c.2.push(s.last_revision.map(|r| r as i64));
-            c.3.push(s.last_position as i64);
-            c.4.push(s.last_event_id);
-            c.5.push(s.base as i64);
-            c.6.push(s.deleted);
-            c.7.push(s.tombstoned);
-            c.8.push(s.metadata.clone());
+            names.push(name.clone());
+            ids.push(e.id);
+            revs.push(s.last_revision.map(|r| r as i64));
+            poss.push(s.last_position as i64);
+            evids.push(s.last_event_id);
+            bases.push(s.base as i64);
+            dels.push(s.deleted);
+            tombs.push(s.tombstoned);
+            metas.push(s.metadata.clone());
         }
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::uuid[], $6::bigint[],
-                                      $7::boolean[], $8::boolean[], $9::bytea[])
-                 ON CONFLICT (name) DO UPDATE SET
-                     last_revision = EXCLUDED.last_revision, last_position = EXCLUDED.last_position,
-                     last_event_id = EXCLUDED.last_event_id, base = EXCLUDED.base, deleted = EXCLUDED.deleted,
-                     tombstoned = EXCLUDED.tombstoned, metadata = EXCLUDED.metadata",
-                self.t.streams
-            ),
-            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
-        )
-        .await
-        .map_err(q)?;
-        Ok(())
+        c
     }
 }
 
 /// Runs one group in one transaction; the outer error means the whole
-/// transaction failed (nothing of it is known to be committed).
+/// transaction failed (nothing of it is known to be committed). Statements
+/// are prepared once per connection and pipelined where they do not depend
+/// on each other's answers: begin, lock + load, (retry checks), writes, commit.
 async fn commit_group(
     client: &mut Object,
+    sql: &Sql,
     t: &Tables,
     config: &PostgresConfig,
     group: &[Request],
 ) -> Result<Vec<Result<AppendResult>>> {
-    let tx = client.transaction().await.map_err(q)?;
-    let head = tx
-        .query_one(
-            &format!("SELECT next_position, next_stream_id, last_created FROM {} WHERE id = 1 FOR UPDATE", t.head),
-            &[],
-        )
-        .await
-        .map_err(q)?;
-    let clock: i64 = tx
-        .query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-            &[],
-        )
-        .await
-        .map_err(q)?
-        .get(0);
-    let mut g = Group {
-        t,
-        states: HashMap::new(),
-        touched: HashSet::new(),
-        next_position: head.get(0),
-        next_stream_id: head.get(1),
-        created: clock.max(head.get::<_, i64>(2)),
-        rows: Rows::default(),
-    };
-    // Load every stream the group may touch in one query.
+    // Every stream the group may touch, loaded in one query.
     let mut names: Vec<String> = Vec::new();
     for r in group {
         let (owner, written) = rules::streams_of(&r.stream, &r.op);
@@ -321,17 +371,36 @@ async fn commit_group(
     }
     names.sort();
     names.dedup();
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata
-                 FROM {} WHERE name = ANY($1)",
-                t.streams
-            ),
-            &[&names],
-        )
-        .await
-        .map_err(q)?;
+    // The transaction is managed by hand so BEGIN, the head lock and the
+    // load go out in one round trip, and the writes and COMMIT in another.
+    let tx: &ClientWrapper = client;
+    let (lock_head, load_streams) = tokio::try_join!(
+        tx.prepare_cached(&sql.lock_head),
+        tx.prepare_cached(&sql.load_streams)
+    )
+    .map_err(q)?;
+    let load_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
+    let begun = tokio::try_join!(
+        tx.batch_execute("BEGIN"),
+        tx.query_one(&lock_head, &[]),
+        tx.query(&load_streams, &load_params)
+    );
+    let (_, head, rows) = match begun {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            return Err(q(e));
+        }
+    };
+    let mut g = Group {
+        sql,
+        states: HashMap::new(),
+        touched: HashSet::new(),
+        next_position: head.get(0),
+        next_stream_id: head.get(1),
+        created: head.get::<_, i64>(3).max(head.get::<_, i64>(2)),
+        rows: Rows::default(),
+    };
     for row in rows {
         let state = StreamState {
             last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
@@ -371,17 +440,11 @@ async fn commit_group(
                     ids,
                     otherwise,
                 } => {
-                    g.flush(&tx).await?;
+                    g.flush(tx).await?;
                     let id = g.states.get(stream.as_str()).map(|e| e.id).unwrap_or(-1);
+                    let retry = tx.prepare_cached(&sql.retry_ids).await.map_err(q)?;
                     let found = tx
-                        .query(
-                            &format!(
-                                "SELECT id, revision, position FROM {} WHERE stream_id = $1 AND revision >= $2 AND flags & 1 = 0
-                                 ORDER BY revision LIMIT $3",
-                                t.events
-                            ),
-                            &[&id, &(first as i64), &(ids.len() as i64)],
-                        )
+                        .query(&retry, &[&id, &(first as i64), &(ids.len() as i64)])
                         .await
                         .map_err(q)?;
                     let same = found.len() == ids.len()
@@ -411,25 +474,105 @@ async fn commit_group(
         };
         answers.push(answer);
     }
+    match finish(tx, sql, t, &mut g, &head).await {
+        Ok(()) => Ok(answers),
+        Err(e) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Writes the group's rows, the stream states and the head, and commits:
+/// every statement is sent before the first answer is awaited, so this is
+/// one round trip. A failed statement aborts the transaction, and the
+/// COMMIT behind it then rolls back.
+async fn finish(
+    tx: &ClientWrapper,
+    sql: &Sql,
+    t: &Tables,
+    g: &mut Group<'_>,
+    head: &tokio_postgres::Row,
+) -> Result<()> {
     let wrote = g.next_position != head.get::<_, i64>(0);
-    g.flush(&tx).await?;
-    g.save_streams(&tx).await?;
-    if wrote || g.next_stream_id != head.get::<_, i64>(1) {
+    if !wrote && g.next_stream_id == head.get::<_, i64>(1) && g.touched.is_empty() {
+        return tx
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| db_err("commit", e));
+    }
+    let (events, links, upsert, update_head, notify) = tokio::try_join!(
+        tx.prepare_cached(&sql.insert_events),
+        tx.prepare_cached(&sql.insert_links),
+        tx.prepare_cached(&sql.upsert_streams),
+        tx.prepare_cached(&sql.update_head),
+        tx.prepare_cached("SELECT pg_notify($1, $2)")
+    )
+    .map_err(q)?;
+    let r = std::mem::take(&mut g.rows);
+    let c = g.stream_columns();
+    let next = g.next_position.to_string();
+    let insert_events = async {
+        if r.position.is_empty() {
+            return Ok(0);
+        }
         tx.execute(
-            &format!("UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1", t.head),
-            &[&g.next_position, &g.next_stream_id, &g.created],
+            &events,
+            &[
+                &r.position,
+                &r.stream_id,
+                &r.stream_name,
+                &r.revision,
+                &r.id,
+                &r.event_type,
+                &r.content_type,
+                &r.flags,
+                &r.created,
+                &r.data,
+                &r.metadata,
+            ],
         )
         .await
-        .map_err(q)?;
-    }
-    if wrote {
+    };
+    let insert_links = async {
+        if r.link_stream.is_empty() {
+            return Ok(0);
+        }
         tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&t.channel, &g.next_position.to_string()],
+            &links,
+            &[&r.link_stream, &r.link_revision, &r.link_position],
         )
         .await
-        .map_err(q)?;
-    }
-    tx.commit().await.map_err(|e| db_err("commit", e))?;
-    Ok(answers)
+    };
+    let upsert_streams = async {
+        if c.0.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            &upsert,
+            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
+        )
+        .await
+    };
+    let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&g.next_position, &g.next_stream_id, &g.created];
+    let head_row = tx.execute(&update_head, &head_params);
+    // Delivered at commit, so a woken subscriber finds the events.
+    let notify = async {
+        if !wrote {
+            return Ok(0);
+        }
+        tx.execute(&notify, &[&t.channel, &next]).await
+    };
+    let commit = async { tx.batch_execute("COMMIT").await.map(|_| 0u64) };
+    tokio::try_join!(
+        insert_events,
+        insert_links,
+        upsert_streams,
+        head_row,
+        notify,
+        commit
+    )
+    .map_err(|e| db_err("commit", e))?;
+    Ok(())
 }

@@ -14,6 +14,7 @@
 pub mod append;
 pub mod grpc;
 pub mod open;
+pub mod postgres;
 pub mod read;
 pub mod subscribe;
 pub mod toolkit;
@@ -95,6 +96,16 @@ pub enum Workload {
     GrpcReadAll,
     /// Append → live delivery over gRPC, against the engine.
     GrpcSubscribeLatency,
+    /// PostgreSQL backend, one client, single appends (vs Message DB, engine).
+    PgAppendSeq,
+    /// PostgreSQL backend, 64 clients (vs Message DB, engine).
+    PgAppendConcurrent,
+    /// PostgreSQL backend, 1,000 events per append (vs Message DB, engine).
+    PgAppendBatch,
+    /// PostgreSQL backend, `$all` reads (vs engine).
+    PgReadAll,
+    /// PostgreSQL backend, live subscription latency (vs engine).
+    PgSubscribeLatency,
 }
 
 impl Workload {
@@ -113,6 +124,11 @@ impl Workload {
             Workload::AggregateLoadPostgres => "aggregate-load-postgres",
             Workload::ProjectionSqlite => "projection-sqlite",
             Workload::ProjectionPostgres => "projection-postgres",
+            Workload::PgAppendSeq => "pg-append-seq",
+            Workload::PgAppendConcurrent => "pg-append-concurrent",
+            Workload::PgAppendBatch => "pg-append-batch",
+            Workload::PgReadAll => "pg-read-all",
+            Workload::PgSubscribeLatency => "pg-subscribe-latency",
             Workload::GrpcAppendSeq => "grpc-append-seq",
             Workload::GrpcAppendConcurrent => "grpc-append-concurrent",
             Workload::GrpcAppendBatch => "grpc-append-batch",
@@ -121,7 +137,7 @@ impl Workload {
         }
     }
 
-    const ALL: [Workload; 17] = [
+    const ALL: [Workload; 22] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -134,6 +150,11 @@ impl Workload {
         Workload::AggregateLoadPostgres,
         Workload::ProjectionSqlite,
         Workload::ProjectionPostgres,
+        Workload::PgAppendSeq,
+        Workload::PgAppendConcurrent,
+        Workload::PgAppendBatch,
+        Workload::PgReadAll,
+        Workload::PgSubscribeLatency,
         Workload::GrpcAppendSeq,
         Workload::GrpcAppendConcurrent,
         Workload::GrpcAppendBatch,
@@ -309,6 +330,12 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             Workload::AggregateLoadPostgres => toolkit::aggregate_load_postgres(&mut ctx),
             Workload::ProjectionSqlite => toolkit::projection_sqlite(&mut ctx),
             Workload::ProjectionPostgres => toolkit::projection_postgres(&mut ctx),
+            w
+            @ (Workload::PgAppendSeq | Workload::PgAppendConcurrent | Workload::PgAppendBatch) => {
+                postgres::append(&mut ctx, w)
+            }
+            Workload::PgReadAll => postgres::read_all(&mut ctx),
+            Workload::PgSubscribeLatency => postgres::subscribe_latency(&mut ctx),
             Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx),
             Workload::GrpcAppendConcurrent => grpc::append_concurrent(&mut ctx),
             Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx),
