@@ -41,6 +41,23 @@ pub struct ServeArgs {
     /// A config file of `name = value` lines with the flags' names.
     #[arg(long, env = "FACTUM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where events live: `engine` (the embedded engine in --data) or
+    /// `postgres` (a shared PostgreSQL database; servers are stateless)
+    /// [default: engine].
+    #[arg(long, env = "FACTUM_BACKEND", value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// PostgreSQL connection string, with `--backend postgres`.
+    #[arg(long, env = "FACTUM_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema of the store, with `--backend postgres` [default: factum].
+    #[arg(long, env = "FACTUM_POSTGRES_SCHEMA", value_name = "NAME")]
+    pub postgres_schema: Option<String>,
+}
+
+/// Where the served store lives.
+enum Backend {
+    Engine(PathBuf),
+    Postgres { url: String, schema: String },
 }
 
 /// Reads `name = value` lines; `#` starts a comment; values may be quoted.
@@ -68,6 +85,9 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "advertise",
             "max-append-bytes",
             "shutdown-grace",
+            "backend",
+            "postgres-url",
+            "postgres-schema",
         ];
         if !known.contains(&key.as_str()) {
             return Err(CliError::usage(format!(
@@ -84,7 +104,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
 
 /// The settings after layering flags, environment and file.
 struct Settings {
-    data: PathBuf,
+    backend: Backend,
     listen: String,
     insecure: bool,
     advertise: Option<String>,
@@ -105,14 +125,40 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             })
             .transpose()
     };
-    let data = args
-        .data
-        .or_else(|| file.get("data").map(PathBuf::from))
-        .ok_or_else(|| {
-            CliError::usage(
-                "--data DIR is required (or FACTUM_DATA, or data = … in the config file)",
-            )
-        })?;
+    let backend_name = args
+        .backend
+        .or_else(|| file.get("backend").cloned())
+        .unwrap_or_else(|| "engine".into());
+    let backend = match backend_name.as_str() {
+        "engine" => Backend::Engine(
+            args.data
+                .or_else(|| file.get("data").map(PathBuf::from))
+                .ok_or_else(|| {
+                    CliError::usage(
+                        "--data DIR is required (or FACTUM_DATA, or data = … in the config file)",
+                    )
+                })?,
+        ),
+        "postgres" => Backend::Postgres {
+            url: args
+                .postgres_url
+                .or_else(|| file.get("postgres-url").cloned())
+                .ok_or_else(|| {
+                    CliError::usage(
+                        "--backend postgres needs --postgres-url URL (or FACTUM_POSTGRES_URL)",
+                    )
+                })?,
+            schema: args
+                .postgres_schema
+                .or_else(|| file.get("postgres-schema").cloned())
+                .unwrap_or_else(|| "factum".into()),
+        },
+        other => {
+            return Err(CliError::usage(format!(
+                "unknown backend {other:?}: use engine or postgres"
+            )))
+        }
+    };
     let insecure = match args.insecure {
         Some(v) => v.unwrap_or(true),
         None => match file.get("insecure").map(String::as_str) {
@@ -126,7 +172,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         },
     };
     Ok(Settings {
-        data,
+        backend,
         listen: args
             .listen
             .or_else(|| file.get("listen").cloned())
@@ -173,55 +219,82 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             "TLS and authentication are not implemented yet: pass --insecure to serve without them",
         ));
     }
-    std::fs::create_dir_all(&s.data)
-        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", s.data.display())))?;
-    let engine = Arc::new(open(&s.data, EngineConfig::default())?);
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&s.listen)
-            .await
-            .map_err(|e| CliError::failure(format!("cannot listen on {}: {e}", s.listen)))?;
-        let bound = listener.local_addr()?;
-        let advertise: SocketAddr = match &s.advertise {
-            Some(a) => a
-                .parse()
-                .map_err(|_| CliError::usage(format!("--advertise {a:?} is not host:port")))?,
-            None => bound,
-        };
-        let mut config = factum_server::ServerConfig::new(advertise);
-        if let Some(m) = s.max_append_bytes {
-            config.max_append_bytes = m;
-            config.max_message_bytes = (m as usize).saturating_add(1024 * 1024);
+    match &s.backend {
+        Backend::Engine(data) => {
+            std::fs::create_dir_all(data)
+                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", data.display())))?;
+            let engine = Arc::new(open(data, EngineConfig::default())?);
+            let rt = runtime()?;
+            let dir = data.clone();
+            let probe: SizeProbe = Arc::new(move || dir_size(&dir));
+            let what = data.display().to_string();
+            let result = rt.block_on(serve_store(&s, engine.clone(), Some(probe), &what));
+            rt.shutdown_timeout(Duration::from_secs(1));
+            engine.close()?;
+            eprintln!("store closed");
+            result
         }
-        let dir = s.data.clone();
-        config.size_probe = Some(Arc::new(move || dir_size(&dir)));
-        println!(
-            "factum serving {} on {bound} (gRPC and HTTP; insecure)",
-            s.data.display()
-        );
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(factum_server::serve(
-            listener,
-            engine.clone(),
-            config,
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        signal().await;
-        eprintln!("shutting down");
-        let _ = stop_tx.send(());
-        match tokio::time::timeout(s.grace, server).await {
-            Ok(Ok(r)) => r.map_err(CliError::from),
-            Ok(Err(e)) => Err(CliError::failure(format!("the server task failed: {e}"))),
-            Err(_) => {
-                eprintln!("requests still running after {:?}: closing anyway", s.grace);
-                Ok(())
-            }
+        Backend::Postgres { url, schema } => {
+            let rt = runtime()?;
+            let config = factum_postgres::PostgresConfig::new(url.clone()).schema(schema.clone());
+            let result = rt.block_on(async {
+                let store = factum_postgres::PostgresStore::connect(config)
+                    .await
+                    .map_err(|e| CliError::failure(format!("PostgreSQL: {e}")))?;
+                serve_store(
+                    &s,
+                    Arc::new(store),
+                    None,
+                    &format!("PostgreSQL schema {schema}"),
+                )
+                .await
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+            result
         }
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    engine.close()?;
-    eprintln!("store closed");
-    result
+    }
+}
+
+type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// Serves `store` until SIGTERM or SIGINT, then waits up to the grace period
+/// for in-flight requests.
+async fn serve_store<S: factum_core::EventStore>(
+    s: &Settings,
+    store: Arc<S>,
+    size_probe: Option<SizeProbe>,
+    what: &str,
+) -> Result<(), CliError> {
+    let listener = tokio::net::TcpListener::bind(&s.listen)
+        .await
+        .map_err(|e| CliError::failure(format!("cannot listen on {}: {e}", s.listen)))?;
+    let bound = listener.local_addr()?;
+    let advertise: SocketAddr = match &s.advertise {
+        Some(a) => a
+            .parse()
+            .map_err(|_| CliError::usage(format!("--advertise {a:?} is not host:port")))?,
+        None => bound,
+    };
+    let mut config = factum_server::ServerConfig::new(advertise);
+    if let Some(m) = s.max_append_bytes {
+        config.max_append_bytes = m;
+        config.max_message_bytes = (m as usize).saturating_add(1024 * 1024);
+    }
+    config.size_probe = size_probe;
+    println!("factum serving {what} on {bound} (gRPC and HTTP; insecure)");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(factum_server::serve(listener, store, config, async {
+        let _ = stop_rx.await;
+    }));
+    signal().await;
+    eprintln!("shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(s.grace, server).await {
+        Ok(Ok(r)) => r.map_err(CliError::from),
+        Ok(Err(e)) => Err(CliError::failure(format!("the server task failed: {e}"))),
+        Err(_) => {
+            eprintln!("requests still running after {:?}: closing anyway", s.grace);
+            Ok(())
+        }
+    }
 }
