@@ -58,6 +58,8 @@ enum Command {
     Reindex(commands::admin::ReindexArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
     Serve(commands::serve::ServeArgs),
+    /// Applies pending PostgreSQL schema migrations (also applied on start).
+    Migrate(commands::admin::MigrateArgs),
     /// Measures the embedded engine against raw-disk baselines.
     Bench(bench::BenchArgs),
     /// Appends forever from concurrent tasks and reports every acknowledged
@@ -96,6 +98,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(a) => commands::admin::verify(a),
         Command::Reindex(a) => commands::admin::reindex(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Migrate(a) => commands::admin::migrate(a),
         Command::Bench(a) => bench::run(a),
         Command::CrashLoad(a) => commands::crash_load::run(a),
         Command::BenchOpenProbe(a) => bench::open::probe(a),

@@ -124,3 +124,49 @@ async fn two_servers_over_one_database_are_interchangeable() {
         .await
         .unwrap();
 }
+
+#[test]
+fn migrate_applies_once_and_refuses_bad_schema_names() {
+    let schema = format!("factum_migrate_{}", factum_core::Uuid::new_v4().simple());
+    let run = |schema: &str| {
+        Command::new(env!("CARGO_BIN_EXE_factum"))
+            .args([
+                "migrate",
+                "--postgres-url",
+                &url(),
+                "--postgres-schema",
+                schema,
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = run(&schema);
+    if !first.status.success() && std::env::var("CI").as_deref() != Ok("true") {
+        eprintln!("SKIPPED: {}", String::from_utf8_lossy(&first.stderr));
+        return;
+    }
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1]"));
+    let again = run(&schema);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+    let bad = run("x;drop table y");
+    assert_eq!(bad.status.code(), Some(2));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    });
+}

@@ -131,7 +131,7 @@ pub(crate) fn db_err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("PostgreSQL {context}: {e}"))
 }
 
-fn valid_schema(s: &str) -> Result<()> {
+pub(crate) fn valid_schema(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 48
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')

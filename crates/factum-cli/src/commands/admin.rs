@@ -110,3 +110,37 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Arguments of `factum migrate`.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "FACTUM_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: String,
+    /// Schema of the store [default: factum].
+    #[arg(
+        long,
+        env = "FACTUM_POSTGRES_SCHEMA",
+        value_name = "NAME",
+        default_value = "factum"
+    )]
+    pub postgres_schema: String,
+}
+
+/// Runs `factum migrate`: applies pending migrations and says which.
+pub fn migrate(args: MigrateArgs) -> Result<(), CliError> {
+    let rt = super::runtime()?;
+    let applied = rt.block_on(factum_postgres::migrate(
+        &args.postgres_url,
+        &args.postgres_schema,
+    ))?;
+    if applied.is_empty() {
+        println!("schema {} is up to date", args.postgres_schema);
+    } else {
+        println!(
+            "schema {}: applied migrations {applied:?}",
+            args.postgres_schema
+        );
+    }
+    Ok(())
+}
