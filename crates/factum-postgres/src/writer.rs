@@ -43,37 +43,85 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                 Err(_) => break,
             }
         }
-        if client.is_none() {
-            match pool.get().await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    let why = format!("PostgreSQL is unreachable: {e}");
+        // A group that failed before its COMMIT was sent was rolled back:
+        // retrying it (on a fresh connection) is safe. After the COMMIT went
+        // out the outcome is unknown, and the callers are told so.
+        let mut attempt = 0u32;
+        loop {
+            if client.is_none() {
+                match pool.get().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) if attempt < RETRIES => {
+                        attempt += 1;
+                        tracing::warn!("PostgreSQL unreachable ({e}); retry {attempt}");
+                        tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let why = format!("PostgreSQL is unreachable: {e}");
+                        for r in group {
+                            let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
+                        }
+                        break;
+                    }
+                }
+            }
+            let c = client.as_mut().expect("connected above");
+            match commit_group(c, &sql, &tables, &config, &group).await {
+                Ok(answers) => {
+                    for (r, a) in group.into_iter().zip(answers) {
+                        let _ = r.reply.send(a);
+                    }
+                    break;
+                }
+                Err(Failure::RolledBack(e)) if attempt < RETRIES => {
+                    discard(&mut client);
+                    attempt += 1;
+                    tracing::warn!("append group rolled back ({e}); retry {attempt}");
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                }
+                Err(f) => {
+                    discard(&mut client);
+                    let why = match f {
+                        Failure::RolledBack(e) => format!("{e}; nothing was written"),
+                        Failure::Unknown(e) => format!(
+                            "{e}; the append may or may not have been committed: retrying it with the same event ids is safe"
+                        ),
+                    };
+                    tracing::warn!("append group failed: {why}");
                     for r in group {
                         let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
                     }
-                    continue;
+                    break;
                 }
             }
         }
-        let c = client.as_mut().expect("connected above");
-        match commit_group(c, &sql, &tables, &config, &group).await {
-            Ok(answers) => {
-                for (r, a) in group.into_iter().zip(answers) {
-                    let _ = r.reply.send(a);
-                }
-            }
-            Err(e) => {
-                // The connection may be broken; take a fresh one next time.
-                client = None;
-                let why = format!(
-                    "{e}; the append may or may not have been committed: retrying it with the same event ids is safe"
-                );
-                tracing::warn!("append group failed: {why}");
-                for r in group {
-                    let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
-                }
-            }
-        }
+    }
+}
+
+/// Drops a connection that may be broken or inside a failed transaction
+/// instead of returning it to the pool.
+fn discard(client: &mut Option<Object>) {
+    if let Some(c) = client.take() {
+        drop(Object::take(c));
+    }
+}
+
+/// Retries of a group that was rolled back before its commit.
+const RETRIES: u32 = 3;
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How a group transaction failed.
+enum Failure {
+    /// Before the COMMIT was sent: nothing was written.
+    RolledBack(Error),
+    /// The COMMIT was sent: the outcome is unknown.
+    Unknown(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::RolledBack(e)
     }
 }
 
@@ -356,7 +404,7 @@ async fn commit_group(
     t: &Tables,
     config: &PostgresConfig,
     group: &[Request],
-) -> Result<Vec<Result<AppendResult>>> {
+) -> std::result::Result<Vec<Result<AppendResult>>, Failure> {
     // Every stream the group may touch, loaded in one query.
     let mut names: Vec<String> = Vec::new();
     for r in group {
@@ -389,7 +437,7 @@ async fn commit_group(
         Ok(r) => r,
         Err(e) => {
             let _ = tx.batch_execute("ROLLBACK").await;
-            return Err(q(e));
+            return Err(Failure::RolledBack(q(e)));
         }
     };
     let mut g = Group {
@@ -478,7 +526,7 @@ async fn commit_group(
         Ok(()) => Ok(answers),
         Err(e) => {
             let _ = tx.batch_execute("ROLLBACK").await;
-            Err(e)
+            Err(Failure::Unknown(e))
         }
     }
 }

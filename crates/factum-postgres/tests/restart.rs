@@ -179,14 +179,15 @@ async fn acknowledged_events_survive_a_postgres_crash_and_subscriptions_resume()
         .unwrap();
 
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(4);
+    let until = Instant::now() + Duration::from_secs(6);
     let writers: Vec<_> = (0..8)
         .map(|w| tokio::spawn(writer(store.clone(), w, until, errors.clone())))
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     server.pg_ctl(&["stop", "-m", "immediate"]).unwrap(); // a crash: no clean shutdown
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Down for longer than the writer's own retries (1.2 s), so callers see errors.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     server.pg_ctl(&["start", "-w"]).unwrap();
 
     let mut acked = HashSet::new();
