@@ -210,6 +210,53 @@ struct Rows {
     link_position: Vec<i64>,
 }
 
+impl Rows {
+    /// Inserts the event rows (none: nothing is sent).
+    async fn insert_events(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.position.is_empty() {
+            return Ok(0);
+        }
+        let r = self;
+        tx.execute(
+            stmt,
+            &[
+                &r.position,
+                &r.stream_id,
+                &r.stream_name,
+                &r.revision,
+                &r.id,
+                &r.event_type,
+                &r.content_type,
+                &r.flags,
+                &r.created,
+                &r.data,
+                &r.metadata,
+            ],
+        )
+        .await
+    }
+
+    /// Inserts the link rows (none: nothing is sent).
+    async fn insert_links(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.link_stream.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            stmt,
+            &[&self.link_stream, &self.link_revision, &self.link_position],
+        )
+        .await
+    }
+}
+
 struct Group<'t> {
     sql: &'t Sql,
     states: HashMap<String, Entry>,
@@ -313,40 +360,8 @@ impl Group<'_> {
             tx.prepare_cached(&self.sql.insert_links)
         )
         .map_err(q)?;
-        let insert_events = async {
-            if r.position.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(
-                &events,
-                &[
-                    &r.position,
-                    &r.stream_id,
-                    &r.stream_name,
-                    &r.revision,
-                    &r.id,
-                    &r.event_type,
-                    &r.content_type,
-                    &r.flags,
-                    &r.created,
-                    &r.data,
-                    &r.metadata,
-                ],
-            )
-            .await
-        };
-        let insert_links = async {
-            if r.link_stream.is_empty() {
-                return Ok(0);
-            }
-            tx.execute(
-                &links,
-                &[&r.link_stream, &r.link_revision, &r.link_position],
-            )
-            .await
-        };
         // Pipelined: both statements go out before either answer comes back.
-        tokio::try_join!(insert_events, insert_links).map_err(q)?;
+        tokio::try_join!(r.insert_events(tx, &events), r.insert_links(tx, &links)).map_err(q)?;
         Ok(())
     }
 
@@ -560,38 +575,8 @@ async fn finish(
     let r = std::mem::take(&mut g.rows);
     let c = g.stream_columns();
     let next = g.next_position.to_string();
-    let insert_events = async {
-        if r.position.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &events,
-            &[
-                &r.position,
-                &r.stream_id,
-                &r.stream_name,
-                &r.revision,
-                &r.id,
-                &r.event_type,
-                &r.content_type,
-                &r.flags,
-                &r.created,
-                &r.data,
-                &r.metadata,
-            ],
-        )
-        .await
-    };
-    let insert_links = async {
-        if r.link_stream.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &links,
-            &[&r.link_stream, &r.link_revision, &r.link_position],
-        )
-        .await
-    };
+    let insert_events = r.insert_events(tx, &events);
+    let insert_links = r.insert_links(tx, &links);
     let upsert_streams = async {
         if c.0.is_empty() {
             return Ok(0);
