@@ -185,8 +185,9 @@ async fn acknowledged_events_survive_a_postgres_crash_and_subscriptions_resume()
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    server.pg_ctl(&["stop", "-m", "immediate"]).unwrap(); // a crash: no clean shutdown
-    // Down for longer than the writer's own retries (1.2 s), so callers see errors.
+    // A crash (no clean shutdown), down for longer than the writer's own
+    // retries (1.2 s), so callers see errors.
+    server.pg_ctl(&["stop", "-m", "immediate"]).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     server.pg_ctl(&["start", "-w"]).unwrap();
 
