@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod batch;
 mod wire;
 
 use factum_core::{
@@ -52,6 +53,8 @@ const MAX_MESSAGE: usize = 65 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Client {
     streams: StreamsClient<Channel>,
+    /// The BatchAppend call appends share, opened on first use.
+    batcher: std::sync::Arc<tokio::sync::Mutex<Option<std::sync::Arc<batch::Batcher>>>>,
 }
 
 impl Client {
@@ -91,9 +94,24 @@ impl Client {
             streams: StreamsClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            batcher: Default::default(),
         })
     }
 
+    /// The shared BatchAppend call, (re)opened when needed.
+    async fn batcher(&self) -> Result<std::sync::Arc<batch::Batcher>> {
+        let mut slot = self.batcher.lock().await;
+        match slot.as_ref() {
+            Some(b) if b.is_open() => Ok(b.clone()),
+            _ => {
+                let b = batch::Batcher::open(&self.streams).await?;
+                *slot = Some(b.clone());
+                Ok(b)
+            }
+        }
+    }
+
+    /// Appends through the `Append` call (one HTTP/2 stream per append).
     async fn append_raw(
         &self,
         stream: &StreamName,
@@ -282,7 +300,10 @@ impl EventStore for Client {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.append_raw(&stream, expected, events).await
+        self.batcher()
+            .await?
+            .append(&stream, expected, events)
+            .await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {

@@ -264,21 +264,29 @@ pub async fn batch_append<S: EventStore>(
     tx: mpsc::Sender<Result<BatchAppendResp, Status>>,
 ) {
     let mut pending: HashMap<Uuid, Pending> = HashMap::new();
-    loop {
-        let msg = match input.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(status) => {
-                let _ = tx.send(Err(transport_status(status))).await;
-                return;
-            }
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut shutdown = ctx.shutdown.clone();
+    let end = loop {
+        // Finished appends need no bookkeeping.
+        while in_flight.try_join_next().is_some() {}
+        let next = tokio::select! {
+            m = input.message() => Some(m),
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let msg = match next {
+            Some(Ok(Some(m))) => m,
+            // The client closed its side: answer what it sent, then end.
+            Some(Ok(None)) => break None,
+            Some(Err(status)) => break Some(transport_status(status)),
+            // Shutting down: appends already taken finish and are answered;
+            // then the call ends so the server can stop.
+            None => break Some(Status::unavailable("server is shutting down")),
         };
         let correlation =
             match convert::uuid_from_wire(msg.correlation_id.as_ref(), "correlation_id") {
                 Ok(c) => c,
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
+                    break Some(status);
                 }
             };
         let wire_correlation = msg.correlation_id.clone();
@@ -286,18 +294,14 @@ pub async fn batch_append<S: EventStore>(
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let Some(options) = msg.options.as_ref() else {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "the first request of batch append {correlation} carries no options"
-                        ))))
-                        .await;
-                    return;
+                    break Some(Status::invalid_argument(format!(
+                        "the first request of batch append {correlation} carries no options"
+                    )));
                 };
                 let stream = match convert::stream_from_wire(options.stream_identifier.as_ref()) {
                     Ok(s) => s,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        break Some(status);
                     }
                 };
                 use batch_append_req::options::ExpectedStreamPosition as E;
@@ -343,7 +347,7 @@ pub async fn batch_append<S: EventStore>(
             continue;
         };
         let (ctx, tx) = (ctx.clone(), tx.clone());
-        tokio::spawn(async move {
+        in_flight.spawn(async move {
             let result = match refused {
                 Some(e) => Err(e),
                 None => write(&ctx, p.stream.clone(), p.expected.to_core(), p.events).await,
@@ -357,6 +361,11 @@ pub async fn batch_append<S: EventStore>(
                 )))
                 .await;
         });
+    };
+    // Dropping the JoinSet would abort appends still running: wait for them.
+    while in_flight.join_next().await.is_some() {}
+    if let Some(status) = end {
+        let _ = tx.send(Err(status)).await;
     }
 }
 
@@ -453,6 +462,15 @@ fn batch_error(e: &Error) -> rpc::Status {
         Error::Unavailable(_) => (
             rpc::Code::Unavailable,
             any("event_store.client.Unknown", &shared::Unknown {}),
+        ),
+        Error::InvalidInput(msg) => (
+            rpc::Code::InvalidArgument,
+            any(
+                "event_store.client.BadRequest",
+                &shared::BadRequest {
+                    message: msg.clone(),
+                },
+            ),
         ),
         other => (
             rpc::Code::InvalidArgument,

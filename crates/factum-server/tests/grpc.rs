@@ -382,3 +382,58 @@ async fn shutdown_ends_subscriptions_with_unavailable() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_answers_taken_batch_appends_then_ends_the_call() {
+    use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
+    let mut server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BatchAppendReq>();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client.batch_append(requests).await.unwrap().into_inner();
+    let AppendReq {
+        content: Some(append_req::Content::ProposedMessage(p)),
+    } = proposed("X", b"{}")
+    else {
+        unreachable!()
+    };
+    tx.send(BatchAppendReq {
+        correlation_id: Some(shared::Uuid {
+            value: Some(shared::uuid::Value::String(
+                uuid::Uuid::new_v4().to_string(),
+            )),
+        }),
+        options: Some(batch_append_req::Options {
+            stream_identifier: sid("batch-1"),
+            expected_stream_position: Some(
+                batch_append_req::options::ExpectedStreamPosition::NoStream(()),
+            ),
+            deadline_option: None,
+        }),
+        proposed_messages: vec![batch_append_req::ProposedMessage {
+            id: p.id,
+            metadata: p.metadata,
+            custom_metadata: p.custom_metadata,
+            data: p.data,
+        }],
+        is_final: true,
+    })
+    .unwrap();
+    let first = responses.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.result, Some(batch_append_resp::Result::Success(_))),
+        "{first:?}"
+    );
+    // The call stays open (tx alive) while the server shuts down.
+    server.stop.take().unwrap().send(()).unwrap();
+    let end = responses.message().await;
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    drop(tx);
+    drop(client);
+    tokio::time::timeout(std::time::Duration::from_secs(10), server.task)
+        .await
+        .expect("server stops although a batch-append call was open")
+        .unwrap()
+        .unwrap();
+}

@@ -191,6 +191,7 @@ fn append_workload(
             clients.push(served.client().await?);
         }
         let side = appends(&clients, writers, per_append, time, max).await?;
+        drop(clients);
         served.stop().await?;
         Ok::<_, CliError>(side)
     })?;
