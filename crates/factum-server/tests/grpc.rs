@@ -437,3 +437,32 @@ async fn shutdown_answers_taken_batch_appends_then_ends_the_call() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn malformed_protobuf_is_refused_and_the_server_goes_on() {
+    let server = start().await;
+    let ch = channel(server.addr).await;
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.unwrap();
+    // AllStreamPosition's field 1 is a varint; ReadReq's field 1 is a
+    // message: the bytes cannot decode as a ReadReq.
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/event_store.client.streams.Streams/Read",
+    );
+    let codec = tonic_prost::ProstCodec::<shared::AllStreamPosition, ReadResp>::default();
+    let garbage = shared::AllStreamPosition {
+        commit_position: 5,
+        prepare_position: 0,
+    };
+    let result = grpc
+        .server_streaming(tonic::Request::new(garbage), path, codec)
+        .await;
+    let err = match result {
+        Err(e) => e,
+        Ok(resp) => resp.into_inner().message().await.unwrap_err(),
+    };
+    assert_ne!(err.code(), Code::Ok);
+    assert!(err.message().contains("decode"), "{err:?}");
+    let mut client = StreamsClient::new(ch);
+    assert!(collect(&mut client, read_stream("any-1", 1)).await.is_ok());
+}
