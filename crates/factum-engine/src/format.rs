@@ -6,7 +6,7 @@
 //! read and checked without reading its whole batch.
 
 use bytes::Bytes;
-use factum_core::{ContentType, StreamName, StreamRevision, Timestamp, Uuid};
+use factum_core::{ContentType, StreamName, Timestamp, Uuid};
 
 /// Segment header magic: `FACTUMSG`.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"FACTUMSG";
@@ -222,11 +222,6 @@ impl StoredEvent {
             },
             len,
         ))
-    }
-
-    /// The stream revision as a typed value.
-    pub fn stream_revision(&self) -> StreamRevision {
-        StreamRevision(self.revision)
     }
 }
 

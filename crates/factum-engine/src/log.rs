@@ -83,6 +83,21 @@ impl Segment {
         Ok(buf.freeze())
     }
 
+    /// The bytes of the event record at `offset`: one short read, and a
+    /// second only for a record longer than it.
+    pub fn read_record(&self, offset: u64) -> Result<Bytes> {
+        let b = self.read_upto(offset, 1024)?;
+        match crate::format::StoredEvent::peek_len(&b) {
+            None => Err(Error::Corrupt {
+                file: self.path.clone(),
+                offset,
+                detail: "event record is cut short".into(),
+            }),
+            Some(len) if len > b.len() => self.read_exact(offset, len),
+            Some(_) => Ok(b),
+        }
+    }
+
     /// The file's length.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {

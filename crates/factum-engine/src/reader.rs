@@ -74,11 +74,6 @@ impl Reader {
             })
     }
 
-    /// The event record at `loc`, checksum verified.
-    pub fn event_at(&self, loc: Loc) -> Result<StoredEvent> {
-        PointReads::new(self).event(loc, None)
-    }
-
     /// The frame at `loc`, checked.
     pub fn frame_at(&self, loc: Loc) -> Result<(FrameHeader, Vec<(StoredEvent, u32)>)> {
         let seg = self.segment(loc)?;
@@ -404,13 +399,6 @@ impl<'r> PointReads<'r> {
             }
         }
         // Not cacheable, or the record crosses a block boundary.
-        let seg = self.reader.segment(loc)?;
-        let mut b = seg.read_upto(offset, 1024)?;
-        let len = StoredEvent::peek_len(&b)
-            .ok_or_else(|| corrupt(&seg, offset, "event record is cut short"))?;
-        if len > b.len() {
-            b = seg.read_exact(offset, len)?;
-        }
-        Ok(b)
+        self.reader.segment(loc)?.read_record(offset)
     }
 }

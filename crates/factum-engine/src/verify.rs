@@ -189,11 +189,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             return Ok(());
         }
         let seg = segments_for_read.get(loc.segment()).expect("location checked above");
-        let b = seg.read_upto(loc.offset(), 4096)?;
-        let b = match StoredEvent::peek_len(&b) {
-            Some(l) if l > b.len() => seg.read_exact(loc.offset(), l)?,
-            _ => b,
-        };
+        let b = seg.read_record(loc.offset())?;
         if let Ok((e, _)) = StoredEvent::decode(&b, true) {
             let belongs = e.stream.as_str() == name && e.revision == rev
                 || StreamName::new(&e.stream)
