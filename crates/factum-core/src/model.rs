@@ -441,6 +441,30 @@ impl RecordedEvent {
     pub fn read_revision(&self) -> StreamRevision {
         self.link.as_ref().map_or(self.revision, |l| l.revision)
     }
+
+    /// The id of the link event through which this event was read (from a
+    /// `$ce-`/`$et-` stream), `None` when it was read directly. Factum
+    /// stores no link records, so the id is derived: the same link reads
+    /// with the same id every time, and the wire, consumers' acks and the
+    /// persistent subscriptions all agree on it.
+    pub fn link_id(&self) -> Option<Uuid> {
+        let link = self.link.as_ref()?;
+        // FNV-1a over the link stream name, folded into the target's id; the
+        // version nibble marks it as a v8 (custom) UUID.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in link.stream.as_str().bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let mixed = self.id.as_u128() ^ ((h as u128) << 64 | h.rotate_left(17) as u128);
+        Some(uuid::Builder::from_custom_bytes(mixed.to_be_bytes()).into_uuid())
+    }
+
+    /// The id of what a reader received first: the link when read through
+    /// one, else the event (KurrentDB's "original event"); consumers ack by it.
+    pub fn original_id(&self) -> Uuid {
+        self.link_id().unwrap_or(self.id)
+    }
 }
 
 #[cfg(test)]

@@ -195,27 +195,12 @@ pub fn event_to_wire(e: &RecordedEvent, format: UuidFormat) -> WireEvent {
     }
 }
 
-/// A deterministic id for the link event pointing at `e` from `stream`:
-/// Factum stores no link records, so the id is derived (the same link reads
-/// with the same id every time).
-pub fn link_id(e: &RecordedEvent, link_stream: &StreamName) -> Uuid {
-    // FNV-1a over the link stream name, folded into the target's id; the
-    // version nibble marks it as a v8 (custom) UUID.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in link_stream.as_str().bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let mixed = e.id.as_u128() ^ ((h as u128) << 64 | h.rotate_left(17) as u128);
-    uuid::Builder::from_custom_bytes(mixed.to_be_bytes()).into_uuid()
-}
-
 /// The link event (`$>`, data `"<revision>@<stream>"`) through which `e`
 /// was read, when it was read through a `$ce-`/`$et-` stream.
 pub fn link_to_wire(e: &RecordedEvent, format: UuidFormat) -> Option<WireEvent> {
     let link = e.link.as_ref()?;
     Some(WireEvent {
-        id: Some(uuid_to_wire(link_id(e, &link.stream), format)),
+        id: Some(uuid_to_wire(e.original_id(), format)),
         stream_identifier: Some(stream_to_wire(&link.stream)),
         stream_revision: link.revision.0,
         // No separate link record exists: the link stands at its target's position.

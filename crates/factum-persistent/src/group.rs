@@ -1,0 +1,990 @@
+//! One group: a task that reads the source lazily, hands events to consumers
+//! by the group's strategy, tracks acks, retries, timeouts and parking, and
+//! writes the checkpoint. Commands reach it over a channel, so a group never
+//! shares state with another and a slow consumer only ever holds up itself:
+//! the source is read only while the read-ahead buffer has room, and each
+//! consumer receives at most its window of unacked events.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use factum_core::{
+    ContentType, EventData, EventStore, ExpectedRevision, Link, ReadStream, RecordedEvent,
+    StreamMetadata, StreamName, StreamRevision, Subscribe, Subscription, SubscriptionMessage,
+    SubscriptionStart, Uuid,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::{PersistentError, Result};
+use crate::info::{ConnectionInfo, GroupInfo};
+use crate::settings::{ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom};
+
+/// The event type of checkpoint events (KurrentDB's name).
+pub const CHECKPOINT_EVENT_TYPE: &str = "$SubscriptionCheckpoint";
+/// The event type of parked-message links.
+pub const PARKED_EVENT_TYPE: &str = "$>";
+
+/// How long a group waits before re-subscribing after its source failed.
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
+/// Throughput is measured per this interval.
+const MEASUREMENT: Duration = Duration::from_secs(1);
+
+/// What a consumer does with an event it cannot handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NackAction {
+    /// Move it to the parked stream now.
+    Park,
+    /// Deliver it again (parked after `max_retry_count` retries).
+    Retry,
+    /// Drop it: it counts as handled.
+    Skip,
+    /// End this consumer's connection; the event is delivered again.
+    Stop,
+}
+
+/// An event handed to a consumer.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The event (with its link when the source is a `$ce-`/`$et-` stream).
+    pub event: Arc<RecordedEvent>,
+    /// How many times it was delivered before.
+    pub retry_count: u32,
+}
+
+impl Delivery {
+    /// The id to ack or nack it by: the link's when it came through one.
+    pub fn id(&self) -> Uuid {
+        self.event.original_id()
+    }
+}
+
+/// What a consumer's channel carries.
+#[derive(Debug)]
+pub(crate) enum ConsumerMessage {
+    Event(Delivery),
+    Dropped(String),
+}
+
+/// A new consumer's handles.
+pub(crate) struct Connected {
+    pub consumer: u64,
+    pub events: mpsc::UnboundedReceiver<ConsumerMessage>,
+}
+
+/// Requests to a group's task.
+pub(crate) enum Command {
+    Connect {
+        name: String,
+        from: String,
+        window: usize,
+        reply: oneshot::Sender<Result<Connected>>,
+    },
+    Ack {
+        consumer: u64,
+        ids: Vec<Uuid>,
+    },
+    Nack {
+        consumer: u64,
+        ids: Vec<Uuid>,
+        action: NackAction,
+        reason: String,
+    },
+    Disconnect {
+        consumer: u64,
+    },
+    Info {
+        reply: oneshot::Sender<GroupInfo>,
+    },
+    ReplayParked {
+        stop_at: Option<u64>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Stop {
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// An event on its way through the group.
+struct Message {
+    event: Arc<RecordedEvent>,
+    retry_count: u32,
+    /// Its place in the source (revision or position) while it holds the
+    /// checkpoint back; `None` for events replayed from the parked stream.
+    seq: Option<u64>,
+}
+
+struct InFlight {
+    message: Message,
+    consumer: u64,
+    nonce: u64,
+}
+
+struct Consumer {
+    id: u64,
+    name: String,
+    from: String,
+    tx: mpsc::UnboundedSender<ConsumerMessage>,
+    window: usize,
+    in_flight: usize,
+    total: u64,
+    measured: u64,
+    last_measured: u64,
+}
+
+/// A group's task state.
+pub(crate) struct Group<S> {
+    key: GroupKey,
+    source: GroupSource,
+    settings: GroupSettings,
+    store: Arc<S>,
+    /// Where to (re)subscribe from.
+    resume: SubscriptionStart,
+    resubscribe_at: Option<Instant>,
+    source_closed: bool,
+    live: bool,
+    last_read: Option<u64>,
+    scanned_to: Option<u64>,
+    /// Source places read and not yet handled (`true` once handled), in
+    /// source order: the checkpoint is the last place before the first
+    /// unhandled one.
+    window: VecDeque<(u64, bool)>,
+    checkpoint_candidate: Option<u64>,
+    checkpoint_written: Option<u64>,
+    checkpoint_stream_ready: bool,
+    since_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    buffer: VecDeque<Message>,
+    retry: VecDeque<Message>,
+    in_flight: HashMap<Uuid, InFlight>,
+    timeouts: VecDeque<(Instant, Uuid, u64)>,
+    nonce: u64,
+    consumers: Vec<Consumer>,
+    next_consumer: u64,
+    round_robin: usize,
+    parked: u64,
+    parked_total: u64,
+    redelivered: u64,
+    total_items: u64,
+    measured: u64,
+    last_measured: u64,
+    measured_at: Instant,
+}
+
+impl<S: EventStore> Group<S> {
+    /// Prepares a group: reads its checkpoint and parked count, and works
+    /// out where reading starts.
+    pub(crate) async fn load(
+        key: GroupKey,
+        source: GroupSource,
+        settings: GroupSettings,
+        store: Arc<S>,
+    ) -> Result<Self> {
+        let checkpoint = read_checkpoint(&*store, &key).await?;
+        let parked = parked_count(&*store, &key.parked_stream()).await?;
+        let now = Instant::now();
+        let mut group = Group {
+            key,
+            source,
+            settings,
+            store,
+            resume: SubscriptionStart::Beginning,
+            resubscribe_at: Some(now),
+            source_closed: false,
+            live: false,
+            last_read: checkpoint,
+            scanned_to: checkpoint,
+            window: VecDeque::new(),
+            checkpoint_candidate: checkpoint,
+            checkpoint_written: checkpoint,
+            checkpoint_stream_ready: checkpoint.is_some(),
+            since_checkpoint: 0,
+            last_checkpoint_at: now,
+            buffer: VecDeque::new(),
+            retry: VecDeque::new(),
+            in_flight: HashMap::new(),
+            timeouts: VecDeque::new(),
+            nonce: 0,
+            consumers: Vec::new(),
+            next_consumer: 1,
+            round_robin: 0,
+            parked,
+            parked_total: 0,
+            redelivered: 0,
+            total_items: 0,
+            measured: 0,
+            last_measured: 0,
+            measured_at: now,
+        };
+        group.resume = match checkpoint {
+            Some(c) => SubscriptionStart::After(c),
+            None => group.initial_start().await?,
+        };
+        Ok(group)
+    }
+
+    /// Where a group without a checkpoint starts. `End` is resolved once
+    /// and written as the checkpoint, so a restart does not skip the events
+    /// appended in between.
+    async fn initial_start(&mut self) -> Result<SubscriptionStart> {
+        Ok(match self.settings.start_from {
+            StartFrom::Start | StartFrom::At(0) => SubscriptionStart::Beginning,
+            StartFrom::At(n) => SubscriptionStart::After(n - 1),
+            StartFrom::End => {
+                let end = match &self.source {
+                    GroupSource::All(_) => self.store.head_position().await?.map(|p| p.0),
+                    GroupSource::Stream(s) => last_revision(&*self.store, &stream_name(s)?).await?,
+                };
+                match end {
+                    None => SubscriptionStart::Beginning,
+                    Some(e) => {
+                        self.checkpoint_candidate = Some(e);
+                        self.last_read = Some(e);
+                        self.scanned_to = Some(e);
+                        self.write_checkpoint().await;
+                        SubscriptionStart::After(e)
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs until stopped or until every handle to it is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut subscription: Option<Subscription> = None;
+        loop {
+            self.dispatch();
+            if self.since_checkpoint >= u64::from(self.settings.max_checkpoint_count) {
+                self.write_checkpoint().await;
+            }
+            let can_read =
+                subscription.is_some() && self.buffer.len() < self.settings.buffer_capacity();
+            let wake = self.next_wake();
+            enum Woken {
+                Command(Option<Command>),
+                Source(Option<factum_core::Result<SubscriptionMessage>>),
+                Timer,
+            }
+            let woken = tokio::select! {
+                biased;
+                c = commands.recv() => Woken::Command(c),
+                m = async { subscription.as_mut().expect("can_read").next().await }, if can_read => {
+                    Woken::Source(m)
+                }
+                _ = tokio::time::sleep_until(wake) => Woken::Timer,
+            };
+            match woken {
+                Woken::Command(None) => {
+                    self.stop("the subsystem stopped").await;
+                    return;
+                }
+                Woken::Command(Some(Command::Stop { reason, reply })) => {
+                    self.stop(&reason).await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Woken::Command(Some(c)) => self.handle(c).await,
+                Woken::Source(m) => {
+                    if !self.on_source(m) {
+                        subscription = None;
+                    }
+                }
+                Woken::Timer => {
+                    self.on_timer().await;
+                    if subscription.is_none() && self.resubscribe_due() {
+                        subscription = self.subscribe().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn resubscribe_due(&self) -> bool {
+        !self.source_closed && self.resubscribe_at.is_some_and(|t| t <= Instant::now())
+    }
+
+    async fn subscribe(&mut self) -> Option<Subscription> {
+        let request = match &self.source {
+            GroupSource::Stream(s) => match stream_name(s) {
+                Ok(name) => Subscribe::stream(name, self.resume),
+                Err(e) => {
+                    tracing::error!(group = %self.key, "cannot subscribe: {e}");
+                    self.resubscribe_at = None;
+                    return None;
+                }
+            },
+            GroupSource::All(filter) => {
+                let filter = filter.as_ref().map(|f| f.to_filter()).transpose();
+                match filter {
+                    Ok(f) => Subscribe::all(self.resume, f),
+                    Err(e) => {
+                        tracing::error!(group = %self.key, "cannot subscribe: {e}");
+                        self.resubscribe_at = None;
+                        return None;
+                    }
+                }
+            }
+        };
+        match self.store.subscribe(request).await {
+            Ok(s) => {
+                self.resubscribe_at = None;
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.key, "subscribing to the source failed, retrying: {e}");
+                self.resubscribe_at = Some(Instant::now() + RESUBSCRIBE_BACKOFF);
+                None
+            }
+        }
+    }
+
+    /// Takes one message from the source; `false` when the subscription is
+    /// gone (an error: re-subscribe later; the end: the store closed).
+    fn on_source(&mut self, message: Option<factum_core::Result<SubscriptionMessage>>) -> bool {
+        match message {
+            Some(Ok(SubscriptionMessage::Event(event))) => {
+                let seq = match self.source {
+                    GroupSource::Stream(_) => event.read_revision().0,
+                    GroupSource::All(_) => event.position.0,
+                };
+                self.last_read = Some(seq);
+                self.scanned_to = Some(seq);
+                self.resume = SubscriptionStart::After(seq);
+                self.window.push_back((seq, false));
+                self.buffer.push_back(Message {
+                    event: Arc::new(event),
+                    retry_count: 0,
+                    seq: Some(seq),
+                });
+                true
+            }
+            Some(Ok(SubscriptionMessage::Checkpoint(p))) => {
+                if self.scanned_to.is_none_or(|s| s < p.0) {
+                    self.scanned_to = Some(p.0);
+                    self.resume = SubscriptionStart::After(p.0);
+                    self.advance_candidate();
+                }
+                true
+            }
+            Some(Ok(SubscriptionMessage::CaughtUp)) => {
+                self.live = true;
+                true
+            }
+            Some(Ok(SubscriptionMessage::FellBehind)) => {
+                self.live = false;
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(group = %self.key, "source subscription failed, re-subscribing: {e}");
+                self.live = false;
+                self.resubscribe_at = Some(Instant::now() + RESUBSCRIBE_BACKOFF);
+                false
+            }
+            None => {
+                self.source_closed = true;
+                false
+            }
+        }
+    }
+
+    /// Hands waiting events (retries first) to consumers with room.
+    fn dispatch(&mut self) {
+        loop {
+            let from_retry = !self.retry.is_empty();
+            let next = if from_retry {
+                self.retry.front()
+            } else {
+                self.buffer.front()
+            };
+            let Some(message) = next else { return };
+            if self.in_flight.contains_key(&message.event.original_id()) {
+                // The same event is out already (replayed while in flight):
+                // it waits for that delivery's outcome.
+                return;
+            }
+            let event = message.event.clone();
+            let Some(index) = self.choose(&event) else {
+                return;
+            };
+            let message = if from_retry {
+                self.retry.pop_front()
+            } else {
+                self.buffer.pop_front()
+            }
+            .expect("peeked");
+            let consumer = &mut self.consumers[index];
+            let delivery = Delivery {
+                event: message.event.clone(),
+                retry_count: message.retry_count,
+            };
+            if consumer.tx.send(ConsumerMessage::Event(delivery)).is_err() {
+                // The consumer went away without saying so.
+                let id = consumer.id;
+                self.retry.push_front(message);
+                self.remove_consumer(id);
+                continue;
+            }
+            consumer.in_flight += 1;
+            consumer.total += 1;
+            consumer.measured += 1;
+            self.total_items += 1;
+            self.measured += 1;
+            if message.retry_count > 0 {
+                self.redelivered += 1;
+            }
+            self.nonce += 1;
+            let id = message.event.original_id();
+            if !self.settings.message_timeout.is_zero() {
+                self.timeouts.push_back((
+                    Instant::now() + self.settings.message_timeout,
+                    id,
+                    self.nonce,
+                ));
+            }
+            let consumer = consumer.id;
+            self.in_flight.insert(
+                id,
+                InFlight {
+                    message,
+                    consumer,
+                    nonce: self.nonce,
+                },
+            );
+        }
+    }
+
+    /// The consumer for an event by the group's strategy, `None` when the
+    /// one it must go to (or every one) is full.
+    fn choose(&mut self, event: &RecordedEvent) -> Option<usize> {
+        let n = self.consumers.len();
+        if n == 0 {
+            return None;
+        }
+        let free = |c: &Consumer| c.in_flight < c.window;
+        match self.settings.consumer_strategy {
+            ConsumerStrategy::DispatchToSingle => self.consumers.iter().position(free),
+            ConsumerStrategy::RoundRobin => {
+                let i = (0..n)
+                    .map(|k| (self.round_robin + k) % n)
+                    .find(|&i| free(&self.consumers[i]))?;
+                self.round_robin = i + 1;
+                Some(i)
+            }
+            ConsumerStrategy::Pinned => {
+                let mut h = DefaultHasher::new();
+                event.stream.as_str().hash(&mut h);
+                let i = (h.finish() % n as u64) as usize;
+                free(&self.consumers[i]).then_some(i)
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Connect {
+                name,
+                from,
+                window,
+                reply,
+            } => {
+                let max = self.settings.max_subscriber_count;
+                if max > 0 && self.consumers.len() >= max as usize {
+                    let _ = reply.send(Err(PersistentError::MaximumSubscribersReached {
+                        key: self.key.clone(),
+                        max,
+                    }));
+                    return;
+                }
+                let (tx, events) = mpsc::unbounded_channel();
+                let id = self.next_consumer;
+                self.next_consumer += 1;
+                self.consumers.push(Consumer {
+                    id,
+                    name,
+                    from,
+                    tx,
+                    window: window.max(1),
+                    in_flight: 0,
+                    total: 0,
+                    measured: 0,
+                    last_measured: 0,
+                });
+                let _ = reply.send(Ok(Connected {
+                    consumer: id,
+                    events,
+                }));
+            }
+            Command::Ack { consumer, ids } => {
+                for id in ids {
+                    if let Some(message) = self.take(consumer, id) {
+                        self.handled(message.seq);
+                    }
+                }
+            }
+            Command::Nack {
+                consumer,
+                ids,
+                action,
+                reason,
+            } => {
+                for id in ids {
+                    let Some(message) = self.take(consumer, id) else {
+                        continue;
+                    };
+                    match action {
+                        NackAction::Park => self.park(message, &reason).await,
+                        NackAction::Retry => self.retry_or_park(message, &reason).await,
+                        NackAction::Skip => self.handled(message.seq),
+                        NackAction::Stop => self.requeue(message),
+                    }
+                }
+                if action == NackAction::Stop {
+                    if let Some(c) = self.consumers.iter().find(|c| c.id == consumer) {
+                        let _ = c.tx.send(ConsumerMessage::Dropped(format!(
+                            "the consumer nacked with Stop: {reason}"
+                        )));
+                    }
+                    self.remove_consumer(consumer);
+                }
+            }
+            Command::Disconnect { consumer } => self.remove_consumer(consumer),
+            Command::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+            Command::ReplayParked { stop_at, reply } => {
+                let _ = reply.send(self.replay_parked(stop_at).await);
+            }
+            Command::Stop { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    /// Takes an event out of flight (or out of the retry queue, for an ack
+    /// that arrives after its timeout).
+    fn take(&mut self, consumer: u64, id: Uuid) -> Option<Message> {
+        if let Some(f) = self.in_flight.remove(&id) {
+            if let Some(c) = self.consumers.iter_mut().find(|c| c.id == f.consumer) {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+            return Some(f.message);
+        }
+        let _ = consumer;
+        let i = self
+            .retry
+            .iter()
+            .position(|m| m.event.original_id() == id)?;
+        self.retry.remove(i)
+    }
+
+    /// An event is done with (acked, skipped or parked).
+    fn handled(&mut self, seq: Option<u64>) {
+        self.since_checkpoint += 1;
+        if let Some(seq) = seq {
+            if let Ok(i) = self.window.binary_search_by_key(&seq, |w| w.0) {
+                self.window[i].1 = true;
+            }
+            self.advance_candidate();
+        }
+    }
+
+    fn advance_candidate(&mut self) {
+        while let Some(&(seq, true)) = self.window.front() {
+            self.window.pop_front();
+            self.checkpoint_candidate = Some(seq);
+        }
+        if self.window.is_empty() && self.scanned_to > self.checkpoint_candidate {
+            self.checkpoint_candidate = self.scanned_to;
+        }
+    }
+
+    fn requeue(&mut self, message: Message) {
+        self.retry.push_back(message);
+    }
+
+    async fn retry_or_park(&mut self, mut message: Message, reason: &str) {
+        message.retry_count += 1;
+        if message.retry_count > self.settings.max_retry_count {
+            let reason = format!(
+                "{reason} (retried {} times, the maximum is {})",
+                message.retry_count - 1,
+                self.settings.max_retry_count
+            );
+            self.park(message, &reason).await;
+        } else {
+            self.requeue(message);
+        }
+    }
+
+    /// Writes a link to the event into the parked stream; the event then
+    /// counts as handled. If the write fails it stays due for retry.
+    async fn park(&mut self, message: Message, reason: &str) {
+        let e = &message.event;
+        let mut meta = json!({ "$parkedReason": reason, "$retryCount": message.retry_count });
+        if let Some(link) = &e.link {
+            meta["$linkStream"] = json!(link.stream.as_str());
+            meta["$linkRevision"] = json!(link.revision.0);
+        }
+        let link = EventData::new(
+            PARKED_EVENT_TYPE,
+            ContentType::Binary,
+            format!("{}@{}", e.revision, e.stream).into_bytes(),
+        )
+        .with_metadata(meta.to_string().into_bytes());
+        match self
+            .store
+            .append(self.key.parked_stream(), ExpectedRevision::Any, vec![link])
+            .await
+        {
+            Ok(_) => {
+                self.parked += 1;
+                self.parked_total += 1;
+                self.handled(message.seq);
+            }
+            Err(err) => {
+                tracing::warn!(group = %self.key, "parking {}@{} failed, it will be retried: {err}", e.revision, e.stream);
+                self.requeue(message);
+            }
+        }
+    }
+
+    fn remove_consumer(&mut self, consumer: u64) {
+        let Some(i) = self.consumers.iter().position(|c| c.id == consumer) else {
+            return;
+        };
+        self.consumers.remove(i);
+        if self.round_robin > i {
+            self.round_robin -= 1;
+        }
+        let ids: Vec<Uuid> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.consumer == consumer)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut back: Vec<Message> = ids
+            .into_iter()
+            .filter_map(|id| self.in_flight.remove(&id))
+            .map(|f| f.message)
+            .collect();
+        back.sort_by_key(|m| m.seq);
+        for mut m in back {
+            m.retry_count += 1;
+            self.requeue(m);
+        }
+    }
+
+    fn next_wake(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut wake = self.measured_at + MEASUREMENT;
+        while let Some(&(_, id, nonce)) = self.timeouts.front() {
+            if self.in_flight.get(&id).is_some_and(|f| f.nonce == nonce) {
+                break;
+            }
+            self.timeouts.pop_front();
+        }
+        if let Some(&(t, _, _)) = self.timeouts.front() {
+            wake = wake.min(t);
+        }
+        if self.since_checkpoint > 0 {
+            wake = wake.min(self.last_checkpoint_at + self.settings.checkpoint_after);
+        }
+        if let Some(t) = self.resubscribe_at {
+            wake = wake.min(t);
+        }
+        wake.max(now)
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        while let Some(&(t, id, nonce)) = self.timeouts.front() {
+            if t > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            if self.in_flight.get(&id).is_some_and(|f| f.nonce == nonce) {
+                let f = self.in_flight.remove(&id).expect("present");
+                if let Some(c) = self.consumers.iter_mut().find(|c| c.id == f.consumer) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
+                self.retry_or_park(f.message, "message timeout").await;
+            }
+        }
+        if self.since_checkpoint > 0
+            && self.since_checkpoint >= u64::from(self.settings.min_checkpoint_count)
+            && now >= self.last_checkpoint_at + self.settings.checkpoint_after
+        {
+            self.write_checkpoint().await;
+        }
+        if now >= self.measured_at + MEASUREMENT {
+            self.last_measured = self.measured;
+            self.measured = 0;
+            for c in &mut self.consumers {
+                c.last_measured = c.measured;
+                c.measured = 0;
+            }
+            self.measured_at = now;
+        }
+    }
+
+    /// Writes the checkpoint when it moved; a failure is logged and the
+    /// write tried again later (the group only redelivers more after a
+    /// restart).
+    async fn write_checkpoint(&mut self) {
+        self.last_checkpoint_at = Instant::now();
+        let Some(candidate) = self.checkpoint_candidate else {
+            return;
+        };
+        if self.checkpoint_written == Some(candidate) {
+            self.since_checkpoint = 0;
+            return;
+        }
+        let stream = self.key.checkpoint_stream();
+        if !self.checkpoint_stream_ready {
+            let meta = StreamMetadata {
+                max_count: Some(1),
+                ..Default::default()
+            };
+            if let Err(e) = self
+                .store
+                .set_stream_metadata(stream.clone(), ExpectedRevision::Any, meta)
+                .await
+            {
+                tracing::warn!(group = %self.key, "setting $maxCount on the checkpoint stream failed: {e}");
+            }
+            self.checkpoint_stream_ready = true;
+        }
+        let data = match self.source {
+            GroupSource::Stream(_) => json!(candidate),
+            GroupSource::All(_) => json!(format!("C:{candidate}/P:{candidate}")),
+        };
+        let event = match EventData::json(CHECKPOINT_EVENT_TYPE, &data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(group = %self.key, "encoding the checkpoint failed: {e}");
+                return;
+            }
+        };
+        match self
+            .store
+            .append(stream, ExpectedRevision::Any, vec![event])
+            .await
+        {
+            Ok(_) => {
+                self.checkpoint_written = Some(candidate);
+                self.since_checkpoint = 0;
+            }
+            Err(e) => tracing::warn!(group = %self.key, "writing the checkpoint failed: {e}"),
+        }
+    }
+
+    async fn replay_parked(&mut self, stop_at: Option<u64>) -> Result<u64> {
+        let stream = self.key.parked_stream();
+        let mut request = ReadStream::forwards(stream.clone());
+        if let Some(n) = stop_at {
+            request = request.max_count(n);
+        }
+        let links = match self.store.read_stream(request).await {
+            Ok(l) => l,
+            Err(factum_core::Error::StreamNotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = links.last().map(|l| l.revision.0) else {
+            return Ok(0);
+        };
+        let mut replayed = 0;
+        for link in &links {
+            match self.resolve_parked(link).await {
+                Ok(Some(event)) => {
+                    replayed += 1;
+                    self.retry.push_back(Message {
+                        event: Arc::new(event),
+                        retry_count: 0,
+                        seq: None,
+                    });
+                }
+                Ok(None) => tracing::warn!(
+                    group = %self.key,
+                    "parked event {} is gone (deleted or truncated); not replayed",
+                    String::from_utf8_lossy(&link.data)
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut meta = self.store.stream_metadata(stream.clone()).await?.metadata;
+        meta.truncate_before = Some(last + 1);
+        self.store
+            .set_stream_metadata(stream.clone(), ExpectedRevision::Any, meta)
+            .await?;
+        self.parked = parked_count(&*self.store, &stream).await?;
+        Ok(replayed)
+    }
+
+    /// The event a parked link points at, with the link it was read
+    /// through; `None` when it no longer exists.
+    async fn resolve_parked(&self, link: &RecordedEvent) -> Result<Option<RecordedEvent>> {
+        let text = String::from_utf8_lossy(&link.data);
+        let Some((revision, stream)) = text
+            .split_once('@')
+            .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, StreamName::new(s).ok()?)))
+        else {
+            tracing::warn!(group = %self.key, "parked link {text:?} is malformed");
+            return Ok(None);
+        };
+        let read = ReadStream::forwards(stream)
+            .from_revision(StreamRevision(revision))
+            .max_count(1);
+        let mut event = match self.store.read_stream(read).await {
+            Ok(events) => match events.into_iter().next() {
+                Some(e) if e.revision.0 == revision => e,
+                _ => return Ok(None),
+            },
+            Err(
+                factum_core::Error::StreamNotFound { .. }
+                | factum_core::Error::StreamDeleted { .. },
+            ) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta: Value = serde_json::from_slice(&link.metadata).unwrap_or(Value::Null);
+        if let (Some(s), Some(r)) = (
+            meta.get("$linkStream").and_then(Value::as_str),
+            meta.get("$linkRevision").and_then(Value::as_u64),
+        ) {
+            if let Ok(stream) = StreamName::new(s) {
+                event.link = Some(Link {
+                    stream,
+                    revision: StreamRevision(r),
+                });
+            }
+        }
+        Ok(Some(event))
+    }
+
+    async fn stop(&mut self, reason: &str) {
+        self.write_checkpoint().await;
+        for c in self.consumers.drain(..) {
+            let _ = c.tx.send(ConsumerMessage::Dropped(reason.to_owned()));
+        }
+    }
+
+    fn info(&self) -> GroupInfo {
+        GroupInfo {
+            source: self.source.clone(),
+            group: self.key.group.clone(),
+            status: if self.source_closed {
+                "Stopped"
+            } else if self.live {
+                "Live"
+            } else {
+                "CatchingUp"
+            },
+            settings: self.settings.clone(),
+            connections: self
+                .consumers
+                .iter()
+                .map(|c| ConnectionInfo {
+                    from: c.from.clone(),
+                    name: c.name.clone(),
+                    average_items_per_second: c.last_measured,
+                    total_items: c.total,
+                    count_since_last_measurement: c.measured,
+                    available_slots: c.window.saturating_sub(c.in_flight) as u64,
+                    in_flight: c.in_flight as u64,
+                })
+                .collect(),
+            total_items: self.total_items,
+            average_per_second: self.last_measured,
+            count_since_last_measurement: self.measured,
+            last_checkpointed_position: self.checkpoint_written,
+            last_known_position: self.last_read,
+            buffered: self.buffer.len() as u64,
+            retry_buffered: self.retry.len() as u64,
+            in_flight: self.in_flight.len() as u64,
+            parked: self.parked,
+            redelivered: self.redelivered,
+            parked_total: self.parked_total,
+        }
+    }
+}
+
+fn stream_name(s: &str) -> Result<StreamName> {
+    StreamName::new(s).map_err(|e| PersistentError::InvalidSettings(e.to_string()))
+}
+
+/// The last revision of a stream, `None` when it has no events.
+async fn last_revision<S: EventStore>(store: &S, stream: &StreamName) -> Result<Option<u64>> {
+    match store
+        .read_stream(ReadStream::backwards(stream.clone()).max_count(1))
+        .await
+    {
+        Ok(events) => Ok(events.first().map(|e| e.read_revision().0)),
+        Err(factum_core::Error::StreamNotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The group's last written checkpoint.
+pub(crate) async fn read_checkpoint<S: EventStore>(
+    store: &S,
+    key: &GroupKey,
+) -> Result<Option<u64>> {
+    let events = match store
+        .read_stream(ReadStream::backwards(key.checkpoint_stream()).max_count(1))
+        .await
+    {
+        Ok(e) => e,
+        Err(factum_core::Error::StreamNotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(event) = events.first() else {
+        return Ok(None);
+    };
+    let value: Value = serde_json::from_slice(&event.data).map_err(|e| {
+        PersistentError::Store(factum_core::Error::InvalidInput(format!(
+            "checkpoint of {key} is not JSON: {e}"
+        )))
+    })?;
+    parse_checkpoint(&value).map(Some).ok_or_else(|| {
+        PersistentError::Store(factum_core::Error::InvalidInput(format!(
+            "checkpoint of {key} is not a revision or a C:…/P:… position: {value}"
+        )))
+    })
+}
+
+/// A checkpoint as KurrentDB writes it: a revision number, or
+/// `"C:<commit>/P:<prepare>"` for `$all`.
+fn parse_checkpoint(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s
+            .strip_prefix("C:")
+            .and_then(|r| r.split('/').next())
+            .and_then(|c| c.parse().ok()),
+        _ => None,
+    }
+}
+
+/// Events in the parked stream not yet replayed.
+async fn parked_count<S: EventStore>(store: &S, stream: &StreamName) -> Result<u64> {
+    let Some(last) = last_revision(store, stream).await? else {
+        return Ok(0);
+    };
+    let meta = store.stream_metadata(stream.clone()).await?.metadata;
+    Ok((last + 1).saturating_sub(meta.truncate_before.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_parse_in_both_forms() {
+        assert_eq!(parse_checkpoint(&json!(42)), Some(42));
+        assert_eq!(parse_checkpoint(&json!("C:17/P:17")), Some(17));
+        assert_eq!(parse_checkpoint(&json!("17")), None);
+        assert_eq!(parse_checkpoint(&json!(null)), None);
+    }
+}
