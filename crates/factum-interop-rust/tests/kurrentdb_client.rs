@@ -1,83 +1,13 @@
 //! KurrentDB's official Rust client against a real `factum serve`.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, EventData,
-    ReadAllOptions, ReadStreamOptions, StreamMetadata, StreamPosition, StreamState,
-    SubscribeToAllOptions, SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
-    TombstoneStreamOptions,
+    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, ReadAllOptions,
+    ReadStreamOptions, StreamMetadata, StreamPosition, StreamState, SubscribeToAllOptions,
+    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter, TombstoneStreamOptions,
 };
 
-/// The `factum` binary beside this test's executable, built when missing.
-fn factum_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = dir.join("factum");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "factum-cli", "--bin", "factum"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the factum binary");
-    }
-    bin
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(factum_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
-            .arg("--data")
-            .arg(dir.path().join("store"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap()
-            .to_owned();
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn name(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
-fn ev(t: &str) -> EventData {
-    EventData::json(t, &serde_json::json!({ "t": t })).unwrap()
-}
+mod common;
+use common::{ev, name, Server};
 
 async fn read_types(
     client: &Client,

@@ -74,6 +74,7 @@ pub(crate) enum ConsumerMessage {
 pub(crate) struct Connected {
     pub consumer: u64,
     pub events: mpsc::UnboundedReceiver<ConsumerMessage>,
+    pub settings: GroupSettings,
 }
 
 /// Requests to a group's task.
@@ -517,6 +518,7 @@ impl<S: EventStore> Group<S> {
                 let _ = reply.send(Ok(Connected {
                     consumer: id,
                     events,
+                    settings: self.settings.clone(),
                 }));
             }
             Command::Ack { consumer, ids } => {

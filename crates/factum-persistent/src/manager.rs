@@ -41,6 +41,8 @@ struct Running {
 }
 
 struct State {
+    /// Whether the stored configuration was read and its groups started.
+    loaded: bool,
     groups: BTreeMap<GroupKey, Running>,
     /// The configuration stream's revision this node last wrote or read.
     config_revision: Option<u64>,
@@ -99,30 +101,41 @@ impl Default for ConnectOptions {
 }
 
 impl<S: EventStore> PersistentSubscriptions<S> {
-    /// Loads the groups configured in the store and starts them; each
-    /// resumes after its checkpoint.
-    pub async fn start(store: Arc<S>) -> Result<Self> {
-        let subs = PersistentSubscriptions {
+    /// The subsystem over `store`; groups configured in the store start on
+    /// first use (or with [`PersistentSubscriptions::start`]).
+    pub fn new(store: Arc<S>) -> Self {
+        PersistentSubscriptions {
             store,
             state: Arc::new(Mutex::new(State {
+                loaded: false,
                 groups: BTreeMap::new(),
                 config_revision: None,
             })),
-        };
-        subs.load().await?;
+        }
+    }
+
+    /// Loads the groups configured in the store and starts them; each
+    /// resumes after its checkpoint.
+    pub async fn start(store: Arc<S>) -> Result<Self> {
+        let subs = Self::new(store);
+        drop(subs.ready().await?);
         Ok(subs)
     }
 
-    async fn load(&self) -> Result<()> {
-        let (config, revision) = read_config(&*self.store).await?;
+    /// The state, with the stored groups started.
+    async fn ready(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
         let mut state = self.state.lock().await;
-        state.config_revision = revision;
-        for g in config.groups {
-            let key = GroupKey::new(g.source.name(), &g.group)?;
-            let running = self.spawn(key.clone(), g.source, g.settings).await?;
-            state.groups.insert(key, running);
+        if !state.loaded {
+            let (config, revision) = read_config(&*self.store).await?;
+            state.config_revision = revision;
+            for g in config.groups {
+                let key = GroupKey::new(g.source.name(), &g.group)?;
+                let running = self.spawn(key.clone(), g.source, g.settings).await?;
+                state.groups.insert(key, running);
+            }
+            state.loaded = true;
         }
-        Ok(())
+        Ok(state)
     }
 
     async fn spawn(
@@ -154,7 +167,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
             f.to_filter()?;
         }
         let key = GroupKey::new(source.name(), group)?;
-        let mut state = self.state.lock().await;
+        let mut state = self.ready().await?;
         if state.groups.contains_key(&key) {
             return Err(PersistentError::AlreadyExists(key));
         }
@@ -175,7 +188,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
     pub async fn update(&self, source: &str, group: &str, settings: GroupSettings) -> Result<()> {
         settings.validate()?;
         let key = GroupKey::new(source, group)?;
-        let mut state = self.state.lock().await;
+        let mut state = self.ready().await?;
         let running = state
             .groups
             .remove(&key)
@@ -198,7 +211,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
     /// are disconnected.
     pub async fn delete(&self, source: &str, group: &str) -> Result<()> {
         let key = GroupKey::new(source, group)?;
-        let mut state = self.state.lock().await;
+        let mut state = self.ready().await?;
         let running = state
             .groups
             .remove(&key)
@@ -222,7 +235,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
     /// Every group, or those of one source (`$all` for the `$all` groups).
     pub async fn list(&self, source: Option<&str>) -> Result<Vec<GroupInfo>> {
         let targets: Vec<_> = {
-            let state = self.state.lock().await;
+            let state = self.ready().await?;
             state
                 .groups
                 .iter()
@@ -273,6 +286,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
             id: connected.consumer,
             commands,
             events: connected.events,
+            settings: connected.settings,
             ended: false,
         })
     }
@@ -298,7 +312,8 @@ impl<S: EventStore> PersistentSubscriptions<S> {
     pub async fn restart(&self) -> Result<()> {
         self.stop_all("the persistent subscriptions subsystem restarted")
             .await;
-        self.load().await
+        drop(self.ready().await?);
+        Ok(())
     }
 
     /// Stops every group, writing each one's checkpoint. Call before
@@ -312,6 +327,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         for (_, running) in std::mem::take(&mut state.groups) {
             stop(running, reason).await;
         }
+        state.loaded = false;
     }
 
     async fn commands(
@@ -320,7 +336,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         group: &str,
     ) -> Result<(GroupKey, mpsc::UnboundedSender<Command>)> {
         let key = GroupKey::new(source, group)?;
-        let state = self.state.lock().await;
+        let state = self.ready().await?;
         match state.groups.get(&key) {
             Some(r) => Ok((key, r.commands.clone())),
             None => Err(PersistentError::NotFound(key)),
@@ -421,6 +437,7 @@ pub struct Consumer {
     id: u64,
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<ConsumerMessage>,
+    settings: GroupSettings,
     ended: bool,
 }
 
@@ -466,6 +483,11 @@ impl Consumer {
             action,
             reason: reason.to_owned(),
         });
+    }
+
+    /// The settings of its group at the time it connected.
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
     }
 
     /// The group this consumer belongs to.

@@ -13,6 +13,7 @@
 //! | [`streams`] | `event_store.client.streams` | `Streams`: Read, Append, Delete, Tombstone, BatchAppend |
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
+//! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
 
@@ -32,6 +33,9 @@ pub mod generated {
             pub mod gossip {
                 tonic::include_proto!("event_store.client.gossip");
             }
+            pub mod persistent_subscriptions {
+                tonic::include_proto!("event_store.client.persistent_subscriptions");
+            }
         }
     }
     pub mod google {
@@ -45,6 +49,8 @@ pub mod generated {
 pub use generated::event_store::client as shared;
 /// `event_store.client.gossip`: cluster membership for `+discover`.
 pub use generated::event_store::client::gossip;
+/// `event_store.client.persistent_subscriptions`: consumer groups.
+pub use generated::event_store::client::persistent_subscriptions as persistent;
 /// `event_store.client.server_features`: what a server implements.
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
@@ -60,6 +66,9 @@ pub mod service_names {
     pub const SERVER_FEATURES: &str = "event_store.client.server_features.ServerFeatures";
     /// `event_store.client.gossip.Gossip`
     pub const GOSSIP: &str = "event_store.client.gossip.Gossip";
+    /// `event_store.client.persistent_subscriptions.PersistentSubscriptions`
+    pub const PERSISTENT_SUBSCRIPTIONS: &str =
+        "event_store.client.persistent_subscriptions.PersistentSubscriptions";
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub struct Ctx<S> {
     pub metrics: Metrics,
     /// Flips to `true` when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The store's persistent subscriptions (consumer groups).
+    pub persistent: factum_persistent::PersistentSubscriptions<S>,
 }
 
 impl<S> Ctx<S> {

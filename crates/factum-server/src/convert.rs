@@ -212,6 +212,21 @@ pub fn link_to_wire(e: &RecordedEvent, format: UuidFormat) -> Option<WireEvent> 
     })
 }
 
+/// The `event` and `link` of a delivered event: read through a link
+/// stream with links resolved, the event and its link; not resolved, the
+/// link record alone; read directly, the event.
+pub fn event_and_link(
+    e: &RecordedEvent,
+    resolve_links: bool,
+    format: UuidFormat,
+) -> (Option<WireEvent>, Option<WireEvent>) {
+    match (e.link.is_some(), resolve_links) {
+        (true, true) => (Some(event_to_wire(e, format)), link_to_wire(e, format)),
+        (true, false) => (link_to_wire(e, format), None),
+        (false, _) => (Some(event_to_wire(e, format)), None),
+    }
+}
+
 /// A position for the wire (`commit == prepare`: Factum's log is dense).
 pub fn all_position(p: Position) -> shared::AllStreamPosition {
     shared::AllStreamPosition {

@@ -1,4 +1,5 @@
-//! The gRPC services: `Streams`, `ServerFeatures`, `Gossip`. Every other
+//! The gRPC services: `Streams`, `ServerFeatures`, `Gossip` (and
+//! `PersistentSubscriptions`, in `grpc_persistent`). Every other
 //! KurrentDB service path answers UNIMPLEMENTED (tonic's router does that for
 //! unknown paths) until its issue lands.
 
@@ -31,7 +32,9 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 /// enough that a slow reader holds little memory.
 const CHANNEL: usize = 256;
 
-fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> ResponseStream<T> {
+pub(crate) fn channel_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<Result<T, Status>>,
+) -> ResponseStream<T> {
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -75,7 +78,12 @@ impl<S: EventStore> GrpcApi<S> {
         }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// The shared context.
+    pub(crate) fn ctx(&self) -> &Arc<Ctx<S>> {
+        &self.ctx
+    }
+
+    pub(crate) fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let headers = req.metadata().clone().into_headers();
         self.ctx
             .config
@@ -143,7 +151,7 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 }
 
 /// Exactly the methods this server implements: (service, methods).
-pub const IMPLEMENTED: [(&str, &[&str]); 3] = [
+pub const IMPLEMENTED: [(&str, &[&str]); 4] = [
     (
         factum_proto::service_names::STREAMS,
         &["read", "append", "delete", "tombstone", "batchappend"],
@@ -153,7 +161,32 @@ pub const IMPLEMENTED: [(&str, &[&str]); 3] = [
         &["getsupportedmethods"],
     ),
     (factum_proto::service_names::GOSSIP, &["read"]),
+    (
+        factum_proto::service_names::PERSISTENT_SUBSCRIPTIONS,
+        &[
+            "create",
+            "update",
+            "delete",
+            "read",
+            "getinfo",
+            "replayparked",
+            "list",
+            "restartsubsystem",
+        ],
+    ),
 ];
+
+/// Features a method announces: persistent subscriptions work on streams
+/// and on `$all` (clients check `all` before using `$all` groups).
+fn features_of(service: &str, method: &str) -> Vec<String> {
+    let on_both = ["create", "update", "delete", "read"];
+    if service == factum_proto::service_names::PERSISTENT_SUBSCRIPTIONS && on_both.contains(&method)
+    {
+        vec!["stream".to_owned(), "all".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
 
 #[tonic::async_trait]
 impl<S: EventStore> ServerFeatures for GrpcApi<S> {
@@ -168,7 +201,7 @@ impl<S: EventStore> ServerFeatures for GrpcApi<S> {
                 methods.iter().map(move |m| SupportedMethod {
                     method_name: (*m).to_owned(),
                     service_name: service.to_lowercase(),
-                    features: Vec::new(),
+                    features: features_of(service, m),
                 })
             })
             .collect();

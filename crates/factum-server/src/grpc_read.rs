@@ -174,16 +174,7 @@ impl<S> Out<'_, S> {
     /// An event: queued in reads (`now == false`), sent at once in subscriptions.
     async fn event(&self, e: &RecordedEvent, now: bool) -> Result<(), Gone> {
         let f = self.plan.uuid;
-        let (event, link) = match (e.link.is_some(), self.plan.resolve_links) {
-            // Read through a link stream, links resolved: the event and its link.
-            (true, true) => (
-                Some(convert::event_to_wire(e, f)),
-                convert::link_to_wire(e, f),
-            ),
-            // Not resolved: the link record alone.
-            (true, false) => (convert::link_to_wire(e, f), None),
-            (false, _) => (Some(convert::event_to_wire(e, f)), None),
-        };
+        let (event, link) = convert::event_and_link(e, self.plan.resolve_links, f);
         self.ctx
             .metrics
             .sent(1, (e.data.len() + e.metadata.len()) as u64);

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `grpc` | `Streams`, `ServerFeatures`, `Gossip`; other KurrentDB services answer UNIMPLEMENTED |
 //! | `grpc_read` | `Streams.Read`: reads and subscriptions, filters, checkpoints, links |
+//! | `grpc_persistent` | `PersistentSubscriptions`: consumer groups (`factum_persistent`) on the wire |
 //! | `grpc_write` | `Append`, `BatchAppend`, `Delete`, `Tombstone`; metadata via `$$<stream>` |
 //! | `convert` / `errors` | wire ⇄ model; errors as statuses with KurrentDB's `exception` metadata |
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
@@ -37,6 +38,7 @@ pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod grpc;
+mod grpc_persistent;
 mod grpc_read;
 mod grpc_write;
 pub mod http;
@@ -52,6 +54,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use factum_core::EventStore;
 use factum_proto::gossip::gossip_server::GossipServer;
+use factum_proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use factum_proto::server_features::server_features_server::ServerFeaturesServer;
 use factum_proto::streams::streams_server::StreamsServer;
 use tokio::net::TcpListener;
@@ -68,8 +71,10 @@ pub fn app<S: EventStore>(
 ) -> (Router, Arc<Ctx<S>>, watch::Sender<bool>) {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let max = config.max_message_bytes;
+    let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
     let ctx = Arc::new(Ctx {
         store,
+        persistent,
         config,
         metrics: Default::default(),
         shutdown,
@@ -81,7 +86,12 @@ pub fn app<S: EventStore>(
             .max_encoding_message_size(max),
     )
     .add_service(ServerFeaturesServer::new(api.clone()))
-    .add_service(GossipServer::new(api))
+    .add_service(GossipServer::new(api.clone()))
+    .add_service(
+        PersistentSubscriptionsServer::new(api)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
     .prepare()
     .into_axum_router();
     let http = http::router(ctx.clone());
@@ -135,16 +145,24 @@ pub async fn serve<S: EventStore>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, _ctx, shutdown_tx) = app(store, config);
+    let (router, ctx, shutdown_tx) = app(store, config);
+    // Start the stored consumer groups now, so a broken configuration shows
+    // at startup rather than at the first client's call.
+    if let Err(e) = ctx.persistent.restart().await {
+        tracing::error!("persistent subscriptions did not start: {e}");
+    }
     let listener = listener.tap_io(|tcp| {
         // gRPC exchanges small frames: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining requests, ending subscriptions");
             let _ = shutdown_tx.send(true);
         })
-        .await
+        .await;
+    // Groups write their checkpoints before the caller closes the store.
+    ctx.persistent.shutdown().await;
+    served
 }
