@@ -319,13 +319,23 @@ async fn features_unimplemented_services_and_http_share_the_port() {
         .map(|m| format!("{}/{}", m.service_name, m.method_name))
         .collect();
     assert!(names.contains(&"event_store.client.streams.streams/batchappend".to_owned()));
-    assert_eq!(names.len(), 7);
+    assert!(names.contains(
+        &"event_store.client.persistent_subscriptions.persistentsubscriptions/replayparked"
+            .to_owned()
+    ));
+    assert_eq!(names.len(), 15);
+    let create = methods
+        .methods
+        .iter()
+        .find(|m| m.method_name == "create")
+        .unwrap();
+    assert_eq!(create.features, vec!["stream", "all"]);
 
     // A KurrentDB service we do not implement: UNIMPLEMENTED.
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/event_store.client.persistent_subscriptions.PersistentSubscriptions/Delete",
+        "/event_store.client.projections.Projections/Delete",
     );
     let codec = tonic_prost::ProstCodec::<shared::Empty, shared::Empty>::default();
     let err = grpc
