@@ -173,11 +173,12 @@ async fn ready<S: EventStore>(State(ctx): Shared<S>) -> Response {
 
 async fn metrics<S: EventStore>(State(ctx): Shared<S>) -> Response {
     let size = ctx.config.size_probe.as_ref().and_then(|p| p());
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        ctx.metrics.render(size),
-    )
-        .into_response()
+    let mut text = ctx.metrics.render(size);
+    match ctx.persistent.list(None).await {
+        Ok(groups) => crate::metrics::render_groups(&mut text, &groups),
+        Err(e) => tracing::warn!("persistent subscription metrics unavailable: {e}"),
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Query of a read: `from` (revision, position, `start` or `end`),

@@ -186,6 +186,43 @@ impl Metrics {
     }
 }
 
+/// A Prometheus label value: `\\`, `"` and newlines escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Per consumer group: in flight, parked, lag, consumers, deliveries.
+pub fn render_groups(out: &mut String, groups: &[factum_persistent::GroupInfo]) {
+    type Metric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&factum_persistent::GroupInfo) -> u64,
+    );
+    let metrics: [Metric; 6] = [
+        ("factum_persistent_in_flight", "gauge", "Events delivered to a group's consumers and not yet acked.", |g| g.in_flight),
+        ("factum_persistent_parked", "gauge", "Events in a group's parked stream not yet replayed.", |g| g.parked),
+        ("factum_persistent_lag", "gauge", "Events a group's checkpoint trails the newest event it read.", |g| g.lag()),
+        ("factum_persistent_connections", "gauge", "Consumers connected to a group.", |g| g.connections.len() as u64),
+        ("factum_persistent_delivered_total", "counter", "Deliveries by a group since it started (redeliveries included).", |g| g.total_items),
+        ("factum_persistent_redelivered_total", "counter", "Redeliveries by a group since it started (timeouts, retries, consumers gone, replays).", |g| g.redelivered),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "{name}{{source=\"{}\",group=\"{}\"}} {}",
+                label_value(g.source.name()),
+                label_value(&g.group),
+                value(g)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +238,45 @@ mod tests {
         assert!(text.contains("factum_append_duration_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("factum_append_duration_seconds_count 2\n"));
         assert!(text.contains("factum_store_bytes 4096\n"));
+    }
+
+    #[test]
+    fn renders_groups_with_escaped_labels() {
+        let g = factum_persistent::GroupInfo {
+            source: factum_persistent::GroupSource::Stream("or\"ders".into()),
+            group: "g1".into(),
+            status: "Live",
+            settings: Default::default(),
+            connections: Vec::new(),
+            total_items: 12,
+            average_per_second: 0,
+            count_since_last_measurement: 0,
+            last_checkpointed_position: Some(5),
+            last_known_position: Some(9),
+            buffered: 0,
+            retry_buffered: 0,
+            in_flight: 3,
+            parked: 2,
+            redelivered: 1,
+            parked_total: 2,
+        };
+        let mut text = String::new();
+        render_groups(&mut text, &[g]);
+        assert!(
+            text.contains("factum_persistent_in_flight{source=\"or\\\"ders\",group=\"g1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("factum_persistent_lag{source=\"or\\\"ders\",group=\"g1\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("factum_persistent_parked{source=\"or\\\"ders\",group=\"g1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE factum_persistent_delivered_total counter\n"),
+            "{text}"
+        );
     }
 }
