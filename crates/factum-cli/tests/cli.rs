@@ -476,3 +476,28 @@ fn bench_append_seq_json_has_the_required_keys() {
     // The bench cleans up after itself.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_persistent_delivers_and_acks_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(run(&[
+        "bench",
+        "--quick",
+        "--workload",
+        "persistent-1",
+        "persistent-4",
+        "--json",
+        "--events",
+        "500",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    for (r, name) in lines.iter().zip(["persistent-1", "persistent-4"]) {
+        assert_eq!(r["workload"], name);
+        assert_eq!(r["events"], 500);
+        assert!(r["events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["baseline_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

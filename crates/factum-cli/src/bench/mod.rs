@@ -9,11 +9,13 @@
 //! `aggregate-load-postgres`,
 //! `projection-sqlite`, `projection-postgres` ([`toolkit`]), `grpc-append-seq`,
 //! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
-//! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine).
+//! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine),
+//! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups).
 
 pub mod append;
 pub mod grpc;
 pub mod open;
+pub mod persistent;
 pub mod postgres;
 pub mod read;
 pub mod subscribe;
@@ -106,6 +108,13 @@ pub enum Workload {
     PgReadAll,
     /// PostgreSQL backend, live subscription latency (vs engine).
     PgSubscribeLatency,
+    /// A consumer group delivering to one consumer that acks each event
+    /// (vs a catch-up subscription).
+    #[value(name = "persistent-1")]
+    Persistent1,
+    /// The same with four consumers, round robin.
+    #[value(name = "persistent-4")]
+    Persistent4,
 }
 
 impl Workload {
@@ -134,10 +143,12 @@ impl Workload {
             Workload::GrpcAppendBatch => "grpc-append-batch",
             Workload::GrpcReadAll => "grpc-read-all",
             Workload::GrpcSubscribeLatency => "grpc-subscribe-latency",
+            Workload::Persistent1 => "persistent-1",
+            Workload::Persistent4 => "persistent-4",
         }
     }
 
-    const ALL: [Workload; 22] = [
+    const ALL: [Workload; 24] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -160,6 +171,8 @@ impl Workload {
         Workload::GrpcAppendBatch,
         Workload::GrpcReadAll,
         Workload::GrpcSubscribeLatency,
+        Workload::Persistent1,
+        Workload::Persistent4,
     ];
 }
 
@@ -341,6 +354,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx),
             Workload::GrpcReadAll => grpc::read_all(&mut ctx),
             Workload::GrpcSubscribeLatency => grpc::subscribe_latency(&mut ctx),
+            Workload::Persistent1 => persistent::one(&mut ctx),
+            Workload::Persistent4 => persistent::four(&mut ctx),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;
         if !args.keep {
