@@ -875,7 +875,7 @@ impl<S: EventStore> Group<S> {
     fn info(&self) -> GroupInfo {
         GroupInfo {
             source: self.source.clone(),
-            group: self.key.group.clone(),
+            group: self.key.group().to_owned(),
             status: if self.source_closed {
                 "Stopped"
             } else if self.live {

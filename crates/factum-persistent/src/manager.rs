@@ -239,7 +239,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
             state
                 .groups
                 .iter()
-                .filter(|(k, _)| source.is_none_or(|s| k.source == s))
+                .filter(|(k, _)| source.is_none_or(|s| k.source() == s))
                 .map(|(_, r)| r.commands.clone())
                 .collect()
         };
@@ -376,7 +376,7 @@ fn stored(state: &State) -> StoredConfig {
             .iter()
             .map(|(k, r)| StoredGroup {
                 source: r.source.clone(),
-                group: k.group.clone(),
+                group: k.group().to_owned(),
                 settings: r.settings.clone(),
             })
             .collect(),

@@ -228,10 +228,8 @@ impl GroupSource {
 /// How a group is named: its source and its group name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
-    /// The source stream, or `$all`.
-    pub source: String,
-    /// The group's name.
-    pub group: String,
+    source: String,
+    group: String,
 }
 
 impl GroupKey {
@@ -252,7 +250,25 @@ impl GroupKey {
             )));
         }
         StreamName::new(&source).map_err(|e| PersistentError::InvalidSettings(e.to_string()))?;
-        Ok(GroupKey { source, group })
+        let key = GroupKey { source, group };
+        // The checkpoint and parked streams must be valid names too (the
+        // longest of the two is the checkpoint stream).
+        StreamName::new(key.system_stream_name("checkpoint")).map_err(|e| {
+            PersistentError::InvalidSettings(format!(
+                "source and group names too long for the group's streams: {e}"
+            ))
+        })?;
+        Ok(key)
+    }
+
+    /// The source stream, or `$all`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// `$persistentsubscription-<source>::<group>-checkpoint`: where the
@@ -267,12 +283,16 @@ impl GroupKey {
         self.system_stream("parked")
     }
 
-    fn system_stream(&self, suffix: &str) -> StreamName {
-        StreamName::new(format!(
+    fn system_stream_name(&self, suffix: &str) -> String {
+        format!(
             "$persistentsubscription-{}::{}-{suffix}",
             self.source, self.group
-        ))
-        .expect("built from a valid stream name and group name")
+        )
+    }
+
+    fn system_stream(&self, suffix: &str) -> StreamName {
+        StreamName::new(self.system_stream_name(suffix))
+            .expect("checked by GroupKey::new: the longest of these names is valid")
     }
 }
 
@@ -317,6 +337,7 @@ mod tests {
             "$persistentsubscription-$all::g1-parked"
         );
         assert!(GroupKey::new("orders", "").is_err());
+        assert!(GroupKey::new("x".repeat(1000), "g").is_err());
         assert!(GroupKey::new("", "g").is_err());
     }
 

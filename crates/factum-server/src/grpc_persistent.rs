@@ -34,26 +34,26 @@ pub fn persistent_status(err: &PersistentError) -> Status {
     let code = match err {
         PersistentError::AlreadyExists(key) => {
             put("exception", "persistent-subscription-exists");
-            put("stream-name", &key.source);
-            put("group-name", &key.group);
+            put("stream-name", key.source());
+            put("group-name", key.group());
             Code::AlreadyExists
         }
         PersistentError::NotFound(key) => {
             put("exception", "persistent-subscription-does-not-exist");
-            put("stream-name", &key.source);
-            put("group-name", &key.group);
+            put("stream-name", key.source());
+            put("group-name", key.group());
             Code::NotFound
         }
         PersistentError::MaximumSubscribersReached { key, .. } => {
             put("exception", "maximum-subscribers-reached");
-            put("stream-name", &key.source);
-            put("group-name", &key.group);
+            put("stream-name", key.source());
+            put("group-name", key.group());
             Code::FailedPrecondition
         }
         PersistentError::Dropped { key, .. } => {
             put("exception", "persistent-subscription-dropped");
-            put("stream-name", &key.source);
-            put("group-name", &key.group);
+            put("stream-name", key.source());
+            put("group-name", key.group());
             Code::Cancelled
         }
         PersistentError::InvalidSettings(_) => Code::InvalidArgument,
