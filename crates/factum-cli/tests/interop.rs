@@ -1,6 +1,8 @@
 //! Interop: the real `factum serve` binary driven by KurrentDB's official
 //! clients, which we did not write — Python's `kurrentdbclient` (PyPI) and
-//! Node's `@eventstore/db-client` (npm). The scripts are in `tests/interop/`.
+//! Node's `@eventstore/db-client` (npm). The scripts are in `tests/interop/`:
+//! streams, reads and subscriptions (`*_client`), consumer groups
+//! (`*_persistent`, which also list the server gaps they know of).
 //!
 //! The clients are installed on first use under the target directory and
 //! reused. When one cannot be installed (no network, no python3/node), the
@@ -9,6 +11,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const KURRENTDBCLIENT: &str = "kurrentdbclient==1.3.5";
@@ -116,8 +119,14 @@ fn unavailable(what: &str, why: String) {
     println!("SKIPPED: {what} could not be installed: {why}");
 }
 
-/// A venv with kurrentdbclient, installed once (the marker names the pin).
+/// A venv with kurrentdbclient, installed once (the marker names the pin);
+/// tests running at once share one install.
 fn python_client() -> Result<PathBuf, String> {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    INSTALLED.get_or_init(install_python_client).clone()
+}
+
+fn install_python_client() -> Result<PathBuf, String> {
     let dir = cache_dir("python");
     let python = dir.join("venv/bin/python");
     let marker = dir.join(KURRENTDBCLIENT);
@@ -138,8 +147,14 @@ fn python_client() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-/// node_modules with the Node client, installed once.
+/// node_modules with the Node client, installed once; tests running at
+/// once share one install.
 fn node_client() -> Result<PathBuf, String> {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    INSTALLED.get_or_init(install_node_client).clone()
+}
+
+fn install_node_client() -> Result<PathBuf, String> {
     let dir = cache_dir("node");
     let marker = dir.join("installed-6.2.1");
     if !marker.exists() {
@@ -182,35 +197,65 @@ fn check(output: std::process::Output, what: &str) {
     );
 }
 
-#[test]
-fn official_python_client() {
+/// Runs a script of `tests/interop/` with the Python client against a fresh
+/// server; it must report no failures.
+fn with_python(name: &str, what: &str) {
     let python = match python_client() {
         Ok(p) => p,
         Err(why) => return unavailable("kurrentdbclient (PyPI)", why),
     };
     let server = Server::start();
     let out = Command::new(python)
-        .arg(script("python_client.py"))
+        .arg(script(name))
         .arg(&server.addr)
         .output()
         .unwrap();
-    check(out, "the Python client");
+    check(out, what);
     server.stop();
 }
 
-#[test]
-fn official_node_client() {
+/// Runs a script of `tests/interop/` with the Node client against a fresh
+/// server; it must report no failures.
+fn with_node(name: &str, what: &str) {
     let modules = match node_client() {
         Ok(p) => p,
         Err(why) => return unavailable("@eventstore/db-client (npm)", why),
     };
     let server = Server::start();
     let out = Command::new("node")
-        .arg(script("node_client.js"))
+        .arg(script(name))
         .arg(&server.addr)
         .env("NODE_PATH", modules)
         .output()
         .unwrap();
-    check(out, "the Node client");
+    check(out, what);
     server.stop();
+}
+
+#[test]
+fn official_python_client() {
+    with_python("python_client.py", "the Python client");
+}
+
+#[test]
+fn official_node_client() {
+    with_node("node_client.js", "the Node client");
+}
+
+/// Consumer groups (`PersistentSubscriptions`) through the Python client.
+#[test]
+fn official_python_client_persistent_subscriptions() {
+    with_python(
+        "python_persistent.py",
+        "the Python client (persistent subscriptions)",
+    );
+}
+
+/// Consumer groups (`PersistentSubscriptions`) through the Node client.
+#[test]
+fn official_node_client_persistent_subscriptions() {
+    with_node(
+        "node_persistent.js",
+        "the Node client (persistent subscriptions)",
+    );
 }
