@@ -33,6 +33,10 @@ pub const PARKED_EVENT_TYPE: &str = "$>";
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
 /// Throughput is measured per this interval.
 const MEASUREMENT: Duration = Duration::from_secs(1);
+/// Source places a group tracks for its checkpoint at most: when an early
+/// event stays unacked while later ones flow, reading pauses here (until it
+/// is acked or times out) rather than growing without bound.
+const MAX_TRACKED: usize = 100_000;
 
 /// What a consumer does with an event it cannot handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -687,6 +691,13 @@ impl<S: EventStore> Group<S> {
                 break;
             }
             self.timeouts.pop_front();
+        }
+        // Acked deliveries behind a long-unacked one stay queued until it
+        // leaves the front: drop them when they outnumber the live ones.
+        if self.timeouts.len() > 2 * self.in_flight.len() + 1024 {
+            let in_flight = &self.in_flight;
+            self.timeouts
+                .retain(|(_, id, nonce)| in_flight.get(id).is_some_and(|f| f.nonce == *nonce));
         }
         if let Some(&(t, _, _)) = self.timeouts.front() {
             wake = wake.min(t);
