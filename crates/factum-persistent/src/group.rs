@@ -267,8 +267,9 @@ impl<S: EventStore> Group<S> {
             if self.since_checkpoint >= u64::from(self.settings.max_checkpoint_count) {
                 self.write_checkpoint().await;
             }
-            let can_read =
-                subscription.is_some() && self.buffer.len() < self.settings.buffer_capacity();
+            let can_read = subscription.is_some()
+                && self.buffer.len() < self.settings.buffer_capacity()
+                && self.window.len() < MAX_TRACKED.max(self.settings.buffer_capacity());
             let wake = self.next_wake();
             enum Woken {
                 Command(Option<Command>),
