@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use crate::error::{PersistentError, Result};
 use crate::info::{ConnectionInfo, GroupInfo};
-use crate::settings::{ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom};
+use crate::settings::{
+    CompiledFilter, ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom,
+};
 
 /// The event type of checkpoint events (KurrentDB's name).
 pub const CHECKPOINT_EVENT_TYPE: &str = "$SubscriptionCheckpoint";
@@ -146,6 +148,8 @@ struct Consumer {
 pub(crate) struct Group<S> {
     key: GroupKey,
     source: GroupSource,
+    /// The `$all` filter, applied in the group.
+    filter: Option<CompiledFilter>,
     settings: GroupSettings,
     store: Arc<S>,
     /// Where to (re)subscribe from.
@@ -193,8 +197,13 @@ impl<S: EventStore> Group<S> {
         let checkpoint = read_checkpoint(&*store, &key).await?;
         let parked = parked_count(&*store, &key.parked_stream()).await?;
         let now = Instant::now();
+        let filter = match &source {
+            GroupSource::All(Some(f)) => Some(f.compile()?),
+            _ => None,
+        };
         let mut group = Group {
             key,
+            filter,
             source,
             settings,
             store,
@@ -324,17 +333,9 @@ impl<S: EventStore> Group<S> {
                     return None;
                 }
             },
-            GroupSource::All(filter) => {
-                let filter = filter.as_ref().map(|f| f.to_filter()).transpose();
-                match filter {
-                    Ok(f) => Subscribe::all(self.resume, f),
-                    Err(e) => {
-                        tracing::error!(group = %self.key, "cannot subscribe: {e}");
-                        self.resubscribe_at = None;
-                        return None;
-                    }
-                }
-            }
+            // Filtered in the group (look-around regexes are allowed), so
+            // events that do not match still move the checkpoint.
+            GroupSource::All(_) => Subscribe::all(self.resume, None),
         };
         match self.store.subscribe(request).await {
             Ok(s) => {
@@ -353,6 +354,12 @@ impl<S: EventStore> Group<S> {
     /// gone (an error: re-subscribe later; the end: the store closed).
     fn on_source(&mut self, message: Option<factum_core::Result<SubscriptionMessage>>) -> bool {
         match message {
+            Some(Ok(SubscriptionMessage::Event(event)))
+                if self.filter.as_ref().is_some_and(|f| !f.matches(&event)) =>
+            {
+                self.scanned(event.position.0);
+                true
+            }
             Some(Ok(SubscriptionMessage::Event(event))) => {
                 let seq = match self.source {
                     GroupSource::Stream(_) => event.read_revision().0,
@@ -370,11 +377,7 @@ impl<S: EventStore> Group<S> {
                 true
             }
             Some(Ok(SubscriptionMessage::Checkpoint(p))) => {
-                if self.scanned_to.is_none_or(|s| s < p.0) {
-                    self.scanned_to = Some(p.0);
-                    self.resume = SubscriptionStart::After(p.0);
-                    self.advance_candidate();
-                }
+                self.scanned(p.0);
                 true
             }
             Some(Ok(SubscriptionMessage::CaughtUp)) => {
@@ -395,6 +398,15 @@ impl<S: EventStore> Group<S> {
                 self.source_closed = true;
                 false
             }
+        }
+    }
+
+    /// The source was read up to `place` with nothing to deliver.
+    fn scanned(&mut self, place: u64) {
+        if self.scanned_to.is_none_or(|s| s < place) {
+            self.scanned_to = Some(place);
+            self.resume = SubscriptionStart::After(place);
+            self.advance_candidate();
         }
     }
 

@@ -21,4 +21,6 @@ pub use info::{ConnectionInfo, GroupInfo};
 pub use manager::{
     ConnectOptions, Consumer, PersistentSubscriptions, CONFIG_EVENT_TYPE, CONFIG_STREAM,
 };
-pub use settings::{ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom};
+pub use settings::{
+    CompiledFilter, ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom,
+};

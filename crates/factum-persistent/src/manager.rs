@@ -164,7 +164,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
     ) -> Result<()> {
         settings.validate()?;
         if let GroupSource::All(Some(f)) = &source {
-            f.to_filter()?;
+            f.compile()?;
         }
         let key = GroupKey::new(source.name(), group)?;
         let mut state = self.ready().await?;

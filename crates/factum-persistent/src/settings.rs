@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use factum_core::{Error as StoreError, Filter, FilterMatch, FilterOn, StreamName};
+use factum_core::{Filter, FilterMatch, FilterOn, RecordedEvent, StreamName};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PersistentError;
@@ -169,18 +169,28 @@ pub struct FilterSpec {
 }
 
 impl FilterSpec {
-    /// The filter this describes.
-    pub fn to_filter(&self) -> Result<Filter, PersistentError> {
-        let invalid = |e: StoreError| PersistentError::InvalidSettings(e.to_string());
-        match (&self.regex, self.on_event_type) {
-            (Some(r), true) => Filter::event_type_regex(r).map_err(invalid),
-            (Some(r), false) => Filter::stream_regex(r).map_err(invalid),
-            (None, true) => Ok(Filter::event_type_prefix(self.prefixes.clone())),
-            (None, false) => Ok(Filter::stream_prefix(self.prefixes.clone())),
-        }
+    /// Compiles the filter. Regexes may use look-around (fancy-regex), as
+    /// KurrentDB's .NET engine allows and official clients rely on (the
+    /// Python client's default excludes system events with `^(?!…)`).
+    pub fn compile(&self) -> Result<CompiledFilter, PersistentError> {
+        let matcher = match &self.regex {
+            Some(r) => Matcher::Regex(fancy_regex::Regex::new(r).map_err(|e| {
+                PersistentError::InvalidSettings(format!("invalid filter regex {r:?}: {e}"))
+            })?),
+            None if self.prefixes.is_empty() => {
+                return Err(PersistentError::InvalidSettings(
+                    "a filter needs prefixes or a regex".into(),
+                ))
+            }
+            None => Matcher::Prefixes(self.prefixes.clone()),
+        };
+        Ok(CompiledFilter {
+            on_event_type: self.on_event_type,
+            matcher,
+        })
     }
 
-    /// Describes a filter.
+    /// Describes a store filter.
     pub fn from_filter(filter: &Filter) -> Self {
         let (prefixes, regex) = match &filter.matcher {
             FilterMatch::Prefixes(p) => (p.clone(), None),
@@ -190,6 +200,35 @@ impl FilterSpec {
             on_event_type: filter.on == FilterOn::EventType,
             prefixes,
             regex,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Matcher {
+    Prefixes(Vec<String>),
+    Regex(fancy_regex::Regex),
+}
+
+/// A [`FilterSpec`] ready to match events.
+#[derive(Clone, Debug)]
+pub struct CompiledFilter {
+    on_event_type: bool,
+    matcher: Matcher,
+}
+
+impl CompiledFilter {
+    /// Does the filter accept this event?
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        let subject = if self.on_event_type {
+            event.event_type.as_str()
+        } else {
+            event.stream.as_str()
+        };
+        match &self.matcher {
+            Matcher::Prefixes(ps) => ps.iter().any(|p| subject.starts_with(p.as_str())),
+            // A pattern that exceeds the backtracking limit matches nothing.
+            Matcher::Regex(re) => re.is_match(subject).unwrap_or(false),
         }
     }
 }
@@ -342,18 +381,33 @@ mod tests {
     }
 
     #[test]
-    fn filters_round_trip() {
+    fn filters_compile_with_look_around() {
         let f = FilterSpec {
-            on_event_type: false,
+            on_event_type: true,
             prefixes: vec![],
-            regex: Some("^order-".into()),
+            regex: Some(r"^(?!(\$.+$|PersistentConfig\d+$|Result$))".into()),
         };
-        let back = FilterSpec::from_filter(&f.to_filter().unwrap());
-        assert_eq!(back, f);
+        let c = f.compile().unwrap();
+        let ev = |t: &str| RecordedEvent {
+            id: factum_core::Uuid::nil(),
+            stream: StreamName::new("s").unwrap(),
+            revision: factum_core::StreamRevision(0),
+            position: factum_core::Position(0),
+            event_type: t.into(),
+            content_type: factum_core::ContentType::Json,
+            data: Default::default(),
+            metadata: Default::default(),
+            created: factum_core::Timestamp(0),
+            link: None,
+        };
+        assert!(c.matches(&ev("OrderPlaced")));
+        assert!(!c.matches(&ev("$metadata")));
         let bad = FilterSpec {
             regex: Some("(".into()),
             ..f
         };
-        assert!(bad.to_filter().is_err());
+        assert!(bad.compile().is_err());
+        let back = FilterSpec::from_filter(&Filter::stream_prefix(["a-"]));
+        assert_eq!(back.prefixes, vec!["a-"]);
     }
 }

@@ -177,9 +177,18 @@ pub const IMPLEMENTED: [(&str, &[&str]); 4] = [
 ];
 
 /// Features a method announces: persistent subscriptions work on streams
-/// and on `$all` (clients check `all` before using `$all` groups).
+/// and on `$all` (clients check `stream`/`all` before using a method and
+/// fall back to KurrentDB's HTTP API without them).
 fn features_of(service: &str, method: &str) -> Vec<String> {
-    let on_both = ["create", "update", "delete", "read"];
+    let on_both = [
+        "create",
+        "update",
+        "delete",
+        "read",
+        "getinfo",
+        "replayparked",
+        "list",
+    ];
     if service == factum_proto::service_names::PERSISTENT_SUBSCRIPTIONS && on_both.contains(&method)
     {
         vec!["stream".to_owned(), "all".to_owned()]

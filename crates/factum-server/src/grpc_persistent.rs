@@ -48,7 +48,13 @@ pub fn persistent_status(err: &PersistentError) -> Status {
             put("exception", "maximum-subscribers-reached");
             put("stream-name", key.source());
             put("group-name", key.group());
-            Code::FailedPrecondition
+            // KurrentDB's words: the Python client keys on their start.
+            let message = format!(
+                "Maximum subscriptions reached for subscription group '{}' on stream '{}'.",
+                key.group(),
+                key.source()
+            );
+            return Status::with_metadata(Code::FailedPrecondition, message, md);
         }
         PersistentError::Dropped { key, .. } => {
             put("exception", "persistent-subscription-dropped");
@@ -144,7 +150,7 @@ fn filter_from_wire(f: &wire::all_options::FilterOptions) -> Result<FilterSpec, 
         prefixes: e.prefix.clone(),
         regex: (!e.regex.is_empty()).then(|| e.regex.clone()),
     };
-    spec.to_filter().map_err(|e| persistent_status(&e))?;
+    spec.compile().map_err(|e| persistent_status(&e))?;
     Ok(spec)
 }
 
@@ -297,32 +303,10 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
         request: Request<wire::UpdateReq>,
     ) -> Result<Response<wire::UpdateResp>, Status> {
         self.authenticate(&request)?;
-        let (source, group, mut settings) = group_from_wire(request.get_ref().options.as_ref())?;
+        // Update carries the whole settings, the strategy included (by
+        // number: 0 is DispatchToSingle), as KurrentDB's clients send them.
+        let (source, group, settings) = group_from_wire(request.get_ref().options.as_ref())?;
         let subs = &self.ctx().persistent;
-        // Update never carries a filter or a strategy name: keep the ones
-        // the group has unless the request names a strategy.
-        let current = subs
-            .info(source.name(), &group)
-            .await
-            .map_err(|e| persistent_status(&e))?;
-        let named = request
-            .get_ref()
-            .options
-            .as_ref()
-            .and_then(|o| o.settings.as_ref())
-            .is_some_and(|s| !s.consumer_strategy.is_empty());
-        if !named {
-            #[allow(deprecated)]
-            let wire_default = request
-                .get_ref()
-                .options
-                .as_ref()
-                .and_then(|o| o.settings.as_ref())
-                .is_none_or(|s| s.named_consumer_strategy == 0);
-            if wire_default {
-                settings.consumer_strategy = current.settings.consumer_strategy;
-            }
-        }
         subs.update(source.name(), &group, settings)
             .await
             .map_err(|e| persistent_status(&e))?;

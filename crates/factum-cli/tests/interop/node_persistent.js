@@ -2,10 +2,6 @@
 // driven by KurrentDB's Node client (@eventstore/db-client, from npm): the
 // client decides what is right.
 // Usage: node node_persistent.js HOST:PORT
-//
-// A check that fails because of a known server gap runs inside
-// `knownGap("...", ...)`: it prints GAP instead of failing, and FIXED once
-// the server behaves (then drop the wrapper).
 "use strict";
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
@@ -20,24 +16,8 @@ const {
 const ADDR = process.argv[2];
 const client = EventStoreDBClient.connectionString(`esdb://${ADDR}?tls=false`);
 
-// SERVER GAP (ServerFeatures): the client asks ServerFeatures whether
-// PersistentSubscriptions getInfo / list / replayParked support the feature
-// "stream" or "all" before using gRPC; the server announces those features
-// for create/update/delete/read only. For "stream" the client then falls
-// back to the HTTP API (/subscriptions/...), for "all" it throws
-// UnsupportedError. `groups` is a second client that is told those features
-// exist, so the gRPC methods themselves are still checked;
-// `serverFeaturesCoverEveryMethod` checks the announcement with the plain
-// client. Once the server announces them, use `client` everywhere.
-const groups = EventStoreDBClient.connectionString(`esdb://${ADDR}?tls=false`);
-const announced = groups.supports;
-groups.supports = async (method, feature) =>
-  (await announced(method, feature)) ||
-  (method.path.startsWith("/event_store.client.persistent_subscriptions.") && ["stream", "all"].includes(feature));
-
 const FAST = { checkPointAfter: 100, checkPointLowerBound: 1, checkPointUpperBound: 1000 };
 const WAIT = 10000;
-const gaps = [];
 const name = (p) => `${p}-${crypto.randomUUID().slice(0, 10)}`;
 const ev = (type = "Happened") => jsonEvent({ type, data: {} });
 const append = (s, n, type) => client.appendToStream(s, [...Array(n)].map(() => ev(type)));
@@ -53,17 +33,6 @@ async function rejects(promise, cls) {
     return e;
   }
   assert.fail(`expected ${cls.name}`);
-}
-
-async function knownGap(reason, check) {
-  try {
-    await check();
-  } catch (e) {
-    gaps.push(reason);
-    console.log(`node GAP  ${reason}: ${e?.constructor?.name}: ${String(e?.message).split("\n")[0]}`);
-    return;
-  }
-  console.log(`node FIXED known gap now passes, remove the marker: ${reason}`);
 }
 
 // Calls fn until it returns something truthy.
@@ -92,11 +61,11 @@ class Consumer {
   }
 
   static stream(s, group, bufferSize = 10) {
-    return new Consumer(groups.subscribeToPersistentSubscriptionToStream(s, group, { bufferSize }));
+    return new Consumer(client.subscribeToPersistentSubscriptionToStream(s, group, { bufferSize }));
   }
 
   static all(group, bufferSize = 10) {
-    return new Consumer(groups.subscribeToPersistentSubscriptionToAll(group, { bufferSize }));
+    return new Consumer(client.subscribeToPersistentSubscriptionToAll(group, { bufferSize }));
   }
 
   push(item) {
@@ -141,8 +110,8 @@ class Consumer {
 }
 
 const revision = (e) => e.event.revision;
-const streamInfo = (s, g) => groups.getPersistentSubscriptionToStreamInfo(s, g);
-const allInfo = (g) => groups.getPersistentSubscriptionToAllInfo(g);
+const streamInfo = (s, g) => client.getPersistentSubscriptionToStreamInfo(s, g);
+const allInfo = (g) => client.getPersistentSubscriptionToAllInfo(g);
 
 // Acks travel asynchronously: wait until the group has nothing in flight.
 const settled = (get) => poll("no events in flight", async () => {
@@ -178,11 +147,9 @@ const tests = {
     assert.equal(i.settings.messageTimeout, 5000);
     assert.equal(i.settings.maxRetryCount, 4);
     assert.equal(i.settings.consumerStrategyName, PINNED);
-    await knownGap("Update to DispatchToSingle is ignored: the client sends named_consumer_strategy = " +
-      "DispatchToSingle (0, settingsToGRPC.js), which the server reads as 'not set' and keeps the old strategy", async () => {
-      await client.updatePersistentSubscriptionToStream(s, "g", streamSettings({ startFrom: START, consumerStrategyName: DISPATCH_TO_SINGLE }));
-      assert.equal((await streamInfo(s, "g")).settings.consumerStrategyName, DISPATCH_TO_SINGLE);
-    });
+    // DispatchToSingle travels as the enum's 0: it must not read as "unset".
+    await client.updatePersistentSubscriptionToStream(s, "g", streamSettings({ startFrom: START, consumerStrategyName: DISPATCH_TO_SINGLE }));
+    assert.equal((await streamInfo(s, "g")).settings.consumerStrategyName, DISPATCH_TO_SINGLE);
     await rejects(client.updatePersistentSubscriptionToStream(s, "nope", streamSettings()), PersistentSubscriptionDoesNotExistError);
 
     // List: all, and per stream.
@@ -190,7 +157,7 @@ const tests = {
     await client.createPersistentSubscriptionToStream(other, "g2", streamSettings({ startFrom: END }));
     const everything = (await client.listAllPersistentSubscriptions()).map((x) => `${x.eventSource}/${x.groupName}`);
     assert.ok(everything.includes(`${s}/g`) && everything.includes(`${other}/g2`), inspect(everything));
-    const mine = await groups.listPersistentSubscriptionsToStream(s);
+    const mine = await client.listPersistentSubscriptionsToStream(s);
     assert.deepEqual(mine.map((x) => `${x.eventSource}/${x.groupName}`), [`${s}/g`]);
     assert.equal((await streamInfo(other, "g2")).settings.startFrom, END);
 
@@ -199,7 +166,7 @@ const tests = {
     await client.deletePersistentSubscriptionToStream(other, "g2");
     await rejects(streamInfo(s, "g"), PersistentSubscriptionDoesNotExistError);
     await rejects(client.deletePersistentSubscriptionToStream(s, "g"), PersistentSubscriptionDoesNotExistError);
-    await rejects(groups.listPersistentSubscriptionsToStream(s), PersistentSubscriptionDoesNotExistError);
+    await rejects(client.listPersistentSubscriptionsToStream(s), PersistentSubscriptionDoesNotExistError);
     const left = (await client.listAllPersistentSubscriptions()).map((x) => `${x.eventSource}/${x.groupName}`);
     assert.ok(!left.includes(`${s}/g`) && !left.includes(`${other}/g2`), inspect(left));
     // Reading a deleted group fails.
@@ -284,13 +251,13 @@ const tests = {
     assert.equal(i.stats.lastKnownEventRevision, 3n);
 
     // Replay the parked event: it is delivered again.
-    await groups.replayParkedMessagesToStream(s, "g");
+    await client.replayParkedMessagesToStream(s, "g");
     const replayed = await a.next();
     assert.equal(revision(replayed), 0n);
     assert.equal(replayed.event.id, first[0].event.id);
     await a.sub.ack(replayed);
     await poll("no parked events after the replay", async () => (await streamInfo(s, "g")).stats.parkedMessageCount === 0n);
-    await rejects(groups.replayParkedMessagesToStream(s, "nope"), PersistentSubscriptionDoesNotExistError);
+    await rejects(client.replayParkedMessagesToStream(s, "nope"), PersistentSubscriptionDoesNotExistError);
 
     // Stop: the server ends the consumer's call; the event goes to the next.
     await append(s, 1);
@@ -344,13 +311,13 @@ const tests = {
     assert.equal(key(e), `${mine}@5`);
     await c.sub.nack("park", "poison", e);
     await poll("one parked event on $all", async () => (await allInfo(group)).stats.parkedMessageCount === 1n);
-    await groups.replayParkedMessagesToAll(group);
+    await client.replayParkedMessagesToAll(group);
     const again = await c.next();
     assert.equal(again.event.id, e.event.id);
     await c.sub.ack(again);
     await settled(() => allInfo(group));
 
-    const listed = (await groups.listPersistentSubscriptionsToAll()).map((x) => x.groupName);
+    const listed = (await client.listPersistentSubscriptionsToAll()).map((x) => x.groupName);
     assert.ok(listed.includes(group), inspect(listed));
     const everything = (await client.listAllPersistentSubscriptions()).map((x) => `${x.eventSource}/${x.groupName}`);
     assert.ok(everything.includes(`$all/${group}`), inspect(everything));
@@ -415,28 +382,18 @@ const tests = {
   },
 
   async serverFeaturesCoverEveryMethod() {
-    // The plain client, as an application would use it (see `groups`).
+    // The client checks ServerFeatures for "stream"/"all" before each of
+    // these and would fall back to KurrentDB's HTTP API without them.
     const s = name("features");
     await client.createPersistentSubscriptionToStream(s, "g", streamSettings({ startFrom: START }));
     const group = name("all-features");
     await client.createPersistentSubscriptionToAll(group, allSettings({ startFrom: END }));
-    // See `groups` at the top: getinfo/list/replayparked lack the features
-    // "stream" and "all" in ServerFeatures.
-    const gap = "ServerFeatures lacks 'stream'/'all' for this method";
-    await knownGap(`${gap} (getPersistentSubscriptionToStreamInfo)`, async () => {
-      assert.equal((await client.getPersistentSubscriptionToStreamInfo(s, "g")).groupName, "g");
-    });
-    await knownGap(`${gap} (getPersistentSubscriptionToAllInfo)`, async () => {
-      assert.equal((await client.getPersistentSubscriptionToAllInfo(group)).groupName, group);
-    });
-    await knownGap(`${gap} (listPersistentSubscriptionsToStream)`, async () => {
-      assert.equal((await client.listPersistentSubscriptionsToStream(s)).length, 1);
-    });
-    await knownGap(`${gap} (listPersistentSubscriptionsToAll)`, async () => {
-      assert.ok((await client.listPersistentSubscriptionsToAll()).some((x) => x.groupName === group));
-    });
-    await knownGap(`${gap} (replayParkedMessagesToStream)`, () => client.replayParkedMessagesToStream(s, "g"));
-    await knownGap(`${gap} (replayParkedMessagesToAll)`, () => client.replayParkedMessagesToAll(group));
+    assert.equal((await client.getPersistentSubscriptionToStreamInfo(s, "g")).groupName, "g");
+    assert.equal((await client.getPersistentSubscriptionToAllInfo(group)).groupName, group);
+    assert.equal((await client.listPersistentSubscriptionsToStream(s)).length, 1);
+    assert.ok((await client.listPersistentSubscriptionsToAll()).some((x) => x.groupName === group));
+    await client.replayParkedMessagesToStream(s, "g");
+    await client.replayParkedMessagesToAll(group);
     await client.deletePersistentSubscriptionToStream(s, "g");
     await client.deletePersistentSubscriptionToAll(group);
   },
@@ -455,9 +412,7 @@ const tests = {
       console.log(`node FAIL ${n}: ${e?.stack ?? e}`);
     }
   }
-  for (const g of new Set(gaps)) console.log(`node known server gap: ${g}`);
-  console.log(`node persistent: ${passed} passed, ${failed} failed, ${gaps.length} known gaps`);
+  console.log(`node persistent: ${passed} passed, ${failed} failed`);
   await client.dispose();
-  await groups.dispose();
   process.exit(failed ? 1 : 0);
 })();

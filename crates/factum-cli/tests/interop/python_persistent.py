@@ -3,10 +3,6 @@ driven by KurrentDB's Python client (kurrentdbclient, from PyPI): the client
 decides what is right, not us.
 
 Usage: python_persistent.py HOST:PORT
-
-A check that fails because of a known server gap is wrapped in
-`known_gap("...")`: it still runs, prints GAP instead of failing, and prints
-FIXED once the server behaves (then drop the wrapper).
 """
 import queue
 import sys
@@ -18,7 +14,6 @@ import uuid
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.exceptions import (
     AlreadyExistsError,
-    FailedPreconditionError,
     MaximumSubscriptionsReachedError,
     NotFoundError,
 )
@@ -28,7 +23,6 @@ client = KurrentDBClient(uri=f"esdb://{ADDR}?tls=false")
 # Checkpoints as soon as anything was handled, so info shows them quickly.
 FAST = dict(checkpoint_after=0.1, min_checkpoint_count=1, max_checkpoint_count=1000)
 WAIT = 10.0
-gaps = []
 
 
 def name(prefix):
@@ -48,27 +42,6 @@ def raises(exc, fn, *args, **kwargs):
     except Exception as e:
         raise AssertionError(f"{fn.__name__} raised {type(e).__name__}: {e}, not {exc.__name__}") from e
     raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}")
-
-
-class known_gap:
-    """A check the server does not pass yet (see the reason): GAP, not FAIL."""
-
-    def __init__(self, reason):
-        self.reason = reason
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if err is None:
-            print(f"python FIXED known gap now passes, remove the marker: {self.reason}")
-            return False
-        if isinstance(err, Exception):
-            gaps.append(self.reason)
-            first = str(err).strip().splitlines()[:3]
-            print(f"python GAP  {self.reason}: {type(err).__name__}: {' | '.join(first)}")
-            return True
-        return False
 
 
 class Consumer:
@@ -176,11 +149,9 @@ def test_create_errors_update_list_delete():
     assert i.consumer_strategy == "RoundRobin" and i.start_from == "0", i
     client.update_subscription_to_stream("g", s, consumer_strategy="Pinned")
     assert info("g", s).consumer_strategy == "Pinned"
-    with known_gap("Update to DispatchToSingle is ignored: the client sends the deprecated enum "
-                   "named_consumer_strategy = DispatchToSingle (0), which the server reads as 'not set'"):
-        client.update_subscription_to_stream("g", s, consumer_strategy="DispatchToSingle")
-        got = info("g", s).consumer_strategy
-        assert got == "DispatchToSingle", got
+    client.update_subscription_to_stream("g", s, consumer_strategy="DispatchToSingle")
+    got = info("g", s).consumer_strategy
+    assert got == "DispatchToSingle", got
     raises(NotFoundError, client.update_subscription_to_stream, "nope", s)
 
     # List: all, and per stream; another stream's groups are not listed.
@@ -228,11 +199,6 @@ def test_round_robin_two_consumers_and_maximum():
         third = Consumer("g", s)
     except MaximumSubscriptionsReachedError:
         pass
-    except FailedPreconditionError as e:
-        with known_gap("maximum subscribers: the client maps FAILED_PRECONDITION to "
-                       "MaximumSubscriptionsReachedError only when the message starts with "
-                       "'Maximum subscriptions reached' (KurrentDB's text); the server says: " + str(e)):
-            raise
     else:
         third.stop()
         raise AssertionError("a third consumer was accepted over the maximum of 2")
@@ -359,26 +325,23 @@ def test_all_with_the_clients_default_filter():
     # ^(?!(\$.+$|PersistentConfig\d+$|Result$)) (common.py
     # construct_filter_exclude_regex, DEFAULT_EXCLUDE_FILTER).
     group = name("all-default")
-    with known_gap("$all group with the client's default filter: Create rejects the look-ahead regex "
-                   "(INVALID_ARGUMENT 'look-around ... is not supported'); reads and catch-up "
-                   "subscriptions accept it (factum-server filter.rs uses fancy-regex)"):
-        client.create_subscription_to_all(group, from_end=True, **FAST)
-        tag = uuid.uuid4().hex[:8]
-        c = Consumer(group)
-        try:
-            client.append_to_stream(f"$sys{tag}", current_version=StreamState.ANY,
-                                    events=[NewEvent(type="$System", data=b"{}")])
-            append(f"user{tag}", 1, t=f"User{tag}")
-            # Other clients may append too: read until ours, no system event on the way.
-            types = []
-            while f"User{tag}" not in types:
-                e = c.next()
-                types.append(e.type)
-                c.sub.ack(e)
-            assert not any(t.startswith("$") for t in types), f"a system event came through: {types}"
-        finally:
-            c.stop()
-            client.delete_subscription(group)
+    client.create_subscription_to_all(group, from_end=True, **FAST)
+    tag = uuid.uuid4().hex[:8]
+    c = Consumer(group)
+    try:
+        client.append_to_stream(f"$sys{tag}", current_version=StreamState.ANY,
+                                events=[NewEvent(type="$System", data=b"{}")])
+        append(f"user{tag}", 1, t=f"User{tag}")
+        # Other clients may append too: read until ours, no system event on the way.
+        types = []
+        while f"User{tag}" not in types:
+            e = c.next()
+            types.append(e.type)
+            c.sub.ack(e)
+        assert not any(t.startswith("$") for t in types), f"a system event came through: {types}"
+    finally:
+        c.stop()
+        client.delete_subscription(group)
 
 
 def main():
@@ -394,9 +357,7 @@ def main():
             failed += 1
             print(f"python FAIL {n}")
             traceback.print_exc()
-    for g in gaps:
-        print(f"python known server gap: {g}")
-    print(f"python persistent: {passed} passed, {failed} failed, {len(gaps)} known gaps")
+    print(f"python persistent: {passed} passed, {failed} failed")
     sys.stdout.flush()
     client.close()
     sys.exit(1 if failed else 0)
