@@ -3,6 +3,14 @@
 //! Each group locks the `head` row first, so positions are assigned in
 //! commit order with no gaps even with several processes writing (ADR 6).
 //! The append rules are `factum_core::rules`, the same as the engine's.
+//!
+//! Two paths commit a group. The slow path locks `head`, loads the streams
+//! and decides in the transaction (two round trips). The fast path decides
+//! from what this writer committed last ([`Cache`]) and sends the whole
+//! transaction at once behind a guard that fails when `head` moved since
+//! (another instance wrote): one round trip. A failed guard rolls the
+//! transaction back and the group takes the slow path, so correctness never
+//! depends on the cache (ADR 6).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,6 +43,7 @@ pub fn start(pool: Pool, tables: Tables, config: PostgresConfig) -> mpsc::Sender
 async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::Receiver<Request>) {
     let mut client: Option<Object> = None;
     let sql = Sql::new(&tables);
+    let mut cache = Cache::default();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < config.max_group_appends {
@@ -67,7 +76,16 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                 }
             }
             let c = client.as_mut().expect("connected above");
-            match commit_group(c, &sql, &tables, &config, &group).await {
+            let committed = match fast_group(c, &sql, &tables, &config, &group, &mut cache).await {
+                Ok(Some(answers)) => Ok(answers),
+                Ok(None) => commit_group(c, &sql, &tables, &config, &group, &mut cache).await,
+                Err(f) => Err(f),
+            };
+            if committed.is_err() {
+                // The outcome may be unknown: what was cached may be wrong.
+                cache.clear();
+            }
+            match committed {
                 Ok(answers) => {
                     for (r, a) in group.into_iter().zip(answers) {
                         let _ = r.reply.send(a);
@@ -134,7 +152,22 @@ struct Sql {
     insert_links: String,
     upsert_streams: String,
     update_head: String,
+    /// Fast path: locks `head` and fails (division by zero) unless it is
+    /// where this writer left it.
+    guard: String,
+    /// Fast path without writes: the same check, no lock.
+    check_head: String,
+    /// Fast path: `insert_events` with `created` from the database clock.
+    insert_events_now: String,
+    /// Fast path: `update_head` with `last_created` from the database clock.
+    update_head_now: String,
 }
+
+/// The commit time of a fast-path transaction, in microseconds: the
+/// transaction's start (one value for every statement in it), never below
+/// the last commit's (`$9` in `insert_events_now`, the column in
+/// `update_head_now`; the guard makes them equal).
+const NOW_MICROS: &str = "(extract(epoch FROM now()) * 1000000)::bigint";
 
 impl Sql {
     fn new(t: &Tables) -> Sql {
@@ -181,11 +214,32 @@ impl Sql {
                 "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1",
                 t.head
             ),
+            guard: format!(
+                "SELECT 1 / ((next_position = $1 AND next_stream_id = $2)::int) FROM {} WHERE id = 1 FOR UPDATE",
+                t.head
+            ),
+            check_head: format!(
+                "SELECT 1 / ((next_position = $1 AND next_stream_id = $2)::int) FROM {} WHERE id = 1",
+                t.head
+            ),
+            insert_events_now: format!(
+                "INSERT INTO {} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
+                 SELECT p, s, n, r, i, t, c, f, GREATEST({NOW_MICROS}, $9), d, m
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
+                             $7::smallint[], $8::smallint[], $10::bytea[], $11::bytea[]) AS u(p, s, n, r, i, t, c, f, d, m)",
+                t.events
+            ),
+            update_head_now: format!(
+                "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = GREATEST({NOW_MICROS}, last_created)
+                 WHERE id = 1 RETURNING last_created",
+                t.head
+            ),
         }
     }
 }
 
 /// A stream's id and state within a group.
+#[derive(Clone)]
 struct Entry {
     id: i64,
     state: StreamState,
@@ -233,6 +287,37 @@ impl Rows {
                 &r.content_type,
                 &r.flags,
                 &r.created,
+                &r.data,
+                &r.metadata,
+            ],
+        )
+        .await
+    }
+
+    /// Inserts the event rows with `created` from the database clock, at
+    /// least `last_created` (none: nothing is sent).
+    async fn insert_events_now(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+        last_created: i64,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.position.is_empty() {
+            return Ok(0);
+        }
+        let r = self;
+        tx.execute(
+            stmt,
+            &[
+                &r.position,
+                &r.stream_id,
+                &r.stream_name,
+                &r.revision,
+                &r.id,
+                &r.event_type,
+                &r.content_type,
+                &r.flags,
+                &last_created,
                 &r.data,
                 &r.metadata,
             ],
@@ -409,18 +494,8 @@ impl Group<'_> {
     }
 }
 
-/// Runs one group in one transaction; the outer error means the whole
-/// transaction failed (nothing of it is known to be committed). Statements
-/// are prepared once per connection and pipelined where they do not depend
-/// on each other's answers: begin, lock + load, (retry checks), writes, commit.
-async fn commit_group(
-    client: &mut Object,
-    sql: &Sql,
-    t: &Tables,
-    config: &PostgresConfig,
-    group: &[Request],
-) -> std::result::Result<Vec<Result<AppendResult>>, Failure> {
-    // Every stream the group may touch, loaded in one query.
+/// Every stream a group may touch (sorted, no duplicates).
+fn group_names(group: &[Request]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for r in group {
         let (owner, written) = rules::streams_of(&r.stream, &r.op);
@@ -434,6 +509,296 @@ async fn commit_group(
     }
     names.sort();
     names.dedup();
+    names
+}
+
+/// A row of `load_streams`.
+fn entry_of(row: &tokio_postgres::Row) -> (String, Entry) {
+    let state = StreamState {
+        last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
+        last_position: row.get::<_, i64>(3) as u64,
+        last_event_id: row.get(4),
+        base: row.get::<_, i64>(5) as u64,
+        deleted: row.get(6),
+        tombstoned: row.get(7),
+        metadata: row.get(8),
+    };
+    (
+        row.get(0),
+        Entry {
+            id: row.get(1),
+            state,
+        },
+    )
+}
+
+/// The `head` row as a commit left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Head {
+    next_position: i64,
+    next_stream_id: i64,
+    last_created: i64,
+}
+
+/// What this writer knows of the database: `head` and stream states as its
+/// own last commit left them. It is right exactly while no other instance
+/// has committed since, which the fast path's guard checks in the
+/// database, under the head lock, before anything it wrote can commit.
+#[derive(Default)]
+struct Cache {
+    head: Option<Head>,
+    /// Stream states as of `head`; `None`: no such stream.
+    streams: HashMap<String, Option<Entry>>,
+    /// This writer's previous group found no other instance's commit since
+    /// its own: the fast path is likely to succeed. (After a miss, groups
+    /// take the slow path until one finds the head where this writer left
+    /// it, so contended instances do not pay for failed guards.)
+    quiet: bool,
+}
+
+/// Most stream states cached; beyond that the cache starts over.
+const CACHED_STREAMS: usize = 50_000;
+
+impl Cache {
+    fn clear(&mut self) {
+        *self = Cache::default();
+    }
+
+    /// After a commit that left the database at `head`.
+    fn committed(&mut self, head: Head, states: impl Iterator<Item = (String, Option<Entry>)>) {
+        if self.streams.len() > CACHED_STREAMS {
+            self.streams.clear();
+        }
+        self.head = Some(head);
+        self.streams.extend(states);
+    }
+}
+
+/// Whether a fast-path guard failed: `head` moved since this writer's last
+/// commit.
+fn head_moved(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+}
+
+type Answers = Vec<Result<AppendResult>>;
+
+/// The fast path: decides the group from the cache and sends the whole
+/// transaction in one round trip (one more when streams must be loaded
+/// first): BEGIN; the guard, which locks `head` and fails unless it is
+/// where this writer left it; the writes; COMMIT. `Ok(None)`: nothing was
+/// written, take the slow path (no cache, a failed guard, or an append that
+/// needs an idempotency check).
+async fn fast_group(
+    client: &mut Object,
+    sql: &Sql,
+    t: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+    cache: &mut Cache,
+) -> std::result::Result<Option<Answers>, Failure> {
+    let Some(head) = cache.head.filter(|_| cache.quiet) else {
+        return Ok(None);
+    };
+    let tx: &ClientWrapper = client;
+    let names = group_names(group);
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !cache.streams.contains_key(*n))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        // Read outside the transaction. If the guard then finds `head`
+        // unmoved, nothing was committed since this writer's last commit,
+        // so these rows are the states at `head`; if not, the cache goes.
+        let load = tx.prepare_cached(&sql.load_streams).await.map_err(q)?;
+        let rows = tx.query(&load, &[&missing]).await.map_err(q)?;
+        for name in missing {
+            cache.streams.insert(name, None);
+        }
+        for row in &rows {
+            let (name, entry) = entry_of(row);
+            cache.streams.insert(name, Some(entry));
+        }
+    }
+    let mut g = Group {
+        sql,
+        states: names
+            .iter()
+            .filter_map(|n| Some((n.clone(), cache.streams.get(n)?.clone()?)))
+            .collect(),
+        touched: HashSet::new(),
+        next_position: head.next_position,
+        next_stream_id: head.next_stream_id,
+        // Unused: the statements take the time from the database clock.
+        created: head.last_created,
+        rows: Rows::default(),
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    for r in group {
+        let (owner, written) = rules::streams_of(&r.stream, &r.op);
+        let d = rules::decide(
+            &r.stream,
+            r.expected,
+            r.op.clone(),
+            g.state(&owner),
+            g.state(&written),
+            &config.limits,
+        );
+        answers.push(match d {
+            Decision::Reject(e) => Err(e),
+            Decision::Done(res) => Ok(res),
+            Decision::Write {
+                stream,
+                events,
+                kind,
+                first_revision,
+            } => Ok(g.write(&stream, events, kind, first_revision)),
+            // Needs a query inside the transaction.
+            Decision::CheckRetry { .. } => return Ok(None),
+        });
+    }
+    let guard_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&head.next_position, &head.next_stream_id];
+    if g.next_position == head.next_position && g.touched.is_empty() {
+        // Nothing to write: the answers hold if the cache was right.
+        let check = tx.prepare_cached(&sql.check_head).await.map_err(q)?;
+        return match tx.execute(&check, &guard_params).await {
+            Ok(_) => Ok(Some(answers)),
+            Err(e) if head_moved(&e) => {
+                cache.quiet = false;
+                Ok(None)
+            }
+            Err(e) => Err(Failure::RolledBack(q(e))),
+        };
+    }
+    let (guard, events, links, upsert, update_head, notify) = tokio::try_join!(
+        tx.prepare_cached(&sql.guard),
+        tx.prepare_cached(&sql.insert_events_now),
+        tx.prepare_cached(&sql.insert_links),
+        tx.prepare_cached(&sql.upsert_streams),
+        tx.prepare_cached(&sql.update_head_now),
+        tx.prepare_cached("SELECT pg_notify($1, $2)")
+    )
+    .map_err(q)?;
+    let r = std::mem::take(&mut g.rows);
+    let c = g.stream_columns();
+    let next = g.next_position.to_string();
+    let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&g.next_position, &g.next_stream_id];
+    // Every statement goes out before the first answer comes back, in this
+    // order. A statement that fails before it reaches the connection (it
+    // could not be encoded, the connection is gone) marks the transaction
+    // broken, and ROLLBACK goes out instead of COMMIT; one that fails in
+    // the database aborts the transaction, and the COMMIT then rolls back.
+    let broken = std::sync::atomic::AtomicBool::new(false);
+    let mark = |r: std::result::Result<u64, tokio_postgres::Error>| {
+        if r.is_err() {
+            broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    };
+    let (begin, guarded, ev, li, up, hd, no, end) = tokio::join!(
+        biased;
+        async { mark(tx.batch_execute("BEGIN").await.map(|_| 0)) },
+        async { mark(tx.execute(&guard, &guard_params).await) },
+        async { mark(r.insert_events_now(tx, &events, head.last_created).await) },
+        async { mark(r.insert_links(tx, &links).await) },
+        async {
+            if c.0.is_empty() {
+                return Ok(0);
+            }
+            mark(
+                tx.execute(
+                    &upsert,
+                    &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
+                )
+                .await,
+            )
+        },
+        async {
+            let row = tx.query_one(&update_head, &head_params).await;
+            mark(row.map(|row| row.get::<_, i64>(0) as u64))
+        },
+        async { mark(tx.execute(&notify, &[&t.channel, &next]).await) },
+        async {
+            if broken.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = tx.batch_execute("ROLLBACK").await;
+                return None;
+            }
+            Some(tx.batch_execute("COMMIT").await)
+        }
+    );
+    let steps = [begin, guarded, ev, li, up, hd, no];
+    // The first failure in order explains any after it (those fail with
+    // "current transaction is aborted").
+    let failed = steps.iter().position(|r| r.is_err());
+    match (failed, end) {
+        (None, Some(Ok(()))) => {
+            let last_created = *steps[5].as_ref().expect("checked above") as i64;
+            cache.committed(
+                Head {
+                    next_position: g.next_position,
+                    next_stream_id: g.next_stream_id,
+                    last_created,
+                },
+                g.states.into_iter().map(|(name, e)| (name, Some(e))),
+            );
+            Ok(Some(answers))
+        }
+        (Some(1), end) if steps[1].as_ref().is_err_and(head_moved) => {
+            // Another instance wrote: the transaction aborted at the guard,
+            // nothing was written.
+            cache.quiet = false;
+            tracing::debug!("another instance wrote since this writer's last commit: slow path");
+            match end {
+                Some(Ok(())) => Ok(None),
+                // The connection is in doubt: a fresh one retries the group.
+                _ => Err(Failure::RolledBack(Error::Unavailable(
+                    "PostgreSQL append: the transaction was rolled back".into(),
+                ))),
+            }
+        }
+        (Some(i), end) => {
+            let e = steps
+                .into_iter()
+                .nth(i)
+                .expect("in range")
+                .expect_err("failed");
+            // An error from the server aborted the transaction before its
+            // COMMIT; with no COMMIT sent, nothing can have committed.
+            if e.as_db_error().is_some() || end.is_none() {
+                Err(Failure::RolledBack(db_err("append", e)))
+            } else {
+                Err(Failure::Unknown(db_err("commit", e)))
+            }
+        }
+        (None, None) => Err(Failure::RolledBack(Error::Unavailable(
+            "PostgreSQL append: the transaction was rolled back".into(),
+        ))),
+        (None, Some(Err(e))) => Err(if e.as_db_error().is_some() {
+            Failure::RolledBack(db_err("commit", e))
+        } else {
+            Failure::Unknown(db_err("commit", e))
+        }),
+    }
+}
+
+/// Runs one group in one transaction on the slow path; the outer error
+/// means the whole transaction failed (nothing of it is known to be
+/// committed). Statements are prepared once per connection and pipelined
+/// where they do not depend on each other's answers: begin, lock + load,
+/// (retry checks), writes, commit. Afterwards the cache holds what this
+/// group committed (and what it found, if another instance had written).
+async fn commit_group(
+    client: &mut Object,
+    sql: &Sql,
+    t: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+    cache: &mut Cache,
+) -> std::result::Result<Answers, Failure> {
+    // Every stream the group may touch, loaded in one query.
+    let names = group_names(group);
     // The transaction is managed by hand so BEGIN, the head lock and the
     // load go out in one round trip, and the writes and COMMIT in another.
     let tx: &ClientWrapper = client;
@@ -455,32 +820,28 @@ async fn commit_group(
             return Err(Failure::RolledBack(q(e)));
         }
     };
+    // Did another instance commit since this writer's last commit?
+    let found = (head.get::<_, i64>(0), head.get::<_, i64>(1));
+    let unmoved = cache
+        .head
+        .is_some_and(|h| (h.next_position, h.next_stream_id) == found);
+    let quiet = cache.head.is_none() || unmoved;
+    if !unmoved {
+        cache.clear();
+    }
+    cache.quiet = quiet;
     let mut g = Group {
         sql,
         states: HashMap::new(),
         touched: HashSet::new(),
-        next_position: head.get(0),
-        next_stream_id: head.get(1),
+        next_position: found.0,
+        next_stream_id: found.1,
         created: head.get::<_, i64>(3).max(head.get::<_, i64>(2)),
         rows: Rows::default(),
     };
-    for row in rows {
-        let state = StreamState {
-            last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
-            last_position: row.get::<_, i64>(3) as u64,
-            last_event_id: row.get(4),
-            base: row.get::<_, i64>(5) as u64,
-            deleted: row.get(6),
-            tombstoned: row.get(7),
-            metadata: row.get(8),
-        };
-        g.states.insert(
-            row.get(0),
-            Entry {
-                id: row.get(1),
-                state,
-            },
-        );
+    for row in &rows {
+        let (name, entry) = entry_of(row);
+        g.states.insert(name, entry);
     }
     let mut answers = Vec::with_capacity(group.len());
     for r in group {
@@ -538,7 +899,24 @@ async fn commit_group(
         answers.push(answer);
     }
     match finish(tx, sql, t, &mut g, &head).await {
-        Ok(()) => Ok(answers),
+        Ok(last_created) => {
+            let committed = Head {
+                next_position: g.next_position,
+                next_stream_id: g.next_stream_id,
+                last_created,
+            };
+            // Every stream the group looked up, present or not.
+            let looked_up: Vec<_> = names
+                .into_iter()
+                .map(|name| {
+                    let e = g.states.remove(&name);
+                    (name, e)
+                })
+                .collect();
+            let rest = g.states.into_iter().map(|(name, e)| (name, Some(e)));
+            cache.committed(committed, looked_up.into_iter().chain(rest));
+            Ok(answers)
+        }
         Err(e) => {
             let _ = tx.batch_execute("ROLLBACK").await;
             Err(Failure::Unknown(e))
@@ -549,20 +927,21 @@ async fn commit_group(
 /// Writes the group's rows, the stream states and the head, and commits:
 /// every statement is sent before the first answer is awaited, so this is
 /// one round trip. A failed statement aborts the transaction, and the
-/// COMMIT behind it then rolls back.
+/// COMMIT behind it then rolls back. Returns `head.last_created` as
+/// committed.
 async fn finish(
     tx: &ClientWrapper,
     sql: &Sql,
     t: &Tables,
     g: &mut Group<'_>,
     head: &tokio_postgres::Row,
-) -> Result<()> {
+) -> Result<i64> {
     let wrote = g.next_position != head.get::<_, i64>(0);
     if !wrote && g.next_stream_id == head.get::<_, i64>(1) && g.touched.is_empty() {
-        return tx
-            .batch_execute("COMMIT")
+        tx.batch_execute("COMMIT")
             .await
-            .map_err(|e| db_err("commit", e));
+            .map_err(|e| db_err("commit", e))?;
+        return Ok(head.get(2));
     }
     let (events, links, upsert, update_head, notify) = tokio::try_join!(
         tx.prepare_cached(&sql.insert_events),
@@ -607,5 +986,5 @@ async fn finish(
         commit
     )
     .map_err(|e| db_err("commit", e))?;
-    Ok(())
+    Ok(g.created)
 }
