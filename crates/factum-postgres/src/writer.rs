@@ -152,21 +152,24 @@ struct Sql {
     insert_links: String,
     upsert_streams: String,
     update_head: String,
-    /// Fast path: locks `head` and fails (division by zero) unless it is
-    /// where this writer left it.
-    guard: String,
+    /// Fast path: moves `head` (which locks it) and fails (division by
+    /// zero) unless it was where this writer left it; `last_created` from
+    /// the database clock.
+    guard_head: String,
     /// Fast path without writes: the same check, no lock.
     check_head: String,
     /// Fast path: `insert_events` with `created` from the database clock.
     insert_events_now: String,
-    /// Fast path: `update_head` with `last_created` from the database clock.
-    update_head_now: String,
+    /// Fast path: updates streams known to exist (no `ON CONFLICT`, whose
+    /// row lock costs a WAL record per stream) and fails unless each was
+    /// there.
+    update_streams: String,
 }
 
 /// The commit time of a fast-path transaction, in microseconds: the
 /// transaction's start (one value for every statement in it), never below
 /// the last commit's (`$9` in `insert_events_now`, the column in
-/// `update_head_now`; the guard makes them equal).
+/// `guard_head`; the guard makes them equal).
 const NOW_MICROS: &str = "(extract(epoch FROM now()) * 1000000)::bigint";
 
 impl Sql {
@@ -214,8 +217,11 @@ impl Sql {
                 "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1",
                 t.head
             ),
-            guard: format!(
-                "SELECT 1 / ((next_position = $1 AND next_stream_id = $2)::int) FROM {} WHERE id = 1 FOR UPDATE",
+            guard_head: format!(
+                "UPDATE {} SET next_position = $3, next_stream_id = $4,
+                     last_created = GREATEST({NOW_MICROS}, last_created)
+                 WHERE id = 1 AND 1 / ((next_position = $1 AND next_stream_id = $2)::int) = 1
+                 RETURNING last_created",
                 t.head
             ),
             check_head: format!(
@@ -229,10 +235,16 @@ impl Sql {
                              $7::smallint[], $8::smallint[], $10::bytea[], $11::bytea[]) AS u(p, s, n, r, i, t, c, f, d, m)",
                 t.events
             ),
-            update_head_now: format!(
-                "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = GREATEST({NOW_MICROS}, last_created)
-                 WHERE id = 1 RETURNING last_created",
-                t.head
+            update_streams: format!(
+                "WITH u AS (
+                     UPDATE {} s SET last_revision = u.r, last_position = u.p, last_event_id = u.e,
+                         base = u.b, deleted = u.d, tombstoned = u.t, metadata = u.m
+                     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::bigint[],
+                                 $6::boolean[], $7::boolean[], $8::bytea[]) AS u(n, r, p, e, b, d, t, m)
+                     WHERE s.name = u.n
+                     RETURNING 1)
+                 SELECT 1 / ((count(*) = $9)::int) FROM u",
+                t.streams
             ),
         }
     }
@@ -450,47 +462,84 @@ impl Group<'_> {
         Ok(())
     }
 
-    /// The touched streams' states, column by column (for `UNNEST`).
-    #[allow(clippy::type_complexity)]
-    fn stream_columns(
-        &mut self,
-    ) -> (
-        Vec<String>,
-        Vec<i64>,
-        Vec<Option<i64>>,
-        Vec<i64>,
-        Vec<Uuid>,
-        Vec<i64>,
-        Vec<bool>,
-        Vec<bool>,
-        Vec<Option<Vec<u8>>>,
-    ) {
-        let mut c = Default::default();
-        let (names, ids, revs, poss, evids, bases, dels, tombs, metas): &mut (
-            Vec<String>,
-            Vec<i64>,
-            Vec<Option<i64>>,
-            Vec<i64>,
-            Vec<Uuid>,
-            Vec<i64>,
-            Vec<bool>,
-            Vec<bool>,
-            Vec<Option<Vec<u8>>>,
-        ) = &mut c;
+    /// The touched streams' states, column by column (for `UNNEST`):
+    /// those for which `existed` holds, and the others.
+    fn stream_columns(&mut self, existed: impl Fn(&str) -> bool) -> (StreamCols, StreamCols) {
+        let (mut old, mut new) = (StreamCols::default(), StreamCols::default());
         for name in self.touched.drain() {
-            let e = &self.states[&name];
-            let s = &e.state;
-            names.push(name.clone());
-            ids.push(e.id);
-            revs.push(s.last_revision.map(|r| r as i64));
-            poss.push(s.last_position as i64);
-            evids.push(s.last_event_id);
-            bases.push(s.base as i64);
-            dels.push(s.deleted);
-            tombs.push(s.tombstoned);
-            metas.push(s.metadata.clone());
+            let cols = if existed(&name) { &mut old } else { &mut new };
+            cols.push(&name, &self.states[&name]);
         }
-        c
+        (old, new)
+    }
+}
+
+/// Stream rows, column by column (for `UNNEST`).
+#[derive(Default)]
+struct StreamCols {
+    names: Vec<String>,
+    ids: Vec<i64>,
+    revs: Vec<Option<i64>>,
+    poss: Vec<i64>,
+    evids: Vec<Uuid>,
+    bases: Vec<i64>,
+    dels: Vec<bool>,
+    tombs: Vec<bool>,
+    metas: Vec<Option<Vec<u8>>>,
+}
+
+impl StreamCols {
+    fn push(&mut self, name: &str, e: &Entry) {
+        let s = &e.state;
+        self.names.push(name.to_string());
+        self.ids.push(e.id);
+        self.revs.push(s.last_revision.map(|r| r as i64));
+        self.poss.push(s.last_position as i64);
+        self.evids.push(s.last_event_id);
+        self.bases.push(s.base as i64);
+        self.dels.push(s.deleted);
+        self.tombs.push(s.tombstoned);
+        self.metas.push(s.metadata.clone());
+    }
+
+    /// Inserts new streams, or updates them (none: nothing is sent).
+    async fn upsert(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.names.is_empty() {
+            return Ok(0);
+        }
+        let c = self;
+        tx.execute(
+            stmt,
+            &[
+                &c.names, &c.ids, &c.revs, &c.poss, &c.evids, &c.bases, &c.dels, &c.tombs, &c.metas,
+            ],
+        )
+        .await
+    }
+
+    /// Updates streams known to exist, failing unless each one was there
+    /// (none: nothing is sent).
+    async fn update(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.names.is_empty() {
+            return Ok(0);
+        }
+        let c = self;
+        let n = c.names.len() as i64;
+        tx.execute(
+            stmt,
+            &[
+                &c.names, &c.revs, &c.poss, &c.evids, &c.bases, &c.dels, &c.tombs, &c.metas, &n,
+            ],
+        )
+        .await
     }
 }
 
@@ -657,12 +706,12 @@ async fn fast_group(
             Decision::CheckRetry { .. } => return Ok(None),
         });
     }
-    let guard_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&head.next_position, &head.next_stream_id];
     if g.next_position == head.next_position && g.touched.is_empty() {
         // Nothing to write: the answers hold if the cache was right.
         let check = tx.prepare_cached(&sql.check_head).await.map_err(q)?;
-        return match tx.execute(&check, &guard_params).await {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&head.next_position, &head.next_stream_id];
+        return match tx.execute(&check, &params).await {
             Ok(_) => Ok(Some(answers)),
             Err(e) if head_moved(&e) => {
                 cache.quiet = false;
@@ -671,20 +720,24 @@ async fn fast_group(
             Err(e) => Err(Failure::RolledBack(q(e))),
         };
     }
-    let (guard, events, links, upsert, update_head, notify) = tokio::try_join!(
-        tx.prepare_cached(&sql.guard),
+    let (guard, events, links, update, upsert, notify) = tokio::try_join!(
+        tx.prepare_cached(&sql.guard_head),
         tx.prepare_cached(&sql.insert_events_now),
         tx.prepare_cached(&sql.insert_links),
+        tx.prepare_cached(&sql.update_streams),
         tx.prepare_cached(&sql.upsert_streams),
-        tx.prepare_cached(&sql.update_head_now),
         tx.prepare_cached("SELECT pg_notify($1, $2)")
     )
     .map_err(q)?;
     let r = std::mem::take(&mut g.rows);
-    let c = g.stream_columns();
+    let (old, new) = g.stream_columns(|name| matches!(cache.streams.get(name), Some(Some(_))));
     let next = g.next_position.to_string();
-    let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&g.next_position, &g.next_stream_id];
+    let guard_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+        &head.next_position,
+        &head.next_stream_id,
+        &g.next_position,
+        &g.next_stream_id,
+    ];
     // Every statement goes out before the first answer comes back, in this
     // order. A statement that fails before it reaches the connection (it
     // could not be encoded, the connection is gone) marks the transaction
@@ -697,28 +750,19 @@ async fn fast_group(
         }
         r
     };
-    let (begin, guarded, ev, li, up, hd, no, end) = tokio::join!(
+    let (begin, guarded, ev, li, up, ins, no, end) = tokio::join!(
         biased;
         async { mark(tx.batch_execute("BEGIN").await.map(|_| 0)) },
-        async { mark(tx.execute(&guard, &guard_params).await) },
-        async { mark(r.insert_events_now(tx, &events, head.last_created).await) },
-        async { mark(r.insert_links(tx, &links).await) },
+        // First: the head lock, as on the slow path. Answers `last_created`.
         async {
-            if c.0.is_empty() {
-                return Ok(0);
-            }
-            mark(
-                tx.execute(
-                    &upsert,
-                    &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
-                )
-                .await,
-            )
-        },
-        async {
-            let row = tx.query_one(&update_head, &head_params).await;
+            let row = tx.query_one(&guard, &guard_params).await;
             mark(row.map(|row| row.get::<_, i64>(0) as u64))
         },
+        async { mark(r.insert_events_now(tx, &events, head.last_created).await) },
+        async { mark(r.insert_links(tx, &links).await) },
+        async { mark(old.update(tx, &update).await) },
+        async { mark(new.upsert(tx, &upsert).await) },
+        // Delivered at commit, so a woken subscriber finds the events.
         async { mark(tx.execute(&notify, &[&t.channel, &next]).await) },
         async {
             if broken.load(std::sync::atomic::Ordering::Relaxed) {
@@ -728,13 +772,13 @@ async fn fast_group(
             Some(tx.batch_execute("COMMIT").await)
         }
     );
-    let steps = [begin, guarded, ev, li, up, hd, no];
+    let steps = [begin, guarded, ev, li, up, ins, no];
     // The first failure in order explains any after it (those fail with
     // "current transaction is aborted").
     let failed = steps.iter().position(|r| r.is_err());
     match (failed, end) {
         (None, Some(Ok(()))) => {
-            let last_created = *steps[5].as_ref().expect("checked above") as i64;
+            let last_created = *steps[1].as_ref().expect("checked above") as i64;
             cache.committed(
                 Head {
                     next_position: g.next_position,
@@ -952,20 +996,11 @@ async fn finish(
     )
     .map_err(q)?;
     let r = std::mem::take(&mut g.rows);
-    let c = g.stream_columns();
+    let (_, c) = g.stream_columns(|_| false);
     let next = g.next_position.to_string();
     let insert_events = r.insert_events(tx, &events);
     let insert_links = r.insert_links(tx, &links);
-    let upsert_streams = async {
-        if c.0.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &upsert,
-            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
-        )
-        .await
-    };
+    let upsert_streams = c.upsert(tx, &upsert);
     let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
         [&g.next_position, &g.next_stream_id, &g.created];
     let head_row = tx.execute(&update_head, &head_params);
