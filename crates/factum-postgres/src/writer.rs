@@ -152,25 +152,58 @@ struct Sql {
     insert_links: String,
     upsert_streams: String,
     update_head: String,
-    /// Fast path: moves `head` (which locks it) and fails (division by
-    /// zero) unless it was where this writer left it; `last_created` from
-    /// the database clock.
-    guard_head: String,
-    /// Fast path without writes: the same check, no lock.
+    /// Fast path without writes: fails (division by zero) unless `head`
+    /// is where this writer left it.
     check_head: String,
-    /// Fast path: `insert_events` with `created` from the database clock.
-    insert_events_now: String,
-    /// Fast path: updates streams known to exist (no `ON CONFLICT`, whose
-    /// row lock costs a WAL record per stream) and fails unless each was
-    /// there.
-    update_streams: String,
+    /// Fast path: the whole group as one statement (so one implicit
+    /// transaction and one round trip), see [`fast_commit_sql`].
+    fast_commit: String,
 }
 
-/// The commit time of a fast-path transaction, in microseconds: the
-/// transaction's start (one value for every statement in it), never below
-/// the last commit's (`$9` in `insert_events_now`, the column in
-/// `guard_head`; the guard makes them equal).
-const NOW_MICROS: &str = "(extract(epoch FROM now()) * 1000000)::bigint";
+/// The fast path's statement. `h` goes first: every other part reads from
+/// it, so no row is written before it has locked `head` (as the slow path
+/// does) and checked that `head` is where this writer left it (`$1`, `$2`),
+/// failing with division by zero otherwise. It moves `head` to `$3`, `$4`
+/// and takes the commit time from the database clock (the statement's
+/// start, never below the last commit's). Then the events, the links, the
+/// streams known to exist (updated: no `ON CONFLICT`, whose row lock costs
+/// a WAL record each; the count must match `$35`) and the new streams
+/// (inserted), and `NOTIFY`, delivered at commit.
+fn fast_commit_sql(t: &Tables) -> String {
+    format!(
+        "WITH h AS (
+             UPDATE {head} SET next_position = $3, next_stream_id = $4,
+                 last_created = GREATEST((extract(epoch FROM now()) * 1000000)::bigint, last_created)
+             WHERE id = 1 AND 1 / ((next_position = $1 AND next_stream_id = $2)::int) = 1
+             RETURNING last_created),
+         ev AS (
+             INSERT INTO {events} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
+             SELECT u.p, u.s, u.n, u.r, u.i, u.t, u.c, u.f, h.last_created, u.d, u.m
+             FROM h, UNNEST($5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::uuid[], $10::text[],
+                            $11::smallint[], $12::smallint[], $13::bytea[], $14::bytea[]) AS u(p, s, n, r, i, t, c, f, d, m)),
+         li AS (
+             INSERT INTO {links} (stream_id, revision, position)
+             SELECT u.s, u.r, u.p FROM h, UNNEST($15::bigint[], $16::bigint[], $17::bigint[]) AS u(s, r, p)),
+         known AS (
+             UPDATE {streams} st SET last_revision = u.r, last_position = u.p, last_event_id = u.e,
+                 base = u.b, deleted = u.d, tombstoned = u.t, metadata = u.m
+             FROM h, UNNEST($18::text[], $19::bigint[], $20::bigint[], $21::uuid[], $22::bigint[],
+                            $23::boolean[], $24::boolean[], $25::bytea[]) AS u(n, r, p, e, b, d, t, m)
+             WHERE st.name = u.n
+             RETURNING 1),
+         fresh AS (
+             INSERT INTO {streams} (name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata)
+             SELECT u.* FROM h, UNNEST($26::text[], $27::bigint[], $28::bigint[], $29::bigint[], $30::uuid[],
+                                       $31::bigint[], $32::boolean[], $33::boolean[], $34::bytea[])
+                 AS u(n, i, r, p, e, b, d, t, m))
+         SELECT h.last_created, (SELECT 1 / ((count(*) = $35)::int) FROM known), pg_notify($36, $37)::text
+         FROM h",
+        head = t.head,
+        events = t.events,
+        links = t.links,
+        streams = t.streams,
+    )
+}
 
 impl Sql {
     fn new(t: &Tables) -> Sql {
@@ -217,35 +250,11 @@ impl Sql {
                 "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1",
                 t.head
             ),
-            guard_head: format!(
-                "UPDATE {} SET next_position = $3, next_stream_id = $4,
-                     last_created = GREATEST({NOW_MICROS}, last_created)
-                 WHERE id = 1 AND 1 / ((next_position = $1 AND next_stream_id = $2)::int) = 1
-                 RETURNING last_created",
-                t.head
-            ),
             check_head: format!(
                 "SELECT 1 / ((next_position = $1 AND next_stream_id = $2)::int) FROM {} WHERE id = 1",
                 t.head
             ),
-            insert_events_now: format!(
-                "INSERT INTO {} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
-                 SELECT p, s, n, r, i, t, c, f, GREATEST({NOW_MICROS}, $9), d, m
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::uuid[], $6::text[],
-                             $7::smallint[], $8::smallint[], $10::bytea[], $11::bytea[]) AS u(p, s, n, r, i, t, c, f, d, m)",
-                t.events
-            ),
-            update_streams: format!(
-                "WITH u AS (
-                     UPDATE {} s SET last_revision = u.r, last_position = u.p, last_event_id = u.e,
-                         base = u.b, deleted = u.d, tombstoned = u.t, metadata = u.m
-                     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::bigint[],
-                                 $6::boolean[], $7::boolean[], $8::bytea[]) AS u(n, r, p, e, b, d, t, m)
-                     WHERE s.name = u.n
-                     RETURNING 1)
-                 SELECT 1 / ((count(*) = $9)::int) FROM u",
-                t.streams
-            ),
+            fast_commit: fast_commit_sql(t),
         }
     }
 }
@@ -299,37 +308,6 @@ impl Rows {
                 &r.content_type,
                 &r.flags,
                 &r.created,
-                &r.data,
-                &r.metadata,
-            ],
-        )
-        .await
-    }
-
-    /// Inserts the event rows with `created` from the database clock, at
-    /// least `last_created` (none: nothing is sent).
-    async fn insert_events_now(
-        &self,
-        tx: &ClientWrapper,
-        stmt: &tokio_postgres::Statement,
-        last_created: i64,
-    ) -> std::result::Result<u64, tokio_postgres::Error> {
-        if self.position.is_empty() {
-            return Ok(0);
-        }
-        let r = self;
-        tx.execute(
-            stmt,
-            &[
-                &r.position,
-                &r.stream_id,
-                &r.stream_name,
-                &r.revision,
-                &r.id,
-                &r.event_type,
-                &r.content_type,
-                &r.flags,
-                &last_created,
                 &r.data,
                 &r.metadata,
             ],
@@ -520,27 +498,6 @@ impl StreamCols {
         )
         .await
     }
-
-    /// Updates streams known to exist, failing unless each one was there
-    /// (none: nothing is sent).
-    async fn update(
-        &self,
-        tx: &ClientWrapper,
-        stmt: &tokio_postgres::Statement,
-    ) -> std::result::Result<u64, tokio_postgres::Error> {
-        if self.names.is_empty() {
-            return Ok(0);
-        }
-        let c = self;
-        let n = c.names.len() as i64;
-        tx.execute(
-            stmt,
-            &[
-                &c.names, &c.revs, &c.poss, &c.evids, &c.bases, &c.dels, &c.tombs, &c.metas, &n,
-            ],
-        )
-        .await
-    }
 }
 
 /// Every stream a group may touch (sorted, no duplicates).
@@ -631,12 +588,12 @@ fn head_moved(e: &tokio_postgres::Error) -> bool {
 
 type Answers = Vec<Result<AppendResult>>;
 
-/// The fast path: decides the group from the cache and sends the whole
-/// transaction in one round trip (one more when streams must be loaded
-/// first): BEGIN; the guard, which locks `head` and fails unless it is
-/// where this writer left it; the writes; COMMIT. `Ok(None)`: nothing was
-/// written, take the slow path (no cache, a failed guard, or an append that
-/// needs an idempotency check).
+/// The fast path: decides the group from the cache and commits it with one
+/// statement, one round trip (one more when streams must be loaded first),
+/// whose first part locks `head` and fails unless it is where this writer
+/// left it ([`fast_commit_sql`]). `Ok(None)`: nothing was written, take the
+/// slow path (no cache, a failed guard, or an append that needs an
+/// idempotency check).
 async fn fast_group(
     client: &mut Object,
     sql: &Sql,
@@ -720,110 +677,74 @@ async fn fast_group(
             Err(e) => Err(Failure::RolledBack(q(e))),
         };
     }
-    let (guard, events, links, update, upsert, notify) = tokio::try_join!(
-        tx.prepare_cached(&sql.guard_head),
-        tx.prepare_cached(&sql.insert_events_now),
-        tx.prepare_cached(&sql.insert_links),
-        tx.prepare_cached(&sql.update_streams),
-        tx.prepare_cached(&sql.upsert_streams),
-        tx.prepare_cached("SELECT pg_notify($1, $2)")
-    )
-    .map_err(q)?;
+    let stmt = tx.prepare_cached(&sql.fast_commit).await.map_err(q)?;
     let r = std::mem::take(&mut g.rows);
     let (old, new) = g.stream_columns(|name| matches!(cache.streams.get(name), Some(Some(_))));
+    let known = old.names.len() as i64;
     let next = g.next_position.to_string();
-    let guard_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 37] = [
         &head.next_position,
         &head.next_stream_id,
         &g.next_position,
         &g.next_stream_id,
+        &r.position,
+        &r.stream_id,
+        &r.stream_name,
+        &r.revision,
+        &r.id,
+        &r.event_type,
+        &r.content_type,
+        &r.flags,
+        &r.data,
+        &r.metadata,
+        &r.link_stream,
+        &r.link_revision,
+        &r.link_position,
+        &old.names,
+        &old.revs,
+        &old.poss,
+        &old.evids,
+        &old.bases,
+        &old.dels,
+        &old.tombs,
+        &old.metas,
+        &new.names,
+        &new.ids,
+        &new.revs,
+        &new.poss,
+        &new.evids,
+        &new.bases,
+        &new.dels,
+        &new.tombs,
+        &new.metas,
+        &known,
+        &t.channel,
+        &next,
     ];
-    // Every statement goes out before the first answer comes back, in this
-    // order. A statement that fails before it reaches the connection (it
-    // could not be encoded, the connection is gone) marks the transaction
-    // broken, and ROLLBACK goes out instead of COMMIT; one that fails in
-    // the database aborts the transaction, and the COMMIT then rolls back.
-    let broken = std::sync::atomic::AtomicBool::new(false);
-    let mark = |r: std::result::Result<u64, tokio_postgres::Error>| {
-        if r.is_err() {
-            broken.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        r
-    };
-    let (begin, guarded, ev, li, up, ins, no, end) = tokio::join!(
-        biased;
-        async { mark(tx.batch_execute("BEGIN").await.map(|_| 0)) },
-        // First: the head lock, as on the slow path. Answers `last_created`.
-        async {
-            let row = tx.query_one(&guard, &guard_params).await;
-            mark(row.map(|row| row.get::<_, i64>(0) as u64))
-        },
-        async { mark(r.insert_events_now(tx, &events, head.last_created).await) },
-        async { mark(r.insert_links(tx, &links).await) },
-        async { mark(old.update(tx, &update).await) },
-        async { mark(new.upsert(tx, &upsert).await) },
-        // Delivered at commit, so a woken subscriber finds the events.
-        async { mark(tx.execute(&notify, &[&t.channel, &next]).await) },
-        async {
-            if broken.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = tx.batch_execute("ROLLBACK").await;
-                return None;
-            }
-            Some(tx.batch_execute("COMMIT").await)
-        }
-    );
-    let steps = [begin, guarded, ev, li, up, ins, no];
-    // The first failure in order explains any after it (those fail with
-    // "current transaction is aborted").
-    let failed = steps.iter().position(|r| r.is_err());
-    match (failed, end) {
-        (None, Some(Ok(()))) => {
-            let last_created = *steps[1].as_ref().expect("checked above") as i64;
+    // One statement outside any transaction block: PostgreSQL commits it
+    // before answering, or rolls all of it back on any error.
+    match tx.query_one(&stmt, &params).await {
+        Ok(row) => {
             cache.committed(
                 Head {
                     next_position: g.next_position,
                     next_stream_id: g.next_stream_id,
-                    last_created,
+                    last_created: row.get(0),
                 },
                 g.states.into_iter().map(|(name, e)| (name, Some(e))),
             );
             Ok(Some(answers))
         }
-        (Some(1), end) if steps[1].as_ref().is_err_and(head_moved) => {
-            // Another instance wrote: the transaction aborted at the guard,
-            // nothing was written.
+        Err(e) if head_moved(&e) => {
+            // Another instance wrote: nothing of this group was written.
             cache.quiet = false;
             tracing::debug!("another instance wrote since this writer's last commit: slow path");
-            match end {
-                Some(Ok(())) => Ok(None),
-                // The connection is in doubt: a fresh one retries the group.
-                _ => Err(Failure::RolledBack(Error::Unavailable(
-                    "PostgreSQL append: the transaction was rolled back".into(),
-                ))),
-            }
+            Ok(None)
         }
-        (Some(i), end) => {
-            let e = steps
-                .into_iter()
-                .nth(i)
-                .expect("in range")
-                .expect_err("failed");
-            // An error from the server aborted the transaction before its
-            // COMMIT; with no COMMIT sent, nothing can have committed.
-            if e.as_db_error().is_some() || end.is_none() {
-                Err(Failure::RolledBack(db_err("append", e)))
-            } else {
-                Err(Failure::Unknown(db_err("commit", e)))
-            }
-        }
-        (None, None) => Err(Failure::RolledBack(Error::Unavailable(
-            "PostgreSQL append: the transaction was rolled back".into(),
-        ))),
-        (None, Some(Err(e))) => Err(if e.as_db_error().is_some() {
-            Failure::RolledBack(db_err("commit", e))
-        } else {
-            Failure::Unknown(db_err("commit", e))
-        }),
+        // The server refused it: rolled back.
+        Err(e) if e.as_db_error().is_some() => Err(Failure::RolledBack(db_err("append", e))),
+        // The connection failed: the commit may have happened.
+        Err(e) => Err(Failure::Unknown(db_err("commit", e))),
     }
 }
 
