@@ -6,11 +6,11 @@
 //!
 //! Two paths commit a group. The slow path locks `head`, loads the streams
 //! and decides in the transaction (two round trips). The fast path decides
-//! from what this writer committed last ([`Cache`]) and sends the whole
-//! transaction at once behind a guard that fails when `head` moved since
-//! (another instance wrote): one round trip. A failed guard rolls the
-//! transaction back and the group takes the slow path, so correctness never
-//! depends on the cache (ADR 6).
+//! from what this writer committed last ([`Cache`]) and commits the group
+//! as one statement whose first part locks `head` and fails when it moved
+//! since (another instance wrote): one round trip. A failed check writes
+//! nothing and the group takes the slow path, so correctness never depends
+//! on the cache (ADR 6).
 
 use std::collections::{HashMap, HashSet};
 
