@@ -1,6 +1,7 @@
 //! Scale-out: two `factum serve --backend postgres` processes over one
 //! PostgreSQL schema are interchangeable front ends. Writes through one,
-//! a subscription on the other sees every event, in order.
+//! a subscription on the other sees every event, in order; `Gossip.Read`
+//! on each lists the node it asked.
 //!
 //! Needs PostgreSQL at `FACTUM_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`): SKIPPED without it,
@@ -14,6 +15,9 @@ use factum_client::Client;
 use factum_core::{
     EventData, EventStore, ExpectedRevision, StreamName, Subscribe, SubscriptionStart,
 };
+use factum_proto::gossip::gossip_client::GossipClient;
+use factum_proto::gossip::member_info::VNodeState;
+use factum_proto::gossip::MemberInfo;
 
 fn url() -> String {
     std::env::var("FACTUM_TEST_POSTGRES_URL")
@@ -56,6 +60,23 @@ fn serve(schema: &str) -> (Server, String) {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
     (Server(child), addr)
+}
+
+/// `Gossip.Read` on the server at `addr`: its one member.
+async fn gossip(addr: &str) -> MemberInfo {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = GossipClient::new(channel);
+    let info = client
+        .read(factum_proto::shared::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.members.len(), 1, "{addr}: {info:?}");
+    info.members.into_iter().next().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +136,19 @@ async fn two_servers_over_one_database_are_interchangeable() {
         );
     }
     drop(sub);
+
+    // Each front end answers Gossip for itself: the node that was asked,
+    // reachable at the address it was asked on, the leader of its own
+    // one-node cluster.
+    let (ga, gb) = (gossip(&addr_a).await, gossip(&addr_b).await);
+    for (g, addr) in [(&ga, &addr_a), (&gb, &addr_b)] {
+        let ep = g.http_end_point.as_ref().expect("an endpoint");
+        assert_eq!(format!("{}:{}", ep.address, ep.port), *addr);
+        assert_eq!(g.state, VNodeState::Leader as i32);
+        assert!(g.is_alive);
+    }
+    assert_ne!(ga.instance_id, gb.instance_id, "two nodes, not one");
+
     let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
         .await
         .unwrap();

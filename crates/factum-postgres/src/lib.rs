@@ -97,7 +97,11 @@ pub(crate) struct Inner {
     pub tables: Tables,
     writer: mpsc::Sender<writer::Request>,
     /// Bumped on every notification (or poll): a hint that the head moved.
-    pub wake: watch::Receiver<u64>,
+    /// The listener starts with the first subscription, so a store that
+    /// only writes keeps no listening connection woken by every commit.
+    wake: std::sync::OnceLock<watch::Receiver<u64>>,
+    /// How the listener connects.
+    pg: tokio_postgres::Config,
     pub drop_schema_on_drop: bool,
 }
 
@@ -175,7 +179,6 @@ impl PostgresStore {
             let mut client = pool.get().await.map_err(|e| db_err("connect", e))?;
             schema::migrate_client(&mut client, &config.schema).await?;
         }
-        let wake = subscribe::listen(pg.clone(), tables.channel.clone(), config.poll_interval);
         let writer = writer::start(pool.clone(), tables.clone(), config.clone());
         Ok(PostgresStore {
             inner: Arc::new(Inner {
@@ -183,7 +186,8 @@ impl PostgresStore {
                 pool,
                 tables,
                 writer,
-                wake,
+                wake: std::sync::OnceLock::new(),
+                pg,
                 drop_schema_on_drop: false,
             }),
         })
@@ -217,6 +221,22 @@ impl PostgresStore {
             .map_err(|_| Error::Unavailable("the store is closed".into()))?;
         rx.await
             .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+impl Inner {
+    /// The hint that the head moved; starts the listener on first use (in
+    /// a runtime).
+    pub(crate) fn wake(&self) -> watch::Receiver<u64> {
+        self.wake
+            .get_or_init(|| {
+                subscribe::listen(
+                    self.pg.clone(),
+                    self.tables.channel.clone(),
+                    self.config.poll_interval,
+                )
+            })
+            .clone()
     }
 }
 

@@ -141,6 +141,9 @@ impl Follow for PgFollow {
 }
 
 pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscription> {
+    // Listening begins before the start is read (the first subscription
+    // starts the listener); the poll timer covers the moment until it is.
+    let wake = inner.wake();
     if let SubscriptionTarget::Stream(s) = &req.target {
         if s.is_all() {
             return Err(Error::InvalidInput(
@@ -162,9 +165,6 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
         }
     };
     let fell_behind = inner.config.fell_behind_events;
-    let source = PgFollow {
-        wake: inner.wake.clone(),
-        inner,
-    };
+    let source = PgFollow { wake, inner };
     Ok(follow(source, req.target, cursor, fell_behind))
 }

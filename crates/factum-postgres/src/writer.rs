@@ -3,6 +3,14 @@
 //! Each group locks the `head` row first, so positions are assigned in
 //! commit order with no gaps even with several processes writing (ADR 6).
 //! The append rules are `factum_core::rules`, the same as the engine's.
+//!
+//! Two paths commit a group. The slow path locks `head`, loads the streams
+//! and decides in the transaction (two round trips). The fast path decides
+//! from what this writer committed last ([`Cache`]) and commits the group
+//! as one statement whose first part locks `head` and fails when it moved
+//! since (another instance wrote): one round trip. A failed check writes
+//! nothing and the group takes the slow path, so correctness never depends
+//! on the cache (ADR 6).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,6 +43,7 @@ pub fn start(pool: Pool, tables: Tables, config: PostgresConfig) -> mpsc::Sender
 async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::Receiver<Request>) {
     let mut client: Option<Object> = None;
     let sql = Sql::new(&tables);
+    let mut cache = Cache::default();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < config.max_group_appends {
@@ -67,7 +76,16 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                 }
             }
             let c = client.as_mut().expect("connected above");
-            match commit_group(c, &sql, &tables, &config, &group).await {
+            let committed = match fast_group(c, &sql, &tables, &config, &group, &mut cache).await {
+                Ok(Some(answers)) => Ok(answers),
+                Ok(None) => commit_group(c, &sql, &tables, &config, &group, &mut cache).await,
+                Err(f) => Err(f),
+            };
+            if committed.is_err() {
+                // The outcome may be unknown: what was cached may be wrong.
+                cache.clear();
+            }
+            match committed {
                 Ok(answers) => {
                     for (r, a) in group.into_iter().zip(answers) {
                         let _ = r.reply.send(a);
@@ -134,6 +152,57 @@ struct Sql {
     insert_links: String,
     upsert_streams: String,
     update_head: String,
+    /// Fast path without writes: fails (division by zero) unless `head`
+    /// is where this writer left it.
+    check_head: String,
+    /// Fast path: the whole group as one statement (so one implicit
+    /// transaction and one round trip), see [`fast_commit_sql`].
+    fast_commit: String,
+}
+
+/// The fast path's statement. `h` goes first: every other part reads from
+/// it, so no row is written before it has locked `head` (as the slow path
+/// does) and checked that `head` is where this writer left it (`$1`, `$2`),
+/// failing with division by zero otherwise. It moves `head` to `$3`, `$4`
+/// and takes the commit time from the database clock (the statement's
+/// start, never below the last commit's). Then the events, the links, the
+/// streams known to exist (updated: no `ON CONFLICT`, whose row lock costs
+/// a WAL record each; the count must match `$35`) and the new streams
+/// (inserted), and `NOTIFY`, delivered at commit.
+fn fast_commit_sql(t: &Tables) -> String {
+    format!(
+        "WITH h AS (
+             UPDATE {head} SET next_position = $3, next_stream_id = $4,
+                 last_created = GREATEST((extract(epoch FROM now()) * 1000000)::bigint, last_created)
+             WHERE id = 1 AND 1 / ((next_position = $1 AND next_stream_id = $2)::int) = 1
+             RETURNING last_created),
+         ev AS (
+             INSERT INTO {events} (position, stream_id, stream_name, revision, id, event_type, content_type, flags, created, data, metadata)
+             SELECT u.p, u.s, u.n, u.r, u.i, u.t, u.c, u.f, h.last_created, u.d, u.m
+             FROM h, UNNEST($5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::uuid[], $10::text[],
+                            $11::smallint[], $12::smallint[], $13::bytea[], $14::bytea[]) AS u(p, s, n, r, i, t, c, f, d, m)),
+         li AS (
+             INSERT INTO {links} (stream_id, revision, position)
+             SELECT u.s, u.r, u.p FROM h, UNNEST($15::bigint[], $16::bigint[], $17::bigint[]) AS u(s, r, p)),
+         known AS (
+             UPDATE {streams} st SET last_revision = u.r, last_position = u.p, last_event_id = u.e,
+                 base = u.b, deleted = u.d, tombstoned = u.t, metadata = u.m
+             FROM h, UNNEST($18::text[], $19::bigint[], $20::bigint[], $21::uuid[], $22::bigint[],
+                            $23::boolean[], $24::boolean[], $25::bytea[]) AS u(n, r, p, e, b, d, t, m)
+             WHERE st.name = u.n
+             RETURNING 1),
+         fresh AS (
+             INSERT INTO {streams} (name, id, last_revision, last_position, last_event_id, base, deleted, tombstoned, metadata)
+             SELECT u.* FROM h, UNNEST($26::text[], $27::bigint[], $28::bigint[], $29::bigint[], $30::uuid[],
+                                       $31::bigint[], $32::boolean[], $33::boolean[], $34::bytea[])
+                 AS u(n, i, r, p, e, b, d, t, m))
+         SELECT h.last_created, (SELECT 1 / ((count(*) = $35)::int) FROM known), pg_notify($36, $37)::text
+         FROM h",
+        head = t.head,
+        events = t.events,
+        links = t.links,
+        streams = t.streams,
+    )
 }
 
 impl Sql {
@@ -181,11 +250,17 @@ impl Sql {
                 "UPDATE {} SET next_position = $1, next_stream_id = $2, last_created = $3 WHERE id = 1",
                 t.head
             ),
+            check_head: format!(
+                "SELECT 1 / ((next_position = $1 AND next_stream_id = $2)::int) FROM {} WHERE id = 1",
+                t.head
+            ),
+            fast_commit: fast_commit_sql(t),
         }
     }
 }
 
 /// A stream's id and state within a group.
+#[derive(Clone)]
 struct Entry {
     id: i64,
     state: StreamState,
@@ -365,62 +440,68 @@ impl Group<'_> {
         Ok(())
     }
 
-    /// The touched streams' states, column by column (for `UNNEST`).
-    #[allow(clippy::type_complexity)]
-    fn stream_columns(
-        &mut self,
-    ) -> (
-        Vec<String>,
-        Vec<i64>,
-        Vec<Option<i64>>,
-        Vec<i64>,
-        Vec<Uuid>,
-        Vec<i64>,
-        Vec<bool>,
-        Vec<bool>,
-        Vec<Option<Vec<u8>>>,
-    ) {
-        let mut c = Default::default();
-        let (names, ids, revs, poss, evids, bases, dels, tombs, metas): &mut (
-            Vec<String>,
-            Vec<i64>,
-            Vec<Option<i64>>,
-            Vec<i64>,
-            Vec<Uuid>,
-            Vec<i64>,
-            Vec<bool>,
-            Vec<bool>,
-            Vec<Option<Vec<u8>>>,
-        ) = &mut c;
+    /// The touched streams' states, column by column (for `UNNEST`):
+    /// those for which `existed` holds, and the others.
+    fn stream_columns(&mut self, existed: impl Fn(&str) -> bool) -> (StreamCols, StreamCols) {
+        let (mut old, mut new) = (StreamCols::default(), StreamCols::default());
         for name in self.touched.drain() {
-            let e = &self.states[&name];
-            let s = &e.state;
-            names.push(name.clone());
-            ids.push(e.id);
-            revs.push(s.last_revision.map(|r| r as i64));
-            poss.push(s.last_position as i64);
-            evids.push(s.last_event_id);
-            bases.push(s.base as i64);
-            dels.push(s.deleted);
-            tombs.push(s.tombstoned);
-            metas.push(s.metadata.clone());
+            let cols = if existed(&name) { &mut old } else { &mut new };
+            cols.push(&name, &self.states[&name]);
         }
-        c
+        (old, new)
     }
 }
 
-/// Runs one group in one transaction; the outer error means the whole
-/// transaction failed (nothing of it is known to be committed). Statements
-/// are prepared once per connection and pipelined where they do not depend
-/// on each other's answers: begin, lock + load, (retry checks), writes, commit.
-async fn commit_group(
-    client: &mut Object,
-    sql: &Sql,
-    t: &Tables,
-    config: &PostgresConfig,
-    group: &[Request],
-) -> std::result::Result<Vec<Result<AppendResult>>, Failure> {
-    // Every stream the group may touch, loaded in one query.
+/// Stream rows, column by column (for `UNNEST`).
+#[derive(Default)]
+struct StreamCols {
+    names: Vec<String>,
+    ids: Vec<i64>,
+    revs: Vec<Option<i64>>,
+    poss: Vec<i64>,
+    evids: Vec<Uuid>,
+    bases: Vec<i64>,
+    dels: Vec<bool>,
+    tombs: Vec<bool>,
+    metas: Vec<Option<Vec<u8>>>,
+}
+
+impl StreamCols {
+    fn push(&mut self, name: &str, e: &Entry) {
+        let s = &e.state;
+        self.names.push(name.to_string());
+        self.ids.push(e.id);
+        self.revs.push(s.last_revision.map(|r| r as i64));
+        self.poss.push(s.last_position as i64);
+        self.evids.push(s.last_event_id);
+        self.bases.push(s.base as i64);
+        self.dels.push(s.deleted);
+        self.tombs.push(s.tombstoned);
+        self.metas.push(s.metadata.clone());
+    }
+
+    /// Inserts new streams, or updates them (none: nothing is sent).
+    async fn upsert(
+        &self,
+        tx: &ClientWrapper,
+        stmt: &tokio_postgres::Statement,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        if self.names.is_empty() {
+            return Ok(0);
+        }
+        let c = self;
+        tx.execute(
+            stmt,
+            &[
+                &c.names, &c.ids, &c.revs, &c.poss, &c.evids, &c.bases, &c.dels, &c.tombs, &c.metas,
+            ],
+        )
+        .await
+    }
+}
+
+/// Every stream a group may touch (sorted, no duplicates).
+fn group_names(group: &[Request]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for r in group {
         let (owner, written) = rules::streams_of(&r.stream, &r.op);
@@ -434,6 +515,255 @@ async fn commit_group(
     }
     names.sort();
     names.dedup();
+    names
+}
+
+/// A row of `load_streams`.
+fn entry_of(row: &tokio_postgres::Row) -> (String, Entry) {
+    let state = StreamState {
+        last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
+        last_position: row.get::<_, i64>(3) as u64,
+        last_event_id: row.get(4),
+        base: row.get::<_, i64>(5) as u64,
+        deleted: row.get(6),
+        tombstoned: row.get(7),
+        metadata: row.get(8),
+    };
+    (
+        row.get(0),
+        Entry {
+            id: row.get(1),
+            state,
+        },
+    )
+}
+
+/// The `head` row as a commit left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Head {
+    next_position: i64,
+    next_stream_id: i64,
+    last_created: i64,
+}
+
+/// What this writer knows of the database: `head` and stream states as its
+/// own last commit left them. It is right exactly while no other instance
+/// has committed since, which the fast path's guard checks in the
+/// database, under the head lock, before anything it wrote can commit.
+#[derive(Default)]
+struct Cache {
+    head: Option<Head>,
+    /// Stream states as of `head`; `None`: no such stream.
+    streams: HashMap<String, Option<Entry>>,
+    /// This writer's previous group found no other instance's commit since
+    /// its own: the fast path is likely to succeed. (After a miss, groups
+    /// take the slow path until one finds the head where this writer left
+    /// it, so contended instances do not pay for failed guards.)
+    quiet: bool,
+}
+
+/// Most stream states cached; beyond that the cache starts over.
+const CACHED_STREAMS: usize = 50_000;
+
+impl Cache {
+    fn clear(&mut self) {
+        *self = Cache::default();
+    }
+
+    /// After a commit that left the database at `head`.
+    fn committed(&mut self, head: Head, states: impl Iterator<Item = (String, Option<Entry>)>) {
+        if self.streams.len() > CACHED_STREAMS {
+            self.streams.clear();
+        }
+        self.head = Some(head);
+        self.streams.extend(states);
+    }
+}
+
+/// Whether a fast-path guard failed: `head` moved since this writer's last
+/// commit.
+fn head_moved(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+}
+
+type Answers = Vec<Result<AppendResult>>;
+
+/// The fast path: decides the group from the cache and commits it with one
+/// statement, one round trip (one more when streams must be loaded first),
+/// whose first part locks `head` and fails unless it is where this writer
+/// left it ([`fast_commit_sql`]). `Ok(None)`: nothing was written, take the
+/// slow path (no cache, a failed guard, or an append that needs an
+/// idempotency check).
+async fn fast_group(
+    client: &mut Object,
+    sql: &Sql,
+    t: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+    cache: &mut Cache,
+) -> std::result::Result<Option<Answers>, Failure> {
+    let Some(head) = cache.head.filter(|_| cache.quiet) else {
+        return Ok(None);
+    };
+    let tx: &ClientWrapper = client;
+    let names = group_names(group);
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| !cache.streams.contains_key(*n))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        // Read outside the transaction. If the guard then finds `head`
+        // unmoved, nothing was committed since this writer's last commit,
+        // so these rows are the states at `head`; if not, the cache goes.
+        let load = tx.prepare_cached(&sql.load_streams).await.map_err(q)?;
+        let rows = tx.query(&load, &[&missing]).await.map_err(q)?;
+        for name in missing {
+            cache.streams.insert(name, None);
+        }
+        for row in &rows {
+            let (name, entry) = entry_of(row);
+            cache.streams.insert(name, Some(entry));
+        }
+    }
+    let mut g = Group {
+        sql,
+        states: names
+            .iter()
+            .filter_map(|n| Some((n.clone(), cache.streams.get(n)?.clone()?)))
+            .collect(),
+        touched: HashSet::new(),
+        next_position: head.next_position,
+        next_stream_id: head.next_stream_id,
+        // Unused: the statements take the time from the database clock.
+        created: head.last_created,
+        rows: Rows::default(),
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    for r in group {
+        let (owner, written) = rules::streams_of(&r.stream, &r.op);
+        let d = rules::decide(
+            &r.stream,
+            r.expected,
+            r.op.clone(),
+            g.state(&owner),
+            g.state(&written),
+            &config.limits,
+        );
+        answers.push(match d {
+            Decision::Reject(e) => Err(e),
+            Decision::Done(res) => Ok(res),
+            Decision::Write {
+                stream,
+                events,
+                kind,
+                first_revision,
+            } => Ok(g.write(&stream, events, kind, first_revision)),
+            // Needs a query inside the transaction.
+            Decision::CheckRetry { .. } => return Ok(None),
+        });
+    }
+    if g.next_position == head.next_position && g.touched.is_empty() {
+        // Nothing to write: the answers hold if the cache was right.
+        let check = tx.prepare_cached(&sql.check_head).await.map_err(q)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&head.next_position, &head.next_stream_id];
+        return match tx.execute(&check, &params).await {
+            Ok(_) => Ok(Some(answers)),
+            Err(e) if head_moved(&e) => {
+                cache.quiet = false;
+                Ok(None)
+            }
+            Err(e) => Err(Failure::RolledBack(q(e))),
+        };
+    }
+    let stmt = tx.prepare_cached(&sql.fast_commit).await.map_err(q)?;
+    let r = std::mem::take(&mut g.rows);
+    let (old, new) = g.stream_columns(|name| matches!(cache.streams.get(name), Some(Some(_))));
+    let known = old.names.len() as i64;
+    let next = g.next_position.to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 37] = [
+        &head.next_position,
+        &head.next_stream_id,
+        &g.next_position,
+        &g.next_stream_id,
+        &r.position,
+        &r.stream_id,
+        &r.stream_name,
+        &r.revision,
+        &r.id,
+        &r.event_type,
+        &r.content_type,
+        &r.flags,
+        &r.data,
+        &r.metadata,
+        &r.link_stream,
+        &r.link_revision,
+        &r.link_position,
+        &old.names,
+        &old.revs,
+        &old.poss,
+        &old.evids,
+        &old.bases,
+        &old.dels,
+        &old.tombs,
+        &old.metas,
+        &new.names,
+        &new.ids,
+        &new.revs,
+        &new.poss,
+        &new.evids,
+        &new.bases,
+        &new.dels,
+        &new.tombs,
+        &new.metas,
+        &known,
+        &t.channel,
+        &next,
+    ];
+    // One statement outside any transaction block: PostgreSQL commits it
+    // before answering, or rolls all of it back on any error.
+    match tx.query_one(&stmt, &params).await {
+        Ok(row) => {
+            cache.committed(
+                Head {
+                    next_position: g.next_position,
+                    next_stream_id: g.next_stream_id,
+                    last_created: row.get(0),
+                },
+                g.states.into_iter().map(|(name, e)| (name, Some(e))),
+            );
+            Ok(Some(answers))
+        }
+        Err(e) if head_moved(&e) => {
+            // Another instance wrote: nothing of this group was written.
+            cache.quiet = false;
+            tracing::debug!("another instance wrote since this writer's last commit: slow path");
+            Ok(None)
+        }
+        // The server refused it: rolled back.
+        Err(e) if e.as_db_error().is_some() => Err(Failure::RolledBack(db_err("append", e))),
+        // The connection failed: the commit may have happened.
+        Err(e) => Err(Failure::Unknown(db_err("commit", e))),
+    }
+}
+
+/// Runs one group in one transaction on the slow path; the outer error
+/// means the whole transaction failed (nothing of it is known to be
+/// committed). Statements are prepared once per connection and pipelined
+/// where they do not depend on each other's answers: begin, lock + load,
+/// (retry checks), writes, commit. Afterwards the cache holds what this
+/// group committed (and what it found, if another instance had written).
+async fn commit_group(
+    client: &mut Object,
+    sql: &Sql,
+    t: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+    cache: &mut Cache,
+) -> std::result::Result<Answers, Failure> {
+    // Every stream the group may touch, loaded in one query.
+    let names = group_names(group);
     // The transaction is managed by hand so BEGIN, the head lock and the
     // load go out in one round trip, and the writes and COMMIT in another.
     let tx: &ClientWrapper = client;
@@ -455,32 +785,28 @@ async fn commit_group(
             return Err(Failure::RolledBack(q(e)));
         }
     };
+    // Did another instance commit since this writer's last commit?
+    let found = (head.get::<_, i64>(0), head.get::<_, i64>(1));
+    let unmoved = cache
+        .head
+        .is_some_and(|h| (h.next_position, h.next_stream_id) == found);
+    let quiet = cache.head.is_none() || unmoved;
+    if !unmoved {
+        cache.clear();
+    }
+    cache.quiet = quiet;
     let mut g = Group {
         sql,
         states: HashMap::new(),
         touched: HashSet::new(),
-        next_position: head.get(0),
-        next_stream_id: head.get(1),
+        next_position: found.0,
+        next_stream_id: found.1,
         created: head.get::<_, i64>(3).max(head.get::<_, i64>(2)),
         rows: Rows::default(),
     };
-    for row in rows {
-        let state = StreamState {
-            last_revision: row.get::<_, Option<i64>>(2).map(|r| r as u64),
-            last_position: row.get::<_, i64>(3) as u64,
-            last_event_id: row.get(4),
-            base: row.get::<_, i64>(5) as u64,
-            deleted: row.get(6),
-            tombstoned: row.get(7),
-            metadata: row.get(8),
-        };
-        g.states.insert(
-            row.get(0),
-            Entry {
-                id: row.get(1),
-                state,
-            },
-        );
+    for row in &rows {
+        let (name, entry) = entry_of(row);
+        g.states.insert(name, entry);
     }
     let mut answers = Vec::with_capacity(group.len());
     for r in group {
@@ -538,7 +864,24 @@ async fn commit_group(
         answers.push(answer);
     }
     match finish(tx, sql, t, &mut g, &head).await {
-        Ok(()) => Ok(answers),
+        Ok(last_created) => {
+            let committed = Head {
+                next_position: g.next_position,
+                next_stream_id: g.next_stream_id,
+                last_created,
+            };
+            // Every stream the group looked up, present or not.
+            let looked_up: Vec<_> = names
+                .into_iter()
+                .map(|name| {
+                    let e = g.states.remove(&name);
+                    (name, e)
+                })
+                .collect();
+            let rest = g.states.into_iter().map(|(name, e)| (name, Some(e)));
+            cache.committed(committed, looked_up.into_iter().chain(rest));
+            Ok(answers)
+        }
         Err(e) => {
             let _ = tx.batch_execute("ROLLBACK").await;
             Err(Failure::Unknown(e))
@@ -549,20 +892,21 @@ async fn commit_group(
 /// Writes the group's rows, the stream states and the head, and commits:
 /// every statement is sent before the first answer is awaited, so this is
 /// one round trip. A failed statement aborts the transaction, and the
-/// COMMIT behind it then rolls back.
+/// COMMIT behind it then rolls back. Returns `head.last_created` as
+/// committed.
 async fn finish(
     tx: &ClientWrapper,
     sql: &Sql,
     t: &Tables,
     g: &mut Group<'_>,
     head: &tokio_postgres::Row,
-) -> Result<()> {
+) -> Result<i64> {
     let wrote = g.next_position != head.get::<_, i64>(0);
     if !wrote && g.next_stream_id == head.get::<_, i64>(1) && g.touched.is_empty() {
-        return tx
-            .batch_execute("COMMIT")
+        tx.batch_execute("COMMIT")
             .await
-            .map_err(|e| db_err("commit", e));
+            .map_err(|e| db_err("commit", e))?;
+        return Ok(head.get(2));
     }
     let (events, links, upsert, update_head, notify) = tokio::try_join!(
         tx.prepare_cached(&sql.insert_events),
@@ -573,20 +917,11 @@ async fn finish(
     )
     .map_err(q)?;
     let r = std::mem::take(&mut g.rows);
-    let c = g.stream_columns();
+    let (_, c) = g.stream_columns(|_| false);
     let next = g.next_position.to_string();
     let insert_events = r.insert_events(tx, &events);
     let insert_links = r.insert_links(tx, &links);
-    let upsert_streams = async {
-        if c.0.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &upsert,
-            &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
-        )
-        .await
-    };
+    let upsert_streams = c.upsert(tx, &upsert);
     let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
         [&g.next_position, &g.next_stream_id, &g.created];
     let head_row = tx.execute(&update_head, &head_params);
@@ -607,5 +942,5 @@ async fn finish(
         commit
     )
     .map_err(|e| db_err("commit", e))?;
-    Ok(())
+    Ok(g.created)
 }

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use factum_core::{
-    EventData, EventStore, ExpectedRevision, StreamName, Subscribe, SubscriptionStart,
+    Error, EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, StreamName,
+    StreamRevision, Subscribe, SubscriptionStart,
 };
 use factum_postgres::{PostgresConfig, PostgresStore};
 
@@ -118,4 +119,94 @@ async fn concurrent_writers_and_subscribers_see_one_gapless_order() {
         "{} events from 32 writers on 4 instances, seen in one gapless order by 3 subscribers",
         acked.len()
     );
+}
+
+/// Each writer decides appends from what it committed last and sends them
+/// behind a guard on `head` (ADR 6). Two instances taking turns on one
+/// stream must each see the other's writes: every expected revision is
+/// judged against the database, never against a stale cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_taking_turns_judge_expected_revisions_by_the_database() {
+    let schema = format!("factum_turns_{}", factum_core::Uuid::new_v4().simple());
+    let config = || PostgresConfig::new(url()).schema(schema.clone());
+    let a = match PostgresStore::connect(config()).await {
+        Ok(s) => s.drop_schema_on_drop(),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIPPED: PostgreSQL is not reachable at {}: {e}", url());
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is required in CI (CI=true): {e}"),
+    };
+    let b = PostgresStore::connect(config()).await.unwrap();
+    let s = StreamName::new("turn-1").unwrap();
+    let ev = |n: u64| vec![EventData::json("Turned", &n).unwrap()];
+    let exact = |r: u64| ExpectedRevision::Exact(StreamRevision(r));
+    let rev = |r: factum_core::Result<factum_core::AppendResult>| r.unwrap().revision.0;
+    let conflict = |r: factum_core::Result<factum_core::AppendResult>| {
+        assert!(
+            matches!(r, Err(Error::WrongExpectedVersion { .. })),
+            "expected a conflict, got {r:?}"
+        )
+    };
+
+    // A alone: its writer learns the stream and then writes from what it knows.
+    assert_eq!(
+        rev(a.append(s.clone(), ExpectedRevision::NoStream, ev(0)).await),
+        0
+    );
+    assert_eq!(rev(a.append(s.clone(), exact(0), ev(1)).await), 1);
+    assert_eq!(rev(a.append(s.clone(), exact(1), ev(2)).await), 2);
+    // B writes behind A's back.
+    assert_eq!(rev(b.append(s.clone(), exact(2), ev(3)).await), 3);
+    // A still remembers revision 2: the database says 3.
+    conflict(a.append(s.clone(), exact(2), ev(4)).await);
+    assert_eq!(rev(a.append(s.clone(), exact(3), ev(4)).await), 4);
+    assert_eq!(rev(a.append(s.clone(), exact(4), ev(5)).await), 5);
+    // A rejection A's memory would make (it knows 5) is wrong after B's write.
+    assert_eq!(rev(b.append(s.clone(), exact(5), ev(6)).await), 6);
+    assert_eq!(rev(a.append(s.clone(), exact(6), ev(7)).await), 7);
+    // B soft-deletes; A's memory says the stream exists at 7.
+    b.delete_stream(s.clone(), exact(7)).await.unwrap();
+    conflict(a.append(s.clone(), exact(7), ev(8)).await);
+    assert_eq!(
+        rev(a.append(s.clone(), ExpectedRevision::NoStream, ev(8)).await),
+        8
+    );
+    // A new stream through B, then appended to by A, which never saw it.
+    let t = StreamName::new("turn-2").unwrap();
+    b.append(t.clone(), ExpectedRevision::NoStream, ev(0))
+        .await
+        .unwrap();
+    assert_eq!(rev(a.append(t.clone(), exact(0), ev(1)).await), 1);
+    conflict(a.append(t.clone(), ExpectedRevision::NoStream, ev(2)).await);
+    conflict(a.append(t.clone(), exact(9), ev(2)).await);
+    // An append retried through the other instance is idempotent.
+    let once = ev(2);
+    let first = a.append(t.clone(), exact(1), once.clone()).await.unwrap();
+    let again = b.append(t.clone(), exact(1), once).await.unwrap();
+    assert_eq!(first, again);
+
+    // One dense order with commit times that never go back, and each
+    // stream's revisions in it exactly once.
+    let all = a
+        .read_all(ReadAll::forwards().max_count(1000))
+        .await
+        .unwrap();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.position.0, i as u64, "gap at {i}");
+    }
+    assert!(all.windows(2).all(|w| w[0].created <= w[1].created));
+    let revs = |name: &StreamName| {
+        all.iter()
+            .filter(|e| &e.stream == name)
+            .map(|e| e.revision.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(revs(&s), (0..=8).collect::<Vec<_>>());
+    assert_eq!(revs(&t), vec![0, 1, 2]);
+    let t_events = b
+        .read_stream(ReadStream::forwards(t.clone()))
+        .await
+        .unwrap();
+    assert_eq!(t_events.len(), 3);
 }
