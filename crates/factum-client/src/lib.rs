@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod read;
 mod wire;
 
 use factum_core::{
@@ -38,10 +39,11 @@ use factum_proto::streams::read_req::options::{
 use factum_proto::streams::read_req::Options as ReadOptions;
 use factum_proto::streams::read_resp::Content;
 use factum_proto::streams::streams_client::StreamsClient;
-use factum_proto::streams::{
-    append_req, append_resp, delete_req, tombstone_req, ReadReq, ReadResp,
-};
+use factum_proto::streams::ReadResp;
+use factum_proto::streams::{append_req, append_resp, delete_req, tombstone_req, ReadReq};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use read::ReadItem;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
@@ -53,6 +55,8 @@ const MAX_MESSAGE: usize = 65 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Client {
     streams: StreamsClient<Channel>,
+    /// Reads go through their own codec (see `read.rs`).
+    channel: Channel,
     /// The BatchAppend call appends share, opened on first use.
     batcher: std::sync::Arc<tokio::sync::Mutex<Option<std::sync::Arc<batch::Batcher>>>>,
 }
@@ -91,6 +95,7 @@ impl Client {
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;
         Ok(Client {
+            channel: channel.clone(),
             streams: StreamsClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
@@ -179,62 +184,144 @@ impl Client {
         }
     }
 
-    async fn read(&self, options: ReadOptions, stream: &StreamName) -> Result<Streaming<ReadResp>> {
+    async fn read(&self, options: ReadOptions, stream: &StreamName) -> Result<Streaming<ReadItem>> {
         let req = ReadReq {
             options: Some(ReadOptions {
                 resolve_links: true,
+                // Two integers: cheaper than the string form at both ends.
                 uuid_option: Some(ro::UuidOption {
-                    content: Some(ro::uuid_option::Content::String(Empty {})),
+                    content: Some(ro::uuid_option::Content::Structured(Empty {})),
                 }),
                 control_option: Some(ro::ControlOption { compatibility: 2 }),
                 ..options
             }),
         };
-        self.streams
-            .clone()
-            .read(req)
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        grpc.ready()
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| wire::from_status(s, stream))
+            .map_err(|e| Error::Unavailable(format!("the connection is not ready: {e}")))?;
+        grpc.server_streaming(
+            tonic::Request::new(req),
+            tonic::codegen::http::uri::PathAndQuery::from_static(read::READ_PATH),
+            read::ReadCodec,
+        )
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| wire::from_status(s, stream))
     }
 
     /// Drains a count read, keeping events created at or before `until`.
-    async fn collect(
-        &self,
-        mut resp: Streaming<ReadResp>,
-        stream: &StreamName,
-        direction: Direction,
-        max_count: u64,
-        until: Option<Timestamp>,
-    ) -> Result<Vec<RecordedEvent>> {
-        let mut out = Vec::new();
-        while (out.len() as u64) < max_count {
-            let Some(msg) = resp
-                .message()
-                .await
-                .map_err(|s| wire::from_status(s, stream))?
-            else {
-                break;
-            };
-            match msg.content {
-                Some(Content::Event(e)) => {
-                    let e = wire::event(e)?;
-                    match until {
-                        // Commit times never decrease along the log.
-                        Some(t) if e.created > t && direction == Direction::Forwards => break,
-                        Some(t) if e.created > t => continue,
-                        _ => out.push(e),
-                    }
-                }
-                Some(Content::StreamNotFound(_)) => {
-                    return Err(Error::StreamNotFound {
-                        stream: stream.clone(),
-                    })
-                }
-                _ => {}
-            }
+    async fn collect(&self, mut events: Events) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::with_capacity(events.remaining.min(4096) as usize);
+        while let Some(e) = events.next().await {
+            out.push(e?);
         }
         Ok(out)
+    }
+
+    fn read_all_options(request: &ReadAll) -> ReadOptions {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        ReadOptions {
+            stream_option: all_option(request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(match &request.filter {
+                Some(f) => FilterOption::Filter(filter_options(f)),
+                None => FilterOption::NoFilter(Empty {}),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `$all` as one streamed read: events arrive as the server sends
+    /// them, so a long read needs no memory for the whole result (what
+    /// [`EventStore::read_all`] returns at once). Same request, same events.
+    pub async fn read_all_streaming(
+        &self,
+        request: ReadAll,
+    ) -> Result<BoxStream<'static, Result<RecordedEvent>>> {
+        let all = StreamName::all();
+        let resp = self.read(Self::read_all_options(&request), &all).await?;
+        let events = Events::new(resp, all, &request);
+        Ok(
+            futures_util::stream::unfold(events, |mut events| async move {
+                events.next().await.map(|e| (e, events))
+            })
+            .boxed(),
+        )
+    }
+}
+
+/// The events of a count read, as they arrive.
+struct Events {
+    resp: Streaming<ReadItem>,
+    stream: StreamName,
+    direction: Direction,
+    remaining: u64,
+    until: Option<Timestamp>,
+    done: bool,
+}
+
+impl Events {
+    fn new(resp: Streaming<ReadItem>, stream: StreamName, request: &ReadAll) -> Events {
+        Events {
+            resp,
+            stream,
+            direction: request.direction,
+            remaining: request.max_count,
+            until: request.until,
+            done: false,
+        }
+    }
+
+    /// The next event created at or before `until`; `None` at the end.
+    async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        loop {
+            if self.done || self.remaining == 0 {
+                return None;
+            }
+            let msg = match self.resp.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(s) => {
+                    self.done = true;
+                    return Some(Err(wire::from_status(s, &self.stream)));
+                }
+            };
+            match msg {
+                ReadItem::Event(Ok(e)) => match self.until {
+                    // Commit times never decrease along the log.
+                    Some(t) if e.created > t && self.direction == Direction::Forwards => {
+                        self.done = true;
+                        return None;
+                    }
+                    Some(t) if e.created > t => continue,
+                    _ => {
+                        self.remaining -= 1;
+                        return Some(Ok(e));
+                    }
+                },
+                ReadItem::Event(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                ReadItem::Other(ReadResp {
+                    content: Some(Content::StreamNotFound(_)),
+                }) => {
+                    self.done = true;
+                    return Some(Err(Error::StreamNotFound {
+                        stream: self.stream.clone(),
+                    }));
+                }
+                ReadItem::Other(_) => {}
+            }
+        }
     }
 }
 
@@ -320,42 +407,21 @@ impl EventStore for Client {
             ..Default::default()
         };
         let resp = self.read(options, &request.stream).await?;
-        self.collect(
+        let events = Events {
             resp,
-            &request.stream,
-            request.direction,
-            request.max_count,
-            request.until,
-        )
-        .await
+            stream: request.stream,
+            direction: request.direction,
+            remaining: request.max_count,
+            until: request.until,
+            done: false,
+        };
+        self.collect(events).await
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
-        let count = if request.until.is_some() {
-            u64::MAX
-        } else {
-            request.max_count
-        };
-        let options = ReadOptions {
-            stream_option: all_option(request.from),
-            read_direction: direction(request.direction),
-            count_option: Some(CountOption::Count(count)),
-            filter_option: Some(match &request.filter {
-                Some(f) => FilterOption::Filter(filter_options(f)),
-                None => FilterOption::NoFilter(Empty {}),
-            }),
-            ..Default::default()
-        };
         let all = StreamName::all();
-        let resp = self.read(options, &all).await?;
-        self.collect(
-            resp,
-            &all,
-            request.direction,
-            request.max_count,
-            request.until,
-        )
-        .await
+        let resp = self.read(Self::read_all_options(&request), &all).await?;
+        self.collect(Events::new(resp, all, &request)).await
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
@@ -399,9 +465,9 @@ impl EventStore for Client {
             .await
             .map_err(|s| wire::from_status(s, &name))?
         {
-            Some(ReadResp {
+            Some(ReadItem::Other(ReadResp {
                 content: Some(Content::Confirmation(_)),
-            }) => {}
+            })) => {}
             other => {
                 return Err(wire::protocol(format!(
                     "expected a subscription confirmation, got {other:?}"
@@ -415,8 +481,12 @@ impl EventStore for Client {
                     Ok(m) => m,
                     Err(s) => return Some(Err(wire::from_status(s, &name))),
                 };
-                match msg.content? {
-                    Content::Event(e) => Some(wire::event(e).map(SubscriptionMessage::Event)),
+                let content = match msg {
+                    ReadItem::Event(e) => return Some(e.map(SubscriptionMessage::Event)),
+                    ReadItem::Other(r) => r.content?,
+                };
+                match content {
+                    Content::Event(_) => None,
                     Content::CaughtUp(_) => Some(Ok(SubscriptionMessage::CaughtUp)),
                     Content::FellBehind(_) => Some(Ok(SubscriptionMessage::FellBehind)),
                     Content::Checkpoint(c) => Some(Ok(SubscriptionMessage::Checkpoint(Position(

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use factum_core::{
     AllStart, Direction, Error, EventStore, Position, ReadAll, ReadStream, RecordedEvent,
     StreamName, StreamRevision, StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart,
@@ -15,6 +16,7 @@ use factum_proto::streams::read_req::options::{
 };
 use factum_proto::streams::read_resp::{self, Content};
 use factum_proto::streams::{ReadReq, ReadResp};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -22,9 +24,15 @@ use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
+use crate::grpc::ResponseStream;
+use crate::read_wire;
 
-/// Events per store call while paging a read.
-const PAGE: u64 = 512;
+/// Events in the first store call of a read: the first answers leave soon.
+const FIRST_PAGE: u64 = 256;
+/// Pages double up to this many events: long reads make few, large store
+/// calls (the engine reads its log in 1 MiB chunks per call, and sizes a
+/// page's vector for up to 4,096 events).
+const MAX_PAGE: u64 = 4096;
 
 /// Where a read goes.
 enum Target {
@@ -120,88 +128,128 @@ fn plan(req: ReadReq) -> Result<Plan, Status> {
     })
 }
 
-/// Messages per batch handed to the response stream: one channel hand-off
-/// per batch instead of per event keeps long reads cheap.
-const BATCH: usize = 64;
+/// Encoded bytes per batch handed to the response stream: one channel
+/// hand-off per batch instead of per event keeps long reads cheap.
+const BATCH_BYTES: usize = 64 * 1024;
 
-/// Batches of responses (or the final error) for the response stream.
-pub type Batches = mpsc::Sender<Result<Vec<ReadResp>, Status>>;
+/// Batches of encoded `ReadResp` messages (or the final error).
+pub type Batch = Result<Vec<Bytes>, Status>;
 
 /// Sends to the client; `Err` means the client went away.
 struct Out<'a, S> {
-    tx: Batches,
+    tx: mpsc::Sender<Batch>,
     ctx: &'a Ctx<S>,
     plan: &'a Plan,
-    pending: std::sync::Mutex<Vec<ReadResp>>,
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// Messages encoded but not yet handed over.
+#[derive(Default)]
+struct Pending {
+    /// The buffer messages are encoded into and split off from.
+    buf: BytesMut,
+    messages: Vec<Bytes>,
+    bytes: usize,
+    /// Events (and their payload bytes) in `messages`, for the metrics.
+    events: u64,
+    payload: u64,
 }
 
 struct Gone;
 
 impl<S> Out<'_, S> {
-    /// Queues a message; sends the batch when full or when `now`.
-    async fn push(&self, resp: ReadResp, now: bool) -> Result<(), Gone> {
+    /// Hands over what is queued when it is enough, or when `now`.
+    async fn hand_over(&self, now: bool) -> Result<(), Gone> {
         let batch = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(resp);
-            if !now && pending.len() < BATCH {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.messages.is_empty() || (!now && p.bytes < BATCH_BYTES) {
                 return Ok(());
             }
-            std::mem::take(&mut *pending)
+            self.ctx.metrics.sent(p.events, p.payload);
+            p.bytes = 0;
+            p.events = 0;
+            p.payload = 0;
+            std::mem::take(&mut p.messages)
         };
         self.tx.send(Ok(batch)).await.map_err(|_| Gone)
     }
 
     /// Sends whatever is queued.
     async fn flush(&self) -> Result<(), Gone> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.tx.send(Ok(batch)).await.map_err(|_| Gone)
+        self.hand_over(true).await
     }
 
     /// Sends a control message (and anything queued before it) now.
     async fn send(&self, content: Content) -> Result<(), Gone> {
-        self.push(
-            ReadResp {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let msg = ReadResp {
                 content: Some(content),
-            },
-            true,
-        )
-        .await
+            };
+            p.buf.reserve(msg.encoded_len());
+            // Encoding into a buffer with room cannot fail.
+            let _ = msg.encode(&mut p.buf);
+            let m = p.buf.split().freeze();
+            p.bytes += m.len();
+            p.messages.push(m);
+        }
+        self.hand_over(true).await
     }
 
     /// An event: queued in reads (`now == false`), sent at once in subscriptions.
     async fn event(&self, e: &RecordedEvent, now: bool) -> Result<(), Gone> {
-        let f = self.plan.uuid;
-        let (event, link) = match (e.link.is_some(), self.plan.resolve_links) {
-            // Read through a link stream, links resolved: the event and its link.
-            (true, true) => (
-                Some(convert::event_to_wire(e, f)),
-                convert::link_to_wire(e, f),
-            ),
-            // Not resolved: the link record alone.
-            (true, false) => (convert::link_to_wire(e, f), None),
-            (false, _) => (Some(convert::event_to_wire(e, f)), None),
-        };
-        self.ctx
-            .metrics
-            .sent(1, (e.data.len() + e.metadata.len()) as u64);
-        let resp = ReadResp {
-            content: Some(Content::Event(read_resp::ReadEvent {
-                event,
-                link,
-                position: Some(read_resp::read_event::Position::CommitPosition(
-                    e.position.0,
-                )),
-            })),
-        };
-        self.push(resp, now).await
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let p = &mut *p;
+            if p.buf.capacity() < 1024 {
+                p.buf.reserve(BATCH_BYTES);
+            }
+            read_wire::encode_event(&mut p.buf, e, self.plan.resolve_links, self.plan.uuid);
+            let m = p.buf.split().freeze();
+            p.bytes += m.len();
+            p.messages.push(m);
+            p.events += 1;
+            p.payload += (e.data.len() + e.metadata.len()) as u64;
+        }
+        self.hand_over(now).await
     }
 }
 
+/// Starts a read or subscription; its encoded answers arrive in batches.
+/// Starts a read or subscription; its encoded answers arrive in batches.
+pub fn start<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq) -> mpsc::Receiver<Batch> {
+    // A few batches of up to 64 KiB in flight are plenty.
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(run(ctx, req, tx));
+    rx
+}
+
+/// The batches as a stream of single encoded messages.
+pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Bytes> {
+    use futures_util::StreamExt;
+    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Box::pin(batches.flat_map(|batch| match batch {
+        Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
+        Err(status) => futures_util::stream::iter(vec![Err(status)]),
+    }))
+}
+
+/// The batches as a stream of decoded messages (for [`crate::grpc::GrpcApi`]
+/// used as a plain tonic service; `app()` routes reads through
+/// [`read_wire::ReadRoute`] instead).
+pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
+    use futures_util::StreamExt;
+    Box::pin(encoded(rx).map(|m| {
+        m.and_then(|bytes| {
+            ReadResp::decode(bytes).map_err(|e| Status::internal(format!("re-decoding: {e}")))
+        })
+    }))
+}
+
 /// Runs a read or subscription, streaming into `tx`.
-pub async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: Batches) {
+async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: mpsc::Sender<Batch>) {
     let plan = match plan(req) {
         Ok(p) => p,
         Err(status) => {
@@ -265,6 +313,7 @@ async fn read_stream<S: EventStore>(
     let mut from = start;
     let mut remaining = count;
     let mut first_page = true;
+    let mut page = FIRST_PAGE;
     // Metadata of a tombstoned stream is gone with it: `$$<stream>` reads
     // answer StreamDeleted, as the stream's own reads do.
     if let Some(target) = name.metadata_of() {
@@ -278,7 +327,8 @@ async fn read_stream<S: EventStore>(
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
-        let want = remaining.min(PAGE);
+        let want = remaining.min(page);
+        page = (page * 2).min(MAX_PAGE);
         let req = ReadStream {
             stream: name.clone(),
             from,
@@ -350,15 +400,17 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
     let server_filter = out.plan.filter.as_ref().filter(|_| store_filter.is_none());
     let mut from = start;
     let mut remaining = count;
+    let mut page = FIRST_PAGE;
     while remaining > 0 {
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
         let want = if server_filter.is_some() {
-            PAGE
+            page
         } else {
-            remaining.min(PAGE)
+            remaining.min(page)
         };
+        page = (page * 2).min(MAX_PAGE);
         let req = ReadAll {
             from,
             direction,

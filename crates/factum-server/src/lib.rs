@@ -42,6 +42,7 @@ mod grpc_write;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+mod read_wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,7 +84,8 @@ pub fn app<S: EventStore>(
     .add_service(ServerFeaturesServer::new(api.clone()))
     .add_service(GossipServer::new(api))
     .prepare()
-    .into_axum_router();
+    .into_axum_router()
+    .route_service(read_wire::READ_PATH, read_wire::ReadRoute::new(ctx.clone()));
     let http = http::router(ctx.clone());
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req

@@ -239,7 +239,8 @@ pub fn append_batch(ctx: &mut Ctx) -> Result<Report, CliError> {
 }
 
 /// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
-/// over gRPC as one streamed read (the server pages internally).
+/// over gRPC as one streamed read (the server pages internally), each event
+/// dropped once counted on both sides.
 pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     let w = Workload::GrpcReadAll;
     let dir = ctx.dir(w.name())?;
@@ -280,10 +281,14 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
         let served = Served::start(engine).await?;
         let client = served.client().await?;
         let started = Instant::now();
-        let events = client
-            .read_all(ReadAll::forwards().max_count(total))
-            .await?
-            .len() as u64;
+        let mut read = client
+            .read_all_streaming(ReadAll::forwards().max_count(total))
+            .await?;
+        let mut events = 0u64;
+        while let Some(e) = futures_util::StreamExt::next(&mut read).await {
+            e?;
+            events += 1;
+        }
         let grpc = Side {
             events,
             elapsed: started.elapsed(),
