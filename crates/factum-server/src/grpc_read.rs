@@ -313,6 +313,7 @@ async fn read_stream<S: EventStore>(
     let mut from = start;
     let mut remaining = count;
     let mut first_page = true;
+    let mut first_page_empty = false;
     let mut page = FIRST_PAGE;
     // Metadata of a tombstoned stream is gone with it: `$$<stream>` reads
     // answer StreamDeleted, as the stream's own reads do.
@@ -349,6 +350,9 @@ async fn read_stream<S: EventStore>(
             Err(Error::StreamNotFound { .. }) => break,
             Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
         };
+        if first_page {
+            first_page_empty = events.is_empty();
+        }
         first_page = false;
         for e in &events {
             out.event(e, false).await?;
@@ -365,31 +369,36 @@ async fn read_stream<S: EventStore>(
             Direction::Backwards => StreamStart::Revision(StreamRevision(r - 1)),
         };
     }
+    // What KurrentDB sends to clients that understand it (compatibility
+    // 1): after a read, the stream's last revision; before it, when a
+    // forwards read found nothing, where the stream continues (its last
+    // revision + 1) if that is not where the read started.
     if out.plan.compatibility >= 1 {
-        if let Some((first, last)) = bounds(out.ctx, name).await {
-            out.send(Content::FirstStreamPosition(first)).await?;
+        if let Some(last) = last_revision(out.ctx, name).await {
+            if first_page_empty && direction == Direction::Forwards {
+                let started = match start {
+                    StreamStart::Start => Some(0),
+                    StreamStart::Revision(r) => Some(r.0),
+                    StreamStart::End => None,
+                };
+                if started != Some(last + 1) {
+                    out.send(Content::FirstStreamPosition(last + 1)).await?;
+                }
+            }
             out.send(Content::LastStreamPosition(last)).await?;
         }
     }
     Ok(Ok(()))
 }
 
-/// The first and last readable revisions of a stream.
-async fn bounds<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option<(u64, u64)> {
-    let first = ctx
-        .store
-        .read_stream(ReadStream::forwards(name.clone()).max_count(1))
-        .await
-        .ok()?;
+/// The last readable revision of a stream.
+async fn last_revision<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option<u64> {
     let last = ctx
         .store
         .read_stream(ReadStream::backwards(name.clone()).max_count(1))
         .await
         .ok()?;
-    Some((
-        first.first()?.read_revision().0,
-        last.first()?.read_revision().0,
-    ))
+    Some(last.first()?.read_revision().0)
 }
 
 async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) -> Outcome {
@@ -441,6 +450,19 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             Direction::Backwards if p == 0 => break,
             Direction::Backwards => AllStart::Position(Position(p - 1)),
         };
+    }
+    // The protocol's `last_all_stream_position`: where `$all` ends now, for
+    // clients that understand it (KurrentDB's .NET client reads it into
+    // `LastPosition`).
+    if out.plan.compatibility >= 1 {
+        match out.ctx.store.head_position().await {
+            Ok(Some(p)) => {
+                out.send(Content::LastAllStreamPosition(convert::all_position(p)))
+                    .await?
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+        }
     }
     Ok(Ok(()))
 }

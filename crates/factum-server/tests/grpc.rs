@@ -466,3 +466,98 @@ async fn malformed_protobuf_is_refused_and_the_server_goes_on() {
     let mut client = StreamsClient::new(ch);
     assert!(collect(&mut client, read_stream("any-1", 1)).await.is_ok());
 }
+
+/// A read request with the given start, direction and compatibility level.
+fn read_with(
+    stream: Option<&str>,
+    start: Option<u64>,
+    backwards: bool,
+    compatibility: u32,
+) -> ReadReq {
+    let mut req = read_stream(stream.unwrap_or("x-1"), 100);
+    let o = req.options.as_mut().unwrap();
+    o.read_direction = backwards as i32;
+    o.control_option = Some(ro::ControlOption { compatibility });
+    match stream {
+        Some(_) => {
+            if let (Some(StreamOption::Stream(s)), Some(r)) = (o.stream_option.as_mut(), start) {
+                s.revision_option = Some(ro::stream_options::RevisionOption::Revision(r));
+            }
+        }
+        None => {
+            o.stream_option = Some(StreamOption::All(ro::AllOptions {
+                all_option: Some(ro::all_options::AllOption::Start(shared::Empty {})),
+            }))
+        }
+    }
+    req
+}
+
+/// The non-event messages of a read, in order, and how many events came.
+async fn positions(client: &mut StreamsClient<Channel>, req: ReadReq) -> (usize, Vec<Content>) {
+    let resps = collect(client, req).await.unwrap();
+    let events = resps
+        .iter()
+        .filter(|r| matches!(r.content, Some(Content::Event(_))))
+        .count();
+    let rest = resps
+        .into_iter()
+        .filter_map(|r| r.content)
+        .filter(|c| !matches!(c, Content::Event(_)))
+        .collect();
+    (events, rest)
+}
+
+#[tokio::test]
+async fn first_and_last_positions_as_the_protocol_defines_them() {
+    use append_req::options::ExpectedStreamRevision as E;
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    for stream in ["other-1", "pos-1"] {
+        let reqs = vec![
+            options(stream, E::Any(shared::Empty {})),
+            proposed("A", b"{}"),
+            proposed("B", b"{}"),
+            proposed("C", b"{}"),
+        ];
+        client
+            .append(futures_util::stream::iter(reqs))
+            .await
+            .unwrap();
+    }
+    // Compatibility 0 (what most clients send): events only.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), None, false, 0)).await;
+    assert_eq!((n, rest), (3, vec![]));
+    // Compatibility 1: the last revision after the events, both directions.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), None, false, 1)).await;
+    assert_eq!((n, rest), (3, vec![Content::LastStreamPosition(2)]));
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(1), true, 1)).await;
+    assert_eq!((n, rest), (2, vec![Content::LastStreamPosition(2)]));
+    // Forwards past the end: where the stream continues, then its last revision.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(9), false, 1)).await;
+    assert_eq!(
+        (n, rest),
+        (
+            0,
+            vec![
+                Content::FirstStreamPosition(3),
+                Content::LastStreamPosition(2)
+            ]
+        )
+    );
+    // …but not when the read started exactly there.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(3), false, 1)).await;
+    assert_eq!((n, rest), (0, vec![Content::LastStreamPosition(2)]));
+    // `$all`: where the log ends, after the events.
+    let (n, rest) = positions(&mut client, read_with(None, None, false, 1)).await;
+    assert_eq!(n, 6);
+    assert_eq!(
+        rest,
+        vec![Content::LastAllStreamPosition(shared::AllStreamPosition {
+            commit_position: 5,
+            prepare_position: 5,
+        })]
+    );
+    let (n, rest) = positions(&mut client, read_with(None, None, false, 0)).await;
+    assert_eq!((n, rest), (6, vec![]));
+}
