@@ -202,6 +202,10 @@ fn result(
                         actual: 0,
                     }
                 }
+                "event_store.client.Timeout" => Error::Unavailable(format!(
+                    "the append's deadline passed before it was written: {}",
+                    status.message
+                )),
                 "event_store.client.BadRequest" => {
                     let d = shared::BadRequest::decode(bytes).unwrap_or_default();
                     Error::InvalidInput(d.message)

@@ -37,6 +37,16 @@ fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> R
     }))
 }
 
+/// The call's `grpc-timeout`, if it has one.
+pub(crate) fn grpc_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    convert::grpc_timeout(
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// The gRPC front end over a store.
 pub struct GrpcApi<S> {
     ctx: Arc<Ctx<S>>,
@@ -80,7 +90,8 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         self.authenticate(&request)?;
         // `app()` serves reads through `read_wire::ReadRoute` (encoded by
         // hand); this path is for the service used on its own.
-        let batches = grpc_read::start(self.ctx.clone(), request.into_inner());
+        let timeout = grpc_timeout(&request);
+        let batches = grpc_read::start(self.ctx.clone(), request.into_inner(), timeout);
         Ok(Response::new(grpc_read::decoded(batches)))
     }
 
@@ -89,7 +100,8 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
         self.authenticate(&request)?;
-        grpc_write::append(self.ctx.clone(), request.into_inner())
+        let timeout = grpc_timeout(&request);
+        grpc_write::append(self.ctx.clone(), request.into_inner(), timeout)
             .await
             .map(Response::new)
     }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use factum_core::{
@@ -216,11 +216,17 @@ impl<S> Out<'_, S> {
 }
 
 /// Starts a read or subscription; its encoded answers arrive in batches.
-/// Starts a read or subscription; its encoded answers arrive in batches.
-pub fn start<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq) -> mpsc::Receiver<Batch> {
+/// A read (not a subscription) with a call deadline (`grpc-timeout`) ends
+/// with DEADLINE_EXCEEDED when it passes.
+pub fn start<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    req: ReadReq,
+    timeout: Option<Duration>,
+) -> mpsc::Receiver<Batch> {
     // A few batches of up to 64 KiB in flight are plenty.
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(run(ctx, req, tx));
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    tokio::spawn(run(ctx, req, tx, deadline));
     rx
 }
 
@@ -249,7 +255,12 @@ pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
 }
 
 /// Runs a read or subscription, streaming into `tx`.
-async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: mpsc::Sender<Batch>) {
+async fn run<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    req: ReadReq,
+    tx: mpsc::Sender<Batch>,
+    deadline: Option<Instant>,
+) {
     let plan = match plan(req) {
         Ok(p) => p,
         Err(status) => {
@@ -267,7 +278,15 @@ async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: mpsc::Sender<Bat
         Some(n) => {
             let started = Instant::now();
             ctx.metrics.reads.fetch_add(1, Ordering::Relaxed);
-            let r = match read(&out, n).await {
+            let r = match deadline {
+                Some(d) if d <= Instant::now() => Ok(Err(convert::deadline_exceeded())),
+                Some(d) => match tokio::time::timeout_at(d.into(), read(&out, n)).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(Err(convert::deadline_exceeded())),
+                },
+                None => read(&out, n).await,
+            };
+            let r = match r {
                 Ok(r) => out.flush().await.map(|_| r),
                 gone => gone,
             };

@@ -385,7 +385,8 @@ impl<S: EventStore> tonic::server::ServerStreamingService<ReadReq> for ReadMetho
         let ctx = self.0.clone();
         Box::pin(async move {
             authenticate(&ctx, &request)?;
-            let batches = crate::grpc_read::start(ctx, request.into_inner());
+            let timeout = crate::grpc::grpc_timeout(&request);
+            let batches = crate::grpc_read::start(ctx, request.into_inner(), timeout);
             Ok(tonic::Response::new(crate::grpc_read::encoded(batches)))
         })
     }

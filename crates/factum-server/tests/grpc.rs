@@ -561,3 +561,216 @@ async fn first_and_last_positions_as_the_protocol_defines_them() {
     let (n, rest) = positions(&mut client, read_with(None, None, false, 0)).await;
     assert_eq!((n, rest), (6, vec![]));
 }
+
+/// A gRPC call made with h2 directly, so no client-side deadline gets in
+/// the way of the server's: sends `messages` (ending the request when
+/// `end`), returns the call's `grpc-status`.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    grpc_timeout: &str,
+    messages: Vec<Vec<u8>>,
+    end: bool,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    for m in messages {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&m);
+        send.send_data(framed.into(), false).unwrap();
+    }
+    if end {
+        send.send_data(Default::default(), true).unwrap();
+    }
+    let resp = resp.await.unwrap();
+    let status = match resp.headers().get("grpc-status") {
+        Some(s) => s.to_str().unwrap().to_owned(),
+        None => {
+            let mut body = resp.into_body();
+            while let Some(d) = body.data().await {
+                let d = d.unwrap();
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            let trailers = body.trailers().await.unwrap().unwrap();
+            trailers["grpc-status"].to_str().unwrap().to_owned()
+        }
+    };
+    drop(send);
+    status
+}
+
+#[tokio::test]
+async fn call_deadlines_on_append_and_read() {
+    use append_req::options::ExpectedStreamRevision as E;
+    use prost::Message;
+    let server = start().await;
+    // An append whose client never finishes sending: refused when its
+    // deadline passes, nothing written.
+    let opts = options("late-1", E::Any(shared::Empty {})).encode_to_vec();
+    let event = proposed("X", b"{}").encode_to_vec();
+    let append = "/event_store.client.streams.Streams/Append";
+    let status = raw_call(
+        server.addr,
+        append,
+        "200m",
+        vec![opts.clone(), event.clone()],
+        false,
+    )
+    .await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let resp = collect(&mut client, read_stream("late-1", 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        resp[..],
+        [ReadResp {
+            content: Some(Content::StreamNotFound(_))
+        }]
+    ));
+    // The same append within its deadline is written.
+    let status = raw_call(server.addr, append, "30S", vec![opts, event], true).await;
+    assert_eq!(status, "0");
+    // A read whose deadline has passed when it starts; one that has time.
+    let read = "/event_store.client.streams.Streams/Read";
+    let req = read_stream("late-1", 10).encode_to_vec();
+    assert_eq!(
+        raw_call(server.addr, read, "1n", vec![req.clone()], true).await,
+        "4"
+    );
+    assert_eq!(
+        raw_call(server.addr, read, "30S", vec![req], true).await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn batch_append_deadlines() {
+    use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BatchAppendReq>();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client.batch_append(requests).await.unwrap().into_inner();
+    let request = |stream: &str,
+                   deadline: Option<batch_append_req::options::DeadlineOption>,
+                   is_final: bool| {
+        let AppendReq {
+            content: Some(append_req::Content::ProposedMessage(p)),
+        } = proposed("X", b"{}")
+        else {
+            unreachable!()
+        };
+        BatchAppendReq {
+            correlation_id: Some(shared::Uuid {
+                value: Some(shared::uuid::Value::String(
+                    uuid::Uuid::new_v4().to_string(),
+                )),
+            }),
+            options: Some(batch_append_req::Options {
+                stream_identifier: sid(stream),
+                expected_stream_position: Some(
+                    batch_append_req::options::ExpectedStreamPosition::Any(()),
+                ),
+                deadline_option: deadline,
+            }),
+            proposed_messages: vec![batch_append_req::ProposedMessage {
+                id: p.id,
+                metadata: p.metadata,
+                custom_metadata: p.custom_metadata,
+                data: p.data,
+            }],
+            is_final,
+        }
+    };
+    let timed_out = |resp: &factum_proto::streams::BatchAppendResp| match &resp.result {
+        Some(batch_append_resp::Result::Error(s)) => {
+            s.code == 4
+                && s.details
+                    .as_ref()
+                    .is_some_and(|d| d.type_url == "type.googleapis.com/event_store.client.Timeout")
+        }
+        _ => false,
+    };
+    use batch_append_req::options::DeadlineOption as D;
+    // A deadline already passed (a zero duration; an instant in the past):
+    // answered DEADLINE_EXCEEDED, not written.
+    for deadline in [
+        D::Deadline(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        D::Deadline21100(prost_types::Timestamp {
+            seconds: 1_000_000_000,
+            nanos: 0,
+        }),
+    ] {
+        let req = request("expired-1", Some(deadline), true);
+        let id = req.correlation_id.clone();
+        tx.send(req).unwrap();
+        let resp = responses.message().await.unwrap().unwrap();
+        assert!(timed_out(&resp), "{resp:?}");
+        assert_eq!(resp.correlation_id, id);
+    }
+    // An append whose last chunk does not come before its deadline.
+    let first = request(
+        "expired-1",
+        Some(D::Deadline(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        })),
+        false,
+    );
+    let id = first.correlation_id.clone();
+    tx.send(first.clone()).unwrap();
+    let resp = responses.message().await.unwrap().unwrap();
+    assert!(timed_out(&resp), "{resp:?}");
+    assert_eq!(resp.correlation_id, id);
+    // Its late final chunk is ignored; the call goes on.
+    tx.send(BatchAppendReq {
+        options: None,
+        is_final: true,
+        ..first
+    })
+    .unwrap();
+    let ok = request(
+        "fine-1",
+        Some(D::Deadline(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        })),
+        true,
+    );
+    let ok_id = ok.correlation_id.clone();
+    tx.send(ok).unwrap();
+    let resp = responses.message().await.unwrap().unwrap();
+    assert_eq!(resp.correlation_id, ok_id);
+    assert!(
+        matches!(resp.result, Some(batch_append_resp::Result::Success(_))),
+        "{resp:?}"
+    );
+    let resp = collect(&mut client, read_stream("expired-1", 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        resp[..],
+        [ReadResp {
+            content: Some(Content::StreamNotFound(_))
+        }]
+    ));
+}
