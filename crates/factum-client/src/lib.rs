@@ -25,6 +25,8 @@ mod batch;
 mod read;
 mod wire;
 
+use std::time::Duration;
+
 use factum_core::{
     AllStart, AppendResult, CurrentRevision, DeleteResult, Direction, Error, EventData, EventStore,
     ExpectedRevision, Filter, FilterMatch, FilterOn, Position, ReadAll, ReadStream, RecordedEvent,
@@ -59,6 +61,83 @@ pub struct Client {
     channel: Channel,
     /// The BatchAppend call appends share, opened on first use.
     batcher: std::sync::Arc<tokio::sync::Mutex<Option<std::sync::Arc<batch::Batcher>>>>,
+    retry: Retry,
+}
+
+/// How operations that are safe to repeat are retried when the server is
+/// unreachable or the connection breaks (an [`Error::Unavailable`]):
+/// appends (event ids make a repeated append idempotent), metadata writes,
+/// and reads (resumed after the last event received). Deletes, tombstones
+/// and subscriptions are not retried. The wait doubles from `first_delay`
+/// up to `max_delay`; progress (an event read) starts the count afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all; 1 means no retry.
+    pub attempts: u32,
+    /// The wait before the first retry.
+    pub first_delay: Duration,
+    /// The longest wait between attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// 6 attempts over about 1.5 s: enough to ride out a server restart.
+    fn default() -> Self {
+        Retry {
+            attempts: 6,
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Retry {
+    /// No retries: every failure is returned at once.
+    pub fn none() -> Retry {
+        Retry {
+            attempts: 1,
+            ..Retry::default()
+        }
+    }
+}
+
+/// Errors after which a safe operation is tried again.
+fn transient(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_))
+}
+
+/// Attempts made so far and the next wait, for one operation.
+struct Backoff {
+    retry: Retry,
+    attempt: u32,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new(retry: Retry) -> Backoff {
+        Backoff {
+            retry,
+            attempt: 1,
+            delay: retry.first_delay,
+        }
+    }
+
+    /// Waits and returns true when `e` deserves another attempt.
+    async fn again(&mut self, e: &Error) -> bool {
+        if !transient(e) || self.attempt >= self.retry.attempts {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(self.retry.max_delay);
+        self.attempt += 1;
+        true
+    }
+
+    /// Progress was made: the next failure starts a fresh count.
+    fn reset(&mut self) {
+        self.attempt = 1;
+        self.delay = self.retry.first_delay;
+    }
 }
 
 impl Client {
@@ -100,7 +179,29 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             batcher: Default::default(),
+            retry: Retry::default(),
         })
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry(mut self, retry: Retry) -> Client {
+        self.retry = retry;
+        self
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the attempts run out.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            match op().await {
+                Err(e) if backoff.again(&e).await => continue,
+                r => return r,
+            }
+        }
     }
 
     /// The shared BatchAppend call, (re)opened when needed.
@@ -212,15 +313,6 @@ impl Client {
         .map_err(|s| wire::from_status(s, stream))
     }
 
-    /// Drains a count read, keeping events created at or before `until`.
-    async fn collect(&self, mut events: Events) -> Result<Vec<RecordedEvent>> {
-        let mut out = Vec::with_capacity(events.remaining.min(4096) as usize);
-        while let Some(e) = events.next().await {
-            out.push(e?);
-        }
-        Ok(out)
-    }
-
     fn read_all_options(request: &ReadAll) -> ReadOptions {
         let count = if request.until.is_some() {
             u64::MAX
@@ -246,15 +338,165 @@ impl Client {
         &self,
         request: ReadAll,
     ) -> Result<BoxStream<'static, Result<RecordedEvent>>> {
-        let all = StreamName::all();
-        let resp = self.read(Self::read_all_options(&request), &all).await?;
-        let events = Events::new(resp, all, &request);
-        Ok(
-            futures_util::stream::unfold(events, |mut events| async move {
-                events.next().await.map(|e| (e, events))
-            })
-            .boxed(),
-        )
+        let mut reader = Resumable::new(self, Target::All(request));
+        // Fail early, as the other reads do, when the read cannot start.
+        let first = reader.next().await;
+        if let Some(Err(e)) = first {
+            return Err(e);
+        }
+        let rest = futures_util::stream::unfold(reader, |mut reader| async move {
+            reader.next().await.map(|e| (e, reader))
+        });
+        Ok(futures_util::stream::iter(first).chain(rest).boxed())
+    }
+
+    fn read_stream_options(request: &ReadStream) -> ReadOptions {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        ReadOptions {
+            stream_option: stream_option(&request.stream, request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(FilterOption::NoFilter(Empty {})),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a read asks for; advanced past every event received, so a read
+/// whose connection breaks resumes where it stopped.
+enum Target {
+    Stream(ReadStream),
+    All(ReadAll),
+}
+
+/// A read that resumes after transient failures (see [`Retry`]).
+struct Resumable {
+    client: Client,
+    target: Target,
+    events: Option<Events>,
+    backoff: Backoff,
+    done: bool,
+}
+
+impl Resumable {
+    fn new(client: &Client, target: Target) -> Resumable {
+        Resumable {
+            client: client.clone(),
+            backoff: Backoff::new(client.retry),
+            target,
+            events: None,
+            done: false,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        match &self.target {
+            Target::Stream(r) => r.max_count,
+            Target::All(r) => r.max_count,
+        }
+    }
+
+    async fn open(&self) -> Result<Events> {
+        match &self.target {
+            Target::Stream(r) => {
+                let resp = self
+                    .client
+                    .read(Client::read_stream_options(r), &r.stream)
+                    .await?;
+                Ok(Events {
+                    resp,
+                    stream: r.stream.clone(),
+                    direction: r.direction,
+                    remaining: r.max_count,
+                    until: r.until,
+                    done: false,
+                })
+            }
+            Target::All(r) => {
+                let all = StreamName::all();
+                let resp = self.client.read(Client::read_all_options(r), &all).await?;
+                Ok(Events::new(resp, all, r))
+            }
+        }
+    }
+
+    /// The request for what comes after `e`.
+    fn advance(&mut self, e: &RecordedEvent) {
+        match &mut self.target {
+            Target::Stream(r) => {
+                r.max_count = r.max_count.saturating_sub(1);
+                let rev = e.read_revision().0;
+                match r.direction {
+                    Direction::Forwards => r.from = StreamStart::Revision(StreamRevision(rev + 1)),
+                    Direction::Backwards if rev == 0 => r.max_count = 0,
+                    Direction::Backwards => r.from = StreamStart::Revision(StreamRevision(rev - 1)),
+                }
+            }
+            Target::All(r) => {
+                r.max_count = r.max_count.saturating_sub(1);
+                let p = e.position.0;
+                match r.direction {
+                    Direction::Forwards => r.from = AllStart::Position(Position(p + 1)),
+                    Direction::Backwards if p == 0 => r.max_count = 0,
+                    Direction::Backwards => r.from = AllStart::Position(Position(p - 1)),
+                }
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        loop {
+            if self.done || self.remaining() == 0 {
+                return None;
+            }
+            if self.events.is_none() {
+                match self.open().await {
+                    Ok(events) => self.events = Some(events),
+                    Err(e) => {
+                        if self.backoff.again(&e).await {
+                            continue;
+                        }
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let Some(events) = self.events.as_mut() else {
+                continue;
+            };
+            match events.next().await {
+                Some(Ok(e)) => {
+                    self.backoff.reset();
+                    self.advance(&e);
+                    return Some(Ok(e));
+                }
+                Some(Err(e)) => {
+                    self.events = None;
+                    if self.backoff.again(&e).await {
+                        continue;
+                    }
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Everything the read returns.
+    async fn collect(mut self) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::with_capacity(self.remaining().min(4096) as usize);
+        while let Some(e) = self.next().await {
+            out.push(e?);
+        }
+        Ok(out)
     }
 }
 
@@ -387,41 +629,21 @@ impl EventStore for Client {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.batcher()
-            .await?
-            .append(&stream, expected, events)
-            .await
+        self.retrying(|| {
+            let (stream, events) = (&stream, events.clone());
+            async move { self.batcher().await?.append(stream, expected, events).await }
+        })
+        .await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
-        let count = if request.until.is_some() {
-            u64::MAX
-        } else {
-            request.max_count
-        };
-        let options = ReadOptions {
-            stream_option: stream_option(&request.stream, request.from),
-            read_direction: direction(request.direction),
-            count_option: Some(CountOption::Count(count)),
-            filter_option: Some(FilterOption::NoFilter(Empty {})),
-            ..Default::default()
-        };
-        let resp = self.read(options, &request.stream).await?;
-        let events = Events {
-            resp,
-            stream: request.stream,
-            direction: request.direction,
-            remaining: request.max_count,
-            until: request.until,
-            done: false,
-        };
-        self.collect(events).await
+        Resumable::new(self, Target::Stream(request))
+            .collect()
+            .await
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
-        let all = StreamName::all();
-        let resp = self.read(Self::read_all_options(&request), &all).await?;
-        self.collect(Events::new(resp, all, &request)).await
+        Resumable::new(self, Target::All(request)).collect().await
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
@@ -527,7 +749,8 @@ impl EventStore for Client {
             factum_core::ContentType::Json,
             metadata.to_json(),
         );
-        self.append_raw(&stream.metadata_stream(), expected, vec![event])
+        let meta = stream.metadata_stream();
+        self.retrying(|| self.append_raw(&meta, expected, vec![event.clone()]))
             .await
     }
 
