@@ -25,7 +25,7 @@ use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
 use crate::grpc::ResponseStream;
-use crate::read_wire;
+use crate::read_wire::Outgoing;
 
 /// Events in the first store call of a read: the first answers leave soon.
 const FIRST_PAGE: u64 = 256;
@@ -132,8 +132,8 @@ fn plan(req: ReadReq) -> Result<Plan, Status> {
 /// hand-off per batch instead of per event keeps long reads cheap.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Batches of encoded `ReadResp` messages (or the final error).
-pub type Batch = Result<Vec<Bytes>, Status>;
+/// Batches of answers (or the final error).
+pub type Batch = Result<Vec<Outgoing>, Status>;
 
 /// Sends to the client; `Err` means the client went away.
 struct Out<'a, S> {
@@ -146,9 +146,8 @@ struct Out<'a, S> {
 /// Messages encoded but not yet handed over.
 #[derive(Default)]
 struct Pending {
-    /// The buffer messages are encoded into and split off from.
-    buf: BytesMut,
-    messages: Vec<Bytes>,
+    messages: Vec<Outgoing>,
+    /// About the bytes `messages` encode to.
     bytes: usize,
     /// Events (and their payload bytes) in `messages`, for the metrics.
     events: u64,
@@ -183,33 +182,32 @@ impl<S> Out<'_, S> {
     async fn send(&self, content: Content) -> Result<(), Gone> {
         {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let msg = ReadResp {
-                content: Some(content),
-            };
-            p.buf.reserve(msg.encoded_len());
-            // Encoding into a buffer with room cannot fail.
-            let _ = msg.encode(&mut p.buf);
-            let m = p.buf.split().freeze();
+            let m = Bytes::from(
+                ReadResp {
+                    content: Some(content),
+                }
+                .encode_to_vec(),
+            );
             p.bytes += m.len();
-            p.messages.push(m);
+            p.messages.push(Outgoing::Message(m));
         }
         self.hand_over(true).await
     }
 
     /// An event: queued in reads (`now == false`), sent at once in subscriptions.
-    async fn event(&self, e: &RecordedEvent, now: bool) -> Result<(), Gone> {
+    async fn event(&self, e: RecordedEvent, now: bool) -> Result<(), Gone> {
         {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let p = &mut *p;
-            if p.buf.capacity() < 1024 {
-                p.buf.reserve(BATCH_BYTES);
-            }
-            read_wire::encode_event(&mut p.buf, e, self.plan.resolve_links, self.plan.uuid);
-            let m = p.buf.split().freeze();
-            p.bytes += m.len();
-            p.messages.push(m);
+            let payload = e.data.len() + e.metadata.len();
+            // The fixed part of an event message is about 150 bytes.
+            p.bytes += payload + e.event_type.len() + e.stream.as_str().len() + 150;
             p.events += 1;
-            p.payload += (e.data.len() + e.metadata.len()) as u64;
+            p.payload += payload as u64;
+            p.messages.push(Outgoing::Event {
+                event: e,
+                resolve_links: self.plan.resolve_links,
+                uuid: self.plan.uuid,
+            });
         }
         self.hand_over(now).await
     }
@@ -230,8 +228,8 @@ pub fn start<S: EventStore>(
     rx
 }
 
-/// The batches as a stream of single encoded messages.
-pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Bytes> {
+/// The batches as a stream of single answers.
+pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Outgoing> {
     use futures_util::StreamExt;
     let batches = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -248,8 +246,11 @@ pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Bytes> {
 pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
     use futures_util::StreamExt;
     Box::pin(encoded(rx).map(|m| {
-        m.and_then(|bytes| {
-            ReadResp::decode(bytes).map_err(|e| Status::internal(format!("re-decoding: {e}")))
+        m.and_then(|out| {
+            let mut buf = BytesMut::new();
+            out.encode(&mut buf);
+            ReadResp::decode(buf.freeze())
+                .map_err(|e| Status::internal(format!("re-decoding: {e}")))
         })
     }))
 }
@@ -373,15 +374,16 @@ async fn read_stream<S: EventStore>(
             first_page_empty = events.is_empty();
         }
         first_page = false;
-        for e in &events {
+        let n = events.len() as u64;
+        let last = events.last().map(|e| e.read_revision().0);
+        for e in events {
             out.event(e, false).await?;
         }
-        remaining -= events.len() as u64;
-        let Some(last) = events.last() else { break };
-        if (events.len() as u64) < want {
+        remaining -= n;
+        let Some(r) = last else { break };
+        if n < want {
             break;
         }
-        let r = last.read_revision().0;
         from = match direction {
             Direction::Forwards => StreamStart::Revision(StreamRevision(r + 1)),
             Direction::Backwards if r == 0 => break,
@@ -450,20 +452,21 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             Ok(e) => e,
             Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
         };
-        for e in &events {
+        let n = events.len() as u64;
+        let last = events.last().map(|e| e.position.0);
+        for e in events {
             if remaining == 0 {
                 break;
             }
-            if server_filter.is_none_or(|f| f.matches(e)) {
+            if server_filter.is_none_or(|f| f.matches(&e)) {
                 out.event(e, false).await?;
                 remaining -= 1;
             }
         }
-        let Some(last) = events.last() else { break };
-        if (events.len() as u64) < want {
+        let Some(p) = last else { break };
+        if n < want {
             break;
         }
-        let p = last.position.0;
         from = match direction {
             Direction::Forwards => AllStart::Position(Position(p + 1)),
             Direction::Backwards if p == 0 => break,
@@ -573,7 +576,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                 Some(f) => {
                     resume.position = Some(e.position.0);
                     if f.matches(&e) {
-                        out.event(&e, true).await?;
+                        out.event(e, true).await?;
                         scanned_since_checkpoint = 0;
                     } else {
                         scanned_since_checkpoint += 1;
@@ -589,7 +592,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                     } else {
                         resume.revision = Some(e.read_revision().0);
                     }
-                    out.event(&e, true).await?;
+                    out.event(e, true).await?;
                 }
             },
             Ok(SubscriptionMessage::CaughtUp) => {

@@ -7,8 +7,8 @@
 //! checkpoints, caught-up, …) still go through prost.
 //!
 //! The route `/event_store.client.streams.Streams/Read` is served by
-//! [`ReadRoute`] with a codec whose items are already-encoded messages, so
-//! tonic only adds the gRPC framing.
+//! [`ReadRoute`] with a codec whose items are events (encoded by hand as
+//! tonic writes them, straight into its buffer) or encoded messages.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +20,7 @@ use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use factum_core::{ContentType, EventStore, RecordedEvent, Uuid};
 use factum_proto::streams::ReadReq;
-use prost::encoding::{encode_varint, encoded_len_varint};
+use prost::encoding::encoded_len_varint;
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -32,10 +32,24 @@ use crate::grpc::ResponseStream;
 /// The request path of `Streams.Read`.
 pub const READ_PATH: &str = "/event_store.client.streams.Streams/Read";
 
+/// A varint in one write: `BufMut::put_u8` on a `BytesMut` (what prost's
+/// `encode_varint` uses) is a slice copy with a capacity check per byte.
+fn encode_varint(mut v: u64, buf: &mut impl BufMut) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        bytes[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    bytes[n] = v as u8;
+    buf.put_slice(&bytes[..=n]);
+}
+
 const VARINT: u64 = 0;
 const LEN: u64 = 2;
 
-fn put_key(buf: &mut BytesMut, field: u32, wire_type: u64) {
+fn put_key(buf: &mut impl BufMut, field: u32, wire_type: u64) {
     encode_varint(u64::from(field) << 3 | wire_type, buf);
 }
 
@@ -53,7 +67,7 @@ fn varint_len(v: u64) -> usize {
     }
 }
 
-fn put_varint(buf: &mut BytesMut, field: u32, v: u64) {
+fn put_varint(buf: &mut impl BufMut, field: u32, v: u64) {
     if v != 0 {
         put_key(buf, field, VARINT);
         encode_varint(v, buf);
@@ -69,7 +83,7 @@ fn bytes_len(b: &[u8]) -> usize {
     }
 }
 
-fn put_bytes(buf: &mut BytesMut, field: u32, b: &[u8]) {
+fn put_bytes(buf: &mut impl BufMut, field: u32, b: &[u8]) {
     if !b.is_empty() {
         put_key(buf, field, LEN);
         encode_varint(b.len() as u64, buf);
@@ -82,7 +96,7 @@ fn message_len(inner: usize) -> usize {
     1 + delimited(inner)
 }
 
-fn put_message_header(buf: &mut BytesMut, field: u32, inner: usize) {
+fn put_message_header(buf: &mut impl BufMut, field: u32, inner: usize) {
     put_key(buf, field, LEN);
     encode_varint(inner as u64, buf);
 }
@@ -149,7 +163,7 @@ impl WireUuid {
         }
     }
 
-    fn put(&self, buf: &mut BytesMut) {
+    fn put(&self, buf: &mut impl BufMut) {
         match self {
             WireUuid::Structured(m, l) => {
                 put_message_header(buf, 1, varint_len(*m) + varint_len(*l));
@@ -205,7 +219,7 @@ impl Record<'_> {
         n
     }
 
-    fn put(&self, buf: &mut BytesMut) {
+    fn put(&self, buf: &mut impl BufMut) {
         put_message_header(buf, 1, self.id.body_len());
         self.id.put(buf);
         put_message_header(buf, 2, bytes_len(self.stream));
@@ -246,7 +260,7 @@ fn event_record(e: &RecordedEvent, format: UuidFormat) -> Record<'_> {
 /// through `$ce-`/`$et-` with links resolved), or the link alone (not
 /// resolved) — to `buf`. The same choice [`crate::convert`] documents.
 pub fn encode_event(
-    buf: &mut BytesMut,
+    buf: &mut impl BufMut,
     e: &RecordedEvent,
     resolve_links: bool,
     format: UuidFormat,
@@ -283,7 +297,6 @@ pub fn encode_event(
         + link_len.map_or(0, message_len)
         + 1
         + encoded_len_varint(e.position.0);
-    buf.reserve(message_len(read_event_len));
     // ReadResp { oneof content { ReadEvent event = 1; … } }
     put_message_header(buf, 1, read_event_len);
     if let (Some(r), Some(n)) = (&event, event_len) {
@@ -298,24 +311,66 @@ pub fn encode_event(
     encode_varint(e.position.0, buf);
 }
 
-/// Read answers leave as encoded messages; requests are decoded by prost.
+/// One answer of a read: an event, encoded when tonic writes it (straight
+/// into its buffer), or a message already encoded.
+pub enum Outgoing {
+    /// An event and how the client asked for it.
+    Event {
+        /// The event (with its link, if read through one).
+        event: RecordedEvent,
+        /// Send the event and its link, not the link alone.
+        resolve_links: bool,
+        /// The id form.
+        uuid: UuidFormat,
+    },
+    /// Any other `ReadResp`, encoded.
+    Message(Bytes),
+}
+
+impl Outgoing {
+    /// Writes the `ReadResp` into `buf`.
+    pub fn encode(self, buf: &mut impl BufMut) {
+        match self {
+            Outgoing::Event {
+                event,
+                resolve_links,
+                uuid,
+            } => encode_event(buf, &event, resolve_links, uuid),
+            Outgoing::Message(m) => buf.put_slice(&m),
+        }
+    }
+}
+
+/// Read answers are encoded as tonic writes them; requests are decoded by prost.
 #[derive(Clone, Copy, Default)]
 pub struct ReadCodec;
 
-/// Writes an encoded message as it is.
-pub struct Encoded;
+/// Writes answers into tonic's buffer.
+pub struct Encoded {
+    /// An event is encoded here first: tonic's buffer takes each small
+    /// write (a varint byte) as a slice copy with its own capacity check,
+    /// a `BytesMut` writes it in place. Reused, so it stays in cache.
+    scratch: BytesMut,
+}
 
 impl Encoder for Encoded {
-    type Item = Bytes;
+    type Item = Outgoing;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Message(m) => dst.put_slice(&m),
+            event => {
+                self.scratch.clear();
+                event.encode(&mut self.scratch);
+                dst.put_slice(&self.scratch);
+            }
+        }
         Ok(())
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        // Encoded messages are copied into one buffer until 64 KiB are ready
+        // Ready answers are encoded into one buffer until 64 KiB are there
         // (or the stream has nothing more right now), then written.
         BufferSettings::new(64 * 1024, 64 * 1024)
     }
@@ -336,13 +391,15 @@ impl Decoder for Request {
 }
 
 impl Codec for ReadCodec {
-    type Encode = Bytes;
+    type Encode = Outgoing;
     type Decode = ReadReq;
     type Encoder = Encoded;
     type Decoder = Request;
 
     fn encoder(&mut self) -> Encoded {
-        Encoded
+        Encoded {
+            scratch: BytesMut::with_capacity(4096),
+        }
     }
 
     fn decoder(&mut self) -> Request {
@@ -374,11 +431,11 @@ impl<S: EventStore> ReadRoute<S> {
 struct ReadMethod<S>(Arc<Ctx<S>>);
 
 type ReadFuture =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream<Bytes>>, Status>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream<Outgoing>>, Status>> + Send>>;
 
 impl<S: EventStore> tonic::server::ServerStreamingService<ReadReq> for ReadMethod<S> {
-    type Response = Bytes;
-    type ResponseStream = ResponseStream<Bytes>;
+    type Response = Outgoing;
+    type ResponseStream = ResponseStream<Outgoing>;
     type Future = ReadFuture;
 
     fn call(&mut self, request: tonic::Request<ReadReq>) -> ReadFuture {

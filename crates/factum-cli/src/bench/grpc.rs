@@ -258,6 +258,9 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
                 .await?;
             written += n;
         }
+        // The load's index flush would otherwise run in the background
+        // during both measurements, taking a core from them.
+        engine.flush_index()?;
         let started = Instant::now();
         let mut from = 0u64;
         let mut events = 0u64;
@@ -300,6 +303,8 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     })?;
     let mut r = compare(ctx, w, grpc, embedded, "none (throughput)");
     r.durability = "none (load only)".into();
+    r.notes
+        .push("the load's index is flushed before either side is measured".into());
     r.target = "≥1,000,000 events/s".into();
     r.target_met = r.events_per_sec.map(|e| e >= 1_000_000.0);
     Ok(r)
