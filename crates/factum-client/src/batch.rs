@@ -3,6 +3,7 @@
 //! append, so many concurrent small appends stay cheap.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use factum_core::{
@@ -35,6 +36,8 @@ type Waiters = Arc<
 pub struct Batcher {
     tx: mpsc::UnboundedSender<BatchAppendReq>,
     waiters: Waiters,
+    /// Cleared when the call ends, so the next append reopens it.
+    open: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -62,6 +65,8 @@ impl Batcher {
             .into_inner();
         let waiters: Waiters = Arc::default();
         let w = waiters.clone();
+        let open = Arc::new(AtomicBool::new(true));
+        let still_open = open.clone();
         tokio::spawn(async move {
             let failure = loop {
                 match responses.message().await {
@@ -81,16 +86,17 @@ impl Batcher {
                 }
             };
             // Everyone still waiting learns why; the next append reopens.
+            still_open.store(false, Ordering::Release);
             for (_, (_, _, reply)) in w.lock().unwrap_or_else(|p| p.into_inner()).drain() {
                 let _ = reply.send(Err(Error::Unavailable(failure.to_string())));
             }
         });
-        Ok(Arc::new(Batcher { tx, waiters }))
+        Ok(Arc::new(Batcher { tx, waiters, open }))
     }
 
     /// True while the call is usable.
     pub fn is_open(&self) -> bool {
-        !self.tx.is_closed()
+        self.open.load(Ordering::Acquire) && !self.tx.is_closed()
     }
 
     /// Appends and waits for the answer.
@@ -202,6 +208,10 @@ fn result(
                         actual: 0,
                     }
                 }
+                "event_store.client.Timeout" => Error::Unavailable(format!(
+                    "the append's deadline passed before it was written: {}",
+                    status.message
+                )),
                 "event_store.client.BadRequest" => {
                     let d = shared::BadRequest::decode(bytes).unwrap_or_default();
                     Error::InvalidInput(d.message)

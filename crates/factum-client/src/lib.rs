@@ -22,7 +22,10 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod read;
 mod wire;
+
+use std::time::Duration;
 
 use factum_core::{
     AllStart, AppendResult, CurrentRevision, DeleteResult, Direction, Error, EventData, EventStore,
@@ -38,10 +41,11 @@ use factum_proto::streams::read_req::options::{
 use factum_proto::streams::read_req::Options as ReadOptions;
 use factum_proto::streams::read_resp::Content;
 use factum_proto::streams::streams_client::StreamsClient;
-use factum_proto::streams::{
-    append_req, append_resp, delete_req, tombstone_req, ReadReq, ReadResp,
-};
+use factum_proto::streams::ReadResp;
+use factum_proto::streams::{append_req, append_resp, delete_req, tombstone_req, ReadReq};
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use read::ReadItem;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
@@ -53,8 +57,87 @@ const MAX_MESSAGE: usize = 65 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Client {
     streams: StreamsClient<Channel>,
+    /// Reads go through their own codec (see `read.rs`).
+    channel: Channel,
     /// The BatchAppend call appends share, opened on first use.
     batcher: std::sync::Arc<tokio::sync::Mutex<Option<std::sync::Arc<batch::Batcher>>>>,
+    retry: Retry,
+}
+
+/// How operations that are safe to repeat are retried when the server is
+/// unreachable or the connection breaks (an [`Error::Unavailable`]):
+/// appends (event ids make a repeated append idempotent), metadata writes,
+/// and reads (resumed after the last event received). Deletes, tombstones
+/// and subscriptions are not retried. The wait doubles from `first_delay`
+/// up to `max_delay`; progress (an event read) starts the count afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all; 1 means no retry.
+    pub attempts: u32,
+    /// The wait before the first retry.
+    pub first_delay: Duration,
+    /// The longest wait between attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// 6 attempts over about 1.5 s: enough to ride out a server restart.
+    fn default() -> Self {
+        Retry {
+            attempts: 6,
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Retry {
+    /// No retries: every failure is returned at once.
+    pub fn none() -> Retry {
+        Retry {
+            attempts: 1,
+            ..Retry::default()
+        }
+    }
+}
+
+/// Errors after which a safe operation is tried again.
+fn transient(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_))
+}
+
+/// Attempts made so far and the next wait, for one operation.
+struct Backoff {
+    retry: Retry,
+    attempt: u32,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new(retry: Retry) -> Backoff {
+        Backoff {
+            retry,
+            attempt: 1,
+            delay: retry.first_delay,
+        }
+    }
+
+    /// Waits and returns true when `e` deserves another attempt.
+    async fn again(&mut self, e: &Error) -> bool {
+        if !transient(e) || self.attempt >= self.retry.attempts {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(self.retry.max_delay);
+        self.attempt += 1;
+        true
+    }
+
+    /// Progress was made: the next failure starts a fresh count.
+    fn reset(&mut self) {
+        self.attempt = 1;
+        self.delay = self.retry.first_delay;
+    }
 }
 
 impl Client {
@@ -91,11 +174,34 @@ impl Client {
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;
         Ok(Client {
+            channel: channel.clone(),
             streams: StreamsClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             batcher: Default::default(),
+            retry: Retry::default(),
         })
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry(mut self, retry: Retry) -> Client {
+        self.retry = retry;
+        self
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the attempts run out.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            match op().await {
+                Err(e) if backoff.again(&e).await => continue,
+                r => return r,
+            }
+        }
     }
 
     /// The shared BatchAppend call, (re)opened when needed.
@@ -179,62 +285,285 @@ impl Client {
         }
     }
 
-    async fn read(&self, options: ReadOptions, stream: &StreamName) -> Result<Streaming<ReadResp>> {
+    async fn read(&self, options: ReadOptions, stream: &StreamName) -> Result<Streaming<ReadItem>> {
         let req = ReadReq {
             options: Some(ReadOptions {
                 resolve_links: true,
+                // Two integers: cheaper than the string form at both ends.
                 uuid_option: Some(ro::UuidOption {
-                    content: Some(ro::uuid_option::Content::String(Empty {})),
+                    content: Some(ro::uuid_option::Content::Structured(Empty {})),
                 }),
                 control_option: Some(ro::ControlOption { compatibility: 2 }),
                 ..options
             }),
         };
-        self.streams
-            .clone()
-            .read(req)
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        grpc.ready()
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| wire::from_status(s, stream))
+            .map_err(|e| Error::Unavailable(format!("the connection is not ready: {e}")))?;
+        grpc.server_streaming(
+            tonic::Request::new(req),
+            tonic::codegen::http::uri::PathAndQuery::from_static(read::READ_PATH),
+            read::ReadCodec,
+        )
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| wire::from_status(s, stream))
     }
 
-    /// Drains a count read, keeping events created at or before `until`.
-    async fn collect(
+    fn read_all_options(request: &ReadAll) -> ReadOptions {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        ReadOptions {
+            stream_option: all_option(request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(match &request.filter {
+                Some(f) => FilterOption::Filter(filter_options(f)),
+                None => FilterOption::NoFilter(Empty {}),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `$all` as one streamed read: events arrive as the server sends
+    /// them, so a long read needs no memory for the whole result (what
+    /// [`EventStore::read_all`] returns at once). Same request, same events.
+    pub async fn read_all_streaming(
         &self,
-        mut resp: Streaming<ReadResp>,
-        stream: &StreamName,
-        direction: Direction,
-        max_count: u64,
-        until: Option<Timestamp>,
-    ) -> Result<Vec<RecordedEvent>> {
-        let mut out = Vec::new();
-        while (out.len() as u64) < max_count {
-            let Some(msg) = resp
-                .message()
-                .await
-                .map_err(|s| wire::from_status(s, stream))?
-            else {
-                break;
-            };
-            match msg.content {
-                Some(Content::Event(e)) => {
-                    let e = wire::event(e)?;
-                    match until {
-                        // Commit times never decrease along the log.
-                        Some(t) if e.created > t && direction == Direction::Forwards => break,
-                        Some(t) if e.created > t => continue,
-                        _ => out.push(e),
-                    }
-                }
-                Some(Content::StreamNotFound(_)) => {
-                    return Err(Error::StreamNotFound {
-                        stream: stream.clone(),
-                    })
-                }
-                _ => {}
+        request: ReadAll,
+    ) -> Result<BoxStream<'static, Result<RecordedEvent>>> {
+        let mut reader = Resumable::new(self, Target::All(request));
+        // Fail early, as the other reads do, when the read cannot start.
+        let first = reader.next().await;
+        if let Some(Err(e)) = first {
+            return Err(e);
+        }
+        let rest = futures_util::stream::unfold(reader, |mut reader| async move {
+            reader.next().await.map(|e| (e, reader))
+        });
+        Ok(futures_util::stream::iter(first).chain(rest).boxed())
+    }
+
+    fn read_stream_options(request: &ReadStream) -> ReadOptions {
+        let count = if request.until.is_some() {
+            u64::MAX
+        } else {
+            request.max_count
+        };
+        ReadOptions {
+            stream_option: stream_option(&request.stream, request.from),
+            read_direction: direction(request.direction),
+            count_option: Some(CountOption::Count(count)),
+            filter_option: Some(FilterOption::NoFilter(Empty {})),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a read asks for; advanced past every event received, so a read
+/// whose connection breaks resumes where it stopped.
+enum Target {
+    Stream(ReadStream),
+    All(ReadAll),
+}
+
+/// A read that resumes after transient failures (see [`Retry`]).
+struct Resumable {
+    client: Client,
+    target: Target,
+    events: Option<Events>,
+    backoff: Backoff,
+    done: bool,
+}
+
+impl Resumable {
+    fn new(client: &Client, target: Target) -> Resumable {
+        Resumable {
+            client: client.clone(),
+            backoff: Backoff::new(client.retry),
+            target,
+            events: None,
+            done: false,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        match &self.target {
+            Target::Stream(r) => r.max_count,
+            Target::All(r) => r.max_count,
+        }
+    }
+
+    async fn open(&self) -> Result<Events> {
+        match &self.target {
+            Target::Stream(r) => {
+                let resp = self
+                    .client
+                    .read(Client::read_stream_options(r), &r.stream)
+                    .await?;
+                Ok(Events {
+                    resp,
+                    stream: r.stream.clone(),
+                    direction: r.direction,
+                    remaining: r.max_count,
+                    until: r.until,
+                    done: false,
+                })
+            }
+            Target::All(r) => {
+                let all = StreamName::all();
+                let resp = self.client.read(Client::read_all_options(r), &all).await?;
+                Ok(Events::new(resp, all, r))
             }
         }
+    }
+
+    /// The request for what comes after `e`.
+    fn advance(&mut self, e: &RecordedEvent) {
+        match &mut self.target {
+            Target::Stream(r) => {
+                r.max_count = r.max_count.saturating_sub(1);
+                let rev = e.read_revision().0;
+                match r.direction {
+                    Direction::Forwards => r.from = StreamStart::Revision(StreamRevision(rev + 1)),
+                    Direction::Backwards if rev == 0 => r.max_count = 0,
+                    Direction::Backwards => r.from = StreamStart::Revision(StreamRevision(rev - 1)),
+                }
+            }
+            Target::All(r) => {
+                r.max_count = r.max_count.saturating_sub(1);
+                let p = e.position.0;
+                match r.direction {
+                    Direction::Forwards => r.from = AllStart::Position(Position(p + 1)),
+                    Direction::Backwards if p == 0 => r.max_count = 0,
+                    Direction::Backwards => r.from = AllStart::Position(Position(p - 1)),
+                }
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        loop {
+            if self.done || self.remaining() == 0 {
+                return None;
+            }
+            if self.events.is_none() {
+                match self.open().await {
+                    Ok(events) => self.events = Some(events),
+                    Err(e) => {
+                        if self.backoff.again(&e).await {
+                            continue;
+                        }
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let Some(events) = self.events.as_mut() else {
+                continue;
+            };
+            match events.next().await {
+                Some(Ok(e)) => {
+                    self.backoff.reset();
+                    self.advance(&e);
+                    return Some(Ok(e));
+                }
+                Some(Err(e)) => {
+                    self.events = None;
+                    if self.backoff.again(&e).await {
+                        continue;
+                    }
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Everything the read returns.
+    async fn collect(mut self) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::with_capacity(self.remaining().min(4096) as usize);
+        while let Some(e) = self.next().await {
+            out.push(e?);
+        }
         Ok(out)
+    }
+}
+
+/// The events of a count read, as they arrive.
+struct Events {
+    resp: Streaming<ReadItem>,
+    stream: StreamName,
+    direction: Direction,
+    remaining: u64,
+    until: Option<Timestamp>,
+    done: bool,
+}
+
+impl Events {
+    fn new(resp: Streaming<ReadItem>, stream: StreamName, request: &ReadAll) -> Events {
+        Events {
+            resp,
+            stream,
+            direction: request.direction,
+            remaining: request.max_count,
+            until: request.until,
+            done: false,
+        }
+    }
+
+    /// The next event created at or before `until`; `None` at the end.
+    async fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        loop {
+            if self.done || self.remaining == 0 {
+                return None;
+            }
+            let msg = match self.resp.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(s) => {
+                    self.done = true;
+                    return Some(Err(wire::from_status(s, &self.stream)));
+                }
+            };
+            match msg {
+                ReadItem::Event(Ok(e)) => match self.until {
+                    // Commit times never decrease along the log.
+                    Some(t) if e.created > t && self.direction == Direction::Forwards => {
+                        self.done = true;
+                        return None;
+                    }
+                    Some(t) if e.created > t => continue,
+                    _ => {
+                        self.remaining -= 1;
+                        return Some(Ok(e));
+                    }
+                },
+                ReadItem::Event(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                ReadItem::Other(ReadResp {
+                    content: Some(Content::StreamNotFound(_)),
+                }) => {
+                    self.done = true;
+                    return Some(Err(Error::StreamNotFound {
+                        stream: self.stream.clone(),
+                    }));
+                }
+                ReadItem::Other(_) => {}
+            }
+        }
     }
 }
 
@@ -300,62 +629,21 @@ impl EventStore for Client {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        self.batcher()
-            .await?
-            .append(&stream, expected, events)
-            .await
+        self.retrying(|| {
+            let (stream, events) = (&stream, events.clone());
+            async move { self.batcher().await?.append(stream, expected, events).await }
+        })
+        .await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
-        let count = if request.until.is_some() {
-            u64::MAX
-        } else {
-            request.max_count
-        };
-        let options = ReadOptions {
-            stream_option: stream_option(&request.stream, request.from),
-            read_direction: direction(request.direction),
-            count_option: Some(CountOption::Count(count)),
-            filter_option: Some(FilterOption::NoFilter(Empty {})),
-            ..Default::default()
-        };
-        let resp = self.read(options, &request.stream).await?;
-        self.collect(
-            resp,
-            &request.stream,
-            request.direction,
-            request.max_count,
-            request.until,
-        )
-        .await
+        Resumable::new(self, Target::Stream(request))
+            .collect()
+            .await
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
-        let count = if request.until.is_some() {
-            u64::MAX
-        } else {
-            request.max_count
-        };
-        let options = ReadOptions {
-            stream_option: all_option(request.from),
-            read_direction: direction(request.direction),
-            count_option: Some(CountOption::Count(count)),
-            filter_option: Some(match &request.filter {
-                Some(f) => FilterOption::Filter(filter_options(f)),
-                None => FilterOption::NoFilter(Empty {}),
-            }),
-            ..Default::default()
-        };
-        let all = StreamName::all();
-        let resp = self.read(options, &all).await?;
-        self.collect(
-            resp,
-            &all,
-            request.direction,
-            request.max_count,
-            request.until,
-        )
-        .await
+        Resumable::new(self, Target::All(request)).collect().await
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
@@ -399,9 +687,9 @@ impl EventStore for Client {
             .await
             .map_err(|s| wire::from_status(s, &name))?
         {
-            Some(ReadResp {
+            Some(ReadItem::Other(ReadResp {
                 content: Some(Content::Confirmation(_)),
-            }) => {}
+            })) => {}
             other => {
                 return Err(wire::protocol(format!(
                     "expected a subscription confirmation, got {other:?}"
@@ -415,8 +703,12 @@ impl EventStore for Client {
                     Ok(m) => m,
                     Err(s) => return Some(Err(wire::from_status(s, &name))),
                 };
-                match msg.content? {
-                    Content::Event(e) => Some(wire::event(e).map(SubscriptionMessage::Event)),
+                let content = match msg {
+                    ReadItem::Event(e) => return Some(e.map(SubscriptionMessage::Event)),
+                    ReadItem::Other(r) => r.content?,
+                };
+                match content {
+                    Content::Event(_) => None,
                     Content::CaughtUp(_) => Some(Ok(SubscriptionMessage::CaughtUp)),
                     Content::FellBehind(_) => Some(Ok(SubscriptionMessage::FellBehind)),
                     Content::Checkpoint(c) => Some(Ok(SubscriptionMessage::Checkpoint(Position(
@@ -457,7 +749,8 @@ impl EventStore for Client {
             factum_core::ContentType::Json,
             metadata.to_json(),
         );
-        self.append_raw(&stream.metadata_stream(), expected, vec![event])
+        let meta = stream.metadata_stream();
+        self.retrying(|| self.append_raw(&meta, expected, vec![event.clone()]))
             .await
     }
 

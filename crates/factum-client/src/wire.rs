@@ -4,17 +4,11 @@
 use std::collections::HashMap;
 
 use factum_core::{
-    ContentType, CurrentRevision, Error, EventData, ExpectedRevision, Link, Position,
-    RecordedEvent, StreamName, StreamRevision, Timestamp, Uuid,
+    CurrentRevision, Error, EventData, ExpectedRevision, StreamName, StreamRevision, Uuid,
 };
 use factum_proto::metadata_text::unescape;
 use factum_proto::shared;
-use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
-use factum_proto::streams::read_resp::ReadEvent;
 use tonic::{Code, Status};
-
-/// The link event type of `$ce-`/`$et-` streams.
-const LINK_EVENT_TYPE: &str = "$>";
 
 pub fn stream_id(stream: &StreamName) -> Option<shared::StreamIdentifier> {
     Some(shared::StreamIdentifier {
@@ -26,19 +20,6 @@ pub fn uuid(id: Uuid) -> Option<shared::Uuid> {
     Some(shared::Uuid {
         value: Some(shared::uuid::Value::String(id.hyphenated().to_string())),
     })
-}
-
-fn parse_uuid(id: Option<&shared::Uuid>) -> Result<Uuid, Error> {
-    match id.and_then(|u| u.value.as_ref()) {
-        Some(shared::uuid::Value::Structured(s)) => Ok(Uuid::from_u64_pair(
-            s.most_significant_bits as u64,
-            s.least_significant_bits as u64,
-        )),
-        Some(shared::uuid::Value::String(s)) => {
-            Uuid::parse_str(s).map_err(|e| protocol(format!("event id {s:?} is not a UUID: {e}")))
-        }
-        None => Err(protocol("an event came without its id")),
-    }
 }
 
 /// The server answered something the protocol does not allow.
@@ -115,54 +96,84 @@ pub fn proposed_metadata(e: &EventData) -> HashMap<String, String> {
     m
 }
 
-fn record(w: WireEvent) -> Result<RecordedEvent, Error> {
-    let id = parse_uuid(w.id.as_ref())?;
-    let stream = StreamName::from_utf8(
-        &w.stream_identifier
-            .ok_or_else(|| protocol("an event came without its stream"))?
-            .stream_name,
-    )?;
-    let event_type = w.metadata.get("type").cloned().unwrap_or_default();
-    let content_type = match w.metadata.get("content-type").map(String::as_str) {
-        Some("application/json") => ContentType::Json,
-        _ => ContentType::Binary,
+/// The prost path from a read event to a recorded event: the reference
+/// `read.rs`'s decoder is tested against.
+#[cfg(test)]
+pub mod reference {
+    use factum_core::{
+        ContentType, Error, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
+        Uuid,
     };
-    // `created` is .NET ticks (100 ns) since the Unix epoch.
-    let created = w
-        .metadata
-        .get("created")
-        .and_then(|t| t.parse::<i64>().ok())
-        .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
-    Ok(RecordedEvent {
-        id,
-        stream,
-        revision: StreamRevision(w.stream_revision),
-        position: Position(w.commit_position),
-        event_type,
-        content_type,
-        data: w.data.into(),
-        metadata: w.custom_metadata.into(),
-        created,
-        link: None,
-    })
-}
+    use factum_proto::shared;
+    use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
+    use factum_proto::streams::read_resp::ReadEvent;
 
-/// A read event as the core sees it: the original event, with `link` set
-/// when it was reached through a `$ce-`/`$et-` link (links are always
-/// requested resolved).
-pub fn event(e: ReadEvent) -> Result<RecordedEvent, Error> {
-    let event = e
-        .event
-        .ok_or_else(|| protocol("a read event came without its event"))?;
-    let mut out = record(event)?;
-    if let Some(link) = e.link {
-        let link = record(link)?;
-        if link.event_type == LINK_EVENT_TYPE {
-            out.link = Some(Link {
-                stream: link.stream,
-                revision: link.revision,
-            });
+    use super::protocol;
+
+    const LINK_EVENT_TYPE: &str = "$>";
+
+    fn parse_uuid(id: Option<&shared::Uuid>) -> Result<Uuid, Error> {
+        match id.and_then(|u| u.value.as_ref()) {
+            Some(shared::uuid::Value::Structured(s)) => Ok(Uuid::from_u64_pair(
+                s.most_significant_bits as u64,
+                s.least_significant_bits as u64,
+            )),
+            Some(shared::uuid::Value::String(s)) => Uuid::parse_str(s)
+                .map_err(|e| protocol(format!("event id {s:?} is not a UUID: {e}"))),
+            None => Err(protocol("an event came without its id")),
         }
     }
-    Ok(out)
+
+    /// The prost path of `read.rs`'s decoder, kept as the reference its tests
+    /// compare against.
+    fn record(w: WireEvent) -> Result<RecordedEvent, Error> {
+        let id = parse_uuid(w.id.as_ref())?;
+        let stream = StreamName::from_utf8(
+            &w.stream_identifier
+                .ok_or_else(|| protocol("an event came without its stream"))?
+                .stream_name,
+        )?;
+        let event_type = w.metadata.get("type").cloned().unwrap_or_default();
+        let content_type = match w.metadata.get("content-type").map(String::as_str) {
+            Some("application/json") => ContentType::Json,
+            _ => ContentType::Binary,
+        };
+        // `created` is .NET ticks (100 ns) since the Unix epoch.
+        let created = w
+            .metadata
+            .get("created")
+            .and_then(|t| t.parse::<i64>().ok())
+            .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
+        Ok(RecordedEvent {
+            id,
+            stream,
+            revision: StreamRevision(w.stream_revision),
+            position: Position(w.commit_position),
+            event_type,
+            content_type,
+            data: w.data.into(),
+            metadata: w.custom_metadata.into(),
+            created,
+            link: None,
+        })
+    }
+    /// A read event as the core sees it: the original event, with `link` set
+    /// when it was reached through a `$ce-`/`$et-` link (links are always
+    /// requested resolved).
+    pub fn event(e: ReadEvent) -> Result<RecordedEvent, Error> {
+        let event = e
+            .event
+            .ok_or_else(|| protocol("a read event came without its event"))?;
+        let mut out = record(event)?;
+        if let Some(link) = e.link {
+            let link = record(link)?;
+            if link.event_type == LINK_EVENT_TYPE {
+                out.link = Some(Link {
+                    stream: link.stream,
+                    revision: link.revision,
+                });
+            }
+        }
+        Ok(out)
+    }
 }

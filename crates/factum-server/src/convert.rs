@@ -227,6 +227,33 @@ pub fn event_and_link(
     }
 }
 
+/// A call's deadline from its `grpc-timeout` header, as gRPC defines it:
+/// up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). `None` when
+/// absent or malformed (then the call has no deadline).
+pub fn grpc_timeout(header: Option<&str>) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let h = header?;
+    let (digits, unit) = h.split_at(h.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The status of a call whose deadline passed.
+pub fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call's deadline passed")
+}
+
 /// A position for the wire (`commit == prepare`: Factum's log is dense).
 pub fn all_position(p: Position) -> shared::AllStreamPosition {
     shared::AllStreamPosition {
@@ -270,6 +297,19 @@ mod tests {
             uuid_from_wire(Some(&bad), "id").unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_grpc_defines_them() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout(Some("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(Some("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(Some("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(Some("1n")), Some(Duration::from_nanos(1)));
+        for bad in ["", "S", "5", "123456789S", "5s", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(None), None);
     }
 
     #[test]

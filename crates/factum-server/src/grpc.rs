@@ -40,18 +40,14 @@ pub(crate) fn channel_stream<T: Send + 'static>(
     }))
 }
 
-/// A stream of batches, flattened into single responses.
-fn batched_stream<T: Send + 'static>(
-    rx: mpsc::Receiver<Result<Vec<T>, Status>>,
-) -> ResponseStream<T> {
-    use futures_util::StreamExt;
-    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Box::pin(batches.flat_map(|batch| match batch {
-        Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
-        Err(status) => futures_util::stream::iter(vec![Err(status)]),
-    }))
+/// The call's `grpc-timeout`, if it has one.
+pub(crate) fn grpc_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    convert::grpc_timeout(
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// The gRPC front end over a store.
@@ -100,10 +96,11 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         self.authenticate(&request)?;
-        // Batches of up to 64 responses: a few in flight are plenty.
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(grpc_read::run(self.ctx.clone(), request.into_inner(), tx));
-        Ok(Response::new(batched_stream(rx)))
+        // `app()` serves reads through `read_wire::ReadRoute` (encoded by
+        // hand); this path is for the service used on its own.
+        let timeout = grpc_timeout(&request);
+        let batches = grpc_read::start(self.ctx.clone(), request.into_inner(), timeout);
+        Ok(Response::new(grpc_read::decoded(batches)))
     }
 
     async fn append(
@@ -111,7 +108,8 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
         self.authenticate(&request)?;
-        grpc_write::append(self.ctx.clone(), request.into_inner())
+        let timeout = grpc_timeout(&request);
+        grpc_write::append(self.ctx.clone(), request.into_inner(), timeout)
             .await
             .map(Response::new)
     }

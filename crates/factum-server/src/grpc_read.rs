@@ -2,8 +2,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use factum_core::{
     AllStart, Direction, Error, EventStore, Position, ReadAll, ReadStream, RecordedEvent,
     StreamName, StreamRevision, StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart,
@@ -15,6 +16,7 @@ use factum_proto::streams::read_req::options::{
 };
 use factum_proto::streams::read_resp::{self, Content};
 use factum_proto::streams::{ReadReq, ReadResp};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -22,9 +24,15 @@ use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
+use crate::grpc::ResponseStream;
+use crate::read_wire::Outgoing;
 
-/// Events per store call while paging a read.
-const PAGE: u64 = 512;
+/// Events in the first store call of a read: the first answers leave soon.
+const FIRST_PAGE: u64 = 256;
+/// Pages double up to this many events: long reads make few, large store
+/// calls (the engine reads its log in 1 MiB chunks per call, and sizes a
+/// page's vector for up to 4,096 events).
+const MAX_PAGE: u64 = 4096;
 
 /// Where a read goes.
 enum Target {
@@ -120,79 +128,140 @@ fn plan(req: ReadReq) -> Result<Plan, Status> {
     })
 }
 
-/// Messages per batch handed to the response stream: one channel hand-off
-/// per batch instead of per event keeps long reads cheap.
-const BATCH: usize = 64;
+/// Encoded bytes per batch handed to the response stream: one channel
+/// hand-off per batch instead of per event keeps long reads cheap.
+const BATCH_BYTES: usize = 64 * 1024;
 
-/// Batches of responses (or the final error) for the response stream.
-pub type Batches = mpsc::Sender<Result<Vec<ReadResp>, Status>>;
+/// Batches of answers (or the final error).
+pub type Batch = Result<Vec<Outgoing>, Status>;
 
 /// Sends to the client; `Err` means the client went away.
 struct Out<'a, S> {
-    tx: Batches,
+    tx: mpsc::Sender<Batch>,
     ctx: &'a Ctx<S>,
     plan: &'a Plan,
-    pending: std::sync::Mutex<Vec<ReadResp>>,
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// Messages encoded but not yet handed over.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<Outgoing>,
+    /// About the bytes `messages` encode to.
+    bytes: usize,
+    /// Events (and their payload bytes) in `messages`, for the metrics.
+    events: u64,
+    payload: u64,
 }
 
 struct Gone;
 
 impl<S> Out<'_, S> {
-    /// Queues a message; sends the batch when full or when `now`.
-    async fn push(&self, resp: ReadResp, now: bool) -> Result<(), Gone> {
+    /// Hands over what is queued when it is enough, or when `now`.
+    async fn hand_over(&self, now: bool) -> Result<(), Gone> {
         let batch = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(resp);
-            if !now && pending.len() < BATCH {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.messages.is_empty() || (!now && p.bytes < BATCH_BYTES) {
                 return Ok(());
             }
-            std::mem::take(&mut *pending)
+            self.ctx.metrics.sent(p.events, p.payload);
+            p.bytes = 0;
+            p.events = 0;
+            p.payload = 0;
+            std::mem::take(&mut p.messages)
         };
         self.tx.send(Ok(batch)).await.map_err(|_| Gone)
     }
 
     /// Sends whatever is queued.
     async fn flush(&self) -> Result<(), Gone> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.tx.send(Ok(batch)).await.map_err(|_| Gone)
+        self.hand_over(true).await
     }
 
     /// Sends a control message (and anything queued before it) now.
     async fn send(&self, content: Content) -> Result<(), Gone> {
-        self.push(
-            ReadResp {
-                content: Some(content),
-            },
-            true,
-        )
-        .await
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let m = Bytes::from(
+                ReadResp {
+                    content: Some(content),
+                }
+                .encode_to_vec(),
+            );
+            p.bytes += m.len();
+            p.messages.push(Outgoing::Message(m));
+        }
+        self.hand_over(true).await
     }
 
     /// An event: queued in reads (`now == false`), sent at once in subscriptions.
-    async fn event(&self, e: &RecordedEvent, now: bool) -> Result<(), Gone> {
-        let f = self.plan.uuid;
-        let (event, link) = convert::event_and_link(e, self.plan.resolve_links, f);
-        self.ctx
-            .metrics
-            .sent(1, (e.data.len() + e.metadata.len()) as u64);
-        let resp = ReadResp {
-            content: Some(Content::Event(read_resp::ReadEvent {
-                event,
-                link,
-                position: Some(read_resp::read_event::Position::CommitPosition(
-                    e.position.0,
-                )),
-            })),
-        };
-        self.push(resp, now).await
+    async fn event(&self, e: RecordedEvent, now: bool) -> Result<(), Gone> {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let payload = e.data.len() + e.metadata.len();
+            // The fixed part of an event message is about 150 bytes.
+            p.bytes += payload + e.event_type.len() + e.stream.as_str().len() + 150;
+            p.events += 1;
+            p.payload += payload as u64;
+            p.messages.push(Outgoing::Event {
+                event: e,
+                resolve_links: self.plan.resolve_links,
+                uuid: self.plan.uuid,
+            });
+        }
+        self.hand_over(now).await
     }
 }
 
+/// Starts a read or subscription; its encoded answers arrive in batches.
+/// A read (not a subscription) with a call deadline (`grpc-timeout`) ends
+/// with DEADLINE_EXCEEDED when it passes.
+pub fn start<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    req: ReadReq,
+    timeout: Option<Duration>,
+) -> mpsc::Receiver<Batch> {
+    // A few batches of up to 64 KiB in flight are plenty.
+    let (tx, rx) = mpsc::channel(4);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    tokio::spawn(run(ctx, req, tx, deadline));
+    rx
+}
+
+/// The batches as a stream of single answers.
+pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Outgoing> {
+    use futures_util::StreamExt;
+    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Box::pin(batches.flat_map(|batch| match batch {
+        Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
+        Err(status) => futures_util::stream::iter(vec![Err(status)]),
+    }))
+}
+
+/// The batches as a stream of decoded messages (for [`crate::grpc::GrpcApi`]
+/// used as a plain tonic service; `app()` routes reads through
+/// [`read_wire::ReadRoute`] instead).
+pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
+    use futures_util::StreamExt;
+    Box::pin(encoded(rx).map(|m| {
+        m.and_then(|out| {
+            let mut buf = BytesMut::new();
+            out.encode(&mut buf);
+            ReadResp::decode(buf.freeze())
+                .map_err(|e| Status::internal(format!("re-decoding: {e}")))
+        })
+    }))
+}
+
 /// Runs a read or subscription, streaming into `tx`.
-pub async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: Batches) {
+async fn run<S: EventStore>(
+    ctx: Arc<Ctx<S>>,
+    req: ReadReq,
+    tx: mpsc::Sender<Batch>,
+    deadline: Option<Instant>,
+) {
     let plan = match plan(req) {
         Ok(p) => p,
         Err(status) => {
@@ -210,7 +279,15 @@ pub async fn run<S: EventStore>(ctx: Arc<Ctx<S>>, req: ReadReq, tx: Batches) {
         Some(n) => {
             let started = Instant::now();
             ctx.metrics.reads.fetch_add(1, Ordering::Relaxed);
-            let r = match read(&out, n).await {
+            let r = match deadline {
+                Some(d) if d <= Instant::now() => Ok(Err(convert::deadline_exceeded())),
+                Some(d) => match tokio::time::timeout_at(d.into(), read(&out, n)).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(Err(convert::deadline_exceeded())),
+                },
+                None => read(&out, n).await,
+            };
+            let r = match r {
                 Ok(r) => out.flush().await.map(|_| r),
                 gone => gone,
             };
@@ -256,6 +333,8 @@ async fn read_stream<S: EventStore>(
     let mut from = start;
     let mut remaining = count;
     let mut first_page = true;
+    let mut first_page_empty = false;
+    let mut page = FIRST_PAGE;
     // Metadata of a tombstoned stream is gone with it: `$$<stream>` reads
     // answer StreamDeleted, as the stream's own reads do.
     if let Some(target) = name.metadata_of() {
@@ -269,7 +348,8 @@ async fn read_stream<S: EventStore>(
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
-        let want = remaining.min(PAGE);
+        let want = remaining.min(page);
+        page = (page * 2).min(MAX_PAGE);
         let req = ReadStream {
             stream: name.clone(),
             from,
@@ -290,47 +370,56 @@ async fn read_stream<S: EventStore>(
             Err(Error::StreamNotFound { .. }) => break,
             Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
         };
+        if first_page {
+            first_page_empty = events.is_empty();
+        }
         first_page = false;
-        for e in &events {
+        let n = events.len() as u64;
+        let last = events.last().map(|e| e.read_revision().0);
+        for e in events {
             out.event(e, false).await?;
         }
-        remaining -= events.len() as u64;
-        let Some(last) = events.last() else { break };
-        if (events.len() as u64) < want {
+        remaining -= n;
+        let Some(r) = last else { break };
+        if n < want {
             break;
         }
-        let r = last.read_revision().0;
         from = match direction {
             Direction::Forwards => StreamStart::Revision(StreamRevision(r + 1)),
             Direction::Backwards if r == 0 => break,
             Direction::Backwards => StreamStart::Revision(StreamRevision(r - 1)),
         };
     }
+    // What KurrentDB sends to clients that understand it (compatibility
+    // 1): after a read, the stream's last revision; before it, when a
+    // forwards read found nothing, where the stream continues (its last
+    // revision + 1) if that is not where the read started.
     if out.plan.compatibility >= 1 {
-        if let Some((first, last)) = bounds(out.ctx, name).await {
-            out.send(Content::FirstStreamPosition(first)).await?;
+        if let Some(last) = last_revision(out.ctx, name).await {
+            if first_page_empty && direction == Direction::Forwards {
+                let started = match start {
+                    StreamStart::Start => Some(0),
+                    StreamStart::Revision(r) => Some(r.0),
+                    StreamStart::End => None,
+                };
+                if started != Some(last + 1) {
+                    out.send(Content::FirstStreamPosition(last + 1)).await?;
+                }
+            }
             out.send(Content::LastStreamPosition(last)).await?;
         }
     }
     Ok(Ok(()))
 }
 
-/// The first and last readable revisions of a stream.
-async fn bounds<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option<(u64, u64)> {
-    let first = ctx
-        .store
-        .read_stream(ReadStream::forwards(name.clone()).max_count(1))
-        .await
-        .ok()?;
+/// The last readable revision of a stream.
+async fn last_revision<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option<u64> {
     let last = ctx
         .store
         .read_stream(ReadStream::backwards(name.clone()).max_count(1))
         .await
         .ok()?;
-    Some((
-        first.first()?.read_revision().0,
-        last.first()?.read_revision().0,
-    ))
+    Some(last.first()?.read_revision().0)
 }
 
 async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) -> Outcome {
@@ -341,15 +430,17 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
     let server_filter = out.plan.filter.as_ref().filter(|_| store_filter.is_none());
     let mut from = start;
     let mut remaining = count;
+    let mut page = FIRST_PAGE;
     while remaining > 0 {
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
         let want = if server_filter.is_some() {
-            PAGE
+            page
         } else {
-            remaining.min(PAGE)
+            remaining.min(page)
         };
+        page = (page * 2).min(MAX_PAGE);
         let req = ReadAll {
             from,
             direction,
@@ -361,25 +452,39 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             Ok(e) => e,
             Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
         };
-        for e in &events {
+        let n = events.len() as u64;
+        let last = events.last().map(|e| e.position.0);
+        for e in events {
             if remaining == 0 {
                 break;
             }
-            if server_filter.is_none_or(|f| f.matches(e)) {
+            if server_filter.is_none_or(|f| f.matches(&e)) {
                 out.event(e, false).await?;
                 remaining -= 1;
             }
         }
-        let Some(last) = events.last() else { break };
-        if (events.len() as u64) < want {
+        let Some(p) = last else { break };
+        if n < want {
             break;
         }
-        let p = last.position.0;
         from = match direction {
             Direction::Forwards => AllStart::Position(Position(p + 1)),
             Direction::Backwards if p == 0 => break,
             Direction::Backwards => AllStart::Position(Position(p - 1)),
         };
+    }
+    // The protocol's `last_all_stream_position`: where `$all` ends now, for
+    // clients that understand it (KurrentDB's .NET client reads it into
+    // `LastPosition`).
+    if out.plan.compatibility >= 1 {
+        match out.ctx.store.head_position().await {
+            Ok(Some(p)) => {
+                out.send(Content::LastAllStreamPosition(convert::all_position(p)))
+                    .await?
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
+        }
     }
     Ok(Ok(()))
 }
@@ -471,7 +576,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                 Some(f) => {
                     resume.position = Some(e.position.0);
                     if f.matches(&e) {
-                        out.event(&e, true).await?;
+                        out.event(e, true).await?;
                         scanned_since_checkpoint = 0;
                     } else {
                         scanned_since_checkpoint += 1;
@@ -487,7 +592,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                     } else {
                         resume.revision = Some(e.read_revision().0);
                     }
-                    out.event(&e, true).await?;
+                    out.event(e, true).await?;
                 }
             },
             Ok(SubscriptionMessage::CaughtUp) => {

@@ -1,9 +1,9 @@
 //! `Streams.Append`, `BatchAppend`, `Delete`, `Tombstone`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use factum_core::{
     AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamMetadata,
@@ -81,11 +81,54 @@ fn expected_of_append(
     })
 }
 
-/// `Streams.Append`: options, then events, then one answer.
+/// `Streams.Append`: options, then events, then one answer. With a call
+/// deadline (`grpc-timeout`), an append not fully received by then is
+/// refused with DEADLINE_EXCEEDED and not written; one already being
+/// written completes (its answer may come too late for the client, whose
+/// retry with the same event ids is idempotent).
 pub async fn append<S: EventStore>(
     ctx: Arc<Ctx<S>>,
-    mut input: Streaming<AppendReq>,
+    input: Streaming<AppendReq>,
+    timeout: Option<Duration>,
 ) -> Result<AppendResp, Status> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let received = receive(&ctx, input);
+    let (stream, expected, events) = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), received)
+            .await
+            .map_err(|_| convert::deadline_exceeded())??,
+        None => received.await?,
+    };
+    if deadline.is_some_and(|d| d <= Instant::now()) {
+        return Err(convert::deadline_exceeded());
+    }
+    let result = match write(&ctx, stream, expected, events).await {
+        Ok(r) => append_resp::Result::Success(append_resp::Success {
+            current_revision_option: Some(
+                append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
+            ),
+            position_option: Some(append_resp::success::PositionOption::Position(
+                append_resp::Position {
+                    commit_position: r.position.0,
+                    prepare_position: r.position.0,
+                },
+            )),
+        }),
+        Err(Error::WrongExpectedVersion {
+            expected, actual, ..
+        }) => append_resp::Result::WrongExpectedVersion(wrong_expected_version(expected, actual)),
+        Err(e) => return Err(to_status(&e, Operation::Append)),
+    };
+    Ok(AppendResp {
+        result: Some(result),
+    })
+}
+
+/// An append's options and events, as the client streams them.
+async fn receive<S>(
+    ctx: &Ctx<S>,
+    mut input: Streaming<AppendReq>,
+) -> Result<(StreamName, ExpectedRevision, Vec<EventData>), Status> {
     let first = input
         .message()
         .await
@@ -122,26 +165,7 @@ pub async fn append<S: EventStore>(
             None => return Err(Status::invalid_argument("an append message was empty")),
         }
     }
-    let result = match write(&ctx, stream, expected, events).await {
-        Ok(r) => append_resp::Result::Success(append_resp::Success {
-            current_revision_option: Some(
-                append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
-            ),
-            position_option: Some(append_resp::success::PositionOption::Position(
-                append_resp::Position {
-                    commit_position: r.position.0,
-                    prepare_position: r.position.0,
-                },
-            )),
-        }),
-        Err(Error::WrongExpectedVersion {
-            expected, actual, ..
-        }) => append_resp::Result::WrongExpectedVersion(wrong_expected_version(expected, actual)),
-        Err(e) => return Err(to_status(&e, Operation::Append)),
-    };
-    Ok(AppendResp {
-        result: Some(result),
-    })
+    Ok((stream, expected, events))
 }
 
 /// Both shapes of the answer, as current KurrentDB servers send them.
@@ -254,6 +278,47 @@ struct Pending {
     expected: WireExpected,
     events: Vec<EventData>,
     size: u64,
+    /// The request's own deadline, when it set one.
+    deadline: Option<Instant>,
+    /// The correlation id as the client sent it (answers echo its form).
+    correlation: Option<shared::Uuid>,
+}
+
+/// When a batch append must be answered by, from its `deadline` option: a
+/// duration from now (current clients) or a point in time (clients before
+/// 21.10). A deadline already passed is `now`.
+fn batch_deadline(o: &batch_append_req::Options) -> Option<Instant> {
+    use batch_append_req::options::DeadlineOption as D;
+    let now = Instant::now();
+    let after = |secs: i64, nanos: i32| {
+        let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        let left = Duration::from_nanos(total.clamp(0, i128::from(u64::MAX)) as u64);
+        now.checked_add(left)
+    };
+    match &o.deadline_option {
+        Some(D::Deadline(d)) => after(d.seconds, d.nanos),
+        Some(D::Deadline21100(t)) => {
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let secs = t.seconds.saturating_sub(since_epoch.as_secs() as i64);
+            after(secs, t.nanos - since_epoch.subsec_nanos() as i32)
+        }
+        None => None,
+    }
+}
+
+/// KurrentDB's answer to a batch append whose deadline passed before it
+/// was written: DEADLINE_EXCEEDED with a `Timeout` detail.
+fn timeout_error() -> rpc::Status {
+    rpc::Status {
+        code: rpc::Code::DeadlineExceeded as i32,
+        message: "the append's deadline passed before it was written".into(),
+        details: Some(prost_types::Any {
+            type_url: "type.googleapis.com/event_store.client.Timeout".into(),
+            value: shared::Timeout {}.encode_to_vec(),
+        }),
+    }
 }
 
 /// `Streams.BatchAppend`: appends multiplexed by correlation id; each
@@ -264,14 +329,46 @@ pub async fn batch_append<S: EventStore>(
     tx: mpsc::Sender<Result<BatchAppendResp, Status>>,
 ) {
     let mut pending: HashMap<Uuid, Pending> = HashMap::new();
+    // Appends answered before their last chunk came (deadline passed): the
+    // rest of their chunks are ignored.
+    let mut answered: HashSet<Uuid> = HashSet::new();
     let mut in_flight = tokio::task::JoinSet::new();
     let mut shutdown = ctx.shutdown.clone();
     let end = loop {
         // Finished appends need no bookkeeping.
         while in_flight.try_join_next().is_some() {}
+        let next_deadline = pending.values().filter_map(|p| p.deadline).min();
         let next = tokio::select! {
-            m = input.message() => Some(m),
+            m = input.message() => Some(Some(m)),
             _ = shutdown.wait_for(|s| *s) => None,
+            _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()),
+                if next_deadline.is_some() => Some(None),
+        };
+        let next = match next {
+            Some(Some(m)) => Some(m),
+            Some(None) => {
+                // Appends still being assembled when their deadline passed.
+                let now = Instant::now();
+                let expired: Vec<Uuid> = pending
+                    .iter()
+                    .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    if let Some(p) = pending.remove(&id) {
+                        answered.insert(id);
+                        let resp = batch_response(
+                            p.correlation.clone(),
+                            &p.wire_stream,
+                            p.expected,
+                            Err(timeout_error()),
+                        );
+                        let _ = tx.send(Ok(resp)).await;
+                    }
+                }
+                continue;
+            }
+            None => None,
         };
         let msg = match next {
             Some(Ok(Some(m))) => m,
@@ -290,6 +387,12 @@ pub async fn batch_append<S: EventStore>(
                 }
             };
         let wire_correlation = msg.correlation_id.clone();
+        if answered.contains(&correlation) {
+            if msg.is_final {
+                answered.remove(&correlation);
+            }
+            continue;
+        }
         let entry = match pending.entry(correlation) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -311,12 +414,15 @@ pub async fn batch_append<S: EventStore>(
                     Some(E::Any(_)) | None => WireExpected::Any,
                     Some(E::StreamExists(_)) => WireExpected::StreamExists,
                 };
+                let deadline = batch_deadline(options);
                 v.insert(Pending {
                     wire_stream: convert::stream_to_wire(&stream),
                     stream,
                     expected,
                     events: Vec::new(),
                     size: 0,
+                    deadline,
+                    correlation: wire_correlation.clone(),
                 })
             }
         };
@@ -348,18 +454,34 @@ pub async fn batch_append<S: EventStore>(
         };
         let (ctx, tx) = (ctx.clone(), tx.clone());
         in_flight.spawn(async move {
-            let result = match refused {
-                Some(e) => Err(e),
-                None => write(&ctx, p.stream.clone(), p.expected.to_core(), p.events).await,
+            let answer = |result: Result<AppendResult, rpc::Status>| {
+                batch_response(wire_correlation.clone(), &p.wire_stream, p.expected, result)
             };
-            let _ = tx
-                .send(Ok(batch_response(
-                    wire_correlation,
-                    &p.wire_stream,
-                    p.expected,
-                    result,
-                )))
-                .await;
+            if let Some(e) = refused {
+                let _ = tx.send(Ok(answer(Err(batch_error(&e))))).await;
+                return;
+            }
+            if p.deadline.is_some_and(|d| d <= Instant::now()) {
+                let _ = tx.send(Ok(answer(Err(timeout_error())))).await;
+                return;
+            }
+            let write = write(&ctx, p.stream.clone(), p.expected.to_core(), p.events);
+            tokio::pin!(write);
+            let result = match p.deadline {
+                Some(d) => tokio::select! {
+                    r = &mut write => r.map_err(|e| batch_error(&e)),
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        // Answered now; the write itself goes on (it may
+                        // commit, as in KurrentDB: a retry with the same
+                        // event ids is idempotent) and is waited for.
+                        let _ = tx.send(Ok(answer(Err(timeout_error())))).await;
+                        let _ = write.await;
+                        return;
+                    }
+                },
+                None => write.await.map_err(|e| batch_error(&e)),
+            };
+            let _ = tx.send(Ok(answer(result))).await;
         });
     };
     // Dropping the JoinSet would abort appends still running: wait for them.
@@ -373,7 +495,7 @@ fn batch_response(
     correlation_id: Option<shared::Uuid>,
     stream: &shared::StreamIdentifier,
     expected: WireExpected,
-    result: Result<AppendResult, Error>,
+    result: Result<AppendResult, rpc::Status>,
 ) -> BatchAppendResp {
     use batch_append_resp::ExpectedStreamPosition as P;
     let result = match result {
@@ -385,7 +507,7 @@ fn batch_response(
                 convert::all_position(r.position),
             )),
         }),
-        Err(e) => batch_append_resp::Result::Error(batch_error(&e)),
+        Err(status) => batch_append_resp::Result::Error(status),
     };
     BatchAppendResp {
         correlation_id: correlation_id

@@ -317,36 +317,119 @@ fn expected(headers: &HeaderMap, field: Option<&str>) -> Result<ExpectedRevision
     })
 }
 
+/// KurrentDB's headers for a single event whose body is its data.
+pub const EVENT_TYPE_HEADER: &str = "es-eventtype";
+/// The event id of a single-event append (a new one when absent).
+pub const EVENT_ID_HEADER: &str = "es-eventid";
+/// KurrentDB's expected version: -2 any, -1 no stream, -4 stream exists, or a revision.
+pub const EXPECTED_VERSION_HEADER: &str = "es-expectedversion";
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|h| h.to_str().map_err(|_| bad(format!("{name} is not text"))))
+        .transpose()
+}
+
+/// True for `application/json` and `application/…+json`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_none_or(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+/// A single event from KurrentDB's headers: the body is its data, JSON or
+/// binary by the content type.
+fn single_event(headers: &HeaderMap, event_type: &str, body: &[u8]) -> Result<EventData, ApiError> {
+    let mut event = if is_json(headers) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+            bad(format!(
+                "the body is not JSON (content type application/json): {e}"
+            ))
+        })?;
+        EventData::new(event_type, ContentType::Json, body.to_vec())
+    } else {
+        EventData::binary(event_type, body.to_vec())
+    };
+    if let Some(id) = header(headers, EVENT_ID_HEADER)? {
+        let id = Uuid::parse_str(id).map_err(|e| bad(format!("{EVENT_ID_HEADER} {id:?}: {e}")))?;
+        event = event.with_id(id);
+    }
+    Ok(event)
+}
+
+/// KurrentDB's numeric expected version.
+fn expected_version(raw: &str) -> Result<ExpectedRevision, ApiError> {
+    match raw.trim().parse::<i64>() {
+        Ok(-2) => Ok(ExpectedRevision::Any),
+        Ok(-1) => Ok(ExpectedRevision::NoStream),
+        Ok(-4) => Ok(ExpectedRevision::StreamExists),
+        Ok(n) if n >= 0 => Ok(ExpectedRevision::Exact(StreamRevision(n as u64))),
+        _ => Err(bad(format!(
+            "{EXPECTED_VERSION_HEADER} {raw:?}: use -2 (any), -1 (no stream), -4 (exists) or a revision"
+        ))),
+    }
+}
+
 async fn append<S: EventStore>(
     State(ctx): Shared<S>,
     Path(stream): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: AppendBody =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("append body: {e}")))?;
-    let (exp, events) = match body {
-        AppendBody::Events(ev) => (None, ev),
-        AppendBody::WithExpected {
-            expected_revision,
-            events,
-        } => (expected_revision, events),
+    let (expected, events) = match header(&headers, EVENT_TYPE_HEADER)? {
+        // One event, the body its data (JSON or binary), as KurrentDB takes it.
+        Some(event_type) => {
+            let event = single_event(&headers, event_type, &body)?;
+            let expected = match header(&headers, EXPECTED_VERSION_HEADER)? {
+                Some(v) if headers.get(EXPECTED_HEADER).is_none() => expected_version(v)?,
+                _ => expected(&headers, None)?,
+            };
+            (expected, vec![event])
+        }
+        None => {
+            // Whatever the content type (`curl -d` sends a form type): a
+            // list of events unless ES-EventType says the body is one.
+            let body: AppendBody = serde_json::from_slice(&body).map_err(|e| {
+                bad(format!(
+                    "append body: {e} (a body that is one event's data needs the ES-EventType header)"
+                ))
+            })?;
+            let (exp, events) = match body {
+                AppendBody::Events(ev) => (None, ev),
+                AppendBody::WithExpected {
+                    expected_revision,
+                    events,
+                } => (expected_revision, events),
+            };
+            let expected = expected(&headers, exp.as_deref())?;
+            let events: Vec<EventData> = events
+                .into_iter()
+                .map(|e| {
+                    let mut d = EventData::json(e.event_type, &e.data)?;
+                    if let Some(id) = e.id {
+                        d = d.with_id(id);
+                    }
+                    if let Some(m) = e.metadata {
+                        d = d.with_metadata(serde_json::to_vec(&m).unwrap_or_default());
+                    }
+                    Ok(d)
+                })
+                .collect::<Result<_, Error>>()?;
+            (expected, events)
+        }
     };
-    let expected = expected(&headers, exp.as_deref())?;
     let name = stream_name(&stream)?;
-    let events: Vec<EventData> = events
-        .into_iter()
-        .map(|e| {
-            let mut d = EventData::json(e.event_type, &e.data)?;
-            if let Some(id) = e.id {
-                d = d.with_id(id);
-            }
-            if let Some(m) = e.metadata {
-                d = d.with_metadata(serde_json::to_vec(&m).unwrap_or_default());
-            }
-            Ok(d)
-        })
-        .collect::<Result<_, Error>>()?;
     let size: u64 = events.iter().map(|e| e.size() as u64).sum();
     if size > ctx.config.max_append_bytes {
         return Err(ApiError::from(Error::LimitExceeded {

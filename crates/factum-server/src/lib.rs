@@ -44,6 +44,7 @@ mod grpc_write;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+mod read_wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,7 +94,8 @@ pub fn app<S: EventStore>(
             .max_encoding_message_size(max),
     )
     .prepare()
-    .into_axum_router();
+    .into_axum_router()
+    .route_service(read_wire::READ_PATH, read_wire::ReadRoute::new(ctx.clone()));
     let http = http::router(ctx.clone());
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req

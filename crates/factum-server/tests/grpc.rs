@@ -476,3 +476,311 @@ async fn malformed_protobuf_is_refused_and_the_server_goes_on() {
     let mut client = StreamsClient::new(ch);
     assert!(collect(&mut client, read_stream("any-1", 1)).await.is_ok());
 }
+
+/// A read request with the given start, direction and compatibility level.
+fn read_with(
+    stream: Option<&str>,
+    start: Option<u64>,
+    backwards: bool,
+    compatibility: u32,
+) -> ReadReq {
+    let mut req = read_stream(stream.unwrap_or("x-1"), 100);
+    let o = req.options.as_mut().unwrap();
+    o.read_direction = backwards as i32;
+    o.control_option = Some(ro::ControlOption { compatibility });
+    match stream {
+        Some(_) => {
+            if let (Some(StreamOption::Stream(s)), Some(r)) = (o.stream_option.as_mut(), start) {
+                s.revision_option = Some(ro::stream_options::RevisionOption::Revision(r));
+            }
+        }
+        None => {
+            o.stream_option = Some(StreamOption::All(ro::AllOptions {
+                all_option: Some(ro::all_options::AllOption::Start(shared::Empty {})),
+            }))
+        }
+    }
+    req
+}
+
+/// The non-event messages of a read, in order, and how many events came.
+async fn positions(client: &mut StreamsClient<Channel>, req: ReadReq) -> (usize, Vec<Content>) {
+    let resps = collect(client, req).await.unwrap();
+    let events = resps
+        .iter()
+        .filter(|r| matches!(r.content, Some(Content::Event(_))))
+        .count();
+    let rest = resps
+        .into_iter()
+        .filter_map(|r| r.content)
+        .filter(|c| !matches!(c, Content::Event(_)))
+        .collect();
+    (events, rest)
+}
+
+#[tokio::test]
+async fn first_and_last_positions_as_the_protocol_defines_them() {
+    use append_req::options::ExpectedStreamRevision as E;
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    for stream in ["other-1", "pos-1"] {
+        let reqs = vec![
+            options(stream, E::Any(shared::Empty {})),
+            proposed("A", b"{}"),
+            proposed("B", b"{}"),
+            proposed("C", b"{}"),
+        ];
+        client
+            .append(futures_util::stream::iter(reqs))
+            .await
+            .unwrap();
+    }
+    // Compatibility 0 (what most clients send): events only.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), None, false, 0)).await;
+    assert_eq!((n, rest), (3, vec![]));
+    // Compatibility 1: the last revision after the events, both directions.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), None, false, 1)).await;
+    assert_eq!((n, rest), (3, vec![Content::LastStreamPosition(2)]));
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(1), true, 1)).await;
+    assert_eq!((n, rest), (2, vec![Content::LastStreamPosition(2)]));
+    // Forwards past the end: where the stream continues, then its last revision.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(9), false, 1)).await;
+    assert_eq!(
+        (n, rest),
+        (
+            0,
+            vec![
+                Content::FirstStreamPosition(3),
+                Content::LastStreamPosition(2)
+            ]
+        )
+    );
+    // …but not when the read started exactly there.
+    let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(3), false, 1)).await;
+    assert_eq!((n, rest), (0, vec![Content::LastStreamPosition(2)]));
+    // `$all`: where the log ends, after the events.
+    let (n, rest) = positions(&mut client, read_with(None, None, false, 1)).await;
+    assert_eq!(n, 6);
+    assert_eq!(
+        rest,
+        vec![Content::LastAllStreamPosition(shared::AllStreamPosition {
+            commit_position: 5,
+            prepare_position: 5,
+        })]
+    );
+    let (n, rest) = positions(&mut client, read_with(None, None, false, 0)).await;
+    assert_eq!((n, rest), (6, vec![]));
+}
+
+/// A gRPC call made with h2 directly, so no client-side deadline gets in
+/// the way of the server's: sends `messages` (ending the request when
+/// `end`), returns the call's `grpc-status`.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    grpc_timeout: &str,
+    messages: Vec<Vec<u8>>,
+    end: bool,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", grpc_timeout)
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    for m in messages {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&m);
+        send.send_data(framed.into(), false).unwrap();
+    }
+    if end {
+        send.send_data(Default::default(), true).unwrap();
+    }
+    let resp = resp.await.unwrap();
+    let status = match resp.headers().get("grpc-status") {
+        Some(s) => s.to_str().unwrap().to_owned(),
+        None => {
+            let mut body = resp.into_body();
+            while let Some(d) = body.data().await {
+                let d = d.unwrap();
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            let trailers = body.trailers().await.unwrap().unwrap();
+            trailers["grpc-status"].to_str().unwrap().to_owned()
+        }
+    };
+    drop(send);
+    status
+}
+
+#[tokio::test]
+async fn call_deadlines_on_append_and_read() {
+    use append_req::options::ExpectedStreamRevision as E;
+    use prost::Message;
+    let server = start().await;
+    // An append whose client never finishes sending: refused when its
+    // deadline passes, nothing written.
+    let opts = options("late-1", E::Any(shared::Empty {})).encode_to_vec();
+    let event = proposed("X", b"{}").encode_to_vec();
+    let append = "/event_store.client.streams.Streams/Append";
+    let status = raw_call(
+        server.addr,
+        append,
+        "200m",
+        vec![opts.clone(), event.clone()],
+        false,
+    )
+    .await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let resp = collect(&mut client, read_stream("late-1", 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        resp[..],
+        [ReadResp {
+            content: Some(Content::StreamNotFound(_))
+        }]
+    ));
+    // The same append within its deadline is written.
+    let status = raw_call(server.addr, append, "30S", vec![opts, event], true).await;
+    assert_eq!(status, "0");
+    // A read whose deadline has passed when it starts; one that has time.
+    let read = "/event_store.client.streams.Streams/Read";
+    let req = read_stream("late-1", 10).encode_to_vec();
+    assert_eq!(
+        raw_call(server.addr, read, "1n", vec![req.clone()], true).await,
+        "4"
+    );
+    assert_eq!(
+        raw_call(server.addr, read, "30S", vec![req], true).await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn batch_append_deadlines() {
+    use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BatchAppendReq>();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client.batch_append(requests).await.unwrap().into_inner();
+    let request = |stream: &str,
+                   deadline: Option<batch_append_req::options::DeadlineOption>,
+                   is_final: bool| {
+        let AppendReq {
+            content: Some(append_req::Content::ProposedMessage(p)),
+        } = proposed("X", b"{}")
+        else {
+            unreachable!()
+        };
+        BatchAppendReq {
+            correlation_id: Some(shared::Uuid {
+                value: Some(shared::uuid::Value::String(
+                    uuid::Uuid::new_v4().to_string(),
+                )),
+            }),
+            options: Some(batch_append_req::Options {
+                stream_identifier: sid(stream),
+                expected_stream_position: Some(
+                    batch_append_req::options::ExpectedStreamPosition::Any(()),
+                ),
+                deadline_option: deadline,
+            }),
+            proposed_messages: vec![batch_append_req::ProposedMessage {
+                id: p.id,
+                metadata: p.metadata,
+                custom_metadata: p.custom_metadata,
+                data: p.data,
+            }],
+            is_final,
+        }
+    };
+    let timed_out = |resp: &factum_proto::streams::BatchAppendResp| match &resp.result {
+        Some(batch_append_resp::Result::Error(s)) => {
+            s.code == 4
+                && s.details
+                    .as_ref()
+                    .is_some_and(|d| d.type_url == "type.googleapis.com/event_store.client.Timeout")
+        }
+        _ => false,
+    };
+    use batch_append_req::options::DeadlineOption as D;
+    // A deadline already passed (a zero duration; an instant in the past):
+    // answered DEADLINE_EXCEEDED, not written.
+    for deadline in [
+        D::Deadline(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        D::Deadline21100(prost_types::Timestamp {
+            seconds: 1_000_000_000,
+            nanos: 0,
+        }),
+    ] {
+        let req = request("expired-1", Some(deadline), true);
+        let id = req.correlation_id.clone();
+        tx.send(req).unwrap();
+        let resp = responses.message().await.unwrap().unwrap();
+        assert!(timed_out(&resp), "{resp:?}");
+        assert_eq!(resp.correlation_id, id);
+    }
+    // An append whose last chunk does not come before its deadline.
+    let first = request(
+        "expired-1",
+        Some(D::Deadline(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        })),
+        false,
+    );
+    let id = first.correlation_id.clone();
+    tx.send(first.clone()).unwrap();
+    let resp = responses.message().await.unwrap().unwrap();
+    assert!(timed_out(&resp), "{resp:?}");
+    assert_eq!(resp.correlation_id, id);
+    // Its late final chunk is ignored; the call goes on.
+    tx.send(BatchAppendReq {
+        options: None,
+        is_final: true,
+        ..first
+    })
+    .unwrap();
+    let ok = request(
+        "fine-1",
+        Some(D::Deadline(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        })),
+        true,
+    );
+    let ok_id = ok.correlation_id.clone();
+    tx.send(ok).unwrap();
+    let resp = responses.message().await.unwrap().unwrap();
+    assert_eq!(resp.correlation_id, ok_id);
+    assert!(
+        matches!(resp.result, Some(batch_append_resp::Result::Success(_))),
+        "{resp:?}"
+    );
+    let resp = collect(&mut client, read_stream("expired-1", 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        resp[..],
+        [ReadResp {
+            content: Some(Content::StreamNotFound(_))
+        }]
+    ));
+}

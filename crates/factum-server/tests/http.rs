@@ -42,7 +42,11 @@ async fn call(
         "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
     );
-    if !body.is_empty() {
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         req.push_str("content-type: application/json\r\n");
     }
     for (k, v) in headers {
@@ -214,4 +218,81 @@ async fn every_documented_route_is_served() {
     }
     // Undocumented paths are not served.
     assert_eq!(call(addr, "GET", "/nothing-here", &[], "").await.0, 404);
+}
+
+#[tokio::test]
+async fn single_event_appends_with_kurrentdb_headers() {
+    let (addr, _dir) = start().await;
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    // Binary data: any content type that is not JSON, type and id in headers.
+    let headers = [
+        ("content-type", "application/octet-stream"),
+        ("ES-EventType", "Scanned"),
+        ("ES-EventId", id),
+        ("ES-ExpectedVersion", "-1"),
+    ];
+    let (code, body) = call(addr, "POST", "/streams/doc-1", &headers, "raw \u{1} bytes").await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(json(&body)["revision"], 0);
+    // The same id again is an idempotent retry, not a second event.
+    let (code, _) = call(addr, "POST", "/streams/doc-1", &headers, "raw \u{1} bytes").await;
+    assert_eq!(code, 201);
+    // A JSON body with ES-EventType is one event's JSON data, kept as sent.
+    let (code, body) = call(
+        addr,
+        "POST",
+        "/streams/doc-1",
+        &[("ES-EventType", "Noted"), ("ES-ExpectedVersion", "0")],
+        r#"{"note": "hi"}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (_, page) = call(addr, "GET", "/streams/doc-1", &[], "").await;
+    let page = json(&page);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["id"], id);
+    assert_eq!(events[0]["type"], "Scanned");
+    assert_eq!(events[0]["content_type"], "application/octet-stream");
+    assert_eq!(events[0]["data_base64"], "cmF3IAEgYnl0ZXM=");
+    assert_eq!(events[1]["type"], "Noted");
+    assert_eq!(events[1]["data"]["note"], "hi");
+    // Refused: a conflict, a body that is not JSON without a type, JSON
+    // that does not parse, an unknown expected version.
+    let conflict = [
+        ("content-type", "application/octet-stream"),
+        ("ES-EventType", "Scanned"),
+        ("ES-ExpectedVersion", "-1"),
+    ];
+    let (code, _) = call(addr, "POST", "/streams/doc-1", &conflict, "x").await;
+    assert_eq!(code, 409);
+    let (code, body) = call(
+        addr,
+        "POST",
+        "/streams/doc-2",
+        &[("content-type", "application/octet-stream")],
+        "x",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("ES-EventType") || body.contains("es-eventtype"),
+        "{body}"
+    );
+    let (code, _) = call(
+        addr,
+        "POST",
+        "/streams/doc-2",
+        &[("ES-EventType", "T")],
+        "{nope",
+    )
+    .await;
+    assert_eq!(code, 400);
+    let bad = [
+        ("content-type", "application/octet-stream"),
+        ("ES-EventType", "T"),
+        ("ES-ExpectedVersion", "-7"),
+    ];
+    let (code, _) = call(addr, "POST", "/streams/doc-2", &bad, "x").await;
+    assert_eq!(code, 400);
 }

@@ -239,7 +239,8 @@ pub fn append_batch(ctx: &mut Ctx) -> Result<Report, CliError> {
 }
 
 /// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
-/// over gRPC as one streamed read (the server pages internally).
+/// over gRPC as one streamed read (the server pages internally), each event
+/// dropped once counted on both sides.
 pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     let w = Workload::GrpcReadAll;
     let dir = ctx.dir(w.name())?;
@@ -257,6 +258,9 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
                 .await?;
             written += n;
         }
+        // The load's index flush would otherwise run in the background
+        // during both measurements, taking a core from them.
+        engine.flush_index()?;
         let started = Instant::now();
         let mut from = 0u64;
         let mut events = 0u64;
@@ -280,10 +284,14 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
         let served = Served::start(engine).await?;
         let client = served.client().await?;
         let started = Instant::now();
-        let events = client
-            .read_all(ReadAll::forwards().max_count(total))
-            .await?
-            .len() as u64;
+        let mut read = client
+            .read_all_streaming(ReadAll::forwards().max_count(total))
+            .await?;
+        let mut events = 0u64;
+        while let Some(e) = futures_util::StreamExt::next(&mut read).await {
+            e?;
+            events += 1;
+        }
         let grpc = Side {
             events,
             elapsed: started.elapsed(),
@@ -295,6 +303,8 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     })?;
     let mut r = compare(ctx, w, grpc, embedded, "none (throughput)");
     r.durability = "none (load only)".into();
+    r.notes
+        .push("the load's index is flushed before either side is measured".into());
     r.target = "≥1,000,000 events/s".into();
     r.target_met = r.events_per_sec.map(|e| e >= 1_000_000.0);
     Ok(r)
