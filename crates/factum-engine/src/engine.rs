@@ -152,7 +152,7 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                     let end = Loc::new(seg.number, offset + header.len as u64);
                     overlay.add_frame(Loc::new(seg.number, offset), &located, end)?;
                     report.frames_replayed += 1;
-                    if overlay.mem.entries.len() >= flush_every {
+                    if overlay.mem.covered >= flush_every {
                         index.apply(overlay.take());
                         index.flush()?;
                     }
