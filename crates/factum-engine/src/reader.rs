@@ -368,6 +368,55 @@ impl Reader {
     }
 }
 
+/// Checks of records against the index runs that point at them.
+impl Reader {
+    fn index_fault(&self, detail: String) -> Error {
+        Error::Corrupt {
+            file: self.index.path().to_path_buf(),
+            offset: 0,
+            detail,
+        }
+    }
+
+    /// Checks that record `i` of a run, at offset `o` with length `len`,
+    /// lies within the run (and that the last one ends it); returns `len`.
+    fn check_bounds(&self, first: u64, run: Run, i: u64, o: u64, len: u64) -> Result<u64> {
+        let end = o + len;
+        let last = i + 1 == run.count as u64;
+        if len < crate::format::EVENT_HEADER_LEN as u64
+            || end > run.bytes as u64
+            || (last && end != run.bytes as u64)
+        {
+            return Err(self.index_fault(format!(
+                "index run {first}+{} at position {} does not match the records in the log",
+                run.count, run.position
+            )));
+        }
+        Ok(len)
+    }
+
+    /// Checks that record `i` of a run is the run's event.
+    fn check_event(
+        &self,
+        first: u64,
+        run: Run,
+        i: u64,
+        own: Option<&StreamName>,
+        e: &StoredEvent,
+    ) -> Result<()> {
+        let rev = first + i;
+        let wrong = if e.position != run.position + i {
+            "an event at another position"
+        } else if own.is_some_and(|s| e.revision != rev || e.stream != *s) {
+            "another stream's event or revision"
+        } else {
+            return Ok(());
+        };
+        let name = own.map_or("(link)", |s| s.as_str());
+        Err(self.index_fault(format!("index entry {rev}@{name} points to {wrong}")))
+    }
+}
+
 /// Whether a stream walk goes on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Step {
@@ -396,14 +445,6 @@ impl<'r> PointReads<'r> {
         }
     }
 
-    fn index_fault(&self, detail: String) -> Error {
-        Error::Corrupt {
-            file: self.reader.index.path().to_path_buf(),
-            offset: 0,
-            detail,
-        }
-    }
-
     /// Visits records `lo..=hi` of the run starting at revision `first`, in
     /// `walk` order, checking each against the run (position, revision and
     /// stream when `own` is given, record bounds) and its checksum.
@@ -427,16 +468,21 @@ impl<'r> PointReads<'r> {
                 let loc = Loc(run.loc.0 + o);
                 if i < lo {
                     let len = self.record_len(loc)?;
-                    o += self.check_bounds(first, run, i, o, len)?;
+                    o += self.reader.check_bounds(first, run, i, o, len)?;
                     continue;
                 }
-                let (e, len) = self.event(loc, run.bytes as u64 - o, same.as_ref())?;
-                o += self.check_bounds(first, run, i, o, len)?;
-                let e = self.check_event(first, run, i, own, e)?;
-                if own.is_none() {
-                    same = Some(e.stream.clone());
+                let max_len = run.bytes as u64 - o;
+                let step = self.event(loc, max_len, same.as_ref(), |r, e, len| {
+                    o += r.check_bounds(first, run, i, o, len)?;
+                    r.check_event(first, run, i, own, &e)?;
+                    let stream = own.is_none().then(|| e.stream.clone());
+                    Ok((f(first + i, e)?, stream))
+                })?;
+                let (step, stream) = step;
+                if stream.is_some() {
+                    same = stream;
                 }
-                if f(first + i, e)? == Step::Stop {
+                if step == Step::Stop {
                     return Ok(Step::Stop);
                 }
             }
@@ -450,16 +496,20 @@ impl<'r> PointReads<'r> {
             for i in 0..=hi {
                 let len = self.record_len(Loc(run.loc.0 + o))?;
                 offsets.push(o);
-                o += self.check_bounds(first, run, i, o, len)?;
+                o += self.reader.check_bounds(first, run, i, o, len)?;
             }
             for i in (lo..=hi).rev() {
                 let loc = Loc(run.loc.0 + offsets[i as usize]);
-                let (e, _) = self.event(loc, u64::MAX, same.as_ref())?;
-                let e = self.check_event(first, run, i, own, e)?;
-                if own.is_none() {
-                    same = Some(e.stream.clone());
+                let step = self.event(loc, u64::MAX, same.as_ref(), |r, e, _| {
+                    r.check_event(first, run, i, own, &e)?;
+                    let stream = own.is_none().then(|| e.stream.clone());
+                    Ok((f(first + i, e)?, stream))
+                })?;
+                let (step, stream) = step;
+                if stream.is_some() {
+                    same = stream;
                 }
-                if f(first + i, e)? == Step::Stop {
+                if step == Step::Stop {
                     return Ok(Step::Stop);
                 }
             }
@@ -469,62 +519,29 @@ impl<'r> PointReads<'r> {
         result
     }
 
-    /// Checks that record `i` of a run, at offset `o` with length `len`,
-    /// lies within the run (and that the last one ends it); returns `len`.
-    fn check_bounds(&self, first: u64, run: Run, i: u64, o: u64, len: u64) -> Result<u64> {
-        let end = o + len;
-        let last = i + 1 == run.count as u64;
-        if len < crate::format::EVENT_HEADER_LEN as u64
-            || end > run.bytes as u64
-            || (last && end != run.bytes as u64)
-        {
-            return Err(self.index_fault(format!(
-                "index run {first}+{} at position {} does not match the records in the log",
-                run.count, run.position
-            )));
-        }
-        Ok(len)
-    }
-
-    /// Checks that record `i` of a run is the run's event.
-    fn check_event(
-        &self,
-        first: u64,
-        run: Run,
-        i: u64,
-        own: Option<&StreamName>,
-        e: StoredEvent,
-    ) -> Result<StoredEvent> {
-        let rev = first + i;
-        let wrong = if e.position != run.position + i {
-            "an event at another position"
-        } else if own.is_some_and(|s| e.revision != rev || e.stream != *s) {
-            "another stream's event or revision"
-        } else {
-            return Ok(e);
-        };
-        let name = own.map_or("(link)", |s| s.as_str());
-        Err(self.index_fault(format!("index entry {rev}@{name} points to {wrong}")))
-    }
-
-    /// The record at `loc`, checksum verified, and its length; reuses
-    /// `stream` when the record belongs to it. A record longer than
-    /// `max_len` is not read (the index that says it is there is wrong).
-    fn event(
+    /// Decodes the record at `loc` (checksum verified) and hands it with
+    /// its length to `then`; reuses `stream` when the record belongs to it.
+    /// A record longer than `max_len` is not read (the index that says it
+    /// is there is wrong).
+    fn event<T>(
         &mut self,
         loc: Loc,
         max_len: u64,
         stream: Option<&StreamName>,
-    ) -> Result<(StoredEvent, u64)> {
-        let decoded = self.with_record(loc, max_len, |b| {
-            Ok(StoredEvent::decode_with(b, true, stream))
-        })?;
-        decoded
-            .map(|(e, len)| (e, len as u64))
-            .map_err(|d| match self.reader.segment(loc) {
-                Ok(seg) => corrupt(&seg, loc.offset(), d),
-                Err(e) => e,
-            })
+        then: impl FnOnce(&Reader, StoredEvent, u64) -> Result<T>,
+    ) -> Result<T> {
+        let reader = self.reader;
+        // Decode and hand over in one place: no event is moved around in
+        // intermediate results.
+        self.with_record(loc, max_len, |b| {
+            match StoredEvent::decode_with(b, true, stream) {
+                Ok((e, len)) => then(reader, e, len as u64),
+                Err(d) => Err(match reader.segment(loc) {
+                    Ok(seg) => corrupt(&seg, loc.offset(), d),
+                    Err(e) => e,
+                }),
+            }
+        })
     }
 
     /// The length field of the record at `loc`.
@@ -593,7 +610,7 @@ impl<'r> PointReads<'r> {
         let seg = self.reader.segment(loc)?;
         let head = seg.read_upto(loc.offset(), 1024)?;
         match StoredEvent::peek_len(&head) {
-            Some(len) if len as u64 > max_len => Err(self.index_fault(format!(
+            Some(len) if len as u64 > max_len => Err(self.reader.index_fault(format!(
                 "the index points to a {len}-byte record in {} at offset {} where at most {max_len} bytes are indexed",
                 seg.path.display(),
                 loc.offset()
