@@ -73,9 +73,10 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
-/// Replays the log after the index checkpoint into the index. Cuts an
-/// incomplete tail batch of the last segment; refuses anything else that
-/// does not check out.
+/// Replays the log after the index checkpoint into the index (flushing to
+/// redb whenever `flush_every` revisions are pending; the rest stays in the
+/// memtable). Cuts an incomplete tail batch of the last segment; refuses
+/// anything else that does not check out.
 fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Recovery> {
     let mut report = Recovery::default();
     let all = segments.all();
@@ -207,8 +208,10 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
         offset = SEGMENT_HEADER_LEN as u64;
         overlay.mem.checkpoint.end = Loc::new(seg_no, offset);
     }
+    // The replayed tail stays in the memtable (bounded by `flush_every`,
+    // as in normal operation); the indexer flushes it in the background
+    // right after open instead of making the open wait for it.
     index.apply(overlay.take());
-    index.flush()?;
     Ok(report)
 }
 
@@ -243,6 +246,10 @@ impl Engine {
             .open(&active.path)
             .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
         let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+        if recovery.frames_replayed > 0 {
+            // Flush the replayed tail as soon as the indexer starts.
+            let _ = flush_tx.try_send(());
+        }
         let writer = Writer {
             config: config.clone(),
             dir: dir.clone(),
