@@ -215,6 +215,7 @@ pub fn open(ctx: &mut Ctx) -> Result<Report, CliError> {
         engine.close()?;
     }
     let load = load_started.elapsed();
+    let log_mb = log_bytes(&dir) >> 20;
     let index_bytes = std::fs::metadata(dir.join(factum_engine::index::INDEX_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -254,7 +255,7 @@ pub fn open(ctx: &mut Ctx) -> Result<Report, CliError> {
         "{events} events in {streams} streams; loaded in {:.1} s ({:.0} events/s, {LOADERS} loaders, one append per stream); log {} MB, index {} MB; {} frames replayed at reopen",
         load.as_secs_f64(),
         rate(events, load),
-        log_bytes(&dir) >> 20,
+        log_mb,
         index_bytes >> 20,
         probe.frames_replayed
     ));
