@@ -225,8 +225,9 @@ impl Engine {
     pub fn open_with(dir: impl AsRef<Path>, config: EngineConfig) -> Result<(Engine, Recovery)> {
         let dir = dir.as_ref().to_path_buf();
         let lock = lock_dir(&dir)?;
+        crate::log::remove_interrupted_segments(&dir)?;
         let segments = Arc::new(open_segments(&dir)?);
-        let index = Arc::new(Index::open(&dir, config.index_cache_bytes)?);
+        let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
         let recovery = recover(&segments, &index, config.index_flush_entries)?;
         let cp = index.checkpoint();
         let active = segments.last().expect("at least one segment");

@@ -338,6 +338,17 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
     })
 }
 
+/// The index version the index file in `dir` holds (`None`: no file, or
+/// a new one).
+pub fn stored_version_in(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(INDEX_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = open_db(&path, 1 << 20)?;
+    stored_version(&db, &path)
+}
+
 /// The `version` the index file holds (`None` for a new file).
 fn stored_version(db: &Database, p: &Path) -> Result<Option<u64>> {
     guarded(p, || {
@@ -371,13 +382,33 @@ pub enum Walk {
 }
 
 impl Index {
-    /// Opens (or creates) the index in `dir` and reads its checkpoint. An
-    /// index written in an older format (version 1: one entry per event) is
-    /// deleted, so that recovery rebuilds it from the log.
+    /// Opens (or creates) the index in `dir` and reads its checkpoint.
+    /// Changes nothing in an existing index of another version: one of an
+    /// older format is refused with an error saying how it gets rebuilt.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, false)
+    }
+
+    /// As [`Index::open`], but an index written in an older format
+    /// (version 1: one entry per event) is deleted, so that recovery
+    /// rebuilds it from the log. Used by the engine's open.
+    pub fn open_or_rebuild(dir: &Path, cache_bytes: usize) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, true)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: usize, rebuild_old: bool) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
         let mut db = open_db(&path, cache_bytes)?;
         if let Some(v) = stored_version(&db, &path)? {
+            if v < INDEX_VERSION && !rebuild_old {
+                return Err(Error::Corrupt {
+                    file: path,
+                    offset: 0,
+                    detail: format!(
+                        "index version {v} is older than this build's ({INDEX_VERSION}); opening the store rebuilds it from the log (or run `factum reindex`)"
+                    ),
+                });
+            }
             if v < INDEX_VERSION {
                 tracing::warn!(
                     file = %path.display(),
@@ -844,38 +875,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_index_of_the_old_format_is_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Writes a version-1 index (one entry per event in table `entries`).
+    fn write_v1_index(dir: &Path) {
+        let db = redb::Database::create(dir.join(INDEX_FILE)).unwrap();
+        let tx = db.begin_write().unwrap();
         {
-            // A version-1 index: one entry per event in table `entries`.
-            let db = redb::Database::create(dir.path().join(INDEX_FILE)).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let old: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("entries");
-                tx.open_table(old).unwrap().insert((0, 0), (0, 32)).unwrap();
-                let mut meta = tx.open_table(META).unwrap();
-                meta.insert("version", 1).unwrap();
-                meta.insert("next_position", 1).unwrap();
-                meta.insert("end", 100).unwrap();
-            }
-            tx.commit().unwrap();
+            let old: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("entries");
+            tx.open_table(old).unwrap().insert((0, 0), (0, 32)).unwrap();
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("version", 1).unwrap();
+            meta.insert("next_position", 1).unwrap();
+            meta.insert("end", 100).unwrap();
         }
-        let index = Index::open(dir.path(), 1 << 20).unwrap();
-        // Nothing of it is read: the checkpoint starts over, so the log is replayed.
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn an_index_of_the_old_format_is_refused_or_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        write_v1_index(dir.path());
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        // Tools that must change nothing are told how it gets rebuilt …
+        match Index::open(dir.path(), 1 << 20) {
+            Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("older"), "{detail}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("an old index must not be read"),
+        }
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        // … and the engine's open rebuilds it: nothing of it is read, the
+        // checkpoint starts over, so the whole log is replayed.
+        let index = Index::open_or_rebuild(dir.path(), 1 << 20).unwrap();
         assert_eq!(index.checkpoint(), Checkpoint::default());
         drop(index);
-        let db = redb::Database::open(dir.path().join(INDEX_FILE)).unwrap();
-        let tx = db.begin_read().unwrap();
-        assert_eq!(
-            tx.open_table(META)
-                .unwrap()
-                .get("version")
-                .unwrap()
-                .unwrap()
-                .value(),
-            INDEX_VERSION
-        );
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(INDEX_VERSION));
     }
 
     #[test]

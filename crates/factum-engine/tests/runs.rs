@@ -11,6 +11,7 @@ use factum_core::{
 };
 use factum_engine::index::{Index, Run, Walk};
 use factum_engine::{Engine, EngineConfig};
+use redb::ReadableDatabase;
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -552,4 +553,62 @@ async fn a_damaged_record_is_caught_by_whole_and_partial_run_reads() {
     .await
     .unwrap();
     assert_eq!(revs(ok), (0..7).rev().collect::<Vec<_>>());
+}
+
+/// A store whose index has the old format (version 1): `verify` leaves it
+/// alone and says so; opening the store rebuilds it from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_format_index_is_rebuilt_on_open_and_left_alone_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = {
+        let engine = Engine::open(dir.path()).unwrap();
+        load(&engine).await;
+        let all = engine.read_all(ReadAll::forwards()).await.unwrap();
+        engine.close().unwrap();
+        all
+    };
+    let index_file = dir.path().join("index.redb");
+    std::fs::remove_file(&index_file).unwrap();
+    {
+        // A version-1 index, as an older build leaves it.
+        let db = redb::Database::create(&index_file).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let old: redb::TableDefinition<(u64, u64), (u64, u64)> =
+                redb::TableDefinition::new("entries");
+            tx.open_table(old).unwrap().insert((0, 0), (0, 64)).unwrap();
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let mut meta = tx.open_table(meta).unwrap();
+            meta.insert("version", 1).unwrap();
+            meta.insert("next_position", all.len() as u64).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let report = factum_engine::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.faults);
+    assert!(
+        report.notes.iter().any(|n| n.contains("version 1")),
+        "{:?}",
+        report.notes
+    );
+    // Verify left it as it was (redb may rewrite its own header on open).
+    assert_eq!(
+        factum_engine::index::stored_version_in(dir.path()).unwrap(),
+        Some(1)
+    );
+    {
+        let db = redb::Database::open(&index_file).unwrap();
+        let tx = db.begin_read().unwrap();
+        let old: redb::TableDefinition<(u64, u64), (u64, u64)> =
+            redb::TableDefinition::new("entries");
+        let row = tx.open_table(old).unwrap().get((0, 0)).unwrap().unwrap();
+        assert_eq!(row.value(), (0, 64));
+    }
+    let (engine, rec) = Engine::open_with(dir.path(), config()).unwrap();
+    assert!(rec.frames_replayed > 0);
+    assert_eq!(check_all_streams(&engine).await, all);
+    engine.close().unwrap();
+    drop(engine);
+    let report = verify_ok(dir.path());
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
 }
