@@ -30,7 +30,9 @@ pub struct EngineConfig {
     pub max_group_appends: usize,
     /// A group commit stops taking appends past this many bytes.
     pub max_group_bytes: usize,
-    /// Flush the index to disk when this many entries are pending.
+    /// Flush the index to disk when the pending runs cover this many
+    /// revisions (an event counts once per stream it is indexed in: its own,
+    /// `$ce-`, `$et-`). This bounds the log tail a reopen replays.
     pub index_flush_entries: usize,
     /// … or at least this often.
     pub index_flush_interval: Duration,

@@ -73,9 +73,10 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
     }
 }
 
-/// Replays the log after the index checkpoint into the index. Cuts an
-/// incomplete tail batch of the last segment; refuses anything else that
-/// does not check out.
+/// Replays the log after the index checkpoint into the index (flushing to
+/// redb whenever `flush_every` revisions are pending; the rest stays in the
+/// memtable). Cuts an incomplete tail batch of the last segment; refuses
+/// anything else that does not check out.
 fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Recovery> {
     let mut report = Recovery::default();
     let all = segments.all();
@@ -152,7 +153,7 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                     let end = Loc::new(seg.number, offset + header.len as u64);
                     overlay.add_frame(Loc::new(seg.number, offset), &located, end)?;
                     report.frames_replayed += 1;
-                    if overlay.mem.entries.len() >= flush_every {
+                    if overlay.mem.covered >= flush_every {
                         index.apply(overlay.take());
                         index.flush()?;
                     }
@@ -207,8 +208,10 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
         offset = SEGMENT_HEADER_LEN as u64;
         overlay.mem.checkpoint.end = Loc::new(seg_no, offset);
     }
+    // The replayed tail stays in the memtable (bounded by `flush_every`,
+    // as in normal operation); the indexer flushes it in the background
+    // right after open instead of making the open wait for it.
     index.apply(overlay.take());
-    index.flush()?;
     Ok(report)
 }
 
@@ -222,8 +225,9 @@ impl Engine {
     pub fn open_with(dir: impl AsRef<Path>, config: EngineConfig) -> Result<(Engine, Recovery)> {
         let dir = dir.as_ref().to_path_buf();
         let lock = lock_dir(&dir)?;
+        crate::log::remove_interrupted_segments(&dir)?;
         let segments = Arc::new(open_segments(&dir)?);
-        let index = Arc::new(Index::open(&dir, config.index_cache_bytes)?);
+        let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
         let recovery = recover(&segments, &index, config.index_flush_entries)?;
         let cp = index.checkpoint();
         let active = segments.last().expect("at least one segment");
@@ -243,6 +247,10 @@ impl Engine {
             .open(&active.path)
             .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
         let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
+        if recovery.frames_replayed > 0 {
+            // Flush the replayed tail as soon as the indexer starts.
+            let _ = flush_tx.try_send(());
+        }
         let writer = Writer {
             config: config.clone(),
             dir: dir.clone(),

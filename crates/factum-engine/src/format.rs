@@ -158,6 +158,7 @@ impl StoredEvent {
     ///
     /// Data and metadata are copied out, so the record's buffer can be reused
     /// (many small copies are cheaper than pinning large read buffers).
+    #[inline]
     pub fn decode_with(
         buf: &[u8],
         check_crc: bool,

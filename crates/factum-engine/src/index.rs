@@ -1,5 +1,12 @@
-//! Derived indexes: stream records, (stream, revision) → (position, location),
-//! and batch start position → location.
+//! Derived indexes: stream records, runs ((stream, first revision) →
+//! (position, location, count, bytes)), and batch start position → location.
+//!
+//! A *run* is one index entry for consecutive revisions of one stream whose
+//! events are consecutive records of one frame: an append of N events to a
+//! stream is one run of that stream, one of its category (`$ce-`), and one
+//! per stretch of equal event types (`$et-`). Within a run, revision
+//! `first + i` is the run's `i`-th record, at position `position + i`; the
+//! records lie back to back in `bytes` bytes from `loc` (see ADR 8).
 //!
 //! Recent changes live in an in-memory memtable; a background flush writes
 //! them to a redb file (`index.redb`) in one durable transaction together
@@ -26,13 +33,122 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::log::Loc;
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
-const ENTRIES: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("entries");
+/// (stream id, first revision) → (first position, location of the first
+/// record, count, bytes): see [`Run`].
+const RUNS: TableDefinition<(u64, u64), (u64, u64, u32, u32)> = TableDefinition::new("runs");
 const BATCHES: TableDefinition<u64, u64> = TableDefinition::new("batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file name of the index.
 pub const INDEX_FILE: &str = "index.redb";
-const INDEX_VERSION: u64 = 1;
+/// Version of the index's tables (1: one entry per event; 2: runs).
+pub const INDEX_VERSION: u64 = 2;
+
+/// One index entry: `count` consecutive revisions of a stream, starting at
+/// the entry's key revision, whose events are `count` consecutive records
+/// of one frame. Revision `first + i` is at position `position + i`; the
+/// records lie back to back in the `bytes` bytes starting at `loc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Global position of the first event.
+    pub position: u64,
+    /// Location of the first event's record.
+    pub loc: Loc,
+    /// Number of events (≥ 1).
+    pub count: u32,
+    /// Total length of the records.
+    pub bytes: u32,
+}
+
+impl Run {
+    fn value(self) -> (u64, u64, u32, u32) {
+        (self.position, self.loc.0, self.count, self.bytes)
+    }
+
+    fn from_value((position, loc, count, bytes): (u64, u64, u32, u32)) -> Run {
+        Run {
+            position,
+            loc: Loc(loc),
+            count,
+            bytes,
+        }
+    }
+
+    /// The revision after the run's last one, for a run starting at `first`.
+    pub fn end(self, first: u64) -> u64 {
+        first.saturating_add(self.count as u64)
+    }
+
+    /// How many of the run's revisions a walk from `from` bounded below by
+    /// `min_rev` visits.
+    fn covers(self, first: u64, walk: Walk, from: u64, min_rev: u64) -> u64 {
+        let end = self.end(first);
+        match walk {
+            Walk::Up => end.saturating_sub(first.max(from)),
+            Walk::Down => end
+                .min(from.saturating_add(1))
+                .saturating_sub(first.max(min_rev)),
+        }
+    }
+}
+
+/// Runs of one stream keyed by first revision: the runs one source (a
+/// memtable or redb) holds that a walk visits first, covering at least
+/// `limit` revisions when the source has them. `before` yields the runs
+/// starting at or before `from`, newest first; `after` those starting after
+/// it, oldest first.
+#[allow(clippy::too_many_arguments)]
+fn pick_runs<B, A>(
+    walk: Walk,
+    from: u64,
+    min_rev: u64,
+    limit: u64,
+    mut before: B,
+    after: impl FnOnce() -> Result<A>,
+    out: &mut Vec<(u64, Run)>,
+) -> Result<()>
+where
+    B: Iterator<Item = Result<(u64, Run)>>,
+    A: Iterator<Item = Result<(u64, Run)>>,
+{
+    let mut covered = 0u64;
+    match walk {
+        Walk::Up => {
+            if let Some(r) = before.next() {
+                let (first, run) = r?;
+                let n = run.covers(first, walk, from, min_rev);
+                if n > 0 {
+                    covered += n;
+                    out.push((first, run));
+                }
+            }
+            if covered < limit {
+                for r in after()? {
+                    let (first, run) = r?;
+                    covered += run.covers(first, walk, from, min_rev);
+                    out.push((first, run));
+                    if covered >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Walk::Down => {
+            for r in before {
+                let (first, run) = r?;
+                if run.end(first) <= min_rev {
+                    break;
+                }
+                covered += run.covers(first, walk, from, min_rev);
+                out.push((first, run));
+                if covered >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What the index knows about one stream (user, `$$meta`, `$ce-`, `$et-`):
 /// its dense id (used in index keys) and its state.
@@ -122,10 +238,12 @@ pub struct Checkpoint {
 pub struct Memtable {
     /// Changed stream records by name.
     pub streams: HashMap<Arc<str>, StreamRecord>,
-    /// (stream id, revision) → (position, location).
-    pub entries: BTreeMap<(u64, u64), (u64, u64)>,
+    /// (stream id, first revision) → run.
+    pub runs: BTreeMap<(u64, u64), Run>,
     /// Batch first position → location of the frame.
     pub batches: BTreeMap<u64, u64>,
+    /// Revisions the runs cover (what one entry per event would have been).
+    pub covered: usize,
     /// Checkpoint after these changes.
     pub checkpoint: Checkpoint,
 }
@@ -133,15 +251,39 @@ pub struct Memtable {
 impl Memtable {
     /// True when it holds no change.
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty() && self.entries.is_empty() && self.batches.is_empty()
+        self.streams.is_empty() && self.runs.is_empty() && self.batches.is_empty()
     }
 
     /// Folds `newer` into `self`.
     pub fn merge(&mut self, newer: Memtable) {
         self.streams.extend(newer.streams);
-        self.entries.extend(newer.entries);
+        self.runs.extend(newer.runs);
         self.batches.extend(newer.batches);
+        self.covered += newer.covered;
         self.checkpoint = newer.checkpoint;
+    }
+
+    fn pick(
+        &self,
+        id: u64,
+        walk: Walk,
+        from: u64,
+        min_rev: u64,
+        limit: u64,
+        out: &mut Vec<(u64, Run)>,
+    ) {
+        let before = self
+            .runs
+            .range((id, 0)..=(id, from))
+            .rev()
+            .map(|(k, r)| Ok((k.1, *r)));
+        let after = || {
+            Ok(self
+                .runs
+                .range((Bound::Excluded((id, from)), Bound::Included((id, u64::MAX))))
+                .map(|(k, r)| Ok((k.1, *r))))
+        };
+        pick_runs(walk, from, min_rev, limit, before, after, out).expect("memtables do not fail");
     }
 }
 
@@ -187,6 +329,49 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
+    guarded(path, || {
+        redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| redb_err(path, e))
+    })
+}
+
+/// The index version the index file in `dir` holds (`None`: no file, or
+/// a new one).
+pub fn stored_version_in(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(INDEX_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = open_db(&path, 1 << 20)?;
+    stored_version(&db, &path)
+}
+
+/// The `version` the index file holds (`None` for a new file).
+fn stored_version(db: &Database, p: &Path) -> Result<Option<u64>> {
+    guarded(p, || {
+        let tx = db.begin_read().map_err(|e| redb_err(p, e))?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(redb_err(p, e)),
+        };
+        let v = meta.get("version").map_err(|e| redb_err(p, e))?;
+        Ok(v.map(|v| v.value()))
+    })
+}
+
+/// A row of the `runs` table as redb's iterators yield it.
+type RunRow<'a> = std::result::Result<
+    (
+        redb::AccessGuard<'a, (u64, u64)>,
+        redb::AccessGuard<'a, (u64, u64, u32, u32)>,
+    ),
+    redb::StorageError,
+>;
+
 /// Which way to walk entries.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Walk {
@@ -198,15 +383,44 @@ pub enum Walk {
 
 impl Index {
     /// Opens (or creates) the index in `dir` and reads its checkpoint.
+    /// Changes nothing in an existing index of another version: one of an
+    /// older format is refused with an error saying how it gets rebuilt.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, false)
+    }
+
+    /// As [`Index::open`], but an index written in an older format
+    /// (version 1: one entry per event) is deleted, so that recovery
+    /// rebuilds it from the log. Used by the engine's open.
+    pub fn open_or_rebuild(dir: &Path, cache_bytes: usize) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, true)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: usize, rebuild_old: bool) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
-        let p = path.clone();
-        let db = guarded(&path, || {
-            redb::Builder::new()
-                .set_cache_size(cache_bytes)
-                .create(&p)
-                .map_err(|e| redb_err(&p, e))
-        })?;
+        let mut db = open_db(&path, cache_bytes)?;
+        if let Some(v) = stored_version(&db, &path)? {
+            if v < INDEX_VERSION && !rebuild_old {
+                return Err(Error::Corrupt {
+                    file: path,
+                    offset: 0,
+                    detail: format!(
+                        "index version {v} is older than this build's ({INDEX_VERSION}); opening the store rebuilds it from the log (or run `factum reindex`)"
+                    ),
+                });
+            }
+            if v < INDEX_VERSION {
+                tracing::warn!(
+                    file = %path.display(),
+                    version = v,
+                    "the index has an older format; rebuilding it from the log"
+                );
+                drop(db);
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+                db = open_db(&path, cache_bytes)?;
+            }
+        }
         let index = Index {
             db,
             path,
@@ -240,9 +454,6 @@ impl Index {
             let tx = self.db.begin_write().map_err(|e| redb_err(p, e))?;
             let cp = {
                 let mut meta = tx.open_table(META).map_err(|e| redb_err(p, e))?;
-                tx.open_table(STREAMS).map_err(|e| redb_err(p, e))?;
-                tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
-                tx.open_table(BATCHES).map_err(|e| redb_err(p, e))?;
                 let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>> {
                     Ok(meta.get(k).map_err(|e| redb_err(p, e))?.map(|v| v.value()))
                 };
@@ -257,11 +468,16 @@ impl Index {
                             file: p.clone(),
                             offset: 0,
                             detail: format!(
-                                "index version {v} is not supported; run `factum reindex`"
+                                "index version {v} is newer than this build's ({INDEX_VERSION}); run `factum reindex` to rebuild it from the log"
                             ),
                         })
                     }
                 }
+                // After the version check: tables of another version may
+                // have other types.
+                tx.open_table(STREAMS).map_err(|e| redb_err(p, e))?;
+                tx.open_table(RUNS).map_err(|e| redb_err(p, e))?;
+                tx.open_table(BATCHES).map_err(|e| redb_err(p, e))?;
                 Checkpoint {
                     next_position: get(&meta, "next_position")?.unwrap_or(0),
                     next_stream_id: get(&meta, "next_stream_id")?.unwrap_or(0),
@@ -278,9 +494,10 @@ impl Index {
         self.state.read().active.checkpoint
     }
 
-    /// Number of entries waiting in the active memtable.
+    /// Revisions covered by the runs waiting in the active memtable (one per
+    /// event and per link of it: what bounds the log tail recovery replays).
     pub fn pending_entries(&self) -> usize {
-        self.state.read().active.entries.len()
+        self.state.read().active.covered
     }
 
     /// Applies a group of changes (after the log write they describe is durable).
@@ -288,8 +505,9 @@ impl Index {
         let mut st = self.state.write();
         let m = &mut st.active;
         m.streams.extend(changes.streams);
-        m.entries.extend(changes.entries);
+        m.runs.extend(changes.runs);
         m.batches.extend(changes.batches);
+        m.covered += changes.covered;
         m.checkpoint = changes.checkpoint;
     }
 
@@ -328,75 +546,76 @@ impl Index {
         guarded(p, || self.db.begin_read().map_err(|e| redb_err(p, e)))
     }
 
-    /// Up to `limit` entries of stream `id` from revision `from` (inclusive)
-    /// walking `walk`, bounded below by `min_rev`: (revision, position, loc).
-    pub fn entries(
+    /// The runs of stream `id` a walk from revision `from` (inclusive)
+    /// bounded below by `min_rev` visits first, in walk order, covering at
+    /// least `limit` revisions when the stream has them: (first revision,
+    /// run). The first run may start before `from` (a walk `Up` from the
+    /// middle of a run) or end after it (a walk `Down`); the last may reach
+    /// past `limit`.
+    pub fn runs(
         &self,
         id: u64,
         from: u64,
         min_rev: u64,
         walk: Walk,
         limit: usize,
-    ) -> Result<Vec<(u64, u64, Loc)>> {
+    ) -> Result<Vec<(u64, Run)>> {
         if limit == 0 || from < min_rev {
             return Ok(Vec::new());
         }
-        let range = match walk {
-            Walk::Up => (Bound::Included((id, from)), Bound::Included((id, u64::MAX))),
-            Walk::Down => (Bound::Included((id, min_rev)), Bound::Included((id, from))),
-        };
-        // Memtable entries are few; merge them (and drop duplicates with redb
+        let limit = limit as u64;
+        // Memtable runs are few; merge them (and drop duplicates with redb
         // during a flush) only when there are any.
-        let mut merged: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-        let take = |m: &BTreeMap<(u64, u64), (u64, u64)>, out: &mut BTreeMap<u64, (u64, u64)>| {
-            let it = m.range(range);
-            let pick: Box<dyn Iterator<Item = _>> = match walk {
-                Walk::Up => Box::new(it.take(limit)),
-                Walk::Down => Box::new(it.rev().take(limit)),
-            };
-            for (k, v) in pick {
-                out.insert(k.1, *v);
-            }
-        };
+        let mut mem = Vec::new();
         let tx = {
             let st = self.state.read();
-            take(&st.active.entries, &mut merged);
+            st.active.pick(id, walk, from, min_rev, limit, &mut mem);
             if let Some(f) = &st.frozen {
-                take(&f.entries, &mut merged);
+                f.pick(id, walk, from, min_rev, limit, &mut mem);
             }
             self.begin_read()?
         };
         let p = &self.path;
-        let mut from_db: Vec<(u64, u64, Loc)> = Vec::with_capacity(limit.min(1024));
+        let mut from_db = Vec::new();
         guarded(p, || {
-            let t = tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
-            let it = t.range::<(u64, u64)>(range).map_err(|e| redb_err(p, e))?;
-            let it: Box<dyn Iterator<Item = _>> = match walk {
-                Walk::Up => Box::new(it.take(limit)),
-                Walk::Down => Box::new(it.rev().take(limit)),
-            };
-            for r in it {
+            let t = tx.open_table(RUNS).map_err(|e| redb_err(p, e))?;
+            let decode = |r: RunRow<'_>| {
                 let (k, v) = r.map_err(|e| redb_err(p, e))?;
-                let (pos, loc) = v.value();
-                from_db.push((k.value().1, pos, Loc(loc)));
-            }
-            Ok(())
+                Ok((k.value().1, Run::from_value(v.value())))
+            };
+            let before = t
+                .range((id, 0)..=(id, from))
+                .map_err(|e| redb_err(p, e))?
+                .rev()
+                .map(decode);
+            let after = || {
+                Ok(t.range::<(u64, u64)>((
+                    Bound::Excluded((id, from)),
+                    Bound::Included((id, u64::MAX)),
+                ))
+                .map_err(|e| redb_err(p, e))?
+                .map(decode))
+            };
+            pick_runs(walk, from, min_rev, limit, before, after, &mut from_db)
         })?;
-        if merged.is_empty() {
+        if mem.is_empty() {
             return Ok(from_db);
         }
-        merged.extend(
-            from_db
-                .into_iter()
-                .map(|(rev, pos, loc)| (rev, (pos, loc.0))),
-        );
-        let out = merged
-            .into_iter()
-            .map(|(rev, (pos, loc))| (rev, pos, Loc(loc)));
-        Ok(match walk {
-            Walk::Up => out.take(limit).collect(),
-            Walk::Down => out.rev().take(limit).collect(),
-        })
+        let merged: BTreeMap<u64, Run> = from_db.into_iter().chain(mem).collect();
+        let mut out = Vec::new();
+        let mut covered = 0u64;
+        let mut take = |(first, run): (u64, Run)| {
+            let n = run.covers(first, walk, from, min_rev);
+            if n > 0 && covered < limit {
+                covered += n;
+                out.push((first, run));
+            }
+        };
+        match walk {
+            Walk::Up => merged.into_iter().for_each(&mut take),
+            Walk::Down => merged.into_iter().rev().for_each(&mut take),
+        }
+        Ok(out)
     }
 
     /// The frame holding `position`: the last batch starting at or before it
@@ -477,9 +696,9 @@ impl Index {
                         .insert(&**name, rec.encode().as_slice())
                         .map_err(|e| redb_err(p, e))?;
                 }
-                let mut entries = tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
-                for (k, v) in &frozen.entries {
-                    entries.insert(k, v).map_err(|e| redb_err(p, e))?;
+                let mut runs = tx.open_table(RUNS).map_err(|e| redb_err(p, e))?;
+                for (k, r) in &frozen.runs {
+                    runs.insert(k, r.value()).map_err(|e| redb_err(p, e))?;
                 }
                 let mut batches = tx.open_table(BATCHES).map_err(|e| redb_err(p, e))?;
                 for (k, v) in &frozen.batches {
@@ -510,21 +729,18 @@ impl Index {
         result
     }
 
-    /// Every entry in redb and the memtables, for verification: calls `f`
-    /// with (stream id, revision, position, loc).
-    pub fn for_each_entry(
-        &self,
-        mut f: impl FnMut(u64, u64, u64, Loc) -> Result<()>,
-    ) -> Result<()> {
+    /// Every run in redb and the memtables, for verification: calls `f`
+    /// with (stream id, first revision, run), in key order.
+    pub fn for_each_run(&self, mut f: impl FnMut(u64, u64, Run) -> Result<()>) -> Result<()> {
         self.flush()?;
         let tx = self.begin_read()?;
         let p = &self.path;
         guarded(p, || {
-            let t = tx.open_table(ENTRIES).map_err(|e| redb_err(p, e))?;
+            let t = tx.open_table(RUNS).map_err(|e| redb_err(p, e))?;
             for r in t.iter().map_err(|e| redb_err(p, e))? {
                 let (k, v) = r.map_err(|e| redb_err(p, e))?;
-                let ((id, rev), (pos, loc)) = (k.value(), v.value());
-                f(id, rev, pos, Loc(loc))?;
+                let (id, first) = k.value();
+                f(id, first, Run::from_value(v.value()))?;
             }
             Ok(())
         })
@@ -570,31 +786,146 @@ mod tests {
         assert_eq!(StreamRecord::decode(&r.encode()).unwrap(), r);
     }
 
-    #[test]
-    fn entries_merge_memtable_and_flushed_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(dir.path(), 1 << 20).unwrap();
-        let mut m = crate::overlay::Changes::default();
-        for rev in 0..10 {
-            m.entries.push(((1, rev), (rev * 2, rev * 100)));
+    fn run(position: u64, count: u32) -> Run {
+        Run {
+            position,
+            loc: Loc(position * 100),
+            count,
+            bytes: count * 100,
         }
+    }
+
+    /// Runs of stream 1: revisions 0..10 in runs of 3, 3, 4 (flushed), then
+    /// 10..15 as 1 + 4 (in the memtable).
+    fn two_tier_index(dir: &Path) -> Index {
+        let index = Index::open(dir, 1 << 20).unwrap();
+        let mut m = crate::overlay::Changes::default();
+        for (first, count) in [(0, 3), (3, 3), (6, 4)] {
+            m.runs.push(((1, first), run(first * 2, count)));
+        }
+        m.runs.push(((2, 0), run(500, 7)));
         index.apply(m);
         index.flush().unwrap();
         let mut m = crate::overlay::Changes::default();
-        for rev in 10..15 {
-            m.entries.push(((1, rev), (rev * 2, rev * 100)));
+        for (first, count) in [(10, 1), (11, 4)] {
+            m.runs.push(((1, first), run(first * 2, count)));
         }
         index.apply(m);
-        let up = index.entries(1, 8, 0, Walk::Up, 4).unwrap();
+        index
+    }
+
+    fn firsts(v: &[(u64, Run)]) -> Vec<u64> {
+        v.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn runs_merge_memtable_and_flushed_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = two_tier_index(dir.path());
+        // From the middle of a run: that run, then on until 4 revisions are covered.
         assert_eq!(
-            up.iter().map(|e| e.0).collect::<Vec<_>>(),
-            vec![8, 9, 10, 11]
+            firsts(&index.runs(1, 4, 0, Walk::Up, 4).unwrap()),
+            vec![3, 6]
         );
-        let down = index.entries(1, 11, 3, Walk::Down, 100).unwrap();
         assert_eq!(
-            down.iter().map(|e| e.0).collect::<Vec<_>>(),
-            (3..=11).rev().collect::<Vec<_>>()
+            firsts(&index.runs(1, 8, 0, Walk::Up, 4).unwrap()),
+            vec![6, 10, 11]
         );
-        assert!(index.entries(2, 0, 0, Walk::Up, 10).unwrap().is_empty());
+        assert_eq!(
+            firsts(&index.runs(1, 0, 0, Walk::Up, 100).unwrap()),
+            vec![0, 3, 6, 10, 11]
+        );
+        assert_eq!(
+            firsts(&index.runs(1, 14, 0, Walk::Up, 100).unwrap()),
+            vec![11]
+        );
+        assert!(index.runs(1, 15, 0, Walk::Up, 100).unwrap().is_empty());
+        // Backwards, bounded below by a revision inside a run.
+        assert_eq!(
+            firsts(&index.runs(1, 11, 4, Walk::Down, 100).unwrap()),
+            vec![11, 10, 6, 3]
+        );
+        assert_eq!(
+            firsts(&index.runs(1, 12, 0, Walk::Down, 3).unwrap()),
+            vec![11, 10]
+        );
+        assert_eq!(
+            firsts(&index.runs(1, 12, 0, Walk::Down, 4).unwrap()),
+            vec![11, 10, 6]
+        );
+        assert_eq!(
+            firsts(&index.runs(1, 2, 0, Walk::Down, 1).unwrap()),
+            vec![0]
+        );
+        assert!(index.runs(1, 2, 3, Walk::Down, 1).unwrap().is_empty());
+        assert!(index.runs(3, 0, 0, Walk::Up, 10).unwrap().is_empty());
+        assert_eq!(
+            index.runs(2, 3, 0, Walk::Down, 1).unwrap(),
+            vec![(0, run(500, 7))]
+        );
+        // The same after everything is flushed, and during a flush (frozen memtable).
+        index.flush().unwrap();
+        assert_eq!(
+            firsts(&index.runs(1, 8, 0, Walk::Up, 4).unwrap()),
+            vec![6, 10, 11]
+        );
+        assert_eq!(
+            firsts(&index.runs(1, 11, 4, Walk::Down, 100).unwrap()),
+            vec![11, 10, 6, 3]
+        );
+    }
+
+    /// Writes a version-1 index (one entry per event in table `entries`).
+    fn write_v1_index(dir: &Path) {
+        let db = redb::Database::create(dir.join(INDEX_FILE)).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let old: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("entries");
+            tx.open_table(old).unwrap().insert((0, 0), (0, 32)).unwrap();
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("version", 1).unwrap();
+            meta.insert("next_position", 1).unwrap();
+            meta.insert("end", 100).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn an_index_of_the_old_format_is_refused_or_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        write_v1_index(dir.path());
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        // Tools that must change nothing are told how it gets rebuilt …
+        match Index::open(dir.path(), 1 << 20) {
+            Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("older"), "{detail}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("an old index must not be read"),
+        }
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        // … and the engine's open rebuilds it: nothing of it is read, the
+        // checkpoint starts over, so the whole log is replayed.
+        let index = Index::open_or_rebuild(dir.path(), 1 << 20).unwrap();
+        assert_eq!(index.checkpoint(), Checkpoint::default());
+        drop(index);
+        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(INDEX_VERSION));
+    }
+
+    #[test]
+    fn an_index_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(INDEX_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("version", INDEX_VERSION + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        match Index::open(dir.path(), 1 << 20) {
+            Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("reindex"), "{detail}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a newer index must be refused"),
+        }
     }
 }

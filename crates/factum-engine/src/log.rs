@@ -143,6 +143,28 @@ impl Segments {
     }
 }
 
+/// Removes segments whose creation a crash interrupted (`*.seg.tmp`: never
+/// renamed into place, so nothing was ever written to them). The engine
+/// calls it on open, under the directory lock; segment listing ignores them.
+pub fn remove_interrupted_segments(dir: &Path) -> Result<()> {
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(SEGMENT_TMP_SUFFIX))
+        {
+            let tmp = entry.path();
+            std::fs::remove_file(&tmp)
+                .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
+            tracing::warn!(file = %tmp.display(), "removed a segment whose creation was interrupted");
+        }
+    }
+    Ok(())
+}
+
 /// Opens every segment in `dir` and checks that their numbers are dense.
 /// Creates segment 0 in an empty store.
 pub fn open_segments(dir: &Path) -> Result<Segments> {
@@ -219,14 +241,28 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
     Ok(segments)
 }
 
-/// Creates a segment file with its header, durably (file and directory fsynced).
+/// Suffix of a segment being created (never read; removed on open).
+pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+
+/// Creates a segment file with its header, durably: the header is written
+/// and fsynced under a temporary name, which is then renamed to the
+/// segment's name and the directory fsynced. A crash at any point leaves
+/// either no segment or a complete header, never a segment without one.
 pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Segment> {
     let path = dir.join(segment_file_name(first_position));
+    if path.exists() {
+        return Err(Error::io(
+            format!("creating {}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    let tmp = dir.join(format!("{:020}{SEGMENT_TMP_SUFFIX}", first_position));
     let mut f = OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     f.write_all(
         &SegmentHeader {
             number,
@@ -235,7 +271,14 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         .encode(),
     )
     .and_then(|_| f.sync_all())
-    .map_err(|e| Error::io(format!("writing header of {}", path.display()), e))?;
+    .map_err(|e| Error::io(format!("writing header of {}", tmp.display()), e))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        Error::io(
+            format!("renaming {} to {}", tmp.display(), path.display()),
+            e,
+        )
+    })?;
     sync_dir(dir)?;
     let file =
         File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;

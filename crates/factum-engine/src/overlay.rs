@@ -10,7 +10,7 @@ use factum_core::Result;
 use crate::format::{StoredEvent, FLAG_SOFT_DELETE, FLAG_TOMBSTONE};
 use std::collections::HashMap;
 
-use crate::index::{Checkpoint, Index, StreamRecord};
+use crate::index::{Checkpoint, Index, Run, StreamRecord};
 use crate::log::Loc;
 
 /// Index changes of one group commit (or one stretch of recovery), in the
@@ -19,8 +19,10 @@ use crate::log::Loc;
 pub struct Changes {
     /// Changed stream records by name (newest state).
     pub streams: HashMap<Arc<str>, StreamRecord>,
-    /// New entries: ((stream id, revision), (position, location)).
-    pub entries: Vec<((u64, u64), (u64, u64))>,
+    /// New runs: ((stream id, first revision), run).
+    pub runs: Vec<((u64, u64), Run)>,
+    /// Revisions the new runs cover.
+    pub covered: usize,
     /// New frames: (first position, location).
     pub batches: Vec<(u64, u64)>,
     /// Checkpoint after these changes.
@@ -34,6 +36,8 @@ pub struct Overlay<'a> {
     pub mem: Changes,
     /// Reused buffer for link stream names.
     link: String,
+    /// Runs of the frame being added that its next record may extend.
+    open: Vec<(u64, u64, Run)>,
 }
 
 impl<'a> Overlay<'a> {
@@ -46,6 +50,7 @@ impl<'a> Overlay<'a> {
                 ..Changes::default()
             },
             link: String::new(),
+            open: Vec::new(),
         }
     }
 
@@ -93,6 +98,11 @@ impl<'a> Overlay<'a> {
 
     /// Records one durable (or being made durable) frame: its events with
     /// the location of each record, and where the frame ends.
+    ///
+    /// Index entries are runs (see [`Run`]): consecutive records of the frame
+    /// that hold consecutive revisions of one stream (the stream itself, its
+    /// `$ce-` category or an `$et-` event type) make one entry. A run never
+    /// spans two frames, so a run, once added, never changes.
     pub fn add_frame(
         &mut self,
         frame_loc: Loc,
@@ -102,9 +112,19 @@ impl<'a> Overlay<'a> {
         if let Some((first, _)) = events.first() {
             self.mem.batches.push((first.position, frame_loc.0));
         }
-        for (e, loc) in events {
-            self.add_event(e, *loc)?;
+        let mut i = 0;
+        while i < events.len() {
+            // Every event of a frame the writer makes belongs to one stream;
+            // handle each stretch of one stream with one lookup per stream.
+            let stream = &events[i].0.stream;
+            let n = events[i..]
+                .iter()
+                .take_while(|(e, _)| e.stream == *stream)
+                .count();
+            self.add_events(&events[i..i + n])?;
+            i += n;
         }
+        self.close_runs(u64::MAX);
         if let Some((last, _)) = events.last() {
             self.mem.checkpoint.next_position = last.position + 1;
         }
@@ -112,36 +132,127 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    fn add_event(&mut self, e: &StoredEvent, loc: Loc) -> Result<()> {
-        let kind = if e.flags & FLAG_TOMBSTONE != 0 {
-            WriteKind::Tombstone
-        } else if e.flags & FLAG_SOFT_DELETE != 0 {
-            WriteKind::SoftDelete
-        } else {
-            WriteKind::Events
+    /// Adds revision `rev` of stream `id` (the record at `loc`, `len` bytes,
+    /// holding position `position`) to the open run it extends, or opens one.
+    fn add_entry(&mut self, id: u64, rev: u64, position: u64, loc: Loc, len: u32) {
+        self.mem.covered += 1;
+        if let Some((_, first, run)) = self.open.iter_mut().find(|(i, ..)| *i == id) {
+            if run.end(*first) == rev
+                && run.position + run.count as u64 == position
+                && run.loc.0 + run.bytes as u64 == loc.0
+            {
+                run.count += 1;
+                run.bytes += len;
+                return;
+            }
+        }
+        // Not an extension: the stream's open run (if any) is complete.
+        if let Some(k) = self.open.iter().position(|(i, ..)| *i == id) {
+            let (id, first, run) = self.open.swap_remove(k);
+            self.mem.runs.push(((id, first), run));
+        }
+        self.open.push((
+            id,
+            rev,
+            Run {
+                position,
+                loc,
+                count: 1,
+                bytes: len,
+            },
+        ));
+    }
+
+    /// Completes the open runs that the record at `position` cannot extend.
+    fn close_runs(&mut self, position: u64) {
+        let mut k = 0;
+        while k < self.open.len() {
+            let (id, first, run) = self.open[k];
+            if run.position + run.count as u64 != position {
+                self.mem.runs.push(((id, first), run));
+                self.open.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Events of one stream, consecutive in one frame.
+    fn add_events(&mut self, events: &[(StoredEvent, Loc)]) -> Result<()> {
+        let Some((head, _)) = events.first() else {
+            return Ok(());
         };
-        let rec = self.record_mut(e.stream.as_str())?;
-        rec.record_event(e.revision, e.position, e.id, kind);
-        if kind == WriteKind::Tombstone {
+        let stream = head.stream.clone();
+        let mut linked = 0;
+        {
+            let rec = self.record_mut(stream.as_str())?;
+            let id = rec.id;
+            for (e, _) in events {
+                rec.record_event(e.revision, e.position, e.id, kind_of(e));
+            }
+            for (e, loc) in events {
+                self.close_runs(e.position);
+                if kind_of(e) == WriteKind::Tombstone {
+                    continue;
+                }
+                linked += 1;
+                self.add_entry(id, e.revision, e.position, *loc, e.encoded_len() as u32);
+            }
+        }
+        if let Some(target) = stream.metadata_of() {
+            for (e, _) in events {
+                if kind_of(e) != WriteKind::Tombstone {
+                    self.record_mut(target.as_str())?
+                        .record_metadata(&e.data, kind_of(e));
+                }
+            }
+        }
+        if linked == 0 {
             return Ok(());
         }
-        let key = (rec.id, e.revision);
-        self.mem.entries.push((key, (e.position, loc.0)));
-        if let Some(target) = e.stream.metadata_of() {
-            self.record_mut(target.as_str())?
-                .record_metadata(&e.data, kind);
-        }
-        for (prefix, part) in link_parts(&e.stream, &e.event_type) {
-            let Some(part) = part else { continue };
-            let mut name = std::mem::take(&mut self.link);
-            name.clear();
-            name.push_str(prefix);
-            name.push_str(part);
-            let l = self.record_mut(&name)?;
-            let key = (l.id, l.record_link(e.position, e.id));
-            self.mem.entries.push((key, (e.position, loc.0)));
-            self.link = name;
+        // Links: one `$ce-` stream for all of them, `$et-` per stretch of a type.
+        let mut k = 0;
+        while k < events.len() {
+            let ty = &events[k].0.event_type;
+            let n = events[k..]
+                .iter()
+                .take_while(|(e, _)| e.event_type == *ty)
+                .count();
+            let stretch = &events[k..k + n];
+            k += n;
+            self.close_runs(stretch[0].0.position);
+            for (prefix, part) in link_parts(&stream, ty) {
+                let Some(part) = part else { continue };
+                let mut name = std::mem::take(&mut self.link);
+                name.clear();
+                name.push_str(prefix);
+                name.push_str(part);
+                let mut added = Vec::with_capacity(stretch.len());
+                {
+                    let l = self.record_mut(&name)?;
+                    for (e, loc) in stretch {
+                        if kind_of(e) == WriteKind::Tombstone {
+                            continue;
+                        }
+                        added.push((l.id, l.record_link(e.position, e.id), e, *loc));
+                    }
+                }
+                self.link = name;
+                for (id, rev, e, loc) in added {
+                    self.add_entry(id, rev, e.position, loc, e.encoded_len() as u32);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+fn kind_of(e: &StoredEvent) -> WriteKind {
+    if e.flags & FLAG_TOMBSTONE != 0 {
+        WriteKind::Tombstone
+    } else if e.flags & FLAG_SOFT_DELETE != 0 {
+        WriteKind::SoftDelete
+    } else {
+        WriteKind::Events
     }
 }

@@ -15,7 +15,7 @@ use crate::format::{
     check_frame, decode_frame_events, decode_frame_events_from, FrameCheck, FrameHeader,
     StoredEvent, FRAME_HEADER_LEN,
 };
-use crate::index::{Index, Walk};
+use crate::index::{Index, Run, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
 use crate::writer::Committed;
 use factum_core::rules;
@@ -94,14 +94,63 @@ impl Reader {
 
     /// Up to `count` events of stream `id` from revision `from`, ascending.
     pub fn stream_events(&self, id: u64, from: u64, count: usize) -> Result<Vec<StoredEvent>> {
-        self.index
-            .entries(id, from, 0, Walk::Up, count)?
-            .into_iter()
-            .map({
-                let mut reads = PointReads::new(self);
-                move |(_, _, loc)| reads.event(loc, None)
+        let mut out = Vec::with_capacity(count.min(1024));
+        self.walk_stream(id, None, from, 0, Walk::Up, count as u64, |_, e| {
+            out.push(e);
+            Ok(if out.len() < count {
+                Step::Next
+            } else {
+                Step::Stop
             })
-            .collect()
+        })?;
+        Ok(out)
+    }
+
+    /// Walks stream `id` from revision `from` in `walk` order, bounded below
+    /// by `min_rev`, calling `f` with each event and its revision in the
+    /// stream until `f` says stop. `own` names the stream when it is not a
+    /// link stream: its events must then be its own (name and revision).
+    /// `hint` is how many events the caller expects to take (page size).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_stream(
+        &self,
+        id: u64,
+        own: Option<&StreamName>,
+        from: u64,
+        min_rev: u64,
+        walk: Walk,
+        hint: u64,
+        mut f: impl FnMut(u64, StoredEvent) -> Result<Step>,
+    ) -> Result<()> {
+        let mut reads = PointReads::new(self);
+        let mut cursor = from;
+        loop {
+            let want = hint.clamp(1, PAGE as u64) as usize;
+            let page = self.index.runs(id, cursor, min_rev, walk, want)?;
+            let Some(&(last_first, last_run)) = page.last() else {
+                return Ok(());
+            };
+            for (first, run) in page {
+                let end = run.end(first) - 1;
+                let (lo, hi) = match walk {
+                    Walk::Up => (first.max(cursor), end),
+                    Walk::Down => (first.max(min_rev), end.min(cursor)),
+                };
+                if lo > hi {
+                    continue;
+                }
+                if reads.run(first, run, lo - first, hi - first, walk, own, &mut f)? == Step::Stop {
+                    return Ok(());
+                }
+            }
+            cursor = match walk {
+                Walk::Up => last_run.end(last_first),
+                Walk::Down => match last_first.checked_sub(1) {
+                    Some(c) if c >= min_rev => c,
+                    _ => return Ok(()),
+                },
+            };
+        }
     }
 
     /// Reads a user stream, `$$meta`, `$ce-…` or `$et-…`.
@@ -119,54 +168,40 @@ impl Reader {
         };
         let rec = rec.expect("a plan needs a stream");
         let (is_link, oldest, min_rev) = (plan.is_link, plan.oldest, plan.lo);
-        let (mut cursor, walk) = if plan.forwards {
+        let (from, walk) = if plan.forwards {
             (plan.lo, Walk::Up)
         } else {
             (plan.hi, Walk::Down)
         };
-        let mut out = Vec::new();
-        let mut reads = PointReads::new(self);
-        while (out.len() as u64) < req.max_count {
-            let want = (req.max_count - out.len() as u64).min(PAGE as u64) as usize;
-            let page = self.index.entries(rec.id, cursor, min_rev, walk, want)?;
-            if page.is_empty() {
-                break;
-            }
-            for (rev, pos, loc) in &page {
-                let e = reads.event(*loc, (!is_link).then_some(name))?;
-                if e.position != *pos {
-                    return Err(Error::Corrupt {
-                        file: self.index.path().to_path_buf(),
-                        offset: 0,
-                        detail: format!(
-                            "index entry {rev}@{name} points to an event at another position"
-                        ),
-                    });
-                }
-                if oldest.is_some_and(|o| e.created < o) {
-                    continue;
-                }
-                if req.until.is_some_and(|u| e.created > u) {
-                    if walk == Walk::Up {
-                        return Ok(out);
-                    }
-                    continue;
-                }
-                let link = is_link.then(|| Link {
-                    stream: name.clone(),
-                    revision: StreamRevision(*rev),
-                });
-                out.push(recorded(e, link));
-            }
-            let edge = page.last().expect("non-empty").0;
-            cursor = match walk {
-                Walk::Up => edge + 1,
-                Walk::Down => match edge.checked_sub(1) {
-                    Some(c) if c >= min_rev => c,
-                    _ => break,
-                },
-            };
+        let max = req.max_count;
+        // The plan bounds the revisions a read visits.
+        let span = (plan.hi - plan.lo).saturating_add(1);
+        let mut out = Vec::with_capacity(max.min(span).min(4096) as usize);
+        if max == 0 {
+            return Ok(out);
         }
+        let own = (!is_link).then_some(name);
+        self.walk_stream(rec.id, own, from, min_rev, walk, max, |rev, e| {
+            if oldest.is_some_and(|o| e.created < o) {
+                return Ok(Step::Next);
+            }
+            if req.until.is_some_and(|u| e.created > u) {
+                return Ok(match walk {
+                    Walk::Up => Step::Stop,
+                    Walk::Down => Step::Next,
+                });
+            }
+            let link = is_link.then(|| Link {
+                stream: name.clone(),
+                revision: StreamRevision(rev),
+            });
+            out.push(recorded(e, link));
+            Ok(if (out.len() as u64) < max {
+                Step::Next
+            } else {
+                Step::Stop
+            })
+        })?;
         Ok(out)
     }
 
@@ -333,6 +368,62 @@ impl Reader {
     }
 }
 
+/// Checks of records against the index runs that point at them.
+impl Reader {
+    fn index_fault(&self, detail: String) -> Error {
+        Error::Corrupt {
+            file: self.index.path().to_path_buf(),
+            offset: 0,
+            detail,
+        }
+    }
+
+    /// Checks that record `i` of a run, at offset `o` with length `len`,
+    /// lies within the run (and that the last one ends it); returns `len`.
+    fn check_bounds(&self, first: u64, run: Run, i: u64, o: u64, len: u64) -> Result<u64> {
+        let end = o + len;
+        let last = i + 1 == run.count as u64;
+        if len < crate::format::EVENT_HEADER_LEN as u64
+            || end > run.bytes as u64
+            || (last && end != run.bytes as u64)
+        {
+            return Err(self.index_fault(format!(
+                "index run {first}+{} at position {} does not match the records in the log",
+                run.count, run.position
+            )));
+        }
+        Ok(len)
+    }
+
+    /// Checks that record `i` of a run is the run's event.
+    fn check_event(
+        &self,
+        first: u64,
+        run: Run,
+        i: u64,
+        own: Option<&StreamName>,
+        e: &StoredEvent,
+    ) -> Result<()> {
+        let rev = first + i;
+        let wrong = if e.position != run.position + i {
+            "an event at another position"
+        } else if own.is_some_and(|s| e.revision != rev || e.stream != *s) {
+            "another stream's event or revision"
+        } else {
+            return Ok(());
+        };
+        let name = own.map_or("(link)", |s| s.as_str());
+        Err(self.index_fault(format!("index entry {rev}@{name} points to {wrong}")))
+    }
+}
+
+/// Whether a stream walk goes on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    Next,
+    Stop,
+}
+
 /// Point reads of event records within one request: remembers the
 /// committed end and the last cache block, so events that share a block
 /// cost neither a lock nor a system call.
@@ -340,6 +431,8 @@ struct PointReads<'r> {
     reader: &'r Reader,
     committed: Committed,
     block: Option<(u32, u64, bytes::Bytes)>,
+    /// Reused buffer of record offsets within a run.
+    offsets: Vec<u64>,
 }
 
 impl<'r> PointReads<'r> {
@@ -348,57 +441,182 @@ impl<'r> PointReads<'r> {
             committed: reader.committed(),
             reader,
             block: None,
+            offsets: Vec::new(),
         }
     }
 
-    /// The record at `loc`, checksum verified; reuses `stream` when the
-    /// record belongs to it.
-    fn event(&mut self, loc: Loc, stream: Option<&StreamName>) -> Result<StoredEvent> {
-        let b = self.record_bytes(loc)?;
-        StoredEvent::decode_with(&b, true, stream)
-            .map(|(e, _)| e)
-            .map_err(|d| match self.reader.segment(loc) {
-                Ok(seg) => corrupt(&seg, loc.offset(), d),
-                Err(e) => e,
-            })
+    /// Visits records `lo..=hi` of the run starting at revision `first`, in
+    /// `walk` order, checking each against the run (position, revision and
+    /// stream when `own` is given, record bounds) and its checksum.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        first: u64,
+        run: Run,
+        lo: u64,
+        hi: u64,
+        walk: Walk,
+        own: Option<&StreamName>,
+        f: &mut impl FnMut(u64, StoredEvent) -> Result<Step>,
+    ) -> Result<Step> {
+        let mut same: Option<StreamName> = own.cloned();
+        if walk == Walk::Up {
+            // The records lie back to back: skip to `lo` by their lengths,
+            // then decode as we go.
+            let mut o = 0u64;
+            for i in 0..=hi {
+                let loc = Loc(run.loc.0 + o);
+                if i < lo {
+                    let len = self.record_len(loc)?;
+                    o += self.reader.check_bounds(first, run, i, o, len)?;
+                    continue;
+                }
+                let max_len = run.bytes as u64 - o;
+                let step = self.event(loc, max_len, same.as_ref(), |r, e, len| {
+                    o += r.check_bounds(first, run, i, o, len)?;
+                    r.check_event(first, run, i, own, &e)?;
+                    let stream = own.is_none().then(|| e.stream.clone());
+                    Ok((f(first + i, e)?, stream))
+                })?;
+                let (step, stream) = step;
+                if stream.is_some() {
+                    same = stream;
+                }
+                if step == Step::Stop {
+                    return Ok(Step::Stop);
+                }
+            }
+            return Ok(Step::Next);
+        }
+        // Backwards: find the records' offsets first.
+        let mut offsets = std::mem::take(&mut self.offsets);
+        offsets.clear();
+        let result = (|| {
+            let mut o = 0u64;
+            for i in 0..=hi {
+                let len = self.record_len(Loc(run.loc.0 + o))?;
+                offsets.push(o);
+                o += self.reader.check_bounds(first, run, i, o, len)?;
+            }
+            for i in (lo..=hi).rev() {
+                let loc = Loc(run.loc.0 + offsets[i as usize]);
+                let step = self.event(loc, u64::MAX, same.as_ref(), |r, e, _| {
+                    r.check_event(first, run, i, own, &e)?;
+                    let stream = own.is_none().then(|| e.stream.clone());
+                    Ok((f(first + i, e)?, stream))
+                })?;
+                let (step, stream) = step;
+                if stream.is_some() {
+                    same = stream;
+                }
+                if step == Step::Stop {
+                    return Ok(Step::Stop);
+                }
+            }
+            Ok(Step::Next)
+        })();
+        self.offsets = offsets;
+        result
     }
 
-    /// The bytes of the record at `loc`, from the block cache when the
-    /// record lies within one committed block.
-    fn record_bytes(&mut self, loc: Loc) -> Result<bytes::Bytes> {
+    /// Decodes the record at `loc` (checksum verified) and hands it with
+    /// its length to `then`; reuses `stream` when the record belongs to it.
+    /// A record longer than `max_len` is not read (the index that says it
+    /// is there is wrong).
+    fn event<T>(
+        &mut self,
+        loc: Loc,
+        max_len: u64,
+        stream: Option<&StreamName>,
+        then: impl FnOnce(&Reader, StoredEvent, u64) -> Result<T>,
+    ) -> Result<T> {
+        let reader = self.reader;
+        // Decode and hand over in one place: no event is moved around in
+        // intermediate results.
+        self.with_record(loc, max_len, |b| {
+            match StoredEvent::decode_with(b, true, stream) {
+                Ok((e, len)) => then(reader, e, len as u64),
+                Err(d) => Err(match reader.segment(loc) {
+                    Ok(seg) => corrupt(&seg, loc.offset(), d),
+                    Err(e) => e,
+                }),
+            }
+        })
+    }
+
+    /// The length field of the record at `loc`.
+    fn record_len(&mut self, loc: Loc) -> Result<u64> {
+        if self.load_block(loc)? {
+            let within = (loc.offset() % BLOCK) as usize;
+            let bytes = &self.block.as_ref().expect("loaded").2;
+            if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
+                return Ok(len as u64);
+            }
+        }
+        let b = self.reader.segment(loc)?.read_exact(loc.offset(), 4)?;
+        Ok(StoredEvent::peek_len(&b).unwrap_or(0) as u64)
+    }
+
+    /// Makes the block holding `loc` the current one when it may be cached
+    /// (it lies wholly below the committed end); false when it may not.
+    fn load_block(&mut self, loc: Loc) -> Result<bool> {
         let (seg_no, offset) = (loc.segment(), loc.offset());
         let block = offset / BLOCK;
-        let within = (offset - block * BLOCK) as usize;
-        let block_end = (block + 1) * BLOCK;
         let end = self.committed.end;
-        let cacheable =
-            seg_no < end.segment() || (seg_no == end.segment() && block_end <= end.offset());
-        if cacheable {
-            let hit = matches!(&self.block, Some((s, b, _)) if *s == seg_no && *b == block);
-            if !hit {
-                let bytes = match self.reader.cache.get(seg_no, block) {
-                    Some(b) => b,
-                    None => {
-                        let b = self
-                            .reader
-                            .segment(loc)?
-                            .read_upto(block * BLOCK, BLOCK as usize)?;
-                        if b.len() == BLOCK as usize {
-                            self.reader.cache.put(seg_no, block, b.clone());
-                        }
-                        b
-                    }
-                };
-                self.block = Some((seg_no, block, bytes));
+        let cacheable = seg_no < end.segment()
+            || (seg_no == end.segment() && (block + 1) * BLOCK <= end.offset());
+        if !cacheable {
+            return Ok(false);
+        }
+        if matches!(&self.block, Some((s, b, _)) if *s == seg_no && *b == block) {
+            return Ok(true);
+        }
+        let bytes = match self.reader.cache.get(seg_no, block) {
+            Some(b) => b,
+            None => {
+                let b = self
+                    .reader
+                    .segment(loc)?
+                    .read_upto(block * BLOCK, BLOCK as usize)?;
+                if b.len() == BLOCK as usize {
+                    self.reader.cache.put(seg_no, block, b.clone());
+                }
+                b
             }
-            let bytes = &self.block.as_ref().expect("set above").2;
+        };
+        self.block = Some((seg_no, block, bytes));
+        Ok(true)
+    }
+
+    /// Calls `f` with the bytes of the record at `loc` (its whole length):
+    /// from the block cache when the record lies within one committed block,
+    /// else from the file.
+    fn with_record<T>(
+        &mut self,
+        loc: Loc,
+        max_len: u64,
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        if self.load_block(loc)? {
+            let within = (loc.offset() % BLOCK) as usize;
+            let bytes = &self.block.as_ref().expect("loaded").2;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 if within + len <= bytes.len() {
-                    return Ok(bytes.slice(within..within + len));
+                    return f(&bytes[within..within + len]);
                 }
             }
         }
         // Not cacheable, or the record crosses a block boundary.
-        self.reader.segment(loc)?.read_record(offset)
+        let seg = self.reader.segment(loc)?;
+        let head = seg.read_upto(loc.offset(), 1024)?;
+        match StoredEvent::peek_len(&head) {
+            Some(len) if len as u64 > max_len => Err(self.reader.index_fault(format!(
+                "the index points to a {len}-byte record in {} at offset {} where at most {max_len} bytes are indexed",
+                seg.path.display(),
+                loc.offset()
+            ))),
+            Some(len) if len > head.len() => f(&seg.read_exact(loc.offset(), len)?),
+            _ => f(&head),
+        }
     }
 }

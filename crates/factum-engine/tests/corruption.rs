@@ -256,3 +256,32 @@ async fn damaged_index_never_gives_wrong_data_and_reindex_repairs_it() {
         expected
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_whose_creation_was_interrupted_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 50).await;
+    // A crash while creating the next segment leaves its temporary file,
+    // maybe without a complete header; it was never renamed into place.
+    let tmp = dir.path().join("00000000000000000050.seg.tmp");
+    std::fs::write(&tmp, b"FACTUMSG\x01").unwrap();
+    let before = factum_engine::verify(dir.path()).unwrap();
+    assert!(before.ok(), "{:?}", before.faults);
+    let engine = open(dir.path()).unwrap();
+    assert!(!tmp.exists());
+    assert_eq!(
+        engine.read_all(ReadAll::forwards()).await.unwrap().len(),
+        50
+    );
+    let s = StreamName::new("acct-0").unwrap();
+    let e = EventData::json("Deposited", &serde_json::json!({})).unwrap();
+    engine
+        .append(s, ExpectedRevision::Any, vec![e])
+        .await
+        .unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    let report = factum_engine::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.faults);
+    assert_eq!(report.events, 51);
+}

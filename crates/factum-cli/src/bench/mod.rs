@@ -214,6 +214,10 @@ pub struct Report {
     /// Peak resident memory, MB (`open`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
+    /// Reopen time after a crash that left the index memtable full
+    /// (`open`): recovery replays the unflushed log tail, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_reopen_seconds: Option<f64>,
     /// `quick` or `full`.
     pub mode: &'static str,
     /// File system of the bench directory.
@@ -468,6 +472,12 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
         writeln!(out, "{} — target: {} → {}", r.workload, r.target, met(r))?;
         if let Some(rss) = r.peak_rss_mb {
             writeln!(out, "    peak RSS {rss:.0} MB")?;
+        }
+        if let Some(s) = r.crash_reopen_seconds {
+            writeln!(
+                out,
+                "    reopen after a crash with a full index memtable {s:.2} s"
+            )?;
         }
         writeln!(out, "    latency: {}", r.latency_of)?;
         for n in &r.notes {
