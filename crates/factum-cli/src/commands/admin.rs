@@ -38,7 +38,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), CliError> {
     println!("frames         {}", report.frames);
     println!("events         {}", report.events);
     println!("streams        {}", report.streams);
-    println!("index entries  {}", report.index_entries);
+    println!("index runs     {}", report.index_entries);
     for note in &report.notes {
         println!("note: {}", one_line(note));
     }
