@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factum_core::{
-    ContentType, EventData, EventStore, ExpectedRevision, Link, ReadStream, RecordedEvent,
-    StreamMetadata, StreamName, StreamRevision, Subscribe, Subscription, SubscriptionMessage,
-    SubscriptionStart, Uuid,
+    EventStore, ExpectedRevision, ReadStream, RecordedEvent, StreamName, Subscribe, Subscription,
+    SubscriptionMessage, SubscriptionStart, Uuid,
 };
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -25,11 +23,7 @@ use crate::info::{ConnectionInfo, GroupInfo};
 use crate::settings::{
     CompiledFilter, ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom,
 };
-
-/// The event type of checkpoint events (KurrentDB's name).
-pub const CHECKPOINT_EVENT_TYPE: &str = "$SubscriptionCheckpoint";
-/// The event type of parked-message links.
-pub const PARKED_EVENT_TYPE: &str = "$>";
+use crate::streams;
 
 /// How long a group waits before re-subscribing after its source failed.
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
@@ -194,8 +188,8 @@ impl<S: EventStore> Group<S> {
         settings: GroupSettings,
         store: Arc<S>,
     ) -> Result<Self> {
-        let checkpoint = read_checkpoint(&*store, &key).await?;
-        let parked = parked_count(&*store, &key.parked_stream()).await?;
+        let checkpoint = streams::read_checkpoint(&*store, &key).await?;
+        let parked = streams::parked_count(&*store, &key.parked_stream()).await?;
         let now = Instant::now();
         let filter = match &source {
             GroupSource::All(Some(f)) => Some(f.compile()?),
@@ -252,7 +246,9 @@ impl<S: EventStore> Group<S> {
             StartFrom::End => {
                 let end = match &self.source {
                     GroupSource::All(_) => self.store.head_position().await?.map(|p| p.0),
-                    GroupSource::Stream(s) => last_revision(&*self.store, &stream_name(s)?).await?,
+                    GroupSource::Stream(s) => {
+                        streams::last_revision(&*self.store, &stream_name(s)?).await?
+                    }
                 };
                 match end {
                     None => SubscriptionStart::Beginning,
@@ -642,17 +638,7 @@ impl<S: EventStore> Group<S> {
     /// counts as handled. If the write fails it stays due for retry.
     async fn park(&mut self, message: Message, reason: &str) {
         let e = &message.event;
-        let mut meta = json!({ "$parkedReason": reason, "$retryCount": message.retry_count });
-        if let Some(link) = &e.link {
-            meta["$linkStream"] = json!(link.stream.as_str());
-            meta["$linkRevision"] = json!(link.revision.0);
-        }
-        let link = EventData::new(
-            PARKED_EVENT_TYPE,
-            ContentType::Binary,
-            format!("{}@{}", e.revision, e.stream).into_bytes(),
-        )
-        .with_metadata(meta.to_string().into_bytes());
+        let link = streams::parked_link(e, message.retry_count, reason);
         match self
             .store
             .append(self.key.parked_stream(), ExpectedRevision::Any, vec![link])
@@ -770,24 +756,12 @@ impl<S: EventStore> Group<S> {
         }
         let stream = self.key.checkpoint_stream();
         if !self.checkpoint_stream_ready {
-            let meta = StreamMetadata {
-                max_count: Some(1),
-                ..Default::default()
-            };
-            if let Err(e) = self
-                .store
-                .set_stream_metadata(stream.clone(), ExpectedRevision::Any, meta)
-                .await
-            {
+            if let Err(e) = streams::keep_last_only(&*self.store, &stream).await {
                 tracing::warn!(group = %self.key, "setting $maxCount on the checkpoint stream failed: {e}");
             }
             self.checkpoint_stream_ready = true;
         }
-        let data = match self.source {
-            GroupSource::Stream(_) => json!(candidate),
-            GroupSource::All(_) => json!(format!("C:{candidate}/P:{candidate}")),
-        };
-        let event = match EventData::json(CHECKPOINT_EVENT_TYPE, &data) {
+        let event = match streams::checkpoint_event(self.source.is_all(), candidate) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(group = %self.key, "encoding the checkpoint failed: {e}");
@@ -823,7 +797,7 @@ impl<S: EventStore> Group<S> {
         };
         let mut replayed = 0;
         for link in &links {
-            match self.resolve_parked(link).await {
+            match streams::resolve_parked(&*self.store, link).await {
                 Ok(Some(event)) => {
                     replayed += 1;
                     self.retry.push_back(Message {
@@ -845,48 +819,8 @@ impl<S: EventStore> Group<S> {
         self.store
             .set_stream_metadata(stream.clone(), ExpectedRevision::Any, meta)
             .await?;
-        self.parked = parked_count(&*self.store, &stream).await?;
+        self.parked = streams::parked_count(&*self.store, &stream).await?;
         Ok(replayed)
-    }
-
-    /// The event a parked link points at, with the link it was read
-    /// through; `None` when it no longer exists.
-    async fn resolve_parked(&self, link: &RecordedEvent) -> Result<Option<RecordedEvent>> {
-        let text = String::from_utf8_lossy(&link.data);
-        let Some((revision, stream)) = text
-            .split_once('@')
-            .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, StreamName::new(s).ok()?)))
-        else {
-            tracing::warn!(group = %self.key, "parked link {text:?} is malformed");
-            return Ok(None);
-        };
-        let read = ReadStream::forwards(stream)
-            .from_revision(StreamRevision(revision))
-            .max_count(1);
-        let mut event = match self.store.read_stream(read).await {
-            Ok(events) => match events.into_iter().next() {
-                Some(e) if e.revision.0 == revision => e,
-                _ => return Ok(None),
-            },
-            Err(
-                factum_core::Error::StreamNotFound { .. }
-                | factum_core::Error::StreamDeleted { .. },
-            ) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let meta: Value = serde_json::from_slice(&link.metadata).unwrap_or(Value::Null);
-        if let (Some(s), Some(r)) = (
-            meta.get("$linkStream").and_then(Value::as_str),
-            meta.get("$linkRevision").and_then(Value::as_u64),
-        ) {
-            if let Ok(stream) = StreamName::new(s) {
-                event.link = Some(Link {
-                    stream,
-                    revision: StreamRevision(r),
-                });
-            }
-        }
-        Ok(Some(event))
     }
 
     async fn stop(&mut self, reason: &str) {
@@ -938,79 +872,4 @@ impl<S: EventStore> Group<S> {
 
 fn stream_name(s: &str) -> Result<StreamName> {
     StreamName::new(s).map_err(|e| PersistentError::InvalidSettings(e.to_string()))
-}
-
-/// The last revision of a stream, `None` when it has no events.
-async fn last_revision<S: EventStore>(store: &S, stream: &StreamName) -> Result<Option<u64>> {
-    match store
-        .read_stream(ReadStream::backwards(stream.clone()).max_count(1))
-        .await
-    {
-        Ok(events) => Ok(events.first().map(|e| e.read_revision().0)),
-        Err(factum_core::Error::StreamNotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The group's last written checkpoint.
-pub(crate) async fn read_checkpoint<S: EventStore>(
-    store: &S,
-    key: &GroupKey,
-) -> Result<Option<u64>> {
-    let events = match store
-        .read_stream(ReadStream::backwards(key.checkpoint_stream()).max_count(1))
-        .await
-    {
-        Ok(e) => e,
-        Err(factum_core::Error::StreamNotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let Some(event) = events.first() else {
-        return Ok(None);
-    };
-    let value: Value = serde_json::from_slice(&event.data).map_err(|e| {
-        PersistentError::Store(factum_core::Error::InvalidInput(format!(
-            "checkpoint of {key} is not JSON: {e}"
-        )))
-    })?;
-    parse_checkpoint(&value).map(Some).ok_or_else(|| {
-        PersistentError::Store(factum_core::Error::InvalidInput(format!(
-            "checkpoint of {key} is not a revision or a C:…/P:… position: {value}"
-        )))
-    })
-}
-
-/// A checkpoint as KurrentDB writes it: a revision number, or
-/// `"C:<commit>/P:<prepare>"` for `$all`.
-fn parse_checkpoint(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s
-            .strip_prefix("C:")
-            .and_then(|r| r.split('/').next())
-            .and_then(|c| c.parse().ok()),
-        _ => None,
-    }
-}
-
-/// Events in the parked stream not yet replayed.
-async fn parked_count<S: EventStore>(store: &S, stream: &StreamName) -> Result<u64> {
-    let Some(last) = last_revision(store, stream).await? else {
-        return Ok(0);
-    };
-    let meta = store.stream_metadata(stream.clone()).await?.metadata;
-    Ok((last + 1).saturating_sub(meta.truncate_before.unwrap_or(0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checkpoints_parse_in_both_forms() {
-        assert_eq!(parse_checkpoint(&json!(42)), Some(42));
-        assert_eq!(parse_checkpoint(&json!("C:17/P:17")), Some(17));
-        assert_eq!(parse_checkpoint(&json!("17")), None);
-        assert_eq!(parse_checkpoint(&json!(null)), None);
-    }
 }

@@ -7,6 +7,7 @@
 //! | `settings` | `GroupSettings` (KurrentDB's names and defaults), `GroupSource`, `GroupKey` and the system streams it names |
 //! | `manager` | `PersistentSubscriptions`: the groups of a store, their configuration, `Consumer` handles |
 //! | `group` | one group's task: lazy source reads, dispatch by strategy, acks, nacks, timeouts, parking, checkpoints |
+//! | `streams` | the group's system streams: checkpoint events, parked links, their reading |
 //! | `info` | `GroupInfo` / `ConnectionInfo`: what `GetInfo` and `List` report |
 
 mod error;
@@ -14,9 +15,10 @@ mod group;
 mod info;
 mod manager;
 mod settings;
+mod streams;
 
 pub use error::{PersistentError, Result};
-pub use group::{Delivery, NackAction, CHECKPOINT_EVENT_TYPE, PARKED_EVENT_TYPE};
+pub use group::{Delivery, NackAction};
 pub use info::{ConnectionInfo, GroupInfo};
 pub use manager::{
     ConnectOptions, Consumer, PersistentSubscriptions, CONFIG_EVENT_TYPE, CONFIG_STREAM,
@@ -24,3 +26,4 @@ pub use manager::{
 pub use settings::{
     CompiledFilter, ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom,
 };
+pub use streams::{CHECKPOINT_EVENT_TYPE, PARKED_EVENT_TYPE};
