@@ -149,7 +149,7 @@ impl StoredEvent {
     /// Decodes one record from `buf` (which holds exactly the record or more).
     /// `check_crc` verifies the record's own checksum.
     pub fn decode(buf: &[u8], check_crc: bool) -> Result<(StoredEvent, usize), String> {
-        Self::decode_with(buf, check_crc, None)
+        Self::decode_with(buf, check_crc, None, None)
     }
 
     /// As [`StoredEvent::decode`], reusing `same_stream` when the record's
@@ -157,12 +157,15 @@ impl StoredEvent {
     /// frame decodes and validates the name once).
     ///
     /// Data and metadata are copied out, so the record's buffer can be reused
-    /// (many small copies are cheaper than pinning large read buffers).
+    /// (many small copies are cheaper than pinning large read buffers) —
+    /// unless `owner` is given: an immutable buffer that holds `buf` (a
+    /// cached 64 KiB log block, ADR 5), of which they become slices.
     #[inline]
     pub fn decode_with(
         buf: &[u8],
         check_crc: bool,
         same_stream: Option<&StreamName>,
+        owner: Option<&Bytes>,
     ) -> Result<(StoredEvent, usize), String> {
         let b = buf;
         if b.len() < EVENT_HEADER_LEN {
@@ -201,12 +204,16 @@ impl StoredEvent {
             .map_err(|_| "event type is not UTF-8".to_string())?
             .to_string();
         o += tl;
-        let data = Bytes::copy_from_slice(&buf[o..o + dl]);
+        let take = |part: &[u8]| match owner {
+            Some(block) => block.slice_ref(part),
+            None => Bytes::copy_from_slice(part),
+        };
+        let data = take(&buf[o..o + dl]);
         o += dl;
         let metadata = if ml == 0 {
             Bytes::new()
         } else {
-            Bytes::copy_from_slice(&buf[o..o + ml])
+            take(&buf[o..o + ml])
         };
         Ok((
             StoredEvent {
@@ -352,7 +359,7 @@ pub fn decode_frame_events_from(
             continue;
         }
         let same = out.last().map(|(e, _): &(StoredEvent, u32)| &e.stream);
-        let (e, l) = StoredEvent::decode_with(&frame[o..end], false, same)?;
+        let (e, l) = StoredEvent::decode_with(&frame[o..end], false, same, None)?;
         out.push((e, o as u32));
         o += l;
     }
@@ -399,6 +406,18 @@ mod tests {
         assert_eq!(decoded.iter().map(|(_, o)| *o).collect::<Vec<_>>(), offsets);
         let (single, _) = StoredEvent::decode(&frame.slice(offsets[1] as usize..), true).unwrap();
         assert_eq!(single, events[1]);
+        // With an owner (a cached block), data and metadata are slices of it.
+        let rest = &frame[offsets[1] as usize..];
+        let (sliced, _) = StoredEvent::decode_with(rest, true, None, Some(&frame)).unwrap();
+        assert_eq!(sliced, events[1]);
+        let inside = |b: &Bytes| {
+            let (lo, hi) = (
+                frame.as_ptr() as usize,
+                frame.as_ptr() as usize + frame.len(),
+            );
+            (lo..hi).contains(&(b.as_ptr() as usize))
+        };
+        assert!(inside(&sliced.data) && inside(&sliced.metadata));
         for cut in 0..buf.len() {
             assert!(
                 matches!(check_frame(&buf[..cut]), FrameCheck::Incomplete),

@@ -533,8 +533,8 @@ impl<'r> PointReads<'r> {
         let reader = self.reader;
         // Decode and hand over in one place: no event is moved around in
         // intermediate results.
-        self.with_record(loc, max_len, |b| {
-            match StoredEvent::decode_with(b, true, stream) {
+        self.with_record(loc, max_len, |b, owner| {
+            match StoredEvent::decode_with(b, true, stream, owner) {
                 Ok((e, len)) => then(reader, e, len as u64),
                 Err(d) => Err(match reader.segment(loc) {
                     Ok(seg) => corrupt(&seg, loc.offset(), d),
@@ -589,20 +589,21 @@ impl<'r> PointReads<'r> {
     }
 
     /// Calls `f` with the bytes of the record at `loc` (its whole length):
-    /// from the block cache when the record lies within one committed block,
+    /// from the block cache when the record lies within one committed block
+    /// (with that block, which decoded events may slice: it never changes),
     /// else from the file.
     fn with_record<T>(
         &mut self,
         loc: Loc,
         max_len: u64,
-        f: impl FnOnce(&[u8]) -> Result<T>,
+        f: impl FnOnce(&[u8], Option<&bytes::Bytes>) -> Result<T>,
     ) -> Result<T> {
         if self.load_block(loc)? {
             let within = (loc.offset() % BLOCK) as usize;
             let bytes = &self.block.as_ref().expect("loaded").2;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 if within + len <= bytes.len() {
-                    return f(&bytes[within..within + len]);
+                    return f(&bytes[within..within + len], Some(bytes));
                 }
             }
         }
@@ -615,8 +616,8 @@ impl<'r> PointReads<'r> {
                 seg.path.display(),
                 loc.offset()
             ))),
-            Some(len) if len > head.len() => f(&seg.read_exact(loc.offset(), len)?),
-            _ => f(&head),
+            Some(len) if len > head.len() => f(&seg.read_exact(loc.offset(), len)?, None),
+            _ => f(&head, None),
         }
     }
 }
