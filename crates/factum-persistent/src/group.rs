@@ -85,8 +85,8 @@ pub(crate) enum Command {
         window: usize,
         reply: oneshot::Sender<Result<Connected>>,
     },
+    /// Acks go by event id, whichever consumer sends them.
     Ack {
-        consumer: u64,
         ids: Vec<Uuid>,
     },
     Nack {
@@ -534,9 +534,9 @@ impl<S: EventStore> Group<S> {
                     settings: self.settings.clone(),
                 }));
             }
-            Command::Ack { consumer, ids } => {
+            Command::Ack { ids } => {
                 for id in ids {
-                    if let Some(message) = self.take(consumer, id) {
+                    if let Some(message) = self.take(id) {
                         self.handled(message.seq);
                     }
                 }
@@ -548,7 +548,7 @@ impl<S: EventStore> Group<S> {
                 reason,
             } => {
                 for id in ids {
-                    let Some(message) = self.take(consumer, id) else {
+                    let Some(message) = self.take(id) else {
                         continue;
                     };
                     match action {
@@ -580,14 +580,13 @@ impl<S: EventStore> Group<S> {
 
     /// Takes an event out of flight (or out of the retry queue, for an ack
     /// that arrives after its timeout).
-    fn take(&mut self, consumer: u64, id: Uuid) -> Option<Message> {
+    fn take(&mut self, id: Uuid) -> Option<Message> {
         if let Some(f) = self.in_flight.remove(&id) {
             if let Some(c) = self.consumers.iter_mut().find(|c| c.id == f.consumer) {
                 c.in_flight = c.in_flight.saturating_sub(1);
             }
             return Some(f.message);
         }
-        let _ = consumer;
         let i = self
             .retry
             .iter()

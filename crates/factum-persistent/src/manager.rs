@@ -470,7 +470,6 @@ impl Consumer {
     /// Acknowledges events by [`Delivery::id`].
     pub fn ack(&self, ids: impl IntoIterator<Item = Uuid>) {
         let _ = self.commands.send(Command::Ack {
-            consumer: self.id,
             ids: ids.into_iter().collect(),
         });
     }

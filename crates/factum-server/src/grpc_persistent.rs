@@ -69,11 +69,23 @@ pub fn persistent_status(err: &PersistentError) -> Status {
     Status::with_metadata(code, err.to_string(), md)
 }
 
-fn stream_or_all(stream: Option<&shared::StreamIdentifier>, all: bool) -> Result<String, Status> {
-    if all {
-        return Ok("$all".to_owned());
-    }
-    Ok(convert::stream_from_wire(stream)?.as_str().to_owned())
+/// The group source a request names in its `stream_option` oneof (each
+/// request type has its own generated enum): a stream, or `$all`.
+macro_rules! source_of {
+    ($option:expr, $stream:path, $all:path) => {
+        match $option {
+            Some($stream(s)) => {
+                convert::stream_from_wire(Some(s)).map(|name| name.as_str().to_owned())
+            }
+            Some($all(_)) => Ok("$all".to_owned()),
+            None => Err(Status::invalid_argument("no stream or $all given")),
+        }
+    };
+}
+
+/// A request's `options`, which every request of this service must carry.
+fn required<T>(options: Option<&T>) -> Result<&T, Status> {
+    options.ok_or_else(|| Status::invalid_argument("options are missing"))
 }
 
 fn count(value: i32, what: &str) -> Result<u32, Status> {
@@ -161,7 +173,7 @@ fn group_from_wire(
     use wire::all_options::{AllOption, FilterOption};
     use wire::group_options::StreamOption;
     use wire::stream_options::RevisionOption;
-    let o = options.ok_or_else(|| Status::invalid_argument("options are missing"))?;
+    let o = required(options)?;
     let wire_settings = o.settings.clone().unwrap_or_default();
     let (source, start_from) = match &o.stream_option {
         Some(StreamOption::Stream(s)) => {
@@ -319,16 +331,12 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
     ) -> Result<Response<wire::DeleteResp>, Status> {
         use wire::delete_req::options::StreamOption;
         self.authenticate(&request)?;
-        let o = request
-            .get_ref()
-            .options
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("options are missing"))?;
-        let source = match &o.stream_option {
-            Some(StreamOption::StreamIdentifier(s)) => stream_or_all(Some(s), false)?,
-            Some(StreamOption::All(_)) => "$all".to_owned(),
-            None => return Err(Status::invalid_argument("no stream or $all given")),
-        };
+        let o = required(request.get_ref().options.as_ref())?;
+        let source = source_of!(
+            &o.stream_option,
+            StreamOption::StreamIdentifier,
+            StreamOption::All
+        )?;
         self.ctx()
             .persistent
             .delete(&source, &o.group_name)
@@ -364,11 +372,11 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
                 "the first message of a persistent subscription must carry its options",
             ));
         };
-        let source = match &o.stream_option {
-            Some(StreamOption::StreamIdentifier(s)) => stream_or_all(Some(s), false)?,
-            Some(StreamOption::All(_)) => "$all".to_owned(),
-            None => return Err(Status::invalid_argument("no stream or $all given")),
-        };
+        let source = source_of!(
+            &o.stream_option,
+            StreamOption::StreamIdentifier,
+            StreamOption::All
+        )?;
         let uuid = match o.uuid_option.as_ref().and_then(|u| u.content.as_ref()) {
             Some(read_req::options::uuid_option::Content::String(_)) => UuidFormat::String,
             _ => UuidFormat::Structured,
@@ -403,16 +411,12 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
     ) -> Result<Response<wire::GetInfoResp>, Status> {
         use wire::get_info_req::options::StreamOption;
         self.authenticate(&request)?;
-        let o = request
-            .get_ref()
-            .options
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("options are missing"))?;
-        let source = match &o.stream_option {
-            Some(StreamOption::StreamIdentifier(s)) => stream_or_all(Some(s), false)?,
-            Some(StreamOption::All(_)) => "$all".to_owned(),
-            None => return Err(Status::invalid_argument("no stream or $all given")),
-        };
+        let o = required(request.get_ref().options.as_ref())?;
+        let source = source_of!(
+            &o.stream_option,
+            StreamOption::StreamIdentifier,
+            StreamOption::All
+        )?;
         let info = self
             .ctx()
             .persistent
@@ -430,16 +434,12 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
     ) -> Result<Response<wire::ReplayParkedResp>, Status> {
         use wire::replay_parked_req::options::{StopAtOption, StreamOption};
         self.authenticate(&request)?;
-        let o = request
-            .get_ref()
-            .options
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("options are missing"))?;
-        let source = match &o.stream_option {
-            Some(StreamOption::StreamIdentifier(s)) => stream_or_all(Some(s), false)?,
-            Some(StreamOption::All(_)) => "$all".to_owned(),
-            None => return Err(Status::invalid_argument("no stream or $all given")),
-        };
+        let o = required(request.get_ref().options.as_ref())?;
+        let source = source_of!(
+            &o.stream_option,
+            StreamOption::StreamIdentifier,
+            StreamOption::All
+        )?;
         let stop_at = match o.stop_at_option {
             Some(StopAtOption::StopAt(n)) if n >= 0 => Some(n as u64),
             Some(StopAtOption::StopAt(_)) => {
@@ -468,11 +468,11 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
             .as_ref()
             .and_then(|o| o.list_option.as_ref())
         {
-            Some(ListOption::ListForStream(s)) => match &s.stream_option {
-                Some(StreamOption::Stream(id)) => Some(stream_or_all(Some(id), false)?),
-                Some(StreamOption::All(_)) => Some("$all".to_owned()),
-                None => return Err(Status::invalid_argument("no stream or $all given")),
-            },
+            Some(ListOption::ListForStream(s)) => Some(source_of!(
+                &s.stream_option,
+                StreamOption::Stream,
+                StreamOption::All
+            )?),
             Some(ListOption::ListAllSubscriptions(_)) | None => None,
         };
         let infos = self
