@@ -26,6 +26,10 @@ pub struct EngineConfig {
     pub max_append_events: usize,
     /// Segment size at which a new segment starts. Default 256 MiB.
     pub segment_bytes: u64,
+    /// Durable zeros kept ahead of the writer while appends are small, so
+    /// that an append's fsync does not also commit a new file size (ADR 10).
+    /// 0 turns it off; it is off without durability.
+    pub preallocate_bytes: u64,
     /// Most appends in one group commit.
     pub max_group_appends: usize,
     /// A group commit stops taking appends past this many bytes.
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             max_append_bytes: 64 << 20,
             max_append_events: 100_000,
             segment_bytes: 256 << 20,
+            preallocate_bytes: 4 << 20,
             max_group_appends: 4096,
             max_group_bytes: 8 << 20,
             index_flush_entries: 200_000,

@@ -15,10 +15,11 @@ use factum_core::{
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use crate::config::EngineConfig;
+use crate::config::{Durability, EngineConfig};
+use crate::prealloc::Prealloc;
 use crate::format::{decode_frame_events, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
+use crate::log::{all_zero, open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
 use crate::overlay::Overlay;
 use crate::reader::Reader;
 use crate::writer::{AppendRequest, Committed, Writer};
@@ -51,6 +52,9 @@ pub struct Recovery {
     pub frames_replayed: u64,
     /// Bytes of an incomplete last batch that were cut, and where.
     pub cut: Option<(PathBuf, u64, u64)>,
+    /// Zeros after the last frame of the active segment (space the writer
+    /// preallocated before a crash, ADR 10): kept as free space.
+    pub preallocated: u64,
 }
 
 /// Takes the directory lock so only one process opens the store.
@@ -167,6 +171,11 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                             detail: "invalid or incomplete frame in a sealed segment".into(),
                         });
                     }
+                    if all_zero(&seg, offset, len)? {
+                        // Preallocated space (ADR 10): the end of the log.
+                        report.preallocated = len - offset;
+                        break;
+                    }
                     if let Some(valid) = valid_frame_after(&seg, offset, len)? {
                         return Err(Error::Corrupt {
                             file: seg.path.clone(),
@@ -231,7 +240,9 @@ impl Engine {
         let recovery = recover(&segments, &index, config.index_flush_entries)?;
         let cp = index.checkpoint();
         let active = segments.last().expect("at least one segment");
-        let segment_len = active.len()?;
+        // The log ends before the preallocated zeros recovery found.
+        let file_len = active.len()?;
+        let segment_len = file_len - recovery.preallocated;
         let (committed_tx, committed_rx) = watch::channel(Committed {
             next_position: cp.next_position,
             end: Loc::new(active.number, segment_len),
@@ -242,10 +253,28 @@ impl Engine {
             index: index.clone(),
             committed: committed_rx,
         };
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&active.path)
-            .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
+        let file = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .open(&active.path)
+                .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?,
+        );
+        let prealloc = if config.durability == Durability::Always && config.preallocate_bytes > 0
+        {
+            Some(
+                Prealloc::start(
+                    file.clone(),
+                    active.path.clone(),
+                    segment_len,
+                    file_len,
+                    config.preallocate_bytes,
+                    config.segment_bytes,
+                )
+                .map_err(|e| Error::io("starting the preallocation thread", e))?,
+            )
+        } else {
+            None
+        };
         let (flush_tx, flush_rx) = mpsc::sync_channel::<()>(1);
         if recovery.frames_replayed > 0 {
             // Flush the replayed tail as soon as the indexer starts.
@@ -261,6 +290,8 @@ impl Engine {
             file,
             segment: active,
             segment_len,
+            prealloc,
+            avg_group_bytes: 0,
             failed: None,
             flush_signal: flush_tx,
         };
@@ -310,6 +341,20 @@ impl Engine {
     /// A reader of committed data (for tools such as `verify`).
     pub fn reader(&self) -> &Reader {
         &self.inner.reader
+    }
+
+    /// Bytes of the log up to its committed end: every frame and segment
+    /// header, not the preallocated zeros after the last frame (ADR 10).
+    pub fn log_bytes(&self) -> Result<u64> {
+        let reader = &self.inner.reader;
+        let end = reader.committed().end;
+        let mut total = end.offset();
+        for seg in reader.segments.all() {
+            if seg.number < end.segment() {
+                total += seg.len()?;
+            }
+        }
+        Ok(total)
     }
 
     /// Flushes the index to disk now (it is also flushed in the background).

@@ -25,6 +25,7 @@ pub mod format;
 pub mod index;
 pub mod log;
 pub mod overlay;
+mod prealloc;
 pub mod reader;
 pub mod subscription;
 pub mod verify;

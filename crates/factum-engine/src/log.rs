@@ -444,6 +444,24 @@ impl FrameReader {
     }
 }
 
+/// Are bytes `offset..len` of `segment` all zero? Zeros after the last
+/// frame of the active segment are preallocated space (ADR 10), not a torn
+/// batch: a write always starts with a frame's non-zero magic.
+pub fn all_zero(segment: &Arc<Segment>, offset: u64, len: u64) -> Result<bool> {
+    let mut at = offset;
+    while at < len {
+        let chunk = segment.read_upto(at, CHUNK.min((len - at) as usize))?;
+        if chunk.is_empty() {
+            break;
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += chunk.len() as u64;
+    }
+    Ok(true)
+}
+
 /// Is there any valid frame in `segment` after `offset`? Used by recovery
 /// to tell a torn tail (nothing valid follows) from corruption.
 pub fn valid_frame_after(

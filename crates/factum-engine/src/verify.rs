@@ -9,7 +9,7 @@ use factum_core::{Result, StreamName};
 use crate::engine::lock_dir;
 use crate::format::{decode_frame_events, StoredEvent, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::log::{open_segments, valid_frame_after, FrameReader, Loc, Scanned};
+use crate::log::{all_zero, open_segments, valid_frame_after, FrameReader, Loc, Scanned};
 use factum_core::rules::link_streams;
 
 /// What `verify` found.
@@ -27,6 +27,9 @@ pub struct VerifyReport {
     pub index_revisions: u64,
     /// Stream records checked.
     pub streams: u64,
+    /// Zeros after the last frame of the active segment: space preallocated
+    /// before a crash (ADR 10), free for the next appends.
+    pub preallocated_bytes: u64,
     /// Problems: any entry here means the store is damaged.
     pub faults: Vec<String>,
     /// Facts worth knowing that are not damage (a torn tail the next open cuts, …).
@@ -117,6 +120,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                 Scanned::End => break,
                 Scanned::Incomplete { offset } | Scanned::Invalid { offset, .. } => {
                     let is_last = seg.number == all.last().expect("non-empty").number;
+                    if is_last && all_zero(seg, offset, len)? {
+                        r.preallocated_bytes = len - offset;
+                        continue 'segments;
+                    }
                     match valid_frame_after(seg, offset, len)? {
                         None if is_last => r.notes.push(format!(
                             "{}: an incomplete batch of {} bytes at offset {offset} was never acknowledged; the next open cuts it",

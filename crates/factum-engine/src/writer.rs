@@ -30,7 +30,12 @@ use crate::format::{
 use crate::index::Index;
 use crate::log::{create_segment, Loc, Segment, Segments};
 use crate::overlay::Overlay;
+use crate::prealloc::Prealloc;
 use crate::reader::Reader;
+
+/// The writer asks for zeros ahead while its groups average fewer bytes
+/// than this (ADR 10: above it, the zeros cost more than they save).
+pub const PREALLOC_MAX_GROUP_BYTES: u64 = 64 << 10;
 
 /// One queued request.
 pub struct AppendRequest {
@@ -60,9 +65,14 @@ pub(crate) struct Writer {
     pub index: Arc<Index>,
     pub reader: Reader,
     pub committed: watch::Sender<Committed>,
-    pub file: File,
+    pub file: Arc<File>,
     pub segment: Arc<Segment>,
     pub segment_len: u64,
+    /// Zeros ahead of the writer (ADR 10); `None` without durability or
+    /// when `preallocate_bytes` is 0.
+    pub prealloc: Option<Prealloc>,
+    /// Moving average of the bytes the last groups wrote.
+    pub avg_group_bytes: u64,
     pub failed: Option<String>,
     pub flush_signal: std::sync::mpsc::SyncSender<()>,
 }
@@ -85,7 +95,7 @@ impl Writer {
             if group.is_empty() {
                 match rx.recv() {
                     Ok(r) => group.push(r),
-                    Err(_) => return,
+                    Err(_) => return self.finish(),
                 }
             }
             while group.len() < self.config.max_group_appends {
@@ -153,12 +163,13 @@ impl Writer {
     }
 
     fn write_durably(&mut self, buf: &[u8]) -> Result<()> {
+        let end = self.segment_len + buf.len() as u64;
+        if let Some(p) = &self.prealloc {
+            p.before_write(end);
+        }
         if let Err(e) = self.file.write_all_at(buf, self.segment_len) {
             // Undo a partial write so the log stays clean, then report it.
-            let undone = self
-                .file
-                .set_len(self.segment_len)
-                .and_then(|_| self.file.sync_data());
+            let undone = self.truncate_tail();
             if let Err(e2) = undone {
                 self.failed = Some(format!(
                     "a write to {} failed ({e}) and could not be undone ({e2}); restart to recover from the log",
@@ -181,10 +192,56 @@ impl Writer {
                 return Err(Error::Unavailable(why));
             }
         }
+        // Zeros ahead pay while groups are small (ADR 10).
+        self.avg_group_bytes = (self.avg_group_bytes * 7 + buf.len() as u64) / 8;
+        if let Some(p) = &self.prealloc {
+            p.after_write(end, self.avg_group_bytes < PREALLOC_MAX_GROUP_BYTES);
+        }
         Ok(())
     }
 
+    /// Cuts the active segment back to its last frame: a failed write's
+    /// bytes and any preallocated zeros go. Waits for a zeroing job first.
+    fn truncate_tail(&mut self) -> std::io::Result<()> {
+        if let Some(p) = &self.prealloc {
+            p.detach();
+        }
+        let r = self
+            .file
+            .set_len(self.segment_len)
+            .and_then(|_| self.file.sync_data());
+        if let Some(p) = &self.prealloc {
+            p.attach(self.file.clone(), self.segment.path.clone(), self.segment_len);
+        }
+        r
+    }
+
+    /// The queue closed: leave the active segment ending at its last frame.
+    fn finish(mut self) {
+        if self.prealloc.take().is_some_and(|p| p.detach().is_some()) {
+            if let Err(e) = self
+                .file
+                .set_len(self.segment_len)
+                .and_then(|_| self.file.sync_all())
+            {
+                // Harmless: the next open treats the zeros as free space.
+                tracing::warn!(file = %self.segment.path.display(), error = %e,
+                    "could not remove preallocated space at close");
+            }
+        }
+    }
+
     fn roll(&mut self) -> Result<()> {
+        // A sealed segment ends at its last frame: no zeros.
+        if let Some(p) = &self.prealloc {
+            p.detach();
+            self.file.set_len(self.segment_len).map_err(|e| {
+                Error::io(
+                    format!("sealing {} (removing preallocated space)", self.segment.path.display()),
+                    e,
+                )
+            })?;
+        }
         if self.config.durability == Durability::Always {
             self.file
                 .sync_all()
@@ -196,11 +253,16 @@ impl Writer {
             self.segment.number + 1,
             next_position,
         )?);
-        self.file = OpenOptions::new()
-            .write(true)
-            .open(&seg.path)
-            .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+        self.file = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?,
+        );
         self.segment_len = crate::format::SEGMENT_HEADER_LEN as u64;
+        if let Some(p) = &self.prealloc {
+            p.attach(self.file.clone(), seg.path.clone(), self.segment_len);
+        }
         self.segments.push(seg.clone());
         self.segment = seg;
         let end = Loc::new(self.segment.number, self.segment_len);

@@ -39,6 +39,12 @@ pub fn verify(args: VerifyArgs) -> Result<(), CliError> {
     println!("events         {}", report.events);
     println!("streams        {}", report.streams);
     println!("index runs     {}", report.index_entries);
+    if report.preallocated_bytes > 0 {
+        println!(
+            "preallocated   {} bytes of zeros after the last frame (free space)",
+            report.preallocated_bytes
+        );
+    }
     for note in &report.notes {
         println!("note: {}", one_line(note));
     }

@@ -7,7 +7,7 @@ use clap::Args;
 use factum_engine::engine::lock_dir;
 use factum_engine::format::SEGMENT_HEADER_LEN;
 use factum_engine::index::{Checkpoint, Index, INDEX_FILE};
-use factum_engine::log::{open_segments, FrameReader, Loc, Scanned};
+use factum_engine::log::{all_zero, open_segments, FrameReader, Loc, Scanned};
 
 use super::{ensure_store, segment_files};
 use crate::error::CliError;
@@ -40,6 +40,9 @@ struct Stats {
     unindexed_events: Option<u64>,
     /// Bytes of an incomplete batch at the end (cut at the next open).
     torn_tail_bytes: Option<u64>,
+    /// Zeros after the last frame (preallocated space left by a crash;
+    /// part of `log_bytes`, reused by the next appends).
+    preallocated_bytes: Option<u64>,
     notes: Vec<String>,
 }
 
@@ -100,6 +103,9 @@ pub fn run(args: StatsArgs) -> Result<(), CliError> {
     if let Some(n) = stats.torn_tail_bytes {
         println!("torn tail bytes   {n}");
     }
+    if let Some(n) = stats.preallocated_bytes {
+        println!("preallocated      {n} bytes of zeros after the last frame (free space)");
+    }
     for n in &stats.notes {
         println!("note: {n}");
     }
@@ -155,7 +161,9 @@ fn head_and_checkpoint(dir: &Path, stats: &mut Stats) -> Result<(), CliError> {
                 }
                 Scanned::End => break,
                 Scanned::Incomplete { offset } | Scanned::Invalid { offset, .. } => {
-                    if seg.number == last_no {
+                    if seg.number == last_no && all_zero(&seg, offset, len)? {
+                        stats.preallocated_bytes = Some(len - offset);
+                    } else if seg.number == last_no {
                         stats.torn_tail_bytes = Some(len - offset);
                     } else {
                         stats.notes.push(format!(

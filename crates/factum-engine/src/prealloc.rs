@@ -1,0 +1,207 @@
+//! Zero-filled space ahead of the writer in the active segment (ADR 10).
+//!
+//! An `fdatasync` after a write that grows a file must also make the new
+//! file size and block allocation durable: on ext4 that is a journal commit
+//! on top of the data flush. After a write into space that already holds
+//! durable zeros, `fdatasync` flushes the data alone. For small appends (one
+//! event, a few hundred bytes) that commit is a large share of the time, so
+//! a background thread keeps a few MiB of durable zeros ahead of the writer
+//! while the writer's groups are small. For large groups the cost is the
+//! other way round (zeros would double the bytes written, and one commit is
+//! spread over much data), so the writer stops asking.
+//!
+//! Ownership of the file's bytes: the writer owns everything below
+//! `written`; a zeroing job owns `[max(ready, written), job end)` while it
+//! runs. Before a write that would cross into a running job's range the
+//! writer waits for the job; a job never starts below `written`. So the two
+//! never write the same bytes.
+//!
+//! Recovery treats an all-zero tail after the last frame as free space, not
+//! as a torn batch (docs/format.md); a sealed segment is truncated to its
+//! last frame before the next one starts, and a closing writer truncates
+//! the active one, so zeros only survive a crash.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+/// Zeros are written in pieces of this size.
+const PIECE: usize = 256 << 10;
+
+/// The preallocating thread and the state it shares with the writer.
+pub(crate) struct Prealloc {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Bytes zeroed per job.
+    chunk: u64,
+    /// The file is never zeroed past this offset (the segment size).
+    cap: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// The active segment (None while the writer switches segments).
+    file: Option<(Arc<File>, PathBuf)>,
+    /// `[.., ready)` is durable: the writer's data or zeros.
+    ready: u64,
+    /// The writer writes (or wrote) up to here.
+    written: u64,
+    /// Zeros are wanted up to here.
+    want: u64,
+    /// A job is zeroing up to here.
+    job: Option<u64>,
+    /// A zeroing job failed (a full disk, say): no more jobs in this segment.
+    failed: bool,
+    stop: bool,
+}
+
+impl State {
+    fn wants_job(&self) -> bool {
+        self.file.is_some() && !self.failed && self.job.is_none() && self.want > self.free_from()
+    }
+
+    fn free_from(&self) -> u64 {
+        self.ready.max(self.written)
+    }
+}
+
+impl Prealloc {
+    /// Starts the thread for `file`, whose bytes `[.., len)` are the log
+    /// (and maybe zeros) and `[.., data_end)` the log's frames.
+    pub fn start(
+        file: Arc<File>,
+        path: PathBuf,
+        data_end: u64,
+        len: u64,
+        chunk: u64,
+        cap: u64,
+    ) -> std::io::Result<Prealloc> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                file: Some((file, path)),
+                ready: len,
+                written: data_end,
+                want: 0,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("factum-prealloc".into())
+            .spawn(move || worker.run())?;
+        Ok(Prealloc {
+            shared,
+            thread: Some(thread),
+            chunk,
+            cap,
+        })
+    }
+
+    /// Before the writer writes `[.., end)`: waits while a job zeroes bytes
+    /// below `end`, then claims them.
+    pub fn before_write(&self, end: u64) {
+        let mut s = self.shared.state.lock();
+        while s.job.is_some() && end > s.free_from() {
+            self.shared.changed.wait(&mut s);
+        }
+        s.written = s.written.max(end);
+    }
+
+    /// After the writer's `[.., end)` is durable. With `small` (the writer's
+    /// recent groups are small) asks for zeros ahead when fewer than half a
+    /// chunk are left.
+    pub fn after_write(&self, end: u64, small: bool) {
+        let mut s = self.shared.state.lock();
+        s.ready = s.ready.max(end);
+        if small && s.ready < end + self.chunk / 2 {
+            s.want = s.want.max((end + self.chunk).min(self.cap));
+            if s.wants_job() {
+                self.shared.changed.notify_all();
+            }
+        }
+    }
+
+    /// Waits for a running job and detaches the file (no job starts until
+    /// [`Prealloc::attach`]): the writer may then truncate or seal it.
+    pub fn detach(&self) -> Option<Arc<File>> {
+        let mut s = self.shared.state.lock();
+        while s.job.is_some() {
+            self.shared.changed.wait(&mut s);
+        }
+        s.want = 0;
+        s.file.take().map(|(f, _)| f)
+    }
+
+    /// Attaches the new active segment, `len` bytes long, all of them log.
+    pub fn attach(&self, file: Arc<File>, path: PathBuf, len: u64) {
+        let mut s = self.shared.state.lock();
+        debug_assert!(s.job.is_none());
+        s.file = Some((file, path));
+        s.ready = len;
+        s.written = len;
+        s.want = 0;
+        s.failed = false;
+    }
+}
+
+impl Drop for Prealloc {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        let zeros = vec![0u8; PIECE];
+        loop {
+            // One piece at a time, each claimed on its own and made durable
+            // on its own: a writer that catches up waits for one piece at
+            // most, and no long flush holds up its fdatasyncs.
+            let (file, path, start, end) = {
+                let mut s = self.state.lock();
+                while !s.stop && !s.wants_job() {
+                    self.changed.wait(&mut s);
+                }
+                if s.stop {
+                    return;
+                }
+                let start = s.free_from();
+                let end = s.want.min(start + PIECE as u64);
+                s.job = Some(end);
+                let (file, path) = s.file.clone().expect("wants_job checks the file");
+                (file, path, start, end)
+            };
+            let result = file
+                .write_all_at(&zeros[..(end - start) as usize], start)
+                .and_then(|_| file.sync_data());
+            let mut s = self.state.lock();
+            s.job = None;
+            match result {
+                Ok(()) => s.ready = s.ready.max(end),
+                Err(e) => {
+                    // Not fatal: the writer grows the file as without
+                    // preallocation, and its own fsync reports a real
+                    // problem. The zeros written (if any) are free space.
+                    tracing::warn!(file = %path.display(), error = %e,
+                        "could not preallocate log space; appends continue without it");
+                    s.failed = true;
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+}
