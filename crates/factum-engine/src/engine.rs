@@ -16,11 +16,11 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Durability, EngineConfig};
-use crate::prealloc::Prealloc;
 use crate::format::{decode_frame_events, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::log::{all_zero, open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
 use crate::overlay::Overlay;
+use crate::prealloc::Prealloc;
 use crate::reader::Reader;
 use crate::writer::{AppendRequest, Committed, Writer};
 use factum_core::rules::Operation;
@@ -259,8 +259,7 @@ impl Engine {
                 .open(&active.path)
                 .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?,
         );
-        let prealloc = if config.durability == Durability::Always && config.preallocate_bytes > 0
-        {
+        let prealloc = if config.durability == Durability::Always && config.preallocate_bytes > 0 {
             Some(
                 Prealloc::start(
                     file.clone(),

@@ -429,6 +429,16 @@ impl FrameReader {
                             offset: self.offset,
                         })
                     }
+                    FrameCheck::Incomplete
+                        if avail.len() >= crate::format::FRAME_HEADER_LEN
+                            && FrameHeader::peek(avail).is_none() =>
+                    {
+                        // A zero header (preallocated space, ADR 10): no
+                        // amount of further bytes makes it a frame.
+                        return Ok(Scanned::Incomplete {
+                            offset: self.offset,
+                        });
+                    }
                     FrameCheck::Incomplete => {
                         let want = FrameHeader::peek(avail).map_or(need, |h| h.len as usize);
                         need = if want > avail.len() {

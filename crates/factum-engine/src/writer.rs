@@ -211,7 +211,11 @@ impl Writer {
             .set_len(self.segment_len)
             .and_then(|_| self.file.sync_data());
         if let Some(p) = &self.prealloc {
-            p.attach(self.file.clone(), self.segment.path.clone(), self.segment_len);
+            p.attach(
+                self.file.clone(),
+                self.segment.path.clone(),
+                self.segment_len,
+            );
         }
         r
     }
@@ -237,7 +241,10 @@ impl Writer {
             p.detach();
             self.file.set_len(self.segment_len).map_err(|e| {
                 Error::io(
-                    format!("sealing {} (removing preallocated space)", self.segment.path.display()),
+                    format!(
+                        "sealing {} (removing preallocated space)",
+                        self.segment.path.display()
+                    ),
                     e,
                 )
             })?;

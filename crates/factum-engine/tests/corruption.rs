@@ -158,8 +158,10 @@ async fn zeros_at_the_tail_are_the_end_of_the_log() {
         .unwrap()
         .set_len(len + 4096)
         .unwrap();
+    // Zeros are preallocated space (ADR 10): kept, not cut.
     let (engine, recovery) = Engine::open_with(dir.path(), config()).unwrap();
-    assert_eq!(recovery.cut.unwrap().2, 4096);
+    assert!(recovery.cut.is_none(), "{:?}", recovery.cut);
+    assert_eq!(recovery.preallocated, 4096);
     assert_eq!(
         engine.read_all(ReadAll::forwards()).await.unwrap().len(),
         50

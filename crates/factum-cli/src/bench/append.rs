@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use factum_core::{EventStore, ExpectedRevision, StreamName};
 use factum_engine::Durability;
 
-use super::util::{
-    event, open_engine, payload, rate, raw_sync_loop, Latencies, RawWriter,
-};
+use super::util::{event, open_engine, payload, rate, raw_sync_loop, Latencies, RawWriter};
 use super::{Ctx, Report, Workload};
 use crate::error::CliError;
 

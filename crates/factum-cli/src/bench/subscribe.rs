@@ -111,8 +111,7 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         };
         while sent < sent_total {
             tick.tick().await;
-            let due =
-                ((started.elapsed().as_secs_f64() * RATE as f64) as u64 + 1).min(sent_total);
+            let due = ((started.elapsed().as_secs_f64() * RATE as f64) as u64 + 1).min(sent_total);
             while sent < due {
                 if sent == warm_events {
                     measured_from = Some(Instant::now());
