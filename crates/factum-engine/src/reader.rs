@@ -239,7 +239,13 @@ impl Reader {
         max_scan: u64,
     ) -> Result<(Vec<RecordedEvent>, u64)> {
         let committed = self.committed();
-        let mut out = Vec::with_capacity(max_count.min(4096) as usize);
+        // Sized for what can come back (no regrowth copies of large pages),
+        // bounded for a filtered scan that may return few of them.
+        let upto = max_count
+            .min(committed.next_position.saturating_sub(start))
+            .min(max_scan)
+            .min(1 << 16);
+        let mut out = Vec::with_capacity(upto as usize);
         if start >= committed.next_position || max_count == 0 {
             return Ok((out, start));
         }
