@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use factum_core::{
     Error, EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, StreamName,
@@ -35,15 +35,8 @@ async fn build(dir: &Path, n: u32) {
     engine.close().unwrap();
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
-}
+mod common;
+use common::segments;
 
 fn flip(path: &Path, offset: u64) {
     let mut f = OpenOptions::new()

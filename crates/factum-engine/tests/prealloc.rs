@@ -10,18 +10,23 @@ use std::time::{Duration, Instant};
 use factum_core::{EventData, EventStore, ExpectedRevision, ReadAll, StreamName};
 use factum_engine::{Engine, EngineConfig};
 
+mod common;
+
 fn small(i: u32) -> EventData {
     EventData::json("Ticked", &serde_json::json!({ "i": i })).unwrap()
 }
 
 fn last_segment(dir: &Path) -> PathBuf {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v.pop().unwrap()
+    common::segments(dir).pop().unwrap()
+}
+
+/// A store with `n` small events, closed; its last segment.
+async fn closed_store(dir: &Path, n: u32) -> PathBuf {
+    let (engine, _) = Engine::open_with(dir, EngineConfig::default()).unwrap();
+    append_small(&engine, 0, n).await;
+    engine.close().unwrap();
+    drop(engine);
+    last_segment(dir)
 }
 
 fn file_len(p: &Path) -> u64 {
@@ -92,11 +97,7 @@ async fn end_after_reopen(dir: &Path, n: usize) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeros_left_by_a_crash_are_free_space_for_the_next_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, _) = Engine::open_with(dir.path(), EngineConfig::default()).unwrap();
-    append_small(&engine, 0, 20).await;
-    engine.close().unwrap();
-    drop(engine);
-    let seg = last_segment(dir.path());
+    let seg = closed_store(dir.path(), 20).await;
     let end = file_len(&seg);
     std::fs::OpenOptions::new()
         .write(true)
@@ -127,11 +128,7 @@ async fn zeros_left_by_a_crash_are_free_space_for_the_next_appends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_batch_inside_preallocated_space_is_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let (engine, _) = Engine::open_with(dir.path(), EngineConfig::default()).unwrap();
-    append_small(&engine, 0, 20).await;
-    engine.close().unwrap();
-    drop(engine);
-    let seg = last_segment(dir.path());
+    let seg = closed_store(dir.path(), 20).await;
     let before = std::fs::read(&seg).unwrap();
     // The first 60 bytes of a frame (copied from a real one), then zeros.
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
