@@ -4,7 +4,9 @@
 //! half second is a warm-up (paced and delivered the same way, not
 //! measured): a fresh store's first fsyncs also commit the creation of its
 //! files. Each append also records start → acknowledgement, which shows how
-//! much of the delivery latency is the durable append itself.
+//! much of the delivery latency is the durable append itself; the measured
+//! part runs in slices that alternate with a raw baseline (write + fdatasync
+//! of the same bytes every millisecond), so both see the same disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use factum_core::{
 };
 use factum_engine::Durability;
 
-use super::util::{open_engine, rate, Latencies};
+use super::util::{open_engine, rate, Latencies, RawWriter};
 use super::{Ctx, Report, Workload};
 use crate::error::CliError;
 
@@ -25,6 +27,8 @@ const RATE: u64 = 10_000;
 const STREAMS: u64 = 64;
 /// Not measured at the start.
 const WARM_UP: Duration = Duration::from_millis(500);
+/// Measured slices; each is followed by the raw baseline for as long.
+const SLICES: u64 = 5;
 
 #[derive(serde::Deserialize)]
 struct Probe {
@@ -94,13 +98,20 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
             Ok((lat, fell_behind))
         });
         // The producer: every millisecond, start the appends that are due.
-        let started = Instant::now();
+        // Phases: the warm-up, then measured slices, each followed by the
+        // raw baseline for as long (the subscriber idles meanwhile).
+        let mut phases = Vec::new();
+        if warm_events > 0 {
+            phases.push((warm_events, false));
+        }
+        for k in 0..SLICES {
+            phases.push((total * (k + 1) / SLICES - total * k / SLICES, true));
+        }
         let mut appends = tokio::task::JoinSet::new();
         let mut acks = Latencies::with_capacity(total as usize);
-        let mut measured_from = None;
+        let mut raw: Option<RawWriter> = None;
+        let mut produce_secs = Duration::ZERO;
         let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut ack = |done: Result<Result<(bool, Duration), factum_core::Error>, _>| {
             let (measured, took) =
                 done.map_err(|e| CliError::failure(format!("an append task failed: {e}")))??;
@@ -109,45 +120,68 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
             }
             Ok::<_, CliError>(())
         };
-        while sent < sent_total {
-            tick.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * RATE as f64) as u64 + 1).min(sent_total);
-            while sent < due {
-                if sent == warm_events {
-                    measured_from = Some(Instant::now());
+        for (n, measured) in phases {
+            let first = sent;
+            let end = sent + n;
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while sent < end {
+                tick.tick().await;
+                let due =
+                    (first + (started.elapsed().as_secs_f64() * RATE as f64) as u64 + 1).min(end);
+                while sent < due {
+                    let engine = engine.clone();
+                    let stream = streams[(sent % STREAMS) as usize].clone();
+                    appends.spawn(async move {
+                        let t = Instant::now();
+                        engine
+                            .append(
+                                stream,
+                                ExpectedRevision::Any,
+                                vec![probe_event(base, measured)],
+                            )
+                            .await
+                            .map(|_| (measured, t.elapsed()))
+                    });
+                    sent += 1;
                 }
-                let engine = engine.clone();
-                let stream = streams[(sent % STREAMS) as usize].clone();
-                let measured = sent >= warm_events;
-                appends.spawn(async move {
-                    let t = Instant::now();
-                    engine
-                        .append(
-                            stream,
-                            ExpectedRevision::Any,
-                            vec![probe_event(base, measured)],
-                        )
-                        .await
-                        .map(|_| (measured, t.elapsed()))
-                });
-                sent += 1;
+                while let Some(done) = appends.try_join_next() {
+                    ack(done)?;
+                }
             }
-            while let Some(done) = appends.try_join_next() {
+            if measured {
+                produce_secs += started.elapsed();
+            }
+            while let Some(done) = appends.join_next().await {
                 ack(done)?;
             }
+            if !measured {
+                continue;
+            }
+            // The baseline: what one millisecond of these appends writes,
+            // written and fdatasynced every millisecond.
+            let raw = match &mut raw {
+                Some(raw) => raw,
+                None => {
+                    let per_event = engine.log_bytes()? / sent.max(1);
+                    let chunk = (per_event * RATE / 1000) as usize;
+                    raw.insert(RawWriter::create_preallocated(&dir.join("raw.bin"), chunk)?)
+                }
+            };
+            tokio::task::block_in_place(|| {
+                raw.run_paced(Duration::from_millis(1), n * 1000 / RATE)
+            })?;
         }
-        let produce_secs = measured_from.unwrap_or(started).elapsed();
-        while let Some(done) = appends.join_next().await {
-            ack(done)?;
-        }
+        let raw = raw.map(RawWriter::finish);
         let sent = sent - warm_events;
         let (lat, fell_behind) = consumer
             .await
             .map_err(|e| CliError::failure(format!("the subscriber failed: {e}")))??;
-        Ok::<_, CliError>((sent, produce_secs, lat, acks, fell_behind))
+        Ok::<_, CliError>((sent, produce_secs, lat, acks, raw, fell_behind))
     });
     let closed = engine.close();
-    let (sent, elapsed, mut lat, mut acks, fell_behind) = outcome?;
+    let (sent, elapsed, mut lat, mut acks, raw, fell_behind) = outcome?;
     closed?;
     let received = lat.len() as u64;
     let (p50, p99) = lat.p50_p99_us();
@@ -170,6 +204,16 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         ack50.unwrap_or(0.0),
         ack99.unwrap_or(0.0)
     ));
+    if let Some(mut raw) = raw {
+        let (raw50, raw99) = raw.latencies.p50_p99_us();
+        let frame = raw.bytes / raw.ops.max(1);
+        r.notes.push(format!(
+            "the disk in the same run (slices alternating with the engine's): raw write({frame} B, one millisecond of these appends) + fdatasync every 1 ms into preallocated zeros, latency from its scheduled time: p50 {:.0} µs, p99 {:.0} µs; delivery p99 / raw p99 = {:.2}",
+            raw50.unwrap_or(0.0),
+            raw99.unwrap_or(0.0),
+            p99.unwrap_or(0.0) / raw99.unwrap_or(f64::NAN),
+        ));
+    }
     if fell_behind > 0 {
         r.notes.push(format!(
             "the subscriber was told {fell_behind} time(s) that it fell behind"

@@ -154,30 +154,61 @@ impl RawWriter {
         while self.raw.ops < max_ops.max(1)
             && (self.raw.ops == first || started.elapsed() < duration + untimed)
         {
-            let end = self.raw.bytes + self.buf.len() as u64;
-            if let Some(zeroed) = self.zeroed.filter(|z| end > *z) {
-                let t = Instant::now();
-                let upto = end + AHEAD;
-                let zeros = vec![0u8; (upto - zeroed) as usize];
-                self.file
-                    .write_all_at(&zeros, zeroed)
-                    .and_then(|_| self.file.sync_data())
-                    .map_err(|e| {
-                        CliError::failure(format!("preallocating {}: {e}", self.path.display()))
-                    })?;
-                self.zeroed = Some(upto);
+            let t = Instant::now();
+            if self.zero_ahead(self.raw.bytes + self.buf.len() as u64 + AHEAD)? {
                 untimed += t.elapsed();
             }
             let t = Instant::now();
-            self.file
-                .write_all_at(&self.buf, self.raw.bytes)
-                .and_then(|_| self.file.sync_data())
-                .map_err(|e| CliError::failure(format!("writing {}: {e}", self.path.display())))?;
+            self.write_one()?;
             self.raw.latencies.push(t.elapsed());
-            self.raw.bytes += self.buf.len() as u64;
-            self.raw.ops += 1;
         }
         self.raw.elapsed += started.elapsed() - untimed;
+        Ok(())
+    }
+
+    /// `ticks` writes, one every `every` (paced, as a live system's
+    /// appends arrive); each write's latency runs from its scheduled time,
+    /// so it includes waiting behind a slow earlier one. With
+    /// preallocation, the zeros for all of them are written first.
+    pub fn run_paced(&mut self, every: Duration, ticks: u64) -> Result<(), CliError> {
+        self.zero_ahead(self.raw.bytes + self.buf.len() as u64 * (ticks + 1))?;
+        let started = Instant::now();
+        for k in 0..ticks {
+            let due = started + every * k as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            self.write_one()?;
+            self.raw.latencies.push(due.elapsed());
+        }
+        self.raw.elapsed += started.elapsed();
+        Ok(())
+    }
+
+    /// With preallocation: durable zeros up to `upto`. True if it wrote any.
+    fn zero_ahead(&mut self, upto: u64) -> Result<bool, CliError> {
+        let Some(zeroed) = self.zeroed.filter(|z| upto > *z) else {
+            return Ok(false);
+        };
+        let zeros = vec![0u8; (upto - zeroed) as usize];
+        self.file
+            .write_all_at(&zeros, zeroed)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| {
+                CliError::failure(format!("preallocating {}: {e}", self.path.display()))
+            })?;
+        self.zeroed = Some(upto);
+        Ok(true)
+    }
+
+    /// One write of the chunk at the end, and its fdatasync.
+    fn write_one(&mut self) -> Result<(), CliError> {
+        self.file
+            .write_all_at(&self.buf, self.raw.bytes)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| CliError::failure(format!("writing {}: {e}", self.path.display())))?;
+        self.raw.bytes += self.buf.len() as u64;
+        self.raw.ops += 1;
         Ok(())
     }
 
