@@ -204,7 +204,7 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         ack50.unwrap_or(0.0),
         ack99.unwrap_or(0.0)
     ));
-    if let Some(mut raw) = raw {
+    if let Some(mut raw) = raw.filter(|raw| raw.ops > 0) {
         let (raw50, raw99) = raw.latencies.p50_p99_us();
         let frame = raw.bytes / raw.ops.max(1);
         r.notes.push(format!(
