@@ -133,13 +133,13 @@ impl Prealloc {
 
     /// Waits for a running job and detaches the file (no job starts until
     /// [`Prealloc::attach`]): the writer may then truncate or seal it.
-    pub fn detach(&self) -> Option<Arc<File>> {
+    pub fn detach(&self) {
         let mut s = self.shared.state.lock();
         while s.job.is_some() {
             self.shared.changed.wait(&mut s);
         }
         s.want = 0;
-        s.file.take().map(|(f, _)| f)
+        s.file = None;
     }
 
     /// Attaches the new active segment, `len` bytes long, all of them log.

@@ -222,7 +222,8 @@ impl Writer {
 
     /// The queue closed: leave the active segment ending at its last frame.
     fn finish(mut self) {
-        if self.prealloc.take().is_some_and(|p| p.detach().is_some()) {
+        if let Some(p) = self.prealloc.take() {
+            p.detach();
             if let Err(e) = self
                 .file
                 .set_len(self.segment_len)

@@ -16,6 +16,8 @@ use std::time::Duration;
 use factum_core::{EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, StreamName, Uuid};
 use factum_engine::{Engine, EngineConfig};
 
+mod common;
+
 const STREAMS: u64 = 16;
 
 fn rand_u64() -> u64 {
@@ -28,11 +30,7 @@ fn crash_child() {
     let Ok(dir) = std::env::var("FACTUM_CRASH_CHILD") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async move {
         // Small segments (many rolls per round) or, every other round, the
         // default size (whole 4 MiB stretches of preallocated zeros).
@@ -97,11 +95,7 @@ fn acknowledged_appends_survive_sigkill() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut acked_total = 0usize;
     let mut rounds_with_zeros = 0u32;
     for round in 0..rounds {

@@ -15,6 +15,8 @@ use factum_core::{
 };
 use factum_engine::{Engine, EngineConfig};
 
+mod common;
+
 /// Exit code of the child's script when the mount is not possible.
 const CANNOT_MOUNT: i32 = 77;
 
@@ -23,11 +25,7 @@ fn full_disk_child() {
     let Ok(dir) = std::env::var("FACTUM_FULL_DISK_CHILD") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(scenario(std::path::Path::new(&dir)));
 }
 

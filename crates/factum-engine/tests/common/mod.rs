@@ -1,4 +1,6 @@
-//! Helpers shared by the engine's integration tests.
+//! Helpers shared by the engine's integration tests (each test crate uses
+//! some of them).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -11,4 +13,14 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// The runtime the engine's multi-process tests use: two workers, as on
+/// the 2-core machines the tests run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
