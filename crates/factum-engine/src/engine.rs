@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Durability, EngineConfig};
-use crate::format::{decode_frame_events, SEGMENT_HEADER_LEN};
+use crate::format::{check_group_link, decode_frame_events, GroupBefore, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::log::{all_zero, open_segments, valid_frame_after, FrameReader, Loc, Scanned, Segments};
+use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segments, Tail};
 use crate::overlay::Overlay;
 use crate::prealloc::Prealloc;
 use crate::reader::Reader;
@@ -125,6 +125,11 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                 ),
             });
         }
+        let mut group_before = if offset == SEGMENT_HEADER_LEN as u64 {
+            GroupBefore::SegmentStart
+        } else {
+            GroupBefore::Unknown
+        };
         let mut frames = FrameReader::new(seg.clone(), offset, len);
         loop {
             match frames.next_frame()? {
@@ -134,6 +139,16 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                     bytes,
                 } => {
                     let expected = overlay.mem.checkpoint.next_position;
+                    if seg.format.group_frames() {
+                        let link = check_group_link(&header, group_before).map_err(|detail| {
+                            Error::Corrupt {
+                                file: seg.path.clone(),
+                                offset,
+                                detail,
+                            }
+                        })?;
+                        group_before = GroupBefore::Group(link);
+                    }
                     if header.first_position != expected {
                         return Err(Error::Corrupt {
                             file: seg.path.clone(),
@@ -171,21 +186,26 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                             detail: "invalid or incomplete frame in a sealed segment".into(),
                         });
                     }
-                    if all_zero(&seg, offset, len)? {
-                        // Preallocated space (ADR 10): the end of the log.
-                        report.preallocated = len - offset;
-                        break;
+                    let next = overlay.mem.checkpoint.next_position;
+                    match classify_tail(&seg, offset, len, next)? {
+                        Tail::Free => {
+                            // Preallocated space (ADR 10): the end of the log.
+                            report.preallocated = len - offset;
+                            break;
+                        }
+                        Tail::Damaged { valid_at, detail } => {
+                            return Err(Error::Corrupt {
+                                file: seg.path.clone(),
+                                offset,
+                                detail: format!("invalid frame; {detail} at offset {valid_at}"),
+                            });
+                        }
+                        Tail::Torn => {}
                     }
-                    if let Some(valid) = valid_frame_after(&seg, offset, len)? {
-                        return Err(Error::Corrupt {
-                            file: seg.path.clone(),
-                            offset,
-                            detail: format!(
-                                "invalid frame, yet a valid frame follows at offset {valid}"
-                            ),
-                        });
-                    }
-                    // A torn tail: the last batch was never acknowledged. Cut it.
+                    // The last write group was torn before it was
+                    // acknowledged: keep its whole frames before the damage,
+                    // cut the rest. Truncation also drops the cut bytes from
+                    // the page cache, and the next writes land on zeros.
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&seg.path)
@@ -197,7 +217,7 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                         file = %seg.path.display(),
                         offset,
                         bytes = len - offset,
-                        "cut an incomplete batch at the end of the log (it was never acknowledged)"
+                        "cut a torn write group at the end of the log (it was never acknowledged)"
                     );
                     report.cut = Some((seg.path.clone(), offset, len - offset));
                     break;
@@ -292,6 +312,7 @@ impl Engine {
             prealloc,
             avg_group_bytes: 0,
             failed: None,
+            group_first: 0,
             flush_signal: flush_tx,
         };
         let (tx, rx) = mpsc::channel();

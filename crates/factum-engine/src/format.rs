@@ -10,8 +10,22 @@ use factum_core::{ContentType, StreamName, Timestamp, Uuid};
 
 /// Segment header magic: `FACTUMSG`.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"FACTUMSG";
-/// Version of this format.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes. Version 1 (no feature flags; the
+/// frame's bytes 20..24 zero) is still read. A later change of the format
+/// either sets a new feature flag (segments without it read as before) or,
+/// when the header itself changes, takes the next version.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
+/// Feature flag: every frame's bytes 20..24 link it to its write group
+/// (`FrameHeader::group_offset`), so recovery can tell damage inside the
+/// last, unacknowledged group from damage before it.
+pub const FEATURE_GROUP_FRAMES: u32 = 1;
+/// Every feature flag this build understands. A segment with any other flag
+/// set was written by a newer build and is refused rather than misread.
+pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES;
+/// The feature flags of the segments this build creates.
+pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Frame magic (`FCTB` little-endian).
@@ -31,6 +45,10 @@ pub const FLAG_SOFT_DELETE: u8 = 2;
 /// The header of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Format version the segment was written in.
+    pub version: u32,
+    /// `FEATURE_*` flags (always 0 in version 1).
+    pub features: u32,
     /// Dense sequence number of the segment (0, 1, 2 …).
     pub number: u32,
     /// Global position of the first event the segment may hold.
@@ -38,15 +56,37 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// Encodes to the 32-byte header.
+    /// The header of a segment this build creates.
+    pub fn new(number: u32, first_position: u64) -> Self {
+        SegmentHeader {
+            version: FORMAT_VERSION,
+            features: WRITTEN_FEATURES,
+            number,
+            first_position,
+        }
+    }
+
+    /// Do this segment's frames link to their write groups?
+    pub fn group_frames(&self) -> bool {
+        self.features & FEATURE_GROUP_FRAMES != 0
+    }
+
+    /// Encodes to the 32-byte header, in the layout of `self.version`
+    /// (version 1 only to build old stores in tests).
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.number.to_le_bytes());
         b[16..24].copy_from_slice(&self.first_position.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..24]);
-        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        if self.version == 1 {
+            let crc = crc32c::crc32c(&b[0..24]);
+            b[24..28].copy_from_slice(&crc.to_le_bytes());
+        } else {
+            b[24..28].copy_from_slice(&self.features.to_le_bytes());
+            let crc = crc32c::crc32c(&b[0..28]);
+            b[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
         b
     }
 
@@ -61,16 +101,31 @@ impl SegmentHeader {
         if b[0..8] != SEGMENT_MAGIC {
             return Err("not a Factum segment (bad magic)".into());
         }
-        let crc = u32::from_le_bytes(b[24..28].try_into().unwrap());
-        if crc != crc32c::crc32c(&b[0..24]) {
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let version = u32_at(8);
+        let (features, crc, covered) = match version {
+            1 => (0, u32_at(24), &b[0..24]),
+            2 => (u32_at(24), u32_at(28), &b[0..28]),
+            _ => {
+                return Err(format!(
+                    "segment format version {version} is not supported (this build reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION}); \
+                     a newer build of Factum wrote it"
+                ))
+            }
+        };
+        if crc != crc32c::crc32c(covered) {
             return Err("segment header checksum mismatch".into());
         }
-        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
-            return Err(format!("segment format version {version} is not supported (this build reads {FORMAT_VERSION})"));
+        let unknown = features & !KNOWN_FEATURES;
+        if unknown != 0 {
+            return Err(format!(
+                "segment uses feature flags {unknown:#x} unknown to this build (a newer build of Factum wrote it)"
+            ));
         }
         Ok(SegmentHeader {
-            number: u32::from_le_bytes(b[12..16].try_into().unwrap()),
+            version,
+            features,
+            number: u32_at(12),
             first_position: u64::from_le_bytes(b[16..24].try_into().unwrap()),
         })
     }
@@ -244,9 +299,20 @@ pub struct FrameHeader {
     pub count: u32,
     /// Commit time.
     pub created: Timestamp,
+    /// Events between the first event of the frame's write group and the
+    /// frame's first event (0 for a group's first frame). Always 0 in a
+    /// segment without `FEATURE_GROUP_FRAMES`.
+    pub group_offset: u32,
 }
 
 impl FrameHeader {
+    /// Position of the first event of the write group this frame belongs to.
+    /// `None` if the link points before position 0 (a damaged header that
+    /// passed its CRC cannot happen; a hand-made one can).
+    pub fn group_first_position(&self) -> Option<u64> {
+        self.first_position.checked_sub(self.group_offset as u64)
+    }
+
     /// Parses a frame header without checking the CRC.
     pub fn peek(b: &[u8]) -> Option<FrameHeader> {
         if b.len() < FRAME_HEADER_LEN {
@@ -259,20 +325,28 @@ impl FrameHeader {
             len: u32::from_le_bytes(b[4..8].try_into().unwrap()),
             first_position: u64::from_le_bytes(b[8..16].try_into().unwrap()),
             count: u32::from_le_bytes(b[16..20].try_into().unwrap()),
+            group_offset: u32::from_le_bytes(b[20..24].try_into().unwrap()),
             created: Timestamp(i64::from_le_bytes(b[24..32].try_into().unwrap())),
         })
     }
 }
 
 /// Encodes one batch frame (header, event records, CRC) onto `out`.
-/// Returns the offsets of each event record relative to the frame start.
-pub fn encode_frame(events: &[StoredEvent], created: Timestamp, out: &mut Vec<u8>) -> Vec<u32> {
+/// `group_offset` is [`FrameHeader::group_offset`] (0 in a segment without
+/// group frames). Returns the offsets of each event record relative to the
+/// frame start.
+pub fn encode_frame(
+    events: &[StoredEvent],
+    created: Timestamp,
+    group_offset: u32,
+    out: &mut Vec<u8>,
+) -> Vec<u32> {
     let start = out.len();
     out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]); // length, below
     out.extend_from_slice(&events[0].position.to_le_bytes());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&group_offset.to_le_bytes());
     out.extend_from_slice(&created.0.to_le_bytes());
     let mut offsets = Vec::with_capacity(events.len());
     for e in events {
@@ -284,6 +358,45 @@ pub fn encode_frame(events: &[StoredEvent], created: Timestamp, out: &mut Vec<u8
     let crc = crc32c::crc32c(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
     offsets
+}
+
+/// What came before a frame in its segment, for [`check_group_link`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBefore {
+    /// The frame is the first of its segment (groups never span segments).
+    SegmentStart,
+    /// Not known (a scan that starts at the index checkpoint).
+    Unknown,
+    /// The frame before it belongs to the group starting at this position.
+    Group(u64),
+}
+
+/// Checks that frame `h` of a segment with group frames either starts a
+/// write group or continues the group of the frame before it, and returns
+/// the position its group starts at. Recovery relies on these links to
+/// tell the last group's frames from older ones, so a link that does not
+/// fit is damage.
+pub fn check_group_link(h: &FrameHeader, before: GroupBefore) -> Result<u64, String> {
+    let group = h.group_first_position().ok_or_else(|| {
+        format!(
+            "frame at position {} links to a write group {} events before it",
+            h.first_position, h.group_offset
+        )
+    })?;
+    let fits = match before {
+        _ if group == h.first_position => true,
+        GroupBefore::SegmentStart => false,
+        GroupBefore::Unknown => true,
+        GroupBefore::Group(g) => g == group,
+    };
+    if fits {
+        Ok(group)
+    } else {
+        Err(format!(
+            "frame at position {} links to a write group starting at {group}, which is not the group of the frame before it ({before:?})",
+            h.first_position
+        ))
+    }
 }
 
 /// What is at an offset in a segment.
@@ -389,14 +502,15 @@ mod tests {
     fn frame_round_trip_and_every_torn_prefix_is_incomplete() {
         let events = vec![ev(7, b"{\"a\":1}"), ev(8, b"[]")];
         let mut buf = Vec::new();
-        let offsets = encode_frame(&events, Timestamp(42), &mut buf);
+        let offsets = encode_frame(&events, Timestamp(42), 3, &mut buf);
         let FrameCheck::Valid(h) = check_frame(&buf) else {
             panic!()
         };
         assert_eq!(
-            (h.first_position, h.count, h.len as usize),
-            (7, 2, buf.len())
+            (h.first_position, h.count, h.len as usize, h.group_offset),
+            (7, 2, buf.len(), 3)
         );
+        assert_eq!(h.group_first_position(), Some(4));
         let frame = Bytes::from(buf.clone());
         let decoded = decode_frame_events(&frame, &h).unwrap();
         assert_eq!(
@@ -435,14 +549,43 @@ mod tests {
     }
 
     #[test]
-    fn segment_header_round_trip() {
-        let h = SegmentHeader {
-            number: 3,
-            first_position: 1 << 33,
+    fn segment_header_round_trip_in_both_versions() {
+        let h = SegmentHeader::new(3, 1 << 33);
+        assert!(h.group_frames());
+        let old = SegmentHeader {
+            version: 1,
+            features: 0,
+            ..h
         };
-        assert_eq!(SegmentHeader::decode(&h.encode()).unwrap(), h);
-        let mut b = h.encode();
-        b[13] ^= 1;
-        assert!(SegmentHeader::decode(&b).is_err());
+        for h in [h, old] {
+            assert_eq!(SegmentHeader::decode(&h.encode()).unwrap(), h);
+            // Version 1 leaves bytes 28..32 unchecked (always zero).
+            let checked = if h.version == 1 {
+                28
+            } else {
+                SEGMENT_HEADER_LEN
+            };
+            for i in 0..checked {
+                let mut b = h.encode();
+                b[i] ^= 1;
+                assert!(SegmentHeader::decode(&b).is_err(), "flip at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_versions_and_features_are_refused() {
+        let newer = SegmentHeader {
+            version: FORMAT_VERSION + 1,
+            ..SegmentHeader::new(0, 0)
+        };
+        let e = SegmentHeader::decode(&newer.encode()).unwrap_err();
+        assert!(e.contains("version 3 is not supported"), "{e}");
+        let unknown = SegmentHeader {
+            features: WRITTEN_FEATURES | 0x100,
+            ..SegmentHeader::new(0, 0)
+        };
+        let e = SegmentHeader::decode(&unknown.encode()).unwrap_err();
+        assert!(e.contains("0x100 unknown"), "{e}");
     }
 }

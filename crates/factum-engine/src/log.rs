@@ -43,6 +43,8 @@ pub struct Segment {
     pub number: u32,
     /// First position it may hold.
     pub first_position: u64,
+    /// Format version and feature flags from its header.
+    pub format: SegmentHeader,
     /// Its path.
     pub path: PathBuf,
     /// Read handle (positional reads only, shared by readers).
@@ -234,6 +236,7 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
         segments.push(Arc::new(Segment {
             number: header.number,
             first_position: header.first_position,
+            format: header,
             path,
             file,
         }));
@@ -263,15 +266,10 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         .truncate(true)
         .open(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    f.write_all(
-        &SegmentHeader {
-            number,
-            first_position,
-        }
-        .encode(),
-    )
-    .and_then(|_| f.sync_all())
-    .map_err(|e| Error::io(format!("writing header of {}", tmp.display()), e))?;
+    let format = SegmentHeader::new(number, first_position);
+    f.write_all(&format.encode())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("writing header of {}", tmp.display()), e))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(|e| {
         Error::io(
@@ -285,6 +283,7 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
     Ok(Segment {
         number,
         first_position,
+        format,
         path,
         file,
     })
@@ -472,15 +471,89 @@ pub fn all_zero(segment: &Arc<Segment>, offset: u64, len: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// Is there any valid frame in `segment` after `offset`? Used by recovery
-/// to tell a torn tail (nothing valid follows) from corruption.
-pub fn valid_frame_after(
+/// What follows the last valid frame of the active segment, when the bytes
+/// at `offset` are not a valid frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// Zeros to the end of the file: preallocated space (ADR 10), the end
+    /// of the log.
+    Free,
+    /// The last write group was only partly written (a crash or power loss
+    /// before its fdatasync returned, so none of it was acknowledged): the
+    /// log ends at `offset` and the rest is cut.
+    Torn,
+    /// A valid frame at `valid_at` cannot belong to the damaged write group:
+    /// the damage is in data that was acknowledged. Nothing may be cut.
+    Damaged {
+        /// Where the valid frame is.
+        valid_at: u64,
+        /// Why it proves the damage was acknowledged.
+        detail: String,
+    },
+}
+
+/// Tells a torn last write group from damage before it (docs/format.md,
+/// "Recovery"). `next_position` is the position the frame at `offset`
+/// should start with.
+///
+/// Only one write group is ever in flight: the writer writes a group and
+/// fdatasyncs it before it writes the next. Power loss may persist any
+/// subset of that group's pages, so valid frames of the group may follow a
+/// damaged one; they all link to a group that starts at or before
+/// `next_position`. A valid frame of a later group proves that the damaged
+/// group was complete and acknowledged. In a segment without group frames
+/// (format version 1) every valid frame after the damage is such proof.
+pub fn classify_tail(
     segment: &Arc<Segment>,
     offset: u64,
     file_len: u64,
-) -> Result<Option<u64>> {
+    next_position: u64,
+) -> Result<Tail> {
+    if all_zero(segment, offset, file_len)? {
+        return Ok(Tail::Free);
+    }
+    let grouped = segment.format.group_frames();
+    let mut from = offset + 1;
+    while let Some((at, h)) = valid_frame_after(segment, from, file_len)? {
+        let detail = if !grouped {
+            Some(
+                "a valid frame follows (this segment's format cannot tell write groups apart)"
+                    .to_string(),
+            )
+        } else if h.first_position < next_position {
+            Some(format!(
+                "a valid frame of positions already in the log ({}) follows",
+                h.first_position
+            ))
+        } else {
+            match h.group_first_position() {
+                Some(g) if g <= next_position => None,
+                _ => Some(format!(
+                    "a valid frame of a later write group (positions from {}) follows, so the damaged group had been acknowledged",
+                    h.first_position
+                )),
+            }
+        };
+        if let Some(detail) = detail {
+            return Ok(Tail::Damaged {
+                valid_at: at,
+                detail,
+            });
+        }
+        from = at + h.len as u64;
+    }
+    Ok(Tail::Torn)
+}
+
+/// The first valid frame in `segment` at or after `from`, found by its
+/// magic (frames after damage cannot be reached by walking lengths).
+fn valid_frame_after(
+    segment: &Arc<Segment>,
+    from: u64,
+    file_len: u64,
+) -> Result<Option<(u64, FrameHeader)>> {
     let magic = crate::format::FRAME_MAGIC.to_le_bytes();
-    let mut at = offset + 1;
+    let mut at = from;
     while at + crate::format::FRAME_HEADER_LEN as u64 <= file_len {
         let chunk = segment.read_upto(at, CHUNK + 3)?;
         for i in 0..chunk.len().saturating_sub(3) {
@@ -490,8 +563,8 @@ pub fn valid_frame_after(
                 if let Some(h) = FrameHeader::peek(&h) {
                     if cand + h.len as u64 <= file_len {
                         let b = segment.read_upto(cand, h.len as usize)?;
-                        if matches!(check_frame(&b), FrameCheck::Valid(_)) {
-                            return Ok(Some(cand));
+                        if let FrameCheck::Valid(h) = check_frame(&b) {
+                            return Ok(Some((cand, h)));
                         }
                     }
                 }

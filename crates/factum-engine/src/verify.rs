@@ -7,9 +7,11 @@ use std::path::Path;
 use factum_core::{Result, StreamName};
 
 use crate::engine::lock_dir;
-use crate::format::{decode_frame_events, StoredEvent, SEGMENT_HEADER_LEN};
+use crate::format::{
+    check_group_link, decode_frame_events, GroupBefore, StoredEvent, SEGMENT_HEADER_LEN,
+};
 use crate::index::Index;
-use crate::log::{all_zero, open_segments, valid_frame_after, FrameReader, Loc, Scanned};
+use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Tail};
 use factum_core::rules::link_streams;
 
 /// What `verify` found.
@@ -73,6 +75,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         }
         let len = seg.len()?;
         let mut frames = FrameReader::new(seg.clone(), SEGMENT_HEADER_LEN as u64, len);
+        let mut group_before = GroupBefore::SegmentStart;
         loop {
             match frames.next_frame()? {
                 Scanned::Frame {
@@ -81,6 +84,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                     bytes,
                 } => {
                     r.frames += 1;
+                    if seg.format.group_frames() {
+                        match check_group_link(&header, group_before) {
+                            Ok(g) => group_before = GroupBefore::Group(g),
+                            Err(d) => r
+                                .faults
+                                .push(format!("{} at offset {offset}: {d}", seg.path.display())),
+                        }
+                    }
                     if header.first_position != next {
                         r.faults.push(format!(
                             "{} at offset {offset}: frame starts at position {}, expected {next}",
@@ -120,18 +131,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                 Scanned::End => break,
                 Scanned::Incomplete { offset } | Scanned::Invalid { offset, .. } => {
                     let is_last = seg.number == all.last().expect("non-empty").number;
-                    if is_last && all_zero(seg, offset, len)? {
-                        r.preallocated_bytes = len - offset;
+                    if !is_last {
+                        r.faults.push(format!(
+                            "{} at offset {offset}: invalid or incomplete frame in a sealed segment",
+                            seg.path.display()
+                        ));
                         continue 'segments;
                     }
-                    match valid_frame_after(seg, offset, len)? {
-                        None if is_last => r.notes.push(format!(
-                            "{}: an incomplete batch of {} bytes at offset {offset} was never acknowledged; the next open cuts it",
+                    match classify_tail(seg, offset, len, next)? {
+                        Tail::Free => r.preallocated_bytes = len - offset,
+                        Tail::Torn => r.notes.push(format!(
+                            "{}: a torn write group of {} bytes at offset {offset} was never acknowledged; the next open cuts it",
                             seg.path.display(),
                             len - offset
                         )),
-                        _ => r.faults.push(format!(
-                            "{} at offset {offset}: invalid frame (checksum or framing)",
+                        Tail::Damaged { valid_at, detail } => r.faults.push(format!(
+                            "{} at offset {offset}: invalid frame; {detail} at offset {valid_at}",
                             seg.path.display()
                         )),
                     }

@@ -74,6 +74,10 @@ pub(crate) struct Writer {
     /// Moving average of the bytes the last groups wrote.
     pub avg_group_bytes: u64,
     pub failed: Option<String>,
+    /// Position of the first event of the group being prepared: frames
+    /// link to it (`FrameHeader::group_offset`) so recovery can tell the
+    /// last, unacknowledged group from the acknowledged ones.
+    pub group_first: u64,
     pub flush_signal: std::sync::mpsc::SyncSender<()>,
 }
 
@@ -106,6 +110,7 @@ impl Writer {
             }
             let index = self.index.clone();
             let mut overlay = Overlay::new(&index);
+            self.group_first = overlay.mem.checkpoint.next_position;
             let mut answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)> =
                 Vec::new();
             buf.clear();
@@ -408,8 +413,17 @@ impl Writer {
                 metadata: e.metadata,
             })
             .collect();
+        // Frames of one group stay in one segment (a roll ends the group),
+        // and a group holds far fewer than 2^32 events (max_group_bytes).
+        let group_offset = if self.segment.format.group_frames() {
+            u32::try_from(first_position - self.group_first).map_err(|_| {
+                Error::InvalidInput("a write group holds more than 2^32 events".into())
+            })?
+        } else {
+            0
+        };
         let start = buf.len();
-        let offsets = encode_frame(&stored, now, buf);
+        let offsets = encode_frame(&stored, now, group_offset, buf);
         debug_assert_eq!(buf.len() - start, frame_len);
         let seg = self.segment.number;
         let located: Vec<(StoredEvent, Loc)> = stored

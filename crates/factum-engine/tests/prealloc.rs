@@ -137,7 +137,7 @@ async fn a_torn_batch_inside_preallocated_space_is_cut() {
     drop(f);
     let report = factum_engine::verify(dir.path()).unwrap();
     assert!(report.ok(), "{:?}", report.faults);
-    assert!(report.notes.iter().any(|n| n.contains("incomplete batch")));
+    assert!(report.notes.iter().any(|n| n.contains("torn write group")));
 
     let (engine, rec) = Engine::open_with(dir.path(), EngineConfig::default()).unwrap();
     let (file, offset, bytes) = rec.cut.expect("the torn batch is cut");

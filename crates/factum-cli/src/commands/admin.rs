@@ -110,7 +110,7 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
     }
     if let Some((file, offset, bytes)) = &recovery.cut {
         println!(
-            "cut an incomplete batch of {bytes} bytes at offset {offset} of {} (it was never acknowledged)",
+            "cut a torn write group of {bytes} bytes at offset {offset} of {} (it was never acknowledged)",
             file.display()
         );
     }
