@@ -342,7 +342,7 @@ impl Writer {
                     .as_ref()
                     .map_or(ROLL_RETRY_FIRST, |r| (r.backoff * 2).min(ROLL_RETRY_MAX));
                 let cause = format!(
-                    "could not start a new segment: {e}; appends resume once it can be created (retried every {backoff:?} at most)"
+                    "could not start a new segment: {e}; retrying in {backoff:?}; appends resume once it is created"
                 );
                 tracing::warn!("{cause}");
                 self.roll_retry = Some(RollRetry {
