@@ -40,7 +40,15 @@ fn fsync_child() {
     println!();
     let rt = common::runtime();
     rt.block_on(async move {
-        let (engine, _) = Engine::open_with(&dir, EngineConfig::default()).unwrap();
+        // Small segments, for faults while rolling.
+        let config = match std::env::var("FACTUM_FSYNC_SEGMENT_BYTES") {
+            Ok(v) => EngineConfig {
+                segment_bytes: v.parse().unwrap(),
+                ..EngineConfig::default()
+            },
+            Err(_) => EngineConfig::default(),
+        };
+        let (engine, _) = Engine::open_with(&dir, config).unwrap();
         let mut tasks = Vec::new();
         for t in 0..TASKS {
             let engine = engine.clone();
@@ -89,6 +97,8 @@ struct Run {
     order: Vec<Vec<bool>>,
     errors: Vec<String>,
     fatal: Option<String>,
+    /// What `close` answered.
+    close: String,
     stderr: String,
 }
 
@@ -119,6 +129,7 @@ fn run_child(test: &str, dir: &Path, fault: &[(&str, &str)]) -> Option<Run> {
         order: vec![Vec::new(); TASKS as usize],
         errors: Vec::new(),
         fatal: None,
+        close: String::new(),
         stderr,
     };
     for line in stdout.lines() {
@@ -138,6 +149,7 @@ fn run_child(test: &str, dir: &Path, fault: &[(&str, &str)]) -> Option<Run> {
                 run.errors.push(f[2].to_string());
             }
             "fatal" => run.fatal = Some(line["fatal ".len()..].to_string()),
+            "close" => run.close = line["close ".len()..].to_string(),
             _ => {}
         }
     }
@@ -378,5 +390,93 @@ fn a_failed_write_is_undone_and_appends_go_on() {
         dir.path(),
         &run,
         false,
+    ));
+}
+
+/// Sealing a full segment at a roll: its fsync fails (the writer's
+/// `fsync` calls on segment files alternate: seal, new segment's header).
+#[test]
+fn a_failed_fsync_sealing_a_segment_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(run) = run_child(
+        "a_failed_fsync_sealing_a_segment_stops_the_writer",
+        dir.path(),
+        &[
+            ("FACTUM_FSYNC_SEGMENT_BYTES", "16384"),
+            ("FACTUM_FAULT_CALL", "fsync"),
+            ("FACTUM_FAULT_NTH", "3"),
+            ("FACTUM_FAULT_THREAD", "factum-writer"),
+            ("FACTUM_FAULT_PATH", ".seg"),
+        ],
+    ) else {
+        return;
+    };
+    check_stopped(&run, dir.path(), "while sealing it");
+    common::runtime().block_on(reopen_holds_exactly_the_acknowledged(
+        dir.path(),
+        &run,
+        true,
+    ));
+}
+
+/// Creating the next segment: the fsync of its header fails. Never
+/// transient: the writer stops for good.
+#[test]
+fn a_failed_fsync_creating_a_segment_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(run) = run_child(
+        "a_failed_fsync_creating_a_segment_stops_the_writer",
+        dir.path(),
+        &[
+            ("FACTUM_FSYNC_SEGMENT_BYTES", "16384"),
+            ("FACTUM_FAULT_CALL", "fsync"),
+            ("FACTUM_FAULT_NTH", "2"),
+            ("FACTUM_FAULT_THREAD", "factum-writer"),
+            ("FACTUM_FAULT_PATH", ".seg"),
+        ],
+    ) else {
+        return;
+    };
+    assert!(run.stderr.contains(".seg.tmp errno=5"), "{}", run.stderr);
+    check_stopped(&run, dir.path(), "could not start a new segment");
+    common::runtime().block_on(reopen_holds_exactly_the_acknowledged(
+        dir.path(),
+        &run,
+        true,
+    ));
+}
+
+/// Closing: the fsync after removing the preallocated zeros fails. Every
+/// append was acknowledged; `close` reports the failure, and the marker
+/// (at the end of the log) is applied and removed by the next open.
+#[test]
+fn a_failed_fsync_at_close_is_reported_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(run) = run_child(
+        "a_failed_fsync_at_close_is_reported_and_loses_nothing",
+        dir.path(),
+        &[
+            ("FACTUM_FAULT_CALL", "fsync"),
+            ("FACTUM_FAULT_NTH", "1"),
+            ("FACTUM_FAULT_THREAD", "factum-writer"),
+            ("FACTUM_FAULT_PATH", ".seg"),
+        ],
+    ) else {
+        return;
+    };
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert_eq!(run.acks.len() as u64, TASKS * ATTEMPTS);
+    assert!(
+        run.close.starts_with("err store unavailable: fsync of")
+            && run.close.contains("at close")
+            && run.close.contains("os error 5"),
+        "{}",
+        run.close
+    );
+    assert!(dir.path().join(MARKER_FILE).exists());
+    common::runtime().block_on(reopen_holds_exactly_the_acknowledged(
+        dir.path(),
+        &run,
+        true,
     ));
 }
