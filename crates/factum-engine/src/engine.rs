@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Durability, EngineConfig};
+use crate::fatal::{apply_marker, Fatal, MarkerCut};
 use crate::format::{check_group_link, decode_frame_events, GroupBefore, SEGMENT_HEADER_LEN};
 use crate::index::Index;
 use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segments, Tail};
@@ -42,6 +43,7 @@ struct Inner {
     index: Arc<Index>,
     writer_tx: Mutex<Option<Sender<AppendRequest>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    fatal: Arc<Fatal>,
     _lock: File,
 }
 
@@ -55,6 +57,10 @@ pub struct Recovery {
     /// Zeros after the last frame of the active segment (space the writer
     /// preallocated before a crash, ADR 10): kept as free space.
     pub preallocated: u64,
+    /// The store had stopped after a failed fsync: what the
+    /// `FSYNC_FAILED` marker made the open cut after the log's durable end
+    /// (ADR 12).
+    pub fsync_cut: Option<MarkerCut>,
 }
 
 /// Takes the directory lock so only one process opens the store.
@@ -255,9 +261,13 @@ impl Engine {
         let dir = dir.as_ref().to_path_buf();
         let lock = lock_dir(&dir)?;
         crate::log::remove_interrupted_segments(&dir)?;
+        // After a failed fsync, the log is cut at its durable end before
+        // anything is read (the page cache may hold what never reached the disk).
+        let fsync_cut = apply_marker(&dir)?;
         let segments = Arc::new(open_segments(&dir)?);
         let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
-        let recovery = recover(&segments, &index, config.index_flush_entries)?;
+        let mut recovery = recover(&segments, &index, config.index_flush_entries)?;
+        recovery.fsync_cut = fsync_cut;
         let cp = index.checkpoint();
         let active = segments.last().expect("at least one segment");
         // The log ends before the preallocated zeros recovery found.
@@ -273,21 +283,20 @@ impl Engine {
             index: index.clone(),
             committed: committed_rx,
         };
-        let file = Arc::new(
-            OpenOptions::new()
-                .write(true)
-                .open(&active.path)
-                .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?,
-        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
+        let fatal = Arc::new(Fatal::new(dir.clone(), active.clone(), segment_len));
         let prealloc = if config.durability == Durability::Always && config.preallocate_bytes > 0 {
             Some(
                 Prealloc::start(
-                    file.clone(),
                     active.path.clone(),
                     segment_len,
                     file_len,
                     config.preallocate_bytes,
                     config.segment_bytes,
+                    fatal.clone(),
                 )
                 .map_err(|e| Error::io("starting the preallocation thread", e))?,
             )
@@ -311,7 +320,9 @@ impl Engine {
             segment_len,
             prealloc,
             avg_group_bytes: 0,
-            failed: None,
+            fatal: fatal.clone(),
+            sealed: false,
+            roll_retry: None,
             group_first: 0,
             flush_signal: flush_tx,
         };
@@ -342,6 +353,7 @@ impl Engine {
                 index,
                 writer_tx: Mutex::new(Some(tx)),
                 threads: Mutex::new(vec![writer_thread, indexer_thread]),
+                fatal,
                 _lock: lock,
             }),
         };
@@ -383,10 +395,43 @@ impl Engine {
     }
 
     /// Stops accepting appends, finishes queued ones, flushes the index and
-    /// waits for the writer. Other clones then answer `Unavailable`.
+    /// waits for the writer. Other clones then answer `Unavailable`. After
+    /// the writer stopped for good (see [`Engine::fatal`]) it answers that
+    /// reason as `Unavailable`, once the index is flushed.
     pub fn close(&self) -> Result<()> {
         self.inner.shutdown();
-        self.inner.index.flush()
+        self.inner.index.flush()?;
+        match self.fatal() {
+            Some(why) => Err(Error::Unavailable(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the writer stopped for good, if it did: an fsync of a log file
+    /// failed (on any thread), so nothing more is acknowledged and every
+    /// append answers `Unavailable` with this reason (ADR 12). Reads go on.
+    /// The process should exit: the next open cuts the log after its
+    /// durable end.
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.fatal.reason().map(|r| r.to_string())
+    }
+
+    /// Resolves, with the reason, once the writer has stopped for good
+    /// (after the marker for the next open is written); pending forever
+    /// otherwise. Independent of the engine's lifetime.
+    pub fn stopped_for_good(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.inner.fatal.subscribe();
+        async move {
+            let reason = match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.as_deref().map(str::to_string),
+                Err(_) => None,
+            };
+            match reason {
+                Some(why) => why,
+                // The engine is gone without a fatal error.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     async fn submit(

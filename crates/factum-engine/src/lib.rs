@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod fatal;
 pub mod format;
 pub mod index;
 pub mod log;

@@ -20,14 +20,23 @@
 //! as a torn batch (docs/format.md); a sealed segment is truncated to its
 //! last frame before the next one starts, and a closing writer truncates
 //! the active one, so zeros only survive a crash.
+//!
+//! The thread opens each segment itself: its own open file description,
+//! not a `dup` of the writer's. Linux reports a writeback error once per
+//! open file description, so with a shared one an error this thread's
+//! fdatasync consumed would let the writer's next fdatasync succeed over
+//! lost data. With its own, the kernel reports the error to both; and any
+//! fdatasync failure here stops the writer for good as well (ADR 12).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::fatal::Fatal;
 
 /// Zeros are written in pieces of this size.
 const PIECE: usize = 256 << 10;
@@ -45,11 +54,13 @@ pub(crate) struct Prealloc {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    fatal: Arc<Fatal>,
 }
 
 #[derive(Default)]
 struct State {
-    /// The active segment (None while the writer switches segments).
+    /// The active segment, opened by this thread (None while the writer
+    /// switches segments).
     file: Option<(Arc<File>, PathBuf)>,
     /// `[.., ready)` is durable: the writer's data or zeros.
     ready: u64,
@@ -75,16 +86,18 @@ impl State {
 }
 
 impl Prealloc {
-    /// Starts the thread for `file`, whose bytes `[.., len)` are the log
-    /// (and maybe zeros) and `[.., data_end)` the log's frames.
+    /// Starts the thread for the segment at `path`, whose bytes `[.., len)`
+    /// are the log (and maybe zeros) and `[.., data_end)` the log's frames.
+    /// An fdatasync failure trips `fatal`.
     pub fn start(
-        file: Arc<File>,
         path: PathBuf,
         data_end: u64,
         len: u64,
         chunk: u64,
         cap: u64,
+        fatal: Arc<Fatal>,
     ) -> std::io::Result<Prealloc> {
+        let file = Arc::new(open_own(&path)?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 file: Some((file, path)),
@@ -94,6 +107,7 @@ impl Prealloc {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            fatal,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -142,16 +156,31 @@ impl Prealloc {
         s.file = None;
     }
 
-    /// Attaches the new active segment, `len` bytes long, all of them log.
-    pub fn attach(&self, file: Arc<File>, path: PathBuf, len: u64) {
+    /// Attaches the new active segment at `path`, `len` bytes long, all of
+    /// them log, opening it anew. When it cannot be opened (too many open
+    /// files, say) that segment gets no zeros: appends go on without them.
+    pub fn attach(&self, path: PathBuf, len: u64) {
+        let file = match open_own(&path) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e,
+                    "could not open the segment to preallocate log space; appends continue without it");
+                None
+            }
+        };
         let mut s = self.shared.state.lock();
         debug_assert!(s.job.is_none());
-        s.file = Some((file, path));
+        s.failed = file.is_none();
+        s.file = file.map(|f| (f, path));
         s.ready = len;
         s.written = len;
         s.want = 0;
-        s.failed = false;
     }
+}
+
+/// The thread's own open file description of a segment (see the module doc).
+fn open_own(path: &std::path::Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).open(path)
 }
 
 impl Drop for Prealloc {
@@ -185,17 +214,27 @@ impl Shared {
                 let (file, path) = s.file.clone().expect("wants_job checks the file");
                 (file, path, start, end)
             };
-            let result = file
-                .write_all_at(&zeros[..(end - start) as usize], start)
-                .and_then(|_| file.sync_data());
+            let result = match file.write_all_at(&zeros[..(end - start) as usize], start) {
+                Ok(()) => file.sync_data().map_err(|e| (true, e)),
+                Err(e) => Err((false, e)),
+            };
+            if let Err((true, e)) = &result {
+                // The data of the whole file may be lost, the writer's
+                // included: stop the writer for good (ADR 12). Outside the
+                // lock, so the writer can finish waiting for this job.
+                self.fatal.trip(format!(
+                    "fsync of {} failed ({e}) while preallocating log space; the store stopped accepting writes because the OS may have dropped unwritten data; restart to recover from the log",
+                    path.display()
+                ));
+            }
             let mut s = self.state.lock();
             s.job = None;
             match result {
                 Ok(()) => s.ready = s.ready.max(end),
-                Err(e) => {
+                Err((true, _)) => s.failed = true,
+                Err((false, e)) => {
                     // Not fatal: the writer grows the file as without
-                    // preallocation, and its own fsync reports a real
-                    // problem. The zeros written (if any) are free space.
+                    // preallocation. The zeros written (if any) are free space.
                     tracing::warn!(file = %path.display(), error = %e,
                         "could not preallocate log space; appends continue without it");
                     s.failed = true;

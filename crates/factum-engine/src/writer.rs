@@ -5,15 +5,19 @@
 //! pending changes), encodes one frame per append, writes the whole group
 //! with one write and makes it durable with one fsync, then applies the
 //! index changes, publishes the new committed position and answers every
-//! append. A failed fsync stops all writing for good (the page cache may
-//! have dropped the data); a failed write is undone by truncation when
-//! possible, and answered with the error.
+//! append. A failed fsync of a log file, on this thread or another, stops
+//! all writing for good (the page cache may have dropped the data; ADR 12);
+//! a failed write is undone by truncation when possible, and answered with
+//! the error. A roll that fails for a transient cause (a full disk, too
+//! many open files) is retried with backoff while appends are answered
+//! `Unavailable`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
 use factum_core::{
@@ -23,12 +27,13 @@ use factum_core::{
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Durability, EngineConfig};
+use crate::fatal::Fatal;
 use crate::format::{
     encode_frame, StoredEvent, EVENT_HEADER_LEN, FLAG_SOFT_DELETE, FLAG_TOMBSTONE,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN,
 };
 use crate::index::Index;
-use crate::log::{create_segment, Loc, Segment, Segments};
+use crate::log::{create_segment, segment_file_name, sync_dir, Loc, Segment, Segments};
 use crate::overlay::Overlay;
 use crate::prealloc::Prealloc;
 use crate::reader::Reader;
@@ -65,7 +70,8 @@ pub(crate) struct Writer {
     pub index: Arc<Index>,
     pub reader: Reader,
     pub committed: watch::Sender<Committed>,
-    pub file: Arc<File>,
+    /// The writer's own handle of the active segment.
+    pub file: File,
     pub segment: Arc<Segment>,
     pub segment_len: u64,
     /// Zeros ahead of the writer (ADR 10); `None` without durability or
@@ -73,12 +79,39 @@ pub(crate) struct Writer {
     pub prealloc: Option<Prealloc>,
     /// Moving average of the bytes the last groups wrote.
     pub avg_group_bytes: u64,
-    pub failed: Option<String>,
+    /// The fatal state shared with the preallocation thread (ADR 12).
+    pub fatal: Arc<Fatal>,
+    /// The active segment is sealed (cut to its last frame and fsynced)
+    /// for a roll that has not finished yet.
+    pub sealed: bool,
+    /// A roll that failed for a transient cause, and when to retry it.
+    pub roll_retry: Option<RollRetry>,
     /// Position of the first event of the group being prepared: frames
     /// link to it (`FrameHeader::group_offset`) so recovery can tell the
     /// last, unacknowledged group from the acknowledged ones.
     pub group_first: u64,
     pub flush_signal: std::sync::mpsc::SyncSender<()>,
+}
+
+/// The first wait before a failed roll is retried; it doubles up to
+/// [`ROLL_RETRY_MAX`].
+pub const ROLL_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between retries of a failed roll.
+pub const ROLL_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A roll waiting for its retry.
+pub(crate) struct RollRetry {
+    /// What appends are answered meanwhile.
+    cause: String,
+    next: Instant,
+    backoff: Duration,
+}
+
+enum RollError {
+    /// Retry later (a full disk, too many open files).
+    Transient(Error),
+    /// Stop for good, for this reason.
+    Fatal(String),
 }
 
 enum Outcome {
@@ -97,16 +130,42 @@ impl Writer {
         loop {
             let mut group: Vec<AppendRequest> = std::mem::take(&mut carry);
             if group.is_empty() {
-                match rx.recv() {
-                    Ok(r) => group.push(r),
-                    Err(_) => return self.finish(),
-                }
+                // While a roll waits for its retry, wake up for it too.
+                let first = match &self.roll_retry {
+                    Some(r) => {
+                        match rx.recv_timeout(r.next.saturating_duration_since(Instant::now())) {
+                            Ok(r) => Some(r),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                        }
+                    }
+                    None => match rx.recv() {
+                        Ok(r) => Some(r),
+                        Err(_) => return self.finish(),
+                    },
+                };
+                group.extend(first);
             }
             while group.len() < self.config.max_group_appends {
                 match rx.try_recv() {
                     Ok(r) => group.push(r),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
+            }
+            if self
+                .roll_retry
+                .as_ref()
+                .is_some_and(|r| Instant::now() >= r.next)
+            {
+                self.roll();
+            }
+            if let Some(r) = &self.roll_retry {
+                // No segment to write into yet: a transient cause (a full
+                // disk, too many open files), retried with backoff.
+                for req in group {
+                    let _ = req.reply.send(Err(Error::Unavailable(r.cause.clone())));
+                }
+                continue;
             }
             let index = self.index.clone();
             let mut overlay = Overlay::new(&index);
@@ -118,8 +177,8 @@ impl Writer {
             let mut roll = false;
             let mut requests = group.into_iter();
             for req in requests.by_ref() {
-                if let Some(why) = &self.failed {
-                    let _ = req.reply.send(Err(Error::Unavailable(why.clone())));
+                if let Some(why) = self.fatal.reason() {
+                    let _ = req.reply.send(Err(Error::Unavailable(why.to_string())));
                     continue;
                 }
                 match self.prepare(&req, &mut overlay, &mut buf, now) {
@@ -137,9 +196,20 @@ impl Writer {
             }
             carry.extend(requests);
             if !buf.is_empty() {
-                if let Err(e) = self.write_durably(&buf) {
+                let written = self.write_durably(&buf).and_then(|end| {
+                    // Acknowledge only while the store has not stopped
+                    // (another thread's fsync may have failed meanwhile).
+                    self.fatal
+                        .durable(end)
+                        .map_err(|why| Error::Unavailable(why.to_string()))
+                });
+                if let Err(e) = written {
+                    let e = match self.fatal.reason() {
+                        Some(why) => why.to_string(),
+                        None => e.to_string(),
+                    };
                     for (reply, r) in answers {
-                        let _ = reply.send(r.and(Err(Error::Unavailable(e.to_string()))));
+                        let _ = reply.send(r.and(Err(Error::Unavailable(e.clone()))));
                     }
                     continue;
                 }
@@ -159,28 +229,25 @@ impl Writer {
                 let _ = reply.send(r);
             }
             if roll {
-                if let Err(e) = self.roll() {
-                    self.failed = Some(format!("could not start a new segment: {e}"));
-                    tracing::error!(error = %e, "writer stopped: could not start a new segment");
-                }
+                self.roll();
             }
         }
     }
 
-    fn write_durably(&mut self, buf: &[u8]) -> Result<()> {
+    /// Writes the group at the end of the active segment and (with
+    /// durability) fdatasyncs it; returns the new end. A failed fsync
+    /// stops the writer for good (ADR 12); a failed write is undone.
+    fn write_durably(&mut self, buf: &[u8]) -> Result<u64> {
+        if let Some(why) = self.fatal.reason() {
+            return Err(Error::Unavailable(why.to_string()));
+        }
         let end = self.segment_len + buf.len() as u64;
         if let Some(p) = &self.prealloc {
             p.before_write(end);
         }
         if let Err(e) = self.file.write_all_at(buf, self.segment_len) {
             // Undo a partial write so the log stays clean, then report it.
-            let undone = self.truncate_tail();
-            if let Err(e2) = undone {
-                self.failed = Some(format!(
-                    "a write to {} failed ({e}) and could not be undone ({e2}); restart to recover from the log",
-                    self.segment.path.display()
-                ));
-            }
+            self.truncate_tail(&format!("a write to it failed ({e})"));
             return Err(Error::io(
                 format!("writing to {}", self.segment.path.display()),
                 e,
@@ -188,13 +255,11 @@ impl Writer {
         }
         if self.config.durability == Durability::Always {
             if let Err(e) = self.file.sync_data() {
-                let why = format!(
+                let why = self.fatal.trip(format!(
                     "fsync of {} failed ({e}); the store stopped accepting writes because the OS may have dropped unwritten data; restart to recover from the log",
                     self.segment.path.display()
-                );
-                tracing::error!("{why}");
-                self.failed = Some(why.clone());
-                return Err(Error::Unavailable(why));
+                ));
+                return Err(Error::Unavailable(why.to_string()));
             }
         }
         // Zeros ahead pay while groups are small (ADR 10).
@@ -202,79 +267,163 @@ impl Writer {
         if let Some(p) = &self.prealloc {
             p.after_write(end, self.avg_group_bytes < PREALLOC_MAX_GROUP_BYTES);
         }
-        Ok(())
+        Ok(end)
     }
 
-    /// Cuts the active segment back to its last frame: a failed write's
-    /// bytes and any preallocated zeros go. Waits for a zeroing job first.
-    fn truncate_tail(&mut self) -> std::io::Result<()> {
+    /// Cuts the active segment back to its last frame after `what` went
+    /// wrong: a failed write's bytes and any preallocated zeros go. Waits
+    /// for a zeroing job first. When the cut cannot be made durable the
+    /// writer stops for good (the next open cuts the log instead).
+    fn truncate_tail(&mut self, what: &str) {
         if let Some(p) = &self.prealloc {
             p.detach();
         }
-        let r = self
-            .file
-            .set_len(self.segment_len)
-            .and_then(|_| self.file.sync_data());
-        if let Some(p) = &self.prealloc {
-            p.attach(
-                self.file.clone(),
-                self.segment.path.clone(),
-                self.segment_len,
-            );
+        let path = self.segment.path.display();
+        let failed = match self.file.set_len(self.segment_len) {
+            Err(e) => Some(format!(
+                "{what} and cutting it back to its last frame failed ({e})"
+            )),
+            Ok(()) => match self.file.sync_data() {
+                Err(e) => Some(format!(
+                    "{what} and the fsync of the cut back to its last frame failed ({e})"
+                )),
+                Ok(()) => None,
+            },
+        };
+        if let Some(detail) = failed {
+            self.fatal.trip(format!(
+                "{path}: {detail}; the store stopped accepting writes; restart to recover from the log"
+            ));
+            return;
         }
-        r
+        if let Some(p) = &self.prealloc {
+            p.attach(self.segment.path.clone(), self.segment_len);
+        }
     }
 
     /// The queue closed: leave the active segment ending at its last frame.
     fn finish(mut self) {
-        if let Some(p) = self.prealloc.take() {
-            p.detach();
-            if let Err(e) = self
-                .file
-                .set_len(self.segment_len)
-                .and_then(|_| self.file.sync_all())
-            {
-                // Harmless: the next open treats the zeros as free space.
-                tracing::warn!(file = %self.segment.path.display(), error = %e,
-                    "could not remove preallocated space at close");
+        let Some(p) = self.prealloc.take() else {
+            return;
+        };
+        p.detach();
+        drop(p);
+        if self.fatal.is_tripped() {
+            // The next open cuts the log to its durable end (the marker).
+            return;
+        }
+        let path = self.segment.path.display();
+        match self.file.set_len(self.segment_len) {
+            // Harmless: the next open treats the zeros as free space.
+            Err(e) => tracing::warn!(file = %path, error = %e,
+                "could not remove preallocated space at close"),
+            Ok(()) => {
+                if let Err(e) = self.file.sync_all() {
+                    self.fatal.trip(format!(
+                        "fsync of {path} failed at close ({e}); restart to recover from the log"
+                    ));
+                }
             }
         }
     }
 
-    fn roll(&mut self) -> Result<()> {
-        // A sealed segment ends at its last frame: no zeros.
-        if let Some(p) = &self.prealloc {
-            p.detach();
-            self.file.set_len(self.segment_len).map_err(|e| {
-                Error::io(
-                    format!(
-                        "sealing {} (removing preallocated space)",
-                        self.segment.path.display()
-                    ),
-                    e,
-                )
-            })?;
+    /// Starts the next segment, or schedules a retry when a transient cause
+    /// (a full disk, too many open files) is in the way, or stops the
+    /// writer for good when an fsync (or anything else) fails.
+    fn roll(&mut self) {
+        match self.try_roll() {
+            Ok(()) => {
+                if let Some(r) = self.roll_retry.take() {
+                    tracing::info!(after = %r.cause, "started the new segment after retrying");
+                }
+            }
+            Err(RollError::Fatal(why)) => {
+                self.fatal.trip(why);
+                self.roll_retry = None;
+            }
+            Err(RollError::Transient(e)) => {
+                let backoff = self
+                    .roll_retry
+                    .as_ref()
+                    .map_or(ROLL_RETRY_FIRST, |r| (r.backoff * 2).min(ROLL_RETRY_MAX));
+                let cause = format!(
+                    "could not start a new segment: {e}; retrying in {backoff:?}; appends resume once it is created"
+                );
+                tracing::warn!("{cause}");
+                self.roll_retry = Some(RollRetry {
+                    cause,
+                    next: Instant::now() + backoff,
+                    backoff,
+                });
+            }
         }
-        if self.config.durability == Durability::Always {
-            self.file
-                .sync_all()
-                .map_err(|e| Error::io(format!("sealing {}", self.segment.path.display()), e))?;
+    }
+
+    fn try_roll(&mut self) -> std::result::Result<(), RollError> {
+        if self.fatal.is_tripped() {
+            // Appends are answered with the reason; nothing to start.
+            return Ok(());
+        }
+        let stop = |e: Error| {
+            if crate::fatal::is_transient(&e) {
+                RollError::Transient(e)
+            } else {
+                RollError::Fatal(format!(
+                    "could not start a new segment: {e}; the store stopped accepting writes; restart to recover from the log"
+                ))
+            }
+        };
+        if !self.sealed {
+            // A sealed segment ends at its last frame: no zeros.
+            if let Some(p) = &self.prealloc {
+                p.detach();
+                self.file.set_len(self.segment_len).map_err(|e| {
+                    stop(Error::io(
+                        format!(
+                            "sealing {} (removing preallocated space)",
+                            self.segment.path.display()
+                        ),
+                        e,
+                    ))
+                })?;
+            }
+            if self.config.durability == Durability::Always {
+                self.file.sync_all().map_err(|e| {
+                    RollError::Fatal(format!(
+                        "fsync of {} failed while sealing it ({e}); the store stopped accepting writes because the OS may have dropped unwritten data; restart to recover from the log",
+                        self.segment.path.display()
+                    ))
+                })?;
+            }
+            self.sealed = true;
         }
         let next_position = self.committed.borrow().next_position;
-        let seg = Arc::new(create_segment(
-            &self.dir,
-            self.segment.number + 1,
-            next_position,
-        )?);
-        self.file = Arc::new(
-            OpenOptions::new()
-                .write(true)
-                .open(&seg.path)
-                .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?,
+        // A segment an earlier attempt created but could not finish
+        // (its directory fsync or opening failed): nothing was written to
+        // it; start afresh so that its creation is known to be durable.
+        let leftover = self.dir.join(segment_file_name(next_position));
+        if leftover.exists() {
+            std::fs::remove_file(&leftover)
+                .map_err(|e| stop(Error::io(format!("removing {}", leftover.display()), e)))?;
+            sync_dir(&self.dir).map_err(stop)?;
+        }
+        let seg = Arc::new(
+            create_segment(&self.dir, self.segment.number + 1, next_position).map_err(stop)?,
         );
-        self.segment_len = crate::format::SEGMENT_HEADER_LEN as u64;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(|e| stop(Error::io(format!("opening {}", seg.path.display()), e)))?;
+        let header = crate::format::SEGMENT_HEADER_LEN as u64;
+        if self.fatal.new_segment(seg.clone(), header).is_err() {
+            // Stopped meanwhile; the next open removes the new segment.
+            return Ok(());
+        }
+        self.file = file;
+        self.segment_len = header;
+        self.sealed = false;
         if let Some(p) = &self.prealloc {
-            p.attach(self.file.clone(), seg.path.clone(), self.segment_len);
+            p.attach(seg.path.clone(), self.segment_len);
         }
         self.segments.push(seg.clone());
         self.segment = seg;

@@ -1,9 +1,11 @@
 //! A full disk: appends fail with a clear error, nothing acknowledged is
 //! lost, the store stays consistent and takes appends again once there is
-//! room, and it reopens and verifies.
+//! room, and it reopens and verifies. Twice: the disk fills while appends
+//! write into the active segment, and while the writer starts the next
+//! segment (the roll is retried with backoff; appends resume by themselves).
 //!
 //! The test re-runs its own binary as the child (`full_disk_child` with
-//! `FACTUM_FULL_DISK_CHILD=<dir>`) inside a private mount namespace
+//! `FACTUM_FULL_DISK_CHILD=<dir>` and `FACTUM_FULL_DISK_CASE`) inside a private mount namespace
 //! (`unshare -rm`) where `<dir>` is a small tmpfs: a real file system that
 //! really runs out of space, gone when the child exits. Where namespaces or
 //! mounts are not allowed it prints SKIPPED, and fails under `CI=true`.
@@ -26,7 +28,147 @@ fn full_disk_child() {
         return;
     };
     let rt = common::runtime();
-    rt.block_on(scenario(std::path::Path::new(&dir)));
+    let dir = std::path::Path::new(&dir);
+    match std::env::var("FACTUM_FULL_DISK_CASE").as_deref() {
+        Ok("roll") => rt.block_on(roll_scenario(dir)),
+        _ => rt.block_on(scenario(dir)),
+    }
+}
+
+fn event(i: u64) -> EventData {
+    EventData::new(
+        "Filled",
+        ContentType::Binary,
+        Bytes::from(vec![(i % 251) as u8; 8 << 10]),
+    )
+}
+
+/// Every event is there, in order, with its bytes.
+fn check_events(events: Vec<factum_core::RecordedEvent>, n: u64) {
+    assert_eq!(events.len() as u64, n);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.position.0, i as u64);
+        assert_eq!(e.revision.0, i as u64);
+        assert_eq!(e.data.len(), 8 << 10);
+        assert!(e.data.iter().all(|&b| b == (i % 251) as u8));
+    }
+}
+
+/// Writes `path` until the file system is full, to the last page.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [64 << 10, 4 << 10, 512] {
+        let buf = vec![1u8; chunk];
+        loop {
+            match f.write_all(&buf) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// The disk is full just when the active segment is full: creating the
+/// next segment fails. Appends answer `Unavailable` naming the cause, the
+/// writer is not stopped for good, and once there is room again appends
+/// resume by themselves (the writer retries the roll with backoff).
+async fn roll_scenario(dir: &std::path::Path) {
+    let store = dir.join("store");
+    let config = EngineConfig {
+        segment_bytes: 64 << 10,
+        // Zeros ahead would be freed by sealing, making room for the roll.
+        preallocate_bytes: 0,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = Engine::open_with(&store, config.clone()).unwrap();
+    let s = StreamName::new("roll-1").unwrap();
+    // Fill the first segment until the next append needs a new one.
+    let mut acked = 0u64;
+    let mut frame = 0;
+    loop {
+        let before = engine.log_bytes().unwrap();
+        if acked > 0 && before + frame > config.segment_bytes {
+            break;
+        }
+        engine
+            .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
+            .await
+            .unwrap();
+        acked += 1;
+        frame = engine.log_bytes().unwrap() - before;
+    }
+    assert_eq!(common::segments(&store).len(), 1);
+    let ballast = dir.join("ballast");
+    fill(&ballast);
+    let err = engine
+        .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
+        .await
+        .unwrap_err();
+    eprintln!("roll on a full disk after {acked} appends: {err}");
+    let cause_ok = |e: &Error| match e {
+        Error::Unavailable(why) => {
+            why.contains("could not start a new segment")
+                && why.contains(".seg")
+                && why.contains("os error 28")
+        }
+        _ => false,
+    };
+    assert!(cause_ok(&err), "{err:?}");
+    // Not stopped for good; still full after some retries: the same cause.
+    assert_eq!(engine.fatal(), None);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again = engine
+        .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
+        .await
+        .unwrap_err();
+    assert!(cause_ok(&again), "{again:?}");
+    assert_eq!(common::segments(&store).len(), 1);
+    check_events(engine.read_all(ReadAll::forwards()).await.unwrap(), acked);
+    // Room again: the writer's own retry starts the segment; the same
+    // append succeeds without anything else done to the store.
+    std::fs::remove_file(&ballast).unwrap();
+    let freed = std::time::Instant::now();
+    let r = loop {
+        match engine
+            .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(cause_ok(&e), "{e:?}");
+                assert!(
+                    freed.elapsed() < std::time::Duration::from_secs(5),
+                    "appends did not resume after the disk had room again: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!("appends resumed {:?} after room was made", freed.elapsed());
+    assert_eq!((r.revision.0, r.position.0), (acked, acked));
+    acked += 1;
+    assert_eq!(common::segments(&store).len(), 2);
+    // And on, across further rolls.
+    for _ in 0..20 {
+        engine
+            .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
+            .await
+            .unwrap();
+        acked += 1;
+    }
+    assert!(common::segments(&store).len() >= 4);
+    engine.close().unwrap();
+    drop(engine);
+    let (engine, rec) = Engine::open_with(&store, config).unwrap();
+    assert!(rec.cut.is_none() && rec.fsync_cut.is_none(), "{rec:?}");
+    check_events(engine.read_all(ReadAll::forwards()).await.unwrap(), acked);
+    engine.close().unwrap();
+    drop(engine);
+    let report = factum_engine::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.faults);
+    println!("FULL-DISK-OK {acked}");
 }
 
 async fn scenario(dir: &std::path::Path) {
@@ -36,13 +178,7 @@ async fn scenario(dir: &std::path::Path) {
     let store = dir.join("store");
     let (engine, _) = Engine::open_with(&store, EngineConfig::default()).unwrap();
     let s = StreamName::new("fill-1").unwrap();
-    let ev = |i: u64| {
-        EventData::new(
-            "Filled",
-            ContentType::Binary,
-            Bytes::from(vec![(i % 251) as u8; 8 << 10]),
-        )
-    };
+    let ev = event;
     // Small appends (so zeros are preallocated ahead too) until the disk is full.
     let mut acked = 0u64;
     let err = loop {
@@ -75,15 +211,7 @@ async fn scenario(dir: &std::path::Path) {
         .await
         .unwrap_err();
     assert!(again.to_string().contains("No space left"), "{again}");
-    let check = |events: Vec<factum_core::RecordedEvent>, n: u64| {
-        assert_eq!(events.len() as u64, n);
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.position.0, i as u64);
-            assert_eq!(e.revision.0, i as u64);
-            assert_eq!(e.data.len(), 8 << 10);
-            assert!(e.data.iter().all(|&b| b == (i % 251) as u8));
-        }
-    };
+    let check = check_events;
     check(engine.read_all(ReadAll::forwards()).await.unwrap(), acked);
     // Room again: appends continue where they stopped.
     std::fs::remove_file(&ballast).unwrap();
@@ -113,6 +241,16 @@ async fn scenario(dir: &std::path::Path) {
 
 #[test]
 fn a_full_disk_fails_appends_clearly_and_loses_nothing() {
+    run_child("full-disk test", "append");
+}
+
+#[test]
+fn a_full_disk_while_starting_a_segment_is_retried_until_there_is_room() {
+    run_child("full-disk roll test", "roll");
+}
+
+/// Runs the child's `case` on a 6 MiB tmpfs of its own.
+fn run_child(test: &str, case: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -125,13 +263,14 @@ fn a_full_disk_fails_appends_clearly_and_loses_nothing() {
     let out = Command::new("unshare")
         .args(["-rm", "sh", "-c", &script])
         .env("FACTUM_FULL_DISK_CHILD", &mnt)
+        .env("FACTUM_FULL_DISK_CASE", case)
         .output();
     let skip = |why: String| {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "full-disk test cannot run under CI=true: {why}"
+            "{test} cannot run under CI=true: {why}"
         );
-        eprintln!("SKIPPED: full-disk test: {why}");
+        eprintln!("SKIPPED: {test}: {why}");
     };
     let out = match out {
         Ok(out) => out,
@@ -149,7 +288,9 @@ fn a_full_disk_fails_appends_clearly_and_loses_nothing() {
         "the child failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    for line in stderr.lines().filter(|l| l.starts_with("full after")) {
+    for line in stderr.lines().filter(|l| {
+        l.starts_with("full after") || l.starts_with("roll on") || l.starts_with("appends resumed")
+    }) {
         eprintln!("{line}");
     }
 }

@@ -228,11 +228,20 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             let dir = data.clone();
             let probe: SizeProbe = Arc::new(move || dir_size(&dir));
             let what = data.display().to_string();
-            let result = rt.block_on(serve_store(&s, engine.clone(), Some(probe), &what));
+            // Crash-only after a failed fsync (ADR 12): exit non-zero so a
+            // supervisor restarts the server, whose open recovers the log.
+            let fatal: Fatal = Box::pin(engine.stopped_for_good());
+            let result = rt.block_on(serve_store(
+                &s,
+                engine.clone(),
+                Some(probe),
+                Some(fatal),
+                &what,
+            ));
             rt.shutdown_timeout(Duration::from_secs(1));
-            engine.close()?;
+            let closed = engine.close();
             eprintln!("store closed");
-            result
+            result.and(closed.map_err(CliError::from))
         }
         Backend::Postgres { url, schema } => {
             let rt = runtime()?;
@@ -244,6 +253,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 serve_store(
                     &s,
                     Arc::new(store),
+                    None,
                     None,
                     &format!("PostgreSQL schema {schema}"),
                 )
@@ -257,12 +267,18 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
 
 type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
+/// Resolves with the reason when the store stopped accepting writes for
+/// good (the engine after a failed fsync).
+type Fatal = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
 /// Serves `store` until SIGTERM or SIGINT, then waits up to the grace period
-/// for in-flight requests.
+/// for in-flight requests. When `fatal` resolves first it shuts down the
+/// same way and fails with its reason (exit 1).
 async fn serve_store<S: factum_core::EventStore>(
     s: &Settings,
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
+    fatal: Option<Fatal>,
     what: &str,
 ) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(&s.listen)
@@ -286,15 +302,37 @@ async fn serve_store<S: factum_core::EventStore>(
     let server = tokio::spawn(factum_server::serve(listener, store, config, async {
         let _ = stop_rx.await;
     }));
-    signal().await;
-    eprintln!("shutting down");
+    let fatal = async move {
+        match fatal {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        _ = signal() => None,
+        why = fatal => Some(why),
+    };
+    match &stopped {
+        None => eprintln!("shutting down"),
+        Some(why) => {
+            tracing::error!(reason = %why, "the store stopped accepting writes for good: shutting down");
+            eprintln!("the store failed for good: {why}");
+            eprintln!("shutting down; a restart recovers the store from its log");
+        }
+    }
     let _ = stop_tx.send(());
-    match tokio::time::timeout(s.grace, server).await {
+    let drained = match tokio::time::timeout(s.grace, server).await {
         Ok(Ok(r)) => r.map_err(CliError::from),
         Ok(Err(e)) => Err(CliError::failure(format!("the server task failed: {e}"))),
         Err(_) => {
             eprintln!("requests still running after {:?}: closing anyway", s.grace);
             Ok(())
         }
+    };
+    match stopped {
+        Some(why) => Err(CliError::failure(format!(
+            "the store failed for good: {why}"
+        ))),
+        None => drained,
     }
 }

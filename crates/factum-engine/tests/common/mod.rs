@@ -24,3 +24,5 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+pub mod shim;
