@@ -224,13 +224,7 @@ impl Client {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        use append_req::options::ExpectedStreamRevision as E;
-        let expected_wire = match expected {
-            ExpectedRevision::Any => E::Any(Empty {}),
-            ExpectedRevision::NoStream => E::NoStream(Empty {}),
-            ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-            ExpectedRevision::Exact(r) => E::Revision(r.0),
-        };
+        let expected_wire = expected.try_into()?;
         let mut reqs = Vec::with_capacity(events.len() + 1);
         reqs.push(append_req::Content::Options(append_req::Options {
             stream_identifier: wire::stream_id(stream),
@@ -759,16 +753,10 @@ impl EventStore for Client {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        use delete_req::options::ExpectedStreamRevision as E;
         let req = factum_proto::streams::DeleteReq {
             options: Some(delete_req::Options {
                 stream_identifier: wire::stream_id(&stream),
-                expected_stream_revision: Some(match expected {
-                    ExpectedRevision::Any => E::Any(Empty {}),
-                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
-                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-                    ExpectedRevision::Exact(r) => E::Revision(r.0),
-                }),
+                expected_stream_revision: Some(expected.try_into()?),
             }),
         };
         let resp = self
@@ -792,16 +780,10 @@ impl EventStore for Client {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        use tombstone_req::options::ExpectedStreamRevision as E;
         let req = factum_proto::streams::TombstoneReq {
             options: Some(tombstone_req::Options {
                 stream_identifier: wire::stream_id(&stream),
-                expected_stream_revision: Some(match expected {
-                    ExpectedRevision::Any => E::Any(Empty {}),
-                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
-                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-                    ExpectedRevision::Exact(r) => E::Revision(r.0),
-                }),
+                expected_stream_revision: Some(expected.try_into()?),
             }),
         };
         let resp = self
