@@ -374,6 +374,9 @@ struct Resumable {
     events: Option<Events>,
     backoff: Backoff,
     done: bool,
+    /// The server answered once: a count of 0 still asks it, so that a
+    /// missing or deleted stream is reported as by every other backend.
+    opened: bool,
 }
 
 impl Resumable {
@@ -384,6 +387,7 @@ impl Resumable {
             target,
             events: None,
             done: false,
+            opened: false,
         }
     }
 
@@ -444,12 +448,15 @@ impl Resumable {
 
     async fn next(&mut self) -> Option<Result<RecordedEvent>> {
         loop {
-            if self.done || self.remaining() == 0 {
+            if self.done || (self.opened && self.remaining() == 0) {
                 return None;
             }
             if self.events.is_none() {
                 match self.open().await {
-                    Ok(events) => self.events = Some(events),
+                    Ok(events) => {
+                        self.events = Some(events);
+                        self.opened = true;
+                    }
                     Err(e) => {
                         if self.backoff.again(&e).await {
                             continue;
@@ -519,7 +526,9 @@ impl Events {
     /// The next event created at or before `until`; `None` at the end.
     async fn next(&mut self) -> Option<Result<RecordedEvent>> {
         loop {
-            if self.done || self.remaining == 0 {
+            // At a count of 0 the answer is still read: it may be
+            // StreamNotFound (the server sends no events past the count).
+            if self.done {
                 return None;
             }
             let msg = match self.resp.message().await {
@@ -539,7 +548,11 @@ impl Events {
                     }
                     Some(t) if e.created > t => continue,
                     _ => {
-                        self.remaining -= 1;
+                        let Some(left) = self.remaining.checked_sub(1) else {
+                            self.done = true;
+                            return None;
+                        };
+                        self.remaining = left;
                         return Some(Ok(e));
                     }
                 },
