@@ -985,4 +985,42 @@ async fn expected_revisions_at_the_edges_of_u64() {
     req.options.as_mut().unwrap().count_option = Some(CountOption::Count(u64::MAX));
     assert_eq!(positions(&mut client, req).await.0, 2);
     assert_eq!(positions(&mut client, read_stream("edge-2", 10)).await.0, 1);
+
+    // Subscriptions: after a revision above i64::MAX, caught up (the
+    // signed resume field left out, not negative); after u64::MAX, refused.
+    let subscribe_after = |r: u64| {
+        let mut req = read_stream("edge-1", 0);
+        let o = req.options.as_mut().unwrap();
+        o.count_option = Some(CountOption::Subscription(ro::SubscriptionOptions {}));
+        if let Some(StreamOption::Stream(s)) = o.stream_option.as_mut() {
+            s.revision_option = Some(ro::stream_options::RevisionOption::Revision(r));
+        }
+        req
+    };
+    let mut sub = client
+        .read(subscribe_after(i64::MAX as u64 + 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = sub.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.content, Some(Content::Confirmation(_))),
+        "{first:?}"
+    );
+    let caught_up = sub.message().await.unwrap().unwrap();
+    let Some(Content::CaughtUp(c)) = caught_up.content else {
+        panic!("{caught_up:?}")
+    };
+    assert_eq!(c.stream_revision, None);
+    drop(sub);
+    let refused = async {
+        let mut sub = client.read(subscribe_after(u64::MAX)).await?.into_inner();
+        while sub.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    };
+    let status = refused.await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("out of range"), "{status:?}");
+    let r = append_with(&mut client, "edge-1", E::Revision(1)).await;
+    assert!(matches!(r, Ok(append_resp::Result::Success(_))), "{r:?}");
 }
