@@ -17,6 +17,17 @@
 //! Encoding refuses `Exact(n)` above `i64::MAX` the same way (the core
 //! refuses it too, [`ExpectedRevision::checked`]), so a client can never
 //! send a number the server would read as something else.
+//!
+//! ```
+//! use factum_core::ExpectedRevision;
+//! use factum_proto::streams::append_req::options::ExpectedStreamRevision as Wire;
+//!
+//! assert_eq!(
+//!     ExpectedRevision::try_from(Wire::Revision(u64::MAX)).unwrap(),
+//!     ExpectedRevision::NoStream
+//! );
+//! assert!(ExpectedRevision::try_from(Wire::Revision(1 << 63)).is_err());
+//! ```
 
 use factum_core::{CurrentRevision, Error, ExpectedRevision, Result, StreamRevision};
 
