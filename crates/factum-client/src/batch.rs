@@ -106,7 +106,7 @@ impl Batcher {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        use batch_append_req::options::ExpectedStreamPosition as E;
+        let expected_wire = expected.try_into()?;
         let id = Uuid::new_v4();
         let (reply, answer) = oneshot::channel();
         self.waiters
@@ -117,12 +117,7 @@ impl Batcher {
             correlation_id: wire::uuid(id),
             options: Some(batch_append_req::Options {
                 stream_identifier: wire::stream_id(stream),
-                expected_stream_position: Some(match expected {
-                    ExpectedRevision::Any => E::Any(()),
-                    ExpectedRevision::NoStream => E::NoStream(()),
-                    ExpectedRevision::StreamExists => E::StreamExists(()),
-                    ExpectedRevision::Exact(r) => E::StreamPosition(r.0),
-                }),
+                expected_stream_position: Some(expected_wire),
                 deadline_option: None,
             }),
             proposed_messages: events

@@ -224,13 +224,7 @@ impl Client {
         expected: ExpectedRevision,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        use append_req::options::ExpectedStreamRevision as E;
-        let expected_wire = match expected {
-            ExpectedRevision::Any => E::Any(Empty {}),
-            ExpectedRevision::NoStream => E::NoStream(Empty {}),
-            ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-            ExpectedRevision::Exact(r) => E::Revision(r.0),
-        };
+        let expected_wire = expected.try_into()?;
         let mut reqs = Vec::with_capacity(events.len() + 1);
         reqs.push(append_req::Content::Options(append_req::Options {
             stream_identifier: wire::stream_id(stream),
@@ -380,6 +374,9 @@ struct Resumable {
     events: Option<Events>,
     backoff: Backoff,
     done: bool,
+    /// The server answered once: a count of 0 still asks it, so that a
+    /// missing or deleted stream is reported as by every other backend.
+    opened: bool,
 }
 
 impl Resumable {
@@ -390,6 +387,7 @@ impl Resumable {
             target,
             events: None,
             done: false,
+            opened: false,
         }
     }
 
@@ -450,12 +448,15 @@ impl Resumable {
 
     async fn next(&mut self) -> Option<Result<RecordedEvent>> {
         loop {
-            if self.done || self.remaining() == 0 {
+            if self.done || (self.opened && self.remaining() == 0) {
                 return None;
             }
             if self.events.is_none() {
                 match self.open().await {
-                    Ok(events) => self.events = Some(events),
+                    Ok(events) => {
+                        self.events = Some(events);
+                        self.opened = true;
+                    }
                     Err(e) => {
                         if self.backoff.again(&e).await {
                             continue;
@@ -525,7 +526,9 @@ impl Events {
     /// The next event created at or before `until`; `None` at the end.
     async fn next(&mut self) -> Option<Result<RecordedEvent>> {
         loop {
-            if self.done || self.remaining == 0 {
+            // At a count of 0 the answer is still read: it may be
+            // StreamNotFound (the server sends no events past the count).
+            if self.done {
                 return None;
             }
             let msg = match self.resp.message().await {
@@ -545,7 +548,11 @@ impl Events {
                     }
                     Some(t) if e.created > t => continue,
                     _ => {
-                        self.remaining -= 1;
+                        let Some(left) = self.remaining.checked_sub(1) else {
+                            self.done = true;
+                            return None;
+                        };
+                        self.remaining = left;
                         return Some(Ok(e));
                     }
                 },
@@ -759,16 +766,10 @@ impl EventStore for Client {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        use delete_req::options::ExpectedStreamRevision as E;
         let req = factum_proto::streams::DeleteReq {
             options: Some(delete_req::Options {
                 stream_identifier: wire::stream_id(&stream),
-                expected_stream_revision: Some(match expected {
-                    ExpectedRevision::Any => E::Any(Empty {}),
-                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
-                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-                    ExpectedRevision::Exact(r) => E::Revision(r.0),
-                }),
+                expected_stream_revision: Some(expected.try_into()?),
             }),
         };
         let resp = self
@@ -792,16 +793,10 @@ impl EventStore for Client {
         stream: StreamName,
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
-        use tombstone_req::options::ExpectedStreamRevision as E;
         let req = factum_proto::streams::TombstoneReq {
             options: Some(tombstone_req::Options {
                 stream_identifier: wire::stream_id(&stream),
-                expected_stream_revision: Some(match expected {
-                    ExpectedRevision::Any => E::Any(Empty {}),
-                    ExpectedRevision::NoStream => E::NoStream(Empty {}),
-                    ExpectedRevision::StreamExists => E::StreamExists(Empty {}),
-                    ExpectedRevision::Exact(r) => E::Revision(r.0),
-                }),
+                expected_stream_revision: Some(expected.try_into()?),
             }),
         };
         let resp = self

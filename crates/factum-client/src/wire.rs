@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use factum_core::{
-    CurrentRevision, Error, EventData, ExpectedRevision, StreamName, StreamRevision, Uuid,
-};
+use factum_core::{Error, EventData, ExpectedRevision, StreamName, Uuid};
+use factum_proto::expected;
 use factum_proto::metadata_text::unescape;
 use factum_proto::shared;
 use tonic::{Code, Status};
@@ -27,24 +26,6 @@ pub fn protocol(msg: impl Into<String>) -> Error {
     Error::Unavailable(format!("protocol error from the server: {}", msg.into()))
 }
 
-/// KurrentDB's numeric expected version (-2 any, -1 no stream, -4 exists).
-fn expected_from_number(n: i64) -> ExpectedRevision {
-    match n {
-        -2 => ExpectedRevision::Any,
-        -1 => ExpectedRevision::NoStream,
-        -4 => ExpectedRevision::StreamExists,
-        n => ExpectedRevision::Exact(StreamRevision(n.max(0) as u64)),
-    }
-}
-
-fn current_from_number(n: i64) -> CurrentRevision {
-    if n < 0 {
-        CurrentRevision::NoStream
-    } else {
-        CurrentRevision::Current(StreamRevision(n as u64))
-    }
-}
-
 /// A status as the core error it stands for: exactly, when the server is
 /// Factum (`factum-error` metadata); by KurrentDB's `exception` key or the
 /// status code otherwise.
@@ -61,8 +42,12 @@ pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
     match kind.as_deref() {
         Some("wrong-expected-version") => Error::WrongExpectedVersion {
             stream: stream(),
-            expected: expected_from_number(num("expected-version").unwrap_or(-2)),
-            actual: current_from_number(num("actual-version").unwrap_or(-1)),
+            // A number KurrentDB does not define reads as `Any`: the error
+            // is still a conflict, only its report is vaguer.
+            expected: num("expected-version")
+                .and_then(|n| expected::expected_from_version_number(n).ok())
+                .unwrap_or(ExpectedRevision::Any),
+            actual: expected::current_from_version_number(num("actual-version").unwrap_or(-1)),
         },
         Some("stream-deleted") => Error::StreamDeleted { stream: stream() },
         Some("stream-not-found") => Error::StreamNotFound { stream: stream() },

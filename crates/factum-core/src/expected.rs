@@ -18,7 +18,28 @@ pub enum ExpectedRevision {
     Exact(StreamRevision),
 }
 
+/// The largest revision an `Exact` expectation may name: `i64::MAX`.
+/// KurrentDB's expected versions are signed 64-bit numbers (its gRPC
+/// `uint64` revision is that number's two's complement, so `u64::MAX` there
+/// is `-1`, no stream), and no stream gets near it: a larger one can only
+/// be a mistake, and is refused with `InvalidInput` before any state is
+/// consulted (see `factum_proto::expected` for the wire).
+pub const MAX_EXPECTED_REVISION: u64 = i64::MAX as u64;
+
 impl ExpectedRevision {
+    /// This expectation, or `InvalidInput` when it names an exact revision
+    /// above [`MAX_EXPECTED_REVISION`].
+    pub fn checked(self) -> Result<Self> {
+        match self {
+            ExpectedRevision::Exact(r) if r.0 > MAX_EXPECTED_REVISION => {
+                Err(Error::InvalidInput(format!(
+                    "expected revision {r} is out of range: the largest is {MAX_EXPECTED_REVISION}"
+                )))
+            }
+            e => Ok(e),
+        }
+    }
+
     /// Does a stream at `current` satisfy this expectation?
     pub fn is_satisfied_by(self, current: CurrentRevision) -> bool {
         match (self, current) {

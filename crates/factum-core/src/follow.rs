@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Position, RecordedEvent};
 use crate::read::SubscriptionTarget;
 use crate::store::{Subscription, SubscriptionMessage};
@@ -54,6 +54,18 @@ struct State<F> {
     pending: VecDeque<Result<SubscriptionMessage>>,
     wait_first: bool,
     done: bool,
+}
+
+/// The cursor of a subscription that starts after `n` (a revision or a
+/// position): `n + 1`. After `u64::MAX` nothing can ever come, so that
+/// start is `InvalidInput` rather than a wrapped cursor at the beginning.
+pub fn cursor_after(n: u64) -> Result<u64> {
+    n.checked_add(1).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "subscription start after {n} is out of range: the largest is {}",
+            u64::MAX - 1
+        ))
+    })
 }
 
 /// A subscription over `source` from `cursor` (the first revision or

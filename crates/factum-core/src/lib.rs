@@ -22,7 +22,9 @@ pub mod store;
 pub mod testkit;
 
 pub use error::{Error, Result};
-pub use expected::{AppendResult, CurrentRevision, DeleteResult, ExpectedRevision};
+pub use expected::{
+    AppendResult, CurrentRevision, DeleteResult, ExpectedRevision, MAX_EXPECTED_REVISION,
+};
 pub use metadata::{StreamMetadata, StreamMetadataResult, METADATA_EVENT_TYPE};
 pub use model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,

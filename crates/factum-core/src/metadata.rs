@@ -62,7 +62,9 @@ impl StreamMetadata {
     /// stream's last revision.
     pub fn first_visible_revision(&self, last: StreamRevision) -> u64 {
         let by_tb = self.truncate_before.unwrap_or(0);
-        let by_count = self.max_count.map_or(0, |n| (last.0 + 1).saturating_sub(n));
+        let by_count = self
+            .max_count
+            .map_or(0, |n| last.0.saturating_add(1).saturating_sub(n));
         by_tb.max(by_count)
     }
 

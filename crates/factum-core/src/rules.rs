@@ -48,8 +48,10 @@ impl StreamState {
     }
 
     /// The revision the next event gets.
+    /// Saturates at `u64::MAX`, which no stream reaches (a writer refuses
+    /// to number an event past it).
     pub fn next_revision(&self) -> u64 {
-        self.last_revision.map_or(0, |r| r + 1)
+        self.last_revision.map_or(0, |r| r.saturating_add(1))
     }
 
     /// Records an event written to this stream.
@@ -351,6 +353,9 @@ pub fn decide(
             return Decision::Reject(e);
         }
     }
+    if let Err(e) = expected.checked() {
+        return Decision::Reject(e);
+    }
     let (owner_name, stream) = streams_of(target, &op);
     if owner.is_some_and(|s| s.tombstoned) {
         return Decision::Reject(Error::StreamDeleted { stream: owner_name });
@@ -416,7 +421,8 @@ fn append(
     };
     if !expected.is_satisfied_by(current) {
         let first = match expected {
-            ExpectedRevision::Exact(r) => Some(r.0 + 1),
+            // `checked` keeps `r` at most `i64::MAX`; checked all the same.
+            ExpectedRevision::Exact(r) => r.0.checked_add(1),
             ExpectedRevision::NoStream => Some(state.base),
             _ => None,
         };
@@ -440,9 +446,22 @@ fn append(
             position: Position(state.last_position),
         });
     }
+    let first_revision = state.next_revision();
+    // Event revisions stay below the tombstone's; no stream gets there, but
+    // a revision is never wrapped or repeated.
+    if first_revision
+        .checked_add(events.len() as u64)
+        .is_none_or(|end| end > TOMBSTONE_REVISION)
+    {
+        return Decision::Reject(Error::LimitExceeded {
+            what: format!("revision of the last event in stream {stream}"),
+            limit: TOMBSTONE_REVISION - 1,
+            actual: first_revision.saturating_add(events.len() as u64 - 1),
+        });
+    }
     let write = Decision::Write {
         stream: stream.clone(),
-        first_revision: state.next_revision(),
+        first_revision,
         events,
         kind: WriteKind::Events,
     };
@@ -455,7 +474,7 @@ fn append(
     {
         if let Some(first) = state
             .last_revision
-            .and_then(|l| (l + 1).checked_sub(ids.len() as u64))
+            .and_then(|l| l.checked_add(1)?.checked_sub(ids.len() as u64))
         {
             if retry_from(first) {
                 return Decision::CheckRetry {
@@ -521,6 +540,80 @@ mod tests {
             &Limits::default(),
         );
         assert!(matches!(d, Decision::Reject(Error::StreamDeleted { .. })));
+    }
+
+    #[test]
+    fn exact_revisions_past_i64_max_are_invalid_input_never_a_panic() {
+        let state = StreamState {
+            last_revision: Some(2),
+            ..StreamState::default()
+        };
+        for r in [i64::MAX as u64 + 1, u64::MAX - 1, u64::MAX] {
+            for op in [
+                Operation::Append(vec![EventData::binary("T", "x")]),
+                Operation::SoftDelete,
+                Operation::Tombstone,
+                Operation::SetMetadata(StreamMetadata::default()),
+            ] {
+                let d = decide(
+                    &s("a-1"),
+                    ExpectedRevision::Exact(StreamRevision(r)),
+                    op,
+                    Some(&state),
+                    Some(&state),
+                    &Limits::default(),
+                );
+                let Decision::Reject(Error::InvalidInput(m)) = d else {
+                    panic!("{r}: {d:?}")
+                };
+                assert!(m.contains("out of range"), "{m}");
+            }
+        }
+        // The largest allowed one is an ordinary wrong expectation.
+        let d = decide(
+            &s("a-1"),
+            ExpectedRevision::Exact(StreamRevision(i64::MAX as u64)),
+            Operation::Append(vec![EventData::binary("T", "x")]),
+            Some(&state),
+            Some(&state),
+            &Limits::default(),
+        );
+        assert!(
+            matches!(d, Decision::Reject(Error::WrongExpectedVersion { .. })),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn event_revisions_stay_below_the_tombstone() {
+        let at = |last: u64, n: usize| {
+            let state = StreamState {
+                last_revision: Some(last),
+                ..StreamState::default()
+            };
+            decide(
+                &s("a-1"),
+                ExpectedRevision::Any,
+                Operation::Append(vec![EventData::binary("T", "x"); n]),
+                Some(&state),
+                Some(&state),
+                &Limits::default(),
+            )
+        };
+        let Decision::Write { first_revision, .. } = at(TOMBSTONE_REVISION - 3, 2) else {
+            panic!()
+        };
+        assert_eq!(first_revision, TOMBSTONE_REVISION - 2);
+        for (last, n) in [
+            (TOMBSTONE_REVISION - 2, 2),
+            (TOMBSTONE_REVISION - 1, 1),
+            (u64::MAX, 1),
+        ] {
+            assert!(
+                matches!(at(last, n), Decision::Reject(Error::LimitExceeded { .. })),
+                "{last} + {n}"
+            );
+        }
     }
 
     #[test]

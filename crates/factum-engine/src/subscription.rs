@@ -2,7 +2,7 @@
 //! (`factum_core::follow`, ADR 3). Pages come from the committed log; the
 //! head is the writer's `watch` of the committed position.
 
-use factum_core::follow::{follow, Follow};
+use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
     Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
@@ -84,9 +84,7 @@ pub fn start(reader: Reader, req: Subscribe, fell_behind: u64) -> Result<Subscri
     }
     let cursor = match (&req.target, req.start) {
         (_, SubscriptionStart::Beginning) => 0,
-        (_, SubscriptionStart::After(n)) => n
-            .checked_add(1)
-            .ok_or_else(|| Error::InvalidInput("subscription start is past the end".into()))?,
+        (_, SubscriptionStart::After(n)) => cursor_after(n)?,
         (SubscriptionTarget::All(_), SubscriptionStart::End) => reader.committed().next_position,
         (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
             reader.stream_next_revision(s)?

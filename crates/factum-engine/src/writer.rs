@@ -546,6 +546,16 @@ impl Writer {
             return Ok(Outcome::Roll);
         }
         let first_position = overlay.mem.checkpoint.next_position;
+        // The rules keep revisions below the tombstone's and no log holds
+        // 2^64 records; numbers are never wrapped all the same.
+        let count = events.len() as u64;
+        if first_position.checked_add(count).is_none()
+            || first_revision.checked_add(count).is_none()
+        {
+            return Err(Error::InvalidInput(format!(
+                "{count} events from revision {first_revision} at position {first_position} would overflow a 64-bit number"
+            )));
+        }
         let stored: Vec<StoredEvent> = events
             .into_iter()
             .enumerate()

@@ -202,7 +202,10 @@ pub(crate) async fn scan(
         inner.tables.events
     );
     let mut out = Vec::new();
-    let mut cursor = start as i64;
+    // Positions are `bigint`: one past `i64::MAX` is as far as any can be
+    // (a plain cast would turn a client's huge start into a negative one
+    // and scan from the beginning).
+    let mut cursor = i64::try_from(start).unwrap_or(i64::MAX);
     let mut scanned = 0u64;
     loop {
         let page = PAGE
@@ -210,7 +213,12 @@ pub(crate) async fn scan(
             .max(1);
         let rows = client.query(&sql, &[&cursor, &page]).await.map_err(q)?;
         if rows.is_empty() {
-            return Ok((out, cursor.max(0) as u64));
+            let next = if scanned == 0 {
+                start
+            } else {
+                cursor.max(0) as u64
+            };
+            return Ok((out, next));
         }
         let n = rows.len() as i64;
         for row in &rows {

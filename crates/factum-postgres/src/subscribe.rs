@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::follow::{follow, Follow};
+use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
     Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
@@ -153,9 +153,7 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
     }
     let cursor = match (&req.target, req.start) {
         (_, SubscriptionStart::Beginning) => 0,
-        (_, SubscriptionStart::After(n)) => n
-            .checked_add(1)
-            .ok_or_else(|| Error::InvalidInput("subscription start is past the end".into()))?,
+        (_, SubscriptionStart::After(n)) => cursor_after(n)?,
         (SubscriptionTarget::All(_), SubscriptionStart::End) => read::next_position(&inner).await?,
         (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
             read::stream_state(&inner, s.as_str())

@@ -13,6 +13,7 @@
 //! | [`streams`] | `event_store.client.streams` | `Streams`: Read, Append, Delete, Tombstone, BatchAppend |
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
+//! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -57,6 +58,8 @@ pub use generated::event_store::client::server_features;
 pub use generated::event_store::client::streams;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.
 pub use generated::google::rpc as status;
+
+pub mod expected;
 
 /// Full gRPC service names, as they appear in request paths.
 pub mod service_names {

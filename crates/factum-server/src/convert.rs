@@ -2,10 +2,7 @@
 
 use std::collections::HashMap;
 
-use factum_core::{
-    ContentType, CurrentRevision, EventData, ExpectedRevision, Position, RecordedEvent, StreamName,
-    StreamRevision, Timestamp, Uuid,
-};
+use factum_core::{ContentType, EventData, Position, RecordedEvent, StreamName, Timestamp, Uuid};
 use factum_proto::shared;
 use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
 use tonic::Status;
@@ -65,52 +62,6 @@ pub fn stream_from_wire(id: Option<&shared::StreamIdentifier>) -> Result<StreamN
 pub fn stream_to_wire(stream: &StreamName) -> shared::StreamIdentifier {
     shared::StreamIdentifier {
         stream_name: stream.as_str().as_bytes().to_vec(),
-    }
-}
-
-/// The four expected-revision forms every write request carries in the same
-/// shape (the variants share numbers across Append, Delete, Tombstone and
-/// BatchAppend).
-#[derive(Clone, Copy, Debug)]
-pub enum WireExpected {
-    /// `revision`
-    Revision(u64),
-    /// `no_stream`
-    NoStream,
-    /// `any`
-    Any,
-    /// `stream_exists`
-    StreamExists,
-}
-
-impl WireExpected {
-    /// The core form.
-    pub fn to_core(self) -> ExpectedRevision {
-        match self {
-            WireExpected::Revision(r) => ExpectedRevision::Exact(StreamRevision(r)),
-            WireExpected::NoStream => ExpectedRevision::NoStream,
-            WireExpected::Any => ExpectedRevision::Any,
-            WireExpected::StreamExists => ExpectedRevision::StreamExists,
-        }
-    }
-}
-
-/// KurrentDB's numeric encoding of an expected revision, used in error
-/// metadata (`expected-version`): -2 any, -1 no stream, -4 stream exists.
-pub fn expected_version_number(e: ExpectedRevision) -> i64 {
-    match e {
-        ExpectedRevision::Any => -2,
-        ExpectedRevision::NoStream => -1,
-        ExpectedRevision::StreamExists => -4,
-        ExpectedRevision::Exact(r) => r.0 as i64,
-    }
-}
-
-/// KurrentDB's numeric encoding of a current revision: -1 for no stream.
-pub fn current_version_number(c: CurrentRevision) -> i64 {
-    match c {
-        CurrentRevision::NoStream => -1,
-        CurrentRevision::Current(r) => r.0 as i64,
     }
 }
 

@@ -18,7 +18,7 @@ use factum_core::Error;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
-use crate::convert::{current_version_number, expected_version_number};
+use factum_proto::expected::{current_version_number, expected_version_number};
 
 fn put(md: &mut MetadataMap, key: &'static str, value: &str) {
     // Header values must be visible ASCII: anything else is escaped so a

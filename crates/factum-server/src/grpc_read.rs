@@ -500,7 +500,9 @@ impl Resume {
     fn caught_up(&self) -> read_resp::CaughtUp {
         read_resp::CaughtUp {
             timestamp: Some(convert::now_timestamp()),
-            stream_revision: self.revision.map(|r| r as i64),
+            // The field is signed: a start the client gave above
+            // `i64::MAX` is not reported rather than reported negative.
+            stream_revision: self.revision.and_then(|r| i64::try_from(r).ok()),
             position: self.position.map(|p| read_resp::Position {
                 commit_position: p,
                 prepare_position: p,

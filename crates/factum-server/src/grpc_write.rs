@@ -12,16 +12,15 @@ use factum_core::{
 use factum_proto::shared;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
-    append_req, append_resp, batch_append_req, batch_append_resp, delete_req, tombstone_req,
-    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq,
-    TombstoneResp,
+    append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
+    BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::context::Ctx;
-use crate::convert::{self, UuidFormat, WireExpected};
+use crate::convert::{self, UuidFormat};
 use crate::errors::{append_too_large, to_status, transport_status, Operation};
 
 /// Appends (or, for `$$<stream>`, sets metadata) and counts it.
@@ -64,21 +63,22 @@ async fn write<S: EventStore>(
     result
 }
 
+/// An append's expectation: required, as in KurrentDB; a revision in the
+/// refused range is INVALID_ARGUMENT (`factum_proto::expected`).
 fn expected_of_append(
     o: Option<append_req::options::ExpectedStreamRevision>,
-) -> Result<WireExpected, Status> {
-    use append_req::options::ExpectedStreamRevision as E;
-    Ok(match o {
-        Some(E::Revision(r)) => WireExpected::Revision(r),
-        Some(E::NoStream(_)) => WireExpected::NoStream,
-        Some(E::Any(_)) => WireExpected::Any,
-        Some(E::StreamExists(_)) => WireExpected::StreamExists,
-        None => {
-            return Err(Status::invalid_argument(
-                "expected_stream_revision is missing",
-            ))
-        }
-    })
+) -> Result<ExpectedRevision, Status> {
+    let o = o.ok_or_else(|| Status::invalid_argument("expected_stream_revision is missing"))?;
+    ExpectedRevision::try_from(o).map_err(|e| to_status(&e, Operation::Append))
+}
+
+/// A delete's or tombstone's expectation: `Any` when absent.
+fn expected_or_any<W>(o: Option<W>, op: Operation) -> Result<ExpectedRevision, Status>
+where
+    ExpectedRevision: TryFrom<W, Error = Error>,
+{
+    o.map_or(Ok(ExpectedRevision::Any), ExpectedRevision::try_from)
+        .map_err(|e| to_status(&e, op))
 }
 
 /// `Streams.Append`: options, then events, then one answer. With a call
@@ -140,7 +140,7 @@ async fn receive<S>(
         ));
     };
     let stream = convert::stream_from_wire(options.stream_identifier.as_ref())?;
-    let expected = expected_of_append(options.expected_stream_revision)?.to_core();
+    let expected = expected_of_append(options.expected_stream_revision)?;
     let mut events = Vec::new();
     let mut size = 0u64;
     while let Some(msg) = input.message().await.map_err(transport_status)? {
@@ -210,20 +210,14 @@ fn wrong_expected_version(
 
 /// `Streams.Delete` (soft delete).
 pub async fn delete<S: EventStore>(ctx: &Ctx<S>, req: DeleteReq) -> Result<DeleteResp, Status> {
-    use delete_req::options::ExpectedStreamRevision as E;
     let o = req
         .options
         .ok_or_else(|| Status::invalid_argument("DeleteReq.options is missing"))?;
     let stream = convert::stream_from_wire(o.stream_identifier.as_ref())?;
-    let expected = match o.expected_stream_revision {
-        Some(E::Revision(r)) => WireExpected::Revision(r),
-        Some(E::NoStream(_)) => WireExpected::NoStream,
-        Some(E::Any(_)) | None => WireExpected::Any,
-        Some(E::StreamExists(_)) => WireExpected::StreamExists,
-    };
+    let expected = expected_or_any(o.expected_stream_revision, Operation::Delete)?;
     let r = ctx
         .store
-        .delete_stream(stream, expected.to_core())
+        .delete_stream(stream, expected)
         .await
         .map_err(|e| to_status(&e, Operation::Delete))?;
     Ok(DeleteResp {
@@ -243,20 +237,14 @@ pub async fn tombstone<S: EventStore>(
     ctx: &Ctx<S>,
     req: TombstoneReq,
 ) -> Result<TombstoneResp, Status> {
-    use tombstone_req::options::ExpectedStreamRevision as E;
     let o = req
         .options
         .ok_or_else(|| Status::invalid_argument("TombstoneReq.options is missing"))?;
     let stream = convert::stream_from_wire(o.stream_identifier.as_ref())?;
-    let expected = match o.expected_stream_revision {
-        Some(E::Revision(r)) => WireExpected::Revision(r),
-        Some(E::NoStream(_)) => WireExpected::NoStream,
-        Some(E::Any(_)) | None => WireExpected::Any,
-        Some(E::StreamExists(_)) => WireExpected::StreamExists,
-    };
+    let expected = expected_or_any(o.expected_stream_revision, Operation::Tombstone)?;
     let r = ctx
         .store
-        .tombstone_stream(stream, expected.to_core())
+        .tombstone_stream(stream, expected)
         .await
         .map_err(|e| to_status(&e, Operation::Tombstone))?;
     Ok(TombstoneResp {
@@ -275,7 +263,7 @@ pub async fn tombstone<S: EventStore>(
 struct Pending {
     stream: StreamName,
     wire_stream: shared::StreamIdentifier,
-    expected: WireExpected,
+    expected: ExpectedRevision,
     events: Vec<EventData>,
     size: u64,
     /// The request's own deadline, when it set one.
@@ -360,7 +348,7 @@ pub async fn batch_append<S: EventStore>(
                         let resp = batch_response(
                             p.correlation.clone(),
                             &p.wire_stream,
-                            p.expected,
+                            Some(p.expected),
                             Err(timeout_error()),
                         );
                         let _ = tx.send(Ok(resp)).await;
@@ -407,12 +395,26 @@ pub async fn batch_append<S: EventStore>(
                         break Some(status);
                     }
                 };
-                use batch_append_req::options::ExpectedStreamPosition as E;
-                let expected = match options.expected_stream_position {
-                    Some(E::StreamPosition(r)) => WireExpected::Revision(r),
-                    Some(E::NoStream(_)) => WireExpected::NoStream,
-                    Some(E::Any(_)) | None => WireExpected::Any,
-                    Some(E::StreamExists(_)) => WireExpected::StreamExists,
+                let expected = match options
+                    .expected_stream_position
+                    .map_or(Ok(ExpectedRevision::Any), ExpectedRevision::try_from)
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // Refused at once, as a deadline that passed: the
+                        // rest of this append's chunks are ignored.
+                        let resp = batch_response(
+                            wire_correlation,
+                            &convert::stream_to_wire(&stream),
+                            None,
+                            Err(batch_error(&e)),
+                        );
+                        let _ = tx.send(Ok(resp)).await;
+                        if !msg.is_final {
+                            answered.insert(correlation);
+                        }
+                        continue;
+                    }
                 };
                 let deadline = batch_deadline(options);
                 v.insert(Pending {
@@ -455,7 +457,12 @@ pub async fn batch_append<S: EventStore>(
         let (ctx, tx) = (ctx.clone(), tx.clone());
         in_flight.spawn(async move {
             let answer = |result: Result<AppendResult, rpc::Status>| {
-                batch_response(wire_correlation.clone(), &p.wire_stream, p.expected, result)
+                batch_response(
+                    wire_correlation.clone(),
+                    &p.wire_stream,
+                    Some(p.expected),
+                    result,
+                )
             };
             if let Some(e) = refused {
                 let _ = tx.send(Ok(answer(Err(batch_error(&e))))).await;
@@ -465,7 +472,7 @@ pub async fn batch_append<S: EventStore>(
                 let _ = tx.send(Ok(answer(Err(timeout_error())))).await;
                 return;
             }
-            let write = write(&ctx, p.stream.clone(), p.expected.to_core(), p.events);
+            let write = write(&ctx, p.stream.clone(), p.expected, p.events);
             tokio::pin!(write);
             let result = match p.deadline {
                 Some(d) => tokio::select! {
@@ -494,10 +501,9 @@ pub async fn batch_append<S: EventStore>(
 fn batch_response(
     correlation_id: Option<shared::Uuid>,
     stream: &shared::StreamIdentifier,
-    expected: WireExpected,
+    expected: Option<ExpectedRevision>,
     result: Result<AppendResult, rpc::Status>,
 ) -> BatchAppendResp {
-    use batch_append_resp::ExpectedStreamPosition as P;
     let result = match result {
         Ok(r) => batch_append_resp::Result::Success(batch_append_resp::Success {
             current_revision_option: Some(
@@ -514,12 +520,8 @@ fn batch_response(
             .or_else(|| Some(convert::uuid_to_wire(Uuid::nil(), UuidFormat::String))),
         result: Some(result),
         stream_identifier: Some(stream.clone()),
-        expected_stream_position: Some(match expected {
-            WireExpected::Revision(r) => P::StreamPosition(r),
-            WireExpected::NoStream => P::NoStream(()),
-            WireExpected::Any => P::Any(()),
-            WireExpected::StreamExists => P::StreamExists(()),
-        }),
+        // Taken from the request, so always representable.
+        expected_stream_position: expected.and_then(|e| e.try_into().ok()),
     }
 }
 

@@ -368,17 +368,19 @@ fn single_event(headers: &HeaderMap, event_type: &str, body: &[u8]) -> Result<Ev
     Ok(event)
 }
 
-/// KurrentDB's numeric expected version.
+/// KurrentDB's numeric expected version (`factum_proto::expected`): a
+/// number outside `i64` or a negative one KurrentDB does not define is 400.
 fn expected_version(raw: &str) -> Result<ExpectedRevision, ApiError> {
-    match raw.trim().parse::<i64>() {
-        Ok(-2) => Ok(ExpectedRevision::Any),
-        Ok(-1) => Ok(ExpectedRevision::NoStream),
-        Ok(-4) => Ok(ExpectedRevision::StreamExists),
-        Ok(n) if n >= 0 => Ok(ExpectedRevision::Exact(StreamRevision(n as u64))),
-        _ => Err(bad(format!(
-            "{EXPECTED_VERSION_HEADER} {raw:?}: use -2 (any), -1 (no stream), -4 (exists) or a revision"
-        ))),
-    }
+    let n = raw.trim().parse::<i64>().map_err(|_| {
+        bad(format!(
+            "{EXPECTED_VERSION_HEADER} {raw:?} is not a signed 64-bit number: use -2 (any), -1 (no stream), -4 (exists) or a revision from 0 to {}",
+            i64::MAX
+        ))
+    })?;
+    factum_proto::expected::expected_from_version_number(n).map_err(|e| match e {
+        Error::InvalidInput(m) => bad(format!("{EXPECTED_VERSION_HEADER}: {m}")),
+        e => e.into(),
+    })
 }
 
 async fn append<S: EventStore>(

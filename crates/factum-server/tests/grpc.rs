@@ -784,3 +784,243 @@ async fn batch_append_deadlines() {
         }]
     ));
 }
+
+async fn append_with(
+    client: &mut StreamsClient<Channel>,
+    stream: &str,
+    expected: append_req::options::ExpectedStreamRevision,
+) -> Result<append_resp::Result, tonic::Status> {
+    let reqs = vec![options(stream, expected), proposed("Edge", b"{}")];
+    let resp = client.append(futures_util::stream::iter(reqs)).await?;
+    Ok(resp
+        .into_inner()
+        .result
+        .expect("an append answer has a result"))
+}
+
+/// A `uint64` expected revision as KurrentDB reads it: `u64::MAX` is the
+/// two's complement of -1 (no stream), anything else above `i64::MAX` is
+/// INVALID_ARGUMENT saying "out of range" (Append, Delete, Tombstone,
+/// BatchAppend), `i64::MAX` itself is an ordinary expectation. Reads from
+/// the largest revision and count are empty, not errors. The server keeps
+/// taking appends and loses nothing.
+#[tokio::test]
+async fn expected_revisions_at_the_edges_of_u64() {
+    use append_req::options::ExpectedStreamRevision as E;
+    use append_resp::wrong_expected_version as w_;
+    let server = start().await;
+    let mut client = StreamsClient::new(channel(server.addr).await);
+    let refused = [i64::MAX as u64 + 1, i64::MAX as u64 + 2, u64::MAX - 1];
+    let assert_refused = |r: u64, status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{r}: {status:?}");
+        assert!(
+            status.message().contains("out of range") && status.message().contains(&r.to_string()),
+            "{r}: {}",
+            status.message()
+        );
+    };
+
+    // u64::MAX is no stream: it creates the stream, then conflicts with it.
+    let r = append_with(&mut client, "edge-1", E::Revision(u64::MAX)).await;
+    let Ok(append_resp::Result::Success(s)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        s.current_revision_option,
+        Some(append_resp::success::CurrentRevisionOption::CurrentRevision(0))
+    );
+    let r = append_with(&mut client, "edge-1", E::Revision(u64::MAX)).await;
+    let Ok(append_resp::Result::WrongExpectedVersion(w)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        w.expected_revision_option,
+        Some(w_::ExpectedRevisionOption::ExpectedNoStream(
+            shared::Empty {}
+        ))
+    );
+    for r in refused {
+        let status = append_with(&mut client, "edge-1", E::Revision(r))
+            .await
+            .unwrap_err();
+        assert_refused(r, status);
+    }
+    let r = append_with(&mut client, "edge-1", E::Revision(i64::MAX as u64)).await;
+    let Ok(append_resp::Result::WrongExpectedVersion(w)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        w.expected_revision_option,
+        Some(w_::ExpectedRevisionOption::ExpectedRevision(
+            i64::MAX as u64
+        ))
+    );
+
+    // Delete and Tombstone read the same field the same way.
+    use factum_proto::streams::{delete_req, tombstone_req, DeleteReq, TombstoneReq};
+    for r in refused {
+        let status = client
+            .delete(DeleteReq {
+                options: Some(delete_req::Options {
+                    stream_identifier: sid("edge-1"),
+                    expected_stream_revision: Some(
+                        delete_req::options::ExpectedStreamRevision::Revision(r),
+                    ),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_refused(r, status);
+        let status = client
+            .tombstone(TombstoneReq {
+                options: Some(tombstone_req::Options {
+                    stream_identifier: sid("edge-1"),
+                    expected_stream_revision: Some(
+                        tombstone_req::options::ExpectedStreamRevision::Revision(r),
+                    ),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_refused(r, status);
+    }
+    client
+        .tombstone(TombstoneReq {
+            options: Some(tombstone_req::Options {
+                stream_identifier: sid("edge-gone"),
+                expected_stream_revision: Some(
+                    tombstone_req::options::ExpectedStreamRevision::Revision(u64::MAX),
+                ),
+            }),
+        })
+        .await
+        .expect("a tombstone expecting no stream (u64::MAX) of a stream that never was");
+
+    // BatchAppend: a refused revision is answered at once with
+    // INVALID_ARGUMENT, its later chunks are ignored; u64::MAX is no stream.
+    use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BatchAppendReq>();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client.batch_append(requests).await.unwrap().into_inner();
+    let message = || {
+        let AppendReq {
+            content: Some(append_req::Content::ProposedMessage(p)),
+        } = proposed("Edge", b"{}")
+        else {
+            unreachable!()
+        };
+        batch_append_req::ProposedMessage {
+            id: p.id,
+            metadata: p.metadata,
+            custom_metadata: p.custom_metadata,
+            data: p.data,
+        }
+    };
+    let batch = |correlation: uuid::Uuid, stream: &str, position: Option<u64>, is_final: bool| {
+        BatchAppendReq {
+            correlation_id: Some(shared::Uuid {
+                value: Some(shared::uuid::Value::String(correlation.to_string())),
+            }),
+            options: position.map(|r| batch_append_req::Options {
+                stream_identifier: sid(stream),
+                expected_stream_position: Some(
+                    batch_append_req::options::ExpectedStreamPosition::StreamPosition(r),
+                ),
+                deadline_option: None,
+            }),
+            proposed_messages: vec![message()],
+            is_final,
+        }
+    };
+    let (refused_id, ok_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    tx.send(batch(
+        refused_id,
+        "edge-2",
+        Some(i64::MAX as u64 + 1),
+        false,
+    ))
+    .unwrap();
+    tx.send(batch(refused_id, "edge-2", None, true)).unwrap();
+    tx.send(batch(ok_id, "edge-2", Some(u64::MAX), true))
+        .unwrap();
+    drop(tx);
+    let mut answers = HashMap::new();
+    while let Some(m) = responses.message().await.unwrap() {
+        let Some(shared::uuid::Value::String(id)) = m.correlation_id.clone().unwrap().value else {
+            panic!("{m:?}")
+        };
+        assert!(answers.insert(id, m).is_none(), "one answer per append");
+    }
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    match &answers[&refused_id.to_string()].result {
+        Some(batch_append_resp::Result::Error(status)) => {
+            assert_eq!(
+                status.code,
+                tonic::Code::InvalidArgument as i32,
+                "{status:?}"
+            );
+            assert!(status.message.contains("out of range"), "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = &answers[&ok_id.to_string()];
+    assert!(
+        matches!(ok.result, Some(batch_append_resp::Result::Success(_))),
+        "{ok:?}"
+    );
+    assert_eq!(
+        ok.expected_stream_position,
+        Some(batch_append_resp::ExpectedStreamPosition::NoStream(()))
+    );
+
+    // Reads from the largest revision, and of the largest count, are empty
+    // or whole; appends go on; nothing acknowledged is missing.
+    let mut req = read_with(Some("edge-1"), Some(u64::MAX), false, 0);
+    req.options.as_mut().unwrap().count_option = Some(CountOption::Count(u64::MAX));
+    assert_eq!(positions(&mut client, req).await.0, 0);
+    let r = append_with(&mut client, "edge-1", E::Revision(0)).await;
+    assert!(matches!(r, Ok(append_resp::Result::Success(_))), "{r:?}");
+    let mut req = read_with(Some("edge-1"), Some(u64::MAX), true, 0);
+    req.options.as_mut().unwrap().count_option = Some(CountOption::Count(u64::MAX));
+    assert_eq!(positions(&mut client, req).await.0, 2);
+    assert_eq!(positions(&mut client, read_stream("edge-2", 10)).await.0, 1);
+
+    // Subscriptions: after a revision above i64::MAX, caught up (the
+    // signed resume field left out, not negative); after u64::MAX, refused.
+    let subscribe_after = |r: u64| {
+        let mut req = read_stream("edge-1", 0);
+        let o = req.options.as_mut().unwrap();
+        o.count_option = Some(CountOption::Subscription(ro::SubscriptionOptions {}));
+        if let Some(StreamOption::Stream(s)) = o.stream_option.as_mut() {
+            s.revision_option = Some(ro::stream_options::RevisionOption::Revision(r));
+        }
+        req
+    };
+    let mut sub = client
+        .read(subscribe_after(i64::MAX as u64 + 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = sub.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.content, Some(Content::Confirmation(_))),
+        "{first:?}"
+    );
+    let caught_up = sub.message().await.unwrap().unwrap();
+    let Some(Content::CaughtUp(c)) = caught_up.content else {
+        panic!("{caught_up:?}")
+    };
+    assert_eq!(c.stream_revision, None);
+    drop(sub);
+    let refused = async {
+        let mut sub = client.read(subscribe_after(u64::MAX)).await?.into_inner();
+        while sub.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    };
+    let status = refused.await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("out of range"), "{status:?}");
+    let r = append_with(&mut client, "edge-1", E::Revision(1)).await;
+    assert!(matches!(r, Ok(append_resp::Result::Success(_))), "{r:?}");
+}

@@ -296,3 +296,58 @@ async fn single_event_appends_with_kurrentdb_headers() {
     let (code, _) = call(addr, "POST", "/streams/doc-2", &bad, "x").await;
     assert_eq!(code, 400);
 }
+
+/// ES-ExpectedVersion as KurrentDB defines it: -1 no stream, -2 any, -4
+/// stream exists, `n ≥ 0` a revision up to `i64::MAX`. Other negative
+/// numbers and numbers outside `i64` (`u64::MAX` included: HTTP carries the
+/// signed number, not its two's complement) are 400 and write nothing; so
+/// is Factum's own header with a revision above `i64::MAX`. Appends go on.
+#[tokio::test]
+async fn expected_version_header_at_the_edges() {
+    let (addr, _dir) = start().await;
+    async fn post(addr: std::net::SocketAddr, header: &str, value: &str) -> (u16, String) {
+        let headers = [("ES-EventType", "Edge"), (header, value)];
+        call(addr, "POST", "/streams/edge-1", &headers, "{}").await
+    }
+    let kurrentdb = "ES-ExpectedVersion";
+    for (value, want) in [
+        ("-4", 409),
+        ("0", 409),
+        ("-1", 201),
+        ("-1", 409),
+        ("9223372036854775807", 409),
+        ("-4", 201),
+        ("-2", 201),
+        ("2", 201),
+    ] {
+        let (code, body) = post(addr, kurrentdb, value).await;
+        assert_eq!(code, want, "{value}: {body}");
+    }
+    for value in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "-3",
+        "-5",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.5",
+    ] {
+        let (code, body) = post(addr, kurrentdb, value).await;
+        assert_eq!(code, 400, "{value}: {body}");
+        let message = json(&body)["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("out of range") || message.contains("signed 64-bit"),
+            "{value}: {message}"
+        );
+    }
+    let factum = factum_server::http::EXPECTED_HEADER;
+    for value in ["9223372036854775808", "18446744073709551615"] {
+        let (code, body) = post(addr, factum, value).await;
+        assert_eq!(code, 400, "{value}: {body}");
+        assert!(body.contains("out of range"), "{value}: {body}");
+    }
+    let (code, body) = post(addr, factum, "3").await;
+    assert_eq!(code, 201, "{body}");
+    let (_, page) = call(addr, "GET", "/streams/edge-1", &[], "").await;
+    assert_eq!(json(&page)["events"].as_array().unwrap().len(), 5);
+}

@@ -114,7 +114,7 @@ impl EventStore for MemoryStore {
         let changed = self.inner.changed.subscribe();
         let cursor = self
             .model()
-            .subscription_start(&request.target, request.start);
+            .subscription_start(&request.target, request.start)?;
         let state = SubState {
             inner: Arc::clone(&self.inner),
             changed,

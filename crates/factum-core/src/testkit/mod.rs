@@ -151,6 +151,22 @@
 //!   `FellBehind`/`Checkpoint` may be interleaved anywhere.
 //! - A subscriber that does not read must not block appends.
 //!
+//! ## Numbers at the edges
+//! Every number a caller supplies may be anything from 0 to `u64::MAX`
+//! (`i64::MIN` to `i64::MAX` for `until`); none makes a store panic, wrap
+//! or stop taking appends ([`model_proptest`] draws them from the edges).
+//! - `Exact(n)` with `n` above [`MAX_EXPECTED_REVISION`](crate::MAX_EXPECTED_REVISION)
+//!   (`i64::MAX`, KurrentDB's signed expected version) is `InvalidInput`
+//!   ("out of range") in every write, checked with the other bad input
+//!   (before `StreamDeleted`). `Exact(i64::MAX)` is an ordinary expectation.
+//! - Read starts past the end read nothing forwards and from the last event
+//!   backwards; a `max_count` of `u64::MAX` means all; `$maxCount`, `$tb` and
+//!   `$maxAge` of any size hide what they say and no more.
+//! - A subscription `After(u64::MAX)` is `InvalidInput` ("out of range"):
+//!   nothing can come after it. Any smaller start is served.
+//! - Event revisions stay below [`TOMBSTONE_REVISION`]: an append that would
+//!   reach it is `LimitExceeded` (no stream gets there in practice).
+//!
 //! ## Not specified (not checked yet)
 //! - The values of an empty append at `NoStream` (only `Ok`).
 //! - Subscriptions to streams with `$maxCount`/`$tb`/`$maxAge` or that were

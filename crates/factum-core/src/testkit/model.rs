@@ -17,9 +17,9 @@ use crate::model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
     MAX_EVENT_TYPE_BYTES,
 };
-use crate::read::{AllStart, Direction, ReadAll, ReadStream, StreamStart};
-#[cfg(test)]
-use crate::read::{SubscriptionStart, SubscriptionTarget};
+use crate::read::{
+    AllStart, Direction, ReadAll, ReadStream, StreamStart, SubscriptionStart, SubscriptionTarget,
+};
 
 /// One stream (user or `$$` metadata stream).
 #[derive(Default, Debug)]
@@ -216,7 +216,9 @@ impl Model {
         let Some(state) = self.state(stream) else {
             return false;
         };
-        let end = from + ids.len() as u64;
+        let Some(end) = from.checked_add(ids.len() as u64) else {
+            return false;
+        };
         from >= state.base
             && end <= state.len()
             && ids
@@ -235,6 +237,7 @@ impl Model {
     ) -> Result<AppendResult> {
         check_writable(stream)?;
         validate(events)?;
+        expected.checked()?;
         if self.tombstoned(stream) {
             return Err(Error::StreamDeleted {
                 stream: stream.clone(),
@@ -314,6 +317,7 @@ impl Model {
         now: Timestamp,
     ) -> Result<DeleteResult> {
         check_writable(stream)?;
+        expected.checked()?;
         if self.tombstoned(stream) {
             return Err(Error::StreamDeleted {
                 stream: stream.clone(),
@@ -346,6 +350,7 @@ impl Model {
         now: Timestamp,
     ) -> Result<DeleteResult> {
         check_writable(stream)?;
+        expected.checked()?;
         if self.tombstoned(stream) {
             return Err(Error::StreamDeleted {
                 stream: stream.clone(),
@@ -376,6 +381,7 @@ impl Model {
         metadata: StreamMetadata,
         now: Timestamp,
     ) -> Result<AppendResult> {
+        expected.checked()?;
         if self.tombstoned(stream) {
             return Err(Error::StreamDeleted {
                 stream: stream.clone(),
@@ -521,15 +527,17 @@ impl Model {
     }
 
     /// The cursor a subscription starts after (`None`: from the beginning).
-    #[cfg(test)]
     pub(crate) fn subscription_start(
         &self,
         target: &SubscriptionTarget,
         start: SubscriptionStart,
-    ) -> Option<u64> {
-        match start {
+    ) -> Result<Option<u64>> {
+        Ok(match start {
             SubscriptionStart::Beginning => None,
-            SubscriptionStart::After(n) => Some(n),
+            SubscriptionStart::After(n) => {
+                crate::follow::cursor_after(n)?;
+                Some(n)
+            }
             SubscriptionStart::End => match target {
                 SubscriptionTarget::All(_) => self.head().map(|p| p.0),
                 SubscriptionTarget::Stream(s) => {
@@ -540,13 +548,12 @@ impl Model {
                     (len as u64).checked_sub(1)
                 }
             },
-        }
+        })
     }
 
     /// Up to `limit` events a subscription delivers after the cursor `after`
     /// (a position for `$all`, else a (link) revision). Stream subscriptions
     /// skip revisions before the stream's current life.
-    #[cfg(test)]
     pub(crate) fn events_after(
         &self,
         target: &SubscriptionTarget,

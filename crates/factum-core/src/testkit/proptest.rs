@@ -17,14 +17,48 @@ use super::StoreFactory;
 use crate::error::{Error, Result};
 use crate::expected::{CurrentRevision, ExpectedRevision};
 use crate::metadata::{StreamMetadata, METADATA_EVENT_TYPE};
-use crate::model::{ContentType, EventData, RecordedEvent, StreamName, StreamRevision, Timestamp};
-use crate::read::{ReadAll, ReadStream};
-use crate::store::EventStore;
+use crate::model::{
+    ContentType, EventData, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
+};
+use crate::read::{
+    AllStart, Direction, ReadAll, ReadStream, StreamStart, Subscribe, SubscriptionStart,
+    SubscriptionTarget,
+};
+use crate::store::{EventStore, SubscriptionMessage};
 
 /// The streams operations pick from: two share the category `a`.
 const NAMES: [&str; 4] = ["a-1", "a-2", "b-1", "c"];
 /// Streams read after every operation besides [`NAMES`].
 const LINK_STREAMS: [&str; 3] = ["$ce-a", "$et-A", "$et-B"];
+
+/// Numbers at the edges of `u64`, `i64` and the `Exact` range (largest
+/// [`MAX_EXPECTED_REVISION`](crate::MAX_EXPECTED_REVISION)), for every
+/// client-supplied number: expected revisions, read starts and counts,
+/// metadata values, subscription starts.
+const EDGES: [u64; 9] = [
+    0,
+    1,
+    2,
+    i64::MAX as u64 - 1,
+    i64::MAX as u64,
+    i64::MAX as u64 + 1,
+    u64::MAX - 2,
+    u64::MAX - 1,
+    u64::MAX,
+];
+
+/// A number at an edge (see [`EDGES`]).
+fn edge() -> impl Strategy<Value = u64> {
+    (0..EDGES.len()).prop_map(|i| EDGES[i])
+}
+
+/// A small number (about the size of a stream here) or one at an edge.
+fn small_or_edge(small: std::ops::Range<u64>) -> impl Strategy<Value = u64> {
+    prop_oneof![2 => small, 1 => edge()]
+}
+
+/// How long the proptest waits for a subscription's `CaughtUp`.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Cases when `FACTUM_PROPTEST_CASES` is not set.
 pub const DEFAULT_PROPTEST_CASES: u32 = 32;
@@ -81,8 +115,31 @@ enum Op {
         expected: Exp,
         max_count: Option<u64>,
         tb: Option<u64>,
+        /// `$maxAge`, only values that hide nothing written by this test.
+        max_age: Option<u64>,
+    },
+    /// A read with numbers at the edges, compared with the model's.
+    /// `target` indexes [`NAMES`] then [`LINK_STREAMS`], or is `$all`.
+    Read {
+        target: usize,
+        forwards: bool,
+        /// `None`: from the start (forwards) or the end (backwards).
+        from: Option<u64>,
+        max_count: u64,
+        /// Microseconds since the epoch, as `until`.
+        until: Option<i64>,
+    },
+    /// A subscription (to `$all` or a link stream, from the beginning, the
+    /// end or after an edge) read until `CaughtUp`, compared with the model.
+    Subscribe {
+        /// Indexes [`LINK_STREAMS`], or is `$all`.
+        target: usize,
+        start: SubscriptionStart,
     },
 }
+
+/// Reads and subscriptions: every stream and `$all` (the last index).
+const READ_TARGETS: usize = NAMES.len() + LINK_STREAMS.len() + 1;
 
 fn expected() -> impl Strategy<Value = Exp> {
     prop_oneof![
@@ -91,6 +148,7 @@ fn expected() -> impl Strategy<Value = Exp> {
         1 => Just(Exp::StreamExists),
         5 => (-2i8..=1).prop_map(Exp::Relative),
         1 => (0u64..8).prop_map(Exp::Absolute),
+        1 => edge().prop_map(Exp::Absolute),
     ]
 }
 
@@ -114,9 +172,48 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(back, stream, expected)| Op::ReuseIds { back, stream, expected }),
         3 => (stream.clone(), expected()).prop_map(|(stream, expected)| Op::Delete { stream, expected }),
         1 => (stream.clone(), expected()).prop_map(|(stream, expected)| Op::Tombstone { stream, expected }),
-        2 => (stream, metadata_expected(), option::of(1u64..4), option::of(0u64..6)).prop_map(
-            |(stream, expected, max_count, tb)| Op::SetMetadata { stream, expected, max_count, tb }
-        ),
+        2 => (
+            stream,
+            metadata_expected(),
+            option::of(small_or_edge(1..4)),
+            option::of(small_or_edge(0..6)),
+            option::of(prop_oneof![Just(1u64 << 40), (3..EDGES.len()).prop_map(|i| EDGES[i])]),
+        )
+            .prop_map(|(stream, expected, max_count, tb, max_age)| Op::SetMetadata {
+                stream,
+                expected,
+                max_count,
+                tb,
+                max_age,
+            }),
+        2 => (
+            0..READ_TARGETS,
+            any::<bool>(),
+            option::of(small_or_edge(0..8)),
+            small_or_edge(0..4),
+            option::of(prop_oneof![
+                Just(i64::MIN),
+                Just(0i64),
+                Just(i64::MAX - 1),
+                Just(i64::MAX)
+            ]),
+        )
+            .prop_map(|(target, forwards, from, max_count, until)| Op::Read {
+                target,
+                forwards,
+                from,
+                max_count,
+                until,
+            }),
+        1 => (
+            0..=LINK_STREAMS.len(),
+            prop_oneof![
+                1 => Just(SubscriptionStart::Beginning),
+                1 => Just(SubscriptionStart::End),
+                3 => small_or_edge(0..8).prop_map(SubscriptionStart::After),
+            ],
+        )
+            .prop_map(|(target, start)| Op::Subscribe { target, start }),
     ]
 }
 
@@ -153,13 +250,15 @@ fn normalize(mut e: RecordedEvent) -> RecordedEvent {
     e
 }
 
-/// What must match between two errors: the kind, and for conflicts the
-/// expected and actual revisions.
+/// What must match between two errors: the kind, for conflicts the
+/// expected and actual revisions, and for a number out of range that the
+/// message says so.
 fn error_key(e: &Error) -> String {
     match e {
         Error::WrongExpectedVersion {
             expected, actual, ..
         } => format!("WrongExpectedVersion(expected {expected}, actual {actual})"),
+        Error::InvalidInput(m) if m.contains("out of range") => "InvalidInput(out of range)".into(),
         e => kind(e).to_owned(),
     }
 }
@@ -293,17 +392,146 @@ impl<S: EventStore> Case<'_, S> {
                 expected,
                 max_count,
                 tb,
+                max_age,
             } => {
                 let s = name(*stream);
                 let e = resolve(*expected, self.model.current(&s.metadata_stream()));
                 let md = StreamMetadata {
                     max_count: *max_count,
                     truncate_before: *tb,
+                    max_age: *max_age,
                     ..StreamMetadata::default()
                 };
                 let want = self.model.set_metadata(&s, e, md.clone(), Timestamp::now());
                 let got = self.store.set_stream_metadata(s, e, md).await;
                 compare(&format!("set_stream_metadata({e})"), &got, &want, false)
+            }
+            Op::Read {
+                target,
+                forwards,
+                from,
+                max_count,
+                until,
+            } => {
+                self.read(*target, *forwards, *from, *max_count, *until)
+                    .await
+            }
+            Op::Subscribe { target, start } => self.subscribe(*target, *start).await,
+        }
+    }
+
+    /// One read with the given numbers, compared with the model's.
+    async fn read(
+        &self,
+        target: usize,
+        forwards: bool,
+        from: Option<u64>,
+        max_count: u64,
+        until: Option<i64>,
+    ) -> std::result::Result<(), String> {
+        let norm = |r: Result<Vec<RecordedEvent>>| {
+            r.map(|v| v.into_iter().map(normalize).collect::<Vec<_>>())
+        };
+        let direction = if forwards {
+            Direction::Forwards
+        } else {
+            Direction::Backwards
+        };
+        let until = until.map(Timestamp);
+        let (what, got, want) = match NAMES.iter().chain(&LINK_STREAMS).nth(target) {
+            Some(s) => {
+                let s = StreamName::new(s).expect("valid name");
+                let req = ReadStream {
+                    stream: s.clone(),
+                    from: from.map_or(
+                        if forwards {
+                            StreamStart::Start
+                        } else {
+                            StreamStart::End
+                        },
+                        |r| StreamStart::Revision(StreamRevision(r)),
+                    ),
+                    direction,
+                    max_count,
+                    until,
+                };
+                let want = norm(self.model.read_stream(&req, Timestamp::now()));
+                let what = format!(
+                    "read_stream({s}, {direction:?}, {:?}, max {max_count}, until {until:?})",
+                    req.from
+                );
+                (what, norm(self.store.read_stream(req).await), want)
+            }
+            None => {
+                let req = ReadAll {
+                    from: from.map_or(
+                        if forwards {
+                            AllStart::Start
+                        } else {
+                            AllStart::End
+                        },
+                        |p| AllStart::Position(Position(p)),
+                    ),
+                    direction,
+                    max_count,
+                    filter: None,
+                    until,
+                };
+                let want =
+                    Ok(self.model.read_all(&req)).map(|v| v.into_iter().map(normalize).collect());
+                let what = format!(
+                    "read_all({direction:?}, {:?}, max {max_count}, until {until:?})",
+                    req.from
+                );
+                (what, norm(self.store.read_all(req).await), want)
+            }
+        };
+        compare(&what, &got, &want, false)
+    }
+
+    /// A subscription read until `CaughtUp`, compared with the model.
+    async fn subscribe(
+        &self,
+        target: usize,
+        start: SubscriptionStart,
+    ) -> std::result::Result<(), String> {
+        let target = match LINK_STREAMS.get(target) {
+            Some(s) => SubscriptionTarget::Stream(StreamName::new(s).expect("valid name")),
+            None => SubscriptionTarget::All(None),
+        };
+        let want = self.model.subscription_start(&target, start).map(|after| {
+            self.model
+                .events_after(&target, after, usize::MAX)
+                .into_iter()
+                .map(normalize)
+                .collect::<Vec<_>>()
+        });
+        let what = format!("subscribe({target:?}, {start:?}) until CaughtUp");
+        let got = self.catch_up(target, start).await;
+        compare(&what, &got, &want, false)
+    }
+
+    /// The events a subscription delivers before `CaughtUp`, or its error
+    /// (from `subscribe` or as its first message).
+    async fn catch_up(
+        &self,
+        target: SubscriptionTarget,
+        start: SubscriptionStart,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut sub = self.store.subscribe(Subscribe { target, start }).await?;
+        let mut events = Vec::new();
+        loop {
+            match tokio::time::timeout(CATCH_UP_TIMEOUT, sub.next()).await {
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "no CaughtUp within {CATCH_UP_TIMEOUT:?}"
+                    )))
+                }
+                Ok(None) => return Err(Error::Unavailable("ended before CaughtUp".into())),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(SubscriptionMessage::Event(e)))) => events.push(normalize(e)),
+                Ok(Some(Ok(SubscriptionMessage::CaughtUp))) => return Ok(events),
+                Ok(Some(Ok(_))) => {}
             }
         }
     }
@@ -364,11 +592,19 @@ async fn run_case<F: StoreFactory>(
 
 /// Runs `cases` random operation sequences (1 to 40 appends, retries,
 /// re-used ids, deletes, tombstones, metadata writes over the streams
-/// `a-1`, `a-2`, `b-1`, `c`) against fresh stores from `factory` and the
-/// reference model, comparing each result (the `Ok` value or the error
-/// kind) and then every stream read (forwards and backwards, `$ce-a`,
-/// `$et-A`, `$et-B`), the metadata, `read_all` and the head. `created` is
-/// not compared.
+/// `a-1`, `a-2`, `b-1`, `c`, reads and subscriptions) against fresh stores
+/// from `factory` and the reference model, comparing each result (the `Ok`
+/// value or the error kind) and then every stream read (forwards and
+/// backwards, `$ce-a`, `$et-A`, `$et-B`), the metadata, `read_all` and the
+/// head. `created` is not compared.
+///
+/// Numbers come from the edges too (0, 1, around `i64::MAX` and
+/// `u64::MAX`): expected revisions, read starts, counts and `until`,
+/// `$maxCount`, `$tb`, `$maxAge`, subscription starts. Whatever they do,
+/// the store answers as the model does (an out-of-range expectation or
+/// subscription start is `InvalidInput` saying "out of range"), and the
+/// comparisons after every operation show that it still takes appends and
+/// lost nothing it acknowledged.
 ///
 /// Sync: it builds its own tokio runtime, so call it from a plain `#[test]`
 /// (not inside a tokio runtime). The RNG is deterministic; set
