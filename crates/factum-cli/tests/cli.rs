@@ -499,7 +499,10 @@ fn bench_reads_under_load_compares_appends_with_and_without_readers() {
     assert!(r["p99_us"].as_f64().unwrap() >= r["p50_us"].as_f64().unwrap());
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
     let notes = r["notes"].to_string();
-    assert!(notes.contains("without readers") || notes.contains("no readers"), "{notes}");
+    assert!(
+        notes.contains("without readers") || notes.contains("no readers"),
+        "{notes}"
+    );
     assert!(notes.contains("/health"), "{notes}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -57,8 +57,9 @@ struct Inner {
 /// What an engine is doing now (a snapshot, for metrics and tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
-    /// Appends queued to the writer (or in its current group) that hold a
-    /// place in its queue; never more than `append_queue_capacity`.
+    /// Appends holding a place in the writer's queue: handed to the writer
+    /// and not yet taken into a group (or deferred to the next one); never
+    /// more than `append_queue_capacity`.
     pub appends_queued: usize,
     /// Places in the writer's queue (`EngineConfig::append_queue`).
     pub append_queue_capacity: usize,
