@@ -478,6 +478,36 @@ fn bench_append_seq_json_has_the_required_keys() {
 }
 
 #[test]
+fn bench_reads_under_load_compares_appends_with_and_without_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(run(&[
+        "bench",
+        "--quick",
+        "--workload",
+        "reads-under-load",
+        "--json",
+        "--events",
+        "200",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    let r = &lines[0];
+    assert_eq!(r["workload"], "reads-under-load");
+    assert_eq!(r["events"], 200, "every paced append answered: {r}");
+    assert!(r["p99_us"].as_f64().unwrap() >= r["p50_us"].as_f64().unwrap());
+    assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("without readers") || notes.contains("no readers"),
+        "{notes}"
+    );
+    assert!(notes.contains("/health"), "{notes}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn bench_persistent_delivers_and_acks_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(run(&[

@@ -46,6 +46,26 @@ pub struct EngineConfig {
     pub read_cache_bytes: usize,
     /// A live subscriber this many events behind the head is told it fell behind.
     pub fell_behind_events: u64,
+    /// Appends waiting for the writer; beyond them an append waits
+    /// asynchronously for a place (backpressure, ADR 13). Default 8,192
+    /// (two full groups).
+    pub append_queue: usize,
+    /// Threads that run reads (ADR 13). Default: one fewer than the cores,
+    /// at least one, so the writer and the async runtime keep a core.
+    pub reader_threads: usize,
+    /// Reads waiting for a reader thread; beyond them a read waits
+    /// asynchronously for a place. Default 1,024.
+    pub read_queue: usize,
+    /// A read checks whether its caller still waits after about this many
+    /// bytes of log or index work (a step). Default 256 KiB.
+    pub read_step_bytes: u64,
+}
+
+/// One fewer than the cores, at least one.
+pub fn default_reader_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 impl Default for EngineConfig {
@@ -64,6 +84,10 @@ impl Default for EngineConfig {
             index_cache_bytes: 64 << 20,
             read_cache_bytes: 64 << 20,
             fell_behind_events: 50_000,
+            append_queue: 8192,
+            reader_threads: default_reader_threads(),
+            read_queue: 1024,
+            read_step_bytes: 256 << 10,
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,7 +14,7 @@ use factum_core::{
     StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
 };
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::{Durability, EngineConfig};
 use crate::fatal::{apply_marker, Fatal, MarkerCut};
@@ -21,6 +22,7 @@ use crate::format::{check_group_link, decode_frame_events, GroupBefore, SEGMENT_
 use crate::index::Index;
 use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segments, Tail};
 use crate::overlay::Overlay;
+use crate::pool::{ReadPool, ReadStats};
 use crate::prealloc::Prealloc;
 use crate::reader::Reader;
 use crate::writer::{AppendRequest, Committed, Writer};
@@ -40,11 +42,33 @@ struct Inner {
     dir: PathBuf,
     config: EngineConfig,
     reader: Reader,
+    /// Runs every read off the async runtime (ADR 13).
+    pool: Arc<ReadPool>,
     index: Arc<Index>,
-    writer_tx: Mutex<Option<Sender<AppendRequest>>>,
+    /// The writer's queue, bounded by `append_slots` (ADR 13).
+    writer_tx: Mutex<Option<SyncSender<AppendRequest>>>,
+    /// A place in the writer's queue per permit.
+    append_slots: Arc<Semaphore>,
+    /// Appends waiting for a place.
+    appends_waiting: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     fatal: Arc<Fatal>,
     _lock: File,
+}
+
+/// What an engine is doing now (a snapshot, for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Appends holding a place in the writer's queue: handed to the writer
+    /// and not yet taken into a group (or deferred to the next one); never
+    /// more than `append_queue_capacity`.
+    pub appends_queued: usize,
+    /// Places in the writer's queue (`EngineConfig::append_queue`).
+    pub append_queue_capacity: usize,
+    /// Appends waiting asynchronously for a place (backpressure).
+    pub appends_waiting: usize,
+    /// The reader pool.
+    pub reads: ReadStats,
 }
 
 /// What opening found and did.
@@ -326,7 +350,11 @@ impl Engine {
             group_first: 0,
             flush_signal: flush_tx,
         };
-        let (tx, rx) = mpsc::channel();
+        // Bounded twice over: the channel's own capacity and the permits
+        // submitters wait for asynchronously (a request holds its permit
+        // until the writer drops it, so the channel is never full).
+        let append_queue = config.append_queue.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::sync_channel(append_queue);
         let writer_thread = std::thread::Builder::new()
             .name("factum-writer".into())
             .spawn(move || writer.run(rx))
@@ -345,13 +373,22 @@ impl Engine {
                 }
             })
             .map_err(|e| Error::io("starting the indexer thread", e))?;
+        let pool = ReadPool::start(
+            config.reader_threads,
+            config.read_queue,
+            config.read_step_bytes,
+        )
+        .map_err(|e| Error::io("starting the reader threads", e))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 dir,
                 config,
                 reader,
+                pool: Arc::new(pool),
                 index,
                 writer_tx: Mutex::new(Some(tx)),
+                append_slots: Arc::new(Semaphore::new(append_queue)),
+                appends_waiting: AtomicUsize::new(0),
                 threads: Mutex::new(vec![writer_thread, indexer_thread]),
                 fatal,
                 _lock: lock,
@@ -387,6 +424,21 @@ impl Engine {
             }
         }
         Ok(total)
+    }
+
+    /// What the writer's queue and the reader pool are doing now.
+    pub fn stats(&self) -> EngineStats {
+        let capacity = self
+            .inner
+            .config
+            .append_queue
+            .clamp(1, Semaphore::MAX_PERMITS);
+        EngineStats {
+            appends_queued: capacity - self.inner.append_slots.available_permits(),
+            append_queue_capacity: capacity,
+            appends_waiting: self.inner.appends_waiting.load(Ordering::Relaxed),
+            reads: self.inner.pool.stats(),
+        }
     }
 
     /// Flushes the index to disk now (it is also flushed in the background).
@@ -440,28 +492,65 @@ impl Engine {
         expected: ExpectedRevision,
         op: Operation,
     ) -> Result<AppendResult> {
+        let closed = || Error::Unavailable("the store is closed".into());
+        let queue_slot = {
+            let _waiting = Waiting::enter(&self.inner.appends_waiting);
+            self.inner
+                .append_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| closed())?
+        };
         let (reply, rx) = oneshot::channel();
         let req = AppendRequest {
             stream,
             expected,
             op,
             reply,
+            queue_slot,
         };
         {
             let tx = self.inner.writer_tx.lock();
-            let tx = tx
-                .as_ref()
-                .ok_or_else(|| Error::Unavailable("the store is closed".into()))?;
-            tx.send(req)
-                .map_err(|_| Error::Unavailable("the store is closed".into()))?;
+            let tx = tx.as_ref().ok_or_else(closed)?;
+            match tx.try_send(req) {
+                Ok(()) => {}
+                Err(TrySendError::Disconnected(_)) => return Err(closed()),
+                // A queued request holds a permit, so this means a bug in
+                // that bookkeeping: answer it rather than block a runtime thread.
+                Err(TrySendError::Full(_)) => {
+                    return Err(Error::Unavailable(
+                        "the writer's queue is full although a place was free".into(),
+                    ))
+                }
+            }
         }
         rx.await
             .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
     }
 }
 
+/// Counts an append waiting for a place in the writer's queue for as long
+/// as it waits (also when its future is dropped while waiting).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Inner {
     fn shutdown(&self) {
+        // Appends waiting for a place answer `Unavailable`.
+        self.append_slots.close();
         drop(self.writer_tx.lock().take());
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -478,6 +567,32 @@ impl Drop for Inner {
     }
 }
 
+/// The metadata of `stream`: its last `$metadata` event (one index lookup
+/// and one point read).
+fn stream_metadata(reader: &Reader, stream: StreamName) -> Result<StreamMetadataResult> {
+    let index = &reader.index;
+    let meta_stream = stream.metadata_stream();
+    match index.stream(stream.as_str())? {
+        Some(r) if r.tombstoned => return Err(Error::StreamDeleted { stream }),
+        _ => {}
+    }
+    let rec = index.stream(meta_stream.as_str())?;
+    let Some(rev) = rec.as_ref().and_then(|r| r.last_revision) else {
+        return Ok(StreamMetadataResult::default());
+    };
+    let events = reader.stream_events(rec.expect("checked").id, rev, 1)?;
+    let last = events.last().ok_or_else(|| Error::Corrupt {
+        file: index.path().to_path_buf(),
+        offset: 0,
+        detail: format!("metadata event {rev}@{meta_stream} is missing from the index"),
+    })?;
+    debug_assert_eq!(last.event_type, METADATA_EVENT_TYPE);
+    Ok(StreamMetadataResult {
+        revision: Some(StreamRevision(rev)),
+        metadata: StreamMetadata::from_json(&last.data)?,
+    })
+}
+
 impl EventStore for Engine {
     async fn append(
         &self,
@@ -490,45 +605,37 @@ impl EventStore for Engine {
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
-        self.inner.reader.read_stream(&request)
+        let reader = self.inner.reader.clone();
+        self.inner
+            .pool
+            .run(move |progress| reader.read_stream(&request, progress))
+            .await
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
-        self.inner.reader.read_all(&request)
+        let reader = self.inner.reader.clone();
+        self.inner
+            .pool
+            .run(move |progress| reader.read_all(&request, progress))
+            .await
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
         crate::subscription::start(
             self.inner.reader.clone(),
+            self.inner.pool.clone(),
             request,
             self.inner.config.fell_behind_events,
         )
+        .await
     }
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
-        let meta_stream = stream.metadata_stream();
-        match self.inner.index.stream(stream.as_str())? {
-            Some(r) if r.tombstoned => return Err(Error::StreamDeleted { stream }),
-            _ => {}
-        }
-        let rec = self.inner.index.stream(meta_stream.as_str())?;
-        let Some(rev) = rec.as_ref().and_then(|r| r.last_revision) else {
-            return Ok(StreamMetadataResult::default());
-        };
-        let events = self
-            .inner
-            .reader
-            .stream_events(rec.expect("checked").id, rev, 1)?;
-        let last = events.last().ok_or_else(|| Error::Corrupt {
-            file: self.inner.index.path().to_path_buf(),
-            offset: 0,
-            detail: format!("metadata event {rev}@{meta_stream} is missing from the index"),
-        })?;
-        debug_assert_eq!(last.event_type, METADATA_EVENT_TYPE);
-        Ok(StreamMetadataResult {
-            revision: Some(StreamRevision(rev)),
-            metadata: StreamMetadata::from_json(&last.data)?,
-        })
+        let reader = self.inner.reader.clone();
+        self.inner
+            .pool
+            .run(move |_| stream_metadata(&reader, stream))
+            .await
     }
 
     async fn set_stream_metadata(

@@ -26,6 +26,7 @@ pub mod format;
 pub mod index;
 pub mod log;
 pub mod overlay;
+pub mod pool;
 mod prealloc;
 pub mod reader;
 pub mod subscription;
@@ -33,5 +34,6 @@ pub mod verify;
 pub mod writer;
 
 pub use config::{Durability, EngineConfig};
-pub use engine::{Engine, Recovery};
+pub use engine::{Engine, EngineStats, Recovery};
+pub use pool::{Progress, ReadStats};
 pub use verify::{verify, VerifyReport};

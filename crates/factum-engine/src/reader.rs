@@ -1,6 +1,8 @@
 //! Reads: one event by location, streams through the index, `$all` by
 //! scanning the log. Readers only look below the committed position and
-//! never take the writer's path.
+//! never take the writer's path. They run on the engine's reader pool
+//! (`pool.rs`) and report their work to its [`Progress`], which stops them
+//! at a step boundary when their caller has gone.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use crate::format::{
 };
 use crate::index::{Index, Run, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
+use crate::pool::Progress;
 use crate::writer::Committed;
 use factum_core::rules;
 
@@ -92,17 +95,29 @@ impl Reader {
         }
     }
 
-    /// Up to `count` events of stream `id` from revision `from`, ascending.
+    /// Up to `count` events of stream `id` from revision `from`, ascending
+    /// (runs to its end: for the writer's own lookups and small reads).
     pub fn stream_events(&self, id: u64, from: u64, count: usize) -> Result<Vec<StoredEvent>> {
         let mut out = Vec::with_capacity(count.min(1024));
-        self.walk_stream(id, None, from, 0, Walk::Up, count as u64, |_, e| {
-            out.push(e);
-            Ok(if out.len() < count {
-                Step::Next
-            } else {
-                Step::Stop
-            })
-        })?;
+        let mut progress = Progress::unbounded();
+        let progress = &mut progress;
+        self.walk_stream(
+            id,
+            None,
+            from,
+            0,
+            Walk::Up,
+            count as u64,
+            progress,
+            |_, e| {
+                out.push(e);
+                Ok(if out.len() < count {
+                    Step::Next
+                } else {
+                    Step::Stop
+                })
+            },
+        )?;
         Ok(out)
     }
 
@@ -111,6 +126,7 @@ impl Reader {
     /// stream until `f` says stop. `own` names the stream when it is not a
     /// link stream: its events must then be its own (name and revision).
     /// `hint` is how many events the caller expects to take (page size).
+    /// Each run visited is a run's bytes of `progress`.
     #[allow(clippy::too_many_arguments)]
     fn walk_stream(
         &self,
@@ -120,6 +136,7 @@ impl Reader {
         min_rev: u64,
         walk: Walk,
         hint: u64,
+        progress: &mut Progress<'_>,
         mut f: impl FnMut(u64, StoredEvent) -> Result<Step>,
     ) -> Result<()> {
         let mut reads = PointReads::new(self);
@@ -139,6 +156,7 @@ impl Reader {
                 if lo > hi {
                     continue;
                 }
+                progress.step(run.bytes as u64)?;
                 if reads.run(first, run, lo - first, hi - first, walk, own, &mut f)? == Step::Stop {
                     return Ok(());
                 }
@@ -154,7 +172,11 @@ impl Reader {
     }
 
     /// Reads a user stream, `$$meta`, `$ce-…` or `$et-…`.
-    pub fn read_stream(&self, req: &ReadStream) -> Result<Vec<RecordedEvent>> {
+    pub fn read_stream(
+        &self,
+        req: &ReadStream,
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
         let name = &req.stream;
         let rec = if name.is_all() {
             None
@@ -181,7 +203,7 @@ impl Reader {
             return Ok(out);
         }
         let own = (!is_link).then_some(name);
-        self.walk_stream(rec.id, own, from, min_rev, walk, max, |rev, e| {
+        self.walk_stream(rec.id, own, from, min_rev, walk, max, progress, |rev, e| {
             if oldest.is_some_and(|o| e.created < o) {
                 return Ok(Step::Next);
             }
@@ -206,7 +228,11 @@ impl Reader {
     }
 
     /// Reads `$all`.
-    pub fn read_all(&self, req: &ReadAll) -> Result<Vec<RecordedEvent>> {
+    pub fn read_all(
+        &self,
+        req: &ReadAll,
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
         match req.direction {
             Direction::Forwards => {
                 let start = match req.from {
@@ -221,15 +247,18 @@ impl Reader {
                         req.filter.as_ref(),
                         req.until,
                         u64::MAX,
+                        progress,
                     )?
                     .0)
             }
-            Direction::Backwards => self.read_all_backwards(req),
+            Direction::Backwards => self.read_all_backwards(req, progress),
         }
     }
 
     /// Scans `$all` forwards from `start`, returning matching events and the
     /// position after the last one examined (at most `max_scan` examined).
+    /// Each frame is its bytes of `progress`: a scan that finds nothing
+    /// still stops at a step when its caller has gone.
     pub fn scan_forwards(
         &self,
         start: u64,
@@ -237,6 +266,7 @@ impl Reader {
         filter: Option<&Filter>,
         until: Option<Timestamp>,
         max_scan: u64,
+        progress: &mut Progress<'_>,
     ) -> Result<(Vec<RecordedEvent>, u64)> {
         let committed = self.committed();
         // Sized for what can come back (no regrowth copies of large pages),
@@ -271,6 +301,7 @@ impl Reader {
                         header,
                         bytes,
                     } => {
+                        progress.step(header.len as u64)?;
                         if header.first_position + header.count as u64 <= next {
                             continue;
                         }
@@ -323,7 +354,11 @@ impl Reader {
         }
     }
 
-    fn read_all_backwards(&self, req: &ReadAll) -> Result<Vec<RecordedEvent>> {
+    fn read_all_backwards(
+        &self,
+        req: &ReadAll,
+        progress: &mut Progress<'_>,
+    ) -> Result<Vec<RecordedEvent>> {
         let committed = self.committed();
         let mut out = Vec::new();
         let Some(head) = committed.next_position.checked_sub(1) else {
@@ -337,7 +372,8 @@ impl Reader {
             let Some((first, loc)) = self.index.batch(pos, Walk::Down)? else {
                 break;
             };
-            let (_, events) = self.frame_at(loc)?;
+            let (header, events) = self.frame_at(loc)?;
+            progress.step(header.len as u64)?;
             for (e, _) in events.into_iter().rev() {
                 if e.position > pos {
                     continue;

@@ -1,14 +1,18 @@
 //! Subscriptions: the engine's side of the shared subscription loop
-//! (`factum_core::follow`, ADR 3). Pages come from the committed log; the
-//! head is the writer's `watch` of the committed position.
+//! (`factum_core::follow`, ADR 3). Pages come from the committed log, read
+//! on the reader pool like any other read (ADR 13); the head is the
+//! writer's `watch` of the committed position.
 
 use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
     Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
 };
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
+use crate::pool::{Progress, ReadPool};
 use crate::reader::Reader;
 use crate::writer::Committed;
 
@@ -17,7 +21,38 @@ const MAX_SCAN: u64 = 8192;
 
 struct EngineFollow {
     reader: Reader,
+    pool: Arc<ReadPool>,
     committed: watch::Receiver<Committed>,
+}
+
+/// One page of `target` after `cursor`: the events, the cursor after them
+/// and whether it reached the head.
+fn page(
+    reader: &Reader,
+    target: &SubscriptionTarget,
+    cursor: u64,
+    progress: &mut Progress<'_>,
+) -> Result<(Vec<RecordedEvent>, u64, bool)> {
+    match target {
+        SubscriptionTarget::All(filter) => {
+            let (events, next) =
+                reader.scan_forwards(cursor, PAGE, filter.as_ref(), None, MAX_SCAN, progress)?;
+            Ok((events, next, next >= reader.committed().next_position))
+        }
+        SubscriptionTarget::Stream(stream) => {
+            let req = ReadStream::forwards(stream.clone())
+                .from_revision(StreamRevision(cursor))
+                .max_count(PAGE);
+            match reader.read_stream(&req, progress) {
+                Ok(events) => {
+                    let next = events.last().map_or(cursor, |e| e.read_revision().0 + 1);
+                    Ok((events, next, true))
+                }
+                Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), cursor, true)),
+                Err(e) => Err(e),
+            }
+        }
+    }
 }
 
 impl Follow for EngineFollow {
@@ -26,30 +61,13 @@ impl Follow for EngineFollow {
         target: &SubscriptionTarget,
         cursor: &mut u64,
     ) -> Result<(Vec<RecordedEvent>, bool)> {
-        match target {
-            SubscriptionTarget::All(filter) => {
-                let (events, next) =
-                    self.reader
-                        .scan_forwards(*cursor, PAGE, filter.as_ref(), None, MAX_SCAN)?;
-                *cursor = next;
-                Ok((events, next >= self.reader.committed().next_position))
-            }
-            SubscriptionTarget::Stream(stream) => {
-                let req = ReadStream::forwards(stream.clone())
-                    .from_revision(StreamRevision(*cursor))
-                    .max_count(PAGE);
-                match self.reader.read_stream(&req) {
-                    Ok(events) => {
-                        if let Some(last) = events.last() {
-                            *cursor = last.read_revision().0 + 1;
-                        }
-                        Ok((events, true))
-                    }
-                    Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), true)),
-                    Err(e) => Err(e),
-                }
-            }
-        }
+        let (reader, target, from) = (self.reader.clone(), target.clone(), *cursor);
+        let (events, next, at_head) = self
+            .pool
+            .run(move |progress| page(&reader, &target, from, progress))
+            .await?;
+        *cursor = next;
+        Ok((events, at_head))
     }
 
     async fn behind(&mut self, target: &SubscriptionTarget, cursor: u64) -> u64 {
@@ -57,10 +75,13 @@ impl Follow for EngineFollow {
             SubscriptionTarget::All(_) => {
                 self.reader.committed().next_position.saturating_sub(cursor)
             }
-            SubscriptionTarget::Stream(s) => self
-                .reader
-                .stream_next_revision(s)
-                .map_or(0, |n| n.saturating_sub(cursor)),
+            SubscriptionTarget::Stream(s) => {
+                let (reader, stream) = (self.reader.clone(), s.clone());
+                self.pool
+                    .run(move |_| reader.stream_next_revision(&stream))
+                    .await
+                    .map_or(0, |n| n.saturating_sub(cursor))
+            }
         }
     }
 
@@ -73,8 +94,13 @@ impl Follow for EngineFollow {
     }
 }
 
-/// Starts a subscription.
-pub fn start(reader: Reader, req: Subscribe, fell_behind: u64) -> Result<Subscription> {
+/// Starts a subscription; its reads run on `pool`.
+pub(crate) async fn start(
+    reader: Reader,
+    pool: Arc<ReadPool>,
+    req: Subscribe,
+    fell_behind: u64,
+) -> Result<Subscription> {
     if let SubscriptionTarget::Stream(s) = &req.target {
         if s.is_all() {
             return Err(Error::InvalidInput(
@@ -87,12 +113,15 @@ pub fn start(reader: Reader, req: Subscribe, fell_behind: u64) -> Result<Subscri
         (_, SubscriptionStart::After(n)) => cursor_after(n)?,
         (SubscriptionTarget::All(_), SubscriptionStart::End) => reader.committed().next_position,
         (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
-            reader.stream_next_revision(s)?
+            let (reader, stream) = (reader.clone(), s.clone());
+            pool.run(move |_| reader.stream_next_revision(&stream))
+                .await?
         }
     };
     let source = EngineFollow {
         committed: reader.committed.clone(),
         reader,
+        pool,
     };
     Ok(follow(source, req.target, cursor, fell_behind))
 }

@@ -52,6 +52,9 @@ pub struct AppendRequest {
     pub op: Operation,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<AppendResult>>,
+    /// The request's place in the writer's bounded queue (ADR 13), given
+    /// back when the writer drops the request.
+    pub queue_slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What readers may see: everything before `next_position` / `end`.

@@ -29,16 +29,17 @@ const EVENT_BYTES: usize = 256;
 /// many calls on one connection; a few connections use both cores).
 const CONNECTIONS: usize = 8;
 
-/// An engine served over gRPC on a free local port.
-struct Served {
+/// An engine served over gRPC (and HTTP) on a free local port.
+pub(super) struct Served {
     engine: Arc<Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    addr: std::net::SocketAddr,
+    /// Where it listens.
+    pub(super) addr: std::net::SocketAddr,
 }
 
 impl Served {
-    async fn start(engine: Arc<Engine>) -> Result<Served, CliError> {
+    pub(super) async fn start(engine: Arc<Engine>) -> Result<Served, CliError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -59,11 +60,11 @@ impl Served {
         })
     }
 
-    async fn client(&self) -> Result<Client, CliError> {
+    pub(super) async fn client(&self) -> Result<Client, CliError> {
         Ok(Client::connect(&format!("http://{}", self.addr)).await?)
     }
 
-    async fn stop(mut self) -> Result<(), CliError> {
+    pub(super) async fn stop(mut self) -> Result<(), CliError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }

@@ -10,7 +10,8 @@
 //! `projection-sqlite`, `projection-postgres` ([`toolkit`]), `grpc-append-seq`,
 //! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
 //! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine),
-//! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups).
+//! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
+//! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan).
 
 pub mod append;
 pub mod grpc;
@@ -18,6 +19,7 @@ pub mod open;
 pub mod persistent;
 pub mod postgres;
 pub mod read;
+pub mod reads_under_load;
 pub mod subscribe;
 pub mod toolkit;
 pub mod util;
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// Streams in the `open` workload's store (default: events / 10).
     #[arg(long, value_name = "N")]
     pub open_streams: Option<u64>,
+    /// Events in the `reads-under-load` store (default 2,000,000; quick 200,000).
+    #[arg(long, value_name = "N")]
+    pub reads_store_events: Option<u64>,
     /// Keep the bench directory for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -115,6 +120,9 @@ pub enum Workload {
     /// The same with four consumers, round robin.
     #[value(name = "persistent-4")]
     Persistent4,
+    /// Paced appends while 16 clients scan `$all` with a filter matching
+    /// nothing (through the server), vs the same appends alone.
+    ReadsUnderLoad,
 }
 
 impl Workload {
@@ -145,10 +153,11 @@ impl Workload {
             Workload::GrpcSubscribeLatency => "grpc-subscribe-latency",
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
+            Workload::ReadsUnderLoad => "reads-under-load",
         }
     }
 
-    const ALL: [Workload; 24] = [
+    const ALL: [Workload; 25] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -173,6 +182,7 @@ impl Workload {
         Workload::GrpcSubscribeLatency,
         Workload::Persistent1,
         Workload::Persistent4,
+        Workload::ReadsUnderLoad,
     ];
 }
 
@@ -360,6 +370,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             Workload::GrpcSubscribeLatency => grpc::subscribe_latency(&mut ctx),
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),
+            Workload::ReadsUnderLoad => {
+                reads_under_load::reads_under_load(&mut ctx, args.reads_store_events)
+            }
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;
         if !args.keep {
