@@ -1,5 +1,6 @@
-//! `factum bench`: the embedded engine measured against raw-disk baselines
-//! taken in the same run, on the same file system.
+//! `factum-bench`: the embedded engine measured against raw-disk baselines
+//! taken in the same run, on the same file system; the server path
+//! measured against the engine.
 //!
 //! Every figure is printed as measured; a figure that misses its target is
 //! shown as missed. Workloads (see each module):
@@ -11,27 +12,93 @@
 //! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
 //! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups).
+//!
+//! A crate of its own (ADR 14): the product binary `factum` does not link
+//! what only the bench needs (SQLite, a PostgreSQL driver, the toolkit, the
+//! clients); `factum bench …` runs this binary when it sits beside `factum`.
 
-pub mod append;
-pub mod grpc;
-pub mod open;
-pub mod persistent;
-pub mod postgres;
-pub mod read;
-pub mod subscribe;
-pub mod toolkit;
-pub mod util;
+/// The same allocator as the `factum` binary, so that the engine measured
+/// here behaves as it does in the server (see `factum-cli`'s `main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod append;
+mod error;
+mod grpc;
+mod open;
+mod persistent;
+mod postgres;
+mod read;
+mod subscribe;
+mod toolkit;
+mod util;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::error::CliError;
+use crate::error::BenchError;
 
-/// Arguments of `factum bench`.
+/// Factum's benchmark harness: runs workloads on the embedded engine, the
+/// server and the toolkit against baselines measured in the same run.
+#[derive(Parser, Debug)]
+#[command(
+    name = "factum-bench",
+    version,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// Child processes the workloads start.
+#[derive(Subcommand, Debug)]
+enum Helper {
+    /// Opens a store and reports the open time and peak memory (used by `open`).
+    #[command(hide = true)]
+    OpenProbe(open::ProbeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.helper {
+        Some(Helper::OpenProbe(a)) => open::probe(a),
+        None => run(cli.bench),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.message.is_empty() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `FACTUM_LOG` (default `warn`), as the
+/// `factum` binary's do: the engine says there what recovery did.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FACTUM_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Arguments of `factum-bench` (and of `factum bench`, which forwards them).
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Run in a fresh directory under DIR (removed afterwards) instead of
@@ -248,7 +315,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A fresh directory for one workload.
-    pub fn dir(&self, name: &str) -> Result<PathBuf, CliError> {
+    pub fn dir(&self, name: &str) -> Result<PathBuf, BenchError> {
         let d = self.root.join(name);
         if d.exists() {
             std::fs::remove_dir_all(&d)?;
@@ -279,8 +346,8 @@ impl Ctx {
     }
 }
 
-/// Runs `factum bench`.
-pub fn run(args: BenchArgs) -> Result<(), CliError> {
+/// Runs the workloads.
+fn run(args: BenchArgs) -> Result<(), BenchError> {
     let workloads = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -292,7 +359,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let parent = match &args.data {
         Some(d) => {
             std::fs::create_dir_all(d)
-                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", d.display())))?;
+                .map_err(|e| BenchError::failure(format!("cannot create {}: {e}", d.display())))?;
             d.clone()
         }
         None => std::env::temp_dir(),
@@ -301,7 +368,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .prefix("factum-bench-")
         .tempdir_in(&parent)
         .map_err(|e| {
-            CliError::failure(format!(
+            BenchError::failure(format!(
                 "cannot create a directory in {}: {e}",
                 parent.display()
             ))
@@ -309,7 +376,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot start the async runtime: {e}")))?;
     let filesystem = util::filesystem_of(tmp.path());
     let mut ctx = Ctx {
         root: tmp.path().to_path_buf(),
@@ -367,7 +434,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         }
         if args.json {
             let line = serde_json::to_string(&report)
-                .map_err(|e| CliError::failure(format!("cannot encode the report: {e}")))?;
+                .map_err(|e| BenchError::failure(format!("cannot encode the report: {e}")))?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{line}")?;
             out.flush()?;

@@ -20,9 +20,9 @@ use factum_core::{
 };
 use factum_engine::{Durability, Engine};
 
-use super::util::{event, open_engine, payload, rate, Latencies};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{event, open_engine, payload, rate, Latencies};
+use crate::{Ctx, Report, Workload};
 
 const EVENT_BYTES: usize = 256;
 /// Connections the concurrent writers share (official clients multiplex
@@ -38,7 +38,7 @@ struct Served {
 }
 
 impl Served {
-    async fn start(engine: Arc<Engine>) -> Result<Served, CliError> {
+    async fn start(engine: Arc<Engine>) -> Result<Served, BenchError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -59,11 +59,11 @@ impl Served {
         })
     }
 
-    async fn client(&self) -> Result<Client, CliError> {
+    async fn client(&self) -> Result<Client, BenchError> {
         Ok(Client::connect(&format!("http://{}", self.addr)).await?)
     }
 
-    async fn stop(mut self) -> Result<(), CliError> {
+    async fn stop(mut self) -> Result<(), BenchError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -94,7 +94,7 @@ async fn appends<S: EventStore + Clone>(
     per_append: usize,
     time: Duration,
     max: u64,
-) -> Result<Side, CliError> {
+) -> Result<Side, BenchError> {
     let data = payload(EVENT_BYTES);
     let started = Instant::now();
     let deadline = started + time;
@@ -116,7 +116,7 @@ async fn appends<S: EventStore + Clone>(
                 lat.push(t.elapsed());
                 n += per_append as u64;
             }
-            Ok::<_, CliError>((n, lat))
+            Ok::<_, BenchError>((n, lat))
         }));
     }
     let mut side = Side {
@@ -127,7 +127,7 @@ async fn appends<S: EventStore + Clone>(
     for t in tasks {
         let (n, lat) = t
             .await
-            .map_err(|e| CliError::failure(format!("writer task failed: {e}")))??;
+            .map_err(|e| BenchError::failure(format!("writer task failed: {e}")))??;
         side.events += n;
         side.lat.extend(lat);
     }
@@ -167,7 +167,7 @@ fn append_workload(
     writers: usize,
     per_append: usize,
     latency_of: &'static str,
-) -> Result<Report, CliError> {
+) -> Result<Report, BenchError> {
     let time = ctx.secs(1.5, 5.0);
     let max = ctx.cap(u64::MAX);
     let dir = ctx.dir(w.name())?;
@@ -193,7 +193,7 @@ fn append_workload(
         let side = appends(&clients, writers, per_append, time, max).await?;
         drop(clients);
         served.stop().await?;
-        Ok::<_, CliError>(side)
+        Ok::<_, BenchError>(side)
     })?;
     let mut r = compare(ctx, w, grpc, embedded, latency_of);
     if w == Workload::GrpcAppendConcurrent {
@@ -206,7 +206,7 @@ fn append_workload(
 }
 
 /// `grpc-append-seq`.
-pub fn append_seq(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn append_seq(ctx: &mut Ctx) -> Result<Report, BenchError> {
     append_workload(
         ctx,
         Workload::GrpcAppendSeq,
@@ -217,7 +217,7 @@ pub fn append_seq(ctx: &mut Ctx) -> Result<Report, CliError> {
 }
 
 /// `grpc-append-concurrent`.
-pub fn append_concurrent(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn append_concurrent(ctx: &mut Ctx) -> Result<Report, BenchError> {
     append_workload(
         ctx,
         Workload::GrpcAppendConcurrent,
@@ -228,7 +228,7 @@ pub fn append_concurrent(ctx: &mut Ctx) -> Result<Report, CliError> {
 }
 
 /// `grpc-append-batch`.
-pub fn append_batch(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn append_batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
     append_workload(
         ctx,
         Workload::GrpcAppendBatch,
@@ -241,7 +241,7 @@ pub fn append_batch(ctx: &mut Ctx) -> Result<Report, CliError> {
 /// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
 /// over gRPC as one streamed read (the server pages internally), each event
 /// dropped once counted on both sides.
-pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let w = Workload::GrpcReadAll;
     let dir = ctx.dir(w.name())?;
     let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
@@ -299,7 +299,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
         };
         drop(client);
         served.stop().await?;
-        Ok::<_, CliError>((embedded, grpc))
+        Ok::<_, BenchError>((embedded, grpc))
     })?;
     let mut r = compare(ctx, w, grpc, embedded, "none (throughput)");
     r.durability = "none (load only)".into();
@@ -312,7 +312,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
 
 /// One append at a time; latency from the append's start to the live
 /// subscription delivering it.
-async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, CliError> {
+async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, BenchError> {
     let mut sub = store
         .subscribe(Subscribe::all(SubscriptionStart::End, None))
         .await?;
@@ -332,8 +332,8 @@ async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, CliError> {
                         return Ok(t.elapsed())
                     }
                     Ok(Some(Ok(_))) => continue,
-                    Ok(Some(Err(e))) => return Err(CliError::from(e)),
-                    _ => return Err(CliError::failure("the subscription stopped delivering")),
+                    Ok(Some(Err(e))) => return Err(BenchError::from(e)),
+                    _ => return Err(BenchError::failure("the subscription stopped delivering")),
                 }
             }
         };
@@ -349,7 +349,7 @@ async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, CliError> {
 }
 
 /// `grpc-subscribe-latency`.
-pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let w = Workload::GrpcSubscribeLatency;
     let dir = ctx.dir(w.name())?;
     let n = ctx.cap(if ctx.quick { 500 } else { 2000 });
@@ -366,7 +366,7 @@ pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         let side = delivery(&client, n).await?;
         drop(client);
         served.stop().await?;
-        Ok::<_, CliError>(side)
+        Ok::<_, BenchError>(side)
     })?;
     let mut r = compare(
         ctx,
