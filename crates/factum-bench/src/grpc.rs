@@ -1,8 +1,11 @@
-//! gRPC workloads: the same operations through `factum serve`'s gRPC front
-//! end (in-process server on 127.0.0.1, `factum-client` over one HTTP/2
-//! connection per client) and straight on the embedded engine, in the same
-//! run. The ratio is gRPC / embedded. Client and server share this
-//! machine's cores, as they would on one host.
+//! gRPC workloads: the same operations through `factum serve` (a process of
+//! its own on 127.0.0.1, see [`crate::server`]) and straight on the
+//! embedded engine in this process, in the same run. The ratio is gRPC /
+//! embedded. Beside events/s and latency, each reports the server's CPU
+//! time per event (user + system of the server process over the measured
+//! window): the figure that stays put on a noisy machine. With two CPUs
+//! the server runs on one and this process (load generator, engine
+//! baseline) on the other.
 //!
 //! `grpc-append-seq` (1 writer, 1 event per append), `grpc-append-concurrent`
 //! (256 writers over 8 connections, 1 event each; target ≥100,000 events/s),
@@ -10,17 +13,19 @@
 //! one streamed read; target ≥1M events/s), `grpc-subscribe-latency`
 //! (append start → live delivery, one event at a time).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use factum_client::Client;
 use factum_core::{
-    Bytes, EventStore, ExpectedRevision, ReadAll, StreamName, Subscribe, SubscriptionMessage,
-    SubscriptionStart,
+    Bytes, ContentType, EventData, EventStore, ExpectedRevision, ReadAll, StreamName, Subscribe,
+    SubscriptionMessage, SubscriptionStart, Uuid,
 };
-use factum_engine::{Durability, Engine};
+use factum_engine::Durability;
 
 use crate::error::BenchError;
+use crate::server::{CpuClock, Placement, ServerProcess};
 use crate::util::{event, open_engine, payload, rate, Latencies};
 use crate::{Ctx, Report, Workload};
 
@@ -29,55 +34,79 @@ const EVENT_BYTES: usize = 256;
 /// many calls on one connection; a few connections use both cores).
 const CONNECTIONS: usize = 8;
 
-/// An engine served over gRPC on a free local port.
-struct Served {
-    engine: Arc<Engine>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    addr: std::net::SocketAddr,
+/// What a workload needs of a store, local or remote: appends with given
+/// event ids, and a live `$all` subscription from the end that yields the
+/// ids of the events it delivers.
+pub(crate) trait BenchStore: Clone + Send + Sync + 'static {
+    /// A live subscription.
+    type Live: Send;
+
+    /// Appends one event of `data` per id to `stream`, expecting any revision.
+    fn append(
+        &self,
+        stream: &StreamName,
+        ids: &[Uuid],
+        data: &Bytes,
+    ) -> impl Future<Output = Result<(), BenchError>> + Send;
+
+    /// Subscribes to `$all` from its end.
+    fn subscribe_end(&self) -> impl Future<Output = Result<Self::Live, BenchError>> + Send;
+
+    /// The id of the next event delivered; `None` when the subscription ended.
+    fn next_id(
+        live: &mut Self::Live,
+    ) -> impl Future<Output = Result<Option<Uuid>, BenchError>> + Send;
 }
 
-impl Served {
-    async fn start(engine: Arc<Engine>) -> Result<Served, BenchError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = factum_server::ServerConfig::new(addr);
-        let task = tokio::spawn(factum_server::serve(
-            listener,
-            engine.clone(),
-            config,
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Ok(Served {
-            engine,
-            stop: Some(tx),
-            task,
-            addr,
-        })
-    }
+/// Any of our `EventStore`s (the engine, `factum-client`) as a [`BenchStore`].
+#[derive(Clone)]
+pub(crate) struct Ours<S>(pub S);
 
-    async fn client(&self) -> Result<Client, BenchError> {
-        Ok(Client::connect(&format!("http://{}", self.addr)).await?)
-    }
+impl<S: EventStore + Clone> BenchStore for Ours<S> {
+    type Live = factum_core::Subscription;
 
-    async fn stop(mut self) -> Result<(), BenchError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = self.task.await;
-        self.engine.close()?;
+    async fn append(
+        &self,
+        stream: &StreamName,
+        ids: &[Uuid],
+        data: &Bytes,
+    ) -> Result<(), BenchError> {
+        let events = ids
+            .iter()
+            .map(|id| EventData::new("Bench", ContentType::Json, data.clone()).with_id(*id))
+            .collect();
+        self.0
+            .append(stream.clone(), ExpectedRevision::Any, events)
+            .await?;
         Ok(())
+    }
+
+    async fn subscribe_end(&self) -> Result<Self::Live, BenchError> {
+        Ok(self
+            .0
+            .subscribe(Subscribe::all(SubscriptionStart::End, None))
+            .await?)
+    }
+
+    async fn next_id(live: &mut Self::Live) -> Result<Option<Uuid>, BenchError> {
+        loop {
+            match live.next().await {
+                Some(Ok(SubscriptionMessage::Event(e))) => return Ok(Some(e.id)),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(None),
+            }
+        }
     }
 }
 
 /// What one side of a comparison measured.
-struct Side {
+pub(crate) struct Side {
     events: u64,
     elapsed: Duration,
     lat: Latencies,
+    /// The server process's CPU time over the measured window (remote sides).
+    server_cpu: Option<Duration>,
 }
 
 impl Side {
@@ -87,15 +116,18 @@ impl Side {
 }
 
 /// `writers` tasks appending `per_append` events at a time for `time`
-/// (or until `max` events), each task on `stores[i % stores.len()]`.
-async fn appends<S: EventStore + Clone>(
+/// (or until `max` events), each task on `stores[i % stores.len()]`;
+/// `server` is sampled at the start and the end of the window.
+async fn appends<S: BenchStore>(
     stores: &[S],
     writers: usize,
     per_append: usize,
     time: Duration,
     max: u64,
+    server: Option<&CpuClock>,
 ) -> Result<Side, BenchError> {
     let data = payload(EVENT_BYTES);
+    let cpu_before = server.map(CpuClock::now).transpose()?;
     let started = Instant::now();
     let deadline = started + time;
     let per_writer = (max / writers as u64).max(1);
@@ -108,11 +140,9 @@ async fn appends<S: EventStore + Clone>(
             let mut lat = Latencies::with_capacity(1024);
             let mut n = 0u64;
             while n < per_writer && (n == 0 || Instant::now() < deadline) {
-                let batch = (0..per_append).map(|_| event(&data)).collect();
+                let ids: Vec<Uuid> = (0..per_append).map(|_| Uuid::new_v4()).collect();
                 let t = Instant::now();
-                store
-                    .append(stream.clone(), ExpectedRevision::Any, batch)
-                    .await?;
+                store.append(&stream, &ids, &data).await?;
                 lat.push(t.elapsed());
                 n += per_append as u64;
             }
@@ -123,6 +153,7 @@ async fn appends<S: EventStore + Clone>(
         events: 0,
         elapsed: Duration::ZERO,
         lat: Latencies::with_capacity(1 << 14),
+        server_cpu: None,
     };
     for t in tasks {
         let (n, lat) = t
@@ -132,23 +163,44 @@ async fn appends<S: EventStore + Clone>(
         side.lat.extend(lat);
     }
     side.elapsed = started.elapsed();
+    side.server_cpu = cpu_spent(server, cpu_before)?;
     Ok(side)
 }
 
-fn compare(ctx: &Ctx, w: Workload, grpc: Side, embedded: Side, latency_of: &'static str) -> Report {
-    let mut grpc = grpc;
+/// The server's CPU time since `before`.
+fn cpu_spent(
+    server: Option<&CpuClock>,
+    before: Option<Duration>,
+) -> Result<Option<Duration>, BenchError> {
+    match (server, before) {
+        (Some(clock), Some(before)) => Ok(Some(clock.now()?.saturating_sub(before))),
+        _ => Ok(None),
+    }
+}
+
+/// The report of a remote side against the engine's.
+pub(crate) fn compare(
+    ctx: &Ctx,
+    w: Workload,
+    remote: Side,
+    embedded: Side,
+    latency_of: &'static str,
+    how: String,
+    placement: &Placement,
+) -> Report {
+    let mut remote = remote;
     let mut embedded = embedded;
-    let (p50, p99) = grpc.lat.p50_p99_us();
+    let (p50, p99) = remote.lat.p50_p99_us();
     let (e50, e99) = embedded.lat.p50_p99_us();
     let mut r = ctx.report(w);
-    r.events = grpc.events;
-    r.seconds = grpc.elapsed.as_secs_f64();
-    r.events_per_sec = Some(grpc.eps());
+    r.events = remote.events;
+    r.seconds = remote.elapsed.as_secs_f64();
+    r.events_per_sec = Some(remote.eps());
     r.p50_us = p50;
     r.p99_us = p99;
     r.latency_of = latency_of;
     r.baseline_events_per_sec = Some(embedded.eps());
-    r.ratio = Some(grpc.eps() / embedded.eps());
+    r.ratio = Some(remote.eps() / embedded.eps());
     r.notes.push(format!(
         "baseline: the embedded engine, same operations in the same run: {} events in {:.2} s, p50 {:.0} µs, p99 {:.0} µs",
         embedded.events,
@@ -156,8 +208,44 @@ fn compare(ctx: &Ctx, w: Workload, grpc: Side, embedded: Side, latency_of: &'sta
         e50.unwrap_or(0.0),
         e99.unwrap_or(0.0)
     ));
-    r.notes.push("gRPC: in-process factum-server on 127.0.0.1, factum-client; both share this machine's cores".into());
+    if let Some(cpu) = remote.server_cpu {
+        r.server_cpu_us_per_event = Some(cpu.as_secs_f64() * 1e6 / remote.events.max(1) as f64);
+        r.notes.push(format!(
+            "server CPU: {:.0} ms user+system of the factum serve process over the measured window (/proc/<pid>/stat, in clock ticks), {:.1} µs per event",
+            cpu.as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e6 / remote.events.max(1) as f64,
+        ));
+    }
+    r.notes.push(how);
+    r.notes.push(placement.note());
     r
+}
+
+/// How the factum-client side reached the server.
+fn via_factum_client(connections: usize) -> String {
+    format!("gRPC: factum serve --insecure in its own process on 127.0.0.1 (embedded engine, durability always), factum-client over {connections} connection(s)")
+}
+
+/// The embedded side of an append workload, on a fresh store.
+fn embedded_appends(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    writers: usize,
+    per_append: usize,
+    time: Duration,
+    max: u64,
+) -> Result<Side, BenchError> {
+    let engine = Arc::new(open_engine(dir, Durability::Always)?);
+    let side = ctx.rt.block_on(appends(
+        &[Ours(engine.clone())],
+        writers,
+        per_append,
+        time,
+        max,
+        None,
+    ))?;
+    engine.close()?;
+    Ok(side)
 }
 
 /// An append workload against both sides; fresh stores for each.
@@ -171,31 +259,29 @@ fn append_workload(
     let time = ctx.secs(1.5, 5.0);
     let max = ctx.cap(u64::MAX);
     let dir = ctx.dir(w.name())?;
-    let embedded = {
-        let engine = Arc::new(open_engine(&dir.join("embedded"), Durability::Always)?);
-        let side = ctx.rt.block_on(appends(
-            std::slice::from_ref(&engine),
-            writers,
-            per_append,
-            time,
-            max,
-        ))?;
-        engine.close()?;
-        side
-    };
-    let engine = Arc::new(open_engine(&dir.join("grpc"), Durability::Always)?);
+    let placement = Placement::pin();
+    let embedded = embedded_appends(ctx, &dir.join("embedded"), writers, per_append, time, max)?;
+    let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
+    let connections = CONNECTIONS.min(writers);
     let grpc = ctx.rt.block_on(async {
-        let served = Served::start(engine).await?;
         let mut clients = Vec::new();
-        for _ in 0..CONNECTIONS.min(writers) {
-            clients.push(served.client().await?);
+        for _ in 0..connections {
+            clients.push(Ours(connect(&server).await?));
         }
-        let side = appends(&clients, writers, per_append, time, max).await?;
+        let side = appends(&clients, writers, per_append, time, max, Some(&server.cpu)).await?;
         drop(clients);
-        served.stop().await?;
         Ok::<_, BenchError>(side)
     })?;
-    let mut r = compare(ctx, w, grpc, embedded, latency_of);
+    server.stop()?;
+    let mut r = compare(
+        ctx,
+        w,
+        grpc,
+        embedded,
+        latency_of,
+        via_factum_client(connections),
+        &placement,
+    );
     if w == Workload::GrpcAppendConcurrent {
         r.target = "≥100,000 events/s".into();
         r.target_met = r.events_per_sec.map(|e| e >= 100_000.0);
@@ -203,6 +289,10 @@ fn append_workload(
         r.target = "none: ratio to the embedded engine reported".into();
     }
     Ok(r)
+}
+
+async fn connect(server: &ServerProcess) -> Result<Client, BenchError> {
+    Ok(Client::connect(&format!("http://{}", server.addr)).await?)
 }
 
 /// `grpc-append-seq`.
@@ -238,29 +328,38 @@ pub fn append_batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
     )
 }
 
-/// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
-/// over gRPC as one streamed read (the server pages internally), each event
-/// dropped once counted on both sides.
-pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
-    let w = Workload::GrpcReadAll;
-    let dir = ctx.dir(w.name())?;
-    let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
-    let engine = Arc::new(open_engine(&dir, Durability::None)?);
+/// The store of a read workload: `total` events in appends of 1,000 to one
+/// stream (durability `None`, labelled), index flushed, closed. Then the
+/// embedded side: the store reopened and `$all` read forwards in pages of
+/// 10,000, each event dropped once counted.
+fn load_and_read_embedded(
+    ctx: &Ctx,
+    dir: &std::path::Path,
+    total: u64,
+) -> Result<Side, BenchError> {
     let data = payload(EVENT_BYTES);
-    let (embedded, grpc) = ctx.rt.block_on(async {
-        let stream = StreamName::new("load-1")?;
-        let mut written = 0;
-        while written < total {
-            let n = (total - written).min(1000);
-            let batch = (0..n).map(|_| event(&data)).collect();
-            engine
-                .append(stream.clone(), ExpectedRevision::Any, batch)
-                .await?;
-            written += n;
-        }
+    {
+        let engine = open_engine(dir, Durability::None)?;
+        ctx.rt.block_on(async {
+            let stream = StreamName::new("load-1")?;
+            let mut written = 0;
+            while written < total {
+                let n = (total - written).min(1000);
+                let batch = (0..n).map(|_| event(&data)).collect();
+                engine
+                    .append(stream.clone(), ExpectedRevision::Any, batch)
+                    .await?;
+                written += n;
+            }
+            Ok::<_, BenchError>(())
+        })?;
         // The load's index flush would otherwise run in the background
-        // during both measurements, taking a core from them.
+        // during the measurements, taking a core from them.
         engine.flush_index()?;
+        engine.close()?;
+    }
+    let engine = open_engine(dir, Durability::None)?;
+    let side = ctx.rt.block_on(async {
         let started = Instant::now();
         let mut from = 0u64;
         let mut events = 0u64;
@@ -276,13 +375,30 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
             from = last.position.0 + 1;
             events += page.len() as u64;
         }
-        let embedded = Side {
+        Ok::<_, BenchError>(Side {
             events,
             elapsed: started.elapsed(),
             lat: Latencies::with_capacity(0),
-        };
-        let served = Served::start(engine).await?;
-        let client = served.client().await?;
+            server_cpu: None,
+        })
+    })?;
+    engine.close()?;
+    Ok(side)
+}
+
+/// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
+/// over gRPC as one streamed read (the server pages internally), each event
+/// dropped once counted on both sides.
+pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
+    let w = Workload::GrpcReadAll;
+    let dir = ctx.dir(w.name())?;
+    let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
+    let placement = Placement::pin();
+    let embedded = load_and_read_embedded(ctx, &dir.join("store"), total)?;
+    let server = ServerProcess::start(&dir.join("store"), &placement)?;
+    let grpc = ctx.rt.block_on(async {
+        let client = connect(&server).await?;
+        let cpu_before = Some(server.cpu.now()?);
         let started = Instant::now();
         let mut read = client
             .read_all_streaming(ReadAll::forwards().max_count(total))
@@ -292,19 +408,46 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
             e?;
             events += 1;
         }
-        let grpc = Side {
+        Ok::<_, BenchError>(Side {
             events,
             elapsed: started.elapsed(),
             lat: Latencies::with_capacity(0),
-        };
-        drop(client);
-        served.stop().await?;
-        Ok::<_, BenchError>((embedded, grpc))
+            server_cpu: cpu_spent(Some(&server.cpu), cpu_before)?,
+        })
     })?;
-    let mut r = compare(ctx, w, grpc, embedded, "none (throughput)");
+    server.stop()?;
+    read_all_report(ctx, w, grpc, embedded, via_factum_client(1), &placement)
+}
+
+/// The report of a `$all` read against the engine's.
+pub(crate) fn read_all_report(
+    ctx: &Ctx,
+    w: Workload,
+    remote: Side,
+    embedded: Side,
+    how: String,
+    placement: &Placement,
+) -> Result<Report, BenchError> {
+    if remote.events != embedded.events {
+        return Err(BenchError::failure(format!(
+            "read {} events over gRPC and {} from the engine",
+            remote.events, embedded.events
+        )));
+    }
+    let mut r = compare(
+        ctx,
+        w,
+        remote,
+        embedded,
+        "none (throughput)",
+        how,
+        placement,
+    );
     r.durability = "none (load only)".into();
-    r.notes
-        .push("the load's index is flushed before either side is measured".into());
+    r.notes.push(
+        "the load's index is flushed and the store reopened before either side is measured (the engine in this process, then the server process)"
+            .into(),
+    );
     r.target = "≥1,000,000 events/s".into();
     r.target_met = r.events_per_sec.map(|e| e >= 1_000_000.0);
     Ok(r)
@@ -312,27 +455,27 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
 
 /// One append at a time; latency from the append's start to the live
 /// subscription delivering it.
-async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, BenchError> {
-    let mut sub = store
-        .subscribe(Subscribe::all(SubscriptionStart::End, None))
-        .await?;
+async fn delivery<S: BenchStore>(
+    store: &S,
+    n: u64,
+    server: Option<&CpuClock>,
+) -> Result<Side, BenchError> {
+    let mut live = store.subscribe_end().await?;
     let stream = StreamName::new("live-1")?;
     let data = payload(EVENT_BYTES);
     let mut lat = Latencies::with_capacity(n as usize);
+    let cpu_before = server.map(CpuClock::now).transpose()?;
     let started = Instant::now();
     for _ in 0..n {
-        let e = event(&data);
-        let id = e.id;
+        let id = Uuid::new_v4();
         let t = Instant::now();
-        let append = store.append(stream.clone(), ExpectedRevision::Any, vec![e]);
+        let append = store.append(&stream, std::slice::from_ref(&id), &data);
         let deliver = async {
             loop {
-                match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
-                    Ok(Some(Ok(SubscriptionMessage::Event(ev)))) if ev.id == id => {
-                        return Ok(t.elapsed())
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    Ok(Some(Err(e))) => return Err(BenchError::from(e)),
+                match tokio::time::timeout(Duration::from_secs(10), S::next_id(&mut live)).await {
+                    Ok(Ok(Some(got))) if got == id => return Ok(t.elapsed()),
+                    Ok(Ok(Some(_))) => continue,
+                    Ok(Err(e)) => return Err(e),
                     _ => return Err(BenchError::failure("the subscription stopped delivering")),
                 }
             }
@@ -345,7 +488,16 @@ async fn delivery<S: EventStore>(store: &S, n: u64) -> Result<Side, BenchError> 
         events: n,
         elapsed: started.elapsed(),
         lat,
+        server_cpu: cpu_spent(server, cpu_before)?,
     })
+}
+
+/// The embedded side of a subscribe workload, on a fresh store.
+fn embedded_delivery(ctx: &Ctx, dir: &std::path::Path, n: u64) -> Result<Side, BenchError> {
+    let engine = Arc::new(open_engine(dir, Durability::Always)?);
+    let side = ctx.rt.block_on(delivery(&Ours(engine.clone()), n, None))?;
+    engine.close()?;
+    Ok(side)
 }
 
 /// `grpc-subscribe-latency`.
@@ -353,27 +505,22 @@ pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let w = Workload::GrpcSubscribeLatency;
     let dir = ctx.dir(w.name())?;
     let n = ctx.cap(if ctx.quick { 500 } else { 2000 });
-    let embedded = {
-        let engine = open_engine(&dir.join("embedded"), Durability::Always)?;
-        let side = ctx.rt.block_on(delivery(&engine, n))?;
-        engine.close()?;
-        side
-    };
-    let engine = Arc::new(open_engine(&dir.join("grpc"), Durability::Always)?);
+    let placement = Placement::pin();
+    let embedded = embedded_delivery(ctx, &dir.join("embedded"), n)?;
+    let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
     let grpc = ctx.rt.block_on(async {
-        let served = Served::start(engine).await?;
-        let client = served.client().await?;
-        let side = delivery(&client, n).await?;
-        drop(client);
-        served.stop().await?;
-        Ok::<_, BenchError>(side)
+        let client = Ours(connect(&server).await?);
+        delivery(&client, n, Some(&server.cpu)).await
     })?;
+    server.stop()?;
     let mut r = compare(
         ctx,
         w,
         grpc,
         embedded,
         "append start → live delivery over gRPC, one at a time",
+        via_factum_client(1),
+        &placement,
     );
     r.target = "none: p99 reported against the embedded engine's".into();
     Ok(r)

@@ -29,6 +29,7 @@ mod open;
 mod persistent;
 mod postgres;
 mod read;
+mod server;
 mod subscribe;
 mod toolkit;
 mod util;
@@ -278,6 +279,10 @@ pub struct Report {
     pub target_met: Option<bool>,
     /// Durability of the measured appends (or of the load, for read workloads).
     pub durability: String,
+    /// CPU time (user + system) of the server process per event over the
+    /// measured window, µs (server-path workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_event: Option<f64>,
     /// Peak resident memory, MB (`open`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
@@ -480,7 +485,7 @@ fn met(r: &Report) -> &'static str {
 
 fn summary(r: &Report) -> String {
     format!(
-        "{}: {} events in {:.3} s, {} events/s, p50 {}, p99 {}, ratio {}, target {} ({})",
+        "{}: {} events in {:.3} s, {} events/s, p50 {}, p99 {}, ratio {},{} target {} ({})",
         r.workload,
         r.events,
         r.seconds,
@@ -488,6 +493,8 @@ fn summary(r: &Report) -> String {
         fmt_us(r.p50_us),
         fmt_us(r.p99_us),
         r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+        r.server_cpu_us_per_event
+            .map_or(String::new(), |c| format!(" server CPU {c:.1} µs/event,")),
         r.target,
         met(r)
     )
@@ -537,6 +544,9 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
     writeln!(out)?;
     for r in reports {
         writeln!(out, "{} — target: {} → {}", r.workload, r.target, met(r))?;
+        if let Some(cpu) = r.server_cpu_us_per_event {
+            writeln!(out, "    server CPU {cpu:.1} µs per event")?;
+        }
         if let Some(rss) = r.peak_rss_mb {
             writeln!(out, "    peak RSS {rss:.0} MB")?;
         }
