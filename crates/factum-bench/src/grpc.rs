@@ -7,11 +7,16 @@
 //! the server runs on one and this process (load generator, engine
 //! baseline) on the other.
 //!
-//! `grpc-append-seq` (1 writer, 1 event per append), `grpc-append-concurrent`
-//! (256 writers over 8 connections, 1 event each; target ≥100,000 events/s),
-//! `grpc-append-batch` (1,000 events per append), `grpc-read-all` (`$all` as
-//! one streamed read; target ≥1M events/s), `grpc-subscribe-latency`
-//! (append start → live delivery, one event at a time).
+//! Through `factum-client`: `grpc-append-seq` (1 writer, 1 event per
+//! append), `grpc-append-concurrent` (256 writers over 8 connections, 1
+//! event each; target ≥100,000 events/s), `grpc-append-batch` (1,000 events
+//! per append), `grpc-read-all` (`$all` as one streamed read; target ≥1M
+//! events/s), `grpc-subscribe-latency` (append start → live delivery, one
+//! event at a time). Through KurrentDB's official client ([`Via`],
+//! [`crate::official`]): `kurrentdb-append-seq`,
+//! `kurrentdb-append-concurrent-16`, `-256` (one `Append` RPC per append),
+//! `kurrentdb-append-batch`, `kurrentdb-read-all`,
+//! `kurrentdb-subscribe-latency`, the same shapes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use factum_core::{
 use factum_engine::Durability;
 
 use crate::error::BenchError;
+use crate::official;
 use crate::server::{CpuClock, Placement, ServerProcess};
 use crate::util::{event, open_engine, payload, rate, Latencies};
 use crate::{Ctx, Report, Workload};
@@ -221,9 +227,36 @@ pub(crate) fn compare(
     r
 }
 
-/// How the factum-client side reached the server.
-fn via_factum_client(connections: usize) -> String {
-    format!("gRPC: factum serve --insecure in its own process on 127.0.0.1 (embedded engine, durability always), factum-client over {connections} connection(s)")
+/// The client a server-path workload drives the server with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Ours, `factum-client`: appends over one `BatchAppend` call per
+    /// connection, [`CONNECTIONS`] connections for concurrent writers.
+    FactumClient,
+    /// KurrentDB's official Rust client (`kurrentdb` 1.2.0): one `Append`
+    /// RPC per append, one client (one connection) for every writer.
+    Kurrentdb,
+}
+
+impl Via {
+    /// Connections for `writers` concurrent writers.
+    fn connections(self, writers: usize) -> usize {
+        match self {
+            Via::FactumClient => CONNECTIONS.min(writers),
+            Via::Kurrentdb => 1,
+        }
+    }
+
+    /// How this side reached the server, for the report.
+    fn describe(self, connections: usize) -> String {
+        let client = match self {
+            Via::FactumClient => format!(
+                "factum-client over {connections} connection(s), appends on one BatchAppend call per connection"
+            ),
+            Via::Kurrentdb => "KurrentDB's official Rust client kurrentdb 1.2.0, one Client (one connection) for all writers, one Append RPC per append, the client's own socket options".into(),
+        };
+        format!("gRPC: factum serve --insecure in its own process on 127.0.0.1 (embedded engine, durability always); {client}")
+    }
 }
 
 /// The embedded side of an append workload, on a fresh store.
@@ -252,6 +285,7 @@ fn embedded_appends(
 fn append_workload(
     ctx: &mut Ctx,
     w: Workload,
+    via: Via,
     writers: usize,
     per_append: usize,
     latency_of: &'static str,
@@ -262,15 +296,22 @@ fn append_workload(
     let placement = Placement::pin();
     let embedded = embedded_appends(ctx, &dir.join("embedded"), writers, per_append, time, max)?;
     let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
-    let connections = CONNECTIONS.min(writers);
+    let connections = via.connections(writers);
     let grpc = ctx.rt.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..connections {
-            clients.push(Ours(connect(&server).await?));
+        let cpu = Some(&server.cpu);
+        match via {
+            Via::FactumClient => {
+                let mut clients = Vec::new();
+                for _ in 0..connections {
+                    clients.push(Ours(connect(&server).await?));
+                }
+                appends(&clients, writers, per_append, time, max, cpu).await
+            }
+            Via::Kurrentdb => {
+                let client = official::connect(server.addr)?;
+                appends(&[client], writers, per_append, time, max, cpu).await
+            }
         }
-        let side = appends(&clients, writers, per_append, time, max, Some(&server.cpu)).await?;
-        drop(clients);
-        Ok::<_, BenchError>(side)
     })?;
     server.stop()?;
     let mut r = compare(
@@ -279,7 +320,7 @@ fn append_workload(
         grpc,
         embedded,
         latency_of,
-        via_factum_client(connections),
+        via.describe(connections),
         &placement,
     );
     if w == Workload::GrpcAppendConcurrent {
@@ -295,33 +336,32 @@ async fn connect(server: &ServerProcess) -> Result<Client, BenchError> {
     Ok(Client::connect(&format!("http://{}", server.addr)).await?)
 }
 
-/// `grpc-append-seq`.
-pub fn append_seq(ctx: &mut Ctx) -> Result<Report, BenchError> {
-    append_workload(
-        ctx,
-        Workload::GrpcAppendSeq,
-        1,
-        1,
-        "one append (1 event) until acknowledged",
-    )
+/// `grpc-append-seq`, `kurrentdb-append-seq`: one writer.
+pub fn append_seq(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchError> {
+    append_workload(ctx, w, via, 1, 1, "one append (1 event) until acknowledged")
 }
 
-/// `grpc-append-concurrent`.
-pub fn append_concurrent(ctx: &mut Ctx) -> Result<Report, BenchError> {
-    append_workload(
-        ctx,
-        Workload::GrpcAppendConcurrent,
-        256,
-        1,
-        "one append (1 event) until acknowledged",
-    )
+/// `grpc-append-concurrent` (256 writers), `kurrentdb-append-concurrent-16`
+/// and `-256`.
+pub fn append_concurrent(
+    ctx: &mut Ctx,
+    w: Workload,
+    via: Via,
+    writers: usize,
+) -> Result<Report, BenchError> {
+    let latency_of = match writers {
+        16 => "one append (1 event) until acknowledged, under 16 concurrent writers",
+        _ => "one append (1 event) until acknowledged, under 256 concurrent writers",
+    };
+    append_workload(ctx, w, via, writers, 1, latency_of)
 }
 
-/// `grpc-append-batch`.
-pub fn append_batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
+/// `grpc-append-batch`, `kurrentdb-append-batch`.
+pub fn append_batch(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchError> {
     append_workload(
         ctx,
-        Workload::GrpcAppendBatch,
+        w,
+        via,
         1,
         1000,
         "one append (1,000 events) until acknowledged",
@@ -386,27 +426,38 @@ fn load_and_read_embedded(
     Ok(side)
 }
 
-/// `grpc-read-all`: `$all` read forwards, embedded in pages of 10,000 and
-/// over gRPC as one streamed read (the server pages internally), each event
-/// dropped once counted on both sides.
-pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
-    let w = Workload::GrpcReadAll;
+/// `grpc-read-all`, `kurrentdb-read-all`: `$all` read forwards, embedded
+/// in pages of 10,000 and over gRPC as one streamed read (the server pages
+/// internally), each event dropped once counted on both sides.
+pub fn read_all(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchError> {
     let dir = ctx.dir(w.name())?;
     let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
     let placement = Placement::pin();
     let embedded = load_and_read_embedded(ctx, &dir.join("store"), total)?;
     let server = ServerProcess::start(&dir.join("store"), &placement)?;
-    let grpc = ctx.rt.block_on(async {
-        let client = connect(&server).await?;
+    let remote = ctx.rt.block_on(async {
+        let ours = match via {
+            Via::FactumClient => Some(connect(&server).await?),
+            Via::Kurrentdb => None,
+        };
+        let official = match via {
+            Via::Kurrentdb => Some(official::connect(server.addr)?),
+            Via::FactumClient => None,
+        };
         let cpu_before = Some(server.cpu.now()?);
         let started = Instant::now();
-        let mut read = client
-            .read_all_streaming(ReadAll::forwards().max_count(total))
-            .await?;
         let mut events = 0u64;
-        while let Some(e) = futures_util::StreamExt::next(&mut read).await {
-            e?;
-            events += 1;
+        if let Some(client) = &ours {
+            let mut read = client
+                .read_all_streaming(ReadAll::forwards().max_count(total))
+                .await?;
+            while let Some(e) = futures_util::StreamExt::next(&mut read).await {
+                e?;
+                events += 1;
+            }
+        }
+        if let Some(client) = &official {
+            events = official::read_all(client, total).await?;
         }
         Ok::<_, BenchError>(Side {
             events,
@@ -416,18 +467,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
         })
     })?;
     server.stop()?;
-    read_all_report(ctx, w, grpc, embedded, via_factum_client(1), &placement)
-}
-
-/// The report of a `$all` read against the engine's.
-pub(crate) fn read_all_report(
-    ctx: &Ctx,
-    w: Workload,
-    remote: Side,
-    embedded: Side,
-    how: String,
-    placement: &Placement,
-) -> Result<Report, BenchError> {
+    let how = via.describe(1);
     if remote.events != embedded.events {
         return Err(BenchError::failure(format!(
             "read {} events over gRPC and {} from the engine",
@@ -441,7 +481,7 @@ pub(crate) fn read_all_report(
         embedded,
         "none (throughput)",
         how,
-        placement,
+        &placement,
     );
     r.durability = "none (load only)".into();
     r.notes.push(
@@ -500,17 +540,19 @@ fn embedded_delivery(ctx: &Ctx, dir: &std::path::Path, n: u64) -> Result<Side, B
     Ok(side)
 }
 
-/// `grpc-subscribe-latency`.
-pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
-    let w = Workload::GrpcSubscribeLatency;
+/// `grpc-subscribe-latency`, `kurrentdb-subscribe-latency`.
+pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchError> {
     let dir = ctx.dir(w.name())?;
     let n = ctx.cap(if ctx.quick { 500 } else { 2000 });
     let placement = Placement::pin();
     let embedded = embedded_delivery(ctx, &dir.join("embedded"), n)?;
     let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
     let grpc = ctx.rt.block_on(async {
-        let client = Ours(connect(&server).await?);
-        delivery(&client, n, Some(&server.cpu)).await
+        let cpu = Some(&server.cpu);
+        match via {
+            Via::FactumClient => delivery(&Ours(connect(&server).await?), n, cpu).await,
+            Via::Kurrentdb => delivery(&official::connect(server.addr)?, n, cpu).await,
+        }
     })?;
     server.stop()?;
     let mut r = compare(
@@ -519,7 +561,7 @@ pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
         grpc,
         embedded,
         "append start → live delivery over gRPC, one at a time",
-        via_factum_client(1),
+        via.describe(1),
         &placement,
     );
     r.target = "none: p99 reported against the embedded engine's".into();

@@ -11,6 +11,10 @@
 //! `projection-sqlite`, `projection-postgres` ([`toolkit`]), `grpc-append-seq`,
 //! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
 //! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine),
+//! `kurrentdb-append-seq`, `kurrentdb-append-concurrent-16`,
+//! `kurrentdb-append-concurrent-256`, `kurrentdb-append-batch`,
+//! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
+//! KurrentDB's official Rust client, [`official`]),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups).
 //!
 //! A crate of its own (ADR 14): the product binary `factum` does not link
@@ -25,6 +29,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod append;
 mod error;
 mod grpc;
+mod official;
 mod open;
 mod persistent;
 mod postgres;
@@ -43,6 +48,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::error::BenchError;
+use crate::grpc::Via;
 
 /// Factum's benchmark harness: runs workloads on the embedded engine, the
 /// server and the toolkit against baselines measured in the same run.
@@ -166,6 +172,21 @@ pub enum Workload {
     GrpcReadAll,
     /// Append → live delivery over gRPC, against the engine.
     GrpcSubscribeLatency,
+    /// `grpc-append-seq` through KurrentDB's official Rust client (one
+    /// writer: the concurrency-1 point of the series below).
+    KurrentdbAppendSeq,
+    /// 16 writers through the official client, one Append RPC each.
+    #[value(name = "kurrentdb-append-concurrent-16")]
+    KurrentdbAppendConcurrent16,
+    /// 256 writers through the official client, one Append RPC each.
+    #[value(name = "kurrentdb-append-concurrent-256")]
+    KurrentdbAppendConcurrent256,
+    /// 1,000-event appends through the official client.
+    KurrentdbAppendBatch,
+    /// `$all` streamed through the official client, against the engine.
+    KurrentdbReadAll,
+    /// Append → live delivery through the official client, against the engine.
+    KurrentdbSubscribeLatency,
     /// PostgreSQL backend, one client, single appends (vs Message DB, engine).
     PgAppendSeq,
     /// PostgreSQL backend, 64 clients (vs Message DB, engine).
@@ -211,12 +232,18 @@ impl Workload {
             Workload::GrpcAppendBatch => "grpc-append-batch",
             Workload::GrpcReadAll => "grpc-read-all",
             Workload::GrpcSubscribeLatency => "grpc-subscribe-latency",
+            Workload::KurrentdbAppendSeq => "kurrentdb-append-seq",
+            Workload::KurrentdbAppendConcurrent16 => "kurrentdb-append-concurrent-16",
+            Workload::KurrentdbAppendConcurrent256 => "kurrentdb-append-concurrent-256",
+            Workload::KurrentdbAppendBatch => "kurrentdb-append-batch",
+            Workload::KurrentdbReadAll => "kurrentdb-read-all",
+            Workload::KurrentdbSubscribeLatency => "kurrentdb-subscribe-latency",
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
         }
     }
 
-    const ALL: [Workload; 24] = [
+    const ALL: [Workload; 30] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -239,6 +266,12 @@ impl Workload {
         Workload::GrpcAppendBatch,
         Workload::GrpcReadAll,
         Workload::GrpcSubscribeLatency,
+        Workload::KurrentdbAppendSeq,
+        Workload::KurrentdbAppendConcurrent16,
+        Workload::KurrentdbAppendConcurrent256,
+        Workload::KurrentdbAppendBatch,
+        Workload::KurrentdbReadAll,
+        Workload::KurrentdbSubscribeLatency,
         Workload::Persistent1,
         Workload::Persistent4,
     ];
@@ -425,11 +458,27 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             }
             Workload::PgReadAll => postgres::read_all(&mut ctx),
             Workload::PgSubscribeLatency => postgres::subscribe_latency(&mut ctx),
-            Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx),
-            Workload::GrpcAppendConcurrent => grpc::append_concurrent(&mut ctx),
-            Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx),
-            Workload::GrpcReadAll => grpc::read_all(&mut ctx),
-            Workload::GrpcSubscribeLatency => grpc::subscribe_latency(&mut ctx),
+            Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcAppendConcurrent => {
+                grpc::append_concurrent(&mut ctx, w, Via::FactumClient, 256)
+            }
+            Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcReadAll => grpc::read_all(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcSubscribeLatency => {
+                grpc::subscribe_latency(&mut ctx, w, Via::FactumClient)
+            }
+            Workload::KurrentdbAppendSeq => grpc::append_seq(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbAppendConcurrent16 => {
+                grpc::append_concurrent(&mut ctx, w, Via::Kurrentdb, 16)
+            }
+            Workload::KurrentdbAppendConcurrent256 => {
+                grpc::append_concurrent(&mut ctx, w, Via::Kurrentdb, 256)
+            }
+            Workload::KurrentdbAppendBatch => grpc::append_batch(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbReadAll => grpc::read_all(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbSubscribeLatency => {
+                grpc::subscribe_latency(&mut ctx, w, Via::Kurrentdb)
+            }
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),
         }
@@ -504,7 +553,7 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<18} {:>9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  durability",
+        "{:<31} {:>9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  durability",
         "workload",
         "events",
         "secs",
@@ -527,7 +576,7 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
             .unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<18} {:>9} {:>7.3} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  {}",
+            "{:<31} {:>9} {:>7.3} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  {}",
             r.workload,
             r.events,
             r.seconds,

@@ -1,6 +1,7 @@
-//! The server-path workloads run a real `factum serve` process: a tiny run
-//! reports events/s, the engine baseline and ratio, and the server's CPU
-//! time per event; without the `factum` binary they say where they looked.
+//! The server-path workloads run a real `factum serve` process, through our
+//! client and KurrentDB's official one: a tiny run reports events/s, the
+//! engine baseline and ratio, and the server's CPU time per event; without
+//! the `factum` binary they say where they looked.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,24 +25,23 @@ fn factum_binary() -> PathBuf {
     factum
 }
 
-#[test]
-fn server_path_workloads_report_server_cpu_per_event() {
+/// Runs these workloads with `--events N --json` against a real server
+/// and checks what every server-path report carries.
+fn run_server_path(workloads: &[&str], events: u64) -> Vec<Value> {
     let factum = factum_binary();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_factum-bench"))
         .env("FACTUM_BIN", &factum)
         .args([
             "--quick",
-            "--workload",
-            "grpc-append-concurrent",
-            "grpc-read-all",
-            "grpc-subscribe-latency",
             "--json",
             "--events",
-            "300",
+            &events.to_string(),
             "--data",
         ])
         .arg(dir.path())
+        .arg("--workload")
+        .args(workloads)
         .output()
         .unwrap();
     assert!(
@@ -58,14 +58,7 @@ fn server_path_workloads_report_server_cpu_per_event() {
         .iter()
         .map(|r| r["workload"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "grpc-append-concurrent",
-            "grpc-read-all",
-            "grpc-subscribe-latency"
-        ]
-    );
+    assert_eq!(names, workloads);
     for r in &lines {
         assert!(r["events"].as_u64().unwrap() > 0, "{r}");
         assert!(r["events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
@@ -86,9 +79,48 @@ fn server_path_workloads_report_server_cpu_per_event() {
             "{r}"
         );
         assert!(notes.iter().any(|n| n.starts_with("server CPU: ")), "{r}");
+        if r["workload"]
+            .as_str()
+            .unwrap()
+            .ends_with("subscribe-latency")
+        {
+            assert!(
+                r["p99_us"].as_f64().unwrap() >= r["p50_us"].as_f64().unwrap(),
+                "{r}"
+            );
+        }
     }
-    assert_eq!(lines[1]["events"], 300, "every event read back over gRPC");
+    // The bench removed its stores and the servers' logs.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    lines
+}
+
+#[test]
+fn server_path_workloads_report_server_cpu_per_event() {
+    let lines = run_server_path(
+        &[
+            "grpc-append-concurrent",
+            "grpc-read-all",
+            "grpc-subscribe-latency",
+        ],
+        300,
+    );
+    assert_eq!(lines[1]["events"], 300, "every event read back over gRPC");
+}
+
+#[test]
+fn the_official_client_workloads_report_server_cpu_per_event() {
+    let lines = run_server_path(
+        &[
+            "kurrentdb-append-concurrent-16",
+            "kurrentdb-read-all",
+            "kurrentdb-subscribe-latency",
+        ],
+        64,
+    );
+    assert_eq!(lines[0]["events"], 64, "16 writers, 4 appends each");
+    assert_eq!(lines[1]["events"], 64, "every event read back by kurrentdb");
+    assert_eq!(lines[2]["events"], 64, "every event delivered to kurrentdb");
 }
 
 #[test]
