@@ -308,7 +308,7 @@ fn append_workload(
                 appends(&clients, writers, per_append, time, max, cpu).await
             }
             Via::Kurrentdb => {
-                let client = official::connect(server.addr)?;
+                let client = official::connect(server.addr).await?;
                 appends(&[client], writers, per_append, time, max, cpu).await
             }
         }
@@ -441,7 +441,7 @@ pub fn read_all(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchErr
             Via::Kurrentdb => None,
         };
         let official = match via {
-            Via::Kurrentdb => Some(official::connect(server.addr)?),
+            Via::Kurrentdb => Some(official::connect(server.addr).await?),
             Via::FactumClient => None,
         };
         let cpu_before = Some(server.cpu.now()?);
@@ -551,7 +551,7 @@ pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
         let cpu = Some(&server.cpu);
         match via {
             Via::FactumClient => delivery(&Ours(connect(&server).await?), n, cpu).await,
-            Via::Kurrentdb => delivery(&official::connect(server.addr)?, n, cpu).await,
+            Via::Kurrentdb => delivery(&official::connect(server.addr).await?, n, cpu).await,
         }
     })?;
     server.stop()?;

@@ -20,15 +20,18 @@ fn failure(what: &str, e: kurrentdb::Error) -> BenchError {
     BenchError::failure(format!("kurrentdb {what}: {e}"))
 }
 
-/// The official client connected to `addr` (`esdb://…?tls=false`); call
-/// inside the runtime (the client spawns its connection task).
-pub fn connect(addr: std::net::SocketAddr) -> Result<Official, BenchError> {
+/// The official client connected to `addr` (`esdb://…?tls=false`). The
+/// client connects on its first call: one read of at most one `$all` event
+/// does that here, outside any measured window.
+pub async fn connect(addr: std::net::SocketAddr) -> Result<Official, BenchError> {
     let settings: ClientSettings = format!("esdb://{addr}?tls=false")
         .parse()
         .map_err(|e| BenchError::failure(format!("kurrentdb settings: {e}")))?;
     let client =
         Client::new(settings).map_err(|e| BenchError::failure(format!("kurrentdb client: {e}")))?;
-    Ok(Official(client))
+    let official = Official(client);
+    read_all(&official, 1).await?;
+    Ok(official)
 }
 
 /// A `kurrentdb::Client`.
