@@ -12,7 +12,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod bench;
 mod commands;
 mod error;
 mod output;
@@ -60,15 +59,14 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Applies pending PostgreSQL schema migrations (also applied on start).
     Migrate(commands::admin::MigrateArgs),
-    /// Measures the embedded engine against raw-disk baselines.
-    Bench(bench::BenchArgs),
+    /// Runs the benchmark harness: the `factum-bench` binary beside this one,
+    /// with these arguments (`factum bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench(commands::bench::BenchArgs),
     /// Appends forever from concurrent tasks and reports every acknowledged
     /// append on stdout (for crash tests).
     #[command(hide = true)]
     CrashLoad(commands::crash_load::CrashLoadArgs),
-    /// Opens a store and reports the open time and peak memory (used by `bench`).
-    #[command(hide = true)]
-    BenchOpenProbe(bench::open::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,9 +97,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Reindex(a) => commands::admin::reindex(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::CrashLoad(a) => commands::crash_load::run(a),
-        Command::BenchOpenProbe(a) => bench::open::probe(a),
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::Instant;
 use factum_core::{EventStore, ExpectedRevision, Position, ReadAll, ReadStream, StreamName};
 use factum_engine::Durability;
 
-use super::util::{event, open_engine, payload, rate, Latencies};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{event, open_engine, payload, rate, Latencies};
+use crate::{Ctx, Report, Workload};
 
 const EVENT_BYTES: usize = 256;
 /// Events per append when loading.
@@ -20,7 +20,7 @@ const PAGE: u64 = 10_000;
 const STREAM_EVENTS: u64 = 1000;
 
 /// `read-all`: `$all` forwards in pages of 10,000.
-pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::ReadAll.name())?;
     let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
     let data = payload(EVENT_BYTES);
@@ -38,7 +38,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
                 loaded += n;
                 i += 1;
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         })?;
         engine.close()?;
     }
@@ -68,19 +68,19 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
                     break;
                 }
             }
-            Ok::<_, CliError>((next, started.elapsed(), lat))
+            Ok::<_, BenchError>((next, started.elapsed(), lat))
         })
     };
     let (first_n, first_elapsed, _) = pass(&engine)?;
     let (n, elapsed, mut lat) = pass(&engine)?;
     if first_n != n {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "two reads of $all disagree: {first_n} then {n} events"
         )));
     }
     engine.close()?;
     if n != total {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "read {n} events from $all, expected {total}"
         )));
     }
@@ -108,7 +108,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
 
 /// `read-stream`: a 1,000-event stream (interleaved with other streams in
 /// the log) read fully forwards, again and again.
-pub fn read_stream(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn read_stream(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::ReadStream.name())?;
     let duration = ctx.secs(2.0, 5.0);
     let max_reads = ctx.cap(u64::MAX).div_ceil(STREAM_EVENTS).max(1);
@@ -127,7 +127,7 @@ pub fn read_stream(ctx: &mut Ctx) -> Result<Report, CliError> {
                 let theirs = (0..90).map(|_| event(&data)).collect();
                 engine.append(other, ExpectedRevision::Any, theirs).await?;
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         })?;
         engine.close()?;
     }
@@ -143,7 +143,7 @@ pub fn read_stream(ctx: &mut Ctx) -> Result<Report, CliError> {
                 .await?;
             lat.push(t.elapsed());
             if events.len() as u64 != STREAM_EVENTS {
-                return Err(CliError::failure(format!(
+                return Err(BenchError::failure(format!(
                     "read {} events of {stream}, expected {STREAM_EVENTS}",
                     events.len()
                 )));

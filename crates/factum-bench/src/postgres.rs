@@ -20,9 +20,9 @@ use factum_core::{
 use factum_engine::Durability;
 use factum_postgres::{PostgresConfig, PostgresStore};
 
-use super::util::{open_engine, rate, Latencies};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{open_engine, rate, Latencies};
+use crate::{Ctx, Report, Workload};
 
 const BATCH: usize = 1000;
 const CLIENTS: usize = 64;
@@ -40,11 +40,11 @@ fn event() -> EventData {
     EventData::json("Loaded", &json_payload()).expect("serializable")
 }
 
-fn fail(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::failure(format!("{what}: {e}"))
+fn fail(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::failure(format!("{what}: {e}"))
 }
 
-async fn pg_store(schema: &str) -> Result<PostgresStore, CliError> {
+async fn pg_store(schema: &str) -> Result<PostgresStore, BenchError> {
     let config = PostgresConfig::new(base_url()).schema(schema);
     let store = tokio::time::timeout(Duration::from_secs(10), PostgresStore::connect(config))
         .await
@@ -159,7 +159,7 @@ impl MessageDb {
         Ok(MessageDb { url })
     }
 
-    async fn connect(&self) -> Result<tokio_postgres::Client, CliError> {
+    async fn connect(&self) -> Result<tokio_postgres::Client, BenchError> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
             .map_err(|e| fail("Message DB", e))?;
@@ -175,10 +175,10 @@ impl MessageDb {
 const WRITE: &str = "SELECT message_store.write_message($1::varchar, $2::varchar, 'Loaded', $3::text::jsonb, NULL, NULL)";
 
 /// One timed loop: `op` until `secs` pass; returns (operations, elapsed, latencies).
-async fn timed<F, Fut>(secs: Duration, mut op: F) -> Result<(u64, Duration, Latencies), CliError>
+async fn timed<F, Fut>(secs: Duration, mut op: F) -> Result<(u64, Duration, Latencies), BenchError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), CliError>>,
+    Fut: std::future::Future<Output = Result<(), BenchError>>,
 {
     let mut lat = Latencies::default();
     let started = Instant::now();
@@ -194,7 +194,7 @@ where
 
 /// Checks that `$all` of a store holds exactly `expected` events at dense
 /// positions: the "zero skipped events" part of the target.
-async fn check_dense(store: &impl EventStore, expected: u64) -> Result<(), CliError> {
+async fn check_dense(store: &impl EventStore, expected: u64) -> Result<(), BenchError> {
     let mut next = 0u64;
     loop {
         let page = store
@@ -261,7 +261,7 @@ impl Tally {
 }
 
 /// `pg-append-seq`, `pg-append-concurrent`, `pg-append-batch`.
-pub fn append(ctx: &mut Ctx, workload: Workload) -> Result<Report, CliError> {
+pub fn append(ctx: &mut Ctx, workload: Workload) -> Result<Report, BenchError> {
     let shape = shape_of(workload);
     let secs = ctx.secs(2.0, 5.0);
     let slice = secs / SLICES;
@@ -285,7 +285,7 @@ pub fn append(ctx: &mut Ctx, workload: Workload) -> Result<Report, CliError> {
         let engine = open_engine(&engine_dir, Durability::Always)?;
         let eng = run_factum(&engine, shape, secs).await?;
         engine.close().map_err(|e| fail("engine", e))?;
-        Ok::<_, CliError>((pg, eng, mdb.map(|_| base), note))
+        Ok::<_, BenchError>((pg, eng, mdb.map(|_| base), note))
     })?;
     let Tally(n, elapsed, mut lat) = pg;
     let eps = rate(n, elapsed);
@@ -339,7 +339,7 @@ async fn run_factum<S: EventStore + Clone>(
     store: &S,
     shape: Shape,
     secs: Duration,
-) -> Result<(u64, Duration, Latencies), CliError> {
+) -> Result<(u64, Duration, Latencies), BenchError> {
     match shape {
         Shape::Single => {
             let s = StreamName::new("bench-1").expect("valid");
@@ -402,7 +402,7 @@ struct MdbClients {
 }
 
 impl MdbClients {
-    async fn connect(mdb: &MessageDb, shape: Shape) -> Result<MdbClients, CliError> {
+    async fn connect(mdb: &MessageDb, shape: Shape) -> Result<MdbClients, BenchError> {
         let n = if matches!(shape, Shape::Concurrent) {
             CLIENTS
         } else {
@@ -423,7 +423,7 @@ async fn run_message_db(
     mdb: &MdbClients,
     shape: Shape,
     secs: Duration,
-) -> Result<(u64, Duration, Latencies), CliError> {
+) -> Result<(u64, Duration, Latencies), BenchError> {
     let data = mdb.data.clone();
     match shape {
         Shape::Single => {
@@ -500,7 +500,7 @@ async fn run_message_db(
 }
 
 /// `pg-read-all`: `$all` forwards in pages of 10,000 on PostgreSQL vs the engine.
-pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = ctx.cap(if ctx.quick { 100_000 } else { 1_000_000 });
     let dir = ctx.dir(Workload::PgReadAll.name())?;
     let ((n, elapsed, mut lat), engine_rate) = ctx.rt.block_on(async {
@@ -512,7 +512,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
         let pg = read_pages(&store).await?;
         let eng = read_pages(&engine).await?;
         engine.close().map_err(|e| fail("engine", e))?;
-        Ok::<_, CliError>((pg, rate(eng.0, eng.1)))
+        Ok::<_, BenchError>((pg, rate(eng.0, eng.1)))
     })?;
     let eps = rate(n, elapsed);
     let mut r = ctx.report(Workload::PgReadAll);
@@ -528,7 +528,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, CliError> {
     Ok(r)
 }
 
-async fn load<S: EventStore>(store: &S, total: u64) -> Result<(), CliError> {
+async fn load<S: EventStore>(store: &S, total: u64) -> Result<(), BenchError> {
     let mut done = 0u64;
     let mut i = 0u64;
     while done < total {
@@ -544,7 +544,7 @@ async fn load<S: EventStore>(store: &S, total: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn read_pages<S: EventStore>(store: &S) -> Result<(u64, Duration, Latencies), CliError> {
+async fn read_pages<S: EventStore>(store: &S) -> Result<(u64, Duration, Latencies), BenchError> {
     let mut lat = Latencies::default();
     let started = Instant::now();
     let mut next = 0u64;
@@ -572,7 +572,7 @@ async fn read_pages<S: EventStore>(store: &S) -> Result<(u64, Duration, Latencie
 
 /// `pg-subscribe-latency`: append start → live `$all` delivery at 1,000
 /// appends/s on PostgreSQL vs the engine.
-pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let secs = ctx.secs(2.0, 5.0);
     let dir = ctx.dir(Workload::PgSubscribeLatency.name())?;
     let (pg, engine) = ctx.rt.block_on(async {
@@ -582,7 +582,7 @@ pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         let engine = open_engine(&dir, Durability::Always)?;
         let eng = paced_latency(&engine, secs).await?;
         engine.close().map_err(|e| fail("engine", e))?;
-        Ok::<_, CliError>((pg, eng))
+        Ok::<_, BenchError>((pg, eng))
     })?;
     let (n, elapsed, mut lat) = pg;
     let (_, _, mut elat) = engine;
@@ -605,7 +605,7 @@ pub fn subscribe_latency(ctx: &mut Ctx) -> Result<Report, CliError> {
 async fn paced_latency<S: EventStore + Clone>(
     store: &S,
     secs: Duration,
-) -> Result<(u64, Duration, Latencies), CliError> {
+) -> Result<(u64, Duration, Latencies), BenchError> {
     let mut sub = store
         .subscribe(Subscribe::all(SubscriptionStart::End, None))
         .await

@@ -1,13 +1,12 @@
-//! The toolkit workloads of `factum bench` run end to end on tiny inputs.
+//! The toolkit workloads of `factum-bench` run end to end on tiny inputs.
 
 use std::process::Command;
 
 #[test]
 fn toolkit_workloads_report_their_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_factum"))
+    let out = Command::new(env!("CARGO_BIN_EXE_factum-bench"))
         .args([
-            "bench",
             "--quick",
             "--workload",
             "aggregate-load",

@@ -27,17 +27,17 @@ use factum_engine::{Durability, Engine};
 use factum_postgres::{PostgresConfig, PostgresStore};
 use serde::{Deserialize, Serialize};
 
-use super::util::{open_engine, rate, Latencies};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{open_engine, rate, Latencies};
+use crate::{Ctx, Report, Workload};
 
 /// Events in the loaded aggregate: snapshots at 99, 199, …, 9,999 and a
 /// tail of 50 events after the last one (the mean tail under "every 100").
 const AGGREGATE_EVENTS: u64 = 10_050;
 const SNAPSHOT_EVERY: u64 = 100;
 
-fn failure(e: impl std::fmt::Display) -> CliError {
-    CliError::failure(e.to_string())
+fn failure(e: impl std::fmt::Display) -> BenchError {
+    BenchError::failure(e.to_string())
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -85,7 +85,7 @@ async fn fill_counter<S: EventStore>(
     store: &S,
     stream: &StreamName,
     events: u64,
-) -> Result<Vec<Snapshot>, CliError> {
+) -> Result<Vec<Snapshot>, BenchError> {
     let mut snapshots = Vec::new();
     let mut written = 0u64;
     let mut counter = Counter::default();
@@ -123,7 +123,7 @@ async fn fill_counter<S: EventStore>(
 async fn time_loads<S: EventStore, P: SnapshotStore>(
     repo: &Repository<S, Counter, P>,
     n: usize,
-) -> Result<(Latencies, Duration), CliError> {
+) -> Result<(Latencies, Duration), BenchError> {
     let mut lat = Latencies::with_capacity(n);
     let started = Instant::now();
     for _ in 0..n {
@@ -139,7 +139,7 @@ async fn check_loads_agree<S: EventStore, P: SnapshotStore, Q: SnapshotStore>(
     snapshotted: &Repository<S, Counter, P>,
     replayed: &Repository<S, Counter, Q>,
     events: u64,
-) -> Result<u64, CliError> {
+) -> Result<u64, BenchError> {
     let a = snapshotted.load("1").await.map_err(failure)?;
     let b = replayed.load("1").await.map_err(failure)?;
     if a.state.total != b.state.total || b.state.count != events || a.snapshot_revision.is_none() {
@@ -160,7 +160,7 @@ fn p50_p99_note(what: &str, lat: &mut Latencies) -> String {
 
 /// `aggregate-load`: p50/p99 of `Repository::load` with snapshots every 100
 /// events; the baseline is the same load replaying all 10,050 events.
-pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::AggregateLoad.name())?;
     let engine = std::sync::Arc::new(open_engine(&dir, Durability::None)?);
     let events = ctx.cap(AGGREGATE_EVENTS);
@@ -170,7 +170,7 @@ pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
         for s in fill_counter(&engine, &stream, events).await? {
             snapshots.save(&stream, s).await?;
         }
-        Ok::<_, CliError>(())
+        Ok::<_, BenchError>(())
     })?;
     let with = Repository::<_, Counter>::new(engine.clone());
     let without = Repository::<_, Counter>::new(engine.clone()).with_snapshot_store(NoSnapshots);
@@ -179,7 +179,7 @@ pub fn aggregate_load(ctx: &mut Ctx) -> Result<Report, CliError> {
     let (mut lat, elapsed, replayed) = ctx.rt.block_on(async {
         let replayed = check_loads_agree(&with, &without, events).await?;
         let (lat, elapsed) = time_loads(&with, loads).await?;
-        Ok::<_, CliError>((lat, elapsed, replayed))
+        Ok::<_, BenchError>((lat, elapsed, replayed))
     })?;
     let (mut base_lat, base_elapsed) = ctx.rt.block_on(time_loads(&without, replays))?;
     engine.close()?;
@@ -220,7 +220,7 @@ fn bench_postgres_url() -> String {
 /// (`PostgresSnapshotStore`, measured) against snapshots in the
 /// `$snapshot-counter-1` stream of the same store (the baseline).
 /// Without a server the report says skipped.
-pub fn aggregate_load_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn aggregate_load_postgres(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let url = bench_postgres_url();
     let schema = format!("factum_bench_{}", std::process::id());
     let target = "measure both: snapshot table vs $snapshot- stream on PostgreSQL";
@@ -276,7 +276,7 @@ pub fn aggregate_load_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
             in_store.1 += d;
         }
         let replay = time_loads(&without, replays).await?;
-        Ok::<_, CliError>((table, in_store, replay, replayed))
+        Ok::<_, BenchError>((table, in_store, replay, replayed))
     })?;
     drop(store);
     let (p50, p99) = table.0.p50_p99_us();
@@ -313,7 +313,7 @@ struct Deposit {
 
 const ACCOUNTS: u64 = 10_000;
 
-fn load_deposits(ctx: &Ctx, engine: &Engine, total: u64) -> Result<(), CliError> {
+fn load_deposits(ctx: &Ctx, engine: &Engine, total: u64) -> Result<(), BenchError> {
     ctx.rt.block_on(async {
         let mut written = 0u64;
         while written < total {
@@ -328,12 +328,12 @@ fn load_deposits(ctx: &Ctx, engine: &Engine, total: u64) -> Result<(), CliError>
             engine.append(stream, ExpectedRevision::Any, batch).await?;
             written += n;
         }
-        Ok::<_, CliError>(())
+        Ok::<_, BenchError>(())
     })
 }
 
 /// The raw `$all` read of the whole store: the projections' baseline.
-fn raw_read_rate(ctx: &Ctx, engine: &Engine) -> Result<f64, CliError> {
+fn raw_read_rate(ctx: &Ctx, engine: &Engine) -> Result<f64, BenchError> {
     ctx.rt.block_on(async {
         let started = Instant::now();
         let mut next = 0u64;
@@ -350,7 +350,7 @@ fn raw_read_rate(ctx: &Ctx, engine: &Engine) -> Result<f64, CliError> {
             next = last.position.0 + 1;
             n += page.len() as u64;
         }
-        Ok::<_, CliError>(rate(n, started.elapsed()))
+        Ok::<_, BenchError>(rate(n, started.elapsed()))
     })
 }
 
@@ -436,7 +436,7 @@ fn time_rebuild<M: ReadModelStore>(
     ctx: &Ctx,
     engine: &std::sync::Arc<Engine>,
     model: M,
-) -> Result<(Duration, u64, usize), CliError> {
+) -> Result<(Duration, u64, usize), BenchError> {
     ctx.rt.block_on(async {
         let head = engine
             .head_position()
@@ -455,7 +455,7 @@ fn time_rebuild<M: ReadModelStore>(
         let elapsed = started.elapsed();
         let applied = handle.status().map_or(0, |s| s.events_applied);
         handle.stop().await;
-        Ok::<_, CliError>((elapsed, applied, reports))
+        Ok::<_, BenchError>((elapsed, applied, reports))
     })
 }
 
@@ -491,7 +491,7 @@ fn projection_events(ctx: &Ctx) -> u64 {
 }
 
 /// `projection-sqlite`: rebuild throughput of a balances read model in SQLite.
-pub fn projection_sqlite(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn projection_sqlite(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::ProjectionSqlite.name())?;
     let engine = std::sync::Arc::new(open_engine(&dir.join("store"), Durability::None)?);
     let total = projection_events(ctx);
@@ -517,7 +517,7 @@ pub fn projection_sqlite(ctx: &mut Ctx) -> Result<Report, CliError> {
 /// `projection-postgres`: the same into PostgreSQL (`FACTUM_BENCH_POSTGRES_URL`,
 /// default `postgres://postgres@127.0.0.1:5432/postgres`; a database of its
 /// own is created and dropped). Without a server the report says skipped.
-pub fn projection_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn projection_postgres(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let base = bench_postgres_url();
     let admin = ctx.rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(5), postgres::connect(&base)).await
@@ -562,7 +562,7 @@ pub fn projection_postgres(ctx: &mut Ctx) -> Result<Report, CliError> {
         let baseline = raw_read_rate(ctx, &engine)?;
         let model = PostgresReadModel::new(&url, PgBalances).map_err(failure)?;
         let (elapsed, applied, reports) = time_rebuild(ctx, &engine, model)?;
-        Ok::<_, CliError>(projection_report(
+        Ok::<_, BenchError>(projection_report(
             ctx,
             Workload::ProjectionPostgres,
             50_000.0,

@@ -17,33 +17,33 @@ use factum_persistent::{
     ConnectOptions, GroupSettings, GroupSource, PersistentError, PersistentSubscriptions, StartFrom,
 };
 
-use super::util::{open_engine, rate};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{open_engine, rate};
+use crate::{Ctx, Report, Workload};
 
 /// Events per append while loading.
 const BATCH: u64 = 1_000;
 /// Unacked events each consumer may hold.
 const WINDOW: usize = 200;
 
-fn persistent_error(e: PersistentError) -> CliError {
+fn persistent_error(e: PersistentError) -> BenchError {
     match e {
         PersistentError::Store(e) => e.into(),
-        other => CliError::failure(other.to_string()),
+        other => BenchError::failure(other.to_string()),
     }
 }
 
 /// `persistent-1`.
-pub fn one(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn one(ctx: &mut Ctx) -> Result<Report, BenchError> {
     run(ctx, Workload::Persistent1, 1)
 }
 
 /// `persistent-4`.
-pub fn four(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn four(ctx: &mut Ctx) -> Result<Report, BenchError> {
     run(ctx, Workload::Persistent4, 4)
 }
 
-fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, CliError> {
+fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, BenchError> {
     let dir = ctx.dir(workload.name())?;
     let total = ctx.cap(if ctx.quick { 100_000 } else { 1_000_000 });
     let engine = Arc::new(open_engine(&dir, Durability::Always)?);
@@ -76,7 +76,7 @@ fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, Cl
                 Some(Ok(SubscriptionMessage::Event(_))) => seen += 1,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
-                None => return Err(CliError::failure("the subscription ended early")),
+                None => return Err(BenchError::failure("the subscription ended early")),
             }
         }
         let baseline = rate(total, started.elapsed());
@@ -128,7 +128,7 @@ fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, Cl
         }
         for t in tasks {
             t.await
-                .map_err(|e| CliError::failure(format!("a consumer failed: {e}")))??;
+                .map_err(|e| BenchError::failure(format!("a consumer failed: {e}")))??;
         }
         // Delivered and acked: wait for the group to have taken every ack.
         let info = loop {
@@ -143,7 +143,7 @@ fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, Cl
         };
         let elapsed = started.elapsed();
         subs.shutdown().await;
-        Ok::<_, CliError>((elapsed, baseline, info.redelivered))
+        Ok::<_, BenchError>((elapsed, baseline, info.redelivered))
     })?;
     engine.close()?;
     let events_per_sec = rate(total, elapsed);

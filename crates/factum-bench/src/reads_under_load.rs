@@ -23,10 +23,12 @@ use factum_engine::Durability;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::grpc::Served;
-use super::util::{event, open_engine, payload, rate, Latencies};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use factum_client::Client;
+use factum_engine::Engine;
+
+use crate::error::BenchError;
+use crate::util::{event, open_engine, payload, rate, Latencies};
+use crate::{Ctx, Report, Workload};
 
 /// Appends per second, one 256-byte event each.
 const RATE: u64 = 500;
@@ -38,6 +40,52 @@ const FILL_BATCH: u64 = 1000;
 const HEALTH_EVERY: Duration = Duration::from_millis(10);
 const EVENT_BYTES: usize = 256;
 
+/// The engine served over gRPC (and HTTP) in this process, on a free local
+/// port: the workload reads the engine's reader-pool counters while the
+/// readers run, which a separate server process would not show.
+struct Served {
+    engine: Arc<Engine>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    addr: std::net::SocketAddr,
+}
+
+impl Served {
+    async fn start(engine: Arc<Engine>) -> Result<Served, BenchError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = factum_server::ServerConfig::new(addr);
+        let task = tokio::spawn(factum_server::serve(
+            listener,
+            engine.clone(),
+            config,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Ok(Served {
+            engine,
+            stop: Some(tx),
+            task,
+            addr,
+        })
+    }
+
+    async fn client(&self) -> Result<Client, BenchError> {
+        Ok(Client::connect(&format!("http://{}", self.addr)).await?)
+    }
+
+    async fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.task.await;
+        self.engine.close()?;
+        Ok(())
+    }
+}
+
 /// What one phase measured.
 struct Phase {
     appends: Latencies,
@@ -46,7 +94,7 @@ struct Phase {
 }
 
 /// `reads-under-load`.
-pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Report, CliError> {
+pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Report, BenchError> {
     let w = Workload::ReadsUnderLoad;
     let dir = ctx.dir(w.name())?;
     let store_events = ctx.cap(store_events.unwrap_or(if ctx.quick { 200_000 } else { 2_000_000 }));
@@ -67,7 +115,7 @@ pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Repo
             engine.append(stream, ExpectedRevision::Any, batch).await?;
             written += n;
         }
-        Ok::<_, CliError>(())
+        Ok::<_, BenchError>(())
     })?;
     let fill_secs = fill_started.elapsed().as_secs_f64();
     let log_mb = engine.log_bytes()? as f64 / 1e6;
@@ -94,11 +142,11 @@ pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Repo
                     let read = ReadAll::forwards().filter(Filter::stream_prefix(["nothing-"]));
                     let found = client.read_all(read).await?;
                     if !found.is_empty() {
-                        return Err(CliError::failure("a filter matching nothing matched"));
+                        return Err(BenchError::failure("a filter matching nothing matched"));
                     }
                     scans.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok::<_, CliError>(())
+                Ok::<_, BenchError>(())
             }));
         }
         // Until every reader's first read is with the engine.
@@ -119,7 +167,7 @@ pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Repo
         stop.store(true, Ordering::Relaxed);
         for r in readers {
             r.await
-                .map_err(|e| CliError::failure(format!("a reader task failed: {e}")))??;
+                .map_err(|e| BenchError::failure(format!("a reader task failed: {e}")))??;
         }
         let mut unloaded = unloaded;
         let after = paced(&writer, &mut health, phase_appends, 3).await?;
@@ -127,7 +175,7 @@ pub fn reads_under_load(ctx: &mut Ctx, store_events: Option<u64>) -> Result<Repo
         unloaded.health.extend(after.health);
         drop(writer);
         served.stop().await?;
-        Ok::<_, CliError>((unloaded, loaded, before, during, completed))
+        Ok::<_, BenchError>((unloaded, loaded, before, during, completed))
     });
     let (mut unloaded, mut loaded, before, during, completed) = outcome?;
 
@@ -186,7 +234,7 @@ async fn paced(
     health: &mut TcpStream,
     n: u64,
     tag: u8,
-) -> Result<Phase, CliError> {
+) -> Result<Phase, BenchError> {
     let data = payload(EVENT_BYTES);
     let stream = StreamName::new(format!("paced-{tag}"))?;
     let mut appends = tokio::task::JoinSet::new();
@@ -233,12 +281,12 @@ async fn paced(
 
 fn joined(
     done: Result<factum_core::Result<Duration>, tokio::task::JoinError>,
-) -> Result<Duration, CliError> {
-    Ok(done.map_err(|e| CliError::failure(format!("an append task failed: {e}")))??)
+) -> Result<Duration, BenchError> {
+    Ok(done.map_err(|e| BenchError::failure(format!("an append task failed: {e}")))??)
 }
 
 /// One `GET /health` on a kept-alive connection; its body is read whole.
-async fn get_health(conn: &mut TcpStream) -> Result<(), CliError> {
+async fn get_health(conn: &mut TcpStream) -> Result<(), BenchError> {
     conn.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
         .await?;
     let mut buf = Vec::with_capacity(512);
@@ -246,7 +294,7 @@ async fn get_health(conn: &mut TcpStream) -> Result<(), CliError> {
     loop {
         let n = conn.read(&mut chunk).await?;
         if n == 0 {
-            return Err(CliError::failure(
+            return Err(BenchError::failure(
                 "the server closed the /health connection",
             ));
         }
@@ -256,7 +304,7 @@ async fn get_health(conn: &mut TcpStream) -> Result<(), CliError> {
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         if !head.starts_with("http/1.1 200") {
-            return Err(CliError::failure(format!(
+            return Err(BenchError::failure(format!(
                 "/health answered {}",
                 head.lines().next().unwrap_or("")
             )));
@@ -265,7 +313,7 @@ async fn get_health(conn: &mut TcpStream) -> Result<(), CliError> {
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| CliError::failure("/health answered without a content length"))?;
+            .ok_or_else(|| BenchError::failure("/health answered without a content length"))?;
         if buf.len() >= end + 4 + len {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! `open`: build a large store (many streams), close it, and time a reopen
-//! in a fresh child process (`factum bench-open-probe`), whose peak RSS
+//! in a fresh child process (`factum-bench open-probe`), whose peak RSS
 //! (VmHWM) is then the reopen's own and not the load's. Then crash a
 //! process that appended just short of an index flush (SIGKILL, so the
 //! index memtable is lost) and time the reopen that replays that log tail.
@@ -12,9 +12,9 @@ use clap::Args;
 use factum_core::{EventStore, ExpectedRevision, StreamName};
 use factum_engine::{Durability, Engine, EngineConfig};
 
-use super::util::{event, log_bytes, open_engine, payload, proc_status_kb, rate};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{event, open_engine, payload, proc_status_kb, rate};
+use crate::{Ctx, Report, Workload};
 
 const EVENT_BYTES: usize = 256;
 /// Concurrent loading tasks.
@@ -23,7 +23,7 @@ const LOADERS: u64 = 64;
 const TARGET_EVENTS: u64 = 10_000_000;
 const TARGET_STREAMS: u64 = 1_000_000;
 
-/// Arguments of the hidden `factum bench-open-probe`.
+/// Arguments of the hidden `factum-bench open-probe`.
 #[derive(Args, Debug)]
 pub struct ProbeArgs {
     /// The store to open.
@@ -44,14 +44,14 @@ const REVISIONS_PER_EVENT: u64 = 3;
 
 /// The fill of `--crash-fill`: single events spread over the streams (each
 /// replayed event then touches another stream record), by concurrent tasks.
-fn crash_fill(args: &ProbeArgs, n: u64) -> Result<(), CliError> {
+fn crash_fill(args: &ProbeArgs, n: u64) -> Result<(), BenchError> {
     let engine = Arc::new(open_engine(&args.data, Durability::None)?);
     let streams = args.streams.max(1);
     let data = payload(EVENT_BYTES);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
-        .map_err(|e| CliError::failure(format!("cannot start a runtime: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot start a runtime: {e}")))?;
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..LOADERS {
@@ -67,17 +67,17 @@ fn crash_fill(args: &ProbeArgs, n: u64) -> Result<(), CliError> {
                         .await?;
                     i += LOADERS;
                 }
-                Ok::<_, CliError>(())
+                Ok::<_, BenchError>(())
             });
         }
         while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| CliError::failure(format!("a fill task failed: {e}")))??;
+            done.map_err(|e| BenchError::failure(format!("a fill task failed: {e}")))??;
         }
-        Ok::<_, CliError>(())
+        Ok::<_, BenchError>(())
     })?;
     println!("filled {n}");
     std::io::Write::flush(&mut std::io::stdout())
-        .map_err(|e| CliError::failure(format!("stdout: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("stdout: {e}")))?;
     // Wait to be killed: the engine is never closed, so its memtable is lost.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -85,34 +85,35 @@ fn crash_fill(args: &ProbeArgs, n: u64) -> Result<(), CliError> {
 }
 
 /// Runs the probe in a child process and reads its report.
-fn run_probe(dir: &std::path::Path) -> Result<Probe, CliError> {
+fn run_probe(dir: &std::path::Path) -> Result<Probe, BenchError> {
     let exe = std::env::current_exe()
-        .map_err(|e| CliError::failure(format!("cannot find the factum binary: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot find the factum-bench binary: {e}")))?;
     let output = std::process::Command::new(exe)
-        .arg("bench-open-probe")
+        .arg("open-probe")
         .arg("--data")
         .arg(dir)
         .env_remove("FACTUM_DATA")
         .output()
-        .map_err(|e| CliError::failure(format!("cannot run the open probe: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot run the open probe: {e}")))?;
     if !output.status.success() {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "the open probe failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| CliError::failure(format!("the open probe printed something unexpected: {e}")))
+    serde_json::from_slice(&output.stdout).map_err(|e| {
+        BenchError::failure(format!("the open probe printed something unexpected: {e}"))
+    })
 }
 
 /// Fills the store in a child process, kills it with SIGKILL once filled.
-fn crash_after_fill(dir: &std::path::Path, streams: u64, n: u64) -> Result<(), CliError> {
+fn crash_after_fill(dir: &std::path::Path, streams: u64, n: u64) -> Result<(), BenchError> {
     use std::io::BufRead;
     let exe = std::env::current_exe()
-        .map_err(|e| CliError::failure(format!("cannot find the factum binary: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot find the factum-bench binary: {e}")))?;
     let mut child = std::process::Command::new(exe)
-        .arg("bench-open-probe")
+        .arg("open-probe")
         .arg("--data")
         .arg(dir)
         .arg("--crash-fill")
@@ -122,19 +123,19 @@ fn crash_after_fill(dir: &std::path::Path, streams: u64, n: u64) -> Result<(), C
         .env_remove("FACTUM_DATA")
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| CliError::failure(format!("cannot run the fill probe: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot run the fill probe: {e}")))?;
     let mut line = String::new();
     let read = std::io::BufReader::new(child.stdout.take().expect("piped"))
         .read_line(&mut line)
-        .map_err(|e| CliError::failure(format!("reading the fill probe: {e}")));
+        .map_err(|e| BenchError::failure(format!("reading the fill probe: {e}")));
     // SIGKILL: nothing of the engine's shutdown (index flush) runs.
     let _ = child.kill();
     let status = child
         .wait()
-        .map_err(|e| CliError::failure(format!("waiting for the fill probe: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("waiting for the fill probe: {e}")))?;
     read?;
     if !line.starts_with("filled") {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "the fill probe ended ({status}) before filling the store"
         )));
     }
@@ -154,8 +155,8 @@ pub struct Probe {
     pub vm_hwm_kb: Option<u64>,
 }
 
-/// Runs `factum bench-open-probe`: opens, measures, closes.
-pub fn probe(args: ProbeArgs) -> Result<(), CliError> {
+/// Runs `factum-bench open-probe`: opens, measures, closes.
+pub fn probe(args: ProbeArgs) -> Result<(), BenchError> {
     if let Some(n) = args.crash_fill {
         return crash_fill(&args, n);
     }
@@ -173,20 +174,20 @@ pub fn probe(args: ProbeArgs) -> Result<(), CliError> {
     };
     println!(
         "{}",
-        serde_json::to_string(&p).map_err(|e| CliError::failure(e.to_string()))?
+        serde_json::to_string(&p).map_err(|e| BenchError::failure(e.to_string()))?
     );
     Ok(())
 }
 
 /// `open`.
-pub fn open(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn open(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::Open.name())?;
     let default_events = if ctx.quick { 1_000_000 } else { TARGET_EVENTS };
     let events = ctx.cap(ctx.open_events.unwrap_or(default_events)).max(1);
     let streams = ctx.open_streams.unwrap_or(events / 10).clamp(1, events);
     let data = payload(EVENT_BYTES);
     let load_started = Instant::now();
-    {
+    let log_mb = {
         let engine = Arc::new(open_engine(&dir, Durability::None)?);
         ctx.rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
@@ -204,24 +205,25 @@ pub fn open(ctx: &mut Ctx) -> Result<Report, CliError> {
                         engine.append(name, ExpectedRevision::Any, batch).await?;
                         s += LOADERS;
                     }
-                    Ok::<_, CliError>(())
+                    Ok::<_, BenchError>(())
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                done.map_err(|e| CliError::failure(format!("a loading task failed: {e}")))??;
+                done.map_err(|e| BenchError::failure(format!("a loading task failed: {e}")))??;
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         })?;
+        let log_bytes = engine.log_bytes()?;
         engine.close()?;
-    }
+        log_bytes >> 20
+    };
     let load = load_started.elapsed();
-    let log_mb = log_bytes(&dir) >> 20;
     let index_bytes = std::fs::metadata(dir.join(factum_engine::index::INDEX_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
     let probe = run_probe(&dir)?;
     if probe.events != events {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "the reopened store has {} events, expected {events}",
             probe.events
         )));
@@ -232,7 +234,7 @@ pub fn open(ctx: &mut Ctx) -> Result<Report, CliError> {
     crash_after_fill(&dir, streams, fill)?;
     let crashed = run_probe(&dir)?;
     if crashed.events != events + fill {
-        return Err(CliError::failure(format!(
+        return Err(BenchError::failure(format!(
             "the store reopened after the crash has {} events, expected {}",
             crashed.events,
             events + fill

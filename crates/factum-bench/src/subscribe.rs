@@ -17,9 +17,9 @@ use factum_core::{
 };
 use factum_engine::Durability;
 
-use super::util::{open_engine, rate, Latencies, RawWriter};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{open_engine, rate, Latencies, RawWriter};
+use crate::{Ctx, Report, Workload};
 
 /// Appends per second.
 const RATE: u64 = 10_000;
@@ -50,7 +50,7 @@ fn probe_event(base: Instant, measured: bool) -> EventData {
 }
 
 /// `subscribe-latency`.
-pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn latency(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::SubscribeLatency.name())?;
     let duration = ctx.secs(3.0, 10.0);
     let total = ctx.cap((RATE as f64 * duration.as_secs_f64()) as u64);
@@ -80,11 +80,11 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
                 let next = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
                 match next {
                     Err(_) | Ok(None) => break,
-                    Ok(Some(Err(e))) => return Err(CliError::from(e)),
+                    Ok(Some(Err(e))) => return Err(BenchError::from(e)),
                     Ok(Some(Ok(SubscriptionMessage::Event(e)))) => {
                         let now = base.elapsed().as_nanos() as u64;
                         let probe: Probe = serde_json::from_slice(&e.data).map_err(|err| {
-                            CliError::failure(format!("unexpected event data: {err}"))
+                            BenchError::failure(format!("unexpected event data: {err}"))
                         })?;
                         received += 1;
                         if probe.m == 1 {
@@ -114,11 +114,11 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         let mut sent = 0u64;
         let mut ack = |done: Result<Result<(bool, Duration), factum_core::Error>, _>| {
             let (measured, took) =
-                done.map_err(|e| CliError::failure(format!("an append task failed: {e}")))??;
+                done.map_err(|e| BenchError::failure(format!("an append task failed: {e}")))??;
             if measured {
                 acks.push(took);
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         };
         for (n, measured) in phases {
             let first = sent;
@@ -177,8 +177,8 @@ pub fn latency(ctx: &mut Ctx) -> Result<Report, CliError> {
         let sent = sent - warm_events;
         let (lat, fell_behind) = consumer
             .await
-            .map_err(|e| CliError::failure(format!("the subscriber failed: {e}")))??;
-        Ok::<_, CliError>((sent, produce_secs, lat, acks, raw, fell_behind))
+            .map_err(|e| BenchError::failure(format!("the subscriber failed: {e}")))??;
+        Ok::<_, BenchError>((sent, produce_secs, lat, acks, raw, fell_behind))
     });
     let closed = engine.close();
     let (sent, elapsed, mut lat, mut acks, raw, fell_behind) = outcome?;

@@ -1,5 +1,6 @@
-//! `factum bench`: the embedded engine measured against raw-disk baselines
-//! taken in the same run, on the same file system.
+//! `factum-bench`: the embedded engine measured against raw-disk baselines
+//! taken in the same run, on the same file system; the server path
+//! measured against the engine.
 //!
 //! Every figure is printed as measured; a figure that misses its target is
 //! shown as missed. Workloads (see each module):
@@ -10,30 +11,103 @@
 //! `projection-sqlite`, `projection-postgres` ([`toolkit`]), `grpc-append-seq`,
 //! `grpc-append-concurrent`, `grpc-append-batch`, `grpc-read-all`,
 //! `grpc-subscribe-latency` ([`grpc`]: through the server, against the engine),
+//! `kurrentdb-append-seq`, `kurrentdb-append-concurrent-16`,
+//! `kurrentdb-append-concurrent-256`, `kurrentdb-append-batch`,
+//! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
+//! KurrentDB's official Rust client, [`official`]),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
 //! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan).
+//!
+//! A crate of its own (ADR 14): the product binary `factum` does not link
+//! what only the bench needs (SQLite, a PostgreSQL driver, the toolkit, the
+//! clients); `factum bench …` runs this binary when it sits beside `factum`.
 
-pub mod append;
-pub mod grpc;
-pub mod open;
-pub mod persistent;
-pub mod postgres;
-pub mod read;
-pub mod reads_under_load;
-pub mod subscribe;
-pub mod toolkit;
-pub mod util;
+/// The same allocator as the `factum` binary, so that the engine measured
+/// here behaves as it does in the server (see `factum-cli`'s `main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod append;
+mod error;
+mod grpc;
+mod official;
+mod open;
+mod persistent;
+mod postgres;
+mod read;
+mod reads_under_load;
+mod server;
+mod subscribe;
+mod toolkit;
+mod util;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::grpc::Via;
 
-/// Arguments of `factum bench`.
+/// Factum's benchmark harness: runs workloads on the embedded engine, the
+/// server and the toolkit against baselines measured in the same run.
+#[derive(Parser, Debug)]
+#[command(
+    name = "factum-bench",
+    version,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// Child processes the workloads start.
+#[derive(Subcommand, Debug)]
+enum Helper {
+    /// Opens a store and reports the open time and peak memory (used by `open`).
+    #[command(hide = true)]
+    OpenProbe(open::ProbeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.helper {
+        Some(Helper::OpenProbe(a)) => open::probe(a),
+        None => run(cli.bench),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.message.is_empty() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `FACTUM_LOG` (default `warn`), as the
+/// `factum` binary's do: the engine says there what recovery did.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("FACTUM_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Arguments of `factum-bench` (and of `factum bench`, which forwards them).
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Run in a fresh directory under DIR (removed afterwards) instead of
@@ -55,15 +129,15 @@ pub struct BenchArgs {
     /// Streams in the `open` workload's store (default: events / 10).
     #[arg(long, value_name = "N")]
     pub open_streams: Option<u64>,
-    /// Events in the `reads-under-load` store (default 2,000,000; quick 200,000).
-    #[arg(long, value_name = "N")]
-    pub reads_store_events: Option<u64>,
     /// Keep the bench directory for inspection.
     #[arg(long)]
     pub keep: bool,
     /// Caps the events of every workload (for tests: keeps a run tiny).
     #[arg(long, value_name = "N", hide = true)]
     pub events: Option<u64>,
+    /// Events in the `reads-under-load` store (default 2,000,000; quick 200,000).
+    #[arg(long, value_name = "N")]
+    pub reads_store_events: Option<u64>,
 }
 
 /// The workloads.
@@ -103,6 +177,21 @@ pub enum Workload {
     GrpcReadAll,
     /// Append → live delivery over gRPC, against the engine.
     GrpcSubscribeLatency,
+    /// `grpc-append-seq` through KurrentDB's official Rust client (one
+    /// writer: the concurrency-1 point of the series below).
+    KurrentdbAppendSeq,
+    /// 16 writers through the official client, one Append RPC each.
+    #[value(name = "kurrentdb-append-concurrent-16")]
+    KurrentdbAppendConcurrent16,
+    /// 256 writers through the official client, one Append RPC each.
+    #[value(name = "kurrentdb-append-concurrent-256")]
+    KurrentdbAppendConcurrent256,
+    /// 1,000-event appends through the official client.
+    KurrentdbAppendBatch,
+    /// `$all` streamed through the official client, against the engine.
+    KurrentdbReadAll,
+    /// Append → live delivery through the official client, against the engine.
+    KurrentdbSubscribeLatency,
     /// PostgreSQL backend, one client, single appends (vs Message DB, engine).
     PgAppendSeq,
     /// PostgreSQL backend, 64 clients (vs Message DB, engine).
@@ -151,13 +240,19 @@ impl Workload {
             Workload::GrpcAppendBatch => "grpc-append-batch",
             Workload::GrpcReadAll => "grpc-read-all",
             Workload::GrpcSubscribeLatency => "grpc-subscribe-latency",
+            Workload::KurrentdbAppendSeq => "kurrentdb-append-seq",
+            Workload::KurrentdbAppendConcurrent16 => "kurrentdb-append-concurrent-16",
+            Workload::KurrentdbAppendConcurrent256 => "kurrentdb-append-concurrent-256",
+            Workload::KurrentdbAppendBatch => "kurrentdb-append-batch",
+            Workload::KurrentdbReadAll => "kurrentdb-read-all",
+            Workload::KurrentdbSubscribeLatency => "kurrentdb-subscribe-latency",
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
         }
     }
 
-    const ALL: [Workload; 25] = [
+    const ALL: [Workload; 31] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -180,6 +275,12 @@ impl Workload {
         Workload::GrpcAppendBatch,
         Workload::GrpcReadAll,
         Workload::GrpcSubscribeLatency,
+        Workload::KurrentdbAppendSeq,
+        Workload::KurrentdbAppendConcurrent16,
+        Workload::KurrentdbAppendConcurrent256,
+        Workload::KurrentdbAppendBatch,
+        Workload::KurrentdbReadAll,
+        Workload::KurrentdbSubscribeLatency,
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
@@ -221,6 +322,10 @@ pub struct Report {
     pub target_met: Option<bool>,
     /// Durability of the measured appends (or of the load, for read workloads).
     pub durability: String,
+    /// CPU time (user + system) of the server process per event over the
+    /// measured window, µs (server-path workloads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_event: Option<f64>,
     /// Peak resident memory, MB (`open`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
@@ -258,7 +363,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A fresh directory for one workload.
-    pub fn dir(&self, name: &str) -> Result<PathBuf, CliError> {
+    pub fn dir(&self, name: &str) -> Result<PathBuf, BenchError> {
         let d = self.root.join(name);
         if d.exists() {
             std::fs::remove_dir_all(&d)?;
@@ -289,8 +394,8 @@ impl Ctx {
     }
 }
 
-/// Runs `factum bench`.
-pub fn run(args: BenchArgs) -> Result<(), CliError> {
+/// Runs the workloads.
+fn run(args: BenchArgs) -> Result<(), BenchError> {
     let workloads = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -302,7 +407,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let parent = match &args.data {
         Some(d) => {
             std::fs::create_dir_all(d)
-                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", d.display())))?;
+                .map_err(|e| BenchError::failure(format!("cannot create {}: {e}", d.display())))?;
             d.clone()
         }
         None => std::env::temp_dir(),
@@ -311,7 +416,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .prefix("factum-bench-")
         .tempdir_in(&parent)
         .map_err(|e| {
-            CliError::failure(format!(
+            BenchError::failure(format!(
                 "cannot create a directory in {}: {e}",
                 parent.display()
             ))
@@ -319,7 +424,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| BenchError::failure(format!("cannot start the async runtime: {e}")))?;
     let filesystem = util::filesystem_of(tmp.path());
     let mut ctx = Ctx {
         root: tmp.path().to_path_buf(),
@@ -363,11 +468,27 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             }
             Workload::PgReadAll => postgres::read_all(&mut ctx),
             Workload::PgSubscribeLatency => postgres::subscribe_latency(&mut ctx),
-            Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx),
-            Workload::GrpcAppendConcurrent => grpc::append_concurrent(&mut ctx),
-            Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx),
-            Workload::GrpcReadAll => grpc::read_all(&mut ctx),
-            Workload::GrpcSubscribeLatency => grpc::subscribe_latency(&mut ctx),
+            Workload::GrpcAppendSeq => grpc::append_seq(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcAppendConcurrent => {
+                grpc::append_concurrent(&mut ctx, w, Via::FactumClient, 256)
+            }
+            Workload::GrpcAppendBatch => grpc::append_batch(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcReadAll => grpc::read_all(&mut ctx, w, Via::FactumClient),
+            Workload::GrpcSubscribeLatency => {
+                grpc::subscribe_latency(&mut ctx, w, Via::FactumClient)
+            }
+            Workload::KurrentdbAppendSeq => grpc::append_seq(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbAppendConcurrent16 => {
+                grpc::append_concurrent(&mut ctx, w, Via::Kurrentdb, 16)
+            }
+            Workload::KurrentdbAppendConcurrent256 => {
+                grpc::append_concurrent(&mut ctx, w, Via::Kurrentdb, 256)
+            }
+            Workload::KurrentdbAppendBatch => grpc::append_batch(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbReadAll => grpc::read_all(&mut ctx, w, Via::Kurrentdb),
+            Workload::KurrentdbSubscribeLatency => {
+                grpc::subscribe_latency(&mut ctx, w, Via::Kurrentdb)
+            }
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),
             Workload::ReadsUnderLoad => {
@@ -380,7 +501,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         }
         if args.json {
             let line = serde_json::to_string(&report)
-                .map_err(|e| CliError::failure(format!("cannot encode the report: {e}")))?;
+                .map_err(|e| BenchError::failure(format!("cannot encode the report: {e}")))?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{line}")?;
             out.flush()?;
@@ -426,7 +547,7 @@ fn met(r: &Report) -> &'static str {
 
 fn summary(r: &Report) -> String {
     format!(
-        "{}: {} events in {:.3} s, {} events/s, p50 {}, p99 {}, ratio {}, target {} ({})",
+        "{}: {} events in {:.3} s, {} events/s, p50 {}, p99 {}, ratio {},{} target {} ({})",
         r.workload,
         r.events,
         r.seconds,
@@ -434,6 +555,8 @@ fn summary(r: &Report) -> String {
         fmt_us(r.p50_us),
         fmt_us(r.p99_us),
         r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+        r.server_cpu_us_per_event
+            .map_or(String::new(), |c| format!(" server CPU {c:.1} µs/event,")),
         r.target,
         met(r)
     )
@@ -443,7 +566,7 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<18} {:>9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  durability",
+        "{:<31} {:>9} {:>7} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  durability",
         "workload",
         "events",
         "secs",
@@ -466,7 +589,7 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
             .unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<18} {:>9} {:>7.3} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  {}",
+            "{:<31} {:>9} {:>7.3} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6}  {}",
             r.workload,
             r.events,
             r.seconds,
@@ -483,6 +606,9 @@ fn print_table(reports: &[Report]) -> std::io::Result<()> {
     writeln!(out)?;
     for r in reports {
         writeln!(out, "{} — target: {} → {}", r.workload, r.target, met(r))?;
+        if let Some(cpu) = r.server_cpu_us_per_event {
+            writeln!(out, "    server CPU {cpu:.1} µs per event")?;
+        }
         if let Some(rss) = r.peak_rss_mb {
             writeln!(out, "    peak RSS {rss:.0} MB")?;
         }

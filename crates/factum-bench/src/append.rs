@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use factum_core::{EventStore, ExpectedRevision, StreamName};
 use factum_engine::Durability;
 
-use super::util::{event, open_engine, payload, rate, raw_sync_loop, Latencies, RawWriter};
-use super::{Ctx, Report, Workload};
-use crate::error::CliError;
+use crate::error::BenchError;
+use crate::util::{event, open_engine, payload, rate, raw_sync_loop, Latencies, RawWriter};
+use crate::{Ctx, Report, Workload};
 
 /// Size of the raw baseline's write in `fsync-baseline`.
 const FSYNC_WRITE: usize = 300;
@@ -26,7 +26,7 @@ const ROUNDS: u64 = 4;
 const RAW_CHUNK: usize = 256 << 10;
 
 /// `fsync-baseline`: write(300 B) + fdatasync in a loop.
-pub fn fsync_baseline(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn fsync_baseline(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::FsyncBaseline.name())?;
     let mut raw = raw_sync_loop(
         &dir.join("raw.bin"),
@@ -52,7 +52,7 @@ pub fn fsync_baseline(ctx: &mut Ctx) -> Result<Report, CliError> {
 
 /// `append-seq`: one writer, one 256-B event per append, against raw
 /// write + fdatasync of the same encoded size, in interleaved slices.
-pub fn seq(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn seq(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::AppendSeq.name())?;
     let slice = ctx.secs(0.5, 1.25);
     let max = ctx.cap(u64::MAX);
@@ -83,7 +83,7 @@ pub fn seq(ctx: &mut Ctx) -> Result<Report, CliError> {
                 n += 1;
                 k += 1;
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         })?;
         elapsed += started.elapsed();
         raw.run(slice, quota)?;
@@ -135,7 +135,7 @@ fn share(max: u64, round: u64) -> u64 {
 
 /// `append-concurrent`: 256 tasks, each appending one 256-B event per
 /// append to its own stream; compared with the raw fsync rate.
-pub fn concurrent(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn concurrent(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::AppendConcurrent.name())?;
     // The fsync rate right before and right after, so that both see the same disk.
     let fsync_slice = ctx.secs(1.0, 2.0);
@@ -164,18 +164,18 @@ pub fn concurrent(ctx: &mut Ctx) -> Result<Report, CliError> {
                     lat.push(t.elapsed());
                     n += 1;
                 }
-                Ok::<_, CliError>((n, lat))
+                Ok::<_, BenchError>((n, lat))
             });
         }
         let mut total = 0;
         let mut all = Latencies::with_capacity(1 << 20);
         while let Some(joined) = tasks.join_next().await {
             let (n, lat) =
-                joined.map_err(|e| CliError::failure(format!("a writer task failed: {e}")))??;
+                joined.map_err(|e| BenchError::failure(format!("a writer task failed: {e}")))??;
             total += n;
             all.extend(lat);
         }
-        Ok::<_, CliError>((total, started.elapsed(), all))
+        Ok::<_, BenchError>((total, started.elapsed(), all))
     })?;
     engine.close()?;
     let raw_after = raw_sync_loop(&dir.join("raw.bin"), FSYNC_WRITE, fsync_slice, fsync_cap)?;
@@ -210,7 +210,7 @@ pub fn concurrent(ctx: &mut Ctx) -> Result<Report, CliError> {
 
 /// `append-batch`: 1,000 events of 256 B per append, against raw sequential
 /// writes with one fdatasync per 256 KiB, in interleaved slices.
-pub fn batch(ctx: &mut Ctx) -> Result<Report, CliError> {
+pub fn batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::AppendBatch.name())?;
     let slice = ctx.secs(0.5, 1.25);
     let max = ctx.cap(u64::MAX);
@@ -238,7 +238,7 @@ pub fn batch(ctx: &mut Ctx) -> Result<Report, CliError> {
                 n += per_append;
                 k += 1;
             }
-            Ok::<_, CliError>(())
+            Ok::<_, BenchError>(())
         })?;
         elapsed += started.elapsed();
         // Under a test's --events cap, the baseline writes about as much as the engine.

@@ -1,5 +1,5 @@
 //! What the workloads share: percentiles, payloads, raw-disk baselines,
-//! log sizes, the file system, memory.
+//! the file system, memory.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use factum_core::{Bytes, ContentType, EventData};
 use factum_engine::{Durability, Engine, EngineConfig};
 
-use crate::error::CliError;
+use crate::error::BenchError;
 
 /// Latency samples; percentiles by sorting (nearest rank).
 #[derive(Default, Debug, Clone)]
@@ -65,7 +65,7 @@ pub fn event(data: &Bytes) -> EventData {
 }
 
 /// Opens a store for a workload.
-pub fn open_engine(dir: &Path, durability: Durability) -> Result<Engine, CliError> {
+pub fn open_engine(dir: &Path, durability: Durability) -> Result<Engine, BenchError> {
     let config = EngineConfig {
         durability,
         ..EngineConfig::default()
@@ -113,13 +113,13 @@ pub struct RawWriter {
 
 impl RawWriter {
     /// Creates the file.
-    pub fn create(path: &Path, chunk: usize) -> Result<Self, CliError> {
+    pub fn create(path: &Path, chunk: usize) -> Result<Self, BenchError> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(path)
-            .map_err(|e| CliError::failure(format!("creating {}: {e}", path.display())))?;
+            .map_err(|e| BenchError::failure(format!("creating {}: {e}", path.display())))?;
         Ok(RawWriter {
             file,
             path: path.to_path_buf(),
@@ -138,7 +138,7 @@ impl RawWriter {
     /// already holds durable zeros (written and fdatasynced 4 MiB ahead, not
     /// timed), as the engine's preallocation arranges (ADR 10): the best
     /// case for an fdatasync of this size on this disk.
-    pub fn create_preallocated(path: &Path, chunk: usize) -> Result<Self, CliError> {
+    pub fn create_preallocated(path: &Path, chunk: usize) -> Result<Self, BenchError> {
         let mut w = Self::create(path, chunk)?;
         w.zeroed = Some(0);
         Ok(w)
@@ -146,7 +146,7 @@ impl RawWriter {
 
     /// Writes for `duration` or until `max_ops` operations in all, whichever
     /// comes first (at least one operation).
-    pub fn run(&mut self, duration: Duration, max_ops: u64) -> Result<(), CliError> {
+    pub fn run(&mut self, duration: Duration, max_ops: u64) -> Result<(), BenchError> {
         const AHEAD: u64 = 4 << 20;
         let started = Instant::now();
         let mut untimed = Duration::ZERO;
@@ -170,7 +170,7 @@ impl RawWriter {
     /// appends arrive); each write's latency runs from its scheduled time,
     /// so it includes waiting behind a slow earlier one. With
     /// preallocation, the zeros for all of them are written first.
-    pub fn run_paced(&mut self, every: Duration, ticks: u64) -> Result<(), CliError> {
+    pub fn run_paced(&mut self, every: Duration, ticks: u64) -> Result<(), BenchError> {
         self.zero_ahead(self.raw.bytes + self.buf.len() as u64 * (ticks + 1))?;
         let started = Instant::now();
         for k in 0..ticks {
@@ -186,7 +186,7 @@ impl RawWriter {
     }
 
     /// With preallocation: durable zeros up to `upto`. True if it wrote any.
-    fn zero_ahead(&mut self, upto: u64) -> Result<bool, CliError> {
+    fn zero_ahead(&mut self, upto: u64) -> Result<bool, BenchError> {
         let Some(zeroed) = self.zeroed.filter(|z| upto > *z) else {
             return Ok(false);
         };
@@ -195,18 +195,18 @@ impl RawWriter {
             .write_all_at(&zeros, zeroed)
             .and_then(|_| self.file.sync_data())
             .map_err(|e| {
-                CliError::failure(format!("preallocating {}: {e}", self.path.display()))
+                BenchError::failure(format!("preallocating {}: {e}", self.path.display()))
             })?;
         self.zeroed = Some(upto);
         Ok(true)
     }
 
     /// One write of the chunk at the end, and its fdatasync.
-    fn write_one(&mut self) -> Result<(), CliError> {
+    fn write_one(&mut self) -> Result<(), BenchError> {
         self.file
             .write_all_at(&self.buf, self.raw.bytes)
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| CliError::failure(format!("writing {}: {e}", self.path.display())))?;
+            .map_err(|e| BenchError::failure(format!("writing {}: {e}", self.path.display())))?;
         self.raw.bytes += self.buf.len() as u64;
         self.raw.ops += 1;
         Ok(())
@@ -226,17 +226,10 @@ pub fn raw_sync_loop(
     chunk: usize,
     duration: Duration,
     max_ops: u64,
-) -> Result<Raw, CliError> {
+) -> Result<Raw, BenchError> {
     let mut w = RawWriter::create(path, chunk)?;
     w.run(duration, max_ops)?;
     Ok(w.finish())
-}
-
-/// Total bytes of a store's segment files.
-pub fn log_bytes(dir: &Path) -> u64 {
-    crate::commands::segment_files(dir)
-        .map(|files| files.iter().map(|(_, len)| len).sum())
-        .unwrap_or(0)
 }
 
 /// The file system holding `path`, e.g. `ext4 (/dev/vda on /)`, from
