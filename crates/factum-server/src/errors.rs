@@ -9,6 +9,7 @@
 //! | stream deleted | FAILED_PRECONDITION | `stream-deleted` | `stream-name` |
 //! | stream not found | NOT_FOUND | `stream-not-found` | `stream-name` |
 //! | append too large | INVALID_ARGUMENT | `maximum-append-size-exceeded` | `maximum-append-size` |
+//! | access denied | PERMISSION_DENIED | `access-denied` | |
 //!
 //! Factum adds `factum-error` (the core error kind) and, for limits,
 //! `factum-limit-what` / `factum-limit` / `factum-limit-actual`, so
@@ -108,6 +109,10 @@ pub fn to_status(err: &Error, op: Operation) -> Status {
         }
         Error::Unavailable(msg) => (Code::Unavailable, format!("store unavailable: {msg}")),
         Error::Unsupported(msg) => (Code::Unimplemented, format!("not supported: {msg}")),
+        Error::AccessDenied(msg) => {
+            put(&mut md, "exception", "access-denied");
+            (Code::PermissionDenied, msg.clone())
+        }
         Error::Locked { .. } | Error::Io { .. } | Error::Corrupt { .. } => {
             (Code::Internal, err.to_string())
         }
@@ -130,6 +135,7 @@ pub fn kind(err: &Error) -> &'static str {
         Error::Unavailable(_) => "unavailable",
         Error::Locked { .. } => "locked",
         Error::Unsupported(_) => "unsupported",
+        Error::AccessDenied(_) => "access-denied",
         _ => "other",
     }
 }
