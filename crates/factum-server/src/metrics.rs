@@ -276,8 +276,22 @@ mod tests {
             redelivered: 1,
             parked_total: 2,
         };
+        let faulted = factum_persistent::GroupInfo {
+            group: "g2".into(),
+            status: "Faulted",
+            error: Some("checkpoint of or\"ders::g2 is not JSON".into()),
+            ..g.clone()
+        };
         let mut text = String::new();
-        render_groups(&mut text, &[g]);
+        render_groups(&mut text, &[g, faulted]);
+        assert!(
+            text.contains("factum_persistent_faulted{source=\"or\\\"ders\",group=\"g1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("factum_persistent_faulted{source=\"or\\\"ders\",group=\"g2\",reason=\"checkpoint of or\\\"ders::g2 is not JSON\"} 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("factum_persistent_in_flight{source=\"or\\\"ders\",group=\"g1\"} 3\n"),
             "{text}"
