@@ -190,6 +190,19 @@ mod tests {
     }
 
     #[test]
+    fn access_denied_is_kurrentdbs_permission_denied() {
+        let stream = StreamName::new("$persistentSubscriptionConfig").unwrap();
+        let err = factum_core::managed::check_client_write(&stream).unwrap_err();
+        let s = to_status(&err, Operation::Tombstone);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.metadata().get("exception").unwrap(), "access-denied");
+        assert_eq!(s.metadata().get("factum-error").unwrap(), "access-denied");
+        assert!(s
+            .message()
+            .starts_with("stream $persistentSubscriptionConfig is managed by"));
+    }
+
+    #[test]
     fn non_ascii_names_are_escaped_and_restored() {
         let err = Error::StreamDeleted {
             stream: StreamName::new("café-1 %").unwrap(),
