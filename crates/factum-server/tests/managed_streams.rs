@@ -446,3 +446,114 @@ async fn clients_cannot_write_the_streams_persistent_subscriptions_own() {
         "{groups:?}"
     );
 }
+
+#[tokio::test]
+async fn a_damaged_checkpoint_is_reported_over_the_wire_and_takes_out_only_its_group() {
+    use factum_core::{managed, EventData, EventStore, ExpectedRevision, StreamName};
+    use factum_persistent::{GroupSettings, GroupSource, PersistentSubscriptions, StartFrom};
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        durability: Durability::None,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::open_with(dir.path(), config).unwrap().0);
+    // Two groups, then damage to one's checkpoint written through the store
+    // (as only the subsystem, or damage, can).
+    let subs = PersistentSubscriptions::start(engine.clone())
+        .await
+        .unwrap();
+    let settings = GroupSettings {
+        start_from: StartFrom::Start,
+        ..Default::default()
+    };
+    for g in ["good", "bad"] {
+        subs.create(GroupSource::Stream("orders".into()), g, settings.clone())
+            .await
+            .unwrap();
+    }
+    subs.shutdown().await;
+    engine
+        .append(
+            managed::persistent_checkpoint_stream("orders", "bad").unwrap(),
+            ExpectedRevision::Any,
+            vec![EventData::json("$SubscriptionCheckpoint", &"garbage").unwrap()],
+        )
+        .await
+        .unwrap();
+    engine
+        .append(
+            StreamName::new("orders").unwrap(),
+            ExpectedRevision::Any,
+            vec![EventData::json("Placed", &1).unwrap()],
+        )
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(factum_server::serve(
+        listener,
+        engine,
+        factum_server::ServerConfig::new(addr),
+        std::future::pending(),
+    ));
+    let mut subs = PersistentSubscriptionsClient::new(channel(addr).await);
+    let info = |group: &str| ps::GetInfoReq {
+        options: Some(ps::get_info_req::Options {
+            stream_option: Some(ps::get_info_req::options::StreamOption::StreamIdentifier(
+                sid("orders").unwrap(),
+            )),
+            group_name: group.to_owned(),
+        }),
+    };
+    let bad = subs.get_info(info("bad")).await.unwrap().into_inner();
+    let status = bad.subscription_info.unwrap().status;
+    assert!(
+        status.starts_with("Faulted: ") && status.contains("checkpoint"),
+        "{status}"
+    );
+    let good = subs.get_info(info("good")).await.unwrap().into_inner();
+    assert!(!good
+        .subscription_info
+        .unwrap()
+        .status
+        .starts_with("Faulted"));
+    let (code, metrics) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("factum_persistent_faulted{source=\"orders\",group=\"good\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("factum_persistent_faulted{source=\"orders\",group=\"bad\",reason=\"")
+            && l.ends_with("} 1")),
+        "{metrics}"
+    );
+    // The good group delivers; connecting to the bad one is refused with
+    // KurrentDB's persistent-subscription-failed.
+    assert_eq!(consume(&mut subs, "orders", "good", 1, false).await, [0]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ps::ReadReq>();
+    tx.send(ps::ReadReq {
+        content: Some(ps::read_req::Content::Options(ps::read_req::Options {
+            stream_option: Some(ps::read_req::options::StreamOption::StreamIdentifier(
+                sid("orders").unwrap(),
+            )),
+            group_name: "bad".into(),
+            buffer_size: 10,
+            uuid_option: None,
+        })),
+    })
+    .unwrap();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let refused = match subs.read(requests).await {
+        Err(status) => status,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(
+        refused.metadata().get("exception").unwrap(),
+        "persistent-subscription-failed",
+        "{refused:?}"
+    );
+}
