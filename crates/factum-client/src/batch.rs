@@ -211,6 +211,14 @@ fn result(
                     let d = shared::BadRequest::decode(bytes).unwrap_or_default();
                     Error::InvalidInput(d.message)
                 }
+                "event_store.client.AccessDenied" => Error::AccessDenied(
+                    // The message is the error's text: keep only its reason.
+                    status
+                        .message
+                        .strip_prefix("access denied: ")
+                        .unwrap_or(&status.message)
+                        .to_owned(),
+                ),
                 _ => Error::Unavailable(format!("batch append failed: {}", status.message)),
             })
         }

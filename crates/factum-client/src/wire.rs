@@ -60,6 +60,7 @@ pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
         },
         Some("invalid-input") => Error::InvalidInput(status.message().to_owned()),
         Some("unsupported") => Error::Unsupported(status.message().to_owned()),
+        Some("access-denied") => Error::AccessDenied(status.message().to_owned()),
         _ => match status.code() {
             Code::InvalidArgument => Error::InvalidInput(status.message().to_owned()),
             Code::ResourceExhausted => Error::LimitExceeded {
@@ -68,6 +69,7 @@ pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
                 actual: 0,
             },
             Code::Unimplemented => Error::Unsupported(status.message().to_owned()),
+            Code::PermissionDenied => Error::AccessDenied(status.message().to_owned()),
             code => Error::Unavailable(format!("{code:?}: {}", status.message())),
         },
     }

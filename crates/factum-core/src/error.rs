@@ -80,6 +80,10 @@ pub enum Error {
     /// The feature is not implemented by this backend (yet).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// The caller may not do this: a client's write to a stream Factum
+    /// manages itself ([`crate::managed`]); nothing was written.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
 }
 
 impl Error {

@@ -13,6 +13,7 @@
 pub mod error;
 pub mod expected;
 pub mod follow;
+pub mod managed;
 pub mod metadata;
 pub mod model;
 pub mod read;

@@ -384,3 +384,92 @@ async fn a_group_resumes_from_its_checkpoint_after_kill_9() {
     let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(extra.is_err(), "nothing beyond the stream: {extra:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_groups_live_in_are_not_the_clients_to_write() {
+    use kurrentdb::{DeleteStreamOptions, StreamMetadata, TombstoneStreamOptions};
+    let server = Server::start();
+    let client = server.client();
+    let stream = name("orders");
+    append(&client, &stream, 3).await;
+    let opts = fast_checkpoints(
+        PersistentSubscriptionOptions::default().start_from(StreamPosition::Start),
+    );
+    client
+        .create_persistent_subscription(stream.as_str(), "g", &opts)
+        .await
+        .unwrap();
+    let mut sub = subscribe(&client, &stream, "g", 10).await;
+    for i in 0..3 {
+        let e = next(&mut sub).await;
+        assert_eq!(revision(&e), i);
+        sub.ack(&e).await.unwrap();
+    }
+    let checkpoint = format!("$persistentsubscription-{stream}::g-checkpoint");
+    let parked = format!("$persistentsubscription-{stream}::g-parked");
+    for target in ["$persistentSubscriptionConfig", &checkpoint, &parked] {
+        let denied = |what: &str, r: Result<(), Error>| {
+            assert!(
+                matches!(r, Err(Error::AccessDenied)),
+                "{what} {target}: {r:?}"
+            );
+        };
+        denied(
+            "tombstone",
+            client
+                .tombstone_stream(target, &TombstoneStreamOptions::default())
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            "delete",
+            client
+                .delete_stream(target, &DeleteStreamOptions::default())
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            "append to",
+            client
+                .append_to_stream(target, &AppendToStreamOptions::default(), ev("X"))
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            "$maxCount 0 on",
+            client
+                .set_stream_metadata(
+                    target,
+                    &AppendToStreamOptions::default(),
+                    &StreamMetadata::builder().max_count(0).build(),
+                )
+                .await
+                .map(|_| ()),
+        );
+    }
+    // The group goes on, and new groups can be created.
+    append(&client, &stream, 2).await;
+    for i in 3..5 {
+        let e = next(&mut sub).await;
+        assert_eq!(revision(&e), i);
+        sub.ack(&e).await.unwrap();
+    }
+    client
+        .create_persistent_subscription(stream.as_str(), "h", &opts)
+        .await
+        .unwrap();
+    let mut h = subscribe(&client, &stream, "h", 10).await;
+    for i in 0..5 {
+        let e = next(&mut h).await;
+        assert_eq!(revision(&e), i);
+        h.ack(&e).await.unwrap();
+    }
+    let groups = client
+        .list_persistent_subscriptions_for_stream(
+            stream.as_str(),
+            &ListPersistentSubscriptionsOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 2);
+}

@@ -32,6 +32,16 @@ pub enum PersistentError {
         /// Why.
         reason: String,
     },
+    /// The group's stored configuration or checkpoint cannot be read: the
+    /// group is out of service (reported by `info`/`list`) until it is
+    /// updated with new settings or deleted; the other groups run.
+    #[error("persistent subscription group {key} is out of service: {reason}")]
+    Faulted {
+        /// The group.
+        key: GroupKey,
+        /// What is damaged.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] factum_core::Error),

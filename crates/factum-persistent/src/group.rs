@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factum_core::{
-    EventStore, ExpectedRevision, ReadStream, RecordedEvent, StreamName, Subscribe, Subscription,
-    SubscriptionMessage, SubscriptionStart, Uuid,
+    managed, EventStore, ExpectedRevision, ReadStream, RecordedEvent, StreamName, Subscribe,
+    Subscription, SubscriptionMessage, SubscriptionStart, Uuid,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -350,9 +350,7 @@ impl<S: EventStore> Group<S> {
     /// gone (an error: re-subscribe later; the end: the store closed).
     fn on_source(&mut self, message: Option<factum_core::Result<SubscriptionMessage>>) -> bool {
         match message {
-            Some(Ok(SubscriptionMessage::Event(event)))
-                if self.filter.as_ref().is_some_and(|f| !f.matches(&event)) =>
-            {
+            Some(Ok(SubscriptionMessage::Event(event))) if self.skips(&event) => {
                 self.scanned(event.position.0);
                 true
             }
@@ -395,6 +393,16 @@ impl<S: EventStore> Group<S> {
                 false
             }
         }
+    }
+
+    /// Whether a `$all` group passes over an event: one its filter does not
+    /// match, or one of the streams persistent subscriptions write
+    /// themselves (checkpoints, parked links, the configuration), so a
+    /// group never feeds on its own checkpoints.
+    fn skips(&self, event: &RecordedEvent) -> bool {
+        self.source.is_all()
+            && (managed::owner_of(&event.stream) == Some(managed::Owner::PersistentSubscriptions)
+                || self.filter.as_ref().is_some_and(|f| !f.matches(event)))
     }
 
     /// The source was read up to `place` with nothing to deliver.
@@ -833,6 +841,7 @@ impl<S: EventStore> Group<S> {
         GroupInfo {
             source: self.source.clone(),
             group: self.key.group().to_owned(),
+            error: None,
             status: if self.source_closed {
                 "Stopped"
             } else if self.live {
@@ -865,6 +874,59 @@ impl<S: EventStore> Group<S> {
             parked: self.parked,
             redelivered: self.redelivered,
             parked_total: self.parked_total,
+        }
+    }
+}
+
+/// A group that cannot run (its configuration or checkpoint cannot be
+/// read): answers `Info` with its error and refuses consumers and replays,
+/// until it is stopped (updated, deleted, the subsystem restarted).
+pub(crate) async fn run_faulted(
+    key: GroupKey,
+    source: GroupSource,
+    settings: GroupSettings,
+    reason: String,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    tracing::error!(group = %key, "persistent subscription group out of service: {reason}");
+    let faulted = || PersistentError::Faulted {
+        key: key.clone(),
+        reason: reason.clone(),
+    };
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Connect { reply, .. } => {
+                let _ = reply.send(Err(faulted()));
+            }
+            Command::ReplayParked { reply, .. } => {
+                let _ = reply.send(Err(faulted()));
+            }
+            Command::Info { reply } => {
+                let _ = reply.send(GroupInfo {
+                    source: source.clone(),
+                    group: key.group().to_owned(),
+                    status: "Faulted",
+                    error: Some(reason.clone()),
+                    settings: settings.clone(),
+                    connections: Vec::new(),
+                    total_items: 0,
+                    average_per_second: 0,
+                    count_since_last_measurement: 0,
+                    last_checkpointed_position: None,
+                    last_known_position: None,
+                    buffered: 0,
+                    retry_buffered: 0,
+                    in_flight: 0,
+                    parked: 0,
+                    redelivered: 0,
+                    parked_total: 0,
+                });
+            }
+            Command::Ack { .. } | Command::Nack { .. } | Command::Disconnect { .. } => {}
+            Command::Stop { reply, .. } => {
+                let _ = reply.send(());
+                return;
+            }
         }
     }
 }

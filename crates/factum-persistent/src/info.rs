@@ -9,8 +9,11 @@ pub struct GroupInfo {
     pub source: GroupSource,
     /// The group's name.
     pub group: String,
-    /// `Live`, `CatchingUp`, or `Stopped`.
+    /// `Live`, `CatchingUp`, `Stopped`, or `Faulted` (see `error`).
     pub status: &'static str,
+    /// Why the group is out of service (`Faulted`): its stored
+    /// configuration or checkpoint cannot be read.
+    pub error: Option<String>,
     /// The settings it runs with.
     pub settings: GroupSettings,
     /// Its consumers.

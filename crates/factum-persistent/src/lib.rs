@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `settings` | `GroupSettings` (KurrentDB's names and defaults), `GroupSource`, `GroupKey` and the system streams it names |
 //! | `manager` | `PersistentSubscriptions`: the groups of a store, their configuration, `Consumer` handles |
-//! | `group` | one group's task: lazy source reads, dispatch by strategy, acks, nacks, timeouts, parking, checkpoints |
+//! | `group` | one group's task: lazy source reads, dispatch by strategy, acks, nacks, timeouts, parking, checkpoints; the task of a faulted group (damaged configuration or checkpoint) |
 //! | `streams` | the group's system streams: checkpoint events, parked links, their reading |
 //! | `info` | `GroupInfo` / `ConnectionInfo`: what `GetInfo` and `List` report |
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName, Uuid};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::{PersistentError, Result};
@@ -14,8 +15,9 @@ use crate::group::{Command, ConsumerMessage, Delivery, Group, NackAction};
 use crate::info::GroupInfo;
 use crate::settings::{GroupKey, GroupSettings, GroupSource};
 
-/// The stream holding every group's configuration (KurrentDB's name).
-pub const CONFIG_STREAM: &str = "$persistentSubscriptionConfig";
+/// The stream holding every group's configuration (KurrentDB's name; one
+/// home: `factum_core::managed`).
+pub const CONFIG_STREAM: &str = factum_core::managed::PERSISTENT_SUBSCRIPTION_CONFIG_STREAM;
 /// The event type of configuration events.
 pub const CONFIG_EVENT_TYPE: &str = "$PersistentConfig";
 
@@ -27,15 +29,75 @@ struct StoredGroup {
     settings: GroupSettings,
 }
 
+/// The configuration as stored: each group's entry is read on its own, so
+/// one that cannot be read takes out only its group.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StoredConfig {
     version: u32,
-    groups: Vec<StoredGroup>,
+    groups: Vec<Value>,
+}
+
+/// A configuration entry, read.
+enum Entry {
+    /// A group, with why it cannot run when its entry is damaged.
+    Group {
+        key: GroupKey,
+        /// `None` when the entry's source cannot be read.
+        source: Option<GroupSource>,
+        settings: GroupSettings,
+        fault: Option<String>,
+    },
+    /// An entry that does not even name its group: kept, never run.
+    Unattributed(String),
+}
+
+impl Entry {
+    fn read(raw: &Value) -> Entry {
+        let fault = match serde_json::from_value::<StoredGroup>(raw.clone()) {
+            Ok(g) => {
+                return match GroupKey::new(g.source.name(), &g.group) {
+                    Ok(key) => Entry::Group {
+                        key,
+                        source: Some(g.source),
+                        settings: g.settings,
+                        fault: None,
+                    },
+                    Err(e) => Entry::Unattributed(e.to_string()),
+                }
+            }
+            Err(e) => format!("its stored configuration cannot be read: {e}"),
+        };
+        // Damaged: name the group by what can still be read.
+        let source = raw
+            .get("source")
+            .and_then(|s| serde_json::from_value::<GroupSource>(s.clone()).ok());
+        let source_name = match (&source, raw.get("source")) {
+            (Some(s), _) => Some(s.name().to_owned()),
+            (None, Some(s)) if s.get("all").is_some() => Some("$all".to_owned()),
+            (None, Some(s)) => s.get("stream").and_then(Value::as_str).map(str::to_owned),
+            (None, None) => None,
+        };
+        let group = raw.get("group").and_then(Value::as_str);
+        match (source_name, group) {
+            (Some(s), Some(g)) => match GroupKey::new(s, g) {
+                Ok(key) => Entry::Group {
+                    key,
+                    source,
+                    settings: GroupSettings::default(),
+                    fault: Some(fault),
+                },
+                Err(e) => Entry::Unattributed(format!("{fault}; {e}")),
+            },
+            _ => Entry::Unattributed(fault),
+        }
+    }
 }
 
 struct Running {
-    source: GroupSource,
-    settings: GroupSettings,
+    /// `None` when its stored entry's source cannot be read.
+    source: Option<GroupSource>,
+    /// Its entry in the configuration stream, written back as it is.
+    entry: Value,
     commands: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,6 +106,8 @@ struct State {
     /// Whether the stored configuration was read and its groups started.
     loaded: bool,
     groups: BTreeMap<GroupKey, Running>,
+    /// Entries that name no group: kept in the configuration, never run.
+    unattributed: Vec<Value>,
     /// The configuration stream's revision this node last wrote or read.
     config_revision: Option<u64>,
 }
@@ -109,6 +173,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
             state: Arc::new(Mutex::new(State {
                 loaded: false,
                 groups: BTreeMap::new(),
+                unattributed: Vec::new(),
                 config_revision: None,
             })),
         }
@@ -122,34 +187,82 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         Ok(subs)
     }
 
-    /// The state, with the stored groups started.
+    /// The state, with the stored groups started. A group whose entry or
+    /// checkpoint cannot be read runs faulted (reporting its error); only
+    /// a store that cannot be read at all fails here.
     async fn ready(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
         let mut state = self.state.lock().await;
         if !state.loaded {
             let (config, revision) = read_config(&*self.store).await?;
             state.config_revision = revision;
-            for g in config.groups {
-                let key = GroupKey::new(g.source.name(), &g.group)?;
-                let running = self.spawn(key.clone(), g.source, g.settings).await?;
-                state.groups.insert(key, running);
+            state.groups.clear();
+            state.unattributed.clear();
+            for raw in config.groups {
+                match Entry::read(&raw) {
+                    Entry::Group {
+                        key,
+                        source,
+                        settings,
+                        fault,
+                    } => {
+                        let running = self
+                            .spawn(key.clone(), source, settings, raw, fault)
+                            .await?;
+                        state.groups.insert(key, running);
+                    }
+                    Entry::Unattributed(reason) => {
+                        tracing::error!(
+                            "an entry of {CONFIG_STREAM} names no group and is kept unused: {reason}: {raw}"
+                        );
+                        state.unattributed.push(raw);
+                    }
+                }
             }
             state.loaded = true;
         }
         Ok(state)
     }
 
+    /// Starts a group's task: a faulted one when its entry is damaged
+    /// (`fault`) or its checkpoint or parked stream cannot be read. Only a
+    /// transient store failure is an error (the caller retries).
     async fn spawn(
         &self,
         key: GroupKey,
-        source: GroupSource,
+        source: Option<GroupSource>,
         settings: GroupSettings,
+        entry: Value,
+        fault: Option<String>,
     ) -> Result<Running> {
-        let group = Group::load(key, source.clone(), settings.clone(), self.store.clone()).await?;
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(group.run(rx));
+        let loaded = match (&source, fault) {
+            (Some(source), None) => Group::load(
+                key.clone(),
+                source.clone(),
+                settings.clone(),
+                self.store.clone(),
+            )
+            .await
+            .map_err(|e| match e {
+                PersistentError::Store(e) if e.is_transient() => Err(e.into()),
+                e => Ok(e.to_string()),
+            }),
+            (_, Some(fault)) => Err(Ok(fault)),
+            (None, None) => Err(Ok("its stored source cannot be read".to_owned())),
+        };
+        let task = match loaded {
+            Ok(group) => tokio::spawn(group.run(rx)),
+            Err(Err(transient)) => return Err(transient),
+            Err(Ok(reason)) => {
+                let shown = source
+                    .clone()
+                    .unwrap_or_else(|| GroupSource::Stream(key.source().to_owned()));
+                tokio::spawn(crate::group::run_faulted(key, shown, settings, reason, rx))
+            }
+        };
         Ok(Running {
             source,
-            settings,
+            entry,
             commands,
             task,
         })
@@ -171,14 +284,13 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         if state.groups.contains_key(&key) {
             return Err(PersistentError::AlreadyExists(key));
         }
+        let entry = entry_of(&source, group, &settings)?;
         let mut config = stored(&state);
-        config.groups.push(StoredGroup {
-            source: source.clone(),
-            group: group.to_owned(),
-            settings: settings.clone(),
-        });
+        config.groups.push(entry.clone());
         self.write_config(&mut state, &config).await?;
-        let running = self.spawn(key.clone(), source, settings).await?;
+        let running = self
+            .spawn(key.clone(), Some(source), settings, entry, None)
+            .await?;
         state.groups.insert(key, running);
         Ok(())
     }
@@ -189,20 +301,28 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         settings.validate()?;
         let key = GroupKey::new(source, group)?;
         let mut state = self.ready().await?;
-        let running = state
-            .groups
-            .remove(&key)
-            .ok_or_else(|| PersistentError::NotFound(key.clone()))?;
-        let source = running.source.clone();
+        let Some(source) = state.groups.get(&key).map(|r| r.source.clone()) else {
+            return Err(PersistentError::NotFound(key));
+        };
+        // A faulted group whose source can be read is repaired by new
+        // settings; without its source (a `$all` filter, say) it can only
+        // be deleted.
+        let Some(source) = source else {
+            return Err(PersistentError::Faulted {
+                key,
+                reason: "its stored source cannot be read: delete the group and create it again"
+                    .to_owned(),
+            });
+        };
+        let entry = entry_of(&source, group, &settings)?;
+        let running = state.groups.remove(&key).expect("looked up above");
         stop(running, "the group's settings were updated").await;
         let mut config = stored(&state);
-        config.groups.push(StoredGroup {
-            source: source.clone(),
-            group: group.to_owned(),
-            settings: settings.clone(),
-        });
+        config.groups.push(entry.clone());
         let written = self.write_config(&mut state, &config).await;
-        let restarted = self.spawn(key.clone(), source, settings).await?;
+        let restarted = self
+            .spawn(key.clone(), Some(source), settings, entry, None)
+            .await?;
         state.groups.insert(key, restarted);
         written
     }
@@ -373,40 +493,63 @@ fn stored(state: &State) -> StoredConfig {
         version: 1,
         groups: state
             .groups
-            .iter()
-            .map(|(k, r)| StoredGroup {
-                source: r.source.clone(),
-                group: k.group().to_owned(),
-                settings: r.settings.clone(),
-            })
+            .values()
+            .map(|r| r.entry.clone())
+            .chain(state.unattributed.iter().cloned())
             .collect(),
     }
+}
+
+/// A group's configuration entry.
+fn entry_of(source: &GroupSource, group: &str, settings: &GroupSettings) -> Result<Value> {
+    serde_json::to_value(StoredGroup {
+        source: source.clone(),
+        group: group.to_owned(),
+        settings: settings.clone(),
+    })
+    .map_err(|e| PersistentError::InvalidSettings(format!("settings cannot be stored: {e}")))
 }
 
 fn config_stream() -> StreamName {
     StreamName::new(CONFIG_STREAM).expect("valid name")
 }
 
+/// Configuration events looked through, newest first, for one that can
+/// be read at all.
+const CONFIG_HISTORY: u64 = 64;
+
+/// The newest configuration and the stream's last revision. Each event is
+/// the whole configuration; one that cannot be read as a list of entries
+/// (a damaged event) is passed over for the newest older one that can,
+/// loudly: the next change supersedes it.
 async fn read_config<S: EventStore>(store: &S) -> Result<(StoredConfig, Option<u64>)> {
-    match store
-        .read_stream(ReadStream::backwards(config_stream()).max_count(1))
+    let events = match store
+        .read_stream(ReadStream::backwards(config_stream()).max_count(CONFIG_HISTORY))
         .await
     {
-        Ok(events) => match events.first() {
-            Some(e) => {
-                let config: StoredConfig = serde_json::from_slice(&e.data).map_err(|err| {
-                    PersistentError::Store(factum_core::Error::InvalidInput(format!(
-                        "{CONFIG_STREAM} revision {} is not a configuration Factum can read: {err}",
-                        e.revision
-                    )))
-                })?;
-                Ok((config, Some(e.revision.0)))
-            }
-            None => Ok((StoredConfig::default(), None)),
-        },
-        Err(factum_core::Error::StreamNotFound { .. }) => Ok((StoredConfig::default(), None)),
-        Err(e) => Err(e.into()),
+        Ok(events) => events,
+        Err(factum_core::Error::StreamNotFound { .. }) => {
+            return Ok((StoredConfig::default(), None))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(last) = events.first().map(|e| e.revision.0) else {
+        return Ok((StoredConfig::default(), None));
+    };
+    for e in &events {
+        match serde_json::from_slice::<StoredConfig>(&e.data) {
+            Ok(config) => return Ok((config, Some(last))),
+            Err(err) => tracing::error!(
+                "{CONFIG_STREAM} revision {} is not a configuration Factum can read ({err}); trying the one before",
+                e.revision
+            ),
+        }
     }
+    tracing::error!(
+        "none of the last {} events of {CONFIG_STREAM} is a configuration Factum can read: no group is started",
+        events.len()
+    );
+    Ok((StoredConfig::default(), Some(last)))
 }
 
 async fn ask_info(commands: &mpsc::UnboundedSender<Command>) -> Option<GroupInfo> {

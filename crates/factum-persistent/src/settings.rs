@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use factum_core::{Filter, FilterMatch, FilterOn, RecordedEvent, StreamName};
+use factum_core::{managed, Filter, FilterMatch, FilterOn, RecordedEvent, StreamName};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PersistentError;
@@ -292,7 +292,7 @@ impl GroupKey {
         let key = GroupKey { source, group };
         // The checkpoint and parked streams must be valid names too (the
         // longest of the two is the checkpoint stream).
-        StreamName::new(key.system_stream_name("checkpoint")).map_err(|e| {
+        managed::persistent_checkpoint_stream(&key.source, &key.group).map_err(|e| {
             PersistentError::InvalidSettings(format!(
                 "source and group names too long for the group's streams: {e}"
             ))
@@ -311,27 +311,17 @@ impl GroupKey {
     }
 
     /// `$persistentsubscription-<source>::<group>-checkpoint`: where the
-    /// group's checkpoint lives.
+    /// group's checkpoint lives (named by `factum_core::managed`).
     pub fn checkpoint_stream(&self) -> StreamName {
-        self.system_stream("checkpoint")
+        managed::persistent_checkpoint_stream(&self.source, &self.group)
+            .expect("checked by GroupKey::new: the longest of the group's names is valid")
     }
 
     /// `$persistentsubscription-<source>::<group>-parked`: links to the
-    /// events parked by the group.
+    /// events parked by the group (named by `factum_core::managed`).
     pub fn parked_stream(&self) -> StreamName {
-        self.system_stream("parked")
-    }
-
-    fn system_stream_name(&self, suffix: &str) -> String {
-        format!(
-            "$persistentsubscription-{}::{}-{suffix}",
-            self.source, self.group
-        )
-    }
-
-    fn system_stream(&self, suffix: &str) -> StreamName {
-        StreamName::new(self.system_stream_name(suffix))
-            .expect("checked by GroupKey::new: the longest of these names is valid")
+        managed::persistent_parked_stream(&self.source, &self.group)
+            .expect("checked by GroupKey::new: the longest of the group's names is valid")
     }
 }
 

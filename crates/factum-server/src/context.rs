@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::client_store::ClientStore;
 use crate::metrics::Metrics;
 
 /// A probe for the store's size on disk (for `/metrics`).
@@ -61,8 +62,10 @@ impl ServerConfig {
 
 /// What every handler sees.
 pub struct Ctx<S> {
-    /// The store served.
-    pub store: Arc<S>,
+    /// The store as clients reach it: writes to the streams Factum
+    /// manages are refused here (`client_store.rs`); the persistent
+    /// subscriptions hold the store itself.
+    pub store: ClientStore<S>,
     /// Settings.
     pub config: ServerConfig,
     /// Counters.

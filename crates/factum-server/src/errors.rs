@@ -9,6 +9,7 @@
 //! | stream deleted | FAILED_PRECONDITION | `stream-deleted` | `stream-name` |
 //! | stream not found | NOT_FOUND | `stream-not-found` | `stream-name` |
 //! | append too large | INVALID_ARGUMENT | `maximum-append-size-exceeded` | `maximum-append-size` |
+//! | access denied | PERMISSION_DENIED | `access-denied` | |
 //!
 //! Factum adds `factum-error` (the core error kind) and, for limits,
 //! `factum-limit-what` / `factum-limit` / `factum-limit-actual`, so
@@ -108,6 +109,10 @@ pub fn to_status(err: &Error, op: Operation) -> Status {
         }
         Error::Unavailable(msg) => (Code::Unavailable, format!("store unavailable: {msg}")),
         Error::Unsupported(msg) => (Code::Unimplemented, format!("not supported: {msg}")),
+        Error::AccessDenied(msg) => {
+            put(&mut md, "exception", "access-denied");
+            (Code::PermissionDenied, msg.clone())
+        }
         Error::Locked { .. } | Error::Io { .. } | Error::Corrupt { .. } => {
             (Code::Internal, err.to_string())
         }
@@ -130,6 +135,7 @@ pub fn kind(err: &Error) -> &'static str {
         Error::Unavailable(_) => "unavailable",
         Error::Locked { .. } => "locked",
         Error::Unsupported(_) => "unsupported",
+        Error::AccessDenied(_) => "access-denied",
         _ => "other",
     }
 }
@@ -181,6 +187,19 @@ mod tests {
             s.message(),
             "Delete failed due to WrongExpectedVersion. Stream: order-1, Expected version: 3, Actual version: -1"
         );
+    }
+
+    #[test]
+    fn access_denied_is_kurrentdbs_permission_denied() {
+        let stream = StreamName::new("$persistentSubscriptionConfig").unwrap();
+        let err = factum_core::managed::check_client_write(&stream).unwrap_err();
+        let s = to_status(&err, Operation::Tombstone);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.metadata().get("exception").unwrap(), "access-denied");
+        assert_eq!(s.metadata().get("factum-error").unwrap(), "access-denied");
+        assert!(s
+            .message()
+            .starts_with("stream $persistentSubscriptionConfig is managed by"));
     }
 
     #[test]

@@ -62,6 +62,14 @@ pub fn persistent_status(err: &PersistentError) -> Status {
             put("group-name", key.group());
             Code::Cancelled
         }
+        PersistentError::Faulted { key, reason } => {
+            // KurrentDB's answer for a group that failed.
+            put("exception", "persistent-subscription-failed");
+            put("stream-name", key.source());
+            put("group-name", key.group());
+            put("reason", reason);
+            Code::Internal
+        }
         PersistentError::InvalidSettings(_) => Code::InvalidArgument,
         PersistentError::Store(e) => return to_status(e, Operation::Read),
         _ => Code::Internal,
@@ -239,7 +247,12 @@ pub fn info_to_wire(info: &GroupInfo) -> wire::SubscriptionInfo {
     wire::SubscriptionInfo {
         event_source: info.source.name().to_owned(),
         group_name: info.group.clone(),
-        status: info.status.to_owned(),
+        // The official clients show the status as text: a faulted group
+        // says why there.
+        status: match &info.error {
+            Some(e) => format!("{}: {e}", info.status),
+            None => info.status.to_owned(),
+        },
         connections: info
             .connections
             .iter()

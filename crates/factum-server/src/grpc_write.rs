@@ -587,6 +587,10 @@ fn batch_error(e: &Error) -> rpc::Status {
             rpc::Code::Unavailable,
             any("event_store.client.Unknown", &shared::Unknown {}),
         ),
+        Error::AccessDenied(_) => (
+            rpc::Code::PermissionDenied,
+            any("event_store.client.AccessDenied", &shared::AccessDenied {}),
+        ),
         Error::InvalidInput(msg) => (
             rpc::Code::InvalidArgument,
             any(

@@ -71,6 +71,7 @@ impl From<Error> for ApiError {
             Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::AccessDenied(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut body = json!({ "error": crate::errors::kind(&e), "message": e.to_string() });

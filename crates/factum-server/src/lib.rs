@@ -16,6 +16,7 @@
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
 //! | `metrics` | Prometheus counters and latency histograms |
 //! | `auth` | the authentication seam (insecure mode accepts anything) |
+//! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once |
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod client_store;
 mod context;
 pub mod convert;
 pub mod errors;
@@ -62,6 +64,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+pub use client_store::ClientStore;
 pub use context::{Ctx, ServerConfig, SizeProbe};
 
 /// Builds the single service that answers both gRPC and HTTP, and the
@@ -74,7 +77,7 @@ pub fn app<S: EventStore>(
     let max = config.max_message_bytes;
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
     let ctx = Arc::new(Ctx {
-        store,
+        store: client_store::ClientStore::new(store),
         persistent,
         config,
         metrics: Default::default(),

@@ -209,6 +209,21 @@ pub fn render_groups(out: &mut String, groups: &[factum_persistent::GroupInfo]) 
         ("factum_persistent_delivered_total", "counter", "Deliveries by a group since it started (redeliveries included).", |g| g.total_items),
         ("factum_persistent_redelivered_total", "counter", "Redeliveries by a group since it started (timeouts, retries, consumers gone, replays).", |g| g.redelivered),
     ];
+    let name = "factum_persistent_faulted";
+    let _ = writeln!(out, "# HELP {name} 1 when a group is out of service because its stored configuration or checkpoint cannot be read (the reason label says why).\n# TYPE {name} gauge");
+    for g in groups {
+        let reason = match &g.error {
+            Some(e) => format!(",reason=\"{}\"", label_value(e)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{name}{{source=\"{}\",group=\"{}\"{reason}}} {}",
+            label_value(g.source.name()),
+            label_value(&g.group),
+            u8::from(g.error.is_some())
+        );
+    }
     for (name, kind, help, value) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for g in groups {
@@ -245,6 +260,7 @@ mod tests {
         let g = factum_persistent::GroupInfo {
             source: factum_persistent::GroupSource::Stream("or\"ders".into()),
             group: "g1".into(),
+            error: None,
             status: "Live",
             settings: Default::default(),
             connections: Vec::new(),
@@ -260,8 +276,22 @@ mod tests {
             redelivered: 1,
             parked_total: 2,
         };
+        let faulted = factum_persistent::GroupInfo {
+            group: "g2".into(),
+            status: "Faulted",
+            error: Some("checkpoint of or\"ders::g2 is not JSON".into()),
+            ..g.clone()
+        };
         let mut text = String::new();
-        render_groups(&mut text, &[g]);
+        render_groups(&mut text, &[g, faulted]);
+        assert!(
+            text.contains("factum_persistent_faulted{source=\"or\\\"ders\",group=\"g1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("factum_persistent_faulted{source=\"or\\\"ders\",group=\"g2\",reason=\"checkpoint of or\\\"ders::g2 is not JSON\"} 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("factum_persistent_in_flight{source=\"or\\\"ders\",group=\"g1\"} 3\n"),
             "{text}"

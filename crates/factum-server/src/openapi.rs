@@ -20,6 +20,9 @@ fn error_response(description: &str) -> Value {
             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
 }
 
+/// Why a write answers 403 (`factum_core::managed`).
+const PROTECTED: &str = "A stream Factum manages (`$persistentSubscriptionConfig`, `$persistentsubscription-…` and their `$$` metadata): `error` is `access-denied`; it changes only through its subsystem's operations";
+
 /// The document.
 pub fn document() -> Value {
     json!({
@@ -59,12 +62,12 @@ pub fn document() -> Value {
               "application/octet-stream": { "schema": { "type": "string", "format": "binary" },
                 "description": "With ES-EventType: the event's data, stored as binary" } } },
             "responses": { "201": { "description": "Appended", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WriteResult" } } } },
-              "400": error_response("Bad input"), "409": error_response("Wrong expected revision"),
+              "400": error_response("Bad input"), "403": error_response(PROTECTED), "409": error_response("Wrong expected revision"),
               "410": error_response("Stream tombstoned"), "413": error_response("Append too large") } },
           "delete": { "summary": "Soft-delete (or, with tombstone=true, hard-delete) a stream",
             "parameters": [ stream_param(), expected_param(),
               { "name": "tombstone", "in": "query", "schema": { "type": "boolean" } } ],
-            "responses": { "200": { "description": "Deleted" }, "404": error_response("Stream not found"),
+            "responses": { "200": { "description": "Deleted" }, "403": error_response(PROTECTED), "404": error_response("Stream not found"),
               "409": error_response("Wrong expected revision"), "410": error_response("Stream tombstoned") } } },
         "/streams/{stream}/metadata": {
           "get": { "summary": "Stream metadata", "parameters": [ stream_param() ],
@@ -74,7 +77,7 @@ pub fn document() -> Value {
             "parameters": [ stream_param(), expected_param() ],
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
             "responses": { "200": { "description": "Written", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WriteResult" } } } },
-              "400": error_response("Bad metadata"), "409": error_response("Wrong expected revision") } } },
+              "400": error_response("Bad metadata"), "403": error_response(PROTECTED), "409": error_response("Wrong expected revision") } } },
         "/streams/{stream}/subscribe": {
           "get": { "summary": "Live tail as server-sent events (`event`, `caught-up`, `fell-behind`, `checkpoint`, `error`, `shutdown`)",
             "parameters": [ stream_param(),

@@ -67,6 +67,7 @@ pub(crate) fn kind(e: &Error) -> &'static str {
         Error::Unavailable(_) => "Unavailable",
         Error::Locked { .. } => "Locked",
         Error::Unsupported(_) => "Unsupported",
+        Error::AccessDenied(_) => "AccessDenied",
     }
 }
 

@@ -1,0 +1,189 @@
+//! The streams Factum manages itself, named in one place.
+//!
+//! A subsystem that keeps its state in the store (persistent
+//! subscriptions today; users, settings and projections later) owns its
+//! streams: they change only through that subsystem's operations (creating,
+//! updating or deleting a group …), which write through the store
+//! directly. Clients may read them, but an append, a delete, a tombstone
+//! or a metadata write from a client is refused with
+//! [`Error::AccessDenied`] — one raw write could otherwise break the whole
+//! subsystem (a tombstoned configuration stream can never be written
+//! again). The server calls [`check_client_write`] on every client-facing
+//! write; a stream's `$$` metadata stream belongs to the same owner.
+//!
+//! Adding a subsystem's streams (the next issues): add an [`Owner`]
+//! variant with its name and operations, and its rows in `MANAGED` —
+//! users: `Exact("$users")`, `Prefix("$user-")`; settings:
+//! `Exact("$settings")`; projections: `Prefix("$projections-")` — plus
+//! constructors for the names it writes, so the subsystem and this table
+//! cannot disagree. Unlike KurrentDB, admins will not write them either
+//! (they may read them): the owning operations are the only way in.
+
+use crate::error::{Error, Result};
+use crate::model::StreamName;
+
+/// The stream holding every persistent-subscription group's configuration
+/// (KurrentDB's name).
+pub const PERSISTENT_SUBSCRIPTION_CONFIG_STREAM: &str = "$persistentSubscriptionConfig";
+
+/// The prefix of every per-group persistent-subscription stream:
+/// `$persistentsubscription-<source>::<group>-checkpoint` and `…-parked`
+/// (KurrentDB's names).
+pub const PERSISTENT_SUBSCRIPTION_STREAM_PREFIX: &str = "$persistentsubscription-";
+
+/// A subsystem that owns streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Owner {
+    /// Persistent subscriptions (consumer groups): their configuration,
+    /// checkpoints and parked messages.
+    PersistentSubscriptions,
+}
+
+impl Owner {
+    /// The subsystem's name, as errors say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Owner::PersistentSubscriptions => "persistent subscriptions",
+        }
+    }
+
+    /// The operations through which its streams change.
+    pub fn operations(self) -> &'static str {
+        match self {
+            Owner::PersistentSubscriptions => {
+                "creating, updating or deleting a group, acks, nacks and parked-message replays"
+            }
+        }
+    }
+}
+
+/// How a managed stream is named.
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    /// Exactly this name.
+    Exact(&'static str),
+    /// Every name starting with this.
+    Prefix(&'static str),
+}
+
+impl Pattern {
+    fn matches(self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(n) => name == n,
+            Pattern::Prefix(p) => name.starts_with(p),
+        }
+    }
+}
+
+/// Every managed stream, by name pattern and owner.
+const MANAGED: &[(Pattern, Owner)] = &[
+    (
+        Pattern::Exact(PERSISTENT_SUBSCRIPTION_CONFIG_STREAM),
+        Owner::PersistentSubscriptions,
+    ),
+    (
+        Pattern::Prefix(PERSISTENT_SUBSCRIPTION_STREAM_PREFIX),
+        Owner::PersistentSubscriptions,
+    ),
+];
+
+/// The subsystem that owns `stream` (or, for `$$<stream>`, the stream
+/// whose metadata it holds), `None` for streams clients own.
+pub fn owner_of(stream: &StreamName) -> Option<Owner> {
+    let mut name = stream.as_str();
+    // `$$x` is x's metadata, `$$$$x` the metadata of `$$x`: same owner.
+    while let Some(of) = name.strip_prefix("$$").filter(|s| !s.is_empty()) {
+        name = of;
+    }
+    MANAGED
+        .iter()
+        .find(|(pattern, _)| pattern.matches(name))
+        .map(|&(_, owner)| owner)
+}
+
+/// Refuses a client's write (append, delete, tombstone, metadata) to a
+/// stream a subsystem owns, with [`Error::AccessDenied`] naming the owner
+/// and its operations.
+pub fn check_client_write(stream: &StreamName) -> Result<()> {
+    match owner_of(stream) {
+        None => Ok(()),
+        Some(owner) => Err(Error::AccessDenied(format!(
+            "stream {stream} is managed by {}: it changes only through {} (clients may read it)",
+            owner.name(),
+            owner.operations()
+        ))),
+    }
+}
+
+/// `$persistentsubscription-<source>::<group>-checkpoint`: where a
+/// persistent-subscription group keeps its checkpoint.
+pub fn persistent_checkpoint_stream(source: &str, group: &str) -> Result<StreamName> {
+    persistent_group_stream(source, group, "checkpoint")
+}
+
+/// `$persistentsubscription-<source>::<group>-parked`: links to the events
+/// a persistent-subscription group parked.
+pub fn persistent_parked_stream(source: &str, group: &str) -> Result<StreamName> {
+    persistent_group_stream(source, group, "parked")
+}
+
+fn persistent_group_stream(source: &str, group: &str, suffix: &str) -> Result<StreamName> {
+    StreamName::new(format!(
+        "{PERSISTENT_SUBSCRIPTION_STREAM_PREFIX}{source}::{group}-{suffix}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> StreamName {
+        StreamName::new(s).unwrap()
+    }
+
+    #[test]
+    fn persistent_subscription_streams_are_managed_with_their_metadata() {
+        let checkpoint = persistent_checkpoint_stream("$all", "g").unwrap();
+        assert_eq!(
+            checkpoint.as_str(),
+            "$persistentsubscription-$all::g-checkpoint"
+        );
+        let parked = persistent_parked_stream("orders", "billing").unwrap();
+        assert_eq!(
+            parked.as_str(),
+            "$persistentsubscription-orders::billing-parked"
+        );
+        for s in [
+            checkpoint.clone(),
+            parked.clone(),
+            checkpoint.metadata_stream(),
+            parked.metadata_stream().metadata_stream(),
+            name(PERSISTENT_SUBSCRIPTION_CONFIG_STREAM),
+            name(PERSISTENT_SUBSCRIPTION_CONFIG_STREAM).metadata_stream(),
+        ] {
+            assert_eq!(owner_of(&s), Some(Owner::PersistentSubscriptions), "{s}");
+            let err = check_client_write(&s).unwrap_err();
+            assert!(
+                matches!(&err, Error::AccessDenied(m) if m.contains(s.as_str())),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_streams_are_not() {
+        for s in [
+            "orders-1",
+            "$$orders-1",
+            "$$",
+            "$persistentSubscriptionConfigX",
+            "persistentsubscription-x",
+            "$ce-orders",
+            "$settings",
+        ] {
+            assert_eq!(owner_of(&name(s)), None, "{s}");
+            check_client_write(&name(s)).unwrap();
+        }
+    }
+}
