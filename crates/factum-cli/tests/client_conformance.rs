@@ -2,8 +2,7 @@
 //! `factum serve` processes: every store the testkit creates is a fresh
 //! server on a free port over a fresh temporary directory.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use factum_client::Client;
 use factum_core::testkit::StoreFactory;
@@ -12,6 +11,8 @@ use factum_core::{
     ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
     Subscription,
 };
+
+mod common;
 
 /// A client plus the server process (and directory) it talks to.
 pub struct RemoteStore {
@@ -35,28 +36,8 @@ impl StoreFactory for ServeFactory {
     type Store = RemoteStore;
     async fn create(&self) -> RemoteStore {
         let dir = tempfile::tempdir().unwrap();
-        let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
-            .arg("--data")
-            .arg(dir.path().join("store"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("factum serve starts");
-        let stdout = server.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        })
-        .await
-        .unwrap();
-        let addr = line
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
+        let data = dir.path().join("store");
+        let (server, addr) = common::serve(&["--data", data.to_str().unwrap()]);
         let client = Client::connect(&format!("esdb://{addr}?tls=false"))
             .await
             .unwrap();

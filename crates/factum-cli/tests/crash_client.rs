@@ -4,37 +4,14 @@
 //! `factum verify` passes at the end. Rounds: 4, or `FACTUM_CRASH_ROUNDS`.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use factum_client::Client;
 use factum_core::{EventData, EventStore, ExpectedRevision, ReadAll, StreamName, Uuid};
 
-/// Starts `factum serve` on `dir` and a free port; returns it and its address.
-fn serve(dir: &Path) -> (Child, String) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
-        .arg("--data")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("factum serve starts");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split(" on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (server, addr)
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_appends_survive_kill_9_of_the_server_round_after_round() {
@@ -47,7 +24,7 @@ async fn acknowledged_appends_survive_kill_9_of_the_server_round_after_round() {
     let acked: Arc<Mutex<Vec<Uuid>>> = Arc::default();
     // One round more than kills: the last one only checks.
     for round in 0..=rounds {
-        let (mut server, addr) = serve(&dir);
+        let (mut server, addr) = common::serve(&["--data", dir.to_str().unwrap()]);
         let client = Client::connect(&format!("esdb://{addr}?tls=false"))
             .await
             .unwrap();

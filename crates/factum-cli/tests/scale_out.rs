@@ -7,8 +7,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`): SKIPPED without it,
 //! failing under `CI=true`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use factum_client::Client;
@@ -18,6 +17,8 @@ use factum_core::{
 use factum_proto::gossip::gossip_client::GossipClient;
 use factum_proto::gossip::member_info::VNodeState;
 use factum_proto::gossip::MemberInfo;
+
+mod common;
 
 fn url() -> String {
     std::env::var("FACTUM_TEST_POSTGRES_URL")
@@ -33,32 +34,17 @@ impl Drop for Server {
     }
 }
 
-/// Starts `factum serve` on a free port; returns it and its address.
+/// Starts `factum serve --backend postgres` on a free port; returns it and its address.
 fn serve(schema: &str) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_factum"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-            "--backend",
-            "postgres",
-        ])
-        .args(["--postgres-url", &url(), "--postgres-schema", schema])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("factum serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split(" on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let url = url();
+    let (child, addr) = common::serve(&[
+        "--backend",
+        "postgres",
+        "--postgres-url",
+        &url,
+        "--postgres-schema",
+        schema,
+    ]);
     (Server(child), addr)
 }
 
