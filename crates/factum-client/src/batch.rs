@@ -173,6 +173,18 @@ fn result(
                 _ => 0,
             }),
         }),
+        // A Factum server sends the error map's fields beside the detail.
+        Some(batch_append_resp::Result::Error(status))
+            if status.metadata.contains_key("factum-error") =>
+        {
+            Err(wire::decode(
+                tonic::Code::from(status.code),
+                &status.message,
+                |k| status.metadata.get(k).cloned(),
+                stream,
+            ))
+        }
+        // KurrentDB: the detail's type says what failed.
         Some(batch_append_resp::Result::Error(status)) => {
             let detail = status.details.unwrap_or_default();
             let name = detail.type_url.rsplit('/').next().unwrap_or("");
@@ -201,6 +213,18 @@ fn result(
                         what: "append size in bytes".into(),
                         limit: d.max_append_size as u64,
                         actual: 0,
+                    }
+                }
+                "event_store.client.MaximumAppendEventSizeExceeded" => {
+                    let d =
+                        shared::MaximumAppendEventSizeExceeded::decode(bytes).unwrap_or_default();
+                    Error::LimitExceeded {
+                        what: format!(
+                            "event {} size in bytes (data + metadata + type)",
+                            d.event_id
+                        ),
+                        limit: d.max_append_event_size as u64,
+                        actual: d.proposed_event_size as u64,
                     }
                 }
                 "event_store.client.Timeout" => Error::Unavailable(format!(

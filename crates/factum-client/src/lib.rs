@@ -49,6 +49,14 @@ use read::ReadItem;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+/// The core error a failed call of a Factum server stands for, exactly as
+/// the server's store returned it (from KurrentDB: by its `exception`
+/// metadata or the status code). For calls this client does not make
+/// itself, such as persistent subscriptions through the generated client.
+pub fn error_from_status(status: tonic::Status) -> Error {
+    wire::from_status(status, &StreamName::all())
+}
+
 /// Largest message the client sends or accepts (the server's default
 /// append limit plus framing).
 const MAX_MESSAGE: usize = 65 * 1024 * 1024;

@@ -27,18 +27,32 @@ pub fn protocol(msg: impl Into<String>) -> Error {
 }
 
 /// A status as the core error it stands for: exactly, when the server is
-/// Factum (`factum-error` metadata); by KurrentDB's `exception` key or the
-/// status code otherwise.
+/// Factum (`factum-error` and its fields, see `factum-server`'s `errors.rs`);
+/// by KurrentDB's `exception` key or the status code otherwise.
 pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
     let md = status.metadata();
-    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(unescape);
+    let field = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(unescape);
+    decode(status.code(), status.message(), field, fallback_stream)
+}
+
+/// The one decoder of the error map: `field` looks a name up in a failed
+/// call's metadata or in a BatchAppend answer's `metadata` extension.
+pub fn decode(
+    code: Code,
+    message: &str,
+    field: impl Fn(&str) -> Option<String>,
+    fallback_stream: &StreamName,
+) -> Error {
     let stream = || {
-        text("stream-name")
+        field("stream-name")
             .and_then(|s| StreamName::new(s).ok())
             .unwrap_or_else(|| fallback_stream.clone())
     };
-    let num = |k: &str| text(k).and_then(|v| v.parse::<i64>().ok());
-    let kind = text("factum-error").or_else(|| text("exception"));
+    let num = |k: &str| field(k).and_then(|v| v.parse::<i64>().ok());
+    let unsigned = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+    // Factum's own text of the error; the status message for other servers.
+    let text = || field("factum-message").unwrap_or_else(|| message.to_owned());
+    let kind = field("factum-error").or_else(|| field("exception"));
     match kind.as_deref() {
         Some("wrong-expected-version") => Error::WrongExpectedVersion {
             stream: stream(),
@@ -51,26 +65,54 @@ pub fn from_status(status: Status, fallback_stream: &StreamName) -> Error {
         },
         Some("stream-deleted") => Error::StreamDeleted { stream: stream() },
         Some("stream-not-found") => Error::StreamNotFound { stream: stream() },
-        Some("limit-exceeded") | Some("maximum-append-size-exceeded") => Error::LimitExceeded {
-            what: text("factum-limit-what").unwrap_or_else(|| "append size in bytes".into()),
-            limit: num("factum-limit")
-                .or_else(|| num("maximum-append-size"))
-                .unwrap_or(0) as u64,
-            actual: num("factum-limit-actual").unwrap_or(0) as u64,
+        Some("limit-exceeded") => Error::LimitExceeded {
+            what: field("factum-limit-what").unwrap_or_default(),
+            limit: unsigned("factum-limit").unwrap_or(0),
+            actual: unsigned("factum-limit-actual").unwrap_or(0),
         },
-        Some("invalid-input") => Error::InvalidInput(status.message().to_owned()),
-        Some("unsupported") => Error::Unsupported(status.message().to_owned()),
-        Some("access-denied") => Error::AccessDenied(status.message().to_owned()),
-        _ => match status.code() {
-            Code::InvalidArgument => Error::InvalidInput(status.message().to_owned()),
+        // KurrentDB's own limits.
+        Some("maximum-append-size-exceeded") => Error::LimitExceeded {
+            what: "append size in bytes".into(),
+            limit: unsigned("maximum-append-size").unwrap_or(0),
+            actual: 0,
+        },
+        Some("maximum-append-event-size-exceeded") => Error::LimitExceeded {
+            what: format!(
+                "event {} size in bytes (data + metadata + type)",
+                field("event-id").unwrap_or_default()
+            ),
+            limit: unsigned("maximum-append-event-size").unwrap_or(0),
+            actual: unsigned("proposed-append-event-size").unwrap_or(0),
+        },
+        Some("invalid-input") => Error::InvalidInput(text()),
+        Some("unsupported") => Error::Unsupported(text()),
+        Some("access-denied") => Error::AccessDenied(text()),
+        Some("unavailable") => Error::Unavailable(text()),
+        Some("io") => Error::Io {
+            context: field("factum-io-context").unwrap_or_default(),
+            source: match num("factum-os-error") {
+                Some(n) => std::io::Error::from_raw_os_error(n as i32),
+                None => std::io::Error::other(text()),
+            },
+        },
+        Some("corrupt") => Error::Corrupt {
+            file: field("factum-file").unwrap_or_default().into(),
+            offset: unsigned("factum-offset").unwrap_or(0),
+            detail: field("factum-detail").unwrap_or_default(),
+        },
+        Some("locked") => Error::Locked {
+            path: field("factum-path").unwrap_or_default().into(),
+        },
+        _ => match code {
+            Code::InvalidArgument => Error::InvalidInput(message.to_owned()),
             Code::ResourceExhausted => Error::LimitExceeded {
-                what: format!("gRPC message size ({})", status.message()),
+                what: format!("gRPC message size ({message})"),
                 limit: 0,
                 actual: 0,
             },
-            Code::Unimplemented => Error::Unsupported(status.message().to_owned()),
-            Code::PermissionDenied => Error::AccessDenied(status.message().to_owned()),
-            code => Error::Unavailable(format!("{code:?}: {}", status.message())),
+            Code::Unimplemented => Error::Unsupported(message.to_owned()),
+            Code::PermissionDenied => Error::AccessDenied(message.to_owned()),
+            code => Error::Unavailable(format!("{code:?}: {message}")),
         },
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamMetadata,
-    StreamName, Uuid, METADATA_EVENT_TYPE,
+    AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid,
 };
 use factum_proto::shared;
 use factum_proto::status as rpc;
@@ -15,15 +14,16 @@ use factum_proto::streams::{
     append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
     BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
-use crate::errors::{append_too_large, to_status, transport_status, Operation};
+use crate::errors::{
+    append_size_exceeded, batch_status, batch_timeout, to_status, transport_status, Operation,
+};
 
-/// Appends (or, for `$$<stream>`, sets metadata) and counts it.
+/// Appends (to `$$<stream>`: sets metadata) and counts it.
 async fn write<S: EventStore>(
     ctx: &Ctx<S>,
     stream: StreamName,
@@ -32,28 +32,10 @@ async fn write<S: EventStore>(
 ) -> Result<AppendResult, Error> {
     let started = Instant::now();
     let (n, bytes) = (events.len(), events.iter().map(EventData::size).sum());
-    let result = match stream.metadata_of() {
-        // Clients set metadata by appending a `$metadata` event to `$$<stream>`.
-        Some(target) => {
-            let [event] = <[EventData; 1]>::try_from(events).map_err(|v| {
-                Error::InvalidInput(format!(
-                    "an append to metadata stream {stream} must hold exactly one {METADATA_EVENT_TYPE} event, not {}",
-                    v.len()
-                ))
-            })?;
-            if event.event_type != METADATA_EVENT_TYPE {
-                return Err(Error::InvalidInput(format!(
-                    "events in {stream} must be of type {METADATA_EVENT_TYPE}, not {:?}",
-                    event.event_type
-                )));
-            }
-            let metadata = StreamMetadata::from_json(&event.data)?;
-            ctx.store
-                .set_stream_metadata(target, expected, metadata)
-                .await
-        }
-        None => ctx.store.append(stream, expected, events).await,
-    };
+    // An append to `$$<stream>` is a metadata write: the store checks that
+    // its events are `$metadata` JSON and keeps their ids, so a retried
+    // metadata write is idempotent like any append.
+    let result = ctx.store.append(stream, expected, events).await;
     match &result {
         Ok(_) => ctx.metrics.appended(n, bytes, started.elapsed()),
         Err(_) => {
@@ -148,7 +130,10 @@ async fn receive<S>(
             Some(append_req::Content::ProposedMessage(p)) => {
                 size += (p.data.len() + p.custom_metadata.len()) as u64;
                 if size > ctx.config.max_append_bytes {
-                    return Err(append_too_large(ctx.config.max_append_bytes, size));
+                    return Err(to_status(
+                        &append_size_exceeded(ctx.config.max_append_bytes, size),
+                        Operation::Append,
+                    ));
                 }
                 events.push(convert::proposed_to_event(
                     p.id.as_ref(),
@@ -296,19 +281,6 @@ fn batch_deadline(o: &batch_append_req::Options) -> Option<Instant> {
     }
 }
 
-/// KurrentDB's answer to a batch append whose deadline passed before it
-/// was written: DEADLINE_EXCEEDED with a `Timeout` detail.
-fn timeout_error() -> rpc::Status {
-    rpc::Status {
-        code: rpc::Code::DeadlineExceeded as i32,
-        message: "the append's deadline passed before it was written".into(),
-        details: Some(prost_types::Any {
-            type_url: "type.googleapis.com/event_store.client.Timeout".into(),
-            value: shared::Timeout {}.encode_to_vec(),
-        }),
-    }
-}
-
 /// `Streams.BatchAppend`: appends multiplexed by correlation id; each
 /// completed append runs concurrently and answers when done.
 pub async fn batch_append<S: EventStore>(
@@ -349,7 +321,7 @@ pub async fn batch_append<S: EventStore>(
                             p.correlation.clone(),
                             &p.wire_stream,
                             Some(p.expected),
-                            Err(timeout_error()),
+                            Err(batch_timeout()),
                         );
                         let _ = tx.send(Ok(resp)).await;
                     }
@@ -407,7 +379,7 @@ pub async fn batch_append<S: EventStore>(
                             wire_correlation,
                             &convert::stream_to_wire(&stream),
                             None,
-                            Err(batch_error(&e)),
+                            Err(batch_status(&e)),
                         );
                         let _ = tx.send(Ok(resp)).await;
                         if !msg.is_final {
@@ -432,11 +404,10 @@ pub async fn batch_append<S: EventStore>(
         for p in msg.proposed_messages {
             entry.size += (p.data.len() + p.custom_metadata.len()) as u64;
             if entry.size > ctx.config.max_append_bytes {
-                refused = Some(Error::LimitExceeded {
-                    what: "append size in bytes".into(),
-                    limit: ctx.config.max_append_bytes,
-                    actual: entry.size,
-                });
+                refused = Some(append_size_exceeded(
+                    ctx.config.max_append_bytes,
+                    entry.size,
+                ));
                 break;
             }
             match convert::proposed_to_event(p.id.as_ref(), &p.metadata, p.custom_metadata, p.data)
@@ -465,28 +436,28 @@ pub async fn batch_append<S: EventStore>(
                 )
             };
             if let Some(e) = refused {
-                let _ = tx.send(Ok(answer(Err(batch_error(&e))))).await;
+                let _ = tx.send(Ok(answer(Err(batch_status(&e))))).await;
                 return;
             }
             if p.deadline.is_some_and(|d| d <= Instant::now()) {
-                let _ = tx.send(Ok(answer(Err(timeout_error())))).await;
+                let _ = tx.send(Ok(answer(Err(batch_timeout())))).await;
                 return;
             }
             let write = write(&ctx, p.stream.clone(), p.expected, p.events);
             tokio::pin!(write);
             let result = match p.deadline {
                 Some(d) => tokio::select! {
-                    r = &mut write => r.map_err(|e| batch_error(&e)),
+                    r = &mut write => r.map_err(|e| batch_status(&e)),
                     _ = tokio::time::sleep_until(d.into()) => {
                         // Answered now; the write itself goes on (it may
                         // commit, as in KurrentDB: a retry with the same
                         // event ids is idempotent) and is waited for.
-                        let _ = tx.send(Ok(answer(Err(timeout_error())))).await;
+                        let _ = tx.send(Ok(answer(Err(batch_timeout())))).await;
                         let _ = write.await;
                         return;
                     }
                 },
-                None => write.await.map_err(|e| batch_error(&e)),
+                None => write.await.map_err(|e| batch_status(&e)),
             };
             let _ = tx.send(Ok(answer(result))).await;
         });
@@ -522,97 +493,5 @@ fn batch_response(
         stream_identifier: Some(stream.clone()),
         // Taken from the request, so always representable.
         expected_stream_position: expected.and_then(|e| e.try_into().ok()),
-    }
-}
-
-/// A failed batch append: clients unpack the single detail by type name.
-fn batch_error(e: &Error) -> rpc::Status {
-    fn any<M: Message>(name: &str, m: &M) -> prost_types::Any {
-        prost_types::Any {
-            type_url: format!("type.googleapis.com/{name}"),
-            value: m.encode_to_vec(),
-        }
-    }
-    let (code, details) = match e {
-        Error::WrongExpectedVersion {
-            expected, actual, ..
-        } => {
-            use shared::wrong_expected_version as w;
-            let detail = shared::WrongExpectedVersion {
-                current_stream_revision_option: Some(match actual {
-                    CurrentRevision::Current(r) => {
-                        w::CurrentStreamRevisionOption::CurrentStreamRevision(r.0)
-                    }
-                    CurrentRevision::NoStream => {
-                        w::CurrentStreamRevisionOption::CurrentNoStream(())
-                    }
-                }),
-                expected_stream_position_option: Some(match expected {
-                    ExpectedRevision::Exact(r) => {
-                        w::ExpectedStreamPositionOption::ExpectedStreamPosition(r.0)
-                    }
-                    ExpectedRevision::Any => w::ExpectedStreamPositionOption::ExpectedAny(()),
-                    ExpectedRevision::StreamExists => {
-                        w::ExpectedStreamPositionOption::ExpectedStreamExists(())
-                    }
-                    ExpectedRevision::NoStream => {
-                        w::ExpectedStreamPositionOption::ExpectedNoStream(())
-                    }
-                }),
-            };
-            (
-                rpc::Code::FailedPrecondition,
-                any("event_store.client.WrongExpectedVersion", &detail),
-            )
-        }
-        Error::StreamDeleted { stream } => (
-            rpc::Code::FailedPrecondition,
-            any(
-                "event_store.client.StreamDeleted",
-                &shared::StreamDeleted {
-                    stream_identifier: Some(convert::stream_to_wire(stream)),
-                },
-            ),
-        ),
-        Error::LimitExceeded { limit, .. } => (
-            rpc::Code::InvalidArgument,
-            any(
-                "event_store.client.MaximumAppendSizeExceeded",
-                &shared::MaximumAppendSizeExceeded {
-                    max_append_size: (*limit).min(u32::MAX as u64) as u32,
-                },
-            ),
-        ),
-        Error::Unavailable(_) => (
-            rpc::Code::Unavailable,
-            any("event_store.client.Unknown", &shared::Unknown {}),
-        ),
-        Error::AccessDenied(_) => (
-            rpc::Code::PermissionDenied,
-            any("event_store.client.AccessDenied", &shared::AccessDenied {}),
-        ),
-        Error::InvalidInput(msg) => (
-            rpc::Code::InvalidArgument,
-            any(
-                "event_store.client.BadRequest",
-                &shared::BadRequest {
-                    message: msg.clone(),
-                },
-            ),
-        ),
-        other => (
-            rpc::Code::InvalidArgument,
-            any(
-                "event_store.client.BadRequest",
-                &shared::BadRequest {
-                    message: other.to_string(),
-                },
-            ),
-        ),
-    };
-    rpc::Status {
-        code: code as i32,
-        message: e.to_string(),
-        details: Some(details),
     }
 }

@@ -63,25 +63,7 @@ impl IntoResponse for ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::WrongExpectedVersion { .. } => StatusCode::CONFLICT,
-            Error::StreamNotFound { .. } => StatusCode::NOT_FOUND,
-            Error::StreamDeleted { .. } => StatusCode::GONE,
-            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            Error::AccessDenied(_) => StatusCode::FORBIDDEN,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let mut body = json!({ "error": crate::errors::kind(&e), "message": e.to_string() });
-        if let Error::WrongExpectedVersion {
-            expected, actual, ..
-        } = &e
-        {
-            body["expected"] = json!(expected.to_string());
-            body["actual"] = json!(actual.to_string());
-        }
+        let (status, body) = crate::errors::http_error(&e);
         ApiError(status, body)
     }
 }
@@ -435,11 +417,10 @@ async fn append<S: EventStore>(
     let name = stream_name(&stream)?;
     let size: u64 = events.iter().map(|e| e.size() as u64).sum();
     if size > ctx.config.max_append_bytes {
-        return Err(ApiError::from(Error::LimitExceeded {
-            what: "append size in bytes".into(),
-            limit: ctx.config.max_append_bytes,
-            actual: size,
-        }));
+        return Err(ApiError::from(crate::errors::append_size_exceeded(
+            ctx.config.max_append_bytes,
+            size,
+        )));
     }
     let started = std::time::Instant::now();
     let n = events.len();
@@ -562,10 +543,9 @@ async fn subscribe<S: EventStore>(
                     .event("checkpoint")
                     .data(json!({ "position": p.0 }).to_string()),
                 Err(e) => {
-                    let ev = SseEvent::default().event("error").data(
-                        json!({ "error": crate::errors::kind(&e), "message": e.to_string() })
-                            .to_string(),
-                    );
+                    let ev = SseEvent::default()
+                        .event("error")
+                        .data(crate::errors::http_error(&e).1.to_string());
                     return Some((Ok(ev), (sub, shutdown, true)));
                 }
             };

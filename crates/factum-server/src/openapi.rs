@@ -103,8 +103,13 @@ pub fn document() -> Value {
                 "events": { "type": "array", "items": { "$ref": "#/components/schemas/NewEvent" } } } } ] },
         "WriteResult": { "type": "object", "properties": { "revision": { "type": "integer" }, "position": { "type": "integer" } } },
         "Error": { "type": "object", "required": ["error", "message"],
+          "description": "`error` is the kind (wrong-expected-version, stream-deleted, stream-not-found, invalid-input, limit-exceeded, io, corrupt, unavailable, locked, unsupported); the other fields are those of the kind",
           "properties": { "error": { "type": "string" }, "message": { "type": "string" },
-            "expected": { "type": "string" }, "actual": { "type": "string" } } }
+            "stream": { "type": "string" }, "expected": { "type": "string" }, "actual": { "type": "string" },
+            "limit_what": { "type": "string" }, "limit": { "type": "integer" }, "limit_actual": { "type": "integer" },
+            "io_context": { "type": "string" }, "os_error": { "type": "integer" },
+            "file": { "type": "string" }, "offset": { "type": "integer" }, "detail": { "type": "string" },
+            "path": { "type": "string" } } }
       } }
     })
 }

@@ -9,7 +9,7 @@ use super::support::*;
 use super::{StoreFactory, TOMBSTONE_EVENT_TYPE, TOMBSTONE_REVISION};
 use crate::expected::{CurrentRevision, ExpectedRevision};
 use crate::metadata::{StreamMetadata, METADATA_EVENT_TYPE};
-use crate::model::{Position, StreamRevision};
+use crate::model::{ContentType, EventData, Position, StreamRevision};
 use crate::read::{Filter, ReadAll, ReadStream};
 use crate::store::EventStore;
 
@@ -154,6 +154,39 @@ pub async fn metadata_round_trip<F: StoreFactory>(f: &F) {
     assert_eq!(
         (got.revision, got.metadata),
         (Some(StreamRevision(3)), StreamMetadata::default())
+    );
+
+    // Appending a `$metadata` event to `$$<stream>` is a metadata write too
+    // (what a gRPC client sends): the event keeps its id, and the same
+    // append again — a retry whose answer was lost — is not written twice.
+    let md4 = meta(Some(4), None);
+    let event = EventData::new(METADATA_EVENT_TYPE, ContentType::Json, md4.to_json());
+    let first = ok(
+        store.append(m.clone(), exact(3), vec![event.clone()]).await,
+        "a $metadata append to the metadata stream",
+    );
+    assert_eq!(first.revision, StreamRevision(4));
+    for expected in [exact(3), ExpectedRevision::Any] {
+        let again = ok(
+            store.append(m.clone(), expected, vec![event.clone()]).await,
+            "the same metadata append again",
+        );
+        assert_eq!(
+            again, first,
+            "conformance: a retried metadata append ({expected}) answers the first"
+        );
+    }
+    let got = ok(store.stream_metadata(s.clone()).await, "read metadata");
+    assert_eq!(
+        (got.revision, got.metadata),
+        (Some(StreamRevision(4)), md4),
+        "conformance: an appended $metadata event is the stream's metadata"
+    );
+    let last = read(&store, ReadStream::backwards(m.clone()).max_count(1)).await;
+    assert_eq!(
+        (last[0].revision, last[0].id),
+        (StreamRevision(4), event.id),
+        "conformance: the metadata event keeps its id, written once"
     );
 }
 
