@@ -45,12 +45,16 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
     let sql = Sql::new(&tables);
     let mut cache = Cache::default();
     while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
+        let mut group = Vec::new();
+        admit(first, &config, &mut group);
         while group.len() < config.max_group_appends {
             match rx.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(r) => admit(r, &config, &mut group),
                 Err(_) => break,
             }
+        }
+        if group.is_empty() {
+            continue;
         }
         // A group that failed before its COMMIT was sent was rolled back:
         // retrying it (on a fresh connection) is safe. After the COMMIT went
@@ -113,6 +117,18 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Adds a request to the group, or answers it at once when its input is
+/// refused without looking at any stream: bad input (a NUL in an event
+/// type, say) never reaches a statement shared with other appends.
+fn admit(r: Request, config: &PostgresConfig, group: &mut Vec<Request>) {
+    match rules::check_input(&r.stream, r.expected, &r.op, &config.limits) {
+        Ok(()) => group.push(r),
+        Err(e) => {
+            let _ = r.reply.send(Err(e));
         }
     }
 }
