@@ -56,6 +56,10 @@ pub struct PostgresConfig {
     pub poll_interval: Duration,
     /// Most appends batched into one transaction.
     pub max_group_appends: usize,
+    /// Most bytes of events batched into one transaction (a larger append
+    /// goes alone): PostgreSQL takes at most 1 GiB in one message, and a
+    /// smaller group keeps one large append from delaying many small ones.
+    pub max_group_bytes: usize,
     /// Event and append size limits.
     pub limits: Limits,
     /// A live subscriber this many events behind the head is told it fell behind.
@@ -72,6 +76,7 @@ impl PostgresConfig {
             statement_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             max_group_appends: 512,
+            max_group_bytes: 16 << 20,
             limits: Limits::default(),
             fell_behind_events: 50_000,
         }
@@ -131,8 +136,24 @@ impl Tables {
 
 /// Turns a database error into the caller's terms: connection trouble is
 /// `Unavailable` (retryable; appends are idempotent by event id).
-pub(crate) fn db_err(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("PostgreSQL {context}: {e}"))
+pub(crate) fn db_err(context: &str, e: impl std::error::Error + 'static) -> Error {
+    Error::Unavailable(format!("PostgreSQL {context}: {}", describe(&e)))
+}
+
+/// An error with its causes on one line: tokio-postgres shows a server's
+/// error only as "db error", its message and SQLSTATE are in the source.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+        }
+        cause = c.source();
+    }
+    text.replace('\n', "; ")
 }
 
 pub(crate) fn valid_schema(s: &str) -> Result<()> {
