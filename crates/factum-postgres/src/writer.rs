@@ -269,8 +269,13 @@ enum Failure {
 /// (or, on the fast path, the one statement that commits) had gone out.
 fn failure(e: tokio_postgres::Error, commit_sent: bool) -> Failure {
     let why = describe(&e);
+    if e.as_db_error()
+        .is_some_and(|db| refuses_the_data(db.code()))
+    {
+        return Failure::Rejected(why);
+    }
+    let why = format!("PostgreSQL append: {why}");
     match e.as_db_error() {
-        Some(db) if refuses_the_data(db.code()) => Failure::Rejected(why),
         // The session goes on and its transaction is aborted: rolled back.
         Some(db) if db.parsed_severity() == Some(Severity::Error) => Failure::RolledBack(why),
         _ if commit_sent => Failure::Unknown(why),
@@ -1170,7 +1175,9 @@ mod tests {
         for code in ["22P05", "22021", "23514", "23505", "54000"] {
             assert!(refuses_the_data(&SqlState::from_code(code)), "{code}");
         }
-        for code in ["22012", "25P02", "40001", "55P03", "57014", "57P01", "08006"] {
+        for code in [
+            "22012", "25P02", "40001", "55P03", "57014", "57P01", "08006",
+        ] {
             assert!(!refuses_the_data(&SqlState::from_code(code)), "{code}");
         }
     }

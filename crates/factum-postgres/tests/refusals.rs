@@ -20,40 +20,9 @@ use factum_core::{
     Error, EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, StreamName,
 };
 use factum_postgres::{PostgresConfig, PostgresStore};
-use tokio_postgres::NoTls;
 
-fn url() -> String {
-    std::env::var("FACTUM_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// An administrative connection, or `None` after printing SKIPPED.
-async fn admin(url: &str) -> Option<tokio_postgres::Client> {
-    match tokio_postgres::connect(url, NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            Some(client)
-        }
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIPPED: PostgreSQL is not reachable at {url}: {e}");
-            None
-        }
-        Err(e) => panic!("PostgreSQL is required in CI (CI=true) but not reachable at {url}: {e}"),
-    }
-}
-
-/// `url` with its database replaced.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let cut = base
-        .rfind('/')
-        .filter(|&i| !base[..i].ends_with('/'))
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..cut])
-}
+mod common;
+use common::{admin, url, with_database};
 
 /// Sends `appends` (stream, event type) concurrently while another session
 /// holds the `head` lock, so they queue up and the writer takes them as one
