@@ -324,6 +324,24 @@ fn serve_refuses_to_run_without_insecure_or_data() {
 }
 
 #[test]
+fn serve_postgres_allow_unsafe_is_a_yes_no_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("factum.conf");
+    std::fs::write(
+        &config,
+        "backend = postgres\npostgres-url = postgres://nowhere\npostgres-allow-unsafe = maybe\ninsecure = true\n",
+    )
+    .unwrap();
+    let o = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("config postgres-allow-unsafe = \"maybe\": use true or false"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn serve_takes_its_settings_from_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("factum.conf");

@@ -293,6 +293,15 @@ fn check_events(target: &StreamName, events: &[EventData], limits: &Limits) -> R
         if e.event_type.is_empty() {
             return Err(Error::InvalidInput("event type is empty".into()));
         }
+        // As in stream names: a control character is never meant, and NUL
+        // cannot be stored at all by PostgreSQL's `text`, where it would fail
+        // the whole write group instead of this one append.
+        if let Some(c) = e.event_type.chars().find(|c| c.is_control()) {
+            return Err(Error::InvalidInput(format!(
+                "event type {:?} contains the control character {c:?}",
+                e.event_type
+            )));
+        }
         if e.event_type.len() > MAX_EVENT_TYPE_BYTES {
             return Err(Error::LimitExceeded {
                 what: "event type length in bytes".into(),
@@ -334,6 +343,25 @@ fn wrong(stream: &StreamName, expected: ExpectedRevision, actual: CurrentRevisio
     })
 }
 
+/// The checks of [`decide`] that need no stream state: a writable target,
+/// valid events within the limits, an expectation in range. A backend may
+/// call it before a request joins others (PostgreSQL's write groups), so
+/// bad input never reaches the database; [`decide`] calls it first.
+pub fn check_input(
+    target: &StreamName,
+    expected: ExpectedRevision,
+    op: &Operation,
+    limits: &Limits,
+) -> Result<()> {
+    if !target.is_writable() {
+        return Err(Error::InvalidInput(format!("stream {target} is read-only")));
+    }
+    if let Operation::Append(events) = op {
+        check_events(target, events, limits)?;
+    }
+    expected.checked().map(|_| ())
+}
+
 /// Decides a request. `owner` is the state of the first stream of
 /// [`streams_of`], `written` that of the second (the same stream for plain
 /// appends and tombstones); `None` when the store has never seen it.
@@ -345,15 +373,7 @@ pub fn decide(
     written: Option<&StreamState>,
     limits: &Limits,
 ) -> Decision {
-    if !target.is_writable() {
-        return Decision::Reject(Error::InvalidInput(format!("stream {target} is read-only")));
-    }
-    if let Operation::Append(events) = &op {
-        if let Err(e) = check_events(target, events, limits) {
-            return Decision::Reject(e);
-        }
-    }
-    if let Err(e) = expected.checked() {
+    if let Err(e) = check_input(target, expected, &op, limits) {
         return Decision::Reject(e);
     }
     let (owner_name, stream) = streams_of(target, &op);
@@ -613,6 +633,27 @@ mod tests {
                 matches!(at(last, n), Decision::Reject(Error::LimitExceeded { .. })),
                 "{last} + {n}"
             );
+        }
+    }
+
+    #[test]
+    fn control_characters_in_event_types_are_invalid_input() {
+        for bad in ["a\0b", "x\n", "\u{7f}", "\u{9f}"] {
+            let d = decide(
+                &s("a-1"),
+                ExpectedRevision::Any,
+                Operation::Append(vec![
+                    EventData::binary("T", "x"),
+                    EventData::binary(bad, "x"),
+                ]),
+                None,
+                None,
+                &Limits::default(),
+            );
+            let Decision::Reject(Error::InvalidInput(m)) = d else {
+                panic!("{bad:?}: {d:?}")
+            };
+            assert!(m.contains("control character"), "{m}");
         }
     }
 

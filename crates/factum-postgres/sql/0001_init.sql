@@ -44,7 +44,7 @@ CREATE TABLE {schema}.events (
 );
 CREATE UNIQUE INDEX events_stream_revision ON {schema}.events (stream_id, revision);
 
--- Entries of the link streams `$ce-…` and `$et-…`.
+-- Entries of the link streams `$ce-<category>` and `$et-<type>` (kept ASCII, like all our SQL: a database in another encoding than UTF8 must be able to run it).
 CREATE TABLE {schema}.links (
     stream_id bigint NOT NULL,
     revision  bigint NOT NULL,

@@ -24,13 +24,14 @@
 
 mod read;
 mod schema;
+mod session;
 mod subscribe;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use factum_core::rules::{Limits, Operation};
 use factum_core::{
     AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
@@ -48,14 +49,43 @@ pub struct PostgresConfig {
     pub url: String,
     /// Schema holding the store's tables (several stores can share a database).
     pub schema: String,
-    /// Connections for reads.
+    /// Connections for reads (the writer has one of its own, the live
+    /// subscriptions' listener another).
     pub pool_size: usize,
+    /// A read waiting this long for a free connection answers
+    /// `Unavailable`, so long scans and subscriptions cannot starve other
+    /// reads (`/health` among them) without end.
+    pub pool_wait_timeout: Duration,
+    /// Connecting gives up after this long.
+    pub connect_timeout: Duration,
     /// Statement timeout applied to every connection.
     pub statement_timeout: Duration,
+    /// Lock wait timeout applied to every connection: an append waiting
+    /// this long for the head lock (held by a stalled instance) gives up,
+    /// is retried a few times, then answers `Unavailable`; nothing was
+    /// written.
+    pub lock_timeout: Duration,
+    /// The server ends a session of the store idle this long inside a
+    /// transaction (an instance stalled while holding the head lock),
+    /// releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
+    /// TCP keepalive: a silent peer is probed after this long and then as
+    /// often, and counts as dead after 3 unanswered probes; the server
+    /// side of each session does the same.
+    pub keepalive: Duration,
+    /// Start even though the database's settings could lose acknowledged
+    /// commits (`fsync` or `full_page_writes` off, or sessions that did
+    /// not get `synchronous_commit` pinned): for throwaway development
+    /// clusters only. Start-up refuses such a database otherwise.
+    pub allow_unsafe: bool,
     /// Live subscriptions poll this often when no notification arrives.
     pub poll_interval: Duration,
     /// Most appends batched into one transaction.
     pub max_group_appends: usize,
+    /// Most bytes of events batched into one transaction (a larger append
+    /// goes alone): PostgreSQL takes at most 1 GiB in one message, and a
+    /// smaller group keeps one large append from delaying many small ones.
+    pub max_group_bytes: usize,
     /// Event and append size limits.
     pub limits: Limits,
     /// A live subscriber this many events behind the head is told it fell behind.
@@ -69,9 +99,16 @@ impl PostgresConfig {
             url: url.into(),
             schema: "factum".into(),
             pool_size: 8,
+            pool_wait_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(10),
+            allow_unsafe: false,
             poll_interval: Duration::from_millis(500),
             max_group_appends: 512,
+            max_group_bytes: 16 << 20,
             limits: Limits::default(),
             fell_behind_events: 50_000,
         }
@@ -131,8 +168,24 @@ impl Tables {
 
 /// Turns a database error into the caller's terms: connection trouble is
 /// `Unavailable` (retryable; appends are idempotent by event id).
-pub(crate) fn db_err(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("PostgreSQL {context}: {e}"))
+pub(crate) fn db_err(context: &str, e: impl std::error::Error + 'static) -> Error {
+    Error::Unavailable(format!("PostgreSQL {context}: {}", describe(&e)))
+}
+
+/// An error with its causes on one line: tokio-postgres shows a server's
+/// error only as "db error", its message and SQLSTATE are in the source.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+        }
+        cause = c.source();
+    }
+    text.replace('\n', "; ")
 }
 
 pub(crate) fn valid_schema(s: &str) -> Result<()> {
@@ -150,36 +203,43 @@ pub(crate) fn valid_schema(s: &str) -> Result<()> {
     }
 }
 
+/// A pool of sessions with the store's settings.
+fn build_pool(pg: &tokio_postgres::Config, size: usize, wait: Duration) -> Result<Pool> {
+    let manager = Manager::from_config(
+        pg.clone(),
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| db_err("pool", e))
+}
+
 impl PostgresStore {
     /// Connects, applies pending migrations, and starts the writer and the
     /// notification listener.
     pub async fn connect(config: PostgresConfig) -> Result<PostgresStore> {
         valid_schema(&config.schema)?;
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
-        pg.options(format!(
-            "-c statement_timeout={}",
-            config.statement_timeout.as_millis()
-        ));
-        let manager = Manager::from_config(
-            pg.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
-            .build()
-            .map_err(|e| db_err("pool", e))?;
+        let mut pg = session::base_config(&config)?;
+        let configured = session::configured_synchronous_commit(&pg).await?;
+        let pinned = session::pinned_synchronous_commit(&configured);
+        session::pin_synchronous_commit(&mut pg, pinned);
+        let pool = build_pool(&pg, config.pool_size.max(1), config.pool_wait_timeout)?;
+        // The writer's own: reads cannot keep it waiting for a connection.
+        let writer_pool = build_pool(&pg, 1, config.pool_wait_timeout)?;
         let tables = Tables::new(&config.schema);
         {
             let mut client = pool.get().await.map_err(|e| db_err("connect", e))?;
+            let found = session::settings(&client).await?;
+            session::check(&found, pinned, config.allow_unsafe)?;
             schema::migrate_client(&mut client, &config.schema).await?;
         }
-        let writer = writer::start(pool.clone(), tables.clone(), config.clone());
+        let writer = writer::start(writer_pool, tables.clone(), config.clone());
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 config,

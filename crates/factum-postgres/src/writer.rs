@@ -22,8 +22,9 @@ use factum_core::{
     StreamRevision, Uuid,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::{Severity, SqlState};
 
-use crate::{db_err, PostgresConfig, Tables};
+use crate::{describe, PostgresConfig, Tables};
 
 /// One queued request.
 pub struct Request {
@@ -44,74 +45,191 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
     let mut client: Option<Object> = None;
     let sql = Sql::new(&tables);
     let mut cache = Cache::default();
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < config.max_group_appends {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+    let mut carried: Option<Request> = None;
+    loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let members;
+        (members, carried) = take_group(first, &mut rx, &config);
+        // Groups the database refused on the data (a constraint, a value it
+        // cannot store) are halved until the refused append stands alone:
+        // it fails, every other member commits. First halves first.
+        let mut pending = vec![members];
+        while let Some(mut members) = pending.pop() {
+            if members.is_empty() {
+                continue;
             }
-        }
-        // A group that failed before its COMMIT was sent was rolled back:
-        // retrying it (on a fresh connection) is safe. After the COMMIT went
-        // out the outcome is unknown, and the callers are told so.
-        let mut attempt = 0u32;
-        loop {
-            if client.is_none() {
-                match pool.get().await {
-                    Ok(c) => client = Some(c),
-                    Err(e) if attempt < RETRIES => {
-                        attempt += 1;
-                        tracing::warn!("PostgreSQL unreachable ({e}); retry {attempt}");
-                        tokio::time::sleep(RETRY_PAUSE * attempt).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        let why = format!("PostgreSQL is unreachable: {e}");
-                        for r in group {
-                            let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
-                        }
-                        break;
-                    }
-                }
-            }
-            let c = client.as_mut().expect("connected above");
-            let committed = match fast_group(c, &sql, &tables, &config, &group, &mut cache).await {
-                Ok(Some(answers)) => Ok(answers),
-                Ok(None) => commit_group(c, &sql, &tables, &config, &group, &mut cache).await,
-                Err(f) => Err(f),
-            };
-            if committed.is_err() {
-                // The outcome may be unknown: what was cached may be wrong.
-                cache.clear();
-            }
-            match committed {
+            let outcome = commit(
+                &pool,
+                &mut client,
+                &sql,
+                &tables,
+                &config,
+                &members,
+                &mut cache,
+            )
+            .await;
+            match outcome {
                 Ok(answers) => {
-                    for (r, a) in group.into_iter().zip(answers) {
+                    for (r, a) in members.into_iter().zip(answers) {
                         let _ = r.reply.send(a);
                     }
-                    break;
                 }
-                Err(Failure::RolledBack(e)) if attempt < RETRIES => {
-                    discard(&mut client);
-                    attempt += 1;
-                    tracing::warn!("append group rolled back ({e}); retry {attempt}");
-                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                Err(Failure::Rejected(why)) if members.len() == 1 => {
+                    tracing::debug!("PostgreSQL refused an append: {why}");
+                    for r in members {
+                        let _ = r.reply.send(Err(Error::InvalidInput(format!(
+                            "PostgreSQL refused the append: {why}"
+                        ))));
+                    }
+                }
+                Err(Failure::Rejected(why)) => {
+                    tracing::debug!(
+                        "PostgreSQL refused a group of {} appends ({why}): halving it",
+                        members.len()
+                    );
+                    let second = members.split_off(members.len() / 2);
+                    pending.push(second);
+                    pending.push(members);
                 }
                 Err(f) => {
-                    discard(&mut client);
                     let why = match f {
                         Failure::RolledBack(e) => format!("{e}; nothing was written"),
                         Failure::Unknown(e) => format!(
                             "{e}; the append may or may not have been committed: retrying it with the same event ids is safe"
                         ),
+                        Failure::Rejected(_) => unreachable!("handled above"),
                     };
                     tracing::warn!("append group failed: {why}");
-                    for r in group {
+                    for r in members {
                         let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
                     }
-                    break;
                 }
+            }
+        }
+    }
+}
+
+/// The next group: `first` and whatever else is queued, up to
+/// `max_group_appends` requests and `max_group_bytes` of events (one
+/// request alone may be larger: it goes alone). A request that would pass
+/// the byte cap is handed back, to start the next group.
+fn take_group(
+    first: Request,
+    rx: &mut mpsc::Receiver<Request>,
+    config: &PostgresConfig,
+) -> (Vec<Request>, Option<Request>) {
+    let mut members = Vec::new();
+    let mut bytes = 0;
+    admit(first, config, &mut members, &mut bytes);
+    while members.len() < config.max_group_appends {
+        let Ok(r) = rx.try_recv() else {
+            break;
+        };
+        if !members.is_empty() && bytes + request_bytes(&r) > config.max_group_bytes {
+            return (members, Some(r));
+        }
+        admit(r, config, &mut members, &mut bytes);
+    }
+    (members, None)
+}
+
+/// What a request sends to the database, roughly: its events' bytes.
+fn request_bytes(r: &Request) -> usize {
+    match &r.op {
+        Operation::Append(events) => events.iter().map(|e| e.size()).sum(),
+        _ => 0,
+    }
+}
+
+/// Adds a request to the group, or answers it at once when its input is
+/// refused without looking at any stream: bad input (a NUL in an event
+/// type, say) never reaches a statement shared with other appends.
+fn admit(r: Request, config: &PostgresConfig, members: &mut Vec<Request>, bytes: &mut usize) {
+    match rules::check_input(&r.stream, r.expected, &r.op, &config.limits) {
+        Ok(()) => {
+            *bytes += request_bytes(&r);
+            members.push(r);
+        }
+        Err(e) => {
+            let _ = r.reply.send(Err(e));
+        }
+    }
+}
+
+/// Commits one group, on the fast path when it may, retrying a group that
+/// was rolled back (on a fresh connection; safe, nothing was written).
+/// After the COMMIT went out the outcome may be unknown, and that is not
+/// retried. A group the database refused on the data is not retried here
+/// either: the caller halves it.
+async fn commit(
+    pool: &Pool,
+    client: &mut Option<Object>,
+    sql: &Sql,
+    tables: &Tables,
+    config: &PostgresConfig,
+    group: &[Request],
+    cache: &mut Cache,
+) -> std::result::Result<Answers, Failure> {
+    let mut attempt = 0u32;
+    loop {
+        if client.is_none() {
+            match pool.get().await {
+                Ok(c) => *client = Some(c),
+                Err(e) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::warn!("PostgreSQL unreachable ({e}); retry {attempt}");
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Failure::RolledBack(format!(
+                        "PostgreSQL is unreachable: {}",
+                        describe(&e)
+                    )))
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        let committed = match fast_group(c, sql, tables, config, group, cache).await {
+            Ok(Some(answers)) => Ok(answers),
+            Ok(None) => commit_group(c, sql, tables, config, group, cache).await,
+            // Judged again on the slow path, from what the database holds,
+            // so only the slow path ever fails an append as refused.
+            Err(Failure::Rejected(_)) => {
+                cache.clear();
+                commit_group(c, sql, tables, config, group, cache).await
+            }
+            Err(f) => Err(f),
+        };
+        if committed.is_err() {
+            // The outcome may be unknown: what was cached may be wrong.
+            cache.clear();
+        }
+        match committed {
+            Ok(answers) => return Ok(answers),
+            Err(Failure::Rejected(why)) => {
+                // The transaction is over; the connection is fine. (Outside
+                // a transaction ROLLBACK only warns.)
+                if c.batch_execute("ROLLBACK").await.is_err() {
+                    discard(client);
+                }
+                return Err(Failure::Rejected(why));
+            }
+            Err(Failure::RolledBack(e)) if attempt < RETRIES => {
+                discard(client);
+                attempt += 1;
+                tracing::warn!("append group rolled back ({e}); retry {attempt}");
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+            }
+            Err(f) => {
+                discard(client);
+                return Err(f);
             }
         }
     }
@@ -129,18 +247,51 @@ fn discard(client: &mut Option<Object>) {
 const RETRIES: u32 = 3;
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// How a group transaction failed.
+/// How a group transaction failed (each with what PostgreSQL said).
 enum Failure {
-    /// Before the COMMIT was sent: nothing was written.
-    RolledBack(Error),
-    /// The COMMIT was sent: the outcome is unknown.
-    Unknown(Error),
+    /// Nothing was written: before the COMMIT was sent, or the server
+    /// answered with an error (not a fatal one) that aborted the
+    /// transaction, so its COMMIT rolled back. Retrying is safe.
+    RolledBack(String),
+    /// The server refused a statement on the data it carried (SQLSTATE
+    /// class 22 data exception, 23 integrity constraint, 54 program
+    /// limit): nothing was written, and the same group would be refused
+    /// again. One of its appends is at fault; the writer halves the group
+    /// to find it.
+    Rejected(String),
+    /// The COMMIT was sent and no answer says what became of it (the
+    /// connection broke, or a fatal error ended the session): the outcome
+    /// is unknown.
+    Unknown(String),
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::RolledBack(e)
+/// Classifies a failed statement of a group; `commit_sent`: the COMMIT
+/// (or, on the fast path, the one statement that commits) had gone out.
+fn failure(e: tokio_postgres::Error, commit_sent: bool) -> Failure {
+    let why = describe(&e);
+    if e.as_db_error()
+        .is_some_and(|db| refuses_the_data(db.code()))
+    {
+        return Failure::Rejected(why);
     }
+    let why = format!("PostgreSQL append: {why}");
+    match e.as_db_error() {
+        // The session goes on and its transaction is aborted: rolled back.
+        Some(db) if db.parsed_severity() == Some(Severity::Error) => Failure::RolledBack(why),
+        _ if commit_sent => Failure::Unknown(why),
+        _ => Failure::RolledBack(why),
+    }
+}
+
+/// Whether an error is the database refusing the data of a statement
+/// rather than trouble with the database: data exceptions (class 22: a
+/// value it cannot store, such as a character the database encoding
+/// lacks), integrity constraints (class 23: a constraint or trigger of the
+/// operator's) and program limits (class 54: a value too large). Division
+/// by zero is not: the fast path's guards raise it on purpose.
+fn refuses_the_data(code: &SqlState) -> bool {
+    let class = &code.code()[..2];
+    matches!(class, "22" | "23" | "54") && *code != SqlState::DIVISION_BY_ZERO
 }
 
 /// The writer's statements, for the configured schema.
@@ -342,8 +493,9 @@ struct Group<'t> {
     rows: Rows,
 }
 
-fn q(e: tokio_postgres::Error) -> Error {
-    db_err("append", e)
+/// A statement before the COMMIT failed.
+fn q(e: tokio_postgres::Error) -> Failure {
+    failure(e, false)
 }
 
 impl Group<'_> {
@@ -428,7 +580,7 @@ impl Group<'_> {
     }
 
     /// Inserts the pending rows (so queries in this transaction see them).
-    async fn flush(&mut self, tx: &ClientWrapper) -> Result<()> {
+    async fn flush(&mut self, tx: &ClientWrapper) -> std::result::Result<(), Failure> {
         let r = std::mem::take(&mut self.rows);
         let (events, links) = tokio::try_join!(
             tx.prepare_cached(&self.sql.insert_events),
@@ -436,7 +588,12 @@ impl Group<'_> {
         )
         .map_err(q)?;
         // Pipelined: both statements go out before either answer comes back.
-        tokio::try_join!(r.insert_events(tx, &events), r.insert_links(tx, &links)).map_err(q)?;
+        // All answers are awaited and the first error in statement order
+        // is the cause (later ones only say the transaction is aborted).
+        let (events, links) =
+            tokio::join!(r.insert_events(tx, &events), r.insert_links(tx, &links));
+        events.map_err(q)?;
+        links.map_err(q)?;
         Ok(())
     }
 
@@ -674,7 +831,7 @@ async fn fast_group(
                 cache.quiet = false;
                 Ok(None)
             }
-            Err(e) => Err(Failure::RolledBack(q(e))),
+            Err(e) => Err(q(e)),
         };
     }
     let stmt = tx.prepare_cached(&sql.fast_commit).await.map_err(q)?;
@@ -741,10 +898,9 @@ async fn fast_group(
             tracing::debug!("another instance wrote since this writer's last commit: slow path");
             Ok(None)
         }
-        // The server refused it: rolled back.
-        Err(e) if e.as_db_error().is_some() => Err(Failure::RolledBack(db_err("append", e))),
-        // The connection failed: the commit may have happened.
-        Err(e) => Err(Failure::Unknown(db_err("commit", e))),
+        // An error from the server: rolled back (or refused on the data);
+        // the connection failed: the commit may have happened.
+        Err(e) => Err(failure(e, true)),
     }
 }
 
@@ -773,16 +929,18 @@ async fn commit_group(
     )
     .map_err(q)?;
     let load_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
-    let begun = tokio::try_join!(
+    let (begin, head, rows) = tokio::join!(
         tx.batch_execute("BEGIN"),
         tx.query_one(&lock_head, &[]),
         tx.query(&load_streams, &load_params)
     );
-    let (_, head, rows) = match begun {
+    // The first error in statement order is the cause (see `finish`).
+    let begun = begin.and(head).and_then(|head| Ok((head, rows?)));
+    let (head, rows) = match begun {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.batch_execute("ROLLBACK").await;
-            return Err(Failure::RolledBack(q(e)));
+            return Err(q(e));
         }
     };
     // Did another instance commit since this writer's last commit?
@@ -882,9 +1040,9 @@ async fn commit_group(
             cache.committed(committed, looked_up.into_iter().chain(rest));
             Ok(answers)
         }
-        Err(e) => {
+        Err(f) => {
             let _ = tx.batch_execute("ROLLBACK").await;
-            Err(Failure::Unknown(e))
+            Err(f)
         }
     }
 }
@@ -900,12 +1058,12 @@ async fn finish(
     t: &Tables,
     g: &mut Group<'_>,
     head: &tokio_postgres::Row,
-) -> Result<i64> {
+) -> std::result::Result<i64, Failure> {
     let wrote = g.next_position != head.get::<_, i64>(0);
     if !wrote && g.next_stream_id == head.get::<_, i64>(1) && g.touched.is_empty() {
         tx.batch_execute("COMMIT")
             .await
-            .map_err(|e| db_err("commit", e))?;
+            .map_err(|e| failure(e, true))?;
         return Ok(head.get(2));
     }
     let (events, links, upsert, update_head, notify) = tokio::try_join!(
@@ -933,14 +1091,94 @@ async fn finish(
         tx.execute(&notify, &[&t.channel, &next]).await
     };
     let commit = async { tx.batch_execute("COMMIT").await.map(|_| 0u64) };
-    tokio::try_join!(
+    // Every answer is awaited; the first error in statement order is the
+    // cause: the statements after it fail only because the transaction is
+    // aborted (SQLSTATE 25P02), and the COMMIT then rolls back.
+    let answers = tokio::join!(
         insert_events,
         insert_links,
         upsert_streams,
         head_row,
         notify,
         commit
-    )
-    .map_err(|e| db_err("commit", e))?;
+    );
+    let (events, links, streams, head, notify, commit) = answers;
+    for answer in [events, links, streams, head, notify, commit] {
+        answer.map_err(|e| failure(e, true))?;
+    }
     Ok(g.created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factum_core::EventData;
+
+    fn request(stream: &str, event_type: &str, bytes: usize) -> Request {
+        Request {
+            stream: StreamName::new(stream).unwrap(),
+            expected: ExpectedRevision::Any,
+            op: Operation::Append(vec![EventData::binary(event_type, vec![0u8; bytes])]),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn groups_are_capped_by_count_and_by_bytes() {
+        let mut config = PostgresConfig::new("postgres://unused");
+        config.max_group_appends = 4;
+        config.max_group_bytes = 1000;
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 0..6 {
+            tx.try_send(request(&format!("s-{i}"), "T", 99)).unwrap();
+        }
+        // By count: 4 of 100 bytes each.
+        let first = rx.try_recv().unwrap();
+        let (members, carried) = take_group(first, &mut rx, &config);
+        assert_eq!(members.len(), 4);
+        assert!(carried.is_none());
+        // By bytes: 2 left of 100, then 600 + 500 pass 1000: the 500 waits.
+        tx.try_send(request("big-1", "T", 599)).unwrap();
+        tx.try_send(request("big-2", "T", 499)).unwrap();
+        let first = rx.try_recv().unwrap();
+        let (members, carried) = take_group(first, &mut rx, &config);
+        assert_eq!(members.len(), 3, "100 + 100 + 600");
+        let carried = carried.expect("the request past the byte cap");
+        assert_eq!(carried.stream.as_str(), "big-2");
+        // An append larger than the cap goes alone.
+        tx.try_send(request("s-9", "T", 9)).unwrap();
+        let (members, carried) = take_group(request("huge", "T", 5000), &mut rx, &config);
+        assert_eq!(members.len(), 1);
+        assert_eq!(carried.unwrap().stream.as_str(), "s-9");
+    }
+
+    #[test]
+    fn bad_input_is_answered_before_it_joins_a_group() {
+        let config = PostgresConfig::new("postgres://unused");
+        let (tx, mut rx) = mpsc::channel(16);
+        let (reply, mut answer) = oneshot::channel();
+        tx.try_send(Request {
+            reply,
+            ..request("s-1", "Bad\0Type", 1)
+        })
+        .unwrap();
+        tx.try_send(request("s-2", "Fine", 1)).unwrap();
+        let first = request("s-0", "Fine", 1);
+        let (members, _) = take_group(first, &mut rx, &config);
+        let streams: Vec<_> = members.iter().map(|r| r.stream.as_str()).collect();
+        assert_eq!(streams, ["s-0", "s-2"]);
+        assert!(matches!(answer.try_recv(), Ok(Err(Error::InvalidInput(_)))));
+    }
+
+    #[test]
+    fn only_data_errors_refuse_an_append() {
+        for code in ["22P05", "22021", "23514", "23505", "54000"] {
+            assert!(refuses_the_data(&SqlState::from_code(code)), "{code}");
+        }
+        for code in [
+            "22012", "25P02", "40001", "55P03", "57014", "57P01", "08006",
+        ] {
+            assert!(!refuses_the_data(&SqlState::from_code(code)), "{code}");
+        }
+    }
 }

@@ -9,8 +9,6 @@
 //! `CI=true` it fails instead.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use factum_core::{
@@ -19,102 +17,8 @@ use factum_core::{
 };
 use factum_postgres::{PostgresConfig, PostgresStore};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-struct PrivateServer {
-    dir: PathBuf,
-    port: u16,
-}
-
-fn as_postgres(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("runuser")
-        .arg("-u")
-        .arg("postgres")
-        .arg("--")
-        .args(args)
-        .output()
-}
-
-impl PrivateServer {
-    fn start() -> Result<PrivateServer, String> {
-        if !Path::new(BIN).join("initdb").exists() {
-            return Err(format!("no PostgreSQL binaries in {BIN}"));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| e.to_string())?
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "factum-pg-{}",
-            factum_core::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let chown = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status();
-        if !chown.map(|s| s.success()).unwrap_or(false) {
-            return Err("cannot hand a directory to the postgres user (not root?)".into());
-        }
-        let data = dir.join("data");
-        let out = as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-        ])
-        .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let server = PrivateServer { dir, port };
-        server.pg_ctl(&["start", "-w"])?;
-        Ok(server)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
-        let data = self.dir.join("data");
-        let opts = format!("-p {} -k {} -c fsync=on", self.port, self.dir.display());
-        let log = self.dir.join("log");
-        let mut full = vec![
-            format!("{BIN}/pg_ctl"),
-            "-D".into(),
-            data.display().to_string(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        if args[0] == "start" {
-            full.extend(["-o".into(), opts, "-l".into(), log.display().to_string()]);
-        }
-        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let out = as_postgres(&refs).map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "pg_ctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["stop", "-m", "immediate"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+mod common;
+use common::PrivateServer;
 
 /// Appends until `until`, each writer to its own stream with exact expected
 /// revisions; a failed append is retried with the same event ids (safe:
@@ -161,7 +65,7 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_a_postgres_crash_and_subscriptions_resume() {
-    let server = match PrivateServer::start() {
+    let server = match PrivateServer::start(&[]) {
         Ok(s) => s,
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!("SKIPPED: cannot run a private PostgreSQL server: {e}");

@@ -52,12 +52,21 @@ pub struct ServeArgs {
     /// PostgreSQL schema of the store, with `--backend postgres` [default: factum].
     #[arg(long, env = "FACTUM_POSTGRES_SCHEMA", value_name = "NAME")]
     pub postgres_schema: Option<String>,
+    /// Start on a PostgreSQL server whose settings can lose acknowledged
+    /// events (`fsync` or `full_page_writes` off): for throwaway
+    /// development clusters only; refused otherwise.
+    #[arg(long, env = "FACTUM_POSTGRES_ALLOW_UNSAFE")]
+    pub postgres_allow_unsafe: Option<Option<bool>>,
 }
 
 /// Where the served store lives.
 enum Backend {
     Engine(PathBuf),
-    Postgres { url: String, schema: String },
+    Postgres {
+        url: String,
+        schema: String,
+        allow_unsafe: bool,
+    },
 }
 
 /// Reads `name = value` lines; `#` starts a comment; values may be quoted.
@@ -88,6 +97,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "backend",
             "postgres-url",
             "postgres-schema",
+            "postgres-allow-unsafe",
         ];
         if !known.contains(&key.as_str()) {
             return Err(CliError::usage(format!(
@@ -152,6 +162,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
                 .postgres_schema
                 .or_else(|| file.get("postgres-schema").cloned())
                 .unwrap_or_else(|| "factum".into()),
+            allow_unsafe: switch(args.postgres_allow_unsafe, &file, "postgres-allow-unsafe")?,
         },
         other => {
             return Err(CliError::usage(format!(
@@ -159,18 +170,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             )))
         }
     };
-    let insecure = match args.insecure {
-        Some(v) => v.unwrap_or(true),
-        None => match file.get("insecure").map(String::as_str) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(v) => {
-                return Err(CliError::usage(format!(
-                    "config insecure = {v:?}: use true or false"
-                )))
-            }
-        },
-    };
+    let insecure = switch(args.insecure, &file, "insecure")?;
     Ok(Settings {
         backend,
         listen: args
@@ -182,6 +182,25 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         grace: Duration::from_secs(args.shutdown_grace.or(num("shutdown-grace")?).unwrap_or(30)),
     })
+}
+
+/// A yes/no setting: the flag (bare means true), else the config file's
+/// `true` / `false`, else false.
+fn switch(
+    flag: Option<Option<bool>>,
+    file: &HashMap<String, String>,
+    key: &str,
+) -> Result<bool, CliError> {
+    match flag {
+        Some(v) => Ok(v.unwrap_or(true)),
+        None => match file.get(key).map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(CliError::usage(format!(
+                "config {key} = {v:?}: use true or false"
+            ))),
+        },
+    }
 }
 
 /// Bytes of the files directly in `dir` (the store's segments and index).
@@ -243,9 +262,15 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             eprintln!("store closed");
             result.and(closed.map_err(CliError::from))
         }
-        Backend::Postgres { url, schema } => {
+        Backend::Postgres {
+            url,
+            schema,
+            allow_unsafe,
+        } => {
             let rt = runtime()?;
-            let config = factum_postgres::PostgresConfig::new(url.clone()).schema(schema.clone());
+            let mut config =
+                factum_postgres::PostgresConfig::new(url.clone()).schema(schema.clone());
+            config.allow_unsafe = *allow_unsafe;
             let result = rt.block_on(async {
                 let store = factum_postgres::PostgresStore::connect(config)
                     .await

@@ -204,3 +204,91 @@ pub async fn head_position<F: StoreFactory>(f: &F) {
     );
     assert_eq!(last[0].position, Position(14));
 }
+
+/// Event types holding a control character (NUL, a line break, DEL, a C1
+/// control) are `InvalidInput`, alone or inside a batch, and nothing is
+/// written. Such an append fails only itself: 63 appends sent at the same
+/// time as one with a NUL in its type all succeed (a backend that batches
+/// concurrent appends must not let one bad member fail its group).
+pub async fn control_characters_in_event_types<F: StoreFactory>(f: &F) {
+    const TASKS: u64 = 64;
+    const BAD_TASK: u64 = 17;
+    let store = std::sync::Arc::new(f.create().await);
+    for bad in [
+        "a\0b",
+        "\0",
+        "line\nbreak",
+        "tab\there",
+        "del\u{7f}",
+        "c1\u{85}",
+    ] {
+        assert_kind(
+            store
+                .append(sn("ctl-1"), ExpectedRevision::Any, vec![ev(bad, 0)])
+                .await,
+            "InvalidInput",
+            format!("event type {bad:?}"),
+        );
+        assert_kind(
+            store
+                .append(
+                    sn("ctl-1"),
+                    ExpectedRevision::Any,
+                    vec![ev("Fine", 0), ev(bad, 1)],
+                )
+                .await,
+            "InvalidInput",
+            format!("a batch with the event type {bad:?}"),
+        );
+    }
+    assert_eq!(
+        ok(store.head_position().await, "head"),
+        None,
+        "conformance: a refused event type wrote something"
+    );
+    let handles: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let event_type = if task == BAD_TASK {
+                    "Bad\0Type"
+                } else {
+                    "Fine"
+                };
+                store
+                    .append(
+                        sn(&format!("ctl-{task}")),
+                        ExpectedRevision::NoStream,
+                        vec![ev(event_type, task)],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for (task, h) in (0..TASKS).zip(handles) {
+        let result = h
+            .await
+            .unwrap_or_else(|e| panic!("conformance: append task {task} failed: {e}"));
+        if task == BAD_TASK {
+            assert_kind(result, "InvalidInput", "the concurrent append with a NUL");
+        } else {
+            ok(
+                result,
+                format!("append {task}, sent beside one with a NUL in its type"),
+            );
+        }
+    }
+    let all = read_all(&*store, ReadAll::forwards()).await;
+    assert_eq!(
+        all.len() as u64,
+        TASKS - 1,
+        "conformance: every good concurrent append is in $all, the bad one is not"
+    );
+    assert_kind(
+        store
+            .read_stream(ReadStream::forwards(sn(&format!("ctl-{BAD_TASK}"))))
+            .await,
+        "StreamNotFound",
+        "the stream of the refused append",
+    );
+}

@@ -136,7 +136,10 @@
 //!   16 MiB ([`MAX_EVENT_SIZE`]) answers `LimitExceeded` and the whole
 //!   batch is refused; events of 1 MiB are accepted. An empty event type is
 //!   `InvalidInput`; one over [`MAX_EVENT_TYPE_BYTES`](crate::model::MAX_EVENT_TYPE_BYTES)
-//!   bytes is `LimitExceeded`.
+//!   bytes is `LimitExceeded`. An event type holding a control character
+//!   (`char::is_control`: NUL, line breaks, DEL, C1 controls) is
+//!   `InvalidInput`, like a stream name. A refused append fails only
+//!   itself: appends sent at the same time are unaffected.
 //!
 //! ## Subscriptions
 //! - Every event after the start point arrives exactly once, in order
@@ -208,7 +211,10 @@ pub use self::checks_concurrency::{
     concurrent_any_appends, concurrent_appends_to_many_streams, concurrent_exact_appends,
 };
 pub use self::checks_delete::{soft_delete, tombstone};
-pub use self::checks_limits::{head_position, limits_and_bad_input, system_streams_are_read_only};
+pub use self::checks_limits::{
+    control_characters_in_event_types, head_position, limits_and_bad_input,
+    system_streams_are_read_only,
+};
 pub use self::checks_links::category_and_event_type_streams;
 pub use self::checks_meta::{
     max_age, max_count, metadata_and_deletes_in_all, metadata_round_trip, truncate_before,
@@ -259,6 +265,7 @@ macro_rules! __factum_testkit_checks {
             empty_append,
             system_streams_are_read_only,
             limits_and_bad_input,
+            control_characters_in_event_types,
             head_position,
             read_stream_directions_and_bounds,
             read_all_directions_and_bounds,

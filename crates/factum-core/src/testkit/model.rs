@@ -77,6 +77,11 @@ fn validate(events: &[EventData]) -> Result<()> {
         if e.event_type.is_empty() {
             return Err(Error::InvalidInput("event type is empty".into()));
         }
+        if e.event_type.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "event type contains a control character".into(),
+            ));
+        }
         if e.event_type.len() > MAX_EVENT_TYPE_BYTES {
             return Err(Error::LimitExceeded {
                 what: "event type length in bytes".into(),
