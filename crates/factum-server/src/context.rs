@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::budget::AppendBudget;
 use crate::listener::ConnectionLimits;
 use crate::metrics::Metrics;
 
@@ -19,6 +21,12 @@ pub struct ServerConfig {
     /// KurrentDB's `MaxAppendSize`. Larger appends answer
     /// `maximum-append-size-exceeded`.
     pub max_append_bytes: u64,
+    /// Append bytes held in memory at once across all clients (`budget.rs`);
+    /// never less than one largest message.
+    pub max_inflight_append_bytes: u64,
+    /// How long an append waits for room in that budget before it is
+    /// refused (gRPC RESOURCE_EXHAUSTED, HTTP 503), unwritten.
+    pub append_budget_wait: Duration,
     /// Limits on connections (the accept loop, `listener.rs`).
     pub connections: ConnectionLimits,
     /// The address clients reach this node at (Gossip's answer).
@@ -35,6 +43,8 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("max_append_bytes", &self.max_append_bytes)
+            .field("max_inflight_append_bytes", &self.max_inflight_append_bytes)
+            .field("append_budget_wait", &self.append_budget_wait)
             .field("connections", &self.connections)
             .field("advertise", &self.advertise)
             .field("version", &self.version)
@@ -48,6 +58,8 @@ impl ServerConfig {
     pub fn new(advertise: SocketAddr) -> Self {
         ServerConfig {
             max_append_bytes: 64 * 1024 * 1024,
+            max_inflight_append_bytes: 256 * 1024 * 1024,
+            append_budget_wait: Duration::from_secs(5),
             connections: ConnectionLimits::default(),
             advertise,
             // Clients compare versions to enable features: speak as a
@@ -87,6 +99,8 @@ pub struct Ctx<S> {
     pub shutdown: watch::Receiver<bool>,
     /// The store's persistent subscriptions (consumer groups).
     pub persistent: factum_persistent::PersistentSubscriptions<S>,
+    /// Append bytes in memory, across all clients.
+    pub append_budget: AppendBudget,
 }
 
 impl<S> Ctx<S> {

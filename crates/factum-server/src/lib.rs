@@ -15,6 +15,7 @@
 //! | `convert` / `errors` | wire ⇄ model; errors as statuses with KurrentDB's `exception` metadata |
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
 //! | `metrics` | Prometheus counters and latency histograms |
+//! | `budget` | one budget of in-flight append bytes across all clients |
 //! | `auth` | the authentication seam (insecure mode accepts anything) |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
 //!
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 mod context;
 pub mod convert;
 pub mod errors;
@@ -80,9 +82,15 @@ pub fn app<S: EventStore>(
     // Consumer-group requests carry settings and event ids, never events.
     let max_persistent_request = max.min(PERSISTENT_REQUEST_BYTES);
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
+    let append_budget = budget::AppendBudget::new(
+        config.max_inflight_append_bytes,
+        max as u64,
+        config.append_budget_wait,
+    );
     let ctx = Arc::new(Ctx {
         store,
         persistent,
+        append_budget,
         config,
         metrics: Default::default(),
         shutdown,

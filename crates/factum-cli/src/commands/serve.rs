@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
+    /// Append bytes held in memory at once across all clients; beyond it
+    /// appends wait up to 5 s, then are refused unwritten (gRPC
+    /// RESOURCE_EXHAUSTED, HTTP 503) [default: 268435456].
+    #[arg(long, env = "FACTUM_MAX_INFLIGHT_APPEND_BYTES", value_name = "BYTES")]
+    pub max_inflight_append_bytes: Option<u64>,
     /// Connections open at once; beyond it new ones wait to be accepted
     /// [default: 1000].
     #[arg(long, env = "FACTUM_MAX_CONNECTIONS", value_name = "N")]
@@ -104,6 +109,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "insecure",
             "advertise",
             "max-append-bytes",
+            "max-inflight-append-bytes",
             "max-connections",
             "max-concurrent-streams",
             "keepalive-interval",
@@ -135,6 +141,7 @@ struct Settings {
     insecure: bool,
     advertise: Option<String>,
     max_append_bytes: Option<u64>,
+    max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
     grace: Duration,
 }
@@ -249,6 +256,9 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         insecure,
         advertise: args.advertise.or_else(|| file.get("advertise").cloned()),
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
+        max_inflight_append_bytes: args
+            .max_inflight_append_bytes
+            .or(num("max-inflight-append-bytes")?),
         connections,
         grace: Duration::from_secs(args.shutdown_grace.or(num("shutdown-grace")?).unwrap_or(30)),
     })
@@ -364,6 +374,9 @@ async fn serve_store<S: factum_core::EventStore>(
     let mut config = factum_server::ServerConfig::new(advertise);
     if let Some(m) = s.max_append_bytes {
         config.max_append_bytes = m;
+    }
+    if let Some(m) = s.max_inflight_append_bytes {
+        config.max_inflight_append_bytes = m;
     }
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
