@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::budget::AppendBudget;
 use crate::client_store::ClientStore;
+use crate::listener::ConnectionLimits;
 use crate::metrics::Metrics;
 
 /// A probe for the store's size on disk (for `/metrics`).
@@ -19,9 +22,14 @@ pub struct ServerConfig {
     /// KurrentDB's `MaxAppendSize`. Larger appends answer
     /// `maximum-append-size-exceeded`.
     pub max_append_bytes: u64,
-    /// Largest single gRPC message accepted; longer ones answer
-    /// RESOURCE_EXHAUSTED.
-    pub max_message_bytes: usize,
+    /// Append bytes held in memory at once across all clients (`budget.rs`);
+    /// never less than one largest message.
+    pub max_inflight_append_bytes: u64,
+    /// How long an append waits for room in that budget before it is
+    /// refused (gRPC RESOURCE_EXHAUSTED, HTTP 503), unwritten.
+    pub append_budget_wait: Duration,
+    /// Limits on connections (the accept loop, `listener.rs`).
+    pub connections: ConnectionLimits,
     /// The address clients reach this node at (Gossip's answer).
     pub advertise: SocketAddr,
     /// Version reported by ServerFeatures (clients parse "major.minor.patch").
@@ -36,7 +44,9 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("max_append_bytes", &self.max_append_bytes)
-            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_inflight_append_bytes", &self.max_inflight_append_bytes)
+            .field("append_budget_wait", &self.append_budget_wait)
+            .field("connections", &self.connections)
             .field("advertise", &self.advertise)
             .field("version", &self.version)
             .finish_non_exhaustive()
@@ -45,11 +55,13 @@ impl std::fmt::Debug for ServerConfig {
 
 impl ServerConfig {
     /// Defaults for a node reachable at `advertise`: 64 MiB appends (the
-    /// engine's own limit), messages up to that plus 1 MiB of framing, insecure.
+    /// engine's own limit), [`ConnectionLimits::default`], insecure.
     pub fn new(advertise: SocketAddr) -> Self {
         ServerConfig {
             max_append_bytes: 64 * 1024 * 1024,
-            max_message_bytes: 65 * 1024 * 1024,
+            max_inflight_append_bytes: 256 * 1024 * 1024,
+            append_budget_wait: Duration::from_secs(5),
+            connections: ConnectionLimits::default(),
             advertise,
             // Clients compare versions to enable features: speak as a
             // current KurrentDB would.
@@ -57,6 +69,22 @@ impl ServerConfig {
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
         }
+    }
+}
+
+/// What a gRPC message may hold beyond its events' bytes (stream name,
+/// expected revision, correlation id, deadline).
+const MESSAGE_FRAMING_BYTES: usize = 64 * 1024;
+
+impl ServerConfig {
+    /// Largest single gRPC message accepted: one append's bytes (as
+    /// `max_append_bytes` counts them: each proposed message whole) plus the
+    /// request's own fields. Longer ones answer RESOURCE_EXHAUSTED before
+    /// they are buffered.
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_append_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(MESSAGE_FRAMING_BYTES)
     }
 }
 
@@ -74,6 +102,8 @@ pub struct Ctx<S> {
     pub shutdown: watch::Receiver<bool>,
     /// The store's persistent subscriptions (consumer groups).
     pub persistent: factum_persistent::PersistentSubscriptions<S>,
+    /// Append bytes in memory, across all clients.
+    pub append_budget: AppendBudget,
 }
 
 impl<S> Ctx<S> {

@@ -9,6 +9,7 @@ use factum_core::{
     AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid,
 };
 use factum_proto::shared;
+use prost::Message;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
     append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
@@ -17,6 +18,7 @@ use factum_proto::streams::{
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use crate::budget::Reserved;
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::errors::{
@@ -75,7 +77,8 @@ pub async fn append<S: EventStore>(
 ) -> Result<AppendResp, Status> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let received = receive(&ctx, input);
-    let (stream, expected, events) = match deadline {
+    // The append's bytes stay reserved until the store has answered.
+    let (stream, expected, events, _reserved) = match deadline {
         Some(d) => tokio::time::timeout_at(d.into(), received)
             .await
             .map_err(|_| convert::deadline_exceeded())??,
@@ -106,11 +109,14 @@ pub async fn append<S: EventStore>(
     })
 }
 
-/// An append's options and events, as the client streams them.
+/// An append's options and events, as the client streams them. Every
+/// proposed message counts whole (type, metadata, data, framing; as
+/// KurrentDB counts them) against `max_append_bytes` as it arrives, and is
+/// reserved in the server's append budget before the next is read.
 async fn receive<S>(
     ctx: &Ctx<S>,
     mut input: Streaming<AppendReq>,
-) -> Result<(StreamName, ExpectedRevision, Vec<EventData>), Status> {
+) -> Result<(StreamName, ExpectedRevision, Vec<EventData>, Reserved), Status> {
     let first = input
         .message()
         .await
@@ -125,16 +131,22 @@ async fn receive<S>(
     let expected = expected_of_append(options.expected_stream_revision)?;
     let mut events = Vec::new();
     let mut size = 0u64;
+    let mut reserved = Reserved::default();
     while let Some(msg) = input.message().await.map_err(transport_status)? {
         match msg.content {
             Some(append_req::Content::ProposedMessage(p)) => {
-                size += (p.data.len() + p.custom_metadata.len()) as u64;
+                let bytes = p.encoded_len() as u64;
+                size = size.saturating_add(bytes);
                 if size > ctx.config.max_append_bytes {
                     return Err(to_status(
                         &append_size_exceeded(ctx.config.max_append_bytes, size),
                         Operation::Append,
                     ));
                 }
+                ctx.append_budget
+                    .reserve(&mut reserved, bytes)
+                    .await
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?;
                 events.push(convert::proposed_to_event(
                     p.id.as_ref(),
                     &p.metadata,
@@ -150,7 +162,7 @@ async fn receive<S>(
             None => return Err(Status::invalid_argument("an append message was empty")),
         }
     }
-    Ok((stream, expected, events))
+    Ok((stream, expected, events, reserved))
 }
 
 /// Both shapes of the answer, as current KurrentDB servers send them.
@@ -255,7 +267,18 @@ struct Pending {
     deadline: Option<Instant>,
     /// The correlation id as the client sent it (answers echo its form).
     correlation: Option<shared::Uuid>,
+    /// Its bytes in the server's append budget, until it is answered.
+    reserved: Reserved,
 }
+
+/// Appends one BatchAppend call may have started and not finished
+/// (assembling, or answered early and still sending chunks); beyond it the
+/// call ends with RESOURCE_EXHAUSTED.
+const MAX_PENDING_PER_CALL: usize = 1024;
+
+/// Appends of one BatchAppend call being written at once; beyond it the
+/// call reads no further requests until one is answered.
+const MAX_WRITING_PER_CALL: usize = 256;
 
 /// When a batch append must be answered by, from its `deadline` option: a
 /// duration from now (current clients) or a point in time (clients before
@@ -297,6 +320,9 @@ pub async fn batch_append<S: EventStore>(
     let end = loop {
         // Finished appends need no bookkeeping.
         while in_flight.try_join_next().is_some() {}
+        while in_flight.len() >= MAX_WRITING_PER_CALL {
+            in_flight.join_next().await;
+        }
         let next_deadline = pending.values().filter_map(|p| p.deadline).min();
         let next = tokio::select! {
             m = input.message() => Some(Some(m)),
@@ -353,6 +379,13 @@ pub async fn batch_append<S: EventStore>(
             }
             continue;
         }
+        if !pending.contains_key(&correlation)
+            && pending.len() + answered.len() >= MAX_PENDING_PER_CALL
+        {
+            break Some(Status::resource_exhausted(format!(
+                "more than {MAX_PENDING_PER_CALL} appends unfinished on one batch append call"
+            )));
+        }
         let entry = match pending.entry(correlation) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -397,24 +430,39 @@ pub async fn batch_append<S: EventStore>(
                     size: 0,
                     deadline,
                     correlation: wire_correlation.clone(),
+                    reserved: Reserved::default(),
                 })
             }
         };
+        // Each proposed message counts whole, as in `Append`, and is
+        // reserved in the append budget as it is taken.
         let mut refused = None;
         for p in msg.proposed_messages {
-            entry.size += (p.data.len() + p.custom_metadata.len()) as u64;
+            let bytes = p.encoded_len() as u64;
+            entry.size = entry.size.saturating_add(bytes);
             if entry.size > ctx.config.max_append_bytes {
-                refused = Some(append_size_exceeded(
+                refused = Some(batch_status(&append_size_exceeded(
                     ctx.config.max_append_bytes,
                     entry.size,
-                ));
+                )));
+                break;
+            }
+            if let Err(e) = ctx.append_budget.reserve(&mut entry.reserved, bytes).await {
+                refused = Some(rpc::Status {
+                    code: rpc::Code::ResourceExhausted as i32,
+                    message: e.to_string(),
+                    details: None,
+                    metadata: Default::default(),
+                });
                 break;
             }
             match convert::proposed_to_event(p.id.as_ref(), &p.metadata, p.custom_metadata, p.data)
             {
                 Ok(e) => entry.events.push(e),
                 Err(status) => {
-                    refused = Some(Error::InvalidInput(status.message().to_owned()));
+                    refused = Some(batch_status(&Error::InvalidInput(
+                        status.message().to_owned(),
+                    )));
                     break;
                 }
             }
@@ -425,6 +473,10 @@ pub async fn batch_append<S: EventStore>(
         let Some(p) = pending.remove(&correlation) else {
             continue;
         };
+        if refused.is_some() && !msg.is_final {
+            // Refused before its last chunk: the rest are ignored.
+            answered.insert(correlation);
+        }
         let (ctx, tx) = (ctx.clone(), tx.clone());
         in_flight.spawn(async move {
             let answer = |result: Result<AppendResult, rpc::Status>| {
@@ -435,14 +487,15 @@ pub async fn batch_append<S: EventStore>(
                     result,
                 )
             };
-            if let Some(e) = refused {
-                let _ = tx.send(Ok(answer(Err(batch_status(&e))))).await;
+            if let Some(status) = refused {
+                let _ = tx.send(Ok(answer(Err(status)))).await;
                 return;
             }
             if p.deadline.is_some_and(|d| d <= Instant::now()) {
                 let _ = tx.send(Ok(answer(Err(batch_timeout())))).await;
                 return;
             }
+            let _reserved = p.reserved;
             let write = write(&ctx, p.stream.clone(), p.expected, p.events);
             tokio::pin!(write);
             let result = match p.deadline {

@@ -20,6 +20,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::budget::Reserved;
 use crate::context::Ctx;
 
 /// The header carrying an expected revision (`any`, `no-stream`, `exists`, or a number).
@@ -366,12 +367,57 @@ fn expected_version(raw: &str) -> Result<ExpectedRevision, ApiError> {
     })
 }
 
+/// A request body that writes: at most `max_append_bytes` (refused with
+/// 413 and the JSON error as soon as its declared length or the bytes
+/// received pass it), and held in the server's append budget until the
+/// request ends (503 when no room came within the budget's wait).
+async fn receive_body<S>(
+    ctx: &Ctx<S>,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(axum::body::Bytes, Reserved), ApiError> {
+    let limit = ctx.config.max_append_bytes;
+    let too_large = |actual| {
+        ApiError::from(Error::LimitExceeded {
+            what: "request body in bytes".into(),
+            limit,
+            actual,
+        })
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    let mut reserved = Reserved::default();
+    ctx.append_budget
+        .reserve(&mut reserved, declared.unwrap_or(limit))
+        .await
+        .map_err(|e| ApiError::from(Error::Unavailable(e.to_string())))?;
+    let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    return too_large(limit.saturating_add(1));
+                }
+                source = cause.source();
+            }
+            bad(format!("request body: {e}"))
+        })?;
+    Ok((bytes, reserved))
+}
+
 async fn append<S: EventStore>(
     State(ctx): Shared<S>,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (body, _reserved) = receive_body(&ctx, &headers, body).await?;
     let (expected, events) = match header(&headers, EVENT_TYPE_HEADER)? {
         // One event, the body its data (JSON or binary), as KurrentDB takes it.
         Some(event_type) => {
@@ -469,8 +515,9 @@ async fn put_metadata<S: EventStore>(
     State(ctx): Shared<S>,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
+    let (body, _reserved) = receive_body(&ctx, &headers, body).await?;
     let metadata = StreamMetadata::from_json(&body)?;
     let expected = expected(&headers, None)?;
     let started = std::time::Instant::now();

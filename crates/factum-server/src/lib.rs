@@ -15,8 +15,10 @@
 //! | `convert` / `errors` | wire ⇄ model; errors as statuses with KurrentDB's `exception` metadata |
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
 //! | `metrics` | Prometheus counters and latency histograms |
+//! | `budget` | one budget of in-flight append bytes across all clients |
 //! | `auth` | the authentication seam (insecure mode accepts anything) |
 //! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once |
+//! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -34,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 mod client_store;
 mod context;
 pub mod convert;
@@ -44,6 +47,7 @@ mod grpc_persistent;
 mod grpc_read;
 mod grpc_write;
 pub mod http;
+mod listener;
 pub mod metrics;
 pub mod openapi;
 mod read_wire;
@@ -53,7 +57,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header::CONTENT_TYPE, HeaderValue, Request, Response};
-use axum::serve::ListenerExt;
 use axum::Router;
 use factum_core::EventStore;
 use factum_proto::gossip::gossip_server::GossipServer;
@@ -66,6 +69,10 @@ use tower::ServiceExt;
 
 pub use client_store::ClientStore;
 pub use context::{Ctx, ServerConfig, SizeProbe};
+pub use listener::ConnectionLimits;
+
+/// Largest consumer-group request (an ack of many ids is the largest).
+const PERSISTENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Builds the single service that answers both gRPC and HTTP, and the
 /// shared context (whose `shutdown` flips when `shutdown_tx` sends `true`).
@@ -74,11 +81,19 @@ pub fn app<S: EventStore>(
     config: ServerConfig,
 ) -> (Router, Arc<Ctx<S>>, watch::Sender<bool>) {
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let max = config.max_message_bytes;
+    let max = config.max_message_bytes();
+    // Consumer-group requests carry settings and event ids, never events.
+    let max_persistent_request = max.min(PERSISTENT_REQUEST_BYTES);
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
+    let append_budget = budget::AppendBudget::new(
+        config.max_inflight_append_bytes,
+        max as u64,
+        config.append_budget_wait,
+    );
     let ctx = Arc::new(Ctx {
         store: client_store::ClientStore::new(store),
         persistent,
+        append_budget,
         config,
         metrics: Default::default(),
         shutdown,
@@ -93,7 +108,7 @@ pub fn app<S: EventStore>(
     .add_service(GossipServer::new(api.clone()))
     .add_service(
         PersistentSubscriptionsServer::new(api)
-            .max_decoding_message_size(max)
+            .max_decoding_message_size(max_persistent_request)
             .max_encoding_message_size(max),
     )
     .prepare()
@@ -156,17 +171,13 @@ pub async fn serve<S: EventStore>(
     if let Err(e) = ctx.persistent.restart().await {
         tracing::error!("persistent subscriptions did not start: {e}");
     }
-    let listener = listener.tap_io(|tcp| {
-        // gRPC exchanges small frames: never wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining requests, ending subscriptions");
-            let _ = shutdown_tx.send(true);
-        })
-        .await;
+    let limits = ctx.config.connections.clone();
+    let served = listener::run(listener, router, limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining requests, ending subscriptions");
+        let _ = shutdown_tx.send(true);
+    })
+    .await;
     // Groups write their checkpoints before the caller closes the store.
     ctx.persistent.shutdown().await;
     served

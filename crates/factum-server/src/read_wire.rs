@@ -470,7 +470,7 @@ impl<S: EventStore> tower::Service<axum::http::Request<Body>> for ReadRoute<S> {
 
     fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
         let method = ReadMethod(self.ctx.clone());
-        let max = self.ctx.config.max_message_bytes;
+        let max = self.ctx.config.max_message_bytes();
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ReadCodec)
                 .apply_max_message_size_config(Some(max), Some(max));

@@ -36,7 +36,6 @@ async fn start() -> Running {
     let addr = listener.local_addr().unwrap();
     let mut cfg = factum_server::ServerConfig::new(addr);
     cfg.max_append_bytes = 1024 * 1024;
-    cfg.max_message_bytes = 2 * 1024 * 1024;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(factum_server::serve(
         listener,

@@ -35,6 +35,31 @@ pub struct ServeArgs {
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
+    /// Append bytes held in memory at once across all clients; beyond it
+    /// appends wait up to 5 s, then are refused unwritten (gRPC
+    /// RESOURCE_EXHAUSTED, HTTP 503) [default: 268435456].
+    #[arg(long, env = "FACTUM_MAX_INFLIGHT_APPEND_BYTES", value_name = "BYTES")]
+    pub max_inflight_append_bytes: Option<u64>,
+    /// Connections open at once; beyond it new ones wait to be accepted
+    /// [default: 1000].
+    #[arg(long, env = "FACTUM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Concurrent calls per HTTP/2 connection [default: 100].
+    #[arg(long, env = "FACTUM_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<u64>,
+    /// Seconds between HTTP/2 keep-alive pings [default: 10].
+    #[arg(long, env = "FACTUM_KEEPALIVE_INTERVAL", value_name = "SECS")]
+    pub keepalive_interval: Option<u64>,
+    /// Seconds a keep-alive ping may go unanswered before the connection
+    /// is dropped [default: 10].
+    #[arg(long, env = "FACTUM_KEEPALIVE_TIMEOUT", value_name = "SECS")]
+    pub keepalive_timeout: Option<u64>,
+    /// Seconds an HTTP/1 request may take to send its headers [default: 30].
+    #[arg(long, env = "FACTUM_HEADER_READ_TIMEOUT", value_name = "SECS")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a connection with no request in flight stays open [default: 300].
+    #[arg(long, env = "FACTUM_IDLE_TIMEOUT", value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
     /// Seconds to wait for in-flight requests at shutdown [default: 30].
     #[arg(long, env = "FACTUM_SHUTDOWN_GRACE", value_name = "SECS")]
     pub shutdown_grace: Option<u64>,
@@ -93,6 +118,13 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "insecure",
             "advertise",
             "max-append-bytes",
+            "max-inflight-append-bytes",
+            "max-connections",
+            "max-concurrent-streams",
+            "keepalive-interval",
+            "keepalive-timeout",
+            "header-read-timeout",
+            "idle-timeout",
             "shutdown-grace",
             "backend",
             "postgres-url",
@@ -119,6 +151,8 @@ struct Settings {
     insecure: bool,
     advertise: Option<String>,
     max_append_bytes: Option<u64>,
+    max_inflight_append_bytes: Option<u64>,
+    connections: factum_server::ConnectionLimits,
     grace: Duration,
 }
 
@@ -171,6 +205,48 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         }
     };
     let insecure = switch(args.insecure, &file, "insecure")?;
+    let mut connections = factum_server::ConnectionLimits::default();
+    let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>, CliError> {
+        match v {
+            Some(0) => Err(CliError::usage(format!("{key} must be at least 1"))),
+            v => Ok(v),
+        }
+    };
+    let secs = |v: u64| Duration::from_secs(v);
+    if let Some(n) = positive(
+        "max-connections",
+        args.max_connections.or(num("max-connections")?),
+    )? {
+        connections.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = positive(
+        "max-concurrent-streams",
+        args.max_concurrent_streams
+            .or(num("max-concurrent-streams")?),
+    )? {
+        connections.max_concurrent_streams = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = positive(
+        "keepalive-interval",
+        args.keepalive_interval.or(num("keepalive-interval")?),
+    )? {
+        connections.keepalive_interval = secs(n);
+    }
+    if let Some(n) = positive(
+        "keepalive-timeout",
+        args.keepalive_timeout.or(num("keepalive-timeout")?),
+    )? {
+        connections.keepalive_timeout = secs(n);
+    }
+    if let Some(n) = positive(
+        "header-read-timeout",
+        args.header_read_timeout.or(num("header-read-timeout")?),
+    )? {
+        connections.header_read_timeout = secs(n);
+    }
+    if let Some(n) = positive("idle-timeout", args.idle_timeout.or(num("idle-timeout")?))? {
+        connections.idle_timeout = secs(n);
+    }
     Ok(Settings {
         backend,
         listen: args
@@ -180,6 +256,10 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         insecure,
         advertise: args.advertise.or_else(|| file.get("advertise").cloned()),
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
+        max_inflight_append_bytes: args
+            .max_inflight_append_bytes
+            .or(num("max-inflight-append-bytes")?),
+        connections,
         grace: Duration::from_secs(args.shutdown_grace.or(num("shutdown-grace")?).unwrap_or(30)),
     })
 }
@@ -319,8 +399,11 @@ async fn serve_store<S: factum_core::EventStore>(
     let mut config = factum_server::ServerConfig::new(advertise);
     if let Some(m) = s.max_append_bytes {
         config.max_append_bytes = m;
-        config.max_message_bytes = (m as usize).saturating_add(1024 * 1024);
     }
+    if let Some(m) = s.max_inflight_append_bytes {
+        config.max_inflight_append_bytes = m;
+    }
+    config.connections = s.connections.clone();
     config.size_probe = size_probe;
     println!("factum serving {what} on {bound} (gRPC and HTTP; insecure)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,244 @@
+//! The accept loop: the one place where connections are taken, limited,
+//! kept alive and closed (ADR 19).
+//!
+//! Each accepted TCP connection (TCP_NODELAY: gRPC exchanges small frames)
+//! is served by hyper's auto builder, HTTP/1.1 or HTTP/2 by its preface.
+//! At most `max_connections` are open at once: beyond that the loop stops
+//! accepting, so new connections wait in the kernel's backlog (and time out
+//! there by their own connect timeout) until one closes. HTTP/2 connections
+//! allow `max_concurrent_streams` streams and are pinged every
+//! `keepalive_interval`; a peer that does not answer within
+//! `keepalive_timeout` is dropped, and with it its calls (subscriptions,
+//! consumer-group connections). HTTP/1 requests must send their headers
+//! within `header_read_timeout` (which also closes idle keep-alive
+//! connections). A connection with no request in flight for `idle_timeout`
+//! is closed gracefully (GOAWAY for HTTP/2; clients reconnect).
+//!
+//! At shutdown the loop stops accepting, every connection is told to finish
+//! gracefully (in-flight requests complete, no new ones start), and `run`
+//! returns when the last one has closed. TLS will wrap the accepted stream
+//! here, before hyper sees it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// Limits on connections; `factum serve` flags set each (README).
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once; beyond it new ones wait to be accepted.
+    pub max_connections: usize,
+    /// Concurrent streams (calls) per HTTP/2 connection; clients queue the rest.
+    pub max_concurrent_streams: u32,
+    /// How often an HTTP/2 connection is pinged.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
+    /// How long an HTTP/1 request may take to send its headers (and how
+    /// long an idle HTTP/1 keep-alive connection stays open).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 1,000 connections, 100 streams each (Kestrel's default, so as
+    /// KurrentDB), pings every 10 s answered within 10 s (KurrentDB's
+    /// keep-alive defaults), 30 s for HTTP/1 headers, 5 minutes idle.
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1000,
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a connection is doing: requests in flight and when the last ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_active: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn last_active(&self) -> Instant {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+/// One request in flight on a connection, until its response body is
+/// dropped (a subscription stays in flight as long as it streams).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown`
+/// completes; then closes every connection gracefully and returns when the
+/// last one has.
+pub(crate) async fn run(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    let builder = Arc::new(builder);
+    let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = &mut shutdown => break,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors and the like: wait for
+                        // some to be released instead of spinning.
+                        tracing::warn!("accept failed: {e}; retrying in 1 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = &mut shutdown => break,
+                        }
+                    }
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let (builder, router, closing) = (builder.clone(), router.clone(), closing.clone());
+        let idle_timeout = limits.idle_timeout;
+        tokio::spawn(async move {
+            serve_connection(&builder, tcp, router, idle_timeout, closing).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    // Every connection holds a slot until it has closed.
+    let _ = slots.acquire_many(max_connections as u32).await;
+    Ok(())
+}
+
+/// Errors about one connection (the peer reset it before it was accepted):
+/// the listener itself is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset
+    )
+}
+
+/// Serves one connection until it closes: gracefully when `closing` turns
+/// true or when it has been idle for `idle_timeout`.
+async fn serve_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    tcp: TcpStream,
+    router: Router,
+    idle_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        let in_flight = InFlight::new(&tracked);
+        let call = router.clone().oneshot(req.map(Body::new));
+        async move {
+            let resp = call.await?;
+            // The request stays in flight until its body has been sent.
+            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                }))
+            }))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let mut graceful = false;
+    loop {
+        let idle_at = activity.last_active() + idle_timeout;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            _ = closing.wait_for(|c| *c), if !graceful => {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(idle_at), if !graceful => {
+                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
+                    && activity.last_active() + idle_timeout <= Instant::now();
+                if idle {
+                    graceful = true;
+                    conn.as_mut().graceful_shutdown();
+                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    // Busy: look again one idle period from now.
+                    activity.touch();
+                }
+            }
+        }
+    }
+}
