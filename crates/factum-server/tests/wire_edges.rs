@@ -376,8 +376,10 @@ async fn grpc_fields_at_their_edges() {
     let any = || Some(A::Any(shared::Empty {}));
     let invalid = Code::InvalidArgument;
     let mut failures = Vec::new();
+    let mut rows = 0;
     macro_rules! row {
         ($name:expr, $call:expr, $want:expr) => {{
+            rows += 1;
             let got = $call;
             if let Some(m) = mismatch($want, &got) {
                 failures.push(format!("{}: {m}", $name));
@@ -929,6 +931,7 @@ async fn grpc_fields_at_their_edges() {
         Want::Grpc(Code::FailedPrecondition, "")
     );
 
+    println!("{rows} gRPC rows");
     assert!(
         failures.is_empty(),
         "{} rows failed:\n{}",
