@@ -76,15 +76,29 @@ impl ServerConfig {
 /// expected revision, correlation id, deadline).
 const MESSAGE_FRAMING_BYTES: usize = 64 * 1024;
 
+/// The smallest gRPC message limit: KurrentDB reads messages up to its
+/// largest log record (16 MiB) whatever its append limit (1 MiB by
+/// default), so an append somewhat over the limit reaches the append check
+/// and answers `MaximumAppendSizeExceeded`, which its clients expect,
+/// rather than the transport's RESOURCE_EXHAUSTED.
+const MIN_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 impl ServerConfig {
-    /// Largest single gRPC message accepted: one append's bytes (as
+    /// Largest append as it arrives: one append's bytes (as
     /// `max_append_bytes` counts them: each proposed message whole) plus the
-    /// request's own fields. Longer ones answer RESOURCE_EXHAUSTED before
-    /// they are buffered.
-    pub fn max_message_bytes(&self) -> usize {
+    /// request's own fields. The in-flight budget always holds one.
+    pub fn max_append_message_bytes(&self) -> usize {
         usize::try_from(self.max_append_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(MESSAGE_FRAMING_BYTES)
+    }
+
+    /// Largest single gRPC message accepted:
+    /// [`ServerConfig::max_append_message_bytes`], and never less than
+    /// 16 MiB (as KurrentDB). Longer ones answer RESOURCE_EXHAUSTED before
+    /// they are buffered.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_append_message_bytes().max(MIN_MESSAGE_BYTES)
     }
 }
 

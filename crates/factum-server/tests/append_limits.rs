@@ -189,22 +189,24 @@ fn succeeded(r: &AppendResp) -> bool {
 async fn grpc_messages_over_the_append_limit_are_refused_then_appends_work() {
     let (addr, _dir) = start(|c| c.max_append_bytes = MIB as u64).await;
     let mut client = channel(addr).await;
-    // One message beyond the append limit and its framing allowance: refused
-    // by the transport before it is buffered.
-    let err = append(&mut client, "m-1", vec![b'x'; MIB + 100 * 1024])
+    // One message beyond the transport's limit (16 MiB with a 1 MiB append
+    // limit, as KurrentDB): refused before it is buffered.
+    let err = append(&mut client, "m-1", vec![b'x'; 16 * MIB + 100 * 1024])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    // One message just past the append limit (it counts whole): KurrentDB's
-    // maximum-append-size error.
-    let err = append(&mut client, "m-1", vec![b'x'; MIB])
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert_eq!(
-        err.metadata().get("exception").unwrap(),
-        "maximum-append-size-exceeded"
-    );
+    // Messages past the append limit (one counts whole), well past it and
+    // just past it: KurrentDB's maximum-append-size error.
+    for size in [MIB + MIB / 2, MIB] {
+        let err = append(&mut client, "m-1", vec![b'x'; size])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{size}: {err:?}");
+        assert_eq!(
+            err.metadata().get("exception").unwrap(),
+            "maximum-append-size-exceeded"
+        );
+    }
     // Normal appends work on the same connection.
     let ok = append(&mut client, "m-1", vec![b'x'; MIB - 1024])
         .await

@@ -181,14 +181,15 @@ def test_bad_input_and_server_keeps_serving():
     # Over the server's append limit (1 MiB): KurrentDB's error.
     raises(MaximumAppendSizeExceededError, client.append_to_stream, name("big"),
            current_version=StreamState.ANY, events=[ev("Big", b"x" * (1536 * 1024))])
-    # Over the gRPC message limit: RESOURCE_EXHAUSTED from the transport.
+    # Over the gRPC message limit (16 MiB, as KurrentDB's): RESOURCE_EXHAUSTED
+    # from the transport.
     try:
         client.append_to_stream(name("huge"), current_version=StreamState.ANY,
-                                events=[ev("Huge", b"x" * (3 * 1024 * 1024))])
+                                events=[ev("Huge", b"x" * (17 * 1024 * 1024))])
     except Exception as e:
         assert "RESOURCE_EXHAUSTED" in str(e), repr(e)
     else:
-        raise AssertionError("a 3 MiB message was accepted")
+        raise AssertionError("a 17 MiB message was accepted")
     try:
         client.append_to_stream("bad\x00name", current_version=StreamState.ANY, events=[ev("X")])
     except Exception as e:  # the server answers INVALID_ARGUMENT
