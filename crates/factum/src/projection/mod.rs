@@ -98,14 +98,17 @@ impl ProjectionError {
         matches!(self, ProjectionError::Apply { .. })
     }
 
-    pub(crate) fn sink(projection: &str, reason: impl std::fmt::Display) -> Self {
+    /// A failure of the read model's storage (for sinks, the built-in ones
+    /// and yours).
+    pub fn sink(projection: &str, reason: impl std::fmt::Display) -> Self {
         ProjectionError::Sink {
             projection: projection.to_owned(),
             reason: reason.to_string(),
         }
     }
 
-    pub(crate) fn apply(projection: &str, env: &Envelope, reason: impl std::fmt::Display) -> Self {
+    /// A failure to apply one event (the failure policy applies).
+    pub fn apply(projection: &str, env: &Envelope, reason: impl std::fmt::Display) -> Self {
         ProjectionError::Apply {
             projection: projection.to_owned(),
             position: env.position(),
