@@ -1,11 +1,11 @@
 //! State shared by every request: the store, limits, metrics, shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::advertise::Advertise;
 use crate::auth::Authenticator;
 use crate::budget::AppendBudget;
 use crate::client_store::ClientStore;
@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Limits on connections (the accept loop, `listener.rs`).
     pub connections: ConnectionLimits,
     /// The address clients reach this node at (Gossip's answer).
-    pub advertise: SocketAddr,
+    pub advertise: Advertise,
     /// Version reported by ServerFeatures (clients parse "major.minor.patch").
     pub version: String,
     /// Who requests come from.
@@ -56,13 +56,13 @@ impl std::fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// Defaults for a node reachable at `advertise`: 64 MiB appends (the
     /// engine's own limit), [`ConnectionLimits::default`], insecure.
-    pub fn new(advertise: SocketAddr) -> Self {
+    pub fn new(advertise: impl Into<Advertise>) -> Self {
         ServerConfig {
             max_append_bytes: 64 * 1024 * 1024,
             max_inflight_append_bytes: 256 * 1024 * 1024,
             append_budget_wait: Duration::from_secs(5),
             connections: ConnectionLimits::default(),
-            advertise,
+            advertise: advertise.into(),
             // Clients compare versions to enable features: speak as a
             // current KurrentDB would.
             version: "24.10.0".to_owned(),

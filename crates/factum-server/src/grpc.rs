@@ -223,7 +223,7 @@ impl<S: EventStore> ServerFeatures for GrpcApi<S> {
 impl<S: EventStore> Gossip for GrpcApi<S> {
     async fn read(&self, request: Request<shared::Empty>) -> Result<Response<ClusterInfo>, Status> {
         self.authenticate(&request)?;
-        let addr = self.ctx.config.advertise;
+        let addr = &self.ctx.config.advertise;
         // One node, always the leader; alive unless shutting down.
         let state = if self.ctx.shutting_down() {
             gossip::member_info::VNodeState::ShuttingDown
@@ -238,8 +238,8 @@ impl<S: EventStore> Gossip for GrpcApi<S> {
                 state: state as i32,
                 is_alive: !self.ctx.shutting_down(),
                 http_end_point: Some(gossip::EndPoint {
-                    address: addr.ip().to_string(),
-                    port: addr.port() as u32,
+                    address: addr.host().to_owned(),
+                    port: u32::from(addr.port()),
                 }),
             }],
         }))

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod advertise;
 pub mod auth;
 pub mod budget;
 mod client_store;
@@ -67,6 +68,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
 pub use context::{Ctx, ServerConfig, SizeProbe};
 pub use listener::ConnectionLimits;

@@ -435,7 +435,8 @@ fn router() -> Running {
         ..EngineConfig::default()
     };
     let (engine, _) = Engine::open_with(dir.path(), config).unwrap();
-    let mut cfg = factum_server::ServerConfig::new("127.0.0.1:2113".parse().unwrap());
+    let mut cfg =
+        factum_server::ServerConfig::new("127.0.0.1:2113".parse::<std::net::SocketAddr>().unwrap());
     cfg.max_append_bytes = 64 * 1024;
     cfg.size_probe = Some(Arc::new(|| Some(1)));
     let (router, _ctx, shutdown) = factum_server::app(Arc::new(engine), cfg);

@@ -5,7 +5,6 @@
 //! lines using the flags' names (`listen = "127.0.0.1:2113"`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +148,7 @@ struct Settings {
     backend: Backend,
     listen: String,
     insecure: bool,
-    advertise: Option<String>,
+    advertise: Option<factum_server::Advertise>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
@@ -254,7 +253,14 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .or_else(|| file.get("listen").cloned())
             .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
         insecure,
-        advertise: args.advertise.or_else(|| file.get("advertise").cloned()),
+        advertise: args
+            .advertise
+            .or_else(|| file.get("advertise").cloned())
+            .map(|a| {
+                a.parse::<factum_server::Advertise>()
+                    .map_err(|e| CliError::usage(format!("--advertise {e}")))
+            })
+            .transpose()?,
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         max_inflight_append_bytes: args
             .max_inflight_append_bytes
@@ -390,11 +396,9 @@ async fn serve_store<S: factum_core::EventStore>(
         .await
         .map_err(|e| CliError::failure(format!("cannot listen on {}: {e}", s.listen)))?;
     let bound = listener.local_addr()?;
-    let advertise: SocketAddr = match &s.advertise {
-        Some(a) => a
-            .parse()
-            .map_err(|_| CliError::usage(format!("--advertise {a:?} is not host:port")))?,
-        None => bound,
+    let advertise = match &s.advertise {
+        Some(a) => a.clone(),
+        None => factum_server::Advertise::for_bound(bound),
     };
     let mut config = factum_server::ServerConfig::new(advertise);
     if let Some(m) = s.max_append_bytes {
