@@ -46,7 +46,11 @@ pub use schema::migrate;
 /// How to reach and use the database.
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
-    /// Connection string, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    /// Connection string, as libpq takes it: a URL
+    /// (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=ca.crt`)
+    /// or key=value pairs. `sslmode` (`disable`, `prefer` by default,
+    /// `require`, `verify-ca`, `verify-full`) and `sslrootcert` mean what
+    /// they mean in libpq (ADR 24).
     pub url: String,
     /// Schema holding the store's tables (several stores can share a database).
     pub schema: String,
