@@ -18,6 +18,7 @@
 //! `~/.postgresql/root.crt` when it exists (libpq's rule: `require` with a
 //! root file behaves as `verify-ca`). `sslmode` defaults to `prefer`, as in
 //! libpq, and is ignored for Unix sockets, which PostgreSQL never encrypts.
+//! SCRAM logins over TLS are bound to the session (`tls-server-end-point`).
 
 use std::future::Future;
 use std::io;
@@ -501,14 +502,141 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsStream<S> {
+    /// `tls-server-end-point` (RFC 5929), which SCRAM-SHA-256-PLUS binds
+    /// the password exchange to: a man in the middle that terminated TLS
+    /// (possible whenever the certificate is not checked) shows another
+    /// certificate, and the server refuses the login.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let cert = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match cert.and_then(|c| server_end_point(c)) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// RFC 5929's `tls-server-end-point` of a certificate: its hash with the
+/// hash of its signature algorithm, SHA-256 for MD5 and SHA-1. `None` for
+/// algorithms without one (Ed25519, RSA-PSS), as PostgreSQL has none then.
+fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest::{digest, SHA256, SHA384, SHA512};
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    const RSA_SHA1_OIW: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1d];
+    let oid = signature_algorithm(cert)?;
+    let algorithm = match oid {
+        _ if oid == ECDSA_SHA1 || oid == RSA_SHA1_OIW => &SHA256,
+        [prefix @ .., last] if prefix == RSA => match last {
+            4 | 5 | 11 => &SHA256, // MD5, SHA-1, SHA-256 with RSA
+            12 => &SHA384,
+            13 => &SHA512,
+            _ => return None,
+        },
+        [prefix @ .., last] if prefix == ECDSA_SHA2 => match last {
+            2 => &SHA256,
+            3 => &SHA384,
+            4 => &SHA512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(digest(algorithm, cert).as_ref().to_vec())
+}
+
+/// The OID of a DER certificate's `signatureAlgorithm` (the second element
+/// of the outer SEQUENCE).
+fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
+    let (certificate, _) = der(cert, 0x30)?;
+    let (_tbs, rest) = der(certificate, 0x30)?;
+    let (algorithm, _) = der(rest, 0x30)?;
+    Some(der(algorithm, 0x06)?.0)
+}
+
+/// One DER element with `tag` at the start of `input`: its contents and
+/// what follows it.
+fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if found != tag {
+        return None;
+    }
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, &b| len << 8 | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate's outline: SEQUENCE { tbs, SEQUENCE { OID }, BIT STRING }.
+    fn cert_with(oid: &[u8]) -> Vec<u8> {
+        let mut algorithm = vec![0x06, oid.len() as u8];
+        algorithm.extend_from_slice(oid);
+        let mut body = vec![0x30, 0x03, 0x02, 0x01, 0x02]; // tbs: SEQUENCE { INTEGER 2 }
+        body.extend([0x30, algorithm.len() as u8]);
+        body.extend(algorithm);
+        body.extend([0x03, 0x02, 0x00, 0xff]);
+        // A long-form length, as real certificates have.
+        let mut cert = vec![0x30, 0x81, body.len() as u8];
+        cert.extend(body);
+        cert
+    }
+
+    #[test]
+    fn channel_binding_hashes_with_the_signature_hash() {
+        use ring::digest::{digest, SHA256, SHA384, SHA512};
+        let rsa = |n: u8| vec![0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, n];
+        let ecdsa = |n: u8| vec![0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, n];
+        for (oid, hash) in [
+            (rsa(5), Some(&SHA256)), // SHA-1 is upgraded
+            (rsa(11), Some(&SHA256)),
+            (rsa(12), Some(&SHA384)),
+            (rsa(13), Some(&SHA512)),
+            (rsa(10), None), // RSA-PSS
+            (ecdsa(2), Some(&SHA256)),
+            (ecdsa(3), Some(&SHA384)),
+            (ecdsa(4), Some(&SHA512)),
+            (
+                vec![0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01],
+                Some(&SHA256),
+            ),
+            (vec![0x2b, 0x65, 0x70], None), // Ed25519
+        ] {
+            let cert = cert_with(&oid);
+            assert_eq!(
+                server_end_point(&cert),
+                hash.map(|h| digest(h, &cert).as_ref().to_vec()),
+                "{oid:x?}"
+            );
+        }
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x85, 1, 1, 1, 1, 1],
+            &[0x31, 0x00],
+        ] {
+            assert_eq!(server_end_point(bad), None);
+        }
+        let cert = cert_with(&ecdsa(2));
+        assert_eq!(server_end_point(&cert[..cert.len() - 1]), None);
+    }
 
     fn take(s: &str) -> (String, Option<String>, Option<String>) {
         let t = take_tls_options(s).unwrap();

@@ -57,10 +57,10 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Two CAs (`ca.crt`, and `other-ca.crt` that signed nothing) and a
-/// server certificate signed by the first for `localhost` and 127.0.0.1,
-/// readable by the `postgres` user (its key mode 0600, as PostgreSQL
-/// demands).
+/// Two CAs (`ca.crt`, and `other-ca.crt` that signed nothing), a server
+/// certificate signed by the first for `localhost` and 127.0.0.1, and a
+/// `pg_hba.conf`, readable by the `postgres` user (the key mode 0600, as
+/// PostgreSQL demands).
 fn make_certs() -> Result<Certs, String> {
     let dir = std::env::temp_dir().join(format!(
         "factum-tls-{}",
@@ -139,6 +139,16 @@ fn make_certs() -> Result<Certs, String> {
             "server.crt",
         ],
     )?;
+    // The server's pg_hba.conf: trust, except SCRAM for one role over TLS.
+    std::fs::write(
+        dir.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all factum_scram 127.0.0.1/32 scram-sha-256\n\
+         host all factum_scram 127.0.0.1/32 reject\n\
+         host all all 127.0.0.1/32 trust\n\
+         host all all ::1/128 trust\n",
+    )
+    .map_err(|e| e.to_string())?;
     let chown = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(dir)
@@ -236,6 +246,7 @@ async fn every_sslmode_against_a_server_with_tls() {
         "ssl=on",
         &format!("ssl_cert_file={}", certs.path("server.crt")),
         &format!("ssl_key_file={}", certs.path("server.key")),
+        &format!("hba_file={}", certs.path("pg_hba.conf")),
     ]) {
         Ok(s) => s,
         Err(e) => return skip_or_fail("a private PostgreSQL server", e),
@@ -321,6 +332,38 @@ async fn every_sslmode_against_a_server_with_tls() {
     }
     let m = refused(&server, &url(&server, "127.0.0.1", "sslmode=verify-full")).await;
     assert!(m.contains("needs sslrootcert"), "{m}");
+
+    // SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS): the server
+    // compares the hash of its certificate with ours.
+    let (admin, driver) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(driver);
+    admin
+        .batch_execute("CREATE ROLE factum_scram LOGIN SUPERUSER PASSWORD 'secret'")
+        .await
+        .unwrap();
+    for binding in ["require", "disable"] {
+        let conn = url(
+            &server,
+            "127.0.0.1",
+            &format!("user=factum_scram&password=secret&sslmode=require&channel_binding={binding}"),
+        );
+        match connect(&server, &conn).await {
+            Ok(ssl) => assert!(ssl, "{conn}"),
+            Err(e) => panic!("channel_binding={binding}: {e}"),
+        }
+    }
+    let m = refused(
+        &server,
+        &url(
+            &server,
+            "127.0.0.1",
+            "user=factum_scram&password=wrong&sslmode=require&channel_binding=require",
+        ),
+    )
+    .await;
+    assert!(m.contains("28P01"), "a wrong password: {m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
