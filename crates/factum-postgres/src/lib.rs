@@ -26,6 +26,7 @@ mod read;
 mod schema;
 mod session;
 mod subscribe;
+mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -45,7 +46,11 @@ pub use schema::migrate;
 /// How to reach and use the database.
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
-    /// Connection string, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    /// Connection string, as libpq takes it: a URL
+    /// (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=ca.crt`)
+    /// or key=value pairs. `sslmode` (`disable`, `prefer` by default,
+    /// `require`, `verify-ca`, `verify-full`) and `sslrootcert` mean what
+    /// they mean in libpq (ADR 24).
     pub url: String,
     /// Schema holding the store's tables (several stores can share a database).
     pub schema: String,
@@ -139,6 +144,7 @@ pub(crate) struct Inner {
     wake: std::sync::OnceLock<watch::Receiver<u64>>,
     /// How the listener connects.
     pg: tokio_postgres::Config,
+    tls: tls::Tls,
     pub drop_schema_on_drop: bool,
 }
 
@@ -204,10 +210,15 @@ pub(crate) fn valid_schema(s: &str) -> Result<()> {
 }
 
 /// A pool of sessions with the store's settings.
-fn build_pool(pg: &tokio_postgres::Config, size: usize, wait: Duration) -> Result<Pool> {
+fn build_pool(
+    pg: &tokio_postgres::Config,
+    tls: &tls::Tls,
+    size: usize,
+    wait: Duration,
+) -> Result<Pool> {
     let manager = Manager::from_config(
         pg.clone(),
-        tokio_postgres::NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -225,13 +236,13 @@ impl PostgresStore {
     /// notification listener.
     pub async fn connect(config: PostgresConfig) -> Result<PostgresStore> {
         valid_schema(&config.schema)?;
-        let mut pg = session::base_config(&config)?;
-        let configured = session::configured_synchronous_commit(&pg).await?;
+        let (mut pg, tls) = session::base_config(&config)?;
+        let configured = session::configured_synchronous_commit(&pg, &tls).await?;
         let pinned = session::pinned_synchronous_commit(&configured);
         session::pin_synchronous_commit(&mut pg, pinned);
-        let pool = build_pool(&pg, config.pool_size.max(1), config.pool_wait_timeout)?;
+        let pool = build_pool(&pg, &tls, config.pool_size.max(1), config.pool_wait_timeout)?;
         // The writer's own: reads cannot keep it waiting for a connection.
-        let writer_pool = build_pool(&pg, 1, config.pool_wait_timeout)?;
+        let writer_pool = build_pool(&pg, &tls, 1, config.pool_wait_timeout)?;
         let tables = Tables::new(&config.schema);
         {
             let mut client = pool.get().await.map_err(|e| db_err("connect", e))?;
@@ -248,6 +259,7 @@ impl PostgresStore {
                 writer,
                 wake: std::sync::OnceLock::new(),
                 pg,
+                tls,
                 drop_schema_on_drop: false,
             }),
         })
@@ -292,6 +304,7 @@ impl Inner {
             .get_or_init(|| {
                 subscribe::listen(
                     self.pg.clone(),
+                    self.tls.clone(),
                     self.tables.channel.clone(),
                     self.config.poll_interval,
                 )
@@ -305,7 +318,7 @@ impl Drop for Inner {
         if !self.drop_schema_on_drop {
             return;
         }
-        let url = self.config.url.clone();
+        let (pg, tls) = (self.pg.clone(), self.tls.clone());
         let schema = self.tables.schema.clone();
         // Drop may run inside a runtime: do the blocking work on a thread.
         let _ = std::thread::spawn(move || {
@@ -314,9 +327,7 @@ impl Drop for Inner {
                 .build()
                 .ok()?;
             rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
+                let (client, conn) = pg.connect(tls).await.ok()?;
                 tokio::spawn(conn);
                 client
                     .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))

@@ -10,9 +10,8 @@ const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../sql/0001_init.sql"))];
 /// Connects to `url` and applies pending migrations to `schema`.
 pub async fn migrate(url: &str, schema: &str) -> Result<Vec<i32>> {
     crate::valid_schema(schema)?;
-    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| db_err("connect", e))?;
+    let (pg, tls) = crate::tls::parse(url)?;
+    let (mut client, conn) = pg.connect(tls).await.map_err(|e| db_err("connect", e))?;
     let conn = tokio::spawn(conn);
     let applied = migrate_client(&mut client, schema).await;
     drop(client);

@@ -20,17 +20,14 @@
 use std::time::Duration;
 
 use factum_core::{Error, Result};
-use tokio_postgres::NoTls;
 
+use crate::tls::Tls;
 use crate::{db_err, PostgresConfig};
 
 /// The connection settings of every session, before `synchronous_commit`
-/// is pinned ([`pin_synchronous_commit`]).
-pub(crate) fn base_config(config: &PostgresConfig) -> Result<tokio_postgres::Config> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
+/// is pinned ([`pin_synchronous_commit`]), and how they use TLS.
+pub(crate) fn base_config(config: &PostgresConfig) -> Result<(tokio_postgres::Config, Tls)> {
+    let (mut pg, tls) = crate::tls::parse(&config.url)?;
     let keepalive = config.keepalive.max(Duration::from_secs(1));
     pg.keepalives(true)
         .keepalives_idle(keepalive)
@@ -58,7 +55,7 @@ pub(crate) fn base_config(config: &PostgresConfig) -> Result<tokio_postgres::Con
         "default_transaction_isolation=read\\ committed".to_string(),
     ];
     set_options(&mut pg, &ours);
-    Ok(pg)
+    Ok((pg, tls))
 }
 
 /// Keepalive probes unanswered before a peer counts as dead.
@@ -134,8 +131,14 @@ pub(crate) async fn settings(client: &tokio_postgres::Client) -> Result<Settings
 
 /// Reads `synchronous_commit` as a session without our pin gets it (the
 /// server's, database's and role's settings), to pin nothing weaker.
-pub(crate) async fn configured_synchronous_commit(pg: &tokio_postgres::Config) -> Result<String> {
-    let (client, conn) = pg.connect(NoTls).await.map_err(|e| db_err("connect", e))?;
+pub(crate) async fn configured_synchronous_commit(
+    pg: &tokio_postgres::Config,
+    tls: &Tls,
+) -> Result<String> {
+    let (client, conn) = pg
+        .connect(tls.clone())
+        .await
+        .map_err(|e| db_err("connect", e))?;
     let driver = tokio::spawn(conn);
     let found = client
         .query_one("SELECT current_setting('synchronous_commit')", &[])
@@ -265,7 +268,7 @@ mod tests {
             "postgres://u@h/db?options=-c%20search_path%3Dx%20-c%20lock_timeout%3D1",
         );
         config.lock_timeout = Duration::from_millis(2500);
-        let mut pg = base_config(&config).unwrap();
+        let (mut pg, _) = base_config(&config).unwrap();
         pin_synchronous_commit(&mut pg, "on");
         let options = pg.get_options().unwrap();
         assert!(

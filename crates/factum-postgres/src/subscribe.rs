@@ -25,6 +25,7 @@ const MAX_SCAN: u64 = 8192;
 /// `channel` and at least every `poll`.
 pub(crate) fn listen(
     pg: tokio_postgres::Config,
+    tls: crate::tls::Tls,
     channel: String,
     poll: Duration,
 ) -> watch::Receiver<u64> {
@@ -32,7 +33,7 @@ pub(crate) fn listen(
     tokio::spawn(async move {
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|v| *v = v.wrapping_add(1));
         while !tx.is_closed() {
-            match pg.connect(tokio_postgres::NoTls).await {
+            match pg.connect(tls.clone()).await {
                 Ok((client, mut conn)) => {
                     let (ntx, mut nrx) = mpsc::unbounded_channel::<()>();
                     let driver = tokio::spawn(async move {

@@ -120,7 +120,8 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
 /// Arguments of `factum migrate`.
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
-    /// PostgreSQL connection string.
+    /// PostgreSQL connection string (libpq's URL or key=value form; `sslmode`
+    /// and `sslrootcert` as in libpq).
     #[arg(long, env = "FACTUM_POSTGRES_URL", value_name = "URL")]
     pub postgres_url: String,
     /// Schema of the store [default: factum].

@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// [default: engine].
     #[arg(long, env = "FACTUM_BACKEND", value_name = "BACKEND")]
     pub backend: Option<String>,
-    /// PostgreSQL connection string, with `--backend postgres`.
+    /// PostgreSQL connection string (libpq's URL or key=value form; `sslmode`
+    /// and `sslrootcert` as in libpq), with `--backend postgres`.
     #[arg(long, env = "FACTUM_POSTGRES_URL", value_name = "URL")]
     pub postgres_url: Option<String>,
     /// PostgreSQL schema of the store, with `--backend postgres` [default: factum].
