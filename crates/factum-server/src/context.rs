@@ -76,15 +76,31 @@ impl ServerConfig {
 /// expected revision, correlation id, deadline).
 const MESSAGE_FRAMING_BYTES: usize = 64 * 1024;
 
+/// KurrentDB's gRPC message limit for its Streams service, whatever its
+/// append limit (`TFConsts.EffectiveMaxLogRecordSize`, just under 16 MiB).
+const KURRENTDB_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 impl ServerConfig {
-    /// Largest single gRPC message accepted: one append's bytes (as
-    /// `max_append_bytes` counts them: each proposed message whole) plus the
-    /// request's own fields. Longer ones answer RESOURCE_EXHAUSTED before
-    /// they are buffered.
-    pub fn max_message_bytes(&self) -> usize {
+    /// One largest append as it arrives: its bytes (as `max_append_bytes`
+    /// counts them: each proposed message whole) plus the request's own
+    /// fields. The append budget never holds less.
+    pub fn max_append_message_bytes(&self) -> usize {
         usize::try_from(self.max_append_bytes)
             .unwrap_or(usize::MAX)
             .saturating_add(MESSAGE_FRAMING_BYTES)
+    }
+
+    /// Largest single gRPC message accepted: one largest append, and never
+    /// less than KurrentDB's 16 MiB. Below that an append over
+    /// `max_append_bytes` reaches the size check and answers
+    /// `maximum-append-size-exceeded`, as KurrentDB does, the one error the
+    /// official clients turn into their typed exception (BatchAppend sends
+    /// a whole append in one message; RESOURCE_EXHAUSTED reaches users as
+    /// an unknown error). Longer ones answer RESOURCE_EXHAUSTED before they
+    /// are buffered.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_append_message_bytes()
+            .max(KURRENTDB_MESSAGE_BYTES + MESSAGE_FRAMING_BYTES)
     }
 }
 

@@ -87,7 +87,7 @@ pub fn app<S: EventStore>(
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
     let append_budget = budget::AppendBudget::new(
         config.max_inflight_append_bytes,
-        max as u64,
+        config.max_append_message_bytes() as u64,
         config.append_budget_wait,
     );
     let ctx = Arc::new(Ctx {

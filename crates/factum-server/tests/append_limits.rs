@@ -1,6 +1,7 @@
 //! Append limits over real sockets (ADR 19): HTTP bodies beyond
-//! `max_append_bytes` get the documented JSON error, gRPC messages beyond
-//! it RESOURCE_EXHAUSTED; the global budget of in-flight append bytes makes
+//! `max_append_bytes` get the documented JSON error, gRPC appends beyond it
+//! KurrentDB's maximum-append-size error, gRPC messages beyond 16 MiB
+//! RESOURCE_EXHAUSTED; the global budget of in-flight append bytes makes
 //! others wait and then refuses them; a BatchAppend call cannot keep
 //! unbounded appends unfinished. After each, the server still serves.
 
@@ -189,12 +190,23 @@ fn succeeded(r: &AppendResp) -> bool {
 async fn grpc_messages_over_the_append_limit_are_refused_then_appends_work() {
     let (addr, _dir) = start(|c| c.max_append_bytes = MIB as u64).await;
     let mut client = channel(addr).await;
-    // One message beyond the append limit and its framing allowance: refused
-    // by the transport before it is buffered.
-    let err = append(&mut client, "m-1", vec![b'x'; MIB + 100 * 1024])
+    // One message beyond KurrentDB's 16 MiB gRPC limit and the framing
+    // allowance: refused by the transport before it is buffered.
+    let err = append(&mut client, "m-1", vec![b'x'; 17 * MIB])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // One message beyond the append limit and its framing allowance, under
+    // 16 MiB: read and answered as KurrentDB answers it, the error official
+    // clients know.
+    let err = append(&mut client, "m-1", vec![b'x'; MIB + 100 * 1024])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.metadata().get("exception").unwrap(),
+        "maximum-append-size-exceeded"
+    );
     // One message just past the append limit (it counts whole): KurrentDB's
     // maximum-append-size error.
     let err = append(&mut client, "m-1", vec![b'x'; MIB])

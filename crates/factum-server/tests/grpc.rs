@@ -240,8 +240,9 @@ async fn append_read_conflict_and_bad_input() {
         err.metadata().get("exception").unwrap(),
         "maximum-append-size-exceeded"
     );
-    // A single message over the transport limit: RESOURCE_EXHAUSTED.
-    let huge = vec![b'x'; 3 * 1024 * 1024];
+    // A single message over the transport limit (KurrentDB's 16 MiB):
+    // RESOURCE_EXHAUSTED.
+    let huge = vec![b'x'; 17 * 1024 * 1024];
     let reqs = vec![
         options("big-1", E::Any(shared::Empty {})),
         proposed("B", &huge),
@@ -255,7 +256,7 @@ async fn append_read_conflict_and_bad_input() {
     if let Some(StreamOption::Stream(s)) =
         huge_read.options.as_mut().unwrap().stream_option.as_mut()
     {
-        s.stream_identifier = sid(&"y".repeat(3 * 1024 * 1024));
+        s.stream_identifier = sid(&"y".repeat(17 * 1024 * 1024));
     }
     let err = collect(&mut client, huge_read).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");

@@ -1,39 +1,27 @@
 // Persistent subscriptions (consumer groups) of a running `factum serve`,
-// driven by KurrentDB's Node client (@eventstore/db-client, from npm): the
-// client decides what is right.
-// Usage: node node_persistent.js HOST:PORT
+// driven by KurrentDB's Node clients (@eventstore/db-client 6.x or
+// @kurrent/kurrentdb-client, from npm; see harness.js): the client decides
+// what is right.
+// Usage: node node_persistent.js HOST:PORT [PACKAGE]
 "use strict";
-const assert = require("node:assert/strict");
-const crypto = require("node:crypto");
+const { lib, assert, crypto, connect, name, rejects, run } = require("./harness");
 const {
-  EventStoreDBClient, jsonEvent, START, END, ROUND_ROBIN, DISPATCH_TO_SINGLE, PINNED, UNBOUNDED,
+  jsonEvent, START, END, ROUND_ROBIN, DISPATCH_TO_SINGLE, PINNED, UNBOUNDED,
   streamNameFilter, excludeSystemEvents,
   persistentSubscriptionToStreamSettingsFromDefaults, persistentSubscriptionToAllSettingsFromDefaults,
   PersistentSubscriptionExistsError, PersistentSubscriptionDoesNotExistError,
   PersistentSubscriptionMaximumSubscribersReachedError,
-} = require("@eventstore/db-client");
+} = lib;
 
-const ADDR = process.argv[2];
-const client = EventStoreDBClient.connectionString(`esdb://${ADDR}?tls=false`);
+const client = connect();
 
 const FAST = { checkPointAfter: 100, checkPointLowerBound: 1, checkPointUpperBound: 1000 };
 const WAIT = 10000;
-const name = (p) => `${p}-${crypto.randomUUID().slice(0, 10)}`;
 const ev = (type = "Happened") => jsonEvent({ type, data: {} });
 const append = (s, n, type) => client.appendToStream(s, [...Array(n)].map(() => ev(type)));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const streamSettings = (changes) => persistentSubscriptionToStreamSettingsFromDefaults({ ...FAST, ...changes });
 const allSettings = (changes) => persistentSubscriptionToAllSettingsFromDefaults({ ...FAST, ...changes });
-
-async function rejects(promise, cls) {
-  try {
-    await promise;
-  } catch (e) {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${e?.constructor?.name}: ${e?.message}`);
-    return e;
-  }
-  assert.fail(`expected ${cls.name}`);
-}
 
 // Calls fn until it returns something truthy.
 async function poll(what, fn, timeout = WAIT) {
@@ -399,20 +387,4 @@ const tests = {
   },
 };
 
-(async () => {
-  let passed = 0, failed = 0;
-  for (const [n, f] of Object.entries(tests)) {
-    const t0 = Date.now();
-    try {
-      await f();
-      passed++;
-      console.log(`node ok   ${n} (${Date.now() - t0} ms)`);
-    } catch (e) {
-      failed++;
-      console.log(`node FAIL ${n}: ${e?.stack ?? e}`);
-    }
-  }
-  console.log(`node persistent: ${passed} passed, ${failed} failed`);
-  await client.dispose();
-  process.exit(failed ? 1 : 0);
-})();
+run("persistent", tests, client);
