@@ -4,7 +4,7 @@
 // what is right.
 // Usage: node node_persistent.js HOST:PORT [PACKAGE]
 "use strict";
-const { lib, assert, crypto, connect, name, rejects, run } = require("./harness");
+const { lib, assert, crypto, connect, name, rejects, collect, run } = require("./harness");
 const {
   jsonEvent, START, END, ROUND_ROBIN, DISPATCH_TO_SINGLE, PINNED, UNBOUNDED,
   streamNameFilter, excludeSystemEvents,
@@ -315,6 +315,24 @@ const tests = {
     await client.deletePersistentSubscriptionToAll(group);
     await rejects(allInfo(group), PersistentSubscriptionDoesNotExistError);
     await rejects(client.deletePersistentSubscriptionToAll(group), PersistentSubscriptionDoesNotExistError);
+  },
+
+  async allFromCommitPositionZero() {
+    // 0 is the checkpoint a consumer stores before it has seen anything; in
+    // KurrentDB no event is at 0, so a group started there sees the store's
+    // first event.
+    const [first] = await collect(client.readAll({ maxCount: 1 }));
+    const group = name("all-zero");
+    await client.createPersistentSubscriptionToAll(group, allSettings({ startFrom: { commit: 0n, prepare: 0n } }));
+    const c = Consumer.all(group);
+    try {
+      const e = await c.next();
+      await c.sub.ack(e);
+      assert.equal(e.event.id, first.event.id, `first event at ${first.event.position.commit}, got ${e.event.position.commit}`);
+    } finally {
+      await c.sub.unsubscribe();
+      await client.deletePersistentSubscriptionToAll(group);
+    }
   },
 
   async allWithRegexFilterAndNoFilter() {

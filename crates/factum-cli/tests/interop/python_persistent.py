@@ -306,6 +306,24 @@ def test_all_with_filter():
     raises(NotFound, client.delete_subscription, group)
 
 
+def test_all_from_commit_position_zero():
+    # 0 is the checkpoint a consumer stores before it has seen anything; in
+    # KurrentDB no event is at 0, so a group started there sees the store's
+    # first event.
+    append(name("zero"), 1)  # tests run in name order: this one may come first
+    first = list(client.read_all(limit=1, filter_exclude=[]))[0]
+    group = name("all-zero")
+    client.create_subscription_to_all(group, commit_position=0, filter_exclude=[], **FAST)
+    c = Consumer(group)
+    try:
+        e = c.next()
+        c.sub.ack(e)
+        assert e.id == first.id, f"first event at {first.commit_position}, got {e.commit_position}"
+    finally:
+        c.stop()
+        client.delete_subscription(group)
+
+
 def test_all_with_the_clients_default_filter():
     # Without filter arguments the client still sends a filter: its default
     # exclusion of system event types, as a regex with a negative look-ahead,
