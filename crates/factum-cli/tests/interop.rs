@@ -190,11 +190,11 @@ impl Official {
             let marker = dir.join("installed");
             let started = Instant::now();
             let fresh = !marker.exists();
-            let found = match self.language {
-                Language::Python => install_python(&dir, fresh, self),
-                Language::Node => install_node(&dir, fresh, self),
-            };
-            if fresh && found.is_ok() {
+            if fresh {
+                match self.language {
+                    Language::Python => install_python(&dir, self)?,
+                    Language::Node => install_node(&dir, self)?,
+                }
                 std::fs::write(&marker, b"").unwrap();
                 println!(
                     "installed {} in {:.1} s",
@@ -202,40 +202,36 @@ impl Official {
                     started.elapsed().as_secs_f64()
                 );
             }
-            found
+            Ok(match self.language {
+                Language::Python => dir.join("venv/bin/python"),
+                Language::Node => dir.join("node_modules"),
+            })
         })
         .clone()
     }
 }
 
-/// A venv with the package; returns its python.
-fn install_python(dir: &Path, fresh: bool, client: &Official) -> Result<PathBuf, String> {
-    let python = dir.join("venv/bin/python");
-    if fresh {
-        run(Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(dir.join("venv")))?;
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .arg(format!("{}=={}", client.package, client.version)))?;
-    }
-    Ok(python)
+/// A venv (`venv/`) with the package.
+fn install_python(dir: &Path, client: &Official) -> Result<(), String> {
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(dir.join("venv")))?;
+    run(Command::new(dir.join("venv/bin/python"))
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .arg(format!("{}=={}", client.package, client.version)))
 }
 
-/// node_modules with the package; returns its path.
-fn install_node(dir: &Path, fresh: bool, client: &Official) -> Result<PathBuf, String> {
-    if fresh {
-        std::fs::write(
-            dir.join("package.json"),
-            br#"{"name":"factum-interop","private":true}"#,
-        )
-        .unwrap();
-        run(Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .arg(format!("{}@{}", client.package, client.version))
-            .current_dir(dir))?;
-    }
-    Ok(dir.join("node_modules"))
+/// `node_modules/` with the package.
+fn install_node(dir: &Path, client: &Official) -> Result<(), String> {
+    std::fs::write(
+        dir.join("package.json"),
+        br#"{"name":"factum-interop","private":true}"#,
+    )
+    .unwrap();
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .arg(format!("{}@{}", client.package, client.version))
+        .current_dir(dir))
 }
 
 fn script(name: &str) -> PathBuf {
