@@ -163,6 +163,12 @@ fn unavailable(what: &str, why: String) {
     println!("SKIPPED: {what} could not be installed: {why}");
 }
 
+/// Where an installed release is run from, or why it could not be installed.
+type Install = Result<PathBuf, String>;
+
+/// One install per release, shared by the tests that run at once.
+type Installs = Mutex<HashMap<&'static str, Arc<OnceLock<Install>>>>;
+
 impl Official {
     fn label(&self) -> String {
         format!("{} {}", self.package, self.version)
@@ -171,9 +177,8 @@ impl Official {
     /// Installs the release once (tests running at once share one install,
     /// releases install side by side) and returns what runs the scripts
     /// with it: the venv's python, or the node_modules for `NODE_PATH`.
-    fn installed(&'static self) -> Result<PathBuf, String> {
-        static INSTALLS: OnceLock<Mutex<HashMap<&str, Arc<OnceLock<Result<PathBuf, String>>>>>> =
-            OnceLock::new();
+    fn installed(&'static self) -> Install {
+        static INSTALLS: OnceLock<Installs> = OnceLock::new();
         let once = INSTALLS
             .get_or_init(Default::default)
             .lock()
