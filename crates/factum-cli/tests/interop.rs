@@ -1,21 +1,65 @@
 //! Interop: the real `factum serve` binary driven by KurrentDB's official
-//! clients, which we did not write — Python's `kurrentdbclient` (PyPI) and
-//! Node's `@eventstore/db-client` (npm). The scripts are in `tests/interop/`:
-//! streams, reads and subscriptions (`*_client`), consumer groups
-//! (`*_persistent`, which also list the server gaps they know of).
+//! clients, which we did not write, two releases per language: Python's
+//! `kurrentdbclient` and `esdbclient` (PyPI), Node's `@eventstore/db-client`
+//! and `@kurrent/kurrentdb-client` (npm). The scripts are in `tests/interop/`
+//! and serve every release of their language (`harness.py`/`harness.js` hold
+//! the names that differ): streams, reads and subscriptions (`*_client`),
+//! consumer groups (`*_persistent`). Checks that fail for a known server gap
+//! print GAP with a label and the count closes each script's summary.
 //!
 //! The clients are installed on first use under the target directory and
-//! reused. When one cannot be installed (no network, no python3/node), the
-//! test prints SKIPPED — except with `CI=true`, where it fails.
+//! reused; the install and each run print their time. When one cannot be
+//! installed (no network, no python3/node), the test prints SKIPPED —
+//! except with `CI=true`, where it fails.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const KURRENTDBCLIENT: &str = "kurrentdbclient==1.3.5";
-const NODE_CLIENT: &str = "@eventstore/db-client@6.2.1";
+#[derive(Clone, Copy, PartialEq)]
+enum Language {
+    Python,
+    Node,
+}
+
+/// One release of an official client: where it comes from and what the
+/// scripts are told to load (their second argument).
+struct Official {
+    language: Language,
+    package: &'static str,
+    version: &'static str,
+}
+
+/// The current Python client.
+const KURRENTDBCLIENT: Official = Official {
+    language: Language::Python,
+    package: "kurrentdbclient",
+    version: "1.3.5",
+};
+
+/// The Python client before the rename, still widely deployed.
+const ESDBCLIENT: Official = Official {
+    language: Language::Python,
+    package: "esdbclient",
+    version: "1.1.7",
+};
+
+/// The Node client before the rename, still widely deployed.
+const DB_CLIENT: Official = Official {
+    language: Language::Node,
+    package: "@eventstore/db-client",
+    version: "6.2.1",
+};
+
+/// The current Node SDK (reads through its Rust core, `@kurrent/bridge`).
+const KURRENTDB_CLIENT: Official = Official {
+    language: Language::Node,
+    package: "@kurrent/kurrentdb-client",
+    version: "1.3.1",
+};
 
 /// A `factum serve` process on a free port; SIGTERM and a clean exit on drop
 /// are checked by [`Server::stop`].
@@ -119,62 +163,80 @@ fn unavailable(what: &str, why: String) {
     println!("SKIPPED: {what} could not be installed: {why}");
 }
 
-/// A venv with kurrentdbclient, installed once (the marker names the pin);
-/// tests running at once share one install.
-fn python_client() -> Result<PathBuf, String> {
-    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    INSTALLED.get_or_init(install_python_client).clone()
-}
+/// Where an installed release is run from, or why it could not be installed.
+type Install = Result<PathBuf, String>;
 
-fn install_python_client() -> Result<PathBuf, String> {
-    let dir = cache_dir("python");
-    let python = dir.join("venv/bin/python");
-    let marker = dir.join(KURRENTDBCLIENT);
-    if !marker.exists() {
-        run(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(dir.join("venv")))?;
-        run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            KURRENTDBCLIENT,
-        ]))?;
-        std::fs::write(&marker, b"").unwrap();
+/// One install per release, shared by the tests that run at once.
+type Installs = Mutex<HashMap<&'static str, Arc<OnceLock<Install>>>>;
+
+impl Official {
+    fn label(&self) -> String {
+        format!("{} {}", self.package, self.version)
     }
-    Ok(python)
-}
 
-/// node_modules with the Node client, installed once; tests running at
-/// once share one install.
-fn node_client() -> Result<PathBuf, String> {
-    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    INSTALLED.get_or_init(install_node_client).clone()
-}
-
-fn install_node_client() -> Result<PathBuf, String> {
-    let dir = cache_dir("node");
-    let marker = dir.join("installed-6.2.1");
-    if !marker.exists() {
-        std::fs::write(
-            dir.join("package.json"),
-            br#"{"name":"factum-interop","private":true}"#,
-        )
-        .unwrap();
-        run(Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                NODE_CLIENT,
-            ])
-            .current_dir(&dir))?;
-        std::fs::write(&marker, b"").unwrap();
+    /// Installs the release once (tests running at once share one install,
+    /// releases install side by side) and returns what runs the scripts
+    /// with it: the venv's python, or the node_modules for `NODE_PATH`.
+    fn installed(&'static self) -> Install {
+        static INSTALLS: OnceLock<Installs> = OnceLock::new();
+        let once = INSTALLS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .entry(self.package)
+            .or_default()
+            .clone();
+        once.get_or_init(|| {
+            let dir = cache_dir(&format!(
+                "{}-{}",
+                self.package.trim_start_matches('@').replace('/', "-"),
+                self.version
+            ));
+            let marker = dir.join("installed");
+            let started = Instant::now();
+            let fresh = !marker.exists();
+            if fresh {
+                match self.language {
+                    Language::Python => install_python(&dir, self)?,
+                    Language::Node => install_node(&dir, self)?,
+                }
+                std::fs::write(&marker, b"").unwrap();
+                println!(
+                    "installed {} in {:.1} s",
+                    self.label(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(match self.language {
+                Language::Python => dir.join("venv/bin/python"),
+                Language::Node => dir.join("node_modules"),
+            })
+        })
+        .clone()
     }
-    Ok(dir.join("node_modules"))
+}
+
+/// A venv (`venv/`) with the package.
+fn install_python(dir: &Path, client: &Official) -> Result<(), String> {
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(dir.join("venv")))?;
+    run(Command::new(dir.join("venv/bin/python"))
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .arg(format!("{}=={}", client.package, client.version)))
+}
+
+/// `node_modules/` with the package.
+fn install_node(dir: &Path, client: &Official) -> Result<(), String> {
+    std::fs::write(
+        dir.join("package.json"),
+        br#"{"name":"factum-interop","private":true}"#,
+    )
+    .unwrap();
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .arg(format!("{}@{}", client.package, client.version))
+        .current_dir(dir))
 }
 
 fn script(name: &str) -> PathBuf {
@@ -183,10 +245,39 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn check(output: std::process::Output, what: &str) {
+/// Runs a script of `tests/interop/` with one official client against a
+/// fresh server; it must report no failures (known gaps are reported, not
+/// failed).
+fn with(client: &'static Official, name: &str) {
+    let installed = match client.installed() {
+        Ok(p) => p,
+        Err(why) => return unavailable(&client.label(), why),
+    };
+    let server = Server::start();
+    let mut cmd = match client.language {
+        Language::Python => Command::new(installed),
+        Language::Node => {
+            let mut node = Command::new("node");
+            node.env("NODE_PATH", installed);
+            node
+        }
+    };
+    let started = Instant::now();
+    let output = cmd
+        .arg(script(name))
+        .arg(&server.addr)
+        .arg(client.package)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
+    println!(
+        "{} ran {name} in {:.1} s",
+        client.label(),
+        started.elapsed().as_secs_f64()
+    );
+    let what = format!("{} ({name})", client.label());
     assert!(
         output.status.success(),
         "{what} reported failures:\n{stdout}\n{stderr}"
@@ -195,67 +286,49 @@ fn check(output: std::process::Output, what: &str) {
         stdout.contains(" 0 failed"),
         "{what} printed no summary:\n{stdout}\n{stderr}"
     );
-}
-
-/// Runs a script of `tests/interop/` with the Python client against a fresh
-/// server; it must report no failures.
-fn with_python(name: &str, what: &str) {
-    let python = match python_client() {
-        Ok(p) => p,
-        Err(why) => return unavailable("kurrentdbclient (PyPI)", why),
-    };
-    let server = Server::start();
-    let out = Command::new(python)
-        .arg(script(name))
-        .arg(&server.addr)
-        .output()
-        .unwrap();
-    check(out, what);
-    server.stop();
-}
-
-/// Runs a script of `tests/interop/` with the Node client against a fresh
-/// server; it must report no failures.
-fn with_node(name: &str, what: &str) {
-    let modules = match node_client() {
-        Ok(p) => p,
-        Err(why) => return unavailable("@eventstore/db-client (npm)", why),
-    };
-    let server = Server::start();
-    let out = Command::new("node")
-        .arg(script(name))
-        .arg(&server.addr)
-        .env("NODE_PATH", modules)
-        .output()
-        .unwrap();
-    check(out, what);
     server.stop();
 }
 
 #[test]
-fn official_python_client() {
-    with_python("python_client.py", "the Python client");
+fn python_kurrentdbclient() {
+    with(&KURRENTDBCLIENT, "python_client.py");
+}
+
+/// Consumer groups (`PersistentSubscriptions`).
+#[test]
+fn python_kurrentdbclient_persistent_subscriptions() {
+    with(&KURRENTDBCLIENT, "python_persistent.py");
 }
 
 #[test]
-fn official_node_client() {
-    with_node("node_client.js", "the Node client");
+fn python_esdbclient() {
+    with(&ESDBCLIENT, "python_client.py");
 }
 
-/// Consumer groups (`PersistentSubscriptions`) through the Python client.
+/// Consumer groups (`PersistentSubscriptions`).
 #[test]
-fn official_python_client_persistent_subscriptions() {
-    with_python(
-        "python_persistent.py",
-        "the Python client (persistent subscriptions)",
-    );
+fn python_esdbclient_persistent_subscriptions() {
+    with(&ESDBCLIENT, "python_persistent.py");
 }
 
-/// Consumer groups (`PersistentSubscriptions`) through the Node client.
 #[test]
-fn official_node_client_persistent_subscriptions() {
-    with_node(
-        "node_persistent.js",
-        "the Node client (persistent subscriptions)",
-    );
+fn node_db_client() {
+    with(&DB_CLIENT, "node_client.js");
+}
+
+/// Consumer groups (`PersistentSubscriptions`).
+#[test]
+fn node_db_client_persistent_subscriptions() {
+    with(&DB_CLIENT, "node_persistent.js");
+}
+
+#[test]
+fn node_kurrentdb_client() {
+    with(&KURRENTDB_CLIENT, "node_client.js");
+}
+
+/// Consumer groups (`PersistentSubscriptions`).
+#[test]
+fn node_kurrentdb_client_persistent_subscriptions() {
+    with(&KURRENTDB_CLIENT, "node_persistent.js");
 }

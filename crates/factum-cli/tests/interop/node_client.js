@@ -1,51 +1,42 @@
-// Drives a running `factum serve` with KurrentDB's Node client
-// (@eventstore/db-client, from npm): the client decides what is right.
-// Usage: node node_client.js HOST:PORT   (server runs with --max-append-bytes 1048576)
+// Drives a running `factum serve` with KurrentDB's Node clients
+// (@eventstore/db-client 6.x or @kurrent/kurrentdb-client, from npm; see
+// harness.js): the client decides what is right.
+// Usage: node node_client.js HOST:PORT [PACKAGE]   (server runs with --max-append-bytes 1048576)
 "use strict";
-const assert = require("node:assert/strict");
-const crypto = require("node:crypto");
 const {
-  EventStoreDBClient, jsonEvent, binaryEvent, ANY, NO_STREAM, STREAM_EXISTS, START, END,
+  lib, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, run, appendAt, actual,
+} = require("./harness");
+const {
+  jsonEvent, binaryEvent, ANY, NO_STREAM, STREAM_EXISTS, START, END,
   FORWARDS, BACKWARDS, eventTypeFilter, streamNameFilter, excludeSystemEvents,
   WrongExpectedVersionError, StreamNotFoundError, StreamDeletedError, MaxAppendSizeExceededError,
-} = require("@eventstore/db-client");
+} = lib;
 
-const ADDR = process.argv[2];
-const client = EventStoreDBClient.connectionString(`esdb://${ADDR}?tls=false`);
-const name = (p) => `${p}-${crypto.randomUUID().slice(0, 10)}`;
+const client = connect();
 const ev = (type, data = {}) => jsonEvent({ type, data });
-
-async function rejects(promise, cls) {
-  try {
-    await promise;
-  } catch (e) {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${e?.constructor?.name}: ${e?.message}`);
-    return e;
-  }
-  assert.fail(`expected ${cls.name}`);
-}
-
-async function collect(iterable) {
-  const out = [];
-  for await (const e of iterable) out.push(e);
-  return out;
-}
 
 const tests = {
   async expectedRevisionFormsAndConflicts() {
     const s = name("acct");
-    let r = await client.appendToStream(s, ev("Opened"), { expectedRevision: NO_STREAM });
+    let r = await client.appendToStream(s, ev("Opened"), appendAt(NO_STREAM));
     assert.equal(r.nextExpectedRevision, 0n);
-    const e = await rejects(client.appendToStream(s, ev("X"), { expectedRevision: NO_STREAM }), WrongExpectedVersionError);
-    assert.equal(e.actualVersion, 0n);
-    r = await client.appendToStream(s, [ev("D"), ev("D")], { expectedRevision: 0n });
+    const e = await rejects(client.appendToStream(s, ev("X"), appendAt(NO_STREAM)), WrongExpectedVersionError);
+    assert.equal(actual(e), 0n);
+    r = await client.appendToStream(s, [ev("D"), ev("D")], appendAt(0n));
     assert.equal(r.nextExpectedRevision, 2n);
-    await rejects(client.appendToStream(s, ev("X"), { expectedRevision: 0n }), WrongExpectedVersionError);
-    await client.appendToStream(s, ev("W"), { expectedRevision: STREAM_EXISTS });
-    await rejects(client.appendToStream(name("none"), ev("X"), { expectedRevision: STREAM_EXISTS }), WrongExpectedVersionError);
-    r = await client.appendToStream(s, ev("C"), { expectedRevision: ANY });
+    await rejects(client.appendToStream(s, ev("X"), appendAt(0n)), WrongExpectedVersionError);
+    await client.appendToStream(s, ev("W"), appendAt(STREAM_EXISTS));
+    await rejects(client.appendToStream(name("none"), ev("X"), appendAt(STREAM_EXISTS)), WrongExpectedVersionError);
+    r = await client.appendToStream(s, ev("C"), appendAt(ANY));
     assert.equal(r.nextExpectedRevision, 4n);
     assert.ok(r.position.commit >= 4n);
+    const wrong = await rejects(client.appendToStream(s, ev("X"), appendAt(1n)), WrongExpectedVersionError);
+    assert.equal(actual(wrong), 4n);
+        // The same check guards deletes, tombstones and metadata.
+    await rejects(client.deleteStream(s, { expectedRevision: 3n }), WrongExpectedVersionError);
+    await rejects(client.tombstoneStream(s, { expectedRevision: NO_STREAM }), WrongExpectedVersionError);
+    await rejects(client.setStreamMetadata(s, {}, appendAt(0n)), WrongExpectedVersionError);
+    assert.equal((await collect(client.readStream(s))).length, 5);
   },
 
   async readForwardsAndBackwards() {
@@ -86,8 +77,22 @@ const tests = {
     assert.deepEqual(await take(eventTypeFilter({ prefixes: [`Alpha${tag}`] }), 2),
       [`flt${tag}-1/Alpha${tag}`, `other${tag}-1/Alpha${tag}`]);
     assert.deepEqual(await take(streamNameFilter({ regex: `^other${tag}` }), 1), [`other${tag}-1/Alpha${tag}`]);
+    assert.deepEqual(await take(eventTypeFilter({ regex: `^(Al|Be)[a-z]+${tag}$` }), 3),
+      [`flt${tag}-1/Alpha${tag}`, `flt${tag}-1/Beta${tag}`, `other${tag}-1/Alpha${tag}`]);
+    assert.deepEqual(await take(streamNameFilter({ prefixes: [`flt${tag}`] }), 2),
+      [`flt${tag}-1/Alpha${tag}`, `flt${tag}-1/Beta${tag}`]);
     const noSystem = await take(excludeSystemEvents(), 3);
     assert.ok(noSystem.every((x) => !x.split("/")[1].startsWith("$")));
+    if (READ_FILTERS) {
+      const read = async (filter, maxCount) => (await collect(client.readAll({ fromPosition: from, filter, maxCount })))
+        .map((e) => `${e.event.streamId}/${e.event.type}`);
+      assert.deepEqual(await read(eventTypeFilter({ regex: `^Al.ha${tag}$` })),
+        [`flt${tag}-1/Alpha${tag}`, `other${tag}-1/Alpha${tag}`]);
+      assert.deepEqual(await read(streamNameFilter({ prefixes: [`flt${tag}`] })),
+        [`flt${tag}-1/Alpha${tag}`, `flt${tag}-1/Beta${tag}`]);
+      assert.deepEqual(await read(streamNameFilter({ regex: `^other${tag}` })), [`other${tag}-1/Alpha${tag}`]);
+      assert.deepEqual(await read(eventTypeFilter({ prefixes: [`Alpha${tag}`, `Beta${tag}`] }), 1), [`flt${tag}-1/Alpha${tag}`]);
+    }
   },
 
   async catchUpThenLiveWithCheckpoints() {
@@ -96,15 +101,17 @@ const tests = {
     await client.appendToStream(s, ev("Before"));
     const sub = client.subscribeToStream(s, { fromRevision: START });
     const seen = [];
-    let caughtUp = false;
-    sub.on("caughtUp", () => { caughtUp = true; });
+    // Appended once the subscription has caught up, so it arrives live.
+    const caughtUp = new Promise((resolve) => sub.once("caughtUp", resolve));
     for await (const e of sub) {
       seen.push(e.event.type);
-      if (seen.length === 1) await client.appendToStream(s, ev("After"), { expectedRevision: 0n });
+      if (seen.length === 1) {
+        await caughtUp;
+        await client.appendToStream(s, ev("After"), appendAt(0n));
+      }
       if (seen.length === 2) break;
     }
     assert.deepEqual(seen, ["Before", "After"]);
-    assert.ok(caughtUp, "caughtUp was emitted");
 
     const checkpoints = [];
     await client.appendToStream(name("noise"), [...Array(40).keys()].map(() => ev("Noise")));
@@ -122,13 +129,95 @@ const tests = {
     assert.ok(checkpoints.length >= 1, `checkpoints: ${checkpoints.length}`);
   },
 
+  async catchUpFromTheStartAndFromACheckpoint() {
+    const s = name("ckpt");
+    await client.appendToStream(s, [...Array(5).keys()].map((i) => ev(`E${i}`)), appendAt(NO_STREAM));
+    const recorded = await collect(client.readStream(s));
+    // The next n events of a subscription; `then` runs after the first.
+    const take = async (sub, n, then) => {
+      const got = [];
+      for await (const e of sub) {
+        got.push(e);
+        if (got.length === 1 && then) await then();
+        if (got.length === n) break;
+      }
+      await sub.unsubscribe();
+      return got;
+    };
+    // From a checkpoint in $all (exclusive): the events after it, each
+    // once, then a live one.
+    const sub = client.subscribeToAll({ fromPosition: recorded[2].event.position, filter: streamNameFilter({ prefixes: [s] }) });
+    const got = await take(sub, 3, () => client.appendToStream(s, ev("E5"), appendAt(4n)));
+    assert.deepEqual(got.map((e) => e.event.type), ["E3", "E4", "E5"]);
+    // From a checkpoint in the stream (exclusive).
+    const inStream = await take(client.subscribeToStream(s, { fromRevision: 2n }), 3);
+    assert.deepEqual(inStream.map((e) => e.event.revision), [3n, 4n, 5n]);
+    // From the start of $all: the store's first event first.
+    const [first] = await collect(client.readAll({ maxCount: 1 }));
+    const [fromStart] = await take(client.subscribeToAll({ fromPosition: START }), 1);
+    assert.equal(fromStart.event.id, first.event.id);
+    // From commit position 0, the checkpoint clients store before they have
+    // seen anything: in KurrentDB no event is at 0, so the first comes too.
+    await knownGap("position-0: subscribeToAll from { commit: 0, prepare: 0 } skips the first event", async () => {
+      const [fromZero] = await take(client.subscribeToAll({ fromPosition: { commit: 0n, prepare: 0n } }), 1);
+      assert.equal(fromZero.event.id, first.event.id,
+        `first event at ${first.event.position.commit}, got ${fromZero.event.position.commit}`);
+    });
+  },
+
+  async softDeleteAndRecreateAsKurrentDB() {
+    // A stream with revisions 0..1, soft-deleted with expected revision 1;
+    // each row of KurrentDB's rules on a stream of its own.
+    const deleted = async () => {
+      const s = name("soft");
+      await client.appendToStream(s, [ev("A"), ev("B")], appendAt(NO_STREAM));
+      await client.deleteStream(s, { expectedRevision: 1n });
+      return s;
+    };
+    const revisions = async (s) => (await collect(client.readStream(s))).map((e) => e.event.revision);
+    let s = await deleted();
+    await rejects(collect(client.readStream(s)), StreamNotFoundError);
+    await client.appendToStream(s, ev("C"), appendAt(NO_STREAM));
+    assert.deepEqual(await revisions(s), [2n]);
+    s = await deleted();
+    await client.appendToStream(s, ev("C"), appendAt(ANY));
+    assert.deepEqual(await revisions(s), [2n]);
+
+    const MAX = 9223372036854775807; // i64::MAX as JSON.parse reads it
+    await knownGap("soft-delete: metadata right after the delete is $tb = i64::MAX", async () => {
+      const md = await client.getStreamMetadata(await deleted());
+      assert.equal(md.metadata?.truncateBefore, MAX);
+    });
+    await knownGap("soft-delete: deleting again with the last revision succeeds", async () => {
+      await client.deleteStream(await deleted(), { expectedRevision: 1n });
+    });
+    await knownGap("soft-delete: deleting again with an older revision is WrongExpectedVersion", async () => {
+      const e = await rejects(client.deleteStream(await deleted(), { expectedRevision: 0n }), WrongExpectedVersionError);
+      assert.equal(actual(e), 1n);
+    });
+    // Deleting with STREAM_EXISTS is checked from Python only: both Node
+    // clients fail to serialize that request ("Cannot read properties of
+    // null (reading 'lo')") before it leaves.
+    await knownGap("soft-delete: appending with 'exists' is StreamDeleted", async () => {
+      await rejects(client.appendToStream(await deleted(), ev("C"), appendAt(STREAM_EXISTS)), StreamDeletedError);
+    });
+    await knownGap("soft-delete: appending with the last revision recreates the stream, $tb moves", async () => {
+      const d = await deleted();
+      await client.appendToStream(d, ev("C"), appendAt(1n));
+      assert.deepEqual(await revisions(d), [2n]);
+      assert.equal((await client.getStreamMetadata(d)).metadata?.truncateBefore, 2);
+    });
+    // A user's own $tb = i64::MAX is checked from Python only: JavaScript
+    // numbers cannot write i64::MAX exactly.
+  },
+
   async deleteTombstoneAndMetadata() {
     const s = name("del");
     await client.appendToStream(s, [ev("A"), ev("B")]);
     await rejects(client.deleteStream(s, { expectedRevision: 0n }), WrongExpectedVersionError);
     await client.deleteStream(s, { expectedRevision: 1n });
     await rejects(collect(client.readStream(s)), StreamNotFoundError);
-    await client.appendToStream(s, ev("C"), { expectedRevision: NO_STREAM });
+    await client.appendToStream(s, ev("C"), appendAt(NO_STREAM));
     await client.tombstoneStream(s);
     await rejects(collect(client.readStream(s)), StreamDeletedError);
     await rejects(client.appendToStream(s, ev("D")), StreamDeletedError);
@@ -158,36 +247,30 @@ const tests = {
   },
 
   async badInputKeepsServing() {
-    await rejects(client.appendToStream(name("big"), binaryEvent({ type: "Big", data: Buffer.alloc(1536 * 1024) })), MaxAppendSizeExceededError);
-    await assert.rejects(client.appendToStream("bad\u0000name", ev("X")));
+    // Over the server's append limit (1 MiB), in two events or one (which
+    // the server refuses unread): KurrentDB's error, the client's own type.
+    const big = (kib) => binaryEvent({ type: "Big", data: Buffer.alloc(kib * 1024) });
+    for (const events of [[big(700), big(700)], [big(1536)], [big(3072)]]) {
+      const s = name("big");
+      await rejects(client.appendToStream(s, events), MaxAppendSizeExceededError);
+      await rejects(collect(client.readStream(s)), StreamNotFoundError);
+    }
+    // Invalid names: the server answers INVALID_ARGUMENT with a reason.
+    for (const bad of ["bad\u0000name", ""]) {
+      await assert.rejects(client.appendToStream(bad, ev("X")), /stream name|control character/);
+    }
     const s = name("after");
-    await client.appendToStream(s, ev("Fine"), { expectedRevision: NO_STREAM });
+    await client.appendToStream(s, ev("Fine"), appendAt(NO_STREAM));
     assert.equal((await collect(client.readStream(s))).length, 1);
   },
 
   async discover() {
-    const c = EventStoreDBClient.connectionString(`esdb+discover://${ADDR}?tls=false`);
+    const c = connect(true);
     const s = name("disc");
-    await c.appendToStream(s, ev("Found"), { expectedRevision: NO_STREAM });
+    await c.appendToStream(s, ev("Found"), appendAt(NO_STREAM));
     assert.equal((await collect(c.readStream(s))).length, 1);
     await c.dispose();
   },
 };
 
-(async () => {
-  let passed = 0, failed = 0;
-  for (const [n, f] of Object.entries(tests)) {
-    const t0 = Date.now();
-    try {
-      await f();
-      passed++;
-      console.log(`node ok   ${n} (${Date.now() - t0} ms)`);
-    } catch (e) {
-      failed++;
-      console.log(`node FAIL ${n}: ${e?.stack ?? e}`);
-    }
-  }
-  console.log(`node client: ${passed} passed, ${failed} failed`);
-  await client.dispose();
-  process.exit(failed ? 1 : 0);
-})();
+run("client", tests, client);

@@ -1,39 +1,27 @@
 // Persistent subscriptions (consumer groups) of a running `factum serve`,
-// driven by KurrentDB's Node client (@eventstore/db-client, from npm): the
-// client decides what is right.
-// Usage: node node_persistent.js HOST:PORT
+// driven by KurrentDB's Node clients (@eventstore/db-client 6.x or
+// @kurrent/kurrentdb-client, from npm; see harness.js): the client decides
+// what is right.
+// Usage: node node_persistent.js HOST:PORT [PACKAGE]
 "use strict";
-const assert = require("node:assert/strict");
-const crypto = require("node:crypto");
+const { lib, assert, crypto, connect, name, rejects, collect, run } = require("./harness");
 const {
-  EventStoreDBClient, jsonEvent, START, END, ROUND_ROBIN, DISPATCH_TO_SINGLE, PINNED, UNBOUNDED,
+  jsonEvent, START, END, ROUND_ROBIN, DISPATCH_TO_SINGLE, PINNED, UNBOUNDED,
   streamNameFilter, excludeSystemEvents,
   persistentSubscriptionToStreamSettingsFromDefaults, persistentSubscriptionToAllSettingsFromDefaults,
   PersistentSubscriptionExistsError, PersistentSubscriptionDoesNotExistError,
   PersistentSubscriptionMaximumSubscribersReachedError,
-} = require("@eventstore/db-client");
+} = lib;
 
-const ADDR = process.argv[2];
-const client = EventStoreDBClient.connectionString(`esdb://${ADDR}?tls=false`);
+const client = connect();
 
 const FAST = { checkPointAfter: 100, checkPointLowerBound: 1, checkPointUpperBound: 1000 };
 const WAIT = 10000;
-const name = (p) => `${p}-${crypto.randomUUID().slice(0, 10)}`;
 const ev = (type = "Happened") => jsonEvent({ type, data: {} });
 const append = (s, n, type) => client.appendToStream(s, [...Array(n)].map(() => ev(type)));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const streamSettings = (changes) => persistentSubscriptionToStreamSettingsFromDefaults({ ...FAST, ...changes });
 const allSettings = (changes) => persistentSubscriptionToAllSettingsFromDefaults({ ...FAST, ...changes });
-
-async function rejects(promise, cls) {
-  try {
-    await promise;
-  } catch (e) {
-    assert.ok(e instanceof cls, `expected ${cls.name}, got ${e?.constructor?.name}: ${e?.message}`);
-    return e;
-  }
-  assert.fail(`expected ${cls.name}`);
-}
 
 // Calls fn until it returns something truthy.
 async function poll(what, fn, timeout = WAIT) {
@@ -329,6 +317,24 @@ const tests = {
     await rejects(client.deletePersistentSubscriptionToAll(group), PersistentSubscriptionDoesNotExistError);
   },
 
+  async allFromCommitPositionZero() {
+    // 0 is the checkpoint a consumer stores before it has seen anything; in
+    // KurrentDB no event is at 0, so a group started there sees the store's
+    // first event.
+    const [first] = await collect(client.readAll({ maxCount: 1 }));
+    const group = name("all-zero");
+    await client.createPersistentSubscriptionToAll(group, allSettings({ startFrom: { commit: 0n, prepare: 0n } }));
+    const c = Consumer.all(group);
+    try {
+      const e = await c.next();
+      await c.sub.ack(e);
+      assert.equal(e.event.id, first.event.id, `first event at ${first.event.position.commit}, got ${e.event.position.commit}`);
+    } finally {
+      await c.sub.unsubscribe();
+      await client.deletePersistentSubscriptionToAll(group);
+    }
+  },
+
   async allWithRegexFilterAndNoFilter() {
     // excludeSystemEvents() is the regex ^[^$].* on event types.
     const group = name("all-nosys");
@@ -399,20 +405,4 @@ const tests = {
   },
 };
 
-(async () => {
-  let passed = 0, failed = 0;
-  for (const [n, f] of Object.entries(tests)) {
-    const t0 = Date.now();
-    try {
-      await f();
-      passed++;
-      console.log(`node ok   ${n} (${Date.now() - t0} ms)`);
-    } catch (e) {
-      failed++;
-      console.log(`node FAIL ${n}: ${e?.stack ?? e}`);
-    }
-  }
-  console.log(`node persistent: ${passed} passed, ${failed} failed`);
-  await client.dispose();
-  process.exit(failed ? 1 : 0);
-})();
+run("persistent", tests, client);

@@ -38,10 +38,24 @@ impl Server {
         server
     }
 
+    /// A server over a store in a fresh temporary directory, with more
+    /// `factum serve` arguments.
+    pub fn start_with(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::spawn(&dir.path().join("store"), args);
+        server._dir = Some(dir);
+        server
+    }
+
     /// A server over the store in `data` (created when missing).
     pub fn start_at(data: &Path) -> Server {
+        Server::spawn(data, &[])
+    }
+
+    fn spawn(data: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(factum_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
+            .args(args)
             .arg("--data")
             .arg(data)
             .stdout(Stdio::piped())
