@@ -208,7 +208,10 @@ async fn roll_scenario(dir: &std::path::Path, blocker: Blocker) {
         .await
         .unwrap_err();
     assert!(cause_ok(&again), "{again:?}");
-    assert_eq!(common::segments(&store).len(), 1);
+    // (Listing the directory needs a descriptor too.)
+    if let Blocker::FullDisk = blocker {
+        assert_eq!(common::segments(&store).len(), 1);
+    }
     check_events(engine.read_all(ReadAll::forwards()).await.unwrap(), acked);
     // The cause gone: the writer's own retry starts the segment; the same
     // append succeeds without anything else done to the store.
