@@ -58,8 +58,9 @@ pub struct Control {
 pub struct Fault {
     /// The file, relative to the backing directory.
     pub path: PathBuf,
-    /// Bytes the file got (writes since its last good fsync) that the
-    /// backing file no longer holds.
+    /// Bytes written to the file since its last good fsync, rolled back in
+    /// the backing file (whole pages with the writeback cache: the part of
+    /// a page that was already durable is rolled back to the same bytes).
     pub dropped_bytes: u64,
     /// How many writes those were.
     pub dropped_writes: usize,
@@ -255,8 +256,9 @@ impl FaultFs {
             .ok_or(Errno::EBADF)
     }
 
-    /// Records what a write of `len` bytes at `offset` (or, with `len` 0 and
-    /// `truncate_to`, a truncation) changes in `file`, so a fault can undo it.
+    /// Records what a write of `len` bytes at `offset` changes in `file` (the
+    /// old bytes there and the old length), so a fault can undo it. A
+    /// truncation records the same way (see `set_size`).
     fn record(&self, ino: u64, file: &File, offset: u64, len: u64) -> Res<()> {
         let old_len = file.metadata().map_err(errno)?.len();
         let end = (offset + len).min(old_len);
