@@ -3,12 +3,17 @@
 //! room, and it reopens and verifies. Twice: the disk fills while appends
 //! write into the active segment, and while the writer starts the next
 //! segment (the roll is retried with backoff; appends resume by themselves).
+//! And the same roll with too many open files (EMFILE) instead of a full
+//! disk: the process's own `RLIMIT_NOFILE` is lowered to its open files
+//! just as a segment must roll, then raised again.
 //!
 //! The test re-runs its own binary as the child (`full_disk_child` with
 //! `FACTUM_FULL_DISK_CHILD=<dir>` and `FACTUM_FULL_DISK_CASE`) inside a private mount namespace
 //! (`unshare -rm`) where `<dir>` is a small tmpfs: a real file system that
 //! really runs out of space, gone when the child exits. Where namespaces or
 //! mounts are not allowed it prints SKIPPED, and fails under `CI=true`.
+//! The EMFILE case needs no mount: its child runs on a plain temporary
+//! directory (the limit is the child's own).
 
 use std::process::Command;
 
@@ -30,7 +35,8 @@ fn full_disk_child() {
     let rt = common::runtime();
     let dir = std::path::Path::new(&dir);
     match std::env::var("FACTUM_FULL_DISK_CASE").as_deref() {
-        Ok("roll") => rt.block_on(roll_scenario(dir)),
+        Ok("roll") => rt.block_on(roll_scenario(dir, Blocker::FullDisk)),
+        Ok("emfile") => rt.block_on(roll_scenario(dir, Blocker::NoFiles)),
         _ => rt.block_on(scenario(dir)),
     }
 }
@@ -70,11 +76,90 @@ fn fill(path: &std::path::Path) {
     }
 }
 
-/// The disk is full just when the active segment is full: creating the
-/// next segment fails. Appends answer `Unavailable` naming the cause, the
-/// writer is not stopped for good, and once there is room again appends
-/// resume by themselves (the writer retries the roll with backoff).
-async fn roll_scenario(dir: &std::path::Path) {
+/// What keeps the next segment from being created.
+#[derive(Clone, Copy, Debug)]
+enum Blocker {
+    /// The file system is full (ENOSPC): a ballast file fills it.
+    FullDisk,
+    /// The process may open no more files (EMFILE): its soft
+    /// `RLIMIT_NOFILE` is lowered to the lowest free descriptor.
+    NoFiles,
+}
+
+impl Blocker {
+    /// The OS error appends must name.
+    fn os_error(self) -> &'static str {
+        match self {
+            Blocker::FullDisk => "os error 28",
+            Blocker::NoFiles => "os error 24",
+        }
+    }
+
+    /// Puts the cause in place; returns what `unblock` needs.
+    fn block(self, dir: &std::path::Path) -> u64 {
+        match self {
+            Blocker::FullDisk => {
+                fill(&dir.join("ballast"));
+                0
+            }
+            Blocker::NoFiles => {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: a valid pointer to an rlimit.
+                assert_eq!(
+                    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+                    0
+                );
+                // The lowest free descriptor: every one below it is open.
+                let lowest = {
+                    let f = std::fs::File::open("/dev/null").unwrap();
+                    std::os::fd::AsRawFd::as_raw_fd(&f) as u64
+                };
+                let lowered = libc::rlimit {
+                    rlim_cur: lowest,
+                    rlim_max: limit.rlim_max,
+                };
+                // SAFETY: a valid pointer to an rlimit.
+                assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+                let e = std::fs::File::open("/dev/null").unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                eprintln!(
+                    "RLIMIT_NOFILE lowered from {} to {lowest} (the open files)",
+                    limit.rlim_cur
+                );
+                limit.rlim_cur
+            }
+        }
+    }
+
+    /// Takes the cause away again.
+    fn unblock(self, dir: &std::path::Path, saved: u64) {
+        match self {
+            Blocker::FullDisk => std::fs::remove_file(dir.join("ballast")).unwrap(),
+            Blocker::NoFiles => {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: valid pointers to an rlimit.
+                unsafe {
+                    assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+                    limit.rlim_cur = saved;
+                    assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+                }
+            }
+        }
+    }
+}
+
+/// The disk is full (or the process may open no more files) just when the
+/// active segment is full: creating the next segment fails. Appends answer
+/// `Unavailable` naming the cause, the writer is not stopped for good, and
+/// once the cause is gone appends resume by themselves (the writer retries
+/// the roll with backoff).
+async fn roll_scenario(dir: &std::path::Path, blocker: Blocker) {
     let store = dir.join("store");
     let config = EngineConfig {
         segment_bytes: 64 << 10,
@@ -100,18 +185,17 @@ async fn roll_scenario(dir: &std::path::Path) {
         frame = engine.log_bytes().unwrap() - before;
     }
     assert_eq!(common::segments(&store).len(), 1);
-    let ballast = dir.join("ballast");
-    fill(&ballast);
+    let saved = blocker.block(dir);
     let err = engine
         .append(s.clone(), ExpectedRevision::Any, vec![event(acked)])
         .await
         .unwrap_err();
-    eprintln!("roll on a full disk after {acked} appends: {err}");
+    eprintln!("roll blocked ({blocker:?}) after {acked} appends: {err}");
     let cause_ok = |e: &Error| match e {
         Error::Unavailable(why) => {
             why.contains("could not start a new segment")
                 && why.contains(".seg")
-                && why.contains("os error 28")
+                && why.contains(blocker.os_error())
         }
         _ => false,
     };
@@ -124,11 +208,14 @@ async fn roll_scenario(dir: &std::path::Path) {
         .await
         .unwrap_err();
     assert!(cause_ok(&again), "{again:?}");
-    assert_eq!(common::segments(&store).len(), 1);
+    // (Listing the directory needs a descriptor too.)
+    if let Blocker::FullDisk = blocker {
+        assert_eq!(common::segments(&store).len(), 1);
+    }
     check_events(engine.read_all(ReadAll::forwards()).await.unwrap(), acked);
-    // Room again: the writer's own retry starts the segment; the same
+    // The cause gone: the writer's own retry starts the segment; the same
     // append succeeds without anything else done to the store.
-    std::fs::remove_file(&ballast).unwrap();
+    blocker.unblock(dir, saved);
     let freed = std::time::Instant::now();
     let r = loop {
         match engine
@@ -140,13 +227,16 @@ async fn roll_scenario(dir: &std::path::Path) {
                 assert!(cause_ok(&e), "{e:?}");
                 assert!(
                     freed.elapsed() < std::time::Duration::from_secs(5),
-                    "appends did not resume after the disk had room again: {e}"
+                    "appends did not resume after the cause ({blocker:?}) was gone: {e}"
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
     };
-    eprintln!("appends resumed {:?} after room was made", freed.elapsed());
+    eprintln!(
+        "appends resumed {:?} after the cause ({blocker:?}) was gone",
+        freed.elapsed()
+    );
     assert_eq!((r.revision.0, r.position.0), (acked, acked));
     acked += 1;
     assert_eq!(common::segments(&store).len(), 2);
@@ -249,6 +339,25 @@ fn a_full_disk_while_starting_a_segment_is_retried_until_there_is_room() {
     run_child("full-disk roll test", "roll");
 }
 
+/// EMFILE while starting the next segment: transient like ENOSPC. The
+/// child lowers its own open-file limit, so it needs no mount.
+#[test]
+fn too_many_open_files_while_starting_a_segment_is_retried_until_files_can_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "full_disk_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FACTUM_FULL_DISK_CHILD", dir.path())
+        .env("FACTUM_FULL_DISK_CASE", "emfile")
+        .output()
+        .unwrap();
+    check_child(&out);
+}
+
 /// Runs the child's `case` on a 6 MiB tmpfs of its own.
 fn run_child(test: &str, case: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -276,20 +385,29 @@ fn run_child(test: &str, case: &str) {
         Ok(out) => out,
         Err(e) => return skip(format!("cannot run unshare: {e}")),
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(CANNOT_MOUNT)
         || (!out.status.success() && stderr.contains("unshare:"))
     {
         return skip(format!("no private tmpfs mount here: {}", stderr.trim()));
     }
+    check_child(&out);
+}
+
+/// The child passed; shows what it saw.
+fn check_child(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("FULL-DISK-OK"),
         "the child failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
     for line in stderr.lines().filter(|l| {
-        l.starts_with("full after") || l.starts_with("roll on") || l.starts_with("appends resumed")
+        l.starts_with("full after")
+            || l.starts_with("roll blocked")
+            || l.starts_with("RLIMIT_NOFILE")
+            || l.starts_with("appends resumed")
     }) {
         eprintln!("{line}");
     }
