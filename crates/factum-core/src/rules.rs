@@ -18,6 +18,11 @@ use uuid::Uuid;
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
 /// The revision of a tombstone record (KurrentDB's `i64::MAX`).
 pub const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
+/// The `$tb` that marks a stream soft-deleted (KurrentDB's
+/// `EventNumber.DeletedStream`, `i64::MAX`): a soft delete writes
+/// `{"$tb": 9223372036854775807}` to `$$<stream>`, and metadata a user
+/// writes with this `$tb` soft-deletes the stream just the same.
+pub const SOFT_DELETED_TRUNCATE_BEFORE: u64 = i64::MAX as u64;
 
 /// What a store knows of one stream (user stream, `$$meta`, `$ce-`, `$et-`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +33,9 @@ pub struct StreamState {
     pub last_position: u64,
     /// Id of the last event.
     pub last_event_id: Uuid,
-    /// Soft-deleted, not written since.
+    /// Soft-deleted: the stream's metadata holds `$tb` =
+    /// [`SOFT_DELETED_TRUNCATE_BEFORE`] (or a soft delete of a store written
+    /// before ADR 26 marked it, and it was not written since).
     pub deleted: bool,
     /// Tombstoned.
     pub tombstoned: bool,
@@ -39,11 +46,12 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    /// Where the stream is, for expected-revision checks.
+    /// Where the stream is, for expected-revision checks: its last
+    /// revision, which a soft delete keeps (as KurrentDB does).
     pub fn current(&self) -> CurrentRevision {
         match self.last_revision {
-            Some(l) if !self.deleted => CurrentRevision::Current(StreamRevision(l)),
-            _ => CurrentRevision::NoStream,
+            Some(l) => CurrentRevision::Current(StreamRevision(l)),
+            None => CurrentRevision::NoStream,
         }
     }
 
@@ -66,11 +74,18 @@ impl StreamState {
         self.deleted = false;
     }
 
-    /// Records a `$metadata` event written to `$$<this stream>`.
+    /// Records a `$metadata` event written to `$$<this stream>`. The
+    /// stream is soft-deleted exactly when its metadata says so (`$tb` =
+    /// [`SOFT_DELETED_TRUNCATE_BEFORE`]), whoever wrote it; a soft delete
+    /// of a store written before ADR 26 (flagged, `$tb` = last + 1) counts
+    /// too. Deleting starts a new life at the next revision: events before
+    /// it stay hidden whatever later metadata says.
     pub fn record_metadata(&mut self, data: &[u8], kind: WriteKind) {
         self.metadata = Some(data.to_vec());
-        if kind == WriteKind::SoftDelete {
-            self.deleted = true;
+        let marked = StreamMetadata::from_json(data)
+            .is_ok_and(|m| m.truncate_before == Some(SOFT_DELETED_TRUNCATE_BEFORE));
+        self.deleted = marked || kind == WriteKind::SoftDelete;
+        if self.deleted {
             self.base = self.next_revision();
         }
     }
@@ -242,6 +257,12 @@ pub enum Decision {
         kind: WriteKind,
         /// Revision of the first event (tombstones use [`TOMBSTONE_REVISION`]).
         first_revision: u64,
+        /// The write recreates a soft-deleted stream: right after `events`
+        /// (possibly none), in the same atomic write, this `$metadata` event
+        /// of the store's own moves the stream's `$tb` to the first revision
+        /// of its new life (see [`Undelete`]). The answer stays that of
+        /// `events` ([`write_answer`]).
+        undelete: Option<Undelete>,
     },
     /// Answer with this result and write nothing.
     Done(AppendResult),
@@ -260,6 +281,32 @@ pub enum Decision {
     },
     /// Refuse with this error.
     Reject(Error),
+}
+
+/// The `$metadata` event with which the store recreates a soft-deleted
+/// stream, as KurrentDB does: the stream's metadata (as the write that
+/// recreates it leaves it) with `$tb` = the stream's revision after its
+/// last event, written to `$$<stream>` after that write's events.
+#[derive(Clone, Debug)]
+pub struct Undelete {
+    /// `$$<stream>`.
+    pub stream: StreamName,
+    /// Its revision in `$$<stream>`.
+    pub revision: u64,
+    /// The `$metadata` event.
+    pub event: EventData,
+}
+
+/// The result of a write of `count` events from `first_revision` whose
+/// first record is at `first_position`: the revision and position of its
+/// last event. With no events (an empty append that recreates a stream)
+/// the revision is the one before `first_revision` (`u64::MAX`: none) and
+/// the position that of the [`Undelete`] event that follows.
+pub fn write_answer(first_revision: u64, count: u64, first_position: u64) -> AppendResult {
+    AppendResult {
+        revision: StreamRevision((first_revision + count).wrapping_sub(1)),
+        position: Position(first_position + count.max(1) - 1),
+    }
 }
 
 /// The stream whose state decides a request (the target of a delete or a
@@ -365,12 +412,22 @@ pub fn check_input(
 /// Decides a request. `owner` is the state of the first stream of
 /// [`streams_of`], `written` that of the second (the same stream for plain
 /// appends and tombstones); `None` when the store has never seen it.
+/// `metadata` is the state of `$$<owner>`, used only to recreate a
+/// soft-deleted owner: a backend may pass `None` unless `owner.deleted`
+/// (then `None` means `$$<owner>` does not exist).
+///
+/// Soft deletes follow KurrentDB (ADR 26): a soft-deleted stream keeps its
+/// last revision for expectations; `NoStream`, `Any` and its last revision
+/// are satisfied, `StreamExists` answers `StreamDeleted`. An append (empty
+/// or not), a metadata write or an append to `$$<owner>` that passes its
+/// checks recreates it, with an [`Undelete`].
 pub fn decide(
     target: &StreamName,
     expected: ExpectedRevision,
     op: Operation,
     owner: Option<&StreamState>,
     written: Option<&StreamState>,
+    metadata: Option<&StreamState>,
     limits: &Limits,
 ) -> Decision {
     if let Err(e) = check_input(target, expected, &op, limits) {
@@ -383,13 +440,10 @@ pub fn decide(
     let empty = StreamState::default();
     let owner = owner.unwrap_or(&empty);
     let written = written.unwrap_or(&empty);
-    let meta_event =
-        |m: &StreamMetadata| EventData::new(METADATA_EVENT_TYPE, ContentType::Json, m.to_json());
-    match op {
+    let d = match op {
         Operation::Tombstone | Operation::SoftDelete => {
-            let current = owner.current();
-            if !expected.is_satisfied_by(current) {
-                return wrong(target, expected, current);
+            if let Err(refused) = check_expected(target, expected, owner) {
+                return refused;
             }
             if matches!(op, Operation::Tombstone) {
                 return Decision::Write {
@@ -401,33 +455,154 @@ pub fn decide(
                     )],
                     kind: WriteKind::Tombstone,
                     first_revision: TOMBSTONE_REVISION,
+                    undelete: None,
                 };
             }
-            if current == CurrentRevision::NoStream {
+            // Never written, no metadata: nothing to delete. (KurrentDB
+            // answers a wrong expected version; Factum keeps its answer.)
+            if owner.last_revision.is_none() && owner.metadata.is_none() {
                 return Decision::Reject(Error::StreamNotFound {
                     stream: target.clone(),
                 });
             }
-            let mut meta = match owner.metadata.as_deref().map(StreamMetadata::from_json) {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Decision::Reject(e),
-                None => StreamMetadata::default(),
+            // As KurrentDB: the metadata becomes `$tb` alone.
+            let deleted = StreamMetadata {
+                truncate_before: Some(SOFT_DELETED_TRUNCATE_BEFORE),
+                ..StreamMetadata::default()
             };
-            meta.truncate_before = Some(owner.next_revision());
-            Decision::Write {
+            return Decision::Write {
                 stream,
-                events: vec![meta_event(&meta)],
+                events: vec![metadata_event(&deleted)],
                 kind: WriteKind::SoftDelete,
                 first_revision: written.next_revision(),
+                undelete: None,
+            };
+        }
+        Operation::SetMetadata(m) => append(&stream, expected, vec![metadata_event(&m)], written),
+        Operation::Append(events) => append(&stream, expected, events, written),
+    };
+    if !owner.deleted {
+        return d;
+    }
+    recreate(
+        d,
+        &Recreated {
+            name: &owner_name,
+            owner,
+            written_name: &stream,
+            written,
+            metadata,
+        },
+    )
+}
+
+fn metadata_event(m: &StreamMetadata) -> EventData {
+    EventData::new(METADATA_EVENT_TYPE, ContentType::Json, m.to_json())
+}
+
+/// Checks an expectation against a stream, counting soft deletes as
+/// KurrentDB does (see [`decide`]); `Err` holds the refusal.
+fn check_expected(
+    stream: &StreamName,
+    expected: ExpectedRevision,
+    state: &StreamState,
+) -> std::result::Result<(), Decision> {
+    let current = state.current();
+    let met = match (state.deleted, expected) {
+        (false, _) => expected.is_satisfied_by(current),
+        (true, ExpectedRevision::Any | ExpectedRevision::NoStream) => true,
+        (true, ExpectedRevision::StreamExists) => {
+            return Err(Decision::Reject(Error::StreamDeleted {
+                stream: stream.clone(),
+            }))
+        }
+        (true, ExpectedRevision::Exact(r)) => current == CurrentRevision::Current(r),
+    };
+    match met {
+        true => Ok(()),
+        false => Err(wrong(stream, expected, current)),
+    }
+}
+
+/// A soft-deleted stream that a write recreates.
+struct Recreated<'a> {
+    name: &'a StreamName,
+    owner: &'a StreamState,
+    /// The stream written: the owner, or `$$<owner>`.
+    written_name: &'a StreamName,
+    written: &'a StreamState,
+    /// `$$<owner>`.
+    metadata: Option<&'a StreamState>,
+}
+
+/// Adds the [`Undelete`] to a decision that writes (or, empty, checks)
+/// the soft-deleted stream or its `$$` stream.
+fn recreate(d: Decision, r: &Recreated<'_>) -> Decision {
+    let (stream, events, kind, first_revision) = match d {
+        Decision::Write {
+            stream,
+            events,
+            kind,
+            first_revision,
+            undelete: None,
+        } => (stream, events, kind, first_revision),
+        // An empty append that passed its check recreates too.
+        Decision::Done(_) => (
+            r.written_name.clone(),
+            Vec::new(),
+            WriteKind::Events,
+            r.written.next_revision(),
+        ),
+        Decision::CheckRetry {
+            stream,
+            first,
+            ids,
+            otherwise,
+        } => {
+            return Decision::CheckRetry {
+                stream,
+                first,
+                ids,
+                otherwise: Box::new(recreate(*otherwise, r)),
             }
         }
-        Operation::SetMetadata(m) => append(stream, expected, vec![meta_event(&m)], written),
-        Operation::Append(events) => append(stream, expected, events, written),
+        d => return d,
+    };
+    let meta_stream = r.name.metadata_stream();
+    // The metadata as this write leaves it, and the `$$` revision after it.
+    let (latest, revision) = if stream == meta_stream {
+        let latest = events.last().map(|e| &e.data[..]);
+        (
+            latest.or(r.owner.metadata.as_deref()),
+            first_revision + events.len() as u64,
+        )
+    } else {
+        (
+            r.owner.metadata.as_deref(),
+            r.metadata.map_or(0, StreamState::next_revision),
+        )
+    };
+    let mut m = match latest.map(StreamMetadata::from_json) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Decision::Reject(e),
+        None => StreamMetadata::default(),
+    };
+    m.truncate_before = Some(r.owner.next_revision());
+    Decision::Write {
+        stream,
+        events,
+        kind,
+        first_revision,
+        undelete: Some(Undelete {
+            stream: meta_stream,
+            revision,
+            event: metadata_event(&m),
+        }),
     }
 }
 
 fn append(
-    stream: StreamName,
+    stream: &StreamName,
     expected: ExpectedRevision,
     events: Vec<EventData>,
     state: &StreamState,
@@ -439,7 +614,7 @@ fn append(
     let retry_from = |first: u64| {
         has_events && first >= state.base && state.last_revision.is_some_and(|l| l >= first)
     };
-    if !expected.is_satisfied_by(current) {
+    if let Err(refused) = check_expected(stream, expected, state) {
         let first = match expected {
             // `checked` keeps `r` at most `i64::MAX`; checked all the same.
             ExpectedRevision::Exact(r) => r.0.checked_add(1),
@@ -451,9 +626,9 @@ fn append(
                 stream: stream.clone(),
                 first,
                 ids,
-                otherwise: Box::new(wrong(&stream, expected, current)),
+                otherwise: Box::new(refused),
             },
-            _ => wrong(&stream, expected, current),
+            _ => refused,
         };
     }
     if events.is_empty() {
@@ -484,6 +659,7 @@ fn append(
         first_revision,
         events,
         kind: WriteKind::Events,
+        undelete: None,
     };
     let last_id = *ids.last().expect("non-empty");
     if matches!(
@@ -498,7 +674,7 @@ fn append(
         {
             if retry_from(first) {
                 return Decision::CheckRetry {
-                    stream,
+                    stream: stream.clone(),
                     first,
                     ids,
                     otherwise: Box::new(write),
@@ -530,6 +706,7 @@ mod tests {
             Operation::Append(ev),
             Some(&state),
             Some(&state),
+            None,
             &Limits::default(),
         );
         let Decision::CheckRetry {
@@ -557,6 +734,7 @@ mod tests {
             Operation::SetMetadata(StreamMetadata::default()),
             Some(&state),
             None,
+            None,
             &Limits::default(),
         );
         assert!(matches!(d, Decision::Reject(Error::StreamDeleted { .. })));
@@ -581,6 +759,7 @@ mod tests {
                     op,
                     Some(&state),
                     Some(&state),
+                    None,
                     &Limits::default(),
                 );
                 let Decision::Reject(Error::InvalidInput(m)) = d else {
@@ -596,6 +775,7 @@ mod tests {
             Operation::Append(vec![EventData::binary("T", "x")]),
             Some(&state),
             Some(&state),
+            None,
             &Limits::default(),
         );
         assert!(
@@ -617,6 +797,7 @@ mod tests {
                 Operation::Append(vec![EventData::binary("T", "x"); n]),
                 Some(&state),
                 Some(&state),
+                None,
                 &Limits::default(),
             )
         };
@@ -648,6 +829,7 @@ mod tests {
                 ]),
                 None,
                 None,
+                None,
                 &Limits::default(),
             );
             let Decision::Reject(Error::InvalidInput(m)) = d else {
@@ -663,6 +845,7 @@ mod tests {
             &s("$ce-a"),
             ExpectedRevision::Any,
             Operation::Append(vec![]),
+            None,
             None,
             None,
             &Limits::default(),

@@ -196,6 +196,7 @@ mod checks_limits;
 mod checks_links;
 mod checks_meta;
 mod checks_read;
+mod checks_soft_delete;
 mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
@@ -222,6 +223,9 @@ pub use self::checks_meta::{
 pub use self::checks_read::{
     read_all_directions_and_bounds, read_all_filters, read_stream_directions_and_bounds,
     temporal_reads,
+};
+pub use self::checks_soft_delete::{
+    soft_delete_as_kurrentdb, soft_delete_by_metadata, undelete_by_metadata_or_empty_append,
 };
 pub use self::checks_subscribe::{
     subscribe_catch_up_then_live, subscribe_slow_consumer, subscribe_to_all,
@@ -278,6 +282,9 @@ macro_rules! __factum_testkit_checks {
             truncate_before,
             max_age,
             soft_delete,
+            soft_delete_as_kurrentdb,
+            soft_delete_by_metadata,
+            undelete_by_metadata_or_empty_append,
             tombstone,
             subscribe_to_stream,
             subscribe_to_all,
