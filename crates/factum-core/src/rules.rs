@@ -852,4 +852,229 @@ mod tests {
         );
         assert!(matches!(d, Decision::Reject(Error::InvalidInput(_))));
     }
+
+    /// `a-1` with revisions 0..1, soft-deleted by `delete(Exact(1))`, and
+    /// its `$$a-1` holding the one `$metadata` event of the delete.
+    fn soft_deleted() -> (StreamState, StreamState) {
+        let mut owner = StreamState {
+            last_revision: Some(1),
+            ..StreamState::default()
+        };
+        let mut meta = StreamState::default();
+        let d = decide(
+            &s("a-1"),
+            ExpectedRevision::Exact(StreamRevision(1)),
+            Operation::SoftDelete,
+            Some(&owner),
+            None,
+            None,
+            &Limits::default(),
+        );
+        let Decision::Write {
+            events,
+            kind,
+            first_revision,
+            ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!((kind, first_revision), (WriteKind::SoftDelete, 0));
+        assert_eq!(&events[0].data[..], br#"{"$tb":9223372036854775807}"#);
+        meta.record_event(0, 7, events[0].id, kind);
+        owner.record_metadata(&events[0].data, kind);
+        assert!(owner.deleted);
+        assert_eq!(owner.base, 2);
+        (owner, meta)
+    }
+
+    fn on_deleted(expected: ExpectedRevision, op: Operation) -> Decision {
+        let (owner, meta) = soft_deleted();
+        let written = match op {
+            Operation::Append(_) | Operation::SoftDelete | Operation::Tombstone => &owner,
+            Operation::SetMetadata(_) => &meta,
+        };
+        decide(
+            &s("a-1"),
+            expected,
+            op,
+            Some(&owner),
+            Some(written),
+            Some(&meta),
+            &Limits::default(),
+        )
+    }
+
+    fn exact(r: u64) -> ExpectedRevision {
+        ExpectedRevision::Exact(StreamRevision(r))
+    }
+
+    fn undelete_of(d: &Decision) -> (u64, StreamMetadata) {
+        let Decision::Write {
+            undelete: Some(u), ..
+        } = d
+        else {
+            panic!("no undelete: {d:?}")
+        };
+        assert_eq!(u.stream.as_str(), "$$a-1");
+        assert_eq!(u.event.event_type, METADATA_EVENT_TYPE);
+        (
+            u.revision,
+            StreamMetadata::from_json(&u.event.data).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_soft_deleted_stream_keeps_its_last_revision_for_deletes() {
+        let d = on_deleted(exact(1), Operation::SoftDelete);
+        assert!(
+            matches!(
+                d,
+                Decision::Write {
+                    kind: WriteKind::SoftDelete,
+                    undelete: None,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let d = on_deleted(exact(0), Operation::SoftDelete);
+        let Decision::Reject(Error::WrongExpectedVersion { actual, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(actual, CurrentRevision::Current(StreamRevision(1)));
+        let d = on_deleted(ExpectedRevision::StreamExists, Operation::SoftDelete);
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+        let d = on_deleted(ExpectedRevision::StreamExists, Operation::Tombstone);
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn appends_to_a_soft_deleted_stream_recreate_it_after_its_last_revision() {
+        let ev = || Operation::Append(vec![EventData::binary("T", "x")]);
+        for expected in [exact(1), ExpectedRevision::NoStream, ExpectedRevision::Any] {
+            let d = on_deleted(expected, ev());
+            let Decision::Write { first_revision, .. } = &d else {
+                panic!("{expected}: {d:?}")
+            };
+            assert_eq!(*first_revision, 2, "{expected}");
+            assert_eq!(
+                undelete_of(&d),
+                (
+                    1,
+                    StreamMetadata {
+                        truncate_before: Some(2),
+                        ..StreamMetadata::default()
+                    }
+                )
+            );
+        }
+        let d = on_deleted(ExpectedRevision::StreamExists, ev());
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+        let d = on_deleted(exact(0), ev());
+        let Decision::Reject(Error::WrongExpectedVersion { actual, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(actual, CurrentRevision::Current(StreamRevision(1)));
+        // An empty append recreates too, answering the last revision.
+        let d = on_deleted(ExpectedRevision::Any, Operation::Append(vec![]));
+        let Decision::Write {
+            events,
+            first_revision,
+            ..
+        } = &d
+        else {
+            panic!("{d:?}")
+        };
+        assert!(events.is_empty());
+        assert_eq!(
+            write_answer(*first_revision, 0, 10),
+            AppendResult {
+                revision: StreamRevision(1),
+                position: Position(10)
+            }
+        );
+        assert_eq!(undelete_of(&d).0, 1);
+    }
+
+    #[test]
+    fn a_metadata_write_recreates_keeping_its_keys_but_tb() {
+        let m = StreamMetadata {
+            max_count: Some(100),
+            truncate_before: Some(SOFT_DELETED_TRUNCATE_BEFORE),
+            ..StreamMetadata::default()
+        };
+        let d = on_deleted(exact(0), Operation::SetMetadata(m));
+        let Decision::Write {
+            stream,
+            first_revision,
+            ..
+        } = &d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!((stream.as_str(), *first_revision), ("$$a-1", 1));
+        let (revision, meta) = undelete_of(&d);
+        assert_eq!(revision, 2, "after the user's metadata event");
+        assert_eq!((meta.max_count, meta.truncate_before), (Some(100), Some(2)));
+
+        // The same for an append straight to `$$a-1`.
+        let (owner, meta_state) = soft_deleted();
+        let event = EventData::new(METADATA_EVENT_TYPE, ContentType::Json, r#"{"k":1}"#);
+        let d = decide(
+            &s("$$a-1"),
+            ExpectedRevision::Any,
+            Operation::Append(vec![event]),
+            Some(&owner),
+            Some(&meta_state),
+            Some(&meta_state),
+            &Limits::default(),
+        );
+        let (revision, meta) = undelete_of(&d);
+        assert_eq!(revision, 2);
+        assert_eq!(
+            (meta.custom["k"].as_i64(), meta.truncate_before),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn metadata_with_tb_i64_max_soft_deletes_and_other_metadata_does_not() {
+        let mut state = StreamState {
+            last_revision: Some(4),
+            ..StreamState::default()
+        };
+        state.record_metadata(br#"{"$tb":9223372036854775807,"k":1}"#, WriteKind::Events);
+        assert!(state.deleted);
+        assert_eq!(state.base, 5);
+        state.record_metadata(br#"{"$tb":5}"#, WriteKind::Events);
+        assert!(!state.deleted);
+        assert_eq!(
+            state.base, 5,
+            "the new life starts where the delete left it"
+        );
+    }
+
+    #[test]
+    fn write_answers_name_the_last_event() {
+        let a = |r, p| AppendResult {
+            revision: StreamRevision(r),
+            position: Position(p),
+        };
+        assert_eq!(write_answer(2, 3, 10), a(4, 12));
+        assert_eq!(write_answer(0, 0, 10), a(u64::MAX, 10));
+        assert_eq!(
+            write_answer(TOMBSTONE_REVISION, 1, 3),
+            a(TOMBSTONE_REVISION, 3)
+        );
+    }
 }
