@@ -382,14 +382,6 @@ fn check_events(target: &StreamName, events: &[EventData], limits: &Limits) -> R
     Ok(())
 }
 
-fn wrong(stream: &StreamName, expected: ExpectedRevision, actual: CurrentRevision) -> Decision {
-    Decision::Reject(Error::WrongExpectedVersion {
-        stream: stream.clone(),
-        expected,
-        actual,
-    })
-}
-
 /// The checks of [`decide`] that need no stream state: a writable target,
 /// valid events within the limits, an expectation in range. A backend may
 /// call it before a request joins others (PostgreSQL's write groups), so
@@ -442,8 +434,8 @@ pub fn decide(
     let written = written.unwrap_or(&empty);
     let d = match op {
         Operation::Tombstone | Operation::SoftDelete => {
-            if let Err(refused) = check_expected(target, expected, owner) {
-                return refused;
+            if let Err(e) = check_expected(target, expected, owner) {
+                return Decision::Reject(e);
             }
             if matches!(op, Operation::Tombstone) {
                 return Decision::Write {
@@ -501,26 +493,30 @@ fn metadata_event(m: &StreamMetadata) -> EventData {
 }
 
 /// Checks an expectation against a stream, counting soft deletes as
-/// KurrentDB does (see [`decide`]); `Err` holds the refusal.
+/// KurrentDB does (see [`decide`]).
 fn check_expected(
     stream: &StreamName,
     expected: ExpectedRevision,
     state: &StreamState,
-) -> std::result::Result<(), Decision> {
+) -> Result<()> {
     let current = state.current();
     let met = match (state.deleted, expected) {
         (false, _) => expected.is_satisfied_by(current),
         (true, ExpectedRevision::Any | ExpectedRevision::NoStream) => true,
         (true, ExpectedRevision::StreamExists) => {
-            return Err(Decision::Reject(Error::StreamDeleted {
+            return Err(Error::StreamDeleted {
                 stream: stream.clone(),
-            }))
+            })
         }
         (true, ExpectedRevision::Exact(r)) => current == CurrentRevision::Current(r),
     };
     match met {
         true => Ok(()),
-        false => Err(wrong(stream, expected, current)),
+        false => Err(Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: current,
+        }),
     }
 }
 
@@ -614,7 +610,8 @@ fn append(
     let retry_from = |first: u64| {
         has_events && first >= state.base && state.last_revision.is_some_and(|l| l >= first)
     };
-    if let Err(refused) = check_expected(stream, expected, state) {
+    if let Err(e) = check_expected(stream, expected, state) {
+        let refused = Decision::Reject(e);
         let first = match expected {
             // `checked` keeps `r` at most `i64::MAX`; checked all the same.
             ExpectedRevision::Exact(r) => r.0.checked_add(1),
