@@ -18,6 +18,11 @@ use uuid::Uuid;
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
 /// The revision of a tombstone record (KurrentDB's `i64::MAX`).
 pub const TOMBSTONE_REVISION: u64 = i64::MAX as u64;
+/// The `$tb` that marks a stream soft-deleted (KurrentDB's
+/// `EventNumber.DeletedStream`, `i64::MAX`): a soft delete writes
+/// `{"$tb": 9223372036854775807}` to `$$<stream>`, and metadata a user
+/// writes with this `$tb` soft-deletes the stream just the same.
+pub const SOFT_DELETED_TRUNCATE_BEFORE: u64 = i64::MAX as u64;
 
 /// What a store knows of one stream (user stream, `$$meta`, `$ce-`, `$et-`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +33,9 @@ pub struct StreamState {
     pub last_position: u64,
     /// Id of the last event.
     pub last_event_id: Uuid,
-    /// Soft-deleted, not written since.
+    /// Soft-deleted: the stream's metadata holds `$tb` =
+    /// [`SOFT_DELETED_TRUNCATE_BEFORE`] (or a soft delete of a store written
+    /// before ADR 26 marked it, and it was not written since).
     pub deleted: bool,
     /// Tombstoned.
     pub tombstoned: bool,
@@ -39,11 +46,12 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    /// Where the stream is, for expected-revision checks.
+    /// Where the stream is, for expected-revision checks: its last
+    /// revision, which a soft delete keeps (as KurrentDB does).
     pub fn current(&self) -> CurrentRevision {
         match self.last_revision {
-            Some(l) if !self.deleted => CurrentRevision::Current(StreamRevision(l)),
-            _ => CurrentRevision::NoStream,
+            Some(l) => CurrentRevision::Current(StreamRevision(l)),
+            None => CurrentRevision::NoStream,
         }
     }
 
@@ -66,11 +74,18 @@ impl StreamState {
         self.deleted = false;
     }
 
-    /// Records a `$metadata` event written to `$$<this stream>`.
+    /// Records a `$metadata` event written to `$$<this stream>`. The
+    /// stream is soft-deleted exactly when its metadata says so (`$tb` =
+    /// [`SOFT_DELETED_TRUNCATE_BEFORE`]), whoever wrote it; a soft delete
+    /// of a store written before ADR 26 (flagged, `$tb` = last + 1) counts
+    /// too. Deleting starts a new life at the next revision: events before
+    /// it stay hidden whatever later metadata says.
     pub fn record_metadata(&mut self, data: &[u8], kind: WriteKind) {
         self.metadata = Some(data.to_vec());
-        if kind == WriteKind::SoftDelete {
-            self.deleted = true;
+        let marked = StreamMetadata::from_json(data)
+            .is_ok_and(|m| m.truncate_before == Some(SOFT_DELETED_TRUNCATE_BEFORE));
+        self.deleted = marked || kind == WriteKind::SoftDelete;
+        if self.deleted {
             self.base = self.next_revision();
         }
     }
@@ -242,6 +257,12 @@ pub enum Decision {
         kind: WriteKind,
         /// Revision of the first event (tombstones use [`TOMBSTONE_REVISION`]).
         first_revision: u64,
+        /// The write recreates a soft-deleted stream: right after `events`
+        /// (possibly none), in the same atomic write, this `$metadata` event
+        /// of the store's own moves the stream's `$tb` to the first revision
+        /// of its new life (see [`Undelete`]). The answer stays that of
+        /// `events` ([`write_answer`]).
+        undelete: Option<Undelete>,
     },
     /// Answer with this result and write nothing.
     Done(AppendResult),
@@ -260,6 +281,32 @@ pub enum Decision {
     },
     /// Refuse with this error.
     Reject(Error),
+}
+
+/// The `$metadata` event with which the store recreates a soft-deleted
+/// stream, as KurrentDB does: the stream's metadata (as the write that
+/// recreates it leaves it) with `$tb` = the stream's revision after its
+/// last event, written to `$$<stream>` after that write's events.
+#[derive(Clone, Debug)]
+pub struct Undelete {
+    /// `$$<stream>`.
+    pub stream: StreamName,
+    /// Its revision in `$$<stream>`.
+    pub revision: u64,
+    /// The `$metadata` event.
+    pub event: EventData,
+}
+
+/// The result of a write of `count` events from `first_revision` whose
+/// first record is at `first_position`: the revision and position of its
+/// last event. With no events (an empty append that recreates a stream)
+/// the revision is the one before `first_revision` (`u64::MAX`: none) and
+/// the position that of the [`Undelete`] event that follows.
+pub fn write_answer(first_revision: u64, count: u64, first_position: u64) -> AppendResult {
+    AppendResult {
+        revision: StreamRevision((first_revision + count).wrapping_sub(1)),
+        position: Position(first_position + count.max(1) - 1),
+    }
 }
 
 /// The stream whose state decides a request (the target of a delete or a
@@ -335,14 +382,6 @@ fn check_events(target: &StreamName, events: &[EventData], limits: &Limits) -> R
     Ok(())
 }
 
-fn wrong(stream: &StreamName, expected: ExpectedRevision, actual: CurrentRevision) -> Decision {
-    Decision::Reject(Error::WrongExpectedVersion {
-        stream: stream.clone(),
-        expected,
-        actual,
-    })
-}
-
 /// The checks of [`decide`] that need no stream state: a writable target,
 /// valid events within the limits, an expectation in range. A backend may
 /// call it before a request joins others (PostgreSQL's write groups), so
@@ -365,12 +404,22 @@ pub fn check_input(
 /// Decides a request. `owner` is the state of the first stream of
 /// [`streams_of`], `written` that of the second (the same stream for plain
 /// appends and tombstones); `None` when the store has never seen it.
+/// `metadata` is the state of `$$<owner>`, used only to recreate a
+/// soft-deleted owner: a backend may pass `None` unless `owner.deleted`
+/// (then `None` means `$$<owner>` does not exist).
+///
+/// Soft deletes follow KurrentDB (ADR 26): a soft-deleted stream keeps its
+/// last revision for expectations; `NoStream`, `Any` and its last revision
+/// are satisfied, `StreamExists` answers `StreamDeleted`. An append (empty
+/// or not), a metadata write or an append to `$$<owner>` that passes its
+/// checks recreates it, with an [`Undelete`].
 pub fn decide(
     target: &StreamName,
     expected: ExpectedRevision,
     op: Operation,
     owner: Option<&StreamState>,
     written: Option<&StreamState>,
+    metadata: Option<&StreamState>,
     limits: &Limits,
 ) -> Decision {
     if let Err(e) = check_input(target, expected, &op, limits) {
@@ -383,13 +432,10 @@ pub fn decide(
     let empty = StreamState::default();
     let owner = owner.unwrap_or(&empty);
     let written = written.unwrap_or(&empty);
-    let meta_event =
-        |m: &StreamMetadata| EventData::new(METADATA_EVENT_TYPE, ContentType::Json, m.to_json());
-    match op {
+    let d = match op {
         Operation::Tombstone | Operation::SoftDelete => {
-            let current = owner.current();
-            if !expected.is_satisfied_by(current) {
-                return wrong(target, expected, current);
+            if let Err(e) = check_expected(target, expected, owner) {
+                return Decision::Reject(e);
             }
             if matches!(op, Operation::Tombstone) {
                 return Decision::Write {
@@ -401,33 +447,158 @@ pub fn decide(
                     )],
                     kind: WriteKind::Tombstone,
                     first_revision: TOMBSTONE_REVISION,
+                    undelete: None,
                 };
             }
-            if current == CurrentRevision::NoStream {
+            // Never written, no metadata: nothing to delete. (KurrentDB
+            // answers a wrong expected version; Factum keeps its answer.)
+            if owner.last_revision.is_none() && owner.metadata.is_none() {
                 return Decision::Reject(Error::StreamNotFound {
                     stream: target.clone(),
                 });
             }
-            let mut meta = match owner.metadata.as_deref().map(StreamMetadata::from_json) {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Decision::Reject(e),
-                None => StreamMetadata::default(),
+            // As KurrentDB: the metadata becomes `$tb` alone.
+            let deleted = StreamMetadata {
+                truncate_before: Some(SOFT_DELETED_TRUNCATE_BEFORE),
+                ..StreamMetadata::default()
             };
-            meta.truncate_before = Some(owner.next_revision());
-            Decision::Write {
+            return Decision::Write {
                 stream,
-                events: vec![meta_event(&meta)],
+                events: vec![metadata_event(&deleted)],
                 kind: WriteKind::SoftDelete,
                 first_revision: written.next_revision(),
+                undelete: None,
+            };
+        }
+        Operation::SetMetadata(m) => append(&stream, expected, vec![metadata_event(&m)], written),
+        Operation::Append(events) => append(&stream, expected, events, written),
+    };
+    if !owner.deleted {
+        return d;
+    }
+    recreate(
+        d,
+        &Recreated {
+            name: &owner_name,
+            owner,
+            written_name: &stream,
+            written,
+            metadata,
+        },
+    )
+}
+
+fn metadata_event(m: &StreamMetadata) -> EventData {
+    EventData::new(METADATA_EVENT_TYPE, ContentType::Json, m.to_json())
+}
+
+/// Checks an expectation against a stream, counting soft deletes as
+/// KurrentDB does (see [`decide`]).
+fn check_expected(
+    stream: &StreamName,
+    expected: ExpectedRevision,
+    state: &StreamState,
+) -> Result<()> {
+    let current = state.current();
+    let met = match (state.deleted, expected) {
+        (false, _) => expected.is_satisfied_by(current),
+        (true, ExpectedRevision::Any | ExpectedRevision::NoStream) => true,
+        (true, ExpectedRevision::StreamExists) => {
+            return Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            })
+        }
+        (true, ExpectedRevision::Exact(r)) => current == CurrentRevision::Current(r),
+    };
+    match met {
+        true => Ok(()),
+        false => Err(Error::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: current,
+        }),
+    }
+}
+
+/// A soft-deleted stream that a write recreates.
+struct Recreated<'a> {
+    name: &'a StreamName,
+    owner: &'a StreamState,
+    /// The stream written: the owner, or `$$<owner>`.
+    written_name: &'a StreamName,
+    written: &'a StreamState,
+    /// `$$<owner>`.
+    metadata: Option<&'a StreamState>,
+}
+
+/// Adds the [`Undelete`] to a decision that writes (or, empty, checks)
+/// the soft-deleted stream or its `$$` stream.
+fn recreate(d: Decision, r: &Recreated<'_>) -> Decision {
+    let (stream, events, kind, first_revision) = match d {
+        Decision::Write {
+            stream,
+            events,
+            kind,
+            first_revision,
+            undelete: None,
+        } => (stream, events, kind, first_revision),
+        // An empty append that passed its check recreates too.
+        Decision::Done(_) => (
+            r.written_name.clone(),
+            Vec::new(),
+            WriteKind::Events,
+            r.written.next_revision(),
+        ),
+        Decision::CheckRetry {
+            stream,
+            first,
+            ids,
+            otherwise,
+        } => {
+            return Decision::CheckRetry {
+                stream,
+                first,
+                ids,
+                otherwise: Box::new(recreate(*otherwise, r)),
             }
         }
-        Operation::SetMetadata(m) => append(stream, expected, vec![meta_event(&m)], written),
-        Operation::Append(events) => append(stream, expected, events, written),
+        d => return d,
+    };
+    let meta_stream = r.name.metadata_stream();
+    // The metadata as this write leaves it, and the `$$` revision after it.
+    let (latest, revision) = if stream == meta_stream {
+        let latest = events.last().map(|e| &e.data[..]);
+        (
+            latest.or(r.owner.metadata.as_deref()),
+            first_revision + events.len() as u64,
+        )
+    } else {
+        (
+            r.owner.metadata.as_deref(),
+            r.metadata.map_or(0, StreamState::next_revision),
+        )
+    };
+    let mut m = match latest.map(StreamMetadata::from_json) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Decision::Reject(e),
+        None => StreamMetadata::default(),
+    };
+    m.truncate_before = Some(r.owner.next_revision());
+    Decision::Write {
+        stream,
+        events,
+        kind,
+        first_revision,
+        undelete: Some(Undelete {
+            stream: meta_stream,
+            revision,
+            event: metadata_event(&m),
+        }),
     }
 }
 
 fn append(
-    stream: StreamName,
+    stream: &StreamName,
     expected: ExpectedRevision,
     events: Vec<EventData>,
     state: &StreamState,
@@ -439,7 +610,8 @@ fn append(
     let retry_from = |first: u64| {
         has_events && first >= state.base && state.last_revision.is_some_and(|l| l >= first)
     };
-    if !expected.is_satisfied_by(current) {
+    if let Err(e) = check_expected(stream, expected, state) {
+        let refused = Decision::Reject(e);
         let first = match expected {
             // `checked` keeps `r` at most `i64::MAX`; checked all the same.
             ExpectedRevision::Exact(r) => r.0.checked_add(1),
@@ -451,9 +623,9 @@ fn append(
                 stream: stream.clone(),
                 first,
                 ids,
-                otherwise: Box::new(wrong(&stream, expected, current)),
+                otherwise: Box::new(refused),
             },
-            _ => wrong(&stream, expected, current),
+            _ => refused,
         };
     }
     if events.is_empty() {
@@ -484,6 +656,7 @@ fn append(
         first_revision,
         events,
         kind: WriteKind::Events,
+        undelete: None,
     };
     let last_id = *ids.last().expect("non-empty");
     if matches!(
@@ -498,7 +671,7 @@ fn append(
         {
             if retry_from(first) {
                 return Decision::CheckRetry {
-                    stream,
+                    stream: stream.clone(),
                     first,
                     ids,
                     otherwise: Box::new(write),
@@ -530,6 +703,7 @@ mod tests {
             Operation::Append(ev),
             Some(&state),
             Some(&state),
+            None,
             &Limits::default(),
         );
         let Decision::CheckRetry {
@@ -557,6 +731,7 @@ mod tests {
             Operation::SetMetadata(StreamMetadata::default()),
             Some(&state),
             None,
+            None,
             &Limits::default(),
         );
         assert!(matches!(d, Decision::Reject(Error::StreamDeleted { .. })));
@@ -581,6 +756,7 @@ mod tests {
                     op,
                     Some(&state),
                     Some(&state),
+                    None,
                     &Limits::default(),
                 );
                 let Decision::Reject(Error::InvalidInput(m)) = d else {
@@ -596,6 +772,7 @@ mod tests {
             Operation::Append(vec![EventData::binary("T", "x")]),
             Some(&state),
             Some(&state),
+            None,
             &Limits::default(),
         );
         assert!(
@@ -617,6 +794,7 @@ mod tests {
                 Operation::Append(vec![EventData::binary("T", "x"); n]),
                 Some(&state),
                 Some(&state),
+                None,
                 &Limits::default(),
             )
         };
@@ -648,6 +826,7 @@ mod tests {
                 ]),
                 None,
                 None,
+                None,
                 &Limits::default(),
             );
             let Decision::Reject(Error::InvalidInput(m)) = d else {
@@ -665,8 +844,234 @@ mod tests {
             Operation::Append(vec![]),
             None,
             None,
+            None,
             &Limits::default(),
         );
         assert!(matches!(d, Decision::Reject(Error::InvalidInput(_))));
+    }
+
+    /// `a-1` with revisions 0..1, soft-deleted by `delete(Exact(1))`, and
+    /// its `$$a-1` holding the one `$metadata` event of the delete.
+    fn soft_deleted() -> (StreamState, StreamState) {
+        let mut owner = StreamState {
+            last_revision: Some(1),
+            ..StreamState::default()
+        };
+        let mut meta = StreamState::default();
+        let d = decide(
+            &s("a-1"),
+            ExpectedRevision::Exact(StreamRevision(1)),
+            Operation::SoftDelete,
+            Some(&owner),
+            None,
+            None,
+            &Limits::default(),
+        );
+        let Decision::Write {
+            events,
+            kind,
+            first_revision,
+            ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!((kind, first_revision), (WriteKind::SoftDelete, 0));
+        assert_eq!(&events[0].data[..], br#"{"$tb":9223372036854775807}"#);
+        meta.record_event(0, 7, events[0].id, kind);
+        owner.record_metadata(&events[0].data, kind);
+        assert!(owner.deleted);
+        assert_eq!(owner.base, 2);
+        (owner, meta)
+    }
+
+    fn on_deleted(expected: ExpectedRevision, op: Operation) -> Decision {
+        let (owner, meta) = soft_deleted();
+        let written = match op {
+            Operation::Append(_) | Operation::SoftDelete | Operation::Tombstone => &owner,
+            Operation::SetMetadata(_) => &meta,
+        };
+        decide(
+            &s("a-1"),
+            expected,
+            op,
+            Some(&owner),
+            Some(written),
+            Some(&meta),
+            &Limits::default(),
+        )
+    }
+
+    fn exact(r: u64) -> ExpectedRevision {
+        ExpectedRevision::Exact(StreamRevision(r))
+    }
+
+    fn undelete_of(d: &Decision) -> (u64, StreamMetadata) {
+        let Decision::Write {
+            undelete: Some(u), ..
+        } = d
+        else {
+            panic!("no undelete: {d:?}")
+        };
+        assert_eq!(u.stream.as_str(), "$$a-1");
+        assert_eq!(u.event.event_type, METADATA_EVENT_TYPE);
+        (
+            u.revision,
+            StreamMetadata::from_json(&u.event.data).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_soft_deleted_stream_keeps_its_last_revision_for_deletes() {
+        let d = on_deleted(exact(1), Operation::SoftDelete);
+        assert!(
+            matches!(
+                d,
+                Decision::Write {
+                    kind: WriteKind::SoftDelete,
+                    undelete: None,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let d = on_deleted(exact(0), Operation::SoftDelete);
+        let Decision::Reject(Error::WrongExpectedVersion { actual, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(actual, CurrentRevision::Current(StreamRevision(1)));
+        let d = on_deleted(ExpectedRevision::StreamExists, Operation::SoftDelete);
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+        let d = on_deleted(ExpectedRevision::StreamExists, Operation::Tombstone);
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn appends_to_a_soft_deleted_stream_recreate_it_after_its_last_revision() {
+        let ev = || Operation::Append(vec![EventData::binary("T", "x")]);
+        for expected in [exact(1), ExpectedRevision::NoStream, ExpectedRevision::Any] {
+            let d = on_deleted(expected, ev());
+            let Decision::Write { first_revision, .. } = &d else {
+                panic!("{expected}: {d:?}")
+            };
+            assert_eq!(*first_revision, 2, "{expected}");
+            assert_eq!(
+                undelete_of(&d),
+                (
+                    1,
+                    StreamMetadata {
+                        truncate_before: Some(2),
+                        ..StreamMetadata::default()
+                    }
+                )
+            );
+        }
+        let d = on_deleted(ExpectedRevision::StreamExists, ev());
+        assert!(
+            matches!(d, Decision::Reject(Error::StreamDeleted { .. })),
+            "{d:?}"
+        );
+        let d = on_deleted(exact(0), ev());
+        let Decision::Reject(Error::WrongExpectedVersion { actual, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(actual, CurrentRevision::Current(StreamRevision(1)));
+        // An empty append recreates too, answering the last revision.
+        let d = on_deleted(ExpectedRevision::Any, Operation::Append(vec![]));
+        let Decision::Write {
+            events,
+            first_revision,
+            ..
+        } = &d
+        else {
+            panic!("{d:?}")
+        };
+        assert!(events.is_empty());
+        assert_eq!(
+            write_answer(*first_revision, 0, 10),
+            AppendResult {
+                revision: StreamRevision(1),
+                position: Position(10)
+            }
+        );
+        assert_eq!(undelete_of(&d).0, 1);
+    }
+
+    #[test]
+    fn a_metadata_write_recreates_keeping_its_keys_but_tb() {
+        let m = StreamMetadata {
+            max_count: Some(100),
+            truncate_before: Some(SOFT_DELETED_TRUNCATE_BEFORE),
+            ..StreamMetadata::default()
+        };
+        let d = on_deleted(exact(0), Operation::SetMetadata(m));
+        let Decision::Write {
+            stream,
+            first_revision,
+            ..
+        } = &d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!((stream.as_str(), *first_revision), ("$$a-1", 1));
+        let (revision, meta) = undelete_of(&d);
+        assert_eq!(revision, 2, "after the user's metadata event");
+        assert_eq!((meta.max_count, meta.truncate_before), (Some(100), Some(2)));
+
+        // The same for an append straight to `$$a-1`.
+        let (owner, meta_state) = soft_deleted();
+        let event = EventData::new(METADATA_EVENT_TYPE, ContentType::Json, r#"{"k":1}"#);
+        let d = decide(
+            &s("$$a-1"),
+            ExpectedRevision::Any,
+            Operation::Append(vec![event]),
+            Some(&owner),
+            Some(&meta_state),
+            Some(&meta_state),
+            &Limits::default(),
+        );
+        let (revision, meta) = undelete_of(&d);
+        assert_eq!(revision, 2);
+        assert_eq!(
+            (meta.custom["k"].as_i64(), meta.truncate_before),
+            (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn metadata_with_tb_i64_max_soft_deletes_and_other_metadata_does_not() {
+        let mut state = StreamState {
+            last_revision: Some(4),
+            ..StreamState::default()
+        };
+        state.record_metadata(br#"{"$tb":9223372036854775807,"k":1}"#, WriteKind::Events);
+        assert!(state.deleted);
+        assert_eq!(state.base, 5);
+        state.record_metadata(br#"{"$tb":5}"#, WriteKind::Events);
+        assert!(!state.deleted);
+        assert_eq!(
+            state.base, 5,
+            "the new life starts where the delete left it"
+        );
+    }
+
+    #[test]
+    fn write_answers_name_the_last_event() {
+        let a = |r, p| AppendResult {
+            revision: StreamRevision(r),
+            position: Position(p),
+        };
+        assert_eq!(write_answer(2, 3, 10), a(4, 12));
+        assert_eq!(write_answer(0, 0, 10), a(u64::MAX, 10));
+        assert_eq!(
+            write_answer(TOMBSTONE_REVISION, 1, 3),
+            a(TOMBSTONE_REVISION, 3)
+        );
     }
 }

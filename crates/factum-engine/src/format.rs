@@ -208,8 +208,9 @@ impl StoredEvent {
     }
 
     /// As [`StoredEvent::decode`], reusing `same_stream` when the record's
-    /// stream has that name (every event of a frame shares one stream, so a
-    /// frame decodes and validates the name once).
+    /// stream has that name (the events of a frame share one stream, but
+    /// for the undelete that may end it (ADR 26), so a frame decodes and
+    /// validates the name about once).
     ///
     /// Data and metadata are copied out, so the record's buffer can be reused
     /// (many small copies are cheaper than pinning large read buffers) —

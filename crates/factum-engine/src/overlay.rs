@@ -114,8 +114,9 @@ impl<'a> Overlay<'a> {
         }
         let mut i = 0;
         while i < events.len() {
-            // Every event of a frame the writer makes belongs to one stream;
-            // handle each stretch of one stream with one lookup per stream.
+            // The events of a frame the writer makes belong to one stream,
+            // but for the `$$` undelete that may end it (ADR 26); handle
+            // each stretch of one stream with one lookup per stream.
             let stream = &events[i].0.stream;
             let n = events[i..]
                 .iter()

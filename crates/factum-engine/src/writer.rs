@@ -117,6 +117,15 @@ enum RollError {
     Fatal(String),
 }
 
+/// What one frame writes: [`Decision::Write`]'s fields.
+struct FrameWrite {
+    stream: StreamName,
+    events: Vec<EventData>,
+    kind: WriteKind,
+    first_revision: u64,
+    undelete: Option<rules::Undelete>,
+}
+
 enum Outcome {
     /// Answer now / after the group is durable.
     Done(Result<AppendResult>),
@@ -474,12 +483,21 @@ impl Writer {
             overlay.record(written.as_str())?
         };
         let written_state = written_rec.as_ref().map(|r| r.state.clone());
+        // `$$<owner>` matters only to recreate a soft-deleted stream: looked
+        // up then, not on every append.
+        let meta_state = match &owner_state {
+            Some(s) if s.deleted => overlay
+                .record(owner.metadata_stream().as_str())?
+                .map(|r| r.state),
+            _ => None,
+        };
         let mut decision = rules::decide(
             &req.stream,
             req.expected,
             req.op.clone(),
             owner_state.as_ref(),
             written_state.as_ref(),
+            meta_state.as_ref(),
             &self.limits(),
         );
         loop {
@@ -509,40 +527,57 @@ impl Writer {
                     events,
                     kind,
                     first_revision,
-                } => return self.encode(overlay, buf, now, stream, events, kind, first_revision),
+                    undelete,
+                } => {
+                    let write = FrameWrite {
+                        stream,
+                        events,
+                        kind,
+                        first_revision,
+                        undelete,
+                    };
+                    return self.encode(overlay, buf, now, write);
+                }
             }
         }
     }
 
-    /// Encodes one frame into the group buffer and records its index changes.
-    #[allow(clippy::too_many_arguments)]
+    /// Encodes one frame into the group buffer and records its index
+    /// changes. The frame holds the append's events and, when it recreates
+    /// a soft-deleted stream, the `$metadata` event that moves its `$tb`
+    /// after them: one frame, so both are durable or neither is (ADR 26).
     fn encode(
         &self,
         overlay: &mut Overlay<'_>,
         buf: &mut Vec<u8>,
         now: Timestamp,
-        stream: StreamName,
-        events: Vec<EventData>,
-        kind: WriteKind,
-        first_revision: u64,
+        write: FrameWrite,
     ) -> Result<Outcome> {
+        let FrameWrite {
+            stream,
+            events,
+            kind,
+            first_revision,
+            undelete,
+        } = write;
         let flags = match kind {
             WriteKind::Events => 0,
             WriteKind::SoftDelete => FLAG_SOFT_DELETE,
             WriteKind::Tombstone => FLAG_TOMBSTONE,
         };
+        let record_len = |stream: &StreamName, e: &EventData| {
+            EVENT_HEADER_LEN
+                + stream.as_str().len()
+                + e.event_type.len()
+                + e.data.len()
+                + e.metadata.len()
+        };
         let frame_len = FRAME_HEADER_LEN
             + FRAME_TRAILER_LEN
-            + events
-                .iter()
-                .map(|e| {
-                    EVENT_HEADER_LEN
-                        + stream.as_str().len()
-                        + e.event_type.len()
-                        + e.data.len()
-                        + e.metadata.len()
-                })
-                .sum::<usize>();
+            + events.iter().map(|e| record_len(&stream, e)).sum::<usize>()
+            + undelete
+                .as_ref()
+                .map_or(0, |u| record_len(&u.stream, &u.event));
         let offset = self.segment_len + buf.len() as u64;
         let header = crate::format::SEGMENT_HEADER_LEN as u64;
         if offset > header && offset + frame_len as u64 > self.config.segment_bytes {
@@ -552,19 +587,17 @@ impl Writer {
         // The rules keep revisions below the tombstone's and no log holds
         // 2^64 records; numbers are never wrapped all the same.
         let count = events.len() as u64;
-        if first_position.checked_add(count).is_none()
+        if first_position.checked_add(count + 1).is_none()
             || first_revision.checked_add(count).is_none()
         {
             return Err(Error::InvalidInput(format!(
                 "{count} events from revision {first_revision} at position {first_position} would overflow a 64-bit number"
             )));
         }
-        let stored: Vec<StoredEvent> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| StoredEvent {
-                position: first_position + i as u64,
-                revision: first_revision + i as u64,
+        let stored_event =
+            |i: u64, revision: u64, flags: u8, stream: &StreamName, e: EventData| StoredEvent {
+                position: first_position + i,
+                revision,
                 created: now,
                 id: e.id,
                 content_type: e.content_type,
@@ -573,8 +606,15 @@ impl Writer {
                 event_type: e.event_type,
                 data: e.data,
                 metadata: e.metadata,
-            })
+            };
+        let mut stored: Vec<StoredEvent> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| stored_event(i as u64, first_revision + i as u64, flags, &stream, e))
             .collect();
+        if let Some(u) = undelete {
+            stored.push(stored_event(count, u.revision, 0, &u.stream, u.event));
+        }
         // Frames of one group stay in one segment (a roll ends the group),
         // and a group holds far fewer than 2^32 events (max_group_bytes).
         let group_offset = if self.segment.format.group_frames() {
@@ -595,11 +635,11 @@ impl Writer {
             .collect();
         let end = Loc::new(seg, offset + frame_len as u64);
         overlay.add_frame(Loc::new(seg, offset), &located, end)?;
-        let (last, _) = located.last().expect("non-empty");
-        Ok(Outcome::Done(Ok(AppendResult {
-            revision: StreamRevision(last.revision),
-            position: Position(last.position),
-        })))
+        Ok(Outcome::Done(Ok(rules::write_answer(
+            first_revision,
+            count,
+            first_position,
+        ))))
     }
 
     /// If the events of stream `id` from revision `first` have exactly these

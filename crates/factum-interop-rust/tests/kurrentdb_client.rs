@@ -2,8 +2,9 @@
 
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, ReadAllOptions,
-    ReadStreamOptions, StreamMetadata, StreamPosition, StreamState, SubscribeToAllOptions,
-    SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter, TombstoneStreamOptions,
+    ReadStreamOptions, StreamMetadata, StreamMetadataResult, StreamPosition, StreamState,
+    SubscribeToAllOptions, SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
+    TombstoneStreamOptions,
 };
 
 mod common;
@@ -222,4 +223,72 @@ async fn official_rust_client() {
             .await,
         Err(Error::ResourceDeleted)
     ));
+
+    // Soft delete as KurrentDB (ADR 26): the stream keeps its last
+    // revision, its metadata says `$tb` = i64::MAX, and an append with the
+    // last revision recreates it after that revision.
+    let sd = name("sdel");
+    client
+        .append_to_stream(
+            sd.clone(),
+            &opts(StreamState::NoStream),
+            vec![ev("A"), ev("B")],
+        )
+        .await
+        .unwrap();
+    let delete = |st| DeleteStreamOptions::default().stream_state(st);
+    client
+        .delete_stream(sd.clone(), &delete(StreamState::StreamRevision(1)))
+        .await
+        .unwrap();
+    let last_meta = ReadStreamOptions::default()
+        .position(StreamPosition::End)
+        .max_count(1);
+    let meta = |m: StreamMetadataResult| match m {
+        StreamMetadataResult::Success(v) => (v.version(), v.metadata().truncate_before),
+        other => panic!("{other:?}"),
+    };
+    let got = client
+        .get_stream_metadata(sd.clone(), &last_meta)
+        .await
+        .unwrap();
+    assert_eq!(meta(got), (0, Some(i64::MAX as u64)));
+    client
+        .delete_stream(sd.clone(), &delete(StreamState::StreamRevision(1)))
+        .await
+        .unwrap();
+    // This client reports a delete's conflict as the bare gRPC status
+    // (FAILED_PRECONDITION), whose text names the actual revision.
+    match client
+        .delete_stream(sd.clone(), &delete(StreamState::StreamRevision(0)))
+        .await
+    {
+        Err(Error::Grpc { message, .. }) => assert!(
+            message.contains("WrongExpectedVersion") && message.contains("Actual version: 1"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client
+            .append_to_stream(sd.clone(), &opts(StreamState::StreamExists), ev("X"))
+            .await,
+        Err(Error::ResourceDeleted)
+    ));
+    let r = client
+        .append_to_stream(sd.clone(), &opts(StreamState::StreamRevision(1)), ev("C"))
+        .await
+        .unwrap();
+    assert_eq!(r.next_expected_version, 2);
+    let got = client
+        .get_stream_metadata(sd.clone(), &last_meta)
+        .await
+        .unwrap();
+    assert_eq!(meta(got), (2, Some(2)));
+    assert_eq!(
+        read_types(&client, &sd, &ReadStreamOptions::default())
+            .await
+            .unwrap(),
+        ["C"]
+    );
 }

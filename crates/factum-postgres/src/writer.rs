@@ -516,14 +516,32 @@ impl Group<'_> {
         self.states.get(name.as_str()).map(|e| &e.state)
     }
 
+    /// Adds the rows of a write: its events, then the `$metadata` event
+    /// that recreates a soft-deleted stream (in the same transaction).
     fn write(
         &mut self,
         stream: &StreamName,
         events: Vec<factum_core::EventData>,
         kind: WriteKind,
         first: u64,
+        undelete: Option<rules::Undelete>,
     ) -> AppendResult {
-        let mut last = (0, 0);
+        let first_position = self.next_position as u64;
+        let count = events.len() as u64;
+        self.write_events(stream, events, kind, first);
+        if let Some(u) = undelete {
+            self.write_events(&u.stream, vec![u.event], WriteKind::Events, u.revision);
+        }
+        rules::write_answer(first, count, first_position)
+    }
+
+    fn write_events(
+        &mut self,
+        stream: &StreamName,
+        events: Vec<factum_core::EventData>,
+        kind: WriteKind,
+        first: u64,
+    ) {
         for (i, e) in events.into_iter().enumerate() {
             let position = self.next_position;
             self.next_position += 1;
@@ -571,11 +589,6 @@ impl Group<'_> {
             r.created.push(self.created);
             r.data.push(e.data.to_vec());
             r.metadata.push(e.metadata.to_vec());
-            last = (revision, position as u64);
-        }
-        AppendResult {
-            revision: StreamRevision(last.0),
-            position: Position(last.1),
         }
     }
 
@@ -667,6 +680,9 @@ fn group_names(group: &[Request]) -> Vec<String> {
                 names.extend(rules::link_streams(&written, &e.event_type));
             }
         }
+        // `$$<owner>` too: a write recreating a soft-deleted stream
+        // writes there (known only once the owner is loaded).
+        names.push(owner.metadata_stream().to_string());
         names.push(owner.to_string());
         names.push(written.to_string());
     }
@@ -805,6 +821,7 @@ async fn fast_group(
             r.op.clone(),
             g.state(&owner),
             g.state(&written),
+            g.state(&owner.metadata_stream()),
             &config.limits,
         );
         answers.push(match d {
@@ -815,7 +832,8 @@ async fn fast_group(
                 events,
                 kind,
                 first_revision,
-            } => Ok(g.write(&stream, events, kind, first_revision)),
+                undelete,
+            } => Ok(g.write(&stream, events, kind, first_revision, undelete)),
             // Needs a query inside the transaction.
             Decision::CheckRetry { .. } => return Ok(None),
         });
@@ -975,6 +993,7 @@ async fn commit_group(
             r.op.clone(),
             g.state(&owner),
             g.state(&written),
+            g.state(&owner.metadata_stream()),
             &config.limits,
         );
         let answer = loop {
@@ -1014,8 +1033,9 @@ async fn commit_group(
                     events,
                     kind,
                     first_revision,
+                    undelete,
                 } => {
-                    break Ok(g.write(&stream, events, kind, first_revision));
+                    break Ok(g.write(&stream, events, kind, first_revision, undelete));
                 }
             }
         };

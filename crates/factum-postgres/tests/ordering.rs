@@ -165,9 +165,13 @@ async fn instances_taking_turns_judge_expected_revisions_by_the_database() {
     // A rejection A's memory would make (it knows 5) is wrong after B's write.
     assert_eq!(rev(b.append(s.clone(), exact(5), ev(6)).await), 6);
     assert_eq!(rev(a.append(s.clone(), exact(6), ev(7)).await), 7);
-    // B soft-deletes; A's memory says the stream exists at 7.
+    // B soft-deletes; A's memory says the stream exists at 7, the
+    // database says soft-deleted: `StreamExists` is refused (ADR 26).
     b.delete_stream(s.clone(), exact(7)).await.unwrap();
-    conflict(a.append(s.clone(), exact(7), ev(8)).await);
+    let r = a
+        .append(s.clone(), ExpectedRevision::StreamExists, ev(8))
+        .await;
+    assert!(matches!(r, Err(Error::StreamDeleted { .. })), "{r:?}");
     assert_eq!(
         rev(a.append(s.clone(), ExpectedRevision::NoStream, ev(8)).await),
         8

@@ -548,6 +548,7 @@ mod tests {
             Op::Append(events),
             None,
             None,
+            None,
             &limits,
         ) {
             Decision::Reject(e) => e,

@@ -232,6 +232,40 @@ const tests = {
     assert.deepEqual(left.map((e) => e.event.type), ["E3", "E4"]);
   },
 
+  async softDeleteRecreateAsKurrentDB() {
+    // KurrentDB's answers around a soft delete (ADR 26).
+    const s = name("sdel");
+    await client.appendToStream(s, [ev("A"), ev("B")]);
+    await client.deleteStream(s, { expectedRevision: 1n });
+    let md = await client.getStreamMetadata(s);
+    // This client parses metadata JSON into JavaScript numbers (doubles).
+    assert.equal(Number(md.metadata.truncateBefore), Number(2n ** 63n - 1n));
+    // (`metastreamRevision` is the commit position in this client: the
+    // revisions of `$$<stream>` are read below.)
+    await client.deleteStream(s, { expectedRevision: 1n });
+    const e = await rejects(client.deleteStream(s, { expectedRevision: 0n }), WrongExpectedVersionError);
+    assert.equal(e.actualVersion, 1n);
+    // (This client cannot send a delete with STREAM_EXISTS; Python's does.)
+    await rejects(client.appendToStream(s, ev("X"), { expectedRevision: STREAM_EXISTS }), StreamDeletedError);
+    const r = await client.appendToStream(s, ev("C"), { expectedRevision: 1n });
+    assert.equal(r.nextExpectedRevision, 2n);
+    md = await client.getStreamMetadata(s);
+    assert.equal(Number(md.metadata.truncateBefore), 2);
+    const metas = await collect(client.readStream(`$$${s}`));
+    assert.deepEqual(metas.map((x) => x.event.revision), [0n, 1n, 2n]);
+    const tail = await collect(client.readAll({ direction: BACKWARDS, fromPosition: END, maxCount: 2 }));
+    assert.deepEqual(tail.reverse().map((x) => [x.event.streamId, x.event.type]), [[s, "C"], [`$$${s}`, "$metadata"]]);
+
+    // An empty append recreates too.
+    const n = name("sdel");
+    await client.appendToStream(n, [ev("A"), ev("B")]);
+    await client.deleteStream(n);
+    await client.appendToStream(n, [], { expectedRevision: ANY });
+    md = await client.getStreamMetadata(n);
+    assert.equal(Number(md.metadata.truncateBefore), 2);
+    assert.deepEqual(await collect(client.readStream(n)), []);
+  },
+
   async linkStreams() {
     const cat = "cat" + crypto.randomUUID().slice(0, 8).replace(/-/g, "");
     await client.appendToStream(`${cat}-1`, ev("One"));

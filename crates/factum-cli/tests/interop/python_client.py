@@ -236,6 +236,38 @@ def test_soft_delete_and_recreate_as_kurrentdb():
         assert [e.stream_position for e in client.get_stream(s)] == [2]
 
 
+def test_soft_delete_recreate_as_kurrentdb():
+    # KurrentDB's answers around a soft delete (ADR 26).
+    s = name("sdel")
+    client.append_to_stream(s, current_version=StreamState.ANY, events=[ev("A"), ev("B")])
+    client.delete_stream(s, current_version=1)
+    md, version = client.get_stream_metadata(s)
+    assert md == {"$tb": 9223372036854775807} and version == 0, (md, version)
+    client.delete_stream(s, current_version=1)
+    raises(WrongCurrentVersionError, client.delete_stream, s, current_version=0)
+    raises(StreamIsDeletedError, client.delete_stream, s, current_version=StreamState.EXISTS)
+    raises(StreamIsDeletedError, client.append_to_stream, s, current_version=StreamState.EXISTS, events=[ev("X")])
+    raises(WrongCurrentVersionError, client.append_to_stream, s, current_version=0, events=[ev("X")])
+    client.append_to_stream(s, current_version=1, events=[ev("C")])
+    assert [e.stream_position for e in client.get_stream(s)] == [2]
+    md, version = client.get_stream_metadata(s)
+    assert md == {"$tb": 2} and version == 2, (md, version)
+    # In $all the recreating event, then the server's own $metadata event.
+    tail = list(client.read_all(backwards=True, limit=2, filter_exclude=[]))
+    assert [(e.stream_name, e.type) for e in reversed(tail)] == [(s, "C"), ("$$" + s, "$metadata")], tail
+    raises(WrongCurrentVersionError, client.append_to_stream, s, current_version=StreamState.NO_STREAM, events=[ev("D")])
+
+    # A metadata write recreates too; a user's $tb = i64::MAX soft-deletes.
+    m = name("sdel")
+    client.append_to_stream(m, current_version=StreamState.ANY, events=[ev("A"), ev("B")])
+    client.set_stream_metadata(m, metadata={"$tb": 9223372036854775807, "owner": "ops"}, current_version=StreamState.NO_STREAM)
+    raises(NotFoundError, client.get_stream, m)
+    client.append_to_stream(m, current_version=StreamState.NO_STREAM, events=[ev("C")])
+    assert [e.stream_position for e in client.get_stream(m)] == [2]
+    md, version = client.get_stream_metadata(m)
+    assert md == {"$tb": 2, "owner": "ops"} and version == 1, (md, version)
+
+
 def test_stream_metadata():
     s = name("meta")
     client.append_to_stream(s, current_version=StreamState.ANY, events=[ev(f"E{i}") for i in range(5)])

@@ -27,8 +27,10 @@
 //!   in commit order): an append of *n* events takes *n*;
 //!   `set_stream_metadata` takes 1 (a `$metadata` event in `$$<stream>`); a
 //!   soft delete takes 1 (also a `$metadata` event, see below); a tombstone
-//!   takes 1 (a [`TOMBSTONE_EVENT_TYPE`] record). Failed appends, idempotent
-//!   retries and empty appends take none.
+//!   takes 1 (a [`TOMBSTONE_EVENT_TYPE`] record); a write that recreates a
+//!   soft-deleted stream takes 1 more, right after its own (the store's
+//!   `$metadata` event, see "Soft delete"). Failed appends, idempotent
+//!   retries and other empty appends take none.
 //! - `read_all` returns every record of the log, system records included
 //!   (`$metadata`, `$streamDeleted`; [`Filter::exclude_system_events`]
 //!   hides them). It ignores stream metadata and deletions: events of
@@ -42,10 +44,11 @@
 //! - `created` is the commit time; it never decreases along positions.
 //!
 //! ## Expected revision and the current revision
-//! - A stream's current revision is `NoStream` when it has no *live* events
-//!   (never written, or soft-deleted and not written since), else
-//!   `Current(last revision)`. Events hidden by `$maxCount`/`$tb`/`$maxAge`
-//!   still count: such a stream exists and reads as an empty list.
+//! - A stream's current revision is `NoStream` when it was never written,
+//!   else `Current(last revision)`, also after a soft delete (as in
+//!   KurrentDB; see "Soft delete" for how expectations meet a soft-deleted
+//!   stream). Events hidden by `$maxCount`/`$tb`/`$maxAge` still count:
+//!   such a stream exists and reads as an empty list.
 //! - A failed expectation is `WrongExpectedVersion { stream, expected,
 //!   actual }` and writes nothing.
 //! - Checks happen in this order: bad input (`InvalidInput`,
@@ -100,7 +103,7 @@
 //!   [`StreamMetadata`](crate::StreamMetadata)) to `$$<stream>`; `expected`
 //!   applies to `$$<stream>` and the result carries its revision. It is
 //!   allowed on a stream never written (it does not create the stream) and
-//!   on a soft-deleted one (it does not recreate it).
+//!   on a soft-deleted one (it recreates it, see "Soft delete").
 //! - `read_stream("$$<stream>")` returns those `$metadata` events.
 //! - Visible revisions of a stream: from `max(first revision of the current
 //!   life, $tb, last + 1 - $maxCount)`, minus events created more than
@@ -111,17 +114,28 @@
 //! - A failed expectation names `$$<stream>` (or `<stream>`; both are
 //!   accepted) in `WrongExpectedVersion::stream`.
 //!
-//! ## Soft delete (`delete_stream`)
-//! - Order of checks: tombstoned → `StreamDeleted`; expectation →
-//!   `WrongExpectedVersion`; stream at `NoStream` (never written, or already
-//!   deleted) → `StreamNotFound` (so `Any` on an unknown stream is
-//!   `StreamNotFound`).
-//! - It writes the stream's metadata again with `$tb = last + 1`, keeping
-//!   the other keys (one `$metadata` event; `DeleteResult::position` is its
-//!   position). The stream is then at `NoStream`: reads answer
-//!   `StreamNotFound`, `StreamExists`/`Exact(_)` fail, `NoStream`/`Any`
-//!   succeed and recreate it with revisions continuing at `last + 1`; the
-//!   old events stay hidden whatever later metadata says.
+//! ## Soft delete (`delete_stream`), as KurrentDB (ADR 26)
+//! - A stream is soft-deleted while its metadata has `$tb` = `i64::MAX`
+//!   (KurrentDB's `DeletedStream`), whether `delete_stream` or the user
+//!   wrote it. Reads answer `StreamNotFound`. Expectations: `Any`,
+//!   `NoStream` (a soft-deleted stream counts as absent) and `Exact(last)`
+//!   are met; `StreamExists` answers `StreamDeleted`; another `Exact`
+//!   answers `WrongExpectedVersion` with `actual: Current(last)`. This
+//!   holds for `append`, `delete_stream` and `tombstone_stream`.
+//! - `delete_stream`: tombstoned → `StreamDeleted`; expectation as above;
+//!   a stream never written and without metadata → `StreamNotFound` (so
+//!   `Any` on an unknown stream is `StreamNotFound`). It replaces the
+//!   metadata with `{"$tb": 9223372036854775807}` alone (one `$metadata`
+//!   event; `DeleteResult::position` is its position). Deleting again
+//!   succeeds the same way.
+//! - The first write after it that passes its checks recreates the stream:
+//!   an append (empty or not; events continue at `last + 1`), a metadata
+//!   write, an append to `$$<stream>`. Right after that write's events the
+//!   store writes a `$metadata` event of its own: the metadata as that write
+//!   leaves it with `$tb` = `last + 1` (0 for a stream never written), one
+//!   more `$$` revision and position. The answer is that of the write's own
+//!   events (for an empty append: `last`, and the undelete's position).
+//!   Events before the delete stay hidden whatever later metadata says.
 //!
 //! ## Tombstone (`tombstone_stream`)
 //! - Tombstoned → `StreamDeleted` (tombstoning again included); expectation
@@ -174,7 +188,9 @@
 //! - The values of an empty append at `NoStream` (only `Ok`).
 //! - Subscriptions to streams with `$maxCount`/`$tb`/`$maxAge` or that were
 //!   deleted; subscribing to a tombstoned stream.
-//! - Appends straight to `$$<stream>`; metadata of `$all`/`$ce-`/`$et-`.
+//! - Appends straight to `$$<stream>` (they recreate a soft-deleted stream
+//!   as a metadata write does: checked in the rules' unit tests only);
+//!   metadata of `$all`/`$ce-`/`$et-`.
 //! - The id, content type, data and metadata of tombstone records, and the
 //!   id / user metadata of `$metadata` records.
 //!
@@ -196,6 +212,7 @@ mod checks_limits;
 mod checks_links;
 mod checks_meta;
 mod checks_read;
+mod checks_soft_delete;
 mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
@@ -222,6 +239,9 @@ pub use self::checks_meta::{
 pub use self::checks_read::{
     read_all_directions_and_bounds, read_all_filters, read_stream_directions_and_bounds,
     temporal_reads,
+};
+pub use self::checks_soft_delete::{
+    soft_delete_as_kurrentdb, soft_delete_by_metadata, undelete_by_metadata_or_empty_append,
 };
 pub use self::checks_subscribe::{
     subscribe_catch_up_then_live, subscribe_slow_consumer, subscribe_to_all,
@@ -278,6 +298,9 @@ macro_rules! __factum_testkit_checks {
             truncate_before,
             max_age,
             soft_delete,
+            soft_delete_as_kurrentdb,
+            soft_delete_by_metadata,
+            undelete_by_metadata_or_empty_append,
             tombstone,
             subscribe_to_stream,
             subscribe_to_all,

@@ -21,6 +21,9 @@ use crate::read::{
     AllStart, Direction, ReadAll, ReadStream, StreamStart, SubscriptionStart, SubscriptionTarget,
 };
 
+/// The `$tb` that marks a stream soft-deleted (KurrentDB's `DeletedStream`).
+const SOFT_DELETED: u64 = i64::MAX as u64;
+
 /// One stream (user or `$$` metadata stream).
 #[derive(Default, Debug)]
 struct StreamState {
@@ -37,12 +40,16 @@ impl StreamState {
     fn len(&self) -> u64 {
         self.positions.len() as u64
     }
+    /// The last revision: a soft delete keeps it.
     fn current(&self) -> CurrentRevision {
-        if self.len() == self.base {
-            CurrentRevision::NoStream
-        } else {
-            CurrentRevision::Current(StreamRevision(self.len() - 1))
+        match self.len() {
+            0 => CurrentRevision::NoStream,
+            n => CurrentRevision::Current(StreamRevision(n - 1)),
         }
+    }
+    /// Soft-deleted: the metadata says `$tb` = `i64::MAX`.
+    fn soft_deleted(&self) -> bool {
+        self.metadata.truncate_before == Some(SOFT_DELETED)
     }
 }
 
@@ -111,6 +118,60 @@ impl Model {
 
     fn tombstoned(&self, stream: &StreamName) -> bool {
         self.state(stream).is_some_and(|s| s.tombstoned)
+    }
+
+    fn soft_deleted(&self, stream: &StreamName) -> bool {
+        self.state(stream).is_some_and(StreamState::soft_deleted)
+    }
+
+    /// Is `expected` met by `stream`? A soft-deleted stream meets `Any`,
+    /// `NoStream` and its last revision; `StreamExists` is `StreamDeleted`.
+    fn meets(&self, stream: &StreamName, expected: ExpectedRevision) -> Result<bool> {
+        let current = self.current(stream);
+        if !self.soft_deleted(stream) {
+            return Ok(expected.is_satisfied_by(current));
+        }
+        match expected {
+            ExpectedRevision::Any | ExpectedRevision::NoStream => Ok(true),
+            ExpectedRevision::StreamExists => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+            }),
+            ExpectedRevision::Exact(r) => Ok(current == CurrentRevision::Current(r)),
+        }
+    }
+
+    /// Sets a stream's metadata; metadata with `$tb` = `i64::MAX`
+    /// soft-deletes it, starting a new life at its next revision.
+    fn set_meta(&mut self, stream: &StreamName, metadata: StreamMetadata) {
+        let state = self.streams.entry(stream.clone()).or_default();
+        state.metadata = metadata;
+        if state.soft_deleted() {
+            state.base = state.len();
+        }
+    }
+
+    /// The revision from which a soft-deleted stream would be recreated
+    /// (its next one); `None` when it is not soft-deleted.
+    fn recreate_from(&self, stream: &StreamName) -> Option<u64> {
+        self.state(stream)
+            .filter(|s| s.soft_deleted())
+            .map(StreamState::len)
+    }
+
+    /// Recreates `stream` from revision `from` (see [`Model::recreate_from`],
+    /// taken before the write that recreates it): the store's own
+    /// `$metadata` event, the stream's metadata with `$tb` = `from`, after
+    /// that write. Returns its position.
+    fn undelete(
+        &mut self,
+        stream: &StreamName,
+        from: Option<u64>,
+        now: Timestamp,
+    ) -> Option<Position> {
+        let from = from?;
+        let mut metadata = self.streams[stream].metadata.clone();
+        metadata.truncate_before = Some(from);
+        Some(self.write_metadata(stream, metadata, now).position)
     }
 
     /// Where a stream is now.
@@ -187,7 +248,7 @@ impl Model {
     ) -> AppendResult {
         let meta_stream = stream.metadata_stream();
         let data = Bytes::from(metadata.to_json());
-        self.streams.entry(stream.clone()).or_default().metadata = metadata;
+        self.set_meta(stream, metadata);
         let (revision, position) = self.push(
             &meta_stream,
             Uuid::new_v4(),
@@ -248,14 +309,23 @@ impl Model {
                 stream: stream.clone(),
             });
         }
+        let owner = stream.metadata_of().unwrap_or_else(|| stream.clone());
+        let was_deleted = self.recreate_from(&owner);
         let current = self.current(stream);
-        let satisfied = expected.is_satisfied_by(current);
+        let satisfied = self.meets(stream, expected)?;
         if events.is_empty() {
-            return if satisfied {
-                Ok(self.result_for_current(stream))
-            } else {
-                Err(wev(stream, expected, current))
-            };
+            if !satisfied {
+                return Err(wev(stream, expected, current));
+            }
+            let result = self.result_for_current(stream);
+            // An empty append recreates a soft-deleted stream too.
+            return Ok(match self.undelete(&owner, was_deleted, now) {
+                Some(position) => AppendResult {
+                    revision: result.revision,
+                    position,
+                },
+                None => result,
+            });
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
         let k = ids.len() as u64;
@@ -307,10 +377,10 @@ impl Model {
                 .rev()
                 .find(|e| e.event_type == METADATA_EVENT_TYPE)
             {
-                self.streams.entry(of).or_default().metadata =
-                    StreamMetadata::from_json(&e.data).unwrap_or_default();
+                self.set_meta(&of, StreamMetadata::from_json(&e.data).unwrap_or_default());
             }
         }
+        self.undelete(&owner, was_deleted, now);
         Ok(AppendResult { revision, position })
     }
 
@@ -329,18 +399,21 @@ impl Model {
             });
         }
         let current = self.current(stream);
-        if !expected.is_satisfied_by(current) {
+        if !self.meets(stream, expected)? {
             return Err(wev(stream, expected, current));
         }
-        let CurrentRevision::Current(last) = current else {
+        let never_written = current == CurrentRevision::NoStream
+            && self.current(&stream.metadata_stream()) == CurrentRevision::NoStream;
+        if never_written {
             return Err(Error::StreamNotFound {
                 stream: stream.clone(),
             });
+        }
+        // The metadata becomes `$tb` alone, as in KurrentDB.
+        let metadata = StreamMetadata {
+            truncate_before: Some(SOFT_DELETED),
+            ..StreamMetadata::default()
         };
-        let state = self.streams.get_mut(stream).expect("existing stream");
-        state.base = last.0 + 1;
-        let mut metadata = state.metadata.clone();
-        metadata.truncate_before = Some(last.0 + 1);
         let result = self.write_metadata(stream, metadata, now);
         Ok(DeleteResult {
             position: result.position,
@@ -362,7 +435,7 @@ impl Model {
             });
         }
         let current = self.current(stream);
-        if !expected.is_satisfied_by(current) {
+        if !self.meets(stream, expected)? {
             return Err(wev(stream, expected, current));
         }
         let (_, position) = self.push(
@@ -397,7 +470,10 @@ impl Model {
         if !expected.is_satisfied_by(current) {
             return Err(wev(&meta_stream, expected, current));
         }
-        Ok(self.write_metadata(stream, metadata, now))
+        let was_deleted = self.recreate_from(stream);
+        let result = self.write_metadata(stream, metadata, now);
+        self.undelete(stream, was_deleted, now);
+        Ok(result)
     }
 
     /// `EventStore::stream_metadata`.
@@ -458,6 +534,9 @@ impl Model {
             let CurrentRevision::Current(last) = state.current() else {
                 return Err(not_found());
             };
+            if state.soft_deleted() {
+                return Err(not_found());
+            }
             let floor = state.base.max(state.metadata.first_visible_revision(last));
             let events = state
                 .positions
