@@ -37,6 +37,13 @@ fn ensure(holds: bool, what: impl std::fmt::Display) -> Check {
 
 /// Runs a check the server does not pass yet (see the label): prints GAP
 /// while it fails, FIXED once it passes; never fails the test.
+/// A named check that must pass: a failure names the row.
+async fn row(label: &str, check: impl Future<Output = Check>) {
+    if let Err(why) = check.await {
+        panic!("{label}: {why}");
+    }
+}
+
 async fn known_gap(label: &str, check: impl Future<Output = Check>) {
     match check.await {
         Ok(()) => println!("kurrentdb FIXED known gap now passes, remove the marker: {label}"),
@@ -400,7 +407,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         [2]
     );
 
-    known_gap(
+    row(
         "soft-delete: metadata right after the delete is $tb = i64::MAX",
         async {
             let tb = truncate_before(&client, &deleted(&client).await).await?;
@@ -408,7 +415,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: deleting again with the last revision succeeds",
         async {
             let s = deleted(&client).await;
@@ -419,7 +426,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: deleting again with an older revision is WrongExpectedVersion",
         async {
             let s = deleted(&client).await;
@@ -430,7 +437,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: deleting again with 'exists' is StreamDeleted",
         async {
             let s = deleted(&client).await;
@@ -441,7 +448,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: appending with 'exists' is StreamDeleted",
         async {
             let s = deleted(&client).await;
@@ -452,7 +459,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: appending with the last revision recreates the stream, $tb moves",
         async {
             let s = deleted(&client).await;
@@ -469,7 +476,7 @@ async fn soft_delete_and_recreate_as_kurrentdb() {
         },
     )
     .await;
-    known_gap(
+    row(
         "soft-delete: a user's $tb = i64::MAX is a soft delete, and an append recreates",
         async {
             let s = name("usertb");

@@ -52,6 +52,15 @@ async function collect(iterable) {
   return out;
 }
 
+// A named check that must pass: a failure names the row.
+async function row(label, check) {
+  try {
+    await check();
+  } catch (e) {
+    throw new Error(`${label}: ${e?.constructor?.name}: ${e?.message}`, { cause: e });
+  }
+}
+
 async function knownGap(reason, check) {
   try {
     await check();
@@ -84,5 +93,5 @@ async function run(what, tests, client) {
 }
 
 module.exports = {
-  lib, ADDR, PACKAGE, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, run, appendAt, actual,
+  lib, ADDR, PACKAGE, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, row, run, appendAt, actual,
 };

@@ -74,6 +74,21 @@ def raises(exc, fn, *args, **kwargs):
     raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}")
 
 
+class row:
+    """A named check that must pass: a failure names the row."""
+
+    def __init__(self, label):
+        self.label = label
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, Exception):
+            raise AssertionError(f"{self.label}: {type(err).__name__}: {err}") from err
+        return False
+
+
 class known_gap:
     """A check the server does not pass yet (see the label): GAP, not FAIL."""
 

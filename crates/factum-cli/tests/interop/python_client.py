@@ -9,7 +9,7 @@ import uuid
 
 from harness import (
     PACKAGE, PREFIX_FILTERS, MaximumAppendSizeExceeded, NewEvent, NotFound, StreamIsDeleted, StreamState,
-    WrongCurrentVersion, connect, known_gap, name, raises, run,
+    WrongCurrentVersion, connect, known_gap, name, raises, row, run,
 )
 
 client = connect()
@@ -209,25 +209,25 @@ def test_soft_delete_and_recreate_as_kurrentdb():
     client.append_to_stream(s, current_version=StreamState.ANY, events=[ev("C")])
     assert [e.stream_position for e in client.get_stream(s)] == [2]
 
-    with known_gap("soft-delete: metadata right after the delete is $tb = i64::MAX"):
+    with row("soft-delete: metadata right after the delete is $tb = i64::MAX"):
         md, _ = client.get_stream_metadata(deleted_stream())
         assert md == {"$tb": 9223372036854775807}, md
-    with known_gap("soft-delete: deleting again with the last revision succeeds"):
+    with row("soft-delete: deleting again with the last revision succeeds"):
         client.delete_stream(deleted_stream(), current_version=1)
-    with known_gap("soft-delete: deleting again with an older revision is WrongExpectedVersion"):
+    with row("soft-delete: deleting again with an older revision is WrongExpectedVersion"):
         raises(WrongCurrentVersion, client.delete_stream, deleted_stream(), current_version=0)
-    with known_gap("soft-delete: deleting again with 'exists' is StreamDeleted"):
+    with row("soft-delete: deleting again with 'exists' is StreamDeleted"):
         raises(StreamIsDeleted, client.delete_stream, deleted_stream(), current_version=StreamState.EXISTS)
-    with known_gap("soft-delete: appending with 'exists' is StreamDeleted"):
+    with row("soft-delete: appending with 'exists' is StreamDeleted"):
         raises(StreamIsDeleted, client.append_to_stream, deleted_stream(), current_version=StreamState.EXISTS,
                events=[ev("C")])
-    with known_gap("soft-delete: appending with the last revision recreates the stream, $tb moves"):
+    with row("soft-delete: appending with the last revision recreates the stream, $tb moves"):
         s = deleted_stream()
         client.append_to_stream(s, current_version=1, events=[ev("C")])
         assert [e.stream_position for e in client.get_stream(s)] == [2]
         md, _ = client.get_stream_metadata(s)
         assert md.get("$tb") == 2, md
-    with known_gap("soft-delete: a user's $tb = i64::MAX is a soft delete, and an append recreates"):
+    with row("soft-delete: a user's $tb = i64::MAX is a soft delete, and an append recreates"):
         s = name("usertb")
         client.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[ev("A"), ev("B")])
         client.set_stream_metadata(s, metadata={"$tb": 9223372036854775807})
@@ -236,18 +236,19 @@ def test_soft_delete_and_recreate_as_kurrentdb():
         assert [e.stream_position for e in client.get_stream(s)] == [2]
 
 
-def test_soft_delete_recreate_as_kurrentdb():
-    # KurrentDB's answers around a soft delete (ADR 26).
+def test_soft_delete_versions_all_order_and_metadata_recreate():
+    # KurrentDB's answers around a soft delete (ADR 26): metadata versions,
+    # the server's own $metadata event in $all, a metadata write recreating.
     s = name("sdel")
     client.append_to_stream(s, current_version=StreamState.ANY, events=[ev("A"), ev("B")])
     client.delete_stream(s, current_version=1)
     md, version = client.get_stream_metadata(s)
     assert md == {"$tb": 9223372036854775807} and version == 0, (md, version)
     client.delete_stream(s, current_version=1)
-    raises(WrongCurrentVersionError, client.delete_stream, s, current_version=0)
-    raises(StreamIsDeletedError, client.delete_stream, s, current_version=StreamState.EXISTS)
-    raises(StreamIsDeletedError, client.append_to_stream, s, current_version=StreamState.EXISTS, events=[ev("X")])
-    raises(WrongCurrentVersionError, client.append_to_stream, s, current_version=0, events=[ev("X")])
+    raises(WrongCurrentVersion, client.delete_stream, s, current_version=0)
+    raises(StreamIsDeleted, client.delete_stream, s, current_version=StreamState.EXISTS)
+    raises(StreamIsDeleted, client.append_to_stream, s, current_version=StreamState.EXISTS, events=[ev("X")])
+    raises(WrongCurrentVersion, client.append_to_stream, s, current_version=0, events=[ev("X")])
     client.append_to_stream(s, current_version=1, events=[ev("C")])
     assert [e.stream_position for e in client.get_stream(s)] == [2]
     md, version = client.get_stream_metadata(s)
@@ -255,13 +256,13 @@ def test_soft_delete_recreate_as_kurrentdb():
     # In $all the recreating event, then the server's own $metadata event.
     tail = list(client.read_all(backwards=True, limit=2, filter_exclude=[]))
     assert [(e.stream_name, e.type) for e in reversed(tail)] == [(s, "C"), ("$$" + s, "$metadata")], tail
-    raises(WrongCurrentVersionError, client.append_to_stream, s, current_version=StreamState.NO_STREAM, events=[ev("D")])
+    raises(WrongCurrentVersion, client.append_to_stream, s, current_version=StreamState.NO_STREAM, events=[ev("D")])
 
     # A metadata write recreates too; a user's $tb = i64::MAX soft-deletes.
     m = name("sdel")
     client.append_to_stream(m, current_version=StreamState.ANY, events=[ev("A"), ev("B")])
     client.set_stream_metadata(m, metadata={"$tb": 9223372036854775807, "owner": "ops"}, current_version=StreamState.NO_STREAM)
-    raises(NotFoundError, client.get_stream, m)
+    raises(NotFound, client.get_stream, m)
     client.append_to_stream(m, current_version=StreamState.NO_STREAM, events=[ev("C")])
     assert [e.stream_position for e in client.get_stream(m)] == [2]
     md, version = client.get_stream_metadata(m)
