@@ -55,7 +55,7 @@ fn seeded() -> tempfile::TempDir {
         d,
         &["append", "order-1", "OrderPlaced", r#"{"total": 42}"#],
     ));
-    assert_eq!(out.trim(), "revision=0 position=0");
+    assert_eq!(out.trim(), "revision=0 position=1");
     let out = ok(run_in(
         d,
         &[
@@ -71,7 +71,7 @@ fn seeded() -> tempfile::TempDir {
             "3f2a9a52-8a8e-4b8f-9d7c-0f6a1c2b3d4e",
         ],
     ));
-    assert_eq!(out.trim(), "revision=1 position=1");
+    assert_eq!(out.trim(), "revision=1 position=2");
     let out = ok(run_in(
         d,
         &[
@@ -83,7 +83,7 @@ fn seeded() -> tempfile::TempDir {
             "no-stream",
         ],
     ));
-    assert_eq!(out.trim(), "revision=0 position=2");
+    assert_eq!(out.trim(), "revision=0 position=3");
     dir
 }
 
@@ -94,14 +94,14 @@ fn append_then_read_human_and_json() {
     let human = ok(run_in(d, &["read", "order-1"]));
     let lines: Vec<Vec<&str>> = human.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 2, "{human}");
-    assert_eq!(&lines[0][..4], &["0", "order-1", "0", "OrderPlaced"]);
+    assert_eq!(&lines[0][..4], &["1", "order-1", "0", "OrderPlaced"]);
     assert!(
         lines[0][4].ends_with('Z'),
         "RFC 3339 created: {}",
         lines[0][4]
     );
     assert_eq!(lines[0][5], r#"{"total":42}"#);
-    assert_eq!(&lines[1][..4], &["1", "order-1", "1", "OrderPaid"]);
+    assert_eq!(&lines[1][..4], &["2", "order-1", "1", "OrderPaid"]);
 
     let events = json_lines(&ok(run_in(d, &["read", "order-1", "--json"])));
     assert_eq!(events.len(), 2);
@@ -109,7 +109,7 @@ fn append_then_read_human_and_json() {
     assert_eq!(e["id"], "3f2a9a52-8a8e-4b8f-9d7c-0f6a1c2b3d4e");
     assert_eq!(e["stream"], "order-1");
     assert_eq!(e["revision"], 1);
-    assert_eq!(e["position"], 1);
+    assert_eq!(e["position"], 2);
     assert_eq!(e["type"], "OrderPaid");
     assert_eq!(e["content_type"], "application/json");
     assert!(e["created"].as_str().unwrap().ends_with('Z'));
@@ -142,7 +142,7 @@ fn reads_all_category_and_event_type() {
         .iter()
         .map(|e| e["position"].as_u64().unwrap())
         .collect();
-    assert_eq!(positions, vec![0, 1, 2]);
+    assert_eq!(positions, vec![1, 2, 3]);
     assert_eq!(all[2]["data"], serde_json::json!([1, 2]));
     let from = json_lines(&ok(run_in(
         d,
@@ -152,7 +152,7 @@ fn reads_all_category_and_event_type() {
     assert_eq!(from[0]["position"], 1);
     let back = json_lines(&ok(run_in(d, &["read", "$all", "--json", "--backwards"])));
     assert_eq!(back.len(), 3);
-    assert_eq!(back[0]["position"], 2);
+    assert_eq!(back[0]["position"], 3);
 
     let ce = json_lines(&ok(run_in(d, &["read", "$ce-order", "--json"])));
     assert_eq!(ce.len(), 3);
@@ -262,7 +262,7 @@ fn data_dir_from_the_environment() {
         .args(["append", "env-1", "X", "{}"])
         .output()
         .unwrap();
-    assert_eq!(ok(o).trim(), "revision=0 position=0");
+    assert_eq!(ok(o).trim(), "revision=0 position=1");
 }
 
 #[test]
@@ -273,17 +273,18 @@ fn verify_stats_and_reindex_on_a_good_store() {
     assert!(v.contains("events         3"), "{v}");
     assert!(v.contains("ok"), "{v}");
     let s = ok(run_in(d, &["stats"]));
-    assert!(s.contains("head position     2"), "{s}");
+    // Three events: positions 1 ..= 3 (log positions 0 ..= 2).
+    assert!(s.contains("head position     3"), "{s}");
     assert!(s.contains("segments          1"), "{s}");
     let j: Value = serde_json::from_str(ok(run_in(d, &["stats", "--json"])).trim()).unwrap();
-    assert_eq!(j["head_position"], 2);
+    assert_eq!(j["head_position"], 3);
     assert_eq!(j["events"], 3);
     assert!(j["log_bytes"].as_u64().unwrap() > 0);
     assert!(j["index_bytes"].as_u64().unwrap() > 0);
     assert_eq!(j["index_checkpoint_position"], 3);
     let r = ok(run_in(d, &["reindex"]));
     assert!(r.contains("rebuilt the index"), "{r}");
-    assert!(r.contains("head position 2"), "{r}");
+    assert!(r.contains("head position 3"), "{r}");
     assert_eq!(ok(run_in(d, &["read", "$ce-order"])).lines().count(), 3);
     ok(run_in(d, &["verify"]));
 }
@@ -402,7 +403,7 @@ fn tail_prints_existing_events_from_the_start() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(got, vec![0, 1, 2]);
+    assert_eq!(got, vec![1, 2, 3]);
 }
 
 #[test]

@@ -122,7 +122,9 @@ pub fn follow<F: Follow>(
                     st.pending.push_back(Ok(SubscriptionMessage::CaughtUp));
                 }
                 if let SubscriptionTarget::All(Some(_)) = &st.target {
-                    if st.cursor > 0 && st.last_checkpoint != Some(st.cursor) {
+                    // A `$all` cursor of 1 has examined nothing (the first
+                    // event is at 1): no checkpoint to report yet.
+                    if st.cursor > 1 && st.last_checkpoint != Some(st.cursor) {
                         st.last_checkpoint = Some(st.cursor);
                         st.pending
                             .push_back(Ok(SubscriptionMessage::Checkpoint(Position(

@@ -159,7 +159,10 @@ impl fmt::Display for StreamRevision {
     }
 }
 
-/// The place of an event in the global log (`$all`): dense, from 0, in commit order.
+/// The place of an event in the global log (`$all`), in commit order. The
+/// first event of a store is at 1; 0 means "before the first event", as
+/// KurrentDB's clients take it (ADR 25). Positions are dense today, but a
+/// reader must accept gaps (a scavenge will remove events).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Position(pub u64);

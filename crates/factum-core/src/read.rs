@@ -30,12 +30,13 @@ pub enum StreamStart {
 /// Where a `$all` read starts (inclusive).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub enum AllStart {
-    /// Position 0 (forwards) — or, backwards, the head.
+    /// The first event (forwards) — or, backwards, the head.
     #[default]
     Start,
     /// The head (backwards); forwards from `End` reads nothing.
     End,
-    /// This position, included.
+    /// This position, included (forwards from 0, "before the first event",
+    /// is the first event; backwards from 0 reads nothing).
     Position(Position),
 }
 

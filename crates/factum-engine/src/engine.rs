@@ -332,7 +332,7 @@ impl Engine {
             // Flush the replayed tail as soon as the indexer starts.
             let _ = flush_tx.try_send(());
         }
-        let writer = Writer {
+        let mut writer = Writer {
             config: config.clone(),
             dir: dir.clone(),
             segments: segments.clone(),
@@ -350,6 +350,7 @@ impl Engine {
             group_first: 0,
             flush_signal: flush_tx,
         };
+        writer.flag_public_positions();
         // Bounded twice over: the channel's own capacity and the permits
         // submitters wait for asynchronously (a request holds its permit
         // until the writer drops it, so the channel is never full).
@@ -677,6 +678,6 @@ impl EventStore for Engine {
             .committed()
             .next_position
             .checked_sub(1)
-            .map(Position))
+            .map(crate::format::public_position))
     }
 }

@@ -21,11 +21,34 @@ pub const MIN_FORMAT_VERSION: u32 = 1;
 /// (`FrameHeader::group_offset`), so recovery can tell damage inside the
 /// last, unacknowledged group from damage before it.
 pub const FEATURE_GROUP_FRAMES: u32 = 1;
+/// Feature flag: the segment was created by a build that numbers public
+/// positions from 1 (ADR 25): the event at log position `n` (what frames
+/// and records hold, from 0) is at public position `n + 1`, and the
+/// positions in the consumer-group checkpoints written beside it are in
+/// that numbering. The bytes of frames and records do not change; the flag
+/// keeps an older build, which would serve the same events at positions one
+/// lower, from opening the store.
+pub const FEATURE_PUBLIC_POSITIONS_FROM_ONE: u32 = 2;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
-pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES;
+pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 /// The feature flags of the segments this build creates.
-pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES;
+pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
+
+/// The public position (what `RecordedEvent::position`, append results and
+/// reads of `$all` use) of the event at log position `log` (ADR 25): one
+/// more, so that no event is at 0, which KurrentDB's clients take for
+/// "before the first event". Every store maps the same way, whatever build
+/// wrote it.
+pub fn public_position(log: u64) -> factum_core::Position {
+    factum_core::Position(log.saturating_add(1))
+}
+
+/// The log position of public position `p`; `None` for 0, "before the
+/// first event".
+pub fn log_position(p: factum_core::Position) -> Option<u64> {
+    p.0.checked_sub(1)
+}
 /// Size of the segment header.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Frame magic (`FCTB` little-endian).

@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use factum_core::{
-    AllStart, Direction, Error, Filter, Link, Position, ReadAll, ReadStream, RecordedEvent, Result,
+    AllStart, Direction, Error, Filter, Link, ReadAll, ReadStream, RecordedEvent, Result,
     StreamName, StreamRevision, Timestamp,
 };
 use tokio::sync::watch;
 
 use crate::cache::{BlockCache, BLOCK};
 use crate::format::{
-    check_frame, decode_frame_events, decode_frame_events_from, FrameCheck, FrameHeader,
-    StoredEvent, FRAME_HEADER_LEN,
+    check_frame, decode_frame_events, decode_frame_events_from, log_position, public_position,
+    FrameCheck, FrameHeader, StoredEvent, FRAME_HEADER_LEN,
 };
 use crate::index::{Index, Run, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
@@ -42,13 +42,14 @@ fn corrupt(seg: &Segment, offset: u64, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Converts a stored event to the public form.
+/// Converts a stored event to the public form (its public position is its
+/// log position + 1, ADR 25).
 pub fn recorded(e: StoredEvent, link: Option<Link>) -> RecordedEvent {
     RecordedEvent {
         id: e.id,
         stream: e.stream,
         revision: StreamRevision(e.revision),
-        position: Position(e.position),
+        position: public_position(e.position),
         event_type: e.event_type,
         content_type: e.content_type,
         data: e.data,
@@ -238,7 +239,9 @@ impl Reader {
                 let start = match req.from {
                     AllStart::Start => 0,
                     AllStart::End => return Ok(Vec::new()),
-                    AllStart::Position(p) => p.0,
+                    // Inclusive: public 0 (before the first event) and 1
+                    // both start at the first event.
+                    AllStart::Position(p) => log_position(p).unwrap_or(0),
                 };
                 Ok(self
                     .scan_forwards(
@@ -366,7 +369,11 @@ impl Reader {
         };
         let mut pos = match req.from {
             AllStart::Start | AllStart::End => head,
-            AllStart::Position(p) => p.0.min(head),
+            AllStart::Position(p) => match log_position(p) {
+                Some(p) => p.min(head),
+                // Nothing is at or before public position 0.
+                None => return Ok(out),
+            },
         };
         while (out.len() as u64) < req.max_count {
             let Some((first, loc)) = self.index.batch(pos, Walk::Down)? else {

@@ -1,17 +1,20 @@
 //! Subscriptions: the engine's side of the shared subscription loop
 //! (`factum_core::follow`, ADR 3). Pages come from the committed log, read
 //! on the reader pool like any other read (ADR 13); the head is the
-//! writer's `watch` of the committed position.
+//! writer's `watch` of the committed position. A `$all` cursor is a public
+//! position (the log position + 1, ADR 25), so the checkpoints the shared
+//! loop derives from it are public too.
 
 use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
-    Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
+    Error, Position, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
 };
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::format::{log_position, public_position};
 use crate::pool::{Progress, ReadPool};
 use crate::reader::Reader;
 use crate::writer::Committed;
@@ -25,8 +28,15 @@ struct EngineFollow {
     committed: watch::Receiver<Committed>,
 }
 
-/// One page of `target` after `cursor`: the events, the cursor after them
-/// and whether it reached the head.
+/// The public position after the log's last committed event: where a
+/// `$all` cursor stands at the head.
+fn public_next(reader: &Reader) -> u64 {
+    public_position(reader.committed().next_position).0
+}
+
+/// One page of `target` after `cursor` (for `$all` a public position, at
+/// least 1): the events, the cursor after them and whether it reached the
+/// head.
 fn page(
     reader: &Reader,
     target: &SubscriptionTarget,
@@ -35,9 +45,11 @@ fn page(
 ) -> Result<(Vec<RecordedEvent>, u64, bool)> {
     match target {
         SubscriptionTarget::All(filter) => {
+            let from = log_position(Position(cursor)).unwrap_or(0);
             let (events, next) =
-                reader.scan_forwards(cursor, PAGE, filter.as_ref(), None, MAX_SCAN, progress)?;
-            Ok((events, next, next >= reader.committed().next_position))
+                reader.scan_forwards(from, PAGE, filter.as_ref(), None, MAX_SCAN, progress)?;
+            let next = public_position(next).0;
+            Ok((events, next, next >= public_next(reader)))
         }
         SubscriptionTarget::Stream(stream) => {
             let req = ReadStream::forwards(stream.clone())
@@ -72,9 +84,7 @@ impl Follow for EngineFollow {
 
     async fn behind(&mut self, target: &SubscriptionTarget, cursor: u64) -> u64 {
         match target {
-            SubscriptionTarget::All(_) => {
-                self.reader.committed().next_position.saturating_sub(cursor)
-            }
+            SubscriptionTarget::All(_) => public_next(&self.reader).saturating_sub(cursor),
             SubscriptionTarget::Stream(s) => {
                 let (reader, stream) = (self.reader.clone(), s.clone());
                 self.pool
@@ -109,9 +119,10 @@ pub(crate) async fn start(
         }
     }
     let cursor = match (&req.target, req.start) {
-        (_, SubscriptionStart::Beginning) => 0,
+        (SubscriptionTarget::All(_), SubscriptionStart::Beginning) => 1,
+        (SubscriptionTarget::Stream(_), SubscriptionStart::Beginning) => 0,
         (_, SubscriptionStart::After(n)) => cursor_after(n)?,
-        (SubscriptionTarget::All(_), SubscriptionStart::End) => reader.committed().next_position,
+        (SubscriptionTarget::All(_), SubscriptionStart::End) => public_next(&reader),
         (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
             let (reader, stream) = (reader.clone(), s.clone());
             pool.run(move |_| reader.stream_next_revision(&stream))

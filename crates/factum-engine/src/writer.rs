@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
 use factum_core::{
-    AppendResult, Error, EventData, ExpectedRevision, Position, Result, StreamName, StreamRevision,
+    AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, StreamRevision,
     Timestamp, Uuid,
 };
 use tokio::sync::{oneshot, watch};
@@ -29,8 +29,9 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{Durability, EngineConfig};
 use crate::fatal::Fatal;
 use crate::format::{
-    encode_frame, StoredEvent, EVENT_HEADER_LEN, FLAG_SOFT_DELETE, FLAG_TOMBSTONE,
-    FRAME_HEADER_LEN, FRAME_TRAILER_LEN,
+    encode_frame, public_position, StoredEvent, EVENT_HEADER_LEN,
+    FEATURE_PUBLIC_POSITIONS_FROM_ONE, FLAG_SOFT_DELETE, FLAG_TOMBSTONE, FRAME_HEADER_LEN,
+    FRAME_TRAILER_LEN,
 };
 use crate::index::Index;
 use crate::log::{create_segment, segment_file_name, sync_dir, Loc, Segment, Segments};
@@ -136,6 +137,21 @@ enum Outcome {
 }
 
 impl Writer {
+    /// Called by open before the writer starts: in a store an older build
+    /// wrote, which served public positions as log positions (ADR 25),
+    /// starts a segment with this build's flags at once, so that an older
+    /// build refuses the store from now on rather than serving its events
+    /// one position lower than this build did. (An empty active segment of
+    /// an older build gets its successor at the next roll.) A roll that
+    /// fails is handled as any roll: retried, or fatal.
+    pub fn flag_public_positions(&mut self) {
+        if self.segment.format.features & FEATURE_PUBLIC_POSITIONS_FROM_ONE == 0
+            && self.segment_len > crate::format::SEGMENT_HEADER_LEN as u64
+        {
+            self.roll();
+        }
+    }
+
     pub fn run(mut self, rx: Receiver<AppendRequest>) {
         let mut carry: Vec<AppendRequest> = Vec::new();
         let mut buf = Vec::with_capacity(1 << 20);
@@ -503,7 +519,14 @@ impl Writer {
         loop {
             match decision {
                 Decision::Reject(e) => return Err(e),
-                Decision::Done(r) => return Ok(Outcome::Done(Ok(r))),
+                // An empty append: the rules answer with the stream's last
+                // position as the index keeps it, a log position (ADR 25).
+                Decision::Done(r) => {
+                    return Ok(Outcome::Done(Ok(AppendResult {
+                        position: public_position(r.position.0),
+                        ..r
+                    })))
+                }
                 Decision::CheckRetry {
                     stream,
                     first,
@@ -638,7 +661,7 @@ impl Writer {
         Ok(Outcome::Done(Ok(rules::write_answer(
             first_revision,
             count,
-            first_position,
+            public_position(first_position).0,
         ))))
     }
 
@@ -657,7 +680,7 @@ impl Writer {
         let last = found.last().expect("non-empty");
         Ok(Some(AppendResult {
             revision: StreamRevision(last.revision),
-            position: Position(last.position),
+            position: public_position(last.position),
         }))
     }
 }

@@ -50,7 +50,7 @@ async fn append_read_reopen_across_segments() {
     assert!(all
         .iter()
         .enumerate()
-        .all(|(i, e)| e.position.0 == i as u64));
+        .all(|(i, e)| e.position.0 == i as u64 + 1));
     let ce = engine
         .read_stream(ReadStream::forwards(StreamName::new("$ce-order").unwrap()))
         .await
@@ -60,7 +60,7 @@ async fn append_read_reopen_across_segments() {
         .subscribe(Subscribe::all(SubscriptionStart::After(190), None))
         .await
         .unwrap();
-    for want in 191..200u64 {
+    for want in 191..=200u64 {
         assert_eq!(sub.next_event().await.unwrap().unwrap().position.0, want);
     }
     engine
@@ -71,7 +71,7 @@ async fn append_read_reopen_across_segments() {
         )
         .await
         .unwrap();
-    assert_eq!(sub.next_event().await.unwrap().unwrap().position.0, 200);
+    assert_eq!(sub.next_event().await.unwrap().unwrap().position.0, 201);
     let report = {
         drop(sub);
         engine.close().unwrap();

@@ -191,7 +191,11 @@ async fn check(dir: &std::path::Path, acks: &[Ack], round: u32) -> u64 {
     let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
     let mut next_rev: HashMap<String, u64> = HashMap::new();
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(e.position.0, i as u64, "round {round}: positions not dense");
+        assert_eq!(
+            e.position.0,
+            i as u64 + 1,
+            "round {round}: positions not dense from 1"
+        );
         let want = next_rev.entry(e.stream.to_string()).or_insert(0);
         assert_eq!(
             e.revision.0, *want,

@@ -228,7 +228,7 @@ async fn reopen_holds_exactly_the_acknowledged(dir: &Path, run: &Run, expect_mar
         recovery.fsync_cut
     );
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(e.position.0, i as u64, "positions not dense");
+        assert_eq!(e.position.0, i as u64 + 1, "positions not dense from 1");
     }
     assert_eq!(
         recovery.fsync_cut.is_some(),

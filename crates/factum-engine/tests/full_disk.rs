@@ -53,7 +53,7 @@ fn event(i: u64) -> EventData {
 fn check_events(events: Vec<factum_core::RecordedEvent>, n: u64) {
     assert_eq!(events.len() as u64, n);
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.position.0, i as u64);
+        assert_eq!(e.position.0, i as u64 + 1);
         assert_eq!(e.revision.0, i as u64);
         assert_eq!(e.data.len(), 8 << 10);
         assert!(e.data.iter().all(|&b| b == (i % 251) as u8));
@@ -237,7 +237,7 @@ async fn roll_scenario(dir: &std::path::Path, blocker: Blocker) {
         "appends resumed {:?} after the cause ({blocker:?}) was gone",
         freed.elapsed()
     );
-    assert_eq!((r.revision.0, r.position.0), (acked, acked));
+    assert_eq!((r.revision.0, r.position.0), (acked, acked + 1));
     acked += 1;
     assert_eq!(common::segments(&store).len(), 2);
     // And on, across further rolls.
@@ -313,7 +313,7 @@ async fn scenario(dir: &std::path::Path) {
         )
         .await
         .unwrap();
-    assert_eq!((r.revision.0, r.position.0), (acked, acked));
+    assert_eq!((r.revision.0, r.position.0), (acked, acked + 1));
     engine.close().unwrap();
     drop(engine);
     let (engine, rec) = Engine::open_with(&store, EngineConfig::default()).unwrap();

@@ -13,7 +13,8 @@ use factum_core::{
     Uuid,
 };
 use factum_engine::format::{
-    encode_frame, SegmentHeader, StoredEvent, FORMAT_VERSION, WRITTEN_FEATURES,
+    encode_frame, SegmentHeader, StoredEvent, FEATURE_GROUP_FRAMES,
+    FEATURE_PUBLIC_POSITIONS_FROM_ONE, FORMAT_VERSION, WRITTEN_FEATURES,
 };
 use factum_engine::{Engine, EngineConfig};
 
@@ -29,6 +30,12 @@ fn write_v1_store(dir: &Path, frames: u64) -> Vec<usize> {
         number: 0,
         first_position: 0,
     };
+    write_store(dir, header, frames)
+}
+
+/// Writes segment 0 with `header` and `frames` frames of two events each
+/// (log positions from 0, as every build wrote them).
+fn write_store(dir: &Path, header: SegmentHeader, frames: u64) -> Vec<usize> {
     let mut bytes = header.encode().to_vec();
     let stream = StreamName::new("order-1").unwrap();
     let mut offsets = Vec::new();
@@ -48,6 +55,7 @@ fn write_v1_store(dir: &Path, frames: u64) -> Vec<usize> {
             })
             .collect();
         offsets.push(bytes.len());
+        // Every frame starts its own write group (group offset 0).
         encode_frame(&events, Timestamp(1_700_000_000_000_000), 0, &mut bytes);
     }
     std::fs::create_dir_all(dir).unwrap();
@@ -104,7 +112,79 @@ async fn a_version_1_store_opens_takes_appends_and_rolls_into_the_current_versio
     assert!(events
         .iter()
         .enumerate()
-        .all(|(i, e)| e.position.0 == i as u64));
+        .all(|(i, e)| e.position.0 == i as u64 + 1));
+}
+
+/// A store the build before ADR 25 wrote (version 2, group frames, public
+/// positions = log positions) opens with every event one position higher,
+/// the first at 1; the open starts a segment flagged
+/// `PUBLIC_POSITIONS_FROM_ONE` at once, so an older build would refuse the
+/// store from then on; `$all` from 0 and a subscription after 0 include
+/// the first event, and a stored position keeps naming one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_numbered_from_0_serves_its_events_from_1_and_is_flagged_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = SegmentHeader {
+        version: 2,
+        features: FEATURE_GROUP_FRAMES,
+        number: 0,
+        first_position: 0,
+    };
+    write_store(dir.path(), header, 5);
+    let (engine, _) = Engine::open_with(dir.path(), EngineConfig::default()).unwrap();
+    let segments = common::segments(dir.path());
+    assert_eq!(segments.len(), 2, "open did not start a flagged segment");
+    assert_eq!(header_of(&segments[0]).features, FEATURE_GROUP_FRAMES);
+    let flagged = header_of(&segments[1]);
+    assert_eq!(flagged.features, WRITTEN_FEATURES);
+    assert_ne!(flagged.features & FEATURE_PUBLIC_POSITIONS_FROM_ONE, 0);
+    assert_eq!(flagged.first_position, 10, "log positions go on");
+
+    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, (1..=10).collect::<Vec<_>>());
+    assert_eq!(all[0].data, Bytes::from("{\"n\":0}"));
+    let from_0 = engine
+        .read_all(ReadAll::forwards().from_position(factum_core::Position(0)))
+        .await
+        .unwrap();
+    assert_eq!(from_0, all);
+    let mut sub = engine
+        .subscribe(factum_core::Subscribe::all(
+            factum_core::SubscriptionStart::After(0),
+            None,
+        ))
+        .await
+        .unwrap();
+    for e in &all {
+        assert_eq!(&sub.next_event().await.unwrap().unwrap(), e);
+    }
+    let r = engine
+        .append(
+            StreamName::new("order-1").unwrap(),
+            ExpectedRevision::Exact(factum_core::StreamRevision(9)),
+            vec![EventData::json("OrderPaid", &serde_json::json!({})).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.position.0, 11);
+    assert_eq!(sub.next_event().await.unwrap().unwrap().position.0, 11);
+    assert_eq!(
+        engine.head_position().await.unwrap(),
+        Some(factum_core::Position(11))
+    );
+    drop(sub);
+    engine.close().unwrap();
+    drop(engine);
+    let report = factum_engine::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.faults);
+    // Reopening a flagged store starts no other segment.
+    let (engine, _) = Engine::open_with(dir.path(), EngineConfig::default()).unwrap();
+    assert_eq!(common::segments(dir.path()).len(), 2);
+    assert_eq!(
+        engine.read_all(ReadAll::forwards()).await.unwrap().len(),
+        11
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,7 +391,7 @@ async fn every_power_loss_image_of_the_last_group_keeps_what_was_acknowledged() 
                     )
                     .await
                     .unwrap();
-                assert_eq!(r.position.0, want.len() as u64);
+                assert_eq!(r.position.0, want.len() as u64 + 1);
                 engine.close().unwrap();
                 drop(engine);
                 assert_eq!(open_image(&dir).await.unwrap().len(), want.len() + 1);

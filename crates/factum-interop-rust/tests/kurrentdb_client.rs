@@ -1,10 +1,10 @@
 //! KurrentDB's official Rust client against a real `factum serve`.
 
 use kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, ReadAllOptions,
-    ReadStreamOptions, StreamMetadata, StreamMetadataResult, StreamPosition, StreamState,
-    SubscribeToAllOptions, SubscribeToStreamOptions, SubscriptionEvent, SubscriptionFilter,
-    TombstoneStreamOptions,
+    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, Error, Position,
+    ReadAllOptions, ReadStreamOptions, StreamMetadata, StreamMetadataResult, StreamPosition,
+    StreamState, SubscribeToAllOptions, SubscribeToStreamOptions, SubscriptionEvent,
+    SubscriptionFilter, TombstoneStreamOptions,
 };
 
 mod common;
@@ -291,4 +291,173 @@ async fn official_rust_client() {
             .unwrap(),
         ["C"]
     );
+}
+
+/// The ids of the events `read` yields.
+async fn all_ids(client: &Client, opts: &ReadAllOptions) -> Vec<String> {
+    let mut read = client.read_all(opts).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = read.next().await.unwrap() {
+        out.push(e.get_original_event().id.to_string());
+    }
+    out
+}
+
+/// An event as these checks compare it: its id and its `$all` position.
+type Seen = (String, Position);
+
+fn seen(e: &kurrentdb::ResolvedEvent) -> Seen {
+    let e = e.get_original_event();
+    (e.id.to_string(), e.position)
+}
+
+/// The next `n` events of a subscription; a missing one fails in 10 s.
+async fn take(sub: &mut kurrentdb::Subscription, n: usize) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} events delivered in 10 s", out.len()))
+            .unwrap();
+        out.push(seen(&e));
+    }
+    out
+}
+
+/// No event of a store is at commit position 0, which this client takes
+/// for "before everything" (issue 13.1): on an empty store, subscribers
+/// from 0 and from the current position (0) receive the first event; a
+/// subscriber resuming from the position of the last event it handled
+/// receives every later one exactly once; a `$all` consumer group started
+/// at 0 delivers the first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_rust_client_positions_start_at_one() {
+    let server = Server::start();
+    let client = server.client();
+    let zero = Position {
+        commit: 0,
+        prepare: 0,
+    };
+    let last = ReadAllOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(1);
+    let mut head = client.read_all(&last).await.unwrap();
+    let current = match head.next().await.unwrap() {
+        Some(e) => e.get_original_event().position,
+        None => zero,
+    };
+    assert_eq!(current, zero, "an empty store");
+    let mut from_zero = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(zero)),
+        )
+        .await;
+    let mut from_current = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default().position(StreamPosition::Position(current)),
+        )
+        .await;
+    let s = name("first");
+    client
+        .append_to_stream(
+            s.clone(),
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            vec![ev("First0"), ev("First1"), ev("First2")],
+        )
+        .await
+        .unwrap();
+    let mut read = client.read_all(&ReadAllOptions::default()).await.unwrap();
+    let mut written = Vec::new();
+    while let Some(e) = read.next().await.unwrap() {
+        written.push(seen(&e));
+    }
+    let commits: Vec<u64> = written.iter().map(|(_, p)| p.commit).collect();
+    assert_eq!(commits, [1, 2, 3], "the first event is at 1");
+    let want: Vec<String> = written.into_iter().map(|(id, _)| id).collect();
+    for (what, sub) in [
+        ("from 0", &mut from_zero),
+        ("from the empty store's position", &mut from_current),
+    ] {
+        let got: Vec<String> = take(sub, 3).await.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(got, want, "{what}");
+    }
+    drop((from_zero, from_current));
+    assert_eq!(
+        all_ids(
+            &client,
+            &ReadAllOptions::default().position(StreamPosition::Position(zero))
+        )
+        .await,
+        want,
+        "read_all from 0"
+    );
+
+    // A checkpoint taken mid-stream: the position of the last event handled.
+    let tag = name("Mid").replace('-', "");
+    let mid = name("mid");
+    client
+        .append_to_stream(
+            mid.clone(),
+            &AppendToStreamOptions::default().stream_state(StreamState::NoStream),
+            (0..10).map(|_| ev(&tag)).collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let filter = || SubscriptionFilter::on_event_type().add_prefix(&tag);
+    let mut sub = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default()
+                .position(StreamPosition::Position(zero))
+                .filter(filter()),
+        )
+        .await;
+    let first = take(&mut sub, 5).await;
+    drop(sub);
+    let checkpoint = first[4].1;
+    let mut sub = client
+        .subscribe_to_all(
+            &SubscribeToAllOptions::default()
+                .position(StreamPosition::Position(checkpoint))
+                .filter(filter()),
+        )
+        .await;
+    let rest = take(&mut sub, 5).await;
+    drop(sub);
+    let mut read = client
+        .read_stream(mid.clone(), &ReadStreamOptions::default())
+        .await
+        .unwrap();
+    let mut mid_ids = Vec::new();
+    while let Some(e) = read.next().await.unwrap() {
+        mid_ids.push(e.get_original_event().id.to_string());
+    }
+    let got: Vec<String> = first.into_iter().chain(rest).map(|(id, _)| id).collect();
+    assert_eq!(got, mid_ids, "resumed from {checkpoint}");
+
+    // A $all consumer group started at 0 delivers the store's first event.
+    client
+        .create_persistent_subscription_to_all(
+            "from0",
+            &kurrentdb::PersistentSubscriptionToAllOptions::default()
+                .start_from(StreamPosition::Position(zero)),
+        )
+        .await
+        .unwrap();
+    let mut group = client
+        .subscribe_to_persistent_subscription_to_all("from0", &Default::default())
+        .await
+        .unwrap();
+    let mut delivered = Vec::new();
+    while delivered.len() < 13 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), group.next())
+            .await
+            .expect("a delivery in 10 s")
+            .unwrap();
+        group.ack(&e).await.unwrap();
+        delivered.push(e.get_original_event().id.to_string());
+    }
+    let mut all = want.clone();
+    all.extend(mid_ids);
+    assert_eq!(delivered, all, "$all group from 0");
 }

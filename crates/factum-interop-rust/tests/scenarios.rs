@@ -5,12 +5,9 @@
 //! KurrentDB's soft-delete rules, bad input. `kurrentdb_client.rs` has the
 //! basics.
 //!
-//! A check that fails because of a known server gap runs inside
-//! [`known_gap`]: it prints GAP instead of failing, and FIXED once the
-//! server behaves (then drop the wrapper). Labels: "position-0" (the first
-//! event is at commit position 0, which clients treat as "before
-//! everything") and "soft-delete" (KurrentDB's soft-delete rules); both are
-//! being changed on other branches.
+//! Each row of KurrentDB's rules runs inside [`row`], which names it when
+//! it fails: "position-0" (no event at commit position 0, which clients
+//! treat as "before everything"; ADR 25) and "soft-delete" (ADR 26).
 
 use std::future::Future;
 
@@ -35,19 +32,10 @@ fn ensure(holds: bool, what: impl std::fmt::Display) -> Check {
     }
 }
 
-/// Runs a check the server does not pass yet (see the label): prints GAP
-/// while it fails, FIXED once it passes; never fails the test.
 /// A named check that must pass: a failure names the row.
 async fn row(label: &str, check: impl Future<Output = Check>) {
     if let Err(why) = check.await {
         panic!("{label}: {why}");
-    }
-}
-
-async fn known_gap(label: &str, check: impl Future<Output = Check>) {
-    match check.await {
-        Ok(()) => println!("kurrentdb FIXED known gap now passes, remove the marker: {label}"),
-        Err(why) => println!("kurrentdb GAP  {label}: {why}"),
     }
 }
 
@@ -322,8 +310,8 @@ async fn catch_up_from_the_start_and_from_a_checkpoint() {
     );
     // From commit position 0, the checkpoint clients store before they have
     // seen anything: in KurrentDB no event is at 0, so the first comes too.
-    known_gap(
-        "position-0: subscribe_to_all from position 0 skips the first event",
+    row(
+        "position-0: subscribe_to_all from position 0 delivers the first event",
         async {
             let zero = StreamPosition::Position(Position {
                 commit: 0,

@@ -33,8 +33,37 @@ struct StoredGroup {
 /// one that cannot be read takes out only its group.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StoredConfig {
+    /// [`CONFIG_VERSION`], or 1: written by a build that numbered `$all`
+    /// positions from 0.
     version: u32,
     groups: Vec<Value>,
+}
+
+/// The configuration version this build writes: 2, `$all` positions (a
+/// `$all` group's `startFrom`) in the numbering where the first event is
+/// at 1 (ADR 25). Version 1 named the same event one lower.
+const CONFIG_VERSION: u32 = 2;
+
+impl StoredConfig {
+    /// Brings a configuration an older build wrote to this build's
+    /// numbering: a version-1 `$all` group's `startFrom: {"At": n}` named
+    /// the event now at `n + 1`. The entries are written back in the new
+    /// numbering at the next change.
+    fn upgrade(mut self) -> Self {
+        if self.version < CONFIG_VERSION {
+            for entry in &mut self.groups {
+                let all = entry.get("source").is_some_and(|s| s.get("all").is_some());
+                let at = entry.pointer_mut("/settings/startFrom/At");
+                if let (true, Some(at)) = (all, at) {
+                    if let Some(n) = at.as_u64() {
+                        *at = Value::from(n.saturating_add(1));
+                    }
+                }
+            }
+            self.version = CONFIG_VERSION;
+        }
+        self
+    }
 }
 
 /// A configuration entry, read.
@@ -490,7 +519,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
 
 fn stored(state: &State) -> StoredConfig {
     StoredConfig {
-        version: 1,
+        version: CONFIG_VERSION,
         groups: state
             .groups
             .values()
@@ -538,7 +567,7 @@ async fn read_config<S: EventStore>(store: &S) -> Result<(StoredConfig, Option<u
     };
     for e in &events {
         match serde_json::from_slice::<StoredConfig>(&e.data) {
-            Ok(config) => return Ok((config, Some(last))),
+            Ok(config) => return Ok((config.upgrade(), Some(last))),
             Err(err) => tracing::error!(
                 "{CONFIG_STREAM} revision {} is not a configuration Factum can read ({err}); trying the one before",
                 e.revision
@@ -649,5 +678,45 @@ impl Drop for Consumer {
         let _ = self
             .commands
             .send(Command::Disconnect { consumer: self.id });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StartFrom;
+    use serde_json::json;
+
+    #[test]
+    fn a_version_1_configuration_moves_all_start_positions_up_one() {
+        let old: StoredConfig = serde_json::from_value(json!({
+            "version": 1,
+            "groups": [
+                { "source": { "all": null }, "group": "a", "settings": { "startFrom": { "At": 3 } } },
+                { "source": { "all": null }, "group": "b", "settings": { "startFrom": "Start" } },
+                { "source": { "stream": "order-1" }, "group": "c", "settings": { "startFrom": { "At": 3 } } },
+                { "damaged": true }
+            ]
+        }))
+        .unwrap();
+        let new = old.upgrade();
+        assert_eq!(new.version, CONFIG_VERSION);
+        let start = |i: usize| new.groups[i].pointer("/settings/startFrom").cloned();
+        // The event the old build numbered 3 is at 4 now; revisions stay.
+        assert_eq!(start(0), Some(json!({ "At": 4 })));
+        assert_eq!(start(1), Some(json!("Start")));
+        assert_eq!(start(2), Some(json!({ "At": 3 })));
+        assert_eq!(new.groups[3], json!({ "damaged": true }));
+        let Entry::Group { settings, .. } = Entry::read(&new.groups[0]) else {
+            panic!("entry a unreadable");
+        };
+        assert_eq!(settings.start_from, StartFrom::At(4));
+        // A configuration this build wrote is left as it is.
+        let again = StoredConfig {
+            version: CONFIG_VERSION,
+            groups: new.groups.clone(),
+        }
+        .upgrade();
+        assert_eq!(again.groups, new.groups);
     }
 }

@@ -33,6 +33,12 @@ pub(crate) async fn last_revision<S: EventStore>(
     }
 }
 
+/// The metadata key of the `$all` checkpoints this build writes (ADR 25):
+/// their position is in the numbering where the first event is at 1. A
+/// `C:…/P:…` checkpoint without it was written by a build that numbered
+/// from 0, and names the event now one position later.
+pub const POSITIONS_FROM_ONE_KEY: &str = "$positionsFromOne";
+
 /// The group's last written checkpoint.
 pub(crate) async fn read_checkpoint<S: EventStore>(
     store: &S,
@@ -54,11 +60,24 @@ pub(crate) async fn read_checkpoint<S: EventStore>(
             "checkpoint of {key} is not JSON: {e}"
         )))
     })?;
-    parse_checkpoint(&value).map(Some).ok_or_else(|| {
+    let place = parse_checkpoint(&value).ok_or_else(|| {
         PersistentError::Store(factum_core::Error::InvalidInput(format!(
             "checkpoint of {key} is not a revision or a C:…/P:… position: {value}"
         )))
-    })
+    })?;
+    Ok(Some(if value.is_string() && !positions_from_one(event) {
+        place.saturating_add(1)
+    } else {
+        place
+    }))
+}
+
+/// Whether a checkpoint event says its position numbers the first event 1.
+fn positions_from_one(event: &RecordedEvent) -> bool {
+    serde_json::from_slice::<Value>(&event.metadata)
+        .ok()
+        .and_then(|m| m.get(POSITIONS_FROM_ONE_KEY).and_then(Value::as_bool))
+        .unwrap_or(false)
 }
 
 /// A checkpoint as KurrentDB writes it: a revision number, or
@@ -76,12 +95,16 @@ fn parse_checkpoint(value: &Value) -> Option<u64> {
 
 /// The checkpoint event for a place in the source.
 pub(crate) fn checkpoint_event(source_is_all: bool, place: u64) -> factum_core::Result<EventData> {
-    let data = if source_is_all {
-        json!(format!("C:{place}/P:{place}"))
+    if source_is_all {
+        let meta = json!({ POSITIONS_FROM_ONE_KEY: true });
+        Ok(EventData::json(
+            CHECKPOINT_EVENT_TYPE,
+            &json!(format!("C:{place}/P:{place}")),
+        )?
+        .with_metadata(meta.to_string().into_bytes()))
     } else {
-        json!(place)
-    };
-    EventData::json(CHECKPOINT_EVENT_TYPE, &data)
+        EventData::json(CHECKPOINT_EVENT_TYPE, &json!(place))
+    }
 }
 
 /// Sets `$maxCount` 1 on a stream (the checkpoint stream keeps only its last).
@@ -182,5 +205,31 @@ mod tests {
             parse_checkpoint(&serde_json::from_slice(&e.data).unwrap()),
             Some(17)
         );
+    }
+
+    /// A `$all` checkpoint this build writes says its numbering (ADR 25);
+    /// one without the mark was written by a build that numbered from 0.
+    #[test]
+    fn all_checkpoints_say_their_numbering() {
+        let recorded = |data: EventData| RecordedEvent {
+            id: factum_core::Uuid::new_v4(),
+            stream: StreamName::new("$persistentsubscription-$all::g-checkpoint").unwrap(),
+            revision: StreamRevision(0),
+            position: factum_core::Position(1),
+            event_type: data.event_type,
+            content_type: data.content_type,
+            data: data.data,
+            metadata: data.metadata,
+            created: factum_core::Timestamp(0),
+            link: None,
+        };
+        let new = recorded(checkpoint_event(true, 17).unwrap());
+        assert!(positions_from_one(&new));
+        let old = recorded(EventData::json(CHECKPOINT_EVENT_TYPE, &json!("C:17/P:17")).unwrap());
+        assert!(!positions_from_one(&old));
+        // Revisions (stream groups) carry no mark and need none.
+        let revision = recorded(checkpoint_event(false, 17).unwrap());
+        assert!(!positions_from_one(&revision));
+        assert_eq!(revision.metadata.len(), 0);
     }
 }

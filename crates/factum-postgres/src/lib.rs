@@ -399,9 +399,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn head_position(&self) -> Result<Option<Position>> {
+        // The first event is at 1 (ADR 25): an empty log's next position is 1.
         Ok(read::next_position(&self.inner)
             .await?
             .checked_sub(1)
+            .filter(|&head| head > 0)
             .map(Position))
     }
 }

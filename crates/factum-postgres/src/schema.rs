@@ -5,7 +5,11 @@ use factum_core::Result;
 use crate::db_err;
 
 /// The migrations, in order. Each runs once per schema, in a transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../sql/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../sql/0001_init.sql")),
+    // Positions start at 1 (ADR 25).
+    (2, include_str!("../sql/0002_positions_from_one.sql")),
+];
 
 /// Connects to `url` and applies pending migrations to `schema`.
 pub async fn migrate(url: &str, schema: &str) -> Result<Vec<i32>> {
@@ -50,6 +54,15 @@ pub(crate) async fn migrate_client(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if let Some(newer) = done.iter().copied().filter(|v| *v > known).max() {
+        // A newer build migrated this schema: serving it could misread
+        // what that build wrote (as a build before version 2 would read
+        // positions one lower).
+        return Err(factum_core::Error::InvalidInput(format!(
+            "schema {schema} is at version {newer}, newer than this build's {known}: a newer build of Factum migrated it"
+        )));
+    }
     let mut applied = Vec::new();
     for (version, sql) in MIGRATIONS {
         if done.contains(version) {

@@ -153,7 +153,9 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
         }
     }
     let cursor = match (&req.target, req.start) {
-        (_, SubscriptionStart::Beginning) => 0,
+        // The first event of the log is at 1 (ADR 25).
+        (SubscriptionTarget::All(_), SubscriptionStart::Beginning) => 1,
+        (SubscriptionTarget::Stream(_), SubscriptionStart::Beginning) => 0,
         (_, SubscriptionStart::After(n)) => cursor_after(n)?,
         (SubscriptionTarget::All(_), SubscriptionStart::End) => read::next_position(&inner).await?,
         (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {

@@ -104,7 +104,7 @@ async fn assert_only_refused_failed(
     let expected = 1 + outcomes.len() - refused.len();
     assert_eq!(
         positions,
-        (0..expected as u64).collect::<Vec<_>>(),
+        (1..=expected as u64).collect::<Vec<_>>(),
         "every accepted append once, at dense positions"
     );
     // The store goes on: the writer's connection and cache are sound.

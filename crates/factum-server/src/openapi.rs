@@ -41,7 +41,7 @@ pub fn document() -> Value {
         "/streams/{stream}": {
           "get": { "summary": "Read a page of a stream or of $all",
             "parameters": [ stream_param(),
-              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end`, or a revision ($all: a position), inclusive." },
+              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end`, or a revision ($all: a position; the first event is at 1), inclusive." },
               { "name": "direction", "in": "query", "schema": { "enum": ["forwards", "backwards"] } },
               { "name": "count", "in": "query", "schema": { "type": "integer", "maximum": 4096, "default": 100 } } ],
             "responses": { "200": { "description": "A page; `next` is where the following page starts (null at the end)",
@@ -81,7 +81,7 @@ pub fn document() -> Value {
         "/streams/{stream}/subscribe": {
           "get": { "summary": "Live tail as server-sent events (`event`, `caught-up`, `fell-behind`, `checkpoint`, `error`, `shutdown`)",
             "parameters": [ stream_param(),
-              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end` (default), or the revision/position to continue after." } ],
+              { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "`start`, `end` (default), or the revision/position to continue after ($all: 0 is before the first event, which is at 1)." } ],
             "responses": { "200": { "description": "An event stream", "content": { "text/event-stream": {} } } } } }
       },
       "components": { "schemas": {

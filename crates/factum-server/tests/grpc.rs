@@ -557,14 +557,15 @@ async fn first_and_last_positions_as_the_protocol_defines_them() {
     // …but not when the read started exactly there.
     let (n, rest) = positions(&mut client, read_with(Some("pos-1"), Some(3), false, 1)).await;
     assert_eq!((n, rest), (0, vec![Content::LastStreamPosition(2)]));
-    // `$all`: where the log ends, after the events.
+    // `$all`: where the log ends, after the events (six events: the last
+    // at 6, the first at 1).
     let (n, rest) = positions(&mut client, read_with(None, None, false, 1)).await;
     assert_eq!(n, 6);
     assert_eq!(
         rest,
         vec![Content::LastAllStreamPosition(shared::AllStreamPosition {
-            commit_position: 5,
-            prepare_position: 5,
+            commit_position: 6,
+            prepare_position: 6,
         })]
     );
     let (n, rest) = positions(&mut client, read_with(None, None, false, 0)).await;

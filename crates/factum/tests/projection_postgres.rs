@@ -232,3 +232,64 @@ async fn postgres_catch_up_live_dead_letter_and_rebuild() {
     drop(client);
     db.drop_db().await;
 }
+
+/// A generation written before positions started at 1 (ADR 25: no
+/// `positions_from` column) is converted when opened, once: its checkpoint
+/// and dead letters name the same events in the new numbering.
+#[tokio::test]
+async fn a_generation_numbered_from_0_is_converted_once_when_opened() {
+    use factum::projection::ReadModelStore;
+    let Some(db) = test_db("a_generation_numbered_from_0_is_converted_once_when_opened").await
+    else {
+        return;
+    };
+    let model = PostgresReadModel::new(&db.url, PgBalances::default()).unwrap();
+    let schema = model.schema_of(1);
+    let client = postgres::connect(&db.url).await.unwrap();
+    // The bookkeeping tables as the previous build created them.
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.factum_checkpoint (
+                 id         INTEGER PRIMARY KEY CHECK (id = 1),
+                 position   BIGINT,
+                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO {schema}.factum_checkpoint (id, position) VALUES (1, 4);
+             CREATE TABLE {schema}.factum_dead_letters (
+                 position   BIGINT PRIMARY KEY,
+                 stream     TEXT NOT NULL,
+                 revision   BIGINT NOT NULL,
+                 event_type TEXT NOT NULL,
+                 error      TEXT NOT NULL,
+                 data       BYTEA NOT NULL,
+                 failed_at  TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO {schema}.factum_dead_letters (position, stream, revision, event_type, error, data)
+             VALUES (2, 'account-a', 1, 'Deposited', 'refused', ''), (3, 'account-a', 2, 'Deposited', 'refused', '');"
+        ))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        drop(model.open(1).await.unwrap());
+        let row = client
+            .query_one(
+                &format!("SELECT position, positions_from FROM {schema}.factum_checkpoint"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (5, 1));
+        let dead: Vec<i64> = client
+            .query(
+                &format!("SELECT position FROM {schema}.factum_dead_letters ORDER BY position"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(dead, [3, 4]);
+    }
+    drop(client);
+    db.drop_db().await;
+}

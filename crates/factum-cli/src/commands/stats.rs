@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use factum_engine::engine::lock_dir;
-use factum_engine::format::SEGMENT_HEADER_LEN;
+use factum_engine::format::{public_position, SEGMENT_HEADER_LEN};
 use factum_engine::index::{Checkpoint, Index, INDEX_FILE};
 use factum_engine::log::{all_zero, open_segments, FrameReader, Loc, Scanned};
 
@@ -29,10 +29,12 @@ struct Stats {
     segments: usize,
     log_bytes: u64,
     index_bytes: Option<u64>,
-    /// Position of the newest event; `None` when empty or unknown.
+    /// Position of the newest event as clients see it (the log position
+    /// + 1, ADR 25); `None` when empty or unknown.
     head_position: Option<u64>,
-    /// Number of events (= next position).
+    /// Number of events (= the next log position).
     events: Option<u64>,
+    /// The next log position the index checkpoint covers up to.
     index_checkpoint_position: Option<u64>,
     index_checkpoint_segment: Option<u32>,
     index_checkpoint_offset: Option<u64>,
@@ -182,7 +184,9 @@ fn head_and_checkpoint(dir: &Path, stats: &mut Stats) -> Result<(), CliError> {
         offset = SEGMENT_HEADER_LEN as u64;
     }
     stats.events = Some(next_position);
-    stats.head_position = next_position.checked_sub(1);
+    stats.head_position = next_position
+        .checked_sub(1)
+        .map(|log| public_position(log).0);
     if checkpoint.is_some() {
         stats.unindexed_events = Some(next_position.saturating_sub(after_checkpoint));
     }

@@ -10,7 +10,7 @@
 // of failing, and prints FIXED once the server behaves (then drop the
 // wrapper). Labels in use: "position-0" (the first event is at commit
 // position 0, which clients treat as "before everything") and "soft-delete"
-// (KurrentDB's soft-delete rules); both are being changed on other branches.
+// (KurrentDB's soft-delete rules); both are fixed (ADR 25, 26) and run as rows.
 "use strict";
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");

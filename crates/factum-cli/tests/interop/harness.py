@@ -11,7 +11,7 @@ A check that fails because of a known server gap is wrapped in
 prints FIXED once the server behaves (then drop the wrapper). Labels in use:
 "position-0" (the first event is at commit position 0, which clients treat
 as "before everything") and "soft-delete" (KurrentDB's soft-delete rules);
-both are being changed on other branches.
+both are fixed (ADR 25, 26) and run as rows (`row("label: what")`).
 """
 import sys
 import time

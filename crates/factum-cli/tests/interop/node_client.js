@@ -10,12 +10,88 @@ const {
   jsonEvent, binaryEvent, ANY, NO_STREAM, STREAM_EXISTS, START, END,
   FORWARDS, BACKWARDS, eventTypeFilter, streamNameFilter, excludeSystemEvents,
   WrongExpectedVersionError, StreamNotFoundError, StreamDeletedError, MaxAppendSizeExceededError,
+  persistentSubscriptionToAllSettingsFromDefaults,
 } = lib;
 
 const client = connect();
 const ev = (type, data = {}) => jsonEvent({ type, data });
 
+// The events `iterable` yields up to and including the one with id
+// `lastId`; a missing event fails after `ms` instead of hanging.
+async function takeUntil(iterable, lastId, ms = 10000) {
+  const got = [];
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${lastId} not delivered within ${ms} ms; got ${JSON.stringify(got)}`)), ms);
+  });
+  const read = (async () => {
+    for await (const e of iterable) {
+      got.push(e);
+      if (e.event.id === lastId) return got;
+    }
+    throw new Error(`the subscription ended; got ${JSON.stringify(got)}`);
+  })();
+  try {
+    return await Promise.race([read, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const ids = (events) => events.map((e) => e.event.id);
+
 const tests = {
+  // First, while the store is empty (the tests run in this order). The
+  // first event of a store is at commit position 1: this client takes 0
+  // for "before everything", so "the current position, then subscribe
+  // from it" and "from the stored checkpoint, 0 at first" must deliver
+  // the first event (issue 13.1); the same for a $all group started at 0.
+  async positionsOnAnEmptyStore() {
+    const head = await collect(client.readAll({ direction: BACKWARDS, fromPosition: END, maxCount: 1 }));
+    assert.equal(head.length, 0, "the store is empty");
+    const zero = { commit: 0n, prepare: 0n };
+    const fromZero = client.subscribeToAll({ fromPosition: zero });
+    const fromStart = client.subscribeToAll({ fromPosition: START });
+    const s = name("first");
+    await client.appendToStream(s, [0, 1, 2].map((i) => ev(`First${i}`)), appendAt(NO_STREAM));
+    const written = await collect(client.readAll({ fromPosition: START }));
+    assert.deepEqual(written.map((e) => e.event.streamId), [s, s, s]);
+    assert.deepEqual(written.map((e) => e.event.position.commit), [1n, 2n, 3n]);
+    const want = ids(written);
+    for (const [what, sub] of [["from commit position 0", fromZero], ["from START", fromStart]]) {
+      const got = await takeUntil(sub, want[2]);
+      await sub.unsubscribe();
+      assert.deepEqual(ids(got), want, what);
+    }
+    assert.deepEqual(ids(await collect(client.readAll({ fromPosition: zero }))), want, "readAll from 0");
+    const group = name("from0");
+    await client.createPersistentSubscriptionToAll(group,
+      persistentSubscriptionToAllSettingsFromDefaults({ startFrom: zero }));
+    const sub = client.subscribeToPersistentSubscriptionToAll(group);
+    const got = await takeUntil(sub, want[2]);
+    await sub.ack(...got);
+    await sub.unsubscribe();
+    assert.deepEqual(ids(got), want, "$all group from 0");
+  },
+
+  // A subscriber stores the position of the last event it handled and
+  // resumes from it: every event exactly once.
+  async resumeFromACheckpointTakenMidStream() {
+    const tag = crypto.randomUUID().slice(0, 8);
+    const s = name("mid");
+    await client.appendToStream(s, [...Array(10).keys()].map((i) => ev(`Mid${tag}`, { i })), appendAt(NO_STREAM));
+    const want = ids(await collect(client.readStream(s)));
+    const filter = eventTypeFilter({ prefixes: [`Mid${tag}`] });
+    let sub = client.subscribeToAll({ fromPosition: START, filter });
+    const first = await takeUntil(sub, want[4]);
+    await sub.unsubscribe();
+    const checkpoint = first[first.length - 1].event.position;
+    sub = client.subscribeToAll({ fromPosition: checkpoint, filter });
+    const rest = await takeUntil(sub, want[9]);
+    await sub.unsubscribe();
+    assert.deepEqual([...ids(first), ...ids(rest)], want);
+  },
+
   async expectedRevisionFormsAndConflicts() {
     const s = name("acct");
     let r = await client.appendToStream(s, ev("Opened"), appendAt(NO_STREAM));
@@ -158,7 +234,7 @@ const tests = {
     assert.equal(fromStart.event.id, first.event.id);
     // From commit position 0, the checkpoint clients store before they have
     // seen anything: in KurrentDB no event is at 0, so the first comes too.
-    await knownGap("position-0: subscribeToAll from { commit: 0, prepare: 0 } skips the first event", async () => {
+    await row("position-0: subscribeToAll from { commit: 0, prepare: 0 } delivers the first event", async () => {
       const [fromZero] = await take(client.subscribeToAll({ fromPosition: { commit: 0n, prepare: 0n } }), 1);
       assert.equal(fromZero.event.id, first.event.id,
         `first event at ${first.event.position.commit}, got ${fromZero.event.position.commit}`);

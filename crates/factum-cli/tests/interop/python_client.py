@@ -5,6 +5,9 @@ decides what is right, not us.
 Usage: python_client.py HOST:PORT [kurrentdbclient|esdbclient]
 (the server runs with --max-append-bytes 1048576)
 """
+import queue
+import threading
+import time
 import uuid
 
 from harness import (
@@ -17,6 +20,87 @@ client = connect()
 
 def ev(t, data=b"{}"):
     return NewEvent(type=t, data=data)
+
+
+def take_until(items, last_id, seconds=10):
+    """The ids `items` yields up to and including `last_id` (events only;
+    read on a thread, so a missing event fails instead of hanging)."""
+    q = queue.Queue()
+
+    def run():
+        try:
+            for item in items:
+                if type(item).__name__ in ("RecordedEvent", "PersistentSubscriptionEvent") or hasattr(item, "ack_id"):
+                    q.put(item)
+        except Exception as err:  # the call ended: stop() or an error
+            q.put(err)
+
+    threading.Thread(target=run, daemon=True).start()
+    got = []
+    deadline = time.time() + seconds
+    while True:
+        try:
+            item = q.get(timeout=max(0.0, deadline - time.time()))
+        except queue.Empty:
+            raise AssertionError(f"{last_id} not delivered within {seconds}s; got {got}")
+        if isinstance(item, Exception):
+            raise AssertionError(f"the subscription ended: {item!r}; got {got}")
+        got.append(item)
+        if item.id == last_id:
+            return got
+
+
+def test_000_positions_on_an_empty_store():
+    """Runs first (name order), while the store is empty. The first event of a store is
+    at commit position 1: this client takes 0 for "before everything"
+    (an empty store's commit position, an exclusive start), so
+    "read the current position, then subscribe from it" and "subscribe
+    from the stored checkpoint, 0 at first" must deliver the first event
+    (issue 13.1). The same for a $all consumer group started at 0."""
+    start = client.get_commit_position(filter_exclude=[])
+    assert start == 0, start
+    from_current = client.subscribe_to_all(commit_position=start, filter_exclude=[])
+    from_zero = client.subscribe_to_all(commit_position=0, filter_exclude=[])
+    s = name("first")
+    client.append_to_stream(s, current_version=StreamState.NO_STREAM,
+                            events=[ev(f"First{i}") for i in range(3)])
+    written = list(client.read_all(filter_exclude=[]))
+    ids = [e.id for e in written]
+    assert [e.stream_name for e in written] == [s] * 3, written
+    assert [e.commit_position for e in written] == [1, 2, 3], [e.commit_position for e in written]
+    assert client.get_commit_position(filter_exclude=[]) == 3
+    for what, sub in (("from the empty store's position", from_current), ("from 0", from_zero)):
+        got = [e.id for e in take_until(sub, ids[-1])]
+        sub.stop()
+        assert got == ids, (what, got, ids)
+    # Reading from 0 is inclusive of nothing before the first event.
+    assert [e.id for e in client.read_all(commit_position=0, filter_exclude=[])] == ids
+    group = name("from0")
+    client.create_subscription_to_all(group, commit_position=0)
+    sub = client.read_subscription_to_all(group)
+    got = take_until(sub, ids[-1])
+    for e in got:
+        sub.ack(e)
+    sub.stop()
+    assert [e.id for e in got] == ids, ("$all group from 0", [e.id for e in got], ids)
+
+
+def test_resume_from_a_checkpoint_taken_mid_stream():
+    """A subscriber stores the position of the last event it handled and
+    resumes from it: every event exactly once."""
+    tag = uuid.uuid4().hex[:8]
+    s = name("mid")
+    client.append_to_stream(s, current_version=StreamState.NO_STREAM,
+                            events=[ev(f"Mid{tag}", f'{{"i":{i}}}'.encode()) for i in range(10)])
+    ids = [e.id for e in client.get_stream(s)]
+    sub = client.subscribe_to_all(commit_position=0, filter_include=[f"Mid{tag}"])
+    first = take_until(sub, ids[4])
+    sub.stop()
+    checkpoint = first[-1].commit_position
+    sub = client.subscribe_to_all(commit_position=checkpoint, filter_include=[f"Mid{tag}"])
+    rest = take_until(sub, ids[-1])
+    sub.stop()
+    assert [e.id for e in first] + [e.id for e in rest] == ids, (checkpoint, first, rest)
 
 
 def test_expected_revision_forms_and_conflicts():
@@ -168,7 +252,7 @@ def test_catch_up_subscriptions_from_the_start_and_from_a_checkpoint():
     assert got[0].id == first.id, (got[0], first)
     # From commit position 0, the checkpoint clients store before they have
     # seen anything: in KurrentDB no event is at 0, so the first comes too.
-    with known_gap("position-0: subscribe_to_all(commit_position=0) skips the first event"):
+    with row("position-0: subscribe_to_all(commit_position=0) delivers the first event"):
         got = take(client.subscribe_to_all(commit_position=0, filter_exclude=[]), 1)
         assert got[0].id == first.id, f"first event {first.commit_position}, got {got[0].commit_position}"
 

@@ -18,7 +18,7 @@ fn result(revision: u64, position: u64) -> AppendResult {
 }
 
 /// Appends one and many events and reads every field back; revisions dense
-/// from 0 per stream, positions dense from 0 in commit order across streams,
+/// from 0 per stream, positions dense from 1 in commit order across streams,
 /// `created` non-decreasing and close to the local clock.
 pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
     let store = f.create().await;
@@ -39,7 +39,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
             .await,
         "append 1 event",
     );
-    assert_eq!(r, result(0, 0), "conformance: first append result");
+    assert_eq!(r, result(0, 1), "conformance: first append result");
 
     let three = vec![
         EventData::binary("Blob", Bytes::from_static(&[0, 1, 2, 0xff, 0xfe])),
@@ -54,7 +54,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         r,
-        result(2, 3),
+        result(2, 4),
         "conformance: 3-event append result (last revision, last position)"
     );
 
@@ -63,7 +63,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
         store.append(sn("order-1"), exact(0), two.clone()).await,
         "append 2 events",
     );
-    assert_eq!(r, result(2, 5), "conformance: 2-event append result");
+    assert_eq!(r, result(2, 6), "conformance: 2-event append result");
 
     let o1 = read_fwd(&store, "order-1").await;
     let sent1: Vec<&EventData> = one.iter().chain(two.iter()).collect();
@@ -75,7 +75,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
     for (i, (got, sent)) in o1.iter().zip(&sent1).enumerate() {
         assert_recorded(got, sent, "order-1", i as u64, "read order-1");
     }
-    assert_eq!(positions(&o1), [0, 4, 5], "conformance: order-1 positions");
+    assert_eq!(positions(&o1), [1, 5, 6], "conformance: order-1 positions");
     let o2 = read_fwd(&store, "order-2").await;
     assert_eq!(
         o2.len(),
@@ -85,13 +85,13 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
     for (i, (got, sent)) in o2.iter().zip(&three).enumerate() {
         assert_recorded(got, sent, "order-2", i as u64, "read order-2");
     }
-    assert_eq!(positions(&o2), [1, 2, 3], "conformance: order-2 positions");
+    assert_eq!(positions(&o2), [2, 3, 4], "conformance: order-2 positions");
 
     let all = read_all(&store, ReadAll::forwards()).await;
     assert_eq!(
         positions(&all),
-        [0, 1, 2, 3, 4, 5],
-        "conformance: $all positions dense from 0"
+        [1, 2, 3, 4, 5, 6],
+        "conformance: $all positions dense, the first event at 1 (0 is before it)"
     );
     let streams: Vec<&str> = all.iter().map(|e| e.stream.as_str()).collect();
     assert_eq!(
@@ -127,7 +127,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
             e.created
         );
     }
-    assert_eq!(ok(store.head_position().await, "head"), Some(Position(5)));
+    assert_eq!(ok(store.head_position().await, "head"), Some(Position(6)));
 
     // A large batch stays one contiguous unit.
     let bulk = evs("Bulk", 0, 500);
@@ -137,7 +137,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
             .await,
         "append 500 events",
     );
-    assert_eq!(r, result(499, 505), "conformance: 500-event append result");
+    assert_eq!(r, result(499, 506), "conformance: 500-event append result");
     let got = read_fwd(&store, "bulk-1").await;
     assert_eq!(
         ids(&got),
@@ -151,7 +151,7 @@ pub async fn append_and_read_back<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         positions(&got),
-        (6..506).collect::<Vec<_>>(),
+        (7..507).collect::<Vec<_>>(),
         "conformance: bulk-1 positions"
     );
 }
@@ -200,7 +200,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
                 .await,
             "NoStream on a new stream"
         ),
-        result(0, 0)
+        result(0, 1)
     );
     let step = "NoStream on an existing stream";
     assert_wev(
@@ -220,7 +220,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
                 .await,
             "StreamExists"
         ),
-        result(1, 1)
+        result(1, 2)
     );
     let c = evs("E", 2, 2);
     assert_eq!(
@@ -228,7 +228,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
             store.append(s.clone(), exact(1), c.clone()).await,
             "Exact(1)"
         ),
-        result(3, 3)
+        result(3, 4)
     );
     assert_wev(
         store.append(s.clone(), exact(1), evs("E", 4, 1)).await,
@@ -246,7 +246,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         ok(store.head_position().await, "head"),
-        head(3),
+        head(4),
         "conformance: failed appends wrote something"
     );
     let d = evs("E", 4, 1);
@@ -257,7 +257,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
                 .await,
             "Any"
         ),
-        result(4, 4)
+        result(4, 5)
     );
     let e = evs("E", 5, 1);
     assert_eq!(
@@ -265,7 +265,7 @@ pub async fn expected_revision_forms<F: StoreFactory>(f: &F) {
             store.append(sn("acct-2"), ExpectedRevision::Any, e).await,
             "Any on a new stream"
         ),
-        result(0, 5)
+        result(0, 6)
     );
 
     let got = read_fwd(&store, "acct-1").await;
@@ -295,7 +295,7 @@ pub async fn idempotent_appends<F: StoreFactory>(f: &F) {
             .await,
         "first append",
     );
-    assert_eq!(ra, result(1, 1));
+    assert_eq!(ra, result(1, 2));
     assert_eq!(
         ok(
             store
@@ -311,7 +311,7 @@ pub async fn idempotent_appends<F: StoreFactory>(f: &F) {
         store.append(s.clone(), exact(1), b.clone()).await,
         "Exact(1) append",
     );
-    assert_eq!(rb, result(2, 2));
+    assert_eq!(rb, result(2, 3));
     assert_eq!(
         ok(
             store.append(s.clone(), exact(1), b.clone()).await,
@@ -382,7 +382,7 @@ pub async fn idempotent_appends<F: StoreFactory>(f: &F) {
             .await,
         "Any append",
     );
-    assert_eq!(rc, result(4, 4));
+    assert_eq!(rc, result(4, 5));
     assert_eq!(
         ok(
             store
@@ -400,7 +400,7 @@ pub async fn idempotent_appends<F: StoreFactory>(f: &F) {
             .await,
         "StreamExists append",
     );
-    assert_eq!(rd, result(5, 5));
+    assert_eq!(rd, result(5, 6));
     assert_eq!(
         ok(
             store
@@ -430,7 +430,7 @@ pub async fn idempotent_appends<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(5)),
+        Some(Position(6)),
         "conformance: retries moved the head"
     );
     assert_eq!(
@@ -494,7 +494,7 @@ pub async fn empty_append<F: StoreFactory>(f: &F) {
             store.append(s.clone(), exact(1), vec![]).await,
             "empty Exact(1)"
         ),
-        result(1, 1)
+        result(1, 2)
     );
     assert_eq!(
         ok(
@@ -503,14 +503,14 @@ pub async fn empty_append<F: StoreFactory>(f: &F) {
                 .await,
             "empty StreamExists"
         ),
-        result(1, 1)
+        result(1, 2)
     );
     assert_eq!(
         ok(
             store.append(s.clone(), ExpectedRevision::Any, vec![]).await,
             "empty Any"
         ),
-        result(1, 1)
+        result(1, 2)
     );
     assert_wev(
         store.append(s.clone(), exact(0), vec![]).await,
@@ -530,7 +530,7 @@ pub async fn empty_append<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(1)),
+        Some(Position(2)),
         "conformance: an empty append moved the head"
     );
     assert_eq!(ids(&read_fwd(&store, "empty-1").await), data_ids(&events));

@@ -140,7 +140,7 @@ pub async fn concurrent_exact_appends<F: StoreFactory>(f: &F) {
     let all = read_all(&*store, ReadAll::forwards()).await;
     assert_eq!(
         positions(&all),
-        (0..n as u64).collect::<Vec<_>>(),
+        (1..=n as u64).collect::<Vec<_>>(),
         "conformance: race-1 positions dense"
     );
 }
@@ -188,12 +188,12 @@ pub async fn concurrent_any_appends<F: StoreFactory>(f: &F) {
     let all = read_all(&*store, ReadAll::forwards()).await;
     assert_eq!(
         positions(&all),
-        (0..n as u64).collect::<Vec<_>>(),
+        (1..=n as u64).collect::<Vec<_>>(),
         "conformance: any-1 positions dense"
     );
 }
 
-/// 64 tasks append to their own streams concurrently: positions dense over
+/// 64 tasks append to their own streams concurrently: positions dense (from 1) over
 /// all of them, revisions dense per stream, results point at the right events.
 pub async fn concurrent_appends_to_many_streams<F: StoreFactory>(f: &F) {
     const APPENDS: u64 = 4;
@@ -230,12 +230,12 @@ pub async fn concurrent_appends_to_many_streams<F: StoreFactory>(f: &F) {
         .sum::<usize>();
     assert_eq!(
         positions(&all),
-        (0..n as u64).collect::<Vec<_>>(),
+        (1..=n as u64).collect::<Vec<_>>(),
         "conformance: positions dense across concurrent streams"
     );
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(n as u64 - 1))
+        Some(Position(n as u64))
     );
     for (task, batches) in per_task.iter().enumerate() {
         let what = format!("many-{task}");
@@ -249,7 +249,7 @@ pub async fn concurrent_appends_to_many_streams<F: StoreFactory>(f: &F) {
         for e in &events {
             assert_eq!(
                 Some(e),
-                all.get(e.position.0 as usize),
+                all.get(e.position.0 as usize - 1),
                 "conformance: {what}: stream read and $all disagree"
             );
         }

@@ -47,7 +47,7 @@ pub async fn system_streams_are_read_only<F: StoreFactory>(f: &F) {
     }
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(0)),
+        Some(Position(1)),
         "conformance: a refused request wrote something"
     );
     assert_eq!(
@@ -202,7 +202,7 @@ pub async fn head_position<F: StoreFactory>(f: &F) {
         Some(last[0].position),
         "conformance: head is the last position"
     );
-    assert_eq!(last[0].position, Position(14));
+    assert_eq!(last[0].position, Position(15));
 }
 
 /// Event types holding a control character (NUL, a line break, DEL, a C1

@@ -55,7 +55,7 @@ pub async fn metadata_round_trip<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         r.position,
-        Position(0),
+        Position(1),
         "conformance: a metadata write takes a global position"
     );
     let got = ok(store.stream_metadata(s.clone()).await, "read metadata");
@@ -208,12 +208,12 @@ pub async fn metadata_and_deletes_in_all<F: StoreFactory>(f: &F) {
     );
     assert_eq!(
         (r.revision, r.position),
-        (StreamRevision(0), Position(1)),
+        (StreamRevision(0), Position(2)),
         "conformance: metadata write result"
     );
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(1)),
+        Some(Position(2)),
         "conformance: head after a metadata write"
     );
     let d = ok(
@@ -222,24 +222,24 @@ pub async fn metadata_and_deletes_in_all<F: StoreFactory>(f: &F) {
             .await,
         "soft delete",
     );
-    assert_eq!(d.position, Position(2), "conformance: soft delete position");
+    assert_eq!(d.position, Position(3), "conformance: soft delete position");
     let t = ok(
         store
             .tombstone_stream(sn("sys-2"), ExpectedRevision::Any)
             .await,
         "tombstone a stream never written",
     );
-    assert_eq!(t.position, Position(3), "conformance: tombstone position");
+    assert_eq!(t.position, Position(4), "conformance: tombstone position");
     assert_eq!(
         ok(store.head_position().await, "head"),
-        Some(Position(3)),
+        Some(Position(4)),
         "conformance: head after a tombstone"
     );
 
     let all = read_all(&store, ReadAll::forwards()).await;
     assert_eq!(
         positions(&all),
-        [0, 1, 2, 3],
+        [1, 2, 3, 4],
         "conformance: $all holds the metadata and delete records"
     );
     let summary: Vec<(&str, u64, &str)> = all
@@ -275,7 +275,7 @@ pub async fn metadata_and_deletes_in_all<F: StoreFactory>(f: &F) {
         ReadAll::forwards().filter(Filter::exclude_system_events()),
     )
     .await;
-    assert_eq!(positions(&user), [0], "conformance: exclude_system_events");
+    assert_eq!(positions(&user), [1], "conformance: exclude_system_events");
     assert_eq!(
         read_fwd(&store, "$ce-sys").await.len(),
         1,

@@ -30,7 +30,7 @@ async fn page_all<S: EventStore>(store: &S, direction: Direction, page: u64) -> 
         let Some(last) = got.last() else { return out };
         let next = match direction {
             Direction::Forwards => last.position.0 + 1,
-            Direction::Backwards if last.position.0 == 0 => {
+            Direction::Backwards if last.position.0 <= 1 => {
                 out.extend(got);
                 return out;
             }
@@ -180,7 +180,7 @@ pub async fn read_stream_directions_and_bounds<F: StoreFactory>(f: &F) {
     }
     assert_eq!(
         positions(&all),
-        [0, 1, 2, 3, 7, 8, 9, 10, 11, 12],
+        [1, 2, 3, 4, 8, 9, 10, 11, 12, 13],
         "conformance: read-1 positions"
     );
     for page in [1, 3, 4, 10, 11] {
@@ -242,14 +242,18 @@ pub async fn read_all_directions_and_bounds<F: StoreFactory>(f: &F) {
         }
         .max_count(n)
     };
+    // 12 events: positions 1 ..= 12 (the first event is at 1; 0 is
+    // "before the first event").
     let cases: Vec<(&str, ReadAll, Vec<u64>)> = vec![
-        ("forwards", ReadAll::forwards(), rev_range(0, 11)),
-        ("backwards", ReadAll::backwards(), rev_range_down(11, 0)),
-        ("forwards from 5", fwd(p(5), u64::MAX), rev_range(5, 11)),
+        ("forwards", ReadAll::forwards(), rev_range(1, 12)),
+        ("backwards", ReadAll::backwards(), rev_range_down(12, 1)),
+        ("forwards from 0", fwd(p(0), u64::MAX), rev_range(1, 12)),
+        ("forwards from 1", fwd(p(1), u64::MAX), rev_range(1, 12)),
+        ("forwards from 5", fwd(p(5), u64::MAX), rev_range(5, 12)),
         ("forwards from 5, max 3", fwd(p(5), 3), vec![5, 6, 7]),
         (
-            "forwards from 12 (past the head)",
-            fwd(p(12), u64::MAX),
+            "forwards from 13 (past the head)",
+            fwd(p(13), u64::MAX),
             vec![],
         ),
         ("forwards from End", fwd(AllStart::End, 3), vec![]),
@@ -257,25 +261,30 @@ pub async fn read_all_directions_and_bounds<F: StoreFactory>(f: &F) {
         (
             "backwards from 5",
             bwd(p(5), u64::MAX),
-            rev_range_down(5, 0),
+            rev_range_down(5, 1),
         ),
         ("backwards from 5, max 2", bwd(p(5), 2), vec![5, 4]),
         (
             "backwards from 1000 (past the head)",
             bwd(p(1000), 2),
-            vec![11, 10],
+            vec![12, 11],
         ),
         (
             "backwards from Start (= the head)",
             bwd(AllStart::Start, 1),
-            vec![11],
+            vec![12],
         ),
         (
             "backwards from End, max 3",
             bwd(AllStart::End, 3),
-            vec![11, 10, 9],
+            vec![12, 11, 10],
         ),
-        ("backwards from 0", bwd(p(0), 5), vec![0]),
+        ("backwards from 1", bwd(p(1), 5), vec![1]),
+        (
+            "backwards from 0 (before the first event)",
+            bwd(p(0), 5),
+            vec![],
+        ),
     ];
     let all = read_all(&store, ReadAll::forwards()).await;
     for (what, req, want) in cases {
@@ -288,7 +297,7 @@ pub async fn read_all_directions_and_bounds<F: StoreFactory>(f: &F) {
         for e in &got {
             assert_eq!(
                 Some(e),
-                all.get(e.position.0 as usize),
+                all.get(e.position.0 as usize - 1),
                 "conformance: read_all {what}: event differs from the full read"
             );
         }
@@ -338,7 +347,7 @@ pub async fn read_all_filters<F: StoreFactory>(f: &F) {
             .iter()
             .enumerate()
             .filter(|(_, (s, t))| pred(s, t))
-            .map(|(i, _)| i as u64)
+            .map(|(i, _)| i as u64 + 1)
             .collect()
     };
     let cases: Vec<(&str, Filter, Vec<u64>)> = vec![
@@ -393,7 +402,7 @@ pub async fn read_all_filters<F: StoreFactory>(f: &F) {
         for e in &got {
             assert_eq!(
                 Some(e),
-                all.get(e.position.0 as usize),
+                all.get(e.position.0 as usize - 1),
                 "conformance: filtered read_all ({what}) changed an event"
             );
         }

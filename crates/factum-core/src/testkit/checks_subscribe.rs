@@ -132,7 +132,7 @@ pub async fn subscribe_to_all<F: StoreFactory>(f: &F) {
     let old = take_events(&mut empty, 8, "$all subscribed on an empty store").await;
     assert_eq!(
         positions(&old),
-        (0..8).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
         "conformance: $all subscribed on an empty store"
     );
 
@@ -140,8 +140,17 @@ pub async fn subscribe_to_all<F: StoreFactory>(f: &F) {
     let got = events_until_caught_up(&mut sub, "$all from After(2)").await;
     assert_eq!(
         positions(&got),
-        [3, 4, 5, 6, 7],
+        [3, 4, 5, 6, 7, 8],
         "conformance: $all After(2) is exclusive"
+    );
+    // 0 is "before the first event" (the first event is at 1): a consumer
+    // whose stored checkpoint starts at 0 misses nothing.
+    let mut sub = subscribe(&store, Subscribe::all(After(0), None)).await;
+    let got = events_until_caught_up(&mut sub, "$all from After(0)").await;
+    assert_eq!(
+        got,
+        all_matching(&store, None).await,
+        "conformance: $all After(0) delivers the first event (at position 1) and all after it"
     );
 
     let mut sub = subscribe(&store, Subscribe::all(End, None)).await;
@@ -154,7 +163,7 @@ pub async fn subscribe_to_all<F: StoreFactory>(f: &F) {
     let got = take_events(&mut sub, 1, "$all from End, live").await;
     assert_eq!(
         positions(&got),
-        [8],
+        [9],
         "conformance: $all End delivers the next event"
     );
     assert_no_event(&mut sub, "$all from End").await;
@@ -306,7 +315,7 @@ pub async fn subscribe_catch_up_then_live<F: StoreFactory>(f: &F) {
     assert_eq!(all.len(), 600);
     assert_eq!(
         positions(&got_all),
-        (0..600).collect::<Vec<_>>(),
+        (1..=600).collect::<Vec<_>>(),
         "conformance: $all subscription across the hand-over (gap, duplicate or reorder)"
     );
     assert_eq!(
@@ -328,13 +337,13 @@ pub async fn subscribe_catch_up_then_live<F: StoreFactory>(f: &F) {
     let mut late = late.expect("conformance: the writer never reached position 450");
     let got = take_events(
         &mut late,
-        499,
+        500,
         "$all subscribed during appends from After(100)",
     )
     .await;
     assert_eq!(
         got,
-        all[101..],
+        all[100..],
         "conformance: subscription started during appends"
     );
     assert_no_event(&mut late, "late subscriber after everything").await;
@@ -372,7 +381,7 @@ pub async fn subscribe_slow_consumer<F: StoreFactory>(f: &F) {
     let got = take_events(&mut all_sub, 5000, "slow $all subscriber").await;
     assert_eq!(
         positions(&got),
-        (0..5000).collect::<Vec<_>>(),
+        (1..=5000).collect::<Vec<_>>(),
         "conformance: slow $all subscriber (gap, duplicate or reorder)"
     );
     let got = take_events(&mut stream_sub, 5000, "slow stream subscriber").await;
@@ -389,7 +398,7 @@ pub async fn subscribe_slow_consumer<F: StoreFactory>(f: &F) {
     append(&store, "slow-1", "E", 5000, 1).await;
     assert_eq!(
         positions(&take_events(&mut all_sub, 1, "slow $all subscriber, live again").await),
-        [5000]
+        [5001]
     );
     assert_eq!(
         revs(&take_events(&mut stream_sub, 1, "slow stream subscriber, live again").await),

@@ -23,8 +23,9 @@
 //! choice had to be made it follows KurrentDB unless noted.
 //!
 //! ## Positions and the log
-//! - Every successful write takes the next dense global positions (from 0,
-//!   in commit order): an append of *n* events takes *n*;
+//! - Every successful write takes the next dense global positions (from 1,
+//!   in commit order; 0 is "before the first event", as KurrentDB's clients
+//!   take it, ADR 25): an append of *n* events takes *n*;
 //!   `set_stream_metadata` takes 1 (a `$metadata` event in `$$<stream>`); a
 //!   soft delete takes 1 (also a `$metadata` event, see below); a tombstone
 //!   takes 1 (a [`TOMBSTONE_EVENT_TYPE`] record); a write that recreates a
@@ -41,6 +42,9 @@
 //!   [`TOMBSTONE_EVENT_TYPE`]. Its id, content type, data and metadata are
 //!   the backend's choice.
 //! - `head_position` is the position of the newest record, `None` when empty.
+//! - `read_all` forwards from 0 or 1 starts at the first event; backwards
+//!   from 0 reads nothing; a `$all` subscription `After(0)` delivers the
+//!   first event.
 //! - `created` is the commit time; it never decreases along positions.
 //!
 //! ## Expected revision and the current revision

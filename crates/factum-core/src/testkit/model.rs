@@ -27,7 +27,8 @@ const SOFT_DELETED: u64 = i64::MAX as u64;
 /// One stream (user or `$$` metadata stream).
 #[derive(Default, Debug)]
 struct StreamState {
-    /// Global position of each revision.
+    /// Index in the log of each revision (its position is one more: the
+    /// first event is at position 1).
     positions: Vec<u64>,
     /// First revision of the current life (after the last soft delete).
     base: u64,
@@ -58,7 +59,7 @@ impl StreamState {
 pub(crate) struct Model {
     log: Vec<RecordedEvent>,
     streams: HashMap<StreamName, StreamState>,
-    /// Link stream name (`$ce-…`, `$et-…`) → positions.
+    /// Link stream name (`$ce-…`, `$et-…`) → log indexes.
     links: HashMap<String, Vec<u64>>,
     last_created: Option<Timestamp>,
 }
@@ -186,7 +187,7 @@ impl Model {
     }
 
     fn position_of(&self, stream: &StreamName, revision: u64) -> Position {
-        Position(self.streams[stream].positions[revision as usize])
+        Position(self.streams[stream].positions[revision as usize] + 1)
     }
 
     /// Appends one record to the log (and to its stream unless it is a tombstone).
@@ -202,7 +203,8 @@ impl Model {
         now: Timestamp,
         tombstone: bool,
     ) -> (StreamRevision, Position) {
-        let position = self.log.len() as u64;
+        let index = self.log.len() as u64;
+        let position = index + 1;
         let created = self.last_created.map_or(now, |t| t.max(now));
         self.last_created = Some(created);
         let state = self.streams.entry(stream.clone()).or_default();
@@ -210,7 +212,7 @@ impl Model {
             state.tombstoned = true;
             TOMBSTONE_REVISION
         } else {
-            state.positions.push(position);
+            state.positions.push(index);
             StreamRevision(state.len() - 1)
         };
         if !tombstone && !stream.is_system() {
@@ -218,12 +220,12 @@ impl Model {
                 self.links
                     .entry(format!("$ce-{category}"))
                     .or_default()
-                    .push(position);
+                    .push(index);
             }
             self.links
                 .entry(format!("$et-{event_type}"))
                 .or_default()
-                .push(position);
+                .push(index);
         }
         self.log.push(RecordedEvent {
             id,
@@ -589,14 +591,17 @@ impl Model {
                 match req.from {
                     AllStart::Start => 0,
                     AllStart::End => len,
-                    AllStart::Position(p) => p.0,
+                    AllStart::Position(p) => p.0.saturating_sub(1),
                 }..len,
             ),
             Direction::Backwards if len == 0 => Box::new(std::iter::empty()),
+            Direction::Backwards if req.from == AllStart::Position(Position(0)) => {
+                Box::new(std::iter::empty())
+            }
             Direction::Backwards => Box::new(
                 (0..=match req.from {
                     AllStart::Start | AllStart::End => len - 1,
-                    AllStart::Position(p) => p.0.min(len - 1),
+                    AllStart::Position(p) => (p.0 - 1).min(len - 1),
                 })
                     .rev(),
             ),
@@ -646,10 +651,11 @@ impl Model {
     ) -> Vec<RecordedEvent> {
         let from = after.map_or(0, |a| a.saturating_add(1));
         match target {
+            // After position `a`: from the event at index `a` (position `a + 1`).
             SubscriptionTarget::All(filter) => self
                 .log
                 .iter()
-                .skip(usize::try_from(from).unwrap_or(usize::MAX))
+                .skip(usize::try_from(after.unwrap_or(0)).unwrap_or(usize::MAX))
                 .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                 .take(limit)
                 .cloned()

@@ -324,12 +324,14 @@ pub struct RebuildProgress {
 }
 
 impl RebuildProgress {
-    /// Fraction done, 0.0 ..= 1.0.
+    /// Fraction done, 0.0 ..= 1.0: positions done of the head's (the first
+    /// event is at 1; a scavenged log has fewer events than that).
     pub fn fraction(&self) -> f64 {
         match (self.position, self.head) {
             (_, None) => 1.0,
+            (_, Some(Position(0))) => 1.0,
             (None, Some(_)) => 0.0,
-            (Some(p), Some(h)) => ((p.0 + 1) as f64 / (h.0 + 1) as f64).min(1.0),
+            (Some(p), Some(h)) => (p.0 as f64 / h.0 as f64).min(1.0),
         }
     }
 }

@@ -22,6 +22,7 @@ use super::{
 
 const REGISTRY_SQL: &str = include_str!("../../sql/postgres/registry.sql");
 const GENERATION_SQL: &str = include_str!("../../sql/postgres/generation.sql");
+const POSITIONS_FROM_ONE_SQL: &str = include_str!("../../sql/postgres/positions_from_one.sql");
 
 /// A projection into PostgreSQL tables.
 ///
@@ -197,7 +198,7 @@ impl<P: PostgresProjection> ReadModelStore for PostgresReadModel<P> {
         let err = pg_err(self.name());
         let tx = client.transaction().await.map_err(&err)?;
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};\n{GENERATION_SQL}\n{}",
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};\n{GENERATION_SQL}\n{POSITIONS_FROM_ONE_SQL}\n{}",
             self.projection.schema()
         ))
         .await

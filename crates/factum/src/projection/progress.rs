@@ -30,8 +30,8 @@ const WIDTH: usize = 30;
 pub fn render(label: &str, p: &RebuildProgress) -> String {
     let fraction = p.fraction().clamp(0.0, 1.0);
     let filled = (fraction * WIDTH as f64).floor() as usize;
-    let done = p.position.map_or(0, |x| x.0 + 1);
-    let total = p.head.map_or(0, |h| h.0 + 1);
+    let done = p.position.map_or(0, |x| x.0);
+    let total = p.head.map_or(0, |h| h.0);
     format!(
         "{label} [{}{}] {:>3}% {done}/{total} positions, {} events applied, generation {}",
         "#".repeat(filled),
@@ -112,20 +112,22 @@ mod tests {
             generation: 2,
             position: position.map(Position),
             head: head.map(Position),
-            events_applied: position.map_or(0, |p| p + 1),
+            events_applied: position.unwrap_or(0),
         }
     }
 
     #[test]
     fn renders_the_fraction_as_cells() {
         assert_eq!(
-            render("m", &at(Some(4), Some(9))),
+            render("m", &at(Some(5), Some(10))),
             "m [###############...............]  50% 5/10 positions, 5 events applied, generation 2"
         );
         assert!(
-            render("m", &at(None, Some(9))).contains("[..............................]   0% 0/10")
+            render("m", &at(None, Some(10))).contains("[..............................]   0% 0/10")
         );
-        assert!(render("m", &at(Some(9), Some(9))).contains(&format!("[{}] 100%", "#".repeat(30))));
+        assert!(
+            render("m", &at(Some(10), Some(10))).contains(&format!("[{}] 100%", "#".repeat(30)))
+        );
         // An empty store is done at once.
         assert!(render("m", &at(None, None)).contains("100% 0/0"));
     }
@@ -154,8 +156,8 @@ mod tests {
     fn a_terminal_redraws_in_place_a_pipe_gets_a_line_per_tenth() {
         let out = Captured::default();
         let mut bar = ProgressBar::new("m", Box::new(out.clone()), true);
-        for p in [0, 50, 99] {
-            bar.update(&at(Some(p), Some(99)));
+        for p in [1, 51, 100] {
+            bar.update(&at(Some(p), Some(100)));
         }
         bar.finish("generation 2 is live");
         let text = out.text();
@@ -165,8 +167,8 @@ mod tests {
 
         let out = Captured::default();
         let mut bar = ProgressBar::new("m", Box::new(out.clone()), false);
-        for p in 0..1000 {
-            bar.update(&at(Some(p), Some(999)));
+        for p in 1..=1000 {
+            bar.update(&at(Some(p), Some(1000)));
         }
         bar.finish("done");
         let text = out.text();

@@ -5,7 +5,7 @@
 //! hand-over), gathers what is already delivered into batches of up to
 //! `batch_size`, and commits each batch with its checkpoint in one
 //! transaction. A rebuild runs a second worker on a new generation from
-//! position 0 and switches readers over when it has caught up.
+//! the first event and switches readers over when it has caught up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -563,7 +563,7 @@ impl<S: EventStore + Clone, M: ReadModelStore> ProjectionHandle<S, M> {
     }
 
     /// Rebuilds the read model without downtime: builds a new generation
-    /// from position 0 beside the live one (readers keep reading the live
+    /// from the first event beside the live one (readers keep reading the live
     /// one), reports progress about every 100 ms, and when the new one has
     /// caught up, stops the old worker, switches readers over and drops the
     /// old generation. Returns the new generation. On failure the new
@@ -696,10 +696,11 @@ async fn lag_between<S: EventStore>(
     head: Option<Position>,
     position: Option<Position>,
 ) -> Result<Lag, ProjectionError> {
-    let behind = match (head, position) {
-        (None, _) => 0,
-        (Some(h), None) => h.0 + 1,
-        (Some(h), Some(p)) => h.0.saturating_sub(p.0),
+    // No position yet is position 0, "before the first event" (the first
+    // event is at 1).
+    let behind = match head {
+        None => 0,
+        Some(h) => h.0.saturating_sub(position.map_or(0, |p| p.0)),
     };
     let mut seconds = 0.0;
     if behind > 0 {

@@ -24,6 +24,7 @@ use super::{
 
 const REGISTRY_SQL: &str = include_str!("../../sql/sqlite/registry.sql");
 const GENERATION_SQL: &str = include_str!("../../sql/sqlite/generation.sql");
+const POSITIONS_FROM_ONE_SQL: &str = include_str!("../../sql/sqlite/positions_from_one.sql");
 const REGISTRY_FILE: &str = "factum-read-models.sqlite";
 
 /// A projection into SQLite tables.
@@ -183,11 +184,24 @@ impl<P: SqliteProjection> SqliteReadModel<P> {
         ))
         .and_then(|_| conn.busy_timeout(std::time::Duration::from_secs(5)))
         .map_err(sink_err(name))?;
-        conn.execute_batch(&format!(
-            "BEGIN; {GENERATION_SQL}\n{}\n; COMMIT;",
-            self.projection.schema()
-        ))
-        .map_err(|e| ProjectionError::sink(name, format!("creating the tables: {e}")))?;
+        let tables = || -> rusqlite::Result<()> {
+            conn.execute_batch(&format!(
+                "BEGIN; {GENERATION_SQL}\n{}\n;",
+                self.projection.schema()
+            ))?;
+            // A generation written before positions started at 1 (ADR 25).
+            let old: bool = conn.query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM pragma_table_info('factum_checkpoint') \
+                 WHERE name = 'positions_from')",
+                [],
+                |r| r.get(0),
+            )?;
+            if old {
+                conn.execute_batch(POSITIONS_FROM_ONE_SQL)?;
+            }
+            conn.execute_batch("COMMIT;")
+        };
+        tables().map_err(|e| ProjectionError::sink(name, format!("creating the tables: {e}")))?;
         Ok(SqliteSink {
             name: name.to_owned(),
             inner: Some((conn, self.projection.clone())),

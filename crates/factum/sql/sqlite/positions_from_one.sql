@@ -1,0 +1,10 @@
+-- Converts the bookkeeping of a generation written before positions
+-- started at 1 (ADR 25; its factum_checkpoint has no positions_from
+-- column): every position it holds names the event now one position
+-- later. Runs once, in the transaction that opens the generation, only
+-- when the column is missing. The dead letters move in two steps so that
+-- no intermediate row collides with another's key.
+ALTER TABLE factum_checkpoint ADD COLUMN positions_from INTEGER NOT NULL DEFAULT 0;
+UPDATE factum_checkpoint SET position = position + 1, positions_from = 1;
+UPDATE factum_dead_letters SET position = -(position + 1);
+UPDATE factum_dead_letters SET position = -position;
