@@ -5,7 +5,7 @@
 
 use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
-    Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
+    Error, PageBound, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
 };
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use crate::reader::Reader;
 use crate::writer::Committed;
 
 const PAGE: u64 = 512;
+/// A catch-up page also ends at this many bytes (ADR 21).
+const PAGE_BYTES: u64 = factum_core::PAGE_BYTES;
 const MAX_SCAN: u64 = 8192;
 
 struct EngineFollow {
@@ -35,14 +37,21 @@ fn page(
 ) -> Result<(Vec<RecordedEvent>, u64, bool)> {
     match target {
         SubscriptionTarget::All(filter) => {
-            let (events, next) =
-                reader.scan_forwards(cursor, PAGE, filter.as_ref(), None, MAX_SCAN, progress)?;
+            let (events, next) = reader.scan_forwards(
+                cursor,
+                PageBound::new(PAGE, PAGE_BYTES),
+                filter.as_ref(),
+                None,
+                MAX_SCAN,
+                progress,
+            )?;
             Ok((events, next, next >= reader.committed().next_position))
         }
         SubscriptionTarget::Stream(stream) => {
             let req = ReadStream::forwards(stream.clone())
                 .from_revision(StreamRevision(cursor))
-                .max_count(PAGE);
+                .max_count(PAGE)
+                .max_bytes(PAGE_BYTES);
             match reader.read_stream(&req, progress) {
                 Ok(events) => {
                     let next = events.last().map_or(cursor, |e| e.read_revision().0 + 1);

@@ -9,12 +9,12 @@ use factum_core::{
     AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid,
 };
 use factum_proto::shared;
-use prost::Message;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
     append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
     BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 

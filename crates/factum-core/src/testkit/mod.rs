@@ -220,8 +220,8 @@ pub use self::checks_meta::{
     max_age, max_count, metadata_and_deletes_in_all, metadata_round_trip, truncate_before,
 };
 pub use self::checks_read::{
-    read_all_directions_and_bounds, read_all_filters, read_stream_directions_and_bounds,
-    temporal_reads,
+    read_all_directions_and_bounds, read_all_filters, read_pages_by_bytes,
+    read_stream_directions_and_bounds, temporal_reads,
 };
 pub use self::checks_subscribe::{
     subscribe_catch_up_then_live, subscribe_slow_consumer, subscribe_to_all,
@@ -270,6 +270,7 @@ macro_rules! __factum_testkit_checks {
             read_stream_directions_and_bounds,
             read_all_directions_and_bounds,
             read_all_filters,
+            read_pages_by_bytes,
             temporal_reads,
             category_and_event_type_streams,
             metadata_round_trip,
