@@ -45,6 +45,8 @@ use factum_proto::streams::ReadResp;
 use factum_proto::streams::{append_req, append_resp, delete_req, tombstone_req, ReadReq};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+#[doc(hidden)]
+pub use read::decode_read_message;
 use read::ReadItem;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;

@@ -92,6 +92,22 @@ impl Decoder for ReadDecoder {
     }
 }
 
+/// Decodes one `ReadResp` message as [`ReadDecoder`] does, with a fresh
+/// decoder: `Ok(Some(..))` for an event message, `Ok(None)` for any other
+/// answer prost decodes. For the fuzz tests (`tests/fuzz_decode.rs`).
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn decode_read_message(message: Bytes) -> Result<Option<Result<RecordedEvent, Error>>, Status> {
+    let mut decoder = ReadDecoder::default();
+    match decoder.decode_event(&message) {
+        Ok(Some(event)) => Ok(Some(event)),
+        Ok(None) => ReadResp::decode(message)
+            .map(|_| None)
+            .map_err(|e| Status::internal(format!("malformed ReadResp: {e}"))),
+        Err(e) => Ok(Some(Err(e))),
+    }
+}
+
 /// A position in a message being read.
 struct Fields<'a> {
     bytes: &'a Bytes,
@@ -106,6 +122,9 @@ const LEN: u8 = 2;
 const START_GROUP: u8 = 3;
 const END_GROUP: u8 = 4;
 const FIXED32: u8 = 5;
+
+/// How deep skipped groups may nest (prost's recursion limit).
+const MAX_GROUP_DEPTH: u32 = 100;
 
 fn malformed(what: &str) -> Error {
     protocol(format!("malformed ReadResp: {what}"))
@@ -172,15 +191,23 @@ impl<'a> Fields<'a> {
 
     /// Skips a field of this wire type (its key already read).
     fn skip(&mut self, field: u64, wire_type: u8) -> Result<(), Error> {
+        self.skip_nested(field, wire_type, 0)
+    }
+
+    /// As [`Fields::skip`], inside `depth` groups: groups nest at most
+    /// [`MAX_GROUP_DEPTH`] deep (prost's recursion limit), so a message of
+    /// nested group starts cannot overflow the stack.
+    fn skip_nested(&mut self, field: u64, wire_type: u8, depth: u32) -> Result<(), Error> {
         match wire_type {
             VARINT => self.varint().map(|_| ()),
             FIXED64 => self.advance(8),
             LEN => self.delimited().map(|_| ()),
             FIXED32 => self.advance(4),
+            START_GROUP if depth >= MAX_GROUP_DEPTH => Err(malformed("groups nested too deep")),
             START_GROUP => loop {
                 match self.next()? {
                     Some((f, END_GROUP)) if f == field => return Ok(()),
-                    Some((f, t)) => self.skip(f, t)?,
+                    Some((f, t)) => self.skip_nested(f, t, depth + 1)?,
                     None => return Err(malformed("unterminated group")),
                 }
             },

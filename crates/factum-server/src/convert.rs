@@ -184,7 +184,8 @@ pub fn event_and_link(
 pub fn grpc_timeout(header: Option<&str>) -> Option<std::time::Duration> {
     use std::time::Duration;
     let h = header?;
-    let (digits, unit) = h.split_at(h.len().checked_sub(1)?);
+    // Not `split_at`: the last character may be more than one byte.
+    let (digits, unit) = h.split_at_checked(h.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -261,6 +262,8 @@ mod tests {
             assert_eq!(grpc_timeout(Some(bad)), None, "{bad}");
         }
         assert_eq!(grpc_timeout(None), None);
+        // Found by tests/fuzz_input.rs: a multi-byte last character.
+        assert_eq!(grpc_timeout(Some("1ʲ")), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -66,6 +67,36 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, body) = crate::errors::http_error(&e);
         ApiError(status, body)
+    }
+}
+
+/// axum's `Path`, its rejection (such as a name that is not UTF-8 once
+/// percent-decoded) answered as the API's JSON `invalid-input` error rather
+/// than axum's plain text (found by tests/wire_edges.rs).
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(t)) => Ok(Path(t)),
+            Err(e) => Err(bad(e.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, its rejection answered as the API's JSON error.
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Query(t)),
+            Err(e) => Err(bad(e.body_text())),
+        }
     }
 }
 
