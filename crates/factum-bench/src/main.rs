@@ -16,7 +16,9 @@
 //! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
 //! KurrentDB's official Rust client, [`official`]),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
-//! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan).
+//! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan),
+//! `soak` ([`soak`]: mixed load for a set time, the server's memory; only
+//! when named).
 //!
 //! A crate of its own (ADR 14): the product binary `factum` does not link
 //! what only the bench needs (SQLite, a PostgreSQL driver, the toolkit, the
@@ -37,6 +39,7 @@ mod postgres;
 mod read;
 mod reads_under_load;
 mod server;
+mod soak;
 mod subscribe;
 mod toolkit;
 mod util;
@@ -138,6 +141,9 @@ pub struct BenchArgs {
     /// Events in the `reads-under-load` store (default 2,000,000; quick 200,000).
     #[arg(long, value_name = "N")]
     pub reads_store_events: Option<u64>,
+    /// How long the `soak` workload runs (default 600; quick 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub soak_seconds: Option<u64>,
 }
 
 /// The workloads.
@@ -212,6 +218,10 @@ pub enum Workload {
     /// Paced appends while 16 clients scan `$all` with a filter matching
     /// nothing (through the server), vs the same appends alone.
     ReadsUnderLoad,
+    /// Mixed load for `--soak-seconds` against a `factum serve` process:
+    /// its RSS over time, appends acknowledged vs present, errors by kind.
+    /// Runs only when named.
+    Soak,
 }
 
 impl Workload {
@@ -249,10 +259,11 @@ impl Workload {
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
+            Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 31] = [
+    const ALL: [Workload; 32] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -284,6 +295,7 @@ impl Workload {
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
+        Workload::Soak,
     ];
 }
 
@@ -333,6 +345,10 @@ pub struct Report {
     /// (`open`): recovery replays the unflushed log tail, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crash_reopen_seconds: Option<f64>,
+    /// The `soak` workload's figures: RSS over time, appends acknowledged
+    /// vs present, errors by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<soak::SoakFigures>,
     /// `quick` or `full`.
     pub mode: &'static str,
     /// File system of the bench directory.
@@ -396,8 +412,12 @@ impl Ctx {
 
 /// Runs the workloads.
 fn run(args: BenchArgs) -> Result<(), BenchError> {
-    let workloads = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
+    let workloads: Vec<Workload> = if args.workloads.is_empty() {
+        // The soak runs for minutes: only when named.
+        Workload::ALL
+            .into_iter()
+            .filter(|w| *w != Workload::Soak)
+            .collect()
     } else {
         Workload::ALL
             .into_iter()
@@ -494,6 +514,7 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::ReadsUnderLoad => {
                 reads_under_load::reads_under_load(&mut ctx, args.reads_store_events)
             }
+            Workload::Soak => soak::soak(&mut ctx, args.soak_seconds),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;
         if !args.keep {

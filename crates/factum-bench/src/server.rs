@@ -229,6 +229,15 @@ impl ServerProcess {
     /// on a free port, on the placement's server CPU; its stderr goes to
     /// `<data>.log`.
     pub fn start(data: &Path, placement: &Placement) -> Result<ServerProcess, BenchError> {
+        Self::start_with(data, placement, &[])
+    }
+
+    /// [`ServerProcess::start`] with more `factum serve` arguments.
+    pub fn start_with(
+        data: &Path,
+        placement: &Placement,
+        args: &[&str],
+    ) -> Result<ServerProcess, BenchError> {
         let factum = factum_binary()?;
         let log = data.with_extension("log");
         let stderr = std::fs::File::create(&log)
@@ -244,6 +253,7 @@ impl ServerProcess {
         command
             .args(["serve", "--insecure", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
             .env_remove("FACTUM_CONFIG")
             .env_remove("FACTUM_BACKEND")
             .env_remove("FACTUM_MAX_APPEND_BYTES")
@@ -275,6 +285,16 @@ impl ServerProcess {
             cpu,
             log,
         })
+    }
+
+    /// Its resident memory now (`VmRSS` of `/proc/<pid>/status`), bytes.
+    pub fn rss(&self) -> Result<u64, BenchError> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path)
+            .map_err(|e| BenchError::failure(format!("reading {path}: {e}")))?;
+        status_kib(&status, "VmRSS:")
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| BenchError::failure(format!("no VmRSS in {path}")))
     }
 
     /// SIGTERM, and waits for a clean exit (the store closed).
@@ -320,6 +340,17 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A `<field> <n> kB` line of `/proc/<pid>/status`, in KiB.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The last lines of a log, on one line.
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -335,6 +366,13 @@ fn tail(log: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_from_proc_status() {
+        let status = "Name:\tfactum\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1024));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
 
     #[test]
     fn cpu_lists_as_the_kernel_writes_them() {

@@ -141,3 +141,67 @@ fn without_the_factum_binary_the_server_path_says_where_it_looked() {
         "{err}"
     );
 }
+
+/// A tiny `soak` (8 s): every kind of load ran, every acknowledged append
+/// is in `$all`, the oversized and malformed requests got their refusals
+/// and nothing else failed; the server's RSS was sampled every second.
+/// (Flatness needs a real run: `--workload soak --soak-seconds 600`.)
+#[test]
+fn a_tiny_soak_loses_nothing_and_reports_memory_and_errors() {
+    let factum = factum_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_factum-bench"))
+        .env("FACTUM_BIN", &factum)
+        .args(["--json", "--workload", "soak", "--soak-seconds", "8"])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &r["soak"];
+    let acknowledged = s["acknowledged"].as_u64().unwrap();
+    assert!(acknowledged > 100, "appends were acknowledged: {r}");
+    assert_eq!(s["present"].as_u64(), Some(acknowledged), "{r}");
+    assert_eq!(s["missing"], 0, "{r}");
+    assert_eq!(
+        s["unexpected_errors"].as_object().unwrap().len(),
+        0,
+        "nothing failed that should not: {r}"
+    );
+    let expected = s["expected_errors"].as_object().unwrap();
+    for kind in [
+        "oversized gRPC append: LimitExceeded",
+        "oversized HTTP append: 413",
+        "malformed HTTP append: 400",
+    ] {
+        assert!(
+            expected.get(kind).and_then(Value::as_u64) > Some(0),
+            "{kind}: {r}"
+        );
+    }
+    let ops = s["operations"].as_object().unwrap();
+    for op in [
+        "append",
+        "read $all",
+        "read stream",
+        "catch-up subscription",
+        "live event",
+        "consumer group ack",
+        "dropped read",
+        "dropped subscription",
+        "cut-off HTTP body",
+        "garbage connection",
+    ] {
+        assert!(ops.get(op).and_then(Value::as_u64) > Some(0), "{op}: {r}");
+    }
+    let series = s["rss_mb_over_time"].as_array().unwrap();
+    assert!(series.len() >= 6, "RSS sampled every second: {r}");
+    assert!(series.iter().all(|p| p[1].as_f64().unwrap() > 1.0), "{r}");
+    assert_eq!(s["rss_mb_by_quarter"].as_array().unwrap().len(), 4);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

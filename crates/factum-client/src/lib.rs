@@ -377,6 +377,19 @@ enum Target {
     All(ReadAll),
 }
 
+/// What is left of a read's `max_count` and `max_bytes` after `e`: the
+/// read ends (a count of 0) after the event that brings it to `max_bytes`,
+/// as every backend's page does (`factum_core::PageBound`). The server
+/// streams the events; the client stops reading them there.
+fn page_left(count: u64, bytes: u64, e: &RecordedEvent) -> (u64, u64) {
+    let size = e.size() as u64;
+    if size >= bytes {
+        (0, 0)
+    } else {
+        (count, bytes - size)
+    }
+}
+
 /// A read that resumes after transient failures (see [`Retry`]).
 struct Resumable {
     client: Client,
@@ -437,6 +450,7 @@ impl Resumable {
         match &mut self.target {
             Target::Stream(r) => {
                 r.max_count = r.max_count.saturating_sub(1);
+                (r.max_count, r.max_bytes) = page_left(r.max_count, r.max_bytes, e);
                 let rev = e.read_revision().0;
                 match r.direction {
                     Direction::Forwards => r.from = StreamStart::Revision(StreamRevision(rev + 1)),
@@ -446,6 +460,7 @@ impl Resumable {
             }
             Target::All(r) => {
                 r.max_count = r.max_count.saturating_sub(1);
+                (r.max_count, r.max_bytes) = page_left(r.max_count, r.max_bytes, e);
                 let p = e.position.0;
                 match r.direction {
                     Direction::Forwards => r.from = AllStart::Position(Position(p + 1)),

@@ -31,8 +31,8 @@ pub use model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
 };
 pub use read::{
-    AllStart, Direction, Filter, FilterMatch, FilterOn, ReadAll, ReadStream, StreamStart,
-    Subscribe, SubscriptionStart, SubscriptionTarget,
+    AllStart, Direction, Filter, FilterMatch, FilterOn, PageBound, ReadAll, ReadStream,
+    StreamStart, Subscribe, SubscriptionStart, SubscriptionTarget, PAGE_BYTES,
 };
 pub use store::{EventStore, Subscription, SubscriptionMessage};
 pub use {bytes::Bytes, uuid::Uuid};

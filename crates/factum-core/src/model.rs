@@ -439,6 +439,12 @@ impl RecordedEvent {
         })
     }
 
+    /// Bytes this event counts against a page's `max_bytes` (its data,
+    /// metadata and type: what it counted against the largest append).
+    pub fn size(&self) -> usize {
+        self.data.len() + self.metadata.len() + self.event_type.len()
+    }
+
     /// The revision to continue from when paging the stream this event was read
     /// from: the link revision for `$ce-`/`$et-` reads, else the event's own.
     pub fn read_revision(&self) -> StreamRevision {

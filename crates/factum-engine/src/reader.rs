@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use factum_core::{
-    AllStart, Direction, Error, Filter, Link, ReadAll, ReadStream, RecordedEvent, Result,
-    StreamName, StreamRevision, Timestamp,
+    AllStart, Direction, Error, Filter, Link, PageBound, ReadAll, ReadStream, RecordedEvent,
+    Result, StreamName, StreamRevision, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -204,6 +204,7 @@ impl Reader {
             return Ok(out);
         }
         let own = (!is_link).then_some(name);
+        let mut page = PageBound::new(max, req.max_bytes);
         self.walk_stream(rec.id, own, from, min_rev, walk, max, progress, |rev, e| {
             if oldest.is_some_and(|o| e.created < o) {
                 return Ok(Step::Next);
@@ -218,12 +219,10 @@ impl Reader {
                 stream: name.clone(),
                 revision: StreamRevision(rev),
             });
-            out.push(recorded(e, link));
-            Ok(if (out.len() as u64) < max {
-                Step::Next
-            } else {
-                Step::Stop
-            })
+            let e = recorded(e, link);
+            let full = page.add(&e);
+            out.push(e);
+            Ok(if full { Step::Stop } else { Step::Next })
         })?;
         Ok(out)
     }
@@ -246,7 +245,7 @@ impl Reader {
                 Ok(self
                     .scan_forwards(
                         start,
-                        req.max_count,
+                        PageBound::new(req.max_count, req.max_bytes),
                         req.filter.as_ref(),
                         req.until,
                         u64::MAX,
@@ -258,14 +257,15 @@ impl Reader {
         }
     }
 
-    /// Scans `$all` forwards from `start`, returning matching events and the
-    /// position after the last one examined (at most `max_scan` examined).
+    /// Scans `$all` forwards from `start`, returning a `page` of matching
+    /// events and the position after the last one examined (at most
+    /// `max_scan` examined).
     /// Each frame is its bytes of `progress`: a scan that finds nothing
     /// still stops at a step when its caller has gone.
     pub fn scan_forwards(
         &self,
         start: u64,
-        max_count: u64,
+        mut page: PageBound,
         filter: Option<&Filter>,
         until: Option<Timestamp>,
         max_scan: u64,
@@ -274,12 +274,13 @@ impl Reader {
         let committed = self.committed();
         // Sized for what can come back (no regrowth copies of large pages),
         // bounded for a filtered scan that may return few of them.
-        let upto = max_count
+        let upto = page
+            .max_count()
             .min(committed.next_position.saturating_sub(start))
             .min(max_scan)
             .min(1 << 16);
         let mut out = Vec::with_capacity(upto as usize);
-        if start >= committed.next_position || max_count == 0 {
+        if start >= committed.next_position || page.is_full() {
             return Ok((out, start));
         }
         let Some((_, loc)) = self.index.batch(start, Walk::Down)? else {
@@ -326,8 +327,10 @@ impl Reader {
                             if filter
                                 .is_none_or(|f| f.matches_parts(e.stream.as_str(), &e.event_type))
                             {
-                                out.push(recorded(e, None));
-                                if out.len() as u64 >= max_count {
+                                let e = recorded(e, None);
+                                let full = page.add(&e);
+                                out.push(e);
+                                if full {
                                     return Ok((out, next));
                                 }
                             }
@@ -375,7 +378,8 @@ impl Reader {
                 None => return Ok(out),
             },
         };
-        while (out.len() as u64) < req.max_count {
+        let mut page = PageBound::new(req.max_count, req.max_bytes);
+        while !page.is_full() {
             let Some((first, loc)) = self.index.batch(pos, Walk::Down)? else {
                 break;
             };
@@ -393,8 +397,10 @@ impl Reader {
                     .as_ref()
                     .is_none_or(|f| f.matches_parts(e.stream.as_str(), &e.event_type))
                 {
-                    out.push(recorded(e, None));
-                    if out.len() as u64 >= req.max_count {
+                    let e = recorded(e, None);
+                    let full = page.add(&e);
+                    out.push(e);
+                    if full {
                         return Ok(out);
                     }
                 }

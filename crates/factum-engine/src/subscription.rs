@@ -7,8 +7,8 @@
 
 use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
-    Error, Position, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
-    SubscriptionStart, SubscriptionTarget,
+    Error, PageBound, Position, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe,
+    Subscription, SubscriptionStart, SubscriptionTarget,
 };
 use std::sync::Arc;
 
@@ -20,6 +20,8 @@ use crate::reader::Reader;
 use crate::writer::Committed;
 
 const PAGE: u64 = 512;
+/// A catch-up page also ends at this many bytes (ADR 21).
+const PAGE_BYTES: u64 = factum_core::PAGE_BYTES;
 const MAX_SCAN: u64 = 8192;
 
 struct EngineFollow {
@@ -46,15 +48,22 @@ fn page(
     match target {
         SubscriptionTarget::All(filter) => {
             let from = log_position(Position(cursor)).unwrap_or(0);
-            let (events, next) =
-                reader.scan_forwards(from, PAGE, filter.as_ref(), None, MAX_SCAN, progress)?;
+            let (events, next) = reader.scan_forwards(
+                from,
+                PageBound::new(PAGE, PAGE_BYTES),
+                filter.as_ref(),
+                None,
+                MAX_SCAN,
+                progress,
+            )?;
             let next = public_position(next).0;
             Ok((events, next, next >= public_next(reader)))
         }
         SubscriptionTarget::Stream(stream) => {
             let req = ReadStream::forwards(stream.clone())
                 .from_revision(StreamRevision(cursor))
-                .max_count(PAGE);
+                .max_count(PAGE)
+                .max_bytes(PAGE_BYTES);
             match reader.read_stream(&req, progress) {
                 Ok(events) => {
                     let next = events.last().map_or(cursor, |e| e.read_revision().0 + 1);

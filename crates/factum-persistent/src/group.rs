@@ -177,6 +177,9 @@ pub(crate) struct Group<S> {
     measured: u64,
     last_measured: u64,
     measured_at: Instant,
+    /// Why the group cannot go on (its filter could not decide on an
+    /// event): it stops and runs faulted, its checkpoint before that event.
+    fault: Option<String>,
 }
 
 impl<S: EventStore> Group<S> {
@@ -222,6 +225,7 @@ impl<S: EventStore> Group<S> {
             next_consumer: 1,
             round_robin: 0,
             parked,
+            fault: None,
             parked_total: 0,
             redelivered: 0,
             total_items: 0,
@@ -304,6 +308,19 @@ impl<S: EventStore> Group<S> {
                     if !self.on_source(m) {
                         subscription = None;
                     }
+                    if let Some(reason) = self.fault.take() {
+                        let reason =
+                            format!("{reason}; delete the group and create it with another filter");
+                        self.stop(&reason).await;
+                        let Group {
+                            key,
+                            source,
+                            settings,
+                            ..
+                        } = self;
+                        run_faulted(key, source, settings, reason, commands).await;
+                        return;
+                    }
                 }
                 Woken::Timer => {
                     self.on_timer().await;
@@ -349,8 +366,20 @@ impl<S: EventStore> Group<S> {
     /// Takes one message from the source; `false` when the subscription is
     /// gone (an error: re-subscribe later; the end: the store closed).
     fn on_source(&mut self, message: Option<factum_core::Result<SubscriptionMessage>>) -> bool {
+        let skips = match &message {
+            Some(Ok(SubscriptionMessage::Event(event))) => match self.skips(event) {
+                Ok(skips) => skips,
+                Err(reason) => {
+                    // Neither delivered nor passed over: the checkpoint
+                    // stays before it.
+                    self.fault = Some(reason);
+                    return false;
+                }
+            },
+            _ => false,
+        };
         match message {
-            Some(Ok(SubscriptionMessage::Event(event))) if self.skips(&event) => {
+            Some(Ok(SubscriptionMessage::Event(event))) if skips => {
                 self.scanned(event.position.0);
                 true
             }
@@ -399,10 +428,18 @@ impl<S: EventStore> Group<S> {
     /// match, or one of the streams persistent subscriptions write
     /// themselves (checkpoints, parked links, the configuration), so a
     /// group never feeds on its own checkpoints.
-    fn skips(&self, event: &RecordedEvent) -> bool {
-        self.source.is_all()
-            && (managed::owner_of(&event.stream) == Some(managed::Owner::PersistentSubscriptions)
-                || self.filter.as_ref().is_some_and(|f| !f.matches(event)))
+    /// `Err` when the filter cannot decide (see [`CompiledFilter::matches`]).
+    fn skips(&self, event: &RecordedEvent) -> std::result::Result<bool, String> {
+        if !self.source.is_all() {
+            return Ok(false);
+        }
+        if managed::owner_of(&event.stream) == Some(managed::Owner::PersistentSubscriptions) {
+            return Ok(true);
+        }
+        match &self.filter {
+            Some(f) => Ok(!f.matches(event)?),
+            None => Ok(false),
+        }
     }
 
     /// The source was read up to `place` with nothing to deliver.

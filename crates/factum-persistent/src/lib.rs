@@ -25,5 +25,6 @@ pub use manager::{
 };
 pub use settings::{
     CompiledFilter, ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom,
+    MAX_BUFFER_SIZE, MAX_CONSUMER_WINDOW, MAX_SUBSCRIBER_COUNT, REGEX_BACKTRACK_LIMIT,
 };
 pub use streams::{CHECKPOINT_EVENT_TYPE, PARKED_EVENT_TYPE};

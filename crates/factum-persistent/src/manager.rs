@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::error::{PersistentError, Result};
 use crate::group::{Command, ConsumerMessage, Delivery, Group, NackAction};
 use crate::info::GroupInfo;
-use crate::settings::{GroupKey, GroupSettings, GroupSource};
+use crate::settings::{GroupKey, GroupSettings, GroupSource, MAX_CONSUMER_WINDOW};
 
 /// The stream holding every group's configuration (KurrentDB's name; one
 /// home: `factum_core::managed`).
@@ -416,6 +416,12 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         group: &str,
         options: ConnectOptions,
     ) -> Result<Consumer> {
+        if options.buffer_size > MAX_CONSUMER_WINDOW {
+            return Err(PersistentError::InvalidSettings(format!(
+                "consumer buffer size {} is more than the largest allowed, {MAX_CONSUMER_WINDOW}",
+                options.buffer_size
+            )));
+        }
         let (key, commands) = self.commands(source, group).await?;
         let (reply, answer) = oneshot::channel();
         let sent = commands.send(Command::Connect {

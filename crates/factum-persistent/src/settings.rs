@@ -55,6 +55,21 @@ pub enum StartFrom {
     At(u64),
 }
 
+/// The largest `live_buffer_size`, `read_batch_size` and
+/// `history_buffer_size` (events): what a group reads ahead is held in
+/// memory (ADR 21).
+pub const MAX_BUFFER_SIZE: u32 = 10_000;
+/// The largest `max_subscriber_count` (0, unlimited, stays allowed:
+/// connections are bounded by the server's own limits).
+pub const MAX_SUBSCRIBER_COUNT: u32 = 10_000;
+/// The largest window a consumer may ask for (`buffer_size`: events it
+/// holds unacked at once).
+pub const MAX_CONSUMER_WINDOW: usize = 10_000;
+/// The most backtracking steps a filter regex may take on one event: past
+/// it the match is an error the group reports (it is faulted), never a
+/// silent skip that would move the checkpoint past the event.
+pub const REGEX_BACKTRACK_LIMIT: usize = 1_000_000;
+
 /// A group's settings; [`Default`] gives KurrentDB's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -125,6 +140,26 @@ impl GroupSettings {
         if self.history_buffer_size == 0 {
             return bad("history buffer size must be positive");
         }
+        for (name, value, max) in [
+            ("live buffer size", self.live_buffer_size, MAX_BUFFER_SIZE),
+            ("read batch size", self.read_batch_size, MAX_BUFFER_SIZE),
+            (
+                "history buffer size",
+                self.history_buffer_size,
+                MAX_BUFFER_SIZE,
+            ),
+            (
+                "maximum subscriber count",
+                self.max_subscriber_count,
+                MAX_SUBSCRIBER_COUNT,
+            ),
+        ] {
+            if value > max {
+                return Err(PersistentError::InvalidSettings(format!(
+                    "{name} {value} is more than the largest allowed, {max}"
+                )));
+            }
+        }
         if self.read_batch_size > self.live_buffer_size {
             return bad("read batch size may not exceed the live buffer size");
         }
@@ -174,9 +209,14 @@ impl FilterSpec {
     /// Python client's default excludes system events with `^(?!…)`).
     pub fn compile(&self) -> Result<CompiledFilter, PersistentError> {
         let matcher = match &self.regex {
-            Some(r) => Matcher::Regex(fancy_regex::Regex::new(r).map_err(|e| {
-                PersistentError::InvalidSettings(format!("invalid filter regex {r:?}: {e}"))
-            })?),
+            Some(r) => Matcher::Regex(
+                fancy_regex::RegexBuilder::new(r)
+                    .backtrack_limit(REGEX_BACKTRACK_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        PersistentError::InvalidSettings(format!("invalid filter regex {r:?}: {e}"))
+                    })?,
+            ),
             None if self.prefixes.is_empty() => {
                 return Err(PersistentError::InvalidSettings(
                     "a filter needs prefixes or a regex".into(),
@@ -218,17 +258,25 @@ pub struct CompiledFilter {
 }
 
 impl CompiledFilter {
-    /// Does the filter accept this event?
-    pub fn matches(&self, event: &RecordedEvent) -> bool {
+    /// Does the filter accept this event? `Err` (saying why) when the regex
+    /// cannot decide, for example past [`REGEX_BACKTRACK_LIMIT`]: the event
+    /// is neither accepted nor passed over.
+    pub fn matches(&self, event: &RecordedEvent) -> Result<bool, String> {
         let subject = if self.on_event_type {
             event.event_type.as_str()
         } else {
             event.stream.as_str()
         };
         match &self.matcher {
-            Matcher::Prefixes(ps) => ps.iter().any(|p| subject.starts_with(p.as_str())),
-            // A pattern that exceeds the backtracking limit matches nothing.
-            Matcher::Regex(re) => re.is_match(subject).unwrap_or(false),
+            Matcher::Prefixes(ps) => Ok(ps.iter().any(|p| subject.starts_with(p.as_str()))),
+            Matcher::Regex(re) => re.is_match(subject).map_err(|e| {
+                format!(
+                    "the filter regex {:?} failed on event {}@{} ({subject:?}): {e}",
+                    re.as_str(),
+                    event.revision,
+                    event.stream
+                )
+            }),
         }
     }
 }
@@ -390,8 +438,8 @@ mod tests {
             created: factum_core::Timestamp(0),
             link: None,
         };
-        assert!(c.matches(&ev("OrderPlaced")));
-        assert!(!c.matches(&ev("$metadata")));
+        assert!(c.matches(&ev("OrderPlaced")).unwrap());
+        assert!(!c.matches(&ev("$metadata")).unwrap());
         let bad = FilterSpec {
             regex: Some("(".into()),
             ..f

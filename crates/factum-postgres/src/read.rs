@@ -2,9 +2,9 @@
 
 use factum_core::rules::{self, StreamState};
 use factum_core::{
-    AllStart, ContentType, Direction, Error, Filter, Link, Position, ReadAll, ReadStream,
-    RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
-    Timestamp,
+    AllStart, ContentType, Direction, Error, Filter, Link, PageBound, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
+    StreamRevision, Timestamp,
 };
 use tokio_postgres::Row;
 
@@ -12,6 +12,23 @@ use crate::{db_err, Inner};
 
 const PAGE: i64 = 1000;
 const COLUMNS: &str = "e.position, e.stream_name, e.revision, e.id, e.event_type, e.content_type, e.created, e.data, e.metadata";
+/// An event's bytes against a page's `max_bytes`, as
+/// [`RecordedEvent::size`] counts them.
+const SIZE: &str = "(octet_length(e.data) + octet_length(e.metadata) + octet_length(e.event_type))";
+
+/// The bytes of the rows before each one, in the query's order (`ord`):
+/// a row is part of a page bounded by `max_bytes` when those are below it
+/// (the first row always is), so PostgreSQL sends no more than a page's
+/// bytes plus one event.
+fn bytes_before(ord: &str) -> String {
+    format!("SUM({SIZE}) OVER (ORDER BY {ord} ROWS UNBOUNDED PRECEDING) - {SIZE} AS bytes_before")
+}
+
+/// `max_bytes` as the bound on `bytes_before` (at least 1: the first row
+/// has 0 before it).
+fn bytes_bound(max_bytes: u64) -> i64 {
+    max_bytes.clamp(1, i64::MAX as u64) as i64
+}
 
 fn q(e: tokio_postgres::Error) -> Error {
     db_err("read", e)
@@ -101,19 +118,30 @@ pub(crate) async fn read_stream(inner: &Inner, req: &ReadStream) -> Result<Vec<R
     let until = req.until.map_or(i64::MAX, |t| t.0);
     let order = if forwards { "ASC" } else { "DESC" };
     let limit = req.max_count.min(i64::MAX as u64) as i64;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let sql = if is_link {
         format!(
-            "SELECT {COLUMNS}, l.revision FROM {} l JOIN {} e ON e.position = l.position
-             WHERE l.stream_id = $1 AND l.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
-             ORDER BY l.revision {order} LIMIT $6",
-            inner.tables.links, inner.tables.events
+            "SELECT * FROM (
+               SELECT {COLUMNS}, l.revision AS link_revision, {}
+               FROM {} l JOIN {} e ON e.position = l.position
+               WHERE l.stream_id = $1 AND l.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
+               ORDER BY l.revision {order} LIMIT $6) p
+             WHERE bytes_before < $7 ORDER BY link_revision {order}",
+            bytes_before(&format!("l.revision {order}")),
+            inner.tables.links,
+            inner.tables.events
         )
     } else {
         format!(
-            "SELECT {COLUMNS} FROM {} e
-             WHERE e.stream_id = $1 AND e.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
-               AND e.flags & 1 = 0
-             ORDER BY e.revision {order} LIMIT $6",
+            "SELECT * FROM (
+               SELECT {COLUMNS}, {} FROM {} e
+               WHERE e.stream_id = $1 AND e.revision BETWEEN $2 AND $3 AND e.created >= $4 AND e.created <= $5
+                 AND e.flags & 1 = 0
+               ORDER BY e.revision {order} LIMIT $6) p
+             WHERE bytes_before < $7 ORDER BY revision {order}",
+            bytes_before(&format!("e.revision {order}")),
             inner.tables.events
         )
     };
@@ -121,7 +149,15 @@ pub(crate) async fn read_stream(inner: &Inner, req: &ReadStream) -> Result<Vec<R
     let rows = client
         .query(
             &sql,
-            &[&id, &(lo as i64), &(hi as i64), &oldest, &until, &limit],
+            &[
+                &id,
+                &(lo as i64),
+                &(hi as i64),
+                &oldest,
+                &until,
+                &limit,
+                &bytes_bound(req.max_bytes),
+            ],
         )
         .await
         .map_err(q)?;
@@ -148,7 +184,7 @@ pub(crate) async fn read_all(inner: &Inner, req: &ReadAll) -> Result<Vec<Recorde
                 inner,
                 start,
                 true,
-                req.max_count,
+                PageBound::new(req.max_count, req.max_bytes),
                 req.filter.as_ref(),
                 req.until,
                 u64::MAX,
@@ -165,7 +201,7 @@ pub(crate) async fn read_all(inner: &Inner, req: &ReadAll) -> Result<Vec<Recorde
                 inner,
                 start,
                 false,
-                req.max_count,
+                PageBound::new(req.max_count, req.max_bytes),
                 req.filter.as_ref(),
                 req.until,
                 u64::MAX,
@@ -176,19 +212,20 @@ pub(crate) async fn read_all(inner: &Inner, req: &ReadAll) -> Result<Vec<Recorde
     }
 }
 
-/// Scans `$all` from `start` (inclusive) in one direction; returns matching
-/// events and, forwards, the position after the last one examined. Stops
-/// after `max_scan` examined events.
+/// Scans `$all` from `start` (inclusive) in one direction; returns a
+/// `page` of matching events and, forwards, the position after the last one
+/// examined. Stops after `max_scan` examined events. Each query fetches at
+/// most the bytes left in the page (plus one event), matching or not.
 pub(crate) async fn scan(
     inner: &Inner,
     start: u64,
     forwards: bool,
-    max_count: u64,
+    mut page_bound: PageBound,
     filter: Option<&Filter>,
     until: Option<Timestamp>,
     max_scan: u64,
 ) -> Result<(Vec<RecordedEvent>, u64)> {
-    if max_count == 0 {
+    if page_bound.is_full() {
         return Ok((Vec::new(), start));
     }
     let client = inner.pool.get().await.map_err(|e| db_err("connect", e))?;
@@ -198,7 +235,10 @@ pub(crate) async fn scan(
         ("<=", "DESC")
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM {} e WHERE e.position {cmp} $1 ORDER BY e.position {order} LIMIT $2",
+        "SELECT * FROM (
+           SELECT {COLUMNS}, {} FROM {} e WHERE e.position {cmp} $1 ORDER BY e.position {order} LIMIT $2) p
+         WHERE bytes_before < $3 ORDER BY position {order}",
+        bytes_before(&format!("e.position {order}")),
         inner.tables.events
     );
     let mut out = Vec::new();
@@ -211,7 +251,11 @@ pub(crate) async fn scan(
         let page = PAGE
             .min((max_scan - scanned).min(i64::MAX as u64) as i64)
             .max(1);
-        let rows = client.query(&sql, &[&cursor, &page]).await.map_err(q)?;
+        let fetch = page_bound.bytes_left();
+        let rows = client
+            .query(&sql, &[&cursor, &page, &bytes_bound(fetch)])
+            .await
+            .map_err(q)?;
         if rows.is_empty() {
             let next = if scanned == 0 {
                 start
@@ -221,8 +265,10 @@ pub(crate) async fn scan(
             return Ok((out, next));
         }
         let n = rows.len() as i64;
+        let mut fetched = 0u64;
         for row in &rows {
             let e = event(row, None)?;
+            fetched = fetched.saturating_add(e.size() as u64);
             cursor = if forwards {
                 e.position.0 as i64 + 1
             } else {
@@ -236,8 +282,9 @@ pub(crate) async fn scan(
                 continue;
             }
             if filter.is_none_or(|f| f.matches(&e)) {
+                let full = page_bound.add(&e);
                 out.push(e);
-                if out.len() as u64 >= max_count {
+                if full {
                     return Ok((out, cursor.max(0) as u64));
                 }
             }
@@ -245,7 +292,8 @@ pub(crate) async fn scan(
                 return Ok((out, cursor.max(0) as u64));
             }
         }
-        if n < page || cursor < 0 {
+        // Fewer rows than asked for and not cut short by bytes: the end.
+        if (n < page && fetched < fetch) || cursor < 0 {
             return Ok((out, cursor.max(0) as u64));
         }
     }

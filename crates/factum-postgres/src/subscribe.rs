@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use factum_core::follow::{cursor_after, follow, Follow};
 use factum_core::{
-    Error, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
+    Error, PageBound, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
     SubscriptionStart, SubscriptionTarget,
 };
 use futures_util::StreamExt;
@@ -94,7 +94,7 @@ impl Follow for PgFollow {
                     &self.inner,
                     *cursor,
                     true,
-                    PAGE,
+                    PageBound::new(PAGE, factum_core::PAGE_BYTES),
                     filter.as_ref(),
                     None,
                     MAX_SCAN,
@@ -106,7 +106,8 @@ impl Follow for PgFollow {
             SubscriptionTarget::Stream(stream) => {
                 let req = ReadStream::forwards(stream.clone())
                     .from_revision(StreamRevision(*cursor))
-                    .max_count(PAGE);
+                    .max_count(PAGE)
+                    .max_bytes(factum_core::PAGE_BYTES);
                 match read::read_stream(&self.inner, &req).await {
                     Ok(events) => {
                         if let Some(last) = events.last() {

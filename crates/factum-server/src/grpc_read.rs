@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use factum_core::{
-    AllStart, Direction, Error, EventStore, Position, ReadAll, ReadStream, RecordedEvent,
-    StreamName, StreamRevision, StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart,
-    SubscriptionTarget,
+    AllStart, Direction, Error, EventStore, PageBound, Position, ReadAll, ReadStream,
+    RecordedEvent, StreamName, StreamRevision, StreamStart, Subscribe, SubscriptionMessage,
+    SubscriptionStart, SubscriptionTarget,
 };
 use factum_proto::streams::read_req::options::{
     self as opts, all_options::AllOption, stream_options::RevisionOption, CountOption,
@@ -33,6 +33,9 @@ const FIRST_PAGE: u64 = 256;
 /// calls (the engine reads its log in 1 MiB chunks per call, and sizes a
 /// page's vector for up to 4,096 events).
 const MAX_PAGE: u64 = 4096;
+/// Pages also end at this many bytes of events (ADR 21): 4,096 events of
+/// 16 MiB are never read into memory at once.
+const PAGE_BYTES: u64 = factum_core::PAGE_BYTES;
 
 /// Where a read goes.
 enum Target {
@@ -355,6 +358,7 @@ async fn read_stream<S: EventStore>(
             from,
             direction,
             max_count: want,
+            max_bytes: PAGE_BYTES,
             until: None,
         };
         let events = match store.read_stream(req).await {
@@ -375,13 +379,14 @@ async fn read_stream<S: EventStore>(
         }
         first_page = false;
         let n = events.len() as u64;
+        let full = PageBound::ended_full(&events, want, PAGE_BYTES);
         let last = events.last().map(|e| e.read_revision().0);
         for e in events {
             out.event(e, false).await?;
         }
         remaining -= n;
         let Some(r) = last else { break };
-        if n < want {
+        if !full {
             break;
         }
         from = match direction {
@@ -445,6 +450,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             from,
             direction,
             max_count: want,
+            max_bytes: PAGE_BYTES,
             filter: store_filter.clone(),
             until: None,
         };
@@ -452,7 +458,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             Ok(e) => e,
             Err(e) => return Ok(Err(to_status(&e, Operation::Read))),
         };
-        let n = events.len() as u64;
+        let full = PageBound::ended_full(&events, want, PAGE_BYTES);
         let last = events.last().map(|e| e.position.0);
         for e in events {
             if remaining == 0 {
@@ -464,7 +470,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             }
         }
         let Some(p) = last else { break };
-        if n < want {
+        if !full {
             break;
         }
         from = match direction {

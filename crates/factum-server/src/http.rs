@@ -240,6 +240,7 @@ async fn read<S: EventStore>(
                 from,
                 direction,
                 max_count: count,
+                max_bytes: factum_core::PAGE_BYTES,
                 filter: None,
                 until: None,
             })
@@ -260,12 +261,14 @@ async fn read<S: EventStore>(
                 from,
                 direction,
                 max_count: count,
+                max_bytes: factum_core::PAGE_BYTES,
                 until: None,
             })
             .await?
     };
     // Where the next page starts, when this one was full.
-    let next = match (events.last(), events.len() as u64 == count) {
+    let full = factum_core::PageBound::ended_full(&events, count, factum_core::PAGE_BYTES);
+    let next = match (events.last(), full) {
         (Some(last), true) => {
             let at = if name.is_all() {
                 last.position.0

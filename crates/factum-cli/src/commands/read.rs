@@ -81,6 +81,7 @@ async fn read_to<W: Write>(
                 from,
                 direction,
                 max_count: want,
+                max_bytes: u64::MAX,
                 filter: None,
                 until: None,
             };
@@ -107,6 +108,7 @@ async fn read_to<W: Write>(
                 from,
                 direction,
                 max_count: want,
+                max_bytes: u64::MAX,
                 until: None,
             };
             let events = engine.read_stream(request).await?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::support::*;
 use super::StoreFactory;
 use crate::expected::ExpectedRevision;
-use crate::model::{Position, RecordedEvent, StreamRevision, Timestamp};
-use crate::read::{AllStart, Direction, Filter, ReadAll, ReadStream, StreamStart};
+use crate::model::{ContentType, EventData, Position, RecordedEvent, StreamRevision, Timestamp};
+use crate::read::{AllStart, Direction, Filter, PageBound, ReadAll, ReadStream, StreamStart};
 use crate::store::EventStore;
 
 /// Reads `$all` in pages of `page` by position; returns everything read.
@@ -519,4 +519,181 @@ pub async fn temporal_reads<F: StoreFactory>(f: &F) {
             );
         }
     }
+}
+
+/// Pages bounded by bytes (`max_bytes`): a stream read, a `$all` read forwards and backwards and a filtered `$all` read each return
+/// a prefix of the unbounded read that ends after the event bringing the
+/// page to `max_bytes` (at least one event, however large); the caller
+/// continues from the last event and reads everything exactly once.
+pub async fn read_pages_by_bytes<F: StoreFactory>(f: &F) {
+    let store = f.create().await;
+    // Sizes that make pages end in different places: 1 KiB, 10 KiB, 100 B, 30 KiB, ...
+    let sizes = [
+        1024usize,
+        10 * 1024,
+        100,
+        30 * 1024,
+        1,
+        5000,
+        5000,
+        5000,
+        70_000,
+        3,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        let stream = if i % 2 == 0 { "bytes-a" } else { "bytes-b" };
+        let e = EventData::new("Big", ContentType::Binary, vec![i as u8; *size]);
+        ok(
+            store
+                .append(sn(stream), ExpectedRevision::Any, vec![e])
+                .await,
+            "append",
+        );
+    }
+    let all_fwd = read_all(&store, ReadAll::forwards()).await;
+    let all_bwd = read_all(&store, ReadAll::backwards()).await;
+    let a_fwd = read_fwd(&store, "bytes-a").await;
+    let a_bwd = read_bwd(&store, "bytes-a").await;
+    let b_all: Vec<RecordedEvent> = all_fwd
+        .iter()
+        .filter(|e| e.stream.as_str() == "bytes-b")
+        .cloned()
+        .collect();
+    assert_eq!(
+        all_fwd.len(),
+        sizes.len(),
+        "conformance: read_all after appends"
+    );
+    for max_bytes in [0u64, 1, 1100, 12 * 1024, 40 * 1024, 1 << 20] {
+        // What a page must hold: events up to and including the one that
+        // brings it to `max_bytes`.
+        let expect_page = |rest: &[RecordedEvent], max_count: u64| -> usize {
+            let mut b = PageBound::new(max_count, max_bytes);
+            rest.iter().take_while(|e| b.admit(e)).count()
+        };
+        let check = |what: &str, whole: &[RecordedEvent], pages: Vec<Vec<RecordedEvent>>| {
+            let mut at = 0;
+            for page in &pages {
+                let want = expect_page(&whole[at..], u64::MAX);
+                assert!(
+                    !page.is_empty(),
+                    "conformance: {what} with max_bytes {max_bytes} returned an empty page at {at}"
+                );
+                assert_eq!(
+                    ids(page),
+                    ids(&whole[at..at + want]),
+                    "conformance: {what} with max_bytes {max_bytes}: the page at {at} is not the \
+                     prefix ending after the event that reaches the bound"
+                );
+                at += want;
+            }
+            assert_eq!(
+                at,
+                whole.len(),
+                "conformance: {what} with max_bytes {max_bytes} paged through {at} of {} events",
+                whole.len()
+            );
+        };
+        // $all forwards, in pages, continuing after each page's last event.
+        let mut pages = Vec::new();
+        let mut from = AllStart::Start;
+        loop {
+            let page = read_all(
+                &store,
+                ReadAll {
+                    from,
+                    ..ReadAll::forwards()
+                }
+                .max_bytes(max_bytes),
+            )
+            .await;
+            let Some(last) = page.last() else { break };
+            from = AllStart::Position(Position(last.position.0 + 1));
+            pages.push(page);
+        }
+        check("read_all forwards", &all_fwd, pages);
+        // $all backwards.
+        let mut pages = Vec::new();
+        let mut from = AllStart::End;
+        loop {
+            let page = read_all(
+                &store,
+                ReadAll {
+                    from,
+                    ..ReadAll::backwards()
+                }
+                .max_bytes(max_bytes),
+            )
+            .await;
+            let Some(last) = page.last() else { break };
+            let done = last.position.0 == 0;
+            from = AllStart::Position(Position(last.position.0.saturating_sub(1)));
+            pages.push(page);
+            if done {
+                break;
+            }
+        }
+        check("read_all backwards", &all_bwd, pages);
+        // $all filtered: only matching events count against the bound.
+        let mut pages = Vec::new();
+        let mut from = AllStart::Start;
+        loop {
+            let page = read_all(
+                &store,
+                ReadAll {
+                    from,
+                    ..ReadAll::forwards()
+                }
+                .filter(Filter::stream_prefix(["bytes-b"]))
+                .max_bytes(max_bytes),
+            )
+            .await;
+            let Some(last) = page.last() else { break };
+            from = AllStart::Position(Position(last.position.0 + 1));
+            pages.push(page);
+        }
+        check("filtered read_all", &b_all, pages);
+        // A stream, both ways.
+        for (direction, whole) in [
+            (Direction::Forwards, &a_fwd),
+            (Direction::Backwards, &a_bwd),
+        ] {
+            let mut pages = Vec::new();
+            let mut req = match direction {
+                Direction::Forwards => ReadStream::forwards(sn("bytes-a")),
+                Direction::Backwards => ReadStream::backwards(sn("bytes-a")),
+            }
+            .max_bytes(max_bytes);
+            loop {
+                let page = read(&store, req.clone()).await;
+                let Some(last) = page.last() else { break };
+                let r = last.revision.0;
+                pages.push(page);
+                req.from = match direction {
+                    Direction::Forwards => StreamStart::Revision(StreamRevision(r + 1)),
+                    Direction::Backwards if r == 0 => break,
+                    Direction::Backwards => StreamStart::Revision(StreamRevision(r - 1)),
+                };
+            }
+            check(&format!("read_stream {direction:?}"), whole, pages);
+        }
+        // Both bounds: whichever is reached first ends the page.
+        let page = read_all(
+            &store,
+            ReadAll::forwards().max_count(2).max_bytes(max_bytes),
+        )
+        .await;
+        assert_eq!(
+            page.len(),
+            expect_page(&all_fwd, 2),
+            "conformance: read_all with max_count 2 and max_bytes {max_bytes}"
+        );
+    }
+    // max_count 0 reads nothing, whatever max_bytes says.
+    assert!(
+        read_all(&store, ReadAll::forwards().max_count(0).max_bytes(0))
+            .await
+            .is_empty(),
+        "conformance: read_all with max_count 0"
+    );
 }

@@ -241,8 +241,8 @@ pub use self::checks_meta::{
     max_age, max_count, metadata_and_deletes_in_all, metadata_round_trip, truncate_before,
 };
 pub use self::checks_read::{
-    read_all_directions_and_bounds, read_all_filters, read_stream_directions_and_bounds,
-    temporal_reads,
+    read_all_directions_and_bounds, read_all_filters, read_pages_by_bytes,
+    read_stream_directions_and_bounds, temporal_reads,
 };
 pub use self::checks_soft_delete::{
     soft_delete_as_kurrentdb, soft_delete_by_metadata, undelete_by_metadata_or_empty_append,
@@ -294,6 +294,7 @@ macro_rules! __factum_testkit_checks {
             read_stream_directions_and_bounds,
             read_all_directions_and_bounds,
             read_all_filters,
+            read_pages_by_bytes,
             temporal_reads,
             category_and_event_type_streams,
             metadata_round_trip,

@@ -18,7 +18,8 @@ use crate::model::{
     MAX_EVENT_TYPE_BYTES,
 };
 use crate::read::{
-    AllStart, Direction, ReadAll, ReadStream, StreamStart, SubscriptionStart, SubscriptionTarget,
+    AllStart, Direction, PageBound, ReadAll, ReadStream, StreamStart, SubscriptionStart,
+    SubscriptionTarget,
 };
 
 /// The `$tb` that marks a stream soft-deleted (KurrentDB's `DeletedStream`).
@@ -576,15 +577,17 @@ impl Model {
                     .rev(),
             ),
         };
+        let mut page = PageBound::new(req.max_count, req.max_bytes);
         Ok(indexes
             .filter(|i| visible(*i, &events[*i as usize]))
-            .take(usize::try_from(req.max_count).unwrap_or(usize::MAX))
+            .take_while(|i| page.admit(&events[*i as usize]))
             .map(|i| events[i as usize].clone())
             .collect())
     }
 
     /// `EventStore::read_all`.
     pub(crate) fn read_all(&self, req: &ReadAll) -> Vec<RecordedEvent> {
+        let mut page = PageBound::new(req.max_count, req.max_bytes);
         let len = self.log.len() as u64;
         let indexes: Box<dyn Iterator<Item = u64>> = match req.direction {
             Direction::Forwards => Box::new(
@@ -610,7 +613,7 @@ impl Model {
             .map(|i| &self.log[i as usize])
             .filter(|e| req.filter.as_ref().is_none_or(|f| f.matches(e)))
             .filter(|e| req.until.is_none_or(|u| e.created <= u))
-            .take(usize::try_from(req.max_count).unwrap_or(usize::MAX))
+            .take_while(|e| page.admit(e))
             .cloned()
             .collect()
     }

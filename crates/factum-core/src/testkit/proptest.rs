@@ -126,6 +126,8 @@ enum Op {
         /// `None`: from the start (forwards) or the end (backwards).
         from: Option<u64>,
         max_count: u64,
+        /// The page's byte bound (events here are a few dozen bytes).
+        max_bytes: u64,
         /// Microseconds since the epoch, as `until`.
         until: Option<i64>,
     },
@@ -191,6 +193,7 @@ fn op() -> impl Strategy<Value = Op> {
             any::<bool>(),
             option::of(small_or_edge(0..8)),
             small_or_edge(0..4),
+            small_or_edge(0..64),
             option::of(prop_oneof![
                 Just(i64::MIN),
                 Just(0i64),
@@ -198,13 +201,16 @@ fn op() -> impl Strategy<Value = Op> {
                 Just(i64::MAX)
             ]),
         )
-            .prop_map(|(target, forwards, from, max_count, until)| Op::Read {
-                target,
-                forwards,
-                from,
-                max_count,
-                until,
-            }),
+            .prop_map(
+                |(target, forwards, from, max_count, max_bytes, until)| Op::Read {
+                    target,
+                    forwards,
+                    from,
+                    max_count,
+                    max_bytes,
+                    until,
+                },
+            ),
         1 => (
             0..=LINK_STREAMS.len(),
             prop_oneof![
@@ -411,9 +417,10 @@ impl<S: EventStore> Case<'_, S> {
                 forwards,
                 from,
                 max_count,
+                max_bytes,
                 until,
             } => {
-                self.read(*target, *forwards, *from, *max_count, *until)
+                self.read(*target, *forwards, *from, *max_count, *max_bytes, *until)
                     .await
             }
             Op::Subscribe { target, start } => self.subscribe(*target, *start).await,
@@ -427,6 +434,7 @@ impl<S: EventStore> Case<'_, S> {
         forwards: bool,
         from: Option<u64>,
         max_count: u64,
+        max_bytes: u64,
         until: Option<i64>,
     ) -> std::result::Result<(), String> {
         let norm = |r: Result<Vec<RecordedEvent>>| {
@@ -453,11 +461,12 @@ impl<S: EventStore> Case<'_, S> {
                     ),
                     direction,
                     max_count,
+                    max_bytes,
                     until,
                 };
                 let want = norm(self.model.read_stream(&req, Timestamp::now()));
                 let what = format!(
-                    "read_stream({s}, {direction:?}, {:?}, max {max_count}, until {until:?})",
+                    "read_stream({s}, {direction:?}, {:?}, max {max_count}/{max_bytes}B, until {until:?})",
                     req.from
                 );
                 (what, norm(self.store.read_stream(req).await), want)
@@ -474,13 +483,14 @@ impl<S: EventStore> Case<'_, S> {
                     ),
                     direction,
                     max_count,
+                    max_bytes,
                     filter: None,
                     until,
                 };
                 let want =
                     Ok(self.model.read_all(&req)).map(|v| v.into_iter().map(normalize).collect());
                 let what = format!(
-                    "read_all({direction:?}, {:?}, max {max_count}, until {until:?})",
+                    "read_all({direction:?}, {:?}, max {max_count}/{max_bytes}B, until {until:?})",
                     req.from
                 );
                 (what, norm(self.store.read_all(req).await), want)
