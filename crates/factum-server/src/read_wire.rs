@@ -443,9 +443,9 @@ impl Encoder for Encoded {
                 scratch.len = 0;
                 scratch.overflow = false;
                 event.encode(scratch);
-                let bytes = scratch
-                    .written()
-                    .ok_or_else(|| Status::internal("an event's encoding did not match its length"))?;
+                let bytes = scratch.written().ok_or_else(|| {
+                    Status::internal("an event's encoding did not match its length")
+                })?;
                 dst.put_slice(bytes);
             }
         }
