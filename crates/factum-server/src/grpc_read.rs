@@ -237,9 +237,13 @@ pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Outgoing> {
     let batches = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    Box::pin(batches.flat_map(|batch| match batch {
-        Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
-        Err(status) => futures_util::stream::iter(vec![Err(status)]),
+    // Each batch's answers are handed on as they are, not collected again.
+    Box::pin(batches.flat_map(|batch| {
+        let (items, error) = match batch {
+            Ok(items) => (items, None),
+            Err(status) => (Vec::new(), Some(Err(status))),
+        };
+        futures_util::stream::iter(items.into_iter().map(Ok).chain(error))
     }))
 }
 

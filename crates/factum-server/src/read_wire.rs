@@ -32,9 +32,82 @@ use crate::grpc::ResponseStream;
 /// The request path of `Streams.Read`.
 pub const READ_PATH: &str = "/event_store.client.streams.Streams/Read";
 
+/// Where an encoding goes: only whole slices are written (see [`Exact`]).
+pub trait Sink {
+    /// Appends `b`.
+    fn put_slice(&mut self, b: &[u8]);
+    /// Makes room for exactly `n` more bytes (the message about to be
+    /// written); `false` when they cannot be written here.
+    fn reserve_exact(&mut self, n: usize) -> bool;
+}
+
+impl Sink for BytesMut {
+    fn put_slice(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+
+    fn reserve_exact(&mut self, n: usize) -> bool {
+        self.reserve(n);
+        true
+    }
+}
+
+/// One event message written into a reused buffer sized for exactly that
+/// message: each small write (a key, a varint) is a bounds check and a
+/// copy, where `BytesMut` checks its capacity and may grow per write (the
+/// largest share of the server's CPU time in `grpc-read-all`, ADR 22).
+/// Writes past the size are dropped and remembered, never a panic; the
+/// encoder reports them as an internal error.
+struct Exact {
+    buf: Vec<u8>,
+    len: usize,
+    overflow: bool,
+}
+
+impl Exact {
+    fn new() -> Exact {
+        Exact {
+            buf: Vec::new(),
+            len: 0,
+            overflow: false,
+        }
+    }
+
+    /// The bytes written, when they are exactly the message announced.
+    fn written(&self) -> Option<&[u8]> {
+        (!self.overflow && self.len == self.buf.len()).then_some(&self.buf[..])
+    }
+}
+
+impl Sink for Exact {
+    #[inline]
+    fn put_slice(&mut self, b: &[u8]) {
+        match self.buf.get_mut(self.len..self.len + b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.len += b.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn reserve_exact(&mut self, n: usize) -> bool {
+        if self.len != 0 || self.overflow {
+            // One message per use.
+            self.overflow = true;
+            return false;
+        }
+        // Zeroing a few hundred bytes is cheaper than tracking what is
+        // initialised; the vector keeps its capacity between messages.
+        self.buf.clear();
+        self.buf.resize(n, 0);
+        true
+    }
+}
+
 /// A varint in one write: `BufMut::put_u8` on a `BytesMut` (what prost's
 /// `encode_varint` uses) is a slice copy with a capacity check per byte.
-fn encode_varint(mut v: u64, buf: &mut impl BufMut) {
+fn encode_varint(mut v: u64, buf: &mut impl Sink) {
     let mut bytes = [0u8; 10];
     let mut n = 0;
     while v >= 0x80 {
@@ -49,7 +122,7 @@ fn encode_varint(mut v: u64, buf: &mut impl BufMut) {
 const VARINT: u64 = 0;
 const LEN: u64 = 2;
 
-fn put_key(buf: &mut impl BufMut, field: u32, wire_type: u64) {
+fn put_key(buf: &mut impl Sink, field: u32, wire_type: u64) {
     encode_varint(u64::from(field) << 3 | wire_type, buf);
 }
 
@@ -67,7 +140,7 @@ fn varint_len(v: u64) -> usize {
     }
 }
 
-fn put_varint(buf: &mut impl BufMut, field: u32, v: u64) {
+fn put_varint(buf: &mut impl Sink, field: u32, v: u64) {
     if v != 0 {
         put_key(buf, field, VARINT);
         encode_varint(v, buf);
@@ -83,7 +156,7 @@ fn bytes_len(b: &[u8]) -> usize {
     }
 }
 
-fn put_bytes(buf: &mut impl BufMut, field: u32, b: &[u8]) {
+fn put_bytes(buf: &mut impl Sink, field: u32, b: &[u8]) {
     if !b.is_empty() {
         put_key(buf, field, LEN);
         encode_varint(b.len() as u64, buf);
@@ -96,7 +169,7 @@ fn message_len(inner: usize) -> usize {
     1 + delimited(inner)
 }
 
-fn put_message_header(buf: &mut impl BufMut, field: u32, inner: usize) {
+fn put_message_header(buf: &mut impl Sink, field: u32, inner: usize) {
     put_key(buf, field, LEN);
     encode_varint(inner as u64, buf);
 }
@@ -163,7 +236,7 @@ impl WireUuid {
         }
     }
 
-    fn put(&self, buf: &mut impl BufMut) {
+    fn put(&self, buf: &mut impl Sink) {
         match self {
             WireUuid::Structured(m, l) => {
                 put_message_header(buf, 1, varint_len(*m) + varint_len(*l));
@@ -219,7 +292,7 @@ impl Record<'_> {
         n
     }
 
-    fn put(&self, buf: &mut impl BufMut) {
+    fn put(&self, buf: &mut impl Sink) {
         put_message_header(buf, 1, self.id.body_len());
         self.id.put(buf);
         put_message_header(buf, 2, bytes_len(self.stream));
@@ -260,7 +333,7 @@ fn event_record(e: &RecordedEvent, format: UuidFormat) -> Record<'_> {
 /// through `$ce-`/`$et-` with links resolved), or the link alone (not
 /// resolved) — to `buf`. The same choice [`crate::convert`] documents.
 pub fn encode_event(
-    buf: &mut impl BufMut,
+    buf: &mut impl Sink,
     e: &RecordedEvent,
     resolve_links: bool,
     format: UuidFormat,
@@ -298,6 +371,10 @@ pub fn encode_event(
         + 1
         + encoded_len_varint(e.position.0);
     // ReadResp { oneof content { ReadEvent event = 1; … } }
+    let total = message_len(read_event_len);
+    if !buf.reserve_exact(total) {
+        return;
+    }
     put_message_header(buf, 1, read_event_len);
     if let (Some(r), Some(n)) = (&event, event_len) {
         put_message_header(buf, 1, n);
@@ -329,7 +406,7 @@ pub enum Outgoing {
 
 impl Outgoing {
     /// Writes the `ReadResp` into `buf`.
-    pub fn encode(self, buf: &mut impl BufMut) {
+    pub fn encode(self, buf: &mut impl Sink) {
         match self {
             Outgoing::Event {
                 event,
@@ -347,10 +424,11 @@ pub struct ReadCodec;
 
 /// Writes answers into tonic's buffer.
 pub struct Encoded {
-    /// An event is encoded here first: tonic's buffer takes each small
-    /// write (a varint byte) as a slice copy with its own capacity check,
-    /// a `BytesMut` writes it in place. Reused, so it stays in cache.
-    scratch: BytesMut,
+    /// An event is encoded here first, then copied into tonic's buffer in
+    /// one write: tonic's buffer takes each small write (a varint byte) as
+    /// a slice copy with its own capacity check. Reused, so it stays in
+    /// cache.
+    scratch: Exact,
 }
 
 impl Encoder for Encoded {
@@ -361,9 +439,14 @@ impl Encoder for Encoded {
         match item {
             Outgoing::Message(m) => dst.put_slice(&m),
             event => {
-                self.scratch.clear();
-                event.encode(&mut self.scratch);
-                dst.put_slice(&self.scratch);
+                let scratch = &mut self.scratch;
+                scratch.len = 0;
+                scratch.overflow = false;
+                event.encode(scratch);
+                let bytes = scratch.written().ok_or_else(|| {
+                    Status::internal("an event's encoding did not match its length")
+                })?;
+                dst.put_slice(bytes);
             }
         }
         Ok(())
@@ -398,7 +481,7 @@ impl Codec for ReadCodec {
 
     fn encoder(&mut self) -> Encoded {
         Encoded {
-            scratch: BytesMut::with_capacity(4096),
+            scratch: Exact::new(),
         }
     }
 
@@ -560,6 +643,36 @@ mod tests {
             let r = reference(&e, true, UuidFormat::Structured);
             assert_eq!(buf.len(), r.encoded_len());
         }
+    }
+
+    #[test]
+    fn the_encoder_writes_what_encode_event_writes() {
+        let mut encoder = ReadCodec.encoder();
+        for e in events() {
+            for resolve in [false, true] {
+                for f in [UuidFormat::String, UuidFormat::Structured] {
+                    let mut expected = BytesMut::new();
+                    encode_event(&mut expected, &e, resolve, f);
+                    let s = &mut encoder.scratch;
+                    s.len = 0;
+                    s.overflow = false;
+                    encode_event(s, &e, resolve, f);
+                    assert_eq!(s.written(), Some(&expected[..]));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn writes_past_the_announced_length_are_refused_not_a_panic() {
+        let mut s = Exact::new();
+        assert!(s.reserve_exact(3));
+        s.put_slice(b"ab");
+        assert_eq!(s.written(), None, "short");
+        s.put_slice(b"cd");
+        assert!(s.overflow);
+        assert_eq!(s.written(), None, "past the end");
+        assert!(!s.reserve_exact(1), "one message per use");
     }
 
     #[test]
