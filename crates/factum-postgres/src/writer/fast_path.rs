@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{ClientWrapper, Object};
-use factum_core::rules::{self, Decision};
+use factum_core::rules::Decision;
 
 use super::group::{entry_of, group_names, Entry, Group, Rows};
 use super::{failure, q, Answers, Failure, Request, Sql};
@@ -171,16 +171,7 @@ pub(super) async fn commit(
     };
     let mut answers = Vec::with_capacity(group.len());
     for r in group {
-        let (owner, written) = rules::streams_of(&r.stream, &r.op);
-        let d = rules::decide(
-            &r.stream,
-            r.expected,
-            r.op.clone(),
-            g.state(&owner),
-            g.state(&written),
-            g.state(&owner.metadata_stream()),
-            &config.limits,
-        );
+        let d = g.decide(r, &config.limits);
         answers.push(match d {
             Decision::Reject(e) => Err(e),
             Decision::Done(res) => Ok(res),

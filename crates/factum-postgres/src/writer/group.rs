@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::ClientWrapper;
-use factum_core::rules::{self, Operation, StreamState, WriteKind, TOMBSTONE_REVISION};
+use factum_core::rules::{
+    self, Decision, Limits, Operation, StreamState, WriteKind, TOMBSTONE_REVISION,
+};
 use factum_core::{AppendResult, ContentType, StreamName, Uuid};
 
 use super::{q, Failure, Request, Sql};
@@ -109,6 +111,22 @@ impl Group<'_> {
 
     pub(super) fn state(&self, name: &StreamName) -> Option<&StreamState> {
         self.states.get(name.as_str()).map(|e| &e.state)
+    }
+
+    /// What the rules decide for `r` on the states the group holds now
+    /// (both paths ask the same question; they differ in where the states
+    /// came from).
+    pub(super) fn decide(&self, r: &Request, limits: &Limits) -> Decision {
+        let (owner, written) = rules::streams_of(&r.stream, &r.op);
+        rules::decide(
+            &r.stream,
+            r.expected,
+            r.op.clone(),
+            self.state(&owner),
+            self.state(&written),
+            self.state(&owner.metadata_stream()),
+            limits,
+        )
     }
 
     /// Adds the rows of a write: its events, then the `$metadata` event

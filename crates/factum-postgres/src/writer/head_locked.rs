@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{ClientWrapper, Object};
-use factum_core::rules::{self, Decision};
+use factum_core::rules::Decision;
 use factum_core::{AppendResult, Position, StreamRevision, Uuid};
 
 use super::fast_path::{Cache, Head};
@@ -77,16 +77,7 @@ pub(super) async fn commit(
     }
     let mut answers = Vec::with_capacity(group.len());
     for r in group {
-        let (owner, written) = rules::streams_of(&r.stream, &r.op);
-        let mut d = rules::decide(
-            &r.stream,
-            r.expected,
-            r.op.clone(),
-            g.state(&owner),
-            g.state(&written),
-            g.state(&owner.metadata_stream()),
-            &config.limits,
-        );
+        let mut d = g.decide(r, &config.limits);
         let answer = loop {
             match d {
                 Decision::Reject(e) => break Err(e),
