@@ -9,6 +9,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../sql/0001_init.sql")),
     // Positions start at 1 (ADR 25).
     (2, include_str!("../sql/0002_positions_from_one.sql")),
+    // The fast path's guard raises a named condition (issue 14).
+    (3, include_str!("../sql/0003_head_moved_condition.sql")),
 ];
 
 /// Connects to `url` and applies pending migrations to `schema`.
