@@ -28,6 +28,13 @@ pub enum Error {
         /// The stream.
         stream: StreamName,
     },
+    /// Conditions of a multi-stream append did not hold (every one is
+    /// listed); nothing was written.
+    #[error("multi-stream append refused: {}", crate::error::list(violations))]
+    ConsistencyViolation {
+        /// The conditions that did not hold, in request order.
+        violations: Vec<crate::multi::Violation>,
+    },
     /// The stream has no events (it never existed or was soft-deleted).
     #[error("stream {stream} not found")]
     StreamNotFound {
@@ -99,4 +106,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable(_))
     }
+}
+
+fn list(violations: &[crate::multi::Violation]) -> String {
+    let v: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    v.join("; ")
 }

@@ -16,6 +16,7 @@ pub mod follow;
 pub mod managed;
 pub mod metadata;
 pub mod model;
+pub mod multi;
 pub mod read;
 pub mod rules;
 pub mod store;
@@ -29,6 +30,10 @@ pub use expected::{
 pub use metadata::{StreamMetadata, StreamMetadataResult, METADATA_EVENT_TYPE};
 pub use model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
+};
+pub use multi::{
+    ActualState, MultiAppend, MultiAppendResult, StreamAppended, StreamCondition, StreamPart,
+    Violation,
 };
 pub use read::{
     AllStart, Direction, Filter, FilterMatch, FilterOn, PageBound, ReadAll, ReadStream,

@@ -14,6 +14,8 @@ use crate::model::{
 };
 use uuid::Uuid;
 
+pub mod multi;
+
 /// The event type of tombstone records.
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
 /// The revision of a tombstone record (KurrentDB's `i64::MAX`).

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::expected::{AppendResult, DeleteResult, ExpectedRevision};
 use crate::metadata::{StreamMetadata, StreamMetadataResult};
 use crate::model::{EventData, Position, RecordedEvent, StreamName};
+use crate::multi::{MultiAppend, MultiAppendResult};
 use crate::read::{ReadAll, ReadStream, Subscribe};
 
 /// What a subscription delivers.
@@ -87,6 +88,24 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<EventData>,
     ) -> impl Future<Output = Result<AppendResult>> + Send;
 
+    /// Appends to several streams atomically (ADR 29): every stream's
+    /// condition is checked, then all events are written in one contiguous
+    /// range of positions, in the request's order, or none is (a condition
+    /// that does not hold answers `ConsistencyViolation` listing every
+    /// one). Each written stream follows the rules of [`append`](Self::append).
+    /// A backend that cannot do it atomically answers `Unsupported`.
+    fn append_multi(
+        &self,
+        request: MultiAppend,
+    ) -> impl Future<Output = Result<MultiAppendResult>> + Send {
+        let _ = request;
+        async {
+            Err(crate::Error::Unsupported(
+                "multi-stream appends are not supported by this store".into(),
+            ))
+        }
+    }
+
     /// Reads a stream (user stream, `$ce-<category>`, `$et-<type>`), applying
     /// the stream's `$maxCount` / `$maxAge` / `$tb`. Errors with
     /// `StreamNotFound` or `StreamDeleted`.
@@ -145,6 +164,12 @@ impl<T: EventStore> EventStore for Arc<T> {
         events: Vec<EventData>,
     ) -> impl Future<Output = Result<AppendResult>> + Send {
         (**self).append(stream, expected, events)
+    }
+    fn append_multi(
+        &self,
+        request: MultiAppend,
+    ) -> impl Future<Output = Result<MultiAppendResult>> + Send {
+        (**self).append_multi(request)
     }
     fn read_stream(
         &self,

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
-    StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, MultiAppend,
+    MultiAppendResult, Position, ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata,
+    StreamMetadataResult, StreamName, StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -25,7 +25,7 @@ use crate::overlay::Overlay;
 use crate::pool::{ReadPool, ReadStats};
 use crate::prealloc::Prealloc;
 use crate::reader::Reader;
-use crate::writer::{AppendRequest, Committed, Writer};
+use crate::writer::{AppendRequest, Committed, Job, MultiRequest, Writer};
 use factum_core::rules::Operation;
 
 /// The name of the lock file in a store's directory.
@@ -46,7 +46,7 @@ struct Inner {
     pool: Arc<ReadPool>,
     index: Arc<Index>,
     /// The writer's queue, bounded by `append_slots` (ADR 13).
-    writer_tx: Mutex<Option<SyncSender<AppendRequest>>>,
+    writer_tx: Mutex<Option<SyncSender<Job>>>,
     /// A place in the writer's queue per permit.
     append_slots: Arc<Semaphore>,
     /// Appends waiting for a place.
@@ -493,6 +493,24 @@ impl Engine {
         expected: ExpectedRevision,
         op: Operation,
     ) -> Result<AppendResult> {
+        self.queue(|reply, queue_slot| {
+            Job::One(AppendRequest {
+                stream,
+                expected,
+                op,
+                reply,
+                queue_slot,
+            })
+        })
+        .await
+    }
+
+    /// Queues a job for the writer once it has a place, and waits for its
+    /// answer.
+    async fn queue<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T>>, tokio::sync::OwnedSemaphorePermit) -> Job,
+    ) -> Result<T> {
         let closed = || Error::Unavailable("the store is closed".into());
         let queue_slot = {
             let _waiting = Waiting::enter(&self.inner.appends_waiting);
@@ -504,13 +522,7 @@ impl Engine {
                 .map_err(|_| closed())?
         };
         let (reply, rx) = oneshot::channel();
-        let req = AppendRequest {
-            stream,
-            expected,
-            op,
-            reply,
-            queue_slot,
-        };
+        let req = job(reply, queue_slot);
         {
             let tx = self.inner.writer_tx.lock();
             let tx = tx.as_ref().ok_or_else(closed)?;
@@ -603,6 +615,17 @@ impl EventStore for Engine {
     ) -> Result<AppendResult> {
         self.submit(stream, expected, Operation::Append(events))
             .await
+    }
+
+    async fn append_multi(&self, request: MultiAppend) -> Result<MultiAppendResult> {
+        self.queue(|reply, queue_slot| {
+            Job::Multi(MultiRequest {
+                request,
+                reply,
+                queue_slot,
+            })
+        })
+        .await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {

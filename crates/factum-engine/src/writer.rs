@@ -19,10 +19,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use factum_core::rules::multi::{self as multi_rules, Part, Settled};
 use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
 use factum_core::{
-    AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, StreamRevision,
-    Timestamp, Uuid,
+    AppendResult, Error, EventData, ExpectedRevision, MultiAppend, MultiAppendResult, Result,
+    StreamName, StreamRevision, Timestamp, Uuid,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -56,6 +57,68 @@ pub struct AppendRequest {
     /// The request's place in the writer's bounded queue (ADR 13), given
     /// back when the writer drops the request.
     pub queue_slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One queued multi-stream append (ADR 29): written as one frame.
+pub struct MultiRequest {
+    /// The request.
+    pub request: MultiAppend,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<MultiAppendResult>>,
+    /// Its place in the writer's bounded queue (ADR 13).
+    pub queue_slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What the writer's queue holds.
+pub enum Job {
+    /// A single-stream request.
+    One(AppendRequest),
+    /// A multi-stream append.
+    Multi(MultiRequest),
+}
+
+impl Job {
+    fn fail(self, e: Error) {
+        match self {
+            Job::One(r) => {
+                let _ = r.reply.send(Err(e));
+            }
+            Job::Multi(r) => {
+                let _ = r.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// An answer waiting for its group to be durable.
+enum Answer {
+    One(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
+    Multi(
+        oneshot::Sender<Result<MultiAppendResult>>,
+        Result<MultiAppendResult>,
+    ),
+}
+
+impl Answer {
+    /// Sends the answer; `failed` replaces a success when the group's
+    /// write failed.
+    fn send(self, failed: Option<&str>) {
+        let unavailable = |e: &str| Error::Unavailable(e.to_string());
+        match self {
+            Answer::One(reply, r) => {
+                let _ = reply.send(match failed {
+                    Some(e) => r.and(Err(unavailable(e))),
+                    None => r,
+                });
+            }
+            Answer::Multi(reply, r) => {
+                let _ = reply.send(match failed {
+                    Some(e) => r.and(Err(unavailable(e))),
+                    None => r,
+                });
+            }
+        }
+    }
 }
 
 /// What readers may see: everything before `next_position` / `end`.
@@ -127,13 +190,29 @@ struct FrameWrite {
     undelete: Option<rules::Undelete>,
 }
 
-enum Outcome {
+/// One record of a frame: stream, revision, flags, event.
+type FrameRecord = (StreamName, u64, u8, EventData);
+
+enum Outcome<T = AppendResult> {
     /// Answer now / after the group is durable.
-    Done(Result<AppendResult>),
+    Done(Result<T>),
     /// Needs the group before it to be durable first.
     Defer,
     /// Does not fit in the current segment.
     Roll,
+}
+
+impl<T> Outcome<T> {
+    /// A `Defer` or `Roll` of another type (never called on `Done`).
+    fn map<U>(self) -> Outcome<U> {
+        match self {
+            Outcome::Done(_) => Outcome::Done(Err(Error::Unavailable(
+                "an answered request was carried".into(),
+            ))),
+            Outcome::Defer => Outcome::Defer,
+            Outcome::Roll => Outcome::Roll,
+        }
+    }
 }
 
 impl Writer {
@@ -152,11 +231,11 @@ impl Writer {
         }
     }
 
-    pub fn run(mut self, rx: Receiver<AppendRequest>) {
-        let mut carry: Vec<AppendRequest> = Vec::new();
+    pub fn run(mut self, rx: Receiver<Job>) {
+        let mut carry: Vec<Job> = Vec::new();
         let mut buf = Vec::with_capacity(1 << 20);
         loop {
-            let mut group: Vec<AppendRequest> = std::mem::take(&mut carry);
+            let mut group: Vec<Job> = std::mem::take(&mut carry);
             if group.is_empty() {
                 // While a roll waits for its retry, wake up for it too.
                 let first = match &self.roll_retry {
@@ -190,33 +269,53 @@ impl Writer {
             if let Some(r) = &self.roll_retry {
                 // No segment to write into yet: a transient cause (a full
                 // disk, too many open files), retried with backoff.
-                for req in group {
-                    let _ = req.reply.send(Err(Error::Unavailable(r.cause.clone())));
+                for job in group {
+                    job.fail(Error::Unavailable(r.cause.clone()));
                 }
                 continue;
             }
             let index = self.index.clone();
             let mut overlay = Overlay::new(&index);
             self.group_first = overlay.mem.checkpoint.next_position;
-            let mut answers: Vec<(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>)> =
-                Vec::new();
+            let mut answers: Vec<Answer> = Vec::new();
             buf.clear();
             let now = Timestamp::now();
             let mut roll = false;
             let mut requests = group.into_iter();
-            for req in requests.by_ref() {
+            for job in requests.by_ref() {
                 if let Some(why) = self.fatal.reason() {
-                    let _ = req.reply.send(Err(Error::Unavailable(why.to_string())));
+                    job.fail(Error::Unavailable(why.to_string()));
                     continue;
                 }
-                match self.prepare(&req, &mut overlay, &mut buf, now) {
-                    Outcome::Done(r) => answers.push((req.reply, r)),
-                    Outcome::Defer => carry.push(req),
-                    Outcome::Roll => {
-                        carry.push(req);
-                        roll = true;
-                        break;
+                let (outcome, answer) = match job {
+                    Job::One(req) => match self.prepare(&req, &mut overlay, &mut buf, now) {
+                        Outcome::Done(r) => {
+                            (Outcome::Done(Ok(())), Some(Answer::One(req.reply, r)))
+                        }
+                        o => {
+                            carry.push(Job::One(req));
+                            (o.map(), None)
+                        }
+                    },
+                    Job::Multi(req) => {
+                        let o = self
+                            .try_prepare_multi(&req.request, &mut overlay, &mut buf, now)
+                            .unwrap_or_else(|e| Outcome::Done(Err(e)));
+                        match o {
+                            Outcome::Done(r) => {
+                                (Outcome::Done(Ok(())), Some(Answer::Multi(req.reply, r)))
+                            }
+                            o => {
+                                carry.push(Job::Multi(req));
+                                (o.map(), None)
+                            }
+                        }
                     }
+                };
+                answers.extend(answer);
+                if let Outcome::Roll = outcome {
+                    roll = true;
+                    break;
                 }
                 if buf.len() >= self.config.max_group_bytes {
                     break;
@@ -236,8 +335,8 @@ impl Writer {
                         Some(why) => why.to_string(),
                         None => e.to_string(),
                     };
-                    for (reply, r) in answers {
-                        let _ = reply.send(r.and(Err(Error::Unavailable(e.clone()))));
+                    for answer in answers {
+                        answer.send(Some(&e));
                     }
                     continue;
                 }
@@ -253,8 +352,8 @@ impl Writer {
                     let _ = self.flush_signal.try_send(());
                 }
             }
-            for (reply, r) in answers {
-                let _ = reply.send(r);
+            for answer in answers {
+                answer.send(None);
             }
             if roll {
                 self.roll();
@@ -588,6 +687,98 @@ impl Writer {
             WriteKind::SoftDelete => FLAG_SOFT_DELETE,
             WriteKind::Tombstone => FLAG_TOMBSTONE,
         };
+        // The rules keep revisions below the tombstone's; numbers are
+        // never wrapped all the same.
+        let count = events.len() as u64;
+        if first_revision.checked_add(count).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "{count} events from revision {first_revision} would overflow a 64-bit number"
+            )));
+        }
+        let mut records: Vec<FrameRecord> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (stream.clone(), first_revision + i as u64, flags, e))
+            .collect();
+        if let Some(u) = undelete {
+            records.push((u.stream, u.revision, 0, u.event));
+        }
+        Ok(match self.encode_frame_of(overlay, buf, now, records)? {
+            None => Outcome::Roll,
+            Some(first_position) => Outcome::Done(Ok(rules::write_answer(
+                first_revision,
+                count,
+                public_position(first_position).0,
+            ))),
+        })
+    }
+
+    /// A multi-stream append (ADR 29): decided by the shared rules on the
+    /// newest states, its retry checks made, and written as ONE frame (its
+    /// events in the request's order, then the undelete events of the
+    /// streams it recreates), so power-loss recovery keeps all of it or
+    /// none, like any frame.
+    fn try_prepare_multi(
+        &self,
+        request: &MultiAppend,
+        overlay: &mut Overlay<'_>,
+        buf: &mut Vec<u8>,
+        now: Timestamp,
+    ) -> Result<Outcome<MultiAppendResult>> {
+        let parts = multi_rules::decide_multi(
+            request,
+            |name| Ok(overlay.record(name.as_str())?.map(|r| r.state)),
+            &self.limits(),
+        )?;
+        let mut settled = Vec::with_capacity(parts.len());
+        for part in parts {
+            let part = match part {
+                Part::Retry {
+                    ref stream,
+                    first,
+                    ref ids,
+                    ..
+                } => {
+                    // The events to compare may still be pending in this group.
+                    if overlay.touched(stream.as_str()) {
+                        return Ok(Outcome::Defer);
+                    }
+                    let found = match overlay.record(stream.as_str())? {
+                        Some(rec) => self.already_appended(rec.id, first, ids)?,
+                        None => None,
+                    };
+                    multi_rules::resolve(part, found)
+                }
+                p => p,
+            };
+            settled.push(part);
+        }
+        match multi_rules::settle(request, settled)? {
+            Settled::Done(r) => Ok(Outcome::Done(Ok(r))),
+            Settled::Write(w) => {
+                let records: Vec<FrameRecord> = w
+                    .records
+                    .iter()
+                    .map(|r| (r.stream.clone(), r.revision, 0, r.event.clone()))
+                    .collect();
+                Ok(match self.encode_frame_of(overlay, buf, now, records)? {
+                    None => Outcome::Roll,
+                    Some(first) => Outcome::Done(Ok(w.result(public_position(first).0))),
+                })
+            }
+        }
+    }
+
+    /// Encodes one frame of `records` into the group buffer and records its
+    /// index changes; returns the log position of its first record, or
+    /// `None` when it does not fit in the active segment (roll first).
+    fn encode_frame_of(
+        &self,
+        overlay: &mut Overlay<'_>,
+        buf: &mut Vec<u8>,
+        now: Timestamp,
+        records: Vec<FrameRecord>,
+    ) -> Result<Option<u64>> {
         let record_len = |stream: &StreamName, e: &EventData| {
             EVENT_HEADER_LEN
                 + stream.as_str().len()
@@ -597,47 +788,42 @@ impl Writer {
         };
         let frame_len = FRAME_HEADER_LEN
             + FRAME_TRAILER_LEN
-            + events.iter().map(|e| record_len(&stream, e)).sum::<usize>()
-            + undelete
-                .as_ref()
-                .map_or(0, |u| record_len(&u.stream, &u.event));
+            + records
+                .iter()
+                .map(|(stream, _, _, e)| record_len(stream, e))
+                .sum::<usize>();
         let offset = self.segment_len + buf.len() as u64;
         let header = crate::format::SEGMENT_HEADER_LEN as u64;
         if offset > header && offset + frame_len as u64 > self.config.segment_bytes {
-            return Ok(Outcome::Roll);
+            return Ok(None);
         }
         let first_position = overlay.mem.checkpoint.next_position;
-        // The rules keep revisions below the tombstone's and no log holds
-        // 2^64 records; numbers are never wrapped all the same.
-        let count = events.len() as u64;
-        if first_position.checked_add(count + 1).is_none()
-            || first_revision.checked_add(count).is_none()
+        // No log holds 2^64 records; positions are never wrapped all the same.
+        if first_position
+            .checked_add(records.len() as u64 + 1)
+            .is_none()
         {
             return Err(Error::InvalidInput(format!(
-                "{count} events from revision {first_revision} at position {first_position} would overflow a 64-bit number"
+                "{} events at position {first_position} would overflow a 64-bit number",
+                records.len()
             )));
         }
-        let stored_event =
-            |i: u64, revision: u64, flags: u8, stream: &StreamName, e: EventData| StoredEvent {
-                position: first_position + i,
+        let stored: Vec<StoredEvent> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (stream, revision, flags, e))| StoredEvent {
+                position: first_position + i as u64,
                 revision,
                 created: now,
                 id: e.id,
                 content_type: e.content_type,
                 flags,
-                stream: stream.clone(),
+                stream,
                 event_type: e.event_type,
                 data: e.data,
                 metadata: e.metadata,
-            };
-        let mut stored: Vec<StoredEvent> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| stored_event(i as u64, first_revision + i as u64, flags, &stream, e))
+            })
             .collect();
-        if let Some(u) = undelete {
-            stored.push(stored_event(count, u.revision, 0, &u.stream, u.event));
-        }
         // Frames of one group stay in one segment (a roll ends the group),
         // and a group holds far fewer than 2^32 events (max_group_bytes).
         let group_offset = if self.segment.format.group_frames() {
@@ -658,11 +844,7 @@ impl Writer {
             .collect();
         let end = Loc::new(seg, offset + frame_len as u64);
         overlay.add_frame(Loc::new(seg, offset), &located, end)?;
-        Ok(Outcome::Done(Ok(rules::write_answer(
-            first_revision,
-            count,
-            public_position(first_position).0,
-        ))))
+        Ok(Some(first_position))
     }
 
     /// If the events of stream `id` from revision `first` have exactly these

@@ -215,6 +215,7 @@ mod checks_delete;
 mod checks_limits;
 mod checks_links;
 mod checks_meta;
+mod checks_multi;
 mod checks_read;
 mod checks_soft_delete;
 mod checks_subscribe;
@@ -239,6 +240,10 @@ pub use self::checks_limits::{
 pub use self::checks_links::category_and_event_type_streams;
 pub use self::checks_meta::{
     max_age, max_count, metadata_and_deletes_in_all, metadata_round_trip, truncate_before,
+};
+pub use self::checks_multi::{
+    multi_append_atomic, multi_append_conflict_writes_nothing, multi_append_deleted_streams,
+    multi_append_retry_and_bad_input,
 };
 pub use self::checks_read::{
     read_all_directions_and_bounds, read_all_filters, read_pages_by_bytes,
@@ -340,6 +345,39 @@ pub async fn with_timeout(name: &str, check: impl Future<Output = ()>) {
     if tokio::time::timeout(CHECK_TIMEOUT, check).await.is_err() {
         panic!("conformance check `{name}` did not finish within {CHECK_TIMEOUT:?} (hung?)");
     }
+}
+
+/// Expands to one `#[tokio::test]` per multi-stream append check (ADR 29)
+/// for backends that implement [`EventStore::append_multi`]; used like
+/// [`conformance_tests!`](crate::conformance_tests).
+#[macro_export]
+macro_rules! multi_stream_conformance_tests {
+    ($factory:expr) => {
+        $crate::__factum_multi_tests_impl!(
+            [$factory]
+            multi_append_atomic,
+            multi_append_conflict_writes_nothing,
+            multi_append_deleted_streams,
+            multi_append_retry_and_bad_input,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __factum_multi_tests_impl {
+    ([$factory:expr] $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::testkit::with_timeout(
+                    stringify!($name),
+                    $crate::testkit::$name(&$factory),
+                )
+                .await;
+            }
+        )*
+    };
 }
 
 /// Expands to one `#[tokio::test]` per conformance check, plus a `#[test]`

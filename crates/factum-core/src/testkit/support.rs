@@ -68,6 +68,7 @@ pub(crate) fn kind(e: &Error) -> &'static str {
         Error::Locked { .. } => "Locked",
         Error::Unsupported(_) => "Unsupported",
         Error::AccessDenied(_) => "AccessDenied",
+        Error::ConsistencyViolation { .. } => "ConsistencyViolation",
     }
 }
 
