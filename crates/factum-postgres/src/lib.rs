@@ -35,9 +35,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use factum_core::rules::{Limits, Operation};
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
-    Subscription,
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, MultiAppend,
+    MultiAppendResult, Position, ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata,
+    StreamMetadataResult, StreamName, Subscribe, Subscription,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -348,6 +348,11 @@ impl EventStore for PostgresStore {
     ) -> Result<AppendResult> {
         self.submit(stream, expected, Operation::Append(events))
             .await
+    }
+
+    async fn append_multi(&self, request: MultiAppend) -> Result<MultiAppendResult> {
+        let i = &self.inner;
+        writer::append_multi(&i.pool, &i.tables, &i.config, request).await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {

@@ -17,6 +17,9 @@
 mod fast_path;
 mod group;
 mod head_locked;
+mod multi;
+
+pub(crate) use multi::append_multi;
 
 use deadpool_postgres::{Object, Pool};
 use factum_core::rules::{self, Operation};
