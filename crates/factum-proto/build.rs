@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
         "proto/persistent.proto",
+        "proto/rich_status.proto",
+        "proto/v2_streams.proto",
+        "proto/v2_streams_errors.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

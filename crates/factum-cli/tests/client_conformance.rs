@@ -87,8 +87,19 @@ impl EventStore for RemoteStore {
     async fn head_position(&self) -> Result<Option<Position>> {
         self.client.head_position().await
     }
+    async fn append_multi(
+        &self,
+        r: factum_core::MultiAppend,
+    ) -> Result<factum_core::MultiAppendResult> {
+        self.client.append_multi(r).await
+    }
 }
 
 mod conformance {
     factum_core::conformance_tests!(super::ServeFactory);
+}
+
+/// Multi-stream appends through `AppendRecords` (ADR 29).
+mod multi {
+    factum_core::multi_stream_conformance_tests!(super::ServeFactory);
 }

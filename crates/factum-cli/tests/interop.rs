@@ -332,3 +332,10 @@ fn node_kurrentdb_client() {
 fn node_kurrentdb_client_persistent_subscriptions() {
     with(&KURRENTDB_CLIENT, "node_persistent.js");
 }
+
+/// Multi-stream appends (`kurrentdb.protocol.v2.streams.StreamsService`,
+/// ADR 29) with the current Node SDK.
+#[test]
+fn node_kurrentdb_client_multi_stream_append() {
+    with(&KURRENTDB_CLIENT, "node_multi.js");
+}

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod multi;
 mod read;
 mod request;
 mod resume;
@@ -58,7 +59,7 @@ pub fn error_from_status(status: tonic::Status) -> Error {
 
 /// Largest message the client sends or accepts (the server's default
 /// append limit plus framing).
-const MAX_MESSAGE: usize = 65 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 65 * 1024 * 1024;
 
 /// A connection to a server; cheap to clone (one HTTP/2 connection shared).
 #[derive(Clone, Debug)]
@@ -227,6 +228,19 @@ impl EventStore for Client {
             async move { self.batcher().await?.append(stream, expected, events).await }
         })
         .await
+    }
+
+    async fn append_multi(
+        &self,
+        request: factum_core::MultiAppend,
+    ) -> Result<factum_core::MultiAppendResult> {
+        // Bad input is answered here, as the server would.
+        factum_core::rules::multi::check_multi_input(
+            &request,
+            &factum_core::rules::Limits::default(),
+        )?;
+        self.retrying(|| multi::append_records(self.channel.clone(), &request))
+            .await
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {

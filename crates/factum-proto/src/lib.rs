@@ -14,6 +14,7 @@
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
+//! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -39,6 +40,18 @@ pub mod generated {
             }
         }
     }
+    pub mod kurrentdb {
+        pub mod protocol {
+            pub mod v2 {
+                pub mod streams {
+                    tonic::include_proto!("kurrentdb.protocol.v2.streams");
+                    pub mod errors {
+                        tonic::include_proto!("kurrentdb.protocol.v2.streams.errors");
+                    }
+                }
+            }
+        }
+    }
     pub mod google {
         pub mod rpc {
             tonic::include_proto!("google.rpc");
@@ -58,6 +71,8 @@ pub use generated::event_store::client::server_features;
 pub use generated::event_store::client::streams;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.
 pub use generated::google::rpc as status;
+/// `kurrentdb.protocol.v2.streams`: multi-stream appends (ADR 29).
+pub use generated::kurrentdb::protocol::v2::streams as v2_streams;
 
 pub mod expected;
 

@@ -38,6 +38,16 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         self.inner.append(stream, expected, events).await
     }
 
+    async fn append_multi(
+        &self,
+        request: factum_core::MultiAppend,
+    ) -> Result<factum_core::MultiAppendResult> {
+        for i in request.written() {
+            managed::check_client_write(&request.streams[i].stream)?;
+        }
+        self.inner.append_multi(request).await
+    }
+
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         self.inner.read_stream(request).await
     }

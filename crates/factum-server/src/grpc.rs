@@ -149,7 +149,7 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 }
 
 /// Exactly the methods this server implements: (service, methods).
-pub const IMPLEMENTED: [(&str, &[&str]); 4] = [
+pub const IMPLEMENTED: [(&str, &[&str]); 5] = [
     (
         factum_proto::service_names::STREAMS,
         &["read", "append", "delete", "tombstone", "batchappend"],
@@ -159,6 +159,8 @@ pub const IMPLEMENTED: [(&str, &[&str]); 4] = [
         &["getsupportedmethods"],
     ),
     (factum_proto::service_names::GOSSIP, &["read"]),
+    // Multi-stream appends (ADR 29): the Node SDK uses them only when listed.
+    (crate::grpc_v2::SERVICE, &["appendsession", "appendrecords"]),
     (
         factum_proto::service_names::PERSISTENT_SUBSCRIPTIONS,
         &[

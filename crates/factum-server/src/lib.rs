@@ -46,6 +46,7 @@ pub mod filter;
 pub mod grpc;
 mod grpc_persistent;
 mod grpc_read;
+pub mod grpc_v2;
 mod grpc_write;
 pub mod http;
 mod listener;
@@ -108,6 +109,11 @@ pub fn app<S: EventStore>(
     )
     .add_service(ServerFeaturesServer::new(api.clone()))
     .add_service(GossipServer::new(api.clone()))
+    .add_service(
+        factum_proto::v2_streams::streams_service_server::StreamsServiceServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
     .add_service(
         PersistentSubscriptionsServer::new(api)
             .max_decoding_message_size(max_persistent_request)
