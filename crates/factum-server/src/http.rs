@@ -51,11 +51,15 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
             get(get_metadata::<S>).put(put_metadata::<S>),
         )
         .route("/streams/{stream}/subscribe", get(subscribe::<S>))
+        .route(
+            "/multi-append",
+            axum::routing::post(crate::http_multi::append_multi::<S>),
+        )
         .with_state(ctx)
 }
 
 /// An error answer: `{"error": kind, "message": text, ...}`.
-struct ApiError(StatusCode, Value);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) Value);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -100,11 +104,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Que
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::from(Error::InvalidInput(msg.into()))
 }
 
-fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
+pub(crate) fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
     StreamName::new(raw).map_err(ApiError::from)
 }
 
@@ -307,6 +311,20 @@ pub struct NewEvent {
     metadata: Option<Value>,
 }
 
+impl NewEvent {
+    /// The event to append (JSON data, JSON metadata).
+    pub(crate) fn into_event(self) -> Result<EventData, Error> {
+        let mut d = EventData::json(self.event_type, &self.data)?;
+        if let Some(id) = self.id {
+            d = d.with_id(id);
+        }
+        if let Some(m) = self.metadata {
+            d = d.with_metadata(serde_json::to_vec(&m).unwrap_or_default());
+        }
+        Ok(d)
+    }
+}
+
 /// An append body: a list of events, or `{expected_revision, events}`.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -405,7 +423,7 @@ fn expected_version(raw: &str) -> Result<ExpectedRevision, ApiError> {
 /// 413 and the JSON error as soon as its declared length or the bytes
 /// received pass it), and held in the server's append budget until the
 /// request ends (503 when no room came within the budget's wait).
-async fn receive_body<S>(
+pub(crate) async fn receive_body<S>(
     ctx: &Ctx<S>,
     headers: &HeaderMap,
     body: axum::body::Body,
@@ -480,16 +498,7 @@ async fn append<S: EventStore>(
             let expected = expected(&headers, exp.as_deref())?;
             let events: Vec<EventData> = events
                 .into_iter()
-                .map(|e| {
-                    let mut d = EventData::json(e.event_type, &e.data)?;
-                    if let Some(id) = e.id {
-                        d = d.with_id(id);
-                    }
-                    if let Some(m) = e.metadata {
-                        d = d.with_metadata(serde_json::to_vec(&m).unwrap_or_default());
-                    }
-                    Ok(d)
-                })
+                .map(NewEvent::into_event)
                 .collect::<Result<_, Error>>()?;
             (expected, events)
         }

@@ -49,6 +49,7 @@ mod grpc_read;
 pub mod grpc_v2;
 mod grpc_write;
 pub mod http;
+mod http_multi;
 mod listener;
 pub mod metrics;
 pub mod openapi;

@@ -69,6 +69,20 @@ pub fn document() -> Value {
               { "name": "tombstone", "in": "query", "schema": { "type": "boolean" } } ],
             "responses": { "200": { "description": "Deleted" }, "403": error_response(PROTECTED), "404": error_response("Stream not found"),
               "409": error_response("Wrong expected revision"), "410": error_response("Stream tombstoned") } } },
+        "/multi-append": {
+          "post": { "summary": "Append to several streams atomically (ADR 29)",
+            "description": "All events are written in one contiguous range of positions, in the order given, or none is. Each stream has an expected revision; `checks` put conditions (`no-stream`, `exists`, `deleted`, `tombstoned` or a revision) on streams not written.",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object",
+              "properties": {
+                "streams": { "type": "array", "items": { "type": "object", "required": ["stream", "events"],
+                  "properties": { "stream": { "type": "string" }, "expected_revision": { "type": "string" },
+                    "events": { "type": "array", "items": { "$ref": "#/components/schemas/NewEvent" } } } } },
+                "checks": { "type": "array", "items": { "type": "object", "required": ["stream", "expected"],
+                  "properties": { "stream": { "type": "string" }, "expected": { "type": "string" } } } } } } } } },
+            "responses": { "201": { "description": "Appended: `position` of the last event, per stream its `revision` and `position`" },
+              "400": error_response("Bad input"), "403": error_response(PROTECTED),
+              "409": { "description": "Conditions that did not hold (`violations`: index, stream, expected, actual); nothing was written" },
+              "413": error_response("Append too large") } } },
         "/streams/{stream}/metadata": {
           "get": { "summary": "Stream metadata", "parameters": [ stream_param() ],
             "responses": { "200": { "description": "`revision` of $$stream (null when never set) and the metadata" },
