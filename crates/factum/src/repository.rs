@@ -390,6 +390,128 @@ impl<S: EventStore, A: Aggregate, P: SnapshotStore> Repository<S, A, P> {
         }
     }
 
+    /// Runs several commands in one commit (ADR 29): each `(id, command)`
+    /// against its aggregate (commands for the same id run in order on its
+    /// state), then every aggregate's events are appended with one
+    /// multi-stream append, each stream at the revision it was loaded at —
+    /// all of them or none. A conflict on any stream reloads them all and
+    /// re-runs every command, up to the retry bound
+    /// ([`RepositoryError::Conflict`] names the first stream in conflict);
+    /// a command the aggregate refuses writes nothing. The answer holds
+    /// one [`Executed`] per distinct id, in the order of first mention.
+    /// Needs a store that implements [`EventStore::append_multi`].
+    pub async fn execute_many(
+        &self,
+        commands: &[(&str, A::Command)],
+        context: &CommandContext,
+    ) -> Result<Vec<Executed<A>>, RepositoryError<A::Error>> {
+        let mut ids: Vec<&str> = Vec::new();
+        for (id, _) in commands {
+            if !ids.contains(id) {
+                ids.push(id);
+            }
+        }
+        let streams = ids
+            .iter()
+            .map(|id| A::stream_name(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut loaded = Vec::with_capacity(ids.len());
+            for stream in &streams {
+                loaded.push(
+                    self.load_stream(stream, SnapshotBound::Latest, None, None)
+                        .await?,
+                );
+            }
+            let mut events: Vec<Vec<A::Event>> = ids.iter().map(|_| Vec::new()).collect();
+            for (id, command) in commands {
+                let k = ids.iter().position(|i| i == id).expect("listed above");
+                let new = loaded[k]
+                    .state
+                    .handle(command)
+                    .map_err(RepositoryError::Domain)?;
+                // The next command for this id sees these events.
+                for e in &new {
+                    loaded[k].state.apply(e);
+                }
+                events[k].extend(new);
+            }
+            let mut request = factum_core::MultiAppend::new();
+            for (k, stream) in streams.iter().enumerate() {
+                if !events[k].is_empty() {
+                    let data = self.encode(stream, &events[k], context)?;
+                    request = request.append(stream.clone(), loaded[k].expected(), data);
+                }
+            }
+            if request.events.is_empty() {
+                return Ok(loaded
+                    .into_iter()
+                    .zip(events)
+                    .map(|(l, events)| Executed {
+                        revision: l.revision,
+                        state: l.state,
+                        events,
+                        position: None,
+                        attempts,
+                        snapshot: SnapshotOutcome::NotDue,
+                    })
+                    .collect());
+            }
+            match self.store.append_multi(request).await {
+                Ok(written) => {
+                    let mut done = Vec::with_capacity(ids.len());
+                    for (k, (mut l, events)) in loaded.into_iter().zip(events).enumerate() {
+                        let mine = written.streams.iter().find(|w| w.stream == streams[k]);
+                        let (revision, position) = match mine {
+                            Some(w) => (Some(w.revision), Some(w.position)),
+                            None => (l.revision, None),
+                        };
+                        let mut snapshot = SnapshotOutcome::NotDue;
+                        if mine.is_some() {
+                            l.revision = revision;
+                            l.last_event_at = None;
+                            snapshot = self.maybe_snapshot(&streams[k], &l).await;
+                        }
+                        done.push(Executed {
+                            state: l.state,
+                            events,
+                            revision,
+                            position,
+                            attempts,
+                            snapshot,
+                        });
+                    }
+                    return Ok(done);
+                }
+                Err(e @ Error::ConsistencyViolation { .. }) => {
+                    if attempts > self.max_retries {
+                        let stream = match &e {
+                            Error::ConsistencyViolation { violations } => violations
+                                .first()
+                                .map_or_else(|| streams[0].clone(), |v| v.stream.clone()),
+                            _ => unreachable!("matched above"),
+                        };
+                        return Err(RepositoryError::Conflict {
+                            stream,
+                            attempts,
+                            source: e,
+                        });
+                    }
+                    tracing::debug!(
+                        attempts,
+                        "concurrency conflict in a multi-aggregate commit; retrying"
+                    );
+                    if !self.retry_delay.is_zero() {
+                        tokio::time::sleep(self.retry_delay * attempts).await;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn encode(
         &self,
         stream: &StreamName,

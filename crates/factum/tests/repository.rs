@@ -87,7 +87,109 @@ fn then_fails_on_other_events() {
 on_every_backend!(
     execute_appends_with_metadata_and_keeps_domain_errors,
     conflicts_reload_and_retry_then_give_up,
+    several_aggregates_in_one_commit,
+    a_conflict_in_a_multi_aggregate_commit_retries_all,
 );
+
+/// A deposit lands on one account between the load and the commit: the
+/// whole commit is re-run on fresh states; past the bound, `Conflict`.
+async fn a_conflict_in_a_multi_aggregate_commit_retries_all<S: EventStore + Clone>(
+    engine: S,
+    _dir: tempfile::TempDir,
+) {
+    let races = Arc::new(AtomicU32::new(0));
+    let store = common::RacingStore {
+        inner: engine.clone(),
+        races: races.clone(),
+        intruder: Arc::new(intruding_deposit),
+    };
+    let repo = Repository::<_, Account>::new(store).retries(1, std::time::Duration::ZERO);
+    let ctx = CommandContext::new();
+    let open = |o: &str| Cmd::Open { owner: o.into() };
+    repo.execute_many(&[("r-a", open("a")), ("r-b", open("b"))], &ctx)
+        .await
+        .unwrap();
+    races.store(1, std::sync::atomic::Ordering::SeqCst);
+    let both = [
+        ("r-a", Cmd::Deposit { amount: 2 }),
+        ("r-b", Cmd::Deposit { amount: 3 }),
+    ];
+    let done = repo.execute_many(&both, &ctx).await.unwrap();
+    assert_eq!(done[0].attempts, 2);
+    assert_eq!(done[1].state.balance, 4, "the intruding deposit was seen");
+    races.store(2, std::sync::atomic::Ordering::SeqCst);
+    let before = engine.head_position().await.unwrap();
+    match repo.execute_many(&both, &ctx).await {
+        Err(RepositoryError::Conflict {
+            stream, attempts, ..
+        }) => assert_eq!((stream.as_str(), attempts), ("account-r-b", 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Only the two intruding events were written.
+    assert_eq!(
+        engine.head_position().await.unwrap().map(|p| p.0),
+        before.map(|p| p.0 + 2)
+    );
+}
+
+/// A transfer: a withdrawal and a deposit on two accounts, one commit
+/// (ADR 29); a refused command writes neither.
+async fn several_aggregates_in_one_commit<S: EventStore + Clone>(
+    store: S,
+    _dir: tempfile::TempDir,
+) {
+    let repo = Repository::<_, Account>::new(store.clone());
+    let ctx = CommandContext::new().correlation_id("transfer-1");
+    let open = |owner: &str| Cmd::Open {
+        owner: owner.into(),
+    };
+    let opened = repo
+        .execute_many(
+            &[
+                ("t-a", open("ada")),
+                ("t-a", Cmd::Deposit { amount: 10 }),
+                ("t-b", open("bob")),
+            ],
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened.len(), 2);
+    assert_eq!(opened[0].state.balance, 10);
+    assert_eq!(opened[0].revision.map(|r| r.0), Some(1));
+    let head = store.head_position().await.unwrap();
+    assert_eq!(
+        opened[1].position, head,
+        "one commit: b's event is the last"
+    );
+    let transfer = [
+        ("t-a", Cmd::Withdraw { amount: 4 }),
+        ("t-b", Cmd::Deposit { amount: 4 }),
+    ];
+    let done = repo.execute_many(&transfer, &ctx).await.unwrap();
+    assert_eq!((done[0].state.balance, done[1].state.balance), (6, 4));
+    let a = done[0].position.unwrap().0;
+    assert_eq!(done[1].position.unwrap().0, a + 1, "contiguous positions");
+    // Too much: the domain refuses, nothing of the transfer is written.
+    let before = store.head_position().await.unwrap();
+    let refused = repo
+        .execute_many(
+            &[
+                ("t-b", Cmd::Deposit { amount: 100 }),
+                ("t-a", Cmd::Withdraw { amount: 100 }),
+            ],
+            &ctx,
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(RepositoryError::Domain(
+            AccountError::InsufficientFunds { .. }
+        ))
+    ));
+    assert_eq!(store.head_position().await.unwrap(), before);
+    assert_eq!(repo.load("t-b").await.unwrap().state.balance, 4);
+}
 
 async fn execute_appends_with_metadata_and_keeps_domain_errors<S: EventStore + Clone>(
     store: S,

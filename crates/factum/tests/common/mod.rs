@@ -168,6 +168,27 @@ impl<S: EventStore> EventStore for RacingStore<S> {
         }
         self.inner.append(stream, expected, events).await
     }
+    /// Races on the last written stream: an intruding event lands there
+    /// between the load and the commit.
+    async fn append_multi(
+        &self,
+        request: factum_core::MultiAppend,
+    ) -> Result<factum_core::MultiAppendResult> {
+        let racing = self
+            .races
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if let (true, Some(&k)) = (racing, request.written().last()) {
+            self.inner
+                .append(
+                    request.streams[k].stream.clone(),
+                    ExpectedRevision::Any,
+                    vec![(self.intruder)()],
+                )
+                .await?;
+        }
+        self.inner.append_multi(request).await
+    }
     async fn read_stream(&self, r: ReadStream) -> Result<Vec<RecordedEvent>> {
         self.inner.read_stream(r).await
     }
