@@ -98,8 +98,3 @@ impl EventStore for RemoteStore {
 mod conformance {
     factum_core::conformance_tests!(super::ServeFactory);
 }
-
-/// Multi-stream appends through `AppendRecords` (ADR 29).
-mod multi {
-    factum_core::multi_stream_conformance_tests!(super::ServeFactory);
-}

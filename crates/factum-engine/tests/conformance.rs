@@ -41,9 +41,3 @@ impl StoreFactory for EngineFactory {
 mod conformance {
     factum_core::conformance_tests!(super::EngineFactory);
 }
-
-/// Multi-stream appends (ADR 29).
-mod multi {
-    use super::EngineFactory;
-    factum_core::multi_stream_conformance_tests!(EngineFactory);
-}

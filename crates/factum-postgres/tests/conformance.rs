@@ -39,8 +39,3 @@ impl StoreFactory for PgFactory {
 mod conformance {
     factum_core::conformance_tests!(super::PgFactory);
 }
-
-/// Multi-stream appends (ADR 29).
-mod multi {
-    factum_core::multi_stream_conformance_tests!(super::PgFactory);
-}

@@ -102,6 +102,13 @@ impl EventStore for MemoryStore {
         self.write(|m| m.append(&stream, expected, &events, Timestamp::now()))
     }
 
+    async fn append_multi(
+        &self,
+        request: crate::multi::MultiAppend,
+    ) -> Result<crate::multi::MultiAppendResult> {
+        self.write(|m| m.append_multi(&request, Timestamp::now()))
+    }
+
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         self.model().read_stream(&request, Timestamp::now())
     }

@@ -172,6 +172,22 @@
 //!   `FellBehind`/`Checkpoint` may be interleaved anywhere.
 //! - A subscriber that does not read must not block appends.
 //!
+//! ## Multi-stream appends (`append_multi`, ADR 29)
+//! - All events of the request are written in one contiguous range of
+//!   positions, in the request's order, or none is; each written stream
+//!   follows the rules of `append` (revisions, soft deletes with their
+//!   undelete events, which follow all of the request's events, in stream
+//!   order; tombstones). A stream only checked follows KurrentDB's
+//!   consistency checks: a tombstoned stream satisfies `NoStream` and
+//!   `Tombstoned`, a soft-deleted one `NoStream`, `Deleted` and its last
+//!   revision.
+//! - Any condition that does not hold answers `ConsistencyViolation`
+//!   listing every one (index, stream, condition, actual state) and
+//!   nothing is written. A retry whose every written stream already holds
+//!   its events answers the earlier result; a partial one is a violation.
+//! - No events, a stream named twice, a stream with its `$$` stream, a
+//!   read-only written stream: `InvalidInput`.
+//!
 //! ## Numbers at the edges
 //! Every number a caller supplies may be anything from 0 to `u64::MAX`
 //! (`i64::MIN` to `i64::MAX` for `until`); none makes a store panic, wrap
@@ -321,6 +337,10 @@ macro_rules! __factum_testkit_checks {
             concurrent_exact_appends,
             concurrent_any_appends,
             concurrent_appends_to_many_streams,
+            multi_append_atomic,
+            multi_append_conflict_writes_nothing,
+            multi_append_deleted_streams,
+            multi_append_retry_and_bad_input,
         }
     };
 }
@@ -345,39 +365,6 @@ pub async fn with_timeout(name: &str, check: impl Future<Output = ()>) {
     if tokio::time::timeout(CHECK_TIMEOUT, check).await.is_err() {
         panic!("conformance check `{name}` did not finish within {CHECK_TIMEOUT:?} (hung?)");
     }
-}
-
-/// Expands to one `#[tokio::test]` per multi-stream append check (ADR 29)
-/// for backends that implement [`EventStore::append_multi`]; used like
-/// [`conformance_tests!`](crate::conformance_tests).
-#[macro_export]
-macro_rules! multi_stream_conformance_tests {
-    ($factory:expr) => {
-        $crate::__factum_multi_tests_impl!(
-            [$factory]
-            multi_append_atomic,
-            multi_append_conflict_writes_nothing,
-            multi_append_deleted_streams,
-            multi_append_retry_and_bad_input,
-        );
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __factum_multi_tests_impl {
-    ([$factory:expr] $($name:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::testkit::with_timeout(
-                    stringify!($name),
-                    $crate::testkit::$name(&$factory),
-                )
-                .await;
-            }
-        )*
-    };
 }
 
 /// Expands to one `#[tokio::test]` per conformance check, plus a `#[test]`

@@ -17,6 +17,9 @@ use crate::model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
     MAX_EVENT_TYPE_BYTES,
 };
+use crate::multi::{
+    ActualState, MultiAppend, MultiAppendResult, StreamAppended, StreamCondition, Violation,
+};
 use crate::read::{
     AllStart, Direction, PageBound, ReadAll, ReadStream, StreamStart, SubscriptionStart,
     SubscriptionTarget,
@@ -385,6 +388,195 @@ impl Model {
         }
         self.undelete(&owner, was_deleted, now);
         Ok(AppendResult { revision, position })
+    }
+
+    /// `EventStore::append_multi`, written from the contract (ADR 29)
+    /// rather than from `rules::multi` (whose input checks alone it
+    /// shares): every condition first, then all events in the request's
+    /// order, then the undelete events of recreated streams in stream order.
+    pub(crate) fn append_multi(
+        &mut self,
+        req: &MultiAppend,
+        now: Timestamp,
+    ) -> Result<MultiAppendResult> {
+        let limits = crate::rules::Limits {
+            max_event_bytes: MAX_EVENT_SIZE,
+            ..crate::rules::Limits::default()
+        };
+        crate::rules::multi::check_multi_input(req, &limits)?;
+        let mut violations = Vec::new();
+        let mut retried: Vec<(usize, AppendResult)> = Vec::new();
+        let mut writes: Vec<usize> = Vec::new();
+        for (index, part) in req.streams.iter().enumerate() {
+            let s = &part.stream;
+            let events: Vec<&EventData> = req.events_of(index).collect();
+            let current = self.current(s);
+            let (tomb, deleted) = (self.tombstoned(s), self.soft_deleted(s));
+            let last = |c: CurrentRevision| match c {
+                CurrentRevision::NoStream => ActualState::NoStream,
+                CurrentRevision::Current(r) => ActualState::Revision(r),
+            };
+            let mut violated = |actual| {
+                violations.push(Violation {
+                    index,
+                    stream: s.clone(),
+                    expected: part.condition,
+                    actual,
+                })
+            };
+            if events.is_empty() {
+                use StreamCondition as C;
+                let holds = match (tomb, deleted, part.condition) {
+                    (true, _, c) => matches!(c, C::Any | C::NoStream | C::Tombstoned),
+                    (_, _, C::Any) => true,
+                    (_, true, C::NoStream | C::Deleted) => true,
+                    (_, true, C::Exists) => {
+                        violated(ActualState::Deleted);
+                        continue;
+                    }
+                    (_, _, C::NoStream) => current == CurrentRevision::NoStream,
+                    (_, _, C::Exists) => current != CurrentRevision::NoStream,
+                    (_, _, C::Revision(r)) => current == CurrentRevision::Current(r),
+                    (_, false, C::Deleted) | (_, _, C::Tombstoned) => false,
+                };
+                if !holds {
+                    violated(if tomb {
+                        ActualState::Tombstoned
+                    } else {
+                        last(current)
+                    });
+                }
+                continue;
+            }
+            if tomb {
+                violated(ActualState::Tombstoned);
+                continue;
+            }
+            let expected = match part.condition {
+                StreamCondition::Tombstoned => {
+                    violated(last(current));
+                    continue;
+                }
+                StreamCondition::Deleted if !deleted => {
+                    violated(last(current));
+                    continue;
+                }
+                StreamCondition::Deleted => ExpectedRevision::Any,
+                c => c.as_expected().expect("not deleted or tombstoned"),
+            };
+            let satisfied = match self.meets(s, expected) {
+                Ok(m) => m,
+                Err(_) => {
+                    violated(ActualState::Deleted);
+                    continue;
+                }
+            };
+            let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+            let k = ids.len() as u64;
+            let base = self.state(s).map_or(0, |st| st.base);
+            match (expected, satisfied) {
+                (ExpectedRevision::Any | ExpectedRevision::StreamExists, true) => match current {
+                    CurrentRevision::Current(l)
+                        if l.0 + 1 >= k && self.ids_stand_at(s, l.0 + 1 - k, &ids) =>
+                    {
+                        retried.push((index, self.result_for_current(s)))
+                    }
+                    _ => writes.push(index),
+                },
+                (_, true) => writes.push(index),
+                (_, false) => {
+                    let place = match expected {
+                        ExpectedRevision::Exact(n) => n.0.saturating_add(1),
+                        ExpectedRevision::NoStream => base,
+                        _ => u64::MAX,
+                    };
+                    if place != u64::MAX && self.ids_stand_at(s, place, &ids) {
+                        let revision = place + k - 1;
+                        retried.push((
+                            index,
+                            AppendResult {
+                                revision: StreamRevision(revision),
+                                position: self.position_of(s, revision),
+                            },
+                        ));
+                    } else {
+                        violated(last(current));
+                    }
+                }
+            }
+        }
+        if writes.is_empty() && !retried.is_empty() {
+            let streams: Vec<StreamAppended> = retried
+                .iter()
+                .map(|(index, r)| StreamAppended {
+                    index: *index,
+                    stream: req.streams[*index].stream.clone(),
+                    revision: r.revision,
+                    position: r.position,
+                })
+                .collect();
+            let position = streams.iter().map(|s| s.position).max().expect("non-empty");
+            return Ok(MultiAppendResult { streams, position });
+        }
+        for (index, _) in retried {
+            let s = &req.streams[index].stream;
+            let actual = match self.current(s) {
+                CurrentRevision::NoStream => ActualState::NoStream,
+                CurrentRevision::Current(r) => ActualState::Revision(r),
+            };
+            violations.push(Violation {
+                index,
+                stream: s.clone(),
+                expected: req.streams[index].condition,
+                actual,
+            });
+        }
+        if !violations.is_empty() {
+            violations.sort_by_key(|v| v.index);
+            return Err(Error::ConsistencyViolation { violations });
+        }
+        let recreate: Vec<(StreamName, Option<u64>)> = writes
+            .iter()
+            .map(|&i| {
+                let s = &req.streams[i].stream;
+                let owner = s.metadata_of().unwrap_or_else(|| s.clone());
+                let from = self.recreate_from(&owner);
+                (owner, from)
+            })
+            .collect();
+        let mut last: HashMap<usize, (StreamRevision, Position)> = HashMap::new();
+        let mut position = Position(0);
+        for (i, e) in &req.events {
+            let s = &req.streams[*i].stream;
+            let at = self.push(
+                s,
+                e.id,
+                &e.event_type,
+                e.content_type,
+                e.data.clone(),
+                e.metadata.clone(),
+                now,
+                false,
+            );
+            if let Some(of) = s.metadata_of() {
+                self.set_meta(&of, StreamMetadata::from_json(&e.data).unwrap_or_default());
+            }
+            position = at.1;
+            last.insert(*i, at);
+        }
+        for (owner, from) in recreate {
+            self.undelete(&owner, from, now);
+        }
+        let streams = writes
+            .iter()
+            .map(|&index| StreamAppended {
+                index,
+                stream: req.streams[index].stream.clone(),
+                revision: last[&index].0,
+                position: last[&index].1,
+            })
+            .collect();
+        Ok(MultiAppendResult { streams, position })
     }
 
     /// `EventStore::delete_stream`.
