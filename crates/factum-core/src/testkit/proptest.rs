@@ -20,6 +20,7 @@ use crate::metadata::{StreamMetadata, METADATA_EVENT_TYPE};
 use crate::model::{
     ContentType, EventData, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,
 };
+use crate::multi::{MultiAppend, StreamCondition};
 use crate::read::{
     AllStart, Direction, ReadAll, ReadStream, StreamStart, Subscribe, SubscriptionStart,
     SubscriptionTarget,
@@ -83,8 +84,27 @@ enum Exp {
     Absolute(u64),
 }
 
+/// A multi-stream append's condition on one stream.
+#[derive(Clone, Copy, Debug)]
+enum Cond {
+    Exp(Exp),
+    Deleted,
+    Tombstoned,
+}
+
 #[derive(Clone, Debug)]
 enum Op {
+    /// A multi-stream append (ADR 29): per stream (duplicates dropped) a
+    /// condition and new events (none: only checked); `interleave` mixes
+    /// the streams' events in the log.
+    Multi {
+        parts: Vec<(usize, Cond, Vec<bool>)>,
+        interleave: bool,
+    },
+    /// An earlier multi-stream append again, as it was.
+    MultiRetry {
+        back: usize,
+    },
     /// Append new events (`true` = type `B`, else `A`; may be empty).
     Append {
         stream: usize,
@@ -166,7 +186,11 @@ fn back() -> impl Strategy<Value = usize> {
 fn op() -> impl Strategy<Value = Op> {
     let stream = 0..NAMES.len();
     let types = prop_oneof![1 => vec(any::<bool>(), 0..=0), 8 => vec(any::<bool>(), 1..=3)];
+    let cond = prop_oneof![8 => expected().prop_map(Cond::Exp), 1 => Just(Cond::Deleted), 1 => Just(Cond::Tombstoned)];
     prop_oneof![
+        3 => (vec((stream.clone(), cond, types.clone()), 1..=3), any::<bool>())
+            .prop_map(|(parts, interleave)| Op::Multi { parts, interleave }),
+        1 => back().prop_map(|back| Op::MultiRetry { back }),
         8 => (stream.clone(), expected(), types)
             .prop_map(|(stream, expected, types)| Op::Append { stream, expected, types }),
         4 => back().prop_map(|back| Op::Retry { back }),
@@ -265,6 +289,13 @@ fn error_key(e: &Error) -> String {
             expected, actual, ..
         } => format!("WrongExpectedVersion(expected {expected}, actual {actual})"),
         Error::InvalidInput(m) if m.contains("out of range") => "InvalidInput(out of range)".into(),
+        Error::ConsistencyViolation { violations } => format!(
+            "ConsistencyViolation({:?})",
+            violations
+                .iter()
+                .map(|v| (v.index, v.stream.as_str(), v.expected, v.actual))
+                .collect::<Vec<_>>()
+        ),
         e => kind(e).to_owned(),
     }
 }
@@ -305,6 +336,8 @@ struct Case<'a, S> {
     model: Model,
     /// Every append issued so far (stream, resolved expectation, events).
     appends: Vec<(StreamName, ExpectedRevision, Vec<EventData>)>,
+    /// Every multi-stream append issued so far.
+    multis: Vec<MultiAppend>,
     next_id: u128,
 }
 
@@ -349,9 +382,75 @@ impl<S: EventStore> Case<'_, S> {
         compare(&what, &got, &want, only_ok)
     }
 
+    /// Sends a multi-stream append to both and compares the answers.
+    async fn multi(&mut self, req: MultiAppend) -> std::result::Result<(), String> {
+        let want = self.model.append_multi(&req, Timestamp::now());
+        let what = format!("append_multi({req:?})");
+        let got = self.store.append_multi(req).await;
+        compare(&what, &got, &want, false)
+    }
+
     async fn apply(&mut self, op: &Op) -> std::result::Result<(), String> {
         let name = |i: usize| StreamName::new(NAMES[i]).expect("valid name");
         match op {
+            Op::Multi { parts, interleave } => {
+                let mut req = MultiAppend::new();
+                let mut events: Vec<(StreamName, Vec<EventData>)> = Vec::new();
+                for (stream, cond, types) in parts {
+                    let s = name(*stream);
+                    if req.streams.iter().any(|p| p.stream == s) {
+                        continue;
+                    }
+                    let condition = match cond {
+                        Cond::Exp(e) => resolve(*e, self.model.current(&s)).into(),
+                        Cond::Deleted => StreamCondition::Deleted,
+                        Cond::Tombstoned => StreamCondition::Tombstoned,
+                    };
+                    req = req.check(s.clone(), condition);
+                    // Metadata as KurrentDB's v2 protocol stores a
+                    // record's properties (a JSON object with `$schema.*`),
+                    // so that every backend, the remote client included,
+                    // stores the same bytes and pages by the same sizes.
+                    let evs = self
+                        .events(types)
+                        .into_iter()
+                        .map(|e| {
+                            let mut m = serde_json::Map::new();
+                            m.insert("m".into(), e.id.as_u128().to_string().into());
+                            m.insert("$schema.format".into(), "Json".into());
+                            m.insert("$schema.name".into(), e.event_type.clone().into());
+                            let m = serde_json::to_vec(&m).expect("JSON of a map");
+                            e.with_metadata(m)
+                        })
+                        .collect();
+                    events.push((s, evs));
+                }
+                if *interleave {
+                    let most = events.iter().map(|(_, e)| e.len()).max().unwrap_or(0);
+                    for k in 0..most {
+                        for (s, evs) in &events {
+                            if let Some(e) = evs.get(k) {
+                                req = req.record(s.clone(), e.clone());
+                            }
+                        }
+                    }
+                } else {
+                    for (s, evs) in events {
+                        for e in evs {
+                            req = req.record(s.clone(), e);
+                        }
+                    }
+                }
+                self.multis.push(req.clone());
+                self.multi(req).await
+            }
+            Op::MultiRetry { back } => {
+                let Some(i) = self.multis.len().checked_sub(1) else {
+                    return Ok(());
+                };
+                let req = self.multis[i.saturating_sub(*back)].clone();
+                self.multi(req).await
+            }
             Op::Append {
                 stream,
                 expected,
@@ -587,6 +686,7 @@ async fn run_case<F: StoreFactory>(
         store: &store,
         model: Model::new(),
         appends: Vec::new(),
+        multis: Vec::new(),
         next_id: 0,
     };
     case.compare_reads()
