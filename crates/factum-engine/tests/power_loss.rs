@@ -8,7 +8,8 @@
 //! the file ends early (a size that never reached the disk). Bytes that
 //! were acknowledged are never touched. Every image must open, hold every
 //! acknowledged event, and hold exactly the appends of the group that lie
-//! whole before its first damaged byte — each append whole or not at all.
+//! whole before its first damaged byte — each append whole or not at all,
+//! multi-stream appends (one frame over two streams, ADR 29) included.
 //! Damage before the last group must make open refuse, naming the file.
 //!
 //! `FACTUM_CRASH_IMAGES` sets the number of random images per unit size
@@ -144,11 +145,24 @@ async fn write_scenario(dir: &Path) -> Written {
             let engine = engine.clone();
             let s = streams[i % 4].clone();
             let size = 100 + (i * 577) % 3000;
+            // Every third is a multi-stream append (ADR 29): one frame
+            // over two streams, so it too must come back whole or not at all.
+            let other = streams[(i + 1) % 4].clone();
             burst.push(tokio::spawn(async move {
-                let events = (0..1 + i % 2)
+                let events: Vec<EventData> = (0..1 + i % 2)
                     .map(|k| event(2000 + i * 2 + k, size))
                     .collect();
-                engine.append(s, ExpectedRevision::Any, events).await
+                if i % 3 == 0 {
+                    let last = event(5000 + i, size);
+                    let request = factum_core::MultiAppend::new()
+                        .append(s, ExpectedRevision::Any, events)
+                        .append(other, ExpectedRevision::Any, [last]);
+                    return engine.append_multi(request).await.map(|_| ());
+                }
+                engine
+                    .append(s, ExpectedRevision::Any, events)
+                    .await
+                    .map(|_| ())
             }));
         }
         big.await.unwrap().unwrap();
