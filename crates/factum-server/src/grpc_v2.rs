@@ -452,3 +452,75 @@ impl<S: EventStore> StreamsService for GrpcApi<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factum_proto::v2_streams::SchemaInfo;
+
+    fn record(format: SchemaFormat, name: &str, id: Option<&str>) -> AppendRecord {
+        AppendRecord {
+            record_id: id.map(Into::into),
+            properties: [(
+                "n".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(2.5)),
+                },
+            )]
+            .into(),
+            schema: Some(SchemaInfo {
+                format: format as i32,
+                name: Some(name.into()),
+                id: Some("4f1b5f34-3c5e-4ad5-b0f3-0c1e0f4b9a11".into()),
+            }),
+            data: b"\x01\x02".to_vec(),
+            stream: None,
+        }
+    }
+
+    #[test]
+    fn records_become_events_as_v1_readers_see_them() {
+        let e = event_of(record(SchemaFormat::Protobuf, "order.placed:v2", None)).unwrap();
+        assert_eq!(e.event_type, "order.placed:v2");
+        assert_eq!(e.content_type, ContentType::Binary);
+        let m: serde_json::Value = serde_json::from_slice(&e.metadata).unwrap();
+        assert_eq!(m["n"], 2.5);
+        assert_eq!(m["$schema.name"], "order.placed:v2");
+        assert_eq!(m["$schema.format"], "Protobuf");
+        assert_eq!(m["$schema.id"], "4f1b5f34-3c5e-4ad5-b0f3-0c1e0f4b9a11");
+        let e = event_of(record(SchemaFormat::Json, "Placed", None)).unwrap();
+        assert_eq!(e.content_type, ContentType::Json);
+    }
+
+    #[test]
+    fn bad_records_and_numbers_are_bad_requests() {
+        for bad in [
+            record(SchemaFormat::Unspecified, "T", None),
+            record(SchemaFormat::Json, "has space", None),
+            record(SchemaFormat::Json, "", None),
+            record(SchemaFormat::Json, "T", Some("not-a-uuid")),
+            record(
+                SchemaFormat::Json,
+                "T",
+                Some("00000000-0000-0000-0000-000000000000"),
+            ),
+        ] {
+            let s = event_of(bad).unwrap_err();
+            assert_eq!(s.code(), Code::InvalidArgument);
+        }
+        assert_eq!(expected_revision(None).unwrap(), StreamCondition::Any);
+        assert_eq!(
+            expected_revision(Some(-4)).unwrap(),
+            StreamCondition::Exists
+        );
+        assert!(expected_revision(Some(-3)).is_err());
+        assert!(expected_revision(Some(-5)).is_err());
+        assert_eq!(expected_state(-5).unwrap(), StreamCondition::Deleted);
+        assert_eq!(expected_state(-6).unwrap(), StreamCondition::Tombstoned);
+        assert!(expected_state(-2).is_err());
+        assert_eq!(
+            expected_state(i64::MAX).unwrap(),
+            StreamCondition::Revision(StreamRevision(i64::MAX as u64))
+        );
+    }
+}
