@@ -75,6 +75,11 @@ pub(crate) struct Connected {
     pub settings: GroupSettings,
 }
 
+/// How many requests may wait for a group's task. Senders wait beyond it:
+/// a client that acks faster than the group handles acks is slowed down
+/// (its gRPC stream is read no faster), instead of queueing without bound.
+pub(crate) const COMMAND_QUEUE: usize = 256;
+
 /// Requests to a group's task.
 pub(crate) enum Command {
     Connect {
@@ -128,6 +133,9 @@ struct Consumer {
     id: u64,
     name: String,
     from: String,
+    /// Unbounded in type, bounded in use: the group sends an event only
+    /// while `in_flight < window` (at most MAX_CONSUMER_WINDOW), plus one
+    /// `Dropped`.
     tx: mpsc::UnboundedSender<ConsumerMessage>,
     window: usize,
     in_flight: usize,
@@ -263,7 +271,7 @@ impl<S: EventStore> Group<S> {
     }
 
     /// Runs until stopped or until every handle to it is gone.
-    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut subscription: Option<Subscription> = None;
         loop {
             self.dispatch();
@@ -726,6 +734,17 @@ impl<S: EventStore> Group<S> {
 
     async fn on_timer(&mut self) {
         let now = Instant::now();
+        // A consumer dropped while the command queue was full could not
+        // say so (Drop cannot wait): its closed channel says it instead.
+        let gone: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|c| c.tx.is_closed())
+            .map(|c| c.id)
+            .collect();
+        for id in gone {
+            self.remove_consumer(id);
+        }
         while let Some(&(t, id, nonce)) = self.timeouts.front() {
             if t > now {
                 break;
@@ -893,7 +912,7 @@ pub(crate) async fn run_faulted(
     source: GroupSource,
     settings: GroupSettings,
     reason: String,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::Receiver<Command>,
 ) {
     tracing::error!(group = %key, "persistent subscription group out of service: {reason}");
     let faulted = || PersistentError::Faulted {

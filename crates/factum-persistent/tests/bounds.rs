@@ -136,7 +136,7 @@ async fn a_regex_without_a_linear_time_match_is_refused_and_look_ahead_works() {
     for _ in 0..5 {
         let d = next(&mut c).await;
         seen.push(d.event.stream.as_str().to_owned());
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     assert!(seen.iter().all(|s| s.starts_with("order-")), "{seen:?}");
     let _ = store_checkpoint(&store).await;
