@@ -337,10 +337,23 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             // Crash-only after a failed fsync (ADR 12): exit non-zero so a
             // supervisor restarts the server, whose open recovers the log.
             let fatal: Fatal = Box::pin(engine.stopped_for_good());
+            let backed = engine.clone();
+            let backup: factum_server::BackupHook = Arc::new(move |to| {
+                let r = backed.backup(&to)?;
+                Ok(serde_json::json!({
+                    "position": r.position.0,
+                    "files": r.files,
+                    "files_copied": r.files_copied,
+                    "bytes_copied": r.bytes_copied,
+                    "bytes_total": r.bytes_total,
+                    "to": to,
+                }))
+            });
             let result = rt.block_on(serve_store(
                 &s,
                 engine.clone(),
                 Some(probe),
+                Some(backup),
                 Some(fatal),
                 &what,
             ));
@@ -367,6 +380,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     Arc::new(store),
                     None,
                     None,
+                    None,
                     &format!("PostgreSQL schema {schema}"),
                 )
                 .await
@@ -390,6 +404,7 @@ async fn serve_store<S: factum_core::EventStore>(
     s: &Settings,
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
+    backup: Option<factum_server::BackupHook>,
     fatal: Option<Fatal>,
     what: &str,
 ) -> Result<(), CliError> {
@@ -410,6 +425,7 @@ async fn serve_store<S: factum_core::EventStore>(
     }
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
+    config.backup = backup;
     println!("factum serving {what} on {bound} (gRPC and HTTP; insecure)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(factum_server::serve(listener, store, config, async {
