@@ -125,7 +125,10 @@ async fn online_backup_then_restore() {
     assert!(ok && text.contains("verify: ok"), "{text}");
     let ids = ids_in(&restored).await;
     let missing = before.iter().filter(|id| !ids.contains(id)).count();
-    assert_eq!(missing, 0, "acknowledged before the backup, missing from it");
+    assert_eq!(
+        missing, 0,
+        "acknowledged before the backup, missing from it"
+    );
 
     // Offline and incremental: only what changed is copied.
     let (ok, text) = factum(&["backup", "--data", &data_s, "--to", &dest_s]);
@@ -133,8 +136,18 @@ async fn online_backup_then_restore() {
     assert!(text.contains("copied)"), "{text}");
     let (ok, text) = factum(&["restore", "--from", &dest_s, "--data", &restored_s]);
     assert!(!ok && text.contains("--force"), "{text}");
-    let (ok, text) = factum(&["restore", "--from", &dest_s, "--data", &restored_s, "--force"]);
+    let (ok, text) = factum(&[
+        "restore",
+        "--from",
+        &dest_s,
+        "--data",
+        &restored_s,
+        "--force",
+    ]);
     assert!(ok && text.contains("verify: ok"), "{text}");
     let ids = ids_in(&restored).await;
-    assert!(all.iter().all(|id| ids.contains(id)), "every acknowledged event");
+    assert!(
+        all.iter().all(|id| ids.contains(id)),
+        "every acknowledged event"
+    );
 }

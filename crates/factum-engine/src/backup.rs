@@ -107,7 +107,9 @@ impl Engine {
             // A sealed segment never changes: one the earlier backup holds
             // whole is still right.
             let held = previous.as_ref().is_some_and(|m| {
-                m.segments.iter().any(|f| f.name == name && f.bytes == bytes)
+                m.segments
+                    .iter()
+                    .any(|f| f.name == name && f.bytes == bytes)
             }) && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes);
             if !held {
                 copy_prefix(&seg.path, &dest.join(&name), bytes)?;
@@ -164,7 +166,9 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<BackupReport> {
     };
     for f in &manifest.segments {
         let src = from.join(&f.name);
-        let len = fs::metadata(&src).map_err(|e| io(&src, "reading", e))?.len();
+        let len = fs::metadata(&src)
+            .map_err(|e| io(&src, "reading", e))?
+            .len();
         if len < f.bytes {
             return Err(Error::Corrupt {
                 file: src,
@@ -210,7 +214,8 @@ fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<()> {
     let tmp = dst.with_extension("seg.backup-tmp");
     let input = File::open(src).map_err(|e| io(src, "opening", e))?;
     let mut out = File::create(&tmp).map_err(|e| io(&tmp, "creating", e))?;
-    let copied = std::io::copy(&mut input.take(len), &mut out).map_err(|e| io(&tmp, "copying to", e))?;
+    let copied =
+        std::io::copy(&mut input.take(len), &mut out).map_err(|e| io(&tmp, "copying to", e))?;
     if copied != len {
         return Err(Error::Corrupt {
             file: src.to_path_buf(),
@@ -228,7 +233,9 @@ fn file_name(p: &Path) -> Result<String> {
     p.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)
-        .ok_or_else(|| Error::InvalidInput(format!("segment path {} has no file name", p.display())))
+        .ok_or_else(|| {
+            Error::InvalidInput(format!("segment path {} has no file name", p.display()))
+        })
 }
 
 fn io(p: &Path, what: &str, e: std::io::Error) -> Error {

@@ -23,8 +23,11 @@ async fn writer(engine: Engine, w: u32, stop: Arc<AtomicBool>, acked: Arc<Mutex<
     let stream = StreamName::new(format!("account-{w}")).unwrap();
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        let e = EventData::json("Deposited", &serde_json::json!({ "w": w, "i": i, "pad": "x".repeat(200) }))
-            .unwrap();
+        let e = EventData::json(
+            "Deposited",
+            &serde_json::json!({ "w": w, "i": i, "pad": "x".repeat(200) }),
+        )
+        .unwrap();
         let id = e.id;
         engine
             .append(stream.clone(), ExpectedRevision::Any, vec![e])
@@ -75,9 +78,15 @@ async fn a_backup_under_load_restores_every_acknowledged_event_and_increments() 
     let before: Vec<Uuid> = acked.lock().unwrap().clone();
     let e = engine.clone();
     let d = dest.clone();
-    let first = tokio::task::spawn_blocking(move || e.backup(&d)).await.unwrap().unwrap();
+    let first = tokio::task::spawn_blocking(move || e.backup(&d))
+        .await
+        .unwrap()
+        .unwrap();
     let during = acked.lock().unwrap().len();
-    assert!(first.files >= 2, "sealed segments and the active one: {first:?}");
+    assert!(
+        first.files >= 2,
+        "sealed segments and the active one: {first:?}"
+    );
     assert_eq!(first.files_copied, first.files);
     assert_eq!(first.bytes_copied, first.bytes_total);
     assert!(first.position.0 >= before.len() as u64, "{first:?}");
@@ -86,10 +95,16 @@ async fn a_backup_under_load_restores_every_acknowledged_event_and_increments() 
     let report = verify(&restored).unwrap();
     assert!(report.ok(), "{report:?}");
     let (ids, last) = ids_in(&restored).await;
-    assert_eq!(last, first.position.0, "the backup ends at its reported position");
+    assert_eq!(
+        last, first.position.0,
+        "the backup ends at its reported position"
+    );
     let present: HashSet<Uuid> = ids.iter().copied().collect();
     let missing = before.iter().filter(|id| !present.contains(id)).count();
-    assert_eq!(missing, 0, "acknowledged before the backup started, missing from it");
+    assert_eq!(
+        missing, 0,
+        "acknowledged before the backup started, missing from it"
+    );
     eprintln!(
         "backup under load: {} acked before, {} events in the backup ({} acked by its end), {} files, {} bytes",
         before.len(),
@@ -110,7 +125,10 @@ async fn a_backup_under_load_restores_every_acknowledged_event_and_increments() 
     let all: Vec<Uuid> = acked.lock().unwrap().clone();
     let e = engine.clone();
     let d = dest.clone();
-    let second = tokio::task::spawn_blocking(move || e.backup(&d)).await.unwrap().unwrap();
+    let second = tokio::task::spawn_blocking(move || e.backup(&d))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         second.files_copied < second.files && second.bytes_copied < second.bytes_total,
         "only new data is copied: {second:?}"
@@ -123,7 +141,11 @@ async fn a_backup_under_load_restores_every_acknowledged_event_and_increments() 
     restore(&dest, &restored, true).unwrap();
     assert!(verify(&restored).unwrap().ok());
     let (ids, _) = ids_in(&restored).await;
-    assert_eq!(ids.len(), all.len(), "every acknowledged event after the writers stopped");
+    assert_eq!(
+        ids.len(),
+        all.len(),
+        "every acknowledged event after the writers stopped"
+    );
     // The restored store serves appends.
     let r = Engine::open_with(&restored, config()).unwrap().0;
     r.append(

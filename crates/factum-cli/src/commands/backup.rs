@@ -77,9 +77,9 @@ pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
 fn print(r: &BackupReport, started: Instant, what: &str) {
     println!("position       {}", r.position.0);
     println!("files          {} ({} copied)", r.files, r.files_copied);
-    println!("bytes          {} ({} copied)", r.bytes_total, r.bytes_copied);
     println!(
-        "{what} in {:.2} s",
-        started.elapsed().as_secs_f64()
+        "bytes          {} ({} copied)",
+        r.bytes_total, r.bytes_copied
     );
+    println!("{what} in {:.2} s", started.elapsed().as_secs_f64());
 }
