@@ -1,7 +1,8 @@
 //! Online backup through a running server, then `factum restore` (issue 17,
 //! ADR 32): `POST /admin/backup` while a client appends copies every event
 //! acknowledged before the request; `factum backup` refuses a store a server
-//! holds (and says how to ask the server); after the server stops, an
+//! holds (and says how to ask the server); the server writes only under
+//! its `--backup-root`; after the server stops, an
 //! incremental `factum backup` copies only new files; `factum restore`
 //! makes a store that verifies and holds every acknowledged event, and
 //! never replaces a store without `--force`.
@@ -72,7 +73,8 @@ async fn online_backup_then_restore() {
     );
     let data_s = data.to_str().unwrap().to_owned();
     let dest_s = dest.to_str().unwrap().to_owned();
-    let (mut server, addr) = common::serve(&["--data", &data_s]);
+    let root_s = root.path().to_str().unwrap().to_owned();
+    let (mut server, addr) = common::serve(&["--data", &data_s, "--backup-root", &root_s]);
     let client = Client::connect(&format!("http://{addr}"))
         .await
         .unwrap()
@@ -99,9 +101,16 @@ async fn online_backup_then_restore() {
     while acked.lock().unwrap().len() < 300 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    // Only under the backup root.
+    for outside in ["/tmp/elsewhere", "../elsewhere", "backup/../../x"] {
+        let answer = post(&addr, "/admin/backup", &format!("{{\"to\": {outside:?}}}"));
+        assert!(answer.starts_with("HTTP/1.1 400"), "{outside}: {answer}");
+        assert!(answer.contains("backup root"), "{answer}");
+    }
     let before: Vec<Uuid> = acked.lock().unwrap().clone();
     let answer = tokio::task::spawn_blocking({
-        let (addr, body) = (addr.clone(), format!("{{\"to\": {:?}}}", dest_s));
+        // Relative to the root; an absolute path under it works too.
+        let (addr, body) = (addr.clone(), "{\"to\": \"backup\"}".to_owned());
         move || post(&addr, "/admin/backup", &body)
     })
     .await
@@ -112,6 +121,8 @@ async fn online_backup_then_restore() {
     // The CLI does not open a store a server holds; it says what to do.
     let (ok, text) = factum(&["backup", "--data", &data_s, "--to", &dest_s]);
     assert!(!ok && text.contains("/admin/backup"), "{text}");
+    let absolute = post(&addr, "/admin/backup", &format!("{{\"to\": {dest_s:?}}}"));
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
 
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();

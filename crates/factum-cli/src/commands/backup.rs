@@ -44,9 +44,8 @@ pub fn backup(args: BackupArgs) -> Result<(), CliError> {
         Ok(e) => e,
         Err(e) if e.message.contains("locked") => {
             return Err(CliError::failure(format!(
-                "{}; while a server holds the store, ask it: curl -X POST http://HOST:2113/admin/backup -d '{{\"to\": \"{}\"}}'",
-                e.message,
-                args.to.display()
+                "{}; while a server holds the store, ask it (it writes under its --backup-root): curl -X POST http://HOST:2113/admin/backup -d '{{\"to\": \"NAME\"}}'",
+                e.message
             )))
         }
         Err(e) => return Err(e),
