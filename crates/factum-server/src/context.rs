@@ -15,6 +15,12 @@ use crate::metrics::Metrics;
 /// A probe for the store's size on disk (for `/metrics`).
 pub type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
+/// Takes a backup of the store into a directory on the server's machine
+/// (`POST /admin/backup`), when the backend can (the embedded engine):
+/// answers the report as JSON.
+pub type BackupHook =
+    Arc<dyn Fn(std::path::PathBuf) -> factum_core::Result<serde_json::Value> + Send + Sync>;
+
 /// Server settings.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -38,6 +44,8 @@ pub struct ServerConfig {
     pub authenticator: Arc<dyn Authenticator>,
     /// The store's size on disk, when the backend can tell.
     pub size_probe: Option<SizeProbe>,
+    /// Online backups, when the backend can take them.
+    pub backup: Option<BackupHook>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -68,6 +76,7 @@ impl ServerConfig {
             version: "24.10.0".to_owned(),
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
+            backup: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use factum_core::{
     AllStart, ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Position,
@@ -38,6 +38,7 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/admin/backup", post(backup::<S>))
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
@@ -52,6 +53,33 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
         )
         .route("/streams/{stream}/subscribe", get(subscribe::<S>))
         .with_state(ctx)
+}
+
+/// `POST /admin/backup` with `{"to": DIR}`: a consistent copy of the store
+/// at its committed position into `DIR` on the server's machine (ADR 32).
+async fn backup<S: EventStore>(
+    State(ctx): Shared<S>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct BackupRequest {
+        to: std::path::PathBuf,
+    }
+    let req: BackupRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::from(Error::InvalidInput(format!(
+            "a backup request is {{\"to\": \"/dir\"}}: {e}"
+        )))
+    })?;
+    let Some(hook) = ctx.config.backup.clone() else {
+        return Err(Error::Unsupported(
+            "online backup needs the embedded engine; back up PostgreSQL with its own tools".into(),
+        )
+        .into());
+    };
+    let report = tokio::task::spawn_blocking(move || hook(req.to))
+        .await
+        .map_err(|e| Error::Unavailable(format!("the backup task failed: {e}")))??;
+    Ok(Json(report))
 }
 
 /// An error answer: `{"error": kind, "message": text, ...}`.

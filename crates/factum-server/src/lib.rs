@@ -70,7 +70,7 @@ use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{Ctx, ServerConfig, SizeProbe};
+pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).

@@ -35,6 +35,11 @@ pub fn document() -> Value {
         "/health/live": { "get": { "summary": "Liveness", "responses": { "200": { "description": "The process serves requests" } } } },
         "/health/ready": { "get": { "summary": "Readiness",
             "responses": { "200": { "description": "The store answers" }, "503": { "description": "Not ready or shutting down" } } } },
+        "/admin/backup": { "post": { "summary": "Online backup into a directory on the server's machine (embedded engine): a consistent copy at the committed position, incremental into an earlier backup (ADR 32)",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["to"], "properties": { "to": { "type": "string" } } } } } },
+            "responses": { "200": { "description": "The report: position, files, files_copied, bytes_copied, bytes_total" },
+                           "400": { "description": "Bad request" }, "501": { "description": "Not the embedded engine" } } } },
         "/metrics": { "get": { "summary": "Prometheus metrics",
             "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } } } },
         "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
