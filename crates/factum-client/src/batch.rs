@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, ExpectedRevision, Position, Result,
-    StreamName, StreamRevision, Uuid,
+    AppendResult, Error, EventData, ExpectedRevision, Position, Result, StreamName, StreamRevision,
+    Uuid,
 };
 use factum_proto::shared;
 use factum_proto::streams::streams_client::StreamsClient;
@@ -191,17 +191,11 @@ fn result(
             let bytes = detail.value.as_slice();
             Err(match name {
                 "event_store.client.WrongExpectedVersion" => {
-                    use shared::wrong_expected_version::CurrentStreamRevisionOption as Cur;
                     let d = shared::WrongExpectedVersion::decode(bytes).unwrap_or_default();
                     Error::WrongExpectedVersion {
                         stream: stream.clone(),
                         expected,
-                        actual: match d.current_stream_revision_option {
-                            Some(Cur::CurrentStreamRevision(r)) => {
-                                CurrentRevision::Current(StreamRevision(r))
-                            }
-                            _ => CurrentRevision::NoStream,
-                        },
+                        actual: d.actual(),
                     }
                 }
                 "event_store.client.StreamDeleted" => Error::StreamDeleted {

@@ -29,9 +29,9 @@ mod retry;
 mod wire;
 
 use factum_core::{
-    AppendResult, CurrentRevision, DeleteResult, Error, EventData, EventStore, ExpectedRevision,
-    Position, ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult,
-    StreamName, StreamRevision, Subscribe, Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
+    StreamRevision, Subscribe, Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
 };
 use factum_proto::streams::append_resp;
 use factum_proto::streams::read_req::Options as ReadOptions;
@@ -161,16 +161,10 @@ impl Client {
                 }),
             }),
             Some(append_resp::Result::WrongExpectedVersion(w)) => {
-                use append_resp::wrong_expected_version::CurrentRevisionOption as Cur;
                 Err(Error::WrongExpectedVersion {
                     stream: stream.clone(),
                     expected,
-                    actual: match w.current_revision_option {
-                        Some(Cur::CurrentRevision(r)) => {
-                            CurrentRevision::Current(StreamRevision(r))
-                        }
-                        _ => CurrentRevision::NoStream,
-                    },
+                    actual: w.actual(),
                 })
             }
             None => Err(wire::protocol("an append answer without a result")),

@@ -46,7 +46,7 @@
 //! without the prefix, `-` as `_` (`limit_what`, `os_error`, …).
 
 use axum::http::StatusCode;
-use factum_core::{CurrentRevision, Error, ExpectedRevision, StreamName, Uuid};
+use factum_core::{Error, StreamName, Uuid};
 use factum_proto::expected::{current_version_number, expected_version_number};
 use factum_proto::shared;
 use factum_proto::status as rpc;
@@ -130,31 +130,6 @@ fn any<M: Message>(name: &str, m: &M) -> prost_types::Any {
     }
 }
 
-fn wrong_expected_version_detail(
-    expected: ExpectedRevision,
-    actual: CurrentRevision,
-) -> shared::WrongExpectedVersion {
-    use shared::wrong_expected_version as w;
-    shared::WrongExpectedVersion {
-        current_stream_revision_option: Some(match actual {
-            CurrentRevision::Current(r) => {
-                w::CurrentStreamRevisionOption::CurrentStreamRevision(r.0)
-            }
-            CurrentRevision::NoStream => w::CurrentStreamRevisionOption::CurrentNoStream(()),
-        }),
-        expected_stream_position_option: Some(match expected {
-            ExpectedRevision::Exact(r) => {
-                w::ExpectedStreamPositionOption::ExpectedStreamPosition(r.0)
-            }
-            ExpectedRevision::Any => w::ExpectedStreamPositionOption::ExpectedAny(()),
-            ExpectedRevision::StreamExists => {
-                w::ExpectedStreamPositionOption::ExpectedStreamExists(())
-            }
-            ExpectedRevision::NoStream => w::ExpectedStreamPositionOption::ExpectedNoStream(()),
-        }),
-    }
-}
-
 /// The map: `err` as every part of the wire shows it.
 pub fn describe(err: &Error, op: Operation) -> WireError {
     let kind = kind(err);
@@ -191,7 +166,7 @@ pub fn describe(err: &Error, op: Operation) -> WireError {
                 ),
                 any(
                     "WrongExpectedVersion",
-                    &wrong_expected_version_detail(*expected, *actual),
+                    &shared::WrongExpectedVersion::new(*expected, *actual),
                 ),
                 StatusCode::CONFLICT,
             )

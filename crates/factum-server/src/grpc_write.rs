@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid,
-};
+use factum_core::{AppendResult, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid};
 use factum_proto::shared;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
@@ -101,7 +99,9 @@ pub async fn append<S: EventStore>(
         }),
         Err(Error::WrongExpectedVersion {
             expected, actual, ..
-        }) => append_resp::Result::WrongExpectedVersion(wrong_expected_version(expected, actual)),
+        }) => append_resp::Result::WrongExpectedVersion(append_resp::WrongExpectedVersion::new(
+            expected, actual,
+        )),
         Err(e) => return Err(to_status(&e, Operation::Append)),
     };
     Ok(AppendResp {
@@ -163,46 +163,6 @@ async fn receive<S>(
         }
     }
     Ok((stream, expected, events, reserved))
-}
-
-/// Both shapes of the answer, as current KurrentDB servers send them.
-fn wrong_expected_version(
-    expected: ExpectedRevision,
-    actual: CurrentRevision,
-) -> append_resp::WrongExpectedVersion {
-    use append_resp::wrong_expected_version as w;
-    let e = shared::Empty {};
-    let (current, current_old) = match actual {
-        CurrentRevision::Current(r) => (
-            w::CurrentRevisionOption::CurrentRevision(r.0),
-            w::CurrentRevisionOption2060::CurrentRevision2060(r.0),
-        ),
-        CurrentRevision::NoStream => (
-            w::CurrentRevisionOption::CurrentNoStream(e),
-            w::CurrentRevisionOption2060::NoStream2060(e),
-        ),
-    };
-    let (exp, exp_old) = match expected {
-        ExpectedRevision::Exact(r) => (
-            w::ExpectedRevisionOption::ExpectedRevision(r.0),
-            Some(w::ExpectedRevisionOption2060::ExpectedRevision2060(r.0)),
-        ),
-        ExpectedRevision::Any => (
-            w::ExpectedRevisionOption::ExpectedAny(e),
-            Some(w::ExpectedRevisionOption2060::Any2060(e)),
-        ),
-        ExpectedRevision::StreamExists => (
-            w::ExpectedRevisionOption::ExpectedStreamExists(e),
-            Some(w::ExpectedRevisionOption2060::StreamExists2060(e)),
-        ),
-        ExpectedRevision::NoStream => (w::ExpectedRevisionOption::ExpectedNoStream(e), None),
-    };
-    append_resp::WrongExpectedVersion {
-        current_revision_option_20_6_0: Some(current_old),
-        expected_revision_option_20_6_0: exp_old,
-        current_revision_option: Some(current),
-        expected_revision_option: Some(exp),
-    }
 }
 
 /// `Streams.Delete` (soft delete).
