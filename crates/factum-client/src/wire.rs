@@ -167,12 +167,11 @@ pub mod reference {
             Some("application/json") => ContentType::Json,
             _ => ContentType::Binary,
         };
-        // `created` is .NET ticks (100 ns) since the Unix epoch.
         let created = w
             .metadata
             .get("created")
-            .and_then(|t| t.parse::<i64>().ok())
-            .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
+            .and_then(|t| factum_proto::ticks::parse(t.as_bytes()))
+            .unwrap_or(Timestamp(0));
         Ok(RecordedEvent {
             id,
             stream,

@@ -230,7 +230,7 @@ impl<S: EventStore> Gossip for GrpcApi<S> {
         } else {
             gossip::member_info::VNodeState::Leader
         };
-        let ticks = factum_core::Timestamp::now().as_micros().saturating_mul(10);
+        let ticks = factum_proto::ticks::from_timestamp(factum_core::Timestamp::now());
         Ok(Response::new(ClusterInfo {
             members: vec![MemberInfo {
                 instance_id: Some(convert::uuid_to_wire(self.instance_id, UuidFormat::String)),

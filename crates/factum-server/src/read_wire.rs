@@ -310,9 +310,9 @@ impl Record<'_> {
     }
 }
 
-/// .NET ticks (100 ns) since the Unix epoch, as `created` travels.
+/// `created` as it travels: .NET ticks (`factum_proto::ticks`).
 fn ticks(e: &RecordedEvent) -> Decimal {
-    Decimal::new(e.created.as_micros().saturating_mul(10))
+    Decimal::new(factum_proto::ticks::from_timestamp(e.created))
 }
 
 fn event_record(e: &RecordedEvent, format: UuidFormat) -> Record<'_> {
