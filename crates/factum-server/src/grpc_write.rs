@@ -19,9 +19,7 @@ use tonic::{Status, Streaming};
 use crate::budget::Reserved;
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
-use crate::errors::{
-    append_size_exceeded, batch_status, batch_timeout, to_status, transport_status, Operation,
-};
+use crate::errors::{batch_status, batch_timeout, to_status, transport_status, Operation};
 
 /// Appends (to `$$<stream>`: sets metadata) and counts it.
 async fn write<S: EventStore>(
@@ -136,13 +134,9 @@ async fn receive<S>(
         match msg.content {
             Some(append_req::Content::ProposedMessage(p)) => {
                 let bytes = p.encoded_len() as u64;
-                size = size.saturating_add(bytes);
-                if size > ctx.config.max_append_bytes {
-                    return Err(to_status(
-                        &append_size_exceeded(ctx.config.max_append_bytes, size),
-                        Operation::Append,
-                    ));
-                }
+                ctx.config
+                    .count_append_bytes(&mut size, bytes)
+                    .map_err(|e| to_status(&e, Operation::Append))?;
                 ctx.append_budget
                     .reserve(&mut reserved, bytes)
                     .await
@@ -399,12 +393,8 @@ pub async fn batch_append<S: EventStore>(
         let mut refused = None;
         for p in msg.proposed_messages {
             let bytes = p.encoded_len() as u64;
-            entry.size = entry.size.saturating_add(bytes);
-            if entry.size > ctx.config.max_append_bytes {
-                refused = Some(batch_status(&append_size_exceeded(
-                    ctx.config.max_append_bytes,
-                    entry.size,
-                )));
+            if let Err(e) = ctx.config.count_append_bytes(&mut entry.size, bytes) {
+                refused = Some(batch_status(&e));
                 break;
             }
             if let Err(e) = ctx.append_budget.reserve(&mut entry.reserved, bytes).await {

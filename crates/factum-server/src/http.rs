@@ -495,13 +495,9 @@ async fn append<S: EventStore>(
         }
     };
     let name = stream_name(&stream)?;
-    let size: u64 = events.iter().map(|e| e.size() as u64).sum();
-    if size > ctx.config.max_append_bytes {
-        return Err(ApiError::from(crate::errors::append_size_exceeded(
-            ctx.config.max_append_bytes,
-            size,
-        )));
-    }
+    let mut size = 0u64;
+    let bytes = events.iter().map(|e| e.size() as u64).sum();
+    ctx.config.count_append_bytes(&mut size, bytes)?;
     let started = std::time::Instant::now();
     let n = events.len();
     let r = ctx.store.append(name, expected, events).await?;
