@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
-    StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
+    AppendResult, Error, EventStore, ExpectedRevision, Position, ReadAll, ReadStream,
+    RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
+    Subscribe, Subscription, METADATA_EVENT_TYPE,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -595,15 +595,7 @@ fn stream_metadata(reader: &Reader, stream: StreamName) -> Result<StreamMetadata
 }
 
 impl EventStore for Engine {
-    async fn append(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        events: Vec<EventData>,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::Append(events))
-            .await
-    }
+    factum_core::writes_through_submit!();
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         let reader = self.inner.reader.clone();
@@ -637,38 +629,6 @@ impl EventStore for Engine {
             .pool
             .run(move |_| stream_metadata(&reader, stream))
             .await
-    }
-
-    async fn set_stream_metadata(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        metadata: StreamMetadata,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::SetMetadata(metadata))
-            .await
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::Tombstone).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
     }
 
     async fn head_position(&self) -> Result<Option<Position>> {

@@ -35,9 +35,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use factum_core::rules::{Limits, Operation};
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
-    Subscription,
+    AppendResult, Error, EventStore, ExpectedRevision, Position, ReadAll, ReadStream,
+    RecordedEvent, Result, StreamMetadataResult, StreamName, Subscribe, Subscription,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -340,15 +339,7 @@ impl Drop for Inner {
 }
 
 impl EventStore for PostgresStore {
-    async fn append(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        events: Vec<EventData>,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::Append(events))
-            .await
-    }
+    factum_core::writes_through_submit!();
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         read::read_stream(&self.inner, &request).await
@@ -364,38 +355,6 @@ impl EventStore for PostgresStore {
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
         read::stream_metadata(&self.inner, &stream).await
-    }
-
-    async fn set_stream_metadata(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        metadata: StreamMetadata,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::SetMetadata(metadata))
-            .await
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::Tombstone).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
     }
 
     async fn head_position(&self) -> Result<Option<Position>> {
