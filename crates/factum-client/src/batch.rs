@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, Error, EventData, ExpectedRevision, Position, Result, StreamName, StreamRevision,
     Uuid,
@@ -80,7 +81,10 @@ impl Batcher {
                         }
                     }
                     Ok(None) => {
-                        break Error::Unavailable("the server closed the batch-append call".into())
+                        break Error::unavailable(
+                            UnavailableReason::Connection,
+                            "the server closed the batch-append call",
+                        )
                     }
                     Err(s) => break wire::from_status(s, &StreamName::all()),
                 }
@@ -88,7 +92,10 @@ impl Batcher {
             // Everyone still waiting learns why; the next append reopens.
             still_open.store(false, Ordering::Release);
             for (_, (_, _, reply)) in w.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-                let _ = reply.send(Err(Error::Unavailable(failure.to_string())));
+                let _ = reply.send(Err(Error::unavailable(
+                    UnavailableReason::Connection,
+                    failure.to_string(),
+                )));
             }
         });
         Ok(Arc::new(Batcher { tx, waiters, open }))
@@ -136,11 +143,17 @@ impl Batcher {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(Error::Unavailable("the batch-append call is closed".into()));
+            return Err(Error::unavailable(
+                UnavailableReason::Connection,
+                "the batch-append call is closed",
+            ));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::Unavailable("the batch-append call ended".into())))
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(
+                UnavailableReason::Connection,
+                "the batch-append call ended",
+            ))
+        })
     }
 }
 
@@ -221,10 +234,13 @@ fn result(
                         actual: d.proposed_event_size as u64,
                     }
                 }
-                "event_store.client.Timeout" => Error::Unavailable(format!(
-                    "the append's deadline passed before it was written: {}",
-                    status.message
-                )),
+                "event_store.client.Timeout" => Error::unavailable(
+                    UnavailableReason::Busy,
+                    format!(
+                        "the append's deadline passed before it was written: {}",
+                        status.message
+                    ),
+                ),
                 "event_store.client.BadRequest" => {
                     let d = shared::BadRequest::decode(bytes).unwrap_or_default();
                     Error::InvalidInput(d.message)
@@ -237,7 +253,10 @@ fn result(
                         .unwrap_or(&status.message)
                         .to_owned(),
                 ),
-                _ => Error::Unavailable(format!("batch append failed: {}", status.message)),
+                _ => Error::unavailable(
+                    UnavailableReason::Unspecified,
+                    format!("batch append failed: {}", status.message),
+                ),
             })
         }
         None => Err(wire::protocol("a batch-append answer without a result")),

@@ -28,6 +28,7 @@ mod resume;
 mod retry;
 mod wire;
 
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
     ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
@@ -103,7 +104,12 @@ impl Client {
             .initial_connection_window_size(Some(16 << 20))
             .connect()
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|e| {
+                Error::unavailable(
+                    UnavailableReason::Connection,
+                    format!("cannot connect to {url}: {e}"),
+                )
+            })?;
         Ok(Client {
             channel: channel.clone(),
             streams: StreamsClient::new(channel)
@@ -176,9 +182,12 @@ impl Client {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        grpc.ready()
-            .await
-            .map_err(|e| Error::Unavailable(format!("the connection is not ready: {e}")))?;
+        grpc.ready().await.map_err(|e| {
+            Error::unavailable(
+                UnavailableReason::Connection,
+                format!("the connection is not ready: {e}"),
+            )
+        })?;
         grpc.server_streaming(
             tonic::Request::new(req),
             tonic::codegen::http::uri::PathAndQuery::from_static(read::READ_PATH),

@@ -22,7 +22,7 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnavailableReason};
 pub use expected::{
     AppendResult, CurrentRevision, DeleteResult, ExpectedRevision, MAX_EXPECTED_REVISION,
 };

@@ -8,6 +8,7 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, Error, EventStore, ExpectedRevision, Position, ReadAll, ReadStream,
     RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
@@ -455,7 +456,7 @@ impl Engine {
         self.inner.shutdown();
         self.inner.index.flush()?;
         match self.fatal() {
-            Some(why) => Err(Error::Unavailable(why)),
+            Some(why) => Err(Error::unavailable(UnavailableReason::StorageFailed, why)),
             None => Ok(()),
         }
     }
@@ -493,7 +494,7 @@ impl Engine {
         expected: ExpectedRevision,
         op: Operation,
     ) -> Result<AppendResult> {
-        let closed = || Error::Unavailable("the store is closed".into());
+        let closed = || Error::unavailable(UnavailableReason::Closed, "the store is closed");
         let queue_slot = {
             let _waiting = Waiting::enter(&self.inner.appends_waiting);
             self.inner
@@ -520,14 +521,19 @@ impl Engine {
                 // A queued request holds a permit, so this means a bug in
                 // that bookkeeping: answer it rather than block a runtime thread.
                 Err(TrySendError::Full(_)) => {
-                    return Err(Error::Unavailable(
-                        "the writer's queue is full although a place was free".into(),
+                    return Err(Error::unavailable(
+                        UnavailableReason::Busy,
+                        "the writer's queue is full although a place was free",
                     ))
                 }
             }
         }
-        rx.await
-            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+        rx.await.map_err(|_| {
+            Error::unavailable(
+                UnavailableReason::Closed,
+                "the writer stopped before answering",
+            )
+        })?
     }
 }
 

@@ -32,6 +32,7 @@
 //! |---|---|
 //! | `factum-error` | always: the kind ([`kind`]) |
 //! | `factum-message` | the text of `InvalidInput`, `Unavailable`, `Unsupported`; of an `Io` error without an OS error number |
+//! | `factum-unavailable-reason` | `Unavailable`: its [`factum_core::UnavailableReason`] (`closed`, `storage-failed`, `database-rejected`, …), so a client can tell a transient fault from a fatal one |
 //! | `factum-limit-what`, `factum-limit`, `factum-limit-actual` | `LimitExceeded` |
 //! | `factum-io-context`, `factum-os-error` | `Io` |
 //! | `factum-file`, `factum-offset`, `factum-detail` | `Corrupt` |
@@ -286,8 +287,9 @@ pub fn describe(err: &Error, op: Operation) -> WireError {
                 StatusCode::INTERNAL_SERVER_ERROR,
             )
         }
-        Error::Unavailable(msg) => {
-            factum.push(("factum-message", json!(msg)));
+        Error::Unavailable { reason, message } => {
+            factum.push(("factum-message", json!(message)));
+            factum.push(("factum-unavailable-reason", json!(reason.as_str())));
             (
                 Code::Unavailable,
                 err.to_string(),
@@ -418,7 +420,7 @@ pub fn kind(err: &Error) -> &'static str {
         Error::LimitExceeded { .. } => "limit-exceeded",
         Error::Io { .. } => "io",
         Error::Corrupt { .. } => "corrupt",
-        Error::Unavailable(_) => "unavailable",
+        Error::Unavailable { .. } => "unavailable",
         Error::Locked { .. } => "locked",
         Error::Unsupported(_) => "unsupported",
         Error::AccessDenied(_) => "access-denied",

@@ -12,6 +12,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use factum_core::UnavailableReason;
 use factum_core::{
     AllStart, ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Position,
     ReadAll, ReadStream, RecordedEvent, StreamMetadata, StreamName, StreamRevision, StreamStart,
@@ -429,7 +430,7 @@ async fn receive_body<S>(
     ctx.append_budget
         .reserve(&mut reserved, declared.unwrap_or(limit))
         .await
-        .map_err(|e| ApiError::from(Error::Unavailable(e.to_string())))?;
+        .map_err(|e| ApiError::from(Error::unavailable(UnavailableReason::Busy, e.to_string())))?;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
         .map_err(|e| {
