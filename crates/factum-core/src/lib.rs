@@ -13,6 +13,7 @@
 pub mod error;
 pub mod expected;
 pub mod follow;
+pub mod json;
 pub mod managed;
 pub mod metadata;
 pub mod model;

@@ -109,64 +109,6 @@ fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
     StreamName::new(raw).map_err(ApiError::from)
 }
 
-/// Base64 (standard alphabet, padded) for binary payloads in JSON.
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A payload as JSON when it is JSON, else as base64.
-fn payload(key: &str, bytes: &[u8], json_hint: bool, out: &mut serde_json::Map<String, Value>) {
-    if bytes.is_empty() {
-        return;
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) if json_hint || key == "metadata" => {
-            out.insert(key.to_owned(), v);
-        }
-        _ => {
-            out.insert(format!("{key}_base64"), Value::String(base64(bytes)));
-        }
-    }
-}
-
-/// An event as the HTTP API shows it.
-pub fn event_json(e: &RecordedEvent) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("stream".into(), json!(e.stream.as_str()));
-    m.insert("revision".into(), json!(e.revision.0));
-    m.insert("position".into(), json!(e.position.0));
-    m.insert("type".into(), json!(e.event_type));
-    m.insert("content_type".into(), json!(e.content_type.mime()));
-    m.insert("created".into(), json!(e.created.to_rfc3339()));
-    payload("data", &e.data, e.content_type == ContentType::Json, &mut m);
-    payload("metadata", &e.metadata, true, &mut m);
-    if let Some(l) = &e.link {
-        m.insert(
-            "link".into(),
-            json!({ "stream": l.stream.as_str(), "revision": l.revision.0 }),
-        );
-    }
-    Value::Object(m)
-}
-
 async fn health<S: EventStore>(State(ctx): Shared<S>) -> Response {
     let ready = !ctx.shutting_down() && ctx.store.head_position().await.is_ok();
     let code = if ready {
@@ -210,7 +152,7 @@ async fn read<S: EventStore>(
     State(ctx): Shared<S>,
     Path(stream): Path<String>,
     Query(q): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let direction = match q.direction.as_deref() {
         None | Some("forwards") => Direction::Forwards,
         Some("backwards") => Direction::Backwards,
@@ -290,11 +232,36 @@ async fn read<S: EventStore>(
             .map(|e| (e.data.len() + e.metadata.len()) as u64)
             .sum(),
     );
-    Ok(Json(json!({
-        "stream": name.as_str(),
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(page_json(&name, &events, next))
+}
+
+/// A page of events: `{"stream", "events", "next"}`, each event in its JSON
+/// form (`factum_core::json`), written as text so that event data reaches
+/// the client as it was stored.
+fn page_json(stream: &StreamName, events: &[RecordedEvent], next: Option<u64>) -> Response {
+    let mut body = String::with_capacity(
+        64 + events
+            .iter()
+            .map(|e| 256 + e.data.len() + e.metadata.len())
+            .sum::<usize>(),
+    );
+    body.push_str("{\"stream\":");
+    body.push_str(&json!(stream.as_str()).to_string());
+    body.push_str(",\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        factum_core::json::write_event(e, &mut body);
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&json!(next).to_string());
+    body.push('}');
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// An event to append over HTTP.
@@ -610,7 +577,7 @@ async fn subscribe<S: EventStore>(
             let ev = match msg? {
                 Ok(SubscriptionMessage::Event(e)) => SseEvent::default()
                     .event("event")
-                    .data(event_json(&e).to_string()),
+                    .data(factum_core::json::event_json(&e)),
                 Ok(SubscriptionMessage::CaughtUp) => {
                     SseEvent::default().event("caught-up").data("{}")
                 }
@@ -631,22 +598,4 @@ async fn subscribe<S: EventStore>(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
 }
