@@ -25,8 +25,9 @@ use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segmen
 use crate::overlay::Overlay;
 use crate::pool::{ReadPool, ReadStats};
 use crate::prealloc::Prealloc;
+use crate::reader::Committed;
 use crate::reader::Reader;
-use crate::writer::{AppendRequest, Committed, Writer};
+use crate::writer::{AppendRequest, Writer};
 use factum_core::rules::Operation;
 
 /// The name of the lock file in a store's directory.

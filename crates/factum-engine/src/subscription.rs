@@ -15,8 +15,7 @@ use tokio::sync::watch;
 
 use crate::format::{log_position, public_position};
 use crate::pool::{Progress, ReadPool};
-use crate::reader::Reader;
-use crate::writer::Committed;
+use crate::reader::{Committed, Reader};
 
 struct EngineFollow {
     reader: Reader,

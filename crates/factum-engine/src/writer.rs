@@ -38,7 +38,7 @@ use crate::index::Index;
 use crate::log::{create_segment, segment_file_name, sync_dir, Loc, Segment, Segments};
 use crate::overlay::Overlay;
 use crate::prealloc::Prealloc;
-use crate::reader::Reader;
+use crate::reader::{Committed, Reader};
 
 /// The writer asks for zeros ahead while its groups average fewer bytes
 /// than this (ADR 10: above it, the zeros cost more than they save).
@@ -57,15 +57,6 @@ pub struct AppendRequest {
     /// The request's place in the writer's bounded queue (ADR 13), given
     /// back when the writer drops the request.
     pub queue_slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// What readers may see: everything before `next_position` / `end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The next position to be assigned (head + 1).
-    pub next_position: u64,
-    /// Log end after the last committed frame.
-    pub end: Loc,
 }
 
 pub(crate) struct Writer {

@@ -20,7 +20,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
-use crate::grpc::{channel_stream, GrpcApi, ResponseStream};
+use crate::grpc::GrpcApi;
+use crate::grpc_call::{channel_stream, ResponseStream};
 
 /// The status KurrentDB answers for a persistent-subscription error.
 pub fn persistent_status(err: &PersistentError) -> Status {

@@ -24,9 +24,10 @@ use serde_json::{json, Value};
 
 use crate::budget::Reserved;
 use crate::context::Ctx;
+pub use crate::http_headers::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EXPECTED_HEADER, EXPECTED_VERSION_HEADER,
+};
 
-/// The header carrying an expected revision (`any`, `no-stream`, `exists`, or a number).
-pub const EXPECTED_HEADER: &str = "factum-expected-revision";
 /// Largest page a read returns.
 const MAX_PAGE: u64 = 4096;
 
@@ -302,13 +303,6 @@ fn expected(headers: &HeaderMap, field: Option<&str>) -> Result<ExpectedRevision
         s.parse().map_err(ApiError::from)
     })
 }
-
-/// KurrentDB's headers for a single event whose body is its data.
-pub const EVENT_TYPE_HEADER: &str = "es-eventtype";
-/// The event id of a single-event append (a new one when absent).
-pub const EVENT_ID_HEADER: &str = "es-eventid";
-/// KurrentDB's expected version: -2 any, -1 no stream, -4 stream exists, or a revision.
-pub const EXPECTED_VERSION_HEADER: &str = "es-expectedversion";
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     headers

@@ -10,7 +10,7 @@ fn stream_param() -> Value {
 }
 
 fn expected_param() -> Value {
-    json!({ "name": crate::http::EXPECTED_HEADER, "in": "header", "required": false,
+    json!({ "name": crate::http_headers::EXPECTED_HEADER, "in": "header", "required": false,
             "description": "Expected revision: `any` (default), `no-stream`, `exists` or a revision number.",
             "schema": { "type": "string" } })
 }
