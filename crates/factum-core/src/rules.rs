@@ -256,24 +256,16 @@ macro_rules! writes_through_submit {
             .await
         }
 
-        async fn delete_stream(
+        $crate::writes_through_submit!(@delete delete_stream, SoftDelete);
+        $crate::writes_through_submit!(@delete tombstone_stream, Tombstone);
+    };
+    (@delete $method:ident, $operation:ident) => {
+        async fn $method(
             &self,
             stream: $crate::StreamName,
             expected: $crate::ExpectedRevision,
         ) -> $crate::Result<$crate::DeleteResult> {
-            self.submit(stream, expected, $crate::rules::Operation::SoftDelete)
-                .await
-                .map(|r| $crate::DeleteResult {
-                    position: r.position,
-                })
-        }
-
-        async fn tombstone_stream(
-            &self,
-            stream: $crate::StreamName,
-            expected: $crate::ExpectedRevision,
-        ) -> $crate::Result<$crate::DeleteResult> {
-            self.submit(stream, expected, $crate::rules::Operation::Tombstone)
+            self.submit(stream, expected, $crate::rules::Operation::$operation)
                 .await
                 .map(|r| $crate::DeleteResult {
                     position: r.position,
