@@ -7,10 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use factum_core::UnavailableReason;
-use factum_core::{
-    AppendResult, Error, EventData, ExpectedRevision, Position, Result, StreamName, StreamRevision,
-    Uuid,
-};
+use factum_core::{AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, Uuid};
 use factum_proto::shared;
 use factum_proto::streams::streams_client::StreamsClient;
 use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
@@ -174,18 +171,8 @@ fn result(
     stream: &StreamName,
     expected: ExpectedRevision,
 ) -> Result<AppendResult> {
-    use batch_append_resp::success::{CurrentRevisionOption as C, PositionOption as P};
     match r {
-        Some(batch_append_resp::Result::Success(s)) => Ok(AppendResult {
-            revision: StreamRevision(match s.current_revision_option {
-                Some(C::CurrentRevision(r)) => r,
-                _ => 0,
-            }),
-            position: Position(match s.position_option {
-                Some(P::Position(p)) => p.commit_position,
-                _ => 0,
-            }),
-        }),
+        Some(batch_append_resp::Result::Success(s)) => Ok(AppendResult::from(&s)),
         // A Factum server sends the error map's fields beside the detail.
         Some(batch_append_resp::Result::Error(status))
             if status.metadata.contains_key("factum-error") =>

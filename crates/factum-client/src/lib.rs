@@ -31,8 +31,8 @@ mod wire;
 use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
-    StreamRevision, Subscribe, Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
+    Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
 };
 use factum_proto::streams::append_resp;
 use factum_proto::streams::read_req::Options as ReadOptions;
@@ -154,18 +154,8 @@ impl Client {
             .await
             .map_err(|s| wire::from_status(s, stream))?
             .into_inner();
-        use append_resp::success::{CurrentRevisionOption as C, PositionOption as P};
         match resp.result {
-            Some(append_resp::Result::Success(s)) => Ok(AppendResult {
-                revision: StreamRevision(match s.current_revision_option {
-                    Some(C::CurrentRevision(r)) => r,
-                    _ => 0,
-                }),
-                position: Position(match s.position_option {
-                    Some(P::Position(p)) => p.commit_position,
-                    _ => 0,
-                }),
-            }),
+            Some(append_resp::Result::Success(s)) => Ok(AppendResult::from(&s)),
             Some(append_resp::Result::WrongExpectedVersion(w)) => {
                 Err(Error::WrongExpectedVersion {
                     stream: stream.clone(),

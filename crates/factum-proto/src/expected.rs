@@ -29,7 +29,9 @@
 //! assert!(ExpectedRevision::try_from(Wire::Revision(1 << 63)).is_err());
 //! ```
 
-use factum_core::{CurrentRevision, Error, ExpectedRevision, Result, StreamRevision};
+use factum_core::{
+    AppendResult, CurrentRevision, Error, ExpectedRevision, Position, Result, StreamRevision,
+};
 
 use crate::shared;
 use crate::streams::{
@@ -161,6 +163,50 @@ expected_oneof!(
     StreamPosition,
     ()
 );
+
+/// `From` both ways between [`AppendResult`] and an append's success
+/// answer (`Append`'s and `BatchAppend`'s differ only in the type of their
+/// position): the stream's revision, the commit position as both commit
+/// and prepare position (one log, as KurrentDB's clients expect). A
+/// success without them (`no_stream`, `no_position`) reads as 0.
+macro_rules! append_success {
+    ($success:ident, $position:expr) => {
+        impl From<AppendResult> for $success::Success {
+            fn from(r: AppendResult) -> Self {
+                use $success::success::{CurrentRevisionOption as C, PositionOption as P};
+                $success::Success {
+                    current_revision_option: Some(C::CurrentRevision(r.revision.0)),
+                    position_option: Some(P::Position($position(r.position))),
+                }
+            }
+        }
+
+        impl From<&$success::Success> for AppendResult {
+            fn from(s: &$success::Success) -> Self {
+                use $success::success::{CurrentRevisionOption as C, PositionOption as P};
+                AppendResult {
+                    revision: StreamRevision(match s.current_revision_option {
+                        Some(C::CurrentRevision(r)) => r,
+                        _ => 0,
+                    }),
+                    position: Position(match &s.position_option {
+                        Some(P::Position(p)) => p.commit_position,
+                        _ => 0,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+append_success!(append_resp, |p: Position| append_resp::Position {
+    commit_position: p.0,
+    prepare_position: p.0,
+});
+append_success!(batch_append_resp, |p: Position| shared::AllStreamPosition {
+    commit_position: p.0,
+    prepare_position: p.0,
+});
 
 /// `Append`'s wrong-expected-version answer, in both shapes current
 /// KurrentDB servers send (the `20_6_0` fields have no "no stream"
@@ -342,5 +388,23 @@ mod tests {
         );
         assert!(old.expected_revision_option_20_6_0.is_none());
         assert!(old.expected_revision_option.is_some());
+    }
+
+    #[test]
+    fn append_successes_round_trip() {
+        let r = AppendResult {
+            revision: StreamRevision(4),
+            position: Position(12),
+        };
+        assert_eq!(AppendResult::from(&append_resp::Success::from(r)), r);
+        assert_eq!(AppendResult::from(&batch_append_resp::Success::from(r)), r);
+        let empty = append_resp::Success::default();
+        assert_eq!(
+            AppendResult::from(&empty),
+            AppendResult {
+                revision: StreamRevision(0),
+                position: Position(0)
+            }
+        );
     }
 }

@@ -84,17 +84,7 @@ pub async fn append<S: EventStore>(
         return Err(convert::deadline_exceeded());
     }
     let result = match write(&ctx, stream, expected, events).await {
-        Ok(r) => append_resp::Result::Success(append_resp::Success {
-            current_revision_option: Some(
-                append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
-            ),
-            position_option: Some(append_resp::success::PositionOption::Position(
-                append_resp::Position {
-                    commit_position: r.position.0,
-                    prepare_position: r.position.0,
-                },
-            )),
-        }),
+        Ok(r) => append_resp::Result::Success(r.into()),
         Err(Error::WrongExpectedVersion {
             expected, actual, ..
         }) => append_resp::Result::WrongExpectedVersion(append_resp::WrongExpectedVersion::new(
@@ -479,14 +469,7 @@ fn batch_response(
     result: Result<AppendResult, rpc::Status>,
 ) -> BatchAppendResp {
     let result = match result {
-        Ok(r) => batch_append_resp::Result::Success(batch_append_resp::Success {
-            current_revision_option: Some(
-                batch_append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
-            ),
-            position_option: Some(batch_append_resp::success::PositionOption::Position(
-                convert::all_position(r.position),
-            )),
-        }),
+        Ok(r) => batch_append_resp::Result::Success(r.into()),
         Err(status) => batch_append_resp::Result::Error(status),
     };
     BatchAppendResp {
