@@ -553,7 +553,7 @@ async fn pump(
             request = incoming.message() => match request {
                 Ok(Some(wire::ReadReq { content: Some(read_req::Content::Ack(a)) })) => {
                     match ids_from_wire(&a.ids) {
-                        Ok(ids) => consumer.ack(ids),
+                        Ok(ids) => consumer.ack(ids).await,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
                             return;
@@ -569,7 +569,7 @@ async fn pump(
                         Ok(read_req::nack::Action::Retry | read_req::nack::Action::Unknown) | Err(_) => NackAction::Retry,
                     };
                     match ids_from_wire(&n.ids) {
-                        Ok(ids) => consumer.nack(ids, action, &n.reason),
+                        Ok(ids) => consumer.nack(ids, action, &n.reason).await,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
                             return;

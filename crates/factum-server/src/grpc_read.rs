@@ -441,9 +441,7 @@ async fn last_revision<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option
 async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) -> Outcome {
     let store = &out.ctx.store;
     let direction = out.plan.direction;
-    let store_filter = out.plan.filter.as_ref().and_then(WireFilter::to_store);
-    // Filters the store cannot evaluate are applied here, page by page.
-    let server_filter = out.plan.filter.as_ref().filter(|_| store_filter.is_none());
+    let store_filter = out.plan.filter.as_ref().map(|f| f.filter.clone());
     let mut from = start;
     let mut remaining = count;
     let mut page = FIRST_PAGE;
@@ -451,11 +449,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
-        let want = if server_filter.is_some() {
-            page
-        } else {
-            remaining.min(page)
-        };
+        let want = remaining.min(page);
         page = (page * 2).min(MAX_PAGE);
         let req = ReadAll {
             from,
@@ -475,10 +469,8 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             if remaining == 0 {
                 break;
             }
-            if server_filter.is_none_or(|f| f.matches(&e)) {
-                out.event(e, false).await?;
-                remaining -= 1;
-            }
+            out.event(e, false).await?;
+            remaining -= 1;
         }
         let Some(p) = last else { break };
         if !full {
