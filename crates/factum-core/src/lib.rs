@@ -14,6 +14,7 @@ pub mod error;
 pub mod expected;
 pub mod filter;
 pub mod follow;
+pub mod json;
 pub mod managed;
 pub mod metadata;
 pub mod model;
@@ -23,7 +24,7 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnavailableReason};
 pub use expected::{
     AppendResult, CurrentRevision, DeleteResult, ExpectedRevision, MAX_EXPECTED_REVISION,
 };

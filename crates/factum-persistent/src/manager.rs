@@ -517,7 +517,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
                 Ok(())
             }
             Err(e @ factum_core::Error::WrongExpectedVersion { .. }) => {
-                Err(PersistentError::Store(factum_core::Error::Unavailable(format!(
+                Err(PersistentError::Store(factum_core::Error::unavailable(factum_core::UnavailableReason::Unspecified, format!(
                     "the persistent subscription configuration was changed by another node ({e}); restart the subsystem to reload it"
                 ))))
             }

@@ -14,6 +14,7 @@
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
+//! | [`ticks`] | – | .NET ticks (`created`, gossip time stamps, durations) ⇄ [`factum_core::Timestamp`] |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -60,6 +61,7 @@ pub use generated::event_store::client::streams;
 pub use generated::google::rpc as status;
 
 pub mod expected;
+pub mod ticks;
 
 /// Full gRPC service names, as they appear in request paths.
 pub mod service_names {

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use factum_core::Error;
 use tokio::sync::watch;
 
 use crate::advertise::Advertise;
 use crate::auth::Authenticator;
 use crate::budget::AppendBudget;
 use crate::client_store::ClientStore;
+use crate::errors::append_size_exceeded;
 use crate::listener::ConnectionLimits;
 use crate::metrics::Metrics;
 
@@ -108,6 +110,20 @@ impl ServerConfig {
     /// they are buffered.
     pub fn max_message_bytes(&self) -> usize {
         self.max_append_message_bytes().max(MIN_MESSAGE_BYTES)
+    }
+
+    /// The one maximum-append-size check, made by every append path
+    /// (`Append` and `BatchAppend` per proposed message as it arrives,
+    /// counted whole as KurrentDB counts it; HTTP per event it parsed):
+    /// adds `bytes` to the append's running `total` and refuses it with
+    /// `maximum-append-size-exceeded` (`errors::append_size_exceeded`) once
+    /// the total passes `max_append_bytes`.
+    pub fn count_append_bytes(&self, total: &mut u64, bytes: u64) -> Result<(), Error> {
+        *total = total.saturating_add(bytes);
+        if *total > self.max_append_bytes {
+            return Err(append_size_exceeded(self.max_append_bytes, *total));
+        }
+        Ok(())
     }
 }
 

@@ -44,10 +44,12 @@ pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod grpc;
+mod grpc_call;
 mod grpc_persistent;
 mod grpc_read;
 mod grpc_write;
 pub mod http;
+mod http_headers;
 mod listener;
 pub mod metrics;
 pub mod openapi;
@@ -115,7 +117,7 @@ pub fn app<S: EventStore>(
     )
     .prepare()
     .into_axum_router()
-    .route_service(read_wire::READ_PATH, read_wire::ReadRoute::new(ctx.clone()));
+    .route_service(read_wire::READ_PATH, grpc_read::ReadRoute::new(ctx.clone()));
     let http = http::router(ctx.clone());
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req
