@@ -80,7 +80,12 @@ async fn backup<S: EventStore>(
     };
     let report = tokio::task::spawn_blocking(move || hook(req.to))
         .await
-        .map_err(|e| Error::Unavailable(format!("the backup task failed: {e}")))??;
+        .map_err(|e| {
+            Error::unavailable(
+                factum_core::UnavailableReason::Unspecified,
+                format!("the backup task failed: {e}"),
+            )
+        })??;
     Ok(Json(report))
 }
 
