@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use factum_core::rules::multi::{self as multi_rules, Part, Settled};
 use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, Error, EventData, ExpectedRevision, MultiAppend, MultiAppendResult, Result,
     StreamName, StreamRevision, Timestamp, Uuid,
@@ -38,7 +39,7 @@ use crate::index::Index;
 use crate::log::{create_segment, segment_file_name, sync_dir, Loc, Segment, Segments};
 use crate::overlay::Overlay;
 use crate::prealloc::Prealloc;
-use crate::reader::Reader;
+use crate::reader::{Committed, Reader};
 
 /// The writer asks for zeros ahead while its groups average fewer bytes
 /// than this (ADR 10: above it, the zeros cost more than they save).
@@ -102,8 +103,8 @@ enum Answer {
 impl Answer {
     /// Sends the answer; `failed` replaces a success when the group's
     /// write failed.
-    fn send(self, failed: Option<&str>) {
-        let unavailable = |e: &str| Error::Unavailable(e.to_string());
+    fn send(self, failed: Option<(UnavailableReason, &str)>) {
+        let unavailable = |(reason, e): (UnavailableReason, &str)| Error::unavailable(reason, e);
         match self {
             Answer::One(reply, r) => {
                 let _ = reply.send(match failed {
@@ -119,15 +120,6 @@ impl Answer {
             }
         }
     }
-}
-
-/// What readers may see: everything before `next_position` / `end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The next position to be assigned (head + 1).
-    pub next_position: u64,
-    /// Log end after the last committed frame.
-    pub end: Loc,
 }
 
 pub(crate) struct Writer {
@@ -206,8 +198,9 @@ impl<T> Outcome<T> {
     /// A `Defer` or `Roll` of another type (never called on `Done`).
     fn map<U>(self) -> Outcome<U> {
         match self {
-            Outcome::Done(_) => Outcome::Done(Err(Error::Unavailable(
-                "an answered request was carried".into(),
+            Outcome::Done(_) => Outcome::Done(Err(Error::unavailable(
+                UnavailableReason::Closed,
+                "an answered request was carried",
             ))),
             Outcome::Defer => Outcome::Defer,
             Outcome::Roll => Outcome::Roll,
@@ -270,7 +263,10 @@ impl Writer {
                 // No segment to write into yet: a transient cause (a full
                 // disk, too many open files), retried with backoff.
                 for job in group {
-                    job.fail(Error::Unavailable(r.cause.clone()));
+                    job.fail(Error::unavailable(
+                        UnavailableReason::Storage,
+                        r.cause.clone(),
+                    ));
                 }
                 continue;
             }
@@ -284,7 +280,10 @@ impl Writer {
             let mut requests = group.into_iter();
             for job in requests.by_ref() {
                 if let Some(why) = self.fatal.reason() {
-                    job.fail(Error::Unavailable(why.to_string()));
+                    job.fail(Error::unavailable(
+                        UnavailableReason::StorageFailed,
+                        why.to_string(),
+                    ));
                     continue;
                 }
                 let (outcome, answer) = match job {
@@ -326,17 +325,17 @@ impl Writer {
                 let written = self.write_durably(&buf).and_then(|end| {
                     // Acknowledge only while the store has not stopped
                     // (another thread's fsync may have failed meanwhile).
-                    self.fatal
-                        .durable(end)
-                        .map_err(|why| Error::Unavailable(why.to_string()))
+                    self.fatal.durable(end).map_err(|why| {
+                        Error::unavailable(UnavailableReason::StorageFailed, why.to_string())
+                    })
                 });
                 if let Err(e) = written {
-                    let e = match self.fatal.reason() {
-                        Some(why) => why.to_string(),
-                        None => e.to_string(),
+                    let (reason, e) = match self.fatal.reason() {
+                        Some(why) => (UnavailableReason::StorageFailed, why.to_string()),
+                        None => (UnavailableReason::Storage, e.to_string()),
                     };
                     for answer in answers {
-                        answer.send(Some(&e));
+                        answer.send(Some((reason, &e)));
                     }
                     continue;
                 }
@@ -366,7 +365,10 @@ impl Writer {
     /// stops the writer for good (ADR 12); a failed write is undone.
     fn write_durably(&mut self, buf: &[u8]) -> Result<u64> {
         if let Some(why) = self.fatal.reason() {
-            return Err(Error::Unavailable(why.to_string()));
+            return Err(Error::unavailable(
+                UnavailableReason::StorageFailed,
+                why.to_string(),
+            ));
         }
         let end = self.segment_len + buf.len() as u64;
         if let Some(p) = &self.prealloc {
@@ -386,7 +388,10 @@ impl Writer {
                     "fsync of {} failed ({e}); the store stopped accepting writes because the OS may have dropped unwritten data; restart to recover from the log",
                     self.segment.path.display()
                 ));
-                return Err(Error::Unavailable(why.to_string()));
+                return Err(Error::unavailable(
+                    UnavailableReason::StorageFailed,
+                    why.to_string(),
+                ));
             }
         }
         // Zeros ahead pay while groups are small (ADR 10).

@@ -15,6 +15,7 @@
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
+//! | [`ticks`] | – | .NET ticks (`created`, gossip time stamps, durations) ⇄ [`factum_core::Timestamp`] |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -75,6 +76,7 @@ pub use generated::google::rpc as status;
 pub use generated::kurrentdb::protocol::v2::streams as v2_streams;
 
 pub mod expected;
+pub mod ticks;
 
 /// Full gRPC service names, as they appear in request paths.
 pub mod service_names {

@@ -130,7 +130,7 @@ fn store_error(e: &Error) -> Status {
             "server",
             None,
         ),
-        Error::Unavailable(m) => rich(
+        Error::Unavailable { message: m, .. } => rich(
             Code::Unavailable,
             m.clone(),
             "SERVER_NOT_READY",

@@ -44,11 +44,13 @@ pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod grpc;
+mod grpc_call;
 mod grpc_persistent;
 mod grpc_read;
 pub mod grpc_v2;
 mod grpc_write;
 pub mod http;
+mod http_headers;
 mod http_multi;
 mod listener;
 pub mod metrics;
@@ -72,7 +74,7 @@ use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{Ctx, ServerConfig, SizeProbe};
+pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).
@@ -122,7 +124,7 @@ pub fn app<S: EventStore>(
     )
     .prepare()
     .into_axum_router()
-    .route_service(read_wire::READ_PATH, read_wire::ReadRoute::new(ctx.clone()));
+    .route_service(read_wire::READ_PATH, grpc_read::ReadRoute::new(ctx.clone()));
     let http = http::router(ctx.clone());
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req

@@ -289,8 +289,9 @@ fn part_of(
             )),
         },
         // An append with events is never answered without writing.
-        Decision::Done(_) => Part::Refused(Error::Unavailable(
-            "a multi-stream append decided to write nothing".into(),
+        Decision::Done(_) => Part::Refused(Error::unavailable(
+            crate::error::UnavailableReason::Protocol,
+            "a multi-stream append decided to write nothing",
         )),
     }
 }
@@ -374,8 +375,9 @@ pub fn settle(req: &MultiAppend, parts: Vec<Part>) -> Result<Settled> {
             Part::Refused(e) => return Err(e),
             Part::Write(d) => writes.push((index, d)),
             Part::Retry { .. } => {
-                return Err(Error::Unavailable(
-                    "a retry check of a multi-stream append was left unresolved".into(),
+                return Err(Error::unavailable(
+                    crate::error::UnavailableReason::Protocol,
+                    "a retry check of a multi-stream append was left unresolved",
                 ))
             }
             Part::Retried { result, actual } => retried.push((index, result, actual)),

@@ -14,7 +14,8 @@ use deadpool_postgres::{ClientWrapper, Object, Pool};
 use factum_core::rules::multi::{self as multi_rules, Part, Settled};
 use factum_core::rules::{self, WriteKind};
 use factum_core::{
-    AppendResult, Error, MultiAppend, MultiAppendResult, Position, Result, StreamRevision, Uuid,
+    AppendResult, Error, MultiAppend, MultiAppendResult, Position, Result, StreamRevision,
+    UnavailableReason, Uuid,
 };
 
 use super::group::{entry_of, Group, Rows};
@@ -36,7 +37,10 @@ pub(crate) async fn append_multi(
     let mut attempt = 0u32;
     loop {
         let mut client = Some(pool.get().await.map_err(|e| {
-            Error::Unavailable(format!("PostgreSQL is unreachable: {}", describe(&e)))
+            Error::unavailable(
+                UnavailableReason::DatabaseUnreachable,
+                format!("PostgreSQL is unreachable: {}", describe(&e)),
+            )
         })?);
         let c = client.as_mut().expect("connected");
         match once(c, &sql, tables, config, &request).await {
@@ -51,14 +55,17 @@ pub(crate) async fn append_multi(
                         tokio::time::sleep(RETRY_PAUSE * attempt).await;
                     }
                     Failure::RolledBack(e) => {
-                        return Err(Error::Unavailable(format!("{e}; nothing was written")))
+                        return Err(Error::unavailable(
+                            UnavailableReason::DatabaseUnreachable,
+                            format!("{e}; nothing was written"),
+                        ))
                     }
                     Failure::Rejected(why) => {
                         return Err(Error::InvalidInput(format!(
                             "PostgreSQL refused the append: {why}"
                         )))
                     }
-                    Failure::Unknown(e) => return Err(Error::Unavailable(format!(
+                    Failure::Unknown(e) => return Err(Error::unavailable(UnavailableReason::DatabaseUnreachable, format!(
                         "{e}; the append may or may not have been committed: retrying it with the same event ids is safe"
                     ))),
                 }
