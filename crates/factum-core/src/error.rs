@@ -228,6 +228,11 @@ impl std::fmt::Display for UnavailableReason {
     }
 }
 
+fn list(violations: &[crate::multi::Violation]) -> String {
+    let v: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    v.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,9 +254,4 @@ mod tests {
         );
         assert!(!Error::InvalidInput("x".into()).is_transient());
     }
-}
-
-fn list(violations: &[crate::multi::Violation]) -> String {
-    let v: Vec<String> = violations.iter().map(ToString::to_string).collect();
-    v.join("; ")
 }
