@@ -56,7 +56,10 @@ enum Command {
     /// Deletes the index and rebuilds it from the log.
     Reindex(commands::admin::ReindexArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
+    /// Makes TLS certificates: a CA (`create-ca`) and node certificates
+    /// signed by it (`create-node`).
+    Certs(commands::certs::CertsArgs),
     /// Applies pending PostgreSQL schema migrations (also applied on start).
     Migrate(commands::admin::MigrateArgs),
     /// Runs the benchmark harness: the `factum-bench` binary beside this one,
@@ -95,7 +98,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stats(a) => commands::stats::run(a),
         Command::Verify(a) => commands::admin::verify(a),
         Command::Reindex(a) => commands::admin::reindex(a),
-        Command::Serve(a) => commands::serve::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
+        Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::CrashLoad(a) => commands::crash_load::run(a),

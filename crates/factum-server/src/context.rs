@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub authenticator: Arc<dyn Authenticator>,
     /// The store's size on disk, when the backend can tell.
     pub size_probe: Option<SizeProbe>,
+    /// TLS on the port (ADR 30); `None`: plain TCP (insecure mode).
+    pub tls: Option<Arc<crate::tls::Reloading>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -68,6 +70,7 @@ impl ServerConfig {
             version: "24.10.0".to_owned(),
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
+            tls: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | `auth` | the authentication seam (insecure mode accepts anything) |
 //! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
+//! | `tls` | TLS on the one port: rustls, ALPN, certificates reloaded when their files change |
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -52,6 +53,7 @@ mod listener;
 pub mod metrics;
 pub mod openapi;
 mod read_wire;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -174,7 +176,8 @@ pub async fn serve<S: EventStore>(
         tracing::error!("persistent subscriptions did not start: {e}");
     }
     let limits = ctx.config.connections.clone();
-    let served = listener::run(listener, router, limits, async move {
+    let tls = ctx.config.tls.clone();
+    let served = listener::run(listener, router, limits, tls, async move {
         shutdown.await;
         tracing::info!("shutting down: draining requests, ending subscriptions");
         let _ = shutdown_tx.send(true);

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod append;
 pub mod bench;
+pub mod certs;
 pub mod crash_load;
 pub mod read;
 pub mod serve;
