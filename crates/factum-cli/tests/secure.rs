@@ -108,7 +108,7 @@ fn dev_mode_makes_its_certificates_once_and_serves_tls() {
         text.contains(&format!("tls=true&tlsCaFile={}", ca.display())),
         "a connection string: {text}"
     );
-    assert!(text.contains("(gRPC and HTTP; TLS)"), "{text}");
+    assert!(text.contains("(gRPC and HTTP; TLS, users)"), "{text}");
     assert_eq!(health(port, &ca).unwrap(), "HTTP/1.1 200 OK");
     stop(child);
     let first = std::fs::read(&ca).unwrap();

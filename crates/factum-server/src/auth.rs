@@ -1,26 +1,90 @@
-//! The authentication seam. Insecure mode accepts any or no credentials;
-//! users, TLS and ACLs arrive in a later issue behind this trait.
+//! Authentication: one gate in front of gRPC and HTTP alike (ADR 31).
+//!
+//! [`gate`] runs before a request is dispatched: it asks the configured
+//! [`Authenticator`] who the request comes from (`authorization: Basic …`,
+//! an HTTP header or gRPC metadata, the same thing on the wire) and
+//! attaches the [`Principal`] to the request's extensions, where handlers
+//! find it ([`principal`]). Credentials that do not check out end the
+//! request there, as KurrentDB answers them: gRPC UNAUTHENTICATED
+//! ("Unauthenticated"), HTTP 401 with `WWW-Authenticate: X-Basic
+//! realm="ESDB"`. No credentials at all is the anonymous principal; when
+//! the authenticator requires users (secure mode) an anonymous request is
+//! refused unless it asks for one of the few endpoints clients call before
+//! they authenticate — `ServerFeatures`, `Gossip`, `/health` — with gRPC
+//! PERMISSION_DENIED and `exception: access-denied` (KurrentDB's
+//! AccessDenied, which is what it answers the anonymous user), HTTP 401.
+//!
+//! Insecure mode ([`Insecure`]) accepts any or no credentials: every
+//! request is anonymous and nothing is refused.
 
-use axum::http::HeaderMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+
+use crate::metrics::Metrics;
+
+/// The groups whose members pass every access check.
+pub const ADMINS: &str = "$admins";
+/// The group of operators: consumer groups, metrics.
+pub const OPS: &str = "$ops";
+
+/// An authenticated user: login name and groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The login name (every user also has the role of its own name).
+    pub login: String,
+    /// The groups (roles) it belongs to, `$admins` and `$ops` included.
+    pub groups: Arc<[String]>,
+}
+
+impl Identity {
+    /// True when the user is `role` or belongs to it.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.login == role || self.groups.iter().any(|g| g == role)
+    }
+
+    /// A member of `$admins`.
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == ADMINS)
+    }
+
+    /// A member of `$ops` or `$admins`.
+    pub fn is_ops(&self) -> bool {
+        self.is_admin() || self.groups.iter().any(|g| g == OPS)
+    }
+}
 
 /// Who made a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    /// No credentials were checked (insecure mode).
+    /// No credentials (or insecure mode, where none are checked).
     Anonymous,
     /// An authenticated user.
-    User(String),
+    User(Identity),
 }
 
-/// Why a request was refused.
+/// Why a request was refused: credentials that do not check out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused(pub String);
+
+/// What [`Authenticator::authenticate`] returns.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Principal, Refused>> + Send + 'a>>;
 
 /// Decides who a request comes from, from its headers (gRPC metadata and
 /// HTTP headers alike: `authorization: Basic …`).
 pub trait Authenticator: Send + Sync + 'static {
-    /// The principal, or why the request is refused.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Refused>;
+    /// The principal, or why the credentials are refused. No credentials
+    /// is [`Principal::Anonymous`], not a refusal.
+    fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> AuthFuture<'a>;
+
+    /// True when anonymous requests are refused (but for the endpoints
+    /// clients call before authenticating).
+    fn required(&self) -> bool {
+        false
+    }
 }
 
 /// Insecure mode: every request is accepted, credentials or not.
@@ -28,7 +92,152 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct Insecure;
 
 impl Authenticator for Insecure {
-    fn authenticate(&self, _headers: &HeaderMap) -> Result<Principal, Refused> {
-        Ok(Principal::Anonymous)
+    fn authenticate<'a>(&'a self, _headers: &'a HeaderMap) -> AuthFuture<'a> {
+        Box::pin(std::future::ready(Ok(Principal::Anonymous)))
+    }
+}
+
+/// The `login` and `password` of an `authorization: Basic …` header;
+/// `Ok(None)` without one; an error for one that is malformed or another
+/// scheme.
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Refused> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || Refused("malformed authorization header: expected Basic credentials".into());
+    let value = value.to_str().map_err(|_| bad())?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(Refused(format!(
+            "authorization scheme {scheme:?} is not supported: use Basic"
+        )));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (login, password) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Some((login.to_owned(), password.to_owned())))
+}
+
+/// The principal the gate attached to a request (anonymous when the
+/// request did not pass through it: a service used on its own).
+pub fn principal(extensions: &axum::http::Extensions) -> Principal {
+    extensions
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or(Principal::Anonymous)
+}
+
+/// Requests the anonymous user may make when users are required: what
+/// clients call before they authenticate (as KurrentDB).
+fn open_to_anonymous(path: &str) -> bool {
+    path.starts_with("/event_store.client.server_features.ServerFeatures/")
+        || path.starts_with("/event_store.client.gossip.Gossip/")
+        || path == "/health"
+}
+
+/// Authenticates `req` and attaches its principal, or answers it.
+pub(crate) async fn gate(
+    authenticator: &dyn Authenticator,
+    metrics: &Metrics,
+    mut req: Request<Body>,
+    is_grpc: bool,
+) -> Result<Request<Body>, Response<Body>> {
+    let principal = match authenticator.authenticate(req.headers()).await {
+        Ok(p) => p,
+        Err(Refused(why)) => {
+            metrics.failed_login();
+            tracing::warn!(path = %req.uri().path(), "authentication failed: {why}");
+            return Err(unauthenticated(is_grpc, &why));
+        }
+    };
+    if principal == Principal::Anonymous
+        && authenticator.required()
+        && !open_to_anonymous(req.uri().path())
+    {
+        return Err(if is_grpc {
+            access_denied_grpc()
+        } else {
+            unauthenticated(false, "credentials required")
+        });
+    }
+    req.extensions_mut().insert(principal);
+    Ok(req)
+}
+
+/// KurrentDB's answer to credentials that do not check out.
+fn unauthenticated(is_grpc: bool, why: &str) -> Response<Body> {
+    if is_grpc {
+        return tonic::Status::unauthenticated("Unauthenticated").into_http();
+    }
+    let body = serde_json::json!({ "error": "unauthenticated", "message": why }).to_string();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    let h = resp.headers_mut();
+    // "X-" as KurrentDB: browsers do not pop up a login dialog.
+    h.insert(
+        "www-authenticate",
+        HeaderValue::from_static("X-Basic realm=\"ESDB\""),
+    );
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// KurrentDB's AccessDenied as a gRPC answer.
+pub fn access_denied() -> tonic::Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        "exception",
+        tonic::metadata::MetadataValue::from_static("access-denied"),
+    );
+    tonic::Status::with_metadata(tonic::Code::PermissionDenied, "Access Denied", md)
+}
+
+fn access_denied_grpc() -> Response<Body> {
+    access_denied().into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_parsed_and_bad_ones_refused() {
+        // admin:changeit
+        assert_eq!(
+            basic_credentials(&headers("Basic YWRtaW46Y2hhbmdlaXQ=")).unwrap(),
+            Some(("admin".into(), "changeit".into()))
+        );
+        // a password with a colon: only the first one separates.
+        assert_eq!(
+            basic_credentials(&headers("basic dTpwOnE=")).unwrap(),
+            Some(("u".into(), "p:q".into()))
+        );
+        assert_eq!(basic_credentials(&HeaderMap::new()).unwrap(), None);
+        for bad in ["Basic", "Basic !!!", "Bearer abc", "Basic bm9jb2xvbg=="] {
+            assert!(basic_credentials(&headers(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles() {
+        let admin = Identity {
+            login: "admin".into(),
+            groups: vec![ADMINS.to_owned()].into(),
+        };
+        assert!(admin.is_admin() && admin.is_ops() && admin.has_role("admin"));
+        let ops = Identity {
+            login: "ops".into(),
+            groups: vec![OPS.to_owned()].into(),
+        };
+        assert!(!ops.is_admin() && ops.is_ops() && !ops.has_role(ADMINS));
     }
 }

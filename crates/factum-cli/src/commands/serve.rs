@@ -524,7 +524,15 @@ async fn serve_store<S: factum_core::EventStore>(
             let tls = factum_server::tls::Reloading::new(files)
                 .map_err(|e| CliError::usage(format!("TLS: {e}")))?;
             config.tls = Some(Arc::new(tls));
-            "TLS"
+            // Secure: users in the store, credentials required (ADR 31).
+            // Initial passwords only from the environment: a flag would
+            // show in `ps`.
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            config.users = Some(factum_server::UsersConfig {
+                admin_password: env("FACTUM_DEFAULT_ADMIN_PASSWORD"),
+                ops_password: env("FACTUM_DEFAULT_OPS_PASSWORD"),
+            });
+            "TLS, users"
         }
     };
     println!("factum serving {what} on {bound} (gRPC and HTTP; {mode})");
