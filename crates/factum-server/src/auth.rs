@@ -130,6 +130,44 @@ pub fn principal(extensions: &axum::http::Extensions) -> Principal {
         .unwrap_or(Principal::Anonymous)
 }
 
+tokio::task_local! {
+    /// The principal of the request a task works for (set around each
+    /// request by `app()`'s dispatch; [`inherit`] carries it into tasks a
+    /// handler spawns).
+    static PRINCIPAL: Principal;
+}
+
+/// The principal of the request this task works for; anonymous outside
+/// any request (so a forgotten [`inherit`] fails closed in secure mode).
+pub fn current() -> Principal {
+    PRINCIPAL
+        .try_with(Principal::clone)
+        .unwrap_or(Principal::Anonymous)
+}
+
+/// Runs `f` as `principal`'s.
+pub async fn scope<F: Future>(principal: Principal, f: F) -> F::Output {
+    PRINCIPAL.scope(principal, f).await
+}
+
+/// `f`, run for the current request's principal: for tasks a handler spawns.
+pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    PRINCIPAL.scope(current(), f)
+}
+
+/// Requests only `$ops` and `$admins` may make (ADR 31): managing consumer
+/// groups, `/metrics`.
+fn ops_only(path: &str) -> bool {
+    const GROUPS: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/";
+    match path.strip_prefix(GROUPS) {
+        Some(method) => matches!(
+            method,
+            "Create" | "Update" | "Delete" | "ReplayParked" | "RestartSubsystem"
+        ),
+        None => path == "/metrics",
+    }
+}
+
 /// Requests the anonymous user may make when users are required: what
 /// clients call before they authenticate (as KurrentDB).
 fn open_to_anonymous(path: &str) -> bool {
@@ -162,6 +200,21 @@ pub(crate) async fn gate(
         } else {
             unauthenticated(false, "credentials required")
         });
+    }
+    if authenticator.required() && ops_only(req.uri().path()) {
+        let ops = matches!(&principal, Principal::User(u) if u.is_ops());
+        if !ops {
+            return Err(if is_grpc {
+                access_denied_grpc()
+            } else {
+                let body = serde_json::json!({ "error": "access-denied", "message": "$ops or $admins only" });
+                let mut resp = Response::new(Body::from(body.to_string()));
+                *resp.status_mut() = StatusCode::FORBIDDEN;
+                resp.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                resp
+            });
+        }
     }
     req.extensions_mut().insert(principal);
     Ok(req)

@@ -18,7 +18,8 @@
 //! | `budget` | one budget of in-flight append bytes across all clients |
 //! | `auth` | the authentication gate in front of gRPC and HTTP: Basic credentials, the anonymous endpoints (insecure mode accepts anything) |
 //! | `users` / `grpc_users` / `http_users` | users in `$user-<login>` streams, argon2id, the verified-credential cache; KurrentDB's `Users` service |
-//! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once |
+//! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once; stream ACLs checked there (secure mode) |
+//! | `acl` | KurrentDB's stream ACLs: `$acl`, `$settings` defaults, built-ins; cached |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
 //! | `tls` | TLS on the one port: rustls, ALPN, certificates reloaded when their files change |
 //!
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acl;
 mod advertise;
 pub mod auth;
 pub mod budget;
@@ -107,8 +109,15 @@ pub fn app<S: EventStore>(
         Some(users) => users.clone(),
         None => config.authenticator.clone(),
     };
+    let client_store = match &users {
+        Some(_) => client_store::ClientStore::with_acls(
+            store.clone(),
+            Arc::new(acl::Acls::new(store.clone())),
+        ),
+        None => client_store::ClientStore::new(store),
+    };
     let ctx = Arc::new(Ctx {
-        store: client_store::ClientStore::new(store),
+        store: client_store,
         persistent,
         append_budget,
         config,
@@ -155,12 +164,14 @@ pub fn app<S: EventStore>(
                 Ok(req) => req,
                 Err(refused) => return Ok(refused),
             };
+            let principal = auth::principal(req.extensions());
             let call = if is_grpc {
                 grpc.oneshot(req)
             } else {
                 http.oneshot(req)
             };
-            let mut resp = call.await?;
+            // Stream ACLs are checked in the client store for this principal.
+            let mut resp = auth::scope(principal, call).await?;
             if is_grpc {
                 oversized_is_resource_exhausted(&mut resp);
             }
