@@ -66,6 +66,16 @@ pub enum Principal {
     User(Identity),
 }
 
+/// The connection a request came on (the accept loop attaches it).
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// The subject CN of the client certificate it presented (verified
+    /// against `--tls-ca`), if any.
+    pub certificate_login: Option<String>,
+}
+
 /// Why a request was refused: credentials that do not check out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused(pub String);
@@ -79,6 +89,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// The principal, or why the credentials are refused. No credentials
     /// is [`Principal::Anonymous`], not a refusal.
     fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> AuthFuture<'a>;
+
+    /// The user a verified client certificate names (its subject CN), for
+    /// requests without credentials; anonymous by default.
+    fn certificate<'a>(&'a self, _login: &'a str) -> AuthFuture<'a> {
+        Box::pin(std::future::ready(Ok(Principal::Anonymous)))
+    }
 
     /// True when anonymous requests are refused (but for the endpoints
     /// clients call before authenticating).
@@ -180,17 +196,38 @@ fn open_to_anonymous(path: &str) -> bool {
 pub(crate) async fn gate(
     authenticator: &dyn Authenticator,
     metrics: &Metrics,
+    failures: &Failures,
     mut req: Request<Body>,
     is_grpc: bool,
 ) -> Result<Request<Body>, Response<Body>> {
-    let principal = match authenticator.authenticate(req.headers()).await {
+    let connection = req.extensions().get::<Connection>().cloned();
+    let mut principal = match authenticator.authenticate(req.headers()).await {
         Ok(p) => p,
         Err(Refused(why)) => {
             metrics.failed_login();
-            tracing::warn!(path = %req.uri().path(), "authentication failed: {why}");
+            let peer = connection.as_ref().map(|c| c.peer);
+            tracing::warn!(path = %req.uri().path(), ?peer, "authentication failed: {why}");
+            if let Some(peer) = peer {
+                // Slow down whoever keeps guessing (per address).
+                tokio::time::sleep(failures.delay_after_failure(peer.ip())).await;
+            }
             return Err(unauthenticated(is_grpc, &why));
         }
     };
+    // No credentials: a client certificate may name the user.
+    let login = connection
+        .as_ref()
+        .and_then(|c| c.certificate_login.as_deref());
+    if let (Principal::Anonymous, Some(login)) = (&principal, login) {
+        principal = match authenticator.certificate(login).await {
+            Ok(p) => p,
+            Err(Refused(why)) => {
+                metrics.failed_login();
+                tracing::warn!(path = %req.uri().path(), "client certificate refused: {why}");
+                return Err(unauthenticated(is_grpc, &why));
+            }
+        };
+    }
     if principal == Principal::Anonymous
         && authenticator.required()
         && !open_to_anonymous(req.uri().path())
@@ -218,6 +255,39 @@ pub(crate) async fn gate(
     }
     req.extensions_mut().insert(principal);
     Ok(req)
+}
+
+/// Recent failed logins per client address: after a few, each further
+/// failure is answered later (up to [`MAX_FAILURE_DELAY`]), so guessing
+/// passwords is slow while one mistyped password costs nothing.
+#[derive(Default)]
+pub struct Failures(
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+);
+
+/// Failures from one address before answers slow down.
+const FREE_FAILURES: u32 = 3;
+/// The longest a refusal is held back.
+const MAX_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Failures older than this are forgotten.
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Failures {
+    fn delay_after_failure(&self, ip: std::net::IpAddr) -> std::time::Duration {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 100_000 {
+            map.clear();
+        }
+        let now = std::time::Instant::now();
+        let entry = map.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) > FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let over = entry.0.saturating_sub(FREE_FAILURES);
+        (std::time::Duration::from_millis(250) * over).min(MAX_FAILURE_DELAY)
+    }
 }
 
 /// KurrentDB's answer to credentials that do not check out.

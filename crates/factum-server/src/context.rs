@@ -148,6 +148,8 @@ pub struct Ctx<S> {
     pub users: Option<Arc<crate::users::Users<S>>>,
     /// Who requests come from: the users, else `config.authenticator`.
     pub authenticator: Arc<dyn Authenticator>,
+    /// Recent failed logins per client address (slows guessing).
+    pub login_failures: crate::auth::Failures,
 }
 
 impl<S> Ctx<S> {

@@ -125,6 +125,7 @@ pub fn app<S: EventStore>(
         shutdown,
         users,
         authenticator,
+        login_failures: Default::default(),
     });
     let api = grpc::GrpcApi::new(ctx.clone());
     let grpc = tonic::service::Routes::new(
@@ -160,7 +161,15 @@ pub fn app<S: EventStore>(
         let (grpc, http, ctx) = (grpc.clone(), http.clone(), gate_ctx.clone());
         async move {
             // One authentication gate in front of both (ADR 31).
-            let req = match auth::gate(&*ctx.authenticator, &ctx.metrics, req, is_grpc).await {
+            let req = match auth::gate(
+                &*ctx.authenticator,
+                &ctx.metrics,
+                &ctx.login_failures,
+                req,
+                is_grpc,
+            )
+            .await
+            {
                 Ok(req) => req,
                 Err(refused) => return Ok(refused),
             };

@@ -185,13 +185,26 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let io = CoalescedWrites::new(tcp);
+            let mut info = crate::auth::Connection {
+                peer,
+                certificate_login: None,
+            };
             match tls {
-                None => serve_connection(&builder, io, router, idle_timeout, closing).await,
+                None => serve_connection(&builder, io, router, idle_timeout, closing, info).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                         Ok(Ok(io)) => {
-                            serve_connection(&builder, io, router, idle_timeout, closing).await
+                            // A client certificate (verified against
+                            // --tls-ca) names its user by its subject CN.
+                            info.certificate_login = io
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|cert| crate::tls::common_name(cert));
+                            serve_connection(&builder, io, router, idle_timeout, closing, info)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -226,13 +239,16 @@ async fn serve_connection<Io>(
     router: Router,
     idle_timeout: Duration,
     mut closing: watch::Receiver<bool>,
+    info: crate::auth::Connection,
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
-    let service = tower::service_fn(move |req: Request<Incoming>| {
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = InFlight::new(&tracked);
+        // Who is at the other end, for the authentication gate.
+        req.extensions_mut().insert(info.clone());
         let call = router.clone().oneshot(req.map(Body::new));
         async move {
             let resp = call.await?;

@@ -218,3 +218,11 @@ impl Reloading {
         loaded.config.clone()
     }
 }
+
+/// The subject common name of a (verified) client certificate: the login
+/// of the user it authenticates (ADR 31).
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}

@@ -545,6 +545,22 @@ impl<S: EventStore> Authenticator for Users<S> {
         })
     }
 
+    fn certificate<'a>(&'a self, login: &'a str) -> AuthFuture<'a> {
+        Box::pin(async move {
+            match self.load(login).await {
+                Ok(Some((data, _, _))) if !data.disabled => Ok(Principal::User(Identity {
+                    login: login.to_owned(),
+                    groups: data.groups.into(),
+                })),
+                Ok(Some(_)) => Err(Refused(format!("user '{login}' is disabled"))),
+                Ok(None) | Err(UserError::InvalidInput(_)) => Err(Refused(format!(
+                    "the client certificate names user '{login}', who does not exist"
+                ))),
+                Err(e) => Err(Refused(format!("cannot check user '{login}': {e}"))),
+            }
+        })
+    }
+
     fn required(&self) -> bool {
         true
     }

@@ -85,6 +85,10 @@ struct Server {
 }
 
 async fn start(files: TlsFiles, handshake_timeout: Duration) -> Server {
+    start_with(files, handshake_timeout, false).await
+}
+
+async fn start_with(files: TlsFiles, handshake_timeout: Duration, users: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
         durability: Durability::None,
@@ -96,6 +100,9 @@ async fn start(files: TlsFiles, handshake_timeout: Duration) -> Server {
     let mut cfg = factum_server::ServerConfig::new(addr);
     cfg.tls = Some(Arc::new(Reloading::new(files).unwrap()));
     cfg.connections.tls_handshake_timeout = handshake_timeout;
+    if users {
+        cfg.users = Some(Default::default());
+    }
     tokio::spawn(factum_server::serve(
         listener,
         Arc::new(engine),
@@ -150,10 +157,21 @@ async fn connect(
 }
 
 /// `GET /health` over HTTP/1.1: the status line.
-async fn health(mut tls: Tls) -> String {
-    tls.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+async fn health(tls: Tls) -> String {
+    get(tls, "/health", None).await
+}
+
+/// `GET path` over HTTP/1.1, with an optional `authorization`: the status line.
+async fn get(mut tls: Tls, path: &str, authorization: Option<&str>) -> String {
+    let auth = authorization
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{auth}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut raw = Vec::new();
     tls.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -376,4 +394,64 @@ fn bad_files_are_startup_errors() {
     std::fs::write(&files.cert, "not a certificate").unwrap();
     let e = Reloading::new(files).unwrap_err().to_string();
     assert!(e.contains("no CERTIFICATE"), "{e}");
+}
+
+/// A client certificate authenticates the user its subject CN names
+/// (requests without credentials); credentials, when sent, decide.
+#[tokio::test]
+async fn a_client_certificate_names_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("CA");
+    let files = write_files(dir.path(), &node(&ca), Some(&ca));
+    let server = start_with(files, Duration::from_secs(10), true).await;
+    let as_cert = |cn: &str| {
+        let identity = leaf(&ca, cn, &[], -1, 1);
+        client(&ca, &[b"http/1.1"], Some(&identity))
+    };
+    let all = "/streams/%24all";
+    // The server creates its users before it accepts (retry until then).
+    let mut status = String::new();
+    for _ in 0..50 {
+        let tls = connect(&server, &as_cert("admin"), "localhost")
+            .await
+            .unwrap();
+        status = get(tls, all, None).await;
+        if status.contains("200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "HTTP/1.1 200 OK", "admin by certificate reads $all");
+    let tls = connect(&server, &as_cert("ops"), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, all, None).await,
+        "HTTP/1.1 403 Forbidden",
+        "ops is not an admin"
+    );
+    let tls = connect(&server, &as_cert("ghost"), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, all, None).await,
+        "HTTP/1.1 401 Unauthorized",
+        "no such user"
+    );
+    let tls = connect(&server, &client(&ca, &[b"http/1.1"], None), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, all, None).await,
+        "HTTP/1.1 401 Unauthorized",
+        "no certificate, no credentials"
+    );
+    // admin:wrong with admin's certificate: the credentials are refused.
+    let tls = connect(&server, &as_cert("admin"), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, all, Some("Basic YWRtaW46d3Jvbmc=")).await,
+        "HTTP/1.1 401 Unauthorized"
+    );
 }

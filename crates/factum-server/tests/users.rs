@@ -528,3 +528,30 @@ async fn users_are_managed_over_http_too() {
         "hashes never leave the server: {text}"
     );
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_from_one_address_are_slowed_down() {
+    let server = start(Default::default()).await;
+    let wrong = basic("admin", "guess");
+    let mut last = std::time::Duration::ZERO;
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            http(&server, "GET", "/streams/x", Some(&wrong), "").await.0,
+            401
+        );
+        last = started.elapsed();
+    }
+    // Three free failures, then 250 ms more for each.
+    assert!(last >= std::time::Duration::from_millis(700), "{last:?}");
+    let good = basic("admin", "changeit");
+    let started = std::time::Instant::now();
+    assert_ne!(
+        http(&server, "GET", "/streams/x", Some(&good), "").await.0,
+        401
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "the right password is not held back"
+    );
+}
