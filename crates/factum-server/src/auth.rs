@@ -199,7 +199,10 @@ pub(crate) async fn gate(
     failures: &Failures,
     mut req: Request<Body>,
     is_grpc: bool,
+    metrics_anonymous: bool,
 ) -> Result<Request<Body>, Response<Body>> {
+    // Scrapers without credentials, when the operator says so.
+    let anonymous_metrics = metrics_anonymous && !is_grpc && req.uri().path() == "/metrics";
     let connection = req.extensions().get::<Connection>().cloned();
     let mut principal = match authenticator.authenticate(req.headers()).await {
         Ok(p) => p,
@@ -231,6 +234,7 @@ pub(crate) async fn gate(
     if principal == Principal::Anonymous
         && authenticator.required()
         && !open_to_anonymous(req.uri().path())
+        && !anonymous_metrics
     {
         return Err(if is_grpc {
             access_denied_grpc()
@@ -238,7 +242,7 @@ pub(crate) async fn gate(
             unauthenticated(false, "credentials required")
         });
     }
-    if authenticator.required() && ops_only(req.uri().path()) {
+    if authenticator.required() && ops_only(req.uri().path()) && !anonymous_metrics {
         let ops = matches!(&principal, Principal::User(u) if u.is_ops());
         if !ops {
             return Err(if is_grpc {

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// Users kept in the store, who must authenticate (ADR 31); replaces
     /// `authenticator`. `None`: `authenticator` decides (insecure: anyone).
     pub users: Option<UsersConfig>,
+    /// `/metrics` without credentials when users are required (for
+    /// scrapers); otherwise it needs `$ops` or `$admins`.
+    pub metrics_anonymous: bool,
 }
 
 /// Secure mode's users: the initial passwords of `admin` and `ops` when
@@ -94,6 +97,7 @@ impl ServerConfig {
             size_probe: None,
             tls: None,
             users: None,
+            metrics_anonymous: false,
         }
     }
 }

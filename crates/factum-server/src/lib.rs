@@ -167,6 +167,7 @@ pub fn app<S: EventStore>(
                 &ctx.login_failures,
                 req,
                 is_grpc,
+                ctx.config.metrics_anonymous,
             )
             .await
             {

@@ -11,6 +11,10 @@ use factum_engine::{Durability, Engine, EngineConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start() -> (std::net::SocketAddr, tempfile::TempDir) {
+    start_with(false).await
+}
+
+async fn start_with(metrics_anonymous: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
         durability: Durability::None,
@@ -21,6 +25,7 @@ async fn start() -> (std::net::SocketAddr, tempfile::TempDir) {
     let addr = listener.local_addr().unwrap();
     let mut cfg = factum_server::ServerConfig::new(addr);
     cfg.users = Some(Default::default());
+    cfg.metrics_anonymous = metrics_anonymous;
     tokio::spawn(factum_server::serve(
         listener,
         Arc::new(engine),
@@ -329,4 +334,24 @@ async fn grpc_reads_and_subscriptions_are_checked_too() {
         }
     }
     println!("ACL matrix: {cells} cells over gRPC");
+}
+
+#[tokio::test]
+async fn metrics_can_be_opened_to_scrapers() {
+    let (addr, _dir) = start_with(true).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    // Everything else still needs credentials.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /streams/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 401"));
 }

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// The node certificate's private key (PEM).
     #[arg(long, env = "FACTUM_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Serve `/metrics` without credentials on a secure node (for
+    /// scrapers); otherwise it needs `$ops` or `$admins`.
+    #[arg(long, env = "FACTUM_METRICS_ANONYMOUS")]
+    pub metrics_anonymous: Option<Option<bool>>,
     /// CA certificates (PEM) whose client certificates are accepted.
     #[arg(long, env = "FACTUM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -134,6 +138,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "tls-cert",
             "tls-key",
             "tls-ca",
+            "metrics-anonymous",
             "advertise",
             "max-append-bytes",
             "max-inflight-append-bytes",
@@ -178,6 +183,7 @@ struct Settings {
     backend: Backend,
     listen: String,
     security: Security,
+    metrics_anonymous: bool,
     advertise: Option<factum_server::Advertise>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
@@ -242,6 +248,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         path(args.tls_ca, "tls-ca"),
     );
     let security = security(&backend, insecure, dev, tls_cert, tls_key, tls_ca)?;
+    let metrics_anonymous = switch(args.metrics_anonymous, &file, "metrics-anonymous")?;
     let mut connections = factum_server::ConnectionLimits::default();
     let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>, CliError> {
         match v {
@@ -291,6 +298,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .or_else(|| file.get("listen").cloned())
             .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
         security,
+        metrics_anonymous,
         advertise: args
             .advertise
             .or_else(|| file.get("advertise").cloned())
@@ -494,6 +502,7 @@ async fn serve_store<S: factum_core::EventStore>(
     }
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
+    config.metrics_anonymous = s.metrics_anonymous;
     let files = match &s.security {
         Security::Insecure => None,
         Security::Tls(files) => Some(files.clone()),
