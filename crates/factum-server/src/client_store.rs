@@ -82,6 +82,14 @@ impl<S: EventStore> ClientStore<S> {
         }
     }
 
+    /// Refuses unless the request's principal may read `stream` (`$all`
+    /// included): for readers that go around this store, such as a
+    /// consumer group's connection.
+    pub async fn check_read(&self, stream: &str) -> Result<()> {
+        self.check(&StreamName::new(stream)?, Permission::Read)
+            .await
+    }
+
     /// After a write to `stream`: drop the cached ACLs it changed.
     fn wrote(&self, stream: &StreamName) {
         let Some(acls) = &self.acls else { return };

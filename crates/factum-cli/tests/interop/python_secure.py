@@ -99,6 +99,23 @@ def test_e_a_disabled_user_is_refused_at_once():
     reader.close()
 
 
+def test_e2_consumer_groups_need_ops_to_manage_and_read_to_connect():
+    s = name("work")
+    admin.append_to_stream(s, current_version=StreamState.NO_STREAM, events=[ev()])
+    admin.set_stream_metadata(s, metadata={"$acl": {"$r": ["$admins"]}})
+    admin.create_subscription_to_stream(group_name="g", stream_name=s)
+    reader = connect(user=READER, password="pw")
+    raises(AccessDeniedError, reader.create_subscription_to_stream, group_name="g2", stream_name=s)
+    raises(AccessDeniedError, reader.delete_subscription, group_name="g", stream_name=s)
+
+    def connect_to_group():
+        sub = reader.read_subscription_to_stream(group_name="g", stream_name=s)
+        next(iter(sub))
+
+    raises(AccessDeniedError, connect_to_group)
+    reader.close()
+
+
 def test_f_settings_open_all_to_a_group():
     admin.append_to_stream("$settings", current_version=StreamState.ANY, events=[NewEvent(
         type="$settings",
