@@ -32,29 +32,34 @@ impl Drop for Secure {
 
 fn start() -> Secure {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(factum_binary())
+    let child = Command::new(factum_binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--dev", "--data"])
         .arg(dir.path().join("store"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut ca = None;
+    // Owned by the guard at once: killed and waited for however this ends.
+    let mut server = Secure {
+        child,
+        addr: String::new(),
+        ca: PathBuf::new(),
+        _dir: dir,
+    };
+    let mut out = BufReader::new(server.child.stdout.take().unwrap());
     loop {
         let mut line = String::new();
         assert!(out.read_line(&mut line).unwrap() > 0, "factum serve exited");
         if let Some(p) = line.trim().strip_prefix("development CA: ") {
-            ca = Some(PathBuf::from(p));
+            server.ca = PathBuf::from(p);
         }
         if let Some(rest) = line.split(" on ").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_owned();
-            return Secure {
-                child,
-                addr,
-                ca: ca.expect("the development CA is printed first"),
-                _dir: dir,
-            };
+            server.addr = rest.split_whitespace().next().unwrap().to_owned();
+            assert!(
+                !server.ca.as_os_str().is_empty(),
+                "the development CA is printed first"
+            );
+            return server;
         }
     }
 }
