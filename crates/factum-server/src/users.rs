@@ -119,6 +119,9 @@ struct Verified {
 pub struct Users<S> {
     store: Arc<S>,
     cache: Mutex<HashMap<String, Verified>>,
+    /// Identities of logins named by client certificates (no password to
+    /// check: the user must exist and be enabled), as long as `cache`.
+    certified: Mutex<HashMap<String, (Identity, Instant)>>,
     key: ring::hmac::Key,
 }
 
@@ -187,6 +190,7 @@ impl<S: EventStore> Users<S> {
         Users {
             store,
             cache: Mutex::new(HashMap::new()),
+            certified: Mutex::new(HashMap::new()),
             key,
         }
     }
@@ -236,6 +240,43 @@ impl<S: EventStore> Users<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(login);
+        self.certified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(login);
+    }
+
+    /// The identity of `login`, named by a verified client certificate.
+    async fn certified(&self, login: &str) -> Result<Identity, Refused> {
+        if let Some((identity, at)) = self
+            .certified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(login)
+        {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(identity.clone());
+            }
+        }
+        let identity = match self.load(login).await {
+            Ok(Some((data, _, _))) if !data.disabled => Identity {
+                login: login.to_owned(),
+                groups: data.groups.into(),
+            },
+            Ok(Some(_)) => return Err(Refused(format!("user '{login}' is disabled"))),
+            Ok(None) | Err(UserError::InvalidInput(_)) => {
+                return Err(Refused(format!(
+                    "the client certificate names user '{login}', who does not exist"
+                )))
+            }
+            Err(e) => return Err(Refused(format!("cannot check user '{login}': {e}"))),
+        };
+        let mut certified = self.certified.lock().unwrap_or_else(|e| e.into_inner());
+        if certified.len() >= CACHE_ENTRIES {
+            certified.clear();
+        }
+        certified.insert(login.to_owned(), (identity.clone(), Instant::now()));
+        Ok(identity)
     }
 
     /// Creates `admin` and `ops` when they do not exist; warns while either
@@ -546,19 +587,7 @@ impl<S: EventStore> Authenticator for Users<S> {
     }
 
     fn certificate<'a>(&'a self, login: &'a str) -> AuthFuture<'a> {
-        Box::pin(async move {
-            match self.load(login).await {
-                Ok(Some((data, _, _))) if !data.disabled => Ok(Principal::User(Identity {
-                    login: login.to_owned(),
-                    groups: data.groups.into(),
-                })),
-                Ok(Some(_)) => Err(Refused(format!("user '{login}' is disabled"))),
-                Ok(None) | Err(UserError::InvalidInput(_)) => Err(Refused(format!(
-                    "the client certificate names user '{login}', who does not exist"
-                ))),
-                Err(e) => Err(Refused(format!("cannot check user '{login}': {e}"))),
-            }
-        })
+        Box::pin(async move { self.certified(login).await.map(Principal::User) })
     }
 
     fn required(&self) -> bool {
