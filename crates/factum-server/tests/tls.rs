@@ -430,6 +430,26 @@ async fn a_client_certificate_names_its_user() {
         "HTTP/1.1 403 Forbidden",
         "ops is not an admin"
     );
+    // Disabling the user takes effect at once (its cached identity is dropped).
+    let mut tls = connect(&server, &as_cert("admin"), "localhost")
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /users/ops/command/disable HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    let tls = connect(&server, &as_cert("ops"), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(tls, all, None).await,
+        "HTTP/1.1 401 Unauthorized",
+        "ops is disabled"
+    );
     let tls = connect(&server, &as_cert("ghost"), "localhost")
         .await
         .unwrap();
