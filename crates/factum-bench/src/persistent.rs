@@ -115,7 +115,7 @@ fn run(ctx: &mut Ctx, workload: Workload, consumers: usize) -> Result<Report, Be
                 while acked.load(Ordering::Relaxed) < total {
                     match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
                         Ok(Some(Ok(d))) => {
-                            consumer.ack([d.id()]);
+                            consumer.ack([d.id()]).await;
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(Some(Err(e))) => return Err(persistent_error(e)),

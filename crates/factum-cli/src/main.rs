@@ -55,6 +55,11 @@ enum Command {
     Verify(commands::admin::VerifyArgs),
     /// Deletes the index and rebuilds it from the log.
     Reindex(commands::admin::ReindexArgs),
+    /// Copies a store (not held by a server) at its committed position into a
+    /// directory; incremental into an earlier backup.
+    Backup(commands::backup::BackupArgs),
+    /// Makes a store from a backup, then verifies it.
+    Restore(commands::backup::RestoreArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
     Serve(Box<commands::serve::ServeArgs>),
     /// Makes TLS certificates: a CA (`create-ca`) and node certificates
@@ -98,6 +103,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stats(a) => commands::stats::run(a),
         Command::Verify(a) => commands::admin::verify(a),
         Command::Reindex(a) => commands::admin::reindex(a),
+        Command::Backup(a) => commands::backup::backup(a),
+        Command::Restore(a) => commands::backup::restore(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),

@@ -102,5 +102,8 @@ async fn appends_and_reads_ride_out_a_server_restart() {
         .read_stream(ReadStream::forwards(stream))
         .await
         .unwrap_err();
-    assert!(matches!(err, factum_core::Error::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(err, factum_core::Error::Unavailable { .. }),
+        "{err:?}"
+    );
 }

@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, ExpectedRevision, Position, Result,
-    StreamName, StreamRevision, Uuid,
-};
+use factum_core::UnavailableReason;
+use factum_core::{AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, Uuid};
 use factum_proto::shared;
 use factum_proto::streams::streams_client::StreamsClient;
 use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
@@ -80,7 +78,10 @@ impl Batcher {
                         }
                     }
                     Ok(None) => {
-                        break Error::Unavailable("the server closed the batch-append call".into())
+                        break Error::unavailable(
+                            UnavailableReason::Connection,
+                            "the server closed the batch-append call",
+                        )
                     }
                     Err(s) => break wire::from_status(s, &StreamName::all()),
                 }
@@ -88,7 +89,10 @@ impl Batcher {
             // Everyone still waiting learns why; the next append reopens.
             still_open.store(false, Ordering::Release);
             for (_, (_, _, reply)) in w.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-                let _ = reply.send(Err(Error::Unavailable(failure.to_string())));
+                let _ = reply.send(Err(Error::unavailable(
+                    UnavailableReason::Connection,
+                    failure.to_string(),
+                )));
             }
         });
         Ok(Arc::new(Batcher { tx, waiters, open }))
@@ -136,11 +140,17 @@ impl Batcher {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(Error::Unavailable("the batch-append call is closed".into()));
+            return Err(Error::unavailable(
+                UnavailableReason::Connection,
+                "the batch-append call is closed",
+            ));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::Unavailable("the batch-append call ended".into())))
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(
+                UnavailableReason::Connection,
+                "the batch-append call ended",
+            ))
+        })
     }
 }
 
@@ -161,18 +171,8 @@ fn result(
     stream: &StreamName,
     expected: ExpectedRevision,
 ) -> Result<AppendResult> {
-    use batch_append_resp::success::{CurrentRevisionOption as C, PositionOption as P};
     match r {
-        Some(batch_append_resp::Result::Success(s)) => Ok(AppendResult {
-            revision: StreamRevision(match s.current_revision_option {
-                Some(C::CurrentRevision(r)) => r,
-                _ => 0,
-            }),
-            position: Position(match s.position_option {
-                Some(P::Position(p)) => p.commit_position,
-                _ => 0,
-            }),
-        }),
+        Some(batch_append_resp::Result::Success(s)) => Ok(AppendResult::from(&s)),
         // A Factum server sends the error map's fields beside the detail.
         Some(batch_append_resp::Result::Error(status))
             if status.metadata.contains_key("factum-error") =>
@@ -191,17 +191,11 @@ fn result(
             let bytes = detail.value.as_slice();
             Err(match name {
                 "event_store.client.WrongExpectedVersion" => {
-                    use shared::wrong_expected_version::CurrentStreamRevisionOption as Cur;
                     let d = shared::WrongExpectedVersion::decode(bytes).unwrap_or_default();
                     Error::WrongExpectedVersion {
                         stream: stream.clone(),
                         expected,
-                        actual: match d.current_stream_revision_option {
-                            Some(Cur::CurrentStreamRevision(r)) => {
-                                CurrentRevision::Current(StreamRevision(r))
-                            }
-                            _ => CurrentRevision::NoStream,
-                        },
+                        actual: d.actual(),
                     }
                 }
                 "event_store.client.StreamDeleted" => Error::StreamDeleted {
@@ -227,10 +221,13 @@ fn result(
                         actual: d.proposed_event_size as u64,
                     }
                 }
-                "event_store.client.Timeout" => Error::Unavailable(format!(
-                    "the append's deadline passed before it was written: {}",
-                    status.message
-                )),
+                "event_store.client.Timeout" => Error::unavailable(
+                    UnavailableReason::Busy,
+                    format!(
+                        "the append's deadline passed before it was written: {}",
+                        status.message
+                    ),
+                ),
                 "event_store.client.BadRequest" => {
                     let d = shared::BadRequest::decode(bytes).unwrap_or_default();
                     Error::InvalidInput(d.message)
@@ -243,7 +240,10 @@ fn result(
                         .unwrap_or(&status.message)
                         .to_owned(),
                 ),
-                _ => Error::Unavailable(format!("batch append failed: {}", status.message)),
+                _ => Error::unavailable(
+                    UnavailableReason::Unspecified,
+                    format!("batch append failed: {}", status.message),
+                ),
             })
         }
         None => Err(wire::protocol("a batch-append answer without a result")),

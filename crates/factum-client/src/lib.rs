@@ -28,10 +28,11 @@ mod resume;
 mod retry;
 mod wire;
 
+use factum_core::UnavailableReason;
 use factum_core::{
-    AppendResult, CurrentRevision, DeleteResult, Error, EventData, EventStore, ExpectedRevision,
-    Position, ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult,
-    StreamName, StreamRevision, Subscribe, Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
+    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
+    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
+    Subscription, SubscriptionMessage, METADATA_EVENT_TYPE,
 };
 use factum_proto::streams::append_resp;
 use factum_proto::streams::read_req::Options as ReadOptions;
@@ -103,7 +104,12 @@ impl Client {
             .initial_connection_window_size(Some(16 << 20))
             .connect()
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|e| {
+                Error::unavailable(
+                    UnavailableReason::Connection,
+                    format!("cannot connect to {url}: {e}"),
+                )
+            })?;
         Ok(Client {
             channel: channel.clone(),
             streams: StreamsClient::new(channel)
@@ -148,29 +154,13 @@ impl Client {
             .await
             .map_err(|s| wire::from_status(s, stream))?
             .into_inner();
-        use append_resp::success::{CurrentRevisionOption as C, PositionOption as P};
         match resp.result {
-            Some(append_resp::Result::Success(s)) => Ok(AppendResult {
-                revision: StreamRevision(match s.current_revision_option {
-                    Some(C::CurrentRevision(r)) => r,
-                    _ => 0,
-                }),
-                position: Position(match s.position_option {
-                    Some(P::Position(p)) => p.commit_position,
-                    _ => 0,
-                }),
-            }),
+            Some(append_resp::Result::Success(s)) => Ok(AppendResult::from(&s)),
             Some(append_resp::Result::WrongExpectedVersion(w)) => {
-                use append_resp::wrong_expected_version::CurrentRevisionOption as Cur;
                 Err(Error::WrongExpectedVersion {
                     stream: stream.clone(),
                     expected,
-                    actual: match w.current_revision_option {
-                        Some(Cur::CurrentRevision(r)) => {
-                            CurrentRevision::Current(StreamRevision(r))
-                        }
-                        _ => CurrentRevision::NoStream,
-                    },
+                    actual: w.actual(),
                 })
             }
             None => Err(wire::protocol("an append answer without a result")),
@@ -182,9 +172,12 @@ impl Client {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        grpc.ready()
-            .await
-            .map_err(|e| Error::Unavailable(format!("the connection is not ready: {e}")))?;
+        grpc.ready().await.map_err(|e| {
+            Error::unavailable(
+                UnavailableReason::Connection,
+                format!("the connection is not ready: {e}"),
+            )
+        })?;
         grpc.server_streaming(
             tonic::Request::new(req),
             tonic::codegen::http::uri::PathAndQuery::from_static(read::READ_PATH),

@@ -369,11 +369,10 @@ impl Record {
             Some(b"application/json") => ContentType::Json,
             _ => ContentType::Binary,
         };
-        // `created` is .NET ticks (100 ns) since the Unix epoch.
         let created = self
             .created
-            .and_then(|r| std::str::from_utf8(&bytes[r]).ok()?.parse::<i64>().ok())
-            .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
+            .and_then(|r| factum_proto::ticks::parse(&bytes[r]))
+            .unwrap_or(Timestamp(0));
         Ok(RecordedEvent {
             id,
             stream,

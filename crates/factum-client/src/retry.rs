@@ -9,7 +9,8 @@ use factum_core::{Error, Result};
 use crate::Client;
 
 /// How operations that are safe to repeat are retried when the server is
-/// unreachable or the connection breaks (an [`Error::Unavailable`]):
+/// unreachable or the connection breaks (an [`Error::Unavailable`] whose
+/// reason is not fatal, [`factum_core::UnavailableReason::is_fatal`]):
 /// appends (event ids make a repeated append idempotent), metadata writes,
 /// and reads (resumed after the last event received). Deletes, tombstones
 /// and subscriptions are not retried. The wait doubles from `first_delay`
@@ -45,9 +46,11 @@ impl Retry {
     }
 }
 
-/// Errors after which a safe operation is tried again.
+/// Errors after which a safe operation is tried again: `Unavailable`
+/// unless its reason is fatal (a failed fsync on the server, a database
+/// that refuses it, a protocol error), which no retry can mend.
 fn transient(e: &Error) -> bool {
-    matches!(e, Error::Unavailable(_))
+    e.is_transient()
 }
 
 /// Attempts made so far and the next wait, for one operation.
@@ -98,5 +101,41 @@ impl Client {
                 r => return r,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use factum_core::UnavailableReason;
+
+    use super::*;
+
+    fn quick() -> Retry {
+        Retry {
+            attempts: 3,
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_unavailable_is_retried_fatal_is_not() {
+        for reason in UnavailableReason::ALL {
+            let mut backoff = Backoff::new(quick());
+            let e = Error::unavailable(reason, "x");
+            assert_eq!(backoff.again(&e).await, !reason.is_fatal(), "{reason}");
+        }
+        let mut backoff = Backoff::new(quick());
+        let fsync = Error::unavailable(UnavailableReason::StorageFailed, "fsync failed");
+        assert!(!backoff.again(&fsync).await);
+        let lost = Error::unavailable(UnavailableReason::Connection, "reset");
+        assert!(backoff.again(&lost).await);
+        assert!(backoff.again(&lost).await);
+        assert!(!backoff.again(&lost).await, "attempts ran out");
+        assert!(
+            !Backoff::new(quick())
+                .again(&Error::InvalidInput("x".into()))
+                .await
+        );
     }
 }

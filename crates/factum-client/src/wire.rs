@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use factum_core::UnavailableReason;
 use factum_core::{Error, EventData, ExpectedRevision, StreamName, Uuid};
 use factum_proto::expected;
 use factum_proto::metadata_text::unescape;
@@ -23,7 +24,10 @@ pub fn uuid(id: Uuid) -> Option<shared::Uuid> {
 
 /// The server answered something the protocol does not allow.
 pub fn protocol(msg: impl Into<String>) -> Error {
-    Error::Unavailable(format!("protocol error from the server: {}", msg.into()))
+    Error::unavailable(
+        UnavailableReason::Protocol,
+        format!("protocol error from the server: {}", msg.into()),
+    )
 }
 
 /// A status as the core error it stands for: exactly, when the server is
@@ -87,7 +91,12 @@ pub fn decode(
         Some("invalid-input") => Error::InvalidInput(text()),
         Some("unsupported") => Error::Unsupported(text()),
         Some("access-denied") => Error::AccessDenied(text()),
-        Some("unavailable") => Error::Unavailable(text()),
+        Some("unavailable") => Error::unavailable(
+            field("factum-unavailable-reason").map_or(UnavailableReason::Unspecified, |r| {
+                UnavailableReason::from_name(&r)
+            }),
+            text(),
+        ),
         Some("io") => Error::Io {
             context: field("factum-io-context").unwrap_or_default(),
             source: match num("factum-os-error") {
@@ -112,7 +121,10 @@ pub fn decode(
             },
             Code::Unimplemented => Error::Unsupported(message.to_owned()),
             Code::PermissionDenied => Error::AccessDenied(message.to_owned()),
-            code => Error::Unavailable(format!("{code:?}: {message}")),
+            code => Error::unavailable(
+                UnavailableReason::Unspecified,
+                format!("{code:?}: {message}"),
+            ),
         },
     }
 }
@@ -167,12 +179,11 @@ pub mod reference {
             Some("application/json") => ContentType::Json,
             _ => ContentType::Binary,
         };
-        // `created` is .NET ticks (100 ns) since the Unix epoch.
         let created = w
             .metadata
             .get("created")
-            .and_then(|t| t.parse::<i64>().ok())
-            .map_or(Timestamp(0), |t| Timestamp(t.div_euclid(10)));
+            .and_then(|t| factum_proto::ticks::parse(t.as_bytes()))
+            .unwrap_or(Timestamp(0));
         Ok(RecordedEvent {
             id,
             stream,

@@ -67,10 +67,15 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
-    /// The store cannot serve the request now: it is closed, it stopped
-    /// accepting writes after a failed fsync, or its backend is down.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot serve the request now; [`UnavailableReason`] says
+    /// why, and whether a retry may succeed.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// Why, as a caller decides on it (retry or give up).
+        reason: UnavailableReason,
+        /// What happened, for a person.
+        message: String,
+    },
     /// Another process holds the store's directory lock.
     #[error("store at {} is locked by another process", path.display())]
     Locked {
@@ -95,8 +100,146 @@ impl Error {
         }
     }
 
-    /// True when the same request may succeed if retried later.
+    /// `Unavailable` for `reason`.
+    pub fn unavailable(reason: UnavailableReason, message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// True when the same request may succeed if retried later: an
+    /// `Unavailable` whose reason is not fatal.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable { reason, .. } if reason.is_transient())
+    }
+
+    /// True when the store stopped for good after a failure (see
+    /// [`UnavailableReason::is_fatal`]): retrying cannot help.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Unavailable { reason, .. } if reason.is_fatal())
+    }
+}
+
+/// Why a store is [`Error::Unavailable`]. Transient reasons may clear by
+/// themselves (a retry with the same event ids is safe: appends are
+/// idempotent); fatal ones need someone to act (restart after a failed
+/// fsync, fix the database's configuration, update a client or server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// The store, or the part of it that would answer (writer, reader
+    /// pool), is closed or closing. Transient: an embedded handle that was
+    /// closed stays closed (its subscriptions end), but a remote server
+    /// that is shutting down may be back after a restart.
+    Closed,
+    /// Too much work at once (a full queue, the append budget, a read
+    /// stopped at its step limit); transient.
+    Busy,
+    /// A storage fault that clears by itself (a full disk, too many open
+    /// files); transient.
+    Storage,
+    /// A failed fsync: the store stopped accepting writes for good because
+    /// the OS may have dropped unwritten data (ADR 12). Fatal: restart,
+    /// and the log is recovered up to its durable end.
+    StorageFailed,
+    /// The database could not be reached or failed the request (a lost
+    /// connection, a restart, a lock or pool timeout); transient.
+    DatabaseUnreachable,
+    /// The database refused the request in a way retrying cannot change
+    /// (authentication, a missing database, schema or table, a privilege).
+    /// Fatal.
+    DatabaseRejected,
+    /// The server could not be reached or the call broke; transient.
+    Connection,
+    /// The other side spoke the protocol wrongly (a malformed or
+    /// unexpected answer). Fatal: the client and server do not agree.
+    Protocol,
+    /// Not said (a server that does not send reasons); transient, as every
+    /// `Unavailable` was before reasons existed.
+    Unspecified,
+}
+
+impl UnavailableReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [UnavailableReason; 9] = [
+        UnavailableReason::Closed,
+        UnavailableReason::Busy,
+        UnavailableReason::Storage,
+        UnavailableReason::StorageFailed,
+        UnavailableReason::DatabaseUnreachable,
+        UnavailableReason::DatabaseRejected,
+        UnavailableReason::Connection,
+        UnavailableReason::Protocol,
+        UnavailableReason::Unspecified,
+    ];
+
+    /// True when retrying cannot help until someone acts.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            UnavailableReason::StorageFailed
+                | UnavailableReason::DatabaseRejected
+                | UnavailableReason::Protocol
+        )
+    }
+
+    /// True when the same request may succeed if retried later.
+    pub fn is_transient(self) -> bool {
+        !self.is_fatal()
+    }
+
+    /// The reason's name on the wire (kebab case, as the error map's other
+    /// fields).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnavailableReason::Closed => "closed",
+            UnavailableReason::Busy => "busy",
+            UnavailableReason::Storage => "storage",
+            UnavailableReason::StorageFailed => "storage-failed",
+            UnavailableReason::DatabaseUnreachable => "database-unreachable",
+            UnavailableReason::DatabaseRejected => "database-rejected",
+            UnavailableReason::Connection => "connection",
+            UnavailableReason::Protocol => "protocol",
+            UnavailableReason::Unspecified => "unspecified",
+        }
+    }
+
+    /// The reason named `name` ([`UnavailableReason::as_str`]); an unknown
+    /// name (a newer server's) is `Unspecified`.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .unwrap_or(UnavailableReason::Unspecified)
+    }
+}
+
+impl std::fmt::Display for UnavailableReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_reasons_are_not_transient_and_names_round_trip() {
+        for r in UnavailableReason::ALL {
+            assert_eq!(UnavailableReason::from_name(r.as_str()), r);
+            assert_ne!(r.is_fatal(), r.is_transient(), "{r}");
+            let e = Error::unavailable(r, "x");
+            assert_eq!(e.is_fatal(), r.is_fatal());
+            assert_eq!(e.is_transient(), r.is_transient());
+        }
+        assert!(UnavailableReason::StorageFailed.is_fatal());
+        assert!(!UnavailableReason::Closed.is_fatal());
+        assert_eq!(
+            UnavailableReason::from_name("from-the-future"),
+            UnavailableReason::Unspecified
+        );
+        assert!(!Error::InvalidInput("x".into()).is_transient());
     }
 }

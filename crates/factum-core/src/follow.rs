@@ -12,8 +12,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use crate::error::{Error, Result};
-use crate::model::{Position, RecordedEvent};
-use crate::read::SubscriptionTarget;
+use crate::model::{Position, RecordedEvent, StreamName, StreamRevision};
+use crate::read::{
+    PageBound, ReadStream, Subscribe, SubscriptionStart, SubscriptionTarget, PAGE_BYTES,
+};
 use crate::store::{Subscription, SubscriptionMessage};
 
 /// What a backend provides to [`follow`].
@@ -66,6 +68,66 @@ pub fn cursor_after(n: u64) -> Result<u64> {
             u64::MAX - 1
         ))
     })
+}
+
+/// Events in one catch-up page at most (a page also ends at
+/// [`PAGE_BYTES`], ADR 21).
+pub const PAGE_EVENTS: u64 = 512;
+
+/// Log entries one `$all` page examines at most, matching or not, so that a
+/// filter matching nothing still answers (and is cancellable) in bounded steps.
+pub const MAX_SCAN: u64 = 8192;
+
+/// The bound of one catch-up page.
+pub fn page_bound() -> PageBound {
+    PageBound::new(PAGE_EVENTS, PAGE_BYTES)
+}
+
+/// Where a subscription's cursor starts: `Some(cursor)` from the request
+/// alone (`Beginning`: position 1 for `$all`, ADR 25, revision 0 for a
+/// stream; `After(n)`: [`cursor_after`]), `None` for `End`, where the
+/// backend puts it at its head. `$all` named as a stream is refused.
+pub fn start_cursor(request: &Subscribe) -> Result<Option<u64>> {
+    let all = match &request.target {
+        SubscriptionTarget::All(_) => true,
+        SubscriptionTarget::Stream(s) if s.is_all() => {
+            return Err(Error::InvalidInput(
+                "subscribe to $all with SubscriptionTarget::All".into(),
+            ))
+        }
+        SubscriptionTarget::Stream(_) => false,
+    };
+    match request.start {
+        SubscriptionStart::Beginning => Ok(Some(if all { 1 } else { 0 })),
+        SubscriptionStart::After(n) => cursor_after(n).map(Some),
+        SubscriptionStart::End => Ok(None),
+    }
+}
+
+/// The read of one catch-up page of `stream` from revision `cursor`.
+pub fn stream_page_request(stream: &StreamName, cursor: u64) -> ReadStream {
+    ReadStream::forwards(stream.clone())
+        .from_revision(StreamRevision(cursor))
+        .max_count(PAGE_EVENTS)
+        .max_bytes(PAGE_BYTES)
+}
+
+/// A stream page from the backend's answer to [`stream_page_request`]: the
+/// events and the cursor after them (the revision after the last one read,
+/// the link's revision for `$ce-`/`$et-`). A stream that does not exist
+/// (yet) is an empty page, the cursor unmoved.
+pub fn stream_page(
+    read: Result<Vec<RecordedEvent>>,
+    cursor: u64,
+) -> Result<(Vec<RecordedEvent>, u64)> {
+    match read {
+        Ok(events) => {
+            let next = events.last().map_or(cursor, |e| e.read_revision().0 + 1);
+            Ok((events, next))
+        }
+        Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), cursor)),
+        Err(e) => Err(e),
+    }
 }
 
 /// A subscription over `source` from `cursor` (the first revision or

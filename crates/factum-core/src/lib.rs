@@ -12,7 +12,9 @@
 
 pub mod error;
 pub mod expected;
+pub mod filter;
 pub mod follow;
+pub mod json;
 pub mod managed;
 pub mod metadata;
 pub mod model;
@@ -22,10 +24,11 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnavailableReason};
 pub use expected::{
     AppendResult, CurrentRevision, DeleteResult, ExpectedRevision, MAX_EXPECTED_REVISION,
 };
+pub use filter::{FilterRegex, MAX_FILTER_REGEX_LEN};
 pub use metadata::{StreamMetadata, StreamMetadataResult, METADATA_EVENT_TYPE};
 pub use model::{
     ContentType, EventData, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp,

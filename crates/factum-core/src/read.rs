@@ -1,8 +1,6 @@
 //! Read and subscription requests, and server-side filters.
 
-use regex::Regex;
-
-use crate::error::{Error, Result};
+pub use crate::filter::{Filter, FilterMatch, FilterOn};
 use crate::model::{Position, RecordedEvent, StreamName, StreamRevision, Timestamp};
 
 /// Which way to read.
@@ -103,96 +101,6 @@ impl ReadStream {
         self.until = Some(t);
         self
     }
-}
-
-/// What a filter looks at.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum FilterOn {
-    /// The event's stream name.
-    StreamName,
-    /// The event's type.
-    EventType,
-}
-
-/// How a filter matches.
-#[derive(Clone, Debug)]
-pub enum FilterMatch {
-    /// Any of these prefixes.
-    Prefixes(Vec<String>),
-    /// This regular expression (unanchored, as in KurrentDB).
-    Regex(Regex),
-}
-
-/// A server-side filter for `$all` reads and subscriptions.
-#[derive(Clone, Debug)]
-pub struct Filter {
-    /// What it looks at.
-    pub on: FilterOn,
-    /// How it matches.
-    pub matcher: FilterMatch,
-}
-
-impl Filter {
-    /// Matches events whose stream name starts with any prefix.
-    pub fn stream_prefix<S: Into<String>>(prefixes: impl IntoIterator<Item = S>) -> Self {
-        Filter {
-            on: FilterOn::StreamName,
-            matcher: FilterMatch::Prefixes(prefixes.into_iter().map(Into::into).collect()),
-        }
-    }
-
-    /// Matches events whose type starts with any prefix.
-    pub fn event_type_prefix<S: Into<String>>(prefixes: impl IntoIterator<Item = S>) -> Self {
-        Filter {
-            on: FilterOn::EventType,
-            matcher: FilterMatch::Prefixes(prefixes.into_iter().map(Into::into).collect()),
-        }
-    }
-
-    /// Matches events whose stream name matches the regex.
-    pub fn stream_regex(pattern: &str) -> Result<Self> {
-        Ok(Filter {
-            on: FilterOn::StreamName,
-            matcher: FilterMatch::Regex(compile(pattern)?),
-        })
-    }
-
-    /// Matches events whose type matches the regex.
-    pub fn event_type_regex(pattern: &str) -> Result<Self> {
-        Ok(Filter {
-            on: FilterOn::EventType,
-            matcher: FilterMatch::Regex(compile(pattern)?),
-        })
-    }
-
-    /// Excludes system events (types starting with `$`), as KurrentDB's clients offer.
-    pub fn exclude_system_events() -> Self {
-        Filter {
-            on: FilterOn::EventType,
-            matcher: FilterMatch::Regex(Regex::new(r"^[^$]").expect("valid regex")),
-        }
-    }
-
-    /// Does the filter accept a stream name / event type pair?
-    pub fn matches_parts(&self, stream: &str, event_type: &str) -> bool {
-        let subject = match self.on {
-            FilterOn::StreamName => stream,
-            FilterOn::EventType => event_type,
-        };
-        match &self.matcher {
-            FilterMatch::Prefixes(ps) => ps.iter().any(|p| subject.starts_with(p.as_str())),
-            FilterMatch::Regex(r) => r.is_match(subject),
-        }
-    }
-
-    /// Does the filter accept this event?
-    pub fn matches(&self, event: &RecordedEvent) -> bool {
-        self.matches_parts(event.stream.as_str(), &event.event_type)
-    }
-}
-
-fn compile(pattern: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|e| Error::InvalidInput(format!("invalid filter regex: {e}")))
 }
 
 /// A read of the global log.
@@ -383,22 +291,5 @@ impl Subscribe {
             target: SubscriptionTarget::All(filter),
             start,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_match() {
-        let f = Filter::stream_prefix(["order-", "cart-"]);
-        assert!(f.matches_parts("order-1", "X"));
-        assert!(!f.matches_parts("user-1", "X"));
-        let f = Filter::event_type_regex("^Order(Paid|Shipped)$").unwrap();
-        assert!(f.matches_parts("s", "OrderPaid"));
-        assert!(!f.matches_parts("s", "OrderCreated"));
-        assert!(Filter::event_type_regex("(").is_err());
-        assert!(!Filter::exclude_system_events().matches_parts("s", "$metadata"));
     }
 }

@@ -220,6 +220,60 @@ impl Default for Limits {
     }
 }
 
+/// `EventStore`'s four writes for a backend whose writer takes one core
+/// [`Operation`] (the engine, PostgreSQL): written inside
+/// `impl EventStore for …`, it expands to `append`, `set_stream_metadata`,
+/// `delete_stream` and `tombstone_stream`, each one call of the backend's
+/// own
+/// `async fn submit(&self, StreamName, ExpectedRevision, Operation) -> Result<AppendResult>`;
+/// a delete or tombstone answers the position of the record it wrote.
+/// What a write means is decided once, by [`decide`] in the writer; this
+/// only spares each backend the same four shells.
+#[macro_export]
+macro_rules! writes_through_submit {
+    () => {
+        async fn append(
+            &self,
+            stream: $crate::StreamName,
+            expected: $crate::ExpectedRevision,
+            events: ::std::vec::Vec<$crate::EventData>,
+        ) -> $crate::Result<$crate::AppendResult> {
+            self.submit(stream, expected, $crate::rules::Operation::Append(events))
+                .await
+        }
+
+        async fn set_stream_metadata(
+            &self,
+            stream: $crate::StreamName,
+            expected: $crate::ExpectedRevision,
+            metadata: $crate::StreamMetadata,
+        ) -> $crate::Result<$crate::AppendResult> {
+            self.submit(
+                stream,
+                expected,
+                $crate::rules::Operation::SetMetadata(metadata),
+            )
+            .await
+        }
+
+        $crate::writes_through_submit!(@delete delete_stream, SoftDelete);
+        $crate::writes_through_submit!(@delete tombstone_stream, Tombstone);
+    };
+    (@delete $method:ident, $operation:ident) => {
+        async fn $method(
+            &self,
+            stream: $crate::StreamName,
+            expected: $crate::ExpectedRevision,
+        ) -> $crate::Result<$crate::DeleteResult> {
+            self.submit(stream, expected, $crate::rules::Operation::$operation)
+                .await
+                .map(|r| $crate::DeleteResult {
+                    position: r.position,
+                })
+        }
+    };
+}
+
 /// What a request does to a stream.
 #[derive(Clone, Debug)]
 pub enum Operation {

@@ -8,10 +8,11 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use factum_core::UnavailableReason;
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
-    StreamRevision, Subscribe, Subscription, METADATA_EVENT_TYPE,
+    AppendResult, Error, EventStore, ExpectedRevision, Position, ReadAll, ReadStream,
+    RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, StreamRevision,
+    Subscribe, Subscription, METADATA_EVENT_TYPE,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -24,8 +25,9 @@ use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segmen
 use crate::overlay::Overlay;
 use crate::pool::{ReadPool, ReadStats};
 use crate::prealloc::Prealloc;
+use crate::reader::Committed;
 use crate::reader::Reader;
-use crate::writer::{AppendRequest, Committed, Writer};
+use crate::writer::{AppendRequest, Writer};
 use factum_core::rules::Operation;
 
 /// The name of the lock file in a store's directory.
@@ -455,7 +457,7 @@ impl Engine {
         self.inner.shutdown();
         self.inner.index.flush()?;
         match self.fatal() {
-            Some(why) => Err(Error::Unavailable(why)),
+            Some(why) => Err(Error::unavailable(UnavailableReason::StorageFailed, why)),
             None => Ok(()),
         }
     }
@@ -493,7 +495,7 @@ impl Engine {
         expected: ExpectedRevision,
         op: Operation,
     ) -> Result<AppendResult> {
-        let closed = || Error::Unavailable("the store is closed".into());
+        let closed = || Error::unavailable(UnavailableReason::Closed, "the store is closed");
         let queue_slot = {
             let _waiting = Waiting::enter(&self.inner.appends_waiting);
             self.inner
@@ -520,14 +522,19 @@ impl Engine {
                 // A queued request holds a permit, so this means a bug in
                 // that bookkeeping: answer it rather than block a runtime thread.
                 Err(TrySendError::Full(_)) => {
-                    return Err(Error::Unavailable(
-                        "the writer's queue is full although a place was free".into(),
+                    return Err(Error::unavailable(
+                        UnavailableReason::Busy,
+                        "the writer's queue is full although a place was free",
                     ))
                 }
             }
         }
-        rx.await
-            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+        rx.await.map_err(|_| {
+            Error::unavailable(
+                UnavailableReason::Closed,
+                "the writer stopped before answering",
+            )
+        })?
     }
 }
 
@@ -595,15 +602,7 @@ fn stream_metadata(reader: &Reader, stream: StreamName) -> Result<StreamMetadata
 }
 
 impl EventStore for Engine {
-    async fn append(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        events: Vec<EventData>,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::Append(events))
-            .await
-    }
+    factum_core::writes_through_submit!();
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         let reader = self.inner.reader.clone();
@@ -637,38 +636,6 @@ impl EventStore for Engine {
             .pool
             .run(move |_| stream_metadata(&reader, stream))
             .await
-    }
-
-    async fn set_stream_metadata(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        metadata: StreamMetadata,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::SetMetadata(metadata))
-            .await
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::Tombstone).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
     }
 
     async fn head_position(&self) -> Result<Option<Position>> {

@@ -233,6 +233,22 @@ pub struct Checkpoint {
     pub end: Loc,
 }
 
+/// Index changes of one group commit (or one stretch of recovery), in the
+/// order they were made.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Changed stream records by name (newest state).
+    pub streams: HashMap<Arc<str>, StreamRecord>,
+    /// New runs: ((stream id, first revision), run).
+    pub runs: Vec<((u64, u64), Run)>,
+    /// Revisions the new runs cover.
+    pub covered: usize,
+    /// New frames: (first position, location).
+    pub batches: Vec<(u64, u64)>,
+    /// Checkpoint after these changes.
+    pub checkpoint: Checkpoint,
+}
+
 /// Index changes not yet in redb (also used by the writer as a group's overlay).
 #[derive(Clone, Debug, Default)]
 pub struct Memtable {
@@ -501,7 +517,7 @@ impl Index {
     }
 
     /// Applies a group of changes (after the log write they describe is durable).
-    pub fn apply(&self, changes: crate::overlay::Changes) {
+    pub fn apply(&self, changes: Changes) {
         let mut st = self.state.write();
         let m = &mut st.active;
         m.streams.extend(changes.streams);
@@ -799,14 +815,14 @@ mod tests {
     /// 10..15 as 1 + 4 (in the memtable).
     fn two_tier_index(dir: &Path) -> Index {
         let index = Index::open(dir, 1 << 20).unwrap();
-        let mut m = crate::overlay::Changes::default();
+        let mut m = Changes::default();
         for (first, count) in [(0, 3), (3, 3), (6, 4)] {
             m.runs.push(((1, first), run(first * 2, count)));
         }
         m.runs.push(((2, 0), run(500, 7)));
         index.apply(m);
         index.flush().unwrap();
-        let mut m = crate::overlay::Changes::default();
+        let mut m = Changes::default();
         for (first, count) in [(10, 1), (11, 4)] {
             m.runs.push(((1, first), run(first * 2, count)));
         }

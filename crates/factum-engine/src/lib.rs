@@ -18,6 +18,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -33,6 +34,7 @@ pub mod subscription;
 pub mod verify;
 pub mod writer;
 
+pub use backup::{restore, BackupReport, Manifest};
 pub use config::{Durability, EngineConfig};
 pub use engine::{Engine, EngineStats, Recovery};
 pub use pool::{Progress, ReadStats};

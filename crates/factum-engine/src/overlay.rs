@@ -8,26 +8,10 @@ use factum_core::rules::{link_parts, WriteKind};
 use factum_core::Result;
 
 use crate::format::{StoredEvent, FLAG_SOFT_DELETE, FLAG_TOMBSTONE};
-use std::collections::HashMap;
 
-use crate::index::{Checkpoint, Index, Run, StreamRecord};
+pub use crate::index::Changes;
+use crate::index::{Index, Run, StreamRecord};
 use crate::log::Loc;
-
-/// Index changes of one group commit (or one stretch of recovery), in the
-/// order they were made.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Changed stream records by name (newest state).
-    pub streams: HashMap<Arc<str>, StreamRecord>,
-    /// New runs: ((stream id, first revision), run).
-    pub runs: Vec<((u64, u64), Run)>,
-    /// Revisions the new runs cover.
-    pub covered: usize,
-    /// New frames: (first position, location).
-    pub batches: Vec<(u64, u64)>,
-    /// Checkpoint after these changes.
-    pub checkpoint: Checkpoint,
-}
 
 /// Pending index changes over the committed index.
 pub struct Overlay<'a> {

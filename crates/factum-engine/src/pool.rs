@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use factum_core::UnavailableReason;
 use factum_core::{Error, Result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -133,17 +134,22 @@ impl ReadPool {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(panic = %what, "a read panicked");
-                Err(Error::Unavailable(format!("the read failed: {what}")))
+                Err(Error::unavailable(
+                    UnavailableReason::Unspecified,
+                    format!("the read failed: {what}"),
+                ))
             });
             let _ = reply.send(result);
         });
-        self.queue
-            .send(job)
-            .await
-            .map_err(|_| Error::Unavailable("the reader pool stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("the reader stopped before answering".into()))?
+        self.queue.send(job).await.map_err(|_| {
+            Error::unavailable(UnavailableReason::Closed, "the reader pool stopped")
+        })?;
+        answer.await.map_err(|_| {
+            Error::unavailable(
+                UnavailableReason::Closed,
+                "the reader stopped before answering",
+            )
+        })?
     }
 
     /// What the pool is doing now.
@@ -196,8 +202,9 @@ impl Progress<'_> {
             steps.fetch_add(1, Ordering::Relaxed);
         }
         if self.cancelled() {
-            return Err(Error::Unavailable(
-                "the read was cancelled: its caller stopped waiting".into(),
+            return Err(Error::unavailable(
+                UnavailableReason::Busy,
+                "the read was cancelled: its caller stopped waiting",
             ));
         }
         Ok(())
@@ -288,7 +295,7 @@ mod tests {
         let pool = ReadPool::start(1, 1, 1).expect("pool");
         let r: Result<()> = pool.run(|_| panic!("boom")).await;
         assert!(
-            matches!(&r, Err(Error::Unavailable(m)) if m.contains("boom")),
+            matches!(&r, Err(Error::Unavailable { message, .. }) if message.contains("boom")),
             "{r:?}"
         );
         assert_eq!(pool.run(|_| Ok(7)).await.expect("answer"), 7);

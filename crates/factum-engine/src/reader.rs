@@ -20,8 +20,17 @@ use crate::format::{
 use crate::index::{Index, Run, Walk};
 use crate::log::{FrameReader, Loc, Scanned, Segment, Segments};
 use crate::pool::Progress;
-use crate::writer::Committed;
 use factum_core::rules;
+
+/// What readers may see: everything before `next_position` / `end`. The
+/// writer publishes it after each durable group commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The next position to be assigned (head + 1).
+    pub next_position: u64,
+    /// Log end after the last committed frame.
+    pub end: Loc,
+}
 
 /// Reads a store's committed data.
 #[derive(Clone)]

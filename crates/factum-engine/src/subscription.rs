@@ -5,24 +5,17 @@
 //! position (the log position + 1, ADR 25), so the checkpoints the shared
 //! loop derives from it are public too.
 
-use factum_core::follow::{cursor_after, follow, Follow};
-use factum_core::{
-    Error, PageBound, Position, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe,
-    Subscription, SubscriptionStart, SubscriptionTarget,
+use factum_core::follow::{
+    follow, page_bound, start_cursor, stream_page, stream_page_request, Follow, MAX_SCAN,
 };
+use factum_core::{Position, RecordedEvent, Result, Subscribe, Subscription, SubscriptionTarget};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::format::{log_position, public_position};
 use crate::pool::{Progress, ReadPool};
-use crate::reader::Reader;
-use crate::writer::Committed;
-
-const PAGE: u64 = 512;
-/// A catch-up page also ends at this many bytes (ADR 21).
-const PAGE_BYTES: u64 = factum_core::PAGE_BYTES;
-const MAX_SCAN: u64 = 8192;
+use crate::reader::{Committed, Reader};
 
 struct EngineFollow {
     reader: Reader,
@@ -50,7 +43,7 @@ fn page(
             let from = log_position(Position(cursor)).unwrap_or(0);
             let (events, next) = reader.scan_forwards(
                 from,
-                PageBound::new(PAGE, PAGE_BYTES),
+                page_bound(),
                 filter.as_ref(),
                 None,
                 MAX_SCAN,
@@ -60,18 +53,9 @@ fn page(
             Ok((events, next, next >= public_next(reader)))
         }
         SubscriptionTarget::Stream(stream) => {
-            let req = ReadStream::forwards(stream.clone())
-                .from_revision(StreamRevision(cursor))
-                .max_count(PAGE)
-                .max_bytes(PAGE_BYTES);
-            match reader.read_stream(&req, progress) {
-                Ok(events) => {
-                    let next = events.last().map_or(cursor, |e| e.read_revision().0 + 1);
-                    Ok((events, next, true))
-                }
-                Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), cursor, true)),
-                Err(e) => Err(e),
-            }
+            let read = reader.read_stream(&stream_page_request(stream, cursor), progress);
+            let (events, next) = stream_page(read, cursor)?;
+            Ok((events, next, true))
         }
     }
 }
@@ -120,23 +104,16 @@ pub(crate) async fn start(
     req: Subscribe,
     fell_behind: u64,
 ) -> Result<Subscription> {
-    if let SubscriptionTarget::Stream(s) = &req.target {
-        if s.is_all() {
-            return Err(Error::InvalidInput(
-                "subscribe to $all with SubscriptionTarget::All".into(),
-            ));
-        }
-    }
-    let cursor = match (&req.target, req.start) {
-        (SubscriptionTarget::All(_), SubscriptionStart::Beginning) => 1,
-        (SubscriptionTarget::Stream(_), SubscriptionStart::Beginning) => 0,
-        (_, SubscriptionStart::After(n)) => cursor_after(n)?,
-        (SubscriptionTarget::All(_), SubscriptionStart::End) => public_next(&reader),
-        (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
-            let (reader, stream) = (reader.clone(), s.clone());
-            pool.run(move |_| reader.stream_next_revision(&stream))
-                .await?
-        }
+    let cursor = match start_cursor(&req)? {
+        Some(cursor) => cursor,
+        None => match &req.target {
+            SubscriptionTarget::All(_) => public_next(&reader),
+            SubscriptionTarget::Stream(s) => {
+                let (reader, stream) = (reader.clone(), s.clone());
+                pool.run(move |_| reader.stream_next_revision(&stream))
+                    .await?
+            }
+        },
     };
     let source = EngineFollow {
         committed: reader.committed.clone(),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use factum_core::rules::{self, Decision, Limits, Operation, WriteKind};
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, StreamRevision,
     Timestamp, Uuid,
@@ -37,7 +38,7 @@ use crate::index::Index;
 use crate::log::{create_segment, segment_file_name, sync_dir, Loc, Segment, Segments};
 use crate::overlay::Overlay;
 use crate::prealloc::Prealloc;
-use crate::reader::Reader;
+use crate::reader::{Committed, Reader};
 
 /// The writer asks for zeros ahead while its groups average fewer bytes
 /// than this (ADR 10: above it, the zeros cost more than they save).
@@ -56,15 +57,6 @@ pub struct AppendRequest {
     /// The request's place in the writer's bounded queue (ADR 13), given
     /// back when the writer drops the request.
     pub queue_slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// What readers may see: everything before `next_position` / `end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The next position to be assigned (head + 1).
-    pub next_position: u64,
-    /// Log end after the last committed frame.
-    pub end: Loc,
 }
 
 pub(crate) struct Writer {
@@ -191,7 +183,10 @@ impl Writer {
                 // No segment to write into yet: a transient cause (a full
                 // disk, too many open files), retried with backoff.
                 for req in group {
-                    let _ = req.reply.send(Err(Error::Unavailable(r.cause.clone())));
+                    let _ = req.reply.send(Err(Error::unavailable(
+                        UnavailableReason::Storage,
+                        r.cause.clone(),
+                    )));
                 }
                 continue;
             }
@@ -206,7 +201,10 @@ impl Writer {
             let mut requests = group.into_iter();
             for req in requests.by_ref() {
                 if let Some(why) = self.fatal.reason() {
-                    let _ = req.reply.send(Err(Error::Unavailable(why.to_string())));
+                    let _ = req.reply.send(Err(Error::unavailable(
+                        UnavailableReason::StorageFailed,
+                        why.to_string(),
+                    )));
                     continue;
                 }
                 match self.prepare(&req, &mut overlay, &mut buf, now) {
@@ -227,17 +225,17 @@ impl Writer {
                 let written = self.write_durably(&buf).and_then(|end| {
                     // Acknowledge only while the store has not stopped
                     // (another thread's fsync may have failed meanwhile).
-                    self.fatal
-                        .durable(end)
-                        .map_err(|why| Error::Unavailable(why.to_string()))
+                    self.fatal.durable(end).map_err(|why| {
+                        Error::unavailable(UnavailableReason::StorageFailed, why.to_string())
+                    })
                 });
                 if let Err(e) = written {
-                    let e = match self.fatal.reason() {
-                        Some(why) => why.to_string(),
-                        None => e.to_string(),
+                    let (reason, e) = match self.fatal.reason() {
+                        Some(why) => (UnavailableReason::StorageFailed, why.to_string()),
+                        None => (UnavailableReason::Storage, e.to_string()),
                     };
                     for (reply, r) in answers {
-                        let _ = reply.send(r.and(Err(Error::Unavailable(e.clone()))));
+                        let _ = reply.send(r.and(Err(Error::unavailable(reason, e.clone()))));
                     }
                     continue;
                 }
@@ -267,7 +265,10 @@ impl Writer {
     /// stops the writer for good (ADR 12); a failed write is undone.
     fn write_durably(&mut self, buf: &[u8]) -> Result<u64> {
         if let Some(why) = self.fatal.reason() {
-            return Err(Error::Unavailable(why.to_string()));
+            return Err(Error::unavailable(
+                UnavailableReason::StorageFailed,
+                why.to_string(),
+            ));
         }
         let end = self.segment_len + buf.len() as u64;
         if let Some(p) = &self.prealloc {
@@ -287,7 +288,10 @@ impl Writer {
                     "fsync of {} failed ({e}); the store stopped accepting writes because the OS may have dropped unwritten data; restart to recover from the log",
                     self.segment.path.display()
                 ));
-                return Err(Error::Unavailable(why.to_string()));
+                return Err(Error::unavailable(
+                    UnavailableReason::StorageFailed,
+                    why.to_string(),
+                ));
             }
         }
         // Zeros ahead pay while groups are small (ADR 10).

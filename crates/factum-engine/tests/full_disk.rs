@@ -192,7 +192,7 @@ async fn roll_scenario(dir: &std::path::Path, blocker: Blocker) {
         .unwrap_err();
     eprintln!("roll blocked ({blocker:?}) after {acked} appends: {err}");
     let cause_ok = |e: &Error| match e {
-        Error::Unavailable(why) => {
+        Error::Unavailable { message: why, .. } => {
             why.contains("could not start a new segment")
                 && why.contains(".seg")
                 && why.contains(blocker.os_error())
@@ -288,7 +288,7 @@ async fn scenario(dir: &std::path::Path) {
     // The writer answers a failed write with `Unavailable` (room may come
     // back; the same append can be retried), naming the file and the OS error.
     match &err {
-        Error::Unavailable(why) => {
+        Error::Unavailable { message: why, .. } => {
             assert!(why.contains(".seg") && why.contains("os error 28"), "{err}")
         }
         other => panic!("expected Unavailable (no space), got {other:?}"),

@@ -218,7 +218,7 @@ async fn appends_waiting_for_a_place_answer_unavailable_at_close() {
     for a in appends {
         match a.await.unwrap() {
             Ok(_) => written += 1,
-            Err(factum_core::Error::Unavailable(_)) => refused += 1,
+            Err(factum_core::Error::Unavailable { .. }) => refused += 1,
             Err(e) => panic!("unexpected {e}"),
         }
     }

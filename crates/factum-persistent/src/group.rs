@@ -20,9 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::{PersistentError, Result};
 use crate::info::{ConnectionInfo, GroupInfo};
-use crate::settings::{
-    CompiledFilter, ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom,
-};
+use crate::settings::{ConsumerStrategy, GroupKey, GroupSettings, GroupSource, StartFrom};
 use crate::streams;
 
 /// How long a group waits before re-subscribing after its source failed.
@@ -77,6 +75,11 @@ pub(crate) struct Connected {
     pub settings: GroupSettings,
 }
 
+/// How many requests may wait for a group's task. Senders wait beyond it:
+/// a client that acks faster than the group handles acks is slowed down
+/// (its gRPC stream is read no faster), instead of queueing without bound.
+pub(crate) const COMMAND_QUEUE: usize = 256;
+
 /// Requests to a group's task.
 pub(crate) enum Command {
     Connect {
@@ -130,6 +133,9 @@ struct Consumer {
     id: u64,
     name: String,
     from: String,
+    /// Unbounded in type, bounded in use: the group sends an event only
+    /// while `in_flight < window` (at most MAX_CONSUMER_WINDOW), plus one
+    /// `Dropped`.
     tx: mpsc::UnboundedSender<ConsumerMessage>,
     window: usize,
     in_flight: usize,
@@ -143,7 +149,7 @@ pub(crate) struct Group<S> {
     key: GroupKey,
     source: GroupSource,
     /// The `$all` filter, applied in the group.
-    filter: Option<CompiledFilter>,
+    filter: Option<factum_core::Filter>,
     settings: GroupSettings,
     store: Arc<S>,
     /// Where to (re)subscribe from.
@@ -177,9 +183,6 @@ pub(crate) struct Group<S> {
     measured: u64,
     last_measured: u64,
     measured_at: Instant,
-    /// Why the group cannot go on (its filter could not decide on an
-    /// event): it stops and runs faulted, its checkpoint before that event.
-    fault: Option<String>,
 }
 
 impl<S: EventStore> Group<S> {
@@ -225,7 +228,6 @@ impl<S: EventStore> Group<S> {
             next_consumer: 1,
             round_robin: 0,
             parked,
-            fault: None,
             parked_total: 0,
             redelivered: 0,
             total_items: 0,
@@ -269,7 +271,7 @@ impl<S: EventStore> Group<S> {
     }
 
     /// Runs until stopped or until every handle to it is gone.
-    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut subscription: Option<Subscription> = None;
         loop {
             self.dispatch();
@@ -307,19 +309,6 @@ impl<S: EventStore> Group<S> {
                 Woken::Source(m) => {
                     if !self.on_source(m) {
                         subscription = None;
-                    }
-                    if let Some(reason) = self.fault.take() {
-                        let reason =
-                            format!("{reason}; delete the group and create it with another filter");
-                        self.stop(&reason).await;
-                        let Group {
-                            key,
-                            source,
-                            settings,
-                            ..
-                        } = self;
-                        run_faulted(key, source, settings, reason, commands).await;
-                        return;
                     }
                 }
                 Woken::Timer => {
@@ -367,15 +356,7 @@ impl<S: EventStore> Group<S> {
     /// gone (an error: re-subscribe later; the end: the store closed).
     fn on_source(&mut self, message: Option<factum_core::Result<SubscriptionMessage>>) -> bool {
         let skips = match &message {
-            Some(Ok(SubscriptionMessage::Event(event))) => match self.skips(event) {
-                Ok(skips) => skips,
-                Err(reason) => {
-                    // Neither delivered nor passed over: the checkpoint
-                    // stays before it.
-                    self.fault = Some(reason);
-                    return false;
-                }
-            },
+            Some(Ok(SubscriptionMessage::Event(event))) => self.skips(event),
             _ => false,
         };
         match message {
@@ -428,18 +409,15 @@ impl<S: EventStore> Group<S> {
     /// match, or one of the streams persistent subscriptions write
     /// themselves (checkpoints, parked links, the configuration), so a
     /// group never feeds on its own checkpoints.
-    /// `Err` when the filter cannot decide (see [`CompiledFilter::matches`]).
-    fn skips(&self, event: &RecordedEvent) -> std::result::Result<bool, String> {
+    /// Filters match in linear time and always decide (factum_core::filter).
+    fn skips(&self, event: &RecordedEvent) -> bool {
         if !self.source.is_all() {
-            return Ok(false);
+            return false;
         }
         if managed::owner_of(&event.stream) == Some(managed::Owner::PersistentSubscriptions) {
-            return Ok(true);
+            return true;
         }
-        match &self.filter {
-            Some(f) => Ok(!f.matches(event)?),
-            None => Ok(false),
-        }
+        self.filter.as_ref().is_some_and(|f| !f.matches(event))
     }
 
     /// The source was read up to `place` with nothing to deliver.
@@ -756,6 +734,17 @@ impl<S: EventStore> Group<S> {
 
     async fn on_timer(&mut self) {
         let now = Instant::now();
+        // A consumer dropped while the command queue was full could not
+        // say so (Drop cannot wait): its closed channel says it instead.
+        let gone: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|c| c.tx.is_closed())
+            .map(|c| c.id)
+            .collect();
+        for id in gone {
+            self.remove_consumer(id);
+        }
         while let Some(&(t, id, nonce)) = self.timeouts.front() {
             if t > now {
                 break;
@@ -923,7 +912,7 @@ pub(crate) async fn run_faulted(
     source: GroupSource,
     settings: GroupSettings,
     reason: String,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::Receiver<Command>,
 ) {
     tracing::error!(group = %key, "persistent subscription group out of service: {reason}");
     let faulted = || PersistentError::Faulted {

@@ -24,7 +24,7 @@ pub use manager::{
     ConnectOptions, Consumer, PersistentSubscriptions, CONFIG_EVENT_TYPE, CONFIG_STREAM,
 };
 pub use settings::{
-    CompiledFilter, ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom,
-    MAX_BUFFER_SIZE, MAX_CONSUMER_WINDOW, MAX_SUBSCRIBER_COUNT, REGEX_BACKTRACK_LIMIT,
+    ConsumerStrategy, FilterSpec, GroupKey, GroupSettings, GroupSource, StartFrom, MAX_BUFFER_SIZE,
+    MAX_CONSUMER_WINDOW, MAX_SUBSCRIBER_COUNT,
 };
 pub use streams::{CHECKPOINT_EVENT_TYPE, PARKED_EVENT_TYPE};

@@ -127,7 +127,7 @@ struct Running {
     source: Option<GroupSource>,
     /// Its entry in the configuration stream, written back as it is.
     entry: Value,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -154,7 +154,7 @@ struct State {
 /// while let Some(delivery) = consumer.next().await {
 ///     let delivery = delivery?;
 ///     // … handle delivery.event …
-///     consumer.ack([delivery.id()]);
+///     consumer.ack([delivery.id()]).await;
 /// }
 /// # Ok(()) }
 /// ```
@@ -263,7 +263,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         entry: Value,
         fault: Option<String>,
     ) -> Result<Running> {
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (commands, rx) = mpsc::channel(crate::group::COMMAND_QUEUE);
         let loaded = match (&source, fault) {
             (Some(source), None) => Group::load(
                 key.clone(),
@@ -424,12 +424,14 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         }
         let (key, commands) = self.commands(source, group).await?;
         let (reply, answer) = oneshot::channel();
-        let sent = commands.send(Command::Connect {
-            name: options.name,
-            from: options.from,
-            window: options.buffer_size,
-            reply,
-        });
+        let sent = commands
+            .send(Command::Connect {
+                name: options.name,
+                from: options.from,
+                window: options.buffer_size,
+                reply,
+            })
+            .await;
         if sent.is_err() {
             return Err(PersistentError::NotFound(key));
         }
@@ -458,6 +460,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         let (reply, answer) = oneshot::channel();
         commands
             .send(Command::ReplayParked { stop_at, reply })
+            .await
             .map_err(|_| PersistentError::NotFound(key.clone()))?;
         answer.await.map_err(|_| PersistentError::NotFound(key))?
     }
@@ -489,7 +492,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
         &self,
         source: &str,
         group: &str,
-    ) -> Result<(GroupKey, mpsc::UnboundedSender<Command>)> {
+    ) -> Result<(GroupKey, mpsc::Sender<Command>)> {
         let key = GroupKey::new(source, group)?;
         let state = self.ready().await?;
         match state.groups.get(&key) {
@@ -514,7 +517,7 @@ impl<S: EventStore> PersistentSubscriptions<S> {
                 Ok(())
             }
             Err(e @ factum_core::Error::WrongExpectedVersion { .. }) => {
-                Err(PersistentError::Store(factum_core::Error::Unavailable(format!(
+                Err(PersistentError::Store(factum_core::Error::unavailable(factum_core::UnavailableReason::Unspecified, format!(
                     "the persistent subscription configuration was changed by another node ({e}); restart the subsystem to reload it"
                 ))))
             }
@@ -587,9 +590,9 @@ async fn read_config<S: EventStore>(store: &S) -> Result<(StoredConfig, Option<u
     Ok((StoredConfig::default(), Some(last)))
 }
 
-async fn ask_info(commands: &mpsc::UnboundedSender<Command>) -> Option<GroupInfo> {
+async fn ask_info(commands: &mpsc::Sender<Command>) -> Option<GroupInfo> {
     let (reply, answer) = oneshot::channel();
-    commands.send(Command::Info { reply }).ok()?;
+    commands.send(Command::Info { reply }).await.ok()?;
     answer.await.ok()
 }
 
@@ -601,6 +604,7 @@ async fn stop(running: Running, reason: &str) {
             reason: reason.to_owned(),
             reply,
         })
+        .await
         .is_ok()
     {
         let _ = done.await;
@@ -613,7 +617,7 @@ async fn stop(running: Running, reason: &str) {
 pub struct Consumer {
     key: GroupKey,
     id: u64,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     events: mpsc::UnboundedReceiver<ConsumerMessage>,
     settings: GroupSettings,
     ended: bool,
@@ -645,21 +649,34 @@ impl Consumer {
         }
     }
 
-    /// Acknowledges events by [`Delivery::id`].
-    pub fn ack(&self, ids: impl IntoIterator<Item = Uuid>) {
-        let _ = self.commands.send(Command::Ack {
-            ids: ids.into_iter().collect(),
-        });
+    /// Acknowledges events by [`Delivery::id`]. Waits while the group's
+    /// request queue is full.
+    pub async fn ack(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let _ = self
+            .commands
+            .send(Command::Ack {
+                ids: ids.into_iter().collect(),
+            })
+            .await;
     }
 
-    /// Rejects events by [`Delivery::id`].
-    pub fn nack(&self, ids: impl IntoIterator<Item = Uuid>, action: NackAction, reason: &str) {
-        let _ = self.commands.send(Command::Nack {
-            consumer: self.id,
-            ids: ids.into_iter().collect(),
-            action,
-            reason: reason.to_owned(),
-        });
+    /// Rejects events by [`Delivery::id`]. Waits while the group's request
+    /// queue is full.
+    pub async fn nack(
+        &self,
+        ids: impl IntoIterator<Item = Uuid>,
+        action: NackAction,
+        reason: &str,
+    ) {
+        let _ = self
+            .commands
+            .send(Command::Nack {
+                consumer: self.id,
+                ids: ids.into_iter().collect(),
+                action,
+                reason: reason.to_owned(),
+            })
+            .await;
     }
 
     /// The settings of its group at the time it connected.
@@ -681,9 +698,11 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        // Drop cannot wait: when the queue is full, the group notices the
+        // closed delivery channel on its next timer tick instead.
         let _ = self
             .commands
-            .send(Command::Disconnect { consumer: self.id });
+            .try_send(Command::Disconnect { consumer: self.id });
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use factum_core::{managed, Filter, FilterMatch, FilterOn, RecordedEvent, StreamName};
+use factum_core::{managed, Filter, FilterMatch, FilterOn, StreamName};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PersistentError;
@@ -65,11 +65,6 @@ pub const MAX_SUBSCRIBER_COUNT: u32 = 10_000;
 /// The largest window a consumer may ask for (`buffer_size`: events it
 /// holds unacked at once).
 pub const MAX_CONSUMER_WINDOW: usize = 10_000;
-/// The most backtracking steps a filter regex may take on one event: past
-/// it the match is an error the group reports (it is faulted), never a
-/// silent skip that would move the checkpoint past the event.
-pub const REGEX_BACKTRACK_LIMIT: usize = 1_000_000;
-
 /// A group's settings; [`Default`] gives KurrentDB's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -204,30 +199,20 @@ pub struct FilterSpec {
 }
 
 impl FilterSpec {
-    /// Compiles the filter. Regexes may use look-around (fancy-regex), as
-    /// KurrentDB's .NET engine allows and official clients rely on (the
-    /// Python client's default excludes system events with `^(?!…)`).
-    pub fn compile(&self) -> Result<CompiledFilter, PersistentError> {
-        let matcher = match &self.regex {
-            Some(r) => Matcher::Regex(
-                fancy_regex::RegexBuilder::new(r)
-                    .backtrack_limit(REGEX_BACKTRACK_LIMIT)
-                    .build()
-                    .map_err(|e| {
-                        PersistentError::InvalidSettings(format!("invalid filter regex {r:?}: {e}"))
-                    })?,
-            ),
-            None if self.prefixes.is_empty() => {
-                return Err(PersistentError::InvalidSettings(
-                    "a filter needs prefixes or a regex".into(),
-                ))
-            }
-            None => Matcher::Prefixes(self.prefixes.clone()),
+    /// Compiles the filter with the one filter type in core (a regex wins
+    /// over prefixes; look-ahead only in the linear-time forms it accepts).
+    pub fn compile(&self) -> Result<Filter, PersistentError> {
+        let on = if self.on_event_type {
+            FilterOn::EventType
+        } else {
+            FilterOn::StreamName
         };
-        Ok(CompiledFilter {
-            on_event_type: self.on_event_type,
-            matcher,
-        })
+        Filter::from_parts(
+            on,
+            self.prefixes.clone(),
+            self.regex.as_deref().unwrap_or(""),
+        )
+        .map_err(|e| PersistentError::InvalidSettings(e.to_string()))
     }
 
     /// Describes a store filter.
@@ -240,43 +225,6 @@ impl FilterSpec {
             on_event_type: filter.on == FilterOn::EventType,
             prefixes,
             regex,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Matcher {
-    Prefixes(Vec<String>),
-    Regex(fancy_regex::Regex),
-}
-
-/// A [`FilterSpec`] ready to match events.
-#[derive(Clone, Debug)]
-pub struct CompiledFilter {
-    on_event_type: bool,
-    matcher: Matcher,
-}
-
-impl CompiledFilter {
-    /// Does the filter accept this event? `Err` (saying why) when the regex
-    /// cannot decide, for example past [`REGEX_BACKTRACK_LIMIT`]: the event
-    /// is neither accepted nor passed over.
-    pub fn matches(&self, event: &RecordedEvent) -> Result<bool, String> {
-        let subject = if self.on_event_type {
-            event.event_type.as_str()
-        } else {
-            event.stream.as_str()
-        };
-        match &self.matcher {
-            Matcher::Prefixes(ps) => Ok(ps.iter().any(|p| subject.starts_with(p.as_str()))),
-            Matcher::Regex(re) => re.is_match(subject).map_err(|e| {
-                format!(
-                    "the filter regex {:?} failed on event {}@{} ({subject:?}): {e}",
-                    re.as_str(),
-                    event.revision,
-                    event.stream
-                )
-            }),
         }
     }
 }
@@ -382,6 +330,7 @@ impl std::fmt::Display for GroupKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use factum_core::RecordedEvent;
 
     #[test]
     fn settings_validate_and_round_trip() {
@@ -438,8 +387,8 @@ mod tests {
             created: factum_core::Timestamp(0),
             link: None,
         };
-        assert!(c.matches(&ev("OrderPlaced")).unwrap());
-        assert!(!c.matches(&ev("$metadata")).unwrap());
+        assert!(c.matches(&ev("OrderPlaced")));
+        assert!(!c.matches(&ev("$metadata")));
         let bad = FilterSpec {
             regex: Some("(".into()),
             ..f

@@ -29,7 +29,7 @@ async fn round_robin_shares_and_checkpoints() {
     for _ in 0..10 {
         for (label, c) in [("a", &mut a), ("b", &mut b)] {
             let d = next(c).await;
-            c.ack([d.id()]);
+            c.ack([d.id()]).await;
             assert!(
                 seen.insert(d.event.revision.0, label).is_none(),
                 "duplicate"
@@ -110,7 +110,7 @@ async fn pinned_keeps_a_stream_on_one_consumer() {
             let link = d.event.link.as_ref().expect("read through $ce-cart");
             assert_eq!(link.stream.as_str(), "$ce-cart");
             assert_ne!(d.id(), d.event.id);
-            c.ack([d.id()]);
+            c.ack([d.id()]).await;
             let prev = owner.insert(d.event.stream.to_string(), label);
             assert!(
                 prev.is_none() || prev == Some(label),
@@ -143,22 +143,22 @@ async fn nacks_park_retry_skip_and_stop() {
     // 0: parked at once.
     let d = next(&mut c).await;
     assert_eq!(d.event.revision.0, 0);
-    c.nack([d.id()], NackAction::Park, "poison");
+    c.nack([d.id()], NackAction::Park, "poison").await;
     // 1: retried once, then parked on the second retry (max_retry_count 1).
     let d = next(&mut c).await;
     assert_eq!((d.event.revision.0, d.retry_count), (1, 0));
-    c.nack([d.id()], NackAction::Retry, "busy");
+    c.nack([d.id()], NackAction::Retry, "busy").await;
     let d = next(&mut c).await;
     assert_eq!((d.event.revision.0, d.retry_count), (1, 1));
-    c.nack([d.id()], NackAction::Retry, "still busy");
+    c.nack([d.id()], NackAction::Retry, "still busy").await;
     // 2: skipped.
     let d = next(&mut c).await;
     assert_eq!(d.event.revision.0, 2);
-    c.nack([d.id()], NackAction::Skip, "not mine");
+    c.nack([d.id()], NackAction::Skip, "not mine").await;
     // 3: Stop ends this connection; the event goes to the next consumer.
     let d = next(&mut c).await;
     assert_eq!(d.event.revision.0, 3);
-    c.nack([d.id()], NackAction::Stop, "shutting down");
+    c.nack([d.id()], NackAction::Stop, "shutting down").await;
     match tokio::time::timeout(Duration::from_secs(5), c.next())
         .await
         .unwrap()
@@ -170,7 +170,7 @@ async fn nacks_park_retry_skip_and_stop() {
     let mut c2 = subs.connect("s", "g", opts(1)).await.unwrap();
     let d = next(&mut c2).await;
     assert_eq!(d.event.revision.0, 3);
-    c2.ack([d.id()]);
+    c2.ack([d.id()]).await;
 
     eventually(&subs, "s", "g", "two parked, checkpoint at 3", |i| {
         i.parked == 2 && i.last_checkpointed_position == Some(3)
@@ -195,7 +195,7 @@ async fn nacks_park_retry_skip_and_stop() {
     for _ in 0..2 {
         let d = next(&mut c2).await;
         replayed.push(d.event.revision.0);
-        c2.ack([d.id()]);
+        c2.ack([d.id()]).await;
     }
     assert_eq!(replayed, vec![0, 1]);
     eventually(&subs, "s", "g", "parked emptied", |i| i.parked == 0).await;
@@ -246,7 +246,7 @@ async fn a_disconnected_consumers_events_go_to_the_others() {
         let d = next(&mut stays).await;
         assert_eq!(d.retry_count, 1);
         revs.push(d.event.revision.0);
-        stays.ack([d.id()]);
+        stays.ack([d.id()]).await;
     }
     assert_eq!(revs, vec![0, 1, 2]);
 }
@@ -323,7 +323,7 @@ async fn update_drops_consumers_and_keeps_the_checkpoint() {
     let mut c = subs.connect("s", "g", opts(10)).await.unwrap();
     for _ in 0..3 {
         let d = next(&mut c).await;
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     eventually(&subs, "s", "g", "checkpoint at 2", |i| {
         i.last_checkpointed_position == Some(2)
@@ -373,7 +373,7 @@ async fn all_groups_filter_and_resume_after_a_restart() {
         let d = next(&mut c).await;
         assert_eq!(d.event.stream.as_str(), "order-1");
         seen.insert(d.event.id);
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     // Two delivered but never acked: they come back after the restart.
     let unacked: Vec<_> = vec![next(&mut c).await, next(&mut c).await];
@@ -400,7 +400,7 @@ async fn all_groups_filter_and_resume_after_a_restart() {
         assert_eq!(d.event.stream.as_str(), "order-1");
         assert!(!seen.contains(&d.event.id), "an acked event came back");
         after.push(d.event.revision.0);
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     assert_eq!(after, vec![3, 4, 5, 6]);
     assert!(unacked.iter().all(|d| after.contains(&d.event.revision.0)));
@@ -453,7 +453,7 @@ async fn a_slow_consumer_holds_only_its_own_window() {
     for i in 0..500 {
         let d = next(&mut fast).await;
         assert_eq!(d.event.revision.0, i);
-        fast.ack([d.id()]);
+        fast.ack([d.id()]).await;
     }
     next(&mut slow).await;
     next(&mut slow).await;

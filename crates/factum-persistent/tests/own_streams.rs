@@ -46,7 +46,7 @@ async fn delivers(subs: &PersistentSubscriptions<Engine>, source: &str, group: &
     for &r in revs {
         let d = next(&mut c).await;
         assert_eq!(d.event.revision.0, r, "{source}::{group}");
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
 }
 
@@ -172,7 +172,9 @@ async fn an_all_group_never_receives_the_subsystems_own_events() {
     append(&store, "s", 5, "E").await;
     let mut parker = subs.connect("s", "p", opts(1)).await.unwrap();
     let d = next(&mut parker).await;
-    parker.nack([d.id()], factum_persistent::NackAction::Park, "test");
+    parker
+        .nack([d.id()], factum_persistent::NackAction::Park, "test")
+        .await;
 
     let mut c = subs.connect("$all", "g", opts(10)).await.unwrap();
     for i in 0..5 {
@@ -183,7 +185,7 @@ async fn an_all_group_never_receives_the_subsystems_own_events() {
             "{:?}",
             d.event
         );
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     nothing_for(&mut c, Duration::from_millis(500)).await;
     let info = subs.info("$all", "g").await.unwrap();

@@ -77,9 +77,9 @@ async fn groups_run_on_postgres() {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
         let d = next(c).await;
         if d.event.revision.0 == 2 {
-            c.nack([d.id()], NackAction::Park, "bad invoice");
+            c.nack([d.id()], NackAction::Park, "bad invoice").await;
         } else {
-            c.ack([d.id()]);
+            c.ack([d.id()]).await;
         }
         assert!(seen.insert(d.event.revision.0));
     }
@@ -101,7 +101,7 @@ async fn groups_run_on_postgres() {
         let d = next(&mut a).await;
         replayed = d.event.revision.0 == 2;
         seen.insert(d.event.revision.0);
-        a.ack([d.id()]);
+        a.ack([d.id()]).await;
     }
     drop(a);
     subs.shutdown().await;
@@ -122,7 +122,7 @@ async fn groups_run_on_postgres() {
     while !after.contains(&11) {
         let d = next(&mut c).await;
         after.insert(d.event.revision.0);
-        c.ack([d.id()]);
+        c.ack([d.id()]).await;
     }
     assert!(
         after.iter().all(|r| Some(*r) > checkpoint),

@@ -34,10 +34,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use factum_core::rules::{Limits, Operation};
+use factum_core::UnavailableReason;
 use factum_core::{
-    AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
-    ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName, Subscribe,
-    Subscription,
+    AppendResult, Error, EventStore, ExpectedRevision, Position, ReadAll, ReadStream,
+    RecordedEvent, Result, StreamMetadataResult, StreamName, Subscribe, Subscription,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -172,10 +172,36 @@ impl Tables {
     }
 }
 
-/// Turns a database error into the caller's terms: connection trouble is
-/// `Unavailable` (retryable; appends are idempotent by event id).
+/// Turns a database error into the caller's terms: `Unavailable`, with
+/// the reason [`unavailable_reason`] reads from it.
 pub(crate) fn db_err(context: &str, e: impl std::error::Error + 'static) -> Error {
-    Error::Unavailable(format!("PostgreSQL {context}: {}", describe(&e)))
+    Error::unavailable(
+        unavailable_reason(&e),
+        format!("PostgreSQL {context}: {}", describe(&e)),
+    )
+}
+
+/// Why the database failed a request: `DatabaseRejected` (fatal) for the
+/// SQLSTATE classes no retry changes — 28 (authorization), 3D (no such
+/// database), 3F (no such schema), 42 (a missing table or function, a
+/// privilege) —, `DatabaseUnreachable` (transient: appends are idempotent
+/// by event id) for everything else, a lost connection above all.
+pub(crate) fn unavailable_reason(e: &(dyn std::error::Error + 'static)) -> UnavailableReason {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            let code = db.code().code();
+            if ["28", "3D", "3F", "42"]
+                .iter()
+                .any(|class| code.starts_with(class))
+            {
+                return UnavailableReason::DatabaseRejected;
+            }
+            break;
+        }
+        cause = c.source();
+    }
+    UnavailableReason::DatabaseUnreachable
 }
 
 /// An error with its causes on one line: tokio-postgres shows a server's
@@ -290,9 +316,13 @@ impl PostgresStore {
                 reply,
             })
             .await
-            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+            .map_err(|_| Error::unavailable(UnavailableReason::Closed, "the store is closed"))?;
+        rx.await.map_err(|_| {
+            Error::unavailable(
+                UnavailableReason::Closed,
+                "the writer stopped before answering",
+            )
+        })?
     }
 }
 
@@ -340,15 +370,7 @@ impl Drop for Inner {
 }
 
 impl EventStore for PostgresStore {
-    async fn append(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        events: Vec<EventData>,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::Append(events))
-            .await
-    }
+    factum_core::writes_through_submit!();
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         read::read_stream(&self.inner, &request).await
@@ -364,38 +386,6 @@ impl EventStore for PostgresStore {
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
         read::stream_metadata(&self.inner, &stream).await
-    }
-
-    async fn set_stream_metadata(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-        metadata: StreamMetadata,
-    ) -> Result<AppendResult> {
-        self.submit(stream, expected, Operation::SetMetadata(metadata))
-            .await
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::SoftDelete).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult> {
-        let r = self.submit(stream, expected, Operation::Tombstone).await?;
-        Ok(DeleteResult {
-            position: r.position,
-        })
     }
 
     async fn head_position(&self) -> Result<Option<Position>> {

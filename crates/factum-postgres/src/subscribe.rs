@@ -7,19 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::follow::{cursor_after, follow, Follow};
-use factum_core::{
-    Error, PageBound, ReadStream, RecordedEvent, Result, StreamRevision, Subscribe, Subscription,
-    SubscriptionStart, SubscriptionTarget,
+use factum_core::follow::{
+    follow, page_bound, start_cursor, stream_page, stream_page_request, Follow, MAX_SCAN,
 };
+use factum_core::{RecordedEvent, Result, Subscribe, Subscription, SubscriptionTarget};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
 use crate::{read, Inner};
-
-const PAGE: u64 = 512;
-const MAX_SCAN: u64 = 8192;
 
 /// Starts the listener: the returned value changes on every notification on
 /// `channel` and at least every `poll`.
@@ -94,7 +90,7 @@ impl Follow for PgFollow {
                     &self.inner,
                     *cursor,
                     true,
-                    PageBound::new(PAGE, factum_core::PAGE_BYTES),
+                    page_bound(),
                     filter.as_ref(),
                     None,
                     MAX_SCAN,
@@ -104,20 +100,11 @@ impl Follow for PgFollow {
                 Ok((events, next >= read::next_position(&self.inner).await?))
             }
             SubscriptionTarget::Stream(stream) => {
-                let req = ReadStream::forwards(stream.clone())
-                    .from_revision(StreamRevision(*cursor))
-                    .max_count(PAGE)
-                    .max_bytes(factum_core::PAGE_BYTES);
-                match read::read_stream(&self.inner, &req).await {
-                    Ok(events) => {
-                        if let Some(last) = events.last() {
-                            *cursor = last.read_revision().0 + 1;
-                        }
-                        Ok((events, true))
-                    }
-                    Err(Error::StreamNotFound { .. }) => Ok((Vec::new(), true)),
-                    Err(e) => Err(e),
-                }
+                let read =
+                    read::read_stream(&self.inner, &stream_page_request(stream, *cursor)).await;
+                let (events, next) = stream_page(read, *cursor)?;
+                *cursor = next;
+                Ok((events, true))
             }
         }
     }
@@ -146,25 +133,15 @@ pub(crate) async fn start(inner: Arc<Inner>, req: Subscribe) -> Result<Subscript
     // Listening begins before the start is read (the first subscription
     // starts the listener); the poll timer covers the moment until it is.
     let wake = inner.wake();
-    if let SubscriptionTarget::Stream(s) = &req.target {
-        if s.is_all() {
-            return Err(Error::InvalidInput(
-                "subscribe to $all with SubscriptionTarget::All".into(),
-            ));
-        }
-    }
-    let cursor = match (&req.target, req.start) {
-        // The first event of the log is at 1 (ADR 25).
-        (SubscriptionTarget::All(_), SubscriptionStart::Beginning) => 1,
-        (SubscriptionTarget::Stream(_), SubscriptionStart::Beginning) => 0,
-        (_, SubscriptionStart::After(n)) => cursor_after(n)?,
-        (SubscriptionTarget::All(_), SubscriptionStart::End) => read::next_position(&inner).await?,
-        (SubscriptionTarget::Stream(s), SubscriptionStart::End) => {
-            read::stream_state(&inner, s.as_str())
+    let cursor = match start_cursor(&req)? {
+        Some(cursor) => cursor,
+        None => match &req.target {
+            SubscriptionTarget::All(_) => read::next_position(&inner).await?,
+            SubscriptionTarget::Stream(s) => read::stream_state(&inner, s.as_str())
                 .await?
                 .and_then(|(_, st)| st.last_revision)
-                .map_or(0, |r| r + 1)
-        }
+                .map_or(0, |r| r + 1),
+        },
     };
     let fell_behind = inner.config.fell_behind_events;
     let source = PgFollow { wake, inner };

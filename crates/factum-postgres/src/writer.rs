@@ -20,6 +20,7 @@ mod head_locked;
 
 use deadpool_postgres::{Object, Pool};
 use factum_core::rules::{self, Operation};
+use factum_core::UnavailableReason;
 use factum_core::{AppendResult, Error, ExpectedRevision, Result, StreamName};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::{Severity, SqlState};
@@ -108,7 +109,10 @@ async fn run(pool: Pool, tables: Tables, config: PostgresConfig, mut rx: mpsc::R
                     };
                     tracing::warn!("append group failed: {why}");
                     for r in members {
-                        let _ = r.reply.send(Err(Error::Unavailable(why.clone())));
+                        let _ = r.reply.send(Err(Error::unavailable(
+                            UnavailableReason::DatabaseUnreachable,
+                            why.clone(),
+                        )));
                     }
                 }
             }

@@ -49,7 +49,7 @@ async fn writer(
                 }
                 Err(e) => {
                     assert!(
-                        matches!(e, Error::Unavailable(_)),
+                        matches!(e, Error::Unavailable { .. }),
                         "writer {w}: not a retryable error: {e}"
                     );
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

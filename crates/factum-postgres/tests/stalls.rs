@@ -65,7 +65,7 @@ async fn an_append_behind_a_held_head_lock_fails_after_lock_timeout_instead_of_h
         .expect("the append hung behind the lock");
     let waited = started.elapsed();
     match outcome {
-        Err(Error::Unavailable(m)) => {
+        Err(Error::Unavailable { message: m, .. }) => {
             assert!(m.contains("lock timeout"), "{m}");
             assert!(m.contains("55P03"), "{m}");
             assert!(m.contains("nothing was written"), "{m}");
@@ -212,7 +212,7 @@ async fn a_read_waiting_for_a_connection_gives_up_after_the_pool_wait_timeout() 
     let outcome = store.read_all(ReadAll::forwards()).await;
     let waited = started.elapsed();
     match outcome {
-        Err(Error::Unavailable(m)) => assert!(m.contains("connect"), "{m}"),
+        Err(Error::Unavailable { message: m, .. }) => assert!(m.contains("connect"), "{m}"),
         other => panic!("expected Unavailable after the pool wait, got {other:?}"),
     }
     assert!(waited < Duration::from_secs(3), "{waited:?}");

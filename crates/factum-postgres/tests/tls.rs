@@ -230,7 +230,7 @@ async fn connect(server: &PrivateServer, conn: &str) -> Result<bool, Error> {
 /// or `InvalidInput` (a bad connection string), with its text.
 async fn refused(server: &PrivateServer, conn: &str) -> String {
     match connect(server, conn).await {
-        Err(Error::Unavailable(m)) | Err(Error::InvalidInput(m)) => m,
+        Err(Error::Unavailable { message: m, .. }) | Err(Error::InvalidInput(m)) => m,
         Err(e) => panic!("{conn}: unexpected error {e:?}"),
         Ok(ssl) => panic!("{conn}: connected (ssl {ssl}) but should have been refused"),
     }

@@ -29,9 +29,14 @@
 //! assert!(ExpectedRevision::try_from(Wire::Revision(1 << 63)).is_err());
 //! ```
 
-use factum_core::{CurrentRevision, Error, ExpectedRevision, Result, StreamRevision};
+use factum_core::{
+    AppendResult, CurrentRevision, Error, ExpectedRevision, Position, Result, StreamRevision,
+};
 
-use crate::streams::{append_req, batch_append_req, batch_append_resp, delete_req, tombstone_req};
+use crate::shared;
+use crate::streams::{
+    append_req, append_resp, batch_append_req, batch_append_resp, delete_req, tombstone_req,
+};
 
 /// The `uint64` revision of a gRPC expected-revision field, as the core
 /// expectation it stands for (see the module table).
@@ -159,6 +164,136 @@ expected_oneof!(
     ()
 );
 
+/// `From` both ways between [`AppendResult`] and an append's success
+/// answer (`Append`'s and `BatchAppend`'s differ only in the type of their
+/// position): the stream's revision, the commit position as both commit
+/// and prepare position (one log, as KurrentDB's clients expect). A
+/// success without them (`no_stream`, `no_position`) reads as 0.
+macro_rules! append_success {
+    ($success:ident, $position:expr) => {
+        impl From<AppendResult> for $success::Success {
+            fn from(r: AppendResult) -> Self {
+                use $success::success::{CurrentRevisionOption as C, PositionOption as P};
+                $success::Success {
+                    current_revision_option: Some(C::CurrentRevision(r.revision.0)),
+                    position_option: Some(P::Position($position(r.position))),
+                }
+            }
+        }
+
+        impl From<&$success::Success> for AppendResult {
+            fn from(s: &$success::Success) -> Self {
+                use $success::success::{CurrentRevisionOption as C, PositionOption as P};
+                AppendResult {
+                    revision: StreamRevision(match s.current_revision_option {
+                        Some(C::CurrentRevision(r)) => r,
+                        _ => 0,
+                    }),
+                    position: Position(match &s.position_option {
+                        Some(P::Position(p)) => p.commit_position,
+                        _ => 0,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+append_success!(append_resp, |p: Position| append_resp::Position {
+    commit_position: p.0,
+    prepare_position: p.0,
+});
+append_success!(batch_append_resp, |p: Position| shared::AllStreamPosition {
+    commit_position: p.0,
+    prepare_position: p.0,
+});
+
+/// `Append`'s wrong-expected-version answer, in both shapes current
+/// KurrentDB servers send (the `20_6_0` fields have no "no stream"
+/// expectation, so that one is left out there, as KurrentDB does).
+impl append_resp::WrongExpectedVersion {
+    /// The answer for `expected` when the stream stood at `actual`.
+    pub fn new(expected: ExpectedRevision, actual: CurrentRevision) -> Self {
+        use append_resp::wrong_expected_version as w;
+        let e = crate::shared::Empty {};
+        let (current, current_old) = match actual {
+            CurrentRevision::Current(r) => (
+                w::CurrentRevisionOption::CurrentRevision(r.0),
+                w::CurrentRevisionOption2060::CurrentRevision2060(r.0),
+            ),
+            CurrentRevision::NoStream => (
+                w::CurrentRevisionOption::CurrentNoStream(e),
+                w::CurrentRevisionOption2060::NoStream2060(e),
+            ),
+        };
+        let (exp, exp_old) = match expected {
+            ExpectedRevision::Exact(r) => (
+                w::ExpectedRevisionOption::ExpectedRevision(r.0),
+                Some(w::ExpectedRevisionOption2060::ExpectedRevision2060(r.0)),
+            ),
+            ExpectedRevision::Any => (
+                w::ExpectedRevisionOption::ExpectedAny(e),
+                Some(w::ExpectedRevisionOption2060::Any2060(e)),
+            ),
+            ExpectedRevision::StreamExists => (
+                w::ExpectedRevisionOption::ExpectedStreamExists(e),
+                Some(w::ExpectedRevisionOption2060::StreamExists2060(e)),
+            ),
+            ExpectedRevision::NoStream => (w::ExpectedRevisionOption::ExpectedNoStream(e), None),
+        };
+        append_resp::WrongExpectedVersion {
+            current_revision_option_20_6_0: Some(current_old),
+            expected_revision_option_20_6_0: exp_old,
+            current_revision_option: Some(current),
+            expected_revision_option: Some(exp),
+        }
+    }
+
+    /// Where the stream stood (no current revision reads as no stream).
+    pub fn actual(&self) -> CurrentRevision {
+        use append_resp::wrong_expected_version::CurrentRevisionOption as C;
+        match self.current_revision_option {
+            Some(C::CurrentRevision(r)) => CurrentRevision::Current(StreamRevision(r)),
+            _ => CurrentRevision::NoStream,
+        }
+    }
+}
+
+/// The wrong-expected-version detail of a `BatchAppend` answer.
+impl shared::WrongExpectedVersion {
+    /// The detail for `expected` when the stream stood at `actual`.
+    pub fn new(expected: ExpectedRevision, actual: CurrentRevision) -> Self {
+        use shared::wrong_expected_version as w;
+        shared::WrongExpectedVersion {
+            current_stream_revision_option: Some(match actual {
+                CurrentRevision::Current(r) => {
+                    w::CurrentStreamRevisionOption::CurrentStreamRevision(r.0)
+                }
+                CurrentRevision::NoStream => w::CurrentStreamRevisionOption::CurrentNoStream(()),
+            }),
+            expected_stream_position_option: Some(match expected {
+                ExpectedRevision::Exact(r) => {
+                    w::ExpectedStreamPositionOption::ExpectedStreamPosition(r.0)
+                }
+                ExpectedRevision::Any => w::ExpectedStreamPositionOption::ExpectedAny(()),
+                ExpectedRevision::StreamExists => {
+                    w::ExpectedStreamPositionOption::ExpectedStreamExists(())
+                }
+                ExpectedRevision::NoStream => w::ExpectedStreamPositionOption::ExpectedNoStream(()),
+            }),
+        }
+    }
+
+    /// Where the stream stood (no current revision reads as no stream).
+    pub fn actual(&self) -> CurrentRevision {
+        use shared::wrong_expected_version::CurrentStreamRevisionOption as C;
+        match self.current_stream_revision_option {
+            Some(C::CurrentStreamRevision(r)) => CurrentRevision::Current(StreamRevision(r)),
+            _ => CurrentRevision::NoStream,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +362,49 @@ mod tests {
         assert_eq!(
             current_version_number(CurrentRevision::Current(StreamRevision(7))),
             7
+        );
+    }
+
+    #[test]
+    fn wrong_expected_version_answers_carry_the_actual_revision_back() {
+        for actual in [
+            CurrentRevision::NoStream,
+            CurrentRevision::Current(StreamRevision(0)),
+            CurrentRevision::Current(StreamRevision(I64_MAX)),
+        ] {
+            let e = ExpectedRevision::Exact(StreamRevision(3));
+            assert_eq!(
+                append_resp::WrongExpectedVersion::new(e, actual).actual(),
+                actual
+            );
+            assert_eq!(
+                shared::WrongExpectedVersion::new(e, actual).actual(),
+                actual
+            );
+        }
+        let old = append_resp::WrongExpectedVersion::new(
+            ExpectedRevision::NoStream,
+            CurrentRevision::NoStream,
+        );
+        assert!(old.expected_revision_option_20_6_0.is_none());
+        assert!(old.expected_revision_option.is_some());
+    }
+
+    #[test]
+    fn append_successes_round_trip() {
+        let r = AppendResult {
+            revision: StreamRevision(4),
+            position: Position(12),
+        };
+        assert_eq!(AppendResult::from(&append_resp::Success::from(r)), r);
+        assert_eq!(AppendResult::from(&batch_append_resp::Success::from(r)), r);
+        let empty = append_resp::Success::default();
+        assert_eq!(
+            AppendResult::from(&empty),
+            AppendResult {
+                revision: StreamRevision(0),
+                position: Position(0)
+            }
         );
     }
 }

@@ -15,6 +15,7 @@
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
 //! | [`users`] | `event_store.client.users` | `Users`: Create, Update, Delete, Disable, Enable, Details, ChangePassword, ResetPassword |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
+//! | [`ticks`] | – | .NET ticks (`created`, gossip time stamps, durations) ⇄ [`factum_core::Timestamp`] |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -66,6 +67,7 @@ pub use generated::event_store::client::users;
 pub use generated::google::rpc as status;
 
 pub mod expected;
+pub mod ticks;
 
 /// Full gRPC service names, as they appear in request paths.
 pub mod service_names {

@@ -172,7 +172,7 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
 }
 
 /// Requests only `$ops` and `$admins` may make (ADR 31): managing consumer
-/// groups, `/metrics`.
+/// groups, `/metrics`, the admin endpoints (`/admin/…`: backups).
 fn ops_only(path: &str) -> bool {
     const GROUPS: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/";
     match path.strip_prefix(GROUPS) {
@@ -180,7 +180,7 @@ fn ops_only(path: &str) -> bool {
             method,
             "Create" | "Update" | "Delete" | "ReplayParked" | "RestartSubsystem"
         ),
-        None => path == "/metrics",
+        None => path == "/metrics" || path.starts_with("/admin/"),
     }
 }
 

@@ -3,17 +3,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use factum_core::Error;
 use tokio::sync::watch;
 
 use crate::advertise::Advertise;
 use crate::auth::Authenticator;
 use crate::budget::AppendBudget;
 use crate::client_store::ClientStore;
+use crate::errors::append_size_exceeded;
 use crate::listener::ConnectionLimits;
 use crate::metrics::Metrics;
 
 /// A probe for the store's size on disk (for `/metrics`).
 pub type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// Takes a backup of the store into a directory on the server's machine
+/// (`POST /admin/backup`), when the backend can (the embedded engine):
+/// answers the report as JSON.
+pub type BackupHook =
+    Arc<dyn Fn(std::path::PathBuf) -> factum_core::Result<serde_json::Value> + Send + Sync>;
 
 /// Server settings.
 #[derive(Clone)]
@@ -38,6 +46,8 @@ pub struct ServerConfig {
     pub authenticator: Arc<dyn Authenticator>,
     /// The store's size on disk, when the backend can tell.
     pub size_probe: Option<SizeProbe>,
+    /// Online backups, when the backend can take them.
+    pub backup: Option<BackupHook>,
     /// TLS on the port (ADR 30); `None`: plain TCP (insecure mode).
     pub tls: Option<Arc<crate::tls::Reloading>>,
     /// Users kept in the store, who must authenticate (ADR 31); replaces
@@ -95,6 +105,7 @@ impl ServerConfig {
             version: "24.10.0".to_owned(),
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
+            backup: None,
             tls: None,
             users: None,
             metrics_anonymous: false,
@@ -129,6 +140,20 @@ impl ServerConfig {
     /// they are buffered.
     pub fn max_message_bytes(&self) -> usize {
         self.max_append_message_bytes().max(MIN_MESSAGE_BYTES)
+    }
+
+    /// The one maximum-append-size check, made by every append path
+    /// (`Append` and `BatchAppend` per proposed message as it arrives,
+    /// counted whole as KurrentDB counts it; HTTP per event it parsed):
+    /// adds `bytes` to the append's running `total` and refuses it with
+    /// `maximum-append-size-exceeded` (`errors::append_size_exceeded`) once
+    /// the total passes `max_append_bytes`.
+    pub fn count_append_bytes(&self, total: &mut u64, bytes: u64) -> Result<(), Error> {
+        *total = total.saturating_add(bytes);
+        if *total > self.max_append_bytes {
+            return Err(append_size_exceeded(self.max_append_bytes, *total));
+        }
+        Ok(())
     }
 }
 

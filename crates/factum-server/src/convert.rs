@@ -10,10 +10,6 @@ use tonic::Status;
 /// The event type of a link event in `$ce-…` / `$et-…` streams.
 pub const LINK_EVENT_TYPE: &str = "$>";
 
-/// .NET ticks (100 ns) per microsecond: `created` travels as ticks since the
-/// Unix epoch.
-const TICKS_PER_MICRO: i64 = 10;
-
 /// How ids go on the wire in read responses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UuidFormat {
@@ -106,20 +102,6 @@ pub fn proposed_to_event(
     })
 }
 
-fn ticks(created: Timestamp) -> String {
-    created
-        .as_micros()
-        .saturating_mul(TICKS_PER_MICRO)
-        .to_string()
-}
-
-/// Parses the `created` system property (ticks since the Unix epoch).
-pub fn created_from_ticks(s: &str) -> Option<Timestamp> {
-    s.parse::<i64>()
-        .ok()
-        .map(|t| Timestamp(t.div_euclid(TICKS_PER_MICRO)))
-}
-
 fn system_metadata(
     event_type: &str,
     content_type: ContentType,
@@ -128,7 +110,7 @@ fn system_metadata(
     let mut m = HashMap::with_capacity(3);
     m.insert("type".to_owned(), event_type.to_owned());
     m.insert("content-type".to_owned(), content_type.mime().to_owned());
-    m.insert("created".to_owned(), ticks(created));
+    m.insert("created".to_owned(), factum_proto::ticks::to_text(created));
     m
 }
 
@@ -264,13 +246,6 @@ mod tests {
         assert_eq!(grpc_timeout(None), None);
         // Found by tests/fuzz_input.rs: a multi-byte last character.
         assert_eq!(grpc_timeout(Some("1ʲ")), None);
-    }
-
-    #[test]
-    fn created_travels_as_ticks() {
-        let t = Timestamp(1_700_000_000_123_456);
-        assert_eq!(ticks(t), "17000000001234560");
-        assert_eq!(created_from_ticks(&ticks(t)), Some(t));
     }
 
     #[test]

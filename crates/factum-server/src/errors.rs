@@ -32,6 +32,7 @@
 //! |---|---|
 //! | `factum-error` | always: the kind ([`kind`]) |
 //! | `factum-message` | the text of `InvalidInput`, `Unavailable`, `Unsupported`; of an `Io` error without an OS error number |
+//! | `factum-unavailable-reason` | `Unavailable`: its [`factum_core::UnavailableReason`] (`closed`, `storage-failed`, `database-rejected`, …), so a client can tell a transient fault from a fatal one |
 //! | `factum-limit-what`, `factum-limit`, `factum-limit-actual` | `LimitExceeded` |
 //! | `factum-io-context`, `factum-os-error` | `Io` |
 //! | `factum-file`, `factum-offset`, `factum-detail` | `Corrupt` |
@@ -46,7 +47,7 @@
 //! without the prefix, `-` as `_` (`limit_what`, `os_error`, …).
 
 use axum::http::StatusCode;
-use factum_core::{CurrentRevision, Error, ExpectedRevision, StreamName, Uuid};
+use factum_core::{Error, StreamName, Uuid};
 use factum_proto::expected::{current_version_number, expected_version_number};
 use factum_proto::shared;
 use factum_proto::status as rpc;
@@ -130,31 +131,6 @@ fn any<M: Message>(name: &str, m: &M) -> prost_types::Any {
     }
 }
 
-fn wrong_expected_version_detail(
-    expected: ExpectedRevision,
-    actual: CurrentRevision,
-) -> shared::WrongExpectedVersion {
-    use shared::wrong_expected_version as w;
-    shared::WrongExpectedVersion {
-        current_stream_revision_option: Some(match actual {
-            CurrentRevision::Current(r) => {
-                w::CurrentStreamRevisionOption::CurrentStreamRevision(r.0)
-            }
-            CurrentRevision::NoStream => w::CurrentStreamRevisionOption::CurrentNoStream(()),
-        }),
-        expected_stream_position_option: Some(match expected {
-            ExpectedRevision::Exact(r) => {
-                w::ExpectedStreamPositionOption::ExpectedStreamPosition(r.0)
-            }
-            ExpectedRevision::Any => w::ExpectedStreamPositionOption::ExpectedAny(()),
-            ExpectedRevision::StreamExists => {
-                w::ExpectedStreamPositionOption::ExpectedStreamExists(())
-            }
-            ExpectedRevision::NoStream => w::ExpectedStreamPositionOption::ExpectedNoStream(()),
-        }),
-    }
-}
-
 /// The map: `err` as every part of the wire shows it.
 pub fn describe(err: &Error, op: Operation) -> WireError {
     let kind = kind(err);
@@ -191,7 +167,7 @@ pub fn describe(err: &Error, op: Operation) -> WireError {
                 ),
                 any(
                     "WrongExpectedVersion",
-                    &wrong_expected_version_detail(*expected, *actual),
+                    &shared::WrongExpectedVersion::new(*expected, *actual),
                 ),
                 StatusCode::CONFLICT,
             )
@@ -311,8 +287,9 @@ pub fn describe(err: &Error, op: Operation) -> WireError {
                 StatusCode::INTERNAL_SERVER_ERROR,
             )
         }
-        Error::Unavailable(msg) => {
-            factum.push(("factum-message", json!(msg)));
+        Error::Unavailable { reason, message } => {
+            factum.push(("factum-message", json!(message)));
+            factum.push(("factum-unavailable-reason", json!(reason.as_str())));
             (
                 Code::Unavailable,
                 err.to_string(),
@@ -443,7 +420,7 @@ pub fn kind(err: &Error) -> &'static str {
         Error::LimitExceeded { .. } => "limit-exceeded",
         Error::Io { .. } => "io",
         Error::Corrupt { .. } => "corrupt",
-        Error::Unavailable(_) => "unavailable",
+        Error::Unavailable { .. } => "unavailable",
         Error::Locked { .. } => "locked",
         Error::Unsupported(_) => "unsupported",
         Error::AccessDenied(_) => "access-denied",

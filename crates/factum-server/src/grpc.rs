@@ -3,7 +3,6 @@
 //! KurrentDB service path answers UNIMPLEMENTED (tonic's router does that for
 //! unknown paths) until its issue lands.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use factum_core::{EventStore, Uuid};
@@ -17,38 +16,15 @@ use factum_proto::streams::{
     AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
     ReadResp, TombstoneReq, TombstoneResp,
 };
-use futures_util::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
+use crate::grpc_call::{self, channel_stream, grpc_timeout, CHANNEL};
 use crate::{grpc_read, grpc_write};
 
-/// A boxed stream of responses.
-pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// Buffered responses per call: enough to keep the socket busy, small
-/// enough that a slow reader holds little memory.
-const CHANNEL: usize = 256;
-
-pub(crate) fn channel_stream<T: Send + 'static>(
-    rx: mpsc::Receiver<Result<T, Status>>,
-) -> ResponseStream<T> {
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
-}
-
-/// The call's `grpc-timeout`, if it has one.
-pub(crate) fn grpc_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
-    convert::grpc_timeout(
-        request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok()),
-    )
-}
+pub use crate::grpc_call::ResponseStream;
 
 /// The gRPC front end over a store.
 pub struct GrpcApi<S> {
@@ -79,10 +55,8 @@ impl<S: EventStore> GrpcApi<S> {
         &self.ctx
     }
 
-    /// Authentication happens once, in the gate in front of every service
-    /// (`auth::gate`, ADR 31); the principal is in the request's extensions.
-    pub(crate) fn authenticate<T>(&self, _req: &Request<T>) -> Result<(), Status> {
-        Ok(())
+    pub(crate) fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        grpc_call::authenticate(&self.ctx, req)
     }
 }
 
@@ -92,7 +66,7 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
         self.authenticate(&request)?;
-        // `app()` serves reads through `read_wire::ReadRoute` (encoded by
+        // `app()` serves reads through `grpc_read::ReadRoute` (encoded by
         // hand); this path is for the service used on its own.
         let timeout = grpc_timeout(&request);
         let batches = grpc_read::start(self.ctx.clone(), request.into_inner(), timeout);
@@ -226,7 +200,7 @@ impl<S: EventStore> Gossip for GrpcApi<S> {
         } else {
             gossip::member_info::VNodeState::Leader
         };
-        let ticks = factum_core::Timestamp::now().as_micros().saturating_mul(10);
+        let ticks = factum_proto::ticks::from_timestamp(factum_core::Timestamp::now());
         Ok(Response::new(ClusterInfo {
             members: vec![MemberInfo {
                 instance_id: Some(convert::uuid_to_wire(self.instance_id, UuidFormat::String)),

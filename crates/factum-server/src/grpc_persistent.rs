@@ -12,16 +12,16 @@ use factum_persistent::{
 use factum_proto::persistent::persistent_subscriptions_server::PersistentSubscriptions;
 use factum_proto::persistent::{self as wire, read_req, read_resp};
 use factum_proto::shared;
+// Old clients send timeouts in .NET ticks.
+use factum_proto::ticks::PER_MILLI as TICKS_PER_MS;
 use tokio::sync::mpsc;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
-use crate::grpc::{channel_stream, GrpcApi, ResponseStream};
-
-/// .NET ticks (100 ns) per millisecond: old clients send timeouts in ticks.
-const TICKS_PER_MS: i64 = 10_000;
+use crate::grpc::GrpcApi;
+use crate::grpc_call::{channel_stream, ResponseStream};
 
 /// The status KurrentDB answers for a persistent-subscription error.
 pub fn persistent_status(err: &PersistentError) -> Status {
@@ -559,7 +559,7 @@ async fn pump(
             request = incoming.message() => match request {
                 Ok(Some(wire::ReadReq { content: Some(read_req::Content::Ack(a)) })) => {
                     match ids_from_wire(&a.ids) {
-                        Ok(ids) => consumer.ack(ids),
+                        Ok(ids) => consumer.ack(ids).await,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
                             return;
@@ -575,7 +575,7 @@ async fn pump(
                         Ok(read_req::nack::Action::Retry | read_req::nack::Action::Unknown) | Err(_) => NackAction::Retry,
                     };
                     match ids_from_wire(&n.ids) {
-                        Ok(ids) => consumer.nack(ids, action, &n.reason),
+                        Ok(ids) => consumer.nack(ids, action, &n.reason).await,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
                             return;

@@ -1,9 +1,16 @@
-//! `Streams.Read`: reads (count) and subscriptions of a stream or `$all`.
+//! `Streams.Read`: reads (count) and subscriptions of a stream or `$all`,
+//! and [`ReadRoute`], the route `app()` serves them on (answers encoded by
+//! `read_wire`).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use factum_core::{
     AllStart, Direction, Error, EventStore, PageBound, Position, ReadAll, ReadStream,
@@ -24,8 +31,8 @@ use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
-use crate::grpc::ResponseStream;
-use crate::read_wire::Outgoing;
+use crate::grpc_call::{authenticate, grpc_timeout, ResponseStream};
+use crate::read_wire::{Outgoing, ReadCodec};
 
 /// Events in the first store call of a read: the first answers leave soon.
 const FIRST_PAGE: u64 = 256;
@@ -247,9 +254,9 @@ pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Outgoing> {
     }))
 }
 
-/// The batches as a stream of decoded messages (for [`crate::grpc::GrpcApi`]
+/// The batches as a stream of decoded messages (for `GrpcApi`
 /// used as a plain tonic service; `app()` routes reads through
-/// [`read_wire::ReadRoute`] instead).
+/// [`ReadRoute`] instead).
 pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
     use futures_util::StreamExt;
     Box::pin(encoded(rx).map(|m| {
@@ -434,9 +441,7 @@ async fn last_revision<S: EventStore>(ctx: &Ctx<S>, name: &StreamName) -> Option
 async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) -> Outcome {
     let store = &out.ctx.store;
     let direction = out.plan.direction;
-    let store_filter = out.plan.filter.as_ref().and_then(WireFilter::to_store);
-    // Filters the store cannot evaluate are applied here, page by page.
-    let server_filter = out.plan.filter.as_ref().filter(|_| store_filter.is_none());
+    let store_filter = out.plan.filter.as_ref().map(|f| f.filter.clone());
     let mut from = start;
     let mut remaining = count;
     let mut page = FIRST_PAGE;
@@ -444,11 +449,7 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
         if out.ctx.shutting_down() {
             return Ok(Err(Status::unavailable("server is shutting down")));
         }
-        let want = if server_filter.is_some() {
-            page
-        } else {
-            remaining.min(page)
-        };
+        let want = remaining.min(page);
         page = (page * 2).min(MAX_PAGE);
         let req = ReadAll {
             from,
@@ -468,10 +469,8 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
             if remaining == 0 {
                 break;
             }
-            if server_filter.is_none_or(|f| f.matches(&e)) {
-                out.event(e, false).await?;
-                remaining -= 1;
-            }
+            out.event(e, false).await?;
+            remaining -= 1;
         }
         let Some(p) = last else { break };
         if !full {
@@ -637,4 +636,67 @@ fn checkpoint(p: Position) -> Content {
         prepare_position: p.0,
         timestamp: Some(convert::now_timestamp()),
     })
+}
+
+/// `Streams.Read` as a route of its own, answered with `read_wire`'s
+/// [`ReadCodec`] (events encoded by hand; see that module).
+pub struct ReadRoute<S> {
+    ctx: Arc<Ctx<S>>,
+}
+
+impl<S> Clone for ReadRoute<S> {
+    fn clone(&self) -> Self {
+        ReadRoute {
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+impl<S: EventStore> ReadRoute<S> {
+    /// Serves reads of `ctx`'s store.
+    pub fn new(ctx: Arc<Ctx<S>>) -> Self {
+        ReadRoute { ctx }
+    }
+}
+
+/// The method behind the route.
+struct ReadMethod<S>(Arc<Ctx<S>>);
+
+type ReadFuture =
+    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream<Outgoing>>, Status>> + Send>>;
+
+impl<S: EventStore> tonic::server::ServerStreamingService<ReadReq> for ReadMethod<S> {
+    type Response = Outgoing;
+    type ResponseStream = ResponseStream<Outgoing>;
+    type Future = ReadFuture;
+
+    fn call(&mut self, request: tonic::Request<ReadReq>) -> ReadFuture {
+        let ctx = self.0.clone();
+        Box::pin(async move {
+            authenticate(&ctx, &request)?;
+            let timeout = grpc_timeout(&request);
+            let batches = start(ctx, request.into_inner(), timeout);
+            Ok(tonic::Response::new(encoded(batches)))
+        })
+    }
+}
+
+impl<S: EventStore> tower::Service<axum::http::Request<Body>> for ReadRoute<S> {
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
+        let method = ReadMethod(self.ctx.clone());
+        let max = self.ctx.config.max_message_bytes();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ReadCodec)
+                .apply_max_message_size_config(Some(max), Some(max));
+            Ok(grpc.server_streaming(method, req).await)
+        })
+    }
 }

@@ -83,8 +83,7 @@ fn details(d: UserDetails) -> DetailsResp {
             full_name: d.full_name,
             groups: d.groups,
             last_updated: Some(details_resp::user_details::DateTime {
-                // .NET ticks (100 ns) since the Unix epoch.
-                ticks_since_epoch: d.last_updated.0.saturating_mul(10),
+                ticks_since_epoch: factum_proto::ticks::from_timestamp(d.last_updated),
             }),
             disabled: d.disabled,
         }),

@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use factum_core::{
-    AppendResult, CurrentRevision, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid,
-};
+use factum_core::{AppendResult, Error, EventData, EventStore, ExpectedRevision, StreamName, Uuid};
 use factum_proto::shared;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
@@ -21,9 +19,7 @@ use tonic::{Status, Streaming};
 use crate::budget::Reserved;
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
-use crate::errors::{
-    append_size_exceeded, batch_status, batch_timeout, to_status, transport_status, Operation,
-};
+use crate::errors::{batch_status, batch_timeout, to_status, transport_status, Operation};
 
 /// Appends (to `$$<stream>`: sets metadata) and counts it.
 async fn write<S: EventStore>(
@@ -88,20 +84,12 @@ pub async fn append<S: EventStore>(
         return Err(convert::deadline_exceeded());
     }
     let result = match write(&ctx, stream, expected, events).await {
-        Ok(r) => append_resp::Result::Success(append_resp::Success {
-            current_revision_option: Some(
-                append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
-            ),
-            position_option: Some(append_resp::success::PositionOption::Position(
-                append_resp::Position {
-                    commit_position: r.position.0,
-                    prepare_position: r.position.0,
-                },
-            )),
-        }),
+        Ok(r) => append_resp::Result::Success(r.into()),
         Err(Error::WrongExpectedVersion {
             expected, actual, ..
-        }) => append_resp::Result::WrongExpectedVersion(wrong_expected_version(expected, actual)),
+        }) => append_resp::Result::WrongExpectedVersion(append_resp::WrongExpectedVersion::new(
+            expected, actual,
+        )),
         Err(e) => return Err(to_status(&e, Operation::Append)),
     };
     Ok(AppendResp {
@@ -136,13 +124,9 @@ async fn receive<S>(
         match msg.content {
             Some(append_req::Content::ProposedMessage(p)) => {
                 let bytes = p.encoded_len() as u64;
-                size = size.saturating_add(bytes);
-                if size > ctx.config.max_append_bytes {
-                    return Err(to_status(
-                        &append_size_exceeded(ctx.config.max_append_bytes, size),
-                        Operation::Append,
-                    ));
-                }
+                ctx.config
+                    .count_append_bytes(&mut size, bytes)
+                    .map_err(|e| to_status(&e, Operation::Append))?;
                 ctx.append_budget
                     .reserve(&mut reserved, bytes)
                     .await
@@ -163,46 +147,6 @@ async fn receive<S>(
         }
     }
     Ok((stream, expected, events, reserved))
-}
-
-/// Both shapes of the answer, as current KurrentDB servers send them.
-fn wrong_expected_version(
-    expected: ExpectedRevision,
-    actual: CurrentRevision,
-) -> append_resp::WrongExpectedVersion {
-    use append_resp::wrong_expected_version as w;
-    let e = shared::Empty {};
-    let (current, current_old) = match actual {
-        CurrentRevision::Current(r) => (
-            w::CurrentRevisionOption::CurrentRevision(r.0),
-            w::CurrentRevisionOption2060::CurrentRevision2060(r.0),
-        ),
-        CurrentRevision::NoStream => (
-            w::CurrentRevisionOption::CurrentNoStream(e),
-            w::CurrentRevisionOption2060::NoStream2060(e),
-        ),
-    };
-    let (exp, exp_old) = match expected {
-        ExpectedRevision::Exact(r) => (
-            w::ExpectedRevisionOption::ExpectedRevision(r.0),
-            Some(w::ExpectedRevisionOption2060::ExpectedRevision2060(r.0)),
-        ),
-        ExpectedRevision::Any => (
-            w::ExpectedRevisionOption::ExpectedAny(e),
-            Some(w::ExpectedRevisionOption2060::Any2060(e)),
-        ),
-        ExpectedRevision::StreamExists => (
-            w::ExpectedRevisionOption::ExpectedStreamExists(e),
-            Some(w::ExpectedRevisionOption2060::StreamExists2060(e)),
-        ),
-        ExpectedRevision::NoStream => (w::ExpectedRevisionOption::ExpectedNoStream(e), None),
-    };
-    append_resp::WrongExpectedVersion {
-        current_revision_option_20_6_0: Some(current_old),
-        expected_revision_option_20_6_0: exp_old,
-        current_revision_option: Some(current),
-        expected_revision_option: Some(exp),
-    }
 }
 
 /// `Streams.Delete` (soft delete).
@@ -439,12 +383,8 @@ pub async fn batch_append<S: EventStore>(
         let mut refused = None;
         for p in msg.proposed_messages {
             let bytes = p.encoded_len() as u64;
-            entry.size = entry.size.saturating_add(bytes);
-            if entry.size > ctx.config.max_append_bytes {
-                refused = Some(batch_status(&append_size_exceeded(
-                    ctx.config.max_append_bytes,
-                    entry.size,
-                )));
+            if let Err(e) = ctx.config.count_append_bytes(&mut entry.size, bytes) {
+                refused = Some(batch_status(&e));
                 break;
             }
             if let Err(e) = ctx.append_budget.reserve(&mut entry.reserved, bytes).await {
@@ -530,14 +470,7 @@ fn batch_response(
     result: Result<AppendResult, rpc::Status>,
 ) -> BatchAppendResp {
     let result = match result {
-        Ok(r) => batch_append_resp::Result::Success(batch_append_resp::Success {
-            current_revision_option: Some(
-                batch_append_resp::success::CurrentRevisionOption::CurrentRevision(r.revision.0),
-            ),
-            position_option: Some(batch_append_resp::success::PositionOption::Position(
-                convert::all_position(r.position),
-            )),
-        }),
+        Ok(r) => batch_append_resp::Result::Success(r.into()),
         Err(status) => batch_append_resp::Result::Error(status),
     };
     BatchAppendResp {

@@ -10,8 +10,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use factum_core::UnavailableReason;
 use factum_core::{
     AllStart, ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Position,
     ReadAll, ReadStream, RecordedEvent, StreamMetadata, StreamName, StreamRevision, StreamStart,
@@ -23,9 +24,10 @@ use serde_json::{json, Value};
 
 use crate::budget::Reserved;
 use crate::context::Ctx;
+pub use crate::http_headers::{
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EXPECTED_HEADER, EXPECTED_VERSION_HEADER,
+};
 
-/// The header carrying an expected revision (`any`, `no-stream`, `exists`, or a number).
-pub const EXPECTED_HEADER: &str = "factum-expected-revision";
 /// Largest page a read returns.
 const MAX_PAGE: u64 = 4096;
 
@@ -38,6 +40,7 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/admin/backup", post(backup::<S>))
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
@@ -52,6 +55,38 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
         )
         .route("/streams/{stream}/subscribe", get(subscribe::<S>))
         .with_state(ctx)
+}
+
+/// `POST /admin/backup` with `{"to": DIR}`: a consistent copy of the store
+/// at its committed position into `DIR` on the server's machine (ADR 32).
+async fn backup<S: EventStore>(
+    State(ctx): Shared<S>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct BackupRequest {
+        to: std::path::PathBuf,
+    }
+    let req: BackupRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::from(Error::InvalidInput(format!(
+            "a backup request is {{\"to\": \"/dir\"}}: {e}"
+        )))
+    })?;
+    let Some(hook) = ctx.config.backup.clone() else {
+        return Err(Error::Unsupported(
+            "online backup needs the embedded engine; back up PostgreSQL with its own tools".into(),
+        )
+        .into());
+    };
+    let report = tokio::task::spawn_blocking(move || hook(req.to))
+        .await
+        .map_err(|e| {
+            Error::unavailable(
+                factum_core::UnavailableReason::Unspecified,
+                format!("the backup task failed: {e}"),
+            )
+        })??;
+    Ok(Json(report))
 }
 
 /// An error answer: `{"error": kind, "message": text, ...}`.
@@ -108,64 +143,6 @@ fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
     StreamName::new(raw).map_err(ApiError::from)
 }
 
-/// Base64 (standard alphabet, padded) for binary payloads in JSON.
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A payload as JSON when it is JSON, else as base64.
-fn payload(key: &str, bytes: &[u8], json_hint: bool, out: &mut serde_json::Map<String, Value>) {
-    if bytes.is_empty() {
-        return;
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) if json_hint || key == "metadata" => {
-            out.insert(key.to_owned(), v);
-        }
-        _ => {
-            out.insert(format!("{key}_base64"), Value::String(base64(bytes)));
-        }
-    }
-}
-
-/// An event as the HTTP API shows it.
-pub fn event_json(e: &RecordedEvent) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("stream".into(), json!(e.stream.as_str()));
-    m.insert("revision".into(), json!(e.revision.0));
-    m.insert("position".into(), json!(e.position.0));
-    m.insert("type".into(), json!(e.event_type));
-    m.insert("content_type".into(), json!(e.content_type.mime()));
-    m.insert("created".into(), json!(e.created.to_rfc3339()));
-    payload("data", &e.data, e.content_type == ContentType::Json, &mut m);
-    payload("metadata", &e.metadata, true, &mut m);
-    if let Some(l) = &e.link {
-        m.insert(
-            "link".into(),
-            json!({ "stream": l.stream.as_str(), "revision": l.revision.0 }),
-        );
-    }
-    Value::Object(m)
-}
-
 async fn health<S: EventStore>(State(ctx): Shared<S>) -> Response {
     let ready = !ctx.shutting_down() && ctx.store.head_position().await.is_ok();
     let code = if ready {
@@ -209,7 +186,7 @@ async fn read<S: EventStore>(
     State(ctx): Shared<S>,
     Path(stream): Path<String>,
     Query(q): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let direction = match q.direction.as_deref() {
         None | Some("forwards") => Direction::Forwards,
         Some("backwards") => Direction::Backwards,
@@ -289,11 +266,36 @@ async fn read<S: EventStore>(
             .map(|e| (e.data.len() + e.metadata.len()) as u64)
             .sum(),
     );
-    Ok(Json(json!({
-        "stream": name.as_str(),
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(page_json(&name, &events, next))
+}
+
+/// A page of events: `{"stream", "events", "next"}`, each event in its JSON
+/// form (`factum_core::json`), written as text so that event data reaches
+/// the client as it was stored.
+fn page_json(stream: &StreamName, events: &[RecordedEvent], next: Option<u64>) -> Response {
+    let mut body = String::with_capacity(
+        64 + events
+            .iter()
+            .map(|e| 256 + e.data.len() + e.metadata.len())
+            .sum::<usize>(),
+    );
+    body.push_str("{\"stream\":");
+    body.push_str(&json!(stream.as_str()).to_string());
+    body.push_str(",\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        factum_core::json::write_event(e, &mut body);
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&json!(next).to_string());
+    body.push('}');
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// An event to append over HTTP.
@@ -334,13 +336,6 @@ fn expected(headers: &HeaderMap, field: Option<&str>) -> Result<ExpectedRevision
         s.parse().map_err(ApiError::from)
     })
 }
-
-/// KurrentDB's headers for a single event whose body is its data.
-pub const EVENT_TYPE_HEADER: &str = "es-eventtype";
-/// The event id of a single-event append (a new one when absent).
-pub const EVENT_ID_HEADER: &str = "es-eventid";
-/// KurrentDB's expected version: -2 any, -1 no stream, -4 stream exists, or a revision.
-pub const EXPECTED_VERSION_HEADER: &str = "es-expectedversion";
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     headers
@@ -429,7 +424,7 @@ async fn receive_body<S>(
     ctx.append_budget
         .reserve(&mut reserved, declared.unwrap_or(limit))
         .await
-        .map_err(|e| ApiError::from(Error::Unavailable(e.to_string())))?;
+        .map_err(|e| ApiError::from(Error::unavailable(UnavailableReason::Busy, e.to_string())))?;
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
         .map_err(|e| {
@@ -495,13 +490,9 @@ async fn append<S: EventStore>(
         }
     };
     let name = stream_name(&stream)?;
-    let size: u64 = events.iter().map(|e| e.size() as u64).sum();
-    if size > ctx.config.max_append_bytes {
-        return Err(ApiError::from(crate::errors::append_size_exceeded(
-            ctx.config.max_append_bytes,
-            size,
-        )));
-    }
+    let mut size = 0u64;
+    let bytes = events.iter().map(|e| e.size() as u64).sum();
+    ctx.config.count_append_bytes(&mut size, bytes)?;
     let started = std::time::Instant::now();
     let n = events.len();
     let r = ctx.store.append(name, expected, events).await?;
@@ -613,7 +604,7 @@ async fn subscribe<S: EventStore>(
             let ev = match msg? {
                 Ok(SubscriptionMessage::Event(e)) => SseEvent::default()
                     .event("event")
-                    .data(event_json(&e).to_string()),
+                    .data(factum_core::json::event_json(&e)),
                 Ok(SubscriptionMessage::CaughtUp) => {
                     SseEvent::default().event("caught-up").data("{}")
                 }
@@ -634,22 +625,4 @@ async fn subscribe<S: EventStore>(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
 }

@@ -48,11 +48,13 @@ pub mod convert;
 pub mod errors;
 pub mod filter;
 pub mod grpc;
+mod grpc_call;
 mod grpc_persistent;
 mod grpc_read;
 mod grpc_users;
 mod grpc_write;
 pub mod http;
+mod http_headers;
 mod http_users;
 mod listener;
 pub mod metrics;
@@ -79,7 +81,7 @@ use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{Ctx, ServerConfig, SizeProbe, UsersConfig};
+pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).
@@ -147,7 +149,7 @@ pub fn app<S: EventStore>(
     let grpc = grpc
         .prepare()
         .into_axum_router()
-        .route_service(read_wire::READ_PATH, read_wire::ReadRoute::new(ctx.clone()));
+        .route_service(read_wire::READ_PATH, grpc_read::ReadRoute::new(ctx.clone()));
     let http = match &ctx.users {
         Some(users) => http::router(ctx.clone()).merge(http_users::router(users.clone())),
         None => http::router(ctx.clone()),

@@ -10,7 +10,7 @@ fn stream_param() -> Value {
 }
 
 fn expected_param() -> Value {
-    json!({ "name": crate::http::EXPECTED_HEADER, "in": "header", "required": false,
+    json!({ "name": crate::http_headers::EXPECTED_HEADER, "in": "header", "required": false,
             "description": "Expected revision: `any` (default), `no-stream`, `exists` or a revision number.",
             "schema": { "type": "string" } })
 }
@@ -35,6 +35,11 @@ pub fn document() -> Value {
         "/health/live": { "get": { "summary": "Liveness", "responses": { "200": { "description": "The process serves requests" } } } },
         "/health/ready": { "get": { "summary": "Readiness",
             "responses": { "200": { "description": "The store answers" }, "503": { "description": "Not ready or shutting down" } } } },
+        "/admin/backup": { "post": { "summary": "Online backup into a directory on the server's machine (embedded engine): a consistent copy at the committed position, incremental into an earlier backup (ADR 32)",
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["to"], "properties": { "to": { "type": "string" } } } } } },
+            "responses": { "200": { "description": "The report: position, files, files_copied, bytes_copied, bytes_total" },
+                           "400": { "description": "Bad request" }, "501": { "description": "Not the embedded engine" } } } },
         "/metrics": { "get": { "summary": "Prometheus metrics",
             "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": {} } } } } },
         "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
@@ -85,11 +90,14 @@ pub fn document() -> Value {
             "responses": { "200": { "description": "An event stream", "content": { "text/event-stream": {} } } } } }
       },
       "components": { "schemas": {
-        "Event": { "type": "object", "required": ["id", "stream", "revision", "position", "type", "created"],
+        "Event": { "type": "object",
+          "description": "An event's JSON form, the same in pages, server-sent events and the CLI's --json (factum_core::json). `data` is the JSON value itself when the content type is application/json and the bytes parse (`data_encoding`: `json`; insignificant whitespace removed, everything else as stored), else the bytes in base64 (RFC 4648, padded; `base64`). `metadata` likewise whatever the content type, or null when empty (`none`). `link` appears for events read through $ce-/$et- streams.",
+          "required": ["id", "stream", "revision", "position", "type", "content_type", "created", "data", "data_encoding", "metadata", "metadata_encoding"],
           "properties": { "id": { "type": "string", "format": "uuid" }, "stream": { "type": "string" },
             "revision": { "type": "integer" }, "position": { "type": "integer" }, "type": { "type": "string" },
             "content_type": { "type": "string" }, "created": { "type": "string", "format": "date-time" },
-            "data": {}, "data_base64": { "type": "string" }, "metadata": {}, "metadata_base64": { "type": "string" },
+            "data": {}, "data_encoding": { "type": "string", "enum": ["json", "base64"] },
+            "metadata": {}, "metadata_encoding": { "type": "string", "enum": ["json", "base64", "none"] },
             "link": { "type": "object", "properties": { "stream": { "type": "string" }, "revision": { "type": "integer" } } } } },
         "Page": { "type": "object", "properties": { "stream": { "type": "string" },
             "events": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } },

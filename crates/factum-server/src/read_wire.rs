@@ -7,27 +7,19 @@
 //! checkpoints, caught-up, …) still go through prost.
 //!
 //! The route `/event_store.client.streams.Streams/Read` is served by
-//! [`ReadRoute`] with a codec whose items are events (encoded by hand as
-//! tonic writes them, straight into its buffer) or encoded messages.
+//! `grpc_read::ReadRoute` with [`ReadCodec`], whose items are events
+//! (encoded by hand as tonic writes them, straight into its buffer) or
+//! encoded messages.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
-use factum_core::{ContentType, EventStore, RecordedEvent, Uuid};
+use factum_core::{ContentType, RecordedEvent, Uuid};
 use factum_proto::streams::ReadReq;
 use prost::encoding::encoded_len_varint;
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use crate::context::Ctx;
 use crate::convert::{UuidFormat, LINK_EVENT_TYPE};
-use crate::grpc::ResponseStream;
 
 /// The request path of `Streams.Read`.
 pub const READ_PATH: &str = "/event_store.client.streams.Streams/Read";
@@ -310,9 +302,9 @@ impl Record<'_> {
     }
 }
 
-/// .NET ticks (100 ns) since the Unix epoch, as `created` travels.
+/// `created` as it travels: .NET ticks (`factum_proto::ticks`).
 fn ticks(e: &RecordedEvent) -> Decimal {
-    Decimal::new(e.created.as_micros().saturating_mul(10))
+    Decimal::new(factum_proto::ticks::from_timestamp(e.created))
 }
 
 fn event_record(e: &RecordedEvent, format: UuidFormat) -> Record<'_> {
@@ -487,74 +479,6 @@ impl Codec for ReadCodec {
 
     fn decoder(&mut self) -> Request {
         Request
-    }
-}
-
-/// `Streams.Read` as a route of its own (see the module documentation).
-pub struct ReadRoute<S> {
-    ctx: Arc<Ctx<S>>,
-}
-
-impl<S> Clone for ReadRoute<S> {
-    fn clone(&self) -> Self {
-        ReadRoute {
-            ctx: self.ctx.clone(),
-        }
-    }
-}
-
-impl<S: EventStore> ReadRoute<S> {
-    /// Serves reads of `ctx`'s store.
-    pub fn new(ctx: Arc<Ctx<S>>) -> Self {
-        ReadRoute { ctx }
-    }
-}
-
-/// The method behind the route.
-struct ReadMethod<S>(Arc<Ctx<S>>);
-
-type ReadFuture =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream<Outgoing>>, Status>> + Send>>;
-
-impl<S: EventStore> tonic::server::ServerStreamingService<ReadReq> for ReadMethod<S> {
-    type Response = Outgoing;
-    type ResponseStream = ResponseStream<Outgoing>;
-    type Future = ReadFuture;
-
-    fn call(&mut self, request: tonic::Request<ReadReq>) -> ReadFuture {
-        let ctx = self.0.clone();
-        Box::pin(async move {
-            authenticate(&ctx, &request)?;
-            let timeout = crate::grpc::grpc_timeout(&request);
-            let batches = crate::grpc_read::start(ctx, request.into_inner(), timeout);
-            Ok(tonic::Response::new(crate::grpc_read::encoded(batches)))
-        })
-    }
-}
-
-/// Authentication happens once, in the gate in front of every service
-/// (`auth::gate`, ADR 31); the principal is in the request's extensions.
-pub fn authenticate<S, T>(_ctx: &Ctx<S>, _req: &tonic::Request<T>) -> Result<(), Status> {
-    Ok(())
-}
-
-impl<S: EventStore> tower::Service<axum::http::Request<Body>> for ReadRoute<S> {
-    type Response = axum::http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
-        let method = ReadMethod(self.ctx.clone());
-        let max = self.ctx.config.max_message_bytes();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ReadCodec)
-                .apply_max_message_size_config(Some(max), Some(max));
-            Ok(grpc.server_streaming(method, req).await)
-        })
     }
 }
 

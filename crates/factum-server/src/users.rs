@@ -162,7 +162,12 @@ async fn hash(password: String) -> Result<String, UserError> {
             .map_err(|e| UserError::InvalidInput(format!("cannot hash the password: {e}")))
     })
     .await
-    .map_err(|e| UserError::Store(Error::Unavailable(format!("hashing task failed: {e}"))))?
+    .map_err(|e| {
+        UserError::Store(Error::unavailable(
+            factum_core::UnavailableReason::Busy,
+            format!("hashing task failed: {e}"),
+        ))
+    })?
 }
 
 /// True when `password` matches the PHC `stored` hash (on the blocking pool).

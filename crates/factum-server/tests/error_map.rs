@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use factum_client::{Client, Retry};
+use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, CurrentRevision, DeleteResult, Error, EventData, EventStore, ExpectedRevision,
     Position, ReadAll, ReadStream, RecordedEvent, StreamMetadata, StreamMetadataResult, StreamName,
@@ -46,10 +47,12 @@ enum Method {
 type MakeError = fn(&StreamName, ExpectedRevision) -> Error;
 
 /// The real engine, failing on demand: while armed, every call of the
-/// armed method returns a fresh error from the armed maker.
+/// armed method returns a fresh error from the armed maker (counted in
+/// `faults`).
 struct Faulty {
     inner: Engine,
     armed: Mutex<Option<(Method, MakeError)>>,
+    faults: std::sync::atomic::AtomicUsize,
 }
 
 impl Faulty {
@@ -60,7 +63,11 @@ impl Faulty {
         expected: ExpectedRevision,
     ) -> Option<Error> {
         match *self.armed.lock().unwrap() {
-            Some((m, make)) if m == method => Some(make(stream, expected)),
+            Some((m, make)) if m == method => {
+                self.faults
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(make(stream, expected))
+            }
             _ => None,
         }
     }
@@ -227,7 +234,16 @@ fn catalogue() -> Vec<(&'static str, MakeError)> {
             detail: "frame checksum mismatch".into(),
         }),
         ("unavailable", |_, _| {
-            Error::Unavailable("the writer stopped after a failed fsync".into())
+            Error::unavailable(
+                UnavailableReason::StorageFailed,
+                "the writer stopped after a failed fsync",
+            )
+        }),
+        ("unavailable, transient", |_, _| {
+            Error::unavailable(
+                UnavailableReason::DatabaseUnreachable,
+                "PostgreSQL connect: connection refused",
+            )
         }),
         ("locked", |_, _| Error::Locked {
             path: PathBuf::from("/data/store/LOCK"),
@@ -251,6 +267,11 @@ fn assert_same(got: &Error, want: &Error, what: &str) {
         assert_eq!(g.raw_os_error(), w.raw_os_error(), "{what}");
         assert_eq!(g.kind(), w.kind(), "{what}");
     }
+    if let (Error::Unavailable { reason: g, .. }, Error::Unavailable { reason: w, .. }) =
+        (got, want)
+    {
+        assert_eq!(g, w, "{what}: the reason");
+    }
 }
 
 struct Fixture {
@@ -269,6 +290,7 @@ async fn start() -> Fixture {
     let store = Arc::new(Faulty {
         inner: engine,
         armed: Mutex::new(None),
+        faults: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -438,7 +460,7 @@ fn kurrentdb_view(label: &str) -> (tonic::Code, Option<&'static str>, &'static s
             (Internal, None, "Unknown")
         }
         "corrupt" => (DataLoss, None, "Unknown"),
-        "unavailable" => (Unavailable, None, "Unknown"),
+        "unavailable" | "unavailable, transient" => (Unavailable, None, "Unknown"),
         "unsupported" => (Unimplemented, None, "Unknown"),
         other => panic!("no expectation for {other}"),
     }
@@ -568,7 +590,7 @@ async fn kurrentdb_clients_see_one_code_per_error_on_every_rpc() {
             // A conflict on the configuration stream means another node
             // changed it: the subsystem reports it as unavailable.
             Error::WrongExpectedVersion { .. } => {
-                assert!(matches!(got, Error::Unavailable(_)), "{label}: {got:?}")
+                assert!(matches!(got, Error::Unavailable { .. }), "{label}: {got:?}")
             }
             _ => assert_same(
                 &got,
@@ -607,6 +629,54 @@ fn create_options(stream: &shared::StreamIdentifier, group: &str) -> persistent:
     }
 }
 
+/// The reason of an `Unavailable` crosses the wire, and `factum-client`'s
+/// retry acts on it: an append failing for a fatal reason (a failed fsync
+/// on the server) is sent once, one failing for a transient reason (the
+/// database unreachable) until the attempts run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_retry_skips_fatal_unavailable_errors() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = start().await;
+    let retry = Retry {
+        attempts: 4,
+        first_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(5),
+    };
+    let client = Client::connect(&format!("http://{}", f.addr))
+        .await
+        .unwrap()
+        .with_retry(retry);
+    let s = name("retry-1");
+    for (label, reason, calls) in [
+        ("fatal", UnavailableReason::StorageFailed, 1),
+        ("transient", UnavailableReason::DatabaseUnreachable, 4),
+    ] {
+        let make: MakeError = match reason {
+            UnavailableReason::StorageFailed => {
+                |_, _| Error::unavailable(UnavailableReason::StorageFailed, "fsync failed")
+            }
+            _ => |_, _| Error::unavailable(UnavailableReason::DatabaseUnreachable, "refused"),
+        };
+        f.store.faults.store(0, SeqCst);
+        f.store.arm(Method::Append, make);
+        let got = client
+            .append(
+                s.clone(),
+                ExpectedRevision::Any,
+                vec![EventData::binary("T", "x")],
+            )
+            .await
+            .unwrap_err();
+        f.store.disarm();
+        assert!(
+            matches!(got, Error::Unavailable { reason: r, .. } if r == reason),
+            "{label}: {got:?}"
+        );
+        assert_eq!(got.is_fatal(), reason.is_fatal(), "{label}");
+        assert_eq!(f.store.faults.load(SeqCst), calls, "{label}: appends sent");
+    }
+}
+
 /// One HTTP request on a fresh connection: (status, JSON body).
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -634,7 +704,7 @@ fn http_status(e: &Error) -> u16 {
         Error::StreamNotFound { .. } => 404,
         Error::InvalidInput(_) => 400,
         Error::LimitExceeded { .. } => 413,
-        Error::Unavailable(_) => 503,
+        Error::Unavailable { .. } => 503,
         Error::Unsupported(_) => 501,
         _ => 500,
     }
@@ -745,7 +815,7 @@ async fn http_answers_the_mapped_status_and_json_for_every_error() {
                     assert_eq!(json["path"], path.display().to_string(), "{case}");
                 }
                 Error::InvalidInput(_) => assert_eq!(kind, "invalid-input"),
-                Error::Unavailable(_) => assert_eq!(kind, "unavailable"),
+                Error::Unavailable { .. } => assert_eq!(kind, "unavailable"),
                 Error::Unsupported(_) => assert_eq!(kind, "unsupported"),
                 other => panic!("{case}: {other:?}"),
             }

@@ -2,9 +2,9 @@
 //! seeded loops:
 //!
 //! - `convert`: the wire ⇄ model conversions (`uuid_from_wire`,
-//!   `stream_from_wire`, `proposed_to_event`, `created_from_ticks`,
+//!   `stream_from_wire`, `proposed_to_event`, `factum_proto::ticks::parse`,
 //!   `grpc_timeout`) and filters (`WireFilter::from_wire`, `matches`,
-//!   `to_store`) with generated regexes (look-around, back-references,
+//!   with generated regexes (look-around, back-references,
 //!   nested repetition: the backtracking engine's limit bounds each match);
 //! - `http`: the whole HTTP router, driven in process with
 //!   `tower::ServiceExt::oneshot` (no socket): methods, paths (percent-
@@ -366,7 +366,7 @@ fn convert_one(rng: &mut Rng) -> FilterOptions {
         rng.bytes(4),
         rng.bytes(4),
     );
-    let _ = convert::created_from_ticks(&rng.number_text());
+    let _ = factum_proto::ticks::parse(rng.number_text().as_bytes());
     let timeout = match rng.below(3) {
         0 => format!(
             "{}{}",
@@ -386,7 +386,6 @@ fn convert_one(rng: &mut Rng) -> FilterOptions {
         for _ in 0..3 {
             f.matches(&event(rng));
         }
-        let _ = f.to_store();
     }
     options
 }

@@ -254,7 +254,9 @@ async fn single_event_appends_with_kurrentdb_headers() {
     assert_eq!(events[0]["id"], id);
     assert_eq!(events[0]["type"], "Scanned");
     assert_eq!(events[0]["content_type"], "application/octet-stream");
-    assert_eq!(events[0]["data_base64"], "cmF3IAEgYnl0ZXM=");
+    // The CLI's shape (issue 14): the bytes in `data`, base64, and saying so.
+    assert_eq!(events[0]["data"], "cmF3IAEgYnl0ZXM=");
+    assert_eq!(events[0]["data_encoding"], "base64");
     assert_eq!(events[1]["type"], "Noted");
     assert_eq!(events[1]["data"]["note"], "hi");
     // Refused: a conflict, a body that is not JSON without a type, JSON

@@ -169,7 +169,7 @@ async fn deliveries(consumer: &mut Consumer, n: usize) -> Vec<Uuid> {
             .expect("a delivery in time")
             .expect("connected")
             .expect("no error");
-        consumer.ack([d.id()]);
+        consumer.ack([d.id()]).await;
         if d.event.stream.as_str().starts_with("acct-") {
             got.push(d.event.id);
         }

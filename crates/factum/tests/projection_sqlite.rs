@@ -506,7 +506,10 @@ async fn transient_store_errors_resubscribe_from_the_position<S: EventStore + Cl
     bank_activity(&repo, "a", &[1, 2, 3, 4]).await;
     bank_activity(&repo, "b", &[10, 20]).await;
     let flaky = common::BreakingStore::new(store.clone(), || {
-        factum_core::Error::Unavailable("connection reset (injected)".into())
+        factum_core::Error::unavailable(
+            factum_core::UnavailableReason::Connection,
+            "connection reset (injected)",
+        )
     });
     flaky.breaks.store(2, Ordering::SeqCst);
     flaky.refusals.store(1, Ordering::SeqCst);

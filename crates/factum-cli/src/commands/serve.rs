@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// The address clients are told to connect to (Gossip) [default: the bound address].
     #[arg(long, env = "FACTUM_ADVERTISE", value_name = "ADDR")]
     pub advertise: Option<String>,
+    /// The directory online backups (`POST /admin/backup`) may write under;
+    /// without it the endpoint refuses, so no client can make the server
+    /// write files elsewhere.
+    #[arg(long, env = "FACTUM_BACKUP_ROOT", value_name = "DIR")]
+    pub backup_root: Option<PathBuf>,
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
@@ -140,6 +145,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "tls-ca",
             "metrics-anonymous",
             "advertise",
+            "backup-root",
             "max-append-bytes",
             "max-inflight-append-bytes",
             "max-connections",
@@ -185,6 +191,7 @@ struct Settings {
     security: Security,
     metrics_anonymous: bool,
     advertise: Option<factum_server::Advertise>,
+    backup_root: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
@@ -307,6 +314,9 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
                     .map_err(|e| CliError::usage(format!("--advertise {e}")))
             })
             .transpose()?,
+        backup_root: args
+            .backup_root
+            .or_else(|| file.get("backup-root").map(PathBuf::from)),
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         max_inflight_append_bytes: args
             .max_inflight_append_bytes
@@ -429,10 +439,25 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             // Crash-only after a failed fsync (ADR 12): exit non-zero so a
             // supervisor restarts the server, whose open recovers the log.
             let fatal: Fatal = Box::pin(engine.stopped_for_good());
+            let backed = engine.clone();
+            let root = s.backup_root.clone();
+            let backup: factum_server::BackupHook = Arc::new(move |to| {
+                let to = backup_target(root.as_deref(), &to)?;
+                let r = backed.backup(&to)?;
+                Ok(serde_json::json!({
+                    "position": r.position.0,
+                    "files": r.files,
+                    "files_copied": r.files_copied,
+                    "bytes_copied": r.bytes_copied,
+                    "bytes_total": r.bytes_total,
+                    "to": to,
+                }))
+            });
             let result = rt.block_on(serve_store(
                 &s,
                 engine.clone(),
                 Some(probe),
+                Some(backup),
                 Some(fatal),
                 &what,
             ));
@@ -459,6 +484,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     Arc::new(store),
                     None,
                     None,
+                    None,
                     &format!("PostgreSQL schema {schema}"),
                 )
                 .await
@@ -475,6 +501,28 @@ type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 /// good (the engine after a failed fsync).
 type Fatal = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
+/// Where an online backup asked for `to` goes: `to` taken relative to the
+/// backup root, and refused when there is no root or it would leave it.
+fn backup_target(root: Option<&Path>, to: &Path) -> factum_core::Result<PathBuf> {
+    let Some(root) = root else {
+        return Err(factum_core::Error::InvalidInput(
+            "online backups are off: start the server with --backup-root DIR (FACTUM_BACKUP_ROOT) to allow them under DIR".into(),
+        ));
+    };
+    let relative = to.strip_prefix(root).unwrap_or(to);
+    let inside = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside || relative.as_os_str().is_empty() {
+        return Err(factum_core::Error::InvalidInput(format!(
+            "a backup goes into a directory under the backup root {}: {} is not",
+            root.display(),
+            to.display()
+        )));
+    }
+    Ok(root.join(relative))
+}
+
 /// Serves `store` until SIGTERM or SIGINT, then waits up to the grace period
 /// for in-flight requests. When `fatal` resolves first it shuts down the
 /// same way and fails with its reason (exit 1).
@@ -482,6 +530,7 @@ async fn serve_store<S: factum_core::EventStore>(
     s: &Settings,
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
+    backup: Option<factum_server::BackupHook>,
     fatal: Option<Fatal>,
     what: &str,
 ) -> Result<(), CliError> {
@@ -502,6 +551,7 @@ async fn serve_store<S: factum_core::EventStore>(
     }
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
+    config.backup = backup;
     config.metrics_anonymous = s.metrics_anonymous;
     let files = match &s.security {
         Security::Insecure => None,

@@ -533,11 +533,17 @@ impl<S: EventStore> Case<'_, S> {
         loop {
             match tokio::time::timeout(CATCH_UP_TIMEOUT, sub.next()).await {
                 Err(_) => {
-                    return Err(Error::Unavailable(format!(
-                        "no CaughtUp within {CATCH_UP_TIMEOUT:?}"
-                    )))
+                    return Err(Error::unavailable(
+                        crate::error::UnavailableReason::Unspecified,
+                        format!("no CaughtUp within {CATCH_UP_TIMEOUT:?}"),
+                    ))
                 }
-                Ok(None) => return Err(Error::Unavailable("ended before CaughtUp".into())),
+                Ok(None) => {
+                    return Err(Error::unavailable(
+                        crate::error::UnavailableReason::Unspecified,
+                        "ended before CaughtUp",
+                    ))
+                }
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(SubscriptionMessage::Event(e)))) => events.push(normalize(e)),
                 Ok(Some(Ok(SubscriptionMessage::CaughtUp))) => return Ok(events),

@@ -64,7 +64,7 @@ pub(crate) fn kind(e: &Error) -> &'static str {
         Error::LimitExceeded { .. } => "LimitExceeded",
         Error::Io { .. } => "Io",
         Error::Corrupt { .. } => "Corrupt",
-        Error::Unavailable(_) => "Unavailable",
+        Error::Unavailable { .. } => "Unavailable",
         Error::Locked { .. } => "Locked",
         Error::Unsupported(_) => "Unsupported",
         Error::AccessDenied(_) => "AccessDenied",

@@ -17,6 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use factum_core::UnavailableReason;
 use factum_core::{Bytes, Error, StreamName, StreamRevision, Timestamp};
 use tokio_postgres::{Client, Statement};
 
@@ -65,7 +66,10 @@ fn unavailable(context: &str, e: tokio_postgres::Error) -> Error {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
     };
-    Error::Unavailable(format!("PostgreSQL snapshot store ({context}): {reason}"))
+    Error::unavailable(
+        UnavailableReason::DatabaseUnreachable,
+        format!("PostgreSQL snapshot store ({context}): {reason}"),
+    )
 }
 
 impl PostgresSnapshotStore {
