@@ -181,6 +181,23 @@ async fn the_acl_matrix() {
             "{login} /metrics"
         );
     }
+    // Admin endpoints (backups): $ops and $admins; others never reach them.
+    for (login, allowed) in [
+        ("admin", true),
+        ("ops", true),
+        ("alice", false),
+        ("bob", false),
+    ] {
+        let status = http(
+            addr,
+            login,
+            "POST",
+            "/admin/backup",
+            r#"{"to": "/nonexistent"}"#,
+        )
+        .await;
+        assert_eq!(status != 403, allowed, "{login} /admin/backup: {status}");
+    }
 }
 
 #[tokio::test]
