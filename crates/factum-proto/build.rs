@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/serverfeatures.proto",
         "proto/gossip.proto",
         "proto/persistent.proto",
+        "proto/users.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
