@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rich_status.proto",
         "proto/v2_streams.proto",
         "proto/v2_streams_errors.proto",
+        "proto/users.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

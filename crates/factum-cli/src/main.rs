@@ -61,7 +61,10 @@ enum Command {
     /// Makes a store from a backup, then verifies it.
     Restore(commands::backup::RestoreArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
+    /// Makes TLS certificates: a CA (`create-ca`) and node certificates
+    /// signed by it (`create-node`).
+    Certs(commands::certs::CertsArgs),
     /// Applies pending PostgreSQL schema migrations (also applied on start).
     Migrate(commands::admin::MigrateArgs),
     /// Runs the benchmark harness: the `factum-bench` binary beside this one,
@@ -102,7 +105,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Reindex(a) => commands::admin::reindex(a),
         Command::Backup(a) => commands::backup::backup(a),
         Command::Restore(a) => commands::backup::restore(a),
-        Command::Serve(a) => commands::serve::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
+        Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::CrashLoad(a) => commands::crash_load::run(a),

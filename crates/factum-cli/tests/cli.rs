@@ -290,7 +290,7 @@ fn verify_stats_and_reindex_on_a_good_store() {
 }
 
 #[test]
-fn serve_refuses_to_run_without_insecure_or_data() {
+fn serve_refuses_to_run_without_a_certificate_or_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     let o = run(&[
@@ -301,7 +301,11 @@ fn serve_refuses_to_run_without_insecure_or_data() {
         "127.0.0.1:0",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("pass --insecure"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a secure server needs a certificate"),
+        "{}",
+        stderr(&o)
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_factum"))
         .args(["serve", "--insecure"])
         .env_remove("FACTUM_DATA")

@@ -8,7 +8,10 @@
 //! print GAP with a label and the count closes each script's summary.
 //!
 //! The clients are installed on first use under the target directory and
-//! reused; the install and each run print their time. When one cannot be
+//! reused; the install and each run print their time. The `…_secure`
+//! tests run against `factum serve --dev` (TLS with the development CA,
+//! users, ACLs): the scripts connect with `tls=true`, the CA file and
+//! `admin:changeit` when `FACTUM_INTEROP_CA` is set. When one cannot be
 //! installed (no network, no python3/node), the test prints SKIPPED —
 //! except with `CI=true`, where it fails.
 
@@ -66,18 +69,29 @@ const KURRENTDB_CLIENT: Official = Official {
 struct Server {
     child: Child,
     addr: String,
+    /// The development CA clients trust (secure servers).
+    ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// Secure (`--dev`, ADR 30/31): TLS with the development CA, users.
+    fn start_secure() -> Server {
+        Server::start_with(true)
+    }
+
+    fn start_with(secure: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_factum"))
             .args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
-                "--insecure",
+                if secure { "--dev" } else { "--insecure" },
                 "--max-append-bytes",
                 "1048576",
             ])
@@ -87,19 +101,30 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("factum serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        // Dev mode prints the CA and a connection string before "serving".
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut ca = None;
+        let line = loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "factum serve exited");
+            if let Some(path) = line.trim().strip_prefix("development CA: ") {
+                ca = Some(PathBuf::from(path));
+            }
+            if line.contains(" on ") {
+                break line;
+            }
+        };
         let addr = line
             .split(" on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
+        assert_eq!(ca.is_some(), secure, "the development CA is printed");
         Server {
             child,
             addr,
+            ca,
             _dir: dir,
         }
     }
@@ -249,11 +274,26 @@ fn script(name: &str) -> PathBuf {
 /// fresh server; it must report no failures (known gaps are reported, not
 /// failed).
 fn with(client: &'static Official, name: &str) {
+    with_server(client, name, false)
+}
+
+/// As [`with`], against a secure server (`--dev`): the scripts connect
+/// with TLS, trusting the development CA (`FACTUM_INTEROP_CA`), as
+/// `admin:changeit`.
+fn with_secure(client: &'static Official, name: &str) {
+    with_server(client, name, true)
+}
+
+fn with_server(client: &'static Official, name: &str, secure: bool) {
     let installed = match client.installed() {
         Ok(p) => p,
         Err(why) => return unavailable(&client.label(), why),
     };
-    let server = Server::start();
+    let server = if secure {
+        Server::start_secure()
+    } else {
+        Server::start()
+    };
     let mut cmd = match client.language {
         Language::Python => Command::new(installed),
         Language::Node => {
@@ -262,6 +302,9 @@ fn with(client: &'static Official, name: &str) {
             node
         }
     };
+    if let Some(ca) = &server.ca {
+        cmd.env("FACTUM_INTEROP_CA", ca);
+    }
     let started = Instant::now();
     let output = cmd
         .arg(script(name))
@@ -277,7 +320,11 @@ fn with(client: &'static Official, name: &str) {
         client.label(),
         started.elapsed().as_secs_f64()
     );
-    let what = format!("{} ({name})", client.label());
+    let what = format!(
+        "{} ({name}{})",
+        client.label(),
+        if secure { ", secure" } else { "" }
+    );
     assert!(
         output.status.success(),
         "{what} reported failures:\n{stdout}\n{stderr}"
@@ -338,4 +385,28 @@ fn node_kurrentdb_client_persistent_subscriptions() {
 #[test]
 fn node_kurrentdb_client_multi_stream_append() {
     with(&KURRENTDB_CLIENT, "node_multi.js");
+}
+
+/// The full scenario list over TLS with the development CA, as admin.
+#[test]
+fn python_kurrentdbclient_secure() {
+    with_secure(&KURRENTDBCLIENT, "python_client.py");
+}
+
+/// Users, wrong credentials and access denied as the client reports them.
+#[test]
+fn python_kurrentdbclient_secure_users_and_access() {
+    with_secure(&KURRENTDBCLIENT, "python_secure.py");
+}
+
+/// The full scenario list over TLS with the development CA, as admin.
+#[test]
+fn node_kurrentdb_client_secure() {
+    with_secure(&KURRENTDB_CLIENT, "node_client.js");
+}
+
+/// Consumer groups over TLS, as admin (managing them needs `$ops`/`$admins`).
+#[test]
+fn python_kurrentdbclient_secure_persistent_subscriptions() {
+    with_secure(&KURRENTDBCLIENT, "python_persistent.py");
 }

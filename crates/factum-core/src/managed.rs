@@ -13,7 +13,7 @@
 //!
 //! Adding a subsystem's streams (the next issues): add an [`Owner`]
 //! variant with its name and operations, and its rows in `MANAGED` —
-//! users: `Exact("$users")`, `Prefix("$user-")`; settings:
+//! settings:
 //! `Exact("$settings")`; projections: `Prefix("$projections-")` — plus
 //! constructors for the names it writes, so the subsystem and this table
 //! cannot disagree. Unlike KurrentDB, admins will not write them either
@@ -31,6 +31,14 @@ pub const PERSISTENT_SUBSCRIPTION_CONFIG_STREAM: &str = "$persistentSubscription
 /// (KurrentDB's names).
 pub const PERSISTENT_SUBSCRIPTION_STREAM_PREFIX: &str = "$persistentsubscription-";
 
+/// Every user's login name, one `$User` event per user created
+/// (KurrentDB's name).
+pub const USERS_STREAM: &str = "$users";
+
+/// The prefix of each user's stream, `$user-<login>`: its details and
+/// password hash (KurrentDB's name).
+pub const USER_STREAM_PREFIX: &str = "$user-";
+
 /// A subsystem that owns streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -38,6 +46,8 @@ pub enum Owner {
     /// Persistent subscriptions (consumer groups): their configuration,
     /// checkpoints and parked messages.
     PersistentSubscriptions,
+    /// Users: their details, groups and password hashes (ADR 31).
+    Users,
 }
 
 impl Owner {
@@ -45,6 +55,7 @@ impl Owner {
     pub fn name(self) -> &'static str {
         match self {
             Owner::PersistentSubscriptions => "persistent subscriptions",
+            Owner::Users => "user management",
         }
     }
 
@@ -53,6 +64,10 @@ impl Owner {
         match self {
             Owner::PersistentSubscriptions => {
                 "creating, updating or deleting a group, acks, nacks and parked-message replays"
+            }
+            Owner::Users => {
+                "the Users service: creating, updating, enabling, disabling and deleting users, \
+                 password changes and resets"
             }
         }
     }
@@ -86,6 +101,8 @@ const MANAGED: &[(Pattern, Owner)] = &[
         Pattern::Prefix(PERSISTENT_SUBSCRIPTION_STREAM_PREFIX),
         Owner::PersistentSubscriptions,
     ),
+    (Pattern::Exact(USERS_STREAM), Owner::Users),
+    (Pattern::Prefix(USER_STREAM_PREFIX), Owner::Users),
 ];
 
 /// The subsystem that owns `stream` (or, for `$$<stream>`, the stream
@@ -126,6 +143,11 @@ pub fn persistent_checkpoint_stream(source: &str, group: &str) -> Result<StreamN
 /// a persistent-subscription group parked.
 pub fn persistent_parked_stream(source: &str, group: &str) -> Result<StreamName> {
     persistent_group_stream(source, group, "parked")
+}
+
+/// `$user-<login>`: where a user's details and password hash live.
+pub fn user_stream(login: &str) -> Result<StreamName> {
+    StreamName::new(format!("{USER_STREAM_PREFIX}{login}"))
 }
 
 fn persistent_group_stream(source: &str, group: &str, suffix: &str) -> Result<StreamName> {
@@ -172,6 +194,19 @@ mod tests {
     }
 
     #[test]
+    fn user_streams_are_managed() {
+        for s in [
+            user_stream("admin").unwrap(),
+            user_stream("admin").unwrap().metadata_stream(),
+            name(USERS_STREAM),
+            name(USERS_STREAM).metadata_stream(),
+        ] {
+            assert_eq!(owner_of(&s), Some(Owner::Users), "{s}");
+            assert!(check_client_write(&s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
     fn client_streams_are_not() {
         for s in [
             "orders-1",
@@ -181,6 +216,8 @@ mod tests {
             "persistentsubscription-x",
             "$ce-orders",
             "$settings",
+            "$usersX",
+            "user-1",
         ] {
             assert_eq!(owner_of(&name(s)), None, "{s}");
             check_client_write(&name(s)).unwrap();

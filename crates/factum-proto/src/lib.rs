@@ -13,6 +13,7 @@
 //! | [`streams`] | `event_store.client.streams` | `Streams`: Read, Append, Delete, Tombstone, BatchAppend |
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
+//! | [`users`] | `event_store.client.users` | `Users`: Create, Update, Delete, Disable, Enable, Details, ChangePassword, ResetPassword |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
 //! | [`ticks`] | – | .NET ticks (`created`, gossip time stamps, durations) ⇄ [`factum_core::Timestamp`] |
@@ -38,6 +39,9 @@ pub mod generated {
             }
             pub mod persistent_subscriptions {
                 tonic::include_proto!("event_store.client.persistent_subscriptions");
+            }
+            pub mod users {
+                tonic::include_proto!("event_store.client.users");
             }
         }
     }
@@ -70,6 +74,8 @@ pub use generated::event_store::client::persistent_subscriptions as persistent;
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
 pub use generated::event_store::client::streams;
+/// `event_store.client.users`: user management.
+pub use generated::event_store::client::users;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.
 pub use generated::google::rpc as status;
 /// `kurrentdb.protocol.v2.streams`: multi-stream appends (ADR 29).
@@ -89,6 +95,8 @@ pub mod service_names {
     /// `event_store.client.persistent_subscriptions.PersistentSubscriptions`
     pub const PERSISTENT_SUBSCRIPTIONS: &str =
         "event_store.client.persistent_subscriptions.PersistentSubscriptions";
+    /// `event_store.client.users.Users`
+    pub const USERS: &str = "event_store.client.users.Users";
 }
 
 #[cfg(test)]

@@ -6,24 +6,101 @@
 //! `Error::AccessDenied`, before the store sees it. Reads pass through.
 //! The subsystems that own those streams hold the store itself and write
 //! through it directly.
+//!
+//! In secure mode it is also where stream ACLs are enforced (ADR 31):
+//! every read, subscription, append, delete, tombstone and metadata access
+//! asks [`Acls`] whether the request's principal (`auth::current`, set by
+//! the authentication gate for the request's task) may, and answers
+//! `Error::AccessDenied` (KurrentDB's AccessDenied) when not. A write to
+//! `$$x` or `$settings` drops the cached ACLs it changes.
 
 use std::sync::Arc;
 
+use crate::acl::{Acls, Permission};
 use factum_core::{
-    managed, AppendResult, DeleteResult, EventData, EventStore, ExpectedRevision, Position,
+    managed, AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position,
     ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
     Subscribe, Subscription,
 };
 
+/// `$all`, as ACLs name it.
+const ALL: &str = "$all";
+
 /// A store whose writes to managed streams are refused.
 pub struct ClientStore<S> {
     inner: Arc<S>,
+    acls: Option<Arc<Acls<S>>>,
 }
 
 impl<S> ClientStore<S> {
-    /// Clients' view of `store`.
+    /// Clients' view of `store` (insecure: no ACLs).
     pub fn new(store: Arc<S>) -> Self {
-        ClientStore { inner: store }
+        ClientStore {
+            inner: store,
+            acls: None,
+        }
+    }
+
+    /// Clients' view of `store`, every access checked against `acls`.
+    pub fn with_acls(store: Arc<S>, acls: Arc<Acls<S>>) -> Self {
+        ClientStore {
+            inner: store,
+            acls: Some(acls),
+        }
+    }
+}
+
+impl<S: EventStore> ClientStore<S> {
+    /// Refuses unless the request's principal has `permission` on `stream`
+    /// (`$$x`: the metadata permissions of `x`).
+    async fn check(&self, stream: &StreamName, permission: Permission) -> Result<()> {
+        let Some(acls) = &self.acls else {
+            return Ok(());
+        };
+        let (target, permission) = match stream.as_str().strip_prefix("$$") {
+            Some(of) if !of.is_empty() => (
+                StreamName::new(of)?,
+                match permission {
+                    Permission::Read | Permission::MetadataRead => Permission::MetadataRead,
+                    _ => Permission::MetadataWrite,
+                },
+            ),
+            _ => (stream.clone(), permission),
+        };
+        let who = crate::auth::current();
+        if acls.allowed(&who, &target, permission).await? {
+            Ok(())
+        } else {
+            Err(Error::AccessDenied(format!(
+                "{} on {target} is not allowed for {}",
+                permission.key(),
+                match &who {
+                    crate::auth::Principal::User(u) => format!("user '{}'", u.login),
+                    crate::auth::Principal::Anonymous => "the anonymous user".to_owned(),
+                }
+            )))
+        }
+    }
+
+    /// Refuses unless the request's principal may read `stream` (`$all`
+    /// included): for readers that go around this store, such as a
+    /// consumer group's connection.
+    pub async fn check_read(&self, stream: &str) -> Result<()> {
+        self.check(&StreamName::new(stream)?, Permission::Read)
+            .await
+    }
+
+    /// After a write to `stream`: drop the cached ACLs it changed.
+    fn wrote(&self, stream: &StreamName) {
+        let Some(acls) = &self.acls else { return };
+        match stream.as_str() {
+            crate::acl::SETTINGS_STREAM => acls.forget_settings(),
+            name => {
+                if let Some(of) = name.strip_prefix("$$") {
+                    acls.forget(of);
+                }
+            }
+        }
     }
 }
 
@@ -35,7 +112,11 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         managed::check_client_write(&stream)?;
-        self.inner.append(stream, expected, events).await
+        self.check(&stream, Permission::Write).await?;
+        let name = stream.clone();
+        let result = self.inner.append(stream, expected, events).await;
+        self.wrote(&name);
+        result
     }
 
     async fn append_multi(
@@ -49,18 +130,34 @@ impl<S: EventStore> EventStore for ClientStore<S> {
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
+        self.check(&request.stream, Permission::Read).await?;
         self.inner.read_stream(request).await
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
+        self.check(&StreamName::new(ALL)?, Permission::Read).await?;
         self.inner.read_all(request).await
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
+        match &request.target {
+            factum_core::SubscriptionTarget::Stream(s) => self.check(s, Permission::Read).await?,
+            factum_core::SubscriptionTarget::All(_) => {
+                self.check(&StreamName::new(ALL)?, Permission::Read).await?
+            }
+        }
         self.inner.subscribe(request).await
     }
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {
+        // Reads look at the stream's metadata first (is it deleted?): a
+        // reader without `$mr` gets the answer without the metadata.
+        if self.check(&stream, Permission::MetadataRead).await.is_err() {
+            self.check(&stream, Permission::Read).await?;
+            let mut result = self.inner.stream_metadata(stream).await?;
+            result.metadata = Default::default();
+            return Ok(result);
+        }
         self.inner.stream_metadata(stream).await
     }
 
@@ -71,9 +168,14 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         metadata: StreamMetadata,
     ) -> Result<AppendResult> {
         managed::check_client_write(&stream)?;
-        self.inner
+        self.check(&stream, Permission::MetadataWrite).await?;
+        let name = stream.metadata_stream();
+        let result = self
+            .inner
             .set_stream_metadata(stream, expected, metadata)
-            .await
+            .await;
+        self.wrote(&name);
+        result
     }
 
     async fn delete_stream(
@@ -82,6 +184,7 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
         managed::check_client_write(&stream)?;
+        self.check(&stream, Permission::Delete).await?;
         self.inner.delete_stream(stream, expected).await
     }
 
@@ -91,6 +194,7 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         expected: ExpectedRevision,
     ) -> Result<DeleteResult> {
         managed::check_client_write(&stream)?;
+        self.check(&stream, Permission::Delete).await?;
         self.inner.tombstone_stream(stream, expected).await
     }
 

@@ -48,6 +48,33 @@ pub struct ServerConfig {
     pub size_probe: Option<SizeProbe>,
     /// Online backups, when the backend can take them.
     pub backup: Option<BackupHook>,
+    /// TLS on the port (ADR 30); `None`: plain TCP (insecure mode).
+    pub tls: Option<Arc<crate::tls::Reloading>>,
+    /// Users kept in the store, who must authenticate (ADR 31); replaces
+    /// `authenticator`. `None`: `authenticator` decides (insecure: anyone).
+    pub users: Option<UsersConfig>,
+    /// `/metrics` without credentials when users are required (for
+    /// scrapers); otherwise it needs `$ops` or `$admins`.
+    pub metrics_anonymous: bool,
+}
+
+/// Secure mode's users: the initial passwords of `admin` and `ops` when
+/// they are created on first start (`None`: `changeit`).
+#[derive(Clone, Default)]
+pub struct UsersConfig {
+    /// `FACTUM_DEFAULT_ADMIN_PASSWORD`.
+    pub admin_password: Option<String>,
+    /// `FACTUM_DEFAULT_OPS_PASSWORD`.
+    pub ops_password: Option<String>,
+}
+
+impl std::fmt::Debug for UsersConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsersConfig")
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "…"))
+            .field("ops_password", &self.ops_password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -79,6 +106,9 @@ impl ServerConfig {
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
             backup: None,
+            tls: None,
+            users: None,
+            metrics_anonymous: false,
         }
     }
 }
@@ -143,6 +173,12 @@ pub struct Ctx<S> {
     pub persistent: factum_persistent::PersistentSubscriptions<S>,
     /// Append bytes in memory, across all clients.
     pub append_budget: AppendBudget,
+    /// The users, when they are required (ADR 31).
+    pub users: Option<Arc<crate::users::Users<S>>>,
+    /// Who requests come from: the users, else `config.authenticator`.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Recent failed logins per client address (slows guessing).
+    pub login_failures: crate::auth::Failures,
 }
 
 impl<S> Ctx<S> {

@@ -109,11 +109,11 @@ impl<S: EventStore> Streams for GrpcApi<S> {
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
         self.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(grpc_write::batch_append(
+        tokio::spawn(crate::auth::inherit(grpc_write::batch_append(
             self.ctx.clone(),
             request.into_inner(),
             tx,
-        ));
+        )));
         Ok(Response::new(channel_stream(rx)))
     }
 }

@@ -390,6 +390,12 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
             StreamOption::StreamIdentifier,
             StreamOption::All
         )?;
+        // Connecting needs `$r` on the group's source (ADR 31).
+        self.ctx()
+            .store
+            .check_read(&source)
+            .await
+            .map_err(|e| crate::errors::to_status(&e, crate::errors::Operation::Read))?;
         let uuid = match o.uuid_option.as_ref().and_then(|u| u.content.as_ref()) {
             Some(read_req::options::uuid_option::Content::String(_)) => UuidFormat::String,
             _ => UuidFormat::Structured,

@@ -234,7 +234,7 @@ pub fn start<S: EventStore>(
     // A few batches of up to 64 KiB in flight are plenty.
     let (tx, rx) = mpsc::channel(4);
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    tokio::spawn(run(ctx, req, tx, deadline));
+    tokio::spawn(crate::auth::inherit(run(ctx, req, tx, deadline)));
     rx
 }
 

@@ -418,7 +418,8 @@ pub async fn batch_append<S: EventStore>(
             answered.insert(correlation);
         }
         let (ctx, tx) = (ctx.clone(), tx.clone());
-        in_flight.spawn(async move {
+        // The request's principal goes with its appends (ACLs, ADR 31).
+        in_flight.spawn(crate::auth::inherit(async move {
             let answer = |result: Result<AppendResult, rpc::Status>| {
                 batch_response(
                     wire_correlation.clone(),
@@ -453,7 +454,7 @@ pub async fn batch_append<S: EventStore>(
                 None => write.await.map_err(|e| batch_status(&e)),
             };
             let _ = tx.send(Ok(answer(result))).await;
-        });
+        }));
     };
     // Dropping the JoinSet would abort appends still running: wait for them.
     while in_flight.join_next().await.is_some() {}

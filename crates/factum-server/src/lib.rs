@@ -16,9 +16,12 @@
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
 //! | `metrics` | Prometheus counters and latency histograms |
 //! | `budget` | one budget of in-flight append bytes across all clients |
-//! | `auth` | the authentication seam (insecure mode accepts anything) |
-//! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once |
+//! | `auth` | the authentication gate in front of gRPC and HTTP: Basic credentials, the anonymous endpoints (insecure mode accepts anything) |
+//! | `users` / `grpc_users` / `http_users` | users in `$user-<login>` streams, argon2id, the verified-credential cache; KurrentDB's `Users` service |
+//! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once; stream ACLs checked there (secure mode) |
+//! | `acl` | KurrentDB's stream ACLs: `$acl`, `$settings` defaults, built-ins; cached |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
+//! | `tls` | TLS on the one port: rustls, ALPN, certificates reloaded when their files change |
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -35,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acl;
 mod advertise;
 pub mod auth;
 pub mod budget;
@@ -47,15 +51,19 @@ pub mod grpc;
 mod grpc_call;
 mod grpc_persistent;
 mod grpc_read;
+mod grpc_users;
 pub mod grpc_v2;
 mod grpc_write;
 pub mod http;
 mod http_headers;
 mod http_multi;
+mod http_users;
 mod listener;
 pub mod metrics;
 pub mod openapi;
 mod read_wire;
+pub mod tls;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -68,13 +76,14 @@ use factum_proto::gossip::gossip_server::GossipServer;
 use factum_proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use factum_proto::server_features::server_features_server::ServerFeaturesServer;
 use factum_proto::streams::streams_server::StreamsServer;
+use factum_proto::users::users_server::UsersServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe};
+pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).
@@ -96,13 +105,31 @@ pub fn app<S: EventStore>(
         config.max_append_message_bytes() as u64,
         config.append_budget_wait,
     );
+    let users = config
+        .users
+        .as_ref()
+        .map(|_| Arc::new(users::Users::new(store.clone())));
+    let authenticator: Arc<dyn auth::Authenticator> = match &users {
+        Some(users) => users.clone(),
+        None => config.authenticator.clone(),
+    };
+    let client_store = match &users {
+        Some(_) => client_store::ClientStore::with_acls(
+            store.clone(),
+            Arc::new(acl::Acls::new(store.clone())),
+        ),
+        None => client_store::ClientStore::new(store),
+    };
     let ctx = Arc::new(Ctx {
-        store: client_store::ClientStore::new(store),
+        store: client_store,
         persistent,
         append_budget,
         config,
         metrics: Default::default(),
         shutdown,
+        users,
+        authenticator,
+        login_failures: Default::default(),
     });
     let api = grpc::GrpcApi::new(ctx.clone());
     let grpc = tonic::service::Routes::new(
@@ -121,23 +148,49 @@ pub fn app<S: EventStore>(
         PersistentSubscriptionsServer::new(api)
             .max_decoding_message_size(max_persistent_request)
             .max_encoding_message_size(max),
-    )
-    .prepare()
-    .into_axum_router()
-    .route_service(read_wire::READ_PATH, grpc_read::ReadRoute::new(ctx.clone()));
-    let http = http::router(ctx.clone());
+    );
+    let grpc = match &ctx.users {
+        Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
+        None => grpc,
+    };
+    let grpc = grpc
+        .prepare()
+        .into_axum_router()
+        .route_service(read_wire::READ_PATH, grpc_read::ReadRoute::new(ctx.clone()));
+    let http = match &ctx.users {
+        Some(users) => http::router(ctx.clone()).merge(http_users::router(users.clone())),
+        None => http::router(ctx.clone()),
+    };
+    let gate_ctx = ctx.clone();
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req
             .headers()
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let call = if is_grpc {
-            grpc.clone().oneshot(req)
-        } else {
-            http.clone().oneshot(req)
-        };
+        let (grpc, http, ctx) = (grpc.clone(), http.clone(), gate_ctx.clone());
         async move {
-            let mut resp = call.await?;
+            // One authentication gate in front of both (ADR 31).
+            let req = match auth::gate(
+                &*ctx.authenticator,
+                &ctx.metrics,
+                &ctx.login_failures,
+                req,
+                is_grpc,
+                ctx.config.metrics_anonymous,
+            )
+            .await
+            {
+                Ok(req) => req,
+                Err(refused) => return Ok(refused),
+            };
+            let principal = auth::principal(req.extensions());
+            let call = if is_grpc {
+                grpc.oneshot(req)
+            } else {
+                http.oneshot(req)
+            };
+            // Stream ACLs are checked in the client store for this principal.
+            let mut resp = auth::scope(principal, call).await?;
             if is_grpc {
                 oversized_is_resource_exhausted(&mut resp);
             }
@@ -182,8 +235,15 @@ pub async fn serve<S: EventStore>(
     if let Err(e) = ctx.persistent.restart().await {
         tracing::error!("persistent subscriptions did not start: {e}");
     }
+    if let (Some(users), Some(initial)) = (&ctx.users, &ctx.config.users) {
+        users
+            .ensure_defaults(initial.admin_password.clone(), initial.ops_password.clone())
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot create the default users: {e}")))?;
+    }
     let limits = ctx.config.connections.clone();
-    let served = listener::run(listener, router, limits, async move {
+    let tls = ctx.config.tls.clone();
+    let served = listener::run(listener, router, limits, tls, async move {
         shutdown.await;
         tracing::info!("shutting down: draining requests, ending subscriptions");
         let _ = shutdown_tx.send(true);

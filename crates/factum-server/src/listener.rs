@@ -16,8 +16,14 @@
 //!
 //! At shutdown the loop stops accepting, every connection is told to finish
 //! gracefully (in-flight requests complete, no new ones start), and `run`
-//! returns when the last one has closed. TLS will wrap the accepted stream
-//! here, before hyper sees it.
+//! returns when the last one has closed.
+//!
+//! When the node is secure (ADR 30) the TLS handshake runs in the
+//! connection's own task, within `tls_handshake_timeout`, so a slow or
+//! silent peer never holds up the loop; hyper then sees the decrypted
+//! stream. A failed handshake (wrong CA, a client certificate the CA did
+//! not sign, plain HTTP on a TLS port) closes the connection and frees its
+//! slot.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +46,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::tls::Reloading;
+
 /// Limits on connections; `factum serve` flags set each (README).
+/// (10 s for a TLS handshake.)
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     /// Connections open at once; beyond it new ones wait to be accepted.
@@ -56,6 +65,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// How long a TLS handshake may take before the connection is closed.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -70,6 +81,7 @@ impl Default for ConnectionLimits {
             keepalive_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +134,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Reloading>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -147,7 +160,7 @@ pub(crate) async fn run(
         };
         // The semaphore is never closed.
         let Ok(slot) = slot else { break };
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -167,8 +180,37 @@ pub(crate) async fn run(
         };
         let (builder, router, closing) = (builder.clone(), router.clone(), closing.clone());
         let idle_timeout = limits.idle_timeout;
+        let handshake_timeout = limits.tls_handshake_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(&builder, tcp, router, idle_timeout, closing).await;
+            let _ = tcp.set_nodelay(true);
+            let io = CoalescedWrites::new(tcp);
+            let mut info = crate::auth::Connection {
+                peer,
+                certificate_login: None,
+            };
+            match tls {
+                None => serve_connection(&builder, io, router, idle_timeout, closing, info).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(io)) => {
+                            // A client certificate (verified against
+                            // --tls-ca) names its user by its subject CN.
+                            info.certificate_login = io
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|cert| crate::tls::common_name(cert));
+                            serve_connection(&builder, io, router, idle_timeout, closing, info)
+                                .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -191,18 +233,22 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Serves one connection until it closes: gracefully when `closing` turns
 /// true or when it has been idle for `idle_timeout`.
-async fn serve_connection(
+async fn serve_connection<Io>(
     builder: &auto::Builder<TokioExecutor>,
-    tcp: TcpStream,
+    io: Io,
     router: Router,
     idle_timeout: Duration,
     mut closing: watch::Receiver<bool>,
-) {
-    let _ = tcp.set_nodelay(true);
+    info: crate::auth::Connection,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
-    let service = tower::service_fn(move |req: Request<Incoming>| {
+    let service = tower::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = InFlight::new(&tracked);
+        // Who is at the other end, for the authentication gate.
+        req.extensions_mut().insert(info.clone());
         let call = router.clone().oneshot(req.map(Body::new));
         async move {
             let resp = call.await?;
@@ -215,10 +261,7 @@ async fn serve_connection(
             }))
         }
     });
-    let conn = builder.serve_connection(
-        TokioIo::new(CoalescedWrites::new(tcp)),
-        TowerToHyperService::new(service),
-    );
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let mut graceful = false;
     loop {

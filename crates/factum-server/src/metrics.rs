@@ -81,9 +81,16 @@ pub struct Metrics {
     pub append_latency: Histogram,
     /// Count-read latency (request → last message queued).
     pub read_latency: Histogram,
+    /// Requests whose credentials did not check out (ADR 31).
+    pub failed_logins: AtomicU64,
 }
 
 impl Metrics {
+    /// Counts one request refused for its credentials.
+    pub fn failed_login(&self) {
+        self.failed_logins.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one successful append.
     pub fn appended(&self, events: usize, bytes: usize, took: Duration) {
         self.appends.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +165,12 @@ impl Metrics {
             "factum_subscriptions_total",
             "Subscriptions opened.",
             load(&self.subscriptions_total),
+        );
+        counter(
+            &mut out,
+            "factum_failed_logins_total",
+            "Requests refused for credentials that did not check out.",
+            load(&self.failed_logins),
         );
         let active = self.subscriptions_active.load(Ordering::Relaxed);
         let _ = writeln!(

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod append;
 pub mod backup;
 pub mod bench;
+pub mod certs;
 pub mod crash_load;
 pub mod read;
 pub mod serve;

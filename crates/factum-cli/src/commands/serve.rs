@@ -24,10 +24,28 @@ pub struct ServeArgs {
     /// Address to listen on, gRPC and HTTP alike [default: 127.0.0.1:2113].
     #[arg(long, env = "FACTUM_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Serve without TLS and accept any or no credentials (required until
-    /// TLS and users land).
+    /// Serve without TLS and accept any or no credentials (an explicit
+    /// choice: without it the server is secure).
     #[arg(long, env = "FACTUM_INSECURE")]
     pub insecure: Option<Option<bool>>,
+    /// Development mode: secure with a CA and a node certificate for
+    /// localhost made on first start and kept in the data directory.
+    #[arg(long, env = "FACTUM_DEV")]
+    pub dev: Option<Option<bool>>,
+    /// The node's certificate (PEM; a chain is allowed, the node's first).
+    /// Reloaded when the file changes.
+    #[arg(long, env = "FACTUM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The node certificate's private key (PEM).
+    #[arg(long, env = "FACTUM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve `/metrics` without credentials on a secure node (for
+    /// scrapers); otherwise it needs `$ops` or `$admins`.
+    #[arg(long, env = "FACTUM_METRICS_ANONYMOUS")]
+    pub metrics_anonymous: Option<Option<bool>>,
+    /// CA certificates (PEM) whose client certificates are accepted.
+    #[arg(long, env = "FACTUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// The address clients are told to connect to (Gossip) [default: the bound address].
     #[arg(long, env = "FACTUM_ADVERTISE", value_name = "ADDR")]
     pub advertise: Option<String>,
@@ -121,6 +139,11 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "data",
             "listen",
             "insecure",
+            "dev",
+            "tls-cert",
+            "tls-key",
+            "tls-ca",
+            "metrics-anonymous",
             "advertise",
             "backup-root",
             "max-append-bytes",
@@ -150,11 +173,23 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
     Ok(out)
 }
 
+/// How the port is protected (ADR 30).
+enum Security {
+    /// `--insecure`: plain TCP, any or no credentials.
+    Insecure,
+    /// TLS with these files.
+    Tls(factum_server::tls::TlsFiles),
+    /// `--dev`: TLS with the development certificates in the data
+    /// directory (made on first start).
+    Dev(PathBuf),
+}
+
 /// The settings after layering flags, environment and file.
 struct Settings {
     backend: Backend,
     listen: String,
-    insecure: bool,
+    security: Security,
+    metrics_anonymous: bool,
     advertise: Option<factum_server::Advertise>,
     backup_root: Option<PathBuf>,
     max_append_bytes: Option<u64>,
@@ -212,6 +247,15 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         }
     };
     let insecure = switch(args.insecure, &file, "insecure")?;
+    let dev = switch(args.dev, &file, "dev")?;
+    let path = |flag: Option<PathBuf>, key: &str| flag.or_else(|| file.get(key).map(PathBuf::from));
+    let (tls_cert, tls_key, tls_ca) = (
+        path(args.tls_cert, "tls-cert"),
+        path(args.tls_key, "tls-key"),
+        path(args.tls_ca, "tls-ca"),
+    );
+    let security = security(&backend, insecure, dev, tls_cert, tls_key, tls_ca)?;
+    let metrics_anonymous = switch(args.metrics_anonymous, &file, "metrics-anonymous")?;
     let mut connections = factum_server::ConnectionLimits::default();
     let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>, CliError> {
         match v {
@@ -260,7 +304,8 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .listen
             .or_else(|| file.get("listen").cloned())
             .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
-        insecure,
+        security,
+        metrics_anonymous,
         advertise: args
             .advertise
             .or_else(|| file.get("advertise").cloned())
@@ -279,6 +324,58 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         connections,
         grace: Duration::from_secs(args.shutdown_grace.or(num("shutdown-grace")?).unwrap_or(30)),
     })
+}
+
+/// The one protection the settings ask for, or why they contradict.
+fn security(
+    backend: &Backend,
+    insecure: bool,
+    dev: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Security, CliError> {
+    let tls_given = cert.is_some() || key.is_some() || client_ca.is_some();
+    if insecure && (dev || tls_given) {
+        return Err(CliError::usage(
+            "--insecure serves without TLS: drop it, or drop --dev / --tls-cert / --tls-key / --tls-ca",
+        ));
+    }
+    if insecure {
+        return Ok(Security::Insecure);
+    }
+    if dev {
+        if tls_given {
+            return Err(CliError::usage(
+                "--dev makes its own certificates: drop --tls-cert / --tls-key / --tls-ca",
+            ));
+        }
+        return match backend {
+            Backend::Engine(data) => Ok(Security::Dev(data.clone())),
+            Backend::Postgres { .. } => Err(CliError::usage(
+                "--dev keeps its certificates in the data directory: use the engine backend, \
+                 or make certificates with `factum certs create-ca` and `factum certs create-node`",
+            )),
+        };
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Security::Tls(factum_server::tls::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (Some(_), None) => Err(CliError::usage(
+            "--tls-cert needs --tls-key (the certificate's private key)",
+        )),
+        (None, Some(_)) => Err(CliError::usage(
+            "--tls-key needs --tls-cert (the node's certificate)",
+        )),
+        (None, None) => Err(CliError::usage(
+            "a secure server needs a certificate: --tls-cert FILE --tls-key FILE (make them with \
+             `factum certs create-ca` then `factum certs create-node --ip … --dns …`), or --dev \
+             for a development certificate, or --insecure to serve without TLS and users",
+        )),
+    }
 }
 
 /// A yes/no setting: the flag (bare means true), else the config file's
@@ -330,11 +427,6 @@ async fn signal() {
 /// Runs `factum serve` until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let s = settings(args)?;
-    if !s.insecure {
-        return Err(CliError::usage(
-            "TLS and authentication are not implemented yet: pass --insecure to serve without them",
-        ));
-    }
     match &s.backend {
         Backend::Engine(data) => {
             std::fs::create_dir_all(data)
@@ -460,7 +552,49 @@ async fn serve_store<S: factum_core::EventStore>(
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
     config.backup = backup;
-    println!("factum serving {what} on {bound} (gRPC and HTTP; insecure)");
+    config.metrics_anonymous = s.metrics_anonymous;
+    let files = match &s.security {
+        Security::Insecure => None,
+        Security::Tls(files) => Some(files.clone()),
+        Security::Dev(data) => {
+            std::fs::create_dir_all(data)
+                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", data.display())))?;
+            let (ca, cert, key) = super::certs::ensure_dev(data)?;
+            println!(
+                "development mode: certificates in {}",
+                ca.parent().unwrap_or(data).display()
+            );
+            println!("development CA: {}", ca.display());
+            println!(
+                "connect with: esdb://admin:changeit@localhost:{}?tls=true&tlsCaFile={}",
+                bound.port(),
+                ca.display()
+            );
+            Some(factum_server::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: Some(ca),
+            })
+        }
+    };
+    let mode = match files {
+        None => "insecure",
+        Some(files) => {
+            let tls = factum_server::tls::Reloading::new(files)
+                .map_err(|e| CliError::usage(format!("TLS: {e}")))?;
+            config.tls = Some(Arc::new(tls));
+            // Secure: users in the store, credentials required (ADR 31).
+            // Initial passwords only from the environment: a flag would
+            // show in `ps`.
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            config.users = Some(factum_server::UsersConfig {
+                admin_password: env("FACTUM_DEFAULT_ADMIN_PASSWORD"),
+                ops_password: env("FACTUM_DEFAULT_OPS_PASSWORD"),
+            });
+            "TLS, users"
+        }
+    };
+    println!("factum serving {what} on {bound} (gRPC and HTTP; {mode})");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(factum_server::serve(listener, store, config, async {
         let _ = stop_rx.await;

@@ -31,8 +31,15 @@ const SCHEME = lib.KurrentDBClient ? "kurrentdb" : "esdb";
 const appendAt = (expected) => (lib.KurrentDBClient ? { streamState: expected } : { expectedRevision: expected });
 const actual = (wrongExpectedVersion) => wrongExpectedVersion.actualState ?? wrongExpectedVersion.actualVersion;
 
+// Set for a secure server (`factum serve --dev`): the development CA;
+// scripts then connect over TLS trusting it, as admin.
+const CA = process.env.FACTUM_INTEROP_CA;
 const connect = (discover = false) =>
-  Client.connectionString(`${SCHEME}${discover ? "+discover" : ""}://${ADDR}?tls=false`);
+  Client.connectionString(
+    CA
+      ? `${SCHEME}${discover ? "+discover" : ""}://admin:changeit@${ADDR}?tls=true&tlsCAFile=${CA}`
+      : `${SCHEME}${discover ? "+discover" : ""}://${ADDR}?tls=false`,
+  );
 const name = (p) => `${p}-${crypto.randomUUID().slice(0, 10)}`;
 const gaps = [];
 
@@ -93,5 +100,5 @@ async function run(what, tests, client) {
 }
 
 module.exports = {
-  lib, ADDR, PACKAGE, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, row, run, appendAt, actual,
+  lib, ADDR, CA, PACKAGE, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, row, run, appendAt, actual,
 };

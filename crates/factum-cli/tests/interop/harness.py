@@ -13,6 +13,7 @@ prints FIXED once the server behaves (then drop the wrapper). Labels in use:
 as "before everything") and "soft-delete" (KurrentDB's soft-delete rules);
 both are fixed (ADR 25, 26) and run as rows (`row("label: what")`).
 """
+import os
 import sys
 import time
 import traceback
@@ -53,10 +54,23 @@ else:
 gaps = []
 
 
-def connect(discover=False):
+# Set for a secure server (`factum serve --dev`): the development CA.
+CA = os.environ.get("FACTUM_INTEROP_CA")
+
+
+def uri(discover=False, user="admin", password="changeit"):
+    """The connection string: TLS with the CA and credentials when secure."""
     # kurrentdbclient takes esdb:// too; its users write kurrentdb://.
     scheme = "kurrentdb" if PACKAGE == "kurrentdbclient" else "esdb"
-    return Client(uri=f"{scheme}{'+discover' if discover else ''}://{ADDR}?tls=false")
+    scheme += "+discover" if discover else ""
+    if CA:
+        login = f"{user}:{password}@" if user is not None else ""
+        return f"{scheme}://{login}{ADDR}?tls=true&tlsCaFile={CA}"
+    return f"{scheme}://{ADDR}?tls=false"
+
+
+def connect(discover=False, user="admin", password="changeit"):
+    return Client(uri=uri(discover, user, password))
 
 
 def name(prefix):

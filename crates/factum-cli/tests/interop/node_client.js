@@ -4,7 +4,7 @@
 // Usage: node node_client.js HOST:PORT [PACKAGE]   (server runs with --max-append-bytes 1048576)
 "use strict";
 const {
-  lib, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, row, run, appendAt, actual,
+  lib, CA, READ_FILTERS, assert, crypto, connect, name, rejects, collect, knownGap, row, run, appendAt, actual,
 } = require("./harness");
 const {
   jsonEvent, binaryEvent, ANY, NO_STREAM, STREAM_EXISTS, START, END,
@@ -47,6 +47,8 @@ const tests = {
   // from it" and "from the stored checkpoint, 0 at first" must deliver
   // the first event (issue 13.1); the same for a $all group started at 0.
   async positionsOnAnEmptyStore() {
+    // A secure store is never empty: its first start writes the users.
+    if (CA) return;
     const head = await collect(client.readAll({ direction: BACKWARDS, fromPosition: END, maxCount: 1 }));
     assert.equal(head.length, 0, "the store is empty");
     const zero = { commit: 0n, prepare: 0n };

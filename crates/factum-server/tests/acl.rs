@@ -1,0 +1,374 @@
+//! Stream ACLs (ADR 31): a matrix of users × streams × operations, each
+//! cell asserted allowed or denied, over HTTP (every operation) and gRPC
+//! (reads, appends, `$all`), then `$settings` defaults and an `$acl`
+//! change taking effect at once (the cached ACLs are dropped).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use factum_engine::{Durability, Engine, EngineConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start() -> (std::net::SocketAddr, tempfile::TempDir) {
+    start_with(false).await
+}
+
+async fn start_with(metrics_anonymous: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        durability: Durability::None,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = Engine::open_with(dir.path(), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = factum_server::ServerConfig::new(addr);
+    cfg.users = Some(Default::default());
+    cfg.metrics_anonymous = metrics_anonymous;
+    tokio::spawn(factum_server::serve(
+        listener,
+        Arc::new(engine),
+        cfg,
+        std::future::pending(),
+    ));
+    (addr, dir)
+}
+
+fn basic(login: &str) -> String {
+    let password = match login {
+        "admin" | "ops" => "changeit",
+        _ => "pw",
+    };
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"))
+    )
+}
+
+/// One HTTP request as `login`: the status (SSE tails: the first answer).
+async fn http(
+    addr: std::net::SocketAddr,
+    login: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        basic(login),
+        body.len()
+    );
+    s.write_all(r.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split(' ').nth(1).unwrap_or("0").parse().unwrap()
+}
+
+const SECRET_ACL: &str =
+    r#"{"$acl": {"$r": ["readers"], "$w": "alice", "$d": [], "$mr": ["alice"], "$mw": []}}"#;
+
+const EVENT: &str = r#"[{"type":"OrderPlaced","data":{"n":1}}]"#;
+
+/// Operations, each over HTTP: (name, method, path with `{s}`, body).
+const OPERATIONS: &[(&str, &str, &str, &str)] = &[
+    ("read", "GET", "/streams/{s}", ""),
+    ("subscribe", "GET", "/streams/{s}/subscribe?from=start", ""),
+    ("append", "POST", "/streams/{s}", EVENT),
+    ("metadata-read", "GET", "/streams/{s}/metadata", ""),
+    // The same `$acl` as set up, so the cells after this one see it.
+    ("metadata-write", "PUT", "/streams/{s}/metadata", "{meta}"),
+    ("delete", "DELETE", "/streams/{s}", ""),
+];
+
+#[tokio::test]
+async fn the_acl_matrix() {
+    let (addr, _dir) = start().await;
+    for (login, groups) in [("alice", r#"["readers"]"#), ("bob", "[]")] {
+        let body = format!(r#"{{"loginName":"{login}","password":"pw","groups":{groups}}}"#);
+        assert_eq!(http(addr, "admin", "POST", "/users", &body).await, 201);
+    }
+    // secret: readers read, alice writes and reads metadata, nobody but
+    // admins deletes or changes metadata.
+    assert_eq!(
+        http(
+            addr,
+            "admin",
+            "PUT",
+            "/streams/secret-1/metadata",
+            SECRET_ACL
+        )
+        .await,
+        200
+    );
+
+    // (stream, operation) → who may: the expected matrix.
+    let everyone = ["admin", "ops", "alice", "bob"];
+    let admins = ["admin"].as_slice();
+    let expect = |stream: &str, op: &str| -> Vec<&str> {
+        match (stream, op) {
+            ("orders-1", _) => everyone.to_vec(),
+            ("secret-1", "read" | "subscribe") => vec!["admin", "alice"],
+            ("secret-1", "append" | "metadata-read") => vec!["admin", "alice"],
+            ("secret-1", _) => admins.to_vec(),
+            // System streams: admins only by default.
+            (_, _) => admins.to_vec(),
+        }
+    };
+    let streams = [
+        "orders-1",
+        "secret-1",
+        "$all",
+        "$ce-orders",
+        "$et-OrderPlaced",
+        "$users",
+        "$system-x",
+    ];
+    let mut cells = 0;
+    let mut wrong = Vec::new();
+    // Deletes last: they change the streams the other cells use.
+    for (op, method, path, body) in OPERATIONS {
+        for stream in streams {
+            // `$all` and the derived streams take reads only; the users'
+            // streams are managed (writes refused for everyone: ADR 16).
+            let readonly = matches!(stream, "$all" | "$ce-orders" | "$et-OrderPlaced" | "$users");
+            if readonly && !matches!(*op, "read" | "subscribe" | "metadata-read") {
+                continue;
+            }
+            let path = path.replace("{s}", &stream.replace('$', "%24"));
+            for login in everyone {
+                // Deleting as admin would take the stream away from later users.
+                if *op == "delete" && login == "admin" {
+                    continue;
+                }
+                // secret-1 keeps its `$acl` for the cells after this one.
+                let body = match (*body, stream) {
+                    ("{meta}", "secret-1") => SECRET_ACL,
+                    ("{meta}", _) => r#"{"$maxCount": 1000}"#,
+                    (body, _) => body,
+                };
+                let status = http(addr, login, method, &path, body).await;
+                let allowed = expect(stream, op).contains(&login);
+                cells += 1;
+                let denied = status == 403;
+                if allowed == denied || status == 401 || status >= 500 {
+                    wrong.push(format!(
+                        "{login} {op} {stream}: {status} (expected {})",
+                        if allowed { "allowed" } else { "denied" }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {cells} cells wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    println!("ACL matrix: {cells} cells over HTTP");
+
+    // /metrics: $ops and $admins.
+    for (login, status) in [("admin", 200), ("ops", 200), ("alice", 403), ("bob", 403)] {
+        assert_eq!(
+            http(addr, login, "GET", "/metrics", "").await,
+            status,
+            "{login} /metrics"
+        );
+    }
+    // Admin endpoints (backups): $ops and $admins; others never reach them.
+    for (login, allowed) in [
+        ("admin", true),
+        ("ops", true),
+        ("alice", false),
+        ("bob", false),
+    ] {
+        let status = http(
+            addr,
+            login,
+            "POST",
+            "/admin/backup",
+            r#"{"to": "/nonexistent"}"#,
+        )
+        .await;
+        assert_eq!(status != 403, allowed, "{login} /admin/backup: {status}");
+    }
+}
+
+#[tokio::test]
+async fn settings_and_acl_changes_take_effect_at_once() {
+    // 200 or 201 alike.
+    let ok = |status: u16| {
+        if (200..300).contains(&status) {
+            200
+        } else {
+            status
+        }
+    };
+    let (addr, _dir) = start().await;
+    let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
+    assert_eq!(ok(http(addr, "admin", "POST", "/users", body).await), 200);
+    assert_eq!(
+        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        200
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "GET", "/streams/%24all", "").await),
+        403
+    );
+
+    // `$settings` opens system streams to a group, closes user streams' writes.
+    let settings = r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors"]},"$userStreamAcl":{"$w":[]}}}]"#;
+    assert_eq!(
+        ok(http(addr, "bob", "POST", "/streams/%24settings", settings).await),
+        403
+    );
+    assert_eq!(
+        ok(http(addr, "admin", "POST", "/streams/%24settings", settings).await),
+        200
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "GET", "/streams/%24all", "").await),
+        200
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        403
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "GET", "/streams/orders-1", "").await),
+        200,
+        "$r not overridden"
+    );
+
+    // A stream's own `$acl` wins over the defaults, and changes at once.
+    let open = r#"{"$acl": {"$w": "$all"}}"#;
+    assert_eq!(
+        ok(http(addr, "admin", "PUT", "/streams/orders-1/metadata", open).await),
+        200
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        200
+    );
+    let closed = r#"{"$acl": {"$w": "alice"}}"#;
+    assert_eq!(
+        ok(http(addr, "admin", "PUT", "/streams/orders-1/metadata", closed).await),
+        200
+    );
+    assert_eq!(
+        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        403
+    );
+}
+
+/// gRPC reads run in their own task: the principal goes with them, and a
+/// denial is KurrentDB's AccessDenied (PERMISSION_DENIED, `access-denied`).
+#[tokio::test]
+async fn grpc_reads_and_subscriptions_are_checked_too() {
+    use factum_proto::shared::Empty;
+    use factum_proto::streams::read_req::options::{self, AllOptions, StreamOptions};
+    use factum_proto::streams::{read_req, streams_client::StreamsClient, ReadReq};
+
+    let (addr, _dir) = start().await;
+    let body = r#"{"loginName":"bob","password":"pw","groups":[]}"#;
+    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    assert_eq!(
+        http(addr, "admin", "POST", "/streams/orders-1", EVENT).await,
+        201
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = StreamsClient::new(channel);
+    let read = |stream: Option<&str>, subscribe: bool| ReadReq {
+        options: Some(read_req::Options {
+            stream_option: Some(match stream {
+                Some(s) => options::StreamOption::Stream(StreamOptions {
+                    stream_identifier: Some(factum_proto::shared::StreamIdentifier {
+                        stream_name: s.as_bytes().to_vec(),
+                    }),
+                    revision_option: Some(options::stream_options::RevisionOption::Start(Empty {})),
+                }),
+                None => options::StreamOption::All(AllOptions {
+                    all_option: Some(options::all_options::AllOption::Start(Empty {})),
+                }),
+            }),
+            read_direction: 0,
+            resolve_links: false,
+            count_option: Some(if subscribe {
+                options::CountOption::Subscription(options::SubscriptionOptions {})
+            } else {
+                options::CountOption::Count(10)
+            }),
+            filter_option: Some(options::FilterOption::NoFilter(Empty {})),
+            uuid_option: Some(options::UuidOption {
+                content: Some(options::uuid_option::Content::String(Empty {})),
+            }),
+            control_option: None,
+        }),
+    };
+    let mut cells = 0;
+    for (login, stream, subscribe, allowed) in [
+        ("bob", Some("orders-1"), false, true),
+        ("bob", Some("orders-1"), true, true),
+        ("bob", None, false, false),
+        ("bob", None, true, false),
+        ("bob", Some("$ce-orders"), false, false),
+        ("bob", Some("$user-admin"), false, false),
+        ("admin", None, false, true),
+        ("admin", None, true, true),
+        ("admin", Some("$user-admin"), false, true),
+    ] {
+        let mut req = tonic::Request::new(read(stream, subscribe));
+        req.metadata_mut()
+            .insert("authorization", basic(login).parse().unwrap());
+        let first = match client.read(req).await {
+            Ok(resp) => resp.into_inner().message().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        cells += 1;
+        match (allowed, first) {
+            (true, Ok(())) => {}
+            (false, Err(e)) => {
+                assert_eq!(
+                    e.code(),
+                    tonic::Code::PermissionDenied,
+                    "{login} {stream:?}"
+                );
+                assert_eq!(e.metadata().get("exception").unwrap(), "access-denied");
+            }
+            (allowed, got) => panic!(
+                "{login} {stream:?} subscribe={subscribe}: expected allowed={allowed}, got {got:?}"
+            ),
+        }
+    }
+    println!("ACL matrix: {cells} cells over gRPC");
+}
+
+#[tokio::test]
+async fn metrics_can_be_opened_to_scrapers() {
+    let (addr, _dir) = start_with(true).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    // Everything else still needs credentials.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /streams/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 401"));
+}
