@@ -123,10 +123,27 @@ impl<S: EventStore> EventStore for ClientStore<S> {
         &self,
         request: factum_core::MultiAppend,
     ) -> Result<factum_core::MultiAppendResult> {
-        for i in request.written() {
-            managed::check_client_write(&request.streams[i].stream)?;
+        // A multi-stream append needs $w on every stream it writes (the
+        // security issue) and $r on every stream it only checks (a check
+        // tells the stream's state).
+        let written = request.written();
+        for (i, part) in request.streams.iter().enumerate() {
+            if written.binary_search(&i).is_ok() {
+                managed::check_client_write(&part.stream)?;
+                self.check(&part.stream, Permission::Write).await?;
+            } else {
+                self.check(&part.stream, Permission::Read).await?;
+            }
         }
-        self.inner.append_multi(request).await
+        let names: Vec<StreamName> = written
+            .iter()
+            .map(|&i| request.streams[i].stream.clone())
+            .collect();
+        let result = self.inner.append_multi(request).await;
+        for name in &names {
+            self.wrote(name);
+        }
+        result
     }
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {

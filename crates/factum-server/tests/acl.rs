@@ -372,3 +372,102 @@ async fn metrics_can_be_opened_to_scrapers() {
     s.read_to_end(&mut raw).await.unwrap();
     assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 401"));
 }
+
+/// A multi-stream append needs `$w` on every stream it writes and `$r` on
+/// every stream it only checks; a refused one writes nothing.
+#[tokio::test]
+async fn multi_stream_appends_are_checked_on_every_stream() {
+    let (addr, _dir) = start().await;
+    for (login, groups) in [("alice", r#"["readers"]"#), ("bob", "[]")] {
+        let body = format!(r#"{{"loginName":"{login}","password":"pw","groups":{groups}}}"#);
+        assert_eq!(http(addr, "admin", "POST", "/users", &body).await, 201);
+    }
+    assert_eq!(
+        http(
+            addr,
+            "admin",
+            "PUT",
+            "/streams/secret-1/metadata",
+            SECRET_ACL
+        )
+        .await,
+        200
+    );
+    let write = |a: &str, b: &str| {
+        format!(
+            r#"{{"streams": [{{"stream": "{a}", "expected_revision": "any", "events": [{{"type": "T", "data": {{}}}}]}},
+                             {{"stream": "{b}", "expected_revision": "any", "events": [{{"type": "T", "data": {{}}}}]}}]}}"#
+        )
+    };
+    let check = |a: &str, b: &str| {
+        format!(
+            r#"{{"streams": [{{"stream": "{a}", "expected_revision": "any", "events": [{{"type": "T", "data": {{}}}}]}},
+                             {{"stream": "{b}", "expected_revision": "any", "events": []}}]}}"#
+        )
+    };
+    // bob may write orders-2 but not secret-1: nothing is written.
+    let denied = http(
+        addr,
+        "bob",
+        "POST",
+        "/multi-append",
+        &write("orders-2", "secret-1"),
+    )
+    .await;
+    assert!(
+        denied == 403 || denied == 401,
+        "bob writing secret-1: {denied}"
+    );
+    assert_eq!(
+        http(addr, "admin", "GET", "/streams/orders-2", "").await,
+        404
+    );
+    // A system stream: admins only.
+    let denied = http(
+        addr,
+        "bob",
+        "POST",
+        "/multi-append",
+        &write("orders-3", "$system-y"),
+    )
+    .await;
+    assert!(
+        denied == 403 || denied == 401,
+        "bob writing $system-y: {denied}"
+    );
+    // Checking a stream needs $r: bob has none on secret-1, alice has.
+    let denied = http(
+        addr,
+        "bob",
+        "POST",
+        "/multi-append",
+        &check("orders-4", "secret-1"),
+    )
+    .await;
+    assert!(
+        denied == 403 || denied == 401,
+        "bob checking secret-1: {denied}"
+    );
+    assert_eq!(
+        http(
+            addr,
+            "alice",
+            "POST",
+            "/multi-append",
+            &check("orders-5", "secret-1")
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        http(
+            addr,
+            "alice",
+            "POST",
+            "/multi-append",
+            &write("orders-6", "secret-1")
+        )
+        .await,
+        201
+    );
+}
