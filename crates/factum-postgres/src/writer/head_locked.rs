@@ -13,6 +13,38 @@ use super::group::{entry_of, group_names, Group, Rows};
 use super::{failure, q, Answers, Failure, Request, Sql};
 use crate::{PostgresConfig, Tables};
 
+/// Begins a transaction, locks `head` and loads the rows of `names` in one
+/// round trip (the transaction is managed by hand so BEGIN, the lock and the
+/// load go out together, and the writes and COMMIT in another). On any error
+/// the transaction is rolled back, and the first error in statement order
+/// is the cause (see `finish`). Both the group path and multi-stream appends
+/// start here.
+pub(super) async fn begin_locked(
+    tx: &ClientWrapper,
+    sql: &Sql,
+    names: &[String],
+) -> std::result::Result<(tokio_postgres::Row, Vec<tokio_postgres::Row>), Failure> {
+    let (lock_head, load_streams) = tokio::try_join!(
+        tx.prepare_cached(&sql.lock_head),
+        tx.prepare_cached(&sql.load_streams)
+    )
+    .map_err(q)?;
+    let load_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
+    let (begin, head, rows) = tokio::join!(
+        tx.batch_execute("BEGIN"),
+        tx.query_one(&lock_head, &[]),
+        tx.query(&load_streams, &load_params)
+    );
+    let begun = begin.and(head).and_then(|head| Ok((head, rows?)));
+    match begun {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            Err(q(e))
+        }
+    }
+}
+
 /// Runs one group in one transaction on the head-locked path; the outer error
 /// means the whole transaction failed (nothing of it is known to be
 /// committed). Statements are prepared once per connection and pipelined
@@ -29,29 +61,8 @@ pub(super) async fn commit(
 ) -> std::result::Result<Answers, Failure> {
     // Every stream the group may touch, loaded in one query.
     let names = group_names(group);
-    // The transaction is managed by hand so BEGIN, the head lock and the
-    // load go out in one round trip, and the writes and COMMIT in another.
     let tx: &ClientWrapper = client;
-    let (lock_head, load_streams) = tokio::try_join!(
-        tx.prepare_cached(&sql.lock_head),
-        tx.prepare_cached(&sql.load_streams)
-    )
-    .map_err(q)?;
-    let load_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
-    let (begin, head, rows) = tokio::join!(
-        tx.batch_execute("BEGIN"),
-        tx.query_one(&lock_head, &[]),
-        tx.query(&load_streams, &load_params)
-    );
-    // The first error in statement order is the cause (see `finish`).
-    let begun = begin.and(head).and_then(|head| Ok((head, rows?)));
-    let (head, rows) = match begun {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.batch_execute("ROLLBACK").await;
-            return Err(q(e));
-        }
-    };
+    let (head, rows) = begin_locked(tx, sql, &names).await?;
     // Did another instance commit since this writer's last commit?
     let found = (head.get::<_, i64>(0), head.get::<_, i64>(1));
     let unmoved = cache

@@ -19,7 +19,7 @@ use factum_core::{
 };
 
 use super::group::{entry_of, Group, Rows};
-use super::head_locked::finish;
+use super::head_locked::{begin_locked, finish};
 use super::{discard, q, Failure, Sql, RETRIES, RETRY_PAUSE};
 use crate::{describe, PostgresConfig, Tables};
 
@@ -103,20 +103,7 @@ async fn once(
 ) -> std::result::Result<Result<MultiAppendResult>, Failure> {
     let names = names_of(request);
     let tx: &ClientWrapper = client;
-    let (lock_head, load_streams) = tokio::try_join!(
-        tx.prepare_cached(&sql.lock_head),
-        tx.prepare_cached(&sql.load_streams)
-    )
-    .map_err(q)?;
-    let load_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
-    let (begin, head, rows) = tokio::join!(
-        tx.batch_execute("BEGIN"),
-        tx.query_one(&lock_head, &[]),
-        tx.query(&load_streams, &load_params)
-    );
-    begin.map_err(q)?;
-    let head = head.map_err(q)?;
-    let rows = rows.map_err(q)?;
+    let (head, rows) = begin_locked(tx, sql, &names).await?;
     let mut g = Group {
         sql,
         states: HashMap::new(),
