@@ -290,7 +290,21 @@ impl<S: EventStore> StreamsService for GrpcApi<S> {
         let mut multi = MultiAppend::new();
         let mut seen = HashSet::new();
         let mut expected = Vec::new();
+        // The whole session is one append: its bytes count against the
+        // append size limit as they arrive (refused before the rest comes)
+        // and are held in the server's append budget until it is answered.
+        let mut size = 0u64;
+        let mut reserved = crate::budget::Reserved::default();
         while let Some(req) = requests.message().await? {
+            let bytes = req.encoded_len() as u64;
+            let ctx = self.ctx();
+            ctx.config
+                .count_append_bytes(&mut size, bytes)
+                .map_err(|e| store_error(&e))?;
+            ctx.append_budget
+                .reserve(&mut reserved, bytes)
+                .await
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
             if seen.len() >= MAX_SESSION_REQUESTS {
                 return Err(bad_request(format!(
                     "an append session takes at most {MAX_SESSION_REQUESTS} append requests"

@@ -24,6 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 async fn start() -> (std::net::SocketAddr, Arc<Engine>, tempfile::TempDir) {
+    start_with(factum_server::ServerConfig::new).await
+}
+
+async fn start_with(
+    server_config: impl FnOnce(std::net::SocketAddr) -> factum_server::ServerConfig,
+) -> (std::net::SocketAddr, Arc<Engine>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
         durability: Durability::None,
@@ -33,7 +39,7 @@ async fn start() -> (std::net::SocketAddr, Arc<Engine>, tempfile::TempDir) {
     let engine = Arc::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = factum_server::ServerConfig::new(addr);
+    let cfg = server_config(addr);
     tokio::spawn(factum_server::serve(
         listener,
         engine.clone(),
@@ -309,4 +315,49 @@ async fn http_multi_append() {
     assert_eq!(engine.read_all(ReadAll::forwards()).await.unwrap().len(), 3);
     let (status, _) = call(addr, r#"{"streams": []}"#).await;
     assert_eq!(status, 400);
+}
+
+/// An append session is one append: its bytes count against the append size
+/// limit as its requests arrive (refused before the session ends, so a
+/// client cannot make the server hold an unbounded session), and a session
+/// past it writes nothing.
+#[tokio::test]
+async fn an_append_session_past_the_append_size_limit_writes_nothing() {
+    let (addr, engine, _dir) = start_with(|addr| {
+        let mut c = factum_server::ServerConfig::new(addr);
+        c.max_append_bytes = 64 * 1024;
+        c
+    })
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut v2 = StreamsServiceClient::new(channel);
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(30 * 1024));
+    let reqs: Vec<AppendRequest> = (0..3)
+        .map(|i| AppendRequest {
+            stream: format!("big-{i}"),
+            records: vec![record(None, "T", &big)],
+            expected_revision: None,
+        })
+        .collect();
+    // The session never ends: the server must answer from what it received.
+    use futures_util::StreamExt;
+    let session = futures_util::stream::iter(reqs).chain(futures_util::stream::pending());
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        v2.append_session(session),
+    )
+    .await
+    .expect("refused before the session ends")
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), details(&e).0.as_str()),
+        (Code::Aborted, "APPEND_TRANSACTION_SIZE_EXCEEDED"),
+        "{e:?}"
+    );
+    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
+    assert!(all.is_empty(), "nothing written: {} events", all.len());
 }
