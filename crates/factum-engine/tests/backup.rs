@@ -172,3 +172,43 @@ fn a_backup_never_goes_into_a_store() {
     let err = restore(&a, &root.path().join("c"), false).unwrap_err();
     assert!(err.to_string().contains("BACKUP.json"), "{err}");
 }
+
+/// A directory holding a backup of another store whose segments have the
+/// same names and lengths is not trusted: every segment is copied again.
+#[tokio::test]
+async fn a_backup_of_another_store_is_not_taken_for_this_one() {
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("backup");
+    let mut reports = Vec::new();
+    for name in ["a", "b"] {
+        let dir = root.path().join(name);
+        let engine = Engine::open_with(&dir, config()).unwrap().0;
+        // Same shape in both stores: same segment names and lengths.
+        for i in 0..400u32 {
+            let e = EventData::json(
+                "Same",
+                &serde_json::json!({ "i": i, "pad": "y".repeat(300) }),
+            )
+            .unwrap();
+            engine
+                .append(
+                    StreamName::new("s-1").unwrap(),
+                    ExpectedRevision::Any,
+                    vec![e],
+                )
+                .await
+                .unwrap();
+        }
+        reports.push(engine.backup(&dest).unwrap());
+        engine.close().unwrap();
+    }
+    assert_eq!(reports[0].bytes_total, reports[1].bytes_total, "same shape");
+    assert_eq!(
+        reports[1].files_copied, reports[1].files,
+        "every segment of the second store copied: {:?}",
+        reports[1]
+    );
+    let restored = root.path().join("restored");
+    restore(&dest, &restored, false).unwrap();
+    assert!(verify(&restored).unwrap().ok());
+}
