@@ -121,6 +121,8 @@ impl Engine {
             report.bytes_total += bytes;
             manifest.segments.push(BackupFile { name, bytes });
         }
+        // The copies' renames are durable before the manifest names them.
+        sync_dir(dest)?;
         write_manifest(dest, &manifest)?;
         Ok(report)
     }
@@ -210,7 +212,9 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 }
 
 /// Copies the first `len` bytes of `src` to `dst` through a temporary file
-/// that is fsynced and renamed into place.
+/// that is fsynced and renamed into place. The caller fsyncs the directory
+/// once after all copies (before a backup's manifest, at the end of a
+/// restore), which makes every rename durable.
 fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<()> {
     let tmp = dst.with_extension("seg.backup-tmp");
     let input = File::open(src).map_err(|e| io(src, "opening", e))?;
@@ -225,9 +229,7 @@ fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<()> {
         });
     }
     out.sync_all().map_err(|e| io(&tmp, "fsync", e))?;
-    fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))?;
-    let dir = dst.parent().unwrap_or(Path::new("."));
-    sync_dir(dir)
+    fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))
 }
 
 /// Whether two files hold the same first and last 4 KiB of their first

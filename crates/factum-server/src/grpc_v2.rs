@@ -334,8 +334,8 @@ impl<S: EventStore> StreamsService for GrpcApi<S> {
                 .into_iter()
                 .map(event_of)
                 .collect::<Result<Vec<_>, _>>()?;
-            multi = multi.append(stream, factum_core::ExpectedRevision::Any, events);
-            multi = multi.check(StreamName::new(&req.stream).expect("checked"), condition);
+            multi = multi.append(stream.clone(), factum_core::ExpectedRevision::Any, events);
+            multi = multi.check(stream, condition);
         }
         if seen.is_empty() {
             return Err(streams_error(
