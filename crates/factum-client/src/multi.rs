@@ -21,7 +21,7 @@ use factum_proto::v2_streams::{
     SchemaInfo,
 };
 use prost::Message;
-use tonic::transport::Channel;
+use crate::connection::Transport;
 
 fn condition_to_wire(c: StreamCondition) -> Option<i64> {
     match c {
@@ -83,7 +83,7 @@ fn value_of(v: serde_json::Value) -> prost_types::Value {
 
 /// Sends `request` as one `AppendRecords` call.
 pub(crate) async fn append_records(
-    channel: Channel,
+    channel: Transport,
     request: &MultiAppend,
 ) -> Result<MultiAppendResult> {
     let mut checks = Vec::new();
