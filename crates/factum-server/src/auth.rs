@@ -16,6 +16,10 @@
 //!
 //! Insecure mode ([`Insecure`]) accepts any or no credentials: every
 //! request is anonymous and nothing is refused.
+//!
+//! With a JWKS file configured, [`WithBearer`] answers requests that carry
+//! `authorization: Bearer <JWT>` (ADR 34) and leaves the others to the
+//! users; a refused token is answered like refused credentials.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -135,6 +139,44 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     let (login, password) = text.split_once(':').ok_or_else(bad)?;
     Ok(Some((login.to_owned(), password.to_owned())))
+}
+
+/// The token of an `authorization: Bearer …` header, if that is what the
+/// request carries.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+}
+
+/// Bearer tokens (JWT, `bearer.rs`, ADR 34) in front of another
+/// authenticator, which answers every request that carries no token.
+pub struct WithBearer {
+    /// Checks the tokens.
+    pub bearer: Arc<crate::bearer::Bearer>,
+    /// Everything else: Basic credentials, client certificates.
+    pub inner: Arc<dyn Authenticator>,
+}
+
+impl Authenticator for WithBearer {
+    fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> AuthFuture<'a> {
+        match bearer_token(headers) {
+            Some(token) => Box::pin(std::future::ready(
+                self.bearer.verify(token).map(Principal::User),
+            )),
+            None => self.inner.authenticate(headers),
+        }
+    }
+
+    fn certificate<'a>(&'a self, login: &'a str) -> AuthFuture<'a> {
+        self.inner.certificate(login)
+    }
+
+    fn required(&self) -> bool {
+        self.inner.required()
+    }
 }
 
 /// The principal the gate attached to a request (anonymous when the

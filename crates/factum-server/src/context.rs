@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// `/metrics` without credentials when users are required (for
     /// scrapers); otherwise it needs `$ops` or `$admins`.
     pub metrics_anonymous: bool,
+    /// Bearer tokens (JWT) checked against a JWKS file (ADR 34), in front
+    /// of the users or `authenticator`; `None`: Bearer is refused.
+    pub bearer: Option<Arc<crate::bearer::Bearer>>,
 }
 
 /// Secure mode's users: the initial passwords of `admin` and `ops` when
@@ -109,6 +112,7 @@ impl ServerConfig {
             tls: None,
             users: None,
             metrics_anonymous: false,
+            bearer: None,
         }
     }
 }

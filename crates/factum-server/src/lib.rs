@@ -17,6 +17,7 @@
 //! | `metrics` | Prometheus counters and latency histograms |
 //! | `budget` | one budget of in-flight append bytes across all clients |
 //! | `auth` | the authentication gate in front of gRPC and HTTP: Basic credentials, the anonymous endpoints (insecure mode accepts anything) |
+//! | `bearer` | bearer tokens: JWT checked against a JWKS file (reloaded when it changes), claims → user and groups |
 //! | `users` / `grpc_users` / `http_users` | users in `$user-<login>` streams, argon2id, the verified-credential cache; KurrentDB's `Users` service |
 //! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once; stream ACLs checked there (secure mode) |
 //! | `acl` | KurrentDB's stream ACLs: `$acl`, `$settings` defaults, built-ins; cached |
@@ -41,6 +42,7 @@
 pub mod acl;
 mod advertise;
 pub mod auth;
+pub mod bearer;
 pub mod budget;
 mod client_store;
 mod context;
@@ -112,6 +114,13 @@ pub fn app<S: EventStore>(
     let authenticator: Arc<dyn auth::Authenticator> = match &users {
         Some(users) => users.clone(),
         None => config.authenticator.clone(),
+    };
+    let authenticator: Arc<dyn auth::Authenticator> = match &config.bearer {
+        Some(bearer) => Arc::new(auth::WithBearer {
+            bearer: bearer.clone(),
+            inner: authenticator,
+        }),
+        None => authenticator,
     };
     let client_store = match &users {
         Some(_) => client_store::ClientStore::with_acls(

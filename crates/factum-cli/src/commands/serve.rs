@@ -46,6 +46,24 @@ pub struct ServeArgs {
     /// CA certificates (PEM) whose client certificates are accepted.
     #[arg(long, env = "FACTUM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Accept bearer tokens (JWT) signed by a key of this JWKS file
+    /// (`{"keys": [...]}`; reloaded when it changes). Needs --jwt-issuer
+    /// and --jwt-audience.
+    #[arg(long, env = "FACTUM_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` bearer tokens must carry.
+    #[arg(long, env = "FACTUM_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` bearer tokens must carry (or include).
+    #[arg(long, env = "FACTUM_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The token claim naming the user [default: sub].
+    #[arg(long, env = "FACTUM_JWT_USER_CLAIM", value_name = "CLAIM")]
+    pub jwt_user_claim: Option<String>,
+    /// The token claims listing the user's groups, comma-separated (each a
+    /// string or a list of strings) [default: groups,roles].
+    #[arg(long, env = "FACTUM_JWT_GROUPS_CLAIM", value_name = "CLAIMS")]
+    pub jwt_groups_claim: Option<String>,
     /// The address clients are told to connect to (Gossip) [default: the bound address].
     #[arg(long, env = "FACTUM_ADVERTISE", value_name = "ADDR")]
     pub advertise: Option<String>,
@@ -144,6 +162,11 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "tls-key",
             "tls-ca",
             "metrics-anonymous",
+            "jwks-file",
+            "jwt-issuer",
+            "jwt-audience",
+            "jwt-user-claim",
+            "jwt-groups-claim",
             "advertise",
             "backup-root",
             "max-append-bytes",
@@ -190,6 +213,7 @@ struct Settings {
     listen: String,
     security: Security,
     metrics_anonymous: bool,
+    bearer: Option<factum_server::bearer::BearerConfig>,
     advertise: Option<factum_server::Advertise>,
     backup_root: Option<PathBuf>,
     max_append_bytes: Option<u64>,
@@ -256,6 +280,15 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
     );
     let security = security(&backend, insecure, dev, tls_cert, tls_key, tls_ca)?;
     let metrics_anonymous = switch(args.metrics_anonymous, &file, "metrics-anonymous")?;
+    let text = |flag: Option<String>, key: &str| flag.or_else(|| file.get(key).cloned());
+    let bearer = bearer(
+        &security,
+        path(args.jwks_file, "jwks-file"),
+        text(args.jwt_issuer, "jwt-issuer"),
+        text(args.jwt_audience, "jwt-audience"),
+        text(args.jwt_user_claim, "jwt-user-claim"),
+        text(args.jwt_groups_claim, "jwt-groups-claim"),
+    )?;
     let mut connections = factum_server::ConnectionLimits::default();
     let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>, CliError> {
         match v {
@@ -306,6 +339,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
         security,
         metrics_anonymous,
+        bearer,
         advertise: args
             .advertise
             .or_else(|| file.get("advertise").cloned())
@@ -376,6 +410,49 @@ fn security(
              for a development certificate, or --insecure to serve without TLS and users",
         )),
     }
+}
+
+/// Bearer tokens, when a JWKS file is given (ADR 34): issuer and audience
+/// are required (a token for another service must not pass), and only a
+/// secure server takes them.
+fn bearer(
+    security: &Security,
+    jwks_file: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    user_claim: Option<String>,
+    groups_claims: Option<String>,
+) -> Result<Option<factum_server::bearer::BearerConfig>, CliError> {
+    let Some(jwks_file) = jwks_file else {
+        if issuer.is_some() || audience.is_some() || user_claim.is_some() || groups_claims.is_some() {
+            return Err(CliError::usage(
+                "--jwt-issuer / --jwt-audience / --jwt-user-claim / --jwt-groups-claim need --jwks-file",
+            ));
+        }
+        return Ok(None);
+    };
+    if matches!(security, Security::Insecure) {
+        return Err(CliError::usage(
+            "--insecure accepts any or no credentials: drop --jwks-file, or serve securely",
+        ));
+    }
+    let (Some(issuer), Some(audience)) = (issuer, audience) else {
+        return Err(CliError::usage(
+            "--jwks-file needs --jwt-issuer and --jwt-audience (the iss and aud tokens must carry)",
+        ));
+    };
+    let mut config = factum_server::bearer::BearerConfig::new(jwks_file, issuer, audience);
+    if let Some(claim) = user_claim {
+        config.user_claim = claim;
+    }
+    if let Some(claims) = groups_claims {
+        config.groups_claims = claims
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+    }
+    Ok(Some(config))
 }
 
 /// A yes/no setting: the flag (bare means true), else the config file's
@@ -594,6 +671,11 @@ async fn serve_store<S: factum_core::EventStore>(
             "TLS, users"
         }
     };
+    if let Some(bearer) = &s.bearer {
+        let bearer = factum_server::bearer::Bearer::new(bearer.clone())
+            .map_err(|e| CliError::usage(format!("bearer tokens: {e}")))?;
+        config.bearer = Some(Arc::new(bearer));
+    }
     println!("factum serving {what} on {bound} (gRPC and HTTP; {mode})");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(factum_server::serve(listener, store, config, async {
