@@ -15,6 +15,8 @@
 //! `kurrentdb-append-concurrent-256`, `kurrentdb-append-batch`,
 //! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
 //! KurrentDB's official Rust client, [`official`]),
+//! `secure-append-concurrent`, `secure-read-all` ([`secure`]: TLS and
+//! Basic credentials against an insecure server, same run),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
 //! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan),
 //! `soak` ([`soak`]: mixed load for a set time, the server's memory; only
@@ -38,6 +40,7 @@ mod persistent;
 mod postgres;
 mod read;
 mod reads_under_load;
+mod secure;
 mod server;
 mod soak;
 mod subscribe;
@@ -208,6 +211,11 @@ pub enum Workload {
     PgReadAll,
     /// PostgreSQL backend, live subscription latency (vs engine).
     PgSubscribeLatency,
+    /// `grpc-append-concurrent` on a secure server (TLS, Basic credentials
+    /// on every call) against the same on an insecure one.
+    SecureAppendConcurrent,
+    /// `grpc-read-all` on a secure server against an insecure one.
+    SecureReadAll,
     /// A consumer group delivering to one consumer that acks each event
     /// (vs a catch-up subscription).
     #[value(name = "persistent-1")]
@@ -256,6 +264,8 @@ impl Workload {
             Workload::KurrentdbAppendBatch => "kurrentdb-append-batch",
             Workload::KurrentdbReadAll => "kurrentdb-read-all",
             Workload::KurrentdbSubscribeLatency => "kurrentdb-subscribe-latency",
+            Workload::SecureAppendConcurrent => "secure-append-concurrent",
+            Workload::SecureReadAll => "secure-read-all",
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
@@ -263,7 +273,7 @@ impl Workload {
         }
     }
 
-    const ALL: [Workload; 32] = [
+    const ALL: [Workload; 34] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -292,6 +302,8 @@ impl Workload {
         Workload::KurrentdbAppendBatch,
         Workload::KurrentdbReadAll,
         Workload::KurrentdbSubscribeLatency,
+        Workload::SecureAppendConcurrent,
+        Workload::SecureReadAll,
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
@@ -338,6 +350,9 @@ pub struct Report {
     /// measured window, µs (server-path workloads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_event: Option<f64>,
+    /// The same for the baseline's server (`secure-…`: the insecure one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_server_cpu_us_per_event: Option<f64>,
     /// Peak resident memory, MB (`open`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
@@ -509,6 +524,8 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::KurrentdbSubscribeLatency => {
                 grpc::subscribe_latency(&mut ctx, w, Via::Kurrentdb)
             }
+            Workload::SecureAppendConcurrent => secure::append_concurrent(&mut ctx, w),
+            Workload::SecureReadAll => secure::read_all(&mut ctx, w),
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),
             Workload::ReadsUnderLoad => {
