@@ -332,7 +332,7 @@ fn append_workload(
                 appends(&clients, writers, per_append, time, max, cpu).await
             }
             Via::Kurrentdb => {
-                let client = official::connect(server.addr).await?;
+                let client = official::connect(&server).await?;
                 appends(&[client], writers, per_append, time, max, cpu).await
             }
         }
@@ -464,7 +464,10 @@ fn read_embedded(ctx: &Ctx, engine: factum_engine::Engine) -> Result<Side, Bench
 /// `$all` read forwards from the start through our client as one streamed
 /// read of at most `total` events: the events read, the time, the server's
 /// CPU time.
-pub(crate) async fn read_all_remote(server: &ServerProcess, total: u64) -> Result<Side, BenchError> {
+pub(crate) async fn read_all_remote(
+    server: &ServerProcess,
+    total: u64,
+) -> Result<Side, BenchError> {
     let client = connect(server).await?;
     let cpu_before = Some(server.cpu.now()?);
     let started = Instant::now();
@@ -499,7 +502,7 @@ pub fn read_all(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchErr
             Via::Kurrentdb => None,
         };
         let official = match via {
-            Via::Kurrentdb => Some(official::connect(server.addr).await?),
+            Via::Kurrentdb => Some(official::connect(&server).await?),
             Via::FactumClient => None,
         };
         let cpu_before = Some(server.cpu.now()?);
@@ -609,7 +612,7 @@ pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
         let cpu = Some(&server.cpu);
         match via {
             Via::FactumClient => delivery(&Ours(connect(&server).await?), n, cpu).await,
-            Via::Kurrentdb => delivery(&official::connect(server.addr).await?, n, cpu).await,
+            Via::Kurrentdb => delivery(&official::connect(&server).await?, n, cpu).await,
         }
     })?;
     server.stop()?;

@@ -15,7 +15,8 @@
 //! `kurrentdb-append-concurrent-256`, `kurrentdb-append-batch`,
 //! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
 //! KurrentDB's official Rust client, [`official`]),
-//! `secure-append-concurrent`, `secure-read-all` ([`secure`]: TLS and
+//! `secure-append-concurrent`, `secure-read-all`,
+//! `secure-kurrentdb-append-concurrent-256` ([`secure`]: TLS and
 //! Basic credentials against an insecure server, same run),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
 //! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan),
@@ -216,6 +217,10 @@ pub enum Workload {
     SecureAppendConcurrent,
     /// `grpc-read-all` on a secure server against an insecure one.
     SecureReadAll,
+    /// `kurrentdb-append-concurrent-256` on a secure server against an
+    /// insecure one (one Append RPC, so one authenticated request, per append).
+    #[value(name = "secure-kurrentdb-append-concurrent-256")]
+    SecureKurrentdbAppendConcurrent256,
     /// A consumer group delivering to one consumer that acks each event
     /// (vs a catch-up subscription).
     #[value(name = "persistent-1")]
@@ -266,6 +271,9 @@ impl Workload {
             Workload::KurrentdbSubscribeLatency => "kurrentdb-subscribe-latency",
             Workload::SecureAppendConcurrent => "secure-append-concurrent",
             Workload::SecureReadAll => "secure-read-all",
+            Workload::SecureKurrentdbAppendConcurrent256 => {
+                "secure-kurrentdb-append-concurrent-256"
+            }
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
@@ -273,7 +281,7 @@ impl Workload {
         }
     }
 
-    const ALL: [Workload; 34] = [
+    const ALL: [Workload; 35] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -304,6 +312,7 @@ impl Workload {
         Workload::KurrentdbSubscribeLatency,
         Workload::SecureAppendConcurrent,
         Workload::SecureReadAll,
+        Workload::SecureKurrentdbAppendConcurrent256,
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
@@ -524,7 +533,12 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::KurrentdbSubscribeLatency => {
                 grpc::subscribe_latency(&mut ctx, w, Via::Kurrentdb)
             }
-            Workload::SecureAppendConcurrent => secure::append_concurrent(&mut ctx, w),
+            Workload::SecureAppendConcurrent => {
+                secure::append_concurrent(&mut ctx, w, Via::FactumClient)
+            }
+            Workload::SecureKurrentdbAppendConcurrent256 => {
+                secure::append_concurrent(&mut ctx, w, Via::Kurrentdb)
+            }
             Workload::SecureReadAll => secure::read_all(&mut ctx, w),
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),

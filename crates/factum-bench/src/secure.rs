@@ -8,12 +8,19 @@
 //! event is reported, the steadier figure on a shared machine.
 //!
 //! `secure-append-concurrent`: 256 writers over 8 connections, one event
-//! per append (as `grpc-append-concurrent`), a fresh store per side.
+//! per append (as `grpc-append-concurrent`), a fresh store per side; the
+//! appends of a connection share one BatchAppend call, so the gate runs
+//! once per connection and the ACL check once per append.
+//! `secure-kurrentdb-append-concurrent-256`: the same 256 writers through
+//! KurrentDB's official client, one `Append` RPC per append, so every
+//! append is a request through the gate (credentials checked against the
+//! cache) as well as through the ACLs.
 //! `secure-read-all`: `$all` streamed from one loaded store, served
 //! insecure first, then secure.
 
 use crate::error::BenchError;
-use crate::grpc::{self, Ours, Side};
+use crate::grpc::{self, Ours, Side, Via};
+use crate::official;
 use crate::server::{Placement, Security, ServerProcess};
 use crate::{Ctx, Report, Workload};
 
@@ -67,8 +74,8 @@ fn report(
     r
 }
 
-/// `secure-append-concurrent`.
-pub fn append_concurrent(ctx: &mut Ctx, w: Workload) -> Result<Report, BenchError> {
+/// `secure-append-concurrent` (our client), `secure-kurrentdb-append-concurrent-256`.
+pub fn append_concurrent(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchError> {
     let time = ctx.secs(1.5, 5.0);
     let max = ctx.cap(u64::MAX);
     let dir = ctx.dir(w.name())?;
@@ -77,11 +84,20 @@ pub fn append_concurrent(ctx: &mut Ctx, w: Workload) -> Result<Report, BenchErro
     for (name, security) in [("insecure", Security::Insecure), ("secure", Security::Dev)] {
         let server = ServerProcess::start_as(&dir.join(name), &placement, security, &[])?;
         let side = ctx.rt.block_on(async {
-            let mut clients = Vec::new();
-            for _ in 0..CONNECTIONS {
-                clients.push(Ours(grpc::connect(&server).await?));
+            let cpu = Some(&server.cpu);
+            match via {
+                Via::FactumClient => {
+                    let mut clients = Vec::new();
+                    for _ in 0..CONNECTIONS {
+                        clients.push(Ours(grpc::connect(&server).await?));
+                    }
+                    grpc::appends(&clients, WRITERS, 1, time, max, cpu).await
+                }
+                Via::Kurrentdb => {
+                    let client = official::connect(&server).await?;
+                    grpc::appends(&[client], WRITERS, 1, time, max, cpu).await
+                }
             }
-            grpc::appends(&clients, WRITERS, 1, time, max, Some(&server.cpu)).await
         })?;
         server.stop()?;
         sides.push(side);
@@ -94,9 +110,14 @@ pub fn append_concurrent(ctx: &mut Ctx, w: Workload) -> Result<Report, BenchErro
         secure,
         insecure,
         "one append (1 event) until acknowledged, under 256 concurrent writers",
-        how(&format!(
-            "TLS 1.3, Basic credentials on every call); {WRITERS} writers over {CONNECTIONS} connections, appends on one BatchAppend call per connection, a fresh store per side"
-        )),
+        how(&match via {
+            Via::FactumClient => format!(
+                "TLS 1.3, Basic credentials on every call); {WRITERS} writers over {CONNECTIONS} factum-client connections, appends on one BatchAppend call per connection, a fresh store per side"
+            ),
+            Via::Kurrentdb => format!(
+                "TLS 1.3, Basic credentials on every call); {WRITERS} writers on one KurrentDB official client (kurrentdb 1.2.0), one Append RPC per append, a fresh store per side"
+            ),
+        }),
         &placement,
     ))
 }

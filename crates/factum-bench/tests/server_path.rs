@@ -212,7 +212,10 @@ fn the_secure_workloads_compare_tls_and_credentials_with_insecure() {
     // --dev`, TLS with its CA, Basic credentials on every call.
     let lines = run_server_path(&["secure-append-concurrent", "secure-read-all"], 300);
     for r in &lines {
-        assert!(r["baseline_server_cpu_us_per_event"].as_f64().is_some(), "{r}");
+        assert!(
+            r["baseline_server_cpu_us_per_event"].as_f64().is_some(),
+            "{r}"
+        );
         assert!(r["target"].as_str().unwrap().contains("of insecure"), "{r}");
         let notes = r["notes"].to_string();
         assert!(notes.contains("factum serve --insecure, same run"), "{r}");

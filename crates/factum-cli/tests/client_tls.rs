@@ -79,7 +79,11 @@ async fn every_call_path_works_over_tls_with_credentials() {
     // AppendRecords (multi-stream).
     let other = StreamName::new("order-2").unwrap();
     let multi = MultiAppend::new()
-        .append(order.clone(), ExpectedRevision::Exact(StreamRevision(0)), [event("b")])
+        .append(
+            order.clone(),
+            ExpectedRevision::Exact(StreamRevision(0)),
+            [event("b")],
+        )
         .append(other.clone(), ExpectedRevision::Any, [event("c")]);
     client.append_multi(multi).await.unwrap();
     // Append (metadata) and a read of `$$order-1`.
@@ -148,11 +152,15 @@ async fn missing_or_wrong_credentials_are_refused_without_retries() {
         .append(order.clone(), ExpectedRevision::Any, vec![event("a")])
         .await;
     assert!(matches!(denied, Err(Error::AccessDenied(_))), "{denied:?}");
-    let denied = anonymous.read_stream(ReadStream::forwards(order.clone())).await;
+    let denied = anonymous
+        .read_stream(ReadStream::forwards(order.clone()))
+        .await;
     assert!(matches!(denied, Err(Error::AccessDenied(_))), "{denied:?}");
 
     let started = std::time::Instant::now();
-    let wrong = Client::connect(&server.url("admin:wrong@", "")).await.unwrap();
+    let wrong = Client::connect(&server.url("admin:wrong@", ""))
+        .await
+        .unwrap();
     let refused = wrong
         .append(order.clone(), ExpectedRevision::Any, vec![event("a")])
         .await;
@@ -165,7 +173,9 @@ async fn missing_or_wrong_credentials_are_refused_without_retries() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     // Another user with the default stream ACL: any authenticated user.
-    let ops = Client::connect(&server.url("ops:changeit@", "")).await.unwrap();
+    let ops = Client::connect(&server.url("ops:changeit@", ""))
+        .await
+        .unwrap();
     ops.append(order.clone(), ExpectedRevision::Any, vec![event("b")])
         .await
         .unwrap();

@@ -202,7 +202,15 @@ fn contradicting_or_incomplete_security_flags_are_refused() {
         ),
         // Bearer tokens (ADR 34): only when secure, with issuer and audience.
         (
-            &["--insecure", "--jwks-file", "k.json", "--jwt-issuer", "i", "--jwt-audience", "a"],
+            &[
+                "--insecure",
+                "--jwks-file",
+                "k.json",
+                "--jwt-issuer",
+                "i",
+                "--jwt-audience",
+                "a",
+            ],
             "--insecure accepts any or no credentials",
         ),
         (

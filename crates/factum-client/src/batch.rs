@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::connection::Transport;
 use factum_core::UnavailableReason;
 use factum_core::{AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, Uuid};
 use factum_proto::shared;
@@ -13,7 +14,6 @@ use factum_proto::streams::streams_client::StreamsClient;
 use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
-use crate::connection::Transport;
 
 use crate::wire;
 

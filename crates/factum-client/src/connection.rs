@@ -103,7 +103,9 @@ impl ConnectionSettings {
     /// Reads a connection string (see the module doc).
     pub fn parse(connection: &str) -> Result<ConnectionSettings> {
         let bad = |why: &str| invalid(format!("bad connection string {connection:?}: {why}"));
-        if connection.starts_with("esdb+discover://") || connection.starts_with("kurrentdb+discover://") {
+        if connection.starts_with("esdb+discover://")
+            || connection.starts_with("kurrentdb+discover://")
+        {
             return Err(Error::Unsupported(
                 "discovery (esdb+discover://) is not supported: name the node with esdb://host:port".into(),
             ));
@@ -162,9 +164,15 @@ impl ConnectionSettings {
                 "tlsverifycert" => verify_cert = boolean(key, value)?,
                 // Settings of KurrentDB's clients that change nothing here
                 // (one node, our own retry policy and deadlines).
-                "connectionname" | "maxdiscoverattempts" | "discoveryinterval"
-                | "gossiptimeout" | "nodepreference" | "keepaliveinterval"
-                | "keepalivetimeout" | "defaultdeadline" | "throwonappendfailure" => {}
+                "connectionname"
+                | "maxdiscoverattempts"
+                | "discoveryinterval"
+                | "gossiptimeout"
+                | "nodepreference"
+                | "keepaliveinterval"
+                | "keepalivetimeout"
+                | "defaultdeadline"
+                | "throwonappendfailure" => {}
                 other => {
                     return Err(bad(&format!(
                         "unknown setting {other:?} (known: tls, tlsCAFile, tlsVerifyCert)"
@@ -435,7 +443,10 @@ mod tests {
         let s = ConnectionSettings::parse("esdb://127.0.0.1:2113?tls=false").unwrap();
         assert_eq!(s.tls, None);
         let s = ConnectionSettings::parse("esdb://h?tlsVerifyCert=false").unwrap();
-        assert_eq!((s.address.as_str(), s.tls), ("h:2113", Some(Verify::Nothing)));
+        assert_eq!(
+            (s.address.as_str(), s.tls),
+            ("h:2113", Some(Verify::Nothing))
+        );
         // Keys are case-insensitive (KurrentDB writes tlsCaFile and tlsCAFile).
         let s = ConnectionSettings::parse("esdb://u:p%40ss@[::1]:2113?TLSCAFILE=c.pem").unwrap();
         assert_eq!(s.credentials, Some(("u".into(), "p@ss".into())));

@@ -33,6 +33,8 @@ mod resume;
 mod retry;
 mod wire;
 
+use connection::Transport;
+pub use connection::{ConnectionSettings, Verify};
 use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
@@ -50,8 +52,6 @@ use futures_util::StreamExt;
 pub use read::decode_read_message;
 use read::ReadItem;
 use resume::{Resumable, Target};
-pub use connection::{ConnectionSettings, Verify};
-use connection::Transport;
 pub use retry::Retry;
 use tonic::Streaming;
 

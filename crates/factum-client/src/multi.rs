@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::connection::Transport;
 use factum_core::{
     ActualState, ContentType, Error, MultiAppend, MultiAppendResult, Position, Result,
     StreamAppended, StreamCondition, StreamRevision, Violation,
@@ -21,7 +22,6 @@ use factum_proto::v2_streams::{
     SchemaInfo,
 };
 use prost::Message;
-use crate::connection::Transport;
 
 fn condition_to_wire(c: StreamCondition) -> Option<i64> {
     match c {

@@ -144,11 +144,12 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
 /// The token of an `authorization: Bearer …` header, if that is what the
 /// request carries.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Bearer tokens (JWT, `bearer.rs`, ADR 34) in front of another

@@ -325,8 +325,8 @@ impl Bearer {
     /// The signature and claims of `token`: its identity and `exp`.
     fn check(&self, token: &str, keys: &[Key]) -> Result<(Identity, u64), Refused> {
         let refuse = |why: String| Refused(format!("bearer token refused: {why}"));
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| refuse(format!("not a JWT: {e}")))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| refuse(format!("not a JWT: {e}")))?;
         let key = match &header.kid {
             Some(kid) => keys
                 .iter()
@@ -350,9 +350,12 @@ impl Bearer {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
-        let data =
-            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &validation)
-                .map_err(|e| refuse(e.to_string()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.decoding,
+            &validation,
+        )
+        .map_err(|e| refuse(e.to_string()))?;
         let claims = data.claims;
         let login = claims
             .get(&self.config.user_claim)

@@ -44,10 +44,9 @@ impl Keys {
     fn new() -> Keys {
         let pem = std::fs::read(fixture("jwt-rsa-test-key.pem")).unwrap();
         let der = PrivatePkcs1KeyDer::from_pem_slice(&pem).unwrap();
-        let rsa_jwk: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(fixture("jwt-rsa-test-key.jwk.json")).unwrap(),
-        )
-        .unwrap();
+        let rsa_jwk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("jwt-rsa-test-key.jwk.json")).unwrap())
+                .unwrap();
         Keys {
             rsa: EncodingKey::from_rsa_der(der.secret_pkcs1_der()),
             rsa_jwk,
@@ -97,7 +96,12 @@ fn claims(sub: &str, extra: serde_json::Value) -> serde_json::Value {
     c
 }
 
-fn token(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &serde_json::Value) -> String {
+fn token(
+    alg: Algorithm,
+    kid: Option<&str>,
+    key: &EncodingKey,
+    claims: &serde_json::Value,
+) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()
@@ -114,12 +118,11 @@ async fn start(jwks: &Path) -> (std::net::SocketAddr, tempfile::TempDir) {
     let addr = listener.local_addr().unwrap();
     let mut cfg = factum_server::ServerConfig::new(addr);
     cfg.users = Some(Default::default());
-    let bearer = factum_server::bearer::BearerConfig::new(
-        jwks.to_owned(),
-        ISSUER.into(),
-        AUDIENCE.into(),
-    );
-    cfg.bearer = Some(Arc::new(factum_server::bearer::Bearer::new(bearer).unwrap()));
+    let bearer =
+        factum_server::bearer::BearerConfig::new(jwks.to_owned(), ISSUER.into(), AUDIENCE.into());
+    cfg.bearer = Some(Arc::new(
+        factum_server::bearer::Bearer::new(bearer).unwrap(),
+    ));
     tokio::spawn(factum_server::serve(
         listener,
         Arc::new(engine),
@@ -207,9 +210,7 @@ async fn grpc_read_from(
                     stream_identifier: Some(factum_proto::shared::StreamIdentifier {
                         stream_name: s.as_bytes().to_vec(),
                     }),
-                    revision_option: Some(options::stream_options::RevisionOption::Start(
-                        Empty {},
-                    )),
+                    revision_option: Some(options::stream_options::RevisionOption::Start(Empty {})),
                 }),
                 None => options::StreamOption::All(AllOptions {
                     all_option: Some(options::all_options::AllOption::Start(Empty {})),
@@ -245,8 +246,14 @@ async fn a_token_names_the_user_and_groups_the_acls_check() {
 
     // secret-1: readers read; only admins write.
     let acl = r#"{"$acl": {"$r": ["readers"], "$w": "$admins"}}"#;
-    assert_eq!(http(addr, &admin(), "PUT", "/streams/secret-1/metadata", acl).await, 200);
-    assert_eq!(http(addr, &admin(), "POST", "/streams/secret-1", EVENT).await, 201);
+    assert_eq!(
+        http(addr, &admin(), "PUT", "/streams/secret-1/metadata", acl).await,
+        200
+    );
+    assert_eq!(
+        http(addr, &admin(), "POST", "/streams/secret-1", EVENT).await,
+        201
+    );
 
     // RS256: alice of readers (the `groups` claim).
     let alice = format!(
@@ -261,7 +268,12 @@ async fn a_token_names_the_user_and_groups_the_acls_check() {
     // ES256: bob, in no group.
     let bob = format!(
         "Bearer {}",
-        token(Algorithm::ES256, Some("ec-1"), &ec, &claims("bob", serde_json::json!({}))),
+        token(
+            Algorithm::ES256,
+            Some("ec-1"),
+            &ec,
+            &claims("bob", serde_json::json!({}))
+        ),
     );
     // ES256: an administrator by the `roles` claim (a single string).
     let root = format!(
@@ -329,31 +341,67 @@ async fn bad_tokens_are_unauthenticated_over_grpc_and_http() {
     )
     .unwrap();
     let cases = [
-        ("expired", rs(claims("alice", serde_json::json!({ "exp": now() - 3600 })))),
-        ("not yet valid", rs(claims("alice", serde_json::json!({ "nbf": now() + 3600 })))),
-        ("wrong audience", rs(claims("alice", serde_json::json!({ "aud": "other" })))),
-        ("wrong issuer", rs(claims("alice", serde_json::json!({ "iss": "https://evil.example" })))),
-        ("no exp", rs({
-            let mut c = claims("alice", none.clone());
-            c.as_object_mut().unwrap().remove("exp");
-            c
-        })),
-        ("no user", rs({
-            let mut c = claims("alice", none.clone());
-            c.as_object_mut().unwrap().remove("sub");
-            c
-        })),
+        (
+            "expired",
+            rs(claims("alice", serde_json::json!({ "exp": now() - 3600 }))),
+        ),
+        (
+            "not yet valid",
+            rs(claims("alice", serde_json::json!({ "nbf": now() + 3600 }))),
+        ),
+        (
+            "wrong audience",
+            rs(claims("alice", serde_json::json!({ "aud": "other" }))),
+        ),
+        (
+            "wrong issuer",
+            rs(claims(
+                "alice",
+                serde_json::json!({ "iss": "https://evil.example" }),
+            )),
+        ),
+        (
+            "no exp",
+            rs({
+                let mut c = claims("alice", none.clone());
+                c.as_object_mut().unwrap().remove("exp");
+                c
+            }),
+        ),
+        (
+            "no user",
+            rs({
+                let mut c = claims("alice", none.clone());
+                c.as_object_mut().unwrap().remove("sub");
+                c
+            }),
+        ),
         (
             "wrong signature",
-            token(Algorithm::ES256, Some("ec-1"), &stranger, &claims("alice", none.clone())),
+            token(
+                Algorithm::ES256,
+                Some("ec-1"),
+                &stranger,
+                &claims("alice", none.clone()),
+            ),
         ),
         (
             "unknown kid",
-            token(Algorithm::ES256, Some("ec-2"), &ec, &claims("alice", none.clone())),
+            token(
+                Algorithm::ES256,
+                Some("ec-2"),
+                &ec,
+                &claims("alice", none.clone()),
+            ),
         ),
         (
             "algorithm that does not fit the key",
-            token(Algorithm::RS384, Some("rsa-1"), &keys.rsa, &claims("alice", none.clone())),
+            token(
+                Algorithm::RS384,
+                Some("rsa-1"),
+                &keys.rsa,
+                &claims("alice", none.clone()),
+            ),
         ),
         ("HMAC", hmac),
         ("garbage", "not.a.jwt".to_owned()),
@@ -402,15 +450,24 @@ async fn the_jwks_file_is_reloaded_when_it_changes() {
 
     let rsa_token = format!(
         "Bearer {}",
-        token(Algorithm::RS256, Some("rsa-1"), &keys.rsa, &claims("alice", serde_json::json!({})))
+        token(
+            Algorithm::RS256,
+            Some("rsa-1"),
+            &keys.rsa,
+            &claims("alice", serde_json::json!({}))
+        )
     );
     let ec_token = format!(
         "Bearer {}",
-        token(Algorithm::ES256, Some("ec-1"), &ec, &claims("bob", serde_json::json!({})))
+        token(
+            Algorithm::ES256,
+            Some("ec-1"),
+            &ec,
+            &claims("bob", serde_json::json!({}))
+        )
     );
-    let append = |auth: String| async move {
-        http(addr, &auth, "POST", "/streams/orders-1", EVENT).await
-    };
+    let append =
+        |auth: String| async move { http(addr, &auth, "POST", "/streams/orders-1", EVENT).await };
     assert_eq!(append(rsa_token.clone()).await, 201);
     assert_eq!(append(ec_token.clone()).await, 401);
 
@@ -427,15 +484,18 @@ async fn the_jwks_file_is_reloaded_when_it_changes() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     std::fs::write(&jwks, "{ half a fi").unwrap();
     tokio::time::sleep(factum_server::bearer::RECHECK + Duration::from_millis(100)).await;
-    assert_eq!(append(ec_token).await, 201, "still served by the previous keys");
+    assert_eq!(
+        append(ec_token).await,
+        201,
+        "still served by the previous keys"
+    );
 }
 
 #[test]
 fn a_bad_jwks_file_is_refused_at_startup() {
     let files = tempfile::tempdir().unwrap();
-    let config = |p: PathBuf| {
-        factum_server::bearer::BearerConfig::new(p, ISSUER.into(), AUDIENCE.into())
-    };
+    let config =
+        |p: PathBuf| factum_server::bearer::BearerConfig::new(p, ISSUER.into(), AUDIENCE.into());
     let missing = factum_server::bearer::Bearer::new(config(files.path().join("none.json")));
     assert!(missing.unwrap_err().to_string().contains("cannot read"));
     let path = files.path().join("jwks.json");
@@ -443,7 +503,11 @@ fn a_bad_jwks_file_is_refused_at_startup() {
     let bad = factum_server::bearer::Bearer::new(config(path.clone()));
     assert!(bad.unwrap_err().to_string().contains("not a JWKS"));
     // Only an HMAC key: nothing usable.
-    std::fs::write(&path, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#,
+    )
+    .unwrap();
     let hmac = factum_server::bearer::Bearer::new(config(path));
     assert!(hmac.unwrap_err().to_string().contains("no usable key"));
 }

@@ -424,7 +424,8 @@ fn bearer(
     groups_claims: Option<String>,
 ) -> Result<Option<factum_server::bearer::BearerConfig>, CliError> {
     let Some(jwks_file) = jwks_file else {
-        if issuer.is_some() || audience.is_some() || user_claim.is_some() || groups_claims.is_some() {
+        if issuer.is_some() || audience.is_some() || user_claim.is_some() || groups_claims.is_some()
+        {
             return Err(CliError::usage(
                 "--jwt-issuer / --jwt-audience / --jwt-user-claim / --jwt-groups-claim need --jwks-file",
             ));
