@@ -44,20 +44,22 @@ pub fn serve_dev(data: &std::path::Path) -> (Child, u16, std::path::PathBuf) {
         .expect("factum serve starts");
     let mut out = BufReader::new(server.stdout.take().unwrap());
     let mut ca = None;
+    let mut line = String::new();
     loop {
-        let mut line = String::new();
+        line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "exited early");
         if let Some(path) = line.trim().strip_prefix("development CA: ") {
             ca = Some(std::path::PathBuf::from(path));
         }
         if line.contains("serving") {
-            let port = line
-                .split("127.0.0.1:")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("no port in {line:?}"));
-            return (server, port, ca.expect("the CA's path is printed"));
+            break;
         }
     }
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (server, port, ca.expect("the CA's path is printed"))
 }
