@@ -269,7 +269,12 @@ pub(crate) async fn gate(
             Ok(p) => p,
             Err(Refused(why)) => {
                 metrics.failed_login();
-                tracing::warn!(path = %req.uri().path(), "client certificate refused: {why}");
+                let peer = connection.as_ref().map(|c| c.peer);
+                tracing::warn!(path = %req.uri().path(), ?peer, "client certificate refused: {why}");
+                if let Some(peer) = peer {
+                    // Slowed like refused passwords (per address).
+                    tokio::time::sleep(failures.delay_after_failure(peer.ip())).await;
+                }
                 return Err(unauthenticated(is_grpc, &why));
             }
         };
