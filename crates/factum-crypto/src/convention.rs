@@ -28,14 +28,7 @@ use serde_json::{Map, Value};
 use crate::key_store::{check_subject, SubjectKey, KEY_ID_LEN};
 use crate::seal::{open, seal_into, OVERHEAD};
 
-/// The metadata key naming the data subject.
-pub const SUBJECT: &str = "$subject";
-/// The metadata key listing the personal top-level data fields.
-pub const PERSONAL_FIELDS: &str = "$personalFields";
-/// The key of an encrypted value's envelope.
-pub const ENCRYPTED: &str = "$encrypted";
-/// The metadata key marking an event whose personal fields were erased.
-pub const ERASED: &str = "$erased";
+pub use factum_core::personal::{ENCRYPTED, ERASED, PERSONAL_FIELDS, SUBJECT};
 
 const ENVELOPE_VERSION: u8 = 1;
 const AAD_PREFIX: &[u8] = b"factum-shred-v1\0";
