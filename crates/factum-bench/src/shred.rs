@@ -64,7 +64,11 @@ fn open(dir: &Path, durability: Durability) -> Result<(Arc<Engine>, Store), Benc
 }
 
 /// Appends `total` events in batches; the time of the appends only.
-async fn append_all(store: &Store, total: u64, personal: bool) -> Result<(Duration, Latencies), BenchError> {
+async fn append_all(
+    store: &Store,
+    total: u64,
+    personal: bool,
+) -> Result<(Duration, Latencies), BenchError> {
     // Every subject's key exists before the clock starts.
     if personal {
         let warm: Vec<EventData> = (0..SUBJECTS).map(|i| event(i, true)).collect();
@@ -99,7 +103,11 @@ async fn read_all(store: &Store) -> Result<(u64, Duration, Latencies), BenchErro
     loop {
         let t = Instant::now();
         let page = store
-            .read_all(ReadAll::forwards().from_position(Position(next)).max_count(PAGE))
+            .read_all(
+                ReadAll::forwards()
+                    .from_position(Position(next))
+                    .max_count(PAGE),
+            )
             .await?;
         let Some(last) = page.last() else { break };
         lat.push(t.elapsed());

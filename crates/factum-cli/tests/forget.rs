@@ -44,7 +44,13 @@ fn forget_offline_destroys_the_key_and_records_it() {
     let body = format!(r#"{{"email":"{SECRET}","plan":"gold"}}"#);
     let append = |key: Option<&Path>| {
         let mut c = factum(key);
-        c.arg("append").arg("--data").arg(&data).args(["customer-gwen", "Registered", &body, "--metadata", meta]);
+        c.arg("append").arg("--data").arg(&data).args([
+            "customer-gwen",
+            "Registered",
+            &body,
+            "--metadata",
+            meta,
+        ]);
         run(c)
     };
     // Without the master key a subject's event is refused, unwritten.
@@ -55,12 +61,18 @@ fn forget_offline_destroys_the_key_and_records_it() {
 
     let read = |key: Option<&Path>| {
         let mut c = factum(key);
-        c.arg("read").arg("--data").arg(&data).args(["customer-gwen", "--json"]);
+        c.arg("read")
+            .arg("--data")
+            .arg(&data)
+            .args(["customer-gwen", "--json"]);
         run(c)
     };
     assert!(stdout(&read(Some(&key))).contains(SECRET));
     let stored = stdout(&read(None));
-    assert!(stored.contains("$encrypted") && !stored.contains(SECRET), "{stored}");
+    assert!(
+        stored.contains("$encrypted") && !stored.contains(SECRET),
+        "{stored}"
+    );
     for f in std::fs::read_dir(&data).unwrap() {
         let bytes = std::fs::read(f.unwrap().path()).unwrap();
         assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
@@ -68,29 +80,54 @@ fn forget_offline_destroys_the_key_and_records_it() {
 
     // Serving the store without the key is refused.
     let mut serve = factum(None);
-    serve.arg("serve").arg("--data").arg(&data).args(["--insecure", "--listen", "127.0.0.1:0"]);
+    serve
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--insecure", "--listen", "127.0.0.1:0"]);
     let o = run(serve);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds subject keys"));
 
     let mut forget = factum(Some(&key));
-    forget.arg("forget").arg("--data").arg(&data).arg("customer-gwen");
+    forget
+        .arg("forget")
+        .arg("--data")
+        .arg(&data)
+        .arg("customer-gwen");
     let o = run(forget);
     assert!(o.status.success());
-    assert!(stdout(&o).contains("its key is destroyed"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("its key is destroyed"),
+        "{}",
+        stdout(&o)
+    );
     let after = stdout(&read(Some(&key)));
-    assert!(after.contains("\"$erased\":true") && !after.contains(SECRET), "{after}");
+    assert!(
+        after.contains("\"$erased\":true") && !after.contains(SECRET),
+        "{after}"
+    );
     let mut audit = factum(None);
-    audit.arg("read").arg("--data").arg(&data).args(["$subjects-forgotten", "--json"]);
+    audit
+        .arg("read")
+        .arg("--data")
+        .arg(&data)
+        .args(["$subjects-forgotten", "--json"]);
     let audit = stdout(&run(audit));
-    assert!(audit.contains("customer-gwen") && audit.contains("factum forget (offline"), "{audit}");
+    assert!(
+        audit.contains("customer-gwen") && audit.contains("factum forget (offline"),
+        "{audit}"
+    );
 
     // A wrong master key is a clear error.
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "ab".repeat(32)).unwrap();
     let o = run({
         let mut c = factum(Some(&wrong));
-        c.arg("forget").arg("--data").arg(&data).arg("customer-gwen");
+        c.arg("forget")
+            .arg("--data")
+            .arg(&data)
+            .arg("customer-gwen");
         c
     });
     assert_eq!(o.status.code(), Some(1));

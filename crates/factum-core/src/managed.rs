@@ -76,7 +76,9 @@ impl Owner {
                 "the Users service: creating, updating, enabling, disabling and deleting users, \
                  password changes and resets"
             }
-            Owner::Subjects => "forgetting a subject (POST /subjects/{subject}/forget, factum forget)",
+            Owner::Subjects => {
+                "forgetting a subject (POST /subjects/{subject}/forget, factum forget)"
+            }
         }
     }
 }

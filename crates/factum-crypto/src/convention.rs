@@ -314,7 +314,10 @@ mod tests {
             panic!("erased")
         };
         let gone: Value = serde_json::from_slice(&gone).unwrap();
-        assert_eq!(gone, serde_json::json!({"email": null, "age": null, "plan": "gold"}));
+        assert_eq!(
+            gone,
+            serde_json::json!({"email": null, "age": null, "plan": "gold"})
+        );
         // A later key of the same subject does not open the old data.
         let later = SubjectKey::random().unwrap();
         assert!(matches!(
@@ -340,6 +343,9 @@ mod tests {
             Revealed::Erased(Bytes::new())
         );
         let marked: Value = serde_json::from_slice(&mark_erased(br#"{"$subject":"c-1"}"#)).unwrap();
-        assert_eq!(marked, serde_json::json!({"$subject": "c-1", "$erased": true}));
+        assert_eq!(
+            marked,
+            serde_json::json!({"$subject": "c-1", "$erased": true})
+        );
     }
 }

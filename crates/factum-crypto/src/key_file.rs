@@ -234,7 +234,8 @@ fn write_new(
 }
 
 fn load(path: &Path, master: &SecretKey) -> Result<State, CryptoError> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| CryptoError::io(path, "reading", e))?);
+    let bytes =
+        Zeroizing::new(std::fs::read(path).map_err(|e| CryptoError::io(path, "reading", e))?);
     let corrupt = |offset: usize, detail: &str| CryptoError::Corrupt {
         file: path.to_path_buf(),
         offset: offset as u64,
@@ -244,7 +245,10 @@ fn load(path: &Path, master: &SecretKey) -> Result<State, CryptoError> {
         return Err(corrupt(0, "not a subject-key file (bad header)"));
     }
     if bytes[4] != VERSION {
-        return Err(corrupt(4, &format!("version {}, this build knows {VERSION}", bytes[4])));
+        return Err(corrupt(
+            4,
+            &format!("version {}, this build knows {VERSION}", bytes[4]),
+        ));
     }
     let Some(file_key) = open(master, HEADER_AAD, &bytes[5..HEADER_LEN]) else {
         return Err(CryptoError::WrongMasterKey(path.to_path_buf()));

@@ -141,7 +141,10 @@ async fn reveal(keys: &dyn SubjectKeys, mut event: RecordedEvent) -> Result<Reco
     Ok(event)
 }
 
-async fn reveal_all(keys: &dyn SubjectKeys, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+async fn reveal_all(
+    keys: &dyn SubjectKeys,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>> {
     if !events
         .iter()
         .any(|e| convention::may_name_subject(&e.metadata))
@@ -191,7 +194,9 @@ impl<S: EventStore> EventStore for Shredding<S> {
             let keys = keys.clone();
             async move {
                 match message {
-                    Ok(SubscriptionMessage::Event(e)) if convention::may_name_subject(&e.metadata) => {
+                    Ok(SubscriptionMessage::Event(e))
+                        if convention::may_name_subject(&e.metadata) =>
+                    {
                         reveal(&*keys, e).await.map(SubscriptionMessage::Event)
                     }
                     other => other,

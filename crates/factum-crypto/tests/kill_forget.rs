@@ -40,11 +40,20 @@ fn sigkill_during_forget_leaves_each_key_whole_or_gone() {
         let master = SecretKey::random().unwrap();
         let store = FileKeyStore::open(dir.path(), master.clone()).unwrap();
         let keys: Vec<SubjectKey> = (0..SUBJECTS)
-            .map(|i| store.find_or_create_blocking(&format!("subject-{i}")).unwrap())
+            .map(|i| {
+                store
+                    .find_or_create_blocking(&format!("subject-{i}"))
+                    .unwrap()
+            })
             .collect();
         drop(store);
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "forgetting_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "forgetting_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_KEY, hex(master.expose()))
             .stdout(Stdio::piped())
@@ -67,7 +76,10 @@ fn sigkill_during_forget_leaves_each_key_whole_or_gone() {
 
         let store = FileKeyStore::open(dir.path(), master).unwrap();
         let remaining = store.len();
-        assert!(remaining <= SUBJECTS - reported, "a reported forget came back");
+        assert!(
+            remaining <= SUBJECTS - reported,
+            "a reported forget came back"
+        );
         if remaining > 0 {
             killed_mid_way += 1;
         }
@@ -78,10 +90,17 @@ fn sigkill_during_forget_leaves_each_key_whole_or_gone() {
             } else {
                 let found = found.unwrap_or_else(|| panic!("round {round}: subject-{i} lost"));
                 assert_eq!(found.id, key.id);
-                assert_eq!(found.key.expose(), key.key.expose(), "subject-{i}: half a key");
+                assert_eq!(
+                    found.key.expose(),
+                    key.key.expose(),
+                    "subject-{i}: half a key"
+                );
             }
         }
         assert!(!dir.path().join("subject-keys.tmp").exists());
     }
-    assert!(killed_mid_way > 0, "every child finished before it was killed");
+    assert!(
+        killed_mid_way > 0,
+        "every child finished before it was killed"
+    );
 }

@@ -48,15 +48,18 @@ fn registered(who: &str) -> EventData {
         &json!({"email": email(who), "name": name(who), "plan": format!("{who}-plan-visible")}),
     )
     .unwrap();
-    e.metadata = serde_json::to_vec(&json!({"$subject": who, "$personalFields": ["email", "name"]}))
-        .unwrap()
-        .into();
+    e.metadata =
+        serde_json::to_vec(&json!({"$subject": who, "$personalFields": ["email", "name"]}))
+            .unwrap()
+            .into();
     e
 }
 
 fn noted(who: &str) -> EventData {
     let mut e = EventData::json("Noted", &json!({"text": note(who)})).unwrap();
-    e.metadata = serde_json::to_vec(&json!({"$subject": who})).unwrap().into();
+    e.metadata = serde_json::to_vec(&json!({"$subject": who}))
+        .unwrap()
+        .into();
     e
 }
 
@@ -151,11 +154,16 @@ async fn personal_fields_never_reach_the_disk_in_plaintext() {
     let all = store.read_all(ReadAll::forwards()).await.unwrap();
     assert_eq!(json_of(&all[0].data)["email"], json!(email("alice")));
     let category = store
-        .read_stream(ReadStream::forwards(StreamName::new("$ce-customer").unwrap()))
+        .read_stream(ReadStream::forwards(
+            StreamName::new("$ce-customer").unwrap(),
+        ))
         .await
         .unwrap();
     assert_eq!(json_of(&category[2].data)["name"], json!(name("bob")));
-    let mut sub = store.subscribe(Subscribe::all(SubscriptionStart::Beginning, None)).await.unwrap();
+    let mut sub = store
+        .subscribe(Subscribe::all(SubscriptionStart::Beginning, None))
+        .await
+        .unwrap();
     let first = sub.next_event().await.unwrap().unwrap();
     assert_eq!(json_of(&first.data)["email"], json!(email("alice")));
     drop(sub);
@@ -167,7 +175,10 @@ async fn personal_fields_never_reach_the_disk_in_plaintext() {
         }
         // The scan does find what is not personal: it can fail.
         let plan = format!("{who}-plan-visible");
-        assert!(!files_holding(&[dir.path()], &plan).is_empty(), "{plan} not found");
+        assert!(
+            !files_holding(&[dir.path()], &plan).is_empty(),
+            "{plan} not found"
+        );
     }
 }
 
@@ -187,13 +198,18 @@ async fn forget_erases_the_live_store_and_a_backup_taken_before_it() {
     assert_erased(&read(&store, "alice").await, "alice");
     assert_intact(&read(&store, "bob").await, "bob");
     // A subscription from the start sees the placeholder too.
-    let mut sub = store.subscribe(Subscribe::all(SubscriptionStart::Beginning, None)).await.unwrap();
+    let mut sub = store
+        .subscribe(Subscribe::all(SubscriptionStart::Beginning, None))
+        .await
+        .unwrap();
     let first = sub.next_event().await.unwrap().unwrap();
     assert_eq!(json_of(&first.data)["email"], Value::Null);
     drop(sub);
     // The audit event: who, when, which subject.
     let audit = store
-        .read_stream(ReadStream::forwards(StreamName::new(FORGOTTEN_SUBJECTS_STREAM).unwrap()))
+        .read_stream(ReadStream::forwards(
+            StreamName::new(FORGOTTEN_SUBJECTS_STREAM).unwrap(),
+        ))
         .await
         .unwrap();
     assert_eq!(audit.len(), 1);
@@ -216,7 +232,13 @@ async fn forget_erases_the_live_store_and_a_backup_taken_before_it() {
     let events = read(&store, "alice").await;
     assert_erased(&events[..2], "alice");
     assert_intact(&events[2..], "alice");
-    let old = store.inner().read_stream(ReadStream::forwards(StreamName::new("customer-alice").unwrap())).await.unwrap();
+    let old = store
+        .inner()
+        .read_stream(ReadStream::forwards(
+            StreamName::new("customer-alice").unwrap(),
+        ))
+        .await
+        .unwrap();
     close(engine, store);
 
     // Try every key that can be found on disk — every 32-byte window of
@@ -227,7 +249,10 @@ async fn forget_erases_the_live_store_and_a_backup_taken_before_it() {
     let mut files = Vec::new();
     files_under(dir.path(), &mut files);
     files_under(backup.path(), &mut files);
-    for f in files.iter().filter(|f| f.extension().is_none_or(|e| e != "seg")) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_none_or(|e| e != "seg"))
+    {
         let bytes = std::fs::read(f).unwrap();
         candidates.extend(bytes.windows(32).map(|w| <[u8; 32]>::try_from(w).unwrap()));
     }
@@ -236,7 +261,9 @@ async fn forget_erases_the_live_store_and_a_backup_taken_before_it() {
     candidates.insert(*keys.find_now("alice").unwrap().key.expose());
     candidates.insert(*keys.find_now("bob").unwrap().key.expose());
     assert!(
-        candidates.iter().all(|c| c != alice_key_before.key.expose()),
+        candidates
+            .iter()
+            .all(|c| c != alice_key_before.key.expose()),
         "alice's destroyed key is still on disk"
     );
     for (i, candidate) in candidates.iter().enumerate() {
@@ -245,9 +272,17 @@ async fn forget_erases_the_live_store_and_a_backup_taken_before_it() {
             key: SecretKey::from_bytes(*candidate),
         };
         for event in &old[..2] {
-            let personal = factum_crypto::convention::personal(&event.metadata).unwrap().unwrap();
+            let personal = factum_crypto::convention::personal(&event.metadata)
+                .unwrap()
+                .unwrap();
             let binary = false;
-            let opened = factum_crypto::convention::decrypt(&personal, event.id, &event.data, binary, Some(&key));
+            let opened = factum_crypto::convention::decrypt(
+                &personal,
+                event.id,
+                &event.data,
+                binary,
+                Some(&key),
+            );
             assert!(opened.is_err(), "candidate {i} opens alice's old data");
         }
     }
@@ -277,12 +312,20 @@ async fn events_without_a_subject_pass_through_unchanged_and_bad_conventions_are
         .append(stream.clone(), ExpectedRevision::Any, vec![plain])
         .await
         .unwrap();
-    let raw = store.inner().read_stream(ReadStream::forwards(stream)).await.unwrap();
+    let raw = store
+        .inner()
+        .read_stream(ReadStream::forwards(stream))
+        .await
+        .unwrap();
     assert_eq!(raw[0].data, data, "stored byte for byte");
     let mut bad = EventData::json("Bad", &json!([1, 2])).unwrap();
     bad.metadata = br#"{"$subject":"s","$personalFields":["email"]}"#.to_vec().into();
     let e = store
-        .append(StreamName::new("bad-1").unwrap(), ExpectedRevision::Any, vec![bad])
+        .append(
+            StreamName::new("bad-1").unwrap(),
+            ExpectedRevision::Any,
+            vec![bad],
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, factum_core::Error::InvalidInput(_)), "{e}");

@@ -55,10 +55,7 @@ impl PostgresStore {
 }
 
 fn db(context: &str, e: impl std::error::Error + 'static) -> CryptoError {
-    CryptoError::Database(format!(
-        "PostgreSQL {context}: {}",
-        crate::describe(&e)
-    ))
+    CryptoError::Database(format!("PostgreSQL {context}: {}", crate::describe(&e)))
 }
 
 impl PostgresKeys {
@@ -84,7 +81,10 @@ impl PostgresKeys {
         let client = self.pool.get().await.map_err(|e| db("connect", e))?;
         let row = client
             .query_opt(
-                &format!("SELECT key_id, sealed FROM {} WHERE subject = $1", self.table),
+                &format!(
+                    "SELECT key_id, sealed FROM {} WHERE subject = $1",
+                    self.table
+                ),
                 &[&subject],
             )
             .await
@@ -99,10 +99,9 @@ impl PostgresKeys {
             offset: 0,
             detail: format!("the key of subject {subject:?} {detail}"),
         };
-        let plain = Zeroizing::new(
-            open(&self.master, &Self::aad(subject), &sealed)
-                .ok_or_else(|| damaged("does not open under this master key (the wrong key, or a damaged row)"))?,
-        );
+        let plain = Zeroizing::new(open(&self.master, &Self::aad(subject), &sealed).ok_or_else(
+            || damaged("does not open under this master key (the wrong key, or a damaged row)"),
+        )?);
         let (Ok(id), Ok(key)) = (
             <[u8; KEY_ID_LEN]>::try_from(id.as_slice()),
             <[u8; KEY_LEN]>::try_from(plain.as_slice()),

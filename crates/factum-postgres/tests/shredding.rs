@@ -93,7 +93,9 @@ async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
         let shredding = shredding.clone();
         async move {
             let e = shredding
-                .read_stream(ReadStream::forwards(StreamName::new(format!("customer-{who}")).unwrap()))
+                .read_stream(ReadStream::forwards(
+                    StreamName::new(format!("customer-{who}")).unwrap(),
+                ))
                 .await
                 .unwrap();
             let data: Value = serde_json::from_slice(&e[0].data).unwrap();
@@ -103,12 +105,19 @@ async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
     };
     assert_eq!(read("alice").await.0["email"], json!(secret("alice")));
     for who in ["alice", "bob"] {
-        assert!(tables_holding(&admin, &schema, &secret(who)).await.is_empty());
+        assert!(tables_holding(&admin, &schema, &secret(who))
+            .await
+            .is_empty());
         let plan = format!("{who}-pg-plan-visible");
-        assert_eq!(tables_holding(&admin, &schema, &plan).await, vec!["events".to_owned()]);
+        assert_eq!(
+            tables_holding(&admin, &schema, &plan).await,
+            vec!["events".to_owned()]
+        );
     }
     let old = store
-        .read_stream(ReadStream::forwards(StreamName::new("customer-alice").unwrap()))
+        .read_stream(ReadStream::forwards(
+            StreamName::new("customer-alice").unwrap(),
+        ))
         .await
         .unwrap();
     let alice_id = keys_id(&admin, &schema, "alice").await;
@@ -116,15 +125,23 @@ async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
     let done = shredding.forget("alice", "admin (test)").await.unwrap();
     assert!(done.had_key);
     let (data, meta) = read("alice").await;
-    assert_eq!(data, json!({"email": null, "plan": "alice-pg-plan-visible"}));
+    assert_eq!(
+        data,
+        json!({"email": null, "plan": "alice-pg-plan-visible"})
+    );
     assert_eq!(meta["$erased"], json!(true));
     assert_eq!(read("bob").await.0["email"], json!(secret("bob")));
     let audit = shredding
-        .read_stream(ReadStream::forwards(StreamName::new("$subjects-forgotten").unwrap()))
+        .read_stream(ReadStream::forwards(
+            StreamName::new("$subjects-forgotten").unwrap(),
+        ))
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&audit[0].data).unwrap();
-    assert_eq!((body["subject"].clone(), body["by"].clone()), (json!("alice"), json!("admin (test)")));
+    assert_eq!(
+        (body["subject"].clone(), body["by"].clone()),
+        (json!("alice"), json!("admin (test)"))
+    );
 
     // Every key left in the database, and the master key, fail on alice's
     // old ciphertext.
@@ -136,17 +153,32 @@ async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
     let mut candidates = vec![*master.expose()];
     use factum_crypto::SubjectKeys;
     candidates.push(*keys.find("bob").await.unwrap().unwrap().key.expose());
-    let personal = factum_crypto::convention::personal(&old[0].metadata).unwrap().unwrap();
+    let personal = factum_crypto::convention::personal(&old[0].metadata)
+        .unwrap()
+        .unwrap();
     for c in candidates {
-        let key = SubjectKey { id: alice_id, key: SecretKey::from_bytes(c) };
-        assert!(factum_crypto::convention::decrypt(&personal, old[0].id, &old[0].data, false, Some(&key)).is_err());
+        let key = SubjectKey {
+            id: alice_id,
+            key: SecretKey::from_bytes(c),
+        };
+        assert!(factum_crypto::convention::decrypt(
+            &personal,
+            old[0].id,
+            &old[0].data,
+            false,
+            Some(&key)
+        )
+        .is_err());
     }
     drop(shredding);
 }
 
 async fn keys_id(admin: &tokio_postgres::Client, schema: &str, subject: &str) -> [u8; 16] {
     let id: Vec<u8> = admin
-        .query_one(&format!("SELECT key_id FROM {schema}.subject_keys WHERE subject = $1"), &[&subject])
+        .query_one(
+            &format!("SELECT key_id FROM {schema}.subject_keys WHERE subject = $1"),
+            &[&subject],
+        )
         .await
         .unwrap()
         .get(0);

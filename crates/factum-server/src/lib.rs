@@ -156,9 +156,9 @@ pub fn app<S: EventStore>(
         None => grpc,
     };
     let grpc = grpc.add_service(
-        factum_proto::subjects::subjects_server::SubjectsServer::new(
-            subjects::SubjectsApi::new(ctx.clone()),
-        ),
+        factum_proto::subjects::subjects_server::SubjectsServer::new(subjects::SubjectsApi::new(
+            ctx.clone(),
+        )),
     );
     let grpc = grpc
         .prepare()

@@ -28,7 +28,12 @@ async fn start(shredding: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
     let mut cfg = factum_server::ServerConfig::new(addr);
     cfg.users = Some(Default::default());
     if !shredding {
-        tokio::spawn(factum_server::serve(listener, engine, cfg, std::future::pending()));
+        tokio::spawn(factum_server::serve(
+            listener,
+            engine,
+            cfg,
+            std::future::pending(),
+        ));
         return (addr, dir);
     }
     let keys = FileKeyStore::open(dir.path(), SecretKey::random().unwrap()).unwrap();
@@ -45,7 +50,12 @@ async fn start(shredding: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
             })
         })
     }));
-    tokio::spawn(factum_server::serve(listener, Arc::new(store), cfg, std::future::pending()));
+    tokio::spawn(factum_server::serve(
+        listener,
+        Arc::new(store),
+        cfg,
+        std::future::pending(),
+    ));
     (addr, dir)
 }
 
@@ -84,7 +94,11 @@ async fn http(
     // Chunked bodies: the JSON is the line that parses.
     let json = body
         .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        })
         .unwrap_or_else(|| Value::String(text.clone()));
     (status, json)
 }
@@ -127,11 +141,26 @@ async fn only_admins_forget_and_reads_show_the_placeholder() {
     let (status, _) = http(addr, Some("admin"), "POST", "/streams/customers", &events).await;
     assert_eq!(status, 201);
     let (_, page) = http(addr, Some("admin"), "GET", "/streams/customers", "").await;
-    assert_eq!(page["events"][0]["data"]["email"], json!("erin-9d2c@example.org"), "{page}");
+    assert_eq!(
+        page["events"][0]["data"]["email"],
+        json!("erin-9d2c@example.org"),
+        "{page}"
+    );
 
     // Ops and anonymous are refused, over HTTP and gRPC; nothing is forgotten.
-    let (status, body) = http(addr, Some("ops"), "POST", "/subjects/customer-erin/forget", "").await;
-    assert_eq!((status, body["error"].clone()), (403, json!("access-denied")), "{body}");
+    let (status, body) = http(
+        addr,
+        Some("ops"),
+        "POST",
+        "/subjects/customer-erin/forget",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("access-denied")),
+        "{body}"
+    );
     let (status, _) = http(addr, None, "POST", "/subjects/customer-erin/forget", "").await;
     assert_eq!(status, 401);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -140,32 +169,73 @@ async fn only_admins_forget_and_reads_show_the_placeholder() {
         .await
         .unwrap();
     let mut grpc = SubjectsClient::new(channel);
-    let refused = grpc.forget(grpc_request(Some("ops"), "customer-erin")).await.unwrap_err();
+    let refused = grpc
+        .forget(grpc_request(Some("ops"), "customer-erin"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let (_, page) = http(addr, Some("admin"), "GET", "/streams/customers", "").await;
-    assert_eq!(page["events"][0]["data"]["email"], json!("erin-9d2c@example.org"));
+    assert_eq!(
+        page["events"][0]["data"]["email"],
+        json!("erin-9d2c@example.org")
+    );
 
     // An admin over HTTP.
-    let (status, body) = http(addr, Some("admin"), "POST", "/subjects/customer-erin/forget", "").await;
+    let (status, body) = http(
+        addr,
+        Some("admin"),
+        "POST",
+        "/subjects/customer-erin/forget",
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["had_key"], json!(true));
     let (_, page) = http(addr, Some("admin"), "GET", "/streams/customers", "").await;
     let erin = &page["events"][0];
-    assert_eq!(erin["data"], json!({"email": null, "plan": "gold"}), "{page}");
+    assert_eq!(
+        erin["data"],
+        json!({"email": null, "plan": "gold"}),
+        "{page}"
+    );
     assert_eq!(erin["metadata"]["$erased"], json!(true));
-    assert_eq!(page["events"][1]["data"]["email"], json!("finn-9d2c@example.org"));
+    assert_eq!(
+        page["events"][1]["data"]["email"],
+        json!("finn-9d2c@example.org")
+    );
 
     // An admin over gRPC.
-    let done = grpc.forget(grpc_request(Some("admin"), "customer-finn")).await.unwrap().into_inner();
+    let done = grpc
+        .forget(grpc_request(Some("admin"), "customer-finn"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(done.had_key);
     let (_, page) = http(addr, Some("admin"), "GET", "/streams/customers", "").await;
     assert_eq!(page["events"][1]["data"]["email"], Value::Null);
 
     // The audit trail: Factum's stream, readable, not writable by clients.
-    let (_, audit) = http(addr, Some("admin"), "GET", "/streams/$subjects-forgotten", "").await;
+    let (_, audit) = http(
+        addr,
+        Some("admin"),
+        "GET",
+        "/streams/$subjects-forgotten",
+        "",
+    )
+    .await;
     let first = &audit["events"][0]["data"];
-    assert_eq!((first["subject"].clone(), first["by"].clone()), (json!("customer-erin"), json!("admin")));
-    let (status, _) = http(addr, Some("admin"), "POST", "/streams/$subjects-forgotten", r#"[{"type":"x","data":{}}]"#).await;
+    assert_eq!(
+        (first["subject"].clone(), first["by"].clone()),
+        (json!("customer-erin"), json!("admin"))
+    );
+    let (status, _) = http(
+        addr,
+        Some("admin"),
+        "POST",
+        "/streams/$subjects-forgotten",
+        r#"[{"type":"x","data":{}}]"#,
+    )
+    .await;
     assert_eq!(status, 403);
 }
 
@@ -175,5 +245,11 @@ async fn without_a_master_key_forget_says_how_to_turn_it_on() {
     wait_ready(addr).await;
     let (status, body) = http(addr, Some("admin"), "POST", "/subjects/x/forget", "").await;
     assert_ne!(status, 200);
-    assert!(body["message"].as_str().unwrap_or("").contains("--encryption-key-file"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--encryption-key-file"),
+        "{body}"
+    );
 }

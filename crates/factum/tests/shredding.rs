@@ -54,7 +54,11 @@ impl SqliteProjection for Emails {
         if e.event_type() != "CustomerRegistered" {
             return Ok(());
         }
-        let CustomerEvent::Registered { customer, email, plan } = e.decode::<CustomerEvent>()?;
+        let CustomerEvent::Registered {
+            customer,
+            email,
+            plan,
+        } = e.decode::<CustomerEvent>()?;
         tx.prepare_cached("INSERT OR REPLACE INTO customer_emails VALUES (?1, ?2, ?3)")?
             .execute(params![customer, email, plan])?;
         Ok(())
@@ -128,7 +132,10 @@ async fn a_read_model_rebuilt_after_forget_holds_no_personal_data_of_the_subject
         .await
         .unwrap();
     let head = store.head_position().await.unwrap().unwrap();
-    handle.wait_for(head, Duration::from_secs(10)).await.unwrap();
+    handle
+        .wait_for(head, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(rows(&model)[0].1, Some(secret("alice")));
     assert!(files_holding(data.path(), &secret("alice")).is_empty());
 

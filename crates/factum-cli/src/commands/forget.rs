@@ -51,8 +51,9 @@ pub fn refuse_keys_without_master(data: &Path) -> Result<(), CliError> {
 
 /// The engine's subject keys in `data`, under `master`.
 pub fn engine_keys(data: &Path, master: SecretKey) -> Result<FileKeyStore, CliError> {
-    FileKeyStore::open(data, master)
-        .map_err(|e| CliError::failure(e.to_string()).context(format!("opening {}", data.display())))
+    FileKeyStore::open(data, master).map_err(|e| {
+        CliError::failure(e.to_string()).context(format!("opening {}", data.display()))
+    })
 }
 
 /// The server's `forget`: the store's [`Shredding::forget`].
