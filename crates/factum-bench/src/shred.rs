@@ -129,7 +129,7 @@ fn total(ctx: &Ctx) -> u64 {
 pub fn append(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
     let root = ctx.dir(Workload::ShredAppend.name())?;
-    let mut run = |personal: bool| -> Result<(Duration, Latencies), BenchError> {
+    let run = |personal: bool| -> Result<(Duration, Latencies), BenchError> {
         let dir = root.join(if personal { "personal" } else { "plain" });
         let (engine, store) = open(&dir, Durability::Always)?;
         let measured = ctx.rt.block_on(append_all(&store, total, personal))?;
@@ -167,7 +167,7 @@ pub fn append(ctx: &mut Ctx) -> Result<Report, BenchError> {
 pub fn read(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
     let root = ctx.dir(Workload::ShredReadAll.name())?;
-    let mut run = |personal: bool| -> Result<(u64, Duration, Latencies), BenchError> {
+    let run = |personal: bool| -> Result<(u64, Duration, Latencies), BenchError> {
         let dir = root.join(if personal { "personal" } else { "plain" });
         let (engine, store) = open(&dir, Durability::None)?;
         ctx.rt.block_on(append_all(&store, total, personal))?;
