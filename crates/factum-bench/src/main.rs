@@ -43,6 +43,7 @@ mod read;
 mod reads_under_load;
 mod secure;
 mod server;
+mod shred;
 mod soak;
 mod subscribe;
 mod toolkit;
@@ -231,6 +232,12 @@ pub enum Workload {
     /// Paced appends while 16 clients scan `$all` with a filter matching
     /// nothing (through the server), vs the same appends alone.
     ReadsUnderLoad,
+    /// Crypto-shredding: appends of events with two personal fields
+    /// (encrypted per subject) vs the same events naming no subject.
+    ShredAppend,
+    /// Crypto-shredding: `$all` read back decrypted vs the same events
+    /// naming no subject.
+    ShredReadAll,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -277,11 +284,13 @@ impl Workload {
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
+            Workload::ShredAppend => "shred-append",
+            Workload::ShredReadAll => "shred-read-all",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 35] = [
+    const ALL: [Workload; 37] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -316,6 +325,8 @@ impl Workload {
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
+        Workload::ShredAppend,
+        Workload::ShredReadAll,
         Workload::Soak,
     ];
 }
@@ -500,6 +511,8 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::AppendBatch => append::batch(&mut ctx),
             Workload::ReadAll => read::read_all(&mut ctx),
             Workload::ReadStream => read::read_stream(&mut ctx),
+            Workload::ShredAppend => shred::append(&mut ctx),
+            Workload::ShredReadAll => shred::read(&mut ctx),
             Workload::SubscribeLatency => subscribe::latency(&mut ctx),
             Workload::Open => open::open(&mut ctx),
             Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),

@@ -25,6 +25,7 @@
 mod read;
 mod schema;
 mod session;
+mod subject_keys;
 mod subscribe;
 mod tls;
 mod writer;
@@ -43,6 +44,7 @@ use factum_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use schema::migrate;
+pub use subject_keys::PostgresKeys;
 
 /// How to reach and use the database.
 #[derive(Clone, Debug)]

@@ -227,6 +227,11 @@ fn ops_only(path: &str) -> bool {
     }
 }
 
+/// Requests only `$admins` may make: forgetting a data subject (ADR 36).
+fn admins_only(path: &str) -> bool {
+    path.starts_with(crate::subjects::HTTP_PREFIX) || path.starts_with(crate::subjects::GRPC_PREFIX)
+}
+
 /// Requests the anonymous user may make when users are required: what
 /// clients call before they authenticate (as KurrentDB).
 fn open_to_anonymous(path: &str) -> bool {
@@ -305,8 +310,28 @@ pub(crate) async fn gate(
             });
         }
     }
+    if authenticator.required()
+        && admins_only(req.uri().path())
+        && !matches!(&principal, Principal::User(u) if u.is_admin())
+    {
+        return Err(if is_grpc {
+            access_denied_grpc()
+        } else {
+            forbidden("$admins only")
+        });
+    }
     req.extensions_mut().insert(principal);
     Ok(req)
+}
+
+/// HTTP 403 with the documented JSON error.
+fn forbidden(message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": "access-denied", "message": message });
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// Recent failed logins per client address: after a few, each further

@@ -22,6 +22,7 @@
 //! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once; stream ACLs checked there (secure mode) |
 //! | `acl` | KurrentDB's stream ACLs: `$acl`, `$settings` defaults, built-ins; cached |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
+//! | `subjects` | crypto-shredding's `forget` over HTTP and gRPC (`$admins` only; ADR 36) |
 //! | `tls` | TLS on the one port: rustls, ALPN, certificates reloaded when their files change |
 //!
 //! ```no_run
@@ -64,6 +65,7 @@ mod listener;
 pub mod metrics;
 pub mod openapi;
 mod read_wire;
+mod subjects;
 pub mod tls;
 pub mod users;
 
@@ -85,7 +87,7 @@ use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
+pub use context::{BackupHook, Ctx, ForgetHook, Forgotten, ServerConfig, SizeProbe, UsersConfig};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).
@@ -162,6 +164,11 @@ pub fn app<S: EventStore>(
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
         None => grpc,
     };
+    let grpc = grpc.add_service(
+        factum_proto::subjects::subjects_server::SubjectsServer::new(subjects::SubjectsApi::new(
+            ctx.clone(),
+        )),
+    );
     let grpc = grpc
         .prepare()
         .into_axum_router()
@@ -170,6 +177,7 @@ pub fn app<S: EventStore>(
         Some(users) => http::router(ctx.clone()).merge(http_users::router(users.clone())),
         None => http::router(ctx.clone()),
     };
+    let http = http.merge(subjects::router(ctx.clone()));
     let gate_ctx = ctx.clone();
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req

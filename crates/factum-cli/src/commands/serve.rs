@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// write files elsewhere.
     #[arg(long, env = "FACTUM_BACKUP_ROOT", value_name = "DIR")]
     pub backup_root: Option<PathBuf>,
+    /// The master key of crypto-shredding (ADR 36): a file of 64 hex
+    /// digits (`openssl rand -hex 32`), or the key itself in
+    /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
+    /// their personal fields encrypted and `forget` works.
+    #[arg(long, env = "FACTUM_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
@@ -169,6 +175,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "jwt-groups-claim",
             "advertise",
             "backup-root",
+            "encryption-key-file",
             "max-append-bytes",
             "max-inflight-append-bytes",
             "max-connections",
@@ -216,6 +223,7 @@ struct Settings {
     bearer: Option<factum_server::bearer::BearerConfig>,
     advertise: Option<factum_server::Advertise>,
     backup_root: Option<PathBuf>,
+    encryption_key_file: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
@@ -351,6 +359,9 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         backup_root: args
             .backup_root
             .or_else(|| file.get("backup-root").map(PathBuf::from)),
+        encryption_key_file: args
+            .encryption_key_file
+            .or_else(|| file.get("encryption-key-file").map(PathBuf::from)),
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         max_inflight_append_bytes: args
             .max_inflight_append_bytes
@@ -531,14 +542,34 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     "to": to,
                 }))
             });
-            let result = rt.block_on(serve_store(
-                &s,
-                engine.clone(),
-                Some(probe),
-                Some(backup),
-                Some(fatal),
-                &what,
-            ));
+            let result = match super::forget::master_key(s.encryption_key_file.as_deref())? {
+                None => {
+                    super::forget::refuse_keys_without_master(data)?;
+                    rt.block_on(serve_store(
+                        &s,
+                        engine.clone(),
+                        Some(probe),
+                        Some(backup),
+                        None,
+                        Some(fatal),
+                        &what,
+                    ))
+                }
+                Some(master) => {
+                    let keys = super::forget::engine_keys(data, master)?;
+                    let store = factum_crypto::Shredding::new(engine.clone(), Arc::new(keys));
+                    let forget = super::forget::forget_hook(store.clone());
+                    rt.block_on(serve_store(
+                        &s,
+                        Arc::new(store),
+                        Some(probe),
+                        Some(backup),
+                        Some(forget),
+                        Some(fatal),
+                        &format!("{what} (personal fields encrypted)"),
+                    ))
+                }
+            };
             rt.shutdown_timeout(Duration::from_secs(1));
             let closed = engine.close();
             eprintln!("store closed");
@@ -553,19 +584,23 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             let mut config =
                 factum_postgres::PostgresConfig::new(url.clone()).schema(schema.clone());
             config.allow_unsafe = *allow_unsafe;
+            let master = super::forget::master_key(s.encryption_key_file.as_deref())?;
             let result = rt.block_on(async {
                 let store = factum_postgres::PostgresStore::connect(config)
                     .await
                     .map_err(|e| CliError::failure(format!("PostgreSQL: {e}")))?;
-                serve_store(
-                    &s,
-                    Arc::new(store),
-                    None,
-                    None,
-                    None,
-                    &format!("PostgreSQL schema {schema}"),
-                )
-                .await
+                let what = format!("PostgreSQL schema {schema}");
+                match master {
+                    None => serve_store(&s, Arc::new(store), None, None, None, None, &what).await,
+                    Some(master) => {
+                        let keys = Arc::new(store.subject_keys(master));
+                        let store = factum_crypto::Shredding::new(Arc::new(store), keys);
+                        let forget = super::forget::forget_hook(store.clone());
+                        let what = format!("{what} (personal fields encrypted)");
+                        serve_store(&s, Arc::new(store), None, None, Some(forget), None, &what)
+                            .await
+                    }
+                }
             });
             rt.shutdown_timeout(Duration::from_secs(1));
             result
@@ -609,6 +644,7 @@ async fn serve_store<S: factum_core::EventStore>(
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
     backup: Option<factum_server::BackupHook>,
+    forget: Option<factum_server::ForgetHook>,
     fatal: Option<Fatal>,
     what: &str,
 ) -> Result<(), CliError> {
@@ -630,6 +666,7 @@ async fn serve_store<S: factum_core::EventStore>(
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
     config.backup = backup;
+    config.forget = forget;
     config.metrics_anonymous = s.metrics_anonymous;
     let files = match &s.security {
         Security::Insecure => None,
