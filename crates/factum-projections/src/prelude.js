@@ -394,7 +394,9 @@
   }
 
   // ---- the interface Rust drives -------------------------------------------
-  return {
+  // Frozen, and out of reach of enumeration: a projection that tampers with
+  // it can only break itself.
+  const api = {
     definition() {
       if (def.source === null)
         fail("the projection names no source: call fromAll(), fromStream(), fromStreams() or fromCategory()");
@@ -548,4 +550,5 @@
       dirty.delete(partition);
     },
   };
-})(globalThis)
+  Object.defineProperty(global, "__factum", { value: Object.freeze(api), enumerable: false, writable: false, configurable: false });
+})(globalThis);

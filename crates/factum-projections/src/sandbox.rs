@@ -15,11 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rquickjs::function::Args;
-use rquickjs::{CatchResultExt, CaughtError, Context, Function, Object, Persistent, Runtime};
+use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Function, Object, Runtime};
 
 use crate::definition::Definition;
 
 const PRELUDE: &str = include_str!("prelude.js");
+
+/// The global the prelude leaves its interface in.
+const API: &str = "__factum";
+
+fn api<'js>(ctx: &Ctx<'js>) -> Result<Object<'js>, Fault> {
+    ctx.globals().get(API).map_err(engine)
+}
 
 /// What one projection may use.
 #[derive(Clone, Copy, Debug)]
@@ -158,10 +165,7 @@ impl Watchdog {
 
 /// A compiled projection and its states.
 pub struct Projection {
-    // Field order: the persistent handles must go before the context and
-    // the runtime they belong to.
-    api: Persistent<Object<'static>>,
-    handle_fn: Persistent<Function<'static>>,
+    // Field order: the context goes before the runtime it belongs to.
     context: Context,
     _runtime: Runtime,
     watchdog: Arc<Watchdog>,
@@ -193,10 +197,10 @@ impl Projection {
         let context = Context::full(&runtime).map_err(|e| Fault::Engine(e.to_string()))?;
         watchdog.arm(limits.compile_time);
         let compiled = context.with(|ctx| {
-            let api: Object = ctx
-                .eval(PRELUDE)
+            ctx.eval::<(), _>(PRELUDE)
                 .catch(&ctx)
                 .map_err(|e| Fault::Engine(format!("prelude: {}", describe(e))))?;
+            let api = api(&ctx)?;
             ctx.eval::<(), _>(source)
                 .catch(&ctx)
                 .map_err(|e| classify(e, &watchdog, &limits, "compile"))?;
@@ -205,16 +209,10 @@ impl Projection {
                 .call(())
                 .catch(&ctx)
                 .map_err(|e| classify(e, &watchdog, &limits, "compile"))?;
-            let definition = Definition::from_prelude_json(&json).map_err(Fault::Invalid)?;
-            let handle: Function = api.get("handle").map_err(engine)?;
-            Ok::<_, Fault>((
-                Persistent::save(&ctx, api),
-                Persistent::save(&ctx, handle),
-                definition,
-            ))
+            Definition::from_prelude_json(&json).map_err(Fault::Invalid)
         });
         watchdog.disarm();
-        let (api, handle_fn, definition) = compiled.map_err(|f| match f {
+        let definition = compiled.map_err(|f| match f {
             Fault::Script(m) => Fault::Invalid(m),
             other => other,
         })?;
@@ -224,8 +222,6 @@ impl Projection {
             ));
         }
         Ok(Projection {
-            api,
-            handle_fn,
             context,
             _runtime: runtime,
             watchdog,
@@ -248,8 +244,7 @@ impl Projection {
     ) -> Result<R, Fault> {
         self.watchdog.arm(self.limits.handler_time);
         let out = self.context.with(|ctx| {
-            let api = self.api.clone().restore(&ctx).map_err(engine)?;
-            let f: Function = api.get(name).map_err(engine)?;
+            let f: Function = api(&ctx)?.get(name).map_err(engine)?;
             let mut args = Args::new(ctx.clone(), 16);
             build(&mut args).map_err(engine)?;
             let v: rquickjs::Value = f
@@ -320,7 +315,7 @@ impl Projection {
         let limit = self.limits.emits_per_event;
         self.watchdog.arm(self.limits.handler_time);
         let out = self.context.with(|ctx| {
-            let f = self.handle_fn.clone().restore(&ctx).map_err(engine)?;
+            let f: Function = api(&ctx)?.get("handle").map_err(engine)?;
             let mut args = Args::new(ctx.clone(), 13);
             (|| {
                 args.push_arg(partition)?;
