@@ -39,6 +39,12 @@ pub const USERS_STREAM: &str = "$users";
 /// password hash (KurrentDB's name).
 pub const USER_STREAM_PREFIX: &str = "$user-";
 
+/// The prefix of every projection stream: `$projections-$all` (the
+/// registrations), `$projections-<name>` (settings), `-checkpoint`,
+/// `-result`, `-partitions`, `-emittedstreams`, partition states
+/// (KurrentDB's names, ADR 35).
+pub const PROJECTIONS_STREAM_PREFIX: &str = "$projections-";
+
 /// A subsystem that owns streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,6 +54,9 @@ pub enum Owner {
     PersistentSubscriptions,
     /// Users: their details, groups and password hashes (ADR 31).
     Users,
+    /// Projections: registrations, settings, checkpoints, states, results
+    /// (ADR 35).
+    Projections,
 }
 
 impl Owner {
@@ -56,6 +65,7 @@ impl Owner {
         match self {
             Owner::PersistentSubscriptions => "persistent subscriptions",
             Owner::Users => "user management",
+            Owner::Projections => "projections",
         }
     }
 
@@ -68,6 +78,10 @@ impl Owner {
             Owner::Users => {
                 "the Users service: creating, updating, enabling, disabling and deleting users, \
                  password changes and resets"
+            }
+            Owner::Projections => {
+                "the Projections service: creating, updating, enabling, disabling, resetting and \
+                 deleting projections, and the projections' own commits"
             }
         }
     }
@@ -103,6 +117,7 @@ const MANAGED: &[(Pattern, Owner)] = &[
     ),
     (Pattern::Exact(USERS_STREAM), Owner::Users),
     (Pattern::Prefix(USER_STREAM_PREFIX), Owner::Users),
+    (Pattern::Prefix(PROJECTIONS_STREAM_PREFIX), Owner::Projections),
 ];
 
 /// The subsystem that owns `stream` (or, for `$$<stream>`, the stream
@@ -218,6 +233,7 @@ mod tests {
             "$settings",
             "$usersX",
             "user-1",
+            "projections-1",
         ] {
             assert_eq!(owner_of(&name(s)), None, "{s}");
             check_client_write(&name(s)).unwrap();

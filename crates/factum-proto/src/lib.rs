@@ -13,6 +13,7 @@
 //! | [`streams`] | `event_store.client.streams` | `Streams`: Read, Append, Delete, Tombstone, BatchAppend |
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
+//! | [`projections`] | `event_store.client.projections` | `Projections`: Create, Update, Delete, Statistics, Disable, Enable, Reset, State, Result, RestartSubsystem |
 //! | [`users`] | `event_store.client.users` | `Users`: Create, Update, Delete, Disable, Enable, Details, ChangePassword, ResetPassword |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
@@ -42,6 +43,9 @@ pub mod generated {
             }
             pub mod users {
                 tonic::include_proto!("event_store.client.users");
+            }
+            pub mod projections {
+                tonic::include_proto!("event_store.client.projections");
             }
         }
     }
@@ -74,6 +78,8 @@ pub use generated::event_store::client::persistent_subscriptions as persistent;
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
 pub use generated::event_store::client::streams;
+/// `event_store.client.projections`: server-side projections (ADR 35).
+pub use generated::event_store::client::projections;
 /// `event_store.client.users`: user management.
 pub use generated::event_store::client::users;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.
@@ -97,6 +103,8 @@ pub mod service_names {
         "event_store.client.persistent_subscriptions.PersistentSubscriptions";
     /// `event_store.client.users.Users`
     pub const USERS: &str = "event_store.client.users.Users";
+    /// `event_store.client.projections.Projections`
+    pub const PROJECTIONS: &str = "event_store.client.projections.Projections";
 }
 
 #[cfg(test)]
