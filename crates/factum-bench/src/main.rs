@@ -36,6 +36,7 @@ mod official;
 mod open;
 mod persistent;
 mod postgres;
+mod projections;
 mod read;
 mod reads_under_load;
 mod server;
@@ -218,6 +219,12 @@ pub enum Workload {
     /// Paced appends while 16 clients scan `$all` with a filter matching
     /// nothing (through the server), vs the same appends alone.
     ReadsUnderLoad,
+    /// A counting JavaScript projection over `$all` (one-time, through the
+    /// runner), against a native Rust fold over the same subscription.
+    JsProjectionCount,
+    /// A `foreachStream` JavaScript projection summing each stream's
+    /// deposits, against the native fold.
+    JsProjectionPartitioned,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -259,11 +266,13 @@ impl Workload {
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
+            Workload::JsProjectionCount => "js-projection-count",
+            Workload::JsProjectionPartitioned => "js-projection-partitioned",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 32] = [
+    const ALL: [Workload; 34] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -295,6 +304,8 @@ impl Workload {
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
+        Workload::JsProjectionCount,
+        Workload::JsProjectionPartitioned,
         Workload::Soak,
     ];
 }
@@ -481,6 +492,8 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),
             Workload::AggregateLoadPostgres => toolkit::aggregate_load_postgres(&mut ctx),
             Workload::ProjectionSqlite => toolkit::projection_sqlite(&mut ctx),
+            Workload::JsProjectionCount => projections::count(&mut ctx),
+            Workload::JsProjectionPartitioned => projections::partitioned(&mut ctx),
             Workload::ProjectionPostgres => toolkit::projection_postgres(&mut ctx),
             w
             @ (Workload::PgAppendSeq | Workload::PgAppendConcurrent | Workload::PgAppendBatch) => {
