@@ -59,7 +59,11 @@ fn load(ctx: &Ctx, engine: &Engine, total: u64) -> Result<(), BenchError> {
 }
 
 /// The native fold over the same subscription: (elapsed, events, check).
-fn native(ctx: &Ctx, engine: &Arc<Engine>, partitioned: bool) -> Result<(Duration, u64, u64), BenchError> {
+fn native(
+    ctx: &Ctx,
+    engine: &Arc<Engine>,
+    partitioned: bool,
+) -> Result<(Duration, u64, u64), BenchError> {
     ctx.rt.block_on(async {
         let started = Instant::now();
         let mut sub = engine
@@ -77,7 +81,8 @@ fn native(ctx: &Ctx, engine: &Arc<Engine>, partitioned: bool) -> Result<(Duratio
                         if e.stream.category() != Some("acct") || e.event_type != "Deposited" {
                             continue;
                         }
-                        let body: serde_json::Value = serde_json::from_slice(&e.data).map_err(failure)?;
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&e.data).map_err(failure)?;
                         let amount = body["amount"].as_i64().unwrap_or(0);
                         let s = balances.entry(e.stream.as_str().to_owned()).or_default();
                         s.0 += amount;
@@ -89,14 +94,27 @@ fn native(ctx: &Ctx, engine: &Arc<Engine>, partitioned: bool) -> Result<(Duratio
                 _ => {}
             }
         }
-        let check = if partitioned { balances.len() as u64 } else { count };
+        let check = if partitioned {
+            balances.len() as u64
+        } else {
+            count
+        };
         Ok((started.elapsed(), count, check))
     })
 }
 
-fn js(ctx: &Ctx, engine: &Arc<Engine>, name: &str, query: &str) -> Result<(Duration, u64), BenchError> {
+fn js(
+    ctx: &Ctx,
+    engine: &Arc<Engine>,
+    name: &str,
+    query: &str,
+) -> Result<(Duration, u64), BenchError> {
     ctx.rt.block_on(async {
-        let projections = Projections::new(engine.clone(), Limits::default(), CheckpointPolicy::default());
+        let projections = Projections::new(
+            engine.clone(),
+            Limits::default(),
+            CheckpointPolicy::default(),
+        );
         let started = Instant::now();
         projections
             .create(Create {

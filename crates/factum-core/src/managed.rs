@@ -117,7 +117,10 @@ const MANAGED: &[(Pattern, Owner)] = &[
     ),
     (Pattern::Exact(USERS_STREAM), Owner::Users),
     (Pattern::Prefix(USER_STREAM_PREFIX), Owner::Users),
-    (Pattern::Prefix(PROJECTIONS_STREAM_PREFIX), Owner::Projections),
+    (
+        Pattern::Prefix(PROJECTIONS_STREAM_PREFIX),
+        Owner::Projections,
+    ),
 ];
 
 /// The subsystem that owns `stream` (or, for `$$<stream>`, the stream

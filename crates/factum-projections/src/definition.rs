@@ -109,12 +109,10 @@ impl Definition {
             match (categories.is_empty(), streams.is_empty()) {
                 (false, true) => Source::Categories(categories),
                 (true, _) => Source::Streams(streams),
-                (false, false) => {
-                    return Err(
-                        "not implemented yet: a projection reading both $ce- streams and other streams"
-                            .into(),
-                    )
-                }
+                (false, false) => return Err(
+                    "not implemented yet: a projection reading both $ce- streams and other streams"
+                        .into(),
+                ),
             }
         };
         Ok(Definition {

@@ -32,11 +32,11 @@ pub mod definition;
 pub mod manager;
 pub mod names;
 pub mod runner;
-pub mod settings;
 pub mod sandbox;
+pub mod settings;
 
 pub use definition::{Definition, Source};
-pub use sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
 pub use manager::{Create, DeleteOptions, ProjectionError, Projections, Statistics};
 pub use runner::{CheckpointPolicy, Status};
+pub use sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
 pub use settings::{Mode, Settings};

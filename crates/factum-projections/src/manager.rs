@@ -248,7 +248,12 @@ impl<S: EventStore> Projections<S> {
             };
             if entry.settings.enabled {
                 self.spawn(&mut entry);
-            } else if entry.task.is_none() && matches!(entry.published.lock().expect("published").status, Status::Starting) {
+            } else if entry.task.is_none()
+                && matches!(
+                    entry.published.lock().expect("published").status,
+                    Status::Starting
+                )
+            {
                 entry.published.lock().expect("published").status = Status::Stopped;
             }
             entries.insert(name, entry);
@@ -288,7 +293,11 @@ impl<S: EventStore> Projections<S> {
             .append(
                 names.definition()?,
                 ExpectedRevision::Any,
-                vec![EventData::new(names::UPDATED_EVENT, ContentType::Json, data)],
+                vec![EventData::new(
+                    names::UPDATED_EVENT,
+                    ContentType::Json,
+                    data,
+                )],
             )
             .await?;
         Ok(r.revision.0 as i64)
@@ -349,12 +358,16 @@ impl<S: EventStore> Projections<S> {
                     )],
                 )
                 .check(names.definition()?, StreamCondition::NoStream);
-            let r = self.store.append_multi(request).await.map_err(|e| match e {
-                Error::ConsistencyViolation { .. } => {
-                    ProjectionError::AlreadyExists(settings.name.clone())
-                }
-                e => e.into(),
-            })?;
+            let r = self
+                .store
+                .append_multi(request)
+                .await
+                .map_err(|e| match e {
+                    Error::ConsistencyViolation { .. } => {
+                        ProjectionError::AlreadyExists(settings.name.clone())
+                    }
+                    e => e.into(),
+                })?;
             version = r.streams.last().map_or(0, |s| s.revision.0 as i64);
         }
         let mut entry = Entry {
@@ -517,12 +530,9 @@ impl<S: EventStore> Projections<S> {
             ),
             None => Names::new(name, None, None),
         };
-        let partitions = runner::read_strings(
-            &*self.store,
-            &names.partitions()?,
-            names::PARTITION_EVENT,
-        )
-        .await?;
+        let partitions =
+            runner::read_strings(&*self.store, &names.partitions()?, names::PARTITION_EVENT)
+                .await?;
         let mut doomed: Vec<StreamName> = Vec::new();
         if options.delete_checkpoint_stream {
             doomed.push(names.checkpoint()?);
@@ -562,7 +572,11 @@ impl<S: EventStore> Projections<S> {
             )
             .await?;
         for stream in doomed {
-            match self.store.delete_stream(stream, ExpectedRevision::Any).await {
+            match self
+                .store
+                .delete_stream(stream, ExpectedRevision::Any)
+                .await
+            {
                 Ok(_) | Err(Error::StreamNotFound { .. }) | Err(Error::StreamDeleted { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -582,7 +596,9 @@ impl<S: EventStore> Projections<S> {
             let p = entry.published.lock().expect("published");
             let running = entry.task.as_ref().is_some_and(|t| !t.is_finished());
             let status = match (&p.status, running) {
-                (Status::Running | Status::Starting, false) if !entry.settings.enabled => "Stopped".to_owned(),
+                (Status::Running | Status::Starting, false) if !entry.settings.enabled => {
+                    "Stopped".to_owned()
+                }
                 (s, _) => s.as_str().to_owned(),
             };
             let progress = if head == 0 || p.position >= head {
@@ -650,7 +666,11 @@ impl<S: EventStore> Projections<S> {
             return Ok(None);
         }
         let names = match &definition {
-            Some(d) => Names::new(name, d.result_stream_name.clone(), d.partition_result_stream_name_pattern.clone()),
+            Some(d) => Names::new(
+                name,
+                d.result_stream_name.clone(),
+                d.partition_result_stream_name_pattern.clone(),
+            ),
             None => Names::new(name, None, None),
         };
         let stream = if result {
@@ -677,12 +697,20 @@ impl<S: EventStore> Projections<S> {
 
     /// A projection's state (of `partition`, "" for the root), as JSON;
     /// `None` when it has none yet.
-    pub async fn state(&self, name: &str, partition: &str) -> Result<Option<String>, ProjectionError> {
+    pub async fn state(
+        &self,
+        name: &str,
+        partition: &str,
+    ) -> Result<Option<String>, ProjectionError> {
         self.published_state(name, partition, false).await
     }
 
     /// A projection's result (its state through `transformBy`/`filterBy`).
-    pub async fn result(&self, name: &str, partition: &str) -> Result<Option<String>, ProjectionError> {
+    pub async fn result(
+        &self,
+        name: &str,
+        partition: &str,
+    ) -> Result<Option<String>, ProjectionError> {
         self.published_state(name, partition, true).await
     }
 
@@ -717,7 +745,10 @@ impl<S: EventStore> Projections<S> {
     /// stored ones again: KurrentDB's RestartSubsystem.
     pub async fn restart(&self) -> Result<(), ProjectionError> {
         self.shutdown().await;
-        self.entries.lock().await.retain(|_, e| e.settings.mode == Mode::Transient);
+        self.entries
+            .lock()
+            .await
+            .retain(|_, e| e.settings.mode == Mode::Transient);
         self.start().await
     }
 

@@ -449,13 +449,18 @@ fn source_filter(source: &Source) -> Result<Filter, Fault> {
 
 fn wanted(definition: &Definition, e: &RecordedEvent) -> bool {
     let stream = e.stream.as_str();
-    if stream.starts_with('$') || e.event_type.starts_with('$') && !definition.events.contains(&e.event_type) {
+    let system_type = e.event_type.starts_with('$') && !definition.events.contains(&e.event_type);
+    if stream.starts_with('$') || system_type {
         return false;
     }
     match &definition.source {
         Source::All => {}
         Source::Categories(cs) => {
-            if !e.stream.category().is_some_and(|c| cs.iter().any(|x| x == c)) {
+            if !e
+                .stream
+                .category()
+                .is_some_and(|c| cs.iter().any(|x| x == c))
+            {
                 return false;
             }
         }
@@ -557,7 +562,12 @@ async fn handle_batch<S: EventStore>(
     for p in partitions.iter().flatten() {
         if !work.loaded.contains(p) && !to_load.contains_key(p) {
             let state = if work.persist && work.known_partitions.contains(p) {
-                load_partition_state(&*run.store, &work.names.partition_checkpoint(p)?, run.settings.epoch).await?
+                load_partition_state(
+                    &*run.store,
+                    &work.names.partition_checkpoint(p)?,
+                    run.settings.epoch,
+                )
+                .await?
             } else {
                 None
             };
@@ -576,20 +586,28 @@ async fn handle_batch<S: EventStore>(
             }
             p.load_partition(partition, state.as_deref())?;
         }
-        let mut out = Vec::new();
-        for (e, partition) in o.iter().zip(partitions) {
+        let mut firsts = Vec::new();
+        let mut handled = Vec::new();
+        for (e, partition) in o.iter().zip(&partitions) {
             let Some(partition) = partition else { continue };
-            let first = created.remove(&partition);
-            let emitted = p.handle(&partition, first, &e.input())?;
-            if !emitted.is_empty() {
-                if !emit_enabled {
-                    return Err(Fault::Script(
-                        "'emit' is not allowed by the projection/configuration/mode".into(),
-                    ));
-                }
-                out.push((e.position, emitted));
-            }
+            firsts.push(created.remove(partition));
+            handled.push((e, partition.as_str()));
         }
+        let emitted = p.handle_many(
+            handled
+                .iter()
+                .zip(&firsts)
+                .map(|((e, partition), first)| (*partition, *first, e.input())),
+        )?;
+        if !emitted.is_empty() && !emit_enabled {
+            return Err(Fault::Script(
+                "'emit' is not allowed by the projection/configuration/mode".into(),
+            ));
+        }
+        let out: Vec<(u64, Vec<Emitted>)> = emitted
+            .into_iter()
+            .map(|(i, emitted)| (handled[i].0.position, emitted))
+            .collect();
         for line in p.take_logs()? {
             tracing::debug!(target: "factum_projections::log", "{line}");
         }
@@ -599,11 +617,18 @@ async fn handle_batch<S: EventStore>(
     work.loaded.extend(loading);
     for e in emitted {
         for x in &e.1 {
-            let stream = StreamName::new(&x.stream).map_err(|err| Fault::Script(format!("emit to {}: {err}", x.stream)))?;
-            if !stream.is_writable() || factum_core::managed::check_client_write(&stream).is_err() || stream.as_str().starts_with(names::PREFIX) {
-                return Err(Fault::Script(format!("a projection may not write to {stream}")).into());
+            let stream = StreamName::new(&x.stream)
+                .map_err(|err| Fault::Script(format!("emit to {}: {err}", x.stream)))?;
+            if !stream.is_writable()
+                || factum_core::managed::check_client_write(&stream).is_err()
+                || stream.as_str().starts_with(names::PREFIX)
+            {
+                return Err(
+                    Fault::Script(format!("a projection may not write to {stream}")).into(),
+                );
             }
-            work.pending_bytes += x.data.len() + x.metadata.as_ref().map_or(0, String::len) + x.event_type.len();
+            work.pending_bytes +=
+                x.data.len() + x.metadata.as_ref().map_or(0, String::len) + x.event_type.len();
         }
         work.pending_emits.push(e);
     }
@@ -665,7 +690,11 @@ fn json_data(event_type: &str, data: String, metadata: Option<String>, id: Uuid)
 }
 
 /// Commits everything handled since the last commit, atomically.
-async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -> Result<(), RunError> {
+async fn commit<S: EventStore>(
+    work: &mut Work,
+    run: &Run<S>,
+    completed: bool,
+) -> Result<(), RunError> {
     let dirty = blocking(work, |p| p.take_dirty()).await?;
     let shared_dirty = if work.definition.bi_state {
         blocking(work, |p| p.take_shared_dirty()).await?
@@ -703,8 +732,13 @@ async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -
         for (i, x) in emitted.iter().enumerate() {
             let stream = StreamName::new(&x.stream)?;
             let id = emitted_id(&settings.name, settings.epoch, *source_position, i);
-            let content = if x.is_json { ContentType::Json } else { ContentType::Binary };
-            let mut data = EventData::new(x.event_type.clone(), content, x.data.clone()).with_id(id);
+            let content = if x.is_json {
+                ContentType::Json
+            } else {
+                ContentType::Binary
+            };
+            let mut data =
+                EventData::new(x.event_type.clone(), content, x.data.clone()).with_id(id);
             if let Some(m) = &x.metadata {
                 data = data.with_metadata(m.clone());
             }
@@ -725,7 +759,12 @@ async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -
         if !work.known_partitions.contains(partition) {
             new_partitions.push(partition.clone());
         }
-        let id = emitted_id(&format!("{}\u{0}{partition}", settings.name), settings.epoch, position, usize::MAX);
+        let id = emitted_id(
+            &format!("{}\u{0}{partition}", settings.name),
+            settings.epoch,
+            position,
+            usize::MAX,
+        );
         request = request.record(
             work.names.partition_checkpoint(partition)?,
             json_data(
@@ -737,7 +776,12 @@ async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -
         );
         if work.definition.output_state {
             if let Some(r) = result {
-                let id = emitted_id(&format!("{}\u{1}{partition}", settings.name), settings.epoch, position, usize::MAX);
+                let id = emitted_id(
+                    &format!("{}\u{1}{partition}", settings.name),
+                    settings.epoch,
+                    position,
+                    usize::MAX,
+                );
                 request = request.record(
                     work.names.result(partition)?,
                     json_data(names::RESULT_EVENT, r.clone(), None, id),
@@ -746,24 +790,52 @@ async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -
         }
     }
     for partition in &new_partitions {
-        let id = emitted_id(&format!("{}\u{2}{partition}", settings.name), settings.epoch, position, 0);
+        let id = emitted_id(
+            &format!("{}\u{2}{partition}", settings.name),
+            settings.epoch,
+            position,
+            0,
+        );
         request = request.record(
             work.names.partitions()?,
-            json_data(names::PARTITION_EVENT, serde_json::to_string(partition).expect("a string"), None, id),
+            json_data(
+                names::PARTITION_EVENT,
+                serde_json::to_string(partition).expect("a string"),
+                None,
+                id,
+            ),
         );
     }
     let root = states.iter().find(|(p, _, _)| p.is_empty());
     if work.definition.output_state && !work.definition.is_partitioned() {
         if let Some((_, _, Some(r))) = root {
-            let id = emitted_id(&format!("{}\u{1}", settings.name), settings.epoch, position, usize::MAX);
-            request = request.record(work.names.result("")?, json_data(names::RESULT_EVENT, r.clone(), None, id));
+            let id = emitted_id(
+                &format!("{}\u{1}", settings.name),
+                settings.epoch,
+                position,
+                usize::MAX,
+            );
+            request = request.record(
+                work.names.result("")?,
+                json_data(names::RESULT_EVENT, r.clone(), None, id),
+            );
         }
     }
     for stream in &new_tracked {
-        let id = emitted_id(&format!("{}\u{3}{stream}", settings.name), settings.epoch, position, 0);
+        let id = emitted_id(
+            &format!("{}\u{3}{stream}", settings.name),
+            settings.epoch,
+            position,
+            0,
+        );
         request = request.record(
             work.names.emitted_streams()?,
-            json_data(names::STREAM_TRACKED_EVENT, serde_json::to_string(stream).expect("a string"), None, id),
+            json_data(
+                names::STREAM_TRACKED_EVENT,
+                serde_json::to_string(stream).expect("a string"),
+                None,
+                id,
+            ),
         );
     }
     let root_state = if work.definition.is_partitioned() {
@@ -774,7 +846,12 @@ async fn commit<S: EventStore>(work: &mut Work, run: &Run<S>, completed: bool) -
             None => blocking(work, |p| p.state("")).await?,
         }
     };
-    let checkpoint_id = emitted_id(&format!("{}\u{4}", settings.name), settings.epoch, position, usize::MAX);
+    let checkpoint_id = emitted_id(
+        &format!("{}\u{4}", settings.name),
+        settings.epoch,
+        position,
+        usize::MAX,
+    );
     request = request.record(
         work.names.checkpoint()?,
         json_data(
@@ -838,7 +915,8 @@ async fn append_with_retries<S: EventStore>(
                     })
                     .await?;
                 if let Some(last) = read.first() {
-                    let meta: CheckpointMeta = serde_json::from_slice(&last.metadata).unwrap_or_default();
+                    let meta: CheckpointMeta =
+                        serde_json::from_slice(&last.metadata).unwrap_or_default();
                     if attempt > 0 && meta.commit >= position {
                         return Ok(last.revision);
                     }
@@ -857,7 +935,10 @@ async fn append_with_retries<S: EventStore>(
     unreachable!("the loop returns")
 }
 
-async fn last_event<S: EventStore>(store: &S, stream: &StreamName) -> Result<Option<RecordedEvent>, Error> {
+async fn last_event<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+) -> Result<Option<RecordedEvent>, Error> {
     match store
         .read_stream(ReadStream {
             max_count: 1,
@@ -871,16 +952,26 @@ async fn last_event<S: EventStore>(store: &S, stream: &StreamName) -> Result<Opt
     }
 }
 
-async fn last_revision<S: EventStore>(store: &S, stream: &StreamName) -> Result<Option<StreamRevision>, Error> {
+async fn last_revision<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+) -> Result<Option<StreamRevision>, Error> {
     Ok(last_event(store, stream).await?.map(|e| e.revision))
 }
 
-async fn load_checkpoint<S: EventStore>(store: &S, names: &Names, epoch: u64) -> Result<Option<Checkpoint>, RunError> {
+async fn load_checkpoint<S: EventStore>(
+    store: &S,
+    names: &Names,
+    epoch: u64,
+) -> Result<Option<Checkpoint>, RunError> {
     let Some(event) = last_event(store, &names.checkpoint()?).await? else {
         return Ok(None);
     };
     let meta: CheckpointMeta = serde_json::from_slice(&event.metadata).map_err(|e| {
-        RunError::Other(format!("the checkpoint {}@{} is not readable: {e}", event.revision, event.stream))
+        RunError::Other(format!(
+            "the checkpoint {}@{} is not readable: {e}",
+            event.revision, event.stream
+        ))
     })?;
     if meta.epoch != epoch {
         return Ok(None);
@@ -895,7 +986,11 @@ async fn load_checkpoint<S: EventStore>(store: &S, names: &Names, epoch: u64) ->
     }))
 }
 
-async fn load_partition_state<S: EventStore>(store: &S, stream: &StreamName, epoch: u64) -> Result<Option<String>, RunError> {
+async fn load_partition_state<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+    epoch: u64,
+) -> Result<Option<String>, RunError> {
     let Some(event) = last_event(store, stream).await? else {
         return Ok(None);
     };
@@ -908,7 +1003,11 @@ async fn load_partition_state<S: EventStore>(store: &S, stream: &StreamName, epo
 }
 
 /// The JSON strings of a stream's events of one type (a catalog).
-pub(crate) async fn read_strings<S: EventStore>(store: &S, stream: &StreamName, event_type: &str) -> Result<HashSet<String>, Error> {
+pub(crate) async fn read_strings<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+    event_type: &str,
+) -> Result<HashSet<String>, Error> {
     let mut out = HashSet::new();
     let mut from = StreamStart::Start;
     loop {
@@ -925,7 +1024,9 @@ pub(crate) async fn read_strings<S: EventStore>(store: &S, stream: &StreamName, 
             Err(Error::StreamNotFound { .. }) => return Ok(out),
             Err(e) => return Err(e),
         };
-        let Some(last) = page.last() else { return Ok(out) };
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
         from = StreamStart::Revision(StreamRevision(last.revision.0 + 1));
         let n = page.len();
         for e in page {

@@ -147,8 +147,10 @@ impl Watchdog {
     fn arm(&self, allowed: Duration) {
         self.fired.store(false, Ordering::Relaxed);
         let at = self.epoch.elapsed() + allowed;
-        self.deadline
-            .store(at.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.deadline.store(
+            at.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
     fn disarm(&self) {
         self.deadline.store(u64::MAX, Ordering::Relaxed);
@@ -167,7 +169,7 @@ impl Watchdog {
 pub struct Projection {
     // Field order: the context goes before the runtime it belongs to.
     context: Context,
-    _runtime: Runtime,
+    runtime: Runtime,
     watchdog: Arc<Watchdog>,
     limits: Limits,
     definition: Definition,
@@ -212,7 +214,7 @@ impl Projection {
             Definition::from_prelude_json(&json).map_err(Fault::Invalid)
         });
         watchdog.disarm();
-        let definition = compiled.map_err(|f| match f {
+        let definition = compiled.map_err(|f| match refine(&runtime, &limits, f) {
             Fault::Script(m) => Fault::Invalid(m),
             other => other,
         })?;
@@ -223,7 +225,7 @@ impl Projection {
         }
         Ok(Projection {
             context,
-            _runtime: runtime,
+            runtime,
             watchdog,
             limits,
             definition,
@@ -254,7 +256,7 @@ impl Projection {
             read(v)
         });
         self.watchdog.disarm();
-        out
+        out.map_err(|f| refine(&self.runtime, &self.limits, f))
     }
 
     /// The partition an event belongs to: "" for an unpartitioned
@@ -283,7 +285,11 @@ impl Projection {
 
     /// Whether a partition's state is loaded.
     pub fn has_partition(&self, partition: &str) -> Result<bool, Fault> {
-        self.call("has", |a| a.push_arg(partition), |v| v.get().map_err(engine))
+        self.call(
+            "has",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
     }
 
     /// Loads a partition's stored state (JSON), or runs `$init` for it (`None`).
@@ -312,45 +318,68 @@ impl Projection {
         created: bool,
         event: &InputEvent<'_>,
     ) -> Result<Vec<Emitted>, Fault> {
+        let mut out = self.handle_many([(partition, created, *event)])?;
+        Ok(out.pop().map(|(_, e)| e).unwrap_or_default())
+    }
+
+    /// Handles events in order, as [`handle`](Self::handle) does one (each
+    /// call under its own time limit), in one entry into the engine.
+    /// Returns, for each event that emitted, its index and what it emitted.
+    pub fn handle_many<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = (&'e str, bool, InputEvent<'e>)>,
+    ) -> Result<Vec<(usize, Vec<Emitted>)>, Fault> {
         let limit = self.limits.emits_per_event;
-        self.watchdog.arm(self.limits.handler_time);
         let out = self.context.with(|ctx| {
             let f: Function = api(&ctx)?.get("handle").map_err(engine)?;
-            let mut args = Args::new(ctx.clone(), 13);
-            (|| {
-                args.push_arg(partition)?;
-                args.push_arg(created)?;
-                push_event(&mut args, event)
-            })()
-            .map_err(engine)?;
-            let out: rquickjs::Array = f
-                .call_arg(args)
-                .catch(&ctx)
-                .map_err(|e| classify(e, &self.watchdog, &self.limits, "execute"))?;
-            if out.len() > limit {
-                return Err(Fault::TooManyEmits { limit });
+            let mut all = Vec::new();
+            for (index, (partition, created, event)) in events.into_iter().enumerate() {
+                let mut args = Args::new(ctx.clone(), 13);
+                (|| {
+                    args.push_arg(partition)?;
+                    args.push_arg(created)?;
+                    push_event(&mut args, &event)
+                })()
+                .map_err(engine)?;
+                self.watchdog.arm(self.limits.handler_time);
+                let out: rquickjs::Array = f
+                    .call_arg(args)
+                    .catch(&ctx)
+                    .map_err(|e| classify(e, &self.watchdog, &self.limits, "execute"))?;
+                self.watchdog.disarm();
+                if out.is_empty() {
+                    continue;
+                }
+                if out.len() > limit {
+                    return Err(Fault::TooManyEmits { limit });
+                }
+                let mut emitted = Vec::with_capacity(out.len());
+                for item in out.iter::<rquickjs::Array>() {
+                    let item = item.map_err(engine)?;
+                    emitted.push(Emitted {
+                        stream: item.get(0).map_err(engine)?,
+                        event_type: item.get(1).map_err(engine)?,
+                        data: item.get(2).map_err(engine)?,
+                        metadata: item.get(3).map_err(engine)?,
+                        is_json: item.get(4).map_err(engine)?,
+                    });
+                }
+                all.push((index, emitted));
             }
-            let mut emitted = Vec::with_capacity(out.len());
-            for item in out.iter::<rquickjs::Array>() {
-                let item = item.map_err(engine)?;
-                emitted.push(Emitted {
-                    stream: item.get(0).map_err(engine)?,
-                    event_type: item.get(1).map_err(engine)?,
-                    data: item.get(2).map_err(engine)?,
-                    metadata: item.get(3).map_err(engine)?,
-                    is_json: item.get(4).map_err(engine)?,
-                });
-            }
-            Ok(emitted)
+            Ok(all)
         });
         self.watchdog.disarm();
-        out
+        out.map_err(|f| refine(&self.runtime, &self.limits, f))
     }
 
     /// The state of a partition ("" for the root) as JSON; `None` when not
     /// loaded or null.
     pub fn state(&self, partition: &str) -> Result<Option<String>, Fault> {
-        self.call("state", |a| a.push_arg(partition), |v| v.get().map_err(engine))
+        self.call(
+            "state",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
     }
 
     /// The shared state of a bi-state projection as JSON.
@@ -361,7 +390,11 @@ impl Projection {
     /// The result of a partition: its state through `transformBy` /
     /// `filterBy`; `None` when filtered out or not loaded.
     pub fn result(&self, partition: &str) -> Result<Option<String>, Fault> {
-        self.call("result", |a| a.push_arg(partition), |v| v.get().map_err(engine))
+        self.call(
+            "result",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
     }
 
     /// Partitions whose state changed since the last call.
@@ -401,6 +434,24 @@ fn push_event<'js>(a: &mut Args<'js>, e: &InputEvent<'_>) -> rquickjs::Result<()
     a.push_arg(e.event_id)
 }
 
+/// QuickJS throws `null` when it cannot even allocate its "out of memory"
+/// error: a `null` thrown while the heap is past half its limit is that.
+fn refine(runtime: &Runtime, limits: &Limits, fault: Fault) -> Fault {
+    match fault {
+        Fault::Script(m) | Fault::Invalid(m) if m == "null" => {
+            let used = runtime.memory_usage().malloc_size.max(0) as usize;
+            if used >= limits.memory_bytes / 2 {
+                Fault::MemoryLimit {
+                    limit: limits.memory_bytes,
+                }
+            } else {
+                Fault::Script(m)
+            }
+        }
+        other => other,
+    }
+}
+
 fn engine(e: rquickjs::Error) -> Fault {
     Fault::Engine(e.to_string())
 }
@@ -414,6 +465,7 @@ fn describe(e: CaughtError<'_>) -> String {
                 _ => message,
             }
         }
+        CaughtError::Value(v) if v.is_null() => "null".into(),
         CaughtError::Value(v) => match v.as_string().and_then(|s| s.to_string().ok()) {
             Some(s) => s,
             None => format!("{v:?}"),

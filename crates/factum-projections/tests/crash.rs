@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use factum_core::{EventData, EventStore, ExpectedRevision, ReadAll, ReadStream, StreamName};
 use factum_engine::Engine;
-use factum_projections::{CheckpointPolicy, Create, InputEvent, Limits, Mode, Projection, Projections};
+use factum_projections::{
+    CheckpointPolicy, Create, InputEvent, Limits, Mode, Projection, Projections,
+};
 
 const EVENTS: u64 = 1500;
 
@@ -41,7 +43,9 @@ fn child_env() -> Option<(String, String)> {
 #[test]
 #[ignore = "run by kill_9_during_a_continuous_projection_that_emits as its child"]
 fn crash_child() {
-    let Some((dir, mode)) = child_env() else { return };
+    let Some((dir, mode)) = child_env() else {
+        return;
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,7 +78,10 @@ fn crash_child() {
         loop {
             let s = p.statistics(Some("crash")).await.unwrap().remove(0);
             assert_ne!(s.status, "Faulted", "{}", s.state_reason);
-            println!("position {} {}", s.position, s.events_processed_after_restart);
+            println!(
+                "position {} {}",
+                s.position, s.events_processed_after_restart
+            );
             let state = p.state("crash", "").await.unwrap();
             let done = state.as_deref().is_some_and(|s| {
                 serde_json::from_str::<serde_json::Value>(s).unwrap()["count"] == EVENTS
@@ -92,7 +99,13 @@ fn crash_child() {
 
 fn spawn_child(dir: &std::path::Path, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("FACTUM_PROJECTION_CHILD", dir)
         .env("FACTUM_PROJECTION_CHILD_MODE", mode)
         .stdout(Stdio::piped())
@@ -159,9 +172,16 @@ fn kill_9_during_a_continuous_projection_that_emits() {
 
     let child = spawn_child(dir.path(), "finish");
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let state_line = stdout.lines().find_map(|l| l.strip_prefix("state ")).expect("a final state");
+    let state_line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("state "))
+        .expect("a final state");
     let state: serde_json::Value = serde_json::from_str(state_line).unwrap();
 
     rt.block_on(async {
@@ -170,17 +190,31 @@ fn kill_9_during_a_continuous_projection_that_emits() {
         let mut seen = vec![0u32; EVENTS as usize];
         for k in 0..7 {
             let events = store
-                .read_stream(ReadStream::forwards(StreamName::new(format!("audit-{k}")).unwrap()))
+                .read_stream(ReadStream::forwards(
+                    StreamName::new(format!("audit-{k}")).unwrap(),
+                ))
                 .await
                 .unwrap();
             for e in events {
-                let i = e.json::<serde_json::Value>().unwrap()["i"].as_u64().unwrap();
+                let i = e.json::<serde_json::Value>().unwrap()["i"]
+                    .as_u64()
+                    .unwrap();
                 seen[i as usize] += 1;
             }
         }
-        assert!(seen.iter().all(|&n| n == 1), "emitted counts: {:?}", seen.iter().enumerate().filter(|(_, &n)| n != 1).take(10).collect::<Vec<_>>());
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "emitted counts: {:?}",
+            seen.iter()
+                .enumerate()
+                .filter(|(_, &n)| n != 1)
+                .take(10)
+                .collect::<Vec<_>>()
+        );
         let links = store
-            .read_stream(ReadStream::forwards(StreamName::new("orders-linked").unwrap()))
+            .read_stream(ReadStream::forwards(
+                StreamName::new("orders-linked").unwrap(),
+            ))
             .await
             .unwrap();
         assert_eq!(links.len() as u64, EVENTS);
@@ -211,7 +245,8 @@ fn kill_9_during_a_continuous_projection_that_emits() {
             };
             replay.handle("", false, &input).unwrap();
         }
-        let replayed: serde_json::Value = serde_json::from_str(&replay.state("").unwrap().unwrap()).unwrap();
+        let replayed: serde_json::Value =
+            serde_json::from_str(&replay.state("").unwrap().unwrap()).unwrap();
         assert_eq!(state, replayed);
         assert_eq!(state["count"], EVENTS);
         store.close().unwrap();

@@ -77,7 +77,10 @@ fn counting_events_of_a_category() {
             $any: function (state, event) { state.count += 1; return state; }
         }).outputState()"#,
     );
-    assert_eq!(p.definition().source, Source::Categories(vec!["account".into()]));
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["account".into()])
+    );
     assert!(p.definition().output_state);
     run(
         &mut p,
@@ -101,7 +104,10 @@ fn typed_handlers_and_body_fields() {
             Withdrawn(s, e) { s.balance -= e.data.amount; return s },
         })"#,
     );
-    assert_eq!(p.definition().source, Source::Streams(vec!["account-1".into()]));
+    assert_eq!(
+        p.definition().source,
+        Source::Streams(vec!["account-1".into()])
+    );
     assert!(!p.definition().handles("Opened"));
     run(
         &mut p,
@@ -112,7 +118,10 @@ fn typed_handlers_and_body_fields() {
         ],
     )
     .unwrap();
-    assert_eq!(json(p.state("").unwrap()), serde_json::json!({"balance": 7}));
+    assert_eq!(
+        json(p.state("").unwrap()),
+        serde_json::json!({"balance": 7})
+    );
 }
 
 #[test]
@@ -158,8 +167,14 @@ fn partition_by_keeps_a_state_per_partition() {
         ],
     )
     .unwrap();
-    assert_eq!(json(p.state("Deposited").unwrap()), serde_json::json!({"count": 2}));
-    assert_eq!(json(p.state("Opened").unwrap()), serde_json::json!({"count": 1}));
+    assert_eq!(
+        json(p.state("Deposited").unwrap()),
+        serde_json::json!({"count": 2})
+    );
+    assert_eq!(
+        json(p.state("Opened").unwrap()),
+        serde_json::json!({"count": 1})
+    );
     assert_eq!(p.state("").unwrap(), None);
 }
 
@@ -213,23 +228,48 @@ fn emit_link_to_link_stream_to_and_copy_to() {
     assert_eq!(out[0].stream, "shipping-o1");
     assert_eq!(out[0].event_type, "ShipmentRequested");
     assert_eq!(out[0].data, r#"{"order":"o1"}"#);
-    let meta: serde_json::Value = serde_json::from_str(out[0].metadata.as_deref().unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(out[0].metadata.as_deref().unwrap()).unwrap();
     assert_eq!(meta["source"], "p");
     assert_eq!(meta["$causedBy"], "00000000-0000-0000-0000-000000000001");
     assert!(out[0].is_json);
-    assert_eq!((out[1].stream.as_str(), out[1].event_type.as_str(), out[1].data.as_str()), ("orders-placed", "$>", "0@order-1"));
+    assert_eq!(
+        (
+            out[1].stream.as_str(),
+            out[1].event_type.as_str(),
+            out[1].data.as_str()
+        ),
+        ("orders-placed", "$>", "0@order-1")
+    );
     assert!(!out[1].is_json);
-    assert_eq!((out[2].event_type.as_str(), out[2].data.as_str()), ("$@", "order-1"));
-    assert_eq!((out[3].stream.as_str(), out[3].event_type.as_str(), out[3].data.as_str()), ("orders-copy", "Placed", r#"{"id":"o1"}"#));
+    assert_eq!(
+        (out[2].event_type.as_str(), out[2].data.as_str()),
+        ("$@", "order-1")
+    );
+    assert_eq!(
+        (
+            out[3].stream.as_str(),
+            out[3].event_type.as_str(),
+            out[3].data.as_str()
+        ),
+        ("orders-copy", "Placed", r#"{"id":"o1"}"#)
+    );
 }
 
 #[test]
 fn emit_checks_its_arguments() {
     let mut p = compile(r#"fromAll().when({ $any(s, e) { emit("x", "T", "not an object") } })"#);
     let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
-    assert!(matches!(&err, Fault::Script(m) if m.contains("eventBody must be an object")), "{err}");
-    let err = Projection::compile(r#"emit("x", "T", {}); fromAll()"#, Limits::default()).unwrap_err();
-    assert!(matches!(&err, Fault::Invalid(m) if m.contains("only be called from an event handler")), "{err}");
+    assert!(
+        matches!(&err, Fault::Script(m) if m.contains("eventBody must be an object")),
+        "{err}"
+    );
+    let err =
+        Projection::compile(r#"emit("x", "T", {}); fromAll()"#, Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("only be called from an event handler")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -243,7 +283,10 @@ fn transform_by_and_filter_by_shape_the_result() {
     run(&mut p, &[ev("a-1", "E", "{}")]).unwrap();
     assert_eq!(p.result("").unwrap(), None, "filtered out below 15");
     run(&mut p, &[ev("a-1", "E", "{}")]).unwrap();
-    assert_eq!(json(p.result("").unwrap()), serde_json::json!({"total": 20}));
+    assert_eq!(
+        json(p.result("").unwrap()),
+        serde_json::json!({"total": 20})
+    );
     assert_eq!(json(p.state("").unwrap()), serde_json::json!({"count": 2}));
 }
 
@@ -255,11 +298,18 @@ fn options_and_output_to() {
     );
     let d = p.definition();
     assert_eq!(d.result_stream_name.as_deref(), Some("out"));
-    assert_eq!(d.partition_result_stream_name_pattern.as_deref(), Some("out-{0}"));
+    assert_eq!(
+        d.partition_result_stream_name_pattern.as_deref(),
+        Some("out-{0}")
+    );
     assert!(d.include_links && d.reorder_events);
     assert_eq!(d.processing_lag, Some(500));
-    let err = Projection::compile(r#"options({ nope: 1 }); fromAll()"#, Limits::default()).unwrap_err();
-    assert!(matches!(&err, Fault::Invalid(m) if m.contains("Unrecognized option: nope")), "{err}");
+    let err =
+        Projection::compile(r#"options({ nope: 1 }); fromAll()"#, Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("Unrecognized option: nope")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -274,17 +324,34 @@ fn bi_state_has_a_shared_state() {
     );
     assert!(p.definition().bi_state);
     p.load_shared(None).unwrap();
-    run(&mut p, &[ev("a-1", "E", "{}"), ev("a-2", "E", "{}"), ev("a-1", "E", "{}")]).unwrap();
+    run(
+        &mut p,
+        &[
+            ev("a-1", "E", "{}"),
+            ev("a-2", "E", "{}"),
+            ev("a-1", "E", "{}"),
+        ],
+    )
+    .unwrap();
     assert_eq!(json(p.state("a-1").unwrap()), serde_json::json!({"n": 2}));
-    assert_eq!(json(p.shared_state().unwrap()), serde_json::json!({"total": 3}));
+    assert_eq!(
+        json(p.shared_state().unwrap()),
+        serde_json::json!({"total": 3})
+    );
 }
 
 #[test]
 fn from_ce_stream_is_the_category_and_sources_are_checked() {
     let p = compile(r#"fromStream("$ce-order").when({ $any: s => s })"#);
-    assert_eq!(p.definition().source, Source::Categories(vec!["order".into()]));
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["order".into()])
+    );
     let p = compile(r#"fromCategories("a", "b").when({ $any: s => s })"#);
-    assert_eq!(p.definition().source, Source::Categories(vec!["a".into(), "b".into()]));
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["a".into(), "b".into()])
+    );
     for bad in [
         "1 +",
         "when({})",
@@ -307,12 +374,32 @@ fn the_clock_and_randomness_are_deterministic() {
     run(&mut a, &events).unwrap();
     run(&mut b, &events).unwrap();
     let state = json(a.state("").unwrap());
-    assert_eq!(Some(state.clone()), b.state("").unwrap().map(|s| serde_json::from_str(&s).unwrap()));
-    assert_eq!(state["t"], serde_json::json!([1_700_000_000_000i64, 1_700_000_000_000i64, 1_700_000_000_001i64, 1_700_000_000_001i64]));
+    assert_eq!(
+        Some(state.clone()),
+        b.state("")
+            .unwrap()
+            .map(|s| serde_json::from_str(&s).unwrap())
+    );
+    assert_eq!(
+        state["t"],
+        serde_json::json!([
+            1_700_000_000_000i64,
+            1_700_000_000_000i64,
+            1_700_000_000_001i64,
+            1_700_000_000_001i64
+        ])
+    );
     let err = Projection::compile(r#"eval("1"); fromAll()"#, Limits::default()).unwrap_err();
     assert!(matches!(err, Fault::Invalid(_)), "{err}");
-    let err = Projection::compile(r#"(function(){}).constructor("return 1")(); fromAll()"#, Limits::default()).unwrap_err();
-    assert!(matches!(&err, Fault::Invalid(m) if m.contains("not allowed")), "{err}");
+    let err = Projection::compile(
+        r#"(function(){}).constructor("return 1")(); fromAll()"#,
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("not allowed")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -340,11 +427,33 @@ fn an_endless_loop_faults_with_the_time_limit() {
         handler_time: Duration::from_millis(50),
         ..Limits::default()
     };
-    let mut p = Projection::compile("fromAll().when({ $any: (s) => { while (true) {} } })", limits).unwrap();
+    let mut p = Projection::compile(
+        "fromAll().when({ $any: (s) => { while (true) {} } })",
+        limits,
+    )
+    .unwrap();
     let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
-    assert!(matches!(err, Fault::TimeLimit { what: "execute", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Fault::TimeLimit {
+                what: "execute",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = Projection::compile("while (true) {}", limits).unwrap_err();
-    assert!(matches!(err, Fault::TimeLimit { what: "compile", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Fault::TimeLimit {
+                what: "compile",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -369,11 +478,21 @@ fn a_huge_state_faults_with_the_memory_limit() {
     )
     .unwrap();
     let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
-    assert!(matches!(&err, Fault::Script(m) if m.contains("stack")), "{err}");
+    assert!(
+        matches!(&err, Fault::Script(m) if m.contains("stack")),
+        "{err}"
+    );
 }
 
 #[test]
 fn deleted_handlers_say_they_are_not_implemented() {
-    let err = Projection::compile("fromAll().foreachStream().when({ $deleted: (s) => s })", Limits::default()).unwrap_err();
-    assert!(matches!(&err, Fault::NotImplemented(m) if m.contains("$deleted")), "{err}");
+    let err = Projection::compile(
+        "fromAll().foreachStream().when({ $deleted: (s) => s })",
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Fault::NotImplemented(m) if m.contains("$deleted")),
+        "{err}"
+    );
 }

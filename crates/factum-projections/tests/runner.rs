@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::{
-    EventData, EventStore, ExpectedRevision, ReadStream, StreamName,
-};
+use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
 use factum_engine::Engine;
 use factum_projections::{
     CheckpointPolicy, Create, DeleteOptions, Limits, Mode, ProjectionError, Projections,
@@ -98,12 +96,20 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for i in 0..20 {
-        append(&store, &format!("order-{}", i % 3), "Placed", serde_json::json!({"i": i})).await;
+        append(
+            &store,
+            &format!("order-{}", i % 3),
+            "Placed",
+            serde_json::json!({"i": i}),
+        )
+        .await;
         append(&store, "customer-1", "Other", serde_json::json!({})).await;
     }
     let p = Projections::new(store.clone(), Limits::default(), policy());
     p.start().await.unwrap();
-    p.create(create("counter", COUNTER, Mode::Continuous)).await.unwrap();
+    p.create(create("counter", COUNTER, Mode::Continuous))
+        .await
+        .unwrap();
     eventually("20 events counted", || async {
         state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 20}))
     })
@@ -130,7 +136,12 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
         .len();
     assert_eq!(audit, 4);
     let mut emitted = 0;
-    for s in ["audit-order-0", "audit-order-1", "audit-order-2", "audit-order-9"] {
+    for s in [
+        "audit-order-0",
+        "audit-order-1",
+        "audit-order-2",
+        "audit-order-9",
+    ] {
         emitted += read(&store, s).await.len();
     }
     assert_eq!(emitted, 25);
@@ -140,8 +151,13 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
     assert_eq!(&links[0].data[..], b"0@order-0");
     let result = read(&store, "$projections-counter-result").await;
     assert_eq!(result.last().unwrap().event_type, "Result");
-    assert_eq!(result.last().unwrap().json::<serde_json::Value>().unwrap(), serde_json::json!({"count": 25}));
-    assert!(!read(&store, "$projections-counter-checkpoint").await.is_empty());
+    assert_eq!(
+        result.last().unwrap().json::<serde_json::Value>().unwrap(),
+        serde_json::json!({"count": 25})
+    );
+    assert!(!read(&store, "$projections-counter-checkpoint")
+        .await
+        .is_empty());
     assert_eq!(read(&store, "$projections-$all").await.len(), 1);
     let tracked = read(&store, "$projections-counter-emittedstreams").await;
     assert_eq!(tracked.len(), 5, "four audit streams and the link stream");
@@ -155,7 +171,11 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
     })
     .await;
     p.shutdown().await;
-    assert_eq!(read(&store, "orders-linked").await.len(), 26, "no event emitted twice");
+    assert_eq!(
+        read(&store, "orders-linked").await.len(),
+        26,
+        "no event emitted twice"
+    );
 
     // Reset replays from the beginning into the same state.
     let p = Projections::new(store.clone(), Limits::default(), policy());
@@ -166,7 +186,10 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
     })
     .await;
     p.disable("counter", true).await.unwrap();
-    assert_eq!(p.statistics(Some("counter")).await.unwrap()[0].status, "Stopped");
+    assert_eq!(
+        p.statistics(Some("counter")).await.unwrap()[0].status,
+        "Stopped"
+    );
     p.delete(
         "counter",
         DeleteOptions {
@@ -178,7 +201,9 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
     .await
     .unwrap();
     assert!(read(&store, "orders-linked").await.is_empty());
-    assert!(read(&store, "$projections-counter-checkpoint").await.is_empty());
+    assert!(read(&store, "$projections-counter-checkpoint")
+        .await
+        .is_empty());
     assert!(matches!(
         p.state("counter", "").await,
         Err(ProjectionError::NotFound(_))
@@ -190,7 +215,13 @@ async fn partitions_one_time_and_transient() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for i in 0..12 {
-        append(&store, &format!("account-{}", i % 4), "Deposited", serde_json::json!({"amount": i})).await;
+        append(
+            &store,
+            &format!("account-{}", i % 4),
+            "Deposited",
+            serde_json::json!({"amount": i}),
+        )
+        .await;
     }
     let p = Projections::new(store.clone(), Limits::default(), policy());
     p.start().await.unwrap();
@@ -198,27 +229,65 @@ async fn partitions_one_time_and_transient() {
         $init: () => ({ total: 0 }),
         Deposited: (s, e) => { s.total += e.body.amount; return s }
     }).outputState()"#;
-    p.create(create("balances", by_stream, Mode::OneTime)).await.unwrap();
+    p.create(create("balances", by_stream, Mode::OneTime))
+        .await
+        .unwrap();
     assert_eq!(p.wait("balances").await.unwrap().as_str(), "Completed");
-    assert_eq!(state_of(&p, "balances", "account-1").await, Some(serde_json::json!({"total": 1 + 5 + 9})));
+    assert_eq!(
+        state_of(&p, "balances", "account-1").await,
+        Some(serde_json::json!({"total": 1 + 5 + 9}))
+    );
     let stored = read(&store, "$projections-balances-account-1-checkpoint").await;
-    assert_eq!(stored.last().unwrap().json::<serde_json::Value>().unwrap(), serde_json::json!({"total": 15}));
-    assert_eq!(read(&store, "$projections-balances-account-1-result").await.len(), 1);
-    assert_eq!(read(&store, "$projections-balances-partitions").await.len(), 4);
+    assert_eq!(
+        stored.last().unwrap().json::<serde_json::Value>().unwrap(),
+        serde_json::json!({"total": 15})
+    );
+    assert_eq!(
+        read(&store, "$projections-balances-account-1-result")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        read(&store, "$projections-balances-partitions").await.len(),
+        4
+    );
 
     let by_type = r#"fromAll().partitionBy(e => e.body.amount % 2 ? "odd" : "even").when({
         $init: () => ({ n: 0 }), $any: (s) => { s.n++; return s } })"#;
-    p.create(create("parity", by_type, Mode::Transient)).await.unwrap();
+    p.create(create("parity", by_type, Mode::Transient))
+        .await
+        .unwrap();
     assert_eq!(p.wait("parity").await.unwrap().as_str(), "Completed");
-    assert_eq!(state_of(&p, "parity", "odd").await, Some(serde_json::json!({"n": 6})));
-    assert!(read(&store, "$projections-parity-checkpoint").await.is_empty(), "transient writes nothing");
+    assert_eq!(
+        state_of(&p, "parity", "odd").await,
+        Some(serde_json::json!({"n": 6}))
+    );
+    assert!(
+        read(&store, "$projections-parity-checkpoint")
+            .await
+            .is_empty(),
+        "transient writes nothing"
+    );
 
     // Errors for unknown names and invalid queries.
-    assert!(matches!(p.state("nope", "").await, Err(ProjectionError::NotFound(_))));
-    assert!(matches!(p.enable("nope").await, Err(ProjectionError::NotFound(_))));
-    let err = p.create(create("bad", "fromAll().when(", Mode::Continuous)).await.unwrap_err();
+    assert!(matches!(
+        p.state("nope", "").await,
+        Err(ProjectionError::NotFound(_))
+    ));
+    assert!(matches!(
+        p.enable("nope").await,
+        Err(ProjectionError::NotFound(_))
+    ));
+    let err = p
+        .create(create("bad", "fromAll().when(", Mode::Continuous))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProjectionError::Invalid(_)), "{err}");
-    let err = p.create(create("balances", by_stream, Mode::OneTime)).await.unwrap_err();
+    let err = p
+        .create(create("balances", by_stream, Mode::OneTime))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProjectionError::AlreadyExists(_)), "{err}");
     let err = p.enable("$by_category").await.unwrap_err();
     assert!(matches!(err, ProjectionError::NotImplemented(_)), "{err}");
@@ -235,16 +304,26 @@ async fn a_runaway_projection_faults_and_the_others_go_on() {
         ..Limits::default()
     };
     let p = Projections::new(store.clone(), limits, policy());
-    p.create(create("loop", "fromAll().when({ $any: () => { for (;;) {} } })", Mode::Continuous))
-        .await
-        .unwrap();
+    p.create(create(
+        "loop",
+        "fromAll().when({ $any: () => { for (;;) {} } })",
+        Mode::Continuous,
+    ))
+    .await
+    .unwrap();
     p.create(create("huge", "fromAll().when({ $init: () => ({xs: []}), $any: (s) => { for (;;) s.xs.push('x'.repeat(4096)) } })", Mode::Continuous))
         .await
         .unwrap();
-    let mut no_emit = create("quiet", r#"fromAll().when({ $any: (s, e) => { emit("x-1", "T", {}) } })"#, Mode::Continuous);
+    let mut no_emit = create(
+        "quiet",
+        r#"fromAll().when({ $any: (s, e) => { emit("x-1", "T", {}) } })"#,
+        Mode::Continuous,
+    );
     no_emit.emit_enabled = false;
     p.create(no_emit).await.unwrap();
-    p.create(create("ok", COUNTER, Mode::Continuous)).await.unwrap();
+    p.create(create("ok", COUNTER, Mode::Continuous))
+        .await
+        .unwrap();
     for (n, reason) in [
         ("loop", "too long"),
         ("huge", "out of memory"),

@@ -74,12 +74,12 @@ pub use generated::event_store::client as shared;
 pub use generated::event_store::client::gossip;
 /// `event_store.client.persistent_subscriptions`: consumer groups.
 pub use generated::event_store::client::persistent_subscriptions as persistent;
+/// `event_store.client.projections`: server-side projections (ADR 35).
+pub use generated::event_store::client::projections;
 /// `event_store.client.server_features`: what a server implements.
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
 pub use generated::event_store::client::streams;
-/// `event_store.client.projections`: server-side projections (ADR 35).
-pub use generated::event_store::client::projections;
 /// `event_store.client.users`: user management.
 pub use generated::event_store::client::users;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.

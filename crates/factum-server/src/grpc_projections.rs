@@ -13,9 +13,7 @@
 use std::sync::Arc;
 
 use factum_core::EventStore;
-use factum_projections::{
-    Create, DeleteOptions, Mode, ProjectionError, Projections, Statistics,
-};
+use factum_projections::{Create, DeleteOptions, Mode, ProjectionError, Projections, Statistics};
 use factum_proto::projections::projections_server::Projections as ProjectionsService;
 use factum_proto::projections::{
     create_req, statistics_req, update_req, CreateReq, CreateResp, DeleteReq, DeleteResp,
@@ -51,7 +49,9 @@ pub fn to_status(e: ProjectionError) -> Status {
             Status::already_exists(format!("Conflict: projection '{name}' already exists"))
         }
         ProjectionError::Invalid(m) => Status::invalid_argument(m),
-        ProjectionError::NotImplemented(m) => Status::unimplemented(format!("not implemented yet: {m}")),
+        ProjectionError::NotImplemented(m) => {
+            Status::unimplemented(format!("not implemented yet: {m}"))
+        }
         ProjectionError::Store(e) => errors::to_status(&e, Operation::Append),
         other => Status::internal(other.to_string()),
     }
@@ -134,14 +134,22 @@ impl<S: EventStore> ProjectionsService for ProjectionsApi<S> {
             .options
             .ok_or_else(|| Status::invalid_argument("options are required"))?;
         let (name, mode, emit, track) = match options.mode {
-            Some(create_req::options::Mode::Continuous(c)) => {
-                (c.name, Mode::Continuous, c.emit_enabled, c.track_emitted_streams)
+            Some(create_req::options::Mode::Continuous(c)) => (
+                c.name,
+                Mode::Continuous,
+                c.emit_enabled,
+                c.track_emitted_streams,
+            ),
+            Some(create_req::options::Mode::Transient(t)) => {
+                (t.name, Mode::Transient, false, false)
             }
-            Some(create_req::options::Mode::Transient(t)) => (t.name, Mode::Transient, false, false),
             // KurrentDB's one-time projections get a generated name.
-            Some(create_req::options::Mode::OneTime(_)) => {
-                (factum_core::Uuid::new_v4().to_string(), Mode::OneTime, false, false)
-            }
+            Some(create_req::options::Mode::OneTime(_)) => (
+                factum_core::Uuid::new_v4().to_string(),
+                Mode::OneTime,
+                false,
+                false,
+            ),
             None => return Err(Status::invalid_argument("a projection mode is required")),
         };
         self.projections

@@ -44,7 +44,10 @@ pub(crate) fn manages(path: &str) -> bool {
 pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
     Router::new()
         .route("/projections/{mode}", get(list::<S>).post(create::<S>))
-        .route("/projection/{name}", get(statistics::<S>).delete(delete::<S>))
+        .route(
+            "/projection/{name}",
+            get(statistics::<S>).delete(delete::<S>),
+        )
         .route("/projection/{name}/statistics", get(statistics::<S>))
         .route("/projection/{name}/state", get(state::<S>))
         .route("/projection/{name}/result", get(result::<S>))
@@ -184,7 +187,11 @@ async fn statistics<S: EventStore>(
     State(ctx): State<Arc<Ctx<S>>>,
     Path(name): Path<String>,
 ) -> Answer {
-    let stats = ctx.projections.statistics(Some(&name)).await.map_err(Failure)?;
+    let stats = ctx
+        .projections
+        .statistics(Some(&name))
+        .await
+        .map_err(Failure)?;
     let list: Vec<Value> = stats.into_iter().map(shown).collect();
     Ok(Json(json!({ "projections": list })).into_response())
 }
@@ -200,7 +207,11 @@ async fn state<S: EventStore>(
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
     let partition = q.get("partition").map_or("", String::as_str);
-    let s = ctx.projections.state(&name, partition).await.map_err(Failure)?;
+    let s = ctx
+        .projections
+        .state(&name, partition)
+        .await
+        .map_err(Failure)?;
     Ok(json_body(s))
 }
 
@@ -210,7 +221,11 @@ async fn result<S: EventStore>(
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
     let partition = q.get("partition").map_or("", String::as_str);
-    let s = ctx.projections.result(&name, partition).await.map_err(Failure)?;
+    let s = ctx
+        .projections
+        .result(&name, partition)
+        .await
+        .map_err(Failure)?;
     Ok(json_body(s))
 }
 

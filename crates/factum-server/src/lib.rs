@@ -104,11 +104,8 @@ pub fn app<S: EventStore>(
     // Consumer-group requests carry settings and event ids, never events.
     let max_persistent_request = max.min(PERSISTENT_REQUEST_BYTES);
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
-    let projections = factum_projections::Projections::new(
-        store.clone(),
-        Default::default(),
-        Default::default(),
-    );
+    let projections =
+        factum_projections::Projections::new(store.clone(), Default::default(), Default::default());
     let append_budget = budget::AppendBudget::new(
         config.max_inflight_append_bytes,
         config.max_append_message_bytes() as u64,
