@@ -191,7 +191,7 @@ async fn grpc_service_create_update_enable_reset_state_delete() {
                 })),
                 query: r#"fromStream("order-1").when({ $init: () => ({ n: 0 }), Placed: (s) => { s.n++; return s } })"#.into(),
                 engine_version: 1,
-                metadata: Vec::new().into(),
+                metadata: Vec::new(),
             }),
         })
         .await
@@ -236,7 +236,7 @@ async fn grpc_service_create_update_enable_reset_state_delete() {
                 name: "orders".into(),
                 query: r#"fromStream("order-1").when({ $init: () => ({ n: 0 }), Placed: (s) => { s.n += 2; return s } })"#.into(),
                 emit_option: None,
-                metadata: Vec::new().into(),
+                metadata: Vec::new(),
             }),
         })
         .await
