@@ -86,7 +86,10 @@ fn js_projection_workloads_report_their_figures() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2);
-    for (line, name) in lines.iter().zip(["js-projection-count", "js-projection-partitioned"]) {
+    for (line, name) in lines
+        .iter()
+        .zip(["js-projection-count", "js-projection-partitioned"])
+    {
         assert_eq!(line["workload"], name);
         assert_eq!(line["events"], 3000, "every event handled: {line}");
         assert!(line["ratio"].as_f64().unwrap() > 0.0);
