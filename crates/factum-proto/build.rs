@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v2_streams_errors.proto",
         "proto/users.proto",
         "proto/subjects.proto",
+        "proto/projections.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

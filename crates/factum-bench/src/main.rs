@@ -39,6 +39,7 @@ mod official;
 mod open;
 mod persistent;
 mod postgres;
+mod projections;
 mod read;
 mod reads_under_load;
 mod secure;
@@ -238,6 +239,12 @@ pub enum Workload {
     /// Crypto-shredding: `$all` read back decrypted vs the same events
     /// naming no subject.
     ShredReadAll,
+    /// A counting JavaScript projection over `$all` (one-time, through the
+    /// runner), against a native Rust fold over the same subscription.
+    JsProjectionCount,
+    /// A `foreachStream` JavaScript projection summing each stream's
+    /// deposits, against the native fold.
+    JsProjectionPartitioned,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -286,11 +293,13 @@ impl Workload {
             Workload::ReadsUnderLoad => "reads-under-load",
             Workload::ShredAppend => "shred-append",
             Workload::ShredReadAll => "shred-read-all",
+            Workload::JsProjectionCount => "js-projection-count",
+            Workload::JsProjectionPartitioned => "js-projection-partitioned",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 37] = [
+    const ALL: [Workload; 39] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -327,6 +336,8 @@ impl Workload {
         Workload::ReadsUnderLoad,
         Workload::ShredAppend,
         Workload::ShredReadAll,
+        Workload::JsProjectionCount,
+        Workload::JsProjectionPartitioned,
         Workload::Soak,
     ];
 }
@@ -518,6 +529,8 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),
             Workload::AggregateLoadPostgres => toolkit::aggregate_load_postgres(&mut ctx),
             Workload::ProjectionSqlite => toolkit::projection_sqlite(&mut ctx),
+            Workload::JsProjectionCount => projections::count(&mut ctx),
+            Workload::JsProjectionPartitioned => projections::partitioned(&mut ctx),
             Workload::ProjectionPostgres => toolkit::projection_postgres(&mut ctx),
             w
             @ (Workload::PgAppendSeq | Workload::PgAppendConcurrent | Workload::PgAppendBatch) => {

@@ -56,3 +56,42 @@ fn toolkit_workloads_report_their_figures() {
     assert!(lines[2]["events_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// The JavaScript projection workloads (ADR 35) beside their native fold.
+#[test]
+fn js_projection_workloads_report_their_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_factum-bench"))
+        .args([
+            "--quick",
+            "--workload",
+            "js-projection-count",
+            "js-projection-partitioned",
+            "--json",
+            "--events",
+            "3000",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, name) in lines
+        .iter()
+        .zip(["js-projection-count", "js-projection-partitioned"])
+    {
+        assert_eq!(line["workload"], name);
+        assert_eq!(line["events"], 3000, "every event handled: {line}");
+        assert!(line["ratio"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -347,6 +347,12 @@ fn python_kurrentdbclient_persistent_subscriptions() {
     with(&KURRENTDBCLIENT, "python_persistent.py");
 }
 
+/// Server-side projections (`Projections`, ADR 35).
+#[test]
+fn python_kurrentdbclient_projections() {
+    with(&KURRENTDBCLIENT, "python_projections.py");
+}
+
 #[test]
 fn python_esdbclient() {
     with(&ESDBCLIENT, "python_client.py");

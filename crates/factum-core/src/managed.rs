@@ -42,6 +42,11 @@ pub const USER_STREAM_PREFIX: &str = "$user-";
 /// The audit trail of crypto-shredding: one `$SubjectForgotten` event
 /// per `forget` (who, when, which subject; ADR 36).
 pub const FORGOTTEN_SUBJECTS_STREAM: &str = "$subjects-forgotten";
+/// The prefix of every projection stream: `$projections-$all` (the
+/// registrations), `$projections-<name>` (settings), `-checkpoint`,
+/// `-result`, `-partitions`, `-emittedstreams`, partition states
+/// (KurrentDB's names, ADR 35).
+pub const PROJECTIONS_STREAM_PREFIX: &str = "$projections-";
 
 /// A subsystem that owns streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +59,9 @@ pub enum Owner {
     Users,
     /// Crypto-shredding: the audit trail of forgotten subjects (ADR 36).
     Subjects,
+    /// Projections: registrations, settings, checkpoints, states, results
+    /// (ADR 35).
+    Projections,
 }
 
 impl Owner {
@@ -63,6 +71,7 @@ impl Owner {
             Owner::PersistentSubscriptions => "persistent subscriptions",
             Owner::Users => "user management",
             Owner::Subjects => "crypto-shredding",
+            Owner::Projections => "projections",
         }
     }
 
@@ -78,6 +87,10 @@ impl Owner {
             }
             Owner::Subjects => {
                 "forgetting a subject (POST /subjects/{subject}/forget, factum forget)"
+            }
+            Owner::Projections => {
+                "the Projections service: creating, updating, enabling, disabling, resetting and \
+                 deleting projections, and the projections' own commits"
             }
         }
     }
@@ -114,6 +127,10 @@ const MANAGED: &[(Pattern, Owner)] = &[
     (Pattern::Exact(USERS_STREAM), Owner::Users),
     (Pattern::Prefix(USER_STREAM_PREFIX), Owner::Users),
     (Pattern::Exact(FORGOTTEN_SUBJECTS_STREAM), Owner::Subjects),
+    (
+        Pattern::Prefix(PROJECTIONS_STREAM_PREFIX),
+        Owner::Projections,
+    ),
 ];
 
 /// The subsystem that owns `stream` (or, for `$$<stream>`, the stream
@@ -229,6 +246,7 @@ mod tests {
             "$settings",
             "$usersX",
             "user-1",
+            "projections-1",
         ] {
             assert_eq!(owner_of(&name(s)), None, "{s}");
             check_client_write(&name(s)).unwrap();

@@ -13,6 +13,7 @@
 //! | [`streams`] | `event_store.client.streams` | `Streams`: Read, Append, Delete, Tombstone, BatchAppend |
 //! | [`server_features`] | `event_store.client.server_features` | `ServerFeatures`: GetSupportedMethods |
 //! | [`gossip`] | `event_store.client.gossip` | `Gossip`: Read |
+//! | [`projections`] | `event_store.client.projections` | `Projections`: Create, Update, Delete, Statistics, Disable, Enable, Reset, State, Result, RestartSubsystem |
 //! | [`users`] | `event_store.client.users` | `Users`: Create, Update, Delete, Disable, Enable, Details, ChangePassword, ResetPassword |
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
@@ -42,6 +43,9 @@ pub mod generated {
             }
             pub mod users {
                 tonic::include_proto!("event_store.client.users");
+            }
+            pub mod projections {
+                tonic::include_proto!("event_store.client.projections");
             }
         }
     }
@@ -75,6 +79,8 @@ pub use generated::event_store::client as shared;
 pub use generated::event_store::client::gossip;
 /// `event_store.client.persistent_subscriptions`: consumer groups.
 pub use generated::event_store::client::persistent_subscriptions as persistent;
+/// `event_store.client.projections`: server-side projections (ADR 35).
+pub use generated::event_store::client::projections;
 /// `event_store.client.server_features`: what a server implements.
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
@@ -106,6 +112,8 @@ pub mod service_names {
     pub const USERS: &str = "event_store.client.users.Users";
     /// `factum.subjects.Subjects` (Factum's own, ADR 36)
     pub const SUBJECTS: &str = "factum.subjects.Subjects";
+    /// `event_store.client.projections.Projections`
+    pub const PROJECTIONS: &str = "event_store.client.projections.Projections";
 }
 
 #[cfg(test)]

@@ -215,8 +215,12 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
 }
 
 /// Requests only `$ops` and `$admins` may make (ADR 31): managing consumer
-/// groups, `/metrics`, the admin endpoints (`/admin/…`: backups).
+/// groups and projections (ADR 35), `/metrics`, the admin endpoints
+/// (`/admin/…`: backups).
 fn ops_only(path: &str) -> bool {
+    if crate::http_projections::manages(path) {
+        return true;
+    }
     const GROUPS: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/";
     match path.strip_prefix(GROUPS) {
         Some(method) => matches!(

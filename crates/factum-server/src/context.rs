@@ -203,6 +203,8 @@ pub struct Ctx<S> {
     pub shutdown: watch::Receiver<bool>,
     /// The store's persistent subscriptions (consumer groups).
     pub persistent: factum_persistent::PersistentSubscriptions<S>,
+    /// The store's projections (ADR 35).
+    pub projections: Arc<factum_projections::Projections<S>>,
     /// Append bytes in memory, across all clients.
     pub append_budget: AppendBudget,
     /// The users, when they are required (ADR 31).

@@ -119,7 +119,7 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 }
 
 /// Exactly the methods this server implements: (service, methods).
-pub const IMPLEMENTED: [(&str, &[&str]); 5] = [
+pub const IMPLEMENTED: [(&str, &[&str]); 6] = [
     (
         factum_proto::service_names::STREAMS,
         &["read", "append", "delete", "tombstone", "batchappend"],
@@ -141,6 +141,21 @@ pub const IMPLEMENTED: [(&str, &[&str]); 5] = [
             "getinfo",
             "replayparked",
             "list",
+            "restartsubsystem",
+        ],
+    ),
+    (
+        factum_proto::service_names::PROJECTIONS,
+        &[
+            "create",
+            "update",
+            "delete",
+            "statistics",
+            "disable",
+            "enable",
+            "reset",
+            "state",
+            "result",
             "restartsubsystem",
         ],
     ),

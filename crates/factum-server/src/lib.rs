@@ -11,6 +11,7 @@
 //! | `grpc` | `Streams`, `ServerFeatures`, `Gossip`; other KurrentDB services answer UNIMPLEMENTED |
 //! | `grpc_read` | `Streams.Read`: reads and subscriptions, filters, checkpoints, links |
 //! | `grpc_persistent` | `PersistentSubscriptions`: consumer groups (`factum_persistent`) on the wire |
+//! | `grpc_projections` / `http_projections` | `Projections` and KurrentDB's `/projections` routes over `factum_projections` (ADR 35) |
 //! | `grpc_write` | `Append`, `BatchAppend`, `Delete`, `Tombstone`; metadata via `$$<stream>` |
 //! | `convert` / `errors` | wire ⇄ model; errors as statuses with KurrentDB's `exception` metadata |
 //! | `http` / `openapi` | the HTTP/JSON routes and their OpenAPI document |
@@ -53,6 +54,7 @@ pub mod filter;
 pub mod grpc;
 mod grpc_call;
 mod grpc_persistent;
+mod grpc_projections;
 mod grpc_read;
 mod grpc_users;
 pub mod grpc_v2;
@@ -60,6 +62,7 @@ mod grpc_write;
 pub mod http;
 mod http_headers;
 mod http_multi;
+mod http_projections;
 mod http_users;
 mod listener;
 pub mod metrics;
@@ -78,6 +81,7 @@ use axum::Router;
 use factum_core::EventStore;
 use factum_proto::gossip::gossip_server::GossipServer;
 use factum_proto::persistent::persistent_subscriptions_server::PersistentSubscriptionsServer;
+use factum_proto::projections::projections_server::ProjectionsServer;
 use factum_proto::server_features::server_features_server::ServerFeaturesServer;
 use factum_proto::streams::streams_server::StreamsServer;
 use factum_proto::users::users_server::UsersServer;
@@ -104,6 +108,8 @@ pub fn app<S: EventStore>(
     // Consumer-group requests carry settings and event ids, never events.
     let max_persistent_request = max.min(PERSISTENT_REQUEST_BYTES);
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
+    let projections =
+        factum_projections::Projections::new(store.clone(), Default::default(), Default::default());
     let append_budget = budget::AppendBudget::new(
         config.max_inflight_append_bytes,
         config.max_append_message_bytes() as u64,
@@ -134,6 +140,7 @@ pub fn app<S: EventStore>(
     let ctx = Arc::new(Ctx {
         store: client_store,
         persistent,
+        projections,
         append_budget,
         config,
         metrics: Default::default(),
@@ -155,6 +162,9 @@ pub fn app<S: EventStore>(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )
+    .add_service(ProjectionsServer::new(
+        grpc_projections::ProjectionsApi::new(ctx.projections.clone()),
+    ))
     .add_service(
         PersistentSubscriptionsServer::new(api)
             .max_decoding_message_size(max_persistent_request)
@@ -177,7 +187,9 @@ pub fn app<S: EventStore>(
         Some(users) => http::router(ctx.clone()).merge(http_users::router(users.clone())),
         None => http::router(ctx.clone()),
     };
-    let http = http.merge(subjects::router(ctx.clone()));
+    let http = http
+        .merge(subjects::router(ctx.clone()))
+        .merge(http_projections::router(ctx.clone()));
     let gate_ctx = ctx.clone();
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req
@@ -252,6 +264,9 @@ pub async fn serve<S: EventStore>(
     if let Err(e) = ctx.persistent.restart().await {
         tracing::error!("persistent subscriptions did not start: {e}");
     }
+    if let Err(e) = ctx.projections.start().await {
+        tracing::error!("projections did not start: {e}");
+    }
     if let (Some(users), Some(initial)) = (&ctx.users, &ctx.config.users) {
         users
             .ensure_defaults(initial.admin_password.clone(), initial.ops_password.clone())
@@ -268,5 +283,6 @@ pub async fn serve<S: EventStore>(
     .await;
     // Groups write their checkpoints before the caller closes the store.
     ctx.persistent.shutdown().await;
+    ctx.projections.shutdown().await;
     served
 }

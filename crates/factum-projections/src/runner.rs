@@ -1,0 +1,1043 @@
+//! One projection at work over any [`EventStore`]: follow the source in
+//! `$all` from the checkpoint, hand events to the sandbox, and commit what
+//! they produced — emitted events, partition states, results, the emitted
+//! streams' list and the checkpoint — in **one multi-stream append**
+//! (ADR 29) whose condition is the checkpoint stream's last revision (ADR
+//! 35). After a kill -9 the projection restarts from the last committed
+//! checkpoint and, being deterministic, produces the same events again for
+//! what was not committed: nothing is lost and nothing is written twice.
+//! A commit whose outcome is unknown is retried with the same event ids; if
+//! the checkpoint moved, it is read back: at or past this commit it was
+//! ours, otherwise another writer runs the projection and this one faults.
+//!
+//! Partition states are loaded on first use from
+//! `$projections-<name>-<partition>-checkpoint` (states of an older epoch,
+//! before a reset, are ignored) and stay in the sandbox's heap, bounded by
+//! its memory limit. JavaScript runs on blocking threads, one batch of
+//! events at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use factum_core::{
+    ContentType, Direction, Error, EventData, EventStore, Filter, MultiAppend, ReadStream,
+    RecordedEvent, StreamCondition, StreamName, StreamRevision, StreamStart, Subscribe,
+    SubscriptionMessage, SubscriptionStart, Uuid,
+};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::definition::{Definition, Source};
+use crate::names::{self, Names};
+use crate::sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
+use crate::settings::{Mode, Settings};
+
+/// Events handed to the sandbox at once.
+const BATCH_EVENTS: usize = 512;
+
+/// When a running projection commits.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    /// After this many handled events.
+    pub after_events: u64,
+    /// After this many bytes of emitted events and states.
+    pub after_bytes: usize,
+    /// After this long with uncommitted work.
+    pub after_time: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            after_events: 4000,
+            after_bytes: 1 << 20,
+            after_time: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A projection's status (KurrentDB's names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Not started yet / starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Disabled.
+    Stopped,
+    /// A one-time or transient projection reached the head.
+    Completed,
+    /// Stopped by an error; the reason.
+    Faulted(String),
+}
+
+impl Status {
+    /// KurrentDB's status word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Starting => "Preparing",
+            Status::Running => "Running",
+            Status::Stopped => "Stopped",
+            Status::Completed => "Completed",
+            Status::Faulted(_) => "Faulted",
+        }
+    }
+}
+
+/// What a running projection shows the outside (statistics, state, result).
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// Its status.
+    pub status: Status,
+    /// The last position committed (or, transient, handled).
+    pub position: u64,
+    /// Events handled since it started.
+    pub events_processed: u64,
+    /// Partitions held in memory.
+    pub partitions_cached: u64,
+    /// Commits under way (0 or 1).
+    pub writes_in_progress: u32,
+    /// Reads under way (0 or 1).
+    pub reads_in_progress: u32,
+    /// The head of `$all` when last seen, for progress.
+    pub head: u64,
+    /// Committed state of each partition ("" root): state and result JSON.
+    pub states: HashMap<String, (Option<String>, Option<String>)>,
+    /// The definition, once compiled.
+    pub definition: Option<Definition>,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            status: Status::Starting,
+            position: 0,
+            events_processed: 0,
+            partitions_cached: 0,
+            writes_in_progress: 0,
+            reads_in_progress: 0,
+            head: 0,
+            states: HashMap::new(),
+            definition: None,
+        }
+    }
+}
+
+/// Why a run ended without a fault.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Disabled (after a final commit) or aborted (without one).
+    Stopped,
+    /// Reached the head (one-time, transient).
+    Completed,
+}
+
+/// How the run is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRequest {
+    /// Keep running.
+    Run,
+    /// Commit what is pending, then stop (disable).
+    Stop,
+    /// Stop without writing (abort).
+    Abort,
+}
+
+/// The checkpoint event's metadata: its position and epoch.
+#[derive(Serialize, Deserialize, Default)]
+struct CheckpointMeta {
+    #[serde(rename = "$v", default)]
+    v: String,
+    #[serde(rename = "$c", default)]
+    commit: u64,
+    #[serde(rename = "$p", default)]
+    prepare: u64,
+    #[serde(rename = "$epoch", default)]
+    epoch: u64,
+    #[serde(rename = "$shared", default, skip_serializing_if = "Option::is_none")]
+    shared: Option<serde_json::Value>,
+    #[serde(rename = "$completed", default)]
+    completed: bool,
+}
+
+/// A loaded checkpoint.
+struct Checkpoint {
+    revision: Option<StreamRevision>,
+    position: u64,
+    state: Option<String>,
+    shared: Option<String>,
+    completed: bool,
+}
+
+/// What the runner needs to run one projection.
+pub struct Run<S> {
+    /// The store.
+    pub store: Arc<S>,
+    /// The projection.
+    pub settings: Settings,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// When to commit.
+    pub policy: CheckpointPolicy,
+    /// Where it shows its progress.
+    pub published: Arc<Mutex<Published>>,
+    /// Asks it to stop.
+    pub stop: watch::Receiver<StopRequest>,
+}
+
+/// A runner failure: a fault of the projection or a store error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The projection faulted.
+    #[error("{0}")]
+    Fault(#[from] Fault),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] Error),
+    /// Something else stopped it.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a projection until it completes, is stopped, or faults; the
+/// outcome is also published.
+pub async fn run<S: EventStore>(mut run: Run<S>) -> Result<End, RunError> {
+    let out = run_inner(&mut run).await;
+    let mut p = run.published.lock().expect("published");
+    p.writes_in_progress = 0;
+    p.reads_in_progress = 0;
+    p.status = match &out {
+        Ok(End::Stopped) => Status::Stopped,
+        Ok(End::Completed) => Status::Completed,
+        Err(e) => Status::Faulted(e.to_string()),
+    };
+    drop(p);
+    if let Err(e) = &out {
+        tracing::warn!(projection = %run.settings.name, "projection faulted: {e}");
+    }
+    out
+}
+
+/// The state of one run between batches.
+struct Work {
+    projection: Option<Projection>,
+    definition: Definition,
+    names: Names,
+    persist: bool,
+    /// Partitions whose state is loaded in the sandbox.
+    loaded: HashSet<String>,
+    /// Partitions in the catalog stream.
+    known_partitions: HashSet<String>,
+    /// Emitted streams already tracked.
+    tracked: HashSet<String>,
+    /// Position handled up to (uncommitted included).
+    position: u64,
+    checkpoint_revision: Option<StreamRevision>,
+    pending_emits: Vec<(u64, Vec<Emitted>)>,
+    pending_bytes: usize,
+    pending_events: u64,
+    since: Instant,
+    committed_position: u64,
+}
+
+async fn blocking<R: Send + 'static>(
+    work: &mut Work,
+    f: impl FnOnce(&mut Projection) -> Result<R, Fault> + Send + 'static,
+) -> Result<R, RunError> {
+    let mut projection = work.projection.take().expect("the sandbox is home");
+    let (projection, out) = tokio::task::spawn_blocking(move || {
+        let out = f(&mut projection);
+        (projection, out)
+    })
+    .await
+    .map_err(|e| RunError::Other(format!("the projection's thread failed: {e}")))?;
+    work.projection = Some(projection);
+    Ok(out?)
+}
+
+async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
+    let settings = run.settings.clone();
+    let store = run.store.clone();
+    let query = settings.query.clone();
+    let limits = run.limits;
+    let projection = tokio::task::spawn_blocking(move || Projection::compile(&query, limits))
+        .await
+        .map_err(|e| RunError::Other(format!("the projection's thread failed: {e}")))??;
+    let definition = projection.definition().clone();
+    if definition.include_links {
+        return Err(Fault::NotImplemented(
+            "the $includeLinks option (links are not resolved for projections)".into(),
+        )
+        .into());
+    }
+    let filter = source_filter(&definition.source)?;
+    let names = Names::new(
+        &settings.name,
+        definition.result_stream_name.clone(),
+        definition.partition_result_stream_name_pattern.clone(),
+    );
+    let persist = settings.mode != Mode::Transient && settings.checkpoints_enabled;
+    run.published.lock().expect("published").definition = Some(definition.clone());
+    let mut work = Work {
+        projection: Some(projection),
+        definition: definition.clone(),
+        names,
+        persist,
+        loaded: HashSet::new(),
+        known_partitions: HashSet::new(),
+        tracked: HashSet::new(),
+        position: 0,
+        checkpoint_revision: None,
+        pending_emits: Vec::new(),
+        pending_bytes: 0,
+        pending_events: 0,
+        since: Instant::now(),
+        committed_position: 0,
+    };
+
+    let checkpoint = if persist {
+        load_checkpoint(&*store, &work.names, settings.epoch).await?
+    } else {
+        None
+    };
+    let (root_state, shared_state) = match &checkpoint {
+        Some(c) => {
+            work.position = c.position;
+            work.committed_position = c.position;
+            work.checkpoint_revision = c.revision;
+            (c.state.clone(), c.shared.clone())
+        }
+        None => (None, None),
+    };
+    if persist {
+        // The checkpoint stream's revision even when its last checkpoint
+        // is of an older epoch: the commit's condition needs it.
+        work.checkpoint_revision = last_revision(&*store, &work.names.checkpoint()?).await?;
+        if work.definition.is_partitioned() {
+            work.known_partitions =
+                read_strings(&*store, &work.names.partitions()?, names::PARTITION_EVENT).await?;
+        }
+        if settings.track_emitted_streams {
+            work.tracked = read_strings(
+                &*store,
+                &work.names.emitted_streams()?,
+                names::STREAM_TRACKED_EVENT,
+            )
+            .await?;
+        }
+    }
+    let partitioned = definition.is_partitioned();
+    let bi_state = definition.bi_state;
+    blocking(&mut work, move |p| {
+        if !partitioned {
+            p.load_partition("", root_state.as_deref())?;
+        }
+        if bi_state {
+            p.load_shared(shared_state.as_deref())?;
+        }
+        Ok(())
+    })
+    .await?;
+    if !partitioned {
+        work.loaded.insert(String::new());
+    }
+    publish_states(&mut work, run, &[String::new()]).await?;
+    {
+        let mut p = run.published.lock().expect("published");
+        p.position = work.position;
+        if checkpoint.as_ref().is_some_and(|c| c.completed) && settings.mode == Mode::OneTime {
+            return Ok(End::Completed);
+        }
+        p.status = Status::Running;
+    }
+
+    let start = match work.position {
+        0 => SubscriptionStart::Beginning,
+        p => SubscriptionStart::After(p),
+    };
+    let mut subscription = store.subscribe(Subscribe::all(start, Some(filter))).await?;
+    let runs_once = settings.mode != Mode::Continuous;
+    let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH_EVENTS);
+    loop {
+        let mut caught_up = false;
+        let mut scanned = None;
+        let request = *run.stop.borrow();
+        if request != StopRequest::Run {
+            return stop(&mut work, run, request).await;
+        }
+        // Wait for one message, then take what is ready up to a batch.
+        let first = tokio::select! {
+            changed = run.stop.changed() => {
+                if changed.is_err() {
+                    return stop(&mut work, run, StopRequest::Abort).await;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(run.policy.after_time), if work.pending_events > 0 => None,
+            msg = subscription.next() => Some(msg),
+        };
+        let mut messages = Vec::new();
+        if let Some(m) = first {
+            messages.push(m);
+            while messages.len() < BATCH_EVENTS {
+                match subscription.next().now_or_never() {
+                    Some(m) => messages.push(m),
+                    None => break,
+                }
+            }
+        }
+        for m in messages {
+            match m {
+                None => return Err(RunError::Other("the store closed the subscription".into())),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(SubscriptionMessage::Event(e))) => batch.push(e),
+                Some(Ok(SubscriptionMessage::CaughtUp)) => caught_up = true,
+                Some(Ok(SubscriptionMessage::Checkpoint(p))) => scanned = Some(p.0),
+                Some(Ok(SubscriptionMessage::FellBehind)) => {}
+            }
+        }
+        if !batch.is_empty() {
+            let events = std::mem::take(&mut batch);
+            handle_batch(&mut work, run, events).await?;
+        }
+        if let Some(p) = scanned {
+            work.position = work.position.max(p);
+        }
+        let due = work.pending_events >= run.policy.after_events
+            || work.pending_bytes >= run.policy.after_bytes
+            || (work.pending_events > 0 && work.since.elapsed() >= run.policy.after_time)
+            || (caught_up && work.position > work.committed_position);
+        if due || (caught_up && runs_once) {
+            commit(&mut work, run, caught_up && runs_once).await?;
+        }
+        if caught_up && runs_once {
+            return Ok(End::Completed);
+        }
+    }
+}
+
+async fn stop<S: EventStore>(
+    work: &mut Work,
+    run: &Run<S>,
+    request: StopRequest,
+) -> Result<End, RunError> {
+    if request == StopRequest::Stop {
+        commit(work, run, false).await?;
+    }
+    Ok(End::Stopped)
+}
+
+/// Which `$all` events reach the projection.
+fn source_filter(source: &Source) -> Result<Filter, Fault> {
+    Ok(match source {
+        // Every user stream; system streams are passed over below too.
+        Source::All => Filter::exclude_system_events(),
+        Source::Categories(cs) => Filter::stream_prefix(cs.iter().map(|c| format!("{c}-"))),
+        Source::Streams(ss) => {
+            if let Some(s) = ss.iter().find(|s| s.starts_with('$')) {
+                return Err(Fault::NotImplemented(format!(
+                    "a projection reading the system stream {s}"
+                )));
+            }
+            // A prefix filter, narrowed to exact names in `wanted`.
+            Filter::stream_prefix(ss.iter().cloned())
+        }
+    })
+}
+
+fn wanted(definition: &Definition, e: &RecordedEvent) -> bool {
+    let stream = e.stream.as_str();
+    let system_type = e.event_type.starts_with('$') && !definition.events.contains(&e.event_type);
+    if stream.starts_with('$') || system_type {
+        return false;
+    }
+    match &definition.source {
+        Source::All => {}
+        Source::Categories(cs) => {
+            if !e
+                .stream
+                .category()
+                .is_some_and(|c| cs.iter().any(|x| x == c))
+            {
+                return false;
+            }
+        }
+        Source::Streams(ss) => {
+            if !ss.iter().any(|s| s == stream) {
+                return false;
+            }
+        }
+    }
+    if !definition.handles(&e.event_type) {
+        return false;
+    }
+    // KurrentDB passes over JSON events with empty data.
+    !(e.content_type == ContentType::Json && e.data.iter().all(u8::is_ascii_whitespace))
+}
+
+/// A deterministic id for the `index`th event emitted at `position`: a
+/// replay after a crash writes the same ids.
+fn emitted_id(name: &str, epoch: u64, position: u64, index: usize) -> Uuid {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes().chain(epoch.to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let lo = position.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).rotate_left(32);
+    uuid::Builder::from_custom_bytes((((h as u128) << 64) | lo as u128).to_be_bytes()).into_uuid()
+}
+
+struct Owned {
+    position: u64,
+    created: i64,
+    stream: String,
+    revision: u64,
+    event_type: String,
+    body: String,
+    metadata: String,
+    is_json: bool,
+    category: String,
+    id: String,
+}
+
+impl Owned {
+    fn input(&self) -> InputEvent<'_> {
+        InputEvent {
+            position: self.position,
+            created_micros: self.created,
+            stream: &self.stream,
+            sequence_number: self.revision,
+            event_type: &self.event_type,
+            body: &self.body,
+            metadata: &self.metadata,
+            link_metadata: None,
+            is_json: self.is_json,
+            category: &self.category,
+            event_id: &self.id,
+        }
+    }
+}
+
+async fn handle_batch<S: EventStore>(
+    work: &mut Work,
+    run: &Run<S>,
+    events: Vec<RecordedEvent>,
+) -> Result<(), RunError> {
+    let last = events.last().map(|e| e.position.0).unwrap_or(work.position);
+    let owned: Vec<Owned> = events
+        .iter()
+        .filter(|e| e.position.0 > work.position && wanted(&work.definition, e))
+        .map(|e| Owned {
+            position: e.position.0,
+            created: e.created.as_micros(),
+            stream: e.stream.as_str().to_owned(),
+            revision: e.revision.0,
+            event_type: e.event_type.clone(),
+            body: String::from_utf8_lossy(&e.data).into_owned(),
+            metadata: String::from_utf8_lossy(&e.metadata).into_owned(),
+            is_json: e.content_type == ContentType::Json,
+            category: e.stream.category().unwrap_or("").to_owned(),
+            id: e.id.to_string(),
+        })
+        .collect();
+    drop(events);
+    if owned.is_empty() {
+        work.position = work.position.max(last);
+        return Ok(());
+    }
+    let owned = Arc::new(owned);
+    // The partitions, and the states to load for those not in memory.
+    let partitions: Vec<Option<String>> = if work.definition.is_partitioned() {
+        let o = owned.clone();
+        blocking(work, move |p| {
+            o.iter().map(|e| p.partition_of(&e.input())).collect()
+        })
+        .await?
+    } else {
+        vec![Some(String::new()); owned.len()]
+    };
+    let mut to_load: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for p in partitions.iter().flatten() {
+        if !work.loaded.contains(p) && !to_load.contains_key(p) {
+            let state = if work.persist && work.known_partitions.contains(p) {
+                load_partition_state(
+                    &*run.store,
+                    &work.names.partition_checkpoint(p)?,
+                    run.settings.epoch,
+                )
+                .await?
+            } else {
+                None
+            };
+            to_load.insert(p.clone(), state);
+        }
+    }
+    let emit_enabled = run.settings.emit_enabled && run.settings.mode != Mode::Transient;
+    let o = owned.clone();
+    let loads: Vec<(String, Option<String>)> = to_load.into_iter().collect();
+    let loading: Vec<String> = loads.iter().map(|(p, _)| p.clone()).collect();
+    let emitted = blocking(work, move |p| {
+        let mut created = HashSet::new();
+        for (partition, state) in &loads {
+            if state.is_none() && !partition.is_empty() {
+                created.insert(partition.clone());
+            }
+            p.load_partition(partition, state.as_deref())?;
+        }
+        let mut firsts = Vec::new();
+        let mut handled = Vec::new();
+        for (e, partition) in o.iter().zip(&partitions) {
+            let Some(partition) = partition else { continue };
+            firsts.push(created.remove(partition));
+            handled.push((e, partition.as_str()));
+        }
+        let emitted = p.handle_many(
+            handled
+                .iter()
+                .zip(&firsts)
+                .map(|((e, partition), first)| (*partition, *first, e.input())),
+        )?;
+        if !emitted.is_empty() && !emit_enabled {
+            return Err(Fault::Script(
+                "'emit' is not allowed by the projection/configuration/mode".into(),
+            ));
+        }
+        let out: Vec<(u64, Vec<Emitted>)> = emitted
+            .into_iter()
+            .map(|(i, emitted)| (handled[i].0.position, emitted))
+            .collect();
+        for line in p.take_logs()? {
+            tracing::debug!(target: "factum_projections::log", "{line}");
+        }
+        Ok(out)
+    })
+    .await?;
+    work.loaded.extend(loading);
+    for e in emitted {
+        for x in &e.1 {
+            let stream = StreamName::new(&x.stream)
+                .map_err(|err| Fault::Script(format!("emit to {}: {err}", x.stream)))?;
+            if !stream.is_writable()
+                || factum_core::managed::check_client_write(&stream).is_err()
+                || stream.as_str().starts_with(names::PREFIX)
+            {
+                return Err(
+                    Fault::Script(format!("a projection may not write to {stream}")).into(),
+                );
+            }
+            work.pending_bytes +=
+                x.data.len() + x.metadata.as_ref().map_or(0, String::len) + x.event_type.len();
+        }
+        work.pending_emits.push(e);
+    }
+    work.pending_events += owned.len() as u64;
+    work.position = work.position.max(last);
+    {
+        let mut published = run.published.lock().expect("published");
+        published.events_processed += owned.len() as u64;
+        published.partitions_cached = work.loaded.len() as u64;
+        if !work.persist {
+            published.position = work.position;
+        }
+    }
+    if !work.persist {
+        // Transient: what is in memory is all there is.
+        let dirty = blocking(work, |p| p.take_dirty()).await?;
+        publish_states(work, run, &dirty).await?;
+        work.pending_events = 0;
+        work.pending_emits.clear();
+        work.pending_bytes = 0;
+    }
+    Ok(())
+}
+
+/// Reads the states and results of `partitions` and publishes them.
+async fn publish_states<S: EventStore>(
+    work: &mut Work,
+    run: &Run<S>,
+    partitions: &[String],
+) -> Result<Vec<(String, Option<String>, Option<String>)>, RunError> {
+    let list = partitions.to_vec();
+    let out = blocking(work, move |p| {
+        let mut out = Vec::new();
+        for partition in list {
+            let state = p.state(&partition)?;
+            let result = p.result(&partition)?;
+            out.push((partition, state, result));
+        }
+        Ok(out)
+    })
+    .await?;
+    let mut published = run.published.lock().expect("published");
+    for (partition, state, result) in &out {
+        if state.is_some() || partition.is_empty() {
+            published
+                .states
+                .insert(partition.clone(), (state.clone(), result.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn json_data(event_type: &str, data: String, metadata: Option<String>, id: Uuid) -> EventData {
+    let mut e = EventData::new(event_type, ContentType::Json, data).with_id(id);
+    if let Some(m) = metadata {
+        e = e.with_metadata(m);
+    }
+    e
+}
+
+/// Commits everything handled since the last commit, atomically.
+async fn commit<S: EventStore>(
+    work: &mut Work,
+    run: &Run<S>,
+    completed: bool,
+) -> Result<(), RunError> {
+    let dirty = blocking(work, |p| p.take_dirty()).await?;
+    let shared_dirty = if work.definition.bi_state {
+        blocking(work, |p| p.take_shared_dirty()).await?
+    } else {
+        false
+    };
+    let states = publish_states(work, run, &dirty).await?;
+    if !work.persist {
+        return Ok(());
+    }
+    if work.position <= work.committed_position && dirty.is_empty() && !shared_dirty && !completed {
+        return Ok(());
+    }
+    let shared = if work.definition.bi_state {
+        blocking(work, |p| p.shared_state()).await?
+    } else {
+        None
+    };
+    let settings = &run.settings;
+    let position = work.position;
+    let position_meta = |shared: Option<&String>, completed: bool| {
+        serde_json::to_string(&CheckpointMeta {
+            v: format!("{}:-1:1:1", settings.epoch),
+            commit: position,
+            prepare: position,
+            epoch: settings.epoch,
+            shared: shared.and_then(|s| serde_json::from_str(s).ok()),
+            completed,
+        })
+        .expect("checkpoint metadata serializes")
+    };
+    let mut request = MultiAppend::new();
+    let mut new_tracked = Vec::new();
+    for (source_position, emitted) in &work.pending_emits {
+        for (i, x) in emitted.iter().enumerate() {
+            let stream = StreamName::new(&x.stream)?;
+            let id = emitted_id(&settings.name, settings.epoch, *source_position, i);
+            let content = if x.is_json {
+                ContentType::Json
+            } else {
+                ContentType::Binary
+            };
+            let mut data =
+                EventData::new(x.event_type.clone(), content, x.data.clone()).with_id(id);
+            if let Some(m) = &x.metadata {
+                data = data.with_metadata(m.clone());
+            }
+            if settings.track_emitted_streams
+                && !work.tracked.contains(&x.stream)
+                && !new_tracked.contains(&x.stream)
+            {
+                new_tracked.push(x.stream.clone());
+            }
+            request = request.record(stream, data);
+        }
+    }
+    let mut new_partitions = Vec::new();
+    for (partition, state, result) in &states {
+        if partition.is_empty() {
+            continue;
+        }
+        if !work.known_partitions.contains(partition) {
+            new_partitions.push(partition.clone());
+        }
+        let id = emitted_id(
+            &format!("{}\u{0}{partition}", settings.name),
+            settings.epoch,
+            position,
+            usize::MAX,
+        );
+        request = request.record(
+            work.names.partition_checkpoint(partition)?,
+            json_data(
+                names::PARTITION_CHECKPOINT_EVENT,
+                state.clone().unwrap_or_else(|| "null".into()),
+                Some(position_meta(None, false)),
+                id,
+            ),
+        );
+        if work.definition.output_state {
+            if let Some(r) = result {
+                let id = emitted_id(
+                    &format!("{}\u{1}{partition}", settings.name),
+                    settings.epoch,
+                    position,
+                    usize::MAX,
+                );
+                request = request.record(
+                    work.names.result(partition)?,
+                    json_data(names::RESULT_EVENT, r.clone(), None, id),
+                );
+            }
+        }
+    }
+    for partition in &new_partitions {
+        let id = emitted_id(
+            &format!("{}\u{2}{partition}", settings.name),
+            settings.epoch,
+            position,
+            0,
+        );
+        request = request.record(
+            work.names.partitions()?,
+            json_data(
+                names::PARTITION_EVENT,
+                serde_json::to_string(partition).expect("a string"),
+                None,
+                id,
+            ),
+        );
+    }
+    let root = states.iter().find(|(p, _, _)| p.is_empty());
+    if work.definition.output_state && !work.definition.is_partitioned() {
+        if let Some((_, _, Some(r))) = root {
+            let id = emitted_id(
+                &format!("{}\u{1}", settings.name),
+                settings.epoch,
+                position,
+                usize::MAX,
+            );
+            request = request.record(
+                work.names.result("")?,
+                json_data(names::RESULT_EVENT, r.clone(), None, id),
+            );
+        }
+    }
+    for stream in &new_tracked {
+        let id = emitted_id(
+            &format!("{}\u{3}{stream}", settings.name),
+            settings.epoch,
+            position,
+            0,
+        );
+        request = request.record(
+            work.names.emitted_streams()?,
+            json_data(
+                names::STREAM_TRACKED_EVENT,
+                serde_json::to_string(stream).expect("a string"),
+                None,
+                id,
+            ),
+        );
+    }
+    let root_state = if work.definition.is_partitioned() {
+        None
+    } else {
+        match root {
+            Some((_, s, _)) => s.clone(),
+            None => blocking(work, |p| p.state("")).await?,
+        }
+    };
+    let checkpoint_id = emitted_id(
+        &format!("{}\u{4}", settings.name),
+        settings.epoch,
+        position,
+        usize::MAX,
+    );
+    request = request.record(
+        work.names.checkpoint()?,
+        json_data(
+            names::CHECKPOINT_EVENT,
+            root_state.unwrap_or_else(|| "null".into()),
+            Some(position_meta(shared.as_ref(), completed)),
+            checkpoint_id,
+        ),
+    );
+    let condition = match work.checkpoint_revision {
+        Some(r) => StreamCondition::Revision(r),
+        None => StreamCondition::NoStream,
+    };
+    request = request.check(work.names.checkpoint()?, condition);
+    run.published.lock().expect("published").writes_in_progress = 1;
+    let result = append_with_retries(&*run.store, request, &work.names, position).await;
+    run.published.lock().expect("published").writes_in_progress = 0;
+    work.checkpoint_revision = Some(result?);
+    work.committed_position = position;
+    work.pending_emits.clear();
+    work.pending_bytes = 0;
+    work.pending_events = 0;
+    work.since = Instant::now();
+    work.known_partitions.extend(new_partitions);
+    work.tracked.extend(new_tracked);
+    for (partition, _, _) in &states {
+        work.loaded.insert(partition.clone());
+    }
+    run.published.lock().expect("published").position = position;
+    Ok(())
+}
+
+/// Appends a commit; after an outcome it cannot know, retries with the
+/// same ids and, if the checkpoint moved, reads it back. Returns the
+/// checkpoint stream's new revision.
+async fn append_with_retries<S: EventStore>(
+    store: &S,
+    request: MultiAppend,
+    names: &Names,
+    position: u64,
+) -> Result<StreamRevision, RunError> {
+    let checkpoint = names.checkpoint()?;
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0.. {
+        match store.append_multi(request.clone()).await {
+            Ok(r) => {
+                let revision = r
+                    .streams
+                    .iter()
+                    .find(|s| s.stream == checkpoint)
+                    .map(|s| s.revision)
+                    .ok_or_else(|| RunError::Other("the commit wrote no checkpoint".into()))?;
+                return Ok(revision);
+            }
+            Err(Error::ConsistencyViolation { .. }) => {
+                // Ours, from an attempt whose answer was lost? Or another writer.
+                let read = store
+                    .read_stream(ReadStream {
+                        max_count: 1,
+                        ..ReadStream::backwards(checkpoint.clone())
+                    })
+                    .await?;
+                if let Some(last) = read.first() {
+                    let meta: CheckpointMeta =
+                        serde_json::from_slice(&last.metadata).unwrap_or_default();
+                    if attempt > 0 && meta.commit >= position {
+                        return Ok(last.revision);
+                    }
+                }
+                return Err(RunError::Other(format!(
+                    "the checkpoint stream {checkpoint} moved: another writer runs this projection"
+                )));
+            }
+            Err(e) if e.is_transient() && attempt < 20 => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn last_event<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+) -> Result<Option<RecordedEvent>, Error> {
+    match store
+        .read_stream(ReadStream {
+            max_count: 1,
+            ..ReadStream::backwards(stream.clone())
+        })
+        .await
+    {
+        Ok(mut events) => Ok(events.pop()),
+        Err(Error::StreamNotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn last_revision<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+) -> Result<Option<StreamRevision>, Error> {
+    Ok(last_event(store, stream).await?.map(|e| e.revision))
+}
+
+async fn load_checkpoint<S: EventStore>(
+    store: &S,
+    names: &Names,
+    epoch: u64,
+) -> Result<Option<Checkpoint>, RunError> {
+    let Some(event) = last_event(store, &names.checkpoint()?).await? else {
+        return Ok(None);
+    };
+    let meta: CheckpointMeta = serde_json::from_slice(&event.metadata).map_err(|e| {
+        RunError::Other(format!(
+            "the checkpoint {}@{} is not readable: {e}",
+            event.revision, event.stream
+        ))
+    })?;
+    if meta.epoch != epoch {
+        return Ok(None);
+    }
+    let state = String::from_utf8_lossy(&event.data).into_owned();
+    Ok(Some(Checkpoint {
+        revision: Some(event.revision),
+        position: meta.commit,
+        state: (state != "null").then_some(state),
+        shared: meta.shared.map(|v| v.to_string()),
+        completed: meta.completed,
+    }))
+}
+
+async fn load_partition_state<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+    epoch: u64,
+) -> Result<Option<String>, RunError> {
+    let Some(event) = last_event(store, stream).await? else {
+        return Ok(None);
+    };
+    let meta: CheckpointMeta = serde_json::from_slice(&event.metadata).unwrap_or_default();
+    if meta.epoch != epoch {
+        return Ok(None);
+    }
+    let state = String::from_utf8_lossy(&event.data).into_owned();
+    Ok((state != "null").then_some(state))
+}
+
+/// The JSON strings of a stream's events of one type (a catalog).
+pub(crate) async fn read_strings<S: EventStore>(
+    store: &S,
+    stream: &StreamName,
+    event_type: &str,
+) -> Result<HashSet<String>, Error> {
+    let mut out = HashSet::new();
+    let mut from = StreamStart::Start;
+    loop {
+        let page = match store
+            .read_stream(ReadStream {
+                from,
+                max_count: 1000,
+                direction: Direction::Forwards,
+                ..ReadStream::forwards(stream.clone())
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(Error::StreamNotFound { .. }) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        from = StreamStart::Revision(StreamRevision(last.revision.0 + 1));
+        let n = page.len();
+        for e in page {
+            if e.event_type == event_type {
+                if let Ok(s) = serde_json::from_slice::<String>(&e.data) {
+                    out.insert(s);
+                }
+            }
+        }
+        if n < 1000 {
+            return Ok(out);
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! One projection's JavaScript: a QuickJS runtime of its own with a memory
+//! limit, a stack limit and a CPU-time limit per call enforced by the
+//! engine's interrupt handler (ADR 35). The context has the language's
+//! built-ins only: no module loader, no timers, no I/O; the prelude makes
+//! the clock and `Math.random` deterministic and takes `eval` away.
+//!
+//! A [`Projection`] is compiled from source ([`Projection::compile`]),
+//! then driven event by event ([`Projection::partition_of`],
+//! [`Projection::handle`]). Any limit exceeded or exception thrown is a
+//! [`Fault`]; after a fault the projection must not be used again (a
+//! QuickJS heap that ran out of memory is not trusted), the runner drops it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rquickjs::function::Args;
+use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Function, Object, Runtime};
+
+use crate::definition::Definition;
+
+const PRELUDE: &str = include_str!("prelude.js");
+
+/// The global the prelude leaves its interface in.
+const API: &str = "__factum";
+
+fn api<'js>(ctx: &Ctx<'js>) -> Result<Object<'js>, Fault> {
+    ctx.globals().get(API).map_err(engine)
+}
+
+/// What one projection may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The JavaScript heap, in bytes (state, partitions, temporaries).
+    pub memory_bytes: usize,
+    /// The native stack the interpreter may use, in bytes.
+    pub stack_bytes: usize,
+    /// CPU time one handler call may take (KurrentDB's execution timeout).
+    pub handler_time: Duration,
+    /// Time the source may take to run once (KurrentDB's compilation timeout).
+    pub compile_time: Duration,
+    /// Events one handler call may emit.
+    pub emits_per_event: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            stack_bytes: 512 << 10,
+            handler_time: Duration::from_millis(250),
+            compile_time: Duration::from_millis(500),
+            emits_per_event: 4096,
+        }
+    }
+}
+
+/// Why a projection stopped: KurrentDB's "faulted" reasons.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The source did not compile or its definition is invalid.
+    #[error("invalid projection: {0}")]
+    Invalid(String),
+    /// A handler threw.
+    #[error("the projection threw: {0}")]
+    Script(String),
+    /// A call ran past its CPU-time limit.
+    #[error("the projection took too long to {what} (allowed: {allowed:?})")]
+    TimeLimit {
+        /// `compile` or `execute`.
+        what: &'static str,
+        /// The limit.
+        allowed: Duration,
+    },
+    /// The heap limit was reached.
+    #[error("the projection ran out of memory (limit: {limit} bytes)")]
+    MemoryLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// One event emitted more events than allowed.
+    #[error("the projection emitted more than {limit} events for one event")]
+    TooManyEmits {
+        /// The limit.
+        limit: usize,
+    },
+    /// A feature the projection uses is not implemented yet.
+    #[error("not implemented yet: {0}")]
+    NotImplemented(String),
+    /// The JavaScript engine itself failed.
+    #[error("the JavaScript engine failed: {0}")]
+    Engine(String),
+}
+
+/// An event as handed to a projection.
+#[derive(Clone, Copy, Debug)]
+pub struct InputEvent<'a> {
+    /// Its position in `$all` (seeds `Math.random`).
+    pub position: u64,
+    /// Its commit time in microseconds since the epoch (the clock).
+    pub created_micros: i64,
+    /// `streamId`.
+    pub stream: &'a str,
+    /// `sequenceNumber`: its revision in that stream.
+    pub sequence_number: u64,
+    /// `eventType`.
+    pub event_type: &'a str,
+    /// `bodyRaw` (UTF-8; binary data is passed lossily).
+    pub body: &'a str,
+    /// `metadataRaw`.
+    pub metadata: &'a str,
+    /// `linkMetadataRaw`: the link's metadata when read through a link.
+    pub link_metadata: Option<&'a str>,
+    /// `isJson`.
+    pub is_json: bool,
+    /// `category`: the stream's category, or "".
+    pub category: &'a str,
+    /// `eventId`.
+    pub event_id: &'a str,
+}
+
+/// An event a handler emitted (`emit`, `linkTo`, `linkStreamTo`, `copyTo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emitted {
+    /// The stream to write it to.
+    pub stream: String,
+    /// Its type (`$>` for links, `$@` for stream links).
+    pub event_type: String,
+    /// Its data.
+    pub data: String,
+    /// Its metadata (JSON), if any.
+    pub metadata: Option<String>,
+    /// Whether the data is JSON.
+    pub is_json: bool,
+}
+
+/// The CPU-time watchdog the interrupt handler reads.
+struct Watchdog {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` after which the running call stops.
+    deadline: AtomicU64,
+    fired: AtomicBool,
+}
+
+impl Watchdog {
+    fn arm(&self, allowed: Duration) {
+        self.fired.store(false, Ordering::Relaxed);
+        let at = self.epoch.elapsed() + allowed;
+        self.deadline.store(
+            at.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+    fn disarm(&self) {
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+    }
+    fn expired(&self) -> bool {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        if deadline != u64::MAX && self.epoch.elapsed().as_nanos() as u64 > deadline {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// A compiled projection and its states.
+pub struct Projection {
+    // Field order: the context goes before the runtime it belongs to.
+    context: Context,
+    runtime: Runtime,
+    watchdog: Arc<Watchdog>,
+    limits: Limits,
+    definition: Definition,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("definition", &self.definition)
+            .finish()
+    }
+}
+
+impl Projection {
+    /// Runs `source` once in a fresh sandbox and reads its definition.
+    pub fn compile(source: &str, limits: Limits) -> Result<Projection, Fault> {
+        let runtime = Runtime::new().map_err(|e| Fault::Engine(e.to_string()))?;
+        runtime.set_memory_limit(limits.memory_bytes);
+        runtime.set_max_stack_size(limits.stack_bytes);
+        let watchdog = Arc::new(Watchdog {
+            epoch: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            fired: AtomicBool::new(false),
+        });
+        let dog = watchdog.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || dog.expired())));
+        let context = Context::full(&runtime).map_err(|e| Fault::Engine(e.to_string()))?;
+        watchdog.arm(limits.compile_time);
+        let compiled = context.with(|ctx| {
+            ctx.eval::<(), _>(PRELUDE)
+                .catch(&ctx)
+                .map_err(|e| Fault::Engine(format!("prelude: {}", describe(e))))?;
+            let api = api(&ctx)?;
+            ctx.eval::<(), _>(source)
+                .catch(&ctx)
+                .map_err(|e| classify(e, &watchdog, &limits, "compile"))?;
+            let definition: Function = api.get("definition").map_err(engine)?;
+            let json: String = definition
+                .call(())
+                .catch(&ctx)
+                .map_err(|e| classify(e, &watchdog, &limits, "compile"))?;
+            Definition::from_prelude_json(&json).map_err(Fault::Invalid)
+        });
+        watchdog.disarm();
+        let definition = compiled.map_err(|f| match refine(&runtime, &limits, f) {
+            Fault::Script(m) => Fault::Invalid(m),
+            other => other,
+        })?;
+        if definition.handles_deleted {
+            return Err(Fault::NotImplemented(
+                "the $deleted handler (stream deletion notifications)".into(),
+            ));
+        }
+        Ok(Projection {
+            context,
+            runtime,
+            watchdog,
+            limits,
+            definition,
+        })
+    }
+
+    /// The definition the source declared.
+    pub fn definition(&self) -> &Definition {
+        &self.definition
+    }
+
+    /// Calls `api[name](args…)` under the handler time limit.
+    fn call<R>(
+        &self,
+        name: &str,
+        build: impl for<'js> FnOnce(&mut Args<'js>) -> rquickjs::Result<()>,
+        read: impl for<'js> FnOnce(rquickjs::Value<'js>) -> Result<R, Fault>,
+    ) -> Result<R, Fault> {
+        self.watchdog.arm(self.limits.handler_time);
+        let out = self.context.with(|ctx| {
+            let f: Function = api(&ctx)?.get(name).map_err(engine)?;
+            let mut args = Args::new(ctx.clone(), 16);
+            build(&mut args).map_err(engine)?;
+            let v: rquickjs::Value = f
+                .call_arg(args)
+                .catch(&ctx)
+                .map_err(|e| classify(e, &self.watchdog, &self.limits, "execute"))?;
+            read(v)
+        });
+        self.watchdog.disarm();
+        out.map_err(|f| refine(&self.runtime, &self.limits, f))
+    }
+
+    /// The partition an event belongs to: "" for an unpartitioned
+    /// projection, the stream for `foreachStream`, what `partitionBy`
+    /// returns (a string or number); `None` when it returns anything else
+    /// (the event is skipped, as in KurrentDB).
+    pub fn partition_of(&mut self, event: &InputEvent<'_>) -> Result<Option<String>, Fault> {
+        if self.definition.by_stream {
+            return Ok(Some(event.stream.to_owned()));
+        }
+        if !self.definition.partitioned {
+            return Ok(Some(String::new()));
+        }
+        self.call(
+            "partition",
+            |a| push_event(a, event),
+            |v| {
+                if v.is_null() || v.is_undefined() {
+                    Ok(None)
+                } else {
+                    v.get::<String>().map(Some).map_err(engine)
+                }
+            },
+        )
+    }
+
+    /// Whether a partition's state is loaded.
+    pub fn has_partition(&self, partition: &str) -> Result<bool, Fault> {
+        self.call(
+            "has",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
+    }
+
+    /// Loads a partition's stored state (JSON), or runs `$init` for it (`None`).
+    pub fn load_partition(&mut self, partition: &str, state: Option<&str>) -> Result<(), Fault> {
+        self.call(
+            "load",
+            |a| {
+                a.push_arg(partition)?;
+                a.push_arg(state)
+            },
+            |_| Ok(()),
+        )
+    }
+
+    /// Loads the shared state of a bi-state projection, or runs `$initShared`.
+    pub fn load_shared(&mut self, state: Option<&str>) -> Result<(), Fault> {
+        self.call("loadShared", |a| a.push_arg(state), |_| Ok(()))
+    }
+
+    /// Handles one event in `partition` (loaded before); `created` runs the
+    /// `$created` handlers first (the partition's first event). Returns
+    /// what it emitted.
+    pub fn handle(
+        &mut self,
+        partition: &str,
+        created: bool,
+        event: &InputEvent<'_>,
+    ) -> Result<Vec<Emitted>, Fault> {
+        let mut out = self.handle_many([(partition, created, *event)])?;
+        Ok(out.pop().map(|(_, e)| e).unwrap_or_default())
+    }
+
+    /// Handles events in order, as [`handle`](Self::handle) does one (each
+    /// call under its own time limit), in one entry into the engine.
+    /// Returns, for each event that emitted, its index and what it emitted.
+    pub fn handle_many<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = (&'e str, bool, InputEvent<'e>)>,
+    ) -> Result<Vec<(usize, Vec<Emitted>)>, Fault> {
+        let limit = self.limits.emits_per_event;
+        let out = self.context.with(|ctx| {
+            let f: Function = api(&ctx)?.get("handle").map_err(engine)?;
+            let mut all = Vec::new();
+            for (index, (partition, created, event)) in events.into_iter().enumerate() {
+                let mut args = Args::new(ctx.clone(), 13);
+                (|| {
+                    args.push_arg(partition)?;
+                    args.push_arg(created)?;
+                    push_event(&mut args, &event)
+                })()
+                .map_err(engine)?;
+                self.watchdog.arm(self.limits.handler_time);
+                let out: rquickjs::Array = f
+                    .call_arg(args)
+                    .catch(&ctx)
+                    .map_err(|e| classify(e, &self.watchdog, &self.limits, "execute"))?;
+                self.watchdog.disarm();
+                if out.is_empty() {
+                    continue;
+                }
+                if out.len() > limit {
+                    return Err(Fault::TooManyEmits { limit });
+                }
+                let mut emitted = Vec::with_capacity(out.len());
+                for item in out.iter::<rquickjs::Array>() {
+                    let item = item.map_err(engine)?;
+                    emitted.push(Emitted {
+                        stream: item.get(0).map_err(engine)?,
+                        event_type: item.get(1).map_err(engine)?,
+                        data: item.get(2).map_err(engine)?,
+                        metadata: item.get(3).map_err(engine)?,
+                        is_json: item.get(4).map_err(engine)?,
+                    });
+                }
+                all.push((index, emitted));
+            }
+            Ok(all)
+        });
+        self.watchdog.disarm();
+        out.map_err(|f| refine(&self.runtime, &self.limits, f))
+    }
+
+    /// The state of a partition ("" for the root) as JSON; `None` when not
+    /// loaded or null.
+    pub fn state(&self, partition: &str) -> Result<Option<String>, Fault> {
+        self.call(
+            "state",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
+    }
+
+    /// The shared state of a bi-state projection as JSON.
+    pub fn shared_state(&self) -> Result<Option<String>, Fault> {
+        self.call("shared", |_| Ok(()), |v| v.get().map_err(engine))
+    }
+
+    /// The result of a partition: its state through `transformBy` /
+    /// `filterBy`; `None` when filtered out or not loaded.
+    pub fn result(&self, partition: &str) -> Result<Option<String>, Fault> {
+        self.call(
+            "result",
+            |a| a.push_arg(partition),
+            |v| v.get().map_err(engine),
+        )
+    }
+
+    /// Partitions whose state changed since the last call.
+    pub fn take_dirty(&mut self) -> Result<Vec<String>, Fault> {
+        self.call("takeDirty", |_| Ok(()), |v| v.get().map_err(engine))
+    }
+
+    /// Whether the shared state changed since the last call.
+    pub fn take_shared_dirty(&mut self) -> Result<bool, Fault> {
+        self.call("takeSharedDirty", |_| Ok(()), |v| v.get().map_err(engine))
+    }
+
+    /// Lines `log()` wrote since the last call (at most 100 per call).
+    pub fn take_logs(&mut self) -> Result<Vec<String>, Fault> {
+        self.call("takeLogs", |_| Ok(()), |v| v.get().map_err(engine))
+    }
+
+    /// The partitions loaded.
+    pub fn partitions(&self) -> Result<Vec<String>, Fault> {
+        self.call("partitions", |_| Ok(()), |v| v.get().map_err(engine))
+    }
+}
+
+fn push_event<'js>(a: &mut Args<'js>, e: &InputEvent<'_>) -> rquickjs::Result<()> {
+    // Numbers as f64: JavaScript's; revisions beyond 2^53 lose precision
+    // as they do in KurrentDB's runtime.
+    a.push_arg(e.position as f64)?;
+    a.push_arg(e.created_micros as f64)?;
+    a.push_arg(e.stream)?;
+    a.push_arg(e.sequence_number as f64)?;
+    a.push_arg(e.event_type)?;
+    a.push_arg(e.body)?;
+    a.push_arg(e.metadata)?;
+    a.push_arg(e.link_metadata)?;
+    a.push_arg(e.is_json)?;
+    a.push_arg(e.category)?;
+    a.push_arg(e.event_id)
+}
+
+/// QuickJS throws `null` when it cannot even allocate its "out of memory"
+/// error: a `null` thrown while the heap is past half its limit is that.
+fn refine(runtime: &Runtime, limits: &Limits, fault: Fault) -> Fault {
+    match fault {
+        Fault::Script(m) | Fault::Invalid(m) if m == "null" => {
+            let used = runtime.memory_usage().malloc_size.max(0) as usize;
+            if used >= limits.memory_bytes / 2 {
+                Fault::MemoryLimit {
+                    limit: limits.memory_bytes,
+                }
+            } else {
+                Fault::Script(m)
+            }
+        }
+        other => other,
+    }
+}
+
+fn engine(e: rquickjs::Error) -> Fault {
+    Fault::Engine(e.to_string())
+}
+
+fn describe(e: CaughtError<'_>) -> String {
+    match e {
+        CaughtError::Exception(ex) => {
+            let message = ex.message().unwrap_or_default();
+            match ex.stack() {
+                Some(stack) if !stack.is_empty() => format!("{message}\n{stack}"),
+                _ => message,
+            }
+        }
+        CaughtError::Value(v) if v.is_null() => "null".into(),
+        CaughtError::Value(v) => match v.as_string().and_then(|s| s.to_string().ok()) {
+            Some(s) => s,
+            None => format!("{v:?}"),
+        },
+        CaughtError::Error(e) => e.to_string(),
+    }
+}
+
+fn classify(e: CaughtError<'_>, dog: &Watchdog, limits: &Limits, what: &'static str) -> Fault {
+    if dog.fired.load(Ordering::Relaxed) {
+        let allowed = if what == "compile" {
+            limits.compile_time
+        } else {
+            limits.handler_time
+        };
+        return Fault::TimeLimit { what, allowed };
+    }
+    let text = describe(e);
+    if text.contains("out of memory") || text.contains("Allocation") {
+        return Fault::MemoryLimit {
+            limit: limits.memory_bytes,
+        };
+    }
+    Fault::Script(text)
+}

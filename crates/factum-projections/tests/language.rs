@@ -1,0 +1,498 @@
+//! The projection language, from KurrentDB's documentation examples and
+//! users' common projections, on the sandbox alone (no store).
+
+use std::time::Duration;
+
+use factum_projections::{Emitted, Fault, InputEvent, Limits, Projection, Source};
+
+struct Event {
+    stream: &'static str,
+    event_type: &'static str,
+    body: String,
+    metadata: String,
+}
+
+fn ev(stream: &'static str, event_type: &'static str, body: &str) -> Event {
+    Event {
+        stream,
+        event_type,
+        body: body.to_owned(),
+        metadata: String::new(),
+    }
+}
+
+/// Feeds events the way the runner does: the partition, its state loaded
+/// (initialized the first time, `$created` then), the handler.
+fn run(p: &mut Projection, events: &[Event]) -> Result<Vec<Emitted>, Fault> {
+    let mut emitted = Vec::new();
+    let mut revisions = std::collections::HashMap::<&str, u64>::new();
+    for (i, e) in events.iter().enumerate() {
+        let revision = revisions.entry(e.stream).or_default();
+        let id = format!("00000000-0000-0000-0000-{:012}", i + 1);
+        let category = e.stream.split_once('-').map_or("", |(c, _)| c);
+        let input = InputEvent {
+            position: i as u64 + 1,
+            created_micros: 1_700_000_000_000_000 + i as i64 * 1000,
+            stream: e.stream,
+            sequence_number: *revision,
+            event_type: e.event_type,
+            body: &e.body,
+            metadata: &e.metadata,
+            link_metadata: None,
+            is_json: true,
+            category,
+            event_id: &id,
+        };
+        *revision += 1;
+        if !p.definition().handles(e.event_type) {
+            continue;
+        }
+        let Some(partition) = p.partition_of(&input)? else {
+            continue;
+        };
+        let created = !p.has_partition(&partition)?;
+        if created {
+            p.load_partition(&partition, None)?;
+        }
+        let created = created && !partition.is_empty();
+        emitted.extend(p.handle(&partition, created, &input)?);
+    }
+    Ok(emitted)
+}
+
+fn compile(source: &str) -> Projection {
+    Projection::compile(source, Limits::default()).unwrap_or_else(|f| panic!("{f}"))
+}
+
+fn json(s: Option<String>) -> serde_json::Value {
+    serde_json::from_str(&s.expect("a state")).unwrap()
+}
+
+#[test]
+fn counting_events_of_a_category() {
+    // KurrentDB docs, "when": count events of a stream.
+    let mut p = compile(
+        r#"fromCategory("account").when({
+            $init: function () { return { count: 0 } },
+            $any: function (state, event) { state.count += 1; return state; }
+        }).outputState()"#,
+    );
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["account".into()])
+    );
+    assert!(p.definition().output_state);
+    run(
+        &mut p,
+        &[
+            ev("account-1", "Opened", "{}"),
+            ev("account-1", "Deposited", r#"{"amount":5}"#),
+            ev("account-2", "Opened", "{}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(json(p.state("").unwrap()), serde_json::json!({"count": 3}));
+}
+
+#[test]
+fn typed_handlers_and_body_fields() {
+    // The "sum of deposits" projection of KurrentDB's user guide.
+    let mut p = compile(
+        r#"fromStream("account-1").when({
+            $init() { return { balance: 0 } },
+            Deposited(s, e) { s.balance += e.body.amount; return s },
+            Withdrawn(s, e) { s.balance -= e.data.amount; return s },
+        })"#,
+    );
+    assert_eq!(
+        p.definition().source,
+        Source::Streams(vec!["account-1".into()])
+    );
+    assert!(!p.definition().handles("Opened"));
+    run(
+        &mut p,
+        &[
+            ev("account-1", "Opened", "{}"),
+            ev("account-1", "Deposited", r#"{"amount":10}"#),
+            ev("account-1", "Withdrawn", r#"{"amount":3}"#),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        json(p.state("").unwrap()),
+        serde_json::json!({"balance": 7})
+    );
+}
+
+#[test]
+fn the_event_object_has_kurrentdbs_fields() {
+    let mut p = compile(
+        r#"fromAll().when({ $any(s, e) {
+            return { streamId: e.streamId, sequenceNumber: e.sequenceNumber, eventType: e.eventType,
+                     bodyRaw: e.bodyRaw, body: e.body, data: e.data, metadata: e.metadata,
+                     metadataRaw: e.metadataRaw, isJson: e.isJson, partition: e.partition,
+                     category: e.category, eventId: e.eventId, linkMetadata: e.linkMetadata };
+        } })"#,
+    );
+    let mut e = ev("order-7", "Placed", r#"{"x":1}"#);
+    e.metadata = r#"{"$correlationId":"c1"}"#.into();
+    run(&mut p, &[ev("order-7", "Created", "{}"), e]).unwrap();
+    assert_eq!(
+        json(p.state("").unwrap()),
+        serde_json::json!({
+            "streamId": "order-7", "sequenceNumber": 1, "eventType": "Placed",
+            "bodyRaw": "{\"x\":1}", "body": {"x": 1}, "data": {"x": 1},
+            "metadata": {"$correlationId": "c1"}, "metadataRaw": "{\"$correlationId\":\"c1\"}",
+            "isJson": true, "partition": "", "category": "order",
+            "eventId": "00000000-0000-0000-0000-000000000002"
+        })
+    );
+}
+
+#[test]
+fn partition_by_keeps_a_state_per_partition() {
+    // KurrentDB docs, "partitionBy": count by event type.
+    let mut p = compile(
+        r#"fromCategory("account")
+            .partitionBy(function (event) { return event.eventType })
+            .when({ $init: () => ({ count: 0 }), $any: (s, e) => { s.count++; return s } })"#,
+    );
+    assert!(p.definition().partitioned);
+    run(
+        &mut p,
+        &[
+            ev("account-1", "Opened", "{}"),
+            ev("account-1", "Deposited", "{}"),
+            ev("account-2", "Deposited", "{}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        json(p.state("Deposited").unwrap()),
+        serde_json::json!({"count": 2})
+    );
+    assert_eq!(
+        json(p.state("Opened").unwrap()),
+        serde_json::json!({"count": 1})
+    );
+    assert_eq!(p.state("").unwrap(), None);
+}
+
+#[test]
+fn foreach_stream_and_created() {
+    // KurrentDB docs, "foreachStream" (handlers given to foreachStream) and
+    // `$created` for each new partition.
+    let mut p = compile(
+        r#"fromStreams(["website-enquiries", "email-enquiries"]).foreachStream({
+            $init: () => ({ created: 0 }),
+            $created: (s, e) => { s.created += 1 },
+            $any: function (state, event) {
+                return { ...state, [event.eventType]: (state[event.eventType] ?? 0) + 1 }
+            },
+        })"#,
+    );
+    assert!(p.definition().by_stream);
+    run(
+        &mut p,
+        &[
+            ev("website-enquiries", "Enquiry", "{}"),
+            ev("email-enquiries", "Enquiry", "{}"),
+            ev("website-enquiries", "Enquiry", "{}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        json(p.state("website-enquiries").unwrap()),
+        serde_json::json!({"created": 1, "Enquiry": 2})
+    );
+    assert_eq!(
+        json(p.state("email-enquiries").unwrap()),
+        serde_json::json!({"created": 1, "Enquiry": 1})
+    );
+}
+
+#[test]
+fn emit_link_to_link_stream_to_and_copy_to() {
+    let mut p = compile(
+        r#"fromCategory("order").when({
+            Placed(s, e) {
+                emit("shipping-" + e.body.id, "ShipmentRequested", { order: e.body.id }, { source: "p" });
+                linkTo("orders-placed", e);
+                linkStreamTo("order-streams", e.streamId);
+                copyTo("orders-copy", e);
+            }
+        })"#,
+    );
+    let out = run(&mut p, &[ev("order-1", "Placed", r#"{"id":"o1"}"#)]).unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].stream, "shipping-o1");
+    assert_eq!(out[0].event_type, "ShipmentRequested");
+    assert_eq!(out[0].data, r#"{"order":"o1"}"#);
+    let meta: serde_json::Value =
+        serde_json::from_str(out[0].metadata.as_deref().unwrap()).unwrap();
+    assert_eq!(meta["source"], "p");
+    assert_eq!(meta["$causedBy"], "00000000-0000-0000-0000-000000000001");
+    assert!(out[0].is_json);
+    assert_eq!(
+        (
+            out[1].stream.as_str(),
+            out[1].event_type.as_str(),
+            out[1].data.as_str()
+        ),
+        ("orders-placed", "$>", "0@order-1")
+    );
+    assert!(!out[1].is_json);
+    assert_eq!(
+        (out[2].event_type.as_str(), out[2].data.as_str()),
+        ("$@", "order-1")
+    );
+    assert_eq!(
+        (
+            out[3].stream.as_str(),
+            out[3].event_type.as_str(),
+            out[3].data.as_str()
+        ),
+        ("orders-copy", "Placed", r#"{"id":"o1"}"#)
+    );
+}
+
+#[test]
+fn emit_checks_its_arguments() {
+    let mut p = compile(r#"fromAll().when({ $any(s, e) { emit("x", "T", "not an object") } })"#);
+    let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Script(m) if m.contains("eventBody must be an object")),
+        "{err}"
+    );
+    let err =
+        Projection::compile(r#"emit("x", "T", {}); fromAll()"#, Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("only be called from an event handler")),
+        "{err}"
+    );
+}
+
+#[test]
+fn transform_by_and_filter_by_shape_the_result() {
+    let mut p = compile(
+        r#"fromAll().when({ $init: () => ({ count: 0 }), $any: (s) => { s.count++; return s } })
+            .transformBy(s => ({ total: s.count * 10 }))
+            .filterBy(s => s.total > 15)"#,
+    );
+    assert!(p.definition().defines_state_transform);
+    run(&mut p, &[ev("a-1", "E", "{}")]).unwrap();
+    assert_eq!(p.result("").unwrap(), None, "filtered out below 15");
+    run(&mut p, &[ev("a-1", "E", "{}")]).unwrap();
+    assert_eq!(
+        json(p.result("").unwrap()),
+        serde_json::json!({"total": 20})
+    );
+    assert_eq!(json(p.state("").unwrap()), serde_json::json!({"count": 2}));
+}
+
+#[test]
+fn options_and_output_to() {
+    let p = compile(
+        r#"options({ resultStreamName: "my-results", $includeLinks: true, reorderEvents: true, processingLag: 500 });
+           fromAll().when({ $any: (s) => s }).outputTo("out", "out-{0}")"#,
+    );
+    let d = p.definition();
+    assert_eq!(d.result_stream_name.as_deref(), Some("out"));
+    assert_eq!(
+        d.partition_result_stream_name_pattern.as_deref(),
+        Some("out-{0}")
+    );
+    assert!(d.include_links && d.reorder_events);
+    assert_eq!(d.processing_lag, Some(500));
+    let err =
+        Projection::compile(r#"options({ nope: 1 }); fromAll()"#, Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("Unrecognized option: nope")),
+        "{err}"
+    );
+}
+
+#[test]
+fn bi_state_has_a_shared_state() {
+    let mut p = compile(
+        r#"options({ biState: true });
+           fromCategory("a").foreachStream().when({
+             $init: () => ({ n: 0 }),
+             $initShared: () => ({ total: 0 }),
+             $any: (s, e) => { s[0].n++; s[1].total++; return s }
+           })"#,
+    );
+    assert!(p.definition().bi_state);
+    p.load_shared(None).unwrap();
+    run(
+        &mut p,
+        &[
+            ev("a-1", "E", "{}"),
+            ev("a-2", "E", "{}"),
+            ev("a-1", "E", "{}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(json(p.state("a-1").unwrap()), serde_json::json!({"n": 2}));
+    assert_eq!(
+        json(p.shared_state().unwrap()),
+        serde_json::json!({"total": 3})
+    );
+}
+
+#[test]
+fn from_ce_stream_is_the_category_and_sources_are_checked() {
+    let p = compile(r#"fromStream("$ce-order").when({ $any: s => s })"#);
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["order".into()])
+    );
+    let p = compile(r#"fromCategories("a", "b").when({ $any: s => s })"#);
+    assert_eq!(
+        p.definition().source,
+        Source::Categories(vec!["a".into(), "b".into()])
+    );
+    for bad in [
+        "1 +",
+        "when({})",
+        "fromAll(); fromAll()",
+        "fromAll().when({}).partitionBy(e => e)",
+        "fromStream(42)",
+    ] {
+        let err = Projection::compile(bad, Limits::default()).unwrap_err();
+        assert!(matches!(err, Fault::Invalid(_)), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn the_clock_and_randomness_are_deterministic() {
+    let source = r#"fromAll().when({ $init: () => ({ t: [], r: [] }),
+        $any: (s) => { s.t.push(Date.now(), new Date().getTime()); s.r.push(Math.random()); return s } })"#;
+    let mut a = compile(source);
+    let mut b = compile(source);
+    let events = [ev("a-1", "E", "{}"), ev("a-1", "E", "{}")];
+    run(&mut a, &events).unwrap();
+    run(&mut b, &events).unwrap();
+    let state = json(a.state("").unwrap());
+    assert_eq!(
+        Some(state.clone()),
+        b.state("")
+            .unwrap()
+            .map(|s| serde_json::from_str(&s).unwrap())
+    );
+    assert_eq!(
+        state["t"],
+        serde_json::json!([
+            1_700_000_000_000i64,
+            1_700_000_000_000i64,
+            1_700_000_000_001i64,
+            1_700_000_000_001i64
+        ])
+    );
+    let err = Projection::compile(r#"eval("1"); fromAll()"#, Limits::default()).unwrap_err();
+    assert!(matches!(err, Fault::Invalid(_)), "{err}");
+    let err = Projection::compile(
+        r#"(function(){}).constructor("return 1")(); fromAll()"#,
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Fault::Invalid(m) if m.contains("not allowed")),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_io_timers_or_modules() {
+    for source in [
+        "setTimeout(() => 1, 0); fromAll()",
+        "require('fs'); fromAll()",
+        "import('x'); fromAll().when({$any: s => { undefinedThing(); }})",
+    ] {
+        match Projection::compile(source, Limits::default()) {
+            Err(Fault::Invalid(_)) => {}
+            Ok(mut p) => {
+                // A dynamic import returns a promise that never settles:
+                // nothing is loaded and the handler faults on its own.
+                assert!(run(&mut p, &[ev("a-1", "E", "{}")]).is_err(), "{source}");
+            }
+            Err(other) => panic!("{source}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn an_endless_loop_faults_with_the_time_limit() {
+    let limits = Limits {
+        handler_time: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let mut p = Projection::compile(
+        "fromAll().when({ $any: (s) => { while (true) {} } })",
+        limits,
+    )
+    .unwrap();
+    let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Fault::TimeLimit {
+                what: "execute",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Projection::compile("while (true) {}", limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Fault::TimeLimit {
+                what: "compile",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_state_faults_with_the_memory_limit() {
+    // A generous time limit: the memory limit is what must stop it.
+    let limits = Limits {
+        memory_bytes: 8 << 20,
+        handler_time: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let mut p = Projection::compile(
+        r#"fromAll().when({ $init: () => ({ xs: [] }), $any: (s) => { for (;;) s.xs.push("x".repeat(1000) + s.xs.length) } })"#,
+        limits,
+    )
+    .unwrap();
+    let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
+    assert!(matches!(err, Fault::MemoryLimit { .. }), "{err}");
+    // Deep recursion is stopped by the stack limit, as an exception.
+    let mut p = Projection::compile(
+        "fromAll().when({ $any: (s) => { const f = (n) => f(n + 1) + 1; return f(0) } })",
+        limits,
+    )
+    .unwrap();
+    let err = run(&mut p, &[ev("a-1", "E", "{}")]).unwrap_err();
+    assert!(
+        matches!(&err, Fault::Script(m) if m.contains("stack")),
+        "{err}"
+    );
+}
+
+#[test]
+fn deleted_handlers_say_they_are_not_implemented() {
+    let err = Projection::compile(
+        "fromAll().foreachStream().when({ $deleted: (s) => s })",
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Fault::NotImplemented(m) if m.contains("$deleted")),
+        "{err}"
+    );
+}

@@ -1,0 +1,343 @@
+//! Projections over a real store (the embedded engine): modes, restarts,
+//! reset, faults, and the streams they keep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
+use factum_engine::Engine;
+use factum_projections::{
+    CheckpointPolicy, Create, DeleteOptions, Limits, Mode, ProjectionError, Projections,
+};
+
+fn name(s: &str) -> StreamName {
+    StreamName::new(s).unwrap()
+}
+
+fn open(dir: &std::path::Path) -> Arc<Engine> {
+    Arc::new(Engine::open_with(dir, Default::default()).unwrap().0)
+}
+
+async fn append(store: &Engine, stream: &str, event_type: &str, body: serde_json::Value) {
+    store
+        .append(
+            name(stream),
+            ExpectedRevision::Any,
+            vec![EventData::json(event_type, &body).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
+async fn read(store: &Engine, stream: &str) -> Vec<factum_core::RecordedEvent> {
+    match store.read_stream(ReadStream::forwards(name(stream))).await {
+        Ok(e) => e,
+        Err(factum_core::Error::StreamNotFound { .. }) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn create(name: &str, query: &str, mode: Mode) -> Create {
+    Create {
+        name: name.into(),
+        query: query.into(),
+        mode,
+        emit_enabled: true,
+        track_emitted_streams: true,
+        enabled: true,
+        checkpoints_enabled: true,
+        run_as: None,
+        engine_version: 1,
+    }
+}
+
+fn policy() -> CheckpointPolicy {
+    CheckpointPolicy {
+        after_events: 7,
+        after_bytes: 1 << 20,
+        after_time: Duration::from_millis(50),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn state_of(p: &Projections<Engine>, n: &str, partition: &str) -> Option<serde_json::Value> {
+    p.state(n, partition)
+        .await
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+}
+
+const COUNTER: &str = r#"
+fromCategory("order").when({
+    $init: () => ({ count: 0 }),
+    $any: (s, e) => {
+        s.count += 1;
+        emit("audit-" + e.streamId, "Seen", { n: s.count });
+        linkTo("orders-linked", e);
+        return s;
+    }
+}).outputState()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_projection_counts_emits_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..20 {
+        append(
+            &store,
+            &format!("order-{}", i % 3),
+            "Placed",
+            serde_json::json!({"i": i}),
+        )
+        .await;
+        append(&store, "customer-1", "Other", serde_json::json!({})).await;
+    }
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    p.create(create("counter", COUNTER, Mode::Continuous))
+        .await
+        .unwrap();
+    eventually("20 events counted", || async {
+        state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 20}))
+    })
+    .await;
+    let stats = p.statistics(Some("counter")).await.unwrap();
+    assert_eq!(stats[0].status, "Running");
+    assert_eq!(stats[0].mode, "Continuous");
+    // Live events.
+    for _ in 0..5 {
+        append(&store, "order-9", "Placed", serde_json::json!({})).await;
+    }
+    eventually("25 events counted", || async {
+        state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 25}))
+    })
+    .await;
+    p.shutdown().await;
+    drop(p);
+
+    // KurrentDB's streams, each emitted event once.
+    let audit: usize = [0, 1, 2, 9]
+        .iter()
+        .map(|i| format!("audit-order-{i}"))
+        .collect::<Vec<_>>()
+        .len();
+    assert_eq!(audit, 4);
+    let mut emitted = 0;
+    for s in [
+        "audit-order-0",
+        "audit-order-1",
+        "audit-order-2",
+        "audit-order-9",
+    ] {
+        emitted += read(&store, s).await.len();
+    }
+    assert_eq!(emitted, 25);
+    let links = read(&store, "orders-linked").await;
+    assert_eq!(links.len(), 25);
+    assert_eq!(links[0].event_type, "$>");
+    assert_eq!(&links[0].data[..], b"0@order-0");
+    let result = read(&store, "$projections-counter-result").await;
+    assert_eq!(result.last().unwrap().event_type, "Result");
+    assert_eq!(
+        result.last().unwrap().json::<serde_json::Value>().unwrap(),
+        serde_json::json!({"count": 25})
+    );
+    assert!(!read(&store, "$projections-counter-checkpoint")
+        .await
+        .is_empty());
+    assert_eq!(read(&store, "$projections-$all").await.len(), 1);
+    let tracked = read(&store, "$projections-counter-emittedstreams").await;
+    assert_eq!(tracked.len(), 5, "four audit streams and the link stream");
+
+    // A new subsystem over the same store resumes from the checkpoint.
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    append(&store, "order-1", "Placed", serde_json::json!({})).await;
+    eventually("26 events counted after the restart", || async {
+        state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 26}))
+    })
+    .await;
+    p.shutdown().await;
+    assert_eq!(
+        read(&store, "orders-linked").await.len(),
+        26,
+        "no event emitted twice"
+    );
+
+    // Reset replays from the beginning into the same state.
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    p.reset("counter").await.unwrap();
+    eventually("replayed after reset", || async {
+        state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 26}))
+    })
+    .await;
+    p.disable("counter", true).await.unwrap();
+    assert_eq!(
+        p.statistics(Some("counter")).await.unwrap()[0].status,
+        "Stopped"
+    );
+    p.delete(
+        "counter",
+        DeleteOptions {
+            delete_emitted_streams: true,
+            delete_state_stream: true,
+            delete_checkpoint_stream: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(read(&store, "orders-linked").await.is_empty());
+    assert!(read(&store, "$projections-counter-checkpoint")
+        .await
+        .is_empty());
+    assert!(matches!(
+        p.state("counter", "").await,
+        Err(ProjectionError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_one_time_and_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..12 {
+        append(
+            &store,
+            &format!("account-{}", i % 4),
+            "Deposited",
+            serde_json::json!({"amount": i}),
+        )
+        .await;
+    }
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    let by_stream = r#"fromCategory("account").foreachStream().when({
+        $init: () => ({ total: 0 }),
+        Deposited: (s, e) => { s.total += e.body.amount; return s }
+    }).outputState()"#;
+    p.create(create("balances", by_stream, Mode::OneTime))
+        .await
+        .unwrap();
+    assert_eq!(p.wait("balances").await.unwrap().as_str(), "Completed");
+    assert_eq!(
+        state_of(&p, "balances", "account-1").await,
+        Some(serde_json::json!({"total": 1 + 5 + 9}))
+    );
+    let stored = read(&store, "$projections-balances-account-1-checkpoint").await;
+    assert_eq!(
+        stored.last().unwrap().json::<serde_json::Value>().unwrap(),
+        serde_json::json!({"total": 15})
+    );
+    assert_eq!(
+        read(&store, "$projections-balances-account-1-result")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        read(&store, "$projections-balances-partitions").await.len(),
+        4
+    );
+
+    let by_type = r#"fromAll().partitionBy(e => e.body.amount % 2 ? "odd" : "even").when({
+        $init: () => ({ n: 0 }), $any: (s) => { s.n++; return s } })"#;
+    p.create(create("parity", by_type, Mode::Transient))
+        .await
+        .unwrap();
+    assert_eq!(p.wait("parity").await.unwrap().as_str(), "Completed");
+    assert_eq!(
+        state_of(&p, "parity", "odd").await,
+        Some(serde_json::json!({"n": 6}))
+    );
+    assert!(
+        read(&store, "$projections-parity-checkpoint")
+            .await
+            .is_empty(),
+        "transient writes nothing"
+    );
+
+    // Errors for unknown names and invalid queries.
+    assert!(matches!(
+        p.state("nope", "").await,
+        Err(ProjectionError::NotFound(_))
+    ));
+    assert!(matches!(
+        p.enable("nope").await,
+        Err(ProjectionError::NotFound(_))
+    ));
+    let err = p
+        .create(create("bad", "fromAll().when(", Mode::Continuous))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Invalid(_)), "{err}");
+    let err = p
+        .create(create("balances", by_stream, Mode::OneTime))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::AlreadyExists(_)), "{err}");
+    let err = p.enable("$by_category").await.unwrap_err();
+    assert!(matches!(err, ProjectionError::NotImplemented(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_projection_faults_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    append(&store, "order-1", "Placed", serde_json::json!({})).await;
+    let limits = Limits {
+        handler_time: Duration::from_millis(300),
+        memory_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let p = Projections::new(store.clone(), limits, policy());
+    p.create(create(
+        "loop",
+        "fromAll().when({ $any: () => { for (;;) {} } })",
+        Mode::Continuous,
+    ))
+    .await
+    .unwrap();
+    p.create(create("huge", "fromAll().when({ $init: () => ({xs: []}), $any: (s) => { for (;;) s.xs.push('x'.repeat(4096)) } })", Mode::Continuous))
+        .await
+        .unwrap();
+    let mut no_emit = create(
+        "quiet",
+        r#"fromAll().when({ $any: (s, e) => { emit("x-1", "T", {}) } })"#,
+        Mode::Continuous,
+    );
+    no_emit.emit_enabled = false;
+    p.create(no_emit).await.unwrap();
+    p.create(create("ok", COUNTER, Mode::Continuous))
+        .await
+        .unwrap();
+    for (n, reason) in [
+        ("loop", "too long"),
+        ("huge", "out of memory"),
+        ("quiet", "'emit' is not allowed"),
+    ] {
+        eventually(n, || async {
+            let s = &p.statistics(Some(n)).await.unwrap()[0];
+            s.status == "Faulted" && s.state_reason.contains(reason)
+        })
+        .await;
+    }
+    eventually("the healthy projection", || async {
+        state_of(&p, "ok", "").await == Some(serde_json::json!({"count": 1}))
+    })
+    .await;
+    p.shutdown().await;
+}
