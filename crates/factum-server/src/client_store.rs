@@ -17,11 +17,13 @@
 use std::sync::Arc;
 
 use crate::acl::{Acls, Permission};
+use crate::convert::LINK_EVENT_TYPE;
 use factum_core::{
-    managed, AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position,
-    ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata, StreamMetadataResult, StreamName,
-    Subscribe, Subscription,
+    managed, AppendResult, ContentType, DeleteResult, Error, EventData, EventStore,
+    ExpectedRevision, Position, ReadAll, ReadStream, RecordedEvent, Result, StreamMetadata,
+    StreamMetadataResult, StreamName, Subscribe, Subscription, SubscriptionMessage,
 };
+use futures_util::StreamExt;
 
 /// `$all`, as ACLs name it.
 const ALL: &str = "$all";
@@ -104,6 +106,48 @@ impl<S: EventStore> ClientStore<S> {
     }
 }
 
+/// A link (read through `$ce-…`/`$et-…`) resolves to its target only for a
+/// reader who may read the target stream (the security issue; KurrentDB
+/// resolves links without that check). For any other reader the event is
+/// the bare link, as a read with `resolveLinkTos = false` shows it: type
+/// `$>`, data `<revision>@<stream>`, the link's id, stream, revision and
+/// position. The page keeps its length and its revisions, so paging and
+/// subscriptions go on exactly as before.
+async fn hide_unreadable_targets<S: EventStore>(
+    acls: &Acls<S>,
+    who: &crate::auth::Principal,
+    mut events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>> {
+    let mut decided: Vec<(StreamName, bool)> = Vec::new();
+    for e in events.iter_mut() {
+        let Some(link) = &e.link else { continue };
+        let readable = match decided.iter().find(|(s, _)| *s == e.stream) {
+            Some((_, r)) => *r,
+            None => {
+                let r = acls.allowed(who, &e.stream, Permission::Read).await?;
+                decided.push((e.stream.clone(), r));
+                r
+            }
+        };
+        if !readable {
+            let bare = RecordedEvent {
+                id: e.link_id().unwrap_or(e.id),
+                stream: link.stream.clone(),
+                revision: link.revision,
+                position: e.position,
+                event_type: LINK_EVENT_TYPE.to_owned(),
+                content_type: ContentType::Binary,
+                data: format!("{}@{}", e.revision, e.stream).into(),
+                metadata: Default::default(),
+                created: e.created,
+                link: None,
+            };
+            *e = bare;
+        }
+    }
+    Ok(events)
+}
+
 impl<S: EventStore> EventStore for ClientStore<S> {
     async fn append(
         &self,
@@ -148,7 +192,11 @@ impl<S: EventStore> EventStore for ClientStore<S> {
 
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         self.check(&request.stream, Permission::Read).await?;
-        self.inner.read_stream(request).await
+        let events = self.inner.read_stream(request).await?;
+        match &self.acls {
+            Some(acls) => hide_unreadable_targets(acls, &crate::auth::current(), events).await,
+            None => Ok(events),
+        }
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>> {
@@ -163,7 +211,25 @@ impl<S: EventStore> EventStore for ClientStore<S> {
                 self.check(&StreamName::new(ALL)?, Permission::Read).await?
             }
         }
-        self.inner.subscribe(request).await
+        let inner = self.inner.subscribe(request).await?;
+        let Some(acls) = self.acls.clone() else {
+            return Ok(inner);
+        };
+        // The subscription is polled outside the request's task: the
+        // principal is taken now.
+        let who = crate::auth::current();
+        Ok(Subscription::new(inner.then(move |message| {
+            let (acls, who) = (acls.clone(), who.clone());
+            async move {
+                match message {
+                    Ok(SubscriptionMessage::Event(e)) if e.link.is_some() => {
+                        let mut one = hide_unreadable_targets(&acls, &who, vec![e]).await?;
+                        Ok(SubscriptionMessage::Event(one.remove(0)))
+                    }
+                    other => other,
+                }
+            }
+        })))
     }
 
     async fn stream_metadata(&self, stream: StreamName) -> Result<StreamMetadataResult> {

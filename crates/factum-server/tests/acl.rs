@@ -471,3 +471,74 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         201
     );
 }
+
+/// One HTTP GET as `login`: the status and the body.
+async fn get_body(addr: std::net::SocketAddr, login: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: {}\r\n\r\n",
+        basic(login)
+    );
+    s.write_all(r.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// A link resolves only for a reader who may read its target stream
+/// (which KurrentDB does not check): others get the bare link record.
+#[tokio::test]
+async fn links_resolve_only_to_streams_the_reader_may_read() {
+    let (addr, _dir) = start().await;
+    let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
+    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    // `$ce-` is a system stream: open it to the auditors.
+    let settings =
+        r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors","$admins"]}}}]"#;
+    assert_eq!(
+        http(addr, "admin", "POST", "/streams/%24settings", settings).await,
+        201
+    );
+    for s in ["orders-1", "orders-2"] {
+        let path = format!("/streams/{s}");
+        assert_eq!(http(addr, "admin", "POST", &path, EVENT).await, 201);
+    }
+    let closed = r#"{"$acl": {"$r": "alice"}}"#;
+    assert_eq!(
+        http(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
+        200
+    );
+
+    let events = |body: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(body).expect(body);
+        v["events"].as_array().cloned().unwrap_or_default()
+    };
+    let (status, body) = get_body(addr, "admin", "/streams/%24ce-orders").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = events(&body);
+    assert_eq!(seen.len(), 2, "{body}");
+    assert!(seen.iter().all(|e| e["type"] == "OrderPlaced"), "{body}");
+
+    let (status, body) = get_body(addr, "bob", "/streams/%24ce-orders").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = events(&body);
+    assert_eq!(seen.len(), 2, "{body}");
+    assert_eq!(seen[0]["type"], "OrderPlaced", "{body}");
+    assert_eq!(seen[0]["stream"], "orders-1", "{body}");
+    assert_eq!(seen[1]["type"], "$>", "{body}");
+    assert_eq!(seen[1]["stream"], "$ce-orders", "{body}");
+    assert_eq!(seen[1]["revision"], 1, "{body}");
+    let data = base64::engine::general_purpose::STANDARD.encode("0@orders-2");
+    assert_eq!(seen[1]["data"], data.as_str(), "{body}");
+    assert_eq!(
+        get_body(addr, "bob", "/streams/orders-2").await.0,
+        403,
+        "the target itself stays closed"
+    );
+}
