@@ -238,6 +238,7 @@ mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
 mod support;
+pub mod visible;
 
 #[cfg(test)]
 mod memory_store_test;
@@ -294,6 +295,14 @@ pub trait StoreFactory: Send + Sync {
     type Store: EventStore;
     /// A fresh, empty store.
     fn create(&self) -> impl Future<Output = Self::Store> + Send;
+
+    /// Runs a scavenge on `store` (ADR 33) that removes every hidden event
+    /// written so far, if the backend has one; `false` (the default) when
+    /// it has none, and checks of what a scavenge leaves are skipped.
+    fn scavenge(&self, store: &Self::Store) -> impl Future<Output = bool> + Send {
+        let _ = store;
+        async { false }
+    }
 }
 
 /// Calls `$cb! { [$args] check_a, check_b, ... }` with every check name:
