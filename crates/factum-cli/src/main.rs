@@ -60,6 +60,9 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Makes a store from a backup, then verifies it.
     Restore(commands::backup::RestoreArgs),
+    /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
+    /// `$tb`, deleted streams, old metadata) from a store no server holds.
+    Scavenge(commands::scavenge::ScavengeArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
     Serve(Box<commands::serve::ServeArgs>),
     /// Makes TLS certificates: a CA (`create-ca`) and node certificates
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Reindex(a) => commands::admin::reindex(a),
         Command::Backup(a) => commands::backup::backup(a),
         Command::Restore(a) => commands::backup::restore(a),
+        Command::Scavenge(a) => commands::scavenge::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),
