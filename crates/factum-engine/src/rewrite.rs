@@ -185,7 +185,8 @@ impl Output {
 }
 
 /// Rewrites sealed segment `number` of the store in `dir` by `decide`
-/// (see the module doc), adding `add_features` to its header's flags.
+/// (see the module doc), adding `add_features` to its header's flags; a
+/// new version that frees fewer than `min_freed_bytes` is not swapped in.
 /// `stop` abandons the rewrite between frames (the new file is removed;
 /// `Ok(None)`). Blocking; reads and appends go on meanwhile.
 pub(crate) fn rewrite_segment(
@@ -193,6 +194,7 @@ pub(crate) fn rewrite_segment(
     reader: &Reader,
     number: u32,
     add_features: u32,
+    min_freed_bytes: u64,
     decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
     pace: &mut Pace,
     stop: &AtomicBool,
@@ -231,8 +233,9 @@ pub(crate) fn rewrite_segment(
     };
     out.buf.extend_from_slice(&header.encode());
     let result = write_new_version(&seg, &mut out, decide, pace, stop);
+    let freed = old_bytes.saturating_sub(out.len);
     let written = match result {
-        Ok(Some(w)) if w.changed => w,
+        Ok(Some(w)) if w.changed && freed >= min_freed_bytes => w,
         other => {
             // Nothing to change, stopped, or failed: the old file stays.
             let _ = std::fs::remove_file(&out.path);
@@ -241,7 +244,7 @@ pub(crate) fn rewrite_segment(
                     segment: number,
                     old_bytes,
                     new_bytes: old_bytes,
-                    kept: w.report.kept,
+                    kept: w.report.kept + w.report.removed + w.report.replaced,
                     ..RewriteReport::default()
                 })
             });

@@ -37,6 +37,9 @@ pub struct ScavengeOptions {
     pub start_from_segment: u32,
     /// "Now" for `$maxAge`; the engine's clock when `None`.
     pub now: Option<Timestamp>,
+    /// Rewrite a segment only when that frees at least this percentage of
+    /// it (KurrentDB's `threshold`); 0: whenever anything goes.
+    pub min_freed_percent: u8,
 }
 
 impl Default for ScavengeOptions {
@@ -46,6 +49,7 @@ impl Default for ScavengeOptions {
             throttle: Throttle::None,
             start_from_segment: 0,
             now: None,
+            min_freed_percent: 0,
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct ScavengeStatus {
     pub id: Uuid,
     /// When it started.
     pub started: Timestamp,
+    /// The first segment it looks at.
+    pub start_from_segment: u32,
     /// How it ended (or that it runs).
     pub end: ScavengeEnd,
     /// What it did.
@@ -143,6 +149,7 @@ impl ScavengeHandle {
         self.thread.join().unwrap_or_else(|_| ScavengeStatus {
             id: self.id,
             started: Timestamp(0),
+            start_from_segment: 0,
             end: ScavengeEnd::Failed("the scavenge thread panicked".into()),
             report: ScavengeReport::default(),
         })
@@ -165,6 +172,7 @@ impl Engine {
                 status: Mutex::new(ScavengeStatus {
                     id: options.id,
                     started: Timestamp::now(),
+                    start_from_segment: options.start_from_segment,
                     end: ScavengeEnd::Running,
                     report: ScavengeReport::default(),
                 }),
@@ -272,11 +280,16 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
                 Retention::Stub => RecordAction::Replace(e.stub()),
             })
         };
+        let min_freed = match reader.segments.get(number) {
+            Some(seg) => seg.len()? * options.min_freed_percent.min(100) as u64 / 100,
+            None => 0,
+        };
         let done = rewrite_segment(
             engine.dir(),
             reader,
             number,
             0,
+            min_freed.max(1),
             &mut decide,
             &mut pace,
             &running.stop,

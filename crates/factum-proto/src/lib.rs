@@ -40,6 +40,9 @@ pub mod generated {
             pub mod persistent_subscriptions {
                 tonic::include_proto!("event_store.client.persistent_subscriptions");
             }
+            pub mod operations {
+                tonic::include_proto!("event_store.client.operations");
+            }
             pub mod users {
                 tonic::include_proto!("event_store.client.users");
             }
@@ -70,6 +73,8 @@ pub use generated::event_store::client as shared;
 pub use generated::event_store::client::gossip;
 /// `event_store.client.persistent_subscriptions`: consumer groups.
 pub use generated::event_store::client::persistent_subscriptions as persistent;
+/// `event_store.client.operations`: scavenge and node operations (ADR 33).
+pub use generated::event_store::client::operations;
 /// `event_store.client.server_features`: what a server implements.
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.
@@ -97,6 +102,8 @@ pub mod service_names {
         "event_store.client.persistent_subscriptions.PersistentSubscriptions";
     /// `event_store.client.users.Users`
     pub const USERS: &str = "event_store.client.users.Users";
+    /// `event_store.client.operations.Operations`
+    pub const OPERATIONS: &str = "event_store.client.operations.Operations";
 }
 
 #[cfg(test)]

@@ -172,7 +172,8 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
 }
 
 /// Requests only `$ops` and `$admins` may make (ADR 31): managing consumer
-/// groups, `/metrics`, the admin endpoints (`/admin/…`: backups).
+/// groups, `/metrics`, the admin endpoints (`/admin/…`: backups,
+/// scavenges) and the Operations service (ADR 33).
 fn ops_only(path: &str) -> bool {
     const GROUPS: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions/";
     match path.strip_prefix(GROUPS) {
@@ -180,7 +181,11 @@ fn ops_only(path: &str) -> bool {
             method,
             "Create" | "Update" | "Delete" | "ReplayParked" | "RestartSubsystem"
         ),
-        None => path == "/metrics" || path.starts_with("/admin/"),
+        None => {
+            path == "/metrics"
+                || path.starts_with("/admin/")
+                || path.starts_with("/event_store.client.operations.Operations/")
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! | module | what |
 //! |---|---|
 //! | `grpc` | `Streams`, `ServerFeatures`, `Gossip`; other KurrentDB services answer UNIMPLEMENTED |
+//! | `operations` | KurrentDB's `Operations` service, the `/admin/scavenge` routes, `$scavenges` streams, the scavenge schedule (ADR 33) |
 //! | `grpc_read` | `Streams.Read`: reads and subscriptions, filters, checkpoints, links |
 //! | `grpc_persistent` | `PersistentSubscriptions`: consumer groups (`factum_persistent`) on the wire |
 //! | `grpc_write` | `Append`, `BatchAppend`, `Delete`, `Tombstone`; metadata via `$$<stream>` |
@@ -60,6 +61,7 @@ mod http_multi;
 mod http_users;
 mod listener;
 pub mod metrics;
+pub mod operations;
 pub mod openapi;
 mod read_wire;
 pub mod tls;
@@ -84,6 +86,7 @@ use tower::ServiceExt;
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
 pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
+pub use operations::{Schedule, ScavengeInfo, ScavengeRequest, ScavengeStart, Scavenger};
 pub use listener::ConnectionLimits;
 
 /// Largest consumer-group request (an ack of many ids is the largest).
@@ -130,6 +133,7 @@ pub fn app<S: EventStore>(
         users,
         authenticator,
         login_failures: Default::default(),
+        shutdown_requested: Default::default(),
     });
     let api = grpc::GrpcApi::new(ctx.clone());
     let grpc = tonic::service::Routes::new(
@@ -145,9 +149,12 @@ pub fn app<S: EventStore>(
             .max_encoding_message_size(max),
     )
     .add_service(
-        PersistentSubscriptionsServer::new(api)
+        PersistentSubscriptionsServer::new(api.clone())
             .max_decoding_message_size(max_persistent_request)
             .max_encoding_message_size(max),
+    )
+    .add_service(
+        factum_proto::operations::operations_server::OperationsServer::new(api),
     );
     let grpc = match &ctx.users {
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
@@ -241,10 +248,17 @@ pub async fn serve<S: EventStore>(
             .await
             .map_err(|e| std::io::Error::other(format!("cannot create the default users: {e}")))?;
     }
+    if let Some(schedule) = ctx.config.scavenge_schedule {
+        tokio::spawn(operations::run_schedule(ctx.clone(), schedule));
+    }
     let limits = ctx.config.connections.clone();
     let tls = ctx.config.tls.clone();
+    let requested = ctx.shutdown_requested.clone();
     let served = listener::run(listener, router, limits, tls, async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = requested.notified() => {}
+        }
         tracing::info!("shutting down: draining requests, ending subscriptions");
         let _ = shutdown_tx.send(true);
     })

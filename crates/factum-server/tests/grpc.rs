@@ -322,8 +322,11 @@ async fn features_unimplemented_services_and_http_share_the_port() {
         &"event_store.client.persistent_subscriptions.persistentsubscriptions/replayparked"
             .to_owned()
     ));
-    // 15 v1 methods and the v2 StreamsService's two (ADR 29).
-    assert_eq!(names.len(), 17);
+    // 15 v1 methods, the v2 StreamsService's two (ADR 29), and the
+    // Operations that work without a scavenging backend (ADR 33).
+    assert!(names.contains(&"event_store.client.operations.operations/shutdown".to_owned()));
+    assert!(!names.iter().any(|n| n.ends_with("/startscavenge")));
+    assert_eq!(names.len(), 19);
     let create = methods
         .methods
         .iter()
