@@ -11,6 +11,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../sql/0002_positions_from_one.sql")),
     // The fast path's guard raises a named condition (issue 14).
     (3, include_str!("../sql/0003_head_moved_condition.sql")),
+    // Links found by position, for a scavenge's removals (ADR 33).
+    (4, include_str!("../sql/0004_links_by_position.sql")),
 ];
 
 /// Connects to `url` and applies pending migrations to `schema`.

@@ -135,7 +135,7 @@ fn time_span(d: Duration) -> String {
 fn scavenger<S>(ctx: &Ctx<S>) -> Result<Arc<dyn Scavenger>> {
     ctx.config.scavenge.clone().ok_or_else(|| {
         Error::Unsupported(
-            "scavenge needs the embedded engine; PostgreSQL's rows are removed by its own scavenge issue".into(),
+            "scavenge through the server needs the embedded engine (on PostgreSQL, `PostgresStore::scavenge` deletes the hidden rows; it is not wired to the server yet)".into(),
         )
     })
 }

@@ -41,6 +41,52 @@ pub struct StoredFacts<'a> {
     pub stub: bool,
 }
 
+/// Which events of one stream a read can still see: the rule as bounds,
+/// for a backend that removes rows by query (PostgreSQL) rather than by
+/// looking at each event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visible {
+    /// Every event (unreadable metadata: reads fail on it, so nothing is
+    /// known to be hidden).
+    All,
+    /// None (soft-deleted, tombstoned, or no event yet).
+    None,
+    /// Revisions from `from` on, created at or after `created_from` when set.
+    From {
+        /// The first visible revision.
+        from: u64,
+        /// Events created before this are hidden (`$maxAge`).
+        created_from: Option<Timestamp>,
+    },
+    /// Only the last revision (a `$$` stream: its newest `$metadata` event).
+    Last(u64),
+}
+
+/// What a read of a stream in state `state` (named `stream`; for a `$$`
+/// stream its own state) can still see at time `now`.
+pub fn visible(stream: &StreamName, state: &StreamState, now: Timestamp) -> Visible {
+    let Some(last) = state.last_revision else {
+        return Visible::None;
+    };
+    if stream.metadata_of().is_some() {
+        return Visible::Last(last);
+    }
+    if state.deleted || state.tombstoned {
+        return Visible::None;
+    }
+    let meta = match state.metadata.as_deref().map(StreamMetadata::from_json) {
+        None => StreamMetadata::default(),
+        Some(Ok(m)) => m,
+        Some(Err(_)) => return Visible::All,
+    };
+    Visible::From {
+        from: meta
+            .first_visible_revision(StreamRevision(last))
+            .max(state.base),
+        created_from: meta.oldest_visible(now),
+    }
+}
+
 /// What a scavenge does with `event` of a stream in state `state` (for a
 /// `$$` stream, the `$$` stream's own state) at time `now`.
 pub fn retention(event: StoredFacts<'_>, state: &StreamState, now: Timestamp) -> Retention {
@@ -48,35 +94,16 @@ pub fn retention(event: StoredFacts<'_>, state: &StreamState, now: Timestamp) ->
         return Retention::Keep;
     }
     let last = state.last_revision == Some(event.revision);
-    if event.stream.metadata_of().is_some() {
+    let seen = match visible(event.stream, state, now) {
+        Visible::All => return Retention::Keep,
+        Visible::None => false,
         // Metadata: the newest `$metadata` event is the stream's metadata.
-        return if last {
-            Retention::Keep
-        } else {
-            Retention::Remove
-        };
-    }
-    let visible = !event.stub && !state.deleted && !state.tombstoned && {
-        match (state.last_revision, &state.metadata) {
-            (None, _) => false,
-            (Some(l), meta) => {
-                let meta = match meta.as_deref().map(StreamMetadata::from_json) {
-                    None => StreamMetadata::default(),
-                    Some(Ok(m)) => m,
-                    // Unreadable metadata: reads fail on it, so nothing is
-                    // known to be hidden; keep everything.
-                    Some(Err(_)) => return Retention::Keep,
-                };
-                let min = meta
-                    .first_visible_revision(StreamRevision(l))
-                    .max(state.base);
-                event.revision >= min
-                    && meta
-                        .oldest_visible(now)
-                        .is_none_or(|oldest| event.created >= oldest)
-            }
+        Visible::Last(_) => return if last { Retention::Keep } else { Retention::Remove },
+        Visible::From { from, created_from } => {
+            event.revision >= from && created_from.is_none_or(|oldest| event.created >= oldest)
         }
     };
+    let visible = !event.stub && seen;
     if visible {
         Retention::Keep
     } else if last && !state.tombstoned {
