@@ -38,6 +38,7 @@ mod persistent;
 mod postgres;
 mod read;
 mod reads_under_load;
+mod scavenge;
 mod server;
 mod soak;
 mod subscribe;
@@ -218,6 +219,9 @@ pub enum Workload {
     /// Paced appends while 16 clients scan `$all` with a filter matching
     /// nothing (through the server), vs the same appends alone.
     ReadsUnderLoad,
+    /// Scavenging a store half of whose events are hidden, against a raw
+    /// copy of the same segment files (ADR 33).
+    Scavenge,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -259,11 +263,12 @@ impl Workload {
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
+            Workload::Scavenge => "scavenge",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 32] = [
+    const ALL: [Workload; 33] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -295,6 +300,7 @@ impl Workload {
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
+        Workload::Scavenge,
         Workload::Soak,
     ];
 }
@@ -514,6 +520,7 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::ReadsUnderLoad => {
                 reads_under_load::reads_under_load(&mut ctx, args.reads_store_events)
             }
+            Workload::Scavenge => scavenge::scavenge(&mut ctx),
             Workload::Soak => soak::soak(&mut ctx, args.soak_seconds),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;

@@ -340,6 +340,8 @@ fn write_new_version(
     };
     let len = seg.len()?;
     let mut frames = FrameReader::new(seg.clone(), SEGMENT_HEADER_LEN as u64, len);
+    // Reused for link stream names.
+    let mut name = String::new();
     let corrupt = |offset: u64, detail: String| Error::Corrupt {
         file: seg.path.clone(),
         offset,
@@ -370,10 +372,17 @@ fn write_new_version(
         let mut runs: Vec<Vec<StoredEvent>> = Vec::new();
         for (e, _) in events {
             if e.flags & FLAG_TOMBSTONE == 0 && !e.is_stub() {
-                w.touched.insert(e.stream.as_str().to_string());
+                if !w.touched.contains(e.stream.as_str()) {
+                    w.touched.insert(e.stream.as_str().to_string());
+                }
                 for (prefix, part) in link_parts(&e.stream, &e.event_type) {
                     if let Some(part) = part {
-                        w.touched.insert(format!("{prefix}{part}"));
+                        name.clear();
+                        name.push_str(prefix);
+                        name.push_str(part);
+                        if !w.touched.contains(name.as_str()) {
+                            w.touched.insert(name.clone());
+                        }
                     }
                 }
             }
@@ -483,6 +492,7 @@ fn index_change(
         }
     }
     let mut builder = RunBuilder::default();
+    let mut name = String::new();
     for (first_position, offset, records) in &w.frames {
         change
             .new_batches
@@ -498,7 +508,9 @@ fn index_change(
             builder.add_entry(*own, k.revision, k.position, k.loc, k.len);
             for (prefix, part) in link_parts(&k.stream, &k.event_type) {
                 let Some(part) = part else { continue };
-                let name = format!("{prefix}{part}");
+                name.clear();
+                name.push_str(prefix);
+                name.push_str(part);
                 let id = ids
                     .get(name.as_str())
                     .ok_or_else(|| index_fault(format!("no stream {name:?}")))?;

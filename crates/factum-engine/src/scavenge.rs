@@ -12,13 +12,15 @@
 //! while it runs and its result after; it can be stopped between frames
 //! (the segment being rewritten keeps its old version).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use factum_core::rules::retention::{retention, Retention, StoredFacts};
-use factum_core::{Error, Result, Timestamp, Uuid};
+use factum_core::rules::StreamState;
+use factum_core::{Error, Result, StreamName, Timestamp, Uuid};
 use parking_lot::Mutex;
 
 use crate::format::{StoredEvent, FLAG_TOMBSTONE};
@@ -262,8 +264,17 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
         if running.stop.load(Ordering::Relaxed) {
             return Ok(true);
         }
+        // Stream states, looked up once per segment (bounded by it).
+        let mut states: HashMap<StreamName, Option<StreamState>> = HashMap::new();
         let mut decide = |e: &StoredEvent| -> Result<RecordAction> {
-            let Some(rec) = index.stream(e.stream.as_str())? else {
+            let state = match states.get(&e.stream) {
+                Some(s) => s,
+                None => {
+                    let s = index.stream(e.stream.as_str())?.map(|r| r.state);
+                    states.entry(e.stream.clone()).or_insert(s)
+                }
+            };
+            let Some(state) = state else {
                 return Ok(RecordAction::Keep);
             };
             let facts = StoredFacts {
@@ -273,7 +284,7 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
                 tombstone: e.flags & FLAG_TOMBSTONE != 0,
                 stub: e.is_stub(),
             };
-            Ok(match retention(facts, &rec.state, now) {
+            Ok(match retention(facts, state, now) {
                 Retention::Keep => RecordAction::Keep,
                 Retention::Remove => RecordAction::Remove,
                 Retention::Stub if e.is_stub() => RecordAction::Keep,
