@@ -22,7 +22,11 @@ const BATCH: u64 = 100;
 /// Streams of each kind.
 const STREAMS: u64 = 100;
 
-fn open(dir: &std::path::Path, durability: Durability, segment_bytes: u64) -> Result<Engine, BenchError> {
+fn open(
+    dir: &std::path::Path,
+    durability: Durability,
+    segment_bytes: u64,
+) -> Result<Engine, BenchError> {
     let config = EngineConfig {
         durability,
         segment_bytes,
@@ -92,7 +96,9 @@ pub fn scavenge(ctx: &mut Ctx) -> Result<Report, BenchError> {
             let filler = StreamName::new("filler-1")?;
             for _ in 0..(segment_bytes / (BATCH * 300) + 2) {
                 let events = (0..BATCH).map(|_| event(&data)).collect();
-                engine.append(filler.clone(), ExpectedRevision::Any, events).await?;
+                engine
+                    .append(filler.clone(), ExpectedRevision::Any, events)
+                    .await?;
             }
             Ok::<_, BenchError>(())
         })?;
@@ -103,7 +109,10 @@ pub fn scavenge(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let status = engine.scavenge(ScavengeOptions::default())?;
     engine.close()?;
     if status.end != ScavengeEnd::Completed {
-        return Err(BenchError::failure(format!("the scavenge ended {:?}", status.end)));
+        return Err(BenchError::failure(format!(
+            "the scavenge ended {:?}",
+            status.end
+        )));
     }
     let r = &status.report;
     let rate = r.bytes_before as f64 / r.elapsed.as_secs_f64().max(1e-9);

@@ -789,9 +789,7 @@ impl Index {
         while a < b {
             let mid = a + (b - a) / 2;
             match self.runs(id, mid, 0, Walk::Up, 1)?.first() {
-                Some(&(first, run)) if run.position + mid.saturating_sub(first) < lo => {
-                    a = mid + 1
-                }
+                Some(&(first, run)) if run.position + mid.saturating_sub(first) < lo => a = mid + 1,
                 _ => b = mid,
             }
         }
@@ -825,10 +823,12 @@ impl Index {
             let get = |k: &str| -> Result<Option<u64>> {
                 Ok(meta.get(k).map_err(|e| redb_err(p, e))?.map(|v| v.value()))
             };
-            Ok(match (get("rewrite_segment")?, get("rewrite_generation")?) {
-                (Some(first), Some(generation)) => Some((first, generation)),
-                _ => None,
-            })
+            Ok(
+                match (get("rewrite_segment")?, get("rewrite_generation")?) {
+                    (Some(first), Some(generation)) => Some((first, generation)),
+                    _ => None,
+                },
+            )
         })
     }
 

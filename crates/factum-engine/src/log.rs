@@ -179,8 +179,7 @@ impl Segments {
 /// Opens a segment file for reading and checks its header (name and
 /// header must agree).
 pub fn open_segment(path: &Path) -> Result<Segment> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut hb = [0u8; SEGMENT_HEADER_LEN];
     let header = file
         .read_exact_at(&mut hb, 0)

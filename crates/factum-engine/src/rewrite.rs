@@ -362,7 +362,10 @@ fn write_new_version(
             }
             Scanned::End => break,
             Scanned::Incomplete { offset } => {
-                return Err(corrupt(offset, "incomplete frame in a sealed segment".into()))
+                return Err(corrupt(
+                    offset,
+                    "incomplete frame in a sealed segment".into(),
+                ))
             }
             Scanned::Invalid { offset, detail } => return Err(corrupt(offset, detail)),
         };
@@ -434,8 +437,7 @@ fn write_new_version(
                     loc: Loc::new(seg.number, frame_offset + o as u64),
                 })
                 .collect::<Vec<_>>();
-            w.frames
-                .push((kept[0].position, frame_offset, kept));
+            w.frames.push((kept[0].position, frame_offset, kept));
         }
         if out.buf.len() >= 1 << 20 {
             out.write_out()?;
@@ -461,7 +463,10 @@ fn index_change(
     let index_fault = |detail: String| Error::Corrupt {
         file: index.path().to_path_buf(),
         offset: 0,
-        detail: format!("{detail} (rewriting {}; `factum reindex` rebuilds the index)", seg.path.display()),
+        detail: format!(
+            "{detail} (rewriting {}; `factum reindex` rebuilds the index)",
+            seg.path.display()
+        ),
     };
     let mut change = SegmentRewrite {
         segment: number,

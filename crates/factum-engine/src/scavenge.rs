@@ -255,9 +255,7 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
         .filter(|&n| n >= options.start_from_segment && n < active && n < behind)
         .collect();
     running.status.lock().report.segments_total = candidates.len() as u32;
-    let now = options
-        .now
-        .unwrap_or_else(|| engine.config().clock.now());
+    let now = options.now.unwrap_or_else(|| engine.config().clock.now());
     let mut pace = Pace::new(options.throttle);
     let index = reader.index.clone();
     for number in candidates {

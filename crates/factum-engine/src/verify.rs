@@ -145,7 +145,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                                         ));
                                     }
                                 } else {
-                                    locs.push((e.position, Loc::new(seg.number, offset + o as u64).0));
+                                    locs.push((
+                                        e.position,
+                                        Loc::new(seg.number, offset + o as u64).0,
+                                    ));
                                 }
                                 next = e.position + 1;
                                 r.events += 1;

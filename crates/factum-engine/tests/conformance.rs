@@ -44,7 +44,10 @@ impl StoreFactory for EngineFactory {
         let filler = StreamName::new("scavenge-filler").unwrap();
         for _ in 0..16 {
             let events = (0..8)
-                .map(|_| EventData::json("Filler", &serde_json::json!({"pad": "f".repeat(1024)})).unwrap())
+                .map(|_| {
+                    EventData::json("Filler", &serde_json::json!({"pad": "f".repeat(1024)}))
+                        .unwrap()
+                })
                 .collect();
             store
                 .append(filler.clone(), ExpectedRevision::Any, events)

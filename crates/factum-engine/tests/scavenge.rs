@@ -43,7 +43,13 @@ async fn populate(engine: &Engine, clock: &Clock, scale: u64) -> (Scenario, Stre
     let bytes = 3 * engine.config().segment_bytes as usize;
     for _ in 0..bytes / (10 * 1100) {
         let events = (0..10)
-            .map(|i| EventData::json("Filled", &serde_json::json!({"i": i, "pad": "y".repeat(1000)})).unwrap())
+            .map(|i| {
+                EventData::json(
+                    "Filled",
+                    &serde_json::json!({"i": i, "pad": "y".repeat(1000)}),
+                )
+                .unwrap()
+            })
             .collect();
         engine
             .append(filler.clone(), ExpectedRevision::Any, events)
@@ -75,7 +81,10 @@ async fn scavenge_frees_the_hidden_fraction_and_keeps_everything_visible() {
     let (sc, filler) = populate(&engine, &clock, scale()).await;
     let streams = all_streams(&sc, &filler);
     let before = visible_dump(&engine, &streams).await;
-    assert_ne!(before.all, before.all_raw, "the scenario hides events in $all");
+    assert_ne!(
+        before.all, before.all_raw,
+        "the scenario hides events in $all"
+    );
     let bytes_before = engine.log_bytes().unwrap();
     // Record header (64) per hidden event; stubs and frames are noise.
     let expected = (sc.hidden_bytes + 64 * sc.hidden_events) as f64 / bytes_before as f64;
@@ -118,16 +127,28 @@ async fn scavenge_frees_the_hidden_fraction_and_keeps_everything_visible() {
     let tomb = StreamName::new("tomb-0").unwrap();
     let one = || vec![EventData::json("Later", &serde_json::json!({})).unwrap()];
     let wrong = engine
-        .append(del.clone(), ExpectedRevision::Exact(StreamRevision(3)), one())
+        .append(
+            del.clone(),
+            ExpectedRevision::Exact(StreamRevision(3)),
+            one(),
+        )
         .await;
     assert!(wrong.is_err(), "a deleted stream keeps its last revision");
     let recreated = engine
-        .append(del.clone(), ExpectedRevision::Exact(StreamRevision(9)), one())
+        .append(
+            del.clone(),
+            ExpectedRevision::Exact(StreamRevision(9)),
+            one(),
+        )
         .await
         .unwrap();
     assert_eq!(recreated.revision, StreamRevision(10));
     let aged = engine
-        .append(age.clone(), ExpectedRevision::Exact(StreamRevision(9)), one())
+        .append(
+            age.clone(),
+            ExpectedRevision::Exact(StreamRevision(9)),
+            one(),
+        )
         .await
         .unwrap();
     assert_eq!(aged.revision, StreamRevision(10));
@@ -156,7 +177,11 @@ async fn scavenge_frees_the_hidden_fraction_and_keeps_everything_visible() {
     assert_eq!(rebuilt.streams, expected_after.streams);
     assert_eq!(rebuilt.all_raw, expected_after.all_raw);
     let aged = engine
-        .append(age.clone(), ExpectedRevision::Exact(StreamRevision(10)), one())
+        .append(
+            age.clone(),
+            ExpectedRevision::Exact(StreamRevision(10)),
+            one(),
+        )
         .await
         .unwrap();
     assert_eq!(aged.revision, StreamRevision(11));
@@ -219,7 +244,10 @@ async fn reads_and_subscriptions_cross_the_gaps() {
     }
     assert_eq!(paged, forwards);
     let mut sub = engine
-        .subscribe(factum_core::Subscribe::all(factum_core::SubscriptionStart::Beginning, None))
+        .subscribe(factum_core::Subscribe::all(
+            factum_core::SubscriptionStart::Beginning,
+            None,
+        ))
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -257,11 +285,11 @@ async fn scavenge_online_with_appends_and_stop() {
             let s = StreamName::new("live-1").unwrap();
             for i in 0..200u64 {
                 let e = EventData::json("Live", &serde_json::json!({"i": i})).unwrap();
-                engine
-                    .append(s.clone(), expect(i), vec![e])
+                engine.append(s.clone(), expect(i), vec![e]).await.unwrap();
+                let read = engine
+                    .read_stream(ReadStream::forwards(s.clone()))
                     .await
                     .unwrap();
-                let read = engine.read_stream(ReadStream::forwards(s.clone())).await.unwrap();
                 assert_eq!(read.len() as u64, i + 1);
             }
         })
@@ -271,7 +299,10 @@ async fn scavenge_online_with_appends_and_stop() {
         ..ScavengeOptions::default()
     };
     let handle = engine.start_scavenge(slow).unwrap();
-    assert!(engine.start_scavenge(ScavengeOptions::default()).is_err(), "one at a time");
+    assert!(
+        engine.start_scavenge(ScavengeOptions::default()).is_err(),
+        "one at a time"
+    );
     assert!(engine.scavenge_current().is_some());
     writer.await.unwrap();
     let status = handle.join();

@@ -479,12 +479,24 @@ async fn groups_cross_the_gaps_a_scavenge_leaves() {
         segment_bytes: 64 * 1024,
         ..Default::default()
     };
-    let store = std::sync::Arc::new(factum_engine::Engine::open_with(dir.path(), config).unwrap().0);
+    let store = std::sync::Arc::new(
+        factum_engine::Engine::open_with(dir.path(), config)
+            .unwrap()
+            .0,
+    );
     let big = |i: usize| {
-        EventData::json("Gone", &serde_json::json!({"i": i, "pad": "g".repeat(1000)})).unwrap()
+        EventData::json(
+            "Gone",
+            &serde_json::json!({"i": i, "pad": "g".repeat(1000)}),
+        )
+        .unwrap()
     };
     store
-        .append(name("gone-1"), ExpectedRevision::NoStream, (0..50).map(big).collect())
+        .append(
+            name("gone-1"),
+            ExpectedRevision::NoStream,
+            (0..50).map(big).collect(),
+        )
         .await
         .unwrap();
     let meta = StreamMetadata {
@@ -498,7 +510,11 @@ async fn groups_cross_the_gaps_a_scavenge_leaves() {
     append(&store, "order-1", 5, "OrderPlaced").await;
     for _ in 0..20 {
         store
-            .append(name("filler-1"), ExpectedRevision::Any, (0..10).map(big).collect())
+            .append(
+                name("filler-1"),
+                ExpectedRevision::Any,
+                (0..10).map(big).collect(),
+            )
             .await
             .unwrap();
     }

@@ -45,8 +45,8 @@ use factum_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use schema::migrate;
 pub use scavenge::PgScavengeReport;
+pub use schema::migrate;
 
 /// How to reach and use the database.
 #[derive(Clone, Debug)]

@@ -71,10 +71,10 @@ pub mod generated {
 pub use generated::event_store::client as shared;
 /// `event_store.client.gossip`: cluster membership for `+discover`.
 pub use generated::event_store::client::gossip;
-/// `event_store.client.persistent_subscriptions`: consumer groups.
-pub use generated::event_store::client::persistent_subscriptions as persistent;
 /// `event_store.client.operations`: scavenge and node operations (ADR 33).
 pub use generated::event_store::client::operations;
+/// `event_store.client.persistent_subscriptions`: consumer groups.
+pub use generated::event_store::client::persistent_subscriptions as persistent;
 /// `event_store.client.server_features`: what a server implements.
 pub use generated::event_store::client::server_features;
 /// `event_store.client.streams`: reads, subscriptions, appends, deletes.

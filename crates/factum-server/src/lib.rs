@@ -61,8 +61,8 @@ mod http_multi;
 mod http_users;
 mod listener;
 pub mod metrics;
-pub mod operations;
 pub mod openapi;
+pub mod operations;
 mod read_wire;
 pub mod tls;
 pub mod users;
@@ -86,8 +86,8 @@ use tower::ServiceExt;
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
 pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
-pub use operations::{Schedule, ScavengeInfo, ScavengeRequest, ScavengeStart, Scavenger};
 pub use listener::ConnectionLimits;
+pub use operations::{ScavengeInfo, ScavengeRequest, ScavengeStart, Scavenger, Schedule};
 
 /// Largest consumer-group request (an ack of many ids is the largest).
 const PERSISTENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -153,9 +153,7 @@ pub fn app<S: EventStore>(
             .max_decoding_message_size(max_persistent_request)
             .max_encoding_message_size(max),
     )
-    .add_service(
-        factum_proto::operations::operations_server::OperationsServer::new(api),
-    );
+    .add_service(factum_proto::operations::operations_server::OperationsServer::new(api));
     let grpc = match &ctx.users {
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
         None => grpc,

@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use factum_core::{Error, EventData, EventStore, ExpectedRevision, Result, StreamMetadata, StreamName, Uuid};
+use factum_core::{
+    Error, EventData, EventStore, ExpectedRevision, Result, StreamMetadata, StreamName, Uuid,
+};
 use factum_proto::operations::operations_server::Operations;
 use factum_proto::operations::{
     scavenge_resp::ScavengeResult, ScavengeResp, SetNodePriorityReq, StartScavengeReq,
@@ -142,7 +144,10 @@ fn scavenger<S>(ctx: &Ctx<S>) -> Result<Arc<dyn Scavenger>> {
 
 /// Starts a scavenge and the task that writes its progress and result to
 /// `$scavenges-<id>` (and links in `$scavenges`).
-pub async fn start<S: EventStore>(ctx: &Arc<Ctx<S>>, request: ScavengeRequest) -> Result<ScavengeStart> {
+pub async fn start<S: EventStore>(
+    ctx: &Arc<Ctx<S>>,
+    request: ScavengeRequest,
+) -> Result<ScavengeStart> {
     let scavenger = scavenger(ctx)?;
     let started = scavenger.start(request)?;
     if let ScavengeStart::Started(id) = started {
@@ -154,7 +159,13 @@ pub async fn start<S: EventStore>(ctx: &Arc<Ctx<S>>, request: ScavengeRequest) -
 
 /// Writes `event` of `$scavenges-<id>` and, as KurrentDB does for the
 /// start and the end, a link to it in `$scavenges`.
-async fn write_detail<S: EventStore>(store: &S, id: Uuid, event_type: &str, data: serde_json::Value, link: bool) {
+async fn write_detail<S: EventStore>(
+    store: &S,
+    id: Uuid,
+    event_type: &str,
+    data: serde_json::Value,
+    link: bool,
+) {
     let stream = match StreamName::new(scavenge_stream(id)) {
         Ok(s) => s,
         Err(e) => return tracing::error!("scavenge stream name: {e}"),
@@ -163,7 +174,10 @@ async fn write_detail<S: EventStore>(store: &S, id: Uuid, event_type: &str, data
         Ok(e) => e,
         Err(e) => return tracing::error!("scavenge event: {e}"),
     };
-    match store.append(stream.clone(), ExpectedRevision::Any, vec![event]).await {
+    match store
+        .append(stream.clone(), ExpectedRevision::Any, vec![event])
+        .await
+    {
         Ok(r) if link => {
             let target = format!("{}@{}", r.revision.0, stream);
             let link = EventData::new("$>", factum_core::ContentType::Binary, target.into_bytes());
@@ -188,10 +202,15 @@ async fn log_scavenge<S: EventStore>(
     if let Ok(stream) = StreamName::new(scavenge_stream(id)) {
         let metadata = StreamMetadata {
             max_age: Some(SCAVENGE_HISTORY_MAX_AGE_SECS),
-            acl: Some(serde_json::json!({"$r": ["$ops"], "$w": [], "$d": [], "$mr": [], "$mw": []})),
+            acl: Some(
+                serde_json::json!({"$r": ["$ops"], "$w": [], "$d": [], "$mr": [], "$mw": []}),
+            ),
             ..StreamMetadata::default()
         };
-        if let Err(e) = store.set_stream_metadata(stream, ExpectedRevision::Any, metadata).await {
+        if let Err(e) = store
+            .set_stream_metadata(stream, ExpectedRevision::Any, metadata)
+            .await
+        {
             tracing::warn!("writing the metadata of {}: {e}", scavenge_stream(id));
         }
     }
@@ -227,7 +246,11 @@ async fn log_scavenge<S: EventStore>(
                 "errorMessage": "",
             });
             write_detail(&*store, id, "$scavengeChunksCompleted", data, false).await;
-            (done, saved, at) = (info.segments_done, info.space_saved, std::time::Instant::now());
+            (done, saved, at) = (
+                info.segments_done,
+                info.space_saved,
+                std::time::Instant::now(),
+            );
         }
         if !info.running() {
             let data = serde_json::json!({
@@ -399,7 +422,9 @@ impl std::str::FromStr for Schedule {
                     minute: num(m, 59)?,
                 })
             }
-            "hourly" => Ok(Schedule::Hourly { minute: num(at, 59)? }),
+            "hourly" => Ok(Schedule::Hourly {
+                minute: num(at, 59)?,
+            }),
             _ => Err(bad()),
         }
     }
@@ -567,7 +592,13 @@ mod tests {
 
     #[test]
     fn schedules_parse_and_wait_for_the_next_slot() {
-        assert_eq!("daily@03:30".parse(), Ok(Schedule::Daily { hour: 3, minute: 30 }));
+        assert_eq!(
+            "daily@03:30".parse(),
+            Ok(Schedule::Daily {
+                hour: 3,
+                minute: 30
+            })
+        );
         assert_eq!("hourly@05".parse(), Ok(Schedule::Hourly { minute: 5 }));
         for bad in ["daily@24:00", "daily@3", "weekly@1", "hourly@60", ""] {
             assert!(bad.parse::<Schedule>().is_err(), "{bad}");
@@ -576,9 +607,15 @@ mod tests {
         let daily = Schedule::Daily { hour: 3, minute: 0 };
         assert_eq!(daily.until_next(at(0)), Duration::from_secs(3 * 3600));
         assert_eq!(daily.until_next(at(3 * 3600)), Duration::from_secs(86_400));
-        assert_eq!(daily.until_next(at(4 * 3600)), Duration::from_secs(23 * 3600));
+        assert_eq!(
+            daily.until_next(at(4 * 3600)),
+            Duration::from_secs(23 * 3600)
+        );
         let hourly = Schedule::Hourly { minute: 10 };
-        assert_eq!(hourly.until_next(at(3600 + 5 * 60)), Duration::from_secs(300));
+        assert_eq!(
+            hourly.until_next(at(3600 + 5 * 60)),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

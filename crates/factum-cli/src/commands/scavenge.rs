@@ -62,7 +62,10 @@ pub fn run(args: ScavengeArgs) -> Result<(), CliError> {
         "segments       {} looked at, {} rewritten",
         r.segments_done, r.segments_rewritten
     );
-    println!("events         {} removed, {} stubs", r.events_removed, r.stubs);
+    println!(
+        "events         {} removed, {} stubs",
+        r.events_removed, r.stubs
+    );
     println!(
         "bytes          {} → {} ({} freed)",
         r.bytes_before,

@@ -98,7 +98,13 @@ pub fn retention(event: StoredFacts<'_>, state: &StreamState, now: Timestamp) ->
         Visible::All => return Retention::Keep,
         Visible::None => false,
         // Metadata: the newest `$metadata` event is the stream's metadata.
-        Visible::Last(_) => return if last { Retention::Keep } else { Retention::Remove },
+        Visible::Last(_) => {
+            return if last {
+                Retention::Keep
+            } else {
+                Retention::Remove
+            }
+        }
         Visible::From { from, created_from } => {
             event.revision >= from && created_from.is_none_or(|oldest| event.created >= oldest)
         }
@@ -141,7 +147,9 @@ mod tests {
         let now = Timestamp(10_000_000);
         // $maxCount 2 of revisions 0..=4: 3 and 4 stay.
         let st = state(4, r#"{"$maxCount":2}"#);
-        let r: Vec<_> = (0..5).map(|i| retention(facts(&s, i, 0), &st, now)).collect();
+        let r: Vec<_> = (0..5)
+            .map(|i| retention(facts(&s, i, 0), &st, now))
+            .collect();
         use Retention::*;
         assert_eq!(r, [Remove, Remove, Remove, Keep, Keep]);
         // $tb 3.

@@ -148,16 +148,12 @@ pub async fn scavenge_leaves_gaps<F: StoreFactory>(f: &F) {
     // The stream states stand: gap-a goes on at 5, gap-b (all its events
     // gone) is recreated at 3, gap-c stays deleted.
     let a = w(
-        store
-            .append(sn("gap-a"), exact(4), evs("GapA", 5, 1))
-            .await,
+        store.append(sn("gap-a"), exact(4), evs("GapA", 5, 1)).await,
         "append to gap-a after a scavenge",
     );
     assert_eq!(a.revision, StreamRevision(5));
     let b = w(
-        store
-            .append(sn("gap-b"), exact(2), evs("GapB", 3, 1))
-            .await,
+        store.append(sn("gap-b"), exact(2), evs("GapB", 3, 1)).await,
         "recreate gap-b after a scavenge",
     );
     assert_eq!(b.revision, StreamRevision(3));

@@ -75,7 +75,9 @@ pub async fn visible_dump<S: EventStore>(store: &S, streams: &[StreamName]) -> V
                     dump.streams.push(line(e));
                 }
             }
-            Err(e) => dump.streams.push(format!("{s}: {}", super::support::kind(&e))),
+            Err(e) => dump
+                .streams
+                .push(format!("{s}: {}", super::support::kind(&e))),
         }
         match store.stream_metadata(s.clone()).await {
             Ok(m) => {
@@ -184,16 +186,22 @@ pub async fn write_hidden_and_visible<S: EventStore>(
             name("again"),
         );
         let w = |r: crate::Result<crate::AppendResult>| r.expect("write");
-        w(store.append(keep.clone(), X::NoStream, events("Kept", 10)).await);
+        w(store
+            .append(keep.clone(), X::NoStream, events("Kept", 10))
+            .await);
         sc.visible_events += 10;
         for n in 0..3u64 {
             let m = StreamMetadata {
                 custom: serde_json::json!({"n": n}).as_object().unwrap().clone(),
                 ..StreamMetadata::default()
             };
-            w(store.set_stream_metadata(keep.clone(), X::Any, meta(m)).await);
+            w(store
+                .set_stream_metadata(keep.clone(), X::Any, meta(m))
+                .await);
         }
-        w(store.append(count.clone(), X::NoStream, events("Counted", 10)).await);
+        w(store
+            .append(count.clone(), X::NoStream, events("Counted", 10))
+            .await);
         let m = StreamMetadata {
             max_count: Some(2),
             ..StreamMetadata::default()
@@ -201,7 +209,9 @@ pub async fn write_hidden_and_visible<S: EventStore>(
         w(store.set_stream_metadata(count.clone(), X::Any, m).await);
         hide(&mut sc, &count, "Counted", 8);
         sc.visible_events += 2;
-        w(store.append(tb.clone(), X::NoStream, events("Truncated", 10)).await);
+        w(store
+            .append(tb.clone(), X::NoStream, events("Truncated", 10))
+            .await);
         let m = StreamMetadata {
             truncate_before: Some(6),
             ..StreamMetadata::default()
@@ -214,30 +224,39 @@ pub async fn write_hidden_and_visible<S: EventStore>(
             ..StreamMetadata::default()
         };
         w(store.set_stream_metadata(age.clone(), X::Any, m).await);
-        w(store.append(age.clone(), X::NoStream, events("Aged", 10)).await);
+        w(store
+            .append(age.clone(), X::NoStream, events("Aged", 10))
+            .await);
         hide(&mut sc, &age, "Aged", 10);
-        w(store.append(del.clone(), X::NoStream, events("Deleted", 10)).await);
+        w(store
+            .append(del.clone(), X::NoStream, events("Deleted", 10))
+            .await);
         store
             .delete_stream(del.clone(), X::Any)
             .await
             .expect("soft delete");
         hide(&mut sc, &del, "Deleted", 10);
-        w(store.append(tomb.clone(), X::NoStream, events("Tombstoned", 10)).await);
+        w(store
+            .append(tomb.clone(), X::NoStream, events("Tombstoned", 10))
+            .await);
         store
             .tombstone_stream(tomb.clone(), X::Any)
             .await
             .expect("tombstone");
         hide(&mut sc, &tomb, "Tombstoned", 10);
-        w(store.append(again.clone(), X::NoStream, events("Again", 5)).await);
+        w(store
+            .append(again.clone(), X::NoStream, events("Again", 5))
+            .await);
         store
             .delete_stream(again.clone(), X::Any)
             .await
             .expect("soft delete");
-        w(store.append(again.clone(), X::Any, events("Again", 5)).await);
+        w(store
+            .append(again.clone(), X::Any, events("Again", 5))
+            .await);
         hide(&mut sc, &again, "Again", 5);
         sc.visible_events += 5;
-        sc.streams
-            .extend([keep, count, tb, age, del, tomb, again]);
+        sc.streams.extend([keep, count, tb, age, del, tomb, again]);
     }
     sc
 }
