@@ -73,7 +73,11 @@ pub fn scavenge(ctx: &mut Ctx) -> Result<Report, BenchError> {
             let mut loaded = 0u64;
             let mut i = 0u64;
             while loaded < total {
-                let kind = if i % 2 == 0 { "hidden" } else { "kept" };
+                let kind = if i.is_multiple_of(2) {
+                    "hidden"
+                } else {
+                    "kept"
+                };
                 let stream = StreamName::new(format!("{kind}-{}", (i / 2) % STREAMS))?;
                 let n = BATCH.min(total - loaded);
                 let events = (0..n).map(|_| event(&data)).collect();

@@ -184,21 +184,34 @@ impl Output {
     }
 }
 
-/// Rewrites sealed segment `number` of the store in `dir` by `decide`
-/// (see the module doc), adding `add_features` to its header's flags; a
-/// new version that frees fewer than `min_freed_bytes` is not swapped in.
+/// Which segment a rewrite replaces, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewriteSpec {
+    /// The sealed segment's number.
+    pub segment: u32,
+    /// Feature flags the new version adds to the old one's (issues 18, 19).
+    pub add_features: u32,
+    /// A new version that frees fewer bytes is not swapped in.
+    pub min_freed_bytes: u64,
+}
+
+/// Rewrites the sealed segment `spec` names, of the store in `dir`, by
+/// `decide` (see the module doc).
 /// `stop` abandons the rewrite between frames (the new file is removed;
 /// `Ok(None)`). Blocking; reads and appends go on meanwhile.
 pub(crate) fn rewrite_segment(
     dir: &Path,
     reader: &Reader,
-    number: u32,
-    add_features: u32,
-    min_freed_bytes: u64,
+    spec: RewriteSpec,
     decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
     pace: &mut Pace,
     stop: &AtomicBool,
 ) -> Result<Option<RewriteReport>> {
+    let RewriteSpec {
+        segment: number,
+        add_features,
+        min_freed_bytes,
+    } = spec;
     let segments = &reader.segments;
     let index = &reader.index;
     let seg = segments

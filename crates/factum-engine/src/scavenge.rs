@@ -24,7 +24,7 @@ use factum_core::{Error, Result, StreamName, Timestamp, Uuid};
 use parking_lot::Mutex;
 
 use crate::format::{StoredEvent, FLAG_TOMBSTONE};
-use crate::rewrite::{rewrite_segment, Pace, RecordAction, Throttle};
+use crate::rewrite::{rewrite_segment, Pace, RecordAction, RewriteSpec, Throttle};
 use crate::Engine;
 
 /// How a scavenge runs.
@@ -293,12 +293,15 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
             Some(seg) => seg.len()? * options.min_freed_percent.min(100) as u64 / 100,
             None => 0,
         };
+        let spec = RewriteSpec {
+            segment: number,
+            add_features: 0,
+            min_freed_bytes: min_freed.max(1),
+        };
         let done = rewrite_segment(
             engine.dir(),
             reader,
-            number,
-            0,
-            min_freed.max(1),
+            spec,
             &mut decide,
             &mut pace,
             &running.stop,
