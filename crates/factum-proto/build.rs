@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v2_streams.proto",
         "proto/v2_streams_errors.proto",
         "proto/users.proto",
+        "proto/subjects.proto",
         "proto/operations.proto",
     ];
     for f in &files {

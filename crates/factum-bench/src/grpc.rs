@@ -108,11 +108,11 @@ impl<S: EventStore + Clone> BenchStore for Ours<S> {
 
 /// What one side of a comparison measured.
 pub(crate) struct Side {
-    events: u64,
-    elapsed: Duration,
-    lat: Latencies,
+    pub(crate) events: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) lat: Latencies,
     /// The server process's CPU time over the measured window (remote sides).
-    server_cpu: Option<Duration>,
+    pub(crate) server_cpu: Option<Duration>,
 }
 
 impl Side {
@@ -124,7 +124,7 @@ impl Side {
 /// `writers` tasks appending `per_append` events at a time for `time`
 /// (or until `max` events), each task on `stores[i % stores.len()]`;
 /// `server` is sampled at the start and the end of the window.
-async fn appends<S: BenchStore>(
+pub(crate) async fn appends<S: BenchStore>(
     stores: &[S],
     writers: usize,
     per_append: usize,
@@ -194,6 +194,30 @@ pub(crate) fn compare(
     how: String,
     placement: &Placement,
 ) -> Report {
+    compare_with(
+        ctx,
+        w,
+        remote,
+        embedded,
+        "the embedded engine, same operations in the same run",
+        latency_of,
+        how,
+        placement,
+    )
+}
+
+/// The report of a remote side against a `baseline` side (named so).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compare_with(
+    ctx: &Ctx,
+    w: Workload,
+    remote: Side,
+    embedded: Side,
+    baseline: &str,
+    latency_of: &'static str,
+    how: String,
+    placement: &Placement,
+) -> Report {
     let mut remote = remote;
     let mut embedded = embedded;
     let (p50, p99) = remote.lat.p50_p99_us();
@@ -208,7 +232,7 @@ pub(crate) fn compare(
     r.baseline_events_per_sec = Some(embedded.eps());
     r.ratio = Some(remote.eps() / embedded.eps());
     r.notes.push(format!(
-        "baseline: the embedded engine, same operations in the same run: {} events in {:.2} s, p50 {:.0} µs, p99 {:.0} µs",
+        "baseline: {baseline}: {} events in {:.2} s, p50 {:.0} µs, p99 {:.0} µs",
         embedded.events,
         embedded.elapsed.as_secs_f64(),
         e50.unwrap_or(0.0),
@@ -308,7 +332,7 @@ fn append_workload(
                 appends(&clients, writers, per_append, time, max, cpu).await
             }
             Via::Kurrentdb => {
-                let client = official::connect(server.addr).await?;
+                let client = official::connect(&server).await?;
                 appends(&[client], writers, per_append, time, max, cpu).await
             }
         }
@@ -332,8 +356,10 @@ fn append_workload(
     Ok(r)
 }
 
-async fn connect(server: &ServerProcess) -> Result<Client, BenchError> {
-    Ok(Client::connect(&format!("http://{}", server.addr)).await?)
+/// Our client on `server`: plain text, or TLS with its CA and `admin`'s
+/// credentials on every call when it runs `--dev`.
+pub(crate) async fn connect(server: &ServerProcess) -> Result<Client, BenchError> {
+    Ok(Client::connect(&server.connection_string()).await?)
 }
 
 /// `grpc-append-seq`, `kurrentdb-append-seq`: one writer.
@@ -377,28 +403,37 @@ fn load_and_read_embedded(
     dir: &std::path::Path,
     total: u64,
 ) -> Result<Side, BenchError> {
+    load(ctx, dir, total)?;
+    read_embedded(ctx, open_engine(dir, Durability::None)?)
+}
+
+/// The store of a read workload: `total` events in appends of 1,000 to one
+/// stream (durability `None`, labelled), index flushed, closed.
+pub(crate) fn load(ctx: &Ctx, dir: &std::path::Path, total: u64) -> Result<(), BenchError> {
     let data = payload(EVENT_BYTES);
-    {
-        let engine = open_engine(dir, Durability::None)?;
-        ctx.rt.block_on(async {
-            let stream = StreamName::new("load-1")?;
-            let mut written = 0;
-            while written < total {
-                let n = (total - written).min(1000);
-                let batch = (0..n).map(|_| event(&data)).collect();
-                engine
-                    .append(stream.clone(), ExpectedRevision::Any, batch)
-                    .await?;
-                written += n;
-            }
-            Ok::<_, BenchError>(())
-        })?;
-        // The load's index flush would otherwise run in the background
-        // during the measurements, taking a core from them.
-        engine.flush_index()?;
-        engine.close()?;
-    }
     let engine = open_engine(dir, Durability::None)?;
+    ctx.rt.block_on(async {
+        let stream = StreamName::new("load-1")?;
+        let mut written = 0;
+        while written < total {
+            let n = (total - written).min(1000);
+            let batch = (0..n).map(|_| event(&data)).collect();
+            engine
+                .append(stream.clone(), ExpectedRevision::Any, batch)
+                .await?;
+            written += n;
+        }
+        Ok::<_, BenchError>(())
+    })?;
+    // The load's index flush would otherwise run in the background
+    // during the measurements, taking a core from them.
+    engine.flush_index()?;
+    engine.close()?;
+    Ok(())
+}
+
+/// The embedded side of a read workload: the loaded store read forwards.
+fn read_embedded(ctx: &Ctx, engine: factum_engine::Engine) -> Result<Side, BenchError> {
     let side = ctx.rt.block_on(async {
         let started = Instant::now();
         let mut from = 0u64;
@@ -426,6 +461,32 @@ fn load_and_read_embedded(
     Ok(side)
 }
 
+/// `$all` read forwards from the start through our client as one streamed
+/// read of at most `total` events: the events read, the time, the server's
+/// CPU time.
+pub(crate) async fn read_all_remote(
+    server: &ServerProcess,
+    total: u64,
+) -> Result<Side, BenchError> {
+    let client = connect(server).await?;
+    let cpu_before = Some(server.cpu.now()?);
+    let started = Instant::now();
+    let mut events = 0u64;
+    let mut read = client
+        .read_all_streaming(ReadAll::forwards().max_count(total))
+        .await?;
+    while let Some(e) = futures_util::StreamExt::next(&mut read).await {
+        e?;
+        events += 1;
+    }
+    Ok(Side {
+        events,
+        elapsed: started.elapsed(),
+        lat: Latencies::with_capacity(0),
+        server_cpu: cpu_spent(Some(&server.cpu), cpu_before)?,
+    })
+}
+
 /// `grpc-read-all`, `kurrentdb-read-all`: `$all` read forwards, embedded
 /// in pages of 10,000 and over gRPC as one streamed read (the server pages
 /// internally), each event dropped once counted on both sides.
@@ -441,7 +502,7 @@ pub fn read_all(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchErr
             Via::Kurrentdb => None,
         };
         let official = match via {
-            Via::Kurrentdb => Some(official::connect(server.addr).await?),
+            Via::Kurrentdb => Some(official::connect(&server).await?),
             Via::FactumClient => None,
         };
         let cpu_before = Some(server.cpu.now()?);
@@ -551,7 +612,7 @@ pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
         let cpu = Some(&server.cpu);
         match via {
             Via::FactumClient => delivery(&Ours(connect(&server).await?), n, cpu).await,
-            Via::Kurrentdb => delivery(&official::connect(server.addr).await?, n, cpu).await,
+            Via::Kurrentdb => delivery(&official::connect(&server).await?, n, cpu).await,
         }
     })?;
     server.stop()?;

@@ -15,6 +15,9 @@
 //! `kurrentdb-append-concurrent-256`, `kurrentdb-append-batch`,
 //! `kurrentdb-read-all`, `kurrentdb-subscribe-latency` (the same through
 //! KurrentDB's official Rust client, [`official`]),
+//! `secure-append-concurrent`, `secure-read-all`,
+//! `secure-kurrentdb-append-concurrent-256` ([`secure`]: TLS and
+//! Basic credentials against an insecure server, same run),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
 //! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan),
 //! `soak` ([`soak`]: mixed load for a set time, the server's memory; only
@@ -39,7 +42,9 @@ mod postgres;
 mod read;
 mod reads_under_load;
 mod scavenge;
+mod secure;
 mod server;
+mod shred;
 mod soak;
 mod subscribe;
 mod toolkit;
@@ -209,6 +214,15 @@ pub enum Workload {
     PgReadAll,
     /// PostgreSQL backend, live subscription latency (vs engine).
     PgSubscribeLatency,
+    /// `grpc-append-concurrent` on a secure server (TLS, Basic credentials
+    /// on every call) against the same on an insecure one.
+    SecureAppendConcurrent,
+    /// `grpc-read-all` on a secure server against an insecure one.
+    SecureReadAll,
+    /// `kurrentdb-append-concurrent-256` on a secure server against an
+    /// insecure one (one Append RPC, so one authenticated request, per append).
+    #[value(name = "secure-kurrentdb-append-concurrent-256")]
+    SecureKurrentdbAppendConcurrent256,
     /// A consumer group delivering to one consumer that acks each event
     /// (vs a catch-up subscription).
     #[value(name = "persistent-1")]
@@ -219,6 +233,12 @@ pub enum Workload {
     /// Paced appends while 16 clients scan `$all` with a filter matching
     /// nothing (through the server), vs the same appends alone.
     ReadsUnderLoad,
+    /// Crypto-shredding: appends of events with two personal fields
+    /// (encrypted per subject) vs the same events naming no subject.
+    ShredAppend,
+    /// Crypto-shredding: `$all` read back decrypted vs the same events
+    /// naming no subject.
+    ShredReadAll,
     /// Scavenging a store half of whose events are hidden, against a raw
     /// copy of the same segment files (ADR 33).
     Scavenge,
@@ -260,15 +280,22 @@ impl Workload {
             Workload::KurrentdbAppendBatch => "kurrentdb-append-batch",
             Workload::KurrentdbReadAll => "kurrentdb-read-all",
             Workload::KurrentdbSubscribeLatency => "kurrentdb-subscribe-latency",
+            Workload::SecureAppendConcurrent => "secure-append-concurrent",
+            Workload::SecureReadAll => "secure-read-all",
+            Workload::SecureKurrentdbAppendConcurrent256 => {
+                "secure-kurrentdb-append-concurrent-256"
+            }
             Workload::Persistent1 => "persistent-1",
             Workload::Persistent4 => "persistent-4",
             Workload::ReadsUnderLoad => "reads-under-load",
+            Workload::ShredAppend => "shred-append",
+            Workload::ShredReadAll => "shred-read-all",
             Workload::Scavenge => "scavenge",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 33] = [
+    const ALL: [Workload; 38] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -297,9 +324,14 @@ impl Workload {
         Workload::KurrentdbAppendBatch,
         Workload::KurrentdbReadAll,
         Workload::KurrentdbSubscribeLatency,
+        Workload::SecureAppendConcurrent,
+        Workload::SecureReadAll,
+        Workload::SecureKurrentdbAppendConcurrent256,
         Workload::Persistent1,
         Workload::Persistent4,
         Workload::ReadsUnderLoad,
+        Workload::ShredAppend,
+        Workload::ShredReadAll,
         Workload::Scavenge,
         Workload::Soak,
     ];
@@ -344,6 +376,9 @@ pub struct Report {
     /// measured window, µs (server-path workloads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_event: Option<f64>,
+    /// The same for the baseline's server (`secure-…`: the insecure one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_server_cpu_us_per_event: Option<f64>,
     /// Peak resident memory, MB (`open`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
@@ -482,6 +517,8 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::AppendBatch => append::batch(&mut ctx),
             Workload::ReadAll => read::read_all(&mut ctx),
             Workload::ReadStream => read::read_stream(&mut ctx),
+            Workload::ShredAppend => shred::append(&mut ctx),
+            Workload::ShredReadAll => shred::read(&mut ctx),
             Workload::SubscribeLatency => subscribe::latency(&mut ctx),
             Workload::Open => open::open(&mut ctx),
             Workload::AggregateLoad => toolkit::aggregate_load(&mut ctx),
@@ -515,6 +552,13 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::KurrentdbSubscribeLatency => {
                 grpc::subscribe_latency(&mut ctx, w, Via::Kurrentdb)
             }
+            Workload::SecureAppendConcurrent => {
+                secure::append_concurrent(&mut ctx, w, Via::FactumClient)
+            }
+            Workload::SecureKurrentdbAppendConcurrent256 => {
+                secure::append_concurrent(&mut ctx, w, Via::Kurrentdb)
+            }
+            Workload::SecureReadAll => secure::read_all(&mut ctx, w),
             Workload::Persistent1 => persistent::one(&mut ctx),
             Workload::Persistent4 => persistent::four(&mut ctx),
             Workload::ReadsUnderLoad => {

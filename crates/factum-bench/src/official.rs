@@ -15,16 +15,26 @@ use serde_json::value::RawValue;
 
 use crate::error::BenchError;
 use crate::grpc::BenchStore;
+use crate::server::ServerProcess;
 
 fn failure(what: &str, e: kurrentdb::Error) -> BenchError {
     BenchError::failure(format!("kurrentdb {what}: {e}"))
 }
 
-/// The official client connected to `addr` (`esdb://…?tls=false`). The
-/// client connects on its first call: one read of at most one `$all` event
-/// does that here, outside any measured window.
-pub async fn connect(addr: std::net::SocketAddr) -> Result<Official, BenchError> {
-    let settings: ClientSettings = format!("esdb://{addr}?tls=false")
+/// The official client connected to `server` (`esdb://…?tls=false`, or
+/// for a `--dev` server TLS with its CA and `admin:changeit`). The client
+/// connects on its first call: one read of at most one `$all` event does
+/// that here, outside any measured window.
+pub async fn connect(server: &ServerProcess) -> Result<Official, BenchError> {
+    let connection = match &server.ca {
+        None => format!("esdb://{}?tls=false", server.addr),
+        Some(ca) => format!(
+            "esdb://admin:changeit@localhost:{}?tls=true&tlsCaFile={}",
+            server.addr.port(),
+            ca.display()
+        ),
+    };
+    let settings: ClientSettings = connection
         .parse()
         .map_err(|e| BenchError::failure(format!("kurrentdb settings: {e}")))?;
     let client =

@@ -1,6 +1,9 @@
 //! The server side of the server-path workloads: a real `factum serve
 //! --insecure` process on the embedded engine (a fresh store, a free local
-//! port), the CPU time it spends, and where the two processes run.
+//! port), the CPU time it spends, and where the two processes run. The
+//! `secure-…` workloads start it with `--dev` instead ([`Security::Dev`]):
+//! TLS with the development CA it makes in the store's directory, users,
+//! and clients that send `admin:changeit` with every call.
 //!
 //! The server runs in its own process, as users run it, so that its CPU
 //! time can be read apart from the load generator's: user + system time of
@@ -214,11 +217,23 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// A running `factum serve --insecure` on a store of its own.
+/// How the server protects its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// `--insecure`: plain TCP, no users.
+    Insecure,
+    /// `--dev`: TLS with a development CA made in the data directory,
+    /// users (`admin` / `changeit`), credentials required.
+    Dev,
+}
+
+/// A running `factum serve` on a store of its own.
 pub struct ServerProcess {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The development CA clients trust ([`Security::Dev`]).
+    pub ca: Option<PathBuf>,
     /// Its CPU time.
     pub cpu: CpuClock,
     log: PathBuf,
@@ -238,6 +253,16 @@ impl ServerProcess {
         placement: &Placement,
         args: &[&str],
     ) -> Result<ServerProcess, BenchError> {
+        Self::start_as(data, placement, Security::Insecure, args)
+    }
+
+    /// [`ServerProcess::start_with`], protected as `security` says.
+    pub fn start_as(
+        data: &Path,
+        placement: &Placement,
+        security: Security,
+        args: &[&str],
+    ) -> Result<ServerProcess, BenchError> {
         let factum = factum_binary()?;
         let log = data.with_extension("log");
         let stderr = std::fs::File::create(&log)
@@ -251,10 +276,16 @@ impl ServerProcess {
             None => Command::new(&factum),
         };
         command
-            .args(["serve", "--insecure", "--listen", "127.0.0.1:0", "--data"])
+            .arg("serve")
+            .arg(match security {
+                Security::Insecure => "--insecure",
+                Security::Dev => "--dev",
+            })
+            .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(args)
             .env_remove("FACTUM_CONFIG")
+            .env_remove("FACTUM_DEFAULT_ADMIN_PASSWORD")
             .env_remove("FACTUM_BACKEND")
             .env_remove("FACTUM_MAX_APPEND_BYTES")
             .stdin(Stdio::null())
@@ -263,14 +294,30 @@ impl ServerProcess {
         let mut child = command.spawn().map_err(|e| {
             BenchError::failure(format!("cannot start {} serve: {e}", factum.display()))
         })?;
+        // --dev prints where its CA is first; then, in either mode,
+        // "factum serving <store> on <addr> (gRPC and HTTP; …)".
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        let read = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
-        // "factum serving <store> on <addr> (gRPC and HTTP; insecure)"
+        let mut ca = None;
+        let read = loop {
+            line.clear();
+            match stdout.read_line(&mut line) {
+                Ok(0) => break Err(()),
+                Ok(_) if line.starts_with("factum serving") => break Ok(()),
+                Ok(_) => {
+                    if let Some(path) = line.trim().strip_prefix("development CA: ") {
+                        ca = Some(PathBuf::from(path));
+                    }
+                }
+                Err(_) => break Err(()),
+            }
+        };
         let addr = line
             .rsplit_once(" on ")
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .and_then(|a| a.parse::<SocketAddr>().ok());
-        let Some(addr) = addr.filter(|_| read.is_ok()) else {
+        let wanted_ca = security == Security::Insecure || ca.is_some();
+        let Some(addr) = addr.filter(|_| read.is_ok() && wanted_ca) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(BenchError::failure(format!(
@@ -282,9 +329,23 @@ impl ServerProcess {
         Ok(ServerProcess {
             child,
             addr,
+            ca,
             cpu,
             log,
         })
+    }
+
+    /// The connection string of a client: plain `http://…`, or TLS with
+    /// the development CA and `admin`'s credentials.
+    pub fn connection_string(&self) -> String {
+        match &self.ca {
+            None => format!("http://{}", self.addr),
+            Some(ca) => format!(
+                "esdb://admin:changeit@localhost:{}?tls=true&tlsCAFile={}",
+                self.addr.port(),
+                ca.display()
+            ),
+        }
     }
 
     /// Its resident memory now (`VmRSS` of `/proc/<pid>/status`), bytes.

@@ -205,3 +205,21 @@ fn a_tiny_soak_loses_nothing_and_reports_memory_and_errors() {
     assert_eq!(s["rss_mb_by_quarter"].as_array().unwrap().len(), 4);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_secure_workloads_compare_tls_and_credentials_with_insecure() {
+    // CI's one run of the secure path through the bench: `factum serve
+    // --dev`, TLS with its CA, Basic credentials on every call.
+    let lines = run_server_path(&["secure-append-concurrent", "secure-read-all"], 300);
+    for r in &lines {
+        assert!(
+            r["baseline_server_cpu_us_per_event"].as_f64().is_some(),
+            "{r}"
+        );
+        assert!(r["target"].as_str().unwrap().contains("of insecure"), "{r}");
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("factum serve --insecure, same run"), "{r}");
+        assert!(notes.contains("server CPU per event: secure"), "{r}");
+    }
+    assert_eq!(lines[1]["events"], 300, "every event read back over TLS");
+}

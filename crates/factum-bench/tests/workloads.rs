@@ -121,3 +121,27 @@ fn bench_reads_under_load_compares_appends_with_and_without_readers() {
     assert!(notes.contains("/health"), "{notes}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_shred_reports_personal_against_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(run(&[
+        "--quick",
+        "--workload",
+        "shred-append",
+        "shred-read-all",
+        "--json",
+        "--events",
+        "2000",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    for (r, name) in lines.iter().zip(["shred-append", "shred-read-all"]) {
+        assert_eq!(r["workload"], name);
+        assert!(r["events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["baseline_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

@@ -60,6 +60,9 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Makes a store from a backup, then verifies it.
     Restore(commands::backup::RestoreArgs),
+    /// Forgets a data subject (crypto-shredding): destroys its key, so its
+    /// personal fields read as erased everywhere; records an audit event.
+    Forget(commands::forget::ForgetArgs),
     /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
     /// `$tb`, deleted streams, old metadata) from a store no server holds.
     Scavenge(commands::scavenge::ScavengeArgs),
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Reindex(a) => commands::admin::reindex(a),
         Command::Backup(a) => commands::backup::backup(a),
         Command::Restore(a) => commands::backup::restore(a),
+        Command::Forget(a) => commands::forget::run(a),
         Command::Scavenge(a) => commands::scavenge::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),

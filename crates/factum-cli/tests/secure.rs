@@ -200,6 +200,36 @@ fn contradicting_or_incomplete_security_flags_are_refused() {
             ],
             "cannot read /nonexistent.crt",
         ),
+        // Bearer tokens (ADR 34): only when secure, with issuer and audience.
+        (
+            &[
+                "--insecure",
+                "--jwks-file",
+                "k.json",
+                "--jwt-issuer",
+                "i",
+                "--jwt-audience",
+                "a",
+            ],
+            "--insecure accepts any or no credentials",
+        ),
+        (
+            &["--dev", "--jwks-file", "k.json", "--jwt-issuer", "i"],
+            "--jwks-file needs --jwt-issuer and --jwt-audience",
+        ),
+        (&["--dev", "--jwt-audience", "a"], "need --jwks-file"),
+        (
+            &[
+                "--dev",
+                "--jwks-file",
+                "/nonexistent.json",
+                "--jwt-issuer",
+                "i",
+                "--jwt-audience",
+                "a",
+            ],
+            "cannot read the JWKS file /nonexistent.json",
+        ),
     ];
     for (args, message) in cases {
         let o = factum()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::connection::Transport;
 use factum_core::UnavailableReason;
 use factum_core::{AppendResult, Error, EventData, ExpectedRevision, Result, StreamName, Uuid};
 use factum_proto::shared;
@@ -13,7 +14,6 @@ use factum_proto::streams::streams_client::StreamsClient;
 use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::wire;
 
@@ -48,7 +48,7 @@ impl std::fmt::Debug for Batcher {
 
 impl Batcher {
     /// Opens the call; answers are routed to waiters by correlation id.
-    pub async fn open(client: &StreamsClient<Channel>) -> Result<Arc<Batcher>> {
+    pub async fn open(client: &StreamsClient<Transport>) -> Result<Arc<Batcher>> {
         let (tx, rx) = mpsc::unbounded_channel::<BatchAppendReq>();
         let requests =
             futures_util::stream::unfold(

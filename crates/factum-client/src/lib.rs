@@ -12,7 +12,10 @@
 //! ```no_run
 //! # async fn run() -> factum_core::Result<()> {
 //! use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
-//! let store = factum_client::Client::connect("esdb://127.0.0.1:2113?tls=false").await?;
+//! let store = factum_client::Client::connect(
+//!     "esdb://admin:changeit@localhost:2113?tls=true&tlsCAFile=data/dev-certs/ca/ca.crt",
+//! )
+//! .await?;
 //! let order = StreamName::new("order-1")?;
 //! store.append(order.clone(), ExpectedRevision::Any, vec![EventData::binary("Placed", "x")]).await?;
 //! let events = store.read_stream(ReadStream::forwards(order)).await?;
@@ -22,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod connection;
 mod multi;
 mod read;
 mod request;
@@ -29,6 +33,8 @@ mod resume;
 mod retry;
 mod wire;
 
+use connection::Transport;
+pub use connection::{ConnectionSettings, Verify};
 use factum_core::UnavailableReason;
 use factum_core::{
     AppendResult, DeleteResult, Error, EventData, EventStore, ExpectedRevision, Position, ReadAll,
@@ -47,7 +53,6 @@ pub use read::decode_read_message;
 use read::ReadItem;
 use resume::{Resumable, Target};
 pub use retry::Retry;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
 /// The core error a failed call of a Factum server stands for, exactly as
@@ -65,55 +70,30 @@ pub(crate) const MAX_MESSAGE: usize = 65 * 1024 * 1024;
 /// A connection to a server; cheap to clone (one HTTP/2 connection shared).
 #[derive(Clone, Debug)]
 pub struct Client {
-    streams: StreamsClient<Channel>,
+    streams: StreamsClient<Transport>,
     /// Reads go through their own codec (see `read.rs`).
-    channel: Channel,
+    channel: Transport,
     /// The BatchAppend call appends share, opened on first use.
     batcher: std::sync::Arc<tokio::sync::Mutex<Option<std::sync::Arc<batch::Batcher>>>>,
     retry: Retry,
 }
 
 impl Client {
-    /// Connects to `http://host:port` or `esdb://host:port?tls=false`
-    /// (TLS is not implemented yet and is refused).
+    /// Connects with a connection string: `http://host:port` (plain),
+    /// `https://host:port`, or KurrentDB's
+    /// `esdb://[login:password@]host:port[?tls=…&tlsCAFile=…&tlsVerifyCert=…]`
+    /// (TLS unless `tls=false`; see [`ConnectionSettings::parse`]).
     pub async fn connect(endpoint: &str) -> Result<Client> {
-        let url = if let Some(rest) = endpoint.strip_prefix("esdb://") {
-            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-            if !query
-                .split('&')
-                .any(|kv| kv.eq_ignore_ascii_case("tls=false"))
-            {
-                return Err(Error::Unsupported(
-                    "TLS connections are not implemented yet: add ?tls=false".into(),
-                ));
-            }
-            let host = hosts
-                .split(',')
-                .next()
-                .unwrap_or(hosts)
-                .trim_end_matches('/');
-            format!("http://{host}")
-        } else {
-            endpoint.to_owned()
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::InvalidInput(format!("bad endpoint {endpoint:?}: {e}")))?
-            .tcp_nodelay(true)
-            // Reads stream many events: HTTP/2's default 64 KiB window
-            // would stall the server between window updates.
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            .connect()
-            .await
-            .map_err(|e| {
-                Error::unavailable(
-                    UnavailableReason::Connection,
-                    format!("cannot connect to {url}: {e}"),
-                )
-            })?;
+        Client::connect_with(&ConnectionSettings::parse(endpoint)?).await
+    }
+
+    /// Connects with `settings`: TLS as they say, their credentials sent
+    /// as `authorization: Basic …` on every call.
+    pub async fn connect_with(settings: &ConnectionSettings) -> Result<Client> {
+        let transport = settings.connect().await?;
         Ok(Client {
-            channel: channel.clone(),
-            streams: StreamsClient::new(channel)
+            channel: transport.clone(),
+            streams: StreamsClient::new(transport)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             batcher: Default::default(),

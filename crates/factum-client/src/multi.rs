@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::connection::Transport;
 use factum_core::{
     ActualState, ContentType, Error, MultiAppend, MultiAppendResult, Position, Result,
     StreamAppended, StreamCondition, StreamRevision, Violation,
@@ -21,7 +22,6 @@ use factum_proto::v2_streams::{
     SchemaInfo,
 };
 use prost::Message;
-use tonic::transport::Channel;
 
 fn condition_to_wire(c: StreamCondition) -> Option<i64> {
     match c {
@@ -83,7 +83,7 @@ fn value_of(v: serde_json::Value) -> prost_types::Value {
 
 /// Sends `request` as one `AppendRecords` call.
 pub(crate) async fn append_records(
-    channel: Channel,
+    channel: Transport,
     request: &MultiAppend,
 ) -> Result<MultiAppendResult> {
     let mut checks = Vec::new();

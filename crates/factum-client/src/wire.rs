@@ -121,6 +121,8 @@ pub fn decode(
             },
             Code::Unimplemented => Error::Unsupported(message.to_owned()),
             Code::PermissionDenied => Error::AccessDenied(message.to_owned()),
+            // Credentials refused: not worth a retry with the same ones.
+            Code::Unauthenticated => Error::AccessDenied(format!("credentials refused: {message}")),
             code => Error::unavailable(
                 UnavailableReason::Unspecified,
                 format!("{code:?}: {message}"),

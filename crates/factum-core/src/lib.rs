@@ -19,6 +19,7 @@ pub mod managed;
 pub mod metadata;
 pub mod model;
 pub mod multi;
+pub mod personal;
 pub mod read;
 pub mod rules;
 pub mod store;

@@ -39,6 +39,10 @@ pub const USERS_STREAM: &str = "$users";
 /// password hash (KurrentDB's name).
 pub const USER_STREAM_PREFIX: &str = "$user-";
 
+/// The audit trail of crypto-shredding: one `$SubjectForgotten` event
+/// per `forget` (who, when, which subject; ADR 36).
+pub const FORGOTTEN_SUBJECTS_STREAM: &str = "$subjects-forgotten";
+
 /// A subsystem that owns streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,6 +52,8 @@ pub enum Owner {
     PersistentSubscriptions,
     /// Users: their details, groups and password hashes (ADR 31).
     Users,
+    /// Crypto-shredding: the audit trail of forgotten subjects (ADR 36).
+    Subjects,
 }
 
 impl Owner {
@@ -56,6 +62,7 @@ impl Owner {
         match self {
             Owner::PersistentSubscriptions => "persistent subscriptions",
             Owner::Users => "user management",
+            Owner::Subjects => "crypto-shredding",
         }
     }
 
@@ -68,6 +75,9 @@ impl Owner {
             Owner::Users => {
                 "the Users service: creating, updating, enabling, disabling and deleting users, \
                  password changes and resets"
+            }
+            Owner::Subjects => {
+                "forgetting a subject (POST /subjects/{subject}/forget, factum forget)"
             }
         }
     }
@@ -103,6 +113,7 @@ const MANAGED: &[(Pattern, Owner)] = &[
     ),
     (Pattern::Exact(USERS_STREAM), Owner::Users),
     (Pattern::Prefix(USER_STREAM_PREFIX), Owner::Users),
+    (Pattern::Exact(FORGOTTEN_SUBJECTS_STREAM), Owner::Subjects),
 ];
 
 /// The subsystem that owns `stream` (or, for `$$<stream>`, the stream

@@ -28,6 +28,7 @@ mod read;
 mod scavenge;
 mod schema;
 mod session;
+mod subject_keys;
 mod subscribe;
 mod tls;
 mod writer;
@@ -47,6 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use scavenge::PgScavengeReport;
 pub use schema::migrate;
+pub use subject_keys::PostgresKeys;
 
 /// How to reach and use the database.
 #[derive(Clone, Debug)]

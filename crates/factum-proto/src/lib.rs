@@ -60,6 +60,11 @@ pub mod generated {
             }
         }
     }
+    pub mod factum {
+        pub mod subjects {
+            tonic::include_proto!("factum.subjects");
+        }
+    }
     pub mod google {
         pub mod rpc {
             tonic::include_proto!("google.rpc");
@@ -81,6 +86,8 @@ pub use generated::event_store::client::server_features;
 pub use generated::event_store::client::streams;
 /// `event_store.client.users`: user management.
 pub use generated::event_store::client::users;
+/// `factum.subjects`: crypto-shredding's `Forget` (Factum's own, ADR 36).
+pub use generated::factum::subjects;
 /// `google.rpc`: KurrentDB's variant of the gRPC status message.
 pub use generated::google::rpc as status;
 /// `kurrentdb.protocol.v2.streams`: multi-stream appends (ADR 29).
@@ -102,6 +109,8 @@ pub mod service_names {
         "event_store.client.persistent_subscriptions.PersistentSubscriptions";
     /// `event_store.client.users.Users`
     pub const USERS: &str = "event_store.client.users.Users";
+    /// `factum.subjects.Subjects` (Factum's own, ADR 36)
+    pub const SUBJECTS: &str = "factum.subjects.Subjects";
     /// `event_store.client.operations.Operations`
     pub const OPERATIONS: &str = "event_store.client.operations.Operations";
 }

@@ -16,6 +16,10 @@
 //!
 //! Insecure mode ([`Insecure`]) accepts any or no credentials: every
 //! request is anonymous and nothing is refused.
+//!
+//! With a JWKS file configured, [`WithBearer`] answers requests that carry
+//! `authorization: Bearer <JWT>` (ADR 34) and leaves the others to the
+//! users; a refused token is answered like refused credentials.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -137,6 +141,45 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
     Ok(Some((login.to_owned(), password.to_owned())))
 }
 
+/// The token of an `authorization: Bearer …` header, if that is what the
+/// request carries.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Bearer tokens (JWT, `bearer.rs`, ADR 34) in front of another
+/// authenticator, which answers every request that carries no token.
+pub struct WithBearer {
+    /// Checks the tokens.
+    pub bearer: Arc<crate::bearer::Bearer>,
+    /// Everything else: Basic credentials, client certificates.
+    pub inner: Arc<dyn Authenticator>,
+}
+
+impl Authenticator for WithBearer {
+    fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> AuthFuture<'a> {
+        match bearer_token(headers) {
+            Some(token) => Box::pin(std::future::ready(
+                self.bearer.verify(token).map(Principal::User),
+            )),
+            None => self.inner.authenticate(headers),
+        }
+    }
+
+    fn certificate<'a>(&'a self, login: &'a str) -> AuthFuture<'a> {
+        self.inner.certificate(login)
+    }
+
+    fn required(&self) -> bool {
+        self.inner.required()
+    }
+}
+
 /// The principal the gate attached to a request (anonymous when the
 /// request did not pass through it: a service used on its own).
 pub fn principal(extensions: &axum::http::Extensions) -> Principal {
@@ -189,6 +232,11 @@ fn ops_only(path: &str) -> bool {
     }
 }
 
+/// Requests only `$admins` may make: forgetting a data subject (ADR 36).
+fn admins_only(path: &str) -> bool {
+    path.starts_with(crate::subjects::HTTP_PREFIX) || path.starts_with(crate::subjects::GRPC_PREFIX)
+}
+
 /// Requests the anonymous user may make when users are required: what
 /// clients call before they authenticate (as KurrentDB).
 fn open_to_anonymous(path: &str) -> bool {
@@ -231,7 +279,12 @@ pub(crate) async fn gate(
             Ok(p) => p,
             Err(Refused(why)) => {
                 metrics.failed_login();
-                tracing::warn!(path = %req.uri().path(), "client certificate refused: {why}");
+                let peer = connection.as_ref().map(|c| c.peer);
+                tracing::warn!(path = %req.uri().path(), ?peer, "client certificate refused: {why}");
+                if let Some(peer) = peer {
+                    // Slowed like refused passwords (per address).
+                    tokio::time::sleep(failures.delay_after_failure(peer.ip())).await;
+                }
                 return Err(unauthenticated(is_grpc, &why));
             }
         };
@@ -262,8 +315,28 @@ pub(crate) async fn gate(
             });
         }
     }
+    if authenticator.required()
+        && admins_only(req.uri().path())
+        && !matches!(&principal, Principal::User(u) if u.is_admin())
+    {
+        return Err(if is_grpc {
+            access_denied_grpc()
+        } else {
+            forbidden("$admins only")
+        });
+    }
     req.extensions_mut().insert(principal);
     Ok(req)
+}
+
+/// HTTP 403 with the documented JSON error.
+fn forbidden(message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": "access-denied", "message": message });
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// Recent failed logins per client address: after a few, each further

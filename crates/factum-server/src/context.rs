@@ -23,6 +23,30 @@ pub type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 pub type BackupHook =
     Arc<dyn Fn(std::path::PathBuf) -> factum_core::Result<serde_json::Value> + Send + Sync>;
 
+/// What `forget` did (crypto-shredding, ADR 36).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The subject.
+    pub subject: String,
+    /// Whether it had a key.
+    pub had_key: bool,
+    /// The audit event's position in `$all`.
+    pub audit_position: u64,
+}
+
+/// Forgets a data subject (`POST /subjects/{subject}/forget`, gRPC
+/// `factum.subjects.Subjects/Forget`): called with the subject and who
+/// asked, when the store was opened with a master key (ADR 36).
+pub type ForgetHook = Arc<
+    dyn Fn(
+            String,
+            String,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = factum_core::Result<Forgotten>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// Server settings.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -48,6 +72,9 @@ pub struct ServerConfig {
     pub size_probe: Option<SizeProbe>,
     /// Online backups, when the backend can take them.
     pub backup: Option<BackupHook>,
+    /// Crypto-shredding's `forget`, when the store encrypts personal
+    /// fields (ADR 36).
+    pub forget: Option<ForgetHook>,
     /// Scavenges, when the backend can run them (ADR 33).
     pub scavenge: Option<Arc<dyn crate::operations::Scavenger>>,
     /// When scheduled scavenges run (`--scavenge-schedule`).
@@ -60,6 +87,9 @@ pub struct ServerConfig {
     /// `/metrics` without credentials when users are required (for
     /// scrapers); otherwise it needs `$ops` or `$admins`.
     pub metrics_anonymous: bool,
+    /// Bearer tokens (JWT) checked against a JWKS file (ADR 34), in front
+    /// of the users or `authenticator`; `None`: Bearer is refused.
+    pub bearer: Option<Arc<crate::bearer::Bearer>>,
 }
 
 /// Secure mode's users: the initial passwords of `admin` and `ops` when
@@ -110,11 +140,13 @@ impl ServerConfig {
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
             backup: None,
+            forget: None,
             scavenge: None,
             scavenge_schedule: None,
             tls: None,
             users: None,
             metrics_anonymous: false,
+            bearer: None,
         }
     }
 }

@@ -18,10 +18,12 @@
 //! | `metrics` | Prometheus counters and latency histograms |
 //! | `budget` | one budget of in-flight append bytes across all clients |
 //! | `auth` | the authentication gate in front of gRPC and HTTP: Basic credentials, the anonymous endpoints (insecure mode accepts anything) |
+//! | `bearer` | bearer tokens: JWT checked against a JWKS file (reloaded when it changes), claims → user and groups |
 //! | `users` / `grpc_users` / `http_users` | users in `$user-<login>` streams, argon2id, the verified-credential cache; KurrentDB's `Users` service |
 //! | `client_store` | the store as handlers reach it: clients' writes to streams Factum manages are refused there, once; stream ACLs checked there (secure mode) |
 //! | `acl` | KurrentDB's stream ACLs: `$acl`, `$settings` defaults, built-ins; cached |
 //! | `listener` | the accept loop: connection limits, HTTP/2 settings and keep-alive, timeouts |
+//! | `subjects` | crypto-shredding's `forget` over HTTP and gRPC (`$admins` only; ADR 36) |
 //! | `tls` | TLS on the one port: rustls, ALPN, certificates reloaded when their files change |
 //!
 //! ```no_run
@@ -42,6 +44,7 @@
 pub mod acl;
 mod advertise;
 pub mod auth;
+pub mod bearer;
 pub mod budget;
 mod client_store;
 mod context;
@@ -64,6 +67,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod operations;
 mod read_wire;
+mod subjects;
 pub mod tls;
 pub mod users;
 
@@ -85,7 +89,7 @@ use tower::ServiceExt;
 
 pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
-pub use context::{BackupHook, Ctx, ServerConfig, SizeProbe, UsersConfig};
+pub use context::{BackupHook, Ctx, ForgetHook, Forgotten, ServerConfig, SizeProbe, UsersConfig};
 pub use listener::ConnectionLimits;
 pub use operations::{ScavengeInfo, ScavengeRequest, ScavengeStart, Scavenger, Schedule};
 
@@ -115,6 +119,13 @@ pub fn app<S: EventStore>(
     let authenticator: Arc<dyn auth::Authenticator> = match &users {
         Some(users) => users.clone(),
         None => config.authenticator.clone(),
+    };
+    let authenticator: Arc<dyn auth::Authenticator> = match &config.bearer {
+        Some(bearer) => Arc::new(auth::WithBearer {
+            bearer: bearer.clone(),
+            inner: authenticator,
+        }),
+        None => authenticator,
     };
     let client_store = match &users {
         Some(_) => client_store::ClientStore::with_acls(
@@ -158,6 +169,11 @@ pub fn app<S: EventStore>(
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
         None => grpc,
     };
+    let grpc = grpc.add_service(
+        factum_proto::subjects::subjects_server::SubjectsServer::new(subjects::SubjectsApi::new(
+            ctx.clone(),
+        )),
+    );
     let grpc = grpc
         .prepare()
         .into_axum_router()
@@ -166,6 +182,7 @@ pub fn app<S: EventStore>(
         Some(users) => http::router(ctx.clone()).merge(http_users::router(users.clone())),
         None => http::router(ctx.clone()),
     };
+    let http = http.merge(subjects::router(ctx.clone()));
     let gate_ctx = ctx.clone();
     let dispatch = tower::service_fn(move |req: Request<Body>| {
         let is_grpc = req

@@ -123,7 +123,15 @@ pub struct Users<S> {
     /// check: the user must exist and be enabled), as long as `cache`.
     certified: Mutex<HashMap<String, (Identity, Instant)>>,
     key: ring::hmac::Key,
+    /// Password checks that miss the cache, at most [`CHECKS_AT_ONCE`] at
+    /// a time: each holds ~19 MiB for tens of milliseconds, and clients
+    /// opening many connections at once with the same credentials then
+    /// hash once and find the cache filled, instead of hashing once each.
+    checks: tokio::sync::Semaphore,
 }
+
+/// Password hashes computed at once (the memory of a login storm).
+const CHECKS_AT_ONCE: usize = 2;
 
 fn check_login(login: &str) -> Result<StreamName, UserError> {
     if login.is_empty() || login.len() > MAX_FIELD {
@@ -197,6 +205,7 @@ impl<S: EventStore> Users<S> {
             cache: Mutex::new(HashMap::new()),
             certified: Mutex::new(HashMap::new()),
             key,
+            checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         }
     }
 
@@ -347,20 +356,30 @@ impl<S: EventStore> Users<S> {
         Ok(())
     }
 
+    /// `login`'s identity when these credentials were verified lately.
+    fn cached(&self, login: &str, credentials: &str) -> Option<Identity> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let v = cache.get(login)?;
+        // Constant time: the digest is compared by ring.
+        (v.at.elapsed() < CACHE_TTL
+            && ring::hmac::verify(&self.key, credentials.as_bytes(), v.digest.as_ref()).is_ok())
+        .then(|| v.identity.clone())
+    }
+
     /// Checks `login`'s password: its identity, or why not.
     pub async fn verify(&self, login: &str, password: &str) -> Result<Identity, Refused> {
         let credentials = format!("{login}\0{password}");
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = cache.get(login) {
-                // Constant time: the digest is compared by ring.
-                if v.at.elapsed() < CACHE_TTL
-                    && ring::hmac::verify(&self.key, credentials.as_bytes(), v.digest.as_ref())
-                        .is_ok()
-                {
-                    return Ok(v.identity.clone());
-                }
-            }
+        if let Some(identity) = self.cached(login, &credentials) {
+            return Ok(identity);
+        }
+        let _permit = self
+            .checks
+            .acquire()
+            .await
+            .map_err(|_| Refused("the server is shutting down".into()))?;
+        // Another request with the same credentials may have just checked them.
+        if let Some(identity) = self.cached(login, &credentials) {
+            return Ok(identity);
         }
         let digest = ring::hmac::sign(&self.key, credentials.as_bytes());
         let refused = || Refused(format!("invalid credentials for user '{login}'"));

@@ -20,6 +20,62 @@ pub const ACTOR: &str = "$actor";
 /// Metadata key of the event's schema version (absent means 1).
 pub const SCHEMA_VERSION: &str = "$schemaVersion";
 
+/// Which data subject an event is about and which of its fields are
+/// personal (crypto-shredding, ADR 36): written as `$subject` and
+/// `$personalFields` metadata, so a store that shreds (a server started
+/// with a master key, or `factum_crypto::Shredding`) encrypts those fields
+/// with the subject's key, and `forget(subject)` erases them everywhere.
+/// Use an opaque subject id (`customer-<uuid>`): ids, stream names, event
+/// types and other metadata are not encrypted. Erased fields read as
+/// `null`: make personal fields `Option<…>` so events still decode after
+/// a `forget`.
+///
+/// ```
+/// use factum::context::PersonalData;
+/// let p = PersonalData::subject("customer-42").fields(["email", "name"]);
+/// assert_eq!(p.personal_fields, vec!["email", "name"]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersonalData {
+    /// The data subject's id.
+    pub subject: String,
+    /// The personal top-level fields of the event's data; empty: all of it.
+    pub personal_fields: Vec<String>,
+}
+
+impl PersonalData {
+    /// About `subject`, the whole data personal (until [`fields`](Self::fields)).
+    pub fn subject(subject: impl Into<String>) -> Self {
+        PersonalData {
+            subject: subject.into(),
+            personal_fields: Vec::new(),
+        }
+    }
+
+    /// Only these top-level fields are personal.
+    pub fn fields<I: IntoIterator<Item = F>, F: Into<String>>(mut self, fields: I) -> Self {
+        self.personal_fields = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds the convention's keys to a metadata object.
+    fn write_into(&self, map: &mut Map<String, Value>) {
+        use factum_core::personal::{PERSONAL_FIELDS, SUBJECT};
+        map.insert(SUBJECT.into(), Value::String(self.subject.clone()));
+        if !self.personal_fields.is_empty() {
+            map.insert(
+                PERSONAL_FIELDS.into(),
+                Value::Array(
+                    self.personal_fields
+                        .iter()
+                        .map(|f| Value::String(f.clone()))
+                        .collect(),
+                ),
+            );
+        }
+    }
+}
+
 /// Who asked for a command and why: flows into every event it produces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommandContext {
@@ -93,6 +149,16 @@ impl CommandContext {
 
     /// The metadata JSON of one event written under this context.
     pub fn event_metadata(&self, schema_version: u32) -> Result<Vec<u8>, CodecError> {
+        self.event_metadata_for(schema_version, None)
+    }
+
+    /// The metadata JSON of one event written under this context, naming
+    /// its data subject and personal fields when it has some.
+    pub fn event_metadata_for(
+        &self,
+        schema_version: u32,
+        personal: Option<&PersonalData>,
+    ) -> Result<Vec<u8>, CodecError> {
         if let Some(k) = self.custom.keys().find(|k| k.starts_with('$')) {
             return Err(CodecError::Metadata(format!(
                 "custom key {k:?} starts with '$', which is reserved for system keys"
@@ -111,6 +177,9 @@ impl CommandContext {
             map.insert(ACTOR.into(), Value::String(a.clone()));
         }
         map.insert(SCHEMA_VERSION.into(), Value::from(schema_version));
+        if let Some(p) = personal {
+            p.write_into(&mut map);
+        }
         serde_json::to_vec(&Value::Object(map)).map_err(|source| CodecError::Encode {
             what: "event metadata".into(),
             source,

@@ -59,6 +59,13 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         let _ = event_type;
         1
     }
+
+    /// The data subject this event is about and its personal fields
+    /// (crypto-shredding, ADR 36), written into its metadata; `None` (the
+    /// default): nothing personal.
+    fn personal_data(&self) -> Option<crate::context::PersonalData> {
+        None
+    }
 }
 
 /// Encoding or decoding an event, a snapshot or metadata failed.

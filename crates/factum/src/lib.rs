@@ -13,7 +13,7 @@ pub mod testing;
 pub mod upcast;
 
 pub use aggregate::Aggregate;
-pub use context::{CommandContext, EventMetadata};
+pub use context::{CommandContext, EventMetadata, PersonalData};
 pub use event::{CodecError, DomainEvent};
 pub use projection::{
     Envelope, FailurePolicy, Lag, ProjectionError, ProjectionHandle, ProjectionMetrics,

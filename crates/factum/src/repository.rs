@@ -528,7 +528,9 @@ impl<S: EventStore, A: Aggregate, P: SnapshotStore> Repository<S, A, P> {
             .map(|e| {
                 let (event_type, data) = event::encode(e).map_err(codec)?;
                 let version = A::Event::schema_version(event_type);
-                let meta = context.event_metadata(version).map_err(codec)?;
+                let meta = context
+                    .event_metadata_for(version, e.personal_data().as_ref())
+                    .map_err(codec)?;
                 Ok(EventData::new(event_type, ContentType::Json, data).with_metadata(meta))
             })
             .collect()

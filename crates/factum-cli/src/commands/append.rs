@@ -34,6 +34,10 @@ pub struct AppendArgs {
     /// The event id (a UUID; a retry with the same id is idempotent). Default: random.
     #[arg(long, value_name = "UUID")]
     pub id: Option<String>,
+    /// The master key of crypto-shredding (ADR 36): needed when the
+    /// metadata names a `$subject`, whose personal fields are encrypted.
+    #[arg(long, env = "FACTUM_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// Runs `factum append`.
@@ -73,9 +77,23 @@ pub fn run(args: AppendArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::usage(format!("--id {id:?} is not a UUID: {e}")))?;
         event = event.with_id(id);
     }
-    let engine = open(&args.data, EngineConfig::default())?;
+    let master = super::forget::master_key(args.encryption_key_file.as_deref())?;
+    let names_subject = factum_crypto::convention::personal(&event.metadata)?.is_some();
+    if names_subject && master.is_none() {
+        return Err(CliError::usage(
+            "the metadata names a $subject: give the master key (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY) so its personal fields are written encrypted",
+        ));
+    }
+    let engine = std::sync::Arc::new(open(&args.data, EngineConfig::default())?);
     let rt = runtime()?;
-    let result = rt.block_on(engine.append(stream, expected, vec![event]));
+    let result = match master {
+        Some(master) if names_subject => {
+            let keys = super::forget::engine_keys(&args.data, master)?;
+            let store = factum_crypto::Shredding::new(engine.clone(), std::sync::Arc::new(keys));
+            rt.block_on(store.append(stream, expected, vec![event]))
+        }
+        _ => rt.block_on(engine.append(stream, expected, vec![event])),
+    };
     let closed = engine.close();
     let r = result?;
     closed?;

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod crash_load;
+pub mod forget;
 pub mod read;
 pub mod scavenge;
 pub mod serve;

@@ -8,7 +8,7 @@ use factum_core::{
     AllStart, Direction, EventStore, Position, ReadAll, ReadStream, RecordedEvent, StreamRevision,
     StreamStart,
 };
-use factum_engine::{Engine, EngineConfig};
+use factum_engine::EngineConfig;
 
 use super::{ensure_store, open, parse_stream, runtime};
 use crate::error::CliError;
@@ -37,17 +37,29 @@ pub struct ReadArgs {
     /// One JSON object per line (see `output.rs` for the fields).
     #[arg(long)]
     pub json: bool,
+    /// The master key of crypto-shredding (ADR 36): personal fields are
+    /// shown decrypted (or erased); without it, as stored (encrypted).
+    #[arg(long, env = "FACTUM_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// Runs `factum read`.
 pub fn run(args: ReadArgs) -> Result<(), CliError> {
     let stream = parse_stream(&args.stream)?;
     ensure_store(&args.data)?;
-    let engine = open(&args.data, EngineConfig::default())?;
+    let master = super::forget::master_key(args.encryption_key_file.as_deref())?;
+    let engine = std::sync::Arc::new(open(&args.data, EngineConfig::default())?);
     let rt = runtime()?;
     let stdout = std::io::stdout();
     let mut printer = EventPrinter::new(BufWriter::new(stdout.lock()), args.json);
-    let result = rt.block_on(read_to(&engine, &stream, &args, &mut printer));
+    let result = match master {
+        Some(master) => {
+            let keys = super::forget::engine_keys(&args.data, master)?;
+            let store = factum_crypto::Shredding::new(engine.clone(), std::sync::Arc::new(keys));
+            rt.block_on(read_to(&store, &stream, &args, &mut printer))
+        }
+        None => rt.block_on(read_to(&*engine, &stream, &args, &mut printer)),
+    };
     let flushed = printer.flush();
     drop(printer);
     let closed = engine.close();
@@ -57,8 +69,8 @@ pub fn run(args: ReadArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn read_to<W: Write>(
-    engine: &Engine,
+async fn read_to<W: Write, S: EventStore>(
+    engine: &S,
     stream: &factum_core::StreamName,
     args: &ReadArgs,
     printer: &mut EventPrinter<W>,

@@ -46,6 +46,24 @@ pub struct ServeArgs {
     /// CA certificates (PEM) whose client certificates are accepted.
     #[arg(long, env = "FACTUM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Accept bearer tokens (JWT) signed by a key of this JWKS file
+    /// (`{"keys": [...]}`; reloaded when it changes). Needs --jwt-issuer
+    /// and --jwt-audience.
+    #[arg(long, env = "FACTUM_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` bearer tokens must carry.
+    #[arg(long, env = "FACTUM_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` bearer tokens must carry (or include).
+    #[arg(long, env = "FACTUM_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The token claim naming the user [default: sub].
+    #[arg(long, env = "FACTUM_JWT_USER_CLAIM", value_name = "CLAIM")]
+    pub jwt_user_claim: Option<String>,
+    /// The token claims listing the user's groups, comma-separated (each a
+    /// string or a list of strings) [default: groups,roles].
+    #[arg(long, env = "FACTUM_JWT_GROUPS_CLAIM", value_name = "CLAIMS")]
+    pub jwt_groups_claim: Option<String>,
     /// The address clients are told to connect to (Gossip) [default: the bound address].
     #[arg(long, env = "FACTUM_ADVERTISE", value_name = "ADDR")]
     pub advertise: Option<String>,
@@ -61,6 +79,12 @@ pub struct ServeArgs {
     /// [default: 268435456]; scavenges rewrite whole sealed segments.
     #[arg(long, env = "FACTUM_SEGMENT_BYTES", value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
+    /// The master key of crypto-shredding (ADR 36): a file of 64 hex
+    /// digits (`openssl rand -hex 32`), or the key itself in
+    /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
+    /// their personal fields encrypted and `forget` works.
+    #[arg(long, env = "FACTUM_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
@@ -151,10 +175,16 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "tls-key",
             "tls-ca",
             "metrics-anonymous",
+            "jwks-file",
+            "jwt-issuer",
+            "jwt-audience",
+            "jwt-user-claim",
+            "jwt-groups-claim",
             "advertise",
             "backup-root",
             "scavenge-schedule",
             "segment-bytes",
+            "encryption-key-file",
             "max-append-bytes",
             "max-inflight-append-bytes",
             "max-connections",
@@ -199,10 +229,12 @@ struct Settings {
     listen: String,
     security: Security,
     metrics_anonymous: bool,
+    bearer: Option<factum_server::bearer::BearerConfig>,
     advertise: Option<factum_server::Advertise>,
     backup_root: Option<PathBuf>,
     scavenge_schedule: Option<factum_server::Schedule>,
     segment_bytes: Option<u64>,
+    encryption_key_file: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
@@ -267,6 +299,15 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
     );
     let security = security(&backend, insecure, dev, tls_cert, tls_key, tls_ca)?;
     let metrics_anonymous = switch(args.metrics_anonymous, &file, "metrics-anonymous")?;
+    let text = |flag: Option<String>, key: &str| flag.or_else(|| file.get(key).cloned());
+    let bearer = bearer(
+        &security,
+        path(args.jwks_file, "jwks-file"),
+        text(args.jwt_issuer, "jwt-issuer"),
+        text(args.jwt_audience, "jwt-audience"),
+        text(args.jwt_user_claim, "jwt-user-claim"),
+        text(args.jwt_groups_claim, "jwt-groups-claim"),
+    )?;
     let mut connections = factum_server::ConnectionLimits::default();
     let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>, CliError> {
         match v {
@@ -317,6 +358,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .unwrap_or_else(|| "127.0.0.1:2113".to_owned()),
         security,
         metrics_anonymous,
+        bearer,
         advertise: args
             .advertise
             .or_else(|| file.get("advertise").cloned())
@@ -344,6 +386,9 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             }
             n => n,
         },
+        encryption_key_file: args
+            .encryption_key_file
+            .or_else(|| file.get("encryption-key-file").map(PathBuf::from)),
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         max_inflight_append_bytes: args
             .max_inflight_append_bytes
@@ -403,6 +448,50 @@ fn security(
              for a development certificate, or --insecure to serve without TLS and users",
         )),
     }
+}
+
+/// Bearer tokens, when a JWKS file is given (ADR 34): issuer and audience
+/// are required (a token for another service must not pass), and only a
+/// secure server takes them.
+fn bearer(
+    security: &Security,
+    jwks_file: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    user_claim: Option<String>,
+    groups_claims: Option<String>,
+) -> Result<Option<factum_server::bearer::BearerConfig>, CliError> {
+    let Some(jwks_file) = jwks_file else {
+        if issuer.is_some() || audience.is_some() || user_claim.is_some() || groups_claims.is_some()
+        {
+            return Err(CliError::usage(
+                "--jwt-issuer / --jwt-audience / --jwt-user-claim / --jwt-groups-claim need --jwks-file",
+            ));
+        }
+        return Ok(None);
+    };
+    if matches!(security, Security::Insecure) {
+        return Err(CliError::usage(
+            "--insecure accepts any or no credentials: drop --jwks-file, or serve securely",
+        ));
+    }
+    let (Some(issuer), Some(audience)) = (issuer, audience) else {
+        return Err(CliError::usage(
+            "--jwks-file needs --jwt-issuer and --jwt-audience (the iss and aud tokens must carry)",
+        ));
+    };
+    let mut config = factum_server::bearer::BearerConfig::new(jwks_file, issuer, audience);
+    if let Some(claim) = user_claim {
+        config.user_claim = claim;
+    }
+    if let Some(claims) = groups_claims {
+        config.groups_claims = claims
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+    }
+    Ok(Some(config))
 }
 
 /// A yes/no setting: the flag (bare means true), else the config file's
@@ -486,15 +575,36 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     "to": to,
                 }))
             });
-            let result = rt.block_on(serve_store(
-                &s,
-                engine.clone(),
-                Some(probe),
-                Some(backup),
-                Some(scavenge),
-                Some(fatal),
-                &what,
-            ));
+            let result = match super::forget::master_key(s.encryption_key_file.as_deref())? {
+                None => {
+                    super::forget::refuse_keys_without_master(data)?;
+                    rt.block_on(serve_store(
+                        &s,
+                        engine.clone(),
+                        Some(probe),
+                        Some(backup),
+                        Some(scavenge),
+                        None,
+                        Some(fatal),
+                        &what,
+                    ))
+                }
+                Some(master) => {
+                    let keys = super::forget::engine_keys(data, master)?;
+                    let store = factum_crypto::Shredding::new(engine.clone(), Arc::new(keys));
+                    let forget = super::forget::forget_hook(store.clone());
+                    rt.block_on(serve_store(
+                        &s,
+                        Arc::new(store),
+                        Some(probe),
+                        Some(backup),
+                        Some(scavenge),
+                        Some(forget),
+                        Some(fatal),
+                        &format!("{what} (personal fields encrypted)"),
+                    ))
+                }
+            };
             rt.shutdown_timeout(Duration::from_secs(1));
             let closed = engine.close();
             eprintln!("store closed");
@@ -509,20 +619,34 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             let mut config =
                 factum_postgres::PostgresConfig::new(url.clone()).schema(schema.clone());
             config.allow_unsafe = *allow_unsafe;
+            let master = super::forget::master_key(s.encryption_key_file.as_deref())?;
             let result = rt.block_on(async {
                 let store = factum_postgres::PostgresStore::connect(config)
                     .await
                     .map_err(|e| CliError::failure(format!("PostgreSQL: {e}")))?;
-                serve_store(
-                    &s,
-                    Arc::new(store),
-                    None,
-                    None,
-                    None,
-                    None,
-                    &format!("PostgreSQL schema {schema}"),
-                )
-                .await
+                let what = format!("PostgreSQL schema {schema}");
+                match master {
+                    None => {
+                        serve_store(&s, Arc::new(store), None, None, None, None, None, &what).await
+                    }
+                    Some(master) => {
+                        let keys = Arc::new(store.subject_keys(master));
+                        let store = factum_crypto::Shredding::new(Arc::new(store), keys);
+                        let forget = super::forget::forget_hook(store.clone());
+                        let what = format!("{what} (personal fields encrypted)");
+                        serve_store(
+                            &s,
+                            Arc::new(store),
+                            None,
+                            None,
+                            None,
+                            Some(forget),
+                            None,
+                            &what,
+                        )
+                        .await
+                    }
+                }
             });
             rt.shutdown_timeout(Duration::from_secs(1));
             result
@@ -626,12 +750,14 @@ fn backup_target(root: Option<&Path>, to: &Path) -> factum_core::Result<PathBuf>
 /// Serves `store` until SIGTERM or SIGINT, then waits up to the grace period
 /// for in-flight requests. When `fatal` resolves first it shuts down the
 /// same way and fails with its reason (exit 1).
+#[allow(clippy::too_many_arguments)]
 async fn serve_store<S: factum_core::EventStore>(
     s: &Settings,
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
     backup: Option<factum_server::BackupHook>,
     scavenge: Option<Arc<dyn factum_server::Scavenger>>,
+    forget: Option<factum_server::ForgetHook>,
     fatal: Option<Fatal>,
     what: &str,
 ) -> Result<(), CliError> {
@@ -655,6 +781,7 @@ async fn serve_store<S: factum_core::EventStore>(
     config.backup = backup;
     config.scavenge = scavenge;
     config.scavenge_schedule = s.scavenge_schedule;
+    config.forget = forget;
     config.metrics_anonymous = s.metrics_anonymous;
     let files = match &s.security {
         Security::Insecure => None,
@@ -697,6 +824,11 @@ async fn serve_store<S: factum_core::EventStore>(
             "TLS, users"
         }
     };
+    if let Some(bearer) = &s.bearer {
+        let bearer = factum_server::bearer::Bearer::new(bearer.clone())
+            .map_err(|e| CliError::usage(format!("bearer tokens: {e}")))?;
+        config.bearer = Some(Arc::new(bearer));
+    }
     println!("factum serving {what} on {bound} (gRPC and HTTP; {mode})");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The server also stops by itself (Operations' `Shutdown`).

@@ -1,0 +1,186 @@
+//! Crypto-shredding on PostgreSQL (ADR 36): personal fields are in no
+//! table in plaintext, keys are in `subject_keys` sealed under the master
+//! key, and after `forget` the subject's fields read as erased while other
+//! subjects' read back intact — with every key the database holds (and
+//! the master key) tried on the old ciphertext.
+//!
+//! Needs PostgreSQL at `FACTUM_TEST_POSTGRES_URL`; prints SKIPPED without
+//! it, fails under `CI=true`.
+
+mod common;
+
+use std::sync::Arc;
+
+use factum_core::{EventData, EventStore, ExpectedRevision, ReadStream, StreamName};
+use factum_crypto::{SecretKey, Shredding, SubjectKey};
+use factum_postgres::{PostgresConfig, PostgresStore};
+use serde_json::{json, Value};
+
+fn secret(who: &str) -> String {
+    format!("{who}-pg-mail-93c1e7@example.org")
+}
+
+fn registered(who: &str) -> EventData {
+    let mut e = EventData::json(
+        "Registered",
+        &json!({"email": secret(who), "plan": format!("{who}-pg-plan-visible")}),
+    )
+    .unwrap();
+    e.metadata = serde_json::to_vec(&json!({"$subject": who, "$personalFields": ["email"]}))
+        .unwrap()
+        .into();
+    e
+}
+
+/// Tables of `schema` whose rows, as text, contain `needle`.
+async fn tables_holding(admin: &tokio_postgres::Client, schema: &str, needle: &str) -> Vec<String> {
+    let tables: Vec<String> = admin
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut found = Vec::new();
+    for table in tables {
+        // bytea columns as text are hex: search the hex form too.
+        let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+        let n: i64 = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {schema}.{table} t WHERE t::text LIKE '%' || $1 || '%' OR t::text LIKE '%' || $2 || '%'"
+                ),
+                &[&needle, &hex],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            found.push(table);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
+    let url = common::url();
+    let Some(admin) = common::admin(&url).await else {
+        return;
+    };
+    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
+    let store = PostgresStore::connect(PostgresConfig::new(url).schema(schema.clone()))
+        .await
+        .unwrap()
+        .drop_schema_on_drop();
+    let master = SecretKey::random().unwrap();
+    let keys = Arc::new(store.subject_keys(master.clone()));
+    let shredding = Shredding::new(Arc::new(store.clone()), keys.clone());
+    for who in ["alice", "bob"] {
+        shredding
+            .append(
+                StreamName::new(format!("customer-{who}")).unwrap(),
+                ExpectedRevision::Any,
+                vec![registered(who)],
+            )
+            .await
+            .unwrap();
+    }
+    let read = |who: &'static str| {
+        let shredding = shredding.clone();
+        async move {
+            let e = shredding
+                .read_stream(ReadStream::forwards(
+                    StreamName::new(format!("customer-{who}")).unwrap(),
+                ))
+                .await
+                .unwrap();
+            let data: Value = serde_json::from_slice(&e[0].data).unwrap();
+            let meta: Value = serde_json::from_slice(&e[0].metadata).unwrap();
+            (data, meta)
+        }
+    };
+    assert_eq!(read("alice").await.0["email"], json!(secret("alice")));
+    for who in ["alice", "bob"] {
+        assert!(tables_holding(&admin, &schema, &secret(who))
+            .await
+            .is_empty());
+        let plan = format!("{who}-pg-plan-visible");
+        assert_eq!(
+            tables_holding(&admin, &schema, &plan).await,
+            vec!["events".to_owned()]
+        );
+    }
+    let old = store
+        .read_stream(ReadStream::forwards(
+            StreamName::new("customer-alice").unwrap(),
+        ))
+        .await
+        .unwrap();
+    let alice_id = keys_id(&admin, &schema, "alice").await;
+
+    let done = shredding.forget("alice", "admin (test)").await.unwrap();
+    assert!(done.had_key);
+    let (data, meta) = read("alice").await;
+    assert_eq!(
+        data,
+        json!({"email": null, "plan": "alice-pg-plan-visible"})
+    );
+    assert_eq!(meta["$erased"], json!(true));
+    assert_eq!(read("bob").await.0["email"], json!(secret("bob")));
+    let audit = shredding
+        .read_stream(ReadStream::forwards(
+            StreamName::new("$subjects-forgotten").unwrap(),
+        ))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&audit[0].data).unwrap();
+    assert_eq!(
+        (body["subject"].clone(), body["by"].clone()),
+        (json!("alice"), json!("admin (test)"))
+    );
+
+    // Every key left in the database, and the master key, fail on alice's
+    // old ciphertext.
+    let rows = admin
+        .query(&format!("SELECT subject FROM {schema}.subject_keys"), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "only bob's key is left");
+    let mut candidates = vec![*master.expose()];
+    use factum_crypto::SubjectKeys;
+    candidates.push(*keys.find("bob").await.unwrap().unwrap().key.expose());
+    let personal = factum_crypto::convention::personal(&old[0].metadata)
+        .unwrap()
+        .unwrap();
+    for c in candidates {
+        let key = SubjectKey {
+            id: alice_id,
+            key: SecretKey::from_bytes(c),
+        };
+        assert!(factum_crypto::convention::decrypt(
+            &personal,
+            old[0].id,
+            &old[0].data,
+            false,
+            Some(&key)
+        )
+        .is_err());
+    }
+    drop(shredding);
+}
+
+async fn keys_id(admin: &tokio_postgres::Client, schema: &str, subject: &str) -> [u8; 16] {
+    let id: Vec<u8> = admin
+        .query_one(
+            &format!("SELECT key_id FROM {schema}.subject_keys WHERE subject = $1"),
+            &[&subject],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    id.try_into().unwrap()
+}
