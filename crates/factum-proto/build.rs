@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/users.proto",
         "proto/subjects.proto",
         "proto/projections.proto",
+        "proto/operations.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

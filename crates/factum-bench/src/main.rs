@@ -42,6 +42,7 @@ mod postgres;
 mod projections;
 mod read;
 mod reads_under_load;
+mod scavenge;
 mod secure;
 mod server;
 mod shred;
@@ -245,6 +246,9 @@ pub enum Workload {
     /// A `foreachStream` JavaScript projection summing each stream's
     /// deposits, against the native fold.
     JsProjectionPartitioned,
+    /// Scavenging a store half of whose events are hidden, against a raw
+    /// copy of the same segment files (ADR 33).
+    Scavenge,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -295,11 +299,12 @@ impl Workload {
             Workload::ShredReadAll => "shred-read-all",
             Workload::JsProjectionCount => "js-projection-count",
             Workload::JsProjectionPartitioned => "js-projection-partitioned",
+            Workload::Scavenge => "scavenge",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 39] = [
+    const ALL: [Workload; 40] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -338,6 +343,7 @@ impl Workload {
         Workload::ShredReadAll,
         Workload::JsProjectionCount,
         Workload::JsProjectionPartitioned,
+        Workload::Scavenge,
         Workload::Soak,
     ];
 }
@@ -571,6 +577,7 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::ReadsUnderLoad => {
                 reads_under_load::reads_under_load(&mut ctx, args.reads_store_events)
             }
+            Workload::Scavenge => scavenge::scavenge(&mut ctx),
             Workload::Soak => soak::soak(&mut ctx, args.soak_seconds),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;

@@ -63,6 +63,9 @@ enum Command {
     /// Forgets a data subject (crypto-shredding): destroys its key, so its
     /// personal fields read as erased everywhere; records an audit event.
     Forget(commands::forget::ForgetArgs),
+    /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
+    /// `$tb`, deleted streams, old metadata) from a store no server holds.
+    Scavenge(commands::scavenge::ScavengeArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
     Serve(Box<commands::serve::ServeArgs>),
     /// Makes TLS certificates: a CA (`create-ca`) and node certificates
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(a) => commands::backup::backup(a),
         Command::Restore(a) => commands::backup::restore(a),
         Command::Forget(a) => commands::forget::run(a),
+        Command::Scavenge(a) => commands::scavenge::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),

@@ -15,6 +15,7 @@ use crate::model::{
 use uuid::Uuid;
 
 pub mod multi;
+pub mod retention;
 
 /// The event type of tombstone records.
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";

@@ -113,7 +113,7 @@ impl Engine {
             }) && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
                 && same_ends(&seg.path, &dest.join(&name), bytes);
             if !held {
-                copy_prefix(&seg.path, &dest.join(&name), bytes)?;
+                copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
                 report.files_copied += 1;
                 report.bytes_copied += bytes;
             }
@@ -216,11 +216,28 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 /// once after all copies (before a backup's manifest, at the end of a
 /// restore), which makes every rename durable.
 fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<()> {
-    let tmp = dst.with_extension("seg.backup-tmp");
     let input = File::open(src).map_err(|e| io(src, "opening", e))?;
+    copy_prefix_of(&input, src, dst, len)
+}
+
+/// As [`copy_prefix`], from an open file: a segment's open descriptor keeps
+/// reading the version it was opened on when a scavenge swaps in a new one
+/// (ADR 33), so a backup copies either whole, never a mix.
+fn copy_prefix_of(input: &File, src: &Path, dst: &Path, len: u64) -> Result<()> {
+    /// Positional reads: the descriptor is shared with the store's readers.
+    struct At<'a>(&'a File, u64);
+    impl std::io::Read for At<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            use std::os::unix::fs::FileExt;
+            let n = self.0.read_at(buf, self.1)?;
+            self.1 += n as u64;
+            Ok(n)
+        }
+    }
+    let tmp = dst.with_extension("seg.backup-tmp");
     let mut out = File::create(&tmp).map_err(|e| io(&tmp, "creating", e))?;
-    let copied =
-        std::io::copy(&mut input.take(len), &mut out).map_err(|e| io(&tmp, "copying to", e))?;
+    let copied = std::io::copy(&mut At(input, 0).take(len), &mut out)
+        .map_err(|e| io(&tmp, "copying to", e))?;
     if copied != len {
         return Err(Error::Corrupt {
             file: src.to_path_buf(),

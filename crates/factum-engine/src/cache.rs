@@ -3,8 +3,8 @@
 //! Reading a stream fetches events scattered over the log; without a cache
 //! each costs a system call and a copy. Only blocks that lie wholly below
 //! the committed end of the log are cached, so a cached block never changes
-//! (the log is append-only and nothing below the committed end is ever
-//! rewritten). Eviction is first-in, first-out, bounded by bytes.
+//! (the log is append-only; a sealed segment a scavenge rewrites is
+//! swapped while no read runs, and its blocks are forgotten then, ADR 33). Eviction is first-in, first-out, bounded by bytes.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,6 +38,14 @@ impl BlockCache {
     /// The cached block, if any.
     pub fn get(&self, segment: u32, block: u64) -> Option<Bytes> {
         self.inner.lock().blocks.get(&(segment, block)).cloned()
+    }
+
+    /// Forgets every block of `segment` (its file was replaced by a
+    /// rewrite, ADR 33).
+    pub fn forget_segment(&self, segment: u32) {
+        let mut inner = self.inner.lock();
+        inner.blocks.retain(|(s, _), _| *s != segment);
+        inner.order.retain(|(s, _)| *s != segment);
     }
 
     /// Caches a full, committed block.

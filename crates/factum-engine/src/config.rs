@@ -1,6 +1,50 @@
 //! Engine configuration.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use factum_core::Timestamp;
+
+/// The engine's clock: commit times of new events, and "now" for `$maxAge`
+/// in reads and scavenges. The system clock, or (for tests of `$maxAge`
+/// without sleeping) the system clock moved forward by hand.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    /// Microseconds added to the system clock (`None`: the system clock).
+    ahead: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock::default()
+    }
+
+    /// The system clock, movable forward with [`Clock::advance`] (clones
+    /// share it).
+    pub fn manual() -> Self {
+        Clock {
+            ahead: Some(Arc::new(AtomicI64::new(0))),
+        }
+    }
+
+    /// Moves a manual clock forward by `by` (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let Some(a) = &self.ahead {
+            a.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+        }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        let now = Timestamp::now();
+        match &self.ahead {
+            Some(a) => Timestamp(now.0.saturating_add(a.load(Ordering::SeqCst))),
+            None => now,
+        }
+    }
+}
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +103,9 @@ pub struct EngineConfig {
     /// A read checks whether its caller still waits after about this many
     /// bytes of log or index work (a step). Default 256 KiB.
     pub read_step_bytes: u64,
+    /// The clock for commit times and `$maxAge` (the system clock unless a
+    /// test moves it).
+    pub clock: Clock,
 }
 
 /// One fewer than the cores, at least one.
@@ -88,6 +135,7 @@ impl Default for EngineConfig {
             reader_threads: default_reader_threads(),
             read_queue: 1024,
             read_step_bytes: 256 << 10,
+            clock: Clock::system(),
         }
     }
 }

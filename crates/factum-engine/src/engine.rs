@@ -40,7 +40,7 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     dir: PathBuf,
     config: EngineConfig,
     reader: Reader,
@@ -55,6 +55,8 @@ struct Inner {
     appends_waiting: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     fatal: Arc<Fatal>,
+    /// The running scavenge and the last one (ADR 33).
+    pub(crate) scavenges: crate::scavenge::Scavenges,
     _lock: File,
 }
 
@@ -145,6 +147,16 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                 seg.path.display()
             )));
         }
+        // A scavenged segment may have lost its last events (ADR 33): the
+        // next one then starts after the position its last frame ends at.
+        let after_gap = seg_no > first.number
+            && segments
+                .get(seg_no - 1)
+                .is_some_and(|s| s.format.scavenged())
+            && seg.first_position > overlay.mem.checkpoint.next_position;
+        if offset == SEGMENT_HEADER_LEN as u64 && after_gap {
+            overlay.mem.checkpoint.next_position = seg.first_position;
+        }
         if offset == SEGMENT_HEADER_LEN as u64
             && seg.first_position != overlay.mem.checkpoint.next_position
         {
@@ -181,7 +193,9 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                         })?;
                         group_before = GroupBefore::Group(link);
                     }
-                    if header.first_position != expected {
+                    // Frames of a scavenged segment may follow a gap (ADR 33).
+                    let gap = seg.format.scavenged() && header.first_position > expected;
+                    if header.first_position != expected && !gap {
                         return Err(Error::Corrupt {
                             file: seg.path.clone(),
                             offset,
@@ -290,8 +304,12 @@ impl Engine {
         // After a failed fsync, the log is cut at its durable end before
         // anything is read (the page cache may hold what never reached the disk).
         let fsync_cut = apply_marker(&dir)?;
-        let segments = Arc::new(open_segments(&dir)?);
         let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
+        // A segment rewrite a crash interrupted is finished (its index
+        // change was committed) or undone (it was not) before the segments
+        // are opened (ADR 33).
+        crate::rewrite::finish_interrupted(&dir, &index)?;
+        let segments = Arc::new(open_segments(&dir)?);
         let mut recovery = recover(&segments, &index, config.index_flush_entries)?;
         recovery.fsync_cut = fsync_cut;
         let cp = index.checkpoint();
@@ -308,6 +326,7 @@ impl Engine {
             segments: segments.clone(),
             index: index.clone(),
             committed: committed_rx,
+            clock: config.clock.clone(),
         };
         let file = OpenOptions::new()
             .write(true)
@@ -380,6 +399,7 @@ impl Engine {
             config.reader_threads,
             config.read_queue,
             config.read_step_bytes,
+            Some(segments.clone()),
         )
         .map_err(|e| Error::io("starting the reader threads", e))?;
         let engine = Engine {
@@ -394,10 +414,15 @@ impl Engine {
                 appends_waiting: AtomicUsize::new(0),
                 threads: Mutex::new(vec![writer_thread, indexer_thread]),
                 fatal,
+                scavenges: Default::default(),
                 _lock: lock,
             }),
         };
         Ok((engine, recovery))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The store's directory.
@@ -454,6 +479,7 @@ impl Engine {
     /// the writer stopped for good (see [`Engine::fatal`]) it answers that
     /// reason as `Unavailable`, once the index is flushed.
     pub fn close(&self) -> Result<()> {
+        self.inner.scavenges.stop(None);
         self.inner.shutdown();
         self.inner.index.flush()?;
         match self.fatal() {

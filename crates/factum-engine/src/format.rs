@@ -29,9 +29,17 @@ pub const FEATURE_GROUP_FRAMES: u32 = 1;
 /// keeps an older build, which would serve the same events at positions one
 /// lower, from opening the store.
 pub const FEATURE_PUBLIC_POSITIONS_FROM_ONE: u32 = 2;
+/// Feature flag: the segment was rewritten (`rewrite.rs`, ADR 33) with
+/// some of its records removed or replaced by stubs (`FLAG_STUB`). Its
+/// frames' positions are dense within each frame, but there may be gaps
+/// before a frame, between frames and after the last one; every frame starts
+/// its own write group (bytes 20..24 zero). Set only on rewritten segments,
+/// never by the writer.
+pub const FEATURE_SCAVENGED: u32 = 4;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
-pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
+pub const KNOWN_FEATURES: u32 =
+    FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE | FEATURE_SCAVENGED;
 /// The feature flags of the segments this build creates.
 pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 
@@ -64,6 +72,13 @@ pub const EVENT_HEADER_LEN: usize = 64;
 pub const FLAG_TOMBSTONE: u8 = 1;
 /// Record flag: the `$metadata` event soft-deletes its stream.
 pub const FLAG_SOFT_DELETE: u8 = 2;
+/// Record flag: a stub left by a scavenge in place of the last event of a
+/// stream whose events were all removed (ADR 33): its position, revision,
+/// id, commit time and stream name, with no type, data or metadata. It is
+/// never served and never indexed; it keeps the stream's last revision in
+/// the log, so an index rebuilt from the log still knows it. Only in
+/// segments with `FEATURE_SCAVENGED`.
+pub const FLAG_STUB: u8 = 4;
 
 /// The header of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +107,12 @@ impl SegmentHeader {
     /// Do this segment's frames link to their write groups?
     pub fn group_frames(&self) -> bool {
         self.features & FEATURE_GROUP_FRAMES != 0
+    }
+
+    /// Was this segment rewritten by a scavenge (gaps between its frames,
+    /// stubs; ADR 33)?
+    pub fn scavenged(&self) -> bool {
+        self.features & FEATURE_SCAVENGED != 0
     }
 
     /// Encodes to the 32-byte header, in the layout of `self.version`
@@ -180,6 +201,29 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// Is this record a scavenge's stub (`FLAG_STUB`), never served?
+    pub fn is_stub(&self) -> bool {
+        self.flags & FLAG_STUB != 0
+    }
+
+    /// The stub that stands for this event once a scavenge removed it: the
+    /// same position, revision, id, commit time and stream; no type, data
+    /// or metadata.
+    pub fn stub(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            revision: self.revision,
+            created: self.created,
+            id: self.id,
+            content_type: self.content_type,
+            flags: FLAG_STUB,
+            stream: self.stream.clone(),
+            event_type: String::new(),
+            data: Bytes::new(),
+            metadata: Bytes::new(),
+        }
+    }
+
     /// Bytes this event takes in a frame.
     pub fn encoded_len(&self) -> usize {
         EVENT_HEADER_LEN

@@ -249,6 +249,26 @@ pub struct Changes {
     pub checkpoint: Checkpoint,
 }
 
+/// The index change of one segment rewrite (ADR 33): the runs and frames
+/// of the old file go, those of the new one come.
+#[derive(Debug, Default)]
+pub struct SegmentRewrite {
+    /// The segment's number.
+    pub segment: u32,
+    /// Its first position (its name).
+    pub first_position: u64,
+    /// The rewrite's generation (names the new file until it is swapped in).
+    pub generation: u64,
+    /// Keys of the runs that pointed into the old file.
+    pub old_runs: Vec<(u64, u64)>,
+    /// Runs of the new file.
+    pub new_runs: Vec<((u64, u64), Run)>,
+    /// First positions of the old file's frames.
+    pub old_batches: Vec<u64>,
+    /// (first position, location) of the new file's frames.
+    pub new_batches: Vec<(u64, u64)>,
+}
+
 /// Index changes not yet in redb (also used by the writer as a group's overlay).
 #[derive(Clone, Debug, Default)]
 pub struct Memtable {
@@ -686,6 +706,11 @@ impl Index {
     /// Writes the memtable to redb with its checkpoint, durably.
     pub fn flush(&self) -> Result<()> {
         let _one_flush = self.flush_lock.lock();
+        self.flush_locked()
+    }
+
+    /// [`Index::flush`] with the flush lock held by the caller.
+    fn flush_locked(&self) -> Result<()> {
         let frozen = {
             let mut st = self.state.write();
             if st.active.is_empty() {
@@ -743,6 +768,130 @@ impl Index {
             }
         }
         result
+    }
+
+    /// The runs of stream `id` whose first position lies in `lo..hi` (the
+    /// positions of one segment), oldest first. A stream's positions grow
+    /// with its revisions, so the first such run is found by a binary
+    /// search over revisions `0..=last_revision` (a few lookups, whatever
+    /// the stream's length), the rest by walking on.
+    pub fn runs_in_positions(
+        &self,
+        id: u64,
+        last_revision: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, Run)>> {
+        // The position of revision `r`, or of the first revision indexed
+        // after it (gaps, ADR 33), grows with `r`: find the first `r` at
+        // which it reaches `lo`.
+        let (mut a, mut b) = (0u64, last_revision.saturating_add(1));
+        while a < b {
+            let mid = a + (b - a) / 2;
+            match self.runs(id, mid, 0, Walk::Up, 1)?.first() {
+                Some(&(first, run)) if run.position + mid.saturating_sub(first) < lo => a = mid + 1,
+                _ => b = mid,
+            }
+        }
+        let mut out = Vec::new();
+        let mut cursor = a;
+        loop {
+            let page = self.runs(id, cursor, 0, Walk::Up, 512)?;
+            let Some(&(last_first, last_run)) = page.last() else {
+                return Ok(out);
+            };
+            for (first, run) in page {
+                if run.position >= hi {
+                    return Ok(out);
+                }
+                if run.position >= lo && out.last().is_none_or(|&(f, _)| f < first) {
+                    out.push((first, run));
+                }
+            }
+            cursor = last_run.end(last_first);
+        }
+    }
+
+    /// The segment rewrite the index last committed (ADR 33): (first
+    /// position of the segment, generation). Its new file is swapped in by
+    /// the open that finds it still beside the old one.
+    pub fn rewrite_marker(&self) -> Result<Option<(u64, u64)>> {
+        let tx = self.begin_read()?;
+        let p = &self.path;
+        guarded(p, || {
+            let meta = tx.open_table(META).map_err(|e| redb_err(p, e))?;
+            let get = |k: &str| -> Result<Option<u64>> {
+                Ok(meta.get(k).map_err(|e| redb_err(p, e))?.map(|v| v.value()))
+            };
+            Ok(
+                match (get("rewrite_segment")?, get("rewrite_generation")?) {
+                    (Some(first), Some(generation)) => Some((first, generation)),
+                    _ => None,
+                },
+            )
+        })
+    }
+
+    /// Commits the index change of a segment rewrite (ADR 33) in one durable
+    /// redb transaction together with the marker naming the rewrite, then
+    /// calls `swap` (which puts the segment's new file in place) before
+    /// anyone can read the new entries: `segments` is held exclusively
+    /// ([`crate::log::Segments::exclusive`]) around the commit and `swap`. The memtable is flushed first, under
+    /// the flush lock held throughout, so it holds none of the segment's
+    /// entries (they come from before its seal) and no flush interleaves.
+    /// Refused when the index checkpoint has not yet passed the segment
+    /// (recovery would replay from offsets that change).
+    pub(crate) fn commit_rewrite(
+        &self,
+        change: &SegmentRewrite,
+        segments: &crate::log::Segments,
+        swap: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let _one_flush = self.flush_lock.lock();
+        self.flush_locked()?;
+        let cp = self.checkpoint();
+        if cp.end.segment() <= change.segment {
+            return Err(Error::InvalidInput(format!(
+                "segment {} is not yet behind the index checkpoint (segment {}); it can be rewritten after the next segment holds indexed events",
+                change.segment,
+                cp.end.segment()
+            )));
+        }
+        let p = &self.path;
+        let tx = guarded(p, || {
+            let tx = self.db.begin_write().map_err(|e| redb_err(p, e))?;
+            {
+                let mut runs = tx.open_table(RUNS).map_err(|e| redb_err(p, e))?;
+                for k in &change.old_runs {
+                    runs.remove(k).map_err(|e| redb_err(p, e))?;
+                }
+                for (k, r) in &change.new_runs {
+                    runs.insert(k, r.value()).map_err(|e| redb_err(p, e))?;
+                }
+                let mut batches = tx.open_table(BATCHES).map_err(|e| redb_err(p, e))?;
+                for k in &change.old_batches {
+                    batches.remove(k).map_err(|e| redb_err(p, e))?;
+                }
+                for (k, v) in &change.new_batches {
+                    batches.insert(k, v).map_err(|e| redb_err(p, e))?;
+                }
+                let mut meta = tx.open_table(META).map_err(|e| redb_err(p, e))?;
+                meta.insert("rewrite_segment", change.first_position)
+                    .map_err(|e| redb_err(p, e))?;
+                meta.insert("rewrite_generation", change.generation)
+                    .map_err(|e| redb_err(p, e))?;
+            }
+            Ok(tx)
+        })?;
+        let _no_reads = segments.exclusive();
+        guarded(p, || tx.commit().map_err(|e| redb_err(p, e)))?;
+        swap()
+    }
+
+    /// The generation the next segment rewrite takes (one more than the
+    /// last committed one).
+    pub fn next_rewrite_generation(&self) -> Result<u64> {
+        Ok(self.rewrite_marker()?.map_or(1, |(_, g)| g + 1))
     }
 
     /// Every run in redb and the memtables, for verification: calls `f`

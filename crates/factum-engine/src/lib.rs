@@ -30,12 +30,16 @@ pub mod overlay;
 pub mod pool;
 mod prealloc;
 pub mod reader;
+pub mod rewrite;
+pub mod scavenge;
 pub mod subscription;
 pub mod verify;
 pub mod writer;
 
 pub use backup::{restore, BackupReport, Manifest};
-pub use config::{Durability, EngineConfig};
+pub use config::{Clock, Durability, EngineConfig};
 pub use engine::{Engine, EngineStats, Recovery};
 pub use pool::{Progress, ReadStats};
+pub use rewrite::{RecordAction, RewriteReport, Throttle};
+pub use scavenge::{ScavengeOptions, ScavengeReport, ScavengeStatus};
 pub use verify::{verify, VerifyReport};

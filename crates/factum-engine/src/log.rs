@@ -119,6 +119,11 @@ pub fn segment_file_name(first_position: u64) -> String {
 #[derive(Debug, Default)]
 pub struct Segments {
     list: RwLock<Vec<Arc<Segment>>>,
+    /// Held shared by every read that looks up index entries and then reads
+    /// the records they point to, and exclusively by a rewrite while it
+    /// commits a segment's new index entries and swaps in its new file
+    /// (ADR 33): a read sees the old index and file, or the new ones.
+    swap: RwLock<()>,
 }
 
 impl Segments {
@@ -143,6 +148,70 @@ impl Segments {
     pub fn push(&self, s: Arc<Segment>) {
         self.list.write().push(s);
     }
+
+    /// Holds off segment swaps (ADR 33) while the guard lives: taken by a
+    /// read around its index lookups and record reads. Never nest it.
+    pub fn hold(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.swap.read()
+    }
+
+    /// Waits until no read holds the segments, and keeps new ones out while
+    /// the guard lives (a rewrite's commit and swap).
+    pub(crate) fn exclusive(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.swap.write()
+    }
+
+    /// Replaces the segment with the same number (a rewritten file, ADR 33).
+    pub(crate) fn replace(&self, s: Arc<Segment>) {
+        let mut list = self.list.write();
+        if let Some(first) = list.first().map(|f| f.number) {
+            if let Some(slot) = s
+                .number
+                .checked_sub(first)
+                .and_then(|i| list.get_mut(i as usize))
+            {
+                *slot = s;
+            }
+        }
+    }
+}
+
+/// Opens a segment file for reading and checks its header (name and
+/// header must agree).
+pub fn open_segment(path: &Path) -> Result<Segment> {
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut hb = [0u8; SEGMENT_HEADER_LEN];
+    let header = file
+        .read_exact_at(&mut hb, 0)
+        .map_err(|e| e.to_string())
+        .and_then(|_| SegmentHeader::decode(&hb));
+    let header = header.map_err(|detail| Error::Corrupt {
+        file: path.to_path_buf(),
+        offset: 0,
+        detail,
+    })?;
+    let stem = path
+        .file_name()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.get(..20))
+        .unwrap_or_default();
+    if stem != format!("{:020}", header.first_position) {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: 0,
+            detail: format!(
+                "file name does not match the header's first position {}",
+                header.first_position
+            ),
+        });
+    }
+    Ok(Segment {
+        number: header.number,
+        first_position: header.first_position,
+        format: header,
+        path: path.to_path_buf(),
+        file,
+    })
 }
 
 /// Removes segments whose creation a crash interrupted (`*.seg.tmp`: never
@@ -191,32 +260,8 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
     }
     let mut expected_number = None;
     for path in found {
-        let file =
-            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let mut hb = [0u8; SEGMENT_HEADER_LEN];
-        let header = file
-            .read_exact_at(&mut hb, 0)
-            .map_err(|e| e.to_string())
-            .and_then(|_| SegmentHeader::decode(&hb));
-        let header = header.map_err(|detail| Error::Corrupt {
-            file: path.clone(),
-            offset: 0,
-            detail,
-        })?;
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        if stem != format!("{:020}", header.first_position) {
-            return Err(Error::Corrupt {
-                file: path.clone(),
-                offset: 0,
-                detail: format!(
-                    "file name does not match the header's first position {}",
-                    header.first_position
-                ),
-            });
-        }
+        let segment = open_segment(&path)?;
+        let header = segment.format;
         if let Some(n) = expected_number {
             if header.number != n {
                 return Err(Error::Corrupt {
@@ -233,13 +278,7 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
             }
         }
         expected_number = Some(header.number + 1);
-        segments.push(Arc::new(Segment {
-            number: header.number,
-            first_position: header.first_position,
-            format: header,
-            path,
-            file,
-        }));
+        segments.push(Arc::new(segment));
     }
     Ok(segments)
 }

@@ -20,8 +20,74 @@ pub struct Overlay<'a> {
     pub mem: Changes,
     /// Reused buffer for link stream names.
     link: String,
-    /// Runs of the frame being added that its next record may extend.
+    /// The runs of the frame being added.
+    runs: RunBuilder,
+}
+
+/// Builds the runs (index entries, [`Run`]) of one frame's records: a
+/// record extends the open run of the same index stream when it holds that
+/// run's next revision at its next position, right after its last record;
+/// anything else starts a new run. Shared by the writer and recovery (through
+/// [`Overlay`]) and by a segment rewrite (`rewrite.rs`), which rebuilds the
+/// runs of a rewritten segment's frames, so every run anywhere satisfies
+/// "revision `first + i` is at position `position + i`" even where a
+/// scavenge left gaps (ADR 33).
+#[derive(Debug, Default)]
+pub struct RunBuilder {
+    /// Runs that the next record may extend: (stream id, first revision, run).
     open: Vec<(u64, u64, Run)>,
+    /// Completed runs.
+    pub done: Vec<((u64, u64), Run)>,
+    /// Revisions the runs cover.
+    pub covered: usize,
+}
+
+impl RunBuilder {
+    /// Adds revision `rev` of stream `id` (the record at `loc`, `len` bytes,
+    /// holding position `position`) to the open run it extends, or opens one.
+    pub fn add_entry(&mut self, id: u64, rev: u64, position: u64, loc: Loc, len: u32) {
+        self.covered += 1;
+        if let Some((_, first, run)) = self.open.iter_mut().find(|(i, ..)| *i == id) {
+            if run.end(*first) == rev
+                && run.position + run.count as u64 == position
+                && run.loc.0 + run.bytes as u64 == loc.0
+            {
+                run.count += 1;
+                run.bytes += len;
+                return;
+            }
+        }
+        // Not an extension: the stream's open run (if any) is complete.
+        if let Some(k) = self.open.iter().position(|(i, ..)| *i == id) {
+            let (id, first, run) = self.open.swap_remove(k);
+            self.done.push(((id, first), run));
+        }
+        self.open.push((
+            id,
+            rev,
+            Run {
+                position,
+                loc,
+                count: 1,
+                bytes: len,
+            },
+        ));
+    }
+
+    /// Completes the open runs that the record at `position` cannot extend
+    /// (`u64::MAX`: all of them, at the end of a frame).
+    pub fn close_runs(&mut self, position: u64) {
+        let mut k = 0;
+        while k < self.open.len() {
+            let (id, first, run) = self.open[k];
+            if run.position + run.count as u64 != position {
+                self.done.push(((id, first), run));
+                self.open.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+    }
 }
 
 impl<'a> Overlay<'a> {
@@ -34,7 +100,7 @@ impl<'a> Overlay<'a> {
                 ..Changes::default()
             },
             link: String::new(),
-            open: Vec::new(),
+            runs: RunBuilder::default(),
         }
     }
 
@@ -117,49 +183,17 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    /// Adds revision `rev` of stream `id` (the record at `loc`, `len` bytes,
-    /// holding position `position`) to the open run it extends, or opens one.
     fn add_entry(&mut self, id: u64, rev: u64, position: u64, loc: Loc, len: u32) {
-        self.mem.covered += 1;
-        if let Some((_, first, run)) = self.open.iter_mut().find(|(i, ..)| *i == id) {
-            if run.end(*first) == rev
-                && run.position + run.count as u64 == position
-                && run.loc.0 + run.bytes as u64 == loc.0
-            {
-                run.count += 1;
-                run.bytes += len;
-                return;
-            }
-        }
-        // Not an extension: the stream's open run (if any) is complete.
-        if let Some(k) = self.open.iter().position(|(i, ..)| *i == id) {
-            let (id, first, run) = self.open.swap_remove(k);
-            self.mem.runs.push(((id, first), run));
-        }
-        self.open.push((
-            id,
-            rev,
-            Run {
-                position,
-                loc,
-                count: 1,
-                bytes: len,
-            },
-        ));
+        self.runs.add_entry(id, rev, position, loc, len);
     }
 
-    /// Completes the open runs that the record at `position` cannot extend.
+    /// Completes the open runs that the record at `position` cannot extend,
+    /// moving completed runs into the changes.
     fn close_runs(&mut self, position: u64) {
-        let mut k = 0;
-        while k < self.open.len() {
-            let (id, first, run) = self.open[k];
-            if run.position + run.count as u64 != position {
-                self.mem.runs.push(((id, first), run));
-                self.open.swap_remove(k);
-            } else {
-                k += 1;
-            }
-        }
+        self.runs.close_runs(position);
+        self.mem.covered += self.runs.covered;
+        self.runs.covered = 0;
+        self.mem.runs.append(&mut self.runs.done);
     }
 
     /// Events of one stream, consecutive in one frame.
@@ -177,7 +211,9 @@ impl<'a> Overlay<'a> {
             }
             for (e, loc) in events {
                 self.close_runs(e.position);
-                if kind_of(e) == WriteKind::Tombstone {
+                // Tombstones and a scavenge's stubs (ADR 33) change the
+                // stream's state but are never read through the index.
+                if kind_of(e) == WriteKind::Tombstone || e.is_stub() {
                     continue;
                 }
                 linked += 1;
@@ -186,7 +222,7 @@ impl<'a> Overlay<'a> {
         }
         if let Some(target) = stream.metadata_of() {
             for (e, _) in events {
-                if kind_of(e) != WriteKind::Tombstone {
+                if kind_of(e) != WriteKind::Tombstone && !e.is_stub() {
                     self.record_mut(target.as_str())?
                         .record_metadata(&e.data, kind_of(e));
                 }
@@ -216,7 +252,7 @@ impl<'a> Overlay<'a> {
                 {
                     let l = self.record_mut(&name)?;
                     for (e, loc) in stretch {
-                        if kind_of(e) == WriteKind::Tombstone {
+                        if kind_of(e) == WriteKind::Tombstone || e.is_stub() {
                             continue;
                         }
                         added.push((l.id, l.record_link(e.position, e.id), e, *loc));

@@ -32,6 +32,9 @@ struct Shared {
     running: AtomicUsize,
     steps: AtomicU64,
     cancelled: AtomicU64,
+    /// The store's segments: every read holds off their swap while it runs
+    /// (ADR 33). `None` in tests of the pool alone.
+    segments: Option<Arc<crate::log::Segments>>,
 }
 
 /// A bounded pool of reader threads with a bounded queue.
@@ -61,11 +64,13 @@ pub struct ReadStats {
 
 impl ReadPool {
     /// Starts `threads` reader threads (at least one) behind a queue of
-    /// `queue` reads (at least one); reads take steps of `step_bytes`.
+    /// `queue` reads (at least one); reads take steps of `step_bytes`, each
+    /// holding `segments` (when given) while it runs.
     pub(crate) fn start(
         threads: usize,
         queue: usize,
         step_bytes: u64,
+        segments: Option<Arc<crate::log::Segments>>,
     ) -> std::io::Result<ReadPool> {
         let threads = threads.max(1);
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
@@ -75,6 +80,7 @@ impl ReadPool {
             running: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            segments,
         });
         for i in 0..threads {
             let rx = rx.clone();
@@ -120,7 +126,10 @@ impl ReadPool {
                 since_step: 0,
                 steps: Some(&shared.steps),
             };
-            let result = catch_unwind(AssertUnwindSafe(|| read(&mut progress)));
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let _no_swap = shared.segments.as_ref().map(|s| s.hold());
+                read(&mut progress)
+            }));
             let cancelled = progress.cancelled();
             shared.running.fetch_sub(1, Ordering::Relaxed);
             if cancelled {
@@ -223,7 +232,7 @@ mod tests {
     /// stops it at a step, and the single thread serves the next read.
     #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_read_stops_and_frees_its_thread() {
-        let pool = ReadPool::start(1, 4, 1).expect("pool");
+        let pool = ReadPool::start(1, 4, 1, None).expect("pool");
         let endless = pool.run(|p| -> Result<()> {
             loop {
                 p.step(1)?;
@@ -250,7 +259,7 @@ mod tests {
     /// A read whose caller left while it was queued is skipped.
     #[tokio::test(flavor = "current_thread")]
     async fn a_read_dropped_in_the_queue_never_runs() {
-        let pool = ReadPool::start(1, 4, 1).expect("pool");
+        let pool = ReadPool::start(1, 4, 1, None).expect("pool");
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let blocker = pool.run(move |_| {
             let _ = hold_rx.recv();
@@ -292,7 +301,7 @@ mod tests {
     /// A panicking read answers an error; the thread serves the next one.
     #[tokio::test(flavor = "current_thread")]
     async fn a_panicking_read_answers_unavailable() {
-        let pool = ReadPool::start(1, 1, 1).expect("pool");
+        let pool = ReadPool::start(1, 1, 1, None).expect("pool");
         let r: Result<()> = pool.run(|_| panic!("boom")).await;
         assert!(
             matches!(&r, Err(Error::Unavailable { message, .. }) if message.contains("boom")),

@@ -39,6 +39,8 @@ pub struct Reader {
     pub(crate) segments: Arc<Segments>,
     pub(crate) index: Arc<Index>,
     pub(crate) committed: watch::Receiver<Committed>,
+    /// "Now" for `$maxAge`.
+    pub(crate) clock: crate::config::Clock,
 }
 
 const PAGE: usize = 512;
@@ -194,7 +196,7 @@ impl Reader {
             self.index.stream(name.as_str())?
         };
         let Some(plan) =
-            rules::plan_stream_read(req, rec.as_ref().map(|r| &r.state), Timestamp::now())?
+            rules::plan_stream_read(req, rec.as_ref().map(|r| &r.state), self.clock.now())?
         else {
             return Ok(Vec::new());
         };
@@ -292,7 +294,13 @@ impl Reader {
         if start >= committed.next_position || page.is_full() {
             return Ok((out, start));
         }
-        let Some((_, loc)) = self.index.batch(start, Walk::Down)? else {
+        // The frame holding `start`, or, when a scavenge removed the frames
+        // before it (ADR 33: `$all` has gaps), the first frame after it.
+        let found = match self.index.batch(start, Walk::Down)? {
+            Some(b) => Some(b),
+            None => self.index.batch(start, Walk::Up)?,
+        };
+        let Some((_, loc)) = found else {
             return Ok((out, start));
         };
         let mut scanned = 0u64;
@@ -333,6 +341,10 @@ impl Reader {
                             }
                             next = e.position + 1;
                             scanned += 1;
+                            if e.is_stub() {
+                                // A scavenge's stub (ADR 33): never served.
+                                continue;
+                            }
                             if filter
                                 .is_none_or(|f| f.matches_parts(e.stream.as_str(), &e.event_type))
                             {
@@ -395,7 +407,7 @@ impl Reader {
             let (header, events) = self.frame_at(loc)?;
             progress.step(header.len as u64)?;
             for (e, _) in events.into_iter().rev() {
-                if e.position > pos {
+                if e.position > pos || e.is_stub() {
                     continue;
                 }
                 if req.until.is_some_and(|u| e.created > u) {

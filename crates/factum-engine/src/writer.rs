@@ -275,7 +275,7 @@ impl Writer {
             self.group_first = overlay.mem.checkpoint.next_position;
             let mut answers: Vec<Answer> = Vec::new();
             buf.clear();
-            let now = Timestamp::now();
+            let now = self.config.clock.now();
             let mut roll = false;
             let mut requests = group.into_iter();
             for job in requests.by_ref() {
@@ -855,7 +855,12 @@ impl Writer {
     /// If the events of stream `id` from revision `first` have exactly these
     /// ids, the result of that earlier append.
     fn already_appended(&self, id: u64, first: u64, ids: &[Uuid]) -> Result<Option<AppendResult>> {
-        let found = self.reader.stream_events(id, first, ids.len())?;
+        // Held while the read looks up runs and reads their records, so a
+        // scavenge's segment swap (ADR 33) happens before or after it.
+        let found = {
+            let _no_swap = self.segments.hold();
+            self.reader.stream_events(id, first, ids.len())?
+        };
         if found.len() != ids.len()
             || found
                 .iter()

@@ -467,3 +467,91 @@ async fn a_slow_consumer_holds_only_its_own_window() {
     // Writers are not held up either.
     append(&store, "s", 10, "E").await;
 }
+
+/// After a scavenge (ADR 33) `$all` and streams have gaps: an `$all` group
+/// and a stream group from the start deliver exactly what is left, and the
+/// `$all` group checkpoints past the gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_cross_the_gaps_a_scavenge_leaves() {
+    use factum_core::{EventData, ExpectedRevision, StreamMetadata};
+    let dir = tempfile::tempdir().unwrap();
+    let config = factum_engine::EngineConfig {
+        segment_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let store = std::sync::Arc::new(
+        factum_engine::Engine::open_with(dir.path(), config)
+            .unwrap()
+            .0,
+    );
+    let big = |i: usize| {
+        EventData::json(
+            "Gone",
+            &serde_json::json!({"i": i, "pad": "g".repeat(1000)}),
+        )
+        .unwrap()
+    };
+    store
+        .append(
+            name("gone-1"),
+            ExpectedRevision::NoStream,
+            (0..50).map(big).collect(),
+        )
+        .await
+        .unwrap();
+    let meta = StreamMetadata {
+        max_count: Some(1),
+        ..Default::default()
+    };
+    store
+        .set_stream_metadata(name("gone-1"), ExpectedRevision::Any, meta)
+        .await
+        .unwrap();
+    append(&store, "order-1", 5, "OrderPlaced").await;
+    for _ in 0..20 {
+        store
+            .append(
+                name("filler-1"),
+                ExpectedRevision::Any,
+                (0..10).map(big).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let status = store
+        .scavenge(factum_engine::ScavengeOptions::default())
+        .unwrap();
+    assert!(status.report.events_removed >= 49, "{status:?}");
+
+    let subs = PersistentSubscriptions::start(store.clone()).await.unwrap();
+    let filter = GroupSource::All(Some(FilterSpec {
+        on_event_type: false,
+        prefixes: vec!["order-".into(), "gone-".into()],
+        regex: None,
+    }));
+    subs.create(filter, "g", from_start()).await.unwrap();
+    subs.create(GroupSource::Stream("gone-1".into()), "s", from_start())
+        .await
+        .unwrap();
+    let mut all = subs.connect("$all", "g", opts(10)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let d = next(&mut all).await;
+        got.push((d.event.stream.to_string(), d.event.revision.0));
+        all.ack([d.id()]).await;
+    }
+    let mut want = vec![("gone-1".to_string(), 49)];
+    want.extend((0..5).map(|r| ("order-1".to_string(), r)));
+    assert_eq!(got, want);
+    nothing_for(&mut all, Duration::from_millis(200)).await;
+    eventually(&subs, "$all", "g", "checkpoint past the gaps", |i| {
+        i.last_checkpointed_position.is_some()
+    })
+    .await;
+    let mut stream = subs.connect("gone-1", "s", opts(10)).await.unwrap();
+    let d = next(&mut stream).await;
+    assert_eq!(d.event.revision.0, 49);
+    stream.ack([d.id()]).await;
+    nothing_for(&mut stream, Duration::from_millis(200)).await;
+    subs.shutdown().await;
+}

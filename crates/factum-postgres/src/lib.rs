@@ -14,8 +14,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Positions are dense and in commit order: every append transaction takes
-//! the lock on the one `head` row first and holds it to commit (ADR 6).
+//! Positions are in commit order and dense as written (a scavenge,
+//! `PostgresStore::scavenge`, later leaves gaps, ADR 33): every append
+//! transaction takes the lock on the one `head` row first and holds it to
+//! commit (ADR 6).
 //! Appends from one process are batched into one transaction by a writer
 //! task (group commit), so throughput comes from batching. Live
 //! subscriptions wake on `LISTEN`/`NOTIFY` and poll as a fallback.
@@ -23,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod read;
+mod scavenge;
 mod schema;
 mod session;
 mod subject_keys;
@@ -43,6 +46,7 @@ use factum_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use scavenge::PgScavengeReport;
 pub use schema::migrate;
 pub use subject_keys::PostgresKeys;
 

@@ -30,7 +30,7 @@ fn bytes_bound(max_bytes: u64) -> i64 {
     max_bytes.clamp(1, i64::MAX as u64) as i64
 }
 
-fn q(e: tokio_postgres::Error) -> Error {
+pub(crate) fn q(e: tokio_postgres::Error) -> Error {
     db_err("read", e)
 }
 

@@ -13,6 +13,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../sql/0003_head_moved_condition.sql")),
     // Crypto-shredding's subject keys (ADR 36).
     (4, include_str!("../sql/0004_subject_keys.sql")),
+    // Links found by position, for a scavenge's removals (ADR 33).
+    (5, include_str!("../sql/0005_links_by_position.sql")),
 ];
 
 /// Connects to `url` and applies pending migrations to `schema`.

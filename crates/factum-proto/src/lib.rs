@@ -41,6 +41,9 @@ pub mod generated {
             pub mod persistent_subscriptions {
                 tonic::include_proto!("event_store.client.persistent_subscriptions");
             }
+            pub mod operations {
+                tonic::include_proto!("event_store.client.operations");
+            }
             pub mod users {
                 tonic::include_proto!("event_store.client.users");
             }
@@ -77,6 +80,8 @@ pub mod generated {
 pub use generated::event_store::client as shared;
 /// `event_store.client.gossip`: cluster membership for `+discover`.
 pub use generated::event_store::client::gossip;
+/// `event_store.client.operations`: scavenge and node operations (ADR 33).
+pub use generated::event_store::client::operations;
 /// `event_store.client.persistent_subscriptions`: consumer groups.
 pub use generated::event_store::client::persistent_subscriptions as persistent;
 /// `event_store.client.projections`: server-side projections (ADR 35).
@@ -114,6 +119,8 @@ pub mod service_names {
     pub const SUBJECTS: &str = "factum.subjects.Subjects";
     /// `event_store.client.projections.Projections`
     pub const PROJECTIONS: &str = "event_store.client.projections.Projections";
+    /// `event_store.client.operations.Operations`
+    pub const OPERATIONS: &str = "event_store.client.operations.Operations";
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
 
 /// Requests only `$ops` and `$admins` may make (ADR 31): managing consumer
 /// groups and projections (ADR 35), `/metrics`, the admin endpoints
-/// (`/admin/…`: backups).
+/// (`/admin/…`: backups, scavenges) and the Operations service (ADR 33).
 fn ops_only(path: &str) -> bool {
     if crate::http_projections::manages(path) {
         return true;
@@ -227,7 +227,11 @@ fn ops_only(path: &str) -> bool {
             method,
             "Create" | "Update" | "Delete" | "ReplayParked" | "RestartSubsystem"
         ),
-        None => path == "/metrics" || path.starts_with("/admin/"),
+        None => {
+            path == "/metrics"
+                || path.starts_with("/admin/")
+                || path.starts_with("/event_store.client.operations.Operations/")
+        }
     }
 }
 

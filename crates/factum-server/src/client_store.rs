@@ -52,6 +52,14 @@ impl<S> ClientStore<S> {
     }
 }
 
+impl<S> ClientStore<S> {
+    /// The store itself, for what the server writes on its own account
+    /// (`$scavenges`, ADR 33).
+    pub(crate) fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+}
+
 impl<S: EventStore> ClientStore<S> {
     /// Refuses unless the request's principal has `permission` on `stream`
     /// (`$$x`: the metadata permissions of `x`).

@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Crypto-shredding's `forget`, when the store encrypts personal
     /// fields (ADR 36).
     pub forget: Option<ForgetHook>,
+    /// Scavenges, when the backend can run them (ADR 33).
+    pub scavenge: Option<Arc<dyn crate::operations::Scavenger>>,
+    /// When scheduled scavenges run (`--scavenge-schedule`).
+    pub scavenge_schedule: Option<crate::operations::Schedule>,
     /// TLS on the port (ADR 30); `None`: plain TCP (insecure mode).
     pub tls: Option<Arc<crate::tls::Reloading>>,
     /// Users kept in the store, who must authenticate (ADR 31); replaces
@@ -137,6 +141,8 @@ impl ServerConfig {
             size_probe: None,
             backup: None,
             forget: None,
+            scavenge: None,
+            scavenge_schedule: None,
             tls: None,
             users: None,
             metrics_anonymous: false,
@@ -213,6 +219,8 @@ pub struct Ctx<S> {
     pub authenticator: Arc<dyn Authenticator>,
     /// Recent failed logins per client address (slows guessing).
     pub login_failures: crate::auth::Failures,
+    /// Notified when a client asks the server to stop (Operations' `Shutdown`).
+    pub shutdown_requested: Arc<tokio::sync::Notify>,
 }
 
 impl<S> Ctx<S> {

@@ -189,8 +189,17 @@ impl<S: EventStore> ServerFeatures for GrpcApi<S> {
         request: Request<shared::Empty>,
     ) -> Result<Response<SupportedMethods>, Status> {
         self.authenticate(&request)?;
+        // Operations (ADR 33): what works on a single node; the scavenge
+        // methods only when the backend can scavenge.
+        let mut operations = vec!["shutdown", "restartpersistentsubscriptions"];
+        if self.ctx.config.scavenge.is_some() {
+            operations.extend(["startscavenge", "stopscavenge", "mergeindexes"]);
+        }
+        let operations: &[&str] = &operations;
         let methods = IMPLEMENTED
             .iter()
+            .copied()
+            .chain([(factum_proto::service_names::OPERATIONS, operations)])
             .flat_map(|(service, methods)| {
                 methods.iter().map(move |m| SupportedMethod {
                     method_name: (*m).to_owned(),

@@ -41,6 +41,19 @@ pub fn router<S: EventStore>(ctx: Arc<Ctx<S>>) -> Router {
         .route("/health/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/admin/backup", post(backup::<S>))
+        .route("/admin/scavenge", post(crate::operations::http::post::<S>))
+        .route(
+            "/admin/scavenge/current",
+            get(crate::operations::http::current::<S>),
+        )
+        .route(
+            "/admin/scavenge/last",
+            get(crate::operations::http::last::<S>),
+        )
+        .route(
+            "/admin/scavenge/{id}",
+            axum::routing::delete(crate::operations::http::stop::<S>),
+        )
         .route(
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),

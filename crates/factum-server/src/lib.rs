@@ -9,6 +9,7 @@
 //! | module | what |
 //! |---|---|
 //! | `grpc` | `Streams`, `ServerFeatures`, `Gossip`; other KurrentDB services answer UNIMPLEMENTED |
+//! | `operations` | KurrentDB's `Operations` service, the `/admin/scavenge` routes, `$scavenges` streams, the scavenge schedule (ADR 33) |
 //! | `grpc_read` | `Streams.Read`: reads and subscriptions, filters, checkpoints, links |
 //! | `grpc_persistent` | `PersistentSubscriptions`: consumer groups (`factum_persistent`) on the wire |
 //! | `grpc_projections` / `http_projections` | `Projections` and KurrentDB's `/projections` routes over `factum_projections` (ADR 35) |
@@ -67,6 +68,7 @@ mod http_users;
 mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod operations;
 mod read_wire;
 mod subjects;
 pub mod tls;
@@ -93,6 +95,7 @@ pub use advertise::{Advertise, AdvertiseError};
 pub use client_store::ClientStore;
 pub use context::{BackupHook, Ctx, ForgetHook, Forgotten, ServerConfig, SizeProbe, UsersConfig};
 pub use listener::ConnectionLimits;
+pub use operations::{ScavengeInfo, ScavengeRequest, ScavengeStart, Scavenger, Schedule};
 
 /// Largest consumer-group request (an ack of many ids is the largest).
 const PERSISTENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -148,6 +151,7 @@ pub fn app<S: EventStore>(
         users,
         authenticator,
         login_failures: Default::default(),
+        shutdown_requested: Default::default(),
     });
     let api = grpc::GrpcApi::new(ctx.clone());
     let grpc = tonic::service::Routes::new(
@@ -166,10 +170,11 @@ pub fn app<S: EventStore>(
         grpc_projections::ProjectionsApi::new(ctx.projections.clone()),
     ))
     .add_service(
-        PersistentSubscriptionsServer::new(api)
+        PersistentSubscriptionsServer::new(api.clone())
             .max_decoding_message_size(max_persistent_request)
             .max_encoding_message_size(max),
-    );
+    )
+    .add_service(factum_proto::operations::operations_server::OperationsServer::new(api));
     let grpc = match &ctx.users {
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
         None => grpc,
@@ -273,10 +278,17 @@ pub async fn serve<S: EventStore>(
             .await
             .map_err(|e| std::io::Error::other(format!("cannot create the default users: {e}")))?;
     }
+    if let Some(schedule) = ctx.config.scavenge_schedule {
+        tokio::spawn(operations::run_schedule(ctx.clone(), schedule));
+    }
     let limits = ctx.config.connections.clone();
     let tls = ctx.config.tls.clone();
+    let requested = ctx.shutdown_requested.clone();
     let served = listener::run(listener, router, limits, tls, async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = requested.notified() => {}
+        }
         tracing::info!("shutting down: draining requests, ending subscriptions");
         let _ = shutdown_tx.send(true);
     })

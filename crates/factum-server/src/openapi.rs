@@ -25,6 +25,36 @@ const PROTECTED: &str = "A stream Factum manages (`$persistentSubscriptionConfig
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = paths_and_schemas();
+    if let (Some(paths), Value::Object(more)) = (doc["paths"].as_object_mut(), scavenge_paths()) {
+        paths.extend(more);
+    }
+    doc
+}
+
+/// The scavenge routes (ADR 33), apart: one `json!` of everything passes
+/// the macro's recursion limit.
+fn scavenge_paths() -> Value {
+    json!({
+        "/admin/scavenge": { "post": { "summary": "Starts a scavenge ($ops/$admins; ADR 33): removes events no read can see; progress and result in $scavenges-<id>",
+            "parameters": [
+                { "name": "throttlePercent", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 100 } },
+                { "name": "threshold", "in": "query", "schema": { "type": "integer" }, "description": "rewrite a segment only when it frees at least this percentage" },
+                { "name": "startFromChunk", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+                { "name": "threads", "in": "query", "schema": { "type": "integer" }, "description": "accepted; one segment at a time" } ],
+            "responses": { "200": { "description": "{scavengeId, scavengeLink}" }, "400": { "description": "Bad parameters, or one is running (scavengeId)" },
+                           "501": { "description": "Not the embedded engine" } } } },
+        "/admin/scavenge/current": { "get": { "summary": "The running scavenge",
+            "responses": { "200": { "description": "scavengeId, result (InProgress), segments, eventsRemoved, spaceSaved, timeTakenMs" }, "404": { "description": "None runs" } } } },
+        "/admin/scavenge/last": { "get": { "summary": "The running or last scavenge",
+            "responses": { "200": { "description": "As /admin/scavenge/current; result Success, Stopped or Failed" }, "404": { "description": "None since the server started" } } } },
+        "/admin/scavenge/{id}": { "delete": { "summary": "Stops the running scavenge",
+            "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+            "responses": { "200": { "description": "Stopping" }, "400": { "description": "Not an id" }, "404": { "description": "Not running" } } } }
+    })
+}
+
+fn paths_and_schemas() -> Value {
     json!({
       "openapi": "3.1.0",
       "info": { "title": "Factum HTTP API", "version": env!("CARGO_PKG_VERSION"),

@@ -323,9 +323,12 @@ async fn features_unimplemented_services_and_http_share_the_port() {
             .to_owned()
     ));
     assert!(names.contains(&"event_store.client.projections.projections/state".to_owned()));
-    // 25 v1 methods (projections' ten, ADR 35) and the v2 StreamsService's
-    // two (ADR 29).
-    assert_eq!(names.len(), 27);
+    // 15 v1 methods, projections' ten (ADR 35), the v2 StreamsService's
+    // two (ADR 29), and the Operations that work without a scavenging
+    // backend (ADR 33).
+    assert!(names.contains(&"event_store.client.operations.operations/shutdown".to_owned()));
+    assert!(!names.iter().any(|n| n.ends_with("/startscavenge")));
+    assert_eq!(names.len(), 29);
     let create = methods
         .methods
         .iter()

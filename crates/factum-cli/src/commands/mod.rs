@@ -9,6 +9,7 @@ pub mod certs;
 pub mod crash_load;
 pub mod forget;
 pub mod read;
+pub mod scavenge;
 pub mod serve;
 pub mod stats;
 pub mod tail;

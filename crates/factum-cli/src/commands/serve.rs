@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// write files elsewhere.
     #[arg(long, env = "FACTUM_BACKUP_ROOT", value_name = "DIR")]
     pub backup_root: Option<PathBuf>,
+    /// Scavenge on a schedule: `daily@HH:MM` or `hourly@MM` (UTC) (ADR 33).
+    #[arg(long, env = "FACTUM_SCAVENGE_SCHEDULE", value_name = "WHEN")]
+    pub scavenge_schedule: Option<String>,
+    /// Size at which the engine starts a new log segment, bytes
+    /// [default: 268435456]; scavenges rewrite whole sealed segments.
+    #[arg(long, env = "FACTUM_SEGMENT_BYTES", value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
     /// The master key of crypto-shredding (ADR 36): a file of 64 hex
     /// digits (`openssl rand -hex 32`), or the key itself in
     /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
@@ -175,6 +182,8 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "jwt-groups-claim",
             "advertise",
             "backup-root",
+            "scavenge-schedule",
+            "segment-bytes",
             "encryption-key-file",
             "max-append-bytes",
             "max-inflight-append-bytes",
@@ -223,6 +232,8 @@ struct Settings {
     bearer: Option<factum_server::bearer::BearerConfig>,
     advertise: Option<factum_server::Advertise>,
     backup_root: Option<PathBuf>,
+    scavenge_schedule: Option<factum_server::Schedule>,
+    segment_bytes: Option<u64>,
     encryption_key_file: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
@@ -359,6 +370,22 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         backup_root: args
             .backup_root
             .or_else(|| file.get("backup-root").map(PathBuf::from)),
+        scavenge_schedule: args
+            .scavenge_schedule
+            .or_else(|| file.get("scavenge-schedule").cloned())
+            .map(|w| {
+                w.parse::<factum_server::Schedule>()
+                    .map_err(|e| CliError::usage(format!("--scavenge-schedule: {e}")))
+            })
+            .transpose()?,
+        segment_bytes: match args.segment_bytes.or(num("segment-bytes")?) {
+            Some(n) if n < 64 * 1024 => {
+                return Err(CliError::usage(format!(
+                    "--segment-bytes {n} is too small: at least 65536"
+                )))
+            }
+            n => n,
+        },
         encryption_key_file: args
             .encryption_key_file
             .or_else(|| file.get("encryption-key-file").map(PathBuf::from)),
@@ -520,7 +547,13 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         Backend::Engine(data) => {
             std::fs::create_dir_all(data)
                 .map_err(|e| CliError::failure(format!("cannot create {}: {e}", data.display())))?;
-            let engine = Arc::new(open(data, EngineConfig::default())?);
+            let mut engine_config = EngineConfig::default();
+            if let Some(n) = s.segment_bytes {
+                engine_config.segment_bytes = n;
+            }
+            let engine = Arc::new(open(data, engine_config)?);
+            let scavenge: Arc<dyn factum_server::Scavenger> =
+                Arc::new(EngineScavenger(engine.clone()));
             let rt = runtime()?;
             let dir = data.clone();
             let probe: SizeProbe = Arc::new(move || dir_size(&dir));
@@ -550,6 +583,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                         engine.clone(),
                         Some(probe),
                         Some(backup),
+                        Some(scavenge),
                         None,
                         Some(fatal),
                         &what,
@@ -564,6 +598,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                         Arc::new(store),
                         Some(probe),
                         Some(backup),
+                        Some(scavenge),
                         Some(forget),
                         Some(fatal),
                         &format!("{what} (personal fields encrypted)"),
@@ -591,14 +626,25 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     .map_err(|e| CliError::failure(format!("PostgreSQL: {e}")))?;
                 let what = format!("PostgreSQL schema {schema}");
                 match master {
-                    None => serve_store(&s, Arc::new(store), None, None, None, None, &what).await,
+                    None => {
+                        serve_store(&s, Arc::new(store), None, None, None, None, None, &what).await
+                    }
                     Some(master) => {
                         let keys = Arc::new(store.subject_keys(master));
                         let store = factum_crypto::Shredding::new(Arc::new(store), keys);
                         let forget = super::forget::forget_hook(store.clone());
                         let what = format!("{what} (personal fields encrypted)");
-                        serve_store(&s, Arc::new(store), None, None, Some(forget), None, &what)
-                            .await
+                        serve_store(
+                            &s,
+                            Arc::new(store),
+                            None,
+                            None,
+                            None,
+                            Some(forget),
+                            None,
+                            &what,
+                        )
+                        .await
                     }
                 }
             });
@@ -613,6 +659,71 @@ type SizeProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 /// Resolves with the reason when the store stopped accepting writes for
 /// good (the engine after a failed fsync).
 type Fatal = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// The engine's scavenges, as the server drives them (ADR 33).
+struct EngineScavenger(Arc<factum_engine::Engine>);
+
+fn scavenge_info(s: factum_engine::ScavengeStatus) -> factum_server::ScavengeInfo {
+    use factum_engine::scavenge::ScavengeEnd;
+    let (result, error) = match s.end {
+        ScavengeEnd::Running => ("InProgress", String::new()),
+        ScavengeEnd::Completed => ("Success", String::new()),
+        ScavengeEnd::Stopped => ("Stopped", String::new()),
+        ScavengeEnd::Failed(why) => ("Failed", why),
+    };
+    let r = &s.report;
+    factum_server::ScavengeInfo {
+        scavenge_id: s.id,
+        result: result.to_owned(),
+        error,
+        start_from_segment: s.start_from_segment,
+        segments_total: r.segments_total,
+        segments_done: r.segments_done,
+        segments_rewritten: r.segments_rewritten,
+        events_removed: r.events_removed,
+        space_saved: r.bytes_freed(),
+        time_taken_ms: r.elapsed.as_millis() as u64,
+        scavenge_link: format!("/streams/$scavenges-{}", s.id),
+    }
+}
+
+impl factum_server::Scavenger for EngineScavenger {
+    fn start(
+        &self,
+        request: factum_server::ScavengeRequest,
+    ) -> factum_core::Result<factum_server::ScavengeStart> {
+        let options = factum_engine::ScavengeOptions {
+            throttle: factum_engine::Throttle::Percent(request.throttle_percent),
+            start_from_segment: request.start_from_segment,
+            min_freed_percent: request.threshold.clamp(0, 100) as u8,
+            ..factum_engine::ScavengeOptions::default()
+        };
+        match self.0.start_scavenge(options) {
+            // Detached: its status is read through the engine.
+            Ok(handle) => Ok(factum_server::ScavengeStart::Started(handle.id)),
+            Err(e) => match self.0.scavenge_current() {
+                Some(running) => Ok(factum_server::ScavengeStart::InProgress(running.id)),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn stop(&self, id: Option<factum_core::Uuid>) -> bool {
+        self.0.stop_scavenge(id)
+    }
+
+    fn current(&self) -> Option<factum_server::ScavengeInfo> {
+        self.0.scavenge_current().map(scavenge_info)
+    }
+
+    fn last(&self) -> Option<factum_server::ScavengeInfo> {
+        self.0.scavenge_last().map(scavenge_info)
+    }
+
+    fn merge_indexes(&self) -> factum_core::Result<()> {
+        self.0.flush_index()
+    }
+}
 
 /// Where an online backup asked for `to` goes: `to` taken relative to the
 /// backup root, and refused when there is no root or it would leave it.
@@ -639,11 +750,13 @@ fn backup_target(root: Option<&Path>, to: &Path) -> factum_core::Result<PathBuf>
 /// Serves `store` until SIGTERM or SIGINT, then waits up to the grace period
 /// for in-flight requests. When `fatal` resolves first it shuts down the
 /// same way and fails with its reason (exit 1).
+#[allow(clippy::too_many_arguments)]
 async fn serve_store<S: factum_core::EventStore>(
     s: &Settings,
     store: Arc<S>,
     size_probe: Option<SizeProbe>,
     backup: Option<factum_server::BackupHook>,
+    scavenge: Option<Arc<dyn factum_server::Scavenger>>,
     forget: Option<factum_server::ForgetHook>,
     fatal: Option<Fatal>,
     what: &str,
@@ -666,6 +779,8 @@ async fn serve_store<S: factum_core::EventStore>(
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
     config.backup = backup;
+    config.scavenge = scavenge;
+    config.scavenge_schedule = s.scavenge_schedule;
     config.forget = forget;
     config.metrics_anonymous = s.metrics_anonymous;
     let files = match &s.security {
@@ -716,9 +831,16 @@ async fn serve_store<S: factum_core::EventStore>(
     }
     println!("factum serving {what} on {bound} (gRPC and HTTP; {mode})");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(factum_server::serve(listener, store, config, async {
+    // The server also stops by itself (Operations' `Shutdown`).
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = factum_server::serve(listener, store, config, async {
         let _ = stop_rx.await;
-    }));
+    });
+    let server = tokio::spawn(async move {
+        let r = serving.await;
+        let _ = ended_tx.send(());
+        r
+    });
     let fatal = async move {
         match fatal {
             Some(f) => f.await,
@@ -727,6 +849,7 @@ async fn serve_store<S: factum_core::EventStore>(
     };
     let stopped = tokio::select! {
         _ = signal() => None,
+        _ = ended_rx => None,
         why = fatal => Some(why),
     };
     match &stopped {

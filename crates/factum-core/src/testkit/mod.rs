@@ -24,7 +24,7 @@
 //!
 //! ## Positions and the log
 //! - Every successful write takes the next dense global positions (from 1,
-//!   in commit order; 0 is "before the first event", as KurrentDB's clients
+//!   in commit order; a scavenge later leaves gaps where it removed events; 0 is "before the first event", as KurrentDB's clients
 //!   take it, ADR 25): an append of *n* events takes *n*;
 //!   `set_stream_metadata` takes 1 (a `$metadata` event in `$$<stream>`); a
 //!   soft delete takes 1 (also a `$metadata` event, see below); a tombstone
@@ -35,8 +35,11 @@
 //! - `read_all` returns every record of the log, system records included
 //!   (`$metadata`, `$streamDeleted`; [`Filter::exclude_system_events`]
 //!   hides them). It ignores stream metadata and deletions: events of
-//!   truncated, soft-deleted and tombstoned streams stay in `$all` (there is
-//!   no scavenge yet).
+//!   truncated, soft-deleted and tombstoned streams stay in `$all` until a
+//!   scavenge removes them (ADR 33). After a scavenge positions have gaps:
+//!   the remaining events keep their positions, and every reader and
+//!   subscription crosses the gaps (`scavenge_leaves_gaps`, for backends
+//!   whose factory can scavenge).
 //! - The tombstone record reads as: stream = the deleted stream, revision =
 //!   [`TOMBSTONE_REVISION`] (`i64::MAX`, KurrentDB's `DeletedStream`), type
 //!   [`TOMBSTONE_EVENT_TYPE`]. Its id, content type, data and metadata are
@@ -86,7 +89,7 @@
 //!   user stream. Metadata and tombstone records are not in them. Reads
 //!   return the original event (stream, revision, position, …) with
 //!   `link: Some(Link { stream: "$ce-…", revision })`, link revisions dense
-//!   from 0; `from_revision` and paging use the link revision
+//!   from 0 (until a scavenge removes links of hidden events); `from_revision` and paging use the link revision
 //!   ([`RecordedEvent::read_revision`](crate::RecordedEvent::read_revision)).
 //!   Like `$all`, they ignore the member streams' metadata and deletions.
 //!   One with no events answers `StreamNotFound`.
@@ -112,7 +115,8 @@
 //! - Visible revisions of a stream: from `max(first revision of the current
 //!   life, $tb, last + 1 - $maxCount)`, minus events created more than
 //!   `$maxAge` seconds ago. Metadata is a read-time filter: lowering
-//!   `$maxCount`/`$tb` makes events visible again (no scavenge yet).
+//!   `$maxCount`/`$tb` makes events visible again, until a scavenge
+//!   removed them (ADR 33).
 //!   `$all` and link streams ignore it.
 //! - `stream_metadata` of a tombstoned stream answers `StreamDeleted`.
 //! - A failed expectation names `$$<stream>` (or `<stream>`; both are
@@ -233,11 +237,13 @@ mod checks_links;
 mod checks_meta;
 mod checks_multi;
 mod checks_read;
+mod checks_scavenge;
 mod checks_soft_delete;
 mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
 mod support;
+pub mod visible;
 
 #[cfg(test)]
 mod memory_store_test;
@@ -265,6 +271,7 @@ pub use self::checks_read::{
     read_all_directions_and_bounds, read_all_filters, read_pages_by_bytes,
     read_stream_directions_and_bounds, temporal_reads,
 };
+pub use self::checks_scavenge::scavenge_leaves_gaps;
 pub use self::checks_soft_delete::{
     soft_delete_as_kurrentdb, soft_delete_by_metadata, undelete_by_metadata_or_empty_append,
 };
@@ -294,6 +301,14 @@ pub trait StoreFactory: Send + Sync {
     type Store: EventStore;
     /// A fresh, empty store.
     fn create(&self) -> impl Future<Output = Self::Store> + Send;
+
+    /// Runs a scavenge on `store` (ADR 33) that removes every hidden event
+    /// written so far, if the backend has one; `false` (the default) when
+    /// it has none, and checks of what a scavenge leaves are skipped.
+    fn scavenge(&self, store: &Self::Store) -> impl Future<Output = bool> + Send {
+        let _ = store;
+        async { false }
+    }
 }
 
 /// Calls `$cb! { [$args] check_a, check_b, ... }` with every check name:
@@ -341,6 +356,7 @@ macro_rules! __factum_testkit_checks {
             multi_append_conflict_writes_nothing,
             multi_append_deleted_streams,
             multi_append_retry_and_bad_input,
+            scavenge_leaves_gaps,
         }
     };
 }

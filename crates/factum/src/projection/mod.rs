@@ -300,7 +300,8 @@ pub struct ProjectionStatus {
 /// How far a projection is behind the store's head.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lag {
-    /// Global positions committed but not yet processed.
+    /// Global positions committed but not yet processed (at least the
+    /// events behind: a scavenge leaves gaps in positions, ADR 33).
     pub positions_behind: u64,
     /// Age of the oldest unprocessed event, seconds (0 when caught up).
     pub seconds_behind: f64,

@@ -1,0 +1,610 @@
+//! Crash-safe rewrite of one sealed segment (ADR 33): the one mechanism a
+//! scavenge (issue 17) uses and compression (18) and re-encryption (19)
+//! are to use. It takes a sealed segment and a decision per record (keep,
+//! remove, replace) and writes the segment's new version beside the old
+//! one as `NNNNNNNNNNNNNNNNNNNN.seg.<generation>.rewrite`, with the feature
+//! flag `SCAVENGED` (frames dense inside, gaps between them; see
+//! docs/format.md). The new file is fsynced and the directory fsynced; then
+//! one durable redb transaction replaces the segment's index entries (runs
+//! and frames) and records the rewrite (first position, generation) as the
+//! index's *rewrite marker*; then, while no read runs, the new file is
+//! renamed over the old one, the directory fsynced, the segment list and
+//! the block cache updated.
+//!
+//! The redb commit is the switch. A kill before it leaves the old segment
+//! and old index; the open removes the `.rewrite` file. A kill after it
+//! leaves the new index and, maybe, the `.rewrite` file not yet renamed;
+//! the open finds the marker naming it and renames it ([`finish_interrupted`]).
+//! Either way the store holds the old state or the new, never a mix.
+//! Positions never change, so only index entries pointing into the segment
+//! change; a segment is rewritten only once the index checkpoint has passed
+//! it (recovery never replays it).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use factum_core::rules::link_parts;
+use factum_core::{Error, Result, StreamName};
+
+use crate::format::{
+    decode_frame_events, encode_frame, SegmentHeader, StoredEvent, FEATURE_SCAVENGED,
+    FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+};
+use crate::index::{Index, SegmentRewrite};
+use crate::log::{open_segment, segment_file_name, sync_dir, FrameReader, Loc, Scanned};
+use crate::overlay::RunBuilder;
+use crate::reader::Reader;
+
+/// Suffix of a segment's new version before it is swapped in.
+pub const REWRITE_SUFFIX: &str = ".rewrite";
+
+/// The file name of generation `generation` of the segment starting at `first`.
+pub fn rewrite_file_name(first_position: u64, generation: u64) -> String {
+    format!("{first_position:020}.seg.{generation}{REWRITE_SUFFIX}")
+}
+
+/// (first position, generation) of a rewrite file name.
+fn parse_rewrite_file_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_suffix(REWRITE_SUFFIX)?;
+    let (first, generation) = rest.split_once(".seg.")?;
+    if first.len() != 20 {
+        return None;
+    }
+    Some((first.parse().ok()?, generation.parse().ok()?))
+}
+
+/// What to do with one record of a segment being rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordAction {
+    /// Copy it as it is.
+    Keep,
+    /// Leave it out (its index entries go).
+    Remove,
+    /// Write this record in its place: same position, stream and revision
+    /// (a stub, a re-encrypted payload). Its index entries are rebuilt.
+    Replace(StoredEvent),
+}
+
+/// What one rewrite did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewriteReport {
+    /// The segment's number.
+    pub segment: u32,
+    /// Its file's length before.
+    pub old_bytes: u64,
+    /// … and after (equal when nothing changed and nothing was swapped).
+    pub new_bytes: u64,
+    /// Records kept as they were.
+    pub kept: u64,
+    /// Records left out.
+    pub removed: u64,
+    /// Records replaced.
+    pub replaced: u64,
+    /// Was a new version swapped in? (Not when every record was kept.)
+    pub swapped: bool,
+}
+
+/// How fast a rewrite may read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Throttle {
+    /// As fast as the disk goes.
+    #[default]
+    None,
+    /// At most this many bytes (read plus written) per second.
+    BytesPerSecond(u64),
+    /// Busy this percentage of the time (1–100), resting the rest: what
+    /// KurrentDB's `throttlePercent` means.
+    Percent(u8),
+}
+
+/// Paces a rewrite's I/O by its [`Throttle`].
+pub(crate) struct Pace {
+    throttle: Throttle,
+    started: Instant,
+    bytes: u64,
+    /// Work time since the last rest (for `Percent`).
+    busy_since: Instant,
+}
+
+impl Pace {
+    pub(crate) fn new(throttle: Throttle) -> Self {
+        let now = Instant::now();
+        Pace {
+            throttle,
+            started: now,
+            bytes: 0,
+            busy_since: now,
+        }
+    }
+
+    /// Accounts `bytes` of I/O and sleeps as long as the throttle asks.
+    pub(crate) fn account(&mut self, bytes: u64, stop: &AtomicBool) {
+        self.bytes += bytes;
+        let rest = match self.throttle {
+            Throttle::None => return,
+            Throttle::BytesPerSecond(0) | Throttle::Percent(0) => return,
+            Throttle::BytesPerSecond(rate) => {
+                let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+                due.saturating_sub(self.started.elapsed())
+            }
+            Throttle::Percent(p) if p >= 100 => return,
+            Throttle::Percent(p) => {
+                let busy = self.busy_since.elapsed();
+                if busy < Duration::from_millis(10) {
+                    return;
+                }
+                busy.mul_f64((100 - p) as f64 / p as f64)
+            }
+        };
+        // Rest in short naps so a stop is honoured promptly.
+        let until = Instant::now() + rest;
+        while !stop.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        self.busy_since = Instant::now();
+    }
+}
+
+/// A record of the new file, with what the index needs of it.
+struct Kept {
+    position: u64,
+    revision: u64,
+    flags: u8,
+    stream: StreamName,
+    event_type: String,
+    loc: Loc,
+    len: u32,
+}
+
+/// The new file being written.
+struct Output {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    /// Bytes written or buffered (the offset of the next frame).
+    len: u64,
+}
+
+impl Output {
+    fn write_out(&mut self) -> Result<()> {
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Which segment a rewrite replaces, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewriteSpec {
+    /// The sealed segment's number.
+    pub segment: u32,
+    /// Feature flags the new version adds to the old one's (issues 18, 19).
+    pub add_features: u32,
+    /// A new version that frees fewer bytes is not swapped in.
+    pub min_freed_bytes: u64,
+}
+
+/// Rewrites the sealed segment `spec` names, of the store in `dir`, by
+/// `decide` (see the module doc).
+/// `stop` abandons the rewrite between frames (the new file is removed;
+/// `Ok(None)`). Blocking; reads and appends go on meanwhile.
+pub(crate) fn rewrite_segment(
+    dir: &Path,
+    reader: &Reader,
+    spec: RewriteSpec,
+    decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
+    pace: &mut Pace,
+    stop: &AtomicBool,
+) -> Result<Option<RewriteReport>> {
+    let RewriteSpec {
+        segment: number,
+        add_features,
+        min_freed_bytes,
+    } = spec;
+    let segments = &reader.segments;
+    let index = &reader.index;
+    let seg = segments
+        .get(number)
+        .ok_or_else(|| Error::InvalidInput(format!("segment {number} does not exist")))?;
+    let Some(next) = segments.get(number + 1) else {
+        return Err(Error::InvalidInput(format!(
+            "segment {number} is the active segment; only sealed segments are rewritten"
+        )));
+    };
+    let (lo, hi) = (seg.first_position, next.first_position);
+    let old_bytes = seg.len()?;
+    let generation = index.next_rewrite_generation()?;
+    let path = dir.join(rewrite_file_name(lo, generation));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let mut out = Output {
+        path,
+        file,
+        buf: Vec::with_capacity(1 << 20),
+        len: SEGMENT_HEADER_LEN as u64,
+    };
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        features: seg.format.features | FEATURE_SCAVENGED | add_features,
+        number,
+        first_position: lo,
+    };
+    out.buf.extend_from_slice(&header.encode());
+    let result = write_new_version(&seg, &mut out, decide, pace, stop);
+    let freed = old_bytes.saturating_sub(out.len);
+    let written = match result {
+        Ok(Some(w)) if w.changed && freed >= min_freed_bytes => w,
+        other => {
+            // Nothing to change, stopped, or failed: the old file stays.
+            let _ = std::fs::remove_file(&out.path);
+            return other.map(|w| {
+                w.map(|w| RewriteReport {
+                    segment: number,
+                    old_bytes,
+                    new_bytes: old_bytes,
+                    kept: w.report.kept + w.report.removed + w.report.replaced,
+                    ..RewriteReport::default()
+                })
+            });
+        }
+    };
+    let new_bytes = out.len;
+    let durable = out
+        .write_out()
+        .and_then(|_| {
+            out.file
+                .sync_all()
+                .map_err(|e| Error::io(format!("fsync of {}", out.path.display()), e))
+        })
+        .and_then(|_| sync_dir(dir));
+    if let Err(e) = durable {
+        let _ = std::fs::remove_file(&out.path);
+        return Err(e);
+    }
+    let change = match index_change(index, &seg, number, lo, hi, generation, &written) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&out.path);
+            return Err(e);
+        }
+    };
+    // Opened before the switch: the descriptor follows the file through
+    // its rename.
+    let mut new_segment = match open_segment(&out.path) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&out.path);
+            return Err(e);
+        }
+    };
+    new_segment.path = seg.path.clone();
+    let new_path = out.path.clone();
+    let swap = || {
+        std::fs::rename(&new_path, &seg.path)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "renaming {} to {} (the index already describes the new file: reopen the store to finish the swap)",
+                        new_path.display(),
+                        seg.path.display()
+                    ),
+                    e,
+                )
+            })?;
+        segments.replace(Arc::new(new_segment));
+        reader.cache.forget_segment(number);
+        sync_dir(dir)
+    };
+    if let Err(e) = index.commit_rewrite(&change, segments, swap) {
+        if new_path.exists() && index.rewrite_marker().ok().flatten() != Some((lo, generation)) {
+            // Not committed: the old state stands.
+            let _ = std::fs::remove_file(&new_path);
+        }
+        return Err(e);
+    }
+    let mut report = written.report;
+    report.segment = number;
+    report.old_bytes = old_bytes;
+    report.new_bytes = new_bytes;
+    report.swapped = true;
+    Ok(Some(report))
+}
+
+/// The new version's records and frames, before the index change.
+struct Written {
+    changed: bool,
+    report: RewriteReport,
+    /// (first position, offset, records) per new frame.
+    frames: Vec<(u64, u64, Vec<Kept>)>,
+    /// First positions of the old frames.
+    old_frames: Vec<u64>,
+    /// Index streams the old records were in (own, `$ce-`, `$et-`).
+    touched: HashSet<String>,
+}
+
+fn write_new_version(
+    seg: &Arc<crate::log::Segment>,
+    out: &mut Output,
+    decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
+    pace: &mut Pace,
+    stop: &AtomicBool,
+) -> Result<Option<Written>> {
+    let mut w = Written {
+        changed: false,
+        report: RewriteReport::default(),
+        frames: Vec::new(),
+        old_frames: Vec::new(),
+        touched: HashSet::new(),
+    };
+    let len = seg.len()?;
+    let mut frames = FrameReader::new(seg.clone(), SEGMENT_HEADER_LEN as u64, len);
+    // Reused for link stream names.
+    let mut name = String::new();
+    let corrupt = |offset: u64, detail: String| Error::Corrupt {
+        file: seg.path.clone(),
+        offset,
+        detail,
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (offset, header, events) = match frames.next_frame()? {
+            Scanned::Frame {
+                offset,
+                header,
+                bytes,
+            } => {
+                let events = decode_frame_events(bytes, &header).map_err(|d| corrupt(offset, d))?;
+                (offset, header, events)
+            }
+            Scanned::End => break,
+            Scanned::Incomplete { offset } => {
+                return Err(corrupt(
+                    offset,
+                    "incomplete frame in a sealed segment".into(),
+                ))
+            }
+            Scanned::Invalid { offset, detail } => return Err(corrupt(offset, detail)),
+        };
+        let _ = offset;
+        w.old_frames.push(header.first_position);
+        // The kept records, cut into frames of dense positions.
+        let mut runs: Vec<Vec<StoredEvent>> = Vec::new();
+        for (e, _) in events {
+            if e.flags & FLAG_TOMBSTONE == 0 && !e.is_stub() {
+                if !w.touched.contains(e.stream.as_str()) {
+                    w.touched.insert(e.stream.as_str().to_string());
+                }
+                for (prefix, part) in link_parts(&e.stream, &e.event_type) {
+                    if let Some(part) = part {
+                        name.clear();
+                        name.push_str(prefix);
+                        name.push_str(part);
+                        if !w.touched.contains(name.as_str()) {
+                            w.touched.insert(name.clone());
+                        }
+                    }
+                }
+            }
+            let record = match decide(&e)? {
+                RecordAction::Keep => {
+                    w.report.kept += 1;
+                    e
+                }
+                RecordAction::Remove => {
+                    w.report.removed += 1;
+                    w.changed = true;
+                    continue;
+                }
+                RecordAction::Replace(r) => {
+                    if r.position != e.position || r.stream != e.stream || r.revision != e.revision
+                    {
+                        return Err(Error::InvalidInput(format!(
+                            "a rewrite may not move the event at position {} to another place",
+                            e.position
+                        )));
+                    }
+                    w.report.replaced += 1;
+                    w.changed = true;
+                    r
+                }
+            };
+            match runs.last_mut() {
+                Some(run) if run.last().expect("non-empty").position + 1 == record.position => {
+                    run.push(record)
+                }
+                _ => runs.push(vec![record]),
+            }
+        }
+        for run in runs {
+            let frame_offset = out.len;
+            let start = out.buf.len();
+            let offsets = encode_frame(&run, header.created, 0, &mut out.buf);
+            out.len += (out.buf.len() - start) as u64;
+            let kept = run
+                .into_iter()
+                .zip(offsets)
+                .map(|(e, o)| Kept {
+                    position: e.position,
+                    revision: e.revision,
+                    flags: e.flags,
+                    len: e.encoded_len() as u32,
+                    stream: e.stream,
+                    event_type: e.event_type,
+                    loc: Loc::new(seg.number, frame_offset + o as u64),
+                })
+                .collect::<Vec<_>>();
+            w.frames.push((kept[0].position, frame_offset, kept));
+        }
+        if out.buf.len() >= 1 << 20 {
+            out.write_out()?;
+        }
+        pace.account(header.len as u64 * 2, stop);
+    }
+    Ok(Some(w))
+}
+
+/// The index change that goes with the new version: the old runs of every
+/// index stream the segment's records were in, found by position, go; the
+/// new runs are built from the new frames, a `$ce-`/`$et-` record keeping
+/// the link revision it had.
+fn index_change(
+    index: &Index,
+    seg: &crate::log::Segment,
+    number: u32,
+    lo: u64,
+    hi: u64,
+    generation: u64,
+    w: &Written,
+) -> Result<SegmentRewrite> {
+    let index_fault = |detail: String| Error::Corrupt {
+        file: index.path().to_path_buf(),
+        offset: 0,
+        detail: format!(
+            "{detail} (rewriting {}; `factum reindex` rebuilds the index)",
+            seg.path.display()
+        ),
+    };
+    let mut change = SegmentRewrite {
+        segment: number,
+        first_position: lo,
+        generation,
+        old_batches: w.old_frames.clone(),
+        ..SegmentRewrite::default()
+    };
+    let mut ids: HashMap<&str, u64> = HashMap::new();
+    // (link stream id, position) → link revision.
+    let mut links: HashMap<(u64, u64), u64> = HashMap::new();
+    for name in &w.touched {
+        let Some(rec) = index.stream(name)? else {
+            return Err(index_fault(format!("the index has no stream {name:?}")));
+        };
+        ids.insert(name.as_str(), rec.id);
+        let Some(last) = rec.last_revision else {
+            continue;
+        };
+        let is_link = name.starts_with("$ce-") || name.starts_with("$et-");
+        for (first, run) in index.runs_in_positions(rec.id, last, lo, hi)? {
+            change.old_runs.push((rec.id, first));
+            if is_link {
+                for i in 0..run.count as u64 {
+                    links.insert((rec.id, run.position + i), first + i);
+                }
+            }
+        }
+    }
+    let mut builder = RunBuilder::default();
+    let mut name = String::new();
+    for (first_position, offset, records) in &w.frames {
+        change
+            .new_batches
+            .push((*first_position, Loc::new(number, *offset).0));
+        for k in records {
+            builder.close_runs(k.position);
+            if k.flags & FLAG_TOMBSTONE != 0 || k.flags & crate::format::FLAG_STUB != 0 {
+                continue;
+            }
+            let own = ids
+                .get(k.stream.as_str())
+                .ok_or_else(|| index_fault(format!("no stream {:?}", k.stream.as_str())))?;
+            builder.add_entry(*own, k.revision, k.position, k.loc, k.len);
+            for (prefix, part) in link_parts(&k.stream, &k.event_type) {
+                let Some(part) = part else { continue };
+                name.clear();
+                name.push_str(prefix);
+                name.push_str(part);
+                let id = ids
+                    .get(name.as_str())
+                    .ok_or_else(|| index_fault(format!("no stream {name:?}")))?;
+                let rev = links.get(&(*id, k.position)).ok_or_else(|| {
+                    index_fault(format!(
+                        "no entry of {name} for the event at position {}",
+                        k.position
+                    ))
+                })?;
+                builder.add_entry(*id, *rev, k.position, k.loc, k.len);
+            }
+        }
+        builder.close_runs(u64::MAX);
+    }
+    change.new_runs = builder.done;
+    Ok(change)
+}
+
+/// Finishes or undoes a rewrite a crash interrupted, before the segments
+/// are opened: the `.rewrite` file the index's marker names was committed
+/// and is renamed over its segment; any other was not and is removed.
+/// Returns what it did, for the log.
+pub fn finish_interrupted(dir: &Path, index: &Index) -> Result<Vec<String>> {
+    let marker = index.rewrite_marker()?;
+    let mut done = Vec::new();
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let Some(parsed) = name.to_str().and_then(parse_rewrite_file_name) else {
+            continue;
+        };
+        let path = entry.path();
+        if Some(parsed) == marker {
+            let target = dir.join(segment_file_name(parsed.0));
+            std::fs::rename(&path, &target).map_err(|e| {
+                Error::io(
+                    format!("renaming {} to {}", path.display(), target.display()),
+                    e,
+                )
+            })?;
+            tracing::warn!(file = %target.display(), "finished a segment rewrite a crash interrupted after its index change");
+            done.push(format!("swapped in {}", path.display()));
+        } else {
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            tracing::warn!(file = %path.display(), "removed a segment rewrite a crash interrupted before its index change");
+            done.push(format!("removed {}", path.display()));
+        }
+    }
+    if !done.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(done)
+}
+
+/// A committed rewrite whose file is not yet swapped in (`verify`, which
+/// changes nothing, reports it: the next open finishes it).
+pub fn pending(dir: &Path, index: &Index) -> Result<Option<PathBuf>> {
+    Ok(index
+        .rewrite_marker()?
+        .map(|(first, generation)| dir.join(rewrite_file_name(first, generation)))
+        .filter(|p| p.exists()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_file_names_round_trip() {
+        let name = rewrite_file_name(1 << 40, 7);
+        assert_eq!(name, "00000001099511627776.seg.7.rewrite");
+        assert_eq!(parse_rewrite_file_name(&name), Some((1 << 40, 7)));
+        assert_eq!(parse_rewrite_file_name("00000000000000000000.seg"), None);
+        assert_eq!(parse_rewrite_file_name("0.seg.1.rewrite"), None);
+    }
+}
