@@ -100,6 +100,19 @@ impl<S: EventStore> ClientStore<S> {
             .await
     }
 
+    /// May `who` read `stream`? Always without ACLs (insecure); an error
+    /// deciding counts as no. For readers that resolve links outside this
+    /// store (a consumer group's deliveries).
+    pub async fn may_read(&self, who: &crate::auth::Principal, stream: &StreamName) -> bool {
+        match &self.acls {
+            None => true,
+            Some(acls) => acls
+                .allowed(who, stream, Permission::Read)
+                .await
+                .unwrap_or(false),
+        }
+    }
+
     /// After a write to `stream`: drop the cached ACLs it changed.
     fn wrote(&self, stream: &StreamName) {
         let Some(acls) = &self.acls else { return };

@@ -2,6 +2,7 @@
 //! `factum_persistent` (the groups live in the store; this module only
 //! translates the wire).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use factum_core::{EventStore, Uuid};
@@ -420,7 +421,14 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
             .map_err(|e| persistent_status(&e))?;
         let (tx, rx) = mpsc::channel(buffer_size.clamp(16, 1024));
         let shutdown = self.ctx().shutdown.clone();
-        tokio::spawn(pump(consumer, incoming, tx, uuid, shutdown));
+        // A link resolves only to a target the consumer may read (ADR 31),
+        // decided as the principal who connected.
+        let (ctx, who) = (self.ctx().clone(), crate::auth::current());
+        let readable: Readable = Arc::new(move |stream| {
+            let (ctx, who) = (ctx.clone(), who.clone());
+            Box::pin(async move { ctx.store.may_read(&who, &stream).await })
+        });
+        tokio::spawn(pump(consumer, incoming, tx, uuid, shutdown, readable));
         Ok(Response::new(channel_stream(rx)))
     }
 
@@ -532,14 +540,25 @@ impl<S: EventStore> PersistentSubscriptions for GrpcApi<S> {
     }
 }
 
+/// Whether the consumer may read a link's target stream.
+type Readable = Arc<
+    dyn Fn(
+            factum_core::StreamName,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Moves a consumer's deliveries out and its acks and nacks in, until
-/// either side ends or the server shuts down.
+/// either side ends or the server shuts down. A link whose target the
+/// consumer may not read is delivered unresolved (the bare link record).
 async fn pump(
     mut consumer: factum_persistent::Consumer,
     mut incoming: Streaming<wire::ReadReq>,
     tx: mpsc::Sender<Result<wire::ReadResp, Status>>,
     uuid: UuidFormat,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    readable: Readable,
 ) {
     let stopping = shutting_down(shutdown);
     tokio::pin!(stopping);
@@ -595,7 +614,9 @@ async fn pump(
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(d)) => {
-                    let (event, link) = convert::event_and_link(&d.event, resolve_links, uuid);
+                    let resolve = resolve_links
+                        && (d.event.link.is_none() || readable(d.event.stream.clone()).await);
+                    let (event, link) = convert::event_and_link(&d.event, resolve, uuid);
                     let resp = wire::ReadResp {
                         content: Some(read_resp::Content::Event(read_resp::ReadEvent {
                             event,

@@ -542,3 +542,131 @@ async fn links_resolve_only_to_streams_the_reader_may_read() {
         "the target itself stays closed"
     );
 }
+
+/// The same for a consumer group that resolves links: a delivery whose
+/// target the connected consumer may not read comes unresolved.
+#[tokio::test]
+async fn consumer_groups_resolve_links_only_to_readable_targets() {
+    use factum_proto::persistent as ps;
+    use factum_proto::persistent::persistent_subscriptions_client::PersistentSubscriptionsClient;
+    use factum_proto::shared;
+
+    let (addr, _dir) = start().await;
+    let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
+    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    let settings =
+        r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors","$admins"]}}}]"#;
+    assert_eq!(
+        http(addr, "admin", "POST", "/streams/%24settings", settings).await,
+        201
+    );
+    for s in ["orders-1", "orders-2"] {
+        let path = format!("/streams/{s}");
+        assert_eq!(http(addr, "admin", "POST", &path, EVENT).await, 201);
+    }
+    let closed = r#"{"$acl": {"$r": "alice"}}"#;
+    assert_eq!(
+        http(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
+        200
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = PersistentSubscriptionsClient::new(channel);
+    let sid = || {
+        Some(shared::StreamIdentifier {
+            stream_name: b"$ce-orders".to_vec(),
+        })
+    };
+    let mut create = tonic::Request::new(ps::CreateReq {
+        options: Some(ps::GroupOptions {
+            group_name: "g".to_owned(),
+            stream_option: Some(ps::group_options::StreamOption::Stream(ps::StreamOptions {
+                stream_identifier: sid(),
+                revision_option: Some(ps::stream_options::RevisionOption::Start(shared::Empty {})),
+            })),
+            settings: Some(ps::Settings {
+                resolve_links: true,
+                message_timeout: Some(ps::settings::MessageTimeout::MessageTimeoutMs(30_000)),
+                checkpoint_after: Some(ps::settings::CheckpointAfter::CheckpointAfterMs(1_000)),
+                max_retry_count: 10,
+                min_checkpoint_count: 1,
+                max_checkpoint_count: 10,
+                live_buffer_size: 100,
+                read_batch_size: 10,
+                history_buffer_size: 100,
+                consumer_strategy: "RoundRobin".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    create
+        .metadata_mut()
+        .insert("authorization", basic("admin").parse().unwrap());
+    client.create(create).await.unwrap();
+
+    // As bob, then as admin: (type, stream) of the two deliveries.
+    let mut seen = Vec::new();
+    for login in ["bob", "admin"] {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ps::ReadReq>();
+        tx.send(ps::ReadReq {
+            content: Some(ps::read_req::Content::Options(ps::read_req::Options {
+                stream_option: Some(ps::read_req::options::StreamOption::StreamIdentifier(
+                    sid().unwrap(),
+                )),
+                group_name: "g".to_owned(),
+                buffer_size: 10,
+                uuid_option: Some(ps::read_req::options::UuidOption {
+                    content: Some(ps::read_req::options::uuid_option::Content::String(
+                        shared::Empty {},
+                    )),
+                }),
+            })),
+        })
+        .unwrap();
+        let requests =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let mut req = tonic::Request::new(requests);
+        req.metadata_mut()
+            .insert("authorization", basic(login).parse().unwrap());
+        let mut responses = client.read(req).await.unwrap().into_inner();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let m = tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("a delivery within 10 s")
+                .unwrap()
+                .expect("the subscription goes on");
+            if let Some(ps::read_resp::Content::Event(e)) = m.content {
+                let ev = e.event.expect("an event");
+                let stream = String::from_utf8(ev.stream_identifier.unwrap().stream_name).unwrap();
+                got.push((ev.metadata["type"].clone(), stream, e.link.is_some()));
+            }
+        }
+        // Not acked: the next consumer gets them again (retries).
+        drop(tx);
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0],
+        [
+            ("OrderPlaced".to_owned(), "orders-1".to_owned(), true),
+            ("$>".to_owned(), "$ce-orders".to_owned(), false)
+        ],
+        "bob"
+    );
+    assert!(
+        seen[1]
+            .iter()
+            .all(|(t, _, link)| t == "OrderPlaced" && *link),
+        "admin: {:?}",
+        seen[1]
+    );
+}
