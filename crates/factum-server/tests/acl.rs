@@ -670,3 +670,52 @@ async fn consumer_groups_resolve_links_only_to_readable_targets() {
         seen[1]
     );
 }
+
+/// Scavenges and node operations are `$ops`/`$admins` only, over HTTP and
+/// the Operations gRPC service alike (ADR 33).
+#[tokio::test]
+async fn operations_are_for_ops_and_admins_only() {
+    use factum_proto::operations::operations_client::OperationsClient;
+    use factum_proto::operations::{start_scavenge_req, StartScavengeReq};
+
+    let (addr, _dir) = start().await;
+    let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
+    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    for path in [
+        "/admin/scavenge?throttlePercent=100",
+        "/admin/scavenge/current",
+    ] {
+        let method = if path.contains('?') { "POST" } else { "GET" };
+        assert_eq!(http(addr, "bob", method, path, "").await, 403, "{path}");
+        let ops = http(addr, "ops", method, path, "").await;
+        assert!(ops != 401 && ops != 403, "{path}: ops got {ops}");
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = OperationsClient::new(channel);
+    let request = |login: &str| {
+        let mut r = tonic::Request::new(StartScavengeReq {
+            options: Some(start_scavenge_req::Options {
+                thread_count: 1,
+                start_from_chunk: 0,
+            }),
+        });
+        r.metadata_mut()
+            .insert("authorization", basic(login).parse().unwrap());
+        r
+    };
+    let denied = client.start_scavenge(request("bob")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    if let Err(e) = client.start_scavenge(request("ops")).await {
+        assert!(
+            !matches!(
+                e.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            "ops: {e:?}"
+        );
+    }
+}
