@@ -491,11 +491,10 @@ async fn get_body(addr: std::net::SocketAddr, login: &str, path: &str) -> (u16, 
     (status, body.to_owned())
 }
 
-/// A link resolves only for a reader who may read its target stream
-/// (which KurrentDB does not check): others get the bare link record.
-#[tokio::test]
-async fn links_resolve_only_to_streams_the_reader_may_read() {
-    let (addr, _dir) = start().await;
+/// A server where bob (group `auditors`) may read `$ce-orders` and
+/// `orders-1` but not `orders-2`, each holding one event.
+async fn two_orders_one_closed_to_bob() -> (std::net::SocketAddr, tempfile::TempDir) {
+    let (addr, dir) = start().await;
     let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
     assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
     // `$ce-` is a system stream: open it to the auditors.
@@ -514,6 +513,14 @@ async fn links_resolve_only_to_streams_the_reader_may_read() {
         http(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
         200
     );
+    (addr, dir)
+}
+
+/// A link resolves only for a reader who may read its target stream
+/// (which KurrentDB does not check): others get the bare link record.
+#[tokio::test]
+async fn links_resolve_only_to_streams_the_reader_may_read() {
+    let (addr, _dir) = two_orders_one_closed_to_bob().await;
 
     let events = |body: &str| -> Vec<serde_json::Value> {
         let v: serde_json::Value = serde_json::from_str(body).expect(body);
@@ -551,24 +558,7 @@ async fn consumer_groups_resolve_links_only_to_readable_targets() {
     use factum_proto::persistent::persistent_subscriptions_client::PersistentSubscriptionsClient;
     use factum_proto::shared;
 
-    let (addr, _dir) = start().await;
-    let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
-    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
-    let settings =
-        r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors","$admins"]}}}]"#;
-    assert_eq!(
-        http(addr, "admin", "POST", "/streams/%24settings", settings).await,
-        201
-    );
-    for s in ["orders-1", "orders-2"] {
-        let path = format!("/streams/{s}");
-        assert_eq!(http(addr, "admin", "POST", &path, EVENT).await, 201);
-    }
-    let closed = r#"{"$acl": {"$r": "alice"}}"#;
-    assert_eq!(
-        http(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
-        200
-    );
+    let (addr, _dir) = two_orders_one_closed_to_bob().await;
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
