@@ -63,6 +63,9 @@ enum Command {
     /// Forgets a data subject (crypto-shredding): destroys its key, so its
     /// personal fields read as erased everywhere; records an audit event.
     Forget(commands::forget::ForgetArgs),
+    /// Re-seals the subject keys (crypto-shredding) under a new master key,
+    /// so the old one can be retired; events are not rewritten.
+    Rekey(commands::rekey::RekeyArgs),
     /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
     /// `$tb`, deleted streams, old metadata) from a store no server holds.
     Scavenge(commands::scavenge::ScavengeArgs),
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(a) => commands::backup::backup(a),
         Command::Restore(a) => commands::backup::restore(a),
         Command::Forget(a) => commands::forget::run(a),
+        Command::Rekey(a) => commands::rekey::run(a),
         Command::Scavenge(a) => commands::scavenge::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),

@@ -133,3 +133,95 @@ fn forget_offline_destroys_the_key_and_records_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not open under this master key"));
 }
+
+/// `factum rekey` (ADR 42): the subject keys move to a new master key;
+/// events read back with the new key, the old one is refused, a second
+/// rekey has nothing to do, wrong keys change nothing, and `serve` with the
+/// old key is refused.
+#[test]
+fn rekey_moves_the_subject_keys_to_a_new_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let old = dir.path().join("old.key");
+    let new = dir.path().join("new.key");
+    let stranger = dir.path().join("stranger.key");
+    std::fs::write(&old, "4d".repeat(32)).unwrap();
+    std::fs::write(&new, "e1".repeat(32)).unwrap();
+    std::fs::write(&stranger, "07".repeat(32)).unwrap();
+    let meta = r#"{"$subject":"customer-hal","$personalFields":["email"]}"#;
+    let body = format!(r#"{{"email":"{SECRET}","plan":"tin"}}"#);
+    let mut c = factum(Some(&old));
+    c.arg("append").arg("--data").arg(&data).args([
+        "customer-hal",
+        "Registered",
+        &body,
+        "--metadata",
+        meta,
+    ]);
+    assert!(run(c).status.success());
+    let read = |key: &Path| {
+        let mut c = factum(Some(key));
+        c.arg("read")
+            .arg("--data")
+            .arg(&data)
+            .args(["customer-hal", "--json"]);
+        run(c)
+    };
+    let rekey = |from: &Path, to: Option<&Path>| {
+        let mut c = factum(Some(from));
+        c.arg("rekey").arg("--data").arg(&data);
+        if let Some(to) = to {
+            c.arg("--new-encryption-key-file").arg(to);
+        }
+        run(c)
+    };
+    let keys_before = std::fs::read(data.join("subject-keys")).unwrap();
+
+    // Refusals first: nothing changes.
+    let o = rekey(&old, None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs the new master key"));
+    let o = rekey(&old, Some(&old));
+    assert_eq!(o.status.code(), Some(2));
+    let o = rekey(&stranger, Some(&dir.path().join("missing.key")));
+    assert_eq!(o.status.code(), Some(2));
+    let o = rekey(&stranger, Some(&stranger.with_extension("x")));
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::write(stranger.with_extension("y"), "99".repeat(32)).unwrap();
+    let o = rekey(&stranger, Some(&stranger.with_extension("y")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("neither the old nor the new"));
+    assert_eq!(
+        std::fs::read(data.join("subject-keys")).unwrap(),
+        keys_before
+    );
+
+    let o = rekey(&old, Some(&new));
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("re-sealed the keys of 1 subject"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&read(&new)).contains(SECRET));
+    let o = read(&old);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not open under this master key"));
+    let o = rekey(&old, Some(&new));
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("already under the new master key"),
+        "{}",
+        stdout(&o)
+    );
+
+    let mut serve = factum(Some(&old));
+    serve
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--insecure", "--listen", "127.0.0.1:0"]);
+    let o = run(serve);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not open under this master key"));
+}

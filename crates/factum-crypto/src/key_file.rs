@@ -151,6 +151,70 @@ impl FileKeyStore {
     }
 }
 
+/// What [`FileKeyStore::rekey`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekeyed {
+    /// The file was sealed under the old master key and now is under the
+    /// new one (with a fresh file key); `subjects` keys carried over.
+    Resealed {
+        /// Subjects with a key.
+        subjects: usize,
+    },
+    /// The file already opens under the new master key (an earlier rekey
+    /// finished, or was interrupted after its rename); nothing written.
+    AlreadyNew {
+        /// Subjects with a key.
+        subjects: usize,
+    },
+    /// The directory holds no subject-key file; nothing to do.
+    NoStore,
+}
+
+impl FileKeyStore {
+    /// Blocking, offline: re-seals `dir/subject-keys` from the `old` master
+    /// key to the `new` one, under a fresh file key, so the old master key
+    /// can be retired (ADR 42). The caller holds the data
+    /// directory's lock (no store may have the file open). Written beside
+    /// the live file, fsynced and renamed over it: after a crash the file
+    /// opens under exactly one of the two keys, and running the rekey again
+    /// finishes it (`AlreadyNew` once done). A file that opens under
+    /// neither key is refused, nothing written.
+    pub fn rekey(dir: &Path, old: &SecretKey, new: &SecretKey) -> Result<Rekeyed, CryptoError> {
+        let path = dir.join(KEY_FILE_NAME);
+        let tmp = dir.join(TMP_NAME);
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(|e| CryptoError::io(&tmp, "removing", e))?;
+        }
+        if !path.exists() {
+            return Ok(Rekeyed::NoStore);
+        }
+        match load(&path, new) {
+            Ok(state) => {
+                return Ok(Rekeyed::AlreadyNew {
+                    subjects: state.keys.len(),
+                })
+            }
+            Err(CryptoError::WrongMasterKey(_)) => {}
+            Err(other) => return Err(other),
+        }
+        let state = match load(&path, old) {
+            Ok(state) => state,
+            Err(CryptoError::WrongMasterKey(p)) => {
+                return Err(CryptoError::BadMasterKey(format!(
+                    "{} opens under neither the old nor the new master key: check both keys",
+                    p.display()
+                )))
+            }
+            Err(other) => return Err(other),
+        };
+        drop(state.file);
+        write_new(dir, new, &SecretKey::random()?, &state.keys)?;
+        Ok(Rekeyed::Resealed {
+            subjects: state.keys.len(),
+        })
+    }
+}
+
 impl SubjectKeys for FileKeyStore {
     fn find<'a>(&'a self, subject: &'a str) -> KeyFuture<'a, Option<SubjectKey>> {
         Box::pin(std::future::ready(Ok(self.find_now(subject))))
@@ -366,5 +430,44 @@ mod tests {
         std::fs::write(&path, &damaged).unwrap();
         let e = FileKeyStore::open(dir.path(), master).err().unwrap();
         assert!(matches!(e, CryptoError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn rekey_reseals_under_the_new_master_key_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SecretKey::random().unwrap();
+        let new = SecretKey::random().unwrap();
+        assert_eq!(
+            FileKeyStore::rekey(dir.path(), &old, &new).unwrap(),
+            Rekeyed::NoStore
+        );
+        let store = FileKeyStore::open(dir.path(), old.clone()).unwrap();
+        let a = store.find_or_create_blocking("a").unwrap();
+        let b = store.find_or_create_blocking("b").unwrap();
+        drop(store);
+        let before = std::fs::read(dir.path().join(KEY_FILE_NAME)).unwrap();
+        assert_eq!(
+            FileKeyStore::rekey(dir.path(), &old, &new).unwrap(),
+            Rekeyed::Resealed { subjects: 2 }
+        );
+        let after = std::fs::read(dir.path().join(KEY_FILE_NAME)).unwrap();
+        assert_ne!(before[..HEADER_LEN], after[..HEADER_LEN]);
+        assert!(matches!(
+            FileKeyStore::open(dir.path(), old.clone()),
+            Err(CryptoError::WrongMasterKey(_))
+        ));
+        let store = FileKeyStore::open(dir.path(), new.clone()).unwrap();
+        assert_eq!(store.find_now("a").unwrap().key.expose(), a.key.expose());
+        assert_eq!(store.find_now("b").unwrap().id, b.id);
+        drop(store);
+        assert_eq!(
+            FileKeyStore::rekey(dir.path(), &old, &new).unwrap(),
+            Rekeyed::AlreadyNew { subjects: 2 }
+        );
+        let third = SecretKey::random().unwrap();
+        let e = FileKeyStore::rekey(dir.path(), &third, &SecretKey::random().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither the old nor the new"), "{e}");
     }
 }

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use scavenge::PgScavengeReport;
 pub use schema::migrate;
-pub use subject_keys::PostgresKeys;
+pub use subject_keys::{PgRekeyed, PostgresKeys};
 
 /// How to reach and use the database.
 #[derive(Clone, Debug)]

@@ -167,6 +167,130 @@ impl PostgresKeys {
     }
 }
 
+/// What [`PostgresKeys::rekey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgRekeyed {
+    /// Rows that were sealed under the old master key and now are under
+    /// the new one.
+    pub resealed: u64,
+    /// Rows already sealed under the new master key (an earlier rekey, or
+    /// a key an instance created with the new key), left as they were.
+    pub already_new: u64,
+}
+
+impl PostgresKeys {
+    /// Checks that the master key opens the keys already stored (one row
+    /// is enough: every row is sealed under the same master key unless a
+    /// rekey is half done). `serve` calls it at start, so a wrong key is
+    /// refused before any event is written, not at the first read.
+    pub async fn check_master(&self) -> Result<(), CryptoError> {
+        let client = self.pool.get().await.map_err(|e| db("connect", e))?;
+        let rows = client
+            .query(
+                &format!("SELECT subject, sealed FROM {} LIMIT 1", self.table),
+                &[],
+            )
+            .await
+            .map_err(|e| db("reading subject keys", e))?;
+        for row in rows {
+            let subject: String = row.get(0);
+            let sealed: Vec<u8> = row.get(1);
+            if open(&self.master, &Self::aad(&subject), &sealed).is_none() {
+                return Err(CryptoError::BadMasterKey(format!(
+                    "the subject keys in table {} do not open under this master key (the wrong key, or a rekey to another key)",
+                    self.table
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-seals every row from the `old` master key (this store's is the
+    /// new one) in one transaction holding the table against writers:
+    /// either every row moves or none. Rows already under the new key are
+    /// left alone, so running it again after an interruption, or after an
+    /// instance still on the old key created keys, finishes the job; a row
+    /// that opens under neither key aborts it, nothing changed (ADR 42).
+    pub async fn rekey(&self, old: &SecretKey) -> Result<PgRekeyed, CryptoError> {
+        let mut client = self.pool.get().await.map_err(|e| db("connect", e))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db("starting a rekey", e))?;
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            self.table
+        ))
+        .await
+        .map_err(|e| db("locking the subject keys", e))?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT subject, sealed FROM {} ORDER BY subject",
+                    self.table
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| db("reading subject keys", e))?;
+        let update = tx
+            .prepare(&format!(
+                "UPDATE {} SET sealed = $2 WHERE subject = $1",
+                self.table
+            ))
+            .await
+            .map_err(|e| db("preparing a rekey", e))?;
+        let mut done = PgRekeyed {
+            resealed: 0,
+            already_new: 0,
+        };
+        for row in rows {
+            let subject: String = row.get(0);
+            let sealed: Vec<u8> = row.get(1);
+            let aad = Self::aad(&subject);
+            if open(&self.master, &aad, &sealed).is_some() {
+                done.already_new += 1;
+                continue;
+            }
+            let plain = Zeroizing::new(open(old, &aad, &sealed).ok_or_else(|| {
+                CryptoError::BadMasterKey(format!(
+                    "the key of subject {subject:?} in table {} opens under neither the old nor the new master key: check both keys; nothing was changed",
+                    self.table
+                ))
+            })?);
+            let resealed = seal(&self.master, &aad, &plain)?;
+            tx.execute(&update, &[&subject, &resealed])
+                .await
+                .map_err(|e| db("re-sealing a subject key", e))?;
+            done.resealed += 1;
+        }
+        tx.commit().await.map_err(|e| db("committing a rekey", e))?;
+        self.cache.lock().clear();
+        Ok(done)
+    }
+}
+
+impl PostgresStore {
+    /// True when the store's schema holds subject keys: `serve` without a
+    /// master key refuses such a store, as it refuses an engine directory
+    /// with a key file (events naming a subject would be written in
+    /// plaintext).
+    pub async fn has_subject_keys(&self) -> Result<bool, CryptoError> {
+        let client = self.inner.pool.get().await.map_err(|e| db("connect", e))?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {}.subject_keys)",
+                    self.inner.tables.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| db("reading subject keys", e))?;
+        Ok(row.get(0))
+    }
+}
+
 impl SubjectKeys for PostgresKeys {
     fn find<'a>(&'a self, subject: &'a str) -> KeyFuture<'a, Option<SubjectKey>> {
         Box::pin(self.find_key(subject))

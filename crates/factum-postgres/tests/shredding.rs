@@ -184,3 +184,108 @@ async fn keys_id(admin: &tokio_postgres::Client, schema: &str, subject: &str) ->
         .get(0);
     id.try_into().unwrap()
 }
+
+/// Master-key rotation (ADR 42): `rekey` re-seals every row under the new
+/// master key in one transaction; events read back unchanged under the new
+/// key, the old key no longer opens anything, a second rekey finds nothing
+/// to do, and a rekey from a key that opens nothing changes nothing.
+#[tokio::test]
+async fn rekey_moves_subject_keys_to_a_new_master_key_on_postgres() {
+    let url = common::url();
+    let Some(_admin) = common::admin(&url).await else {
+        return;
+    };
+    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
+    let store = PostgresStore::connect(PostgresConfig::new(url).schema(schema.clone()))
+        .await
+        .unwrap()
+        .drop_schema_on_drop();
+    assert!(!store.has_subject_keys().await.unwrap());
+    let old = SecretKey::random().unwrap();
+    let new = SecretKey::random().unwrap();
+    let shredding = Shredding::new(
+        Arc::new(store.clone()),
+        Arc::new(store.subject_keys(old.clone())),
+    );
+    for who in ["carol", "dave", "erin"] {
+        shredding
+            .append(
+                StreamName::new(format!("customer-{who}")).unwrap(),
+                ExpectedRevision::Any,
+                vec![registered(who)],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(store.has_subject_keys().await.unwrap());
+    store
+        .subject_keys(old.clone())
+        .check_master()
+        .await
+        .unwrap();
+    let e = store
+        .subject_keys(new.clone())
+        .check_master()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not open under this master key"), "{e}");
+
+    // A rekey from a key that opens nothing is refused; nothing moved.
+    let stranger = SecretKey::random().unwrap();
+    let e = store
+        .subject_keys(new.clone())
+        .rekey(&stranger)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("neither the old nor the new"), "{e}");
+    store
+        .subject_keys(old.clone())
+        .check_master()
+        .await
+        .unwrap();
+
+    let done = store.subject_keys(new.clone()).rekey(&old).await.unwrap();
+    assert_eq!((done.resealed, done.already_new), (3, 0));
+    store
+        .subject_keys(new.clone())
+        .check_master()
+        .await
+        .unwrap();
+    assert!(store
+        .subject_keys(old.clone())
+        .check_master()
+        .await
+        .is_err());
+    let again = store.subject_keys(new.clone()).rekey(&old).await.unwrap();
+    assert_eq!((again.resealed, again.already_new), (0, 3));
+
+    let under_new = Shredding::new(
+        Arc::new(store.clone()),
+        Arc::new(store.subject_keys(new.clone())),
+    );
+    for who in ["carol", "dave", "erin"] {
+        let events = under_new
+            .read_stream(ReadStream::forwards(
+                StreamName::new(format!("customer-{who}")).unwrap(),
+            ))
+            .await
+            .unwrap();
+        let data: Value = serde_json::from_slice(&events[0].data).unwrap();
+        assert_eq!(data["email"], json!(secret(who)), "{who}");
+    }
+    // The old key opens none of them any more (a clear error, not erasure).
+    let under_old = Shredding::new(
+        Arc::new(store.clone()),
+        Arc::new(store.subject_keys(old.clone())),
+    );
+    let e = under_old
+        .read_stream(ReadStream::forwards(
+            StreamName::new("customer-carol").unwrap(),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not open under this master key"), "{e}");
+}

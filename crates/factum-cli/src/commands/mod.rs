@@ -9,6 +9,7 @@ pub mod certs;
 pub mod crash_load;
 pub mod forget;
 pub mod read;
+pub mod rekey;
 pub mod scavenge;
 pub mod serve;
 pub mod stats;

@@ -627,10 +627,26 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 let what = format!("PostgreSQL schema {schema}");
                 match master {
                     None => {
+                        // As for the engine's key file: without the master
+                        // key, events naming a subject would be written in
+                        // plaintext beside encrypted ones.
+                        if store
+                            .has_subject_keys()
+                            .await
+                            .map_err(|e| CliError::failure(e.to_string()))?
+                        {
+                            return Err(CliError::usage(format!(
+                                "PostgreSQL schema {schema} holds subject keys (crypto-shredding): give the master key with --encryption-key-file FILE (FACTUM_ENCRYPTION_KEY_FILE) or FACTUM_ENCRYPTION_KEY"
+                            )));
+                        }
                         serve_store(&s, Arc::new(store), None, None, None, None, None, &what).await
                     }
                     Some(master) => {
-                        let keys = Arc::new(store.subject_keys(master));
+                        let keys = store.subject_keys(master);
+                        keys.check_master()
+                            .await
+                            .map_err(|e| CliError::usage(e.to_string()))?;
+                        let keys = Arc::new(keys);
                         let store = factum_crypto::Shredding::new(Arc::new(store), keys);
                         let forget = super::forget::forget_hook(store.clone());
                         let what = format!("{what} (personal fields encrypted)");
