@@ -118,6 +118,14 @@ async fn hidden_store(dir: &Path) -> Vec<StreamName> {
     s
 }
 
+/// A step of the swap: its name, the shim's settings, and the state the
+/// store must reopen in (`Some(true)` new, `Some(false)` old, `None` either).
+type Step = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<bool>,
+);
+
 /// `factum scavenge` killed (SIGKILL, by the LD_PRELOAD fault shim, from
 /// inside the call) at each step of a segment swap (ADR 33, ADR 40):
 /// - `new-written`: at the fsync of the new version (`.rewrite`): the old
@@ -144,9 +152,7 @@ async fn scavenge_killed_at_each_step_of_the_swap() {
     let streams = hidden_store(original.path()).await;
     let expected = dump(original.path(), &streams).await;
     let original_bytes = sealed_bytes(original.path());
-    // (step, shim settings, the state the store must be in: Some(true) new,
-    // Some(false) old, None either)
-    let steps: [(&str, &[(&str, &str)], Option<bool>); 4] = [
+    let steps: [Step; 4] = [
         (
             "new-written",
             &[
