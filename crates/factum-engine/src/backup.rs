@@ -1,21 +1,35 @@
-//! Online backup and restore of a store (issue 17, ADR 32).
+//! Online backup and restore of a store (issue 17, ADR 32, ADR 40).
 //!
 //! A backup is a copy of the log at one committed position: every sealed
 //! segment whole, and the active segment up to the committed end (what
-//! follows it is an append in flight or preallocated zeros). The index is
-//! not copied: it is derived, and a restored store rebuilds it from the log
-//! when it is first opened (`Index::open_or_rebuild`). Sealed segments are
-//! immutable, so a backup into a directory that holds an earlier backup of
-//! the same store copies only what is new: segments it lacks or holds
-//! shorter (an active segment of the earlier backup), and the active
-//! segment. Every file is written beside its final name, fsynced and
-//! renamed; the manifest (`BACKUP.json`) is written last, so a backup
-//! interrupted at any moment leaves the previous manifest describing files
-//! that are all still whole.
+//! follows it is an append in flight or preallocated zeros), and a
+//! snapshot of the index (`index.snapshot.redb`: redb as of a read
+//! transaction, its checkpoint behind the copied log end), so a restored
+//! store opens by replaying only the log after that checkpoint instead of
+//! rebuilding the whole index. Snapshot, segment list and committed end
+//! are taken while no segment rewrite can swap a file (the segments' hold),
+//! and segments are copied through the descriptors taken then: the index
+//! snapshot describes exactly the segment versions copied.
+//!
+//! Incremental: a backup into a directory that holds an earlier backup of
+//! the same store copies only what changed. Every file's SHA-256 is in the
+//! manifest, with the source file's identity (device, inode, change time);
+//! a segment the earlier manifest lists with the same name, length and
+//! identity is not read again; one with the same name and length but
+//! another identity (a scavenge, compaction or re-encryption wrote a new
+//! file, maybe of the same length) is read and its checksum compared, and
+//! copied when it differs. The index snapshot is copied every time. Every
+//! file is written beside its final name, fsynced and renamed; the manifest
+//! (`BACKUP.json`) is written last, so a backup interrupted at any moment
+//! leaves the previous manifest describing files that are all still whole.
 //!
 //! Restore copies what the manifest lists into an empty directory (or one
-//! it may replace, with `force`), checks each file's length against the
-//! manifest, and leaves a store that opens and passes `verify`.
+//! it may replace, with `force`), checks each file's length and SHA-256
+//! against the manifest, puts the index snapshot in place as the store's
+//! index, and leaves a store that opens and passes `verify`. Manifests of
+//! version 1 (no checksums, no index) still restore (the index is rebuilt
+//! at the first open); the next backup into such a directory copies every
+//! segment once, to record their checksums.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -30,15 +44,25 @@ use crate::log::sync_dir;
 /// The manifest file in a backup directory.
 pub const MANIFEST: &str = "BACKUP.json";
 
+/// The index snapshot's file in a backup directory (restored as `index.redb`).
+pub const INDEX_SNAPSHOT: &str = "index.snapshot.redb";
+
+/// The manifest layout this build writes (2: checksums, source identities,
+/// the index snapshot); it restores 1 and 2.
+pub const MANIFEST_VERSION: u32 = 2;
+
 /// What a backup holds: written last, read by restore.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
-    /// Layout version of this manifest (1).
+    /// Layout version of this manifest ([`MANIFEST_VERSION`]).
     pub version: u32,
     /// The public position of the last event in the backup (0: empty store).
     pub position: u64,
     /// The segment files, oldest first, with their lengths in bytes.
     pub segments: Vec<BackupFile>,
+    /// The index snapshot (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<BackupFile>,
 }
 
 /// One file of a backup.
@@ -48,6 +72,15 @@ pub struct BackupFile {
     pub name: String,
     /// Its length in bytes.
     pub bytes: u64,
+    /// SHA-256 of those bytes, hex (version 2). Not a CRC32C: a segment's
+    /// frames each end in their own CRC32C, and a CRC32C over the whole
+    /// file stays the same when a frame's content changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The store's file it was copied from: `device:inode:ctime` (version 2).
+    /// A rewritten segment is a new file, so another identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What a backup or restore did.
@@ -59,10 +92,15 @@ pub struct BackupReport {
     pub files: usize,
     /// Files copied by this run (the others were already there).
     pub files_copied: usize,
-    /// Bytes copied by this run.
+    /// Segment bytes copied by this run.
     pub bytes_copied: u64,
-    /// Bytes the backup holds.
+    /// Segment bytes the backup holds.
     pub bytes_total: u64,
+    /// Bytes of the index snapshot (0: none; a restore then rebuilds the index).
+    pub index_bytes: u64,
+    /// Segments read to compare checksums (same name and length as in the
+    /// earlier backup, another source file), whether copied or not.
+    pub files_checked: usize,
 }
 
 impl Engine {
@@ -72,8 +110,6 @@ impl Engine {
     /// it from a blocking thread.
     pub fn backup(&self, dest: &Path) -> Result<BackupReport> {
         let reader = self.reader();
-        let committed = reader.committed();
-        let end = committed.end;
         fs::create_dir_all(dest).map_err(|e| io(dest, "creating", e))?;
         if dest.join("LOCK").exists() || dest.join("index.redb").exists() {
             return Err(Error::InvalidInput(format!(
@@ -81,6 +117,31 @@ impl Engine {
                 dest.display()
             )));
         }
+        // Everything committed so far into redb: the snapshot then indexes
+        // (nearly) the whole backup, and a restore replays (nearly) nothing.
+        self.flush_index()?;
+        // The index snapshot and the segment versions, taken while no
+        // rewrite swaps a segment (ADR 40).
+        let (snapshot, segments) = {
+            let _hold = reader.segments.hold();
+            (reader.index.snapshot()?, reader.segments.all())
+        };
+        // The committed end, at or past the snapshot's checkpoint (the
+        // writer indexes a group just before it publishes it).
+        let indexed = snapshot.end()?;
+        let mut committed = reader.committed();
+        let waited = std::time::Instant::now();
+        while committed.end < indexed {
+            if waited.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(Error::unavailable(
+                    factum_core::UnavailableReason::Storage,
+                    "backup: the writer did not publish the indexed end of the log within 10 s",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            committed = reader.committed();
+        }
+        let end = committed.end;
         let previous = read_manifest(dest).ok();
         let mut report = BackupReport {
             position: Position(committed.next_position),
@@ -88,13 +149,16 @@ impl Engine {
             files_copied: 0,
             bytes_copied: 0,
             bytes_total: 0,
+            index_bytes: 0,
+            files_checked: 0,
         };
         let mut manifest = Manifest {
-            version: 1,
+            version: MANIFEST_VERSION,
             position: committed.next_position,
             segments: Vec::new(),
+            index: None,
         };
-        for seg in reader.segments.all() {
+        for seg in segments {
             if seg.number > end.segment() {
                 break;
             }
@@ -104,23 +168,63 @@ impl Engine {
             } else {
                 end.offset()
             };
-            // A sealed segment never changes: one the earlier backup holds
-            // whole is still right.
-            let held = previous.as_ref().is_some_and(|m| {
+            let source = identity(&seg.file).ok();
+            // What the earlier backup holds whole under this name.
+            let earlier = previous.as_ref().and_then(|m| {
                 m.segments
                     .iter()
-                    .any(|f| f.name == name && f.bytes == bytes)
-            }) && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
-                && same_ends(&seg.path, &dest.join(&name), bytes);
-            if !held {
-                copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
-                report.files_copied += 1;
-                report.bytes_copied += bytes;
-            }
+                    .find(|f| f.name == name && f.bytes == bytes && f.sha256.is_some())
+            });
+            let earlier = earlier.filter(|_| {
+                fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
+                    && same_ends(&seg.path, &dest.join(&name), bytes)
+            });
+            let held = match earlier {
+                // The same file as then: a sealed segment never changes.
+                Some(f) if source.is_some() && f.source == source => f.sha256.clone(),
+                // Another file of the same length (rewritten): compare.
+                Some(f) => {
+                    report.files_checked += 1;
+                    let now = digest_of(&seg.file, &seg.path, bytes)?;
+                    (Some(&now) == f.sha256.as_ref()).then_some(now)
+                }
+                None => None,
+            };
+            let digest = match held {
+                Some(digest) => digest,
+                None => {
+                    let digest = copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
+                    report.files_copied += 1;
+                    report.bytes_copied += bytes;
+                    digest
+                }
+            };
             report.files += 1;
             report.bytes_total += bytes;
-            manifest.segments.push(BackupFile { name, bytes });
+            manifest.segments.push(BackupFile {
+                name,
+                bytes,
+                sha256: Some(digest),
+                source,
+            });
         }
+        // The index snapshot, whole each time.
+        let tmp = dest.join(format!("{INDEX_SNAPSHOT}.backup-tmp"));
+        let _ = fs::remove_file(&tmp);
+        let index_bytes = snapshot.write_to(&tmp)?;
+        drop(snapshot);
+        let index_digest = {
+            let f = File::open(&tmp).map_err(|e| io(&tmp, "opening", e))?;
+            digest_of(&f, &tmp, index_bytes)?
+        };
+        fs::rename(&tmp, dest.join(INDEX_SNAPSHOT)).map_err(|e| io(&tmp, "renaming", e))?;
+        report.index_bytes = index_bytes;
+        manifest.index = Some(BackupFile {
+            name: INDEX_SNAPSHOT.into(),
+            bytes: index_bytes,
+            sha256: Some(index_digest),
+            source: None,
+        });
         // The copies' renames are durable before the manifest names them.
         sync_dir(dest)?;
         write_manifest(dest, &manifest)?;
@@ -132,9 +236,9 @@ impl Engine {
 /// missing or empty unless `force` (then its segments and index go).
 pub fn restore(from: &Path, data: &Path, force: bool) -> Result<BackupReport> {
     let manifest = read_manifest(from)?;
-    if manifest.version != 1 {
+    if !(1..=MANIFEST_VERSION).contains(&manifest.version) {
         return Err(Error::InvalidInput(format!(
-            "{} has backup layout version {}, this build knows 1",
+            "{} has backup layout version {}, this build knows 1 to {MANIFEST_VERSION}",
             from.join(MANIFEST).display(),
             manifest.version
         )));
@@ -166,8 +270,10 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<BackupReport> {
         files_copied: 0,
         bytes_copied: 0,
         bytes_total: 0,
+        index_bytes: 0,
+        files_checked: 0,
     };
-    for f in &manifest.segments {
+    let restore_file = |f: &BackupFile, to: &Path| -> Result<()> {
         let src = from.join(&f.name);
         let len = fs::metadata(&src)
             .map_err(|e| io(&src, "reading", e))?
@@ -179,11 +285,30 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<BackupReport> {
                 detail: format!("the backup's manifest says {} bytes", f.bytes),
             });
         }
-        copy_prefix(&src, &data.join(&f.name), f.bytes)?;
+        let digest = copy_prefix(&src, to, f.bytes)?;
+        if let Some(want) = f.sha256.as_ref().filter(|&want| *want != digest) {
+            let _ = fs::remove_file(to);
+            return Err(Error::Corrupt {
+                file: src,
+                offset: 0,
+                detail: format!(
+                    "SHA-256 {digest} of its first {} bytes, the backup's manifest says {want}",
+                    f.bytes
+                ),
+            });
+        }
+        Ok(())
+    };
+    for f in &manifest.segments {
+        restore_file(f, &data.join(&f.name))?;
         report.files += 1;
         report.files_copied += 1;
         report.bytes_copied += f.bytes;
         report.bytes_total += f.bytes;
+    }
+    if let Some(f) = &manifest.index {
+        restore_file(f, &data.join(crate::index::INDEX_FILE))?;
+        report.index_bytes = f.bytes;
     }
     sync_dir(data)?;
     Ok(report)
@@ -215,29 +340,92 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 /// that is fsynced and renamed into place. The caller fsyncs the directory
 /// once after all copies (before a backup's manifest, at the end of a
 /// restore), which makes every rename durable.
-fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<()> {
+/// Returns the SHA-256 (hex) of the bytes copied.
+fn copy_prefix(src: &Path, dst: &Path, len: u64) -> Result<String> {
     let input = File::open(src).map_err(|e| io(src, "opening", e))?;
     copy_prefix_of(&input, src, dst, len)
+}
+
+/// Positional reads from a descriptor shared with the store's readers.
+struct At<'a>(&'a File, u64);
+
+impl std::io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// A reader that keeps the SHA-256 of what passes through it.
+struct Digest<R>(R, sha2::Sha256);
+
+impl<R: Read> Read for Digest<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.0.read(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R> Digest<R> {
+    fn new(r: R) -> Self {
+        use sha2::Digest as _;
+        Digest(r, sha2::Sha256::new())
+    }
+
+    fn hex(self) -> String {
+        use sha2::Digest as _;
+        self.1
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The SHA-256 (hex) of the first `len` bytes of an open file.
+fn digest_of(input: &File, path: &Path, len: u64) -> Result<String> {
+    let mut r = Digest::new(At(input, 0).take(len));
+    let n = std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| io(path, "reading", e))?;
+    if n != len {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: n,
+            detail: format!("ended before the {len} bytes to check"),
+        });
+    }
+    Ok(r.hex())
+}
+
+/// An open file's identity: `device:inode:ctime` (seconds.nanoseconds).
+/// A segment rewrite writes a new file and renames it in, so its
+/// identity changes even when its name and length do not.
+fn identity(f: &File) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok(format!(
+        "{}:{}:{}.{:09}",
+        m.dev(),
+        m.ino(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
 }
 
 /// As [`copy_prefix`], from an open file: a segment's open descriptor keeps
 /// reading the version it was opened on when a scavenge swaps in a new one
 /// (ADR 33), so a backup copies either whole, never a mix.
-fn copy_prefix_of(input: &File, src: &Path, dst: &Path, len: u64) -> Result<()> {
-    /// Positional reads: the descriptor is shared with the store's readers.
-    struct At<'a>(&'a File, u64);
-    impl std::io::Read for At<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            use std::os::unix::fs::FileExt;
-            let n = self.0.read_at(buf, self.1)?;
-            self.1 += n as u64;
-            Ok(n)
-        }
-    }
-    let tmp = dst.with_extension("seg.backup-tmp");
+/// Returns the SHA-256 (hex) of the bytes copied.
+fn copy_prefix_of(input: &File, src: &Path, dst: &Path, len: u64) -> Result<String> {
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(".backup-tmp");
+    let tmp = PathBuf::from(tmp);
     let mut out = File::create(&tmp).map_err(|e| io(&tmp, "creating", e))?;
-    let copied = std::io::copy(&mut At(input, 0).take(len), &mut out)
-        .map_err(|e| io(&tmp, "copying to", e))?;
+    let mut from = Digest::new(At(input, 0).take(len));
+    let copied = std::io::copy(&mut from, &mut out).map_err(|e| io(&tmp, "copying to", e))?;
     if copied != len {
         return Err(Error::Corrupt {
             file: src.to_path_buf(),
@@ -246,7 +434,8 @@ fn copy_prefix_of(input: &File, src: &Path, dst: &Path, len: u64) -> Result<()> 
         });
     }
     out.sync_all().map_err(|e| io(&tmp, "fsync", e))?;
-    fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))
+    fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))?;
+    Ok(from.hex())
 }
 
 /// Whether two files hold the same first and last 4 KiB of their first

@@ -935,6 +935,109 @@ impl Index {
     }
 }
 
+/// A consistent read of the index's durable part (redb, up to its
+/// checkpoint) for an online backup (ADR 40): what [`Index::snapshot`]
+/// began, written out as a redb file of its own by [`write_to`](Self::write_to).
+pub struct IndexSnapshot {
+    tx: redb::ReadTransaction,
+    path: PathBuf,
+}
+
+/// Rows copied per (non-durable) transaction when a snapshot is written:
+/// bounds the memory of one transaction, whatever the index's size.
+const SNAPSHOT_ROWS_PER_TX: usize = 50_000;
+
+impl Index {
+    /// Begins a snapshot of the index as redb holds it now. A backup takes
+    /// it while holding the segments ([`crate::log::Segments::hold`]), so no
+    /// segment rewrite commits between it and the segment versions copied;
+    /// its checkpoint is never past the durable end of the log.
+    pub fn snapshot(&self) -> Result<IndexSnapshot> {
+        Ok(IndexSnapshot {
+            tx: self.begin_read()?,
+            path: self.path.clone(),
+        })
+    }
+}
+
+impl IndexSnapshot {
+    /// The end of the log the snapshot indexes (its checkpoint).
+    pub fn end(&self) -> Result<Loc> {
+        let p = &self.path;
+        guarded(p, || {
+            let meta = match self.tx.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Loc(0)),
+                Err(e) => return Err(redb_err(p, e)),
+            };
+            let end = meta.get("end").map_err(|e| redb_err(p, e))?;
+            Ok(Loc(end.map_or(0, |v| v.value())))
+        })
+    }
+
+    /// Writes the snapshot as a new index file at `to` (which must not
+    /// exist): every table copied in transactions of bounded size, the last
+    /// one durable. Returns the file's length.
+    pub fn write_to(&self, to: &Path) -> Result<u64> {
+        let src = &self.path;
+        let db = guarded(to, || {
+            redb::Builder::new().create(to).map_err(|e| redb_err(to, e))
+        })?;
+        macro_rules! copy_table {
+            ($def:expr) => {{
+                let table = match self.tx.open_table($def) {
+                    Ok(t) => Some(t),
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(redb_err(src, e)),
+                };
+                if let Some(table) = table {
+                    let mut rows = table.iter().map_err(|e| redb_err(src, e))?;
+                    loop {
+                        let mut tx = db.begin_write().map_err(|e| redb_err(to, e))?;
+                        tx.set_durability(redb::Durability::None).map_err(|e| {
+                            Error::io(
+                                format!("index snapshot {}", to.display()),
+                                std::io::Error::other(e.to_string()),
+                            )
+                        })?;
+                        let mut more = false;
+                        {
+                            let mut out = tx.open_table($def).map_err(|e| redb_err(to, e))?;
+                            for (n, row) in rows.by_ref().enumerate() {
+                                let (k, v) = row.map_err(|e| redb_err(src, e))?;
+                                out.insert(k.value(), v.value())
+                                    .map_err(|e| redb_err(to, e))?;
+                                if n + 1 == SNAPSHOT_ROWS_PER_TX {
+                                    more = true;
+                                    break;
+                                }
+                            }
+                        }
+                        tx.commit().map_err(|e| redb_err(to, e))?;
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+            }};
+        }
+        guarded(to, || {
+            copy_table!(META);
+            copy_table!(STREAMS);
+            copy_table!(RUNS);
+            copy_table!(BATCHES);
+            // Durable: makes the non-durable commits before it durable too.
+            let tx = db.begin_write().map_err(|e| redb_err(to, e))?;
+            tx.commit().map_err(|e| redb_err(to, e))?;
+            Ok(())
+        })?;
+        drop(db);
+        std::fs::metadata(to)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("index snapshot {}", to.display()), e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

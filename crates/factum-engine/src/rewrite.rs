@@ -295,19 +295,22 @@ pub(crate) fn rewrite_segment(
     new_segment.path = seg.path.clone();
     let new_path = out.path.clone();
     let swap = || {
-        std::fs::rename(&new_path, &seg.path)
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "renaming {} to {} (the index already describes the new file: reopen the store to finish the swap)",
-                        new_path.display(),
-                        seg.path.display()
-                    ),
-                    e,
-                )
-            })?;
+        let renamed = std::fs::rename(&new_path, &seg.path);
+        // The index describes the new version now: reads get it whether or
+        // not the rename worked (the descriptor is the new file's under
+        // either name; the next open finishes a failed rename, ADR 40).
         segments.replace(Arc::new(new_segment));
         reader.cache.forget_segment(number);
+        renamed.map_err(|e| {
+            Error::io(
+                format!(
+                    "renaming {} to {} (the index already describes the new file, which is served; reopen the store to finish the swap)",
+                    new_path.display(),
+                    seg.path.display()
+                ),
+                e,
+            )
+        })?;
         sync_dir(dir)
     };
     if let Err(e) = index.commit_rewrite(&change, segments, swap) {

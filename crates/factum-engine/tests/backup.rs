@@ -212,3 +212,174 @@ async fn a_backup_of_another_store_is_not_taken_for_this_one() {
     restore(&dest, &restored, false).unwrap();
     assert!(verify(&restored).unwrap().ok());
 }
+
+/// Rewrites, in the closed store in `dir`, the one record whose data holds
+/// `marker` so that it holds `replacement` (same length), fixing the
+/// record's and its frame's CRC32C, into a new file renamed over the
+/// segment: a same-length rewrite, as re-encryption or compression at an
+/// equal size would make. Returns the segment's file name.
+fn rewrite_same_length(dir: &std::path::Path, marker: &[u8], replacement: &[u8]) -> String {
+    use factum_engine::format::{FRAME_HEADER_LEN, FRAME_TRAILER_LEN, SEGMENT_HEADER_LEN};
+    assert_eq!(marker.len(), replacement.len());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) else {
+            continue;
+        };
+        // The frame around `at`, and the record in it.
+        let mut frame = SEGMENT_HEADER_LEN;
+        loop {
+            let len = u32::from_le_bytes(bytes[frame + 4..frame + 8].try_into().unwrap()) as usize;
+            if at < frame + len {
+                let mut record = frame + FRAME_HEADER_LEN;
+                loop {
+                    let rlen =
+                        u32::from_le_bytes(bytes[record..record + 4].try_into().unwrap()) as usize;
+                    if at < record + rlen {
+                        bytes[at..at + marker.len()].copy_from_slice(replacement);
+                        let crc = crc32c::crc32c(&bytes[record + 8..record + rlen]);
+                        bytes[record + 4..record + 8].copy_from_slice(&crc.to_le_bytes());
+                        break;
+                    }
+                    record += rlen;
+                }
+                let body = frame + len - FRAME_TRAILER_LEN;
+                let crc = crc32c::crc32c(&bytes[frame..body]);
+                bytes[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+                break;
+            }
+            frame += len;
+        }
+        let tmp = path.with_extension("seg.same-length");
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::File::open(&tmp).unwrap().sync_all().unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        return path.file_name().unwrap().to_str().unwrap().to_owned();
+    }
+    panic!("no segment holds the marker");
+}
+
+/// ADR 40: a backup carries the index snapshot (a restore opens without
+/// rebuilding the index: it replays only the log after the snapshot's
+/// checkpoint) and a SHA-256 per file; a sealed segment rewritten at the
+/// same length between two incremental backups is found by its checksum
+/// and copied again, the others are not; a damaged backup file is refused
+/// by restore, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_carry_the_index_and_checksums_that_catch_same_length_rewrites() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, dest) = (root.path().join("data"), root.path().join("backup"));
+    let marker = b"MARKER-before-rewrite-0001";
+    let engine = Engine::open_with(&data, config()).unwrap().0;
+    let marked = StreamName::new("marked-1").unwrap();
+    engine
+        .append(
+            marked.clone(),
+            ExpectedRevision::NoStream,
+            vec![EventData::binary("Marked", marker.to_vec())],
+        )
+        .await
+        .unwrap();
+    for i in 0..600u32 {
+        let e = EventData::json(
+            "Filled",
+            &serde_json::json!({ "i": i, "pad": "f".repeat(300) }),
+        )
+        .unwrap();
+        engine
+            .append(
+                StreamName::new(format!("fill-{}", i % 7)).unwrap(),
+                ExpectedRevision::Any,
+                vec![e],
+            )
+            .await
+            .unwrap();
+    }
+    let first = engine.backup(&dest).unwrap();
+    assert!(first.files >= 3, "{first:?}");
+    assert!(first.index_bytes > 0, "{first:?}");
+    let manifest = factum_engine::backup::read_manifest(&dest).unwrap();
+    assert_eq!(manifest.version, 2);
+    assert!(manifest
+        .segments
+        .iter()
+        .all(|f| f.sha256.is_some() && f.source.is_some()));
+    assert!(dest.join("index.snapshot.redb").exists());
+    engine.close().unwrap();
+    drop(engine);
+
+    // Restored from the first backup: the index is the snapshot's, not a
+    // rebuild (only the frames after its checkpoint are replayed).
+    let restored = root.path().join("restored-1");
+    let r = restore(&dest, &restored, false).unwrap();
+    assert_eq!(r.index_bytes, first.index_bytes);
+    assert!(restored.join("index.redb").exists());
+    let (reopened, recovery) = Engine::open_with(&restored, config()).unwrap();
+    assert_eq!(
+        recovery.frames_replayed, 0,
+        "the snapshot indexes the whole backup: {recovery:?}"
+    );
+    let events = reopened
+        .read_stream(factum_core::ReadStream::forwards(marked.clone()))
+        .await
+        .unwrap();
+    assert_eq!(&events[0].data[..], &marker[..]);
+    reopened.close().unwrap();
+    drop(reopened);
+    assert!(verify(&restored).unwrap().ok());
+
+    // A same-length rewrite of a sealed segment, then an incremental backup.
+    let replacement = b"REWRITTEN-same-length-0001";
+    let changed = rewrite_same_length(&data, marker, replacement);
+    let engine = Engine::open_with(&data, config()).unwrap().0;
+    let second = engine.backup(&dest).unwrap();
+    engine.close().unwrap();
+    drop(engine);
+    eprintln!("after a same-length rewrite of {changed}: {second:?}");
+    assert_eq!(second.files, first.files, "{second:?}");
+    assert!(second.files_checked >= 1, "{second:?}");
+    assert!(
+        second.files_copied >= 1 && second.files_copied < second.files,
+        "the rewritten segment, not every one: {second:?}"
+    );
+    let after = factum_engine::backup::read_manifest(&dest).unwrap();
+    for (was, now) in manifest.segments.iter().zip(&after.segments) {
+        assert_eq!((&was.name, was.bytes), (&now.name, now.bytes));
+        assert_eq!(
+            was.sha256 != now.sha256,
+            now.name == changed,
+            "only {changed} changed: {was:?} {now:?}"
+        );
+    }
+    let restored = root.path().join("restored-2");
+    restore(&dest, &restored, false).unwrap();
+    assert!(verify(&restored).unwrap().ok());
+    let reopened = Engine::open_with(&restored, config()).unwrap().0;
+    let events = reopened
+        .read_stream(factum_core::ReadStream::forwards(marked))
+        .await
+        .unwrap();
+    assert_eq!(
+        &events[0].data[..],
+        &replacement[..],
+        "the rewritten version"
+    );
+    reopened.close().unwrap();
+    drop(reopened);
+
+    // A damaged backup file is refused, by name.
+    let victim = dest.join(&changed);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = restore(&dest, &root.path().join("restored-3"), false).unwrap_err();
+    assert!(
+        err.to_string().contains("SHA-256") && err.to_string().contains(&changed),
+        "{err}"
+    );
+}

@@ -5,12 +5,22 @@
  * Built by the tests with `cc -shared -fPIC` (tests/common/shim.rs).
  *
  * Configuration (environment):
- *   FACTUM_FAULT_CALL    fdatasync | fsync | pwrite64: the call to fail
+ *   FACTUM_FAULT_CALL    fdatasync | fsync | pwrite64 | rename: the call to fail
  *   FACTUM_FAULT_NTH     fail the Nth matching call (1-based), once
  *   FACTUM_FAULT_ERRNO   the errno to fail with (default 5, EIO)
  *   FACTUM_FAULT_THREAD  count only calls from threads whose name contains
  *                        this (prctl PR_GET_NAME); any thread when unset
  *   FACTUM_FAULT_PATH    count only calls on files whose path contains this
+ *                        (for rename: the source path)
+ *   FACTUM_FAULT_ARM     CALL:TEXT (CALL rename or fsync): count only calls
+ *                        made after a successful CALL on a path containing
+ *                        TEXT (the source, for rename). "rename:.rewrite":
+ *                        the directory's fsync right after a rewritten
+ *                        segment is renamed in; "fsync:.rewrite": the index
+ *                        commit after the new version is durable
+ *   FACTUM_FAULT_ACTION  "kill": instead of failing the call, the process
+ *                        SIGKILLs itself at it (the call is not made): a
+ *                        kill -9 at exactly that step
  *   FACTUM_FAULT_DEAD    "1": after the fault every ftruncate of a matching
  *                        file fails with EIO too (a disk that died)
  *
@@ -20,8 +30,8 @@
  * buffer for real and returns that short count; the next pwrite64 on that
  * thread (the rest) then fails: a partial write. The call after the fault
  * succeeds again, as a real kernel reports a writeback error only once.
- * On the fault it prints `FAULT-INJECTED <call> thread=<name> path=<path>`
- * to stderr.
+ * A failed rename renames nothing. On the fault it prints
+ * `FAULT-INJECTED <call> thread=<name> path=<path>` to stderr.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -30,12 +40,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 static atomic_long matched;
 static atomic_int fired;
+static atomic_int armed;
 static __thread int fail_next_pwrite;
 
 static const char *env(const char *name) {
@@ -59,6 +71,28 @@ static int path_matches(int fd) {
     return strstr(path, want) != NULL;
 }
 
+/* Counting starts once armed (always, without FACTUM_FAULT_ARM). */
+static int is_armed(void) {
+    return !env("FACTUM_FAULT_ARM") || atomic_load(&armed);
+}
+
+/* Arms the shim when `call` on `path` is what FACTUM_FAULT_ARM names. */
+static void maybe_arm(const char *call, const char *path) {
+    const char *arm = env("FACTUM_FAULT_ARM");
+    size_t n = strlen(call);
+    if (arm && strncmp(arm, call, n) == 0 && arm[n] == ':' && strstr(path, arm + n + 1) != NULL)
+        atomic_store(&armed, 1);
+}
+
+/* FACTUM_FAULT_ACTION=kill: die by SIGKILL right here. */
+static void maybe_kill(void) {
+    const char *action = env("FACTUM_FAULT_ACTION");
+    if (action && strcmp(action, "kill") == 0) {
+        fflush(stderr);
+        kill(getpid(), SIGKILL);
+    }
+}
+
 static int thread_matches(char *name) {
     name[0] = 0;
     prctl(PR_GET_NAME, name, 0, 0, 0);
@@ -75,7 +109,7 @@ static int fault_errno(void) {
 static int should_fail(const char *call, int fd) {
     const char *want = env("FACTUM_FAULT_CALL");
     const char *nth = env("FACTUM_FAULT_NTH");
-    if (!want || !nth || strcmp(want, call) != 0 || atomic_load(&fired))
+    if (!want || !nth || strcmp(want, call) != 0 || atomic_load(&fired) || !is_armed())
         return 0;
     char name[17];
     if (!thread_matches(name) || !path_matches(fd))
@@ -87,6 +121,7 @@ static int should_fail(const char *call, int fd) {
     fd_path(fd, path, sizeof path);
     fprintf(stderr, "FAULT-INJECTED %s thread=%s path=%s errno=%d\n", call, name, path,
             fault_errno());
+    maybe_kill();
     return 1;
 }
 
@@ -109,7 +144,13 @@ int fsync(int fd) {
         errno = fault_errno();
         return -1;
     }
-    return real(fd);
+    int r = real(fd);
+    if (r == 0 && env("FACTUM_FAULT_ARM")) {
+        char path[4096];
+        fd_path(fd, path, sizeof path);
+        maybe_arm("fsync", path);
+    }
+    return r;
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
@@ -154,4 +195,28 @@ int ftruncate64(int fd, off_t length) {
 
 int ftruncate(int fd, off_t length) {
     return ftruncate64(fd, length);
+}
+
+int rename(const char *from, const char *to) {
+    static int (*real)(const char *, const char *);
+    if (!real)
+        real = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
+    const char *want = env("FACTUM_FAULT_CALL");
+    const char *nth = env("FACTUM_FAULT_NTH");
+    const char *want_path = env("FACTUM_FAULT_PATH");
+    char name[17];
+    if (want && nth && strcmp(want, "rename") == 0 && !atomic_load(&fired) && is_armed() &&
+        thread_matches(name) && (!want_path || strstr(from, want_path) != NULL) &&
+        atomic_fetch_add(&matched, 1) + 1 == atol(nth)) {
+        atomic_store(&fired, 1);
+        fprintf(stderr, "FAULT-INJECTED rename thread=%s path=%s errno=%d\n", name, from,
+                fault_errno());
+        maybe_kill();
+        errno = fault_errno();
+        return -1;
+    }
+    int r = real(from, to);
+    if (r == 0)
+        maybe_arm("rename", from);
+    return r;
 }

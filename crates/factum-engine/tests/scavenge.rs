@@ -326,3 +326,88 @@ async fn scavenge_online_with_appends_and_stop() {
     let report = factum_engine::verify(dir.path()).unwrap();
     assert!(report.ok(), "verify: {:?}", report.faults);
 }
+
+/// A link line of the visible dump split into the event it resolves to and
+/// the link's (stream, revision).
+fn link_parts(line: &str) -> (&str, (&str, u64)) {
+    let (event, via) = line.rsplit_once(" via ").expect("a link line");
+    let (rev, stream) = via.split_once('@').unwrap();
+    (event, (stream, rev.parse().unwrap()))
+}
+
+/// What clients see of `$ce-`/`$et-` revisions after a scavenge (ADR 40):
+/// the store keeps them — reopened, and restored from an online backup
+/// (which carries the index snapshot) — with the gaps the scavenge left,
+/// as KurrentDB's link streams keep theirs. An index rebuilt from the log
+/// (`factum reindex`, or losing `index.redb`) cannot: the log does not hold
+/// link revisions, so the rebuild numbers each link stream densely over
+/// what remains. The same events, in the same order, at the same positions
+/// and stream revisions; only the link revisions differ, and exactly by
+/// being renumbered 0, 1, 2, … per link stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_revisions_survive_reopen_and_restore_and_a_reindex_renumbers_them() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let clock = Clock::manual();
+    let (engine, _) = Engine::open_with(&dir, config(&clock)).unwrap();
+    let (sc, filler) = populate(&engine, &clock, 2).await;
+    let streams = all_streams(&sc, &filler);
+    engine.scavenge(ScavengeOptions::default()).unwrap();
+    let seen = visible_dump(&engine, &streams).await;
+    // The scavenge left gaps in some link stream.
+    let mut gaps = 0;
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for l in &seen.links_raw {
+        let (_, (stream, rev)) = link_parts(l);
+        if let Some(prev) = last.insert(stream, rev) {
+            gaps += (rev != prev + 1) as u32;
+        } else {
+            gaps += (rev != 0) as u32;
+        }
+    }
+    assert!(gaps > 0, "the scavenge left no gap in a link stream");
+    let backup = root.path().join("backup");
+    engine.backup(&backup).unwrap();
+    engine.close().unwrap();
+    drop(engine);
+
+    // Reopened: the same link revisions.
+    let (engine, _) = Engine::open_with(&dir, config(&clock)).unwrap();
+    assert_eq!(
+        visible_dump(&engine, &streams).await.links_raw,
+        seen.links_raw
+    );
+    engine.close().unwrap();
+    drop(engine);
+    // Restored from the backup (index snapshot): the same.
+    let restored = root.path().join("restored");
+    factum_engine::restore(&backup, &restored, false).unwrap();
+    let (engine, _) = Engine::open_with(&restored, config(&clock)).unwrap();
+    assert_eq!(
+        visible_dump(&engine, &streams).await.links_raw,
+        seen.links_raw
+    );
+    engine.close().unwrap();
+    drop(engine);
+
+    // Rebuilt from the log: renumbered densely, nothing else changes.
+    std::fs::remove_file(dir.join("index.redb")).unwrap();
+    let (engine, _) = Engine::open_with(&dir, config(&clock)).unwrap();
+    let rebuilt = visible_dump(&engine, &streams).await;
+    engine.close().unwrap();
+    drop(engine);
+    assert_eq!(rebuilt.streams, seen.streams);
+    assert_eq!(rebuilt.all_raw, seen.all_raw);
+    assert_eq!(rebuilt.links_raw.len(), seen.links_raw.len());
+    let mut next: std::collections::HashMap<&str, u64> = Default::default();
+    for (was, now) in seen.links_raw.iter().zip(&rebuilt.links_raw) {
+        let (event_was, (stream_was, _)) = link_parts(was);
+        let (event_now, (stream_now, rev_now)) = link_parts(now);
+        assert_eq!((event_was, stream_was), (event_now, stream_now));
+        let dense = next.entry(stream_now).or_insert(0);
+        assert_eq!(rev_now, *dense, "{now}");
+        *dense += 1;
+    }
+    assert_ne!(rebuilt.links_raw, seen.links_raw);
+    assert!(factum_engine::verify(&dir).unwrap().ok());
+}

@@ -46,7 +46,7 @@ use factum_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use scavenge::PgScavengeReport;
+pub use scavenge::{PgScavengeOptions, PgScavengeReport, STREAMS_PAGE};
 pub use schema::migrate;
 pub use subject_keys::{PgRekeyed, PostgresKeys};
 

@@ -68,7 +68,7 @@ fn paths_and_schemas() -> Value {
         "/admin/backup": { "post": { "summary": "Online backup into a directory on the server's machine (embedded engine): a consistent copy at the committed position, incremental into an earlier backup (ADR 32)",
             "requestBody": { "required": true, "content": { "application/json": { "schema": {
                 "type": "object", "required": ["to"], "properties": { "to": { "type": "string" } } } } } },
-            "responses": { "200": { "description": "The report: position, files, files_copied, bytes_copied, bytes_total" },
+            "responses": { "200": { "description": "The report: position, files, files_copied, bytes_copied, bytes_total, index_bytes (the index snapshot), files_checked (same-length segments compared by checksum)" },
                            "400": { "description": "Bad request" }, "501": { "description": "Not the embedded engine" } } } },
         "/subjects/{subject}/forget": { "post": { "summary": "Forget a data subject (crypto-shredding, ADR 36; $admins only): its key is destroyed, its personal fields read as null with \"$erased\": true in the metadata from now on; an audit event goes to $subjects-forgotten",
             "parameters": [ { "name": "subject", "in": "path", "required": true, "schema": { "type": "string" }, "description": "The subject id, as events name it in `$subject` metadata." } ],

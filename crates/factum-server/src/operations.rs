@@ -36,7 +36,8 @@ pub const SCAVENGES_STREAM: &str = "$scavenges";
 /// How long KurrentDB keeps a scavenge's stream (`$maxAge`, 30 days).
 const SCAVENGE_HISTORY_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
 
-/// A backend's scavenges, for the server (the engine's, wired by `factum serve`).
+/// A backend's scavenges, for the server (the engine's and PostgreSQL's,
+/// wired by `factum serve`; ADR 33, ADR 40).
 pub trait Scavenger: Send + Sync {
     /// Starts a scavenge; refused (`InProgress` with the running one's id)
     /// while one runs.
@@ -137,7 +138,7 @@ fn time_span(d: Duration) -> String {
 fn scavenger<S>(ctx: &Ctx<S>) -> Result<Arc<dyn Scavenger>> {
     ctx.config.scavenge.clone().ok_or_else(|| {
         Error::Unsupported(
-            "scavenge through the server needs the embedded engine (on PostgreSQL, `PostgresStore::scavenge` deletes the hidden rows; it is not wired to the server yet)".into(),
+            "this server was started without scavenges (`factum serve` wires them for the engine and for PostgreSQL)".into(),
         )
     })
 }

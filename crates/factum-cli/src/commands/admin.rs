@@ -99,6 +99,11 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
         })?;
     let head = runtime()?.block_on(engine.head_position())?;
     engine.close()?;
+    // The log does not hold link revisions: after a scavenge, the rebuild
+    // numbers `$ce-`/`$et-` densely over what remains (ADR 40).
+    let scavenged = factum_engine::log::open_segments(dir)
+        .map(|s| s.all().iter().any(|seg| seg.format.scavenged()))
+        .unwrap_or(false);
     let secs = started.elapsed().as_secs_f64();
     println!(
         "rebuilt the index from the log: {} frames replayed in {secs:.2} s",
@@ -107,6 +112,11 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
     match head {
         Some(p) => println!("head position {p}"),
         None => println!("the store is empty"),
+    }
+    if scavenged {
+        println!(
+            "note: this store was scavenged; $ce-/$et- streams are numbered again from 0 over the events that remain (their events and positions are unchanged): subscribers that track them by revision should resubscribe by position"
+        );
     }
     if let Some((file, offset, bytes)) = &recovery.cut {
         println!(

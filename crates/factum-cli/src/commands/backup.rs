@@ -80,5 +80,16 @@ fn print(r: &BackupReport, started: Instant, what: &str) {
         "bytes          {} ({} copied)",
         r.bytes_total, r.bytes_copied
     );
+    if r.files_checked > 0 {
+        println!(
+            "checked        {} segment(s) of the same length by checksum",
+            r.files_checked
+        );
+    }
+    if r.index_bytes > 0 {
+        println!("index          {} bytes (snapshot)", r.index_bytes);
+    } else {
+        println!("index          none (rebuilt from the log at the first open)");
+    }
     println!("{what} in {:.2} s", started.elapsed().as_secs_f64());
 }

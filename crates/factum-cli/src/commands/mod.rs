@@ -8,6 +8,7 @@ pub mod bench;
 pub mod certs;
 pub mod crash_load;
 pub mod forget;
+pub mod pg_scavenge;
 pub mod read;
 pub mod rekey;
 pub mod scavenge;

@@ -572,6 +572,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     "files_copied": r.files_copied,
                     "bytes_copied": r.bytes_copied,
                     "bytes_total": r.bytes_total,
+                    "index_bytes": r.index_bytes,
+                    "files_checked": r.files_checked,
                     "to": to,
                 }))
             });
@@ -625,6 +627,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     .await
                     .map_err(|e| CliError::failure(format!("PostgreSQL: {e}")))?;
                 let what = format!("PostgreSQL schema {schema}");
+                let scavenge: Arc<dyn factum_server::Scavenger> =
+                    Arc::new(super::pg_scavenge::PostgresScavenger::new(store.clone()));
                 match master {
                     None => {
                         // As for the engine's key file: without the master
@@ -639,7 +643,17 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                                 "PostgreSQL schema {schema} holds subject keys (crypto-shredding): give the master key with --encryption-key-file FILE (FACTUM_ENCRYPTION_KEY_FILE) or FACTUM_ENCRYPTION_KEY"
                             )));
                         }
-                        serve_store(&s, Arc::new(store), None, None, None, None, None, &what).await
+                                                serve_store(
+                            &s,
+                            Arc::new(store),
+                            None,
+                            None,
+                            Some(scavenge),
+                            None,
+                            None,
+                            &what,
+                        )
+                        .await
                     }
                     Some(master) => {
                         let keys = store.subject_keys(master);
@@ -655,7 +669,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                             Arc::new(store),
                             None,
                             None,
-                            None,
+                            Some(scavenge),
                             Some(forget),
                             None,
                             &what,
