@@ -10,8 +10,9 @@ use futures_util::TryStreamExt;
 
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, CreateProjectionOptions,
-    DeleteProjectionOptions, Error, EventData, GenericProjectionOptions, GetResultProjectionOptions,
-    GetStateProjectionOptions, ProjectionClient, UpdateProjectionOptions,
+    DeleteProjectionOptions, Error, EventData, GenericProjectionOptions,
+    GetResultProjectionOptions, GetStateProjectionOptions, ProjectionClient,
+    UpdateProjectionOptions,
 };
 
 mod common;
@@ -98,10 +99,25 @@ async fn official_rust_client_projection_calls() {
         )
         .await
         .unwrap();
-    eventually_state(&projections, "balances", &a, serde_json::json!({"total": 6})).await;
-    eventually_state(&projections, "balances", &b, serde_json::json!({"total": 7})).await;
+    eventually_state(
+        &projections,
+        "balances",
+        &a,
+        serde_json::json!({"total": 6}),
+    )
+    .await;
+    eventually_state(
+        &projections,
+        "balances",
+        &b,
+        serde_json::json!({"total": 7}),
+    )
+    .await;
     let result: serde_json::Value = projections
-        .get_result("balances", &GetResultProjectionOptions::default().partition(&a))
+        .get_result(
+            "balances",
+            &GetResultProjectionOptions::default().partition(&a),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -138,7 +154,13 @@ async fn official_rust_client_projection_calls() {
         .enable("balances", &GenericProjectionOptions::default())
         .await
         .unwrap();
-    eventually_state(&projections, "balances", &a, serde_json::json!({"total": 16})).await;
+    eventually_state(
+        &projections,
+        "balances",
+        &a,
+        serde_json::json!({"total": 16}),
+    )
+    .await;
     projections
         .abort("balances", &GenericProjectionOptions::default())
         .await
@@ -152,7 +174,13 @@ async fn official_rust_client_projection_calls() {
         .enable("balances", &GenericProjectionOptions::default())
         .await
         .unwrap();
-    eventually_state(&projections, "balances", &a, serde_json::json!({"total": 16})).await;
+    eventually_state(
+        &projections,
+        "balances",
+        &a,
+        serde_json::json!({"total": 16}),
+    )
+    .await;
 
     // Update the query (emit kept on).
     let counting = format!(

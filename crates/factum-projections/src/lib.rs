@@ -40,7 +40,9 @@ pub mod system;
 
 pub use access::{Access, Right, RunAs};
 pub use definition::{Definition, Source};
-pub use manager::{Create, DeleteOptions, ProjectionError, Projections, Statistics, SYSTEM_PROJECTIONS};
+pub use manager::{
+    Create, DeleteOptions, ProjectionError, Projections, Statistics, SYSTEM_PROJECTIONS,
+};
 pub use runner::{CheckpointPolicy, Status};
 pub use sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
 pub use settings::{Mode, Settings};

@@ -23,8 +23,8 @@ use crate::runner::{self, CheckpointPolicy, Published, Run, RunError, Status, St
 use crate::sandbox::{Limits, Projection};
 use crate::settings::{Mode, Settings};
 
-pub use crate::system::SYSTEM_PROJECTIONS;
 use crate::system;
+pub use crate::system::SYSTEM_PROJECTIONS;
 
 /// What went wrong managing a projection.
 #[derive(Debug, thiserror::Error)]

@@ -565,7 +565,9 @@ fn reads_links(source: &Source) -> bool {
     match source {
         Source::All => false,
         Source::Categories(_) => true,
-        Source::Streams(ss) => ss.iter().any(|s| s.starts_with("$ce-") || s.starts_with("$et-")),
+        Source::Streams(ss) => ss
+            .iter()
+            .any(|s| s.starts_with("$ce-") || s.starts_with("$et-")),
     }
 }
 

@@ -298,8 +298,14 @@ async fn partitions_one_time_and_transient() {
         .await
         .unwrap_err();
     assert!(matches!(err, ProjectionError::AlreadyExists(_)), "{err}");
-    let err = p.enable("$by_category").await.unwrap_err();
-    assert!(matches!(err, ProjectionError::NotImplemented(_)), "{err}");
+    // System projections are enabled like the others; their queries are
+    // the server's.
+    p.enable("$by_category").await.unwrap();
+    let err = p
+        .update("$streams", Some("fromAll()".into()), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Invalid(_)), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +407,13 @@ async fn mixed_sources_and_include_links() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for i in 0..4 {
-        append(&store, &format!("order-{i}"), "Placed", serde_json::json!({})).await;
+        append(
+            &store,
+            &format!("order-{i}"),
+            "Placed",
+            serde_json::json!({}),
+        )
+        .await;
         append(&store, "invoice-1", "Billed", serde_json::json!({})).await;
         append(&store, "customer-1", "Placed", serde_json::json!({})).await;
     }
@@ -418,9 +430,13 @@ async fn mixed_sources_and_include_links() {
     ))
     .await
     .unwrap();
-    p.create(create("by-type", &count("fromStream('$et-Placed')"), Mode::Continuous))
-        .await
-        .unwrap();
+    p.create(create(
+        "by-type",
+        &count("fromStream('$et-Placed')"),
+        Mode::Continuous,
+    ))
+    .await
+    .unwrap();
     eventually("the mixed source's count", || async {
         state_of(&p, "mixed", "").await == Some(serde_json::json!({"n": 8}))
     })

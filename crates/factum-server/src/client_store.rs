@@ -212,13 +212,16 @@ async fn resolve_stored_link<S: EventStore>(
         ..ReadStream::forwards(stream)
     };
     match store.read_stream(request).await {
-        Ok(mut page) => Ok(page.pop().filter(|t| t.revision.0 == revision).map(|mut t| {
-            t.link = Some(factum_core::Link {
-                stream: link.stream.clone(),
-                revision: link.revision,
-            });
-            t
-        })),
+        Ok(mut page) => Ok(page
+            .pop()
+            .filter(|t| t.revision.0 == revision)
+            .map(|mut t| {
+                t.link = Some(factum_core::Link {
+                    stream: link.stream.clone(),
+                    revision: link.revision,
+                });
+                t
+            })),
         Err(Error::StreamNotFound { .. } | Error::StreamDeleted { .. }) => Ok(None),
         Err(e) => Err(e),
     }

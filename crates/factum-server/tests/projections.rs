@@ -421,6 +421,18 @@ async fn eventually_events(
     panic!("{stream}: wanted {want:?}, last {last:?}");
 }
 
+async fn eventually_status(addr: std::net::SocketAddr, name: &str, want: &str) {
+    let mut last = String::new();
+    for _ in 0..400 {
+        last = status(addr, name).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name}: wanted {want}, last {last}");
+}
+
 async fn status(addr: std::net::SocketAddr, name: &str) -> String {
     let (_, body) = call(addr, "GET", &format!("/projection/{name}"), "").await;
     serde_json::from_str::<Value>(&body).unwrap()["projections"][0]["status"]
@@ -435,7 +447,11 @@ async fn system_projections_write_streams_bc_and_category_streams() {
     // As KurrentDB: the index-served two run, the other three start stopped.
     assert_eq!(status(addr, "%24by_category").await, "Running");
     assert_eq!(status(addr, "%24by_event_type").await, "Running");
-    for name in ["%24streams", "%24stream_by_category", "%24by_correlation_id"] {
+    for name in [
+        "%24streams",
+        "%24stream_by_category",
+        "%24by_correlation_id",
+    ] {
         assert_eq!(status(addr, name).await, "Stopped", "{name}");
     }
     let correlated = |n: u32| {
@@ -450,10 +466,20 @@ async fn system_projections_write_streams_bc_and_category_streams() {
         let (code, text) = call(addr, "POST", &format!("/streams/{stream}"), &body).await;
         assert_eq!(code, 201, "{text}");
     }
-    for name in ["%24streams", "%24stream_by_category", "%24by_correlation_id"] {
-        let (code, body) = call(addr, "POST", &format!("/projection/{name}/command/enable"), "").await;
+    for name in [
+        "%24streams",
+        "%24stream_by_category",
+        "%24by_correlation_id",
+    ] {
+        let (code, body) = call(
+            addr,
+            "POST",
+            &format!("/projection/{name}/command/enable"),
+            "",
+        )
+        .await;
         assert_eq!(code, 200, "{body}");
-        assert_eq!(status(addr, name).await, "Running", "{name}");
+        eventually_status(addr, name, "Running").await;
     }
     // `$streams`: a link to the first event of every stream, resolved.
     let first = eventually_events(
@@ -498,7 +524,13 @@ async fn system_projections_write_streams_bc_and_category_streams() {
     let (code, _) = call(addr, "POST", "/projection/%24streams/command/disable", "").await;
     assert_eq!(code, 200);
     assert_eq!(status(addr, "%24streams").await, "Stopped");
-    let (code, _) = call(addr, "POST", "/streams/order-3", r#"[{"type":"Placed","data":{}}]"#).await;
+    let (code, _) = call(
+        addr,
+        "POST",
+        "/streams/order-3",
+        r#"[{"type":"Placed","data":{}}]"#,
+    )
+    .await;
     assert_eq!(code, 201);
     let (code, _) = call(addr, "POST", "/projection/%24streams/command/enable", "").await;
     assert_eq!(code, 200);
@@ -527,6 +559,12 @@ async fn system_projections_write_streams_bc_and_category_streams() {
     assert_eq!(code, 400);
     let (code, _) = call(addr, "DELETE", "/projection/%24streams", "").await;
     assert_eq!(code, 400);
-    let (code, _) = call(addr, "POST", "/projections/continuous?name=%24streams", "fromAll()").await;
+    let (code, _) = call(
+        addr,
+        "POST",
+        "/projections/continuous?name=%24streams",
+        "fromAll()",
+    )
+    .await;
     assert_eq!(code, 409);
 }
