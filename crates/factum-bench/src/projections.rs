@@ -125,7 +125,7 @@ fn js(
                 track_emitted_streams: false,
                 enabled: true,
                 checkpoints_enabled: true,
-                run_as: None,
+                run_as: Default::default(),
                 engine_version: 1,
             })
             .await

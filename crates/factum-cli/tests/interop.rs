@@ -386,6 +386,13 @@ fn node_kurrentdb_client_persistent_subscriptions() {
     with(&KURRENTDB_CLIENT, "node_persistent.js");
 }
 
+/// Server-side projections (`Projections`, ADR 35, 39) with the current
+/// Node SDK.
+#[test]
+fn node_kurrentdb_client_projections() {
+    with(&KURRENTDB_CLIENT, "node_projections.js");
+}
+
 /// Multi-stream appends (`kurrentdb.protocol.v2.streams.StreamsService`,
 /// ADR 29) with the current Node SDK.
 #[test]

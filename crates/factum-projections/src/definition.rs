@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum Source {
     /// `fromAll()`: every user event (streams not starting with `$`).
     All,
-    /// `fromStream(s)` / `fromStreams([...])`.
+    /// `fromStream(s)` / `fromStreams([...])`: stream names, `$ce-<category>`
+    /// and `$et-<type>` among them.
     Streams(Vec<String>),
     /// `fromCategory(c)` / `fromCategories([...])`.
     Categories(Vec<String>),
@@ -106,13 +107,13 @@ impl Definition {
                     _ => streams.push(s),
                 }
             }
-            match (categories.is_empty(), streams.is_empty()) {
-                (false, true) => Source::Categories(categories),
-                (true, _) => Source::Streams(streams),
-                (false, false) => return Err(
-                    "not implemented yet: a projection reading both $ce- streams and other streams"
-                        .into(),
-                ),
+            if streams.is_empty() {
+                Source::Categories(categories)
+            } else {
+                // A mix: the names as given, `$ce-`/`$et-` included (the
+                // runner reads each kind).
+                streams.extend(categories.into_iter().map(|c| format!("$ce-{c}")));
+                Source::Streams(streams)
             }
         };
         Ok(Definition {

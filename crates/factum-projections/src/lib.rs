@@ -10,6 +10,7 @@
 //! | `sandbox` | one projection's QuickJS runtime: memory, stack and CPU-time limits per call (interrupt handler), no I/O, timers or modules, a deterministic clock and `Math.random` (ADR 35) |
 //! | `prelude.js` | KurrentDB's projection language written in JavaScript: the definition functions, handlers, the event object, `emit`/`linkTo`/`linkStreamTo`/`copyTo`/`log` |
 //! | `definition` | what a source declares: source streams/categories, partitioning, handled types, options |
+//! | `access` | who a projection runs as and the server's stream ACLs it is checked against |
 //!
 //! ```
 //! use factum_projections::{InputEvent, Limits, Projection};
@@ -28,15 +29,20 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod definition;
 pub mod manager;
 pub mod names;
 pub mod runner;
 pub mod sandbox;
 pub mod settings;
+pub mod system;
 
+pub use access::{Access, Right, RunAs};
 pub use definition::{Definition, Source};
-pub use manager::{Create, DeleteOptions, ProjectionError, Projections, Statistics};
+pub use manager::{
+    Create, DeleteOptions, ProjectionError, Projections, Statistics, SYSTEM_PROJECTIONS,
+};
 pub use runner::{CheckpointPolicy, Status};
 pub use sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
 pub use settings::{Mode, Settings};

@@ -17,19 +17,14 @@ use factum_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::{Access, RunAs};
 use crate::names::{self, Names};
 use crate::runner::{self, CheckpointPolicy, Published, Run, RunError, Status, StopRequest};
 use crate::sandbox::{Limits, Projection};
 use crate::settings::{Mode, Settings};
 
-/// The built-in projections KurrentDB has; not implemented here yet.
-pub const SYSTEM_PROJECTIONS: [&str; 5] = [
-    "$by_category",
-    "$by_event_type",
-    "$stream_by_category",
-    "$streams",
-    "$by_correlation_id",
-];
+use crate::system;
+pub use crate::system::SYSTEM_PROJECTIONS;
 
 /// What went wrong managing a projection.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +64,9 @@ pub struct Create {
     pub enabled: bool,
     /// Whether checkpoints are written (continuous projections always do).
     pub checkpoints_enabled: bool,
-    /// Who creates it (it runs as them).
-    pub run_as: Option<String>,
+    /// Who creates it (it runs as them: their reads and writes are checked
+    /// against the stream ACLs when the subsystem has an [`Access`]).
+    pub run_as: RunAs,
     /// The engine version the client asked for.
     pub engine_version: i32,
 }
@@ -142,6 +138,7 @@ pub struct Projections<S> {
     store: Arc<S>,
     limits: Limits,
     policy: CheckpointPolicy,
+    access: Option<Arc<dyn Access>>,
     entries: tokio::sync::Mutex<BTreeMap<String, Entry>>,
 }
 
@@ -159,10 +156,22 @@ impl<S: EventStore> Projections<S> {
     /// The subsystem over `store`; call [`start`](Self::start) to run the
     /// stored projections.
     pub fn new(store: Arc<S>, limits: Limits, policy: CheckpointPolicy) -> Arc<Self> {
+        Self::with_access(store, limits, policy, None)
+    }
+
+    /// The subsystem over `store`, each projection's reads and writes
+    /// checked by `access` as the user it runs as (secure servers).
+    pub fn with_access(
+        store: Arc<S>,
+        limits: Limits,
+        policy: CheckpointPolicy,
+        access: Option<Arc<dyn Access>>,
+    ) -> Arc<Self> {
         Arc::new(Projections {
             store,
             limits,
             policy,
+            access,
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
@@ -258,10 +267,75 @@ impl<S: EventStore> Projections<S> {
             }
             entries.insert(name, entry);
         }
+        for name in SYSTEM_PROJECTIONS {
+            if entries.contains_key(name) {
+                continue;
+            }
+            let mut entry = self.system_entry(name).await?;
+            if entry.settings.enabled {
+                self.spawn(&mut entry);
+            } else {
+                entry.published.lock().expect("published").status = Status::Stopped;
+            }
+            entries.insert(name.to_owned(), entry);
+        }
         Ok(())
     }
 
+    /// A system projection: its stored settings (written when it was
+    /// first enabled, disabled or reset), else KurrentDB's defaults.
+    async fn system_entry(&self, name: &str) -> Result<Entry, ProjectionError> {
+        let stream = Names::new(name, None, None).definition()?;
+        let last = match self
+            .store
+            .read_stream(factum_core::ReadStream {
+                max_count: 1,
+                ..factum_core::ReadStream::backwards(stream)
+            })
+            .await
+        {
+            Ok(mut e) => e.pop(),
+            Err(Error::StreamNotFound { .. } | Error::StreamDeleted { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut settings = Settings::new(
+            name,
+            system::query(name).unwrap_or_default(),
+            Mode::Continuous,
+        );
+        settings.enabled = system::enabled_by_default(name);
+        settings.emit_enabled = true;
+        let mut version = 0;
+        if let Some(last) = last {
+            match serde_json::from_slice::<Settings>(&last.data) {
+                Ok(stored) => {
+                    settings.enabled = stored.enabled;
+                    settings.epoch = stored.epoch;
+                    version = last.revision.0 as i64;
+                }
+                Err(e) => tracing::warn!("the settings of {name} are not readable ({e}): defaults"),
+            }
+        }
+        // The query is the server's, whatever was stored.
+        settings.system = true;
+        Ok(Entry {
+            settings,
+            version,
+            published: Default::default(),
+            stop: None,
+            task: None,
+        })
+    }
+
     fn spawn(&self, entry: &mut Entry) {
+        if system::index_served(&entry.settings.name) {
+            // Nothing runs: the store's index serves its streams.
+            entry.published = Arc::new(Mutex::new(Published {
+                status: Status::Running,
+                ..Default::default()
+            }));
+            return;
+        }
         let (stop_tx, stop_rx) = watch::channel(StopRequest::Run);
         entry.published = Arc::new(Mutex::new(Published::default()));
         let run = Run {
@@ -271,6 +345,11 @@ impl<S: EventStore> Projections<S> {
             policy: self.policy,
             published: entry.published.clone(),
             stop: stop_rx,
+            access: if entry.settings.system {
+                None
+            } else {
+                self.access.clone()
+            },
         };
         entry.stop = Some(stop_tx);
         entry.task = Some(tokio::spawn(runner::run(run)));
@@ -331,7 +410,9 @@ impl<S: EventStore> Projections<S> {
             track_emitted_streams: create.track_emitted_streams,
             checkpoints_enabled: create.mode == Mode::Continuous
                 || (create.mode == Mode::OneTime && create.checkpoints_enabled),
-            run_as: create.run_as,
+            run_as: create.run_as.login,
+            run_as_groups: create.run_as.groups,
+            system: false,
             engine_version: create.engine_version,
             epoch: 0,
         };
@@ -386,24 +467,28 @@ impl<S: EventStore> Projections<S> {
         Ok(())
     }
 
-    fn system(name: &str) -> Result<(), ProjectionError> {
-        if SYSTEM_PROJECTIONS.contains(&name) {
-            return Err(ProjectionError::NotImplemented(format!(
-                "the system projection {name} (its streams are not served yet)"
+    /// Refuses to change or delete a system projection's definition.
+    fn system(name: &str, what: &str) -> Result<(), ProjectionError> {
+        if system::is_system(name) {
+            return Err(ProjectionError::Invalid(format!(
+                "{name} is a system projection: it cannot be {what} (enable, disable or reset it)"
             )));
         }
         Ok(())
     }
 
     /// Changes a projection's query and/or emit setting; a running one
-    /// commits, stops and restarts from its checkpoint with them.
+    /// commits, stops and restarts from its checkpoint with them. A new
+    /// query runs as `by`, who wrote it (an `$ops` user must not get an
+    /// admin's rights by rewriting an admin's projection).
     pub async fn update(
         &self,
         name: &str,
         query: Option<String>,
         emit_enabled: Option<bool>,
+        by: Option<RunAs>,
     ) -> Result<(), ProjectionError> {
-        Self::system(name)?;
+        Self::system(name, "updated")?;
         if let Some(q) = &query {
             let q = q.clone();
             let limits = self.limits;
@@ -419,6 +504,10 @@ impl<S: EventStore> Projections<S> {
         Self::halt(entry, StopRequest::Stop).await;
         if let Some(q) = query {
             entry.settings.query = q;
+            if let Some(by) = by {
+                entry.settings.run_as = by.login;
+                entry.settings.run_as_groups = by.groups;
+            }
         }
         if let Some(e) = emit_enabled {
             entry.settings.emit_enabled = e;
@@ -434,7 +523,6 @@ impl<S: EventStore> Projections<S> {
 
     /// Starts a stopped projection.
     pub async fn enable(&self, name: &str) -> Result<(), ProjectionError> {
-        Self::system(name)?;
         let mut entries = self.entries.lock().await;
         let entry = entries
             .get_mut(name)
@@ -457,7 +545,6 @@ impl<S: EventStore> Projections<S> {
     /// Stops a projection: with a final checkpoint (disable) or without
     /// (abort, `write_checkpoint = false`).
     pub async fn disable(&self, name: &str, write_checkpoint: bool) -> Result<(), ProjectionError> {
-        Self::system(name)?;
         let mut entries = self.entries.lock().await;
         let entry = entries
             .get_mut(name)
@@ -484,15 +571,19 @@ impl<S: EventStore> Projections<S> {
     }
 
     /// Resets a projection: a new epoch, so it replays from the beginning
-    /// (its old checkpoints and partition states are ignored). Streams it
-    /// emitted to are not cleared: it emits again.
+    /// (its old checkpoints and partition states are ignored). The streams
+    /// it emitted to, when tracked, are truncated first: the replay's
+    /// events are the only ones readers see. Untracked ones are not known:
+    /// the replay appends to them.
     pub async fn reset(&self, name: &str) -> Result<(), ProjectionError> {
-        Self::system(name)?;
         let mut entries = self.entries.lock().await;
         let entry = entries
             .get_mut(name)
             .ok_or_else(|| ProjectionError::NotFound(name.into()))?;
         Self::halt(entry, StopRequest::Abort).await;
+        if entry.settings.mode != Mode::Transient && entry.settings.track_emitted_streams {
+            self.truncate_emitted(entry).await?;
+        }
         entry.settings.epoch += 1;
         if entry.settings.mode != Mode::Transient {
             entry.version = self.persist(&entry.settings).await?;
@@ -507,9 +598,51 @@ impl<S: EventStore> Projections<S> {
         Ok(())
     }
 
+    /// Hides what a projection emitted before a reset: each tracked
+    /// emitted stream is truncated before its next revision (`$tb`, its
+    /// other metadata kept), so readers see only what the replay emits —
+    /// KurrentDB's result, which truncates an emitted stream when the reset
+    /// projection first writes it again.
+    async fn truncate_emitted(&self, entry: &Entry) -> Result<(), ProjectionError> {
+        let names = Names::new(&entry.settings.name, None, None);
+        let emitted = runner::read_strings(
+            &*self.store,
+            &names.emitted_streams()?,
+            names::STREAM_TRACKED_EVENT,
+        )
+        .await?;
+        for name in emitted {
+            let stream = StreamName::new(name)?;
+            let last = match self
+                .store
+                .read_stream(factum_core::ReadStream {
+                    max_count: 1,
+                    ..factum_core::ReadStream::backwards(stream.clone())
+                })
+                .await
+            {
+                Ok(mut e) => e.pop(),
+                Err(Error::StreamNotFound { .. } | Error::StreamDeleted { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = last else { continue };
+            let current = self.store.stream_metadata(stream.clone()).await?;
+            let mut metadata = current.metadata;
+            metadata.truncate_before = Some(last.revision.0 + 1);
+            let expected = match current.revision {
+                Some(r) => ExpectedRevision::Exact(r),
+                None => ExpectedRevision::NoStream,
+            };
+            self.store
+                .set_stream_metadata(stream, expected, metadata)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes a projection (stopping it first) and, as asked, its streams.
     pub async fn delete(&self, name: &str, options: DeleteOptions) -> Result<(), ProjectionError> {
-        Self::system(name)?;
+        Self::system(name, "deleted")?;
         let mut entries = self.entries.lock().await;
         let mut entry = entries
             .remove(name)
@@ -633,7 +766,6 @@ impl<S: EventStore> Projections<S> {
         }
         if let Some(n) = name {
             if out.is_empty() {
-                Self::system(n)?;
                 return Err(ProjectionError::NotFound(n.into()));
             }
         }
@@ -646,7 +778,6 @@ impl<S: EventStore> Projections<S> {
         partition: &str,
         result: bool,
     ) -> Result<Option<String>, ProjectionError> {
-        Self::system(name)?;
         let (published, settings) = {
             let entries = self.entries.lock().await;
             let entry = entries
@@ -716,7 +847,6 @@ impl<S: EventStore> Projections<S> {
 
     /// A projection's settings.
     pub async fn settings(&self, name: &str) -> Result<Settings, ProjectionError> {
-        Self::system(name)?;
         let entries = self.entries.lock().await;
         entries
             .get(name)

@@ -29,10 +29,14 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::access::{Access, Right};
 use crate::definition::{Definition, Source};
 use crate::names::{self, Names};
 use crate::sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
 use crate::settings::{Mode, Settings};
+
+/// A link record's type.
+const LINK_EVENT_TYPE: &str = "$>";
 
 /// Events handed to the sandbox at once.
 const BATCH_EVENTS: usize = 512;
@@ -46,6 +50,11 @@ pub struct CheckpointPolicy {
     pub after_bytes: usize,
     /// After this long with uncommitted work.
     pub after_time: Duration,
+    /// Partition states a partitioned projection keeps in memory: past
+    /// this, after a commit (every state then stored), the least recently
+    /// used half is dropped and read back from its checkpoint stream when
+    /// an event needs it again.
+    pub cached_partitions: usize,
 }
 
 impl Default for CheckpointPolicy {
@@ -54,6 +63,7 @@ impl Default for CheckpointPolicy {
             after_events: 4000,
             after_bytes: 1 << 20,
             after_time: Duration::from_secs(2),
+            cached_partitions: 10_000,
         }
     }
 }
@@ -185,6 +195,9 @@ pub struct Run<S> {
     pub published: Arc<Mutex<Published>>,
     /// Asks it to stop.
     pub stop: watch::Receiver<StopRequest>,
+    /// The stream ACLs its reads and writes are checked against, as
+    /// `settings.run_as` (`None`: everything allowed).
+    pub access: Option<Arc<dyn Access>>,
 }
 
 /// A runner failure: a fault of the projection or a store error.
@@ -196,9 +209,77 @@ pub enum RunError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] Error),
+    /// The user it runs as may not read its source or write where it
+    /// writes (KurrentDB's "Projection cannot read its source. Not
+    /// authorized.").
+    #[error("{0}")]
+    NotAuthorized(String),
     /// Something else stopped it.
     #[error("{0}")]
     Other(String),
+}
+
+/// The streams a source reads, as stream ACLs name them (KurrentDB reads
+/// `fromAll` from `$all` and a category from `$ce-<category>`).
+fn source_streams(source: &Source) -> Vec<String> {
+    match source {
+        Source::All => vec!["$all".to_owned()],
+        Source::Categories(cs) => cs.iter().map(|c| format!("$ce-{c}")).collect(),
+        Source::Streams(ss) => ss.clone(),
+    }
+}
+
+fn who(run_as: &crate::access::RunAs) -> String {
+    match &run_as.login {
+        Some(login) => format!("user '{login}'"),
+        None => "the anonymous user (the projection has no creator)".to_owned(),
+    }
+}
+
+/// Faults unless the user the projection runs as may read its source.
+/// Checked at the start and before every batch, so an ACL change stops a
+/// running projection (the ACLs are cached by the server: cheap).
+async fn check_source<S: EventStore>(
+    run: &Run<S>,
+    definition: &Definition,
+) -> Result<(), RunError> {
+    let Some(access) = &run.access else {
+        return Ok(());
+    };
+    let run_as = run.settings.run_as();
+    for name in source_streams(&definition.source) {
+        let stream = StreamName::new(&name)?;
+        if !access.may(&run_as, &stream, Right::Read).await? {
+            return Err(RunError::NotAuthorized(format!(
+                "Projection cannot read its source. Not authorized: {} may not read {name} ($r)",
+                who(&run_as)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Faults unless the user the projection runs as may write `stream`.
+async fn check_write<S: EventStore>(
+    run: &Run<S>,
+    stream: &StreamName,
+    checked: &mut HashSet<String>,
+) -> Result<(), RunError> {
+    let Some(access) = &run.access else {
+        return Ok(());
+    };
+    if checked.contains(stream.as_str()) {
+        return Ok(());
+    }
+    let run_as = run.settings.run_as();
+    if !access.may(&run_as, stream, Right::Write).await? {
+        return Err(RunError::NotAuthorized(format!(
+            "Projection cannot write to stream {stream}. Not authorized: {} may not write it ($w)",
+            who(&run_as)
+        )));
+    }
+    checked.insert(stream.as_str().to_owned());
+    Ok(())
 }
 
 /// Runs a projection until it completes, is stopped, or faults; the
@@ -228,6 +309,11 @@ struct Work {
     persist: bool,
     /// Partitions whose state is loaded in the sandbox.
     loaded: HashSet<String>,
+    /// When each loaded partition was last used (a batch count), for
+    /// eviction.
+    last_used: HashMap<String, u64>,
+    /// Batches handled.
+    batches: u64,
     /// Partitions in the catalog stream.
     known_partitions: HashSet<String>,
     /// Emitted streams already tracked.
@@ -266,13 +352,7 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         .await
         .map_err(|e| RunError::Other(format!("the projection's thread failed: {e}")))??;
     let definition = projection.definition().clone();
-    if definition.include_links {
-        return Err(Fault::NotImplemented(
-            "the $includeLinks option (links are not resolved for projections)".into(),
-        )
-        .into());
-    }
-    let filter = source_filter(&definition.source)?;
+    let filter = source_filter(&definition.source, definition.include_links)?;
     let names = Names::new(
         &settings.name,
         definition.result_stream_name.clone(),
@@ -286,6 +366,8 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         names,
         persist,
         loaded: HashSet::new(),
+        last_used: HashMap::new(),
+        batches: 0,
         known_partitions: HashSet::new(),
         tracked: HashSet::new(),
         position: 0,
@@ -353,6 +435,13 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         p.status = Status::Running;
     }
 
+    check_source(run, &definition).await?;
+    if definition.output_state {
+        let result = work.names.result("")?;
+        if !result.as_str().starts_with(names::PREFIX) {
+            check_write(run, &result, &mut HashSet::new()).await?;
+        }
+    }
     let start = match work.position {
         0 => SubscriptionStart::Beginning,
         p => SubscriptionStart::After(p),
@@ -429,27 +518,66 @@ async fn stop<S: EventStore>(
     Ok(End::Stopped)
 }
 
-/// Which `$all` events reach the projection.
-fn source_filter(source: &Source) -> Result<Filter, Fault> {
+/// Which `$all` events reach the projection (narrowed exactly by [`wanted`]).
+fn source_filter(source: &Source, include_links: bool) -> Result<Filter, Fault> {
+    // Every user stream, link records included; system streams are passed
+    // over below too.
+    let user_streams = || {
+        if include_links {
+            Filter::stream_regex("^[^$]").expect("a valid filter regex")
+        } else {
+            Filter::exclude_system_events()
+        }
+    };
     Ok(match source {
-        // Every user stream; system streams are passed over below too.
-        Source::All => Filter::exclude_system_events(),
+        Source::All => user_streams(),
         Source::Categories(cs) => Filter::stream_prefix(cs.iter().map(|c| format!("{c}-"))),
         Source::Streams(ss) => {
-            if let Some(s) = ss.iter().find(|s| s.starts_with('$')) {
-                return Err(Fault::NotImplemented(format!(
-                    "a projection reading the system stream {s}"
-                )));
+            let mut prefixes = Vec::with_capacity(ss.len());
+            let mut by_type = false;
+            for s in ss {
+                if let Some(c) = s.strip_prefix("$ce-").filter(|c| !c.is_empty()) {
+                    prefixes.push(format!("{c}-"));
+                } else if s.strip_prefix("$et-").is_some_and(|t| !t.is_empty()) {
+                    by_type = true;
+                } else if s.starts_with('$') {
+                    return Err(Fault::NotImplemented(format!(
+                        "a projection reading the system stream {s}"
+                    )));
+                } else {
+                    prefixes.push(s.clone());
+                }
             }
-            // A prefix filter, narrowed to exact names in `wanted`.
-            Filter::stream_prefix(ss.iter().cloned())
+            if by_type {
+                // Event types and stream names do not share one filter.
+                user_streams()
+            } else {
+                // A prefix filter, narrowed to exact names in `wanted`.
+                Filter::stream_prefix(prefixes)
+            }
         }
     })
 }
 
+/// Whether a `fromStreams` source names one of the streams `$ce-`/`$et-`
+/// serve (read through their links).
+fn reads_links(source: &Source) -> bool {
+    match source {
+        Source::All => false,
+        Source::Categories(_) => true,
+        Source::Streams(ss) => ss
+            .iter()
+            .any(|s| s.starts_with("$ce-") || s.starts_with("$et-")),
+    }
+}
+
 fn wanted(definition: &Definition, e: &RecordedEvent) -> bool {
     let stream = e.stream.as_str();
-    let system_type = e.event_type.starts_with('$') && !definition.events.contains(&e.event_type);
+    // `$includeLinks`: link records (`$>`) reach the handlers as they are
+    // stored (data `<revision>@<stream>`), as in KurrentDB.
+    let system_type = e.event_type.starts_with('$')
+        && !definition.events.contains(&e.event_type)
+        && !(definition.include_links && e.event_type == LINK_EVENT_TYPE);
     if stream.starts_with('$') || system_type {
         return false;
     }
@@ -465,7 +593,16 @@ fn wanted(definition: &Definition, e: &RecordedEvent) -> bool {
             }
         }
         Source::Streams(ss) => {
-            if !ss.iter().any(|s| s == stream) {
+            let named = |s: &String| {
+                if let Some(c) = s.strip_prefix("$ce-") {
+                    e.stream.category() == Some(c)
+                } else if let Some(t) = s.strip_prefix("$et-") {
+                    e.event_type == t
+                } else {
+                    s == stream
+                }
+            };
+            if !ss.iter().any(named) {
                 return false;
             }
         }
@@ -520,15 +657,53 @@ impl Owned {
     }
 }
 
+/// A category is read through `$ce-<c>`'s links: as every link reader
+/// (ADR 31), the projection sees an event only when the user it runs as
+/// may read the event's own stream; the others are passed over.
+async fn readable_only<S: EventStore>(
+    run: &Run<S>,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, RunError> {
+    let Some(access) = &run.access else {
+        return Ok(events);
+    };
+    let run_as = run.settings.run_as();
+    let mut decided: HashMap<StreamName, bool> = HashMap::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let readable = match decided.get(&e.stream) {
+            Some(r) => *r,
+            None => {
+                let r = access.may(&run_as, &e.stream, Right::Read).await?;
+                decided.insert(e.stream.clone(), r);
+                r
+            }
+        };
+        if readable {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 async fn handle_batch<S: EventStore>(
     work: &mut Work,
     run: &Run<S>,
     events: Vec<RecordedEvent>,
 ) -> Result<(), RunError> {
     let last = events.last().map(|e| e.position.0).unwrap_or(work.position);
+    let mut events: Vec<RecordedEvent> = events
+        .into_iter()
+        .filter(|e| e.position.0 > work.position && wanted(&work.definition, e))
+        .collect();
+    if run.access.is_some() && !events.is_empty() {
+        check_source(run, &work.definition).await?;
+        if reads_links(&work.definition.source) {
+            events = readable_only(run, events).await?;
+        }
+    }
     let owned: Vec<Owned> = events
         .iter()
-        .filter(|e| e.position.0 > work.position && wanted(&work.definition, e))
         .map(|e| Owned {
             position: e.position.0,
             created: e.created.as_micros(),
@@ -558,6 +733,17 @@ async fn handle_batch<S: EventStore>(
     } else {
         vec![Some(String::new()); owned.len()]
     };
+    work.batches += 1;
+    if work.definition.is_partitioned() {
+        for p in partitions.iter().flatten() {
+            match work.last_used.get_mut(p) {
+                Some(at) => *at = work.batches,
+                None => {
+                    work.last_used.insert(p.clone(), work.batches);
+                }
+            }
+        }
+    }
     let mut to_load: BTreeMap<String, Option<String>> = BTreeMap::new();
     for p in partitions.iter().flatten() {
         if !work.loaded.contains(p) && !to_load.contains_key(p) {
@@ -615,6 +801,7 @@ async fn handle_batch<S: EventStore>(
     })
     .await?;
     work.loaded.extend(loading);
+    let mut checked = HashSet::new();
     for e in emitted {
         for x in &e.1 {
             let stream = StreamName::new(&x.stream)
@@ -627,6 +814,7 @@ async fn handle_batch<S: EventStore>(
                     Fault::Script(format!("a projection may not write to {stream}")).into(),
                 );
             }
+            check_write(run, &stream, &mut checked).await?;
             work.pending_bytes +=
                 x.data.len() + x.metadata.as_ref().map_or(0, String::len) + x.event_type.len();
         }
@@ -881,6 +1069,39 @@ async fn commit<S: EventStore>(
         work.loaded.insert(partition.clone());
     }
     run.published.lock().expect("published").position = position;
+    evict_partitions(work, run).await
+}
+
+/// Drops the least recently used half of the partition states once more
+/// than the policy's `cached_partitions` are loaded. Called right after a
+/// commit: every state is then stored, so nothing is lost; a dropped
+/// partition is read back from its checkpoint stream when next needed.
+async fn evict_partitions<S: EventStore>(work: &mut Work, run: &Run<S>) -> Result<(), RunError> {
+    let limit = run.policy.cached_partitions.max(1);
+    if !work.persist || !work.definition.is_partitioned() || work.loaded.len() <= limit {
+        return Ok(());
+    }
+    let mut by_age: Vec<(u64, String)> = work
+        .loaded
+        .iter()
+        .map(|p| (work.last_used.get(p).copied().unwrap_or(0), p.clone()))
+        .collect();
+    by_age.sort_unstable();
+    let keep = limit / 2;
+    let evicted: Vec<String> = by_age
+        .into_iter()
+        .take(work.loaded.len() - keep)
+        .map(|(_, p)| p)
+        .collect();
+    let list = evicted.clone();
+    blocking(work, move |p| p.forget(&list)).await?;
+    let mut published = run.published.lock().expect("published");
+    for p in &evicted {
+        work.loaded.remove(p);
+        work.last_used.remove(p);
+        published.states.remove(p);
+    }
+    published.partitions_cached = work.loaded.len() as u64;
     Ok(())
 }
 

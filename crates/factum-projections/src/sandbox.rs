@@ -412,6 +412,15 @@ impl Projection {
         self.call("takeLogs", |_| Ok(()), |v| v.get().map_err(engine))
     }
 
+    /// Drops partitions' states from memory (stored before: the caller
+    /// loads them again when an event needs them).
+    pub fn forget(&mut self, partitions: &[String]) -> Result<(), Fault> {
+        for partition in partitions {
+            self.call("forget", |a| a.push_arg(partition.as_str()), |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
     /// The partitions loaded.
     pub fn partitions(&self) -> Result<Vec<String>, Fault> {
         self.call("partitions", |_| Ok(()), |v| v.get().map_err(engine))

@@ -43,8 +43,16 @@ pub struct Settings {
     pub track_emitted_streams: bool,
     /// Whether checkpoints are written (one-time and continuous).
     pub checkpoints_enabled: bool,
-    /// The user it runs as (who created it); `None` in insecure mode.
+    /// The user it runs as (who created or last updated it); `None` in
+    /// insecure mode.
     pub run_as: Option<String>,
+    /// That user's groups then (KurrentDB keeps the roles with the
+    /// projection too): reads and writes are checked against them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_as_groups: Vec<String>,
+    /// A system projection (`$streams`, …): runs as the system, past ACLs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
     /// The engine version a client asked for (kept, not interpreted).
     #[serde(default)]
     pub engine_version: i32,
@@ -55,6 +63,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The user it runs as.
+    pub fn run_as(&self) -> crate::RunAs {
+        crate::RunAs {
+            login: self.run_as.clone(),
+            groups: self.run_as_groups.clone(),
+        }
+    }
+
     /// New settings for a projection created now.
     pub fn new(name: &str, query: &str, mode: Mode) -> Settings {
         Settings {
@@ -66,6 +82,8 @@ impl Settings {
             track_emitted_streams: false,
             checkpoints_enabled: mode != Mode::Transient,
             run_as: None,
+            run_as_groups: Vec::new(),
+            system: false,
             engine_version: 1,
             epoch: 0,
         }

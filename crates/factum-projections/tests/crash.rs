@@ -57,6 +57,7 @@ fn crash_child() {
             after_events: 37,
             after_bytes: 1 << 20,
             after_time: Duration::from_millis(20),
+            ..CheckpointPolicy::default()
         };
         let p = Projections::new(store.clone(), Limits::default(), policy);
         p.start().await.unwrap();
@@ -69,7 +70,7 @@ fn crash_child() {
                 track_emitted_streams: true,
                 enabled: true,
                 checkpoints_enabled: true,
-                run_as: None,
+                run_as: Default::default(),
                 engine_version: 1,
             })
             .await

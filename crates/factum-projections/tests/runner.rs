@@ -46,7 +46,7 @@ fn create(name: &str, query: &str, mode: Mode) -> Create {
         track_emitted_streams: true,
         enabled: true,
         checkpoints_enabled: true,
-        run_as: None,
+        run_as: Default::default(),
         engine_version: 1,
     }
 }
@@ -56,6 +56,7 @@ fn policy() -> CheckpointPolicy {
         after_events: 7,
         after_bytes: 1 << 20,
         after_time: Duration::from_millis(50),
+        ..CheckpointPolicy::default()
     }
 }
 
@@ -185,6 +186,14 @@ async fn continuous_projection_counts_emits_and_survives_a_restart() {
         state_of(&p, "counter", "").await == Some(serde_json::json!({"count": 26}))
     })
     .await;
+    // The tracked emitted streams were truncated first: the replay's
+    // events are the only ones left to read.
+    eventually("the replay's links", || async {
+        read(&store, "orders-linked").await.len() == 26
+    })
+    .await;
+    let links = read(&store, "orders-linked").await;
+    assert_eq!(links[0].revision.0, 26, "the old links are truncated away");
     p.disable("counter", true).await.unwrap();
     assert_eq!(
         p.statistics(Some("counter")).await.unwrap()[0].status,
@@ -289,8 +298,14 @@ async fn partitions_one_time_and_transient() {
         .await
         .unwrap_err();
     assert!(matches!(err, ProjectionError::AlreadyExists(_)), "{err}");
-    let err = p.enable("$by_category").await.unwrap_err();
-    assert!(matches!(err, ProjectionError::NotImplemented(_)), "{err}");
+    // System projections are enabled like the others; their queries are
+    // the server's.
+    p.enable("$by_category").await.unwrap();
+    let err = p
+        .update("$streams", Some("fromAll()".into()), None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProjectionError::Invalid(_)), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,5 +354,113 @@ async fn a_runaway_projection_faults_and_the_others_go_on() {
         state_of(&p, "ok", "").await == Some(serde_json::json!({"count": 1}))
     })
     .await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_states_beyond_the_cache_are_evicted_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let policy = CheckpointPolicy {
+        cached_partitions: 4,
+        ..policy()
+    };
+    let p = Projections::new(store.clone(), Limits::default(), policy);
+    p.start().await.unwrap();
+    let by_stream = r#"fromCategory("account").foreachStream().when({
+        $init: () => ({ total: 0 }),
+        Deposited: (s, e) => { s.total += e.body.amount; return s }
+    })"#;
+    p.create(create("balances", by_stream, Mode::Continuous))
+        .await
+        .unwrap();
+    for round in 0..3 {
+        for i in 0..20 {
+            append(
+                &store,
+                &format!("account-{i}"),
+                "Deposited",
+                serde_json::json!({"amount": i}),
+            )
+            .await;
+        }
+        let want = serde_json::json!({"total": 19 * (round + 1)});
+        eventually("the last partition's total", || async {
+            state_of(&p, "balances", "account-19").await == Some(want.clone())
+        })
+        .await;
+    }
+    // Every partition is right, though at most four stay in memory.
+    for i in 0..20 {
+        assert_eq!(
+            state_of(&p, "balances", &format!("account-{i}")).await,
+            Some(serde_json::json!({"total": 3 * i})),
+            "account-{i}"
+        );
+    }
+    let cached = p.statistics(Some("balances")).await.unwrap()[0].partitions_cached;
+    assert!(cached <= 7, "{cached} partitions cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_sources_and_include_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..4 {
+        append(
+            &store,
+            &format!("order-{i}"),
+            "Placed",
+            serde_json::json!({}),
+        )
+        .await;
+        append(&store, "invoice-1", "Billed", serde_json::json!({})).await;
+        append(&store, "customer-1", "Placed", serde_json::json!({})).await;
+    }
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    let count = |source: &str| {
+        format!("{source}.when({{ $init: () => ({{ n: 0 }}), $any: (s, e) => {{ s.n += 1; return s }} }})")
+    };
+    // A category, a stream and an event type, together.
+    p.create(create(
+        "mixed",
+        &count("fromStreams(['$ce-order', 'invoice-1'])"),
+        Mode::Continuous,
+    ))
+    .await
+    .unwrap();
+    p.create(create(
+        "by-type",
+        &count("fromStream('$et-Placed')"),
+        Mode::Continuous,
+    ))
+    .await
+    .unwrap();
+    eventually("the mixed source's count", || async {
+        state_of(&p, "mixed", "").await == Some(serde_json::json!({"n": 8}))
+    })
+    .await;
+    eventually("the event type's count", || async {
+        state_of(&p, "by-type", "").await == Some(serde_json::json!({"n": 8}))
+    })
+    .await;
+    // Links written by one projection reach another with $includeLinks.
+    let linker = "fromCategory('order').when({ $any: (s, e) => { linkTo('links-1', e) } })";
+    p.create(create("linker", linker, Mode::Continuous))
+        .await
+        .unwrap();
+    let links = r#"options({ $includeLinks: true });
+        fromStream('links-1').when({ $init: () => ({ n: 0, data: [] }),
+            $any: (s, e) => { s.n += 1; s.data.push(e.eventType + ' ' + e.bodyRaw); return s } })"#;
+    p.create(create("links", links, Mode::Continuous))
+        .await
+        .unwrap();
+    eventually("the links seen", || async {
+        state_of(&p, "links", "").await.is_some_and(|s| s["n"] == 4)
+    })
+    .await;
+    let s = state_of(&p, "links", "").await.unwrap();
+    assert_eq!(s["data"][0], "$> 0@order-0");
     p.shutdown().await;
 }

@@ -284,6 +284,44 @@ impl<S: EventStore> Acls<S> {
     }
 }
 
+/// A projection's reads and writes, checked as the user it runs as (the
+/// login and groups kept with it; ADR 39). A projection without a creator
+/// is the anonymous user: it may do nothing on a secure node.
+impl<S: EventStore> factum_projections::Access for Acls<S> {
+    fn may<'a>(
+        &'a self,
+        who: &'a factum_projections::RunAs,
+        stream: &'a StreamName,
+        right: factum_projections::Right,
+    ) -> factum_projections::access::Decision<'a> {
+        Box::pin(async move {
+            let principal = match &who.login {
+                Some(login) => Principal::User(Identity {
+                    login: login.clone(),
+                    groups: who.groups.clone().into(),
+                }),
+                None => Principal::Anonymous,
+            };
+            let permission = match right {
+                factum_projections::Right::Read => Permission::Read,
+                factum_projections::Right::Write => Permission::Write,
+            };
+            // `$$x` is governed by `x`'s metadata permissions.
+            match stream.as_str().strip_prefix("$$") {
+                Some(of) if !of.is_empty() => {
+                    let permission = match right {
+                        factum_projections::Right::Read => Permission::MetadataRead,
+                        factum_projections::Right::Write => Permission::MetadataWrite,
+                    };
+                    self.allowed(&principal, &StreamName::new(of)?, permission)
+                        .await
+                }
+                _ => self.allowed(&principal, stream, permission).await,
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,64 @@ async fn hide_unreadable_targets<S: EventStore>(
     Ok(events)
 }
 
+/// A stored link — a `$>` event whose data is `<revision>@<stream>`, as
+/// `linkTo` and the system projections (`$streams`, `$category-…`,
+/// `$bc-…`) write them (ADR 39) — reads as its target event carrying the
+/// link (stream and revision), as the index-served `$ce-`/`$et-` links
+/// do: a reader that resolves links gets the target, one that does not
+/// gets the link record (`<revision>@<stream>`; its id derived, its
+/// position the target's, its own metadata not shown). A link whose
+/// target no longer exists (deleted, tombstoned, truncated, scavenged)
+/// or whose data is not a link stays the stored `$>` event, as KurrentDB
+/// shows an unresolvable link.
+async fn resolve_stored_links<S: EventStore>(
+    store: &S,
+    mut events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>> {
+    for e in events.iter_mut() {
+        if e.link.is_none() && e.event_type == LINK_EVENT_TYPE {
+            if let Some(target) = resolve_stored_link(store, e).await? {
+                *e = target;
+            }
+        }
+    }
+    Ok(events)
+}
+
+async fn resolve_stored_link<S: EventStore>(
+    store: &S,
+    link: &RecordedEvent,
+) -> Result<Option<RecordedEvent>> {
+    let Some((revision, stream)) = std::str::from_utf8(&link.data)
+        .ok()
+        .and_then(|text| text.split_once('@'))
+    else {
+        return Ok(None);
+    };
+    let (Ok(revision), Ok(stream)) = (revision.parse::<u64>(), StreamName::new(stream)) else {
+        return Ok(None);
+    };
+    let request = ReadStream {
+        from: factum_core::StreamStart::Revision(factum_core::StreamRevision(revision)),
+        max_count: 1,
+        ..ReadStream::forwards(stream)
+    };
+    match store.read_stream(request).await {
+        Ok(mut page) => Ok(page
+            .pop()
+            .filter(|t| t.revision.0 == revision)
+            .map(|mut t| {
+                t.link = Some(factum_core::Link {
+                    stream: link.stream.clone(),
+                    revision: link.revision,
+                });
+                t
+            })),
+        Err(Error::StreamNotFound { .. } | Error::StreamDeleted { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl<S: EventStore> EventStore for ClientStore<S> {
     async fn append(
         &self,
@@ -214,6 +272,7 @@ impl<S: EventStore> EventStore for ClientStore<S> {
     async fn read_stream(&self, request: ReadStream) -> Result<Vec<RecordedEvent>> {
         self.check(&request.stream, Permission::Read).await?;
         let events = self.inner.read_stream(request).await?;
+        let events = resolve_stored_links(&*self.inner, events).await?;
         match &self.acls {
             Some(acls) => hide_unreadable_targets(acls, &crate::auth::current(), events).await,
             None => Ok(events),
@@ -226,6 +285,7 @@ impl<S: EventStore> EventStore for ClientStore<S> {
     }
 
     async fn subscribe(&self, request: Subscribe) -> Result<Subscription> {
+        let resolves = matches!(&request.target, factum_core::SubscriptionTarget::Stream(_));
         match &request.target {
             factum_core::SubscriptionTarget::Stream(s) => self.check(s, Permission::Read).await?,
             factum_core::SubscriptionTarget::All(_) => {
@@ -233,18 +293,30 @@ impl<S: EventStore> EventStore for ClientStore<S> {
             }
         }
         let inner = self.inner.subscribe(request).await?;
-        let Some(acls) = self.acls.clone() else {
+        // Stored links resolve in a stream's subscription as in its reads
+        // (`$all` shows every event as stored).
+        if !resolves && self.acls.is_none() {
             return Ok(inner);
-        };
+        }
+        let store = self.inner.clone();
+        let acls = self.acls.clone();
         // The subscription is polled outside the request's task: the
         // principal is taken now.
         let who = crate::auth::current();
         Ok(Subscription::new(inner.then(move |message| {
-            let (acls, who) = (acls.clone(), who.clone());
+            let (store, acls, who) = (store.clone(), acls.clone(), who.clone());
             async move {
                 match message {
-                    Ok(SubscriptionMessage::Event(e)) if e.link.is_some() => {
-                        let mut one = hide_unreadable_targets(&acls, &who, vec![e]).await?;
+                    Ok(SubscriptionMessage::Event(e))
+                        if e.link.is_some() || (resolves && e.event_type == LINK_EVENT_TYPE) =>
+                    {
+                        let mut one = vec![e];
+                        if resolves {
+                            one = resolve_stored_links(&*store, one).await?;
+                        }
+                        if let Some(acls) = &acls {
+                            one = hide_unreadable_targets(acls, &who, one).await?;
+                        }
                         Ok(SubscriptionMessage::Event(one.remove(0)))
                     }
                     other => other,

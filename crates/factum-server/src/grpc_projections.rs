@@ -13,7 +13,9 @@
 use std::sync::Arc;
 
 use factum_core::EventStore;
-use factum_projections::{Create, DeleteOptions, Mode, ProjectionError, Projections, Statistics};
+use factum_projections::{
+    Create, DeleteOptions, Mode, ProjectionError, Projections, RunAs, Statistics,
+};
 use factum_proto::projections::projections_server::Projections as ProjectionsService;
 use factum_proto::projections::{
     create_req, statistics_req, update_req, CreateReq, CreateResp, DeleteReq, DeleteResp,
@@ -57,11 +59,15 @@ pub fn to_status(e: ProjectionError) -> Status {
     }
 }
 
-/// The login a projection runs as: its creator's.
-pub fn run_as(principal: &Principal) -> Option<String> {
+/// The user a projection runs as: its creator's login and groups (kept
+/// with its settings, as KurrentDB keeps its `runAs`).
+pub fn run_as(principal: &Principal) -> RunAs {
     match principal {
-        Principal::User(who) => Some(who.login.clone()),
-        _ => None,
+        Principal::User(who) => RunAs {
+            login: Some(who.login.clone()),
+            groups: who.groups.to_vec(),
+        },
+        Principal::Anonymous => RunAs::default(),
     }
 }
 
@@ -170,13 +176,14 @@ impl<S: EventStore> ProjectionsService for ProjectionsApi<S> {
     }
 
     async fn update(&self, request: Request<UpdateReq>) -> Result<Response<UpdateResp>, Status> {
+        let who = auth::principal(request.extensions());
         let o = request.into_inner().options.unwrap_or_default();
         let emit = match o.emit_option {
             Some(update_req::options::EmitOption::EmitEnabled(e)) => Some(e),
             _ => None,
         };
         self.projections
-            .update(&name_of(o.name)?, Some(o.query), emit)
+            .update(&name_of(o.name)?, Some(o.query), emit, Some(run_as(&who)))
             .await
             .map_err(to_status)?;
         Ok(Response::new(UpdateResp {}))

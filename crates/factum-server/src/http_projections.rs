@@ -250,8 +250,9 @@ async fn update<S: EventStore>(
         return Ok(denied());
     }
     let emit = q.contains_key("emit").then(|| flag(&q, "emit", false));
+    let by = crate::grpc_projections::run_as(&auth::principal(&extensions));
     ctx.projections
-        .update(&name, Some(query), emit)
+        .update(&name, Some(query), emit, Some(by))
         .await
         .map_err(Failure)?;
     Ok(StatusCode::OK.into_response())

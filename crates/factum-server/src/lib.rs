@@ -111,8 +111,6 @@ pub fn app<S: EventStore>(
     // Consumer-group requests carry settings and event ids, never events.
     let max_persistent_request = max.min(PERSISTENT_REQUEST_BYTES);
     let persistent = factum_persistent::PersistentSubscriptions::new(store.clone());
-    let projections =
-        factum_projections::Projections::new(store.clone(), Default::default(), Default::default());
     let append_budget = budget::AppendBudget::new(
         config.max_inflight_append_bytes,
         config.max_append_message_bytes() as u64,
@@ -133,11 +131,21 @@ pub fn app<S: EventStore>(
         }),
         None => authenticator,
     };
-    let client_store = match &users {
-        Some(_) => client_store::ClientStore::with_acls(
-            store.clone(),
-            Arc::new(acl::Acls::new(store.clone())),
-        ),
+    // One ACL cache for clients and projections: a write through this node
+    // to `$$x` or `$settings` reaches both at once.
+    let acls = users
+        .as_ref()
+        .map(|_| Arc::new(acl::Acls::new(store.clone())));
+    // A projection runs as the user who created it (ADR 39).
+    let projections = factum_projections::Projections::with_access(
+        store.clone(),
+        Default::default(),
+        Default::default(),
+        acls.clone()
+            .map(|a| a as Arc<dyn factum_projections::Access>),
+    );
+    let client_store = match acls {
+        Some(acls) => client_store::ClientStore::with_acls(store.clone(), acls),
         None => client_store::ClientStore::new(store),
     };
     let ctx = Arc::new(Ctx {

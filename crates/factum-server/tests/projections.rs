@@ -109,12 +109,23 @@ async fn http_routes_as_curl_uses_them() {
     assert_eq!(stats["projections"][0]["status"], "Running");
     assert_eq!(stats["projections"][0]["mode"], "Continuous");
     let (_, body) = call(addr, "GET", "/projections/any", "").await;
+    let listed: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    // Ours and KurrentDB's five system projections.
     assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["projections"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+        listed,
+        [
+            "$by_category",
+            "$by_correlation_id",
+            "$by_event_type",
+            "$stream_by_category",
+            "$streams",
+            "balances"
+        ]
     );
     let (code, _) = call(addr, "POST", "/projection/balances/command/disable", "").await;
     assert_eq!(code, 200);
@@ -329,15 +340,27 @@ async fn grpc_service_create_update_enable_reset_state_delete() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = client
+    // System projections are enabled and disabled like the others, but
+    // their queries are the server's.
+    client
         .enable(EnableReq {
             options: Some(factum_proto::projections::enable_req::Options {
                 name: "$by_category".into(),
             }),
         })
         .await
+        .unwrap();
+    let err = client
+        .update(UpdateReq {
+            options: Some(factum_proto::projections::update_req::Options {
+                name: "$streams".into(),
+                query: "fromAll()".into(),
+                ..Default::default()
+            }),
+        })
+        .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     client
         .delete(DeleteReq {
             options: Some(factum_proto::projections::delete_req::Options {
@@ -353,4 +376,195 @@ async fn grpc_service_create_update_enable_reset_state_delete() {
         state(&mut client, "orders").await.unwrap_err().code(),
         tonic::Code::NotFound
     );
+}
+
+async fn events(addr: std::net::SocketAddr, stream: &str) -> Vec<Value> {
+    let (code, body) = call(addr, "GET", &format!("/streams/{stream}?count=1000"), "").await;
+    if code == 404 {
+        return Vec::new();
+    }
+    assert_eq!(code, 200, "{stream}: {body}");
+    serde_json::from_str::<Value>(&body).unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// (stream, revision, link stream) of each event read from `stream`.
+async fn eventually_events(
+    addr: std::net::SocketAddr,
+    stream: &str,
+    want: &[(&str, u64, Option<&str>)],
+) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..400 {
+        last = events(addr, stream).await;
+        let got: Vec<(String, u64, Option<String>)> = last
+            .iter()
+            .map(|e| {
+                (
+                    e["stream"].as_str().unwrap().to_owned(),
+                    e["revision"].as_u64().unwrap(),
+                    e["link"]["stream"].as_str().map(str::to_owned),
+                )
+            })
+            .collect();
+        let wanted: Vec<(String, u64, Option<String>)> = want
+            .iter()
+            .map(|(s, r, l)| (s.to_string(), *r, l.map(str::to_owned)))
+            .collect();
+        if got == wanted {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{stream}: wanted {want:?}, last {last:?}");
+}
+
+async fn eventually_status(addr: std::net::SocketAddr, name: &str, want: &str) {
+    let mut last = String::new();
+    for _ in 0..400 {
+        last = status(addr, name).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name}: wanted {want}, last {last}");
+}
+
+async fn status(addr: std::net::SocketAddr, name: &str) -> String {
+    let (_, body) = call(addr, "GET", &format!("/projection/{name}"), "").await;
+    serde_json::from_str::<Value>(&body).unwrap()["projections"][0]["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_projections_write_streams_bc_and_category_streams() {
+    let (addr, _dir) = start().await;
+    // As KurrentDB: the index-served two run, the other three start stopped.
+    assert_eq!(status(addr, "%24by_category").await, "Running");
+    assert_eq!(status(addr, "%24by_event_type").await, "Running");
+    for name in [
+        "%24streams",
+        "%24stream_by_category",
+        "%24by_correlation_id",
+    ] {
+        assert_eq!(status(addr, name).await, "Stopped", "{name}");
+    }
+    let correlated = |n: u32| {
+        format!(r#"[{{"type":"Placed","data":{{"n":{n}}},"metadata":{{"$correlationId":"c-1"}}}}]"#)
+    };
+    for (stream, body) in [
+        ("order-1", correlated(1)),
+        ("order-1", correlated(2)),
+        ("order-2", correlated(3)),
+        ("invoice-1", r#"[{"type":"Billed","data":{}}]"#.to_owned()),
+    ] {
+        let (code, text) = call(addr, "POST", &format!("/streams/{stream}"), &body).await;
+        assert_eq!(code, 201, "{text}");
+    }
+    for name in [
+        "%24streams",
+        "%24stream_by_category",
+        "%24by_correlation_id",
+    ] {
+        let (code, body) = call(
+            addr,
+            "POST",
+            &format!("/projection/{name}/command/enable"),
+            "",
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        eventually_status(addr, name, "Running").await;
+    }
+    // `$streams`: a link to the first event of every stream, resolved.
+    let first = eventually_events(
+        addr,
+        "%24streams",
+        &[
+            ("order-1", 0, Some("$streams")),
+            ("order-2", 0, Some("$streams")),
+            ("invoice-1", 0, Some("$streams")),
+        ],
+    )
+    .await;
+    assert_eq!(first[0]["type"], "Placed");
+    assert_eq!(first[0]["link"]["revision"], 0);
+    assert_eq!(first[2]["link"]["revision"], 2);
+    // `$bc-<id>`: every event with that correlation id.
+    let correlated = eventually_events(
+        addr,
+        "%24bc-c-1",
+        &[
+            ("order-1", 0, Some("$bc-c-1")),
+            ("order-1", 1, Some("$bc-c-1")),
+            ("order-2", 0, Some("$bc-c-1")),
+        ],
+    )
+    .await;
+    assert_eq!(correlated[1]["data"]["n"], 2);
+    // `$category-<c>`: a stream reference (`$@`) per stream.
+    let refs = eventually_events(
+        addr,
+        "%24category-order",
+        &[("$category-order", 0, None), ("$category-order", 1, None)],
+    )
+    .await;
+    assert_eq!(refs[0]["type"], "$@");
+    // Its data is the stream's name (binary: base64 in JSON).
+    assert_eq!(refs[1]["data_encoding"], "base64");
+    assert_eq!(refs[1]["data"], "b3JkZXItMg==");
+
+    // Disabled, it stops; enabled again, it goes on from its checkpoint:
+    // every stream once.
+    let (code, _) = call(addr, "POST", "/projection/%24streams/command/disable", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(status(addr, "%24streams").await, "Stopped");
+    let (code, _) = call(
+        addr,
+        "POST",
+        "/streams/order-3",
+        r#"[{"type":"Placed","data":{}}]"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, _) = call(addr, "POST", "/projection/%24streams/command/enable", "").await;
+    assert_eq!(code, 200);
+    eventually_events(
+        addr,
+        "%24streams",
+        &[
+            ("order-1", 0, Some("$streams")),
+            ("order-2", 0, Some("$streams")),
+            ("invoice-1", 0, Some("$streams")),
+            ("order-3", 0, Some("$streams")),
+        ],
+    )
+    .await;
+
+    // A link whose target is gone reads as the stored link.
+    let (code, _) = call(addr, "DELETE", "/streams/invoice-1", "").await;
+    assert_eq!(code, 200);
+    let after = events(addr, "%24streams").await;
+    assert_eq!(after[2]["type"], "$>");
+    assert_eq!(after[2]["stream"], "$streams");
+    assert!(after[2]["link"].is_null());
+
+    // Their definitions are the server's.
+    let (code, _) = call(addr, "PUT", "/projection/%24streams/query", "fromAll()").await;
+    assert_eq!(code, 400);
+    let (code, _) = call(addr, "DELETE", "/projection/%24streams", "").await;
+    assert_eq!(code, 400);
+    let (code, _) = call(
+        addr,
+        "POST",
+        "/projections/continuous?name=%24streams",
+        "fromAll()",
+    )
+    .await;
+    assert_eq!(code, 409);
 }
