@@ -82,11 +82,17 @@ impl AppendBudget {
             .ok()
             .filter(|b| u64::from(*b) <= self.total)
             .ok_or_else(exhausted)?;
-        let permit = tokio::time::timeout(self.wait, self.bytes.clone().acquire_many_owned(wanted))
-            .await
-            .map_err(|_| exhausted())?
-            // The semaphore is never closed.
-            .map_err(|_| exhausted())?;
+        // Room at once (nearly always): no timer, no clock read.
+        let permit = match self.bytes.clone().try_acquire_many_owned(wanted) {
+            Ok(permit) => permit,
+            Err(_) => {
+                tokio::time::timeout(self.wait, self.bytes.clone().acquire_many_owned(wanted))
+                    .await
+                    .map_err(|_| exhausted())?
+                    // The semaphore is never closed.
+                    .map_err(|_| exhausted())?
+            }
+        };
         match &mut held.0 {
             Some(p) => p.merge(permit),
             None => held.0 = Some(permit),
