@@ -479,9 +479,15 @@ async fn scavenges_links(client: &factum_client::Client) -> Vec<String> {
         ))
         .await
         .unwrap();
+    // factum-client reads with resolveLinkTos: a link comes back as its
+    // target (with `link` set), as KurrentDB answers; either way name the
+    // target as the stored link's data does.
     index
         .iter()
-        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .map(|e| match &e.link {
+            Some(_) => format!("{}@{}", e.revision.0, e.stream),
+            None => String::from_utf8_lossy(&e.data).into_owned(),
+        })
         .collect()
 }
 
