@@ -472,6 +472,31 @@ async fn scavenge_completed(client: &factum_client::Client, id: &str) -> serde_j
 }
 
 /// The links in `$scavenges` (`N@$scavenges-<id>`).
+/// A gRPC channel to the server and the Operations methods its
+/// ServerFeatures announces.
+async fn operations_methods(addr: &str) -> (tonic::transport::Channel, Vec<String>) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let features =
+        factum_proto::server_features::server_features_client::ServerFeaturesClient::new(
+            channel.clone(),
+        )
+        .get_supported_methods(factum_proto::shared::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ops = features
+        .methods
+        .into_iter()
+        .filter(|m| m.service_name == "event_store.client.operations.operations")
+        .map(|m| m.method_name)
+        .collect();
+    (channel, ops)
+}
+
 async fn scavenges_links(client: &factum_client::Client) -> Vec<String> {
     let index = client
         .read_stream(factum_core::ReadStream::forwards(
@@ -533,25 +558,8 @@ async fn a_served_store_scavenges_through_operations_and_admin_routes() {
     }
     let before = visible_dump(&client, &streams).await;
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let features =
-        factum_proto::server_features::server_features_client::ServerFeaturesClient::new(
-            channel.clone(),
-        )
-        .get_supported_methods(factum_proto::shared::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let ops: Vec<&str> = features
-        .methods
-        .iter()
-        .filter(|m| m.service_name == "event_store.client.operations.operations")
-        .map(|m| m.method_name.as_str())
-        .collect();
+    let (channel, ops) = operations_methods(&addr).await;
+    let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
     for m in [
         "startscavenge",
         "stopscavenge",
@@ -717,25 +725,8 @@ async fn a_served_postgres_store_scavenges_through_operations_admin_routes_and_s
         .collect();
     assert!(!hidden_now.is_empty());
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let features =
-        factum_proto::server_features::server_features_client::ServerFeaturesClient::new(
-            channel.clone(),
-        )
-        .get_supported_methods(factum_proto::shared::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let ops: Vec<&str> = features
-        .methods
-        .iter()
-        .filter(|m| m.service_name == "event_store.client.operations.operations")
-        .map(|m| m.method_name.as_str())
-        .collect();
+    let (channel, ops) = operations_methods(&addr).await;
+    let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
     for m in ["startscavenge", "stopscavenge", "mergeindexes"] {
         assert!(ops.contains(&m), "{m} in {ops:?}");
     }
