@@ -33,6 +33,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod append;
+mod compress;
 mod error;
 mod grpc;
 mod official;
@@ -249,6 +250,15 @@ pub enum Workload {
     /// Scavenging a store half of whose events are hidden, against a raw
     /// copy of the same segment files (ADR 33).
     Scavenge,
+    /// Seed-shaped events: sealed segments' bytes before / after
+    /// compression (ADR 43).
+    CompressedRatio,
+    /// `$all` read from compressed segments, against the same store
+    /// uncompressed.
+    CompressedReadAll,
+    /// Random stream reads from compressed segments, against the same
+    /// store uncompressed (p99).
+    CompressedReadStream,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -300,11 +310,14 @@ impl Workload {
             Workload::JsProjectionCount => "js-projection-count",
             Workload::JsProjectionPartitioned => "js-projection-partitioned",
             Workload::Scavenge => "scavenge",
+            Workload::CompressedRatio => "compressed-ratio",
+            Workload::CompressedReadAll => "compressed-read-all",
+            Workload::CompressedReadStream => "compressed-read-stream",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 40] = [
+    const ALL: [Workload; 43] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -344,6 +357,9 @@ impl Workload {
         Workload::JsProjectionCount,
         Workload::JsProjectionPartitioned,
         Workload::Scavenge,
+        Workload::CompressedRatio,
+        Workload::CompressedReadAll,
+        Workload::CompressedReadStream,
         Workload::Soak,
     ];
 }
@@ -578,6 +594,9 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
                 reads_under_load::reads_under_load(&mut ctx, args.reads_store_events)
             }
             Workload::Scavenge => scavenge::scavenge(&mut ctx),
+            Workload::CompressedRatio => compress::ratio(&mut ctx),
+            Workload::CompressedReadAll => compress::read_all(&mut ctx),
+            Workload::CompressedReadStream => compress::read_stream(&mut ctx),
             Workload::Soak => soak::soak(&mut ctx, args.soak_seconds),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;

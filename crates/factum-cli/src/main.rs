@@ -69,6 +69,9 @@ enum Command {
     /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
     /// `$tb`, deleted streams, old metadata) from a store no server holds.
     Scavenge(commands::scavenge::ScavengeArgs),
+    /// Rewrites sealed segments compressed (zstd blocks; every event keeps
+    /// its position) in a store no server holds.
+    Compact(commands::compact::CompactArgs),
     /// Serves a store over KurrentDB's gRPC protocol and HTTP/JSON on one port.
     Serve(Box<commands::serve::ServeArgs>),
     /// Makes TLS certificates: a CA (`create-ca`) and node certificates
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Forget(a) => commands::forget::run(a),
         Command::Rekey(a) => commands::rekey::run(a),
         Command::Scavenge(a) => commands::scavenge::run(a),
+        Command::Compact(a) => commands::compact::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),
         Command::Migrate(a) => commands::admin::migrate(a),

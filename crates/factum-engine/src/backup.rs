@@ -164,7 +164,8 @@ impl Engine {
             }
             let name = file_name(&seg.path)?;
             let bytes = if seg.number < end.segment() {
-                seg.len()?
+                // The file as stored (compressed or not, ADR 43).
+                seg.stored_len()?
             } else {
                 end.offset()
             };

@@ -440,15 +440,16 @@ impl Engine {
         &self.inner.reader
     }
 
-    /// Bytes of the log up to its committed end: every frame and segment
-    /// header, not the preallocated zeros after the last frame (ADR 10).
+    /// Bytes of the log on disk up to its committed end: every sealed
+    /// segment file as stored (compressed or not, ADR 43) and the active
+    /// one's frames, not the preallocated zeros after the last frame (ADR 10).
     pub fn log_bytes(&self) -> Result<u64> {
         let reader = &self.inner.reader;
         let end = reader.committed().end;
         let mut total = end.offset();
         for seg in reader.segments.all() {
             if seg.number < end.segment() {
-                total += seg.len()?;
+                total += seg.stored_len()?;
             }
         }
         Ok(total)

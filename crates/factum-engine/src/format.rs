@@ -36,10 +36,18 @@ pub const FEATURE_PUBLIC_POSITIONS_FROM_ONE: u32 = 2;
 /// its own write group (bytes 20..24 zero). Set only on rewritten segments,
 /// never by the writer.
 pub const FEATURE_SCAVENGED: u32 = 4;
+/// Feature flag: the segment's bytes after its header are zstd blocks of
+/// its logical (uncompressed) bytes, a block index and a footer
+/// (`compress.rs`, ADR 43). Offsets into it are logical: the same as in
+/// its uncompressed version. Set only by a rewrite of a sealed segment,
+/// never by the writer.
+pub const FEATURE_COMPRESSED: u32 = 8;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
-pub const KNOWN_FEATURES: u32 =
-    FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE | FEATURE_SCAVENGED;
+pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES
+    | FEATURE_PUBLIC_POSITIONS_FROM_ONE
+    | FEATURE_SCAVENGED
+    | FEATURE_COMPRESSED;
 /// The feature flags of the segments this build creates.
 pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 
@@ -113,6 +121,11 @@ impl SegmentHeader {
     /// stubs; ADR 33)?
     pub fn scavenged(&self) -> bool {
         self.features & FEATURE_SCAVENGED != 0
+    }
+
+    /// Is this segment stored compressed (ADR 43)?
+    pub fn compressed(&self) -> bool {
+        self.features & FEATURE_COMPRESSED != 0
     }
 
     /// Encodes to the 32-byte header, in the layout of `self.version`

@@ -18,8 +18,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod backup;
 pub mod cache;
+pub mod compact;
+pub mod compress;
 pub mod config;
 pub mod engine;
 pub mod fatal;
@@ -36,7 +39,9 @@ pub mod subscription;
 pub mod verify;
 pub mod writer;
 
+pub use archive::{Archive, ArchivedObject, LocalArchive};
 pub use backup::{restore, BackupReport, Manifest};
+pub use compact::{CompactReport, CompressPolicy};
 pub use config::{Clock, Durability, EngineConfig};
 pub use engine::{Engine, EngineStats, Recovery};
 pub use pool::{Progress, ReadStats};

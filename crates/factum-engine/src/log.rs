@@ -49,31 +49,22 @@ pub struct Segment {
     pub path: PathBuf,
     /// Read handle (positional reads only, shared by readers).
     pub file: File,
+    /// The block map when the segment is stored compressed (ADR 43):
+    /// reads then go through it, at the same logical offsets.
+    pub blocks: Option<crate::compress::Blocks>,
 }
 
 impl Segment {
-    /// Reads exactly `len` bytes at `offset`.
-    pub fn read_exact(&self, offset: u64, len: usize) -> Result<Bytes> {
-        let mut buf = BytesMut::zeroed(len);
-        self.file.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Corrupt {
-                    file: self.path.clone(),
-                    offset,
-                    detail: format!("expected {len} bytes, file ends first"),
-                }
-            } else {
-                Error::io(format!("reading {}", self.path.display()), e)
-            }
-        })?;
-        Ok(buf.freeze())
-    }
-
-    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
-    pub fn read_upto(&self, offset: u64, len: usize) -> Result<Bytes> {
-        let mut buf = BytesMut::zeroed(len);
+    /// Fills `buf` with the segment's (logical) bytes from `offset`;
+    /// fewer only at its end. Returns how many. Every read of a segment's
+    /// bytes goes through here, so a compressed segment reads like any
+    /// other.
+    pub fn read_into(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if let Some(blocks) = &self.blocks {
+            return blocks.read_into(&self.file, &self.path, buf, offset);
+        }
         let mut got = 0;
-        while got < len {
+        while got < buf.len() {
             match self.file.read_at(&mut buf[got..], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
@@ -81,6 +72,26 @@ impl Segment {
                 Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
             }
         }
+        Ok(got)
+    }
+
+    /// Reads exactly `len` bytes at `offset`.
+    pub fn read_exact(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        if self.read_into(&mut buf, offset)? < len {
+            return Err(Error::Corrupt {
+                file: self.path.clone(),
+                offset,
+                detail: format!("expected {len} bytes, file ends first"),
+            });
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub fn read_upto(&self, offset: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        let got = self.read_into(&mut buf, offset)?;
         buf.truncate(got);
         Ok(buf.freeze())
     }
@@ -100,9 +111,18 @@ impl Segment {
         }
     }
 
-    /// The file's length.
+    /// The segment's (logical) length: where its frames end. For a
+    /// compressed segment, the length of its uncompressed version.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
+        match &self.blocks {
+            Some(blocks) => Ok(blocks.logical_len()),
+            None => self.stored_len(),
+        }
+    }
+
+    /// The file's length on disk.
+    pub fn stored_len(&self) -> Result<u64> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -124,6 +144,9 @@ pub struct Segments {
     /// commits a segment's new index entries and swaps in its new file
     /// (ADR 33): a read sees the old index and file, or the new ones.
     swap: RwLock<()>,
+    /// Held by a rewrite from start to swap: one at a time (a scavenge and
+    /// a compaction take turns).
+    pub(crate) rewriting: parking_lot::Mutex<()>,
 }
 
 impl Segments {
@@ -205,12 +228,22 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
             ),
         });
     }
+    let blocks = if header.compressed() {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+            .len();
+        Some(crate::compress::Blocks::load(&file, path, len)?)
+    } else {
+        None
+    };
     Ok(Segment {
         number: header.number,
         first_position: header.first_position,
         format: header,
         path: path.to_path_buf(),
         file,
+        blocks,
     })
 }
 
@@ -325,6 +358,7 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         format,
         path,
         file,
+        blocks: None,
     })
 }
 
@@ -411,24 +445,9 @@ impl FrameReader {
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
-        let mut got = 0;
-        while got < want {
-            match self
-                .segment
-                .file
-                .read_at(&mut self.buf[got..want], self.offset + got as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("reading {}", self.segment.path.display()),
-                        e,
-                    ))
-                }
-            }
-        }
+        let got = self
+            .segment
+            .read_into(&mut self.buf[..want], self.offset)?;
         self.buf_len = got;
         self.buf_offset = self.offset;
         Ok(())

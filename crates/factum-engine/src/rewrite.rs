@@ -1,6 +1,7 @@
 //! Crash-safe rewrite of one sealed segment (ADR 33): the one mechanism a
-//! scavenge (issue 17) uses and compression (18) and re-encryption (19)
-//! are to use. It takes a sealed segment and a decision per record (keep,
+//! scavenge (issue 17) and compression (issue 18, ADR 43: the new version
+//! written in zstd blocks, `compress.rs`) use, and re-encryption (19) is
+//! to use. One rewrite runs at a time (`Segments::rewriting`). It takes a sealed segment and a decision per record (keep,
 //! remove, replace) and writes the segment's new version beside the old
 //! one as `NNNNNNNNNNNNNNNNNNNN.seg.<generation>.rewrite`, with the feature
 //! flag `SCAVENGED` (frames dense inside, gaps between them; see
@@ -31,9 +32,10 @@ use std::time::{Duration, Instant};
 use factum_core::rules::link_parts;
 use factum_core::{Error, Result, StreamName};
 
+use crate::compress::BlockWriter;
 use crate::format::{
-    decode_frame_events, encode_frame, SegmentHeader, StoredEvent, FEATURE_SCAVENGED,
-    FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+    decode_frame_events, encode_frame, SegmentHeader, StoredEvent, FEATURE_COMPRESSED,
+    FEATURE_SCAVENGED, FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
 use crate::index::{Index, SegmentRewrite};
 use crate::log::{open_segment, segment_file_name, sync_dir, FrameReader, Loc, Scanned};
@@ -165,22 +167,46 @@ struct Kept {
     len: u32,
 }
 
+/// Where the new version's bytes go.
+enum Sink {
+    /// As they are.
+    Plain(File),
+    /// Compressed in blocks (ADR 43).
+    Compressed(BlockWriter),
+}
+
 /// The new file being written.
 struct Output {
     path: PathBuf,
-    file: File,
+    sink: Sink,
     buf: Vec<u8>,
-    /// Bytes written or buffered (the offset of the next frame).
+    /// Logical bytes written or buffered (the offset of the next frame).
     len: u64,
 }
 
 impl Output {
     fn write_out(&mut self) -> Result<()> {
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        match &mut self.sink {
+            Sink::Plain(file) => file
+                .write_all(&self.buf)
+                .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?,
+            Sink::Compressed(w) => w.write(&self.buf)?,
+        }
         self.buf.clear();
         Ok(())
+    }
+
+    /// Writes what is buffered (and a compressed file's block index and
+    /// footer), fsyncs the file; returns its length on disk.
+    fn finish(mut self) -> Result<u64> {
+        self.write_out()?;
+        let (file, stored) = match self.sink {
+            Sink::Plain(file) => (file, self.len),
+            Sink::Compressed(w) => w.finish()?,
+        };
+        file.sync_all()
+            .map_err(|e| Error::io(format!("fsync of {}", self.path.display()), e))?;
+        Ok(stored)
     }
 }
 
@@ -189,10 +215,31 @@ impl Output {
 pub struct RewriteSpec {
     /// The sealed segment's number.
     pub segment: u32,
-    /// Feature flags the new version adds to the old one's (issues 18, 19).
+    /// Feature flags the new version adds to the old one's (issues 18, 19):
+    /// `FEATURE_COMPRESSED` writes it compressed (a compressed segment
+    /// stays compressed when rewritten).
     pub add_features: u32,
-    /// A new version that frees fewer bytes is not swapped in.
+    /// A new version that frees fewer bytes on disk is not swapped in
+    /// (unless it changes how the segment is stored).
     pub min_freed_bytes: u64,
+}
+
+/// The sealed segments a rewrite may take: every segment but the active
+/// one whose records the index checkpoint has passed (recovery never
+/// replays them). Flushes the index first, so every sealed segment is in it
+/// (the checkpoint is then in the active segment, or at the end of the last
+/// sealed one, which waits for the next flush).
+pub(crate) fn sealed_behind_checkpoint(engine: &crate::Engine) -> Result<Vec<u32>> {
+    engine.flush_index()?;
+    let reader = engine.reader();
+    let behind = reader.index.checkpoint().end.segment();
+    let all = reader.segments.all();
+    let active = all.last().map_or(0, |s| s.number);
+    Ok(all
+        .iter()
+        .map(|s| s.number)
+        .filter(|&n| n < active && n < behind)
+        .collect())
 }
 
 /// Rewrites the sealed segment `spec` names, of the store in `dir`, by
@@ -214,6 +261,9 @@ pub(crate) fn rewrite_segment(
     } = spec;
     let segments = &reader.segments;
     let index = &reader.index;
+    // One rewrite at a time: a scavenge and a compaction take turns per
+    // segment.
+    let _one = segments.rewriting.lock();
     let seg = segments
         .get(number)
         .ok_or_else(|| Error::InvalidInput(format!("segment {number} does not exist")))?;
@@ -223,7 +273,7 @@ pub(crate) fn rewrite_segment(
         )));
     };
     let (lo, hi) = (seg.first_position, next.first_position);
-    let old_bytes = seg.len()?;
+    let old_bytes = seg.stored_len()?;
     let generation = index.next_rewrite_generation()?;
     let path = dir.join(rewrite_file_name(lo, generation));
     let file = OpenOptions::new()
@@ -232,68 +282,83 @@ pub(crate) fn rewrite_segment(
         .truncate(true)
         .open(&path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let mut out = Output {
-        path,
-        file,
-        buf: Vec::with_capacity(1 << 20),
-        len: SEGMENT_HEADER_LEN as u64,
-    };
     let header = SegmentHeader {
         version: FORMAT_VERSION,
         features: seg.format.features | FEATURE_SCAVENGED | add_features,
         number,
         first_position: lo,
     };
+    // A change of storage (compressing) is a change even when every
+    // record stays.
+    let storage_changes = (header.features ^ seg.format.features) & FEATURE_COMPRESSED != 0;
+    let sink = if header.compressed() {
+        match BlockWriter::new(file, path.clone(), &header.encode()) {
+            Ok(w) => Sink::Compressed(w),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        }
+    } else {
+        Sink::Plain(file)
+    };
+    let mut out = Output {
+        path,
+        sink,
+        buf: Vec::with_capacity(1 << 20),
+        len: SEGMENT_HEADER_LEN as u64,
+    };
+    // The logical bytes start with the header too (offsets are logical).
     out.buf.extend_from_slice(&header.encode());
     let result = write_new_version(&seg, &mut out, decide, pace, stop);
-    let freed = old_bytes.saturating_sub(out.len);
+    let unchanged = |w: &Written| RewriteReport {
+        segment: number,
+        old_bytes,
+        new_bytes: old_bytes,
+        kept: w.report.kept + w.report.removed + w.report.replaced,
+        ..RewriteReport::default()
+    };
     let written = match result {
-        Ok(Some(w)) if w.changed && freed >= min_freed_bytes => w,
+        Ok(Some(w)) if w.changed || storage_changes => w,
         other => {
             // Nothing to change, stopped, or failed: the old file stays.
             let _ = std::fs::remove_file(&out.path);
-            return other.map(|w| {
-                w.map(|w| RewriteReport {
-                    segment: number,
-                    old_bytes,
-                    new_bytes: old_bytes,
-                    kept: w.report.kept + w.report.removed + w.report.replaced,
-                    ..RewriteReport::default()
-                })
-            });
+            return other.map(|w| w.map(|w| unchanged(&w)));
         }
     };
-    let new_bytes = out.len;
-    let durable = out
-        .write_out()
-        .and_then(|_| {
-            out.file
-                .sync_all()
-                .map_err(|e| Error::io(format!("fsync of {}", out.path.display()), e))
-        })
-        .and_then(|_| sync_dir(dir));
-    if let Err(e) = durable {
-        let _ = std::fs::remove_file(&out.path);
+    let new_path = out.path.clone();
+    let new_bytes = match out.finish() {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&new_path);
+            return Err(e);
+        }
+    };
+    if !storage_changes && old_bytes.saturating_sub(new_bytes) < min_freed_bytes {
+        let _ = std::fs::remove_file(&new_path);
+        return Ok(Some(unchanged(&written)));
+    }
+    if let Err(e) = sync_dir(dir) {
+        let _ = std::fs::remove_file(&new_path);
         return Err(e);
     }
     let change = match index_change(index, &seg, number, lo, hi, generation, &written) {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&out.path);
+            let _ = std::fs::remove_file(&new_path);
             return Err(e);
         }
     };
     // Opened before the switch: the descriptor follows the file through
     // its rename.
-    let mut new_segment = match open_segment(&out.path) {
+    let mut new_segment = match open_segment(&new_path) {
         Ok(s) => s,
         Err(e) => {
-            let _ = std::fs::remove_file(&out.path);
+            let _ = std::fs::remove_file(&new_path);
             return Err(e);
         }
     };
     new_segment.path = seg.path.clone();
-    let new_path = out.path.clone();
     let swap = || {
         let renamed = std::fs::rename(&new_path, &seg.path);
         // The index describes the new version now: reads get it whether or

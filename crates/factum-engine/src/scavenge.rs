@@ -243,16 +243,9 @@ impl Engine {
 fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<bool> {
     let started = Instant::now();
     let reader = engine.reader();
-    // Everything sealed is in redb, so the checkpoint is in the active
-    // segment (or at the end of the last sealed one, which waits).
-    engine.flush_index()?;
-    let behind = reader.index.checkpoint().end.segment();
-    let all = reader.segments.all();
-    let active = all.last().expect("at least one segment").number;
-    let candidates: Vec<u32> = all
-        .iter()
-        .map(|s| s.number)
-        .filter(|&n| n >= options.start_from_segment && n < active && n < behind)
+    let candidates: Vec<u32> = crate::rewrite::sealed_behind_checkpoint(engine)?
+        .into_iter()
+        .filter(|&n| n >= options.start_from_segment)
         .collect();
     running.status.lock().report.segments_total = candidates.len() as u32;
     let now = options.now.unwrap_or_else(|| engine.config().clock.now());
@@ -290,7 +283,7 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
             })
         };
         let min_freed = match reader.segments.get(number) {
-            Some(seg) => seg.len()? * options.min_freed_percent.min(100) as u64 / 100,
+            Some(seg) => seg.stored_len()? * options.min_freed_percent.min(100) as u64 / 100,
             None => 0,
         };
         let spec = RewriteSpec {

@@ -6,6 +6,7 @@ pub mod append;
 pub mod backup;
 pub mod bench;
 pub mod certs;
+pub mod compact;
 pub mod crash_load;
 pub mod forget;
 pub mod pg_scavenge;

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// [default: 268435456]; scavenges rewrite whole sealed segments.
     #[arg(long, env = "FACTUM_SEGMENT_BYTES", value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Compress sealed segments (zstd blocks, ADR 43): `off` [default],
+    /// `sealed` (as soon as sealed), or an age such as `7d`, `12h`
+    /// (sealed at least that long). Checked every minute; engine only.
+    #[arg(long, env = "FACTUM_COMPRESS_SEGMENTS", value_name = "WHEN")]
+    pub compress_segments: Option<String>,
     /// The master key of crypto-shredding (ADR 36): a file of 64 hex
     /// digits (`openssl rand -hex 32`), or the key itself in
     /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
@@ -184,6 +189,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "backup-root",
             "scavenge-schedule",
             "segment-bytes",
+            "compress-segments",
             "encryption-key-file",
             "max-append-bytes",
             "max-inflight-append-bytes",
@@ -234,6 +240,7 @@ struct Settings {
     backup_root: Option<PathBuf>,
     scavenge_schedule: Option<factum_server::Schedule>,
     segment_bytes: Option<u64>,
+    compress_segments: factum_engine::CompressPolicy,
     encryption_key_file: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
@@ -350,6 +357,21 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
     if let Some(n) = positive("idle-timeout", args.idle_timeout.or(num("idle-timeout")?))? {
         connections.idle_timeout = secs(n);
     }
+    let compress_segments = match args
+        .compress_segments
+        .or_else(|| file.get("compress-segments").cloned())
+    {
+        None => factum_engine::CompressPolicy::Off,
+        Some(w) => match super::compact::policy("--compress-segments", &w)? {
+            factum_engine::CompressPolicy::Off => factum_engine::CompressPolicy::Off,
+            _ if matches!(backend, Backend::Postgres { .. }) => {
+                return Err(CliError::usage(
+                    "--compress-segments applies to the embedded engine's segments; PostgreSQL compresses its own pages (TOAST)",
+                ))
+            }
+            p => p,
+        },
+    };
     Ok(Settings {
         backend,
         listen: args
@@ -386,6 +408,7 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             }
             n => n,
         },
+        compress_segments,
         encryption_key_file: args
             .encryption_key_file
             .or_else(|| file.get("encryption-key-file").map(PathBuf::from)),
@@ -552,6 +575,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 engine_config.segment_bytes = n;
             }
             let engine = Arc::new(open(data, engine_config)?);
+            let compaction = super::compact::Background::start(engine.clone(), s.compress_segments)?;
             let scavenge: Arc<dyn factum_server::Scavenger> =
                 Arc::new(EngineScavenger(engine.clone()));
             let rt = runtime()?;
@@ -608,6 +632,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 }
             };
             rt.shutdown_timeout(Duration::from_secs(1));
+            compaction.stop();
             let closed = engine.close();
             eprintln!("store closed");
             result.and(closed.map_err(CliError::from))

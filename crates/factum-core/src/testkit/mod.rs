@@ -243,6 +243,7 @@ mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
 mod support;
+pub mod shaped;
 pub mod visible;
 
 #[cfg(test)]

@@ -1,0 +1,404 @@
+//! Compressed sealed segments (issue 18, ADR 43; the bytes in
+//! `docs/format.md`).
+//!
+//! A compressed segment keeps the *logical* bytes of its uncompressed
+//! version — the same frames at the same offsets — cut into blocks of
+//! [`BLOCK_BYTES`] each compressed on its own with zstd. The file is the
+//! 32-byte segment header (flag `COMPRESSED`), the compressed blocks, a
+//! block index (physical offset, compressed length and CRC32C of each
+//! block) and a fixed footer that locates and checks the index. Because
+//! logical offsets do not change, every index entry, `Loc`, reader, the
+//! verifier and recovery work on a compressed segment as on any other: the
+//! segment maps a logical read onto the blocks that cover it
+//! ([`Blocks::read_into`]). A point read decompresses one block (which the
+//! reader's block cache, aligned on the same 64 KiB, then keeps); a scan
+//! streams blocks. Each block's CRC is checked before it is decompressed,
+//! and every record inside still carries its own CRC.
+//!
+//! The active segment is never compressed: a segment is compressed by the
+//! crash-safe rewrite (`rewrite.rs`) once sealed.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use factum_core::{Error, Result};
+use parking_lot::Mutex;
+
+use crate::format::SEGMENT_HEADER_LEN;
+
+/// Logical bytes per compressed block: the read cache's block
+/// (`cache::BLOCK`), so one cached block is one decompressed block.
+pub const BLOCK_BYTES: usize = crate::cache::BLOCK as usize;
+/// Footer magic (`FCTZ`).
+pub const FOOTER_MAGIC: [u8; 4] = *b"FCTZ";
+/// Size of the footer.
+pub const FOOTER_LEN: usize = 40;
+/// Size of one block index entry.
+pub const INDEX_ENTRY_LEN: usize = 16;
+/// zstd level: 3 is zstd's default, a good ratio at several hundred MB/s.
+pub const LEVEL: i32 = 3;
+
+/// Where one block lives in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlockEntry {
+    offset: u64,
+    len: u32,
+    crc: u32,
+}
+
+/// The block map of a compressed segment, read from its footer on open.
+#[derive(Debug)]
+pub struct Blocks {
+    logical_len: u64,
+    entries: Vec<BlockEntry>,
+    /// The last blocks decompressed, so a scan whose reads straddle a
+    /// block boundary decompresses each block once.
+    recent: Mutex<[Option<(usize, Arc<Vec<u8>>)>; 2]>,
+}
+
+fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        detail: detail.into(),
+    }
+}
+
+impl Blocks {
+    /// Reads and checks the footer and block index of the compressed
+    /// segment `file` (physical length `file_len`).
+    pub fn load(file: &File, path: &Path, file_len: u64) -> Result<Blocks> {
+        if file_len < (SEGMENT_HEADER_LEN + FOOTER_LEN) as u64 {
+            return Err(corrupt(
+                path,
+                file_len,
+                "compressed segment is too short for its footer",
+            ));
+        }
+        let footer_at = file_len - FOOTER_LEN as u64;
+        let mut footer = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut footer, footer_at)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if footer[0..4] != FOOTER_MAGIC {
+            return Err(corrupt(
+                path,
+                footer_at,
+                "compressed segment has no footer (bad magic): the file is cut short or damaged",
+            ));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(footer[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(footer[o..o + 8].try_into().unwrap());
+        let block_bytes = u32_at(4) as usize;
+        let count = u32_at(8) as usize;
+        let logical_len = u64_at(12);
+        let index_at = u64_at(20);
+        let crc = u32_at(28);
+        let index_len = count * INDEX_ENTRY_LEN;
+        if block_bytes != BLOCK_BYTES {
+            return Err(corrupt(
+                path,
+                footer_at,
+                format!("compressed block size {block_bytes} is not supported (this build uses {BLOCK_BYTES})"),
+            ));
+        }
+        if index_at.checked_add(index_len as u64) != Some(footer_at)
+            || (count as u64) != logical_len.div_ceil(BLOCK_BYTES as u64)
+        {
+            return Err(corrupt(
+                path,
+                footer_at,
+                "compressed segment footer does not match the file's length",
+            ));
+        }
+        let mut index = vec![0u8; index_len];
+        file.read_exact_at(&mut index, index_at)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut h = crc32c::crc32c(&index);
+        h = crc32c::crc32c_append(h, &footer[0..28]);
+        if h != crc {
+            return Err(corrupt(
+                path,
+                index_at,
+                "compressed segment block index checksum mismatch",
+            ));
+        }
+        let mut entries = Vec::with_capacity(count);
+        let mut expect = SEGMENT_HEADER_LEN as u64;
+        for (i, e) in index.chunks_exact(INDEX_ENTRY_LEN).enumerate() {
+            let entry = BlockEntry {
+                offset: u64::from_le_bytes(e[0..8].try_into().unwrap()),
+                len: u32::from_le_bytes(e[8..12].try_into().unwrap()),
+                crc: u32::from_le_bytes(e[12..16].try_into().unwrap()),
+            };
+            if entry.offset != expect {
+                return Err(corrupt(
+                    path,
+                    index_at + (i * INDEX_ENTRY_LEN) as u64,
+                    format!("block {i} of the compressed segment is not where the index says"),
+                ));
+            }
+            expect += entry.len as u64;
+            entries.push(entry);
+        }
+        if expect != index_at {
+            return Err(corrupt(
+                path,
+                index_at,
+                "compressed blocks do not end where the block index starts",
+            ));
+        }
+        Ok(Blocks {
+            logical_len,
+            entries,
+            recent: Mutex::new([None, None]),
+        })
+    }
+
+    /// Length of the uncompressed (logical) segment.
+    pub fn logical_len(&self) -> u64 {
+        self.logical_len
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Block `i`, decompressed and checked.
+    fn block(&self, file: &File, path: &Path, i: usize) -> Result<Arc<Vec<u8>>> {
+        {
+            let recent = self.recent.lock();
+            for (n, b) in recent.iter().flatten() {
+                if *n == i {
+                    return Ok(b.clone());
+                }
+            }
+        }
+        let e = self.entries[i];
+        let mut raw = vec![0u8; e.len as usize];
+        file.read_exact_at(&mut raw, e.offset).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                corrupt(path, e.offset, format!("compressed block {i} is cut short"))
+            } else {
+                Error::io(format!("reading {}", path.display()), err)
+            }
+        })?;
+        if crc32c::crc32c(&raw) != e.crc {
+            return Err(corrupt(
+                path,
+                e.offset,
+                format!("compressed block {i} checksum mismatch"),
+            ));
+        }
+        let want = (self.logical_len - (i * BLOCK_BYTES) as u64).min(BLOCK_BYTES as u64) as usize;
+        let plain = zstd::bulk::decompress(&raw, BLOCK_BYTES)
+            .map_err(|err| corrupt(path, e.offset, format!("compressed block {i}: {err}")))?;
+        if plain.len() != want {
+            return Err(corrupt(
+                path,
+                e.offset,
+                format!(
+                    "compressed block {i} holds {} bytes, expected {want}",
+                    plain.len()
+                ),
+            ));
+        }
+        let plain = Arc::new(plain);
+        let mut recent = self.recent.lock();
+        recent.swap(0, 1);
+        recent[0] = Some((i, plain.clone()));
+        Ok(plain)
+    }
+
+    /// Fills `buf` with logical bytes from `offset`; fewer only at the end
+    /// of the segment. Returns how many.
+    pub fn read_into(&self, file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let at = offset + got as u64;
+            if at >= self.logical_len {
+                break;
+            }
+            let i = (at / BLOCK_BYTES as u64) as usize;
+            let block = self.block(file, path, i)?;
+            let within = (at - (i * BLOCK_BYTES) as u64) as usize;
+            let n = (block.len() - within).min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&block[within..within + n]);
+            got += n;
+        }
+        Ok(got)
+    }
+}
+
+/// Writes a compressed segment: logical bytes in, blocks out, then the
+/// block index and footer ([`BlockWriter::finish`]).
+pub struct BlockWriter {
+    file: File,
+    path: PathBuf,
+    pending: Vec<u8>,
+    entries: Vec<BlockEntry>,
+    physical: u64,
+    logical: u64,
+    out: Vec<u8>,
+}
+
+impl BlockWriter {
+    /// Starts the file with its (physical) segment header.
+    pub fn new(mut file: File, path: PathBuf, header: &[u8; SEGMENT_HEADER_LEN]) -> Result<Self> {
+        file.write_all(header)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        Ok(BlockWriter {
+            file,
+            path,
+            pending: Vec::with_capacity(BLOCK_BYTES),
+            entries: Vec::new(),
+            physical: SEGMENT_HEADER_LEN as u64,
+            logical: 0,
+            out: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    /// Appends logical bytes.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let n = (BLOCK_BYTES - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.pending.len() == BLOCK_BYTES {
+                self.seal_block()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_block(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let z = zstd::bulk::compress(&self.pending, LEVEL)
+            .map_err(|e| Error::io(format!("compressing {}", self.path.display()), e))?;
+        self.entries.push(BlockEntry {
+            offset: self.physical,
+            len: z.len() as u32,
+            crc: crc32c::crc32c(&z),
+        });
+        self.physical += z.len() as u64;
+        self.logical += self.pending.len() as u64;
+        self.pending.clear();
+        self.out.extend_from_slice(&z);
+        if self.out.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all(&self.out)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes the last block, the block index and the footer; returns the
+    /// file (not yet fsynced) and its physical length.
+    pub fn finish(mut self) -> Result<(File, u64)> {
+        self.seal_block()?;
+        let index_at = self.physical;
+        let mut tail = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_LEN + FOOTER_LEN);
+        for e in &self.entries {
+            tail.extend_from_slice(&e.offset.to_le_bytes());
+            tail.extend_from_slice(&e.len.to_le_bytes());
+            tail.extend_from_slice(&e.crc.to_le_bytes());
+        }
+        let index_end = tail.len();
+        tail.extend_from_slice(&FOOTER_MAGIC);
+        tail.extend_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
+        tail.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&self.logical.to_le_bytes());
+        tail.extend_from_slice(&index_at.to_le_bytes());
+        let crc = crc32c::crc32c(&tail);
+        tail.extend_from_slice(&crc.to_le_bytes());
+        tail.extend_from_slice(&[0u8; 8]);
+        debug_assert_eq!(tail.len() - index_end, FOOTER_LEN);
+        self.out.extend_from_slice(&tail);
+        self.flush()?;
+        let len = index_at + tail.len() as u64;
+        Ok((self.file, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, logical: &[u8]) -> u64 {
+        let file = File::create(path).unwrap();
+        let header = [7u8; SEGMENT_HEADER_LEN];
+        let mut w = BlockWriter::new(file, path.to_path_buf(), &header).unwrap();
+        for chunk in logical.chunks(1000) {
+            w.write(chunk).unwrap();
+        }
+        let (f, len) = w.finish().unwrap();
+        f.sync_all().unwrap();
+        len
+    }
+
+    #[test]
+    fn logical_bytes_round_trip_at_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let logical: Vec<u8> = (0..(3 * BLOCK_BYTES + 1234))
+            .map(|i| (i / 7 % 251) as u8)
+            .collect();
+        let len = write(&path, &logical);
+        let file = File::open(&path).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), len);
+        let blocks = Blocks::load(&file, &path, len).unwrap();
+        assert_eq!(blocks.logical_len(), logical.len() as u64);
+        assert_eq!(blocks.block_count(), 4);
+        for (offset, n) in [
+            (0usize, 10usize),
+            (BLOCK_BYTES - 5, 10),
+            (BLOCK_BYTES * 2 - 1, BLOCK_BYTES + 2),
+            (logical.len() - 3, 10),
+        ] {
+            let mut buf = vec![0u8; n];
+            let got = blocks.read_into(&file, &path, &mut buf, offset as u64).unwrap();
+            let want = &logical[offset..(offset + n).min(logical.len())];
+            assert_eq!(&buf[..got], want);
+        }
+    }
+
+    #[test]
+    fn a_damaged_block_or_footer_is_named_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let logical = vec![42u8; 2 * BLOCK_BYTES];
+        let len = write(&path, &logical);
+        // Flip a byte inside block 1.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let file = File::open(&path).unwrap();
+        let blocks = Blocks::load(&file, &path, len).unwrap();
+        let at = blocks.entries[1].offset as usize + 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let blocks = Blocks::load(&file, &path, len).unwrap();
+        let mut buf = vec![0u8; 16];
+        blocks.read_into(&file, &path, &mut buf, 0).unwrap();
+        let err = blocks
+            .read_into(&file, &path, &mut buf, BLOCK_BYTES as u64)
+            .unwrap_err();
+        assert!(err.to_string().contains("block 1 checksum"), "{err}");
+        // A cut file has no footer.
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let err = Blocks::load(&file, &path, bytes.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("footer"), "{err}");
+    }
+}
