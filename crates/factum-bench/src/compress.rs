@@ -62,7 +62,11 @@ fn load(ctx: &Ctx, workload: Workload, total: u64) -> Result<(Engine, u64, f64),
 }
 
 fn compact(engine: &Engine) -> Result<CompactReport, BenchError> {
-    let r = engine.compact(CompressPolicy::Sealed, Throttle::None, &AtomicBool::new(false))?;
+    let r = engine.compact(
+        CompressPolicy::Sealed,
+        Throttle::None,
+        &AtomicBool::new(false),
+    )?;
     if r.compressed == 0 {
         return Err(BenchError::failure(
             "no sealed segment to compress: load more events".to_string(),
@@ -226,7 +230,8 @@ pub fn read_stream(ctx: &mut Ctx) -> Result<Report, BenchError> {
     r.p50_us = p50;
     r.p99_us = p99;
     r.latency_of = "one full forwards read of a random 10-event stream";
-    r.target = "p99 ≤ 2× the same reads on uncompressed segments (ratio = p99 / uncompressed p99)".into();
+    r.target =
+        "p99 ≤ 2× the same reads on uncompressed segments (ratio = p99 / uncompressed p99)".into();
     r.target_met = p99_ratio.map(|q| q <= 2.0);
     r.durability = "none (load only; the read is unaffected)".into();
     r.notes = vec![

@@ -71,8 +71,8 @@ impl Archive for LocalArchive {
     fn put(&self, name: &str, path: &Path) -> Result<()> {
         let tmp = self.dir.join(format!("{name}.upload"));
         let dest = self.dir.join(name);
-        let mut from = File::open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut from =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let mut to = OpenOptions::new()
             .write(true)
             .create(true)

@@ -41,6 +41,9 @@ pub const INDEX_ENTRY_LEN: usize = 16;
 /// zstd level: 3 is zstd's default, a good ratio at several hundred MB/s.
 pub const LEVEL: i32 = 3;
 
+/// The last blocks decompressed: (block number, its bytes).
+type Recent = [Option<(usize, Arc<Vec<u8>>)>; 2];
+
 /// Where one block lives in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BlockEntry {
@@ -56,7 +59,7 @@ pub struct Blocks {
     entries: Vec<BlockEntry>,
     /// The last blocks decompressed, so a scan whose reads straddle a
     /// block boundary decompresses each block once.
-    recent: Mutex<[Option<(usize, Arc<Vec<u8>>)>; 2]>,
+    recent: Mutex<Recent>,
 }
 
 fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
@@ -215,7 +218,13 @@ impl Blocks {
 
     /// Fills `buf` with logical bytes from `offset`; fewer only at the end
     /// of the segment. Returns how many.
-    pub fn read_into(&self, file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<usize> {
+    pub fn read_into(
+        &self,
+        file: &File,
+        path: &Path,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<usize> {
         let mut got = 0;
         while got < buf.len() {
             let at = offset + got as u64;
@@ -367,7 +376,9 @@ mod tests {
             (logical.len() - 3, 10),
         ] {
             let mut buf = vec![0u8; n];
-            let got = blocks.read_into(&file, &path, &mut buf, offset as u64).unwrap();
+            let got = blocks
+                .read_into(&file, &path, &mut buf, offset as u64)
+                .unwrap();
             let want = &logical[offset..(offset + n).min(logical.len())];
             assert_eq!(&buf[..got], want);
         }

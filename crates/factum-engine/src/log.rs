@@ -445,9 +445,7 @@ impl FrameReader {
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
-        let got = self
-            .segment
-            .read_into(&mut self.buf[..want], self.offset)?;
+        let got = self.segment.read_into(&mut self.buf[..want], self.offset)?;
         self.buf_len = got;
         self.buf_offset = self.offset;
         Ok(())

@@ -575,7 +575,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 engine_config.segment_bytes = n;
             }
             let engine = Arc::new(open(data, engine_config)?);
-            let compaction = super::compact::Background::start(engine.clone(), s.compress_segments)?;
+            let compaction =
+                super::compact::Background::start(engine.clone(), s.compress_segments)?;
             let scavenge: Arc<dyn factum_server::Scavenger> =
                 Arc::new(EngineScavenger(engine.clone()));
             let rt = runtime()?;

@@ -242,8 +242,8 @@ mod checks_soft_delete;
 mod checks_subscribe;
 pub(crate) mod model;
 mod proptest;
-mod support;
 pub mod shaped;
+mod support;
 pub mod visible;
 
 #[cfg(test)]

@@ -25,8 +25,14 @@ fn uuid(a: u64, b: u64) -> Uuid {
 }
 
 const SKUS: [&str; 8] = [
-    "SKU-RED-MUG", "SKU-BLUE-TEE", "SKU-GREEN-CAP", "SKU-BOOK-ES", "SKU-USB-C-CABLE",
-    "SKU-DESK-LAMP", "SKU-NOTEBOOK-A5", "SKU-COFFEE-1KG",
+    "SKU-RED-MUG",
+    "SKU-BLUE-TEE",
+    "SKU-GREEN-CAP",
+    "SKU-BOOK-ES",
+    "SKU-USB-C-CABLE",
+    "SKU-DESK-LAMP",
+    "SKU-NOTEBOOK-A5",
+    "SKU-COFFEE-1KG",
 ];
 const CITIES: [&str; 6] = ["Lisbon", "Berlin", "Austin", "Osaka", "Lyon", "Porto"];
 
@@ -105,7 +111,11 @@ pub fn seed_shaped(i: u64) -> (StreamName, EventData) {
             "description": "card payment",
             "bookedAt": format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + r % 28, r % 24, r % 60),
         });
-        let t = if r % 4 == 0 { "AccountCredited" } else { "AccountDebited" };
+        let t = if r.is_multiple_of(4) {
+            "AccountCredited"
+        } else {
+            "AccountDebited"
+        };
         (format!("account-{entity}"), t, data)
     };
     let stream = StreamName::new(stream).expect("a valid stream name");
