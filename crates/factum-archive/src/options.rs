@@ -24,7 +24,8 @@ pub struct ArchiveOptions {
     /// `us-east-1` (what most S3-compatible stores expect).
     pub region: Option<String>,
     /// The access key id. Unset: `AWS_ACCESS_KEY_ID`, else the instance's
-    /// or container's role.
+    /// or container's role. When set, the environment's credentials
+    /// (`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` too) are not used.
     pub access_key_id: Option<String>,
     /// The secret access key. Unset: `AWS_SECRET_ACCESS_KEY`.
     pub secret_access_key: Option<String>,

@@ -10,6 +10,10 @@
 //! naming the archive (bucket, prefix, endpoint) and the object, after
 //! bounded retries ([`ArchiveOptions`]): a read of an archived segment fails
 //! clearly within seconds instead of hanging or answering partly.
+//!
+//! Requests are signed with the payload's SHA-256 (SigV4), which S3 checks
+//! on receipt: a body damaged on the way is refused, never stored. With the
+//! size check after the upload, an object that exists holds the file.
 
 use std::ops::Range;
 use std::path::Path;
@@ -124,7 +128,13 @@ impl S3Archive {
         // through `with_config`, key by key: `with_client_options` would
         // replace the whole set, dropping AWS_ALLOW_HTTP, proxies and
         // anything set before it.
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+        let mut builder = from_environment(options.access_key_id.is_some())
+            .with_bucket_name(&location.bucket)
+            // SigV4 with the payload's SHA-256 (object_store's default, kept
+            // whatever AWS_UNSIGNED_PAYLOAD says): S3 refuses a PUT or a
+            // part whose body does not match, so what it stores is what was
+            // read from the file.
+            .with_unsigned_payload(false);
         if let Some(endpoint) = &options.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
@@ -452,6 +462,35 @@ impl Inner {
     }
 }
 
+/// A builder with the `AWS_*` environment variables, as
+/// `AmazonS3Builder::from_env` reads them, but without the environment's
+/// credentials when the settings bring their own: an `AWS_SESSION_TOKEN`
+/// left from another identity would spoil an explicit key pair.
+fn from_environment(explicit_credentials: bool) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::new();
+    for (variable, value) in std::env::vars_os() {
+        let (Some(variable), Some(value)) = (variable.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !variable.starts_with("AWS_") {
+            continue;
+        }
+        let Ok(key) = variable.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() else {
+            continue;
+        };
+        let is_credential = matches!(
+            key,
+            AmazonS3ConfigKey::AccessKeyId
+                | AmazonS3ConfigKey::SecretAccessKey
+                | AmazonS3ConfigKey::Token
+        );
+        if !(explicit_credentials && is_credential) {
+            builder = builder.with_config(key, value);
+        }
+    }
+    builder
+}
+
 /// A duration as object_store's configuration strings take it.
 fn millis(duration: std::time::Duration) -> String {
     format!("{}ms", duration.as_millis())
@@ -536,6 +575,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("secret access key"), "{error}");
+    }
+
+    #[test]
+    fn explicit_credentials_shut_out_the_environments() {
+        // Only this test sets the variable, and no other test reads a token.
+        std::env::set_var("AWS_SESSION_TOKEN", "token-of-another-identity");
+        let token = |builder: AmazonS3Builder| builder.get_config_value(&AmazonS3ConfigKey::Token);
+        assert_eq!(token(from_environment(true)), None);
+        assert_eq!(
+            token(from_environment(false)).as_deref(),
+            Some("token-of-another-identity")
+        );
+        std::env::remove_var("AWS_SESSION_TOKEN");
     }
 
     #[test]
