@@ -98,6 +98,29 @@ fn s3_archive_against_moto() {
     // And the prefixed archive does not see it.
     assert_eq!(open("node-1/missing").list().unwrap(), vec![]);
 
+    // Settings from the standard AWS variables alone. (The other tests in
+    // this binary set every one of these explicitly, so they do not mind.)
+    let variables = [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    for (variable, value) in variables {
+        std::env::set_var(variable, value);
+    }
+    let from_environment = open_archive(&format!("s3://{BUCKET}"), &ArchiveOptions::default());
+    for (variable, _) in variables {
+        std::env::remove_var(variable);
+    }
+    let from_environment = from_environment.unwrap();
+    assert_eq!(
+        from_environment.describe(),
+        format!("s3://{BUCKET} at {}", moto.endpoint)
+    );
+    assert_eq!(from_environment.list().unwrap(), top.list().unwrap());
+
     // A bucket that does not exist: the store answers, and says so.
     let nowhere = open_archive("s3://no-such-bucket/p", &options).unwrap();
     let error = nowhere.get_range(name, 0, 10).unwrap_err();
