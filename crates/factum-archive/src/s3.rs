@@ -23,7 +23,7 @@ use bytes::Bytes;
 use factum_core::{Error, Result, UnavailableReason};
 use factum_engine::{Archive, ArchivedObject};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::path::Path as ObjectPath;
+use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectStore, PutPayload, RetryConfig, WriteMultipart,
 };
@@ -246,16 +246,19 @@ impl Archive for S3Archive {
 }
 
 impl Inner {
-    /// The key of object `name`. Names are plain file names: a `/` would
-    /// put the object in a "directory" that [`Archive::list`] does not see.
+    /// The key of object `name`. Names are plain file names that
+    /// object_store keeps as they are: a `/` would put the object in a
+    /// "directory" that [`Archive::list`] does not see, and a name it
+    /// percent-encodes would be listed under another name.
     fn location(&self, name: &str) -> Result<ObjectPath> {
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        let part = PathPart::from(name);
+        if name.is_empty() || name == "." || name == ".." || part.as_ref() != name {
             return Err(Error::InvalidInput(format!(
                 "archive {}: object name {name:?} is not a plain file name",
                 self.describe
             )));
         }
-        Ok(self.prefix.child(name))
+        Ok(self.prefix.child(part))
     }
 
     /// The error for a failed request about `name`.
@@ -597,7 +600,7 @@ mod tests {
             .with_allow_http(true)
             .with_credentials("id", "secret");
         let archive = S3Archive::open("s3://bucket/p", &options).unwrap();
-        for name in ["", "a/b", "..", "."] {
+        for name in ["", "a/b", "..", ".", "a%b", "a\\b", "tab\t"] {
             let error = archive.size(name).unwrap_err();
             assert!(matches!(error, Error::InvalidInput(_)), "{name:?}: {error}");
         }
