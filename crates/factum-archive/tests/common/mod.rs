@@ -1,0 +1,279 @@
+//! What the archive tests share: the cases every archive passes (run on a
+//! directory and on S3 alike) and a moto S3 server started per test binary.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use factum_core::{Error, UnavailableReason};
+use factum_engine::{Archive, ArchivedObject};
+
+/// Bytes that differ at every offset (a repeated pattern would hide a
+/// range read from the wrong place).
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Writes `bytes` to a file in `dir` and returns its path.
+pub fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Asserts `error` is `Unavailable` (reason `Storage`) and its message
+/// names every one of `names`.
+pub fn assert_unavailable_naming(error: &Error, names: &[&str]) {
+    assert!(
+        matches!(
+            error,
+            Error::Unavailable {
+                reason: UnavailableReason::Storage,
+                ..
+            }
+        ),
+        "expected Unavailable(Storage), got {error:?}"
+    );
+    let message = error.to_string();
+    for name in names {
+        assert!(message.contains(name), "{name:?} not in: {message}");
+    }
+}
+
+/// put, size, get_range (start, middle, across and past the end), list,
+/// replace, and an empty object.
+pub fn round_trip(archive: &dyn Archive, scratch: &Path) {
+    let first = "00000000000000000000.seg";
+    let second = "00000000000000100000.seg";
+    let empty = "00000000000000200000.seg";
+    let bytes = content(100_000, 1);
+
+    archive.put(first, &file(scratch, "a", &bytes)).unwrap();
+    assert_eq!(archive.size(first).unwrap(), Some(100_000));
+    assert_eq!(
+        &archive.get_range(first, 0, 100).unwrap()[..],
+        &bytes[..100]
+    );
+    assert_eq!(
+        &archive.get_range(first, 5_000, 1_000).unwrap()[..],
+        &bytes[5_000..6_000]
+    );
+    // Fewer bytes only at the end, none at or past it.
+    assert_eq!(
+        &archive.get_range(first, 99_950, 100).unwrap()[..],
+        &bytes[99_950..]
+    );
+    assert!(archive.get_range(first, 100_000, 10).unwrap().is_empty());
+    assert!(archive.get_range(first, 250_000, 10).unwrap().is_empty());
+    assert!(archive.get_range(first, 10, 0).unwrap().is_empty());
+    assert_eq!(
+        &archive.get_range(first, 0, 100_000).unwrap()[..],
+        &bytes[..]
+    );
+
+    let other = content(4_321, 2);
+    archive.put(second, &file(scratch, "b", &other)).unwrap();
+    archive.put(empty, &file(scratch, "c", &[])).unwrap();
+    assert_eq!(archive.size(empty).unwrap(), Some(0));
+    assert!(archive.get_range(empty, 0, 10).unwrap().is_empty());
+
+    // A put replaces an object of the same name.
+    let shorter = content(777, 3);
+    archive.put(first, &file(scratch, "d", &shorter)).unwrap();
+    assert_eq!(archive.size(first).unwrap(), Some(777));
+    assert_eq!(
+        &archive.get_range(first, 0, 1_000).unwrap()[..],
+        &shorter[..]
+    );
+
+    assert_eq!(
+        archive.list().unwrap(),
+        vec![
+            ArchivedObject {
+                name: first.into(),
+                size: 777
+            },
+            ArchivedObject {
+                name: second.into(),
+                size: 4_321
+            },
+            ArchivedObject {
+                name: empty.into(),
+                size: 0
+            },
+        ]
+    );
+}
+
+/// The object [`multipart_round_trip`] writes.
+pub const MULTIPART_NAME: &str = "00000000000001000000.seg";
+
+/// A file above the multipart threshold: three parts, the last short;
+/// reads across part boundaries.
+pub fn multipart_round_trip(archive: &dyn Archive, scratch: &Path) {
+    let part = factum_archive::PART_SIZE;
+    let len = 2 * part + 12_345;
+    assert!(len as u64 > factum_archive::MULTIPART_THRESHOLD);
+    let name = MULTIPART_NAME;
+    let bytes = content(len, 4);
+
+    archive.put(name, &file(scratch, "big", &bytes)).unwrap();
+    assert_eq!(archive.size(name).unwrap(), Some(len as u64));
+    for (offset, count) in [(0, 64), (part - 10, 20), (2 * part - 1, 2), (len - 5, 64)] {
+        let got = archive.get_range(name, offset as u64, count).unwrap();
+        let end = (offset + count).min(len);
+        assert_eq!(&got[..], &bytes[offset..end], "range {offset}+{count}");
+    }
+    assert_eq!(&archive.get_range(name, 0, len).unwrap()[..], &bytes[..]);
+    assert!(archive.list().unwrap().contains(&ArchivedObject {
+        name: name.into(),
+        size: len as u64
+    }));
+}
+
+/// A name with no object: no size, and a read fails naming it.
+pub fn missing_object(archive: &dyn Archive) {
+    let name = "99999999999999999999.seg";
+    assert_eq!(archive.size(name).unwrap(), None);
+    let error = archive.get_range(name, 0, 10).unwrap_err();
+    assert_unavailable_naming(&error, &[name, &archive.describe()]);
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Reports that a test could not run: a `SKIPPED:` line locally, a
+/// failure under `CI=true`, where every test must really run.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("CI=true and the test cannot run: {reason}");
+    }
+    println!("SKIPPED: {reason}");
+}
+
+/// A moto S3 server (`python3 -m moto.server`) on a free local port,
+/// killed when dropped.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    port: u16,
+    /// Its output, shown when it fails to start.
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto and waits (up to 60 s) until it answers.
+    pub fn start() -> Result<Moto, String> {
+        let log_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let log = log_dir.path().join("moto.log");
+        let output = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let errors = output.try_clone().map_err(|e| e.to_string())?;
+        let port = closed_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors)
+            .spawn()
+            .map_err(|e| format!("cannot run python3 -m moto.server: {e}"))?;
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            _log_dir: log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                return Err(format!(
+                    "moto exited at start ({status}; is it installed? pip install 'moto[server]'): {}",
+                    moto.log_tail()
+                ));
+            }
+            if moto
+                .request("GET", "/")
+                .is_ok_and(|(status, _)| status < 500)
+            {
+                return Ok(moto);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "moto did not answer on port {port} within 60 s: {}",
+                    moto.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Creates a bucket through S3's CreateBucket (moto does not check
+    /// signatures).
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, _) = self.request("PUT", &format!("/{bucket}")).unwrap();
+        assert_eq!(status, 200, "creating bucket {bucket}: {}", self.log_tail());
+    }
+
+    /// One HTTP/1.1 request without a body: the status code and the
+    /// response head.
+    fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let response = String::from_utf8_lossy(&response);
+        let head = response
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not HTTP: {head:.200}")))?;
+        Ok((status, head))
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        let start = log.len().saturating_sub(2_000);
+        String::from_utf8_lossy(&log[start..]).into_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
