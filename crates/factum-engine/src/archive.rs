@@ -135,3 +135,195 @@ impl Archive for LocalArchive {
         self.dir.display().to_string()
     }
 }
+
+/// Stub body magic (`FCTA`), after the segment header of a stub file.
+pub const STUB_MAGIC: [u8; 4] = *b"FCTA";
+
+/// What a stub file records of the archived segment it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    /// The object's name in the archive.
+    pub object: String,
+    /// The archived file's size.
+    pub size: u64,
+    /// CRC32C of the whole archived file (checked by `verify --archive`).
+    pub crc: u32,
+}
+
+impl Stub {
+    /// The stub file's bytes: `header` (which carries `FEATURE_ARCHIVED`)
+    /// and the body.
+    pub fn encode(&self, header: &[u8; crate::format::SEGMENT_HEADER_LEN]) -> Vec<u8> {
+        let mut b = header.to_vec();
+        let body_at = b.len();
+        b.extend_from_slice(&STUB_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&self.crc.to_le_bytes());
+        b.extend_from_slice(&(self.object.len() as u16).to_le_bytes());
+        b.extend_from_slice(self.object.as_bytes());
+        let crc = crc32c::crc32c(&b[body_at..]);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes the body (the bytes after the header).
+    pub fn decode(body: &[u8]) -> std::result::Result<Stub, String> {
+        let short = || "archive stub is cut short".to_string();
+        if body.len() < 22 || body[0..4] != STUB_MAGIC {
+            return Err("archive stub has no body (bad magic)".into());
+        }
+        if u32::from_le_bytes(body[4..8].try_into().unwrap()) != 1 {
+            return Err("archive stub version is not supported".into());
+        }
+        let size = u64::from_le_bytes(body[8..16].try_into().unwrap());
+        let crc = u32::from_le_bytes(body[16..20].try_into().unwrap());
+        let n = u16::from_le_bytes(body[20..22].try_into().unwrap()) as usize;
+        let end = 22 + n;
+        let stored = body.get(end..end + 4).ok_or_else(short)?;
+        if u32::from_le_bytes(stored.try_into().unwrap()) != crc32c::crc32c(&body[..end]) {
+            return Err("archive stub checksum mismatch".into());
+        }
+        let object = std::str::from_utf8(&body[22..end])
+            .map_err(|_| "archive stub names no valid object".to_string())?
+            .to_string();
+        Ok(Stub { object, size, crc })
+    }
+}
+
+/// Bytes fetched from the archive per request: reads of archived segments
+/// fetch aligned chunks of this size into the cache.
+pub const CHUNK_BYTES: u64 = 1 << 20;
+
+/// Counters of the archive tier (for metrics).
+#[derive(Debug, Default)]
+pub struct TierStats {
+    /// Chunk reads answered from the cache.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Chunk reads that fetched from the archive.
+    pub misses: std::sync::atomic::AtomicU64,
+    /// Fetches that failed.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Bytes fetched.
+    pub fetched_bytes: std::sync::atomic::AtomicU64,
+    /// Time spent fetching, µs in all.
+    pub fetch_micros: std::sync::atomic::AtomicU64,
+}
+
+/// An archive with the bounded cache reads of archived segments go
+/// through (least recently used chunks go first).
+#[derive(Debug)]
+pub struct Tier {
+    archive: std::sync::Arc<dyn Archive>,
+    capacity: usize,
+    cache: parking_lot::Mutex<ChunkCache>,
+    /// Its counters.
+    pub stats: TierStats,
+}
+
+#[derive(Debug, Default)]
+struct ChunkCache {
+    chunks: std::collections::HashMap<(String, u64), (Bytes, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl Tier {
+    /// A tier over `archive` caching at most `cache_bytes` of chunks.
+    pub fn new(archive: std::sync::Arc<dyn Archive>, cache_bytes: usize) -> Self {
+        Tier {
+            archive,
+            capacity: cache_bytes,
+            cache: parking_lot::Mutex::new(ChunkCache::default()),
+            stats: TierStats::default(),
+        }
+    }
+
+    /// The archive.
+    pub fn archive(&self) -> &std::sync::Arc<dyn Archive> {
+        &self.archive
+    }
+
+    fn chunk(&self, object: &str, size: u64, index: u64) -> Result<Bytes> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let key = (object.to_string(), index);
+        {
+            let mut c = self.cache.lock();
+            c.tick += 1;
+            let tick = c.tick;
+            if let Some((b, used)) = c.chunks.get_mut(&key) {
+                *used = tick;
+                self.stats.hits.fetch_add(1, Relaxed);
+                return Ok(b.clone());
+            }
+        }
+        self.stats.misses.fetch_add(1, Relaxed);
+        let offset = index * CHUNK_BYTES;
+        let want = CHUNK_BYTES.min(size.saturating_sub(offset)) as usize;
+        let started = std::time::Instant::now();
+        let got = self.archive.get_range(object, offset, want);
+        self.stats
+            .fetch_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        let got = got.inspect_err(|_| {
+            self.stats.errors.fetch_add(1, Relaxed);
+        })?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(got.len() as u64, Relaxed);
+        if got.len() != want {
+            return Err(Error::unavailable(
+                UnavailableReason::Storage,
+                format!(
+                    "archive {}: {object} holds {} bytes at offset {offset}, expected {want}: the archived copy is damaged or was replaced",
+                    self.archive.describe(),
+                    got.len()
+                ),
+            ));
+        }
+        if self.capacity > 0 {
+            let mut c = self.cache.lock();
+            c.tick += 1;
+            let tick = c.tick;
+            c.bytes += got.len();
+            if let Some((old, _)) = c.chunks.insert(key, (got.clone(), tick)) {
+                c.bytes -= old.len();
+            }
+            while c.bytes > self.capacity && c.chunks.len() > 1 {
+                let oldest = c
+                    .chunks
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(k, _)| k.clone())
+                    .expect("non-empty");
+                if let Some((b, _)) = c.chunks.remove(&oldest) {
+                    c.bytes -= b.len();
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Fills `buf` with bytes of the archived object (`size` bytes long)
+    /// from `offset`; fewer only at its end.
+    pub fn read(&self, object: &str, size: u64, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let at = offset + got as u64;
+            if at >= size {
+                break;
+            }
+            let chunk = self.chunk(object, size, at / CHUNK_BYTES)?;
+            let within = (at % CHUNK_BYTES) as usize;
+            let n = (chunk.len() - within).min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&chunk[within..within + n]);
+            got += n;
+        }
+        Ok(got)
+    }
+
+    /// Bytes cached now.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.lock().bytes
+    }
+}

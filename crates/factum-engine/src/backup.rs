@@ -164,8 +164,9 @@ impl Engine {
             }
             let name = file_name(&seg.path)?;
             let bytes = if seg.number < end.segment() {
-                // The file as stored (compressed or not, ADR 43).
-                seg.stored_len()?
+                // The file as stored locally (compressed or not; an
+                // archived segment's stub, ADR 43).
+                seg.local_len()?
             } else {
                 end.offset()
             };

@@ -67,6 +67,8 @@ pub struct CompactReport {
     pub already_compressed: u32,
     /// Of them, left alone because they were sealed too recently.
     pub too_recent: u32,
+    /// Of them, left alone because they live only in the archive.
+    pub archive_only: u32,
     /// Bytes on disk of the segments compressed now, before …
     pub bytes_before: u64,
     /// … and after.
@@ -108,6 +110,12 @@ impl Engine {
                 continue;
             };
             report.segments += 1;
+            if seg.is_archived() {
+                // Only in the archive: compressed there or not, it stays as
+                // it was uploaded (ADR 43).
+                report.archive_only += 1;
+                continue;
+            }
             if seg.format.compressed() {
                 report.already_compressed += 1;
                 continue;
@@ -152,7 +160,7 @@ impl Engine {
 
 /// The commit time of the first frame of `seg` (when the segment before it
 /// was sealed, near enough); `None` while it holds no frame.
-fn first_commit_time(
+pub(crate) fn first_commit_time(
     seg: &std::sync::Arc<crate::log::Segment>,
 ) -> Result<Option<factum_core::Timestamp>> {
     let len = seg.len()?;

@@ -44,6 +44,39 @@ pub const LEVEL: i32 = 3;
 /// The last blocks decompressed: (block number, its bytes).
 type Recent = [Option<(usize, Arc<Vec<u8>>)>; 2];
 
+/// Reads a file's bytes as stored (a local file, or an archived segment
+/// through the archive tier's cache).
+pub trait Physical {
+    /// Fills `buf` from `offset`; fewer bytes only at the end.
+    fn read_physical(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+}
+
+impl Physical for File {
+    fn read_physical(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("reading a segment file", e)),
+            }
+        }
+        Ok(got)
+    }
+}
+
+fn read_exact(file: &dyn Physical, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    if file.read_physical(buf, offset)? < buf.len() {
+        return Err(corrupt(
+            path,
+            offset,
+            format!("expected {} bytes, the file ends first", buf.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Where one block lives in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BlockEntry {
@@ -73,7 +106,7 @@ fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
 impl Blocks {
     /// Reads and checks the footer and block index of the compressed
     /// segment `file` (physical length `file_len`).
-    pub fn load(file: &File, path: &Path, file_len: u64) -> Result<Blocks> {
+    pub fn load(file: &dyn Physical, path: &Path, file_len: u64) -> Result<Blocks> {
         if file_len < (SEGMENT_HEADER_LEN + FOOTER_LEN) as u64 {
             return Err(corrupt(
                 path,
@@ -83,8 +116,7 @@ impl Blocks {
         }
         let footer_at = file_len - FOOTER_LEN as u64;
         let mut footer = [0u8; FOOTER_LEN];
-        file.read_exact_at(&mut footer, footer_at)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        read_exact(file, path, &mut footer, footer_at)?;
         if footer[0..4] != FOOTER_MAGIC {
             return Err(corrupt(
                 path,
@@ -117,8 +149,7 @@ impl Blocks {
             ));
         }
         let mut index = vec![0u8; index_len];
-        file.read_exact_at(&mut index, index_at)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        read_exact(file, path, &mut index, index_at)?;
         let mut h = crc32c::crc32c(&index);
         h = crc32c::crc32c_append(h, &footer[0..28]);
         if h != crc {
@@ -171,7 +202,7 @@ impl Blocks {
     }
 
     /// Block `i`, decompressed and checked.
-    fn block(&self, file: &File, path: &Path, i: usize) -> Result<Arc<Vec<u8>>> {
+    fn block(&self, file: &dyn Physical, path: &Path, i: usize) -> Result<Arc<Vec<u8>>> {
         {
             let recent = self.recent.lock();
             for (n, b) in recent.iter().flatten() {
@@ -182,13 +213,13 @@ impl Blocks {
         }
         let e = self.entries[i];
         let mut raw = vec![0u8; e.len as usize];
-        file.read_exact_at(&mut raw, e.offset).map_err(|err| {
-            if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(path, e.offset, format!("compressed block {i} is cut short"))
-            } else {
-                Error::io(format!("reading {}", path.display()), err)
-            }
-        })?;
+        if file.read_physical(&mut raw, e.offset)? < raw.len() {
+            return Err(corrupt(
+                path,
+                e.offset,
+                format!("compressed block {i} is cut short"),
+            ));
+        }
         if crc32c::crc32c(&raw) != e.crc {
             return Err(corrupt(
                 path,
@@ -220,7 +251,7 @@ impl Blocks {
     /// of the segment. Returns how many.
     pub fn read_into(
         &self,
-        file: &File,
+        file: &dyn Physical,
         path: &Path,
         buf: &mut [u8],
         offset: u64,

@@ -106,6 +106,12 @@ pub struct EngineConfig {
     /// The clock for commit times and `$maxAge` (the system clock unless a
     /// test moves it).
     pub clock: Clock,
+    /// The archive sealed segments are copied to and read back from (ADR
+    /// 43); `None`: no archive (a segment that lives only in one then
+    /// fails its reads, naming itself).
+    pub archive: Option<std::sync::Arc<dyn crate::archive::Archive>>,
+    /// Cache of chunks read from the archive, bytes. Default 64 MiB.
+    pub archive_cache_bytes: usize,
 }
 
 /// One fewer than the cores, at least one.
@@ -136,6 +142,8 @@ impl Default for EngineConfig {
             read_queue: 1024,
             read_step_bytes: 256 << 10,
             clock: Clock::system(),
+            archive: None,
+            archive_cache_bytes: 64 << 20,
         }
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     fatal: Arc<Fatal>,
     /// The running scavenge and the last one (ADR 33).
     pub(crate) scavenges: crate::scavenge::Scavenges,
+    /// The archive tier, when an archive is configured (ADR 43).
+    pub(crate) tier: Option<Arc<crate::archive::Tier>>,
     _lock: File,
 }
 
@@ -310,6 +312,16 @@ impl Engine {
         // are opened (ADR 33).
         crate::rewrite::finish_interrupted(&dir, &index)?;
         let segments = Arc::new(open_segments(&dir)?);
+        // Segments that live only in the archive read through it (ADR 43).
+        let tier = config.archive.as_ref().map(|a| {
+            Arc::new(crate::archive::Tier::new(
+                a.clone(),
+                config.archive_cache_bytes,
+            ))
+        });
+        if let Some(tier) = &tier {
+            segments.attach(tier);
+        }
         let mut recovery = recover(&segments, &index, config.index_flush_entries)?;
         recovery.fsync_cut = fsync_cut;
         let cp = index.checkpoint();
@@ -415,6 +427,7 @@ impl Engine {
                 threads: Mutex::new(vec![writer_thread, indexer_thread]),
                 fatal,
                 scavenges: Default::default(),
+                tier,
                 _lock: lock,
             }),
         };
@@ -440,8 +453,9 @@ impl Engine {
         &self.inner.reader
     }
 
-    /// Bytes of the log on disk up to its committed end: every sealed
-    /// segment file as stored (compressed or not, ADR 43) and the active
+    /// Bytes of the log on local disk up to its committed end: every sealed
+    /// segment file as stored (compressed or not; a stub for one that lives
+    /// only in the archive, ADR 43) and the active
     /// one's frames, not the preallocated zeros after the last frame (ADR 10).
     pub fn log_bytes(&self) -> Result<u64> {
         let reader = &self.inner.reader;
@@ -449,7 +463,7 @@ impl Engine {
         let mut total = end.offset();
         for seg in reader.segments.all() {
             if seg.number < end.segment() {
-                total += seg.stored_len()?;
+                total += seg.local_len()?;
             }
         }
         Ok(total)

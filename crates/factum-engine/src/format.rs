@@ -42,12 +42,19 @@ pub const FEATURE_SCAVENGED: u32 = 4;
 /// its uncompressed version. Set only by a rewrite of a sealed segment,
 /// never by the writer.
 pub const FEATURE_COMPRESSED: u32 = 8;
+/// Feature flag: the file is a stub; the segment's bytes live only in the
+/// archive (`archive.rs`, ADR 43). After the header: the archived
+/// object's name, size and CRC32C. The other flags are the archived
+/// file's (a compressed segment stays compressed in the archive). Set only
+/// on eviction of an archived sealed segment, never by the writer.
+pub const FEATURE_ARCHIVED: u32 = 16;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
 pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES
     | FEATURE_PUBLIC_POSITIONS_FROM_ONE
     | FEATURE_SCAVENGED
-    | FEATURE_COMPRESSED;
+    | FEATURE_COMPRESSED
+    | FEATURE_ARCHIVED;
 /// The feature flags of the segments this build creates.
 pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 
@@ -126,6 +133,11 @@ impl SegmentHeader {
     /// Is this segment stored compressed (ADR 43)?
     pub fn compressed(&self) -> bool {
         self.features & FEATURE_COMPRESSED != 0
+    }
+
+    /// Is this file a stub of a segment that lives only in the archive?
+    pub fn archived(&self) -> bool {
+        self.features & FEATURE_ARCHIVED != 0
     }
 
     /// Encodes to the 32-byte header, in the layout of `self.version`

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod archiver;
 pub mod backup;
 pub mod cache;
 pub mod compact;
@@ -40,6 +41,7 @@ pub mod verify;
 pub mod writer;
 
 pub use archive::{Archive, ArchivedObject, LocalArchive};
+pub use archiver::{ArchiveOptions, ArchiveReport};
 pub use backup::{restore, BackupReport, Manifest};
 pub use compact::{CompactReport, CompressPolicy};
 pub use config::{Clock, Durability, EngineConfig};
@@ -47,4 +49,4 @@ pub use engine::{Engine, EngineStats, Recovery};
 pub use pool::{Progress, ReadStats};
 pub use rewrite::{RecordAction, RewriteReport, Throttle};
 pub use scavenge::{ScavengeOptions, ScavengeReport, ScavengeStatus};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, verify_with_archive, VerifyReport};

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use factum_core::{Error, Result};
@@ -50,8 +50,46 @@ pub struct Segment {
     /// Read handle (positional reads only, shared by readers).
     pub file: File,
     /// The block map when the segment is stored compressed (ADR 43):
-    /// reads then go through it, at the same logical offsets.
-    pub blocks: Option<crate::compress::Blocks>,
+    /// reads then go through it, at the same logical offsets. Loaded on
+    /// open for a local file, on first read for an archived one.
+    pub blocks: OnceLock<crate::compress::Blocks>,
+    /// When the file is a stub: the archived object holding the segment.
+    pub stub: Option<crate::archive::Stub>,
+    /// The archive tier reads of a stub go through (set by the engine).
+    pub tier: OnceLock<Arc<crate::archive::Tier>>,
+}
+
+impl crate::compress::Physical for Segment {
+    fn read_physical(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        match &self.stub {
+            None => self.file.read_physical(buf, offset).map_err(|e| match e {
+                Error::Io { source, .. } => Error::io(format!("reading {}", self.path.display()), source),
+                other => other,
+            }),
+            Some(stub) => match self.tier.get() {
+                Some(tier) => tier.read(&stub.object, stub.size, buf, offset).map_err(|e| {
+                    Error::unavailable(
+                        factum_core::UnavailableReason::Storage,
+                        format!(
+                            "segment {} ({}) lives only in the archive as {}, which cannot be read: {e}",
+                            self.number,
+                            self.path.display(),
+                            stub.object
+                        ),
+                    )
+                }),
+                None => Err(Error::unavailable(
+                    factum_core::UnavailableReason::Storage,
+                    format!(
+                        "segment {} ({}) lives only in the archive as {}, and no archive is configured (--archive)",
+                        self.number,
+                        self.path.display(),
+                        stub.object
+                    ),
+                )),
+            },
+        }
+    }
 }
 
 impl Segment {
@@ -60,19 +98,30 @@ impl Segment {
     /// bytes goes through here, so a compressed segment reads like any
     /// other.
     pub fn read_into(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        if let Some(blocks) = &self.blocks {
-            return blocks.read_into(&self.file, &self.path, buf, offset);
+        use crate::compress::Physical;
+        match self.blocks()? {
+            Some(blocks) => blocks.read_into(self, &self.path, buf, offset),
+            None => self.read_physical(buf, offset),
         }
-        let mut got = 0;
-        while got < buf.len() {
-            match self.file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
-            }
+    }
+
+    /// The block map of a compressed segment (loaded on first use for an
+    /// archived one); `None` when it is not compressed.
+    pub fn blocks(&self) -> Result<Option<&crate::compress::Blocks>> {
+        if !self.format.compressed() {
+            return Ok(None);
         }
-        Ok(got)
+        if let Some(b) = self.blocks.get() {
+            return Ok(Some(b));
+        }
+        let loaded = crate::compress::Blocks::load(self, &self.path, self.stored_len()?)?;
+        let _ = self.blocks.set(loaded);
+        Ok(self.blocks.get())
+    }
+
+    /// Does the segment live only in the archive (its file is a stub)?
+    pub fn is_archived(&self) -> bool {
+        self.stub.is_some()
     }
 
     /// Reads exactly `len` bytes at `offset`.
@@ -115,14 +164,23 @@ impl Segment {
     /// compressed segment, the length of its uncompressed version.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
-        match &self.blocks {
+        match self.blocks()? {
             Some(blocks) => Ok(blocks.logical_len()),
             None => self.stored_len(),
         }
     }
 
-    /// The file's length on disk.
+    /// The length of the segment file as stored (compressed or not): the
+    /// archived file's for a stub.
     pub fn stored_len(&self) -> Result<u64> {
+        match &self.stub {
+            Some(stub) => Ok(stub.size),
+            None => self.local_len(),
+        }
+    }
+
+    /// The length of the local file (a stub's own, for an archived segment).
+    pub fn local_len(&self) -> Result<u64> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -184,6 +242,15 @@ impl Segments {
         self.swap.write()
     }
 
+    /// Gives every archived segment the tier its reads go through.
+    pub fn attach(&self, tier: &Arc<crate::archive::Tier>) {
+        for s in self.list.read().iter() {
+            if s.is_archived() {
+                let _ = s.tier.set(tier.clone());
+            }
+        }
+    }
+
     /// Replaces the segment with the same number (a rewritten file, ADR 33).
     pub(crate) fn replace(&self, s: Arc<Segment>) {
         let mut list = self.list.write();
@@ -228,15 +295,28 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
             ),
         });
     }
-    let blocks = if header.compressed() {
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
-            .len();
-        Some(crate::compress::Blocks::load(&file, path, len)?)
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+        .len();
+    let stub = if header.archived() {
+        let mut body = vec![0u8; (len as usize).saturating_sub(SEGMENT_HEADER_LEN).min(4096)];
+        file.read_exact_at(&mut body, SEGMENT_HEADER_LEN as u64)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Some(
+            crate::archive::Stub::decode(&body).map_err(|detail| Error::Corrupt {
+                file: path.to_path_buf(),
+                offset: SEGMENT_HEADER_LEN as u64,
+                detail,
+            })?,
+        )
     } else {
         None
     };
+    let blocks = OnceLock::new();
+    if header.compressed() && stub.is_none() {
+        let _ = blocks.set(crate::compress::Blocks::load(&file, path, len)?);
+    }
     Ok(Segment {
         number: header.number,
         first_position: header.first_position,
@@ -244,6 +324,8 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
         path: path.to_path_buf(),
         file,
         blocks,
+        stub,
+        tier: OnceLock::new(),
     })
 }
 
@@ -258,7 +340,7 @@ pub fn remove_interrupted_segments(dir: &Path) -> Result<()> {
         if entry
             .file_name()
             .to_str()
-            .is_some_and(|n| n.ends_with(SEGMENT_TMP_SUFFIX))
+            .is_some_and(|n| n.ends_with(SEGMENT_TMP_SUFFIX) || n.ends_with(STUB_TMP_SUFFIX))
         {
             let tmp = entry.path();
             std::fs::remove_file(&tmp)
@@ -318,6 +400,9 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
 
 /// Suffix of a segment being created (never read; removed on open).
 pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+/// Suffix of a stub being written before it replaces an archived
+/// segment's file (never read; removed on open, the segment's file stays).
+pub const STUB_TMP_SUFFIX: &str = ".seg.stub";
 
 /// Creates a segment file with its header, durably: the header is written
 /// and fsynced under a temporary name, which is then renamed to the
@@ -358,7 +443,9 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         format,
         path,
         file,
-        blocks: None,
+        blocks: OnceLock::new(),
+        stub: None,
+        tier: OnceLock::new(),
     })
 }
 

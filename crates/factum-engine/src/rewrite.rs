@@ -267,6 +267,11 @@ pub(crate) fn rewrite_segment(
     let seg = segments
         .get(number)
         .ok_or_else(|| Error::InvalidInput(format!("segment {number} does not exist")))?;
+    if seg.is_archived() {
+        return Err(Error::InvalidInput(format!(
+            "segment {number} lives only in the archive; a rewrite needs its local copy"
+        )));
+    }
     let Some(next) = segments.get(number + 1) else {
         return Err(Error::InvalidInput(format!(
             "segment {number} is the active segment; only sealed segments are rewritten"

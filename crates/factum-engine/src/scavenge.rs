@@ -243,9 +243,12 @@ impl Engine {
 fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<bool> {
     let started = Instant::now();
     let reader = engine.reader();
+    // A segment that lives only in the archive is not scavenged (ADR 43):
+    // reads still hide what a scavenge would remove.
     let candidates: Vec<u32> = crate::rewrite::sealed_behind_checkpoint(engine)?
         .into_iter()
         .filter(|&n| n >= options.start_from_segment)
+        .filter(|&n| reader.segments.get(n).is_some_and(|s| !s.is_archived()))
         .collect();
     running.status.lock().report.segments_total = candidates.len() as u32;
     let now = options.now.unwrap_or_else(|| engine.config().clock.now());
