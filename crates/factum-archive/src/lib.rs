@@ -5,6 +5,7 @@
 mod options;
 mod runtime;
 mod s3;
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -69,6 +69,9 @@ enum Command {
     /// Removes the events no read can see any more (`$maxCount`, `$maxAge`,
     /// `$tb`, deleted streams, old metadata) from a store no server holds.
     Scavenge(commands::scavenge::ScavengeArgs),
+    /// Copies sealed segments to an archive (S3 or a directory), verifies
+    /// them, and removes local copies past a retention.
+    Archive(commands::archive::ArchiveArgs),
     /// Rewrites sealed segments compressed (zstd blocks; every event keeps
     /// its position) in a store no server holds.
     Compact(commands::compact::CompactArgs),
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Forget(a) => commands::forget::run(a),
         Command::Rekey(a) => commands::rekey::run(a),
         Command::Scavenge(a) => commands::scavenge::run(a),
+        Command::Archive(a) => commands::archive::run(a),
         Command::Compact(a) => commands::compact::run(a),
         Command::Serve(a) => commands::serve::run(*a),
         Command::Certs(a) => commands::certs::run(a),

@@ -331,3 +331,51 @@ fn evict(
     }
     sync_dir(dir)
 }
+
+/// Where the log's bytes are, and what the archive tier did (metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Bytes of segment files on local disk (stubs included).
+    pub bytes_local: u64,
+    /// Bytes of segments that live only in the archive.
+    pub bytes_archived: u64,
+    /// Segments that live only in the archive.
+    pub segments_archived: u64,
+    /// Chunk reads answered from the cache.
+    pub cache_hits: u64,
+    /// Chunk reads fetched from the archive.
+    pub cache_misses: u64,
+    /// Bytes held by the cache now.
+    pub cache_bytes: u64,
+    /// Fetches that failed.
+    pub fetch_errors: u64,
+    /// Bytes fetched.
+    pub fetched_bytes: u64,
+    /// Time spent fetching, µs in all.
+    pub fetch_micros: u64,
+}
+
+impl Engine {
+    /// Where the log's bytes are and what the archive tier did; the tier's
+    /// counters are zero without an archive.
+    pub fn archive_stats(&self) -> Result<ArchiveStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = ArchiveStats::default();
+        for seg in self.reader().segments.all() {
+            s.bytes_local += seg.local_len()?;
+            if let Some(stub) = &seg.stub {
+                s.bytes_archived += stub.size;
+                s.segments_archived += 1;
+            }
+        }
+        if let Some(tier) = &self.inner().tier {
+            s.cache_hits = tier.stats.hits.load(Relaxed);
+            s.cache_misses = tier.stats.misses.load(Relaxed);
+            s.cache_bytes = tier.cached_bytes() as u64;
+            s.fetch_errors = tier.stats.errors.load(Relaxed);
+            s.fetched_bytes = tier.stats.fetched_bytes.load(Relaxed);
+            s.fetch_micros = tier.stats.fetch_micros.load(Relaxed);
+        }
+        Ok(s)
+    }
+}

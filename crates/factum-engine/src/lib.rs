@@ -41,7 +41,7 @@ pub mod verify;
 pub mod writer;
 
 pub use archive::{Archive, ArchivedObject, LocalArchive};
-pub use archiver::{ArchiveOptions, ArchiveReport};
+pub use archiver::{ArchiveOptions, ArchiveReport, ArchiveStats};
 pub use backup::{restore, BackupReport, Manifest};
 pub use compact::{CompactReport, CompressPolicy};
 pub use config::{Clock, Durability, EngineConfig};

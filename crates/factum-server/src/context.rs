@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub authenticator: Arc<dyn Authenticator>,
     /// The store's size on disk, when the backend can tell.
     pub size_probe: Option<SizeProbe>,
+    /// More Prometheus text for `/metrics` from the backend (the engine's
+    /// archive tier, ADR 43).
+    pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Online backups, when the backend can take them.
     pub backup: Option<BackupHook>,
     /// Crypto-shredding's `forget`, when the store encrypts personal
@@ -139,6 +142,7 @@ impl ServerConfig {
             version: "24.10.0".to_owned(),
             authenticator: Arc::new(crate::auth::Insecure),
             size_probe: None,
+            extra_metrics: None,
             backup: None,
             forget: None,
             scavenge: None,

@@ -183,6 +183,9 @@ async fn ready<S: EventStore>(State(ctx): Shared<S>) -> Response {
 async fn metrics<S: EventStore>(State(ctx): Shared<S>) -> Response {
     let size = ctx.config.size_probe.as_ref().and_then(|p| p());
     let mut text = ctx.metrics.render(size);
+    if let Some(extra) = &ctx.config.extra_metrics {
+        text.push_str(&extra());
+    }
     match ctx.persistent.list(None).await {
         Ok(groups) => crate::metrics::render_groups(&mut text, &groups),
         Err(e) => tracing::warn!("persistent subscription metrics unavailable: {e}"),

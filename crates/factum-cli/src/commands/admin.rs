@@ -19,6 +19,10 @@ pub struct VerifyArgs {
     /// The store's directory.
     #[arg(long, env = "FACTUM_DATA", value_name = "DIR")]
     pub data: PathBuf,
+    /// With `--archive`: segments that live only in the archive are read
+    /// through it and their archived copies checked (size, CRC32C).
+    #[command(flatten)]
+    pub conn: super::archive::ArchiveConn,
 }
 
 /// Arguments of `factum reindex`.
@@ -33,8 +37,14 @@ pub struct ReindexArgs {
 pub fn verify(args: VerifyArgs) -> Result<(), CliError> {
     ensure_store(&args.data)?;
     let started = Instant::now();
-    let report = factum_engine::verify(&args.data)?;
+    let report = factum_engine::verify_with_archive(&args.data, args.conn.open()?)?;
     println!("segments       {}", report.segments);
+    if report.compressed_segments > 0 || report.archived_segments > 0 {
+        println!(
+            "               {} compressed, {} only in the archive",
+            report.compressed_segments, report.archived_segments
+        );
+    }
     println!("frames         {}", report.frames);
     println!("events         {}", report.events);
     println!("streams        {}", report.streams);

@@ -78,8 +78,8 @@ pub fn run(args: CompactArgs) -> Result<(), CliError> {
 /// How often a server looks for segments to compress.
 const EVERY: Duration = Duration::from_secs(60);
 
-/// A server's compaction thread: runs `policy` now and every minute until
-/// stopped.
+/// A server's storage thread: compresses by `policy`, then archives (when
+/// an archive is configured), now and every minute until stopped.
 pub struct Background {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -87,18 +87,27 @@ pub struct Background {
 
 impl Background {
     /// Starts it (nothing runs for `Off`).
-    pub fn start(engine: Arc<Engine>, policy: CompressPolicy) -> Result<Background, CliError> {
+    pub fn start(
+        engine: Arc<Engine>,
+        policy: CompressPolicy,
+        archiving: Option<factum_engine::ArchiveOptions>,
+    ) -> Result<Background, CliError> {
         let stop = Arc::new(AtomicBool::new(false));
-        if policy == CompressPolicy::Off {
+        if policy == CompressPolicy::Off && archiving.is_none() {
             return Ok(Background { stop, thread: None });
         }
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("factum-compact".into())
+            .name("factum-storage".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     if let Err(e) = engine.compact(policy, Throttle::None, &flag) {
                         tracing::error!(error = %e, "compressing sealed segments failed; the segment keeps its old version");
+                    }
+                    if let Some(options) = archiving {
+                        if let Err(e) = engine.archive_segments(options, &flag) {
+                            tracing::error!(error = %e, "archiving sealed segments failed; local copies stay until a run succeeds");
+                        }
                     }
                     let until = std::time::Instant::now() + EVERY;
                     while !flag.load(Ordering::Relaxed) && std::time::Instant::now() < until {

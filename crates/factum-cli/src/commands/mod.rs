@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod append;
+pub mod archive;
 pub mod backup;
 pub mod bench;
 pub mod certs;

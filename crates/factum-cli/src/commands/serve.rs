@@ -84,6 +84,15 @@ pub struct ServeArgs {
     /// (sealed at least that long). Checked every minute; engine only.
     #[arg(long, env = "FACTUM_COMPRESS_SEGMENTS", value_name = "WHEN")]
     pub compress_segments: Option<String>,
+    /// The archive sealed segments are copied to (ADR 43); checked every
+    /// minute. Engine only.
+    #[command(flatten)]
+    pub archive: super::archive::ArchiveConn,
+    /// Keep local copies of archived segments `forever` [default], or
+    /// remove those sealed at least this long (`0s`, `7d`, `12h`); reads
+    /// then fetch them from the archive into a 64 MiB cache.
+    #[arg(long, env = "FACTUM_ARCHIVE_KEEP_LOCAL", value_name = "AGE")]
+    pub archive_keep_local: Option<String>,
     /// The master key of crypto-shredding (ADR 36): a file of 64 hex
     /// digits (`openssl rand -hex 32`), or the key itself in
     /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
@@ -190,6 +199,11 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "scavenge-schedule",
             "segment-bytes",
             "compress-segments",
+            "archive",
+            "archive-endpoint",
+            "archive-region",
+            "archive-allow-http",
+            "archive-keep-local",
             "encryption-key-file",
             "max-append-bytes",
             "max-inflight-append-bytes",
@@ -241,6 +255,11 @@ struct Settings {
     scavenge_schedule: Option<factum_server::Schedule>,
     segment_bytes: Option<u64>,
     compress_segments: factum_engine::CompressPolicy,
+    /// The archive and what is kept locally (ADR 43).
+    archive: super::archive::ArchiveConn,
+    archive_keep_local: Option<Duration>,
+    /// More `/metrics` text from the backend (set once the store is open).
+    extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     encryption_key_file: Option<PathBuf>,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
@@ -372,8 +391,41 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             p => p,
         },
     };
+    let archive = super::archive::ArchiveConn {
+        archive: args
+            .archive
+            .archive
+            .or_else(|| file.get("archive").cloned()),
+        archive_endpoint: args
+            .archive
+            .archive_endpoint
+            .or_else(|| file.get("archive-endpoint").cloned()),
+        archive_region: args
+            .archive
+            .archive_region
+            .or_else(|| file.get("archive-region").cloned()),
+        archive_allow_http: switch(
+            args.archive.archive_allow_http.then_some(Some(true)),
+            &file,
+            "archive-allow-http",
+        )?,
+    };
+    let archive_keep_local = super::archive::keep_local(
+        &args
+            .archive_keep_local
+            .or_else(|| file.get("archive-keep-local").cloned())
+            .unwrap_or_else(|| "forever".into()),
+    )?;
+    if archive.archive.is_some() && matches!(backend, Backend::Postgres { .. }) {
+        return Err(CliError::usage(
+            "--archive applies to the embedded engine's segments, not to PostgreSQL",
+        ));
+    }
     Ok(Settings {
         backend,
+        archive,
+        archive_keep_local,
+        extra_metrics: None,
         listen: args
             .listen
             .or_else(|| file.get("listen").cloned())
@@ -565,7 +617,7 @@ async fn signal() {
 
 /// Runs `factum serve` until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    let s = settings(args)?;
+    let mut s = settings(args)?;
     match &s.backend {
         Backend::Engine(data) => {
             std::fs::create_dir_all(data)
@@ -574,9 +626,19 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             if let Some(n) = s.segment_bytes {
                 engine_config.segment_bytes = n;
             }
+            engine_config.archive = s.archive.open()?;
+            let archiving =
+                engine_config
+                    .archive
+                    .is_some()
+                    .then_some(factum_engine::ArchiveOptions {
+                        evict_after: s.archive_keep_local,
+                    });
             let engine = Arc::new(open(data, engine_config)?);
             let compaction =
-                super::compact::Background::start(engine.clone(), s.compress_segments)?;
+                super::compact::Background::start(engine.clone(), s.compress_segments, archiving)?;
+            let metered = engine.clone();
+            s.extra_metrics = Some(Arc::new(move || super::archive::metrics_text(&metered)));
             let scavenge: Arc<dyn factum_server::Scavenger> =
                 Arc::new(EngineScavenger(engine.clone()));
             let rt = runtime()?;
@@ -834,6 +896,7 @@ async fn serve_store<S: factum_core::EventStore>(
     }
     config.connections = s.connections.clone();
     config.size_probe = size_probe;
+    config.extra_metrics = s.extra_metrics.clone();
     config.backup = backup;
     config.scavenge = scavenge;
     config.scavenge_schedule = s.scavenge_schedule;
