@@ -271,7 +271,7 @@ impl Engine {
                 .map(|next| crate::compact::first_commit_time(&next))
                 .transpose()?
                 .flatten();
-            if !sealed.is_some_and(|t| t <= now.saturating_sub(age)) {
+            if sealed.is_none_or(|t| t > now.saturating_sub(age)) {
                 continue;
             }
             let stub = Stub {
