@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 pub use key_file::{FileKeyStore, Rekeyed, KEY_FILE_NAME};
 pub use key_store::{KeyFuture, SubjectKey, SubjectKeys};
-pub use master::{provider_from_settings, KeyEnv, KeyFile, KeyProvider, SecretKey};
+pub use master::{provider_from, provider_from_settings, KeyEnv, KeyFile, KeyProvider, SecretKey};
 pub use shredding::{Forgotten, Shredding, SUBJECT_FORGOTTEN_EVENT};
 
 /// What went wrong with keys.

@@ -128,15 +128,27 @@ impl KeyProvider for KeyEnv {
 /// `FACTUM_ENCRYPTION_KEY_FILE`), else `FACTUM_ENCRYPTION_KEY` when set,
 /// else none (crypto-shredding off).
 pub fn provider_from_settings(key_file: Option<&Path>) -> Option<Box<dyn KeyProvider>> {
+    provider_from(key_file, KEY_FILE_ENV, KEY_ENV)
+}
+
+/// The same choice for any pair of variable names (`factum rekey` reads
+/// its new key from `FACTUM_NEW_ENCRYPTION_KEY_FILE` /
+/// `FACTUM_NEW_ENCRYPTION_KEY`): the file given, else the file named by
+/// `file_env`, else the key itself in `key_env`; `None` when none is set.
+pub fn provider_from(
+    key_file: Option<&Path>,
+    file_env: &str,
+    key_env: &str,
+) -> Option<Box<dyn KeyProvider>> {
     if let Some(path) = key_file {
         return Some(Box::new(KeyFile(path.to_path_buf())));
     }
-    if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
+    if let Some(path) = std::env::var_os(file_env).filter(|p| !p.is_empty()) {
         return Some(Box::new(KeyFile(PathBuf::from(path))));
     }
-    std::env::var_os(KEY_ENV)
+    std::env::var_os(key_env)
         .filter(|v| !v.is_empty())
-        .map(|_| Box::new(KeyEnv(KEY_ENV.to_owned())) as Box<dyn KeyProvider>)
+        .map(|_| Box::new(KeyEnv(key_env.to_owned())) as Box<dyn KeyProvider>)
 }
 
 #[cfg(test)]

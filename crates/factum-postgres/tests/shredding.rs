@@ -32,6 +32,33 @@ fn registered(who: &str) -> EventData {
     e
 }
 
+/// An admin connection, a fresh schema's name and a store on it (dropped
+/// with the store); `None` (SKIPPED) without PostgreSQL.
+async fn fresh_schema() -> Option<(tokio_postgres::Client, String, PostgresStore)> {
+    let url = common::url();
+    let admin = common::admin(&url).await?;
+    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
+    let store = PostgresStore::connect(PostgresConfig::new(url).schema(schema.clone()))
+        .await
+        .unwrap()
+        .drop_schema_on_drop();
+    Some((admin, schema, store))
+}
+
+/// Appends one `registered` event to `customer-<who>` for each of `who`.
+async fn register<S: EventStore>(store: &S, who: &[&str]) {
+    for who in who {
+        store
+            .append(
+                StreamName::new(format!("customer-{who}")).unwrap(),
+                ExpectedRevision::Any,
+                vec![registered(who)],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Tables of `schema` whose rows, as text, contain `needle`.
 async fn tables_holding(admin: &tokio_postgres::Client, schema: &str, needle: &str) -> Vec<String> {
     let tables: Vec<String> = admin
@@ -67,28 +94,13 @@ async fn tables_holding(admin: &tokio_postgres::Client, schema: &str, needle: &s
 
 #[tokio::test]
 async fn personal_fields_are_encrypted_and_forget_erases_them_on_postgres() {
-    let url = common::url();
-    let Some(admin) = common::admin(&url).await else {
+    let Some((admin, schema, store)) = fresh_schema().await else {
         return;
     };
-    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
-    let store = PostgresStore::connect(PostgresConfig::new(url).schema(schema.clone()))
-        .await
-        .unwrap()
-        .drop_schema_on_drop();
     let master = SecretKey::random().unwrap();
     let keys = Arc::new(store.subject_keys(master.clone()));
     let shredding = Shredding::new(Arc::new(store.clone()), keys.clone());
-    for who in ["alice", "bob"] {
-        shredding
-            .append(
-                StreamName::new(format!("customer-{who}")).unwrap(),
-                ExpectedRevision::Any,
-                vec![registered(who)],
-            )
-            .await
-            .unwrap();
-    }
+    register(&shredding, &["alice", "bob"]).await;
     let read = |who: &'static str| {
         let shredding = shredding.clone();
         async move {
@@ -191,15 +203,9 @@ async fn keys_id(admin: &tokio_postgres::Client, schema: &str, subject: &str) ->
 /// to do, and a rekey from a key that opens nothing changes nothing.
 #[tokio::test]
 async fn rekey_moves_subject_keys_to_a_new_master_key_on_postgres() {
-    let url = common::url();
-    let Some(_admin) = common::admin(&url).await else {
+    let Some((_admin, _schema, store)) = fresh_schema().await else {
         return;
     };
-    let schema = format!("factum_test_{}", factum_core::Uuid::new_v4().simple());
-    let store = PostgresStore::connect(PostgresConfig::new(url).schema(schema.clone()))
-        .await
-        .unwrap()
-        .drop_schema_on_drop();
     assert!(!store.has_subject_keys().await.unwrap());
     let old = SecretKey::random().unwrap();
     let new = SecretKey::random().unwrap();
@@ -207,16 +213,7 @@ async fn rekey_moves_subject_keys_to_a_new_master_key_on_postgres() {
         Arc::new(store.clone()),
         Arc::new(store.subject_keys(old.clone())),
     );
-    for who in ["carol", "dave", "erin"] {
-        shredding
-            .append(
-                StreamName::new(format!("customer-{who}")).unwrap(),
-                ExpectedRevision::Any,
-                vec![registered(who)],
-            )
-            .await
-            .unwrap();
-    }
+    register(&shredding, &["carol", "dave", "erin"]).await;
     assert!(store.has_subject_keys().await.unwrap());
     store
         .subject_keys(old.clone())

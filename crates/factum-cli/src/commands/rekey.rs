@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use factum_crypto::{FileKeyStore, KeyEnv, KeyFile, KeyProvider, Rekeyed, SecretKey};
+use factum_crypto::{FileKeyStore, Rekeyed, SecretKey};
 use factum_engine::engine::lock_dir;
 
 use crate::error::CliError;
@@ -54,16 +54,12 @@ pub struct RekeyArgs {
 }
 
 fn new_master(file: Option<&PathBuf>) -> Result<SecretKey, CliError> {
-    let provider: Box<dyn KeyProvider> = match file {
-        Some(path) => Box::new(KeyFile(path.clone())),
-        None if std::env::var_os(NEW_KEY_ENV).is_some_and(|v| !v.is_empty()) => {
-            Box::new(KeyEnv(NEW_KEY_ENV.to_owned()))
-        }
-        None => {
-            return Err(CliError::usage(format!(
-                "rekey needs the new master key: --new-encryption-key-file FILE ({NEW_KEY_FILE_ENV}) or {NEW_KEY_ENV}"
-            )))
-        }
+    let Some(provider) =
+        factum_crypto::provider_from(file.map(|p| p.as_path()), NEW_KEY_FILE_ENV, NEW_KEY_ENV)
+    else {
+        return Err(CliError::usage(format!(
+            "rekey needs the new master key: --new-encryption-key-file FILE ({NEW_KEY_FILE_ENV}) or {NEW_KEY_ENV}"
+        )));
     };
     provider
         .master_key()
