@@ -14,11 +14,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use factum_core::testkit::shaped::seed_shaped;
-use factum_core::{EventStore, ExpectedRevision, Position, ReadAll, ReadStream};
+use factum_core::{EventStore, ExpectedRevision, ReadStream};
 use factum_engine::{CompactReport, CompressPolicy, Durability, Engine, EngineConfig, Throttle};
 
 use crate::error::BenchError;
-use crate::util::{rate, Latencies};
+use crate::util::{rate, read_all_pages, Latencies};
 use crate::{Ctx, Report, Workload};
 
 /// Events per `read_all` page.
@@ -115,30 +115,7 @@ pub fn ratio(ctx: &mut Ctx) -> Result<Report, BenchError> {
 fn read_all_pass(ctx: &Ctx, engine: &Engine, expect: u64) -> Result<(f64, Latencies), BenchError> {
     let mut last = None;
     for _ in 0..2 {
-        let (n, elapsed, lat) = ctx.rt.block_on(async {
-            let mut lat = Latencies::default();
-            let started = Instant::now();
-            let mut next = 0u64;
-            let mut n = 0u64;
-            loop {
-                let t = Instant::now();
-                let page = engine
-                    .read_all(
-                        ReadAll::forwards()
-                            .from_position(Position(next))
-                            .max_count(PAGE),
-                    )
-                    .await?;
-                let Some(last) = page.last() else { break };
-                lat.push(t.elapsed());
-                n += page.len() as u64;
-                next = last.position.0 + 1;
-                if (page.len() as u64) < PAGE {
-                    break;
-                }
-            }
-            Ok::<_, BenchError>((n, started.elapsed(), lat))
-        })?;
+        let (n, elapsed, lat) = ctx.rt.block_on(read_all_pages(engine, PAGE))?;
         if n != expect {
             return Err(BenchError::failure(format!(
                 "read {n} events from $all, expected {expect}"

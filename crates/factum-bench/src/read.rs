@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use factum_core::{EventStore, ExpectedRevision, Position, ReadAll, ReadStream, StreamName};
+use factum_core::{EventStore, ExpectedRevision, ReadStream, StreamName};
 use factum_engine::Durability;
 
 use crate::error::BenchError;
-use crate::util::{event, open_engine, payload, rate, Latencies};
+use crate::util::{event, open_engine, payload, rate, read_all_pages, Latencies};
 use crate::{Ctx, Report, Workload};
 
 const EVENT_BYTES: usize = 256;
@@ -47,30 +47,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     // Two passes over the same store: the first after reopening (the
     // process's allocator and the reader still warming up), the second is
     // the steady state that the figure reports. Both are printed.
-    let pass = |engine: &factum_engine::Engine| {
-        ctx.rt.block_on(async {
-            let mut lat = Latencies::default();
-            let started = Instant::now();
-            let mut next = 0u64;
-            loop {
-                let t = Instant::now();
-                let page = engine
-                    .read_all(
-                        ReadAll::forwards()
-                            .from_position(Position(next))
-                            .max_count(PAGE),
-                    )
-                    .await?;
-                let Some(last) = page.last() else { break };
-                lat.push(t.elapsed());
-                next = last.position.0 + 1;
-                if (page.len() as u64) < PAGE {
-                    break;
-                }
-            }
-            Ok::<_, BenchError>((next, started.elapsed(), lat))
-        })
-    };
+    let pass = |engine: &factum_engine::Engine| ctx.rt.block_on(read_all_pages(engine, PAGE));
     let (first_n, first_elapsed, _) = pass(&engine)?;
     let (n, elapsed, mut lat) = pass(&engine)?;
     if first_n != n {

@@ -12,14 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use factum_core::{
-    ContentType, EventData, EventStore, ExpectedRevision, Position, ReadAll, StreamName,
-};
+use factum_core::{ContentType, EventData, EventStore, ExpectedRevision, StreamName};
 use factum_crypto::{FileKeyStore, SecretKey, Shredding};
 use factum_engine::{Durability, Engine};
 
 use crate::error::BenchError;
-use crate::util::{open_engine, rate, Latencies};
+use crate::util::{open_engine, rate, read_all_pages, Latencies};
 use crate::{Ctx, Report, Workload};
 
 /// Events per append.
@@ -103,31 +101,6 @@ async fn append_all(
     Ok((elapsed, lat))
 }
 
-/// Reads `$all` in pages; the events read and the time.
-async fn read_all(store: &Store) -> Result<(u64, Duration, Latencies), BenchError> {
-    let mut lat = Latencies::default();
-    let started = Instant::now();
-    let (mut next, mut n) = (0u64, 0u64);
-    loop {
-        let t = Instant::now();
-        let page = store
-            .read_all(
-                ReadAll::forwards()
-                    .from_position(Position(next))
-                    .max_count(PAGE),
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        lat.push(t.elapsed());
-        n += page.len() as u64;
-        next = last.position.0 + 1;
-        if (page.len() as u64) < PAGE {
-            break;
-        }
-    }
-    Ok((n, started.elapsed(), lat))
-}
-
 fn total(ctx: &Ctx) -> u64 {
     ctx.cap(if ctx.quick { 50_000 } else { 300_000 })
 }
@@ -180,8 +153,8 @@ pub fn read(ctx: &mut Ctx) -> Result<Report, BenchError> {
         let (engine, store) = open(&dir, Durability::None)?;
         ctx.rt.block_on(append_all(&store, total, personal))?;
         // Twice: the second pass is the steady state that is reported.
-        ctx.rt.block_on(read_all(&store))?;
-        let measured = ctx.rt.block_on(read_all(&store))?;
+        ctx.rt.block_on(read_all_pages(&store, PAGE))?;
+        let measured = ctx.rt.block_on(read_all_pages(&store, PAGE))?;
         drop(store);
         engine.close()?;
         Ok(measured)

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use factum_core::{Bytes, ContentType, EventData};
+use factum_core::{Bytes, ContentType, EventData, EventStore, Position, ReadAll};
 use factum_engine::{Durability, Engine, EngineConfig};
 
 use crate::error::BenchError;
@@ -270,6 +270,35 @@ pub fn proc_status_kb(field: &str) -> Option<u64> {
 /// Events per second.
 pub fn rate(events: u64, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Reads `$all` forwards in pages of `page` events: how many, the time,
+/// and the latency of each page.
+pub async fn read_all_pages<S: EventStore>(
+    store: &S,
+    page: u64,
+) -> Result<(u64, Duration, Latencies), BenchError> {
+    let mut lat = Latencies::default();
+    let started = Instant::now();
+    let (mut next, mut n) = (0u64, 0u64);
+    loop {
+        let t = Instant::now();
+        let events = store
+            .read_all(
+                ReadAll::forwards()
+                    .from_position(Position(next))
+                    .max_count(page),
+            )
+            .await?;
+        let Some(last) = events.last() else { break };
+        lat.push(t.elapsed());
+        n += events.len() as u64;
+        next = last.position.0 + 1;
+        if (events.len() as u64) < page {
+            break;
+        }
+    }
+    Ok((n, started.elapsed(), lat))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! archive` killed (SIGKILL) at random moments of its uploads and run
 //! again.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -113,25 +114,10 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-/// Starts `factum serve` with `args`; waits for the address line.
+/// Starts `factum serve` with `args` and the test's AWS environment.
 fn serve(args: &[String]) -> (Child, String) {
-    let mut server = factum(&[s("serve"), s("--listen"), s("127.0.0.1:0"), s("--insecure")])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split(" on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (server, addr)
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::serve_command(factum(&[]), &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

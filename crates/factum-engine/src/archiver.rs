@@ -265,13 +265,7 @@ impl Engine {
             let Some(age) = options.evict_after else {
                 continue;
             };
-            let sealed = reader
-                .segments
-                .get(number + 1)
-                .map(|next| crate::compact::first_commit_time(&next))
-                .transpose()?
-                .flatten();
-            if sealed.is_none_or(|t| t > now.saturating_sub(age)) {
+            if !crate::compact::sealed_for(reader, number, now, age)? {
                 continue;
             }
             let stub = Stub {

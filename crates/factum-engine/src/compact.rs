@@ -121,14 +121,7 @@ impl Engine {
                 continue;
             }
             if let CompressPolicy::SealedFor(age) = policy {
-                let sealed = reader
-                    .segments
-                    .get(number + 1)
-                    .map(|next| first_commit_time(&next))
-                    .transpose()?
-                    .flatten();
-                let old_enough = sealed.is_some_and(|t| t <= now.saturating_sub(age));
-                if !old_enough {
+                if !sealed_for(reader, number, now, age)? {
                     report.too_recent += 1;
                     continue;
                 }
@@ -158,9 +151,26 @@ impl Engine {
     }
 }
 
+/// Was segment `number` sealed at least `age` before `now`? Judged by the
+/// commit time of the first event after it (false while there is none).
+pub(crate) fn sealed_for(
+    reader: &crate::reader::Reader,
+    number: u32,
+    now: factum_core::Timestamp,
+    age: Duration,
+) -> Result<bool> {
+    let sealed = reader
+        .segments
+        .get(number + 1)
+        .map(|next| first_commit_time(&next))
+        .transpose()?
+        .flatten();
+    Ok(sealed.is_some_and(|t| t <= now.saturating_sub(age)))
+}
+
 /// The commit time of the first frame of `seg` (when the segment before it
 /// was sealed, near enough); `None` while it holds no frame.
-pub(crate) fn first_commit_time(
+fn first_commit_time(
     seg: &std::sync::Arc<crate::log::Segment>,
 ) -> Result<Option<factum_core::Timestamp>> {
     let len = seg.len()?;

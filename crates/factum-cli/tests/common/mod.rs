@@ -9,7 +9,12 @@ use std::process::{Child, Command, Stdio};
 /// backend, the data directory, …) and waits for the line that names the
 /// address it listens on; returns the process and that address.
 pub fn serve(args: &[&str]) -> (Child, String) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
+    serve_command(Command::new(env!("CARGO_BIN_EXE_factum")), args)
+}
+
+/// [`serve`] with a command the caller prepared (its environment).
+pub fn serve_command(mut command: Command, args: &[&str]) -> (Child, String) {
+    let mut server = command
         .args(["serve", "--listen", "127.0.0.1:0", "--insecure"])
         .args(args)
         .stdout(Stdio::piped())
