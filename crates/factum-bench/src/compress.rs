@@ -33,10 +33,15 @@ fn open(dir: &std::path::Path, durability: Durability, quick: bool) -> Result<En
     Ok(Engine::open_with(dir, config)?.0)
 }
 
-/// Loads `total` seed-shaped events (ten to a stream, one append each),
-/// then reopens the store durable. Returns it and its entity count.
-fn load(ctx: &Ctx, workload: Workload, total: u64) -> Result<(Engine, u64, f64), BenchError> {
-    let dir = ctx.dir(workload.name())?;
+/// Loads `total` seed-shaped events (ten to a stream, one append each)
+/// into `<workload dir>/store`, then reopens it durable. Returns it, its
+/// directory and the stream count.
+fn load(
+    ctx: &Ctx,
+    workload: Workload,
+    total: u64,
+) -> Result<(Engine, std::path::PathBuf, u64, f64), BenchError> {
+    let dir = ctx.dir(workload.name())?.join("store");
     let started = Instant::now();
     {
         let engine = open(&dir, Durability::None, ctx.quick)?;
@@ -56,9 +61,46 @@ fn load(ctx: &Ctx, workload: Workload, total: u64) -> Result<(Engine, u64, f64),
     let load_secs = started.elapsed().as_secs_f64();
     Ok((
         open(&dir, Durability::Always, ctx.quick)?,
+        dir,
         total.div_ceil(10),
         load_secs,
     ))
+}
+
+/// The same store twice, one copy compacted: measurements alternate
+/// between the two, so a noisy machine slows both alike.
+struct Pair {
+    plain: Engine,
+    compressed: Engine,
+    compaction: CompactReport,
+    streams: u64,
+}
+
+fn pair(ctx: &Ctx, workload: Workload, total: u64) -> Result<Pair, BenchError> {
+    let (engine, dir, streams, _) = load(ctx, workload, total)?;
+    engine.close()?;
+    drop(engine);
+    let copy = dir.with_file_name("plain");
+    std::fs::create_dir_all(&copy)?;
+    for e in std::fs::read_dir(&dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name()))?;
+        }
+    }
+    let compressed = open(&dir, Durability::Always, ctx.quick)?;
+    let compaction = compact(&compressed)?;
+    Ok(Pair {
+        plain: open(&copy, Durability::Always, ctx.quick)?,
+        compressed,
+        compaction,
+        streams,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn compact(engine: &Engine) -> Result<CompactReport, BenchError> {
@@ -82,7 +124,7 @@ fn total(ctx: &Ctx) -> u64 {
 /// `compressed-ratio`: see the module doc.
 pub fn ratio(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
-    let (engine, _, load_secs) = load(ctx, Workload::CompressedRatio, total)?;
+    let (engine, _, _, load_secs) = load(ctx, Workload::CompressedRatio, total)?;
     let r = compact(&engine)?;
     let after = engine.log_bytes()?;
     engine.close()?;
@@ -110,32 +152,36 @@ pub fn ratio(ctx: &mut Ctx) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// Reads `$all` forwards twice (the second pass is reported): events/s
-/// and per-page latencies.
+/// One pass over `$all`: events/s and per-page latencies.
 fn read_all_pass(ctx: &Ctx, engine: &Engine, expect: u64) -> Result<(f64, Latencies), BenchError> {
-    let mut last = None;
-    for _ in 0..2 {
-        let (n, elapsed, lat) = ctx.rt.block_on(read_all_pages(engine, PAGE))?;
-        if n != expect {
-            return Err(BenchError::failure(format!(
-                "read {n} events from $all, expected {expect}"
-            )));
-        }
-        last = Some((rate(n, elapsed), lat));
+    let (n, elapsed, lat) = ctx.rt.block_on(read_all_pages(engine, PAGE))?;
+    if n != expect {
+        return Err(BenchError::failure(format!(
+            "read {n} events from $all, expected {expect}"
+        )));
     }
-    Ok(last.expect("two passes"))
+    Ok((rate(n, elapsed), lat))
 }
 
-/// `compressed-read-all`: see the module doc.
+/// `compressed-read-all`: see the module doc. Five passes over each copy,
+/// alternating; the medians are compared.
 pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
-    let (engine, _, _) = load(ctx, Workload::CompressedReadAll, total)?;
-    let (plain, _) = read_all_pass(ctx, &engine, total)?;
-    let c = compact(&engine)?;
-    let (compressed, mut lat) = read_all_pass(ctx, &engine, total)?;
-    engine.close()?;
+    let p = pair(ctx, Workload::CompressedReadAll, total)?;
+    let (mut plain, mut compressed) = (Vec::new(), Vec::new());
+    let mut lat = Latencies::default();
+    for _ in 0..5 {
+        plain.push(read_all_pass(ctx, &p.plain, total)?.0);
+        let (eps, l) = read_all_pass(ctx, &p.compressed, total)?;
+        compressed.push(eps);
+        lat.extend(l);
+    }
+    p.plain.close()?;
+    p.compressed.close()?;
+    let (plain, compressed) = (median(plain), median(compressed));
     let (p50, p99) = lat.p50_p99_us();
     let ratio = compressed / plain;
+    let c = p.compaction;
     let mut r = ctx.report(Workload::CompressedReadAll);
     r.events = total;
     r.seconds = total as f64 / compressed;
@@ -149,7 +195,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     r.target_met = Some(ratio >= 0.5);
     r.durability = "none (load only; the read is unaffected)".into();
     r.notes = vec![format!(
-        "{} of the store's segments compressed ({:.2}×), the active one not; second of two passes each; page cache warm",
+        "{} of the store's segments compressed ({:.2}×), the active one not; medians of 5 passes over each copy, alternating; page cache warm",
         c.compressed,
         c.ratio()
     )];
@@ -183,24 +229,35 @@ fn read_streams(
     })
 }
 
-/// `compressed-read-stream`: see the module doc.
+/// `compressed-read-stream`: see the module doc. Five windows on each
+/// copy, alternating; the latencies of each side are pooled.
 pub fn read_stream(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
-    let duration = ctx.secs(2.0, 5.0);
-    let (engine, entities, _) = load(ctx, Workload::CompressedReadStream, total)?;
-    let (plain_eps, mut plain_lat) = read_streams(ctx, &engine, entities, duration)?;
-    let c = compact(&engine)?;
-    let (eps, mut lat) = read_streams(ctx, &engine, entities, duration)?;
-    engine.close()?;
+    let window = ctx.secs(0.4, 1.0);
+    let p = pair(ctx, Workload::CompressedReadStream, total)?;
+    let (mut plain_lat, mut lat) = (Latencies::default(), Latencies::default());
+    let (mut plain_eps, mut eps) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (e, l) = read_streams(ctx, &p.plain, p.streams, window)?;
+        plain_eps.push(e);
+        plain_lat.extend(l);
+        let (e, l) = read_streams(ctx, &p.compressed, p.streams, window)?;
+        eps.push(e);
+        lat.extend(l);
+    }
+    p.plain.close()?;
+    p.compressed.close()?;
+    let (plain_eps, eps) = (median(plain_eps), median(eps));
     let (_, plain_p99) = plain_lat.p50_p99_us();
     let (p50, p99) = lat.p50_p99_us();
     let p99_ratio = match (p99, plain_p99) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    let c = p.compaction;
     let mut r = ctx.report(Workload::CompressedReadStream);
     r.events = lat.len() as u64 * 10;
-    r.seconds = duration.as_secs_f64();
+    r.seconds = 5.0 * window.as_secs_f64();
     r.events_per_sec = Some(eps);
     r.baseline_events_per_sec = Some(plain_eps);
     r.ratio = p99_ratio;
@@ -219,7 +276,7 @@ pub fn read_stream(ctx: &mut Ctx) -> Result<Report, BenchError> {
             c.compressed,
             c.ratio()
         ),
-        format!("{entities} streams; the engine's 64 MiB block cache holds decompressed blocks; page cache warm"),
+        format!("{} streams; 5 windows of {:.1} s on each copy, alternating; 64 MiB block caches; page cache warm", p.streams, window.as_secs_f64()),
     ];
     Ok(r)
 }

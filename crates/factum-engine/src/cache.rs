@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 /// Size of a cached block.
 pub const BLOCK: u64 = 64 * 1024;
 
-/// Cached blocks keyed by (segment number, block number).
+/// Cached blocks keyed by (segment number, block number). Blocks are
+/// `BLOCK` bytes, or a compressed segment's smaller blocks
+/// (`compress::BLOCK_BYTES`, ADR 43); the bound is in bytes.
 pub struct BlockCache {
     capacity: usize,
     inner: Mutex<Inner>,
@@ -24,13 +26,14 @@ pub struct BlockCache {
 struct Inner {
     blocks: HashMap<(u32, u64), Bytes>,
     order: VecDeque<(u32, u64)>,
+    bytes: usize,
 }
 
 impl BlockCache {
     /// A cache holding at most `capacity_bytes` of blocks (0 disables it).
     pub fn new(capacity_bytes: usize) -> Self {
         BlockCache {
-            capacity: capacity_bytes / BLOCK as usize,
+            capacity: capacity_bytes,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -44,8 +47,18 @@ impl BlockCache {
     /// rewrite, ADR 33).
     pub fn forget_segment(&self, segment: u32) {
         let mut inner = self.inner.lock();
-        inner.blocks.retain(|(s, _), _| *s != segment);
-        inner.order.retain(|(s, _)| *s != segment);
+        let Inner {
+            blocks,
+            order,
+            bytes,
+        } = &mut *inner;
+        blocks.retain(|(s, _), b| {
+            if *s == segment {
+                *bytes -= b.len();
+            }
+            *s != segment
+        });
+        order.retain(|(s, _)| *s != segment);
     }
 
     /// Caches a full, committed block.
@@ -54,12 +67,17 @@ impl BlockCache {
             return;
         }
         let mut inner = self.inner.lock();
-        if inner.blocks.insert((segment, block), bytes).is_none() {
-            inner.order.push_back((segment, block));
+        inner.bytes += bytes.len();
+        match inner.blocks.insert((segment, block), bytes) {
+            Some(old) => inner.bytes -= old.len(),
+            None => inner.order.push_back((segment, block)),
         }
-        while inner.order.len() > self.capacity {
-            if let Some(old) = inner.order.pop_front() {
-                inner.blocks.remove(&old);
+        while inner.bytes > self.capacity {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = inner.blocks.remove(&old) {
+                inner.bytes -= b.len();
             }
         }
     }

@@ -507,6 +507,8 @@ struct PointReads<'r> {
     reader: &'r Reader,
     committed: Committed,
     block: Option<(u32, u64, bytes::Bytes)>,
+    /// Is the current block a compressed segment's (of its block size)?
+    block_compressed: bool,
     /// Reused buffer of record offsets within a run.
     offsets: Vec<u64>,
 }
@@ -517,6 +519,7 @@ impl<'r> PointReads<'r> {
             committed: reader.committed(),
             reader,
             block: None,
+            block_compressed: false,
             offsets: Vec::new(),
         }
     }
@@ -622,8 +625,8 @@ impl<'r> PointReads<'r> {
 
     /// The length field of the record at `loc`.
     fn record_len(&mut self, loc: Loc) -> Result<u64> {
-        if self.load_block(loc)? {
-            let within = (loc.offset() % BLOCK) as usize;
+        if let Some(size) = self.load_block(loc)? {
+            let within = (loc.offset() % size) as usize;
             let bytes = &self.block.as_ref().expect("loaded").2;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 return Ok(len as u64);
@@ -634,34 +637,50 @@ impl<'r> PointReads<'r> {
     }
 
     /// Makes the block holding `loc` the current one when it may be cached
-    /// (it lies wholly below the committed end); false when it may not.
-    fn load_block(&mut self, loc: Loc) -> Result<bool> {
+    /// (it lies wholly below the committed end): its size, `None` when it
+    /// may not. Blocks are 64 KiB (`BLOCK`), or a compressed segment's
+    /// blocks (`compress::BLOCK_BYTES`), so a point read decompresses one.
+    fn load_block(&mut self, loc: Loc) -> Result<Option<u64>> {
         let (seg_no, offset) = (loc.segment(), loc.offset());
-        let block = offset / BLOCK;
         let end = self.committed.end;
-        let cacheable = seg_no < end.segment()
-            || (seg_no == end.segment() && (block + 1) * BLOCK <= end.offset());
-        if !cacheable {
-            return Ok(false);
+        if seg_no > end.segment() {
+            return Ok(None);
         }
-        if matches!(&self.block, Some((s, b, _)) if *s == seg_no && *b == block) {
-            return Ok(true);
+        if let Some((s, b, _)) = &self.block {
+            let size = if self.block_compressed {
+                crate::compress::BLOCK_BYTES as u64
+            } else {
+                BLOCK
+            };
+            if *s == seg_no && *b == offset / size {
+                return Ok(Some(size));
+            }
+        }
+        let seg = self.reader.segment(loc)?;
+        let compressed = seg.format.compressed();
+        let size = if compressed {
+            crate::compress::BLOCK_BYTES as u64
+        } else {
+            BLOCK
+        };
+        let block = offset / size;
+        if seg_no == end.segment() && (block + 1) * size > end.offset() {
+            return Ok(None);
         }
         let bytes = match self.reader.cache.get(seg_no, block) {
-            Some(b) => b,
-            None => {
-                let b = self
-                    .reader
-                    .segment(loc)?
-                    .read_upto(block * BLOCK, BLOCK as usize)?;
-                if b.len() == BLOCK as usize {
+            Some(b) if b.len() as u64 == size => b,
+            _ => {
+                let b = seg.read_upto(block * size, size as usize)?;
+                // A sealed segment's last block may be partial: used, not cached.
+                if b.len() as u64 == size {
                     self.reader.cache.put(seg_no, block, b.clone());
                 }
                 b
             }
         };
         self.block = Some((seg_no, block, bytes));
-        Ok(true)
+        self.block_compressed = compressed;
+        Ok(Some(size))
     }
 
     /// Calls `f` with the bytes of the record at `loc` (its whole length):
@@ -674,8 +693,8 @@ impl<'r> PointReads<'r> {
         max_len: u64,
         f: impl FnOnce(&[u8], Option<&bytes::Bytes>) -> Result<T>,
     ) -> Result<T> {
-        if self.load_block(loc)? {
-            let within = (loc.offset() % BLOCK) as usize;
+        if let Some(size) = self.load_block(loc)? {
+            let within = (loc.offset() % size) as usize;
             let bytes = &self.block.as_ref().expect("loaded").2;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 if within + len <= bytes.len() {
