@@ -502,6 +502,23 @@
         end();
       }
     },
+    // A stream of a `foreachStream()` projection was deleted (soft delete
+    // or tombstone): KurrentDB calls `$deleted(state, null, partition,
+    // isSoftDeleted)` (always false there) on the partition's state and
+    // keeps that state (mutated in place; what the handler returns is not
+    // used, as in KurrentDB's runtime).
+    deleted(partition, position, createdMicros) {
+      begin(position, createdMicros);
+      try {
+        if (def.deleted !== null) def.deleted.call(undefined, states.get(partition), null, partition, false);
+        dirty.add(partition);
+        const out = emitted;
+        emitted = [];
+        return out;
+      } finally {
+        end();
+      }
+    },
     takeLogs() {
       const l = logs;
       logs = [];

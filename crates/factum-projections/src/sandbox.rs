@@ -120,6 +120,32 @@ pub struct InputEvent<'a> {
     pub event_id: &'a str,
 }
 
+/// One thing a projection handles: an event in a partition, or the
+/// deletion of a stream (its partition, `foreachStream()` only).
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// An event in `partition` (loaded before); `created` runs the
+    /// `$created` handlers first (the partition's first event).
+    Event {
+        /// The partition ("" for an unpartitioned projection).
+        partition: &'a str,
+        /// The partition's first event.
+        created: bool,
+        /// The event.
+        event: InputEvent<'a>,
+    },
+    /// The stream `partition` was deleted (soft delete or tombstone): the
+    /// `$deleted` handler runs on its state (loaded before).
+    Deleted {
+        /// The deleted stream, which is its partition.
+        partition: &'a str,
+        /// The deletion record's position in `$all` (seeds `Math.random`).
+        position: u64,
+        /// The deletion's commit time in microseconds (the clock).
+        created_micros: i64,
+    },
+}
+
 /// An event a handler emitted (`emit`, `linkTo`, `linkStreamTo`, `copyTo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Emitted {
@@ -218,9 +244,10 @@ impl Projection {
             Fault::Script(m) => Fault::Invalid(m),
             other => other,
         })?;
-        if definition.handles_deleted {
-            return Err(Fault::NotImplemented(
-                "the $deleted handler (stream deletion notifications)".into(),
+        if definition.handles_deleted && !definition.by_stream {
+            // KurrentDB's rule: a deletion is a stream's, so its partition.
+            return Err(Fault::Invalid(
+                "Deleted stream notifications are only supported with foreachStream()".into(),
             ));
         }
         Ok(Projection {
@@ -318,29 +345,57 @@ impl Projection {
         created: bool,
         event: &InputEvent<'_>,
     ) -> Result<Vec<Emitted>, Fault> {
-        let mut out = self.handle_many([(partition, created, *event)])?;
+        let mut out = self.handle_many([Input::Event {
+            partition,
+            created,
+            event: *event,
+        }])?;
         Ok(out.pop().map(|(_, e)| e).unwrap_or_default())
     }
 
-    /// Handles events in order, as [`handle`](Self::handle) does one (each
-    /// call under its own time limit), in one entry into the engine.
-    /// Returns, for each event that emitted, its index and what it emitted.
+    /// Handles inputs in order, as [`handle`](Self::handle) does one event
+    /// (each call under its own time limit), in one entry into the engine.
+    /// Returns, for each input that emitted, its index and what it emitted.
     pub fn handle_many<'e>(
         &mut self,
-        events: impl IntoIterator<Item = (&'e str, bool, InputEvent<'e>)>,
+        inputs: impl IntoIterator<Item = Input<'e>>,
     ) -> Result<Vec<(usize, Vec<Emitted>)>, Fault> {
         let limit = self.limits.emits_per_event;
         let out = self.context.with(|ctx| {
-            let f: Function = api(&ctx)?.get("handle").map_err(engine)?;
+            let api = api(&ctx)?;
+            let handle: Function = api.get("handle").map_err(engine)?;
+            let deleted: Function = api.get("deleted").map_err(engine)?;
             let mut all = Vec::new();
-            for (index, (partition, created, event)) in events.into_iter().enumerate() {
+            for (index, input) in inputs.into_iter().enumerate() {
                 let mut args = Args::new(ctx.clone(), 13);
-                (|| {
-                    args.push_arg(partition)?;
-                    args.push_arg(created)?;
-                    push_event(&mut args, &event)
-                })()
-                .map_err(engine)?;
+                let f = match input {
+                    Input::Event {
+                        partition,
+                        created,
+                        event,
+                    } => {
+                        (|| {
+                            args.push_arg(partition)?;
+                            args.push_arg(created)?;
+                            push_event(&mut args, &event)
+                        })()
+                        .map_err(engine)?;
+                        &handle
+                    }
+                    Input::Deleted {
+                        partition,
+                        position,
+                        created_micros,
+                    } => {
+                        (|| {
+                            args.push_arg(partition)?;
+                            args.push_arg(position as f64)?;
+                            args.push_arg(created_micros as f64)
+                        })()
+                        .map_err(engine)?;
+                        &deleted
+                    }
+                };
                 self.watchdog.arm(self.limits.handler_time);
                 let out: rquickjs::Array = f
                     .call_arg(args)
