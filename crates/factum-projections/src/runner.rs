@@ -17,7 +17,7 @@
 //! events at a time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use factum_core::rules::{SOFT_DELETED_TRUNCATE_BEFORE, TOMBSTONE_EVENT_TYPE};
@@ -39,8 +39,14 @@ use crate::settings::{Mode, Settings};
 /// A link record's type.
 const LINK_EVENT_TYPE: &str = "$>";
 
-/// Events handed to the sandbox at once.
-const BATCH_EVENTS: usize = 512;
+/// Events handed to the sandbox at once, at most (ADR 44: each batch costs
+/// a hand-over to a blocking thread and one call into JavaScript; 512
+/// measured slower).
+const BATCH_EVENTS: usize = 4096;
+
+/// Bytes of event data and metadata in one batch, at most (a batch of
+/// large events stops early).
+const BATCH_BYTES: usize = 4 << 20;
 
 /// Streams a run remembers as checked for older epochs' events.
 const EPOCH_CHECKED_STREAMS: usize = 10_000;
@@ -482,10 +488,18 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         };
         let mut messages = Vec::new();
         if let Some(m) = first {
+            let size = |m: &Option<Result<SubscriptionMessage, Error>>| match m {
+                Some(Ok(SubscriptionMessage::Event(e))) => e.data.len() + e.metadata.len(),
+                _ => 0,
+            };
+            let mut bytes = size(&m);
             messages.push(m);
-            while messages.len() < BATCH_EVENTS {
+            while messages.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
                 match subscription.next().now_or_never() {
-                    Some(m) => messages.push(m),
+                    Some(m) => {
+                        bytes += size(&m);
+                        messages.push(m);
+                    }
                     None => break,
                 }
             }
@@ -719,37 +733,59 @@ fn emitted_id(name: &str, epoch: u64, position: u64, index: usize) -> Uuid {
     uuid::Builder::from_custom_bytes((((h as u128) << 64) | lo as u128).to_be_bytes()).into_uuid()
 }
 
+/// An input as the runner hands it to the sandbox: the recorded event
+/// and, for a deletion, the stream deleted. Its text is borrowed from the
+/// event when it is UTF-8 (what JSON is), copied lossily only otherwise.
 struct Owned {
-    /// A deletion of `stream` (`$deleted`), not an event.
-    deleted: bool,
-    position: u64,
-    created: i64,
-    stream: String,
-    revision: u64,
-    event_type: String,
-    body: String,
-    metadata: String,
-    is_json: bool,
-    category: String,
-    id: String,
+    event: RecordedEvent,
+    deleted: Option<StreamName>,
+    /// Lossy copies of the body and metadata, made only if one is not UTF-8.
+    body_lossy: OnceLock<String>,
+    metadata_lossy: OnceLock<String>,
+    /// The event id, hyphenated.
+    id: [u8; 36],
 }
 
 impl Owned {
-    fn input(&self) -> InputEvent<'_> {
-        InputEvent {
-            position: self.position,
-            created_micros: self.created,
-            stream: &self.stream,
-            sequence_number: self.revision,
-            event_type: &self.event_type,
-            body: &self.body,
-            metadata: &self.metadata,
-            link_metadata: None,
-            is_json: self.is_json,
-            category: &self.category,
-            event_id: &self.id,
+    fn new(event: RecordedEvent, deleted: Option<StreamName>) -> Owned {
+        let mut id = [0u8; 36];
+        event.id.hyphenated().encode_lower(&mut id);
+        Owned {
+            body_lossy: OnceLock::new(),
+            metadata_lossy: OnceLock::new(),
+            event,
+            deleted,
+            id,
         }
     }
+
+    /// The event's stream, or the stream a deletion deletes.
+    fn stream(&self) -> &str {
+        self.deleted.as_ref().unwrap_or(&self.event.stream).as_str()
+    }
+
+    fn input(&self) -> InputEvent<'_> {
+        InputEvent {
+            position: self.event.position.0,
+            created_micros: self.event.created.as_micros(),
+            stream: self.stream(),
+            sequence_number: self.event.revision.0,
+            event_type: &self.event.event_type,
+            body: text(&self.event.data, &self.body_lossy),
+            metadata: text(&self.event.metadata, &self.metadata_lossy),
+            link_metadata: None,
+            is_json: self.event.content_type == ContentType::Json,
+            category: self.event.stream.category().unwrap_or(""),
+            event_id: std::str::from_utf8(&self.id).unwrap_or_default(),
+        }
+    }
+}
+
+/// An event's text: borrowed when it is UTF-8 (what JSON is), else a lossy
+/// copy made once.
+fn text<'a>(bytes: &'a [u8], lossy: &'a OnceLock<String>) -> &'a str {
+    std::str::from_utf8(bytes)
+        .unwrap_or_else(|_| lossy.get_or_init(|| String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// A category is read through `$ce-<c>`'s links: as every link reader
@@ -757,8 +793,8 @@ impl Owned {
 /// may read the event's own stream; the others are passed over.
 async fn readable_only<S: EventStore>(
     run: &Run<S>,
-    events: Vec<(RecordedEvent, Option<StreamName>)>,
-) -> Result<Vec<(RecordedEvent, Option<StreamName>)>, RunError> {
+    events: Vec<Owned>,
+) -> Result<Vec<Owned>, RunError> {
     let Some(access) = &run.access else {
         return Ok(events);
     };
@@ -767,7 +803,7 @@ async fn readable_only<S: EventStore>(
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         // A deletion is seen when its stream could be read.
-        let stream = e.1.as_ref().unwrap_or(&e.0.stream);
+        let stream = e.deleted.as_ref().unwrap_or(&e.event.stream);
         let readable = match decided.get(stream) {
             Some(r) => *r,
             None => {
@@ -790,42 +826,28 @@ async fn handle_batch<S: EventStore>(
 ) -> Result<(), RunError> {
     let last = events.last().map(|e| e.position.0).unwrap_or(work.position);
     // Each event the projection takes, with the stream it deletes when it
-    // is a deletion.
-    let mut events: Vec<(RecordedEvent, Option<StreamName>)> = events
-        .into_iter()
-        .filter(|e| e.position.0 > work.position)
-        .filter_map(|e| {
-            let deleted = match classify(&work.definition, &e) {
-                Wanted::No => return None,
-                Wanted::Event => None,
-                Wanted::Deleted(stream) => Some(StreamName::new(stream).ok()?),
-            };
-            Some((e, deleted))
-        })
-        .collect();
-    if run.access.is_some() && !events.is_empty() {
+    // is a deletion (moved once: events are large).
+    let mut owned: Vec<Owned> = Vec::with_capacity(events.len());
+    for e in events {
+        if e.position.0 <= work.position {
+            continue;
+        }
+        let deleted = match classify(&work.definition, &e) {
+            Wanted::No => continue,
+            Wanted::Event => None,
+            Wanted::Deleted(stream) => match StreamName::new(stream) {
+                Ok(s) => Some(s),
+                Err(_) => continue,
+            },
+        };
+        owned.push(Owned::new(e, deleted));
+    }
+    if run.access.is_some() && !owned.is_empty() {
         check_source(run, &work.definition).await?;
         if reads_links(&work.definition.source) {
-            events = readable_only(run, events).await?;
+            owned = readable_only(run, owned).await?;
         }
     }
-    let owned: Vec<Owned> = events
-        .iter()
-        .map(|(e, deleted)| Owned {
-            deleted: deleted.is_some(),
-            position: e.position.0,
-            created: e.created.as_micros(),
-            stream: deleted.as_ref().unwrap_or(&e.stream).as_str().to_owned(),
-            revision: e.revision.0,
-            event_type: e.event_type.clone(),
-            body: String::from_utf8_lossy(&e.data).into_owned(),
-            metadata: String::from_utf8_lossy(&e.metadata).into_owned(),
-            is_json: e.content_type == ContentType::Json,
-            category: e.stream.category().unwrap_or("").to_owned(),
-            id: e.id.to_string(),
-        })
-        .collect();
-    drop(events);
     if owned.is_empty() {
         work.position = work.position.max(last);
         return Ok(());
@@ -835,16 +857,9 @@ async fn handle_batch<S: EventStore>(
     let partitions: Vec<Option<String>> = if work.definition.is_partitioned() {
         let o = owned.clone();
         blocking(work, move |p| {
-            o.iter()
-                .map(|e| {
-                    if e.deleted {
-                        // `foreachStream()`: the stream is the partition.
-                        Ok(Some(e.stream.clone()))
-                    } else {
-                        p.partition_of(&e.input())
-                    }
-                })
-                .collect()
+            // `foreachStream()` partitions by stream, a deletion's included.
+            let inputs: Vec<InputEvent<'_>> = o.iter().map(Owned::input).collect();
+            p.partitions_of(&inputs)
         })
         .await?
     } else {
@@ -852,7 +867,13 @@ async fn handle_batch<S: EventStore>(
     };
     work.batches += 1;
     if work.definition.is_partitioned() {
+        let mut previous: Option<&String> = None;
         for p in partitions.iter().flatten() {
+            // Runs of one partition touch it once.
+            if previous == Some(p) {
+                continue;
+            }
+            previous = Some(p);
             match work.last_used.get_mut(p) {
                 Some(at) => *at = work.batches,
                 None => {
@@ -862,7 +883,13 @@ async fn handle_batch<S: EventStore>(
         }
     }
     let mut to_load: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut previous: Option<&String> = None;
     for p in partitions.iter().flatten() {
+        // Runs of one partition are looked up once.
+        if previous == Some(p) {
+            continue;
+        }
+        previous = Some(p);
         if !work.loaded.contains(p) && !to_load.contains_key(p) {
             let state = if work.persist && work.known_partitions.contains(p) {
                 load_partition_state(
@@ -898,11 +925,11 @@ async fn handle_batch<S: EventStore>(
         }
         let emitted =
             p.handle_many(handled.iter().zip(&firsts).map(|((e, partition), first)| {
-                if e.deleted {
+                if e.deleted.is_some() {
                     Input::Deleted {
                         partition: *partition,
-                        position: e.position,
-                        created_micros: e.created,
+                        position: e.event.position.0,
+                        created_micros: e.event.created.as_micros(),
                     }
                 } else {
                     Input::Event {
@@ -919,7 +946,7 @@ async fn handle_batch<S: EventStore>(
         }
         let out: Vec<(u64, Vec<Emitted>)> = emitted
             .into_iter()
-            .map(|(i, emitted)| (handled[i].0.position, emitted))
+            .map(|(i, emitted)| (handled[i].0.event.position.0, emitted))
             .collect();
         for line in p.take_logs()? {
             tracing::debug!(target: "factum_projections::log", "{line}");
