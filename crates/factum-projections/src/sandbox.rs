@@ -5,8 +5,9 @@
 //! the clock and `Math.random` deterministic and takes `eval` away.
 //!
 //! A [`Projection`] is compiled from source ([`Projection::compile`]),
-//! then driven event by event ([`Projection::partition_of`],
-//! [`Projection::handle`]). Any limit exceeded or exception thrown is a
+//! then driven a batch of inputs at a time, one call into the engine per
+//! batch ([`Projection::partitions_of`], [`Projection::handle_many`]; ADR
+//! 44), each input under its own CPU-time limit. Any limit exceeded or exception thrown is a
 //! [`Fault`]; after a fault the projection must not be used again (a
 //! QuickJS heap that ran out of memory is not trusted), the runner drops it.
 
@@ -558,8 +559,11 @@ impl<'a> Batch<'a> {
         for input in inputs {
             batch.count += 1;
             let mut short = |slot: usize, s: &'a str, strings: &mut Vec<&'a str>| -> i32 {
-                if last[slot].0 == s {
-                    return last[slot].1;
+                let (previous, i) = last[slot];
+                // The same text (a partition or category borrowed from one
+                // place) compares by address first.
+                if (previous.as_ptr() == s.as_ptr() && previous.len() == s.len()) || previous == s {
+                    return i;
                 }
                 let i = *index.entry(s).or_insert_with(|| {
                     strings.push(s);
