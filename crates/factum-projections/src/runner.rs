@@ -927,13 +927,13 @@ async fn handle_batch<S: EventStore>(
             p.handle_many(handled.iter().zip(&firsts).map(|((e, partition), first)| {
                 if e.deleted.is_some() {
                     Input::Deleted {
-                        partition: *partition,
+                        partition,
                         position: e.event.position.0,
                         created_micros: e.event.created.as_micros(),
                     }
                 } else {
                     Input::Event {
-                        partition: *partition,
+                        partition,
                         created: *first,
                         event: e.input(),
                     }
