@@ -570,21 +570,30 @@ fn the_time_limit_is_per_event_within_a_batch() {
             event_id: "00000000-0000-0000-0000-000000000001",
         }
     }
-    // Calibrate: loops for about 50 ms of one event on this machine.
+    // Calibrate: loops for at least 20 ms of one event on this machine.
     let mut p = Projection::compile(source, limits).unwrap();
     p.load_partition("", None).unwrap();
-    let probe = body(20_000);
-    let started = std::time::Instant::now();
-    p.handle("", false, &event(&probe, 0)).unwrap();
-    let per_loop = started.elapsed().as_secs_f64() / 20_000.0;
-    let loops = ((0.05 / per_loop) as u64).max(1);
+    let mut loops = 10_000u64;
+    let mut handled = 0u64;
+    let per_event = loop {
+        let probe = body(loops);
+        let started = std::time::Instant::now();
+        p.handle("", false, &event(&probe, handled)).unwrap();
+        handled += 1;
+        let took = started.elapsed();
+        if took >= Duration::from_millis(20) {
+            break took;
+        }
+        loops *= 2;
+    };
     let slow = body(loops);
-    // Ten such events in one batch: about 500 ms, over twice the limit.
+    // Enough such events in one batch for three times the limit.
+    let count = 600 / per_event.as_millis().max(1) as u64 + 1;
     let started = std::time::Instant::now();
-    p.handle_many((1..=10).map(|n| Input::Event {
+    p.handle_many((0..count).map(|n| Input::Event {
         partition: "",
         created: false,
-        event: event(&slow, n),
+        event: event(&slow, handled + n),
     }))
     .unwrap();
     assert!(
@@ -592,9 +601,9 @@ fn the_time_limit_is_per_event_within_a_batch() {
         "the batch took {:?}: calibration failed",
         started.elapsed()
     );
-    assert_eq!(json(p.state("").unwrap())["n"], 11);
-    // One event ten times as long, after another in a batch: it faults.
-    let endless = body(loops * 10);
+    assert_eq!(json(p.state("").unwrap())["n"], handled + count);
+    // One event twenty times as long, after another in a batch: it faults.
+    let endless = body(loops * 20);
     let err = p
         .handle_many([
             Input::Event {
