@@ -48,6 +48,27 @@ pub const FORGOTTEN_SUBJECTS_STREAM: &str = "$subjects-forgotten";
 /// (KurrentDB's names, ADR 35).
 pub const PROJECTIONS_STREAM_PREFIX: &str = "$projections-";
 
+/// KurrentDB's `$streams` system projection's stream: a link to the first
+/// event of every stream (ADR 39).
+pub const STREAMS_STREAM: &str = "$streams";
+/// The prefix of `$stream_by_category`'s streams, `$category-<c>`: a stream
+/// reference per stream of category `c` (ADR 39).
+pub const CATEGORY_STREAM_PREFIX: &str = "$category-";
+/// The prefix of `$by_correlation_id`'s streams, `$bc-<id>`: a link to
+/// every event whose metadata has that `$correlationId` (ADR 39).
+pub const CORRELATION_STREAM_PREFIX: &str = "$bc-";
+
+/// Whether `stream` is one a link-writing system projection (`$streams`,
+/// `$stream_by_category`, `$by_correlation_id`) writes: managed by
+/// projections, and the only managed streams a projection's own emits may
+/// reach (those projections' commits).
+pub fn is_system_projection_stream(stream: &StreamName) -> bool {
+    let name = stream.as_str();
+    name == STREAMS_STREAM
+        || name.starts_with(CATEGORY_STREAM_PREFIX)
+        || name.starts_with(CORRELATION_STREAM_PREFIX)
+}
+
 /// A subsystem that owns streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -60,7 +81,8 @@ pub enum Owner {
     /// Crypto-shredding: the audit trail of forgotten subjects (ADR 36).
     Subjects,
     /// Projections: registrations, settings, checkpoints, states, results
-    /// (ADR 35).
+    /// (ADR 35); the system projections' `$streams`, `$category-…`,
+    /// `$bc-…` (ADR 44).
     Projections,
 }
 
@@ -129,6 +151,12 @@ const MANAGED: &[(Pattern, Owner)] = &[
     (Pattern::Exact(FORGOTTEN_SUBJECTS_STREAM), Owner::Subjects),
     (
         Pattern::Prefix(PROJECTIONS_STREAM_PREFIX),
+        Owner::Projections,
+    ),
+    (Pattern::Exact(STREAMS_STREAM), Owner::Projections),
+    (Pattern::Prefix(CATEGORY_STREAM_PREFIX), Owner::Projections),
+    (
+        Pattern::Prefix(CORRELATION_STREAM_PREFIX),
         Owner::Projections,
     ),
 ];
@@ -235,6 +263,32 @@ mod tests {
     }
 
     #[test]
+    fn system_projection_streams_are_managed() {
+        for s in [
+            "$streams",
+            "$$$streams",
+            "$category-order",
+            "$$$category-order",
+            "$bc-c-1",
+            "$$$bc-c-1",
+            "$projections-$all",
+        ] {
+            assert_eq!(owner_of(&name(s)), Some(Owner::Projections), "{s}");
+            assert!(check_client_write(&name(s)).is_err(), "{s}");
+        }
+        for (s, written) in [
+            ("$streams", true),
+            ("$category-order", true),
+            ("$bc-c-1", true),
+            ("$$$streams", false),
+            ("$projections-x-result", false),
+            ("$streamsX", false),
+        ] {
+            assert_eq!(is_system_projection_stream(&name(s)), written, "{s}");
+        }
+    }
+
+    #[test]
     fn client_streams_are_not() {
         for s in [
             "orders-1",
@@ -247,6 +301,11 @@ mod tests {
             "$usersX",
             "user-1",
             "projections-1",
+            "$streamsX",
+            "$category",
+            "$bc",
+            "streams",
+            "bc-1",
         ] {
             assert_eq!(owner_of(&name(s)), None, "{s}");
             check_client_write(&name(s)).unwrap();

@@ -44,5 +44,5 @@ pub use manager::{
     Create, DeleteOptions, ProjectionError, Projections, Statistics, SYSTEM_PROJECTIONS,
 };
 pub use runner::{CheckpointPolicy, Status};
-pub use sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
+pub use sandbox::{Emitted, Fault, Input, InputEvent, Limits, Projection};
 pub use settings::{Mode, Settings};

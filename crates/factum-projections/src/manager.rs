@@ -626,16 +626,7 @@ impl<S: EventStore> Projections<S> {
                 Err(e) => return Err(e.into()),
             };
             let Some(last) = last else { continue };
-            let current = self.store.stream_metadata(stream.clone()).await?;
-            let mut metadata = current.metadata;
-            metadata.truncate_before = Some(last.revision.0 + 1);
-            let expected = match current.revision {
-                Some(r) => ExpectedRevision::Exact(r),
-                None => ExpectedRevision::NoStream,
-            };
-            self.store
-                .set_stream_metadata(stream, expected, metadata)
-                .await?;
+            runner::truncate_through(&*self.store, stream, last.revision).await?;
         }
         Ok(())
     }

@@ -12,6 +12,10 @@
 (function (global) {
   "use strict";
 
+  // The host's per-event CPU-time arm (see `run` below), taken out of reach.
+  const tick = global.__factum_tick;
+  delete global.__factum_tick;
+
   const RealDate = Date;
   const jsonParse = JSON.parse;
   const jsonStringify = JSON.stringify;
@@ -44,14 +48,19 @@
   }
 
   // ---- determinism -------------------------------------------------------
-  let clock = 0;
+  // The commit time of the event being handled, in µs (the clock reads it
+  // in ms when asked, not at every event).
+  let clockMicros = 0;
+  function clock() {
+    return Math.floor(clockMicros / 1000);
+  }
   function FactumDate(...args) {
-    if (!new.target) return new RealDate(clock).toString();
-    return args.length === 0 ? new RealDate(clock) : new RealDate(...args);
+    if (!new.target) return new RealDate(clock()).toString();
+    return args.length === 0 ? new RealDate(clock()) : new RealDate(...args);
   }
   FactumDate.prototype = RealDate.prototype;
   FactumDate.now = function () {
-    return clock;
+    return clock();
   };
   FactumDate.parse = RealDate.parse;
   FactumDate.UTC = RealDate.UTC;
@@ -63,8 +72,15 @@
   global.Date = FactumDate;
 
   let seed = 0x9e3779b9;
+  // The position of the event being handled until its first
+  // `Math.random()` seeds the generator from it (-1: seeded).
+  let seedPosition = -1;
   Math.random = function () {
     // xorshift32: deterministic per event (seeded from its position).
+    if (seedPosition >= 0) {
+      seed = (seedPosition ^ 0x9e3779b9) | 0 || 1;
+      seedPosition = -1;
+    }
     seed ^= seed << 13;
     seed ^= seed >>> 17;
     seed ^= seed << 5;
@@ -258,11 +274,18 @@
 
   // ---- what handlers call -------------------------------------------------
   let running = false;
-  let emitted = [];
+  // What the event being handled emitted: null until it emits.
+  let emitted = null;
   let logs = [];
-  let currentEventId = null;
+  // The event being handled ($causedBy of what it emits).
+  let currentEvent = null;
   const MAX_LOG_LINES = 100;
   const MAX_LOG_CHARS = 4096;
+
+  function output(x) {
+    if (emitted === null) emitted = [];
+    emitted.push(x);
+  }
 
   function handlerOnly(name) {
     if (!running) fail(name + "() may only be called from an event handler");
@@ -275,12 +298,12 @@
 
   function metadataOf(metadata, name) {
     if (metadata === undefined || metadata === null) {
-      return currentEventId === null ? null : jsonStringify({ $causedBy: currentEventId });
+      return currentEvent === null ? null : jsonStringify({ $causedBy: currentEvent.eventId });
     }
     if (typeof metadata !== "object") fail(name + "(): metadata must be an object");
     const m = {};
     for (const k of Object.keys(metadata)) if (metadata[k] !== undefined) m[k] = metadata[k];
-    if (currentEventId !== null && m.$causedBy === undefined) m.$causedBy = currentEventId;
+    if (currentEvent !== null && m.$causedBy === undefined) m.$causedBy = currentEvent.eventId;
     return jsonStringify(m);
   }
 
@@ -289,7 +312,7 @@
     streamArg(stream, "emit(): streamId");
     streamArg(eventType, "emit(): eventName");
     if (body === null || typeof body !== "object") fail("emit(): eventBody must be an object");
-    emitted.push([stream, eventType, jsonStringify(body), metadataOf(metadata, "emit"), true]);
+    output([stream, eventType, jsonStringify(body), metadataOf(metadata, "emit"), true]);
   };
   global.linkTo = function (stream, event, metadata) {
     handlerOnly("linkTo");
@@ -297,13 +320,13 @@
     if (event === null || typeof event !== "object") fail("linkTo(): event must be an event object");
     if (typeof event.sequenceNumber !== "number" || typeof event.streamId !== "string")
       fail("Invalid link to event " + event.sequenceNumber + "@" + event.streamId);
-    emitted.push([stream, "$>", event.sequenceNumber + "@" + event.streamId, metadataOf(metadata, "linkTo"), false]);
+    output([stream, "$>", event.sequenceNumber + "@" + event.streamId, metadataOf(metadata, "linkTo"), false]);
   };
   global.linkStreamTo = function (stream, linkedStreamId, metadata) {
     handlerOnly("linkStreamTo");
     streamArg(stream, "linkStreamTo(): streamId");
     streamArg(linkedStreamId, "linkStreamTo(): linkedStreamId");
-    emitted.push([stream, "$@", linkedStreamId, metadataOf(metadata, "linkStreamTo"), false]);
+    output([stream, "$@", linkedStreamId, metadataOf(metadata, "linkStreamTo"), false]);
   };
   global.copyTo = function (stream, event, metadata) {
     handlerOnly("copyTo");
@@ -311,7 +334,7 @@
     if (event === null || typeof event !== "object" || typeof event.eventType !== "string")
       fail("copyTo(): event must be an event object");
     const m = metadata === undefined ? event.metadataRaw || null : metadataOf(metadata, "copyTo");
-    emitted.push([stream, event.eventType, event.bodyRaw === null ? "" : event.bodyRaw, m, event.isJson]);
+    output([stream, event.eventType, event.bodyRaw === null ? "" : event.bodyRaw, m, event.isJson]);
   };
   global.log = function () {
     if (logs.length >= MAX_LOG_LINES) return;
@@ -323,27 +346,162 @@
   };
 
   // ---- the event object ---------------------------------------------------
-  function Envelope(partition, streamId, sequenceNumber, eventType, bodyRaw, metadataRaw, linkMetadataRaw, isJson, category, eventId) {
-    this.partition = partition;
-    this.streamId = streamId;
-    this.sequenceNumber = sequenceNumber;
-    this.eventType = eventType;
-    this.bodyRaw = bodyRaw;
-    this.metadataRaw = metadataRaw;
-    this.linkMetadataRaw = linkMetadataRaw;
-    this.isJson = isJson;
-    this.category = category;
-    this.eventId = eventId;
+  // An event object reads its fields from its batch (see "batches" below)
+  // when a handler asks, instead of copying ten of them into every event:
+  // the fields are accessors on the prototype (enumerable, so `for…in`
+  // lists them), `toJSON` gives KurrentDB's shape to `JSON.stringify`, and
+  // assigning a field makes it an own property, as before. `body`/`data`,
+  // `metadata` and `linkMetadata` are parsed once, when first read, and
+  // kept as own properties. The batch is private to the prelude.
+  const FIELDS = ["partition", "streamId", "sequenceNumber", "eventType", "bodyRaw", "metadataRaw", "linkMetadataRaw", "isJson", "category", "eventId"];
+  function own(e, name, v) {
+    Object.defineProperty(e, name, { value: v, enumerable: true, writable: true, configurable: true });
+  }
+  // `body` not parsed yet.
+  const UNPARSED = {};
+  // Where an event object finds its fields: its batch, its index in it,
+  // and its parsed body. Symbol keys, which `for…in`, `Object.keys` and
+  // `JSON.stringify` pass over.
+  const BATCH = Symbol("batch");
+  const INDEX = Symbol("index");
+  const BODY = Symbol("body");
+  function Envelope(batch, i) {
+    this[BATCH] = batch;
+    this[INDEX] = i;
+    this[BODY] = UNPARSED;
+  }
+  // QuickJS frees a shape no object has any more, and event objects die
+  // with their event: kept objects at each step of the constructor keep
+  // the shapes, so each event object finds them instead of building them.
+  const shapeKeepers = [];
+  {
+    const steps = [BATCH, INDEX, BODY];
+    for (let n = 0; n <= steps.length; n++) {
+      const o = Object.create(Envelope.prototype);
+      for (let k = 0; k < n; k++) o[steps[k]] = null;
+      shapeKeepers.push(o);
+    }
+  }
+  const envelopeMethods = {
+    toJSON() {
+      const o = {};
+      for (const name of FIELDS) o[name] = this[name];
+      if (this[BODY] !== UNPARSED) {
+        o.body = this[BODY];
+        o.data = this[BODY];
+      }
+      for (const name of Object.keys(this)) o[name] = this[name];
+      return o;
+    },
+    // Parsed once, when first read (JSON events only); `data` is the same.
+    get body() {
+      let v = this[BODY];
+      if (v === UNPARSED) {
+        const b = this[BATCH];
+        const i = this[INDEX];
+        const n = i * NUMS;
+        v = b.ints[i * INTS + 1] === 1 ? jsonParse(b.text.substring(b.nums[n + 3], b.nums[n + 3] + b.nums[n + 4])) : undefined;
+        this[BODY] = v;
+      }
+      return v;
+    },
+    set body(v) {
+      this[BODY] = v;
+    },
+    get data() {
+      return this.body;
+    },
+    set data(v) {
+      own(this, "data", v);
+    },
+    get partition() {
+      const b = this[BATCH];
+      return b.strings[b.ints[this[INDEX] * INTS + 2]];
+    },
+    set partition(v) {
+      own(this, "partition", v);
+    },
+    get streamId() {
+      const b = this[BATCH];
+      return b.strings[b.ints[this[INDEX] * INTS + 3]];
+    },
+    set streamId(v) {
+      own(this, "streamId", v);
+    },
+    get sequenceNumber() {
+      return this[BATCH].nums[this[INDEX] * NUMS + 2];
+    },
+    set sequenceNumber(v) {
+      own(this, "sequenceNumber", v);
+    },
+    get eventType() {
+      const b = this[BATCH];
+      return b.strings[b.ints[this[INDEX] * INTS + 4]];
+    },
+    set eventType(v) {
+      own(this, "eventType", v);
+    },
+    get bodyRaw() {
+      const b = this[BATCH];
+      const n = this[INDEX] * NUMS;
+      return b.text.substring(b.nums[n + 3], b.nums[n + 3] + b.nums[n + 4]);
+    },
+    set bodyRaw(v) {
+      own(this, "bodyRaw", v);
+    },
+    get metadataRaw() {
+      const b = this[BATCH];
+      const n = this[INDEX] * NUMS;
+      return b.text.substring(b.nums[n + 5], b.nums[n + 5] + b.nums[n + 6]);
+    },
+    set metadataRaw(v) {
+      own(this, "metadataRaw", v);
+    },
+    get linkMetadataRaw() {
+      const b = this[BATCH];
+      const n = this[INDEX] * NUMS;
+      return b.nums[n + 10] < 0 ? null : b.text.substring(b.nums[n + 9], b.nums[n + 9] + b.nums[n + 10]);
+    },
+    set linkMetadataRaw(v) {
+      own(this, "linkMetadataRaw", v);
+    },
+    get isJson() {
+      return this[BATCH].ints[this[INDEX] * INTS + 1] === 1;
+    },
+    set isJson(v) {
+      own(this, "isJson", v);
+    },
+    get category() {
+      const b = this[BATCH];
+      return b.strings[b.ints[this[INDEX] * INTS + 5]];
+    },
+    set category(v) {
+      own(this, "category", v);
+    },
+    get eventId() {
+      const b = this[BATCH];
+      const n = this[INDEX] * NUMS;
+      return b.text.substring(b.nums[n + 7], b.nums[n + 7] + b.nums[n + 8]);
+    },
+    set eventId(v) {
+      own(this, "eventId", v);
+    },
+  };
+  for (const name of Object.getOwnPropertyNames(envelopeMethods)) {
+    const d = Object.getOwnPropertyDescriptor(envelopeMethods, name);
+    // The fields enumerable, as own fields were (`for…in` lists them).
+    d.enumerable = FIELDS.includes(name);
+    Object.defineProperty(Envelope.prototype, name, d);
   }
   function lazy(name, compute) {
     Object.defineProperty(Envelope.prototype, name, {
       get() {
         const v = compute(this);
-        Object.defineProperty(this, name, { value: v, enumerable: true, writable: true, configurable: true });
+        own(this, name, v);
         return v;
       },
       set(v) {
-        Object.defineProperty(this, name, { value: v, enumerable: true, writable: true, configurable: true });
+        own(this, name, v);
       },
       configurable: true,
     });
@@ -356,11 +514,6 @@
       return undefined;
     }
   }
-  function body(e) {
-    return e.isJson && e.bodyRaw !== null ? jsonParse(e.bodyRaw) : undefined;
-  }
-  lazy("body", body);
-  lazy("data", (e) => e.body);
   lazy("metadata", (e) => parseOrUndefined(e.metadataRaw));
   lazy("linkMetadata", (e) => parseOrUndefined(e.linkMetadataRaw));
 
@@ -381,18 +534,41 @@
   }
 
   function begin(position, createdMicros) {
-    emitted = [];
-    logs = [];
-    clock = Math.floor(createdMicros / 1000);
-    seed = (position ^ 0x9e3779b9) | 0 || 1;
+    emitted = null;
+    clockMicros = createdMicros;
+    seedPosition = position;
     running = true;
   }
   function end() {
     running = false;
-    currentEventId = null;
-    clock = 0;
+    currentEvent = null;
+    clockMicros = 0;
   }
 
+  // A stream of a `foreachStream()` projection was deleted (soft delete or
+  // tombstone): KurrentDB calls `$deleted(state, null, partition,
+  // isSoftDeleted)` (always false there) on the partition's state and
+  // keeps that state (mutated in place; what the handler returns is not
+  // used, as in KurrentDB's runtime).
+  function deleted(partition) {
+    if (def.deleted !== null) def.deleted.call(undefined, states.get(partition), null, partition, false);
+    dirty.add(partition);
+  }
+
+  // ---- batches ---------------------------------------------------------------
+  // A batch of inputs as Rust hands it over (`sandbox.rs`'s `Batch`):
+  // `strings`, the batch's distinct short strings ("" first); `text`, its
+  // bodies, metadata and event ids end to end; per input INTS small
+  // integers in `ints` (an Int32Array: kind, isJson, then indexes into
+  // `strings` of the partition, streamId, eventType and category) and
+  // NUMS numbers in `nums` (a Float64Array: position, commit time in µs,
+  // sequenceNumber, then (start, length) in `text` of bodyRaw, metadataRaw,
+  // eventId and linkMetadataRaw, length -1 for null). Integers index
+  // arrays as integers (a double index is a property-name look-up).
+  const INTS = 6;
+  const NUMS = 11;
+  const KIND_CREATED = 1;
+  const KIND_DELETED = 2;
   // ---- the interface Rust drives -------------------------------------------
   // Frozen, and out of reach of enumeration: a projection that tampers with
   // it can only break itself.
@@ -421,20 +597,27 @@
         processingLag: def.processingLag,
       });
     },
-    // The partition of an event: "" unpartitioned, null to skip it.
-    partition(position, createdMicros, streamId, sequenceNumber, eventType, bodyRaw, metadataRaw, linkMetadataRaw, isJson, category, eventId) {
-      if (def.byStream) return streamId;
-      if (def.partitionBy === null) return "";
-      begin(position, createdMicros);
-      try {
-        const e = new Envelope("", streamId, sequenceNumber, eventType, bodyRaw, metadataRaw, linkMetadataRaw, isJson, category, eventId);
-        const p = def.partitionBy(e);
-        if (typeof p === "string") return p;
-        if (typeof p === "number") return String(p);
-        return null;
-      } finally {
+    // The partitions of a batch's events (see `run`): "" unpartitioned,
+    // null to skip an event.
+    partitionBatch(strings, text, ints, nums, count) {
+      const batch = { strings, text, ints, nums };
+      const out = new Array(count);
+      for (let i = 0; i < count; i++) {
+        if (def.byStream) {
+          out[i] = strings[ints[i * INTS + 3]];
+          continue;
+        }
+        if (def.partitionBy === null) {
+          out[i] = "";
+          continue;
+        }
+        tick();
+        begin(nums[i * NUMS], nums[i * NUMS + 1]);
+        const p = def.partitionBy(new Envelope(batch, i));
         end();
+        out[i] = typeof p === "string" ? p : typeof p === "number" ? String(p) : null;
       }
+      return out;
     },
     has(partition) {
       return states.has(partition);
@@ -466,41 +649,88 @@
         shared = jsonParse(json);
       }
     },
-    // Handles one event; returns the events it emitted.
-    handle(partition, created, position, createdMicros, streamId, sequenceNumber, eventType, bodyRaw, metadataRaw, linkMetadataRaw, isJson, category, eventId) {
-      begin(position, createdMicros);
-      currentEventId = eventId;
+    // Handles a batch of inputs in order (see "batches" above), each under
+    // its own CPU-time limit (`tick` arms it). Returns null when nothing
+    // was emitted, else [index, emitted, index, emitted, …].
+    run(strings, text, ints, nums, count) {
+      // Referenced here, the shape keepers live as long as this interface.
+      if (shapeKeepers.length === 0) fail("the event shapes are gone");
+      const batch = { strings, text, ints, nums };
+      let out = null;
+      // The handler of each event type of the batch (by its index in
+      // `strings`; null: none), looked up once.
+      const handlers = [];
+      // The partition of the events handled last and its state, stored
+      // back into `states` when another partition comes (a run of events
+      // of one stream touches the map once).
+      let current = null;
+      let state;
       try {
-        const e = new Envelope(partition, streamId, sequenceNumber, eventType, bodyRaw, metadataRaw, linkMetadataRaw, isJson, category, eventId);
-        let state = states.get(partition);
-        if (created) {
-          for (const h of def.created) h(def.biState ? [state, shared] : state, e);
-        }
-        let h = def.handlers[eventType];
-        if (h === undefined) h = def.any;
-        if (def.biState) {
-          const pair = [state, shared];
-          let r = h ? h(pair, e) : bodyRaw;
-          if (r === undefined) r = pair;
-          if (isArray(r)) {
-            state = r[0];
-            shared = r[1];
+        for (let i = 0; i < count; i++) {
+          tick();
+          const a = i * INTS;
+          const n = i * NUMS;
+          const kind = ints[a];
+          const partition = strings[ints[a + 2]];
+          // begin(position, commit time), inlined
+          emitted = null;
+          currentEvent = null;
+          seedPosition = nums[n];
+          clockMicros = nums[n + 1];
+          running = true;
+          if (kind === KIND_DELETED) {
+            if (current !== null) {
+              states.set(current, state);
+              current = null;
+            }
+            deleted(partition);
           } else {
-            state = r;
+            if (partition !== current) {
+              if (current !== null) states.set(current, state);
+              current = partition;
+              state = states.get(partition);
+              dirty.add(partition);
+            }
+            const t = ints[a + 4];
+            const eventType = strings[t];
+            const e = new Envelope(batch, i);
+            currentEvent = e;
+            if (kind === KIND_CREATED) {
+              for (const h of def.created) h(def.biState ? [state, shared] : state, e);
+            }
+            let h = handlers[t];
+            if (h === undefined) {
+              h = def.handlers[eventType];
+              if (h === undefined) h = def.any;
+              handlers[t] = h;
+            }
+            if (def.biState) {
+              const pair = [state, shared];
+              let r = h ? h(pair, e) : e.bodyRaw;
+              if (r === undefined) r = pair;
+              if (isArray(r)) {
+                state = r[0];
+                shared = r[1];
+              } else {
+                state = r;
+              }
+              sharedDirty = true;
+            } else {
+              const r = h ? h(state, e) : e.bodyRaw;
+              if (r !== undefined) state = r;
+            }
           }
-          sharedDirty = true;
-        } else {
-          const r = h ? h(state, e) : bodyRaw;
-          if (r !== undefined) state = r;
+          if (emitted !== null) {
+            if (out === null) out = [];
+            out.push(i, emitted);
+            emitted = null;
+          }
         }
-        states.set(partition, state);
-        dirty.add(partition);
-        const out = emitted;
-        emitted = [];
-        return out;
       } finally {
+        if (current !== null) states.set(current, state);
         end();
       }
+      return out;
     },
     takeLogs() {
       const l = logs;

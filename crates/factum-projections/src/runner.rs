@@ -17,13 +17,14 @@
 //! events at a time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use factum_core::rules::{SOFT_DELETED_TRUNCATE_BEFORE, TOMBSTONE_EVENT_TYPE};
 use factum_core::{
-    ContentType, Direction, Error, EventData, EventStore, Filter, MultiAppend, ReadStream,
-    RecordedEvent, StreamCondition, StreamName, StreamRevision, StreamStart, Subscribe,
-    SubscriptionMessage, SubscriptionStart, Uuid,
+    ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Filter, MultiAppend,
+    ReadStream, RecordedEvent, StreamCondition, StreamMetadata, StreamName, StreamRevision,
+    StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart, Uuid, METADATA_EVENT_TYPE,
 };
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -32,14 +33,27 @@ use tokio::sync::watch;
 use crate::access::{Access, Right};
 use crate::definition::{Definition, Source};
 use crate::names::{self, Names};
-use crate::sandbox::{Emitted, Fault, InputEvent, Limits, Projection};
+use crate::sandbox::{Emitted, Fault, Input, InputEvent, Limits, Projection};
 use crate::settings::{Mode, Settings};
 
 /// A link record's type.
 const LINK_EVENT_TYPE: &str = "$>";
 
-/// Events handed to the sandbox at once.
-const BATCH_EVENTS: usize = 512;
+/// Events handed to the sandbox at once, at most (ADR 44: each batch costs
+/// a hand-over to a blocking thread and one call into JavaScript; 512
+/// measured slower).
+const BATCH_EVENTS: usize = 4096;
+
+/// Bytes of event data and metadata in one batch, at most (a batch of
+/// large events stops early).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Streams a run remembers as checked for older epochs' events.
+const EPOCH_CHECKED_STREAMS: usize = 10_000;
+
+/// The metadata key of a system projection's links naming the epoch that
+/// wrote them (KurrentDB keeps the projection version in `$v`).
+const EPOCH_KEY: &str = "$epoch";
 
 /// When a running projection commits.
 #[derive(Clone, Copy, Debug)]
@@ -318,6 +332,10 @@ struct Work {
     known_partitions: HashSet<String>,
     /// Emitted streams already tracked.
     tracked: HashSet<String>,
+    /// Streams a system projection wrote to in this run whose events of an
+    /// older epoch are already hidden (a cache: cleared past
+    /// [`EPOCH_CHECKED_STREAMS`], a stream checked again costs a read).
+    epoch_checked: HashSet<String>,
     /// Position handled up to (uncommitted included).
     position: u64,
     checkpoint_revision: Option<StreamRevision>,
@@ -352,7 +370,7 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         .await
         .map_err(|e| RunError::Other(format!("the projection's thread failed: {e}")))??;
     let definition = projection.definition().clone();
-    let filter = source_filter(&definition.source, definition.include_links)?;
+    let filter = source_filter(&definition)?;
     let names = Names::new(
         &settings.name,
         definition.result_stream_name.clone(),
@@ -370,6 +388,7 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         batches: 0,
         known_partitions: HashSet::new(),
         tracked: HashSet::new(),
+        epoch_checked: HashSet::new(),
         position: 0,
         checkpoint_revision: None,
         pending_emits: Vec::new(),
@@ -469,10 +488,18 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         };
         let mut messages = Vec::new();
         if let Some(m) = first {
+            let size = |m: &Option<Result<SubscriptionMessage, Error>>| match m {
+                Some(Ok(SubscriptionMessage::Event(e))) => e.data.len() + e.metadata.len(),
+                _ => 0,
+            };
+            let mut bytes = size(&m);
             messages.push(m);
-            while messages.len() < BATCH_EVENTS {
+            while messages.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
                 match subscription.next().now_or_never() {
-                    Some(m) => messages.push(m),
+                    Some(m) => {
+                        bytes += size(&m);
+                        messages.push(m);
+                    }
                     None => break,
                 }
             }
@@ -519,19 +546,36 @@ async fn stop<S: EventStore>(
 }
 
 /// Which `$all` events reach the projection (narrowed exactly by [`wanted`]).
-fn source_filter(source: &Source, include_links: bool) -> Result<Filter, Fault> {
+fn source_filter(definition: &Definition) -> Result<Filter, Fault> {
+    // A `$deleted` handler needs the deletion records too: a tombstone's
+    // `$streamDeleted` event in the stream itself, a soft delete's
+    // `$metadata` event in `$$<stream>`.
+    let deletes = definition.handles_deleted;
     // Every user stream, link records included; system streams are passed
     // over below too.
     let user_streams = || {
-        if include_links {
+        if deletes {
+            Filter::stream_regex(r"^(?:[^$]|\$\$[^$])").expect("a valid filter regex")
+        } else if definition.include_links {
             Filter::stream_regex("^[^$]").expect("a valid filter regex")
         } else {
             Filter::exclude_system_events()
         }
     };
-    Ok(match source {
+    // A prefix and, with a `$deleted` handler, its metadata stream's.
+    let with_metadata = |prefixes: Vec<String>| {
+        if deletes {
+            let meta: Vec<String> = prefixes.iter().map(|p| format!("$${p}")).collect();
+            prefixes.into_iter().chain(meta).collect()
+        } else {
+            prefixes
+        }
+    };
+    Ok(match &definition.source {
         Source::All => user_streams(),
-        Source::Categories(cs) => Filter::stream_prefix(cs.iter().map(|c| format!("{c}-"))),
+        Source::Categories(cs) => {
+            Filter::stream_prefix(with_metadata(cs.iter().map(|c| format!("{c}-")).collect()))
+        }
         Source::Streams(ss) => {
             let mut prefixes = Vec::with_capacity(ss.len());
             let mut by_type = false;
@@ -553,10 +597,53 @@ fn source_filter(source: &Source, include_links: bool) -> Result<Filter, Fault> 
                 user_streams()
             } else {
                 // A prefix filter, narrowed to exact names in `wanted`.
-                Filter::stream_prefix(prefixes)
+                Filter::stream_prefix(with_metadata(prefixes))
             }
         }
     })
+}
+
+/// The stream an `$all` record deletes, if it is a deletion: a tombstone
+/// (`$streamDeleted` in the stream) or a soft delete (`$metadata` in
+/// `$$<stream>` with `$tb` at its deleted value) — KurrentDB's
+/// `StreamDeletedHelper`.
+fn deleted_stream(e: &RecordedEvent) -> Option<&str> {
+    let stream = e.stream.as_str();
+    if e.event_type == TOMBSTONE_EVENT_TYPE && !stream.starts_with('$') {
+        return Some(stream);
+    }
+    let target = stream.strip_prefix("$$")?;
+    if e.event_type != METADATA_EVENT_TYPE || target.starts_with('$') {
+        return None;
+    }
+    let metadata = StreamMetadata::from_json(&e.data).ok()?;
+    (metadata.truncate_before == Some(SOFT_DELETED_TRUNCATE_BEFORE)).then_some(target)
+}
+
+/// What an `$all` record is to a projection.
+enum Wanted<'a> {
+    /// Not its business.
+    No,
+    /// An event its handlers take.
+    Event,
+    /// The deletion of a stream of its source (`$deleted` handlers only).
+    Deleted(&'a str),
+}
+
+/// Whether the source names `stream` (for deletions, which carry no
+/// event type: an `$et-` source names no stream).
+fn source_names(source: &Source, stream: &StreamName) -> bool {
+    match source {
+        Source::All => true,
+        Source::Categories(cs) => stream.category().is_some_and(|c| cs.iter().any(|x| x == c)),
+        Source::Streams(ss) => ss.iter().any(|s| {
+            if let Some(c) = s.strip_prefix("$ce-") {
+                stream.category() == Some(c)
+            } else {
+                !s.starts_with("$et-") && s == stream.as_str()
+            }
+        }),
+    }
 }
 
 /// Whether a `fromStreams` source names one of the streams `$ce-`/`$et-`
@@ -568,6 +655,26 @@ fn reads_links(source: &Source) -> bool {
         Source::Streams(ss) => ss
             .iter()
             .any(|s| s.starts_with("$ce-") || s.starts_with("$et-")),
+    }
+}
+
+fn classify<'e>(definition: &Definition, e: &'e RecordedEvent) -> Wanted<'e> {
+    if definition.handles_deleted {
+        if let Some(deleted) = deleted_stream(e) {
+            let named = StreamName::new(deleted)
+                .ok()
+                .is_some_and(|s| source_names(&definition.source, &s));
+            return if named {
+                Wanted::Deleted(deleted)
+            } else {
+                Wanted::No
+            };
+        }
+    }
+    if wanted(definition, e) {
+        Wanted::Event
+    } else {
+        Wanted::No
     }
 }
 
@@ -626,35 +733,59 @@ fn emitted_id(name: &str, epoch: u64, position: u64, index: usize) -> Uuid {
     uuid::Builder::from_custom_bytes((((h as u128) << 64) | lo as u128).to_be_bytes()).into_uuid()
 }
 
+/// An input as the runner hands it to the sandbox: the recorded event
+/// and, for a deletion, the stream deleted. Its text is borrowed from the
+/// event when it is UTF-8 (what JSON is), copied lossily only otherwise.
 struct Owned {
-    position: u64,
-    created: i64,
-    stream: String,
-    revision: u64,
-    event_type: String,
-    body: String,
-    metadata: String,
-    is_json: bool,
-    category: String,
-    id: String,
+    event: RecordedEvent,
+    deleted: Option<StreamName>,
+    /// Lossy copies of the body and metadata, made only if one is not UTF-8.
+    body_lossy: OnceLock<String>,
+    metadata_lossy: OnceLock<String>,
+    /// The event id, hyphenated.
+    id: [u8; 36],
 }
 
 impl Owned {
-    fn input(&self) -> InputEvent<'_> {
-        InputEvent {
-            position: self.position,
-            created_micros: self.created,
-            stream: &self.stream,
-            sequence_number: self.revision,
-            event_type: &self.event_type,
-            body: &self.body,
-            metadata: &self.metadata,
-            link_metadata: None,
-            is_json: self.is_json,
-            category: &self.category,
-            event_id: &self.id,
+    fn new(event: RecordedEvent, deleted: Option<StreamName>) -> Owned {
+        let mut id = [0u8; 36];
+        event.id.hyphenated().encode_lower(&mut id);
+        Owned {
+            body_lossy: OnceLock::new(),
+            metadata_lossy: OnceLock::new(),
+            event,
+            deleted,
+            id,
         }
     }
+
+    /// The event's stream, or the stream a deletion deletes.
+    fn stream(&self) -> &str {
+        self.deleted.as_ref().unwrap_or(&self.event.stream).as_str()
+    }
+
+    fn input(&self) -> InputEvent<'_> {
+        InputEvent {
+            position: self.event.position.0,
+            created_micros: self.event.created.as_micros(),
+            stream: self.stream(),
+            sequence_number: self.event.revision.0,
+            event_type: &self.event.event_type,
+            body: text(&self.event.data, &self.body_lossy),
+            metadata: text(&self.event.metadata, &self.metadata_lossy),
+            link_metadata: None,
+            is_json: self.event.content_type == ContentType::Json,
+            category: self.event.stream.category().unwrap_or(""),
+            event_id: std::str::from_utf8(&self.id).unwrap_or_default(),
+        }
+    }
+}
+
+/// An event's text: borrowed when it is UTF-8 (what JSON is), else a lossy
+/// copy made once.
+fn text<'a>(bytes: &'a [u8], lossy: &'a OnceLock<String>) -> &'a str {
+    std::str::from_utf8(bytes)
+        .unwrap_or_else(|_| lossy.get_or_init(|| String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// A category is read through `$ce-<c>`'s links: as every link reader
@@ -662,8 +793,8 @@ impl Owned {
 /// may read the event's own stream; the others are passed over.
 async fn readable_only<S: EventStore>(
     run: &Run<S>,
-    events: Vec<RecordedEvent>,
-) -> Result<Vec<RecordedEvent>, RunError> {
+    events: Vec<Owned>,
+) -> Result<Vec<Owned>, RunError> {
     let Some(access) = &run.access else {
         return Ok(events);
     };
@@ -671,11 +802,13 @@ async fn readable_only<S: EventStore>(
     let mut decided: HashMap<StreamName, bool> = HashMap::new();
     let mut out = Vec::with_capacity(events.len());
     for e in events {
-        let readable = match decided.get(&e.stream) {
+        // A deletion is seen when its stream could be read.
+        let stream = e.deleted.as_ref().unwrap_or(&e.event.stream);
+        let readable = match decided.get(stream) {
             Some(r) => *r,
             None => {
-                let r = access.may(&run_as, &e.stream, Right::Read).await?;
-                decided.insert(e.stream.clone(), r);
+                let r = access.may(&run_as, stream, Right::Read).await?;
+                decided.insert(stream.clone(), r);
                 r
             }
         };
@@ -692,32 +825,29 @@ async fn handle_batch<S: EventStore>(
     events: Vec<RecordedEvent>,
 ) -> Result<(), RunError> {
     let last = events.last().map(|e| e.position.0).unwrap_or(work.position);
-    let mut events: Vec<RecordedEvent> = events
-        .into_iter()
-        .filter(|e| e.position.0 > work.position && wanted(&work.definition, e))
-        .collect();
-    if run.access.is_some() && !events.is_empty() {
+    // Each event the projection takes, with the stream it deletes when it
+    // is a deletion (moved once: events are large).
+    let mut owned: Vec<Owned> = Vec::with_capacity(events.len());
+    for e in events {
+        if e.position.0 <= work.position {
+            continue;
+        }
+        let deleted = match classify(&work.definition, &e) {
+            Wanted::No => continue,
+            Wanted::Event => None,
+            Wanted::Deleted(stream) => match StreamName::new(stream) {
+                Ok(s) => Some(s),
+                Err(_) => continue,
+            },
+        };
+        owned.push(Owned::new(e, deleted));
+    }
+    if run.access.is_some() && !owned.is_empty() {
         check_source(run, &work.definition).await?;
         if reads_links(&work.definition.source) {
-            events = readable_only(run, events).await?;
+            owned = readable_only(run, owned).await?;
         }
     }
-    let owned: Vec<Owned> = events
-        .iter()
-        .map(|e| Owned {
-            position: e.position.0,
-            created: e.created.as_micros(),
-            stream: e.stream.as_str().to_owned(),
-            revision: e.revision.0,
-            event_type: e.event_type.clone(),
-            body: String::from_utf8_lossy(&e.data).into_owned(),
-            metadata: String::from_utf8_lossy(&e.metadata).into_owned(),
-            is_json: e.content_type == ContentType::Json,
-            category: e.stream.category().unwrap_or("").to_owned(),
-            id: e.id.to_string(),
-        })
-        .collect();
-    drop(events);
     if owned.is_empty() {
         work.position = work.position.max(last);
         return Ok(());
@@ -727,7 +857,9 @@ async fn handle_batch<S: EventStore>(
     let partitions: Vec<Option<String>> = if work.definition.is_partitioned() {
         let o = owned.clone();
         blocking(work, move |p| {
-            o.iter().map(|e| p.partition_of(&e.input())).collect()
+            // `foreachStream()` partitions by stream, a deletion's included.
+            let inputs: Vec<InputEvent<'_>> = o.iter().map(Owned::input).collect();
+            p.partitions_of(&inputs)
         })
         .await?
     } else {
@@ -735,7 +867,13 @@ async fn handle_batch<S: EventStore>(
     };
     work.batches += 1;
     if work.definition.is_partitioned() {
+        let mut previous: Option<&String> = None;
         for p in partitions.iter().flatten() {
+            // Runs of one partition touch it once.
+            if previous == Some(p) {
+                continue;
+            }
+            previous = Some(p);
             match work.last_used.get_mut(p) {
                 Some(at) => *at = work.batches,
                 None => {
@@ -745,7 +883,13 @@ async fn handle_batch<S: EventStore>(
         }
     }
     let mut to_load: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut previous: Option<&String> = None;
     for p in partitions.iter().flatten() {
+        // Runs of one partition are looked up once.
+        if previous == Some(p) {
+            continue;
+        }
+        previous = Some(p);
         if !work.loaded.contains(p) && !to_load.contains_key(p) {
             let state = if work.persist && work.known_partitions.contains(p) {
                 load_partition_state(
@@ -779,12 +923,22 @@ async fn handle_batch<S: EventStore>(
             firsts.push(created.remove(partition));
             handled.push((e, partition.as_str()));
         }
-        let emitted = p.handle_many(
-            handled
-                .iter()
-                .zip(&firsts)
-                .map(|((e, partition), first)| (*partition, *first, e.input())),
-        )?;
+        let emitted =
+            p.handle_many(handled.iter().zip(&firsts).map(|((e, partition), first)| {
+                if e.deleted.is_some() {
+                    Input::Deleted {
+                        partition,
+                        position: e.event.position.0,
+                        created_micros: e.event.created.as_micros(),
+                    }
+                } else {
+                    Input::Event {
+                        partition,
+                        created: *first,
+                        event: e.input(),
+                    }
+                }
+            }))?;
         if !emitted.is_empty() && !emit_enabled {
             return Err(Fault::Script(
                 "'emit' is not allowed by the projection/configuration/mode".into(),
@@ -792,7 +946,7 @@ async fn handle_batch<S: EventStore>(
         }
         let out: Vec<(u64, Vec<Emitted>)> = emitted
             .into_iter()
-            .map(|(i, emitted)| (handled[i].0.position, emitted))
+            .map(|(i, emitted)| (handled[i].0.event.position.0, emitted))
             .collect();
         for line in p.take_logs()? {
             tracing::debug!(target: "factum_projections::log", "{line}");
@@ -806,8 +960,12 @@ async fn handle_batch<S: EventStore>(
         for x in &e.1 {
             let stream = StreamName::new(&x.stream)
                 .map_err(|err| Fault::Script(format!("emit to {}: {err}", x.stream)))?;
+            // Managed streams are refused, except a system projection's own
+            // (`$streams`, `$category-…`, `$bc-…`).
+            let own =
+                run.settings.system && factum_core::managed::is_system_projection_stream(&stream);
             if !stream.is_writable()
-                || factum_core::managed::check_client_write(&stream).is_err()
+                || (!own && factum_core::managed::check_client_write(&stream).is_err())
                 || stream.as_str().starts_with(names::PREFIX)
             {
                 return Err(
@@ -914,6 +1072,9 @@ async fn commit<S: EventStore>(
         })
         .expect("checkpoint metadata serializes")
     };
+    if settings.system {
+        hide_older_epochs(work, run).await?;
+    }
     let mut request = MultiAppend::new();
     let mut new_tracked = Vec::new();
     for (source_position, emitted) in &work.pending_emits {
@@ -927,7 +1088,9 @@ async fn commit<S: EventStore>(
             };
             let mut data =
                 EventData::new(x.event_type.clone(), content, x.data.clone()).with_id(id);
-            if let Some(m) = &x.metadata {
+            if settings.system {
+                data = data.with_metadata(with_epoch(x.metadata.as_deref(), settings.epoch));
+            } else if let Some(m) = &x.metadata {
                 data = data.with_metadata(m.clone());
             }
             if settings.track_emitted_streams
@@ -1070,6 +1233,80 @@ async fn commit<S: EventStore>(
     }
     run.published.lock().expect("published").position = position;
     evict_partitions(work, run).await
+}
+
+/// A system projection's streams after a reset (KurrentDB's
+/// `EmittedStream`): the first time a run writes to a stream, its last
+/// event is read; written by an older epoch (links without an epoch are
+/// epoch 0's), the stream is truncated after it (`$tb`, other metadata
+/// kept), so readers see only the new epoch's links. The truncation goes
+/// before the commit (a stream and its `$$` stream cannot share one
+/// multi-stream append): after a crash between the two, the stream's old
+/// events are hidden and the replay writes the new ones.
+async fn hide_older_epochs<S: EventStore>(work: &mut Work, run: &Run<S>) -> Result<(), RunError> {
+    let epoch = run.settings.epoch;
+    if epoch == 0 {
+        return Ok(());
+    }
+    let mut streams: Vec<&str> = work
+        .pending_emits
+        .iter()
+        .flat_map(|(_, emitted)| emitted.iter().map(|x| x.stream.as_str()))
+        .filter(|s| !work.epoch_checked.contains(*s))
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let streams: Vec<String> = streams.into_iter().map(str::to_owned).collect();
+    if work.epoch_checked.len() + streams.len() > EPOCH_CHECKED_STREAMS {
+        work.epoch_checked.clear();
+    }
+    for stream in streams {
+        let name = StreamName::new(&stream)?;
+        if let Some(last) = last_event(&*run.store, &name).await? {
+            if epoch_of(&last.metadata) < epoch {
+                truncate_through(&*run.store, name, last.revision).await?;
+            }
+        }
+        work.epoch_checked.insert(stream);
+    }
+    Ok(())
+}
+
+/// The epoch a system projection's link was written in (0 without one).
+fn epoch_of(metadata: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(metadata)
+        .ok()
+        .and_then(|m| m.get(EPOCH_KEY).and_then(serde_json::Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// An emitted event's metadata with the epoch added.
+fn with_epoch(metadata: Option<&str>, epoch: u64) -> String {
+    let mut m: serde_json::Map<String, serde_json::Value> = metadata
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    m.insert(EPOCH_KEY.into(), epoch.into());
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Hides a stream's events up to `last` from readers: `$tb` = `last` + 1,
+/// its other metadata kept.
+pub(crate) async fn truncate_through<S: EventStore>(
+    store: &S,
+    stream: StreamName,
+    last: StreamRevision,
+) -> Result<(), Error> {
+    let current = store.stream_metadata(stream.clone()).await?;
+    let mut metadata = current.metadata;
+    metadata.truncate_before = Some(last.0 + 1);
+    let expected = match current.revision {
+        Some(r) => ExpectedRevision::Exact(r),
+        None => ExpectedRevision::NoStream,
+    };
+    store
+        .set_stream_metadata(stream, expected, metadata)
+        .await?;
+    Ok(())
 }
 
 /// Drops the least recently used half of the partition states once more

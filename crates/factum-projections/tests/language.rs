@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use factum_projections::{Emitted, Fault, InputEvent, Limits, Projection, Source};
+use factum_projections::{Emitted, Fault, Input, InputEvent, Limits, Projection, Source};
 
 struct Event {
     stream: &'static str,
@@ -485,14 +485,204 @@ fn a_huge_state_faults_with_the_memory_limit() {
 }
 
 #[test]
-fn deleted_handlers_say_they_are_not_implemented() {
+fn deleted_handlers_need_foreach_stream_and_get_kurrentdbs_arguments() {
+    // KurrentDB: "Deleted stream notifications are only supported with
+    // foreachStream()"; and none in a bi-state projection.
+    for source in [
+        "fromAll().when({ $deleted: (s) => s })",
+        "fromAll().partitionBy((e) => e.streamId).when({ $deleted: (s) => s })",
+    ] {
+        let err = Projection::compile(source, Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, Fault::Invalid(m) if m.contains("only supported with foreachStream()")),
+            "{source}: {err}"
+        );
+    }
     let err = Projection::compile(
-        "fromAll().foreachStream().when({ $deleted: (s) => s })",
+        "fromAll().foreachStream().when({ $initShared: () => ({}), $deleted: (s) => s })",
         Limits::default(),
     )
     .unwrap_err();
     assert!(
-        matches!(&err, Fault::NotImplemented(m) if m.contains("$deleted")),
+        matches!(&err, Fault::Invalid(m) if m.contains("Cannot handle deletes in bi-state")),
         "{err}"
     );
+
+    // `$deleted(state, null, partition, false)` on the partition's state,
+    // which it mutates; its return value is not the new state (KurrentDB's
+    // runtime ignores it), and it may emit.
+    let mut p = compile(
+        r#"fromAll().foreachStream().when({
+            $init: () => ({ n: 0 }),
+            E: (s, e) => { s.n += 1 },
+            $deleted: function (s, e, partition, isSoftDeleted) {
+                s.deleted = [e, partition, isSoftDeleted, arguments.length, Date.now()];
+                emit("gone", "Gone", { partition: partition });
+                return { replaced: true };
+            }
+        })"#,
+    );
+    run(&mut p, &[ev("a-1", "E", "{}"), ev("a-1", "E", "{}")]).unwrap();
+    let out = p
+        .handle_many([Input::Deleted {
+            partition: "a-1",
+            position: 9,
+            created_micros: 1_700_000_000_123_000,
+        }])
+        .unwrap();
+    assert_eq!(
+        json(p.state("a-1").unwrap()),
+        serde_json::json!({"n": 2, "deleted": [null, "a-1", false, 4, 1_700_000_000_123i64]})
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 0);
+    assert_eq!(out[0].1[0].stream, "gone");
+    assert_eq!(out[0].1[0].data, r#"{"partition":"a-1"}"#);
+    assert_eq!(p.take_dirty().unwrap(), vec!["a-1".to_owned()]);
+}
+
+/// The CPU-time limit is per event even though a batch of events is one
+/// call into the engine: events that each stay under the limit pass however
+/// long the batch takes; an event that runs past it faults.
+#[test]
+fn the_time_limit_is_per_event_within_a_batch() {
+    let limits = Limits {
+        handler_time: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let source = r#"fromAll().when({
+        $init: () => ({ n: 0, x: 0 }),
+        $any: (s, e) => {
+            if (e.body.loops < 0) for (;;) {}
+            for (let i = 0; i < e.body.loops; i++) s.x = (s.x + i) % 7;
+            s.n += 1
+        }
+    })"#;
+    let body = |loops: u64| format!(r#"{{"loops":{loops}}}"#);
+    fn event(body: &str, n: u64) -> InputEvent<'_> {
+        InputEvent {
+            position: n + 1,
+            created_micros: 0,
+            stream: "a-1",
+            sequence_number: n,
+            event_type: "E",
+            body,
+            metadata: "",
+            link_metadata: None,
+            is_json: true,
+            category: "a",
+            event_id: "00000000-0000-0000-0000-000000000001",
+        }
+    }
+    // Calibrate: loops for at least 10 ms of one event on this machine
+    // (far under the limit, whatever the load).
+    let mut p = Projection::compile(source, limits).unwrap();
+    p.load_partition("", None).unwrap();
+    let mut loops = 10_000u64;
+    let mut handled = 0u64;
+    loop {
+        let probe = body(loops);
+        let started = std::time::Instant::now();
+        p.handle("", false, &event(&probe, handled)).unwrap();
+        handled += 1;
+        if started.elapsed() >= Duration::from_millis(10) {
+            break;
+        }
+        loops *= 2;
+    }
+    // A batch of such events taking longer than the limit in all passes.
+    let slow = body(loops);
+    let mut count = 16u64;
+    loop {
+        let started = std::time::Instant::now();
+        p.handle_many((0..count).map(|n| Input::Event {
+            partition: "",
+            created: false,
+            event: event(&slow, handled + n),
+        }))
+        .unwrap();
+        handled += count;
+        if started.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        count *= 2;
+        assert!(count < 100_000, "calibration failed");
+    }
+    assert_eq!(json(p.state("").unwrap())["n"], handled);
+    // An endless event after a slow one in a batch: it faults.
+    let endless = r#"{"loops":-1}"#.to_owned();
+    let err = p
+        .handle_many([
+            Input::Event {
+                partition: "",
+                created: false,
+                event: event(&slow, 11),
+            },
+            Input::Event {
+                partition: "",
+                created: false,
+                event: event(&endless, 12),
+            },
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Fault::TimeLimit {
+                what: "execute",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// The event object reads its fields from the batch it came in, yet
+/// behaves as one with its own fields: `JSON.stringify` shows them all,
+/// `for…in` lists them, a field can be assigned, and an event kept in the
+/// state reads the same after its batch.
+#[test]
+fn the_event_object_shows_its_fields() {
+    let mut p = compile(
+        r#"fromAll().when({
+            $init: () => ({ seen: [] }),
+            $any: (s, e) => {
+                const keys = [];
+                for (const k in e) keys.push(k);
+                s.keys = keys.sort().join(",");
+                s.json = JSON.parse(JSON.stringify(e));
+                e.streamId = "changed";
+                s.assigned = e.streamId;
+                s.kept = e;
+                s.seen.push(e.sequenceNumber + "@" + e.partition + "/" + e.category + ":" + e.body.n);
+            }
+        })"#,
+    );
+    run(
+        &mut p,
+        &[ev("a-1", "E", r#"{"n":1}"#), ev("b-2", "F", r#"{"n":2}"#)],
+    )
+    .unwrap();
+    let state = json(p.state("").unwrap());
+    assert_eq!(
+        state["keys"],
+        "body,bodyRaw,category,data,eventId,eventType,isJson,linkMetadata,linkMetadataRaw,metadata,metadataRaw,partition,sequenceNumber,streamId"
+            .split(',')
+            .filter(|k| !["body", "data", "linkMetadata", "metadata"].contains(k))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(
+        state["json"],
+        serde_json::json!({
+            "partition": "", "streamId": "b-2", "sequenceNumber": 0, "eventType": "F",
+            "bodyRaw": "{\"n\":2}", "metadataRaw": "", "linkMetadataRaw": null, "isJson": true,
+            "category": "b", "eventId": "00000000-0000-0000-0000-000000000002"
+        })
+    );
+    assert_eq!(state["assigned"], "changed");
+    assert_eq!(state["kept"]["streamId"], "changed");
+    assert_eq!(state["kept"]["body"], serde_json::json!({"n": 2}));
+    assert_eq!(state["kept"]["eventType"], "F");
+    assert_eq!(state["seen"], serde_json::json!(["0@/a:1", "0@/b:2"]));
 }

@@ -464,3 +464,193 @@ async fn mixed_sources_and_include_links() {
     assert_eq!(s["data"][0], "$> 0@order-0");
     p.shutdown().await;
 }
+
+/// KurrentDB's `when_handling_deleted` cases: a `foreachStream()`
+/// projection's `$deleted` handler runs on the partition of a stream that
+/// is tombstoned or soft-deleted — before the projection starts and while
+/// it runs — and its result stream gets the state; deletions of streams
+/// outside the source are not seen; a reset replays them the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_handlers_see_tombstones_and_soft_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for s in ["stream-1", "stream-2", "stream-3", "other-1"] {
+        append(&store, s, "type1", serde_json::json!({})).await;
+        append(&store, s, "type2", serde_json::json!({})).await;
+    }
+    // Before the projection exists: stream-1 tombstoned, other-1 too.
+    store
+        .tombstone_stream(name("stream-1"), ExpectedRevision::Any)
+        .await
+        .unwrap();
+    store
+        .tombstone_stream(name("other-1"), ExpectedRevision::Any)
+        .await
+        .unwrap();
+    let query = r#"fromCategory('stream').foreachStream().when({
+        $init: function () { return { a: 0 } },
+        type1: function (s, e) { s.a++ },
+        type2: function (s, e) { s.a++ },
+        $deleted: function (s, e, partition) { s.deleted = (s.deleted || 0) + 1; s.p = partition }
+    }).outputState()"#;
+    let all = r#"fromAll().foreachStream().when({
+        $init: function () { return {} },
+        $any: function (s, e) {},
+        $deleted: function (s) { s.deleted = true }
+    })"#;
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    p.create(create("deletes", query, Mode::Continuous))
+        .await
+        .unwrap();
+    p.create(create("all-deletes", all, Mode::Continuous))
+        .await
+        .unwrap();
+    eventually("the tombstone seen", || async {
+        state_of(&p, "deletes", "stream-1").await
+            == Some(serde_json::json!({"a": 2, "deleted": 1, "p": "stream-1"}))
+    })
+    .await;
+    // Live: a soft delete, then more events elsewhere.
+    store
+        .delete_stream(name("stream-2"), ExpectedRevision::Any)
+        .await
+        .unwrap();
+    append(&store, "stream-3", "type1", serde_json::json!({})).await;
+    eventually("the soft delete seen", || async {
+        state_of(&p, "deletes", "stream-2").await
+            == Some(serde_json::json!({"a": 2, "deleted": 1, "p": "stream-2"}))
+            && state_of(&p, "deletes", "stream-3").await == Some(serde_json::json!({"a": 3}))
+    })
+    .await;
+    assert_eq!(state_of(&p, "deletes", "other-1").await, None);
+    // fromAll sees every user stream's deletion, other-1's included.
+    eventually("fromAll's deletions", || async {
+        state_of(&p, "all-deletes", "other-1").await == Some(serde_json::json!({"deleted": true}))
+            && state_of(&p, "all-deletes", "stream-2").await
+                == Some(serde_json::json!({"deleted": true}))
+    })
+    .await;
+    assert_eq!(
+        state_of(&p, "all-deletes", "stream-3").await,
+        Some(serde_json::json!({}))
+    );
+    // The result stream, as KurrentDB's test reads it.
+    let result = |stream: &'static str| {
+        let store = store.clone();
+        async move {
+            let events = read(&store, stream).await;
+            let last = events.last().expect("a result");
+            assert_eq!(last.event_type, "Result");
+            serde_json::from_slice::<serde_json::Value>(&last.data).unwrap()
+        }
+    };
+    eventually("the results written", || async {
+        !read(&store, "$projections-deletes-stream-2-result")
+            .await
+            .is_empty()
+    })
+    .await;
+    assert_eq!(
+        result("$projections-deletes-stream-1-result").await,
+        serde_json::json!({"a": 2, "deleted": 1, "p": "stream-1"})
+    );
+    // A recreated soft-deleted stream is not deleted again by its undelete.
+    append(&store, "stream-2", "type1", serde_json::json!({})).await;
+    eventually("the recreated stream counted", || async {
+        state_of(&p, "deletes", "stream-2").await
+            == Some(serde_json::json!({"a": 3, "deleted": 1, "p": "stream-2"}))
+    })
+    .await;
+    // A reset replays the deletions once each.
+    p.reset("deletes").await.unwrap();
+    eventually("the replay", || async {
+        state_of(&p, "deletes", "stream-2").await
+            == Some(serde_json::json!({"a": 3, "deleted": 1, "p": "stream-2"}))
+            && state_of(&p, "deletes", "stream-1").await
+                == Some(serde_json::json!({"a": 2, "deleted": 1, "p": "stream-1"}))
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// Resetting the system projections that write links (`$streams`,
+/// `$stream_by_category`, `$by_correlation_id`) does not duplicate them:
+/// as KurrentDB's emitted streams, each stream written again by the new
+/// epoch is first truncated after the older epoch's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_link_writing_system_projections_does_not_duplicate_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let correlated = |stream: &'static str| {
+        let store = store.clone();
+        async move {
+            let event = EventData::json("Placed", &serde_json::json!({}))
+                .unwrap()
+                .with_metadata(r#"{"$correlationId":"c-1"}"#);
+            store
+                .append(name(stream), ExpectedRevision::Any, vec![event])
+                .await
+                .unwrap();
+        }
+    };
+    correlated("order-1").await;
+    correlated("order-1").await;
+    correlated("order-2").await;
+    append(&store, "invoice-1", "Billed", serde_json::json!({})).await;
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    let counts = || async {
+        (
+            read(&store, "$streams").await.len(),
+            read(&store, "$bc-c-1").await.len(),
+            read(&store, "$category-order").await.len(),
+        )
+    };
+    for s in ["$streams", "$stream_by_category", "$by_correlation_id"] {
+        p.enable(s).await.unwrap();
+    }
+    eventually("the links written", || async {
+        counts().await == (3, 3, 2)
+    })
+    .await;
+    for round in 0..2 {
+        for s in ["$streams", "$stream_by_category", "$by_correlation_id"] {
+            p.reset(s).await.unwrap();
+        }
+        // A new stream after the replay's events: once it is linked, the
+        // replay is done.
+        let stream = ["order-3", "order-4"][round];
+        correlated(stream).await;
+        eventually("the replay and the new stream", || async {
+            let streams = read(&store, "$streams").await;
+            let category = read(&store, "$category-order").await;
+            streams
+                .last()
+                .is_some_and(|e| e.data.as_ref() == format!("0@{stream}").as_bytes())
+                && category
+                    .last()
+                    .is_some_and(|e| e.data.as_ref() == stream.as_bytes())
+                && read(&store, "$bc-c-1").await.len() >= 4 + round
+        })
+        .await;
+        // Let the commits settle, then count: every link once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            counts().await,
+            (4 + round, 4 + round, 3 + round),
+            "round {round}"
+        );
+        let links: Vec<String> = read(&store, "$streams")
+            .await
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+            .collect();
+        let mut want = vec!["0@order-1", "0@order-2", "0@invoice-1", "0@order-3"];
+        if round == 1 {
+            want.push("0@order-4");
+        }
+        assert_eq!(links, want, "round {round}");
+    }
+    p.shutdown().await;
+}

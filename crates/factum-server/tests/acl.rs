@@ -3,71 +3,17 @@
 //! (reads, appends, `$all`), then `$settings` defaults and an `$acl`
 //! change taking effect at once (the cached ACLs are dropped).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use factum_engine::{Durability, Engine, EngineConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
+use common::{basic, http, http_status, start_secure};
+
 async fn start() -> (std::net::SocketAddr, tempfile::TempDir) {
-    start_with(false).await
-}
-
-async fn start_with(metrics_anonymous: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        durability: Durability::None,
-        ..EngineConfig::default()
-    };
-    let (engine, _) = Engine::open_with(dir.path(), config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut cfg = factum_server::ServerConfig::new(addr);
-    cfg.users = Some(Default::default());
-    cfg.metrics_anonymous = metrics_anonymous;
-    tokio::spawn(factum_server::serve(
-        listener,
-        Arc::new(engine),
-        cfg,
-        std::future::pending(),
-    ));
-    (addr, dir)
-}
-
-fn basic(login: &str) -> String {
-    let password = match login {
-        "admin" | "ops" => "changeit",
-        _ => "pw",
-    };
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"))
-    )
-}
-
-/// One HTTP request as `login`: the status (SSE tails: the first answer).
-async fn http(
-    addr: std::net::SocketAddr,
-    login: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let r = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n{body}",
-        basic(login),
-        body.len()
-    );
-    s.write_all(r.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.split(' ').nth(1).unwrap_or("0").parse().unwrap()
+    start_secure(false).await
 }
 
 const SECRET_ACL: &str =
@@ -91,12 +37,15 @@ async fn the_acl_matrix() {
     let (addr, _dir) = start().await;
     for (login, groups) in [("alice", r#"["readers"]"#), ("bob", "[]")] {
         let body = format!(r#"{{"loginName":"{login}","password":"pw","groups":{groups}}}"#);
-        assert_eq!(http(addr, "admin", "POST", "/users", &body).await, 201);
+        assert_eq!(
+            http_status(addr, "admin", "POST", "/users", &body).await,
+            201
+        );
     }
     // secret: readers read, alice writes and reads metadata, nobody but
     // admins deletes or changes metadata.
     assert_eq!(
-        http(
+        http_status(
             addr,
             "admin",
             "PUT",
@@ -152,7 +101,7 @@ async fn the_acl_matrix() {
                     ("{meta}", _) => r#"{"$maxCount": 1000}"#,
                     (body, _) => body,
                 };
-                let status = http(addr, login, method, &path, body).await;
+                let status = http_status(addr, login, method, &path, body).await;
                 let allowed = expect(stream, op).contains(&login);
                 cells += 1;
                 let denied = status == 403;
@@ -176,7 +125,7 @@ async fn the_acl_matrix() {
     // /metrics: $ops and $admins.
     for (login, status) in [("admin", 200), ("ops", 200), ("alice", 403), ("bob", 403)] {
         assert_eq!(
-            http(addr, login, "GET", "/metrics", "").await,
+            http_status(addr, login, "GET", "/metrics", "").await,
             status,
             "{login} /metrics"
         );
@@ -188,7 +137,7 @@ async fn the_acl_matrix() {
         ("alice", false),
         ("bob", false),
     ] {
-        let status = http(
+        let status = http_status(
             addr,
             login,
             "POST",
@@ -212,36 +161,39 @@ async fn settings_and_acl_changes_take_effect_at_once() {
     };
     let (addr, _dir) = start().await;
     let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
-    assert_eq!(ok(http(addr, "admin", "POST", "/users", body).await), 200);
     assert_eq!(
-        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        ok(http_status(addr, "admin", "POST", "/users", body).await),
         200
     );
     assert_eq!(
-        ok(http(addr, "bob", "GET", "/streams/%24all", "").await),
+        ok(http_status(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        200
+    );
+    assert_eq!(
+        ok(http_status(addr, "bob", "GET", "/streams/%24all", "").await),
         403
     );
 
     // `$settings` opens system streams to a group, closes user streams' writes.
     let settings = r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors"]},"$userStreamAcl":{"$w":[]}}}]"#;
     assert_eq!(
-        ok(http(addr, "bob", "POST", "/streams/%24settings", settings).await),
+        ok(http_status(addr, "bob", "POST", "/streams/%24settings", settings).await),
         403
     );
     assert_eq!(
-        ok(http(addr, "admin", "POST", "/streams/%24settings", settings).await),
+        ok(http_status(addr, "admin", "POST", "/streams/%24settings", settings).await),
         200
     );
     assert_eq!(
-        ok(http(addr, "bob", "GET", "/streams/%24all", "").await),
+        ok(http_status(addr, "bob", "GET", "/streams/%24all", "").await),
         200
     );
     assert_eq!(
-        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        ok(http_status(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
         403
     );
     assert_eq!(
-        ok(http(addr, "bob", "GET", "/streams/orders-1", "").await),
+        ok(http_status(addr, "bob", "GET", "/streams/orders-1", "").await),
         200,
         "$r not overridden"
     );
@@ -249,20 +201,20 @@ async fn settings_and_acl_changes_take_effect_at_once() {
     // A stream's own `$acl` wins over the defaults, and changes at once.
     let open = r#"{"$acl": {"$w": "$all"}}"#;
     assert_eq!(
-        ok(http(addr, "admin", "PUT", "/streams/orders-1/metadata", open).await),
+        ok(http_status(addr, "admin", "PUT", "/streams/orders-1/metadata", open).await),
         200
     );
     assert_eq!(
-        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        ok(http_status(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
         200
     );
     let closed = r#"{"$acl": {"$w": "alice"}}"#;
     assert_eq!(
-        ok(http(addr, "admin", "PUT", "/streams/orders-1/metadata", closed).await),
+        ok(http_status(addr, "admin", "PUT", "/streams/orders-1/metadata", closed).await),
         200
     );
     assert_eq!(
-        ok(http(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
+        ok(http_status(addr, "bob", "POST", "/streams/orders-1", EVENT).await),
         403
     );
 }
@@ -277,9 +229,12 @@ async fn grpc_reads_and_subscriptions_are_checked_too() {
 
     let (addr, _dir) = start().await;
     let body = r#"{"loginName":"bob","password":"pw","groups":[]}"#;
-    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
     assert_eq!(
-        http(addr, "admin", "POST", "/streams/orders-1", EVENT).await,
+        http_status(addr, "admin", "POST", "/users", body).await,
+        201
+    );
+    assert_eq!(
+        http_status(addr, "admin", "POST", "/streams/orders-1", EVENT).await,
         201
     );
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -355,7 +310,7 @@ async fn grpc_reads_and_subscriptions_are_checked_too() {
 
 #[tokio::test]
 async fn metrics_can_be_opened_to_scrapers() {
-    let (addr, _dir) = start_with(true).await;
+    let (addr, _dir) = start_secure(true).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
@@ -380,10 +335,13 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
     let (addr, _dir) = start().await;
     for (login, groups) in [("alice", r#"["readers"]"#), ("bob", "[]")] {
         let body = format!(r#"{{"loginName":"{login}","password":"pw","groups":{groups}}}"#);
-        assert_eq!(http(addr, "admin", "POST", "/users", &body).await, 201);
+        assert_eq!(
+            http_status(addr, "admin", "POST", "/users", &body).await,
+            201
+        );
     }
     assert_eq!(
-        http(
+        http_status(
             addr,
             "admin",
             "PUT",
@@ -406,7 +364,7 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         )
     };
     // bob may write orders-2 but not secret-1: nothing is written.
-    let denied = http(
+    let denied = http_status(
         addr,
         "bob",
         "POST",
@@ -419,11 +377,11 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         "bob writing secret-1: {denied}"
     );
     assert_eq!(
-        http(addr, "admin", "GET", "/streams/orders-2", "").await,
+        http_status(addr, "admin", "GET", "/streams/orders-2", "").await,
         404
     );
     // A system stream: admins only.
-    let denied = http(
+    let denied = http_status(
         addr,
         "bob",
         "POST",
@@ -436,7 +394,7 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         "bob writing $system-y: {denied}"
     );
     // Checking a stream needs $r: bob has none on secret-1, alice has.
-    let denied = http(
+    let denied = http_status(
         addr,
         "bob",
         "POST",
@@ -449,7 +407,7 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         "bob checking secret-1: {denied}"
     );
     assert_eq!(
-        http(
+        http_status(
             addr,
             "alice",
             "POST",
@@ -460,7 +418,7 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
         201
     );
     assert_eq!(
-        http(
+        http_status(
             addr,
             "alice",
             "POST",
@@ -472,45 +430,29 @@ async fn multi_stream_appends_are_checked_on_every_stream() {
     );
 }
 
-/// One HTTP GET as `login`: the status and the body.
-async fn get_body(addr: std::net::SocketAddr, login: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let r = format!(
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: {}\r\n\r\n",
-        basic(login)
-    );
-    s.write_all(r.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_owned())
-}
-
 /// A server where bob (group `auditors`) may read `$ce-orders` and
 /// `orders-1` but not `orders-2`, each holding one event.
 async fn two_orders_one_closed_to_bob() -> (std::net::SocketAddr, tempfile::TempDir) {
     let (addr, dir) = start().await;
     let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
-    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    assert_eq!(
+        http_status(addr, "admin", "POST", "/users", body).await,
+        201
+    );
     // `$ce-` is a system stream: open it to the auditors.
     let settings =
         r#"[{"type":"$settings","data":{"$systemStreamAcl":{"$r":["auditors","$admins"]}}}]"#;
     assert_eq!(
-        http(addr, "admin", "POST", "/streams/%24settings", settings).await,
+        http_status(addr, "admin", "POST", "/streams/%24settings", settings).await,
         201
     );
     for s in ["orders-1", "orders-2"] {
         let path = format!("/streams/{s}");
-        assert_eq!(http(addr, "admin", "POST", &path, EVENT).await, 201);
+        assert_eq!(http_status(addr, "admin", "POST", &path, EVENT).await, 201);
     }
     let closed = r#"{"$acl": {"$r": "alice"}}"#;
     assert_eq!(
-        http(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
+        http_status(addr, "admin", "PUT", "/streams/orders-2/metadata", closed).await,
         200
     );
     (addr, dir)
@@ -526,13 +468,13 @@ async fn links_resolve_only_to_streams_the_reader_may_read() {
         let v: serde_json::Value = serde_json::from_str(body).expect(body);
         v["events"].as_array().cloned().unwrap_or_default()
     };
-    let (status, body) = get_body(addr, "admin", "/streams/%24ce-orders").await;
+    let (status, body) = http(addr, "admin", "GET", "/streams/%24ce-orders", "").await;
     assert_eq!(status, 200, "{body}");
     let seen = events(&body);
     assert_eq!(seen.len(), 2, "{body}");
     assert!(seen.iter().all(|e| e["type"] == "OrderPlaced"), "{body}");
 
-    let (status, body) = get_body(addr, "bob", "/streams/%24ce-orders").await;
+    let (status, body) = http(addr, "bob", "GET", "/streams/%24ce-orders", "").await;
     assert_eq!(status, 200, "{body}");
     let seen = events(&body);
     assert_eq!(seen.len(), 2, "{body}");
@@ -544,7 +486,7 @@ async fn links_resolve_only_to_streams_the_reader_may_read() {
     let data = base64::engine::general_purpose::STANDARD.encode("0@orders-2");
     assert_eq!(seen[1]["data"], data.as_str(), "{body}");
     assert_eq!(
-        get_body(addr, "bob", "/streams/orders-2").await.0,
+        http(addr, "bob", "GET", "/streams/orders-2", "").await.0,
         403,
         "the target itself stays closed"
     );
@@ -670,14 +612,21 @@ async fn operations_are_for_ops_and_admins_only() {
 
     let (addr, _dir) = start().await;
     let body = r#"{"loginName":"bob","password":"pw","groups":["auditors"]}"#;
-    assert_eq!(http(addr, "admin", "POST", "/users", body).await, 201);
+    assert_eq!(
+        http_status(addr, "admin", "POST", "/users", body).await,
+        201
+    );
     for path in [
         "/admin/scavenge?throttlePercent=100",
         "/admin/scavenge/current",
     ] {
         let method = if path.contains('?') { "POST" } else { "GET" };
-        assert_eq!(http(addr, "bob", method, path, "").await, 403, "{path}");
-        let ops = http(addr, "ops", method, path, "").await;
+        assert_eq!(
+            http_status(addr, "bob", method, path, "").await,
+            403,
+            "{path}"
+        );
+        let ops = http_status(addr, "ops", method, path, "").await;
         assert!(ops != 401 && ops != 403, "{path}: ops got {ops}");
     }
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))

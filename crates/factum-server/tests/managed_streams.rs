@@ -1,5 +1,6 @@
 //! Streams Factum manages (persistent-subscription configuration,
-//! checkpoints, parked messages) attacked over the wire as a hostile client
+//! checkpoints, parked messages; the system projections' `$streams`,
+//! `$category-…`, `$bc-…`) attacked over the wire as a hostile client
 //! would: every write over gRPC (Append, BatchAppend, Delete, Tombstone,
 //! `$$` metadata) and HTTP (POST, DELETE, PUT metadata) is refused with
 //! KurrentDB's access-denied answer, reads are not, and afterwards
@@ -166,6 +167,128 @@ fn denied(result: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {
     );
 }
 
+/// Every client write to `stream` is refused as access-denied, naming it:
+/// over HTTP the exact `DELETE …?tombstone=true` attack and every other
+/// write route; over gRPC Tombstone, Delete, Append, `$$` metadata and
+/// BatchAppend. Reading its metadata stays allowed.
+async fn every_write_refused(
+    addr: std::net::SocketAddr,
+    streams: &mut StreamsClient<Channel>,
+    stream: &str,
+) {
+    let metadata_stream = format!("$${stream}");
+    for (method, path, body) in [
+        ("DELETE", format!("/streams/{stream}?tombstone=true"), ""),
+        ("DELETE", format!("/streams/{stream}"), ""),
+        (
+            "POST",
+            format!("/streams/{stream}"),
+            r#"[{"type":"$PersistentConfig","data":{}}]"#,
+        ),
+        (
+            "PUT",
+            format!("/streams/{stream}/metadata"),
+            r#"{"$maxCount":0}"#,
+        ),
+        (
+            "POST",
+            format!("/streams/{metadata_stream}"),
+            r#"[{"type":"$metadata","data":{"$maxCount":0}}]"#,
+        ),
+        (
+            "PUT",
+            format!("/streams/{metadata_stream}/metadata"),
+            r#"{"$maxCount":0}"#,
+        ),
+    ] {
+        let (code, text) = http(addr, method, &path, body).await;
+        assert_eq!(code, 403, "{method} {path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"], "access-denied", "{method} {path}: {text}");
+        assert!(body["message"].as_str().unwrap().contains(stream), "{text}");
+    }
+    let (code, _) = http(addr, "GET", &format!("/streams/{stream}/metadata"), "").await;
+    assert_eq!(code, 200, "reading {stream}'s metadata");
+
+    denied(
+        streams
+            .tombstone(TombstoneReq {
+                options: Some(tombstone_req::Options {
+                    stream_identifier: sid(stream),
+                    expected_stream_revision: Some(
+                        tombstone_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
+                    ),
+                }),
+            })
+            .await,
+        &format!("tombstone {stream}"),
+    );
+    denied(
+        streams
+            .delete(DeleteReq {
+                options: Some(delete_req::Options {
+                    stream_identifier: sid(stream),
+                    expected_stream_revision: Some(
+                        delete_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
+                    ),
+                }),
+            })
+            .await,
+        &format!("delete {stream}"),
+    );
+    denied(
+        append(streams, stream, "$PersistentConfig", b"{}").await,
+        &format!("append to {stream}"),
+    );
+    denied(
+        append(
+            streams,
+            &format!("$${stream}"),
+            "$metadata",
+            br#"{"$maxCount":0}"#,
+        )
+        .await,
+        &format!("$maxCount 0 on {stream}"),
+    );
+    let batch = BatchAppendReq {
+        correlation_id: uuid(),
+        options: Some(batch_append_req::Options {
+            stream_identifier: sid(stream),
+            expected_stream_position: Some(batch_append_req::options::ExpectedStreamPosition::Any(
+                (),
+            )),
+            deadline_option: None,
+        }),
+        proposed_messages: vec![{
+            let p = proposed("$PersistentConfig", b"{}");
+            batch_append_req::ProposedMessage {
+                id: p.id,
+                metadata: p.metadata,
+                custom_metadata: p.custom_metadata,
+                data: p.data,
+            }
+        }],
+        is_final: true,
+    };
+    let mut answers = streams
+        .batch_append(futures_util::stream::iter([batch]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(batch_append_resp::Result::Error(status)) = answer.result else {
+        panic!("batch append to {stream} was not refused: {answer:?}");
+    };
+    assert_eq!(status.code, Code::PermissionDenied as i32, "{status:?}");
+    assert!(
+        status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.type_url.ends_with("event_store.client.AccessDenied")),
+        "{status:?}"
+    );
+}
+
 fn create_req(stream: &str, group: &str) -> ps::CreateReq {
     ps::CreateReq {
         options: Some(ps::GroupOptions {
@@ -285,125 +408,11 @@ async fn clients_cannot_write_the_streams_persistent_subscriptions_own() {
         1
     );
 
-    // HTTP: the exact attack, and every other write route.
     for stream in [CONFIG, CHECKPOINT, PARKED] {
-        let metadata_stream = format!("$${stream}");
-        for (method, path, body) in [
-            ("DELETE", format!("/streams/{stream}?tombstone=true"), ""),
-            ("DELETE", format!("/streams/{stream}"), ""),
-            (
-                "POST",
-                format!("/streams/{stream}"),
-                r#"[{"type":"$PersistentConfig","data":{}}]"#,
-            ),
-            (
-                "PUT",
-                format!("/streams/{stream}/metadata"),
-                r#"{"$maxCount":0}"#,
-            ),
-            (
-                "POST",
-                format!("/streams/{metadata_stream}"),
-                r#"[{"type":"$metadata","data":{"$maxCount":0}}]"#,
-            ),
-            (
-                "PUT",
-                format!("/streams/{metadata_stream}/metadata"),
-                r#"{"$maxCount":0}"#,
-            ),
-        ] {
-            let (code, text) = http(addr, method, &path, body).await;
-            assert_eq!(code, 403, "{method} {path}: {text}");
-            let body: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(body["error"], "access-denied", "{method} {path}: {text}");
-            assert!(body["message"].as_str().unwrap().contains(stream), "{text}");
-        }
-        let (code, _) = http(addr, "GET", &format!("/streams/{stream}/metadata"), "").await;
-        assert_eq!(code, 200, "reading {stream}'s metadata");
+        every_write_refused(addr, &mut streams, stream).await;
     }
     let (code, _) = http(addr, "GET", &format!("/streams/{CONFIG}"), "").await;
     assert_eq!(code, 200, "reading the configuration");
-
-    // gRPC: Tombstone, Delete, Append, `$$` metadata, BatchAppend.
-    for stream in [CONFIG, CHECKPOINT, PARKED] {
-        denied(
-            streams
-                .tombstone(TombstoneReq {
-                    options: Some(tombstone_req::Options {
-                        stream_identifier: sid(stream),
-                        expected_stream_revision: Some(
-                            tombstone_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
-                        ),
-                    }),
-                })
-                .await,
-            &format!("tombstone {stream}"),
-        );
-        denied(
-            streams
-                .delete(DeleteReq {
-                    options: Some(delete_req::Options {
-                        stream_identifier: sid(stream),
-                        expected_stream_revision: Some(
-                            delete_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
-                        ),
-                    }),
-                })
-                .await,
-            &format!("delete {stream}"),
-        );
-        denied(
-            append(&mut streams, stream, "$PersistentConfig", b"{}").await,
-            &format!("append to {stream}"),
-        );
-        denied(
-            append(
-                &mut streams,
-                &format!("$${stream}"),
-                "$metadata",
-                br#"{"$maxCount":0}"#,
-            )
-            .await,
-            &format!("$maxCount 0 on {stream}"),
-        );
-        let batch = BatchAppendReq {
-            correlation_id: uuid(),
-            options: Some(batch_append_req::Options {
-                stream_identifier: sid(stream),
-                expected_stream_position: Some(
-                    batch_append_req::options::ExpectedStreamPosition::Any(()),
-                ),
-                deadline_option: None,
-            }),
-            proposed_messages: vec![{
-                let p = proposed("$PersistentConfig", b"{}");
-                batch_append_req::ProposedMessage {
-                    id: p.id,
-                    metadata: p.metadata,
-                    custom_metadata: p.custom_metadata,
-                    data: p.data,
-                }
-            }],
-            is_final: true,
-        };
-        let mut answers = streams
-            .batch_append(futures_util::stream::iter([batch]))
-            .await
-            .unwrap()
-            .into_inner();
-        let answer = answers.message().await.unwrap().unwrap();
-        let Some(batch_append_resp::Result::Error(status)) = answer.result else {
-            panic!("batch append to {stream} was not refused: {answer:?}");
-        };
-        assert_eq!(status.code, Code::PermissionDenied as i32, "{status:?}");
-        assert!(
-            status
-                .details
-                .as_ref()
-                .is_some_and(|d| d.type_url.ends_with("event_store.client.AccessDenied")),
-            "{status:?}"
-        );
-    }
 
     // Nothing changed, and persistent subscriptions still work: the group
     // resumes, a new group is created and reads everything, and both
@@ -556,4 +565,56 @@ async fn a_damaged_checkpoint_is_reported_over_the_wire_and_takes_out_only_its_g
         "persistent-subscription-failed",
         "{refused:?}"
     );
+}
+
+/// The link-writing system projections' streams (`$streams`,
+/// `$category-<c>`, `$bc-<id>`) are the server's (ADR 44): every client
+/// write is refused, reads are not, and the projections go on writing them.
+#[tokio::test]
+async fn clients_cannot_write_the_system_projections_streams() {
+    let (addr, _dir) = start().await;
+    let mut streams = StreamsClient::new(channel(addr).await);
+    let correlated = r#"[{"type":"Placed","data":{},"metadata":{"$correlationId":"c-1"}}]"#;
+    let (code, text) = http(addr, "POST", "/streams/order-1", correlated).await;
+    assert_eq!(code, 201, "{text}");
+    for name in [
+        "%24streams",
+        "%24stream_by_category",
+        "%24by_correlation_id",
+    ] {
+        let path = format!("/projection/{name}/command/enable");
+        let (code, text) = http(addr, "POST", &path, "").await;
+        assert_eq!(code, 200, "{text}");
+    }
+    let written = [
+        ("$streams", "%24streams"),
+        ("$category-order", "%24category-order"),
+        ("$bc-c-1", "%24bc-c-1"),
+    ];
+    for (stream, _) in written {
+        for _ in 0..250 {
+            if read(&mut streams, stream).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(read(&mut streams, stream).await, 1, "{stream}");
+    }
+    for (stream, escaped) in written {
+        every_write_refused(addr, &mut streams, stream).await;
+        let (code, _) = http(addr, "GET", &format!("/streams/{escaped}"), "").await;
+        assert_eq!(code, 200, "reading {stream}");
+    }
+    // Nothing changed, and the projections go on writing them.
+    let (code, text) = http(addr, "POST", "/streams/order-2", correlated).await;
+    assert_eq!(code, 201, "{text}");
+    for (stream, _) in written {
+        for _ in 0..250 {
+            if read(&mut streams, stream).await > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(read(&mut streams, stream).await, 2, "{stream}");
+    }
 }

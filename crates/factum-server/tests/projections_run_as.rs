@@ -5,74 +5,18 @@
 //! of a category whose streams the user may not read are passed over (the
 //! link rule of ADR 31).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use factum_engine::{Durability, Engine, EngineConfig};
 use factum_proto::projections::projections_client::ProjectionsClient;
 use factum_proto::projections::{create_req, statistics_req, CreateReq, StatisticsReq};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{basic, http, start_secure};
 
 async fn start() -> (std::net::SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        durability: Durability::None,
-        ..EngineConfig::default()
-    };
-    let (engine, _) = Engine::open_with(dir.path(), config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut cfg = factum_server::ServerConfig::new(addr);
-    cfg.users = Some(Default::default());
-    tokio::spawn(factum_server::serve(
-        listener,
-        Arc::new(engine),
-        cfg,
-        std::future::pending(),
-    ));
-    (addr, dir)
-}
-
-fn basic(login: &str) -> String {
-    let password = match login {
-        "admin" | "ops" => "changeit",
-        _ => "pw",
-    };
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"))
-    )
-}
-
-/// One HTTP request as `login`: status and body.
-async fn http(
-    addr: std::net::SocketAddr,
-    login: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let r = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n{body}",
-        basic(login),
-        body.len()
-    );
-    s.write_all(r.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    start_secure(false).await
 }
 
 async fn ok(addr: std::net::SocketAddr, login: &str, method: &str, path: &str, body: &str) {
