@@ -126,66 +126,70 @@ pub fn metrics_text(engine: &Engine) -> String {
     let Ok(s) = engine.archive_stats() else {
         return String::new();
     };
+    const GAUGE: &str = "gauge";
+    const COUNTER: &str = "counter";
+    let figures: [(&str, &str, &str, String); 9] = [
+        (
+            "factum_log_bytes_local",
+            GAUGE,
+            "Bytes of segment files on local disk.",
+            s.bytes_local.to_string(),
+        ),
+        (
+            "factum_log_bytes_archived",
+            GAUGE,
+            "Bytes of segments that live only in the archive.",
+            s.bytes_archived.to_string(),
+        ),
+        (
+            "factum_segments_archived",
+            GAUGE,
+            "Segments that live only in the archive.",
+            s.segments_archived.to_string(),
+        ),
+        (
+            "factum_archive_cache_hits_total",
+            COUNTER,
+            "Reads of archived segments answered from the cache.",
+            s.cache_hits.to_string(),
+        ),
+        (
+            "factum_archive_cache_misses_total",
+            COUNTER,
+            "Reads of archived segments fetched from the archive.",
+            s.cache_misses.to_string(),
+        ),
+        (
+            "factum_archive_cache_bytes",
+            GAUGE,
+            "Bytes held by the archive cache.",
+            s.cache_bytes.to_string(),
+        ),
+        (
+            "factum_archive_fetch_errors_total",
+            COUNTER,
+            "Fetches from the archive that failed.",
+            s.fetch_errors.to_string(),
+        ),
+        (
+            "factum_archive_fetched_bytes_total",
+            COUNTER,
+            "Bytes fetched from the archive.",
+            s.fetched_bytes.to_string(),
+        ),
+        (
+            "factum_archive_fetch_seconds_total",
+            COUNTER,
+            "Time spent fetching from the archive (divide by misses for the mean latency).",
+            format!("{:.6}", s.fetch_micros as f64 / 1e6),
+        ),
+    ];
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, v: String| {
+    for (name, kind, help, v) in figures {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
-    };
-    metric(
-        "factum_log_bytes_local",
-        "gauge",
-        "Bytes of segment files on local disk.",
-        s.bytes_local.to_string(),
-    );
-    metric(
-        "factum_log_bytes_archived",
-        "gauge",
-        "Bytes of segments that live only in the archive.",
-        s.bytes_archived.to_string(),
-    );
-    metric(
-        "factum_segments_archived",
-        "gauge",
-        "Segments that live only in the archive.",
-        s.segments_archived.to_string(),
-    );
-    metric(
-        "factum_archive_cache_hits_total",
-        "counter",
-        "Reads of archived segments answered from the cache.",
-        s.cache_hits.to_string(),
-    );
-    metric(
-        "factum_archive_cache_misses_total",
-        "counter",
-        "Reads of archived segments fetched from the archive.",
-        s.cache_misses.to_string(),
-    );
-    metric(
-        "factum_archive_cache_bytes",
-        "gauge",
-        "Bytes held by the archive cache.",
-        s.cache_bytes.to_string(),
-    );
-    metric(
-        "factum_archive_fetch_errors_total",
-        "counter",
-        "Fetches from the archive that failed.",
-        s.fetch_errors.to_string(),
-    );
-    metric(
-        "factum_archive_fetched_bytes_total",
-        "counter",
-        "Bytes fetched from the archive.",
-        s.fetched_bytes.to_string(),
-    );
-    metric(
-        "factum_archive_fetch_seconds_total",
-        "counter",
-        "Time spent fetching from the archive (divide by misses for the mean latency).",
-        format!("{:.6}", s.fetch_micros as f64 / 1e6),
-    );
+    }
     out
 }
