@@ -15,13 +15,10 @@ use factum_engine::{Archive, ArchiveOptions, CompressPolicy, Engine, EngineConfi
 use super::{ensure_store, open};
 use crate::error::CliError;
 
-/// Where the archive is (shared by `archive`, `verify` and `serve`).
+/// How to reach an S3-compatible store (shared by the archive settings
+/// and by backups to object storage).
 #[derive(Args, Debug, Clone, Default)]
-pub struct ArchiveConn {
-    /// The archive: `s3://bucket/prefix` (credentials from AWS_ACCESS_KEY_ID
-    /// and AWS_SECRET_ACCESS_KEY, or the instance's role) or a directory.
-    #[arg(long, env = "FACTUM_ARCHIVE", value_name = "URL|DIR")]
-    pub archive: Option<String>,
+pub struct S3Options {
     /// The S3 endpoint of an S3-compatible store (MinIO, Ceph, R2, …)
     /// [default: AWS_ENDPOINT_URL, else AWS].
     #[arg(long, env = "FACTUM_ARCHIVE_ENDPOINT", value_name = "URL")]
@@ -34,19 +31,37 @@ pub struct ArchiveConn {
     pub archive_allow_http: bool,
 }
 
-impl ArchiveConn {
-    /// The archive, when one is given.
-    pub fn open(&self) -> Result<Option<Arc<dyn Archive>>, CliError> {
-        let Some(spec) = &self.archive else {
-            return Ok(None);
-        };
+impl S3Options {
+    /// The archive (or backup target) `spec` names: `s3://bucket/prefix`
+    /// or a directory.
+    pub fn open(&self, spec: &str) -> Result<Arc<dyn Archive>, CliError> {
         let mut options = factum_archive::ArchiveOptions::default();
         options.endpoint = self.archive_endpoint.clone();
         options.region = self.archive_region.clone();
         options.allow_http = self.archive_allow_http;
         factum_archive::open_archive(spec, &options)
-            .map(Some)
-            .map_err(|e| CliError::usage(format!("--archive {spec}: {e}")))
+            .map_err(|e| CliError::usage(format!("{spec}: {e}")))
+    }
+}
+
+/// Where the archive is (shared by `archive`, `verify` and `serve`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ArchiveConn {
+    /// The archive: `s3://bucket/prefix` (credentials from AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY, or the instance's role) or a directory.
+    #[arg(long, env = "FACTUM_ARCHIVE", value_name = "URL|DIR")]
+    pub archive: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Options,
+}
+
+impl ArchiveConn {
+    /// The archive, when one is given.
+    pub fn open(&self) -> Result<Option<Arc<dyn Archive>>, CliError> {
+        self.archive
+            .as_deref()
+            .map(|spec| self.s3.open(spec))
+            .transpose()
     }
 }
 

@@ -396,19 +396,23 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
             .archive
             .archive
             .or_else(|| file.get("archive").cloned()),
-        archive_endpoint: args
-            .archive
-            .archive_endpoint
-            .or_else(|| file.get("archive-endpoint").cloned()),
-        archive_region: args
-            .archive
-            .archive_region
-            .or_else(|| file.get("archive-region").cloned()),
-        archive_allow_http: switch(
-            args.archive.archive_allow_http.then_some(Some(true)),
-            &file,
-            "archive-allow-http",
-        )?,
+        s3: super::archive::S3Options {
+            archive_endpoint: args
+                .archive
+                .s3
+                .archive_endpoint
+                .or_else(|| file.get("archive-endpoint").cloned()),
+            archive_region: args
+                .archive
+                .s3
+                .archive_region
+                .or_else(|| file.get("archive-region").cloned()),
+            archive_allow_http: switch(
+                args.archive.s3.archive_allow_http.then_some(Some(true)),
+                &file,
+                "archive-allow-http",
+            )?,
+        },
     };
     let archive_keep_local = super::archive::keep_local(
         &args
