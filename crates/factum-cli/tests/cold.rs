@@ -155,6 +155,10 @@ async fn compact_archive_evict_and_serve_everything_back_from_s3() {
     let out = ok(&run(&v));
     assert!(out.contains("only in the archive"), "{out}");
     assert!(out.contains("events         4000"), "{out}");
+    assert!(
+        out.contains(&format!("object(s): {evicted} segment(s) only there")),
+        "{out}"
+    );
     // A read without the archive says what is missing.
     let out = run(&[s("read"), s("--data"), d.clone(), s("$all")]);
     assert!(!out.status.success());

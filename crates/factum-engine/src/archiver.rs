@@ -109,6 +109,16 @@ impl Journal {
     }
 }
 
+/// The objects the journal names: verified copies of segments still
+/// local (for `verify --archive`'s listing).
+pub(crate) fn journal_objects(dir: &Path) -> Result<std::collections::HashSet<String>> {
+    Ok(Journal::load(dir)?
+        .segments
+        .into_values()
+        .map(|e| e.object)
+        .collect())
+}
+
 fn identity(file: &File, path: &Path) -> Result<(u64, u64, i128)> {
     let m = file
         .metadata()

@@ -38,6 +38,10 @@ pub struct VerifyReport {
     pub compressed_segments: usize,
     /// Segments that live only in the archive (ADR 43), among `segments`.
     pub archived_segments: usize,
+    /// With an archive: the objects it lists …
+    pub archive_objects: usize,
+    /// … of which verified copies of segments still local (the journal).
+    pub archive_copies: usize,
     /// Zeros after the last frame of the active segment: space preallocated
     /// before a crash (ADR 10), free for the next appends.
     pub preallocated_bytes: u64,
@@ -82,13 +86,37 @@ pub fn verify_with_archive(
     if let Some(archive) = &archive {
         let tier = std::sync::Arc::new(crate::archive::Tier::new(archive.clone(), 64 << 20));
         segments.attach(&tier);
+        let mut named = std::collections::HashSet::new();
         for seg in segments.all() {
             if let Some(stub) = &seg.stub {
                 r.archived_segments += 1;
+                named.insert(stub.object.clone());
                 if let Err(e) = crate::archiver::check_object(archive.as_ref(), stub) {
                     r.faults.push(format!("{}: {e}", seg.path.display()));
                 }
             }
+        }
+        // The archive's listing: what the stubs name, copies of segments
+        // still local (the journal), and anything else.
+        match archive.list() {
+            Ok(objects) => {
+                let copies = crate::archiver::journal_objects(dir)?;
+                for o in objects {
+                    r.archive_objects += 1;
+                    if named.contains(&o.name) {
+                        continue;
+                    }
+                    if copies.contains(&o.name) {
+                        r.archive_copies += 1;
+                        continue;
+                    }
+                    r.notes.push(format!(
+                        "the archive holds {} ({} bytes), which no segment of this store names: left by a segment rewritten after its upload, or another store's",
+                        o.name, o.size
+                    ));
+                }
+            }
+            Err(e) => r.faults.push(format!("listing the archive: {e}")),
         }
     }
     // Segments not checked: archived, no archive given.

@@ -157,6 +157,25 @@ async fn archived_segments_read_back_from_three_places_across_restarts() {
     let v = factum_engine::verify_with_archive(&data, Some(archive_handle.clone())).unwrap();
     assert!(v.ok(), "{:?}", v.faults);
     assert_eq!(v.archived_segments, stubs);
+    // The listing: the evicted segments' objects, the copies of segments
+    // archived and still local, nothing else.
+    assert_eq!(v.archive_objects, stubs + v.archive_copies, "{:?}", v.notes);
+    assert!(!v
+        .notes
+        .iter()
+        .any(|n| n.contains("no segment of this store names")));
+    // An object no segment names is reported (not a fault).
+    std::fs::write(arch.join("99999999999999999999.seg.deadbeef"), b"stale").unwrap();
+    let v = factum_engine::verify_with_archive(&data, Some(archive_handle.clone())).unwrap();
+    assert!(v.ok(), "{:?}", v.faults);
+    assert!(
+        v.notes
+            .iter()
+            .any(|n| n.contains("99999999999999999999.seg.deadbeef") && n.contains("no segment")),
+        "{:?}",
+        v.notes
+    );
+    std::fs::remove_file(arch.join("99999999999999999999.seg.deadbeef")).unwrap();
     assert_eq!(v.events, 8100);
 
     // Restart: segments in all three places.

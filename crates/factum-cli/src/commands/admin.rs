@@ -45,6 +45,12 @@ pub fn verify(args: VerifyArgs) -> Result<(), CliError> {
             report.compressed_segments, report.archived_segments
         );
     }
+    if let Some(spec) = &args.conn.archive {
+        println!(
+            "archive        {spec}: {} object(s): {} segment(s) only there (each checked), {} verified copies of local segments",
+            report.archive_objects, report.archived_segments, report.archive_copies
+        );
+    }
     println!("frames         {}", report.frames);
     println!("events         {}", report.events);
     println!("streams        {}", report.streams);
