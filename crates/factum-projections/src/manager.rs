@@ -216,6 +216,12 @@ impl<S: EventStore> Projections<S> {
         }
         let mut entries = self.entries.lock().await;
         for name in registered {
+            if entries.contains_key(&name) {
+                // Created since the list was read (a client's first call can
+                // come while the subsystem starts): it runs already, and a
+                // second runner would be a second writer of its streams.
+                continue;
+            }
             let stream = Names::new(&name, None, None).definition()?;
             let last = match self
                 .store
