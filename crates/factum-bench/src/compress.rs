@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use factum_core::testkit::shaped::seed_shaped;
-use factum_core::{EventStore, ExpectedRevision, ReadStream};
+use factum_core::{EventStore, ExpectedRevision, ReadStream, StreamName};
 use factum_engine::{CompactReport, CompressPolicy, Durability, Engine, EngineConfig, Throttle};
 
 use crate::error::BenchError;
@@ -206,7 +206,7 @@ pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
 fn read_streams(
     ctx: &Ctx,
     engine: &Engine,
-    entities: u64,
+    streams: &[StreamName],
     duration: Duration,
 ) -> Result<(f64, Latencies), BenchError> {
     ctx.rt.block_on(async {
@@ -218,8 +218,7 @@ fn read_streams(
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Entity k's stream holds events 10k..10k+9.
-            let (stream, _) = seed_shaped((x % entities) * 10);
+            let stream = streams[(x % streams.len() as u64) as usize].clone();
             let t = Instant::now();
             let got = engine.read_stream(ReadStream::forwards(stream)).await?;
             lat.push(t.elapsed());
@@ -235,13 +234,16 @@ pub fn read_stream(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let total = total(ctx);
     let window = ctx.secs(0.4, 1.0);
     let p = pair(ctx, Workload::CompressedReadStream, total)?;
+    // Entity k's stream holds events 10k..10k+9; named once, not in the
+    // measured loop.
+    let names: Vec<StreamName> = (0..p.streams).map(|k| seed_shaped(k * 10).0).collect();
     let (mut plain_lat, mut lat) = (Latencies::default(), Latencies::default());
     let (mut plain_eps, mut eps) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let (e, l) = read_streams(ctx, &p.plain, p.streams, window)?;
+        let (e, l) = read_streams(ctx, &p.plain, &names, window)?;
         plain_eps.push(e);
         plain_lat.extend(l);
-        let (e, l) = read_streams(ctx, &p.compressed, p.streams, window)?;
+        let (e, l) = read_streams(ctx, &p.compressed, &names, window)?;
         eps.push(e);
         lat.extend(l);
     }

@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -99,15 +98,13 @@ impl Archive for LocalArchive {
         let f = File::open(self.dir.join(name))
             .map_err(|e| self.unavailable(&format!("opening {name}"), e))?;
         let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.unavailable(&format!("reading {name}"), e)),
-            }
-        }
+        use crate::compress::Physical;
+        let got = f.read_physical(&mut buf, offset).map_err(|e| {
+            Error::unavailable(
+                UnavailableReason::Storage,
+                format!("archive {}: reading {name}: {e}", self.dir.display()),
+            )
+        })?;
         buf.truncate(got);
         Ok(Bytes::from(buf))
     }

@@ -232,26 +232,10 @@ impl Blocks {
                 format!("compressed block {i} is cut short"),
             ));
         }
-        if crc32c::crc32c(&raw) != e.crc {
-            return Err(corrupt(
-                path,
-                e.offset,
-                format!("compressed block {i} checksum mismatch"),
-            ));
-        }
-        let want = (self.logical_len - (i * BLOCK_BYTES) as u64).min(BLOCK_BYTES as u64) as usize;
-        let plain = zstd::bulk::decompress(&raw, BLOCK_BYTES)
-            .map_err(|err| corrupt(path, e.offset, format!("compressed block {i}: {err}")))?;
-        if plain.len() != want {
-            return Err(corrupt(
-                path,
-                e.offset,
-                format!(
-                    "compressed block {i} holds {} bytes, expected {want}",
-                    plain.len()
-                ),
-            ));
-        }
+        // Checked and decompressed as a scan's blocks are.
+        let mut plain = vec![0u8; self.block_len(i)];
+        let mut d = zstd::bulk::Decompressor::new().map_err(|e| Error::io("starting zstd", e))?;
+        self.decompress_run(path, &mut d, &raw, e.offset, i, i + 1, &mut plain)?;
         let plain = Arc::new(plain);
         let mut recent = self.recent.lock();
         recent.swap(0, 1);

@@ -506,9 +506,8 @@ enum Step {
 struct PointReads<'r> {
     reader: &'r Reader,
     committed: Committed,
-    block: Option<(u32, u64, bytes::Bytes)>,
-    /// Is the current block a compressed segment's (of its block size)?
-    block_compressed: bool,
+    /// The current block: segment, block number, block size, bytes.
+    block: Option<(u32, u64, u64, bytes::Bytes)>,
     /// Reused buffer of record offsets within a run.
     offsets: Vec<u64>,
 }
@@ -519,7 +518,6 @@ impl<'r> PointReads<'r> {
             committed: reader.committed(),
             reader,
             block: None,
-            block_compressed: false,
             offsets: Vec::new(),
         }
     }
@@ -627,7 +625,7 @@ impl<'r> PointReads<'r> {
     fn record_len(&mut self, loc: Loc) -> Result<u64> {
         if let Some(size) = self.load_block(loc)? {
             let within = (loc.offset() % size) as usize;
-            let bytes = &self.block.as_ref().expect("loaded").2;
+            let bytes = &self.block.as_ref().expect("loaded").3;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 return Ok(len as u64);
             }
@@ -646,19 +644,13 @@ impl<'r> PointReads<'r> {
         if seg_no > end.segment() {
             return Ok(None);
         }
-        if let Some((s, b, _)) = &self.block {
-            let size = if self.block_compressed {
-                crate::compress::BLOCK_BYTES as u64
-            } else {
-                BLOCK
-            };
+        if let Some((s, b, size, _)) = &self.block {
             if *s == seg_no && *b == offset / size {
-                return Ok(Some(size));
+                return Ok(Some(*size));
             }
         }
         let seg = self.reader.segment(loc)?;
-        let compressed = seg.format.compressed();
-        let size = if compressed {
+        let size = if seg.format.compressed() {
             crate::compress::BLOCK_BYTES as u64
         } else {
             BLOCK
@@ -678,8 +670,7 @@ impl<'r> PointReads<'r> {
                 b
             }
         };
-        self.block = Some((seg_no, block, bytes));
-        self.block_compressed = compressed;
+        self.block = Some((seg_no, block, size, bytes));
         Ok(Some(size))
     }
 
@@ -695,7 +686,7 @@ impl<'r> PointReads<'r> {
     ) -> Result<T> {
         if let Some(size) = self.load_block(loc)? {
             let within = (loc.offset() % size) as usize;
-            let bytes = &self.block.as_ref().expect("loaded").2;
+            let bytes = &self.block.as_ref().expect("loaded").3;
             if let Some(len) = bytes.get(within..).and_then(StoredEvent::peek_len) {
                 if within + len <= bytes.len() {
                     return f(&bytes[within..within + len], Some(bytes));
