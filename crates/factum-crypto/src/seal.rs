@@ -24,7 +24,7 @@ pub const TAG_LEN: usize = 16;
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// Fills `out` from the system CSPRNG.
-pub(crate) fn fill_random(out: &mut [u8]) -> Result<(), CryptoError> {
+pub fn fill_random(out: &mut [u8]) -> Result<(), CryptoError> {
     SystemRandom::new()
         .fill(out)
         .map_err(|_| CryptoError::Random)
@@ -83,6 +83,39 @@ pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         )
         .ok()?;
     Some(plaintext)
+}
+
+/// Encrypts `buf` in place under `key` with a fresh random nonce, which
+/// it writes to `nonce`; returns the tag. The same AEAD as [`seal`], for
+/// callers that lay out nonce, ciphertext and tag themselves (the engine's
+/// encrypted segment pages and blocks, ADR 45).
+pub fn seal_in_place(
+    key: &SecretKey,
+    aad: &[u8],
+    nonce: &mut [u8; NONCE_LEN],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN], CryptoError> {
+    fill_random(nonce)?;
+    let cipher = XChaCha20Poly1305::new(key.expose().into());
+    let tag = cipher
+        .encrypt_inout_detached(&XNonce::from(*nonce), aad, buf.into())
+        .map_err(|_| CryptoError::Seal)?;
+    Ok(tag.into())
+}
+
+/// Decrypts in place what [`seal_in_place`] made; `false` (and `buf`
+/// unspecified) when it does not open under `key` and `aad`.
+pub fn open_in_place(
+    key: &SecretKey,
+    aad: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> bool {
+    let cipher = XChaCha20Poly1305::new(key.expose().into());
+    cipher
+        .decrypt_inout_detached(&XNonce::from(*nonce), aad, buf.into(), &Tag::from(*tag))
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -150,8 +150,16 @@ pub struct Stub {
 impl Stub {
     /// The stub file's bytes: `header` (which carries `FEATURE_ARCHIVED`)
     /// and the body.
-    pub fn encode(&self, header: &[u8; crate::format::SEGMENT_HEADER_LEN]) -> Vec<u8> {
+    /// An encrypted segment's stub keeps its key slots (`key_area`, the
+    /// file's bytes from the header to `encrypt::KEY_AREA`): its data key
+    /// is read, and re-wrapped by `factum rekey`, from the stub.
+    pub fn encode(
+        &self,
+        header: &[u8; crate::format::SEGMENT_HEADER_LEN],
+        key_area: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut b = header.to_vec();
+        b.extend_from_slice(key_area.unwrap_or_default());
         let body_at = b.len();
         b.extend_from_slice(&STUB_MAGIC);
         b.extend_from_slice(&1u32.to_le_bytes());

@@ -307,7 +307,17 @@ fn evict(
         ..seg.format
     };
     let tmp = dir.join(format!("{:020}{STUB_TMP_SUFFIX}", seg.first_position));
-    let bytes = stub.encode(&header.encode());
+    let key_area = if seg.format.encrypted() {
+        let mut area =
+            vec![0u8; (crate::encrypt::KEY_AREA as usize) - crate::format::SEGMENT_HEADER_LEN];
+        seg.file
+            .read_exact_at(&mut area, crate::format::SEGMENT_HEADER_LEN as u64)
+            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
+        Some(area)
+    } else {
+        None
+    };
+    let bytes = stub.encode(&header.encode(), key_area.as_deref());
     let written = File::create(&tmp)
         .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e));

@@ -163,10 +163,16 @@ impl Engine {
                 break;
             }
             let name = file_name(&seg.path)?;
+            // The active segment of an encrypted store (ADR 45): its pages
+            // through the one holding the committed end, that page cut to
+            // it in the copy (the writer may have appended into it since).
+            let encrypted_active = seg.number == end.segment() && seg.format.encrypted();
             let bytes = if seg.number < end.segment() {
                 // The file as stored locally (compressed or not; an
                 // archived segment's stub, ADR 43).
                 seg.local_len()?
+            } else if encrypted_active {
+                crate::encrypt::physical_len(end.offset())
             } else {
                 end.offset()
             };
@@ -178,7 +184,8 @@ impl Engine {
                     .find(|f| f.name == name && f.bytes == bytes && f.sha256.is_some())
             });
             let earlier = earlier.filter(|_| {
-                fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
+                !encrypted_active
+                    && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
                     && same_ends(&seg.path, &dest.join(&name), bytes)
             });
             let held = match earlier {
@@ -194,6 +201,31 @@ impl Engine {
             };
             let digest = match held {
                 Some(digest) => digest,
+                None if encrypted_active => {
+                    copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
+                    let copy = dest.join(&name);
+                    let f = fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&copy)
+                        .map_err(|e| io(&copy, "opening", e))?;
+                    let mut f = crate::encrypt::SegmentFile::new(
+                        f,
+                        Some(
+                            seg.cipher
+                                .get()
+                                .cloned()
+                                .ok_or_else(|| seg.cipher().err().unwrap())?,
+                        ),
+                    );
+                    f.set_len(end.offset())
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| io(&copy, "cutting to the committed end", e))?;
+                    let digest = digest_of(f.file(), &copy, bytes)?;
+                    report.files_copied += 1;
+                    report.bytes_copied += bytes;
+                    digest
+                }
                 None => {
                     let digest = copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
                     report.files_copied += 1;

@@ -132,7 +132,15 @@ impl Engine {
                 min_freed_bytes: 0,
             };
             let mut keep = |_: &_| Ok(RecordAction::Keep);
-            let done = rewrite_segment(self.dir(), reader, spec, &mut keep, &mut pace, stop)?;
+            let done = rewrite_segment(
+                self.dir(),
+                reader,
+                spec,
+                self.config().encryption.as_ref(),
+                &mut keep,
+                &mut pace,
+                stop,
+            )?;
             let Some(done) = done else { break };
             if done.swapped {
                 report.compressed += 1;

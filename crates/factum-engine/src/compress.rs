@@ -27,6 +27,7 @@ use std::sync::Arc;
 use factum_core::{Error, Result};
 use parking_lot::Mutex;
 
+use crate::encrypt::{SegmentCipher, BLOCK_OVERHEAD};
 use crate::format::SEGMENT_HEADER_LEN;
 
 /// Logical bytes per compressed block. The read cache keeps a compressed
@@ -117,8 +118,15 @@ fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> Error {
 
 impl Blocks {
     /// Reads and checks the footer and block index of the compressed
-    /// segment `file` (physical length `file_len`).
-    pub fn load(file: &dyn Physical, path: &Path, file_len: u64) -> Result<Blocks> {
+    /// segment `file` (physical length `file_len`), whose first block
+    /// starts at `data_start` (after the header, and the key slots of an
+    /// encrypted segment).
+    pub fn load(
+        file: &dyn Physical,
+        path: &Path,
+        file_len: u64,
+        data_start: u64,
+    ) -> Result<Blocks> {
         if file_len < (SEGMENT_HEADER_LEN + FOOTER_LEN) as u64 {
             return Err(corrupt(
                 path,
@@ -172,7 +180,7 @@ impl Blocks {
             ));
         }
         let mut entries = Vec::with_capacity(count);
-        let mut expect = SEGMENT_HEADER_LEN as u64;
+        let mut expect = data_start;
         for (i, e) in index.chunks_exact(INDEX_ENTRY_LEN).enumerate() {
             let entry = BlockEntry {
                 offset: u64::from_le_bytes(e[0..8].try_into().unwrap()),
@@ -214,7 +222,13 @@ impl Blocks {
     }
 
     /// Block `i`, decompressed and checked.
-    fn block(&self, file: &dyn Physical, path: &Path, i: usize) -> Result<Arc<Vec<u8>>> {
+    fn block(
+        &self,
+        file: &dyn Physical,
+        path: &Path,
+        cipher: Option<&SegmentCipher>,
+        i: usize,
+    ) -> Result<Arc<Vec<u8>>> {
         {
             let recent = self.recent.lock();
             for (n, b) in recent.iter().flatten() {
@@ -235,7 +249,7 @@ impl Blocks {
         // Checked and decompressed as a scan's blocks are.
         let mut plain = vec![0u8; self.block_len(i)];
         let mut d = zstd::bulk::Decompressor::new().map_err(|e| Error::io("starting zstd", e))?;
-        self.decompress_run(path, &mut d, &raw, e.offset, i, i + 1, &mut plain)?;
+        self.decompress_run(path, &mut d, cipher, &raw, e.offset, i, i + 1, &mut plain)?;
         let plain = Arc::new(plain);
         let mut recent = self.recent.lock();
         recent.swap(0, 1);
@@ -251,10 +265,12 @@ impl Blocks {
     /// Decompresses blocks `first..` that fit whole into `out` (at least
     /// one, at most 1 MiB of compressed bytes read at once); returns the
     /// logical bytes written.
+    #[allow(clippy::too_many_arguments)]
     fn whole_blocks(
         &self,
         file: &dyn Physical,
         path: &Path,
+        cipher: Option<&SegmentCipher>,
         d: &mut zstd::bulk::Decompressor<'static>,
         first: usize,
         out: &mut [u8],
@@ -282,7 +298,7 @@ impl Blocks {
         let out = &mut out[..written];
         let threads = scan_threads();
         if threads < 2 || end - first < 8 {
-            self.decompress_run(path, d, &raw, start, first, end, out)?;
+            self.decompress_run(path, d, cipher, &raw, start, first, end, out)?;
             return Ok(written);
         }
         // A long run: the blocks split between threads (independent blocks
@@ -301,7 +317,7 @@ impl Blocks {
                 tasks.push(scope.spawn(move || {
                     let mut d = zstd::bulk::Decompressor::new()
                         .map_err(|e| Error::io("starting zstd", e))?;
-                    self.decompress_run(path, &mut d, raw, start, i, j, mine)
+                    self.decompress_run(path, &mut d, cipher, raw, start, i, j, mine)
                 }));
                 i = j;
             }
@@ -321,6 +337,7 @@ impl Blocks {
         &self,
         path: &Path,
         d: &mut zstd::bulk::Decompressor<'static>,
+        cipher: Option<&SegmentCipher>,
         raw: &[u8],
         start: u64,
         first: usize,
@@ -339,6 +356,22 @@ impl Blocks {
                     format!("compressed block {i} checksum mismatch"),
                 ));
             }
+            let opened;
+            let z = match cipher {
+                None => z,
+                Some(c) => {
+                    let mut sealed = z.to_vec();
+                    if !c.open_block(i as u64, &mut sealed) {
+                        return Err(corrupt(
+                            path,
+                            e.offset,
+                            format!("encrypted block {i} does not open under the segment's key (damaged)"),
+                        ));
+                    }
+                    opened = sealed;
+                    &opened[crate::encrypt::BLOCK_OVERHEAD - 16..opened.len() - 16]
+                }
+            };
             let want = self.block_len(i);
             let n = d
                 .decompress_to_buffer(z, &mut out[written..written + want])
@@ -361,6 +394,7 @@ impl Blocks {
         &self,
         file: &dyn Physical,
         path: &Path,
+        cipher: Option<&SegmentCipher>,
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize> {
@@ -382,10 +416,10 @@ impl Blocks {
                             .map_err(|e| Error::io("starting zstd", e))?,
                     ),
                 };
-                got += self.whole_blocks(file, path, d, i, &mut buf[got..])?;
+                got += self.whole_blocks(file, path, cipher, d, i, &mut buf[got..])?;
                 continue;
             }
-            let block = self.block(file, path, i)?;
+            let block = self.block(file, path, cipher, i)?;
             let within = (at - (i * BLOCK_BYTES) as u64) as usize;
             let n = (block.len() - within).min(buf.len() - got);
             buf[got..got + n].copy_from_slice(&block[within..within + n]);
@@ -399,6 +433,7 @@ impl Blocks {
 /// block index and footer ([`BlockWriter::finish`]).
 pub struct BlockWriter {
     file: File,
+    cipher: Option<Arc<SegmentCipher>>,
     path: PathBuf,
     pending: Vec<u8>,
     entries: Vec<BlockEntry>,
@@ -408,16 +443,23 @@ pub struct BlockWriter {
 }
 
 impl BlockWriter {
-    /// Starts the file with its (physical) segment header.
-    pub fn new(mut file: File, path: PathBuf, header: &[u8; SEGMENT_HEADER_LEN]) -> Result<Self> {
-        file.write_all(header)
+    /// Starts the file with its (physical) segment header, and the key
+    /// slots of an encrypted one, whose blocks `cipher` seals.
+    pub fn new(
+        mut file: File,
+        path: PathBuf,
+        head: &[u8],
+        cipher: Option<Arc<SegmentCipher>>,
+    ) -> Result<Self> {
+        file.write_all(head)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         Ok(BlockWriter {
             file,
+            cipher,
             path,
             pending: Vec::with_capacity(BLOCK_BYTES),
             entries: Vec::new(),
-            physical: SEGMENT_HEADER_LEN as u64,
+            physical: head.len() as u64,
             logical: 0,
             out: Vec::with_capacity(1 << 20),
         })
@@ -440,8 +482,14 @@ impl BlockWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let z = zstd::bulk::compress(&self.pending, LEVEL)
+        let mut z = zstd::bulk::compress(&self.pending, LEVEL)
             .map_err(|e| Error::io(format!("compressing {}", self.path.display()), e))?;
+        if let Some(c) = &self.cipher {
+            let mut sealed = vec![0u8; z.len() + BLOCK_OVERHEAD];
+            sealed[BLOCK_OVERHEAD - 16..BLOCK_OVERHEAD - 16 + z.len()].copy_from_slice(&z);
+            c.seal_block(self.entries.len() as u64, &mut sealed)?;
+            z = sealed;
+        }
         self.entries.push(BlockEntry {
             offset: self.physical,
             len: z.len() as u32,
@@ -500,7 +548,7 @@ mod tests {
     fn write(path: &Path, logical: &[u8]) -> u64 {
         let file = File::create(path).unwrap();
         let header = [7u8; SEGMENT_HEADER_LEN];
-        let mut w = BlockWriter::new(file, path.to_path_buf(), &header).unwrap();
+        let mut w = BlockWriter::new(file, path.to_path_buf(), &header, None).unwrap();
         for chunk in logical.chunks(1000) {
             w.write(chunk).unwrap();
         }
@@ -519,7 +567,7 @@ mod tests {
         let len = write(&path, &logical);
         let file = File::open(&path).unwrap();
         assert_eq!(file.metadata().unwrap().len(), len);
-        let blocks = Blocks::load(&file, &path, len).unwrap();
+        let blocks = Blocks::load(&file, &path, len, SEGMENT_HEADER_LEN as u64).unwrap();
         assert_eq!(blocks.logical_len(), logical.len() as u64);
         assert_eq!(blocks.block_count(), 11);
         for (offset, n) in [
@@ -533,7 +581,7 @@ mod tests {
         ] {
             let mut buf = vec![0u8; n];
             let got = blocks
-                .read_into(&file, &path, &mut buf, offset as u64)
+                .read_into(&file, &path, None, &mut buf, offset as u64)
                 .unwrap();
             let want = &logical[offset..(offset + n).min(logical.len())];
             assert_eq!(&buf[..got], want);
@@ -549,27 +597,30 @@ mod tests {
         // Flip a byte inside block 1.
         let mut bytes = std::fs::read(&path).unwrap();
         let file = File::open(&path).unwrap();
-        let blocks = Blocks::load(&file, &path, len).unwrap();
+        let blocks = Blocks::load(&file, &path, len, SEGMENT_HEADER_LEN as u64).unwrap();
         let at = blocks.entries[1].offset as usize + 2;
         bytes[at] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
-        let blocks = Blocks::load(&file, &path, len).unwrap();
+        let blocks = Blocks::load(&file, &path, len, SEGMENT_HEADER_LEN as u64).unwrap();
         let mut buf = vec![0u8; 16];
-        blocks.read_into(&file, &path, &mut buf, 0).unwrap();
+        blocks.read_into(&file, &path, None, &mut buf, 0).unwrap();
         let err = blocks
-            .read_into(&file, &path, &mut buf, BLOCK_BYTES as u64)
+            .read_into(&file, &path, None, &mut buf, BLOCK_BYTES as u64)
             .unwrap_err();
         assert!(err.to_string().contains("block 1 checksum"), "{err}");
         // The scan path finds it too.
         let mut all = vec![0u8; logical.len()];
-        let err = blocks.read_into(&file, &path, &mut all, 0).unwrap_err();
+        let err = blocks
+            .read_into(&file, &path, None, &mut all, 0)
+            .unwrap_err();
         assert!(err.to_string().contains("block 1 checksum"), "{err}");
         // A cut file has no footer.
         bytes.truncate(bytes.len() - 3);
         std::fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
-        let err = Blocks::load(&file, &path, bytes.len() as u64).unwrap_err();
+        let err =
+            Blocks::load(&file, &path, bytes.len() as u64, SEGMENT_HEADER_LEN as u64).unwrap_err();
         assert!(err.to_string().contains("footer"), "{err}");
     }
 }

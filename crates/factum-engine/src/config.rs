@@ -112,6 +112,12 @@ pub struct EngineConfig {
     pub archive: Option<std::sync::Arc<dyn crate::archive::Archive>>,
     /// Cache of chunks read from the archive, bytes. Default 64 MiB.
     pub archive_cache_bytes: usize,
+    /// Encryption at rest (ADR 45): with a master key, every segment the
+    /// store creates from now on is encrypted under a data key of its own
+    /// that this key wraps, and encrypted segments open only with it.
+    /// `None`: segments are written in the clear (and an encrypted store
+    /// refuses to open).
+    pub encryption: Option<crate::encrypt::MasterKey>,
 }
 
 /// One fewer than the cores, at least one.
@@ -144,6 +150,7 @@ impl Default for EngineConfig {
             clock: Clock::system(),
             archive: None,
             archive_cache_bytes: 64 << 20,
+            encryption: None,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::config::{Durability, EngineConfig};
 use crate::fatal::{apply_marker, Fatal, MarkerCut};
 use crate::format::{check_group_link, decode_frame_events, GroupBefore, SEGMENT_HEADER_LEN};
 use crate::index::Index;
-use crate::log::{classify_tail, open_segments, FrameReader, Loc, Scanned, Segments, Tail};
+use crate::log::{classify_tail, FrameReader, Loc, Scanned, Segments, Tail};
 use crate::overlay::Overlay;
 use crate::pool::{ReadPool, ReadStats};
 use crate::prealloc::Prealloc;
@@ -255,9 +255,11 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
                     // cut the rest. Truncation also drops the cut bytes from
                     // the page cache, and the next writes land on zeros.
                     let f = OpenOptions::new()
+                        .read(true)
                         .write(true)
                         .open(&seg.path)
                         .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+                    let mut f = crate::encrypt::SegmentFile::new(f, seg.cipher.get().cloned());
                     f.set_len(offset).and_then(|_| f.sync_all()).map_err(|e| {
                         Error::io(format!("cutting the tail of {}", seg.path.display()), e)
                     })?;
@@ -292,6 +294,27 @@ fn recover(segments: &Segments, index: &Index, flush_every: usize) -> Result<Rec
     Ok(report)
 }
 
+/// A store opened with a master key whose active segment was written in
+/// the clear and holds no frame yet: that segment is created again,
+/// encrypted (one with frames is sealed by the writer's first roll
+/// instead), so no frame of this open is written in the clear.
+fn encrypt_empty_active(
+    dir: &Path,
+    segments: &crate::log::Segments,
+    key: &crate::encrypt::MasterKey,
+) -> Result<()> {
+    let active = segments.last().expect("at least one segment");
+    if active.format.encrypted() || active.len()? > SEGMENT_HEADER_LEN as u64 {
+        return Ok(());
+    }
+    std::fs::remove_file(&active.path)
+        .map_err(|e| Error::io(format!("removing {}", active.path.display()), e))?;
+    crate::log::sync_dir(dir)?;
+    let fresh = crate::log::create_segment(dir, active.number, active.first_position, Some(key))?;
+    segments.replace(Arc::new(fresh));
+    Ok(())
+}
+
 impl Engine {
     /// Opens (or creates) a store in `dir` with default configuration.
     pub fn open(dir: impl AsRef<Path>) -> Result<Engine> {
@@ -305,13 +328,21 @@ impl Engine {
         crate::log::remove_interrupted_segments(&dir)?;
         // After a failed fsync, the log is cut at its durable end before
         // anything is read (the page cache may hold what never reached the disk).
-        let fsync_cut = apply_marker(&dir)?;
+        let fsync_cut = apply_marker(&dir, config.encryption.as_ref())?;
         let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
         // A segment rewrite a crash interrupted is finished (its index
         // change was committed) or undone (it was not) before the segments
         // are opened (ADR 33).
         crate::rewrite::finish_interrupted(&dir, &index)?;
-        let segments = Arc::new(open_segments(&dir)?);
+        let segments = Arc::new(crate::log::open_segments_with(
+            &dir,
+            config.encryption.as_ref(),
+        )?);
+        // Encrypted segments open only with their master key (ADR 45).
+        segments.unlock(config.encryption.as_ref())?;
+        if let Some(key) = &config.encryption {
+            encrypt_empty_active(&dir, &segments, key)?;
+        }
         // Segments that live only in the archive read through it (ADR 43).
         let tier = config.archive.as_ref().map(|a| {
             Arc::new(crate::archive::Tier::new(
@@ -341,14 +372,17 @@ impl Engine {
             clock: config.clock.clone(),
         };
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&active.path)
             .map_err(|e| Error::io(format!("opening {}", active.path.display()), e))?;
+        let file = crate::encrypt::SegmentFile::new(file, active.cipher.get().cloned());
         let fatal = Arc::new(Fatal::new(dir.clone(), active.clone(), segment_len));
         let prealloc = if config.durability == Durability::Always && config.preallocate_bytes > 0 {
             Some(
                 Prealloc::start(
                     active.path.clone(),
+                    active.format.encrypted(),
                     segment_len,
                     file_len,
                     config.preallocate_bytes,

@@ -126,9 +126,12 @@ impl Fatal {
         // Drop the pages after the durable end from the page cache now: a
         // process restarted before the marker is read sees the cut already.
         let cut = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&s.segment.path)
-            .and_then(|f| f.set_len(s.end));
+            .and_then(|f| {
+                crate::encrypt::SegmentFile::new(f, s.segment.cipher.get().cloned()).set_len(s.end)
+            });
         if let Err(e) = cut {
             tracing::error!(file = %s.segment.path.display(), offset = s.end, error = %e,
                 "could not cut the log back to its durable end; the next open does it (FSYNC_FAILED)");
@@ -304,13 +307,17 @@ pub struct MarkerCut {
 /// and the page cache may still hold them though they never reached the
 /// disk), then removes the marker durably. Refuses to open, naming the
 /// file, when the log is shorter than the durable end.
-pub fn apply_marker(dir: &Path) -> Result<Option<MarkerCut>> {
+pub fn apply_marker(
+    dir: &Path,
+    key: Option<&crate::encrypt::MasterKey>,
+) -> Result<Option<MarkerCut>> {
     let Some((path, marker)) = read_marker(dir)? else {
         // An incomplete temporary marker is all there may be.
         remove_durably(dir, &dir.join(MARKER_TMP_FILE))?;
         return Ok(None);
     };
     let segments = crate::log::open_segments(dir)?;
+    segments.unlock(key)?;
     let seg = segments.get(marker.segment).ok_or_else(|| Error::Corrupt {
         file: path.clone(),
         offset: 16,
@@ -333,9 +340,11 @@ pub fn apply_marker(dir: &Path) -> Result<Option<MarkerCut>> {
     }
     if len > marker.offset {
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&seg.path)
             .map_err(|e| Error::io(format!("opening {}", seg.path.display()), e))?;
+        let mut f = crate::encrypt::SegmentFile::new(f, seg.cipher.get().cloned());
         f.set_len(marker.offset)
             .and_then(|_| f.sync_all())
             .map_err(|e| {

@@ -48,13 +48,19 @@ pub const FEATURE_COMPRESSED: u32 = 8;
 /// file's (a compressed segment stays compressed in the archive). Set only
 /// on eviction of an archived sealed segment, never by the writer.
 pub const FEATURE_ARCHIVED: u32 = 16;
+/// Feature flag: the segment is encrypted at rest (`encrypt.rs`, ADR 45):
+/// two key slots after the header, then its logical bytes in encrypted
+/// pages (or, with `COMPRESSED`, encrypted zstd blocks). Set by the writer
+/// of a store opened with a master key, and by rewrites in such a store.
+pub const FEATURE_ENCRYPTED: u32 = 32;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
 pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES
     | FEATURE_PUBLIC_POSITIONS_FROM_ONE
     | FEATURE_SCAVENGED
     | FEATURE_COMPRESSED
-    | FEATURE_ARCHIVED;
+    | FEATURE_ARCHIVED
+    | FEATURE_ENCRYPTED;
 /// The feature flags of the segments this build creates.
 pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 
@@ -133,6 +139,11 @@ impl SegmentHeader {
     /// Is this segment stored compressed (ADR 43)?
     pub fn compressed(&self) -> bool {
         self.features & FEATURE_COMPRESSED != 0
+    }
+
+    /// Is this segment encrypted at rest (ADR 45)?
+    pub fn encrypted(&self) -> bool {
+        self.features & FEATURE_ENCRYPTED != 0
     }
 
     /// Is this file a stub of a segment that lives only in the archive?

@@ -57,6 +57,9 @@ pub struct Segment {
     pub stub: Option<crate::archive::Stub>,
     /// The archive tier reads of a stub go through (set by the engine).
     pub tier: OnceLock<Arc<crate::archive::Tier>>,
+    /// The data key of an encrypted segment (ADR 45), unwrapped by
+    /// [`Segments::unlock`] or set when the segment is created.
+    pub cipher: OnceLock<Arc<crate::encrypt::SegmentCipher>>,
 }
 
 impl crate::compress::Physical for Segment {
@@ -100,8 +103,37 @@ impl Segment {
     pub fn read_into(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         use crate::compress::Physical;
         match self.blocks()? {
-            Some(blocks) => blocks.read_into(self, &self.path, buf, offset),
+            Some(blocks) => {
+                blocks.read_into(self, &self.path, self.cipher_if_encrypted()?, buf, offset)
+            }
+            None if self.format.encrypted() => crate::encrypt::read_pages(
+                self.cipher()?,
+                &|b, o| self.read_physical(b, o),
+                self.stored_len()?,
+                buf,
+                offset,
+            ),
             None => self.read_physical(buf, offset),
+        }
+    }
+
+    /// The data key of this encrypted segment; an error naming the segment
+    /// when the store was opened without its master key.
+    pub fn cipher(&self) -> Result<&crate::encrypt::SegmentCipher> {
+        self.cipher.get().map(|c| &**c).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{} is encrypted at rest and no master key was given (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY)",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// [`Segment::cipher`] for an encrypted segment, `None` otherwise.
+    pub fn cipher_if_encrypted(&self) -> Result<Option<&crate::encrypt::SegmentCipher>> {
+        if self.format.encrypted() {
+            self.cipher().map(Some)
+        } else {
+            Ok(None)
         }
     }
 
@@ -114,9 +146,23 @@ impl Segment {
         if let Some(b) = self.blocks.get() {
             return Ok(Some(b));
         }
-        let loaded = crate::compress::Blocks::load(self, &self.path, self.stored_len()?)?;
+        let loaded = crate::compress::Blocks::load(
+            self,
+            &self.path,
+            self.stored_len()?,
+            data_start(&self.format),
+        )?;
         let _ = self.blocks.set(loaded);
         Ok(self.blocks.get())
+    }
+
+    /// Unwraps this segment's data key with `key` when it is encrypted.
+    pub fn unlock(&self, key: Option<&crate::encrypt::MasterKey>) -> Result<()> {
+        if self.format.encrypted() && self.cipher.get().is_none() {
+            let c = crate::encrypt::unlock(&self.file, &self.path, &self.format, key)?;
+            let _ = self.cipher.set(c);
+        }
+        Ok(())
     }
 
     /// Does the segment live only in the archive (its file is a stub)?
@@ -164,8 +210,14 @@ impl Segment {
     /// compressed segment, the length of its uncompressed version.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
+        use crate::compress::Physical;
         match self.blocks()? {
             Some(blocks) => Ok(blocks.logical_len()),
+            None if self.format.encrypted() => crate::encrypt::logical_len(
+                self.cipher()?,
+                &|b, o| self.read_physical(b, o),
+                self.stored_len()?,
+            ),
             None => self.stored_len(),
         }
     }
@@ -185,6 +237,16 @@ impl Segment {
             .metadata()
             .map(|m| m.len())
             .map_err(|e| Error::io(format!("stat {}", self.path.display()), e))
+    }
+}
+
+/// Where a segment file's data starts: after the header, and the key
+/// slots of an encrypted segment.
+pub fn data_start(header: &SegmentHeader) -> u64 {
+    if header.encrypted() {
+        crate::encrypt::KEY_AREA
+    } else {
+        SEGMENT_HEADER_LEN as u64
     }
 }
 
@@ -240,6 +302,16 @@ impl Segments {
     /// the guard lives (a rewrite's commit and swap).
     pub(crate) fn exclusive(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
         self.swap.write()
+    }
+
+    /// Unwraps the data key of every encrypted segment with `key` (ADR
+    /// 45): a clear error when one is encrypted and `key` is `None` or
+    /// not the key its data key is wrapped by.
+    pub fn unlock(&self, key: Option<&crate::encrypt::MasterKey>) -> Result<()> {
+        for s in self.list.read().iter() {
+            s.unlock(key)?;
+        }
+        Ok(())
     }
 
     /// Gives every archived segment the tier its reads go through.
@@ -300,13 +372,19 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
         .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
         .len();
     let stub = if header.archived() {
-        let mut body = vec![0u8; (len as usize).saturating_sub(SEGMENT_HEADER_LEN).min(4096)];
-        file.read_exact_at(&mut body, SEGMENT_HEADER_LEN as u64)
+        // An encrypted segment's stub keeps its key slots before the body.
+        let body_at = if header.encrypted() {
+            crate::encrypt::KEY_AREA as usize
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        let mut body = vec![0u8; (len as usize).saturating_sub(body_at).min(4096)];
+        file.read_exact_at(&mut body, body_at as u64)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Some(
             crate::archive::Stub::decode(&body).map_err(|detail| Error::Corrupt {
                 file: path.to_path_buf(),
-                offset: SEGMENT_HEADER_LEN as u64,
+                offset: body_at as u64,
                 detail,
             })?,
         )
@@ -315,7 +393,12 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
     };
     let blocks = OnceLock::new();
     if header.compressed() && stub.is_none() {
-        let _ = blocks.set(crate::compress::Blocks::load(&file, path, len)?);
+        let _ = blocks.set(crate::compress::Blocks::load(
+            &file,
+            path,
+            len,
+            data_start(&header),
+        )?);
     }
     Ok(Segment {
         number: header.number,
@@ -326,6 +409,7 @@ pub fn open_segment(path: &Path) -> Result<Segment> {
         blocks,
         stub,
         tier: OnceLock::new(),
+        cipher: OnceLock::new(),
     })
 }
 
@@ -354,6 +438,13 @@ pub fn remove_interrupted_segments(dir: &Path) -> Result<()> {
 /// Opens every segment in `dir` and checks that their numbers are dense.
 /// Creates segment 0 in an empty store.
 pub fn open_segments(dir: &Path) -> Result<Segments> {
+    open_segments_with(dir, None)
+}
+
+/// [`open_segments`]; segment 0 of an empty store is created encrypted
+/// under `key` when one is given (the keys of existing segments are
+/// unwrapped by [`Segments::unlock`]).
+pub fn open_segments_with(dir: &Path, key: Option<&crate::encrypt::MasterKey>) -> Result<Segments> {
     let mut found = Vec::new();
     let rd =
         std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
@@ -370,7 +461,7 @@ pub fn open_segments(dir: &Path) -> Result<Segments> {
     found.sort();
     let segments = Segments::default();
     if found.is_empty() {
-        segments.push(Arc::new(create_segment(dir, 0, 0)?));
+        segments.push(Arc::new(create_segment(dir, 0, 0, key)?));
         return Ok(segments);
     }
     let mut expected_number = None;
@@ -408,7 +499,12 @@ pub const STUB_TMP_SUFFIX: &str = ".seg.stub";
 /// and fsynced under a temporary name, which is then renamed to the
 /// segment's name and the directory fsynced. A crash at any point leaves
 /// either no segment or a complete header, never a segment without one.
-pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Segment> {
+pub fn create_segment(
+    dir: &Path,
+    number: u32,
+    first_position: u64,
+    key: Option<&crate::encrypt::MasterKey>,
+) -> Result<Segment> {
     let path = dir.join(segment_file_name(first_position));
     if path.exists() {
         return Err(Error::io(
@@ -423,8 +519,19 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         .truncate(true)
         .open(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    let format = SegmentHeader::new(number, first_position);
-    f.write_all(&format.encode())
+    let mut format = SegmentHeader::new(number, first_position);
+    let mut first_bytes = Vec::with_capacity(crate::encrypt::KEY_AREA as usize);
+    let cipher = OnceLock::new();
+    if let Some(key) = key {
+        format.features |= crate::format::FEATURE_ENCRYPTED;
+        let (c, area) = crate::encrypt::new_key_area(&format, key)?;
+        first_bytes.extend_from_slice(&format.encode());
+        first_bytes.extend_from_slice(&area);
+        let _ = cipher.set(c);
+    } else {
+        first_bytes.extend_from_slice(&format.encode());
+    }
+    f.write_all(&first_bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(format!("writing header of {}", tmp.display()), e))?;
     drop(f);
@@ -446,6 +553,7 @@ pub fn create_segment(dir: &Path, number: u32, first_position: u64) -> Result<Se
         blocks: OnceLock::new(),
         stub: None,
         tier: OnceLock::new(),
+        cipher,
     })
 }
 

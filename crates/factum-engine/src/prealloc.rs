@@ -29,7 +29,6 @@
 //! fdatasync failure here stops the writer for good as well (ADR 12).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -62,6 +61,8 @@ struct State {
     /// The active segment, opened by this thread (None while the writer
     /// switches segments).
     file: Option<(Arc<File>, PathBuf)>,
+    /// Is the active segment encrypted (zeros then go to whole pages, ADR 45)?
+    encrypted: bool,
     /// `[.., ready)` is durable: the writer's data or zeros.
     ready: u64,
     /// The writer writes (or wrote) up to here.
@@ -89,8 +90,10 @@ impl Prealloc {
     /// Starts the thread for the segment at `path`, whose bytes `[.., len)`
     /// are the log (and maybe zeros) and `[.., data_end)` the log's frames.
     /// An fdatasync failure trips `fatal`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         path: PathBuf,
+        encrypted: bool,
         data_end: u64,
         len: u64,
         chunk: u64,
@@ -101,6 +104,7 @@ impl Prealloc {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 file: Some((file, path)),
+                encrypted,
                 ready: len,
                 written: data_end,
                 want: 0,
@@ -159,7 +163,7 @@ impl Prealloc {
     /// Attaches the new active segment at `path`, `len` bytes long, all of
     /// them log, opening it anew. When it cannot be opened (too many open
     /// files, say) that segment gets no zeros: appends go on without them.
-    pub fn attach(&self, path: PathBuf, len: u64) {
+    pub fn attach(&self, path: PathBuf, encrypted: bool, len: u64) {
         let file = match open_own(&path) {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
@@ -172,6 +176,7 @@ impl Prealloc {
         debug_assert!(s.job.is_none());
         s.failed = file.is_none();
         s.file = file.map(|f| (f, path));
+        s.encrypted = encrypted;
         s.ready = len;
         s.written = len;
         s.want = 0;
@@ -200,7 +205,7 @@ impl Shared {
             // One piece at a time, each claimed on its own and made durable
             // on its own: a writer that catches up waits for one piece at
             // most, and no long flush holds up its fdatasyncs.
-            let (file, path, start, end) = {
+            let (file, path, encrypted, start, end) = {
                 let mut s = self.state.lock();
                 while !s.stop && !s.wants_job() {
                     self.changed.wait(&mut s);
@@ -212,9 +217,9 @@ impl Shared {
                 let end = s.want.min(start + PIECE as u64);
                 s.job = Some(end);
                 let (file, path) = s.file.clone().expect("wants_job checks the file");
-                (file, path, start, end)
+                (file, path, s.encrypted, start, end)
             };
-            let result = match file.write_all_at(&zeros[..(end - start) as usize], start) {
+            let result = match crate::encrypt::write_zeros(&file, encrypted, start, end, &zeros) {
                 Ok(()) => file.sync_data().map_err(|e| (true, e)),
                 Err(e) => Err((false, e)),
             };

@@ -22,8 +22,8 @@
 //! it (recovery never replays it).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use factum_core::{Error, Result, StreamName};
 use crate::compress::BlockWriter;
 use crate::format::{
     decode_frame_events, encode_frame, SegmentHeader, StoredEvent, FEATURE_COMPRESSED,
-    FEATURE_SCAVENGED, FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+    FEATURE_ENCRYPTED, FEATURE_SCAVENGED, FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
 use crate::index::{Index, SegmentRewrite};
 use crate::log::{open_segment, segment_file_name, sync_dir, FrameReader, Loc, Scanned};
@@ -169,8 +169,9 @@ struct Kept {
 
 /// Where the new version's bytes go.
 enum Sink {
-    /// As they are.
-    Plain(File),
+    /// As they are (through the page encryption of an encrypted segment,
+    /// ADR 45), at the logical offset held.
+    Plain(crate::encrypt::SegmentFile, u64),
     /// Compressed in blocks (ADR 43).
     Compressed(BlockWriter),
 }
@@ -187,9 +188,16 @@ struct Output {
 impl Output {
     fn write_out(&mut self) -> Result<()> {
         match &mut self.sink {
-            Sink::Plain(file) => file
-                .write_all(&self.buf)
-                .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?,
+            Sink::Plain(file, at) => {
+                // The header is in the file already (with the key slots of
+                // an encrypted one); offsets are logical.
+                let skip = (SEGMENT_HEADER_LEN as u64)
+                    .saturating_sub(*at)
+                    .min(self.buf.len() as u64);
+                file.write_all_at(&self.buf[skip as usize..], *at + skip)
+                    .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+                *at += self.buf.len() as u64;
+            }
             Sink::Compressed(w) => w.write(&self.buf)?,
         }
         self.buf.clear();
@@ -201,7 +209,14 @@ impl Output {
     fn finish(mut self) -> Result<u64> {
         self.write_out()?;
         let (file, stored) = match self.sink {
-            Sink::Plain(file) => (file, self.len),
+            Sink::Plain(file, at) => {
+                let stored = if file.encrypted() {
+                    crate::encrypt::physical_len(at)
+                } else {
+                    at
+                };
+                (file.into_file(), stored)
+            }
             Sink::Compressed(w) => w.finish()?,
         };
         file.sync_all()
@@ -250,6 +265,7 @@ pub(crate) fn rewrite_segment(
     dir: &Path,
     reader: &Reader,
     spec: RewriteSpec,
+    key: Option<&crate::encrypt::MasterKey>,
     decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
     pace: &mut Pace,
     stop: &AtomicBool,
@@ -282,22 +298,46 @@ pub(crate) fn rewrite_segment(
     let generation = index.next_rewrite_generation()?;
     let path = dir.join(rewrite_file_name(lo, generation));
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&path)
         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    // In a store opened with a master key every new version is encrypted
+    // (ADR 45), under a fresh data key: a rewrite is how a segment written
+    // in the clear gets encrypted.
+    let encrypted = if key.is_some() { FEATURE_ENCRYPTED } else { 0 };
     let header = SegmentHeader {
         version: FORMAT_VERSION,
-        features: seg.format.features | FEATURE_SCAVENGED | add_features,
+        features: (seg.format.features & !FEATURE_ENCRYPTED)
+            | FEATURE_SCAVENGED
+            | add_features
+            | encrypted,
         number,
         first_position: lo,
     };
-    // A change of storage (compressing) is a change even when every
-    // record stays.
-    let storage_changes = (header.features ^ seg.format.features) & FEATURE_COMPRESSED != 0;
+    // A change of storage (compressing, encrypting) is a change even when
+    // every record stays.
+    let storage_changes =
+        (header.features ^ seg.format.features) & (FEATURE_COMPRESSED | FEATURE_ENCRYPTED) != 0;
+    let mut head = header.encode().to_vec();
+    let cipher = match key {
+        Some(key) => {
+            let (c, area) = match crate::encrypt::new_key_area(&header, key) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            head.extend_from_slice(&area);
+            Some(c)
+        }
+        None => None,
+    };
     let sink = if header.compressed() {
-        match BlockWriter::new(file, path.clone(), &header.encode()) {
+        match BlockWriter::new(file, path.clone(), &head, cipher.clone()) {
             Ok(w) => Sink::Compressed(w),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -305,7 +345,11 @@ pub(crate) fn rewrite_segment(
             }
         }
     } else {
-        Sink::Plain(file)
+        if let Err(e) = file.write_all_at(&head, 0) {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Sink::Plain(crate::encrypt::SegmentFile::new(file, cipher.clone()), 0)
     };
     let mut out = Output {
         path,
@@ -332,6 +376,7 @@ pub(crate) fn rewrite_segment(
         }
     };
     let new_path = out.path.clone();
+    let new_logical = out.len;
     let new_bytes = match out.finish() {
         Ok(n) => n,
         Err(e) => {
@@ -339,7 +384,14 @@ pub(crate) fn rewrite_segment(
             return Err(e);
         }
     };
-    if !storage_changes && old_bytes.saturating_sub(new_bytes) < min_freed_bytes {
+    // Encrypted pages are stored two slots to a page: what a rewrite frees
+    // shows in whole pages on disk, so it is judged by logical bytes.
+    let freed = if cipher.is_some() && !header.compressed() {
+        seg.len()?.saturating_sub(new_logical)
+    } else {
+        old_bytes.saturating_sub(new_bytes)
+    };
+    if !storage_changes && freed < min_freed_bytes {
         let _ = std::fs::remove_file(&new_path);
         return Ok(Some(unchanged(&written)));
     }
@@ -364,6 +416,9 @@ pub(crate) fn rewrite_segment(
         }
     };
     new_segment.path = seg.path.clone();
+    if let Some(c) = &cipher {
+        let _ = new_segment.cipher.set(c.clone());
+    }
     let swap = || {
         let renamed = std::fs::rename(&new_path, &seg.path);
         // The index describes the new version now: reads get it whether or

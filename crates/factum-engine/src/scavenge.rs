@@ -298,6 +298,7 @@ fn run(engine: &Engine, running: &Running, options: &ScavengeOptions) -> Result<
             engine.dir(),
             reader,
             spec,
+            engine.config().encryption.as_ref(),
             &mut decide,
             &mut pace,
             &running.stop,

@@ -74,9 +74,20 @@ pub fn verify_with_archive(
     dir: &Path,
     archive: Option<std::sync::Arc<dyn crate::archive::Archive>>,
 ) -> Result<VerifyReport> {
+    verify_store(dir, archive, None)
+}
+
+/// [`verify_with_archive`] of a store encrypted at rest (ADR 45): its
+/// segments are read with the data keys `key` unwraps. Without the key
+/// (or with another) an encrypted store's report is that one fault.
+pub fn verify_store(
+    dir: &Path,
+    archive: Option<std::sync::Arc<dyn crate::archive::Archive>>,
+    key: Option<&crate::encrypt::MasterKey>,
+) -> Result<VerifyReport> {
     let _lock = lock_dir(dir)?;
     let mut r = VerifyReport::default();
-    let segments = match open_segments(dir) {
+    let segments = match open_segments(dir).and_then(|s| s.unlock(key).map(|_| s)) {
         Ok(s) => s,
         Err(e) => {
             r.faults.push(e.to_string());

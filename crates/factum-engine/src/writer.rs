@@ -12,8 +12,7 @@
 //! many open files) is retried with backoff while appends are answered
 //! `Unavailable`.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -130,7 +129,7 @@ pub(crate) struct Writer {
     pub reader: Reader,
     pub committed: watch::Sender<Committed>,
     /// The writer's own handle of the active segment.
-    pub file: File,
+    pub file: crate::encrypt::SegmentFile,
     pub segment: Arc<Segment>,
     pub segment_len: u64,
     /// Zeros ahead of the writer (ADR 10); `None` without durability or
@@ -217,7 +216,11 @@ impl Writer {
     /// an older build gets its successor at the next roll.) A roll that
     /// fails is handled as any roll: retried, or fatal.
     pub fn flag_public_positions(&mut self) {
-        if self.segment.format.features & FEATURE_PUBLIC_POSITIONS_FROM_ONE == 0
+        // A store opened with a master key for the first time writes its
+        // next frames into an encrypted segment (ADR 45).
+        let needs_encryption = self.config.encryption.is_some() && !self.segment.format.encrypted();
+        if (self.segment.format.features & FEATURE_PUBLIC_POSITIONS_FROM_ONE == 0
+            || needs_encryption)
             && self.segment_len > crate::format::SEGMENT_HEADER_LEN as u64
         {
             self.roll();
@@ -429,7 +432,11 @@ impl Writer {
             return;
         }
         if let Some(p) = &self.prealloc {
-            p.attach(self.segment.path.clone(), self.segment_len);
+            p.attach(
+                self.segment.path.clone(),
+                self.segment.format.encrypted(),
+                self.segment_len,
+            );
         }
     }
 
@@ -540,12 +547,20 @@ impl Writer {
             sync_dir(&self.dir).map_err(stop)?;
         }
         let seg = Arc::new(
-            create_segment(&self.dir, self.segment.number + 1, next_position).map_err(stop)?,
+            create_segment(
+                &self.dir,
+                self.segment.number + 1,
+                next_position,
+                self.config.encryption.as_ref(),
+            )
+            .map_err(stop)?,
         );
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&seg.path)
             .map_err(|e| stop(Error::io(format!("opening {}", seg.path.display()), e)))?;
+        let file = crate::encrypt::SegmentFile::new(file, seg.cipher.get().cloned());
         let header = crate::format::SEGMENT_HEADER_LEN as u64;
         if self.fatal.new_segment(seg.clone(), header).is_err() {
             // Stopped meanwhile; the next open removes the new segment.
@@ -555,7 +570,7 @@ impl Writer {
         self.segment_len = header;
         self.sealed = false;
         if let Some(p) = &self.prealloc {
-            p.attach(seg.path.clone(), self.segment_len);
+            p.attach(seg.path.clone(), seg.format.encrypted(), self.segment_len);
         }
         self.segments.push(seg.clone());
         self.segment = seg;

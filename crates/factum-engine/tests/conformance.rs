@@ -8,6 +8,36 @@ use factum_engine::{Durability, Engine, EngineConfig};
 #[derive(Default)]
 pub struct EngineFactory;
 
+/// The same suite against stores encrypted at rest (ADR 45).
+#[derive(Default)]
+pub struct EncryptedEngineFactory;
+
+impl StoreFactory for EncryptedEngineFactory {
+    type Store = Engine;
+    async fn create(&self) -> Engine {
+        create(true)
+    }
+    async fn scavenge(&self, store: &Engine) -> bool {
+        EngineFactory.scavenge(store).await
+    }
+}
+
+fn create(encrypted: bool) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        // Small segments and frequent index flushes exercise rolls and
+        // the memtable → redb hand-over in every check.
+        segment_bytes: 64 * 1024,
+        index_flush_entries: 64,
+        durability: Durability::Always,
+        encryption: encrypted
+            .then(|| factum_engine::MasterKey::new(factum_crypto::SecretKey::random().unwrap())),
+        ..EngineConfig::default()
+    };
+    let (engine, _) = Engine::open_with(dir.keep(), config).unwrap();
+    engine
+}
+
 /// An engine that removes its directory when dropped.
 pub struct TempEngine {
     engine: Engine,
@@ -24,17 +54,7 @@ impl std::ops::Deref for TempEngine {
 impl StoreFactory for EngineFactory {
     type Store = Engine;
     async fn create(&self) -> Engine {
-        let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            // Small segments and frequent index flushes exercise rolls and
-            // the memtable → redb hand-over in every check.
-            segment_bytes: 64 * 1024,
-            index_flush_entries: 64,
-            durability: Durability::Always,
-            ..EngineConfig::default()
-        };
-        let (engine, _) = Engine::open_with(dir.keep(), config).unwrap();
-        engine
+        create(false)
     }
 
     /// Seals what the check wrote (visible filler in a stream of its own,
@@ -64,4 +84,8 @@ impl StoreFactory for EngineFactory {
 
 mod conformance {
     factum_core::conformance_tests!(super::EngineFactory);
+}
+
+mod conformance_encrypted {
+    factum_core::conformance_tests!(super::EncryptedEngineFactory);
 }

@@ -42,6 +42,7 @@ fn crash_child() {
             segment_bytes,
             index_flush_entries: 2_000,
             index_flush_interval: Duration::from_millis(50),
+            encryption: master_key(),
             ..EngineConfig::default()
         };
         let (engine, _) = Engine::open_with(&dir, config).unwrap();
@@ -87,19 +88,45 @@ struct Ack {
     count: u64,
 }
 
+/// The master key of an encrypted round (`FACTUM_CRASH_KEY`, hex).
+fn master_key() -> Option<factum_engine::MasterKey> {
+    let hex = std::env::var("FACTUM_CRASH_KEY").ok()?;
+    Some(factum_engine::MasterKey::new(
+        factum_crypto::SecretKey::from_hex(&hex).unwrap(),
+    ))
+}
+
 #[test]
 fn acknowledged_appends_survive_sigkill() {
+    sigkill_rounds(None, 20);
+}
+
+/// The same with the store encrypted at rest (ADR 45): a kill tears the
+/// writer's page versions too.
+#[test]
+fn acknowledged_appends_survive_sigkill_encrypted() {
+    sigkill_rounds(Some("6b".repeat(32)), 10);
+}
+
+fn sigkill_rounds(key: Option<String>, default_rounds: u32) {
     let rounds: u32 = std::env::var("FACTUM_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_rounds);
+    let master = key
+        .as_deref()
+        .map(|h| factum_engine::MasterKey::new(factum_crypto::SecretKey::from_hex(h).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let rt = common::runtime();
     let mut acked_total = 0usize;
     let mut rounds_with_zeros = 0u32;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(&exe);
+        if let Some(k) = &key {
+            child.env("FACTUM_CRASH_KEY", k);
+        }
+        let mut child = child
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env("FACTUM_CRASH_CHILD", dir.path())
             .env(
@@ -137,10 +164,10 @@ fn acknowledged_appends_survive_sigkill() {
         child.wait().unwrap();
         let acks = collector.join().unwrap();
         acked_total += acks.len();
-        if rt.block_on(check(dir.path(), &acks, round)) > 0 {
+        if rt.block_on(check(dir.path(), master.clone(), &acks, round)) > 0 {
             rounds_with_zeros += 1;
         }
-        let report = factum_engine::verify(dir.path()).unwrap();
+        let report = factum_engine::verify_store(dir.path(), None, master.as_ref()).unwrap();
         assert!(
             report.ok(),
             "round {round}: verify found {:?}",
@@ -160,8 +187,17 @@ fn acknowledged_appends_survive_sigkill() {
 }
 
 /// Reopens and checks; returns the preallocated bytes recovery found.
-async fn check(dir: &std::path::Path, acks: &[Ack], round: u32) -> u64 {
-    let (engine, recovery) = Engine::open_with(dir, EngineConfig::default())
+async fn check(
+    dir: &std::path::Path,
+    encryption: Option<factum_engine::MasterKey>,
+    acks: &[Ack],
+    round: u32,
+) -> u64 {
+    let config = EngineConfig {
+        encryption,
+        ..EngineConfig::default()
+    };
+    let (engine, recovery) = Engine::open_with(dir, config)
         .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
     // Every acknowledged append is there, where it was acknowledged.
     for a in acks {

@@ -1,0 +1,1046 @@
+//! Encryption at rest of segments (issue 19, ADR 45; the bytes in
+//! `docs/format.md`, "Encrypted segments").
+//!
+//! Every segment of an encrypted store has its own random 256-bit data
+//! key, wrapped by the master key in a *key slot* of the segment's first
+//! 4 KiB (two slots, so `factum rekey` writes the new wrapping beside the
+//! old one and a torn write never loses the key). The segment's *logical*
+//! bytes — the header and the frames, at the offsets an unencrypted
+//! segment would have them — are cut into pages of [`PAGE`] bytes. Each
+//! page is stored in one of two 4 KiB *slots* as `seq | used | nonce |
+//! ciphertext | tag` under XChaCha20-Poly1305 with a fresh random 192-bit
+//! nonce (factum-crypto's one AEAD). The writer appends into the last,
+//! partly filled page by writing its new version into the slot that does
+//! not hold the current one, with a higher `seq`: a torn write leaves the
+//! current version intact, and acknowledged bytes are never overwritten in
+//! place. A reader takes the valid slot with the higher `seq`. A page
+//! whose slots are both zero reads as zeros, so preallocated space (ADR
+//! 10), recovery's tail classification and every offset work exactly as
+//! in an unencrypted segment: this module sits below all of them.
+//!
+//! Nonces are random, never derived from offsets or positions, so a
+//! recovery or rewrite that writes a page again never repeats one.
+//! Compressed sealed segments (ADR 43) seal each zstd block the same way
+//! (`compress.rs`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use factum_core::{Error, Result};
+use factum_crypto::seal::{open_in_place, seal_in_place, NONCE_LEN, TAG_LEN};
+use factum_crypto::SecretKey;
+use sha2::Digest;
+
+use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+
+/// Physical bytes before the first page: the segment header and the two
+/// key slots.
+pub const KEY_AREA: u64 = 4096;
+/// Physical bytes of one page slot.
+pub const SLOT: usize = 4096;
+/// Slot bytes before the nonce: `seq` (u64) and `used` (u32), 4 zero bytes.
+const SLOT_HEAD: usize = 16;
+/// Logical bytes per page.
+pub const PAGE: usize = SLOT - SLOT_HEAD - NONCE_LEN - TAG_LEN;
+/// Physical bytes of one page (its two slots).
+pub const PAIR: u64 = 2 * SLOT as u64;
+/// Where the two key slots are (different 512-byte sectors).
+const KEY_SLOT_AT: [u64; 2] = [64, 2048];
+/// Key slot magic (`FKEY`).
+const KEY_MAGIC: [u8; 4] = *b"FKEY";
+/// Bytes of one key slot: magic, generation, fingerprint, nonce, wrapped
+/// key, tag, CRC32C.
+const KEY_SLOT_LEN: usize = 4 + 4 + 8 + NONCE_LEN + 32 + TAG_LEN + 4;
+/// What sealing adds to a compressed block.
+pub const BLOCK_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// The master key that wraps every segment's data key, with its
+/// fingerprint (8 bytes of a SHA-256 over a label and the key), which key
+/// slots record so a wrong key is named rather than guessed at.
+#[derive(Clone)]
+pub struct MasterKey {
+    key: SecretKey,
+    fingerprint: [u8; 8],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({})", self.fingerprint_hex())
+    }
+}
+
+impl MasterKey {
+    /// Wraps a master key (from factum-crypto's providers: a key file or
+    /// an environment variable; a KMS later).
+    pub fn new(key: SecretKey) -> Self {
+        let mut h = sha2::Sha256::new();
+        h.update(b"factum master key fingerprint v1");
+        h.update(key.expose());
+        let digest = h.finalize();
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&digest[..8]);
+        MasterKey { key, fingerprint }
+    }
+
+    /// The fingerprint as 16 hex digits.
+    pub fn fingerprint_hex(&self) -> String {
+        hex(&self.fingerprint)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The data key of one segment, and what binds its pages to their place.
+pub struct SegmentCipher {
+    key: SecretKey,
+    number: u32,
+    first_position: u64,
+}
+
+impl std::fmt::Debug for SegmentCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SegmentCipher(segment {})", self.number)
+    }
+}
+
+/// What a page's two slots hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    /// Both slots are zero: free (preallocated or never written) space.
+    Zero,
+    /// The current version: its `seq`, logical bytes in use, and the slot
+    /// (0 or 1) holding it. Its plaintext is in the caller's buffer.
+    Valid {
+        /// Version number (higher is newer).
+        seq: u64,
+        /// Logical bytes of the page in use.
+        used: usize,
+        /// Which slot.
+        slot: usize,
+    },
+    /// Neither slot opens: damaged, torn (never acknowledged), or written
+    /// under another key.
+    Invalid,
+}
+
+fn io_err(what: String, e: std::io::Error) -> Error {
+    Error::io(what, e)
+}
+
+impl SegmentCipher {
+    fn aad(&self, label: &[u8], index: u64, extra: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(label.len() + 20 + extra.len());
+        aad.extend_from_slice(label);
+        aad.extend_from_slice(&self.number.to_le_bytes());
+        aad.extend_from_slice(&self.first_position.to_le_bytes());
+        aad.extend_from_slice(&index.to_le_bytes());
+        aad.extend_from_slice(extra);
+        aad
+    }
+
+    /// Seals page `page`'s plaintext (`plain`, [`PAGE`] bytes) as version
+    /// `seq` with `used` bytes in use into `out` ([`SLOT`] bytes).
+    pub fn seal_page(
+        &self,
+        page: u64,
+        seq: u64,
+        used: usize,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        debug_assert_eq!(plain.len(), PAGE);
+        debug_assert_eq!(out.len(), SLOT);
+        out[0..8].copy_from_slice(&seq.to_le_bytes());
+        out[8..12].copy_from_slice(&(used as u32).to_le_bytes());
+        out[12..16].fill(0);
+        let aad = self.aad(b"factum page v1", page, &out[0..12]);
+        let body_at = SLOT_HEAD + NONCE_LEN;
+        out[body_at..body_at + PAGE].copy_from_slice(plain);
+        let mut nonce = [0u8; NONCE_LEN];
+        let tag = seal_in_place(
+            &self.key,
+            &aad,
+            &mut nonce,
+            &mut out[body_at..body_at + PAGE],
+        )
+        .map_err(|e| Error::io("encrypting a segment page", std::io::Error::other(e)))?;
+        out[SLOT_HEAD..body_at].copy_from_slice(&nonce);
+        out[body_at + PAGE..].copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Opens one slot of page `page` into `plain`: `Some((seq, used))`.
+    fn open_slot(&self, page: u64, slot: &[u8], plain: &mut [u8]) -> Option<(u64, usize)> {
+        let seq = u64::from_le_bytes(slot[0..8].try_into().unwrap());
+        let used = u32::from_le_bytes(slot[8..12].try_into().unwrap()) as usize;
+        if used > PAGE || slot[12..16] != [0; 4] {
+            return None;
+        }
+        let aad = self.aad(b"factum page v1", page, &slot[0..12]);
+        let body_at = SLOT_HEAD + NONCE_LEN;
+        let nonce: [u8; NONCE_LEN] = slot[SLOT_HEAD..body_at].try_into().unwrap();
+        let tag: [u8; TAG_LEN] = slot[body_at + PAGE..].try_into().unwrap();
+        plain.copy_from_slice(&slot[body_at..body_at + PAGE]);
+        open_in_place(&self.key, &aad, &nonce, plain, &tag).then_some((seq, used))
+    }
+
+    /// Decodes page `page` from its two slots (`pair`, up to [`PAIR`]
+    /// bytes: a missing tail reads as zeros) into `plain` ([`PAGE`] bytes,
+    /// zeroed unless the page is valid).
+    pub fn open_page(&self, page: u64, pair: &[u8], plain: &mut [u8]) -> PageState {
+        let owned;
+        let pair: &[u8] = if pair.len() < PAIR as usize {
+            let mut v = vec![0u8; PAIR as usize];
+            v[..pair.len()].copy_from_slice(pair);
+            owned = v;
+            &owned
+        } else {
+            &pair[..PAIR as usize]
+        };
+        let slots = [&pair[..SLOT], &pair[SLOT..]];
+        let zero = |s: &[u8]| s.iter().all(|&b| b == 0);
+        let seq_of = |s: &[u8]| u64::from_le_bytes(s[0..8].try_into().unwrap());
+        let (z0, z1) = (zero(slots[0]), zero(slots[1]));
+        if z0 && z1 {
+            plain.fill(0);
+            return PageState::Zero;
+        }
+        // The higher version first; the other when it does not open (a
+        // torn write of the newer one).
+        let order = match (z0, z1) {
+            (true, _) => [1, 1],
+            (_, true) => [0, 0],
+            _ if seq_of(slots[1]) > seq_of(slots[0]) => [1, 0],
+            _ => [0, 1],
+        };
+        for s in order {
+            if let Some((seq, used)) = self.open_slot(page, slots[s], plain) {
+                return PageState::Valid { seq, used, slot: s };
+            }
+        }
+        plain.fill(0);
+        PageState::Invalid
+    }
+
+    /// Seals a compressed block in place: `buf` is `nonce | body | tag`
+    /// with room for both ([`BLOCK_OVERHEAD`] more than the body).
+    pub fn seal_block(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        let aad = self.aad(b"factum block v1", block, &[]);
+        let n = buf.len();
+        let mut nonce = [0u8; NONCE_LEN];
+        let tag = seal_in_place(
+            &self.key,
+            &aad,
+            &mut nonce,
+            &mut buf[NONCE_LEN..n - TAG_LEN],
+        )
+        .map_err(|e| Error::io("encrypting a segment block", std::io::Error::other(e)))?;
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        buf[n - TAG_LEN..].copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Opens a sealed block in place; the body is `buf[NONCE_LEN..len -
+    /// TAG_LEN]` when it returns true.
+    pub fn open_block(&self, block: u64, buf: &mut [u8]) -> bool {
+        if buf.len() < BLOCK_OVERHEAD {
+            return false;
+        }
+        let aad = self.aad(b"factum block v1", block, &[]);
+        let n = buf.len();
+        let nonce: [u8; NONCE_LEN] = buf[..NONCE_LEN].try_into().unwrap();
+        let tag: [u8; TAG_LEN] = buf[n - TAG_LEN..].try_into().unwrap();
+        open_in_place(
+            &self.key,
+            &aad,
+            &nonce,
+            &mut buf[NONCE_LEN..n - TAG_LEN],
+            &tag,
+        )
+    }
+}
+
+/// The physical offset of page `page`'s pair.
+pub fn pair_offset(page: u64) -> u64 {
+    KEY_AREA + page * PAIR
+}
+
+/// The page holding logical offset `offset` (≥ the header) and the offset
+/// within it.
+pub fn page_of(offset: u64) -> (u64, usize) {
+    let pos = offset - SEGMENT_HEADER_LEN as u64;
+    (pos / PAGE as u64, (pos % PAGE as u64) as usize)
+}
+
+/// The logical offset where page `page` starts.
+pub fn page_start(page: u64) -> u64 {
+    SEGMENT_HEADER_LEN as u64 + page * PAGE as u64
+}
+
+/// Physical length of a file holding logical bytes `[.., len)`.
+pub fn physical_len(len: u64) -> u64 {
+    if len <= SEGMENT_HEADER_LEN as u64 {
+        return KEY_AREA;
+    }
+    let pages = (len - SEGMENT_HEADER_LEN as u64).div_ceil(PAGE as u64);
+    pair_offset(pages)
+}
+
+// ---- key slots -----------------------------------------------------------
+
+fn key_aad(header: &SegmentHeader, generation: u32, fingerprint: &[u8]) -> Vec<u8> {
+    let mut aad = b"factum segment key v1".to_vec();
+    aad.extend_from_slice(&header.number.to_le_bytes());
+    aad.extend_from_slice(&header.first_position.to_le_bytes());
+    aad.extend_from_slice(&generation.to_le_bytes());
+    aad.extend_from_slice(fingerprint);
+    aad
+}
+
+/// One key slot as found on disk.
+#[derive(Clone, Copy, Debug)]
+struct KeySlot {
+    generation: u32,
+    fingerprint: [u8; 8],
+    bytes: [u8; KEY_SLOT_LEN],
+}
+
+fn decode_key_slot(b: &[u8]) -> Option<KeySlot> {
+    if b[0..4] != KEY_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[KEY_SLOT_LEN - 4..KEY_SLOT_LEN].try_into().unwrap());
+    if crc32c::crc32c(&b[..KEY_SLOT_LEN - 4]) != crc {
+        return None;
+    }
+    Some(KeySlot {
+        generation: u32::from_le_bytes(b[4..8].try_into().unwrap()),
+        fingerprint: b[8..16].try_into().unwrap(),
+        bytes: b[..KEY_SLOT_LEN].try_into().unwrap(),
+    })
+}
+
+fn encode_key_slot(
+    header: &SegmentHeader,
+    generation: u32,
+    master: &MasterKey,
+    data_key: &SecretKey,
+) -> Result<[u8; KEY_SLOT_LEN]> {
+    let mut b = [0u8; KEY_SLOT_LEN];
+    b[0..4].copy_from_slice(&KEY_MAGIC);
+    b[4..8].copy_from_slice(&generation.to_le_bytes());
+    b[8..16].copy_from_slice(&master.fingerprint);
+    let aad = key_aad(header, generation, &master.fingerprint);
+    let body = 16 + NONCE_LEN;
+    b[body..body + 32].copy_from_slice(data_key.expose());
+    let mut nonce = [0u8; NONCE_LEN];
+    let tag = seal_in_place(&master.key, &aad, &mut nonce, &mut b[body..body + 32])
+        .map_err(|e| Error::io("wrapping a segment key", std::io::Error::other(e)))?;
+    b[16..body].copy_from_slice(&nonce);
+    b[body + 32..body + 32 + TAG_LEN].copy_from_slice(&tag);
+    let crc = crc32c::crc32c(&b[..KEY_SLOT_LEN - 4]);
+    b[KEY_SLOT_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    Ok(b)
+}
+
+fn unwrap_slot(header: &SegmentHeader, slot: &KeySlot, master: &MasterKey) -> Option<SecretKey> {
+    if slot.fingerprint != master.fingerprint {
+        return None;
+    }
+    let aad = key_aad(header, slot.generation, &slot.fingerprint);
+    let body = 16 + NONCE_LEN;
+    let nonce: [u8; NONCE_LEN] = slot.bytes[16..body].try_into().unwrap();
+    let tag: [u8; TAG_LEN] = slot.bytes[body + 32..body + 32 + TAG_LEN]
+        .try_into()
+        .unwrap();
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&slot.bytes[body..body + 32]);
+    let opened = open_in_place(&master.key, &aad, &nonce, &mut key[..], &tag);
+    let out = opened.then(|| SecretKey::from_bytes(key));
+    key.fill(0);
+    out
+}
+
+/// A fresh data key for a new segment file, and the key area (physical
+/// bytes `SEGMENT_HEADER_LEN..KEY_AREA`) that carries it wrapped.
+pub fn new_key_area(
+    header: &SegmentHeader,
+    master: &MasterKey,
+) -> Result<(Arc<SegmentCipher>, Vec<u8>)> {
+    let data_key = SecretKey::random()
+        .map_err(|e| Error::io("creating a segment key", std::io::Error::other(e)))?;
+    let mut area = vec![0u8; KEY_AREA as usize - SEGMENT_HEADER_LEN];
+    let slot = encode_key_slot(header, 1, master, &data_key)?;
+    let at = KEY_SLOT_AT[0] as usize - SEGMENT_HEADER_LEN;
+    area[at..at + KEY_SLOT_LEN].copy_from_slice(&slot);
+    Ok((
+        Arc::new(SegmentCipher {
+            key: data_key,
+            number: header.number,
+            first_position: header.first_position,
+        }),
+        area,
+    ))
+}
+
+/// The key slots of an encrypted segment file (or stub).
+fn read_key_slots(file: &File) -> std::io::Result<[Option<KeySlot>; 2]> {
+    let mut out = [None, None];
+    for (i, at) in KEY_SLOT_AT.iter().enumerate() {
+        let mut b = [0u8; KEY_SLOT_LEN];
+        file.read_exact_at(&mut b, *at)?;
+        out[i] = decode_key_slot(&b);
+    }
+    Ok(out)
+}
+
+/// Unwraps the data key of the encrypted segment `file` (header `header`)
+/// with `master`; a clear error naming the keys when it is not the one.
+pub fn unlock(
+    file: &File,
+    path: &std::path::Path,
+    header: &SegmentHeader,
+    master: Option<&MasterKey>,
+) -> Result<Arc<SegmentCipher>> {
+    let slots = read_key_slots(file)
+        .map_err(|e| io_err(format!("reading the key slots of {}", path.display()), e))?;
+    let found: Vec<String> = slots
+        .iter()
+        .flatten()
+        .map(|s| hex(&s.fingerprint))
+        .collect();
+    if found.is_empty() {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: KEY_SLOT_AT[0],
+            detail: "encrypted segment has no readable key slot: its data key is lost".into(),
+        });
+    }
+    let Some(master) = master else {
+        return Err(Error::InvalidInput(format!(
+            "{} is encrypted at rest (data key wrapped by master key {}); give its master key (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY)",
+            path.display(),
+            found.join(" or ")
+        )));
+    };
+    let mut best: Option<(u32, SecretKey)> = None;
+    for slot in slots.iter().flatten() {
+        if let Some(k) = unwrap_slot(header, slot, master) {
+            if best.as_ref().is_none_or(|(g, _)| slot.generation > *g) {
+                best = Some((slot.generation, k));
+            }
+        }
+    }
+    match best {
+        Some((_, key)) => Ok(Arc::new(SegmentCipher {
+            key,
+            number: header.number,
+            first_position: header.first_position,
+        })),
+        None => Err(Error::InvalidInput(format!(
+            "{}: the master key given (fingerprint {}) does not unwrap this segment's data key (wrapped by master key {}): the wrong key, or a key slot was damaged",
+            path.display(),
+            master.fingerprint_hex(),
+            found.join(" or ")
+        ))),
+    }
+}
+
+/// What [`rewrap`] did to one segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrapped {
+    /// Its data key is now (also) wrapped by the new master key.
+    Moved,
+    /// It already opened under the new master key.
+    Already,
+}
+
+/// Wraps the data key of the encrypted segment file at `path` under `new`
+/// (`factum rekey`): written into the slot that does not hold the newest
+/// wrapping under `old`, then fdatasynced. The data is not rewritten. A
+/// crash leaves the old slot intact, so running it again finishes.
+pub fn rewrap(
+    path: &std::path::Path,
+    header: &SegmentHeader,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<Rewrapped> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(format!("opening {}", path.display()), e))?;
+    let slots = read_key_slots(&file)
+        .map_err(|e| io_err(format!("reading the key slots of {}", path.display()), e))?;
+    if slots
+        .iter()
+        .flatten()
+        .any(|s| unwrap_slot(header, s, new).is_some())
+    {
+        return Ok(Rewrapped::Already);
+    }
+    let mut current: Option<(usize, u32, SecretKey)> = None;
+    for (i, slot) in slots.iter().enumerate() {
+        if let Some(slot) = slot {
+            if let Some(k) = unwrap_slot(header, slot, old) {
+                if current
+                    .as_ref()
+                    .is_none_or(|(_, g, _)| slot.generation > *g)
+                {
+                    current = Some((i, slot.generation, k));
+                }
+            }
+        }
+    }
+    let Some((keep, generation, key)) = current else {
+        return Err(Error::InvalidInput(format!(
+            "{}: its data key opens under neither the current master key ({}) nor the new one ({})",
+            path.display(),
+            old.fingerprint_hex(),
+            new.fingerprint_hex()
+        )));
+    };
+    let bytes = encode_key_slot(header, generation + 1, new, &key)?;
+    file.write_all_at(&bytes, KEY_SLOT_AT[1 - keep])
+        .and_then(|_| file.sync_data())
+        .map_err(|e| io_err(format!("writing a key slot of {}", path.display()), e))?;
+    Ok(Rewrapped::Moved)
+}
+
+/// What [`rekey_store`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Encrypted segments (and stubs) whose data key is now wrapped by the
+    /// new master key.
+    pub moved: usize,
+    /// Encrypted segments already under the new key (an earlier run).
+    pub already: usize,
+    /// Segments written in the clear (nothing to re-wrap).
+    pub plain: usize,
+}
+
+/// `factum rekey` for segments (ADR 45): re-wraps the data key of every
+/// encrypted segment of the store in `dir` (archived ones' stubs
+/// included) from `old` to `new`, without rewriting data. Takes the
+/// directory's lock (a running server holds it: refused). Each file is
+/// changed by one slot write and an fdatasync, so an interrupted run is
+/// finished by running it again.
+pub fn rekey_store(dir: &std::path::Path, old: &MasterKey, new: &MasterKey) -> Result<RekeyReport> {
+    let _lock = crate::engine::lock_dir(dir)?;
+    let segments = crate::log::open_segments(dir)?;
+    let mut report = RekeyReport::default();
+    for seg in segments.all() {
+        if !seg.format.encrypted() {
+            report.plain += 1;
+            continue;
+        }
+        match rewrap(&seg.path, &seg.format, old, new)? {
+            Rewrapped::Moved => report.moved += 1,
+            Rewrapped::Already => report.already += 1,
+        }
+    }
+    Ok(report)
+}
+
+// ---- the write side --------------------------------------------------------
+
+/// The last page the writer wrote, kept so an append into it needs no read.
+struct Tail {
+    page: u64,
+    seq: u64,
+    slot: Option<usize>,
+    used: usize,
+    plain: Vec<u8>,
+}
+
+/// A segment file opened for writing, in logical offsets: the plain file,
+/// or an encrypted one whose pages this seals (see the module doc). The
+/// writer, the preallocating thread, recovery's cut and a rewrite's
+/// output all write segments through it.
+pub struct SegmentFile {
+    file: File,
+    cipher: Option<Arc<SegmentCipher>>,
+    tail: Option<Tail>,
+}
+
+impl SegmentFile {
+    /// Wraps an open file (read and write access when encrypted: an append
+    /// into a partly written page reads it first).
+    pub fn new(file: File, cipher: Option<Arc<SegmentCipher>>) -> Self {
+        SegmentFile {
+            file,
+            cipher,
+            tail: None,
+        }
+    }
+
+    /// The file underneath.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file underneath, owned.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    /// Is it encrypted?
+    pub fn encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// Loads page `page` as the tail (from memory when it is the tail).
+    fn load(&mut self, cipher: &SegmentCipher, page: u64) -> std::io::Result<Tail> {
+        if let Some(t) = self.tail.take() {
+            if t.page == page {
+                return Ok(t);
+            }
+        }
+        let mut pair = vec![0u8; PAIR as usize];
+        let mut got = 0;
+        while got < pair.len() {
+            match self
+                .file
+                .read_at(&mut pair[got..], pair_offset(page) + got as u64)?
+            {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let mut plain = vec![0u8; PAGE];
+        match cipher.open_page(page, &pair[..got], &mut plain) {
+            PageState::Zero => Ok(Tail {
+                page,
+                seq: 0,
+                slot: None,
+                used: 0,
+                plain,
+            }),
+            PageState::Valid { seq, used, slot } => Ok(Tail {
+                page,
+                seq,
+                slot: Some(slot),
+                used,
+                plain,
+            }),
+            PageState::Invalid => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("encrypted page {page} opens in neither slot (damaged, or another key)"),
+            )),
+        }
+    }
+
+    /// Writes `buf` at logical `offset` (at or after the header).
+    pub fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let Some(cipher) = self.cipher.clone() else {
+            return self.file.write_all_at(buf, offset);
+        };
+        debug_assert!(offset >= SEGMENT_HEADER_LEN as u64);
+        let (first, within) = page_of(offset);
+        let mut rest = buf;
+        let mut page = first;
+        let mut slot_buf = vec![0u8; SLOT];
+        if within > 0
+            || self
+                .tail
+                .as_ref()
+                .is_some_and(|t| t.page == first && t.used > 0)
+        {
+            // Into a partly written page: its new version goes to the slot
+            // that does not hold the current one.
+            let mut t = self.load(&cipher, first)?;
+            let n = rest.len().min(PAGE - within);
+            t.plain[within..within + n].copy_from_slice(&rest[..n]);
+            t.used = t.used.max(within + n);
+            t.seq += 1;
+            let slot = t.slot.map_or(0, |s| 1 - s);
+            cipher
+                .seal_page(first, t.seq, t.used, &t.plain, &mut slot_buf)
+                .map_err(std::io::Error::other)?;
+            self.file
+                .write_all_at(&slot_buf, pair_offset(first) + (slot * SLOT) as u64)?;
+            t.slot = Some(slot);
+            rest = &rest[n..];
+            page += 1;
+            self.tail = Some(t);
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        // Fresh pages: one write of their pairs (version 1 in the first
+        // slot, the second slot zero).
+        let pages = rest.len().div_ceil(PAGE);
+        let mut out = vec![0u8; pages * PAIR as usize];
+        let mut plain = vec![0u8; PAGE];
+        let mut last = None;
+        for (i, chunk) in rest.chunks(PAGE).enumerate() {
+            plain[..chunk.len()].copy_from_slice(chunk);
+            plain[chunk.len()..].fill(0);
+            let at = i * PAIR as usize;
+            cipher
+                .seal_page(
+                    page + i as u64,
+                    1,
+                    chunk.len(),
+                    &plain,
+                    &mut out[at..at + SLOT],
+                )
+                .map_err(std::io::Error::other)?;
+            last = Some((page + i as u64, chunk.len()));
+        }
+        self.file.write_all_at(&out, pair_offset(page))?;
+        if let Some((p, used)) = last {
+            self.tail = Some(Tail {
+                page: p,
+                seq: 1,
+                slot: Some(0),
+                used,
+                plain,
+            });
+        }
+        Ok(())
+    }
+
+    /// Cuts the file to logical length `len`: whole pages go, and the last
+    /// kept page is written again without the cut bytes (into its other
+    /// slot) when it held any.
+    pub fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        let Some(cipher) = self.cipher.clone() else {
+            return self.file.set_len(len);
+        };
+        let physical = physical_len(len);
+        if len > SEGMENT_HEADER_LEN as u64 {
+            let (page, within) = page_of(len);
+            if within > 0 {
+                let mut t = self.load(&cipher, page)?;
+                if t.used > within {
+                    t.plain[within..].fill(0);
+                    t.used = within;
+                    t.seq += 1;
+                    let slot = t.slot.map_or(0, |s| 1 - s);
+                    let mut slot_buf = vec![0u8; SLOT];
+                    cipher
+                        .seal_page(page, t.seq, t.used, &t.plain, &mut slot_buf)
+                        .map_err(std::io::Error::other)?;
+                    self.file
+                        .write_all_at(&slot_buf, pair_offset(page) + (slot * SLOT) as u64)?;
+                    t.slot = Some(slot);
+                }
+                self.tail = Some(t);
+            } else {
+                self.tail = None;
+            }
+        } else {
+            self.tail = None;
+        }
+        self.file.set_len(physical)
+    }
+
+    /// fdatasync.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// fsync.
+    pub fn sync_all(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// Writes zeros over logical `[start, end)` of a segment file, free
+/// space ahead of the writer (preallocation, ADR 10). In an encrypted one:
+/// both slots of every page from the first that starts at or after
+/// `start` through the one holding `end - 1` (the page holding `start`
+/// reads as zeros after its data already, and nobody writes past `end`
+/// while this runs).
+pub fn write_zeros(
+    file: &File,
+    encrypted: bool,
+    start: u64,
+    end: u64,
+    zeros: &[u8],
+) -> std::io::Result<()> {
+    if !encrypted {
+        return file.write_all_at(&zeros[..(end - start) as usize], start);
+    }
+    let (mut p, within) = page_of(start.max(SEGMENT_HEADER_LEN as u64));
+    if within > 0 {
+        p += 1;
+    }
+    let (q, _) = page_of(end.max(SEGMENT_HEADER_LEN as u64 + 1) - 1);
+    let mut at = pair_offset(p);
+    let stop = pair_offset(q + 1);
+    while at < stop {
+        let n = (stop - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+// ---- the read side ---------------------------------------------------------
+
+/// Fills `buf` with the logical bytes of an encrypted (page-format)
+/// segment from `offset`, reading its stored bytes through `read` (the
+/// local file or the archive), `stored_len` long. Fewer bytes only at the
+/// end. Pages that open in neither slot read as 0xFF bytes: no frame
+/// starts with them, so a torn last write looks torn to recovery and a
+/// damaged page fails its frames' and records' checks, as in an
+/// unencrypted segment.
+pub fn read_pages(
+    cipher: &SegmentCipher,
+    read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
+    stored_len: u64,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<usize> {
+    let mut got = 0;
+    if offset < SEGMENT_HEADER_LEN as u64 {
+        let n = (SEGMENT_HEADER_LEN - offset as usize).min(buf.len());
+        got = read(&mut buf[..n], offset)?;
+        if got < n {
+            return Ok(got);
+        }
+    }
+    if stored_len <= KEY_AREA {
+        return Ok(got);
+    }
+    let pages = (stored_len - KEY_AREA).div_ceil(PAIR);
+    let mut plain = vec![0u8; PAGE];
+    while got < buf.len() {
+        let at = offset + got as u64;
+        let (first, within) = page_of(at);
+        if first >= pages {
+            break;
+        }
+        // Up to 1 MiB of pairs at once.
+        let want_pages = ((buf.len() - got + within).div_ceil(PAGE) as u64)
+            .min(pages - first)
+            .min(128);
+        let mut raw = vec![0u8; (want_pages * PAIR) as usize];
+        let n = read(&mut raw, pair_offset(first))?;
+        raw.truncate(n);
+        for i in 0..want_pages {
+            let page = first + i;
+            let lo = (i * PAIR) as usize;
+            if lo >= raw.len() {
+                break;
+            }
+            let hi = (lo + PAIR as usize).min(raw.len());
+            let mut state = cipher.open_page(page, &raw[lo..hi], &mut plain);
+            if state == PageState::Invalid {
+                // A writer may be writing one of its slots right now: read
+                // the pair again before calling it damaged.
+                for _ in 0..3 {
+                    let mut again = vec![0u8; PAIR as usize];
+                    let n = read(&mut again, pair_offset(page))?;
+                    state = cipher.open_page(page, &again[..n], &mut plain);
+                    if state != PageState::Invalid {
+                        break;
+                    }
+                }
+            }
+            let len = match state {
+                PageState::Zero => PAGE,
+                PageState::Valid { used, .. } if page + 1 == pages => used,
+                PageState::Valid { .. } => PAGE,
+                PageState::Invalid => {
+                    plain.fill(0xff);
+                    PAGE
+                }
+            };
+            let from = if i == 0 { within } else { 0 };
+            if from >= len {
+                return Ok(got);
+            }
+            let n = (len - from).min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&plain[from..from + n]);
+            got += n;
+            if got == buf.len() || (page + 1 == pages && from + n == len) {
+                return Ok(got);
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// The logical length of an encrypted (page-format) segment whose stored
+/// bytes are `stored_len` long: up to its last page's bytes in use.
+pub fn logical_len(
+    cipher: &SegmentCipher,
+    read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
+    stored_len: u64,
+) -> Result<u64> {
+    if stored_len <= KEY_AREA {
+        return Ok(SEGMENT_HEADER_LEN as u64);
+    }
+    let pages = (stored_len - KEY_AREA).div_ceil(PAIR);
+    let last = pages - 1;
+    let mut pair = vec![0u8; PAIR as usize];
+    let n = read(&mut pair, pair_offset(last))?;
+    let mut plain = vec![0u8; PAGE];
+    let used = match cipher.open_page(last, &pair[..n], &mut plain) {
+        PageState::Valid { used, .. } => used,
+        PageState::Zero | PageState::Invalid => PAGE,
+    };
+    Ok(page_start(last) + used as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher() -> (SegmentHeader, Arc<SegmentCipher>, Vec<u8>) {
+        let header = SegmentHeader::new(3, 1000);
+        let master = MasterKey::new(SecretKey::random().unwrap());
+        let (c, area) = new_key_area(&header, &master).unwrap();
+        (header, c, area)
+    }
+
+    fn file_with(
+        header: &SegmentHeader,
+        area: &[u8],
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, SegmentFile) {
+        let path = dir.join("s");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all_at(&header.encode(), 0).unwrap();
+        f.write_all_at(area, SEGMENT_HEADER_LEN as u64).unwrap();
+        (path, SegmentFile::new(f, None))
+    }
+
+    fn read_all(c: &SegmentCipher, path: &std::path::Path) -> Vec<u8> {
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len();
+        let read = |b: &mut [u8], o: u64| -> Result<usize> {
+            let mut got = 0;
+            while got < b.len() {
+                let n = f.read_at(&mut b[got..], o + got as u64).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            Ok(got)
+        };
+        let l = logical_len(c, &read, len).unwrap();
+        let mut out = vec![0u8; l as usize];
+        let n = read_pages(c, &read, len, &mut out, 0).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn appends_cuts_and_torn_slots_read_back_as_logical_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (header, c, area) = cipher();
+        let (path, mut f) = file_with(&header, &area, dir.path());
+        f.cipher = Some(c.clone());
+        let mut logical = header.encode().to_vec();
+        // Small appends, a large one across pages, more small ones.
+        let mut at = SEGMENT_HEADER_LEN as u64;
+        for (i, n) in [10usize, 300, 5000, 3, 9000, 1, PAGE, 77]
+            .iter()
+            .enumerate()
+        {
+            let bytes: Vec<u8> = (0..*n).map(|j| (i * 31 + j % 251 + 1) as u8).collect();
+            f.write_all_at(&bytes, at).unwrap();
+            at += *n as u64;
+            logical.extend_from_slice(&bytes);
+            assert_eq!(read_all(&c, &path), logical, "after append {i}");
+        }
+        // No plaintext on disk.
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(64).any(|w| logical[100..164] == *w));
+        // A cut in the middle of a page.
+        let cut = at - 500;
+        f.set_len(cut).unwrap();
+        logical.truncate(cut as usize);
+        assert_eq!(read_all(&c, &path), logical);
+        // A torn write of the tail page's next version: the current one
+        // still reads.
+        let (page, _) = page_of(cut);
+        let t = f.tail.as_ref().unwrap();
+        let other = 1 - t.slot.unwrap();
+        f.file
+            .write_all_at(&[0x5a; 1000], pair_offset(page) + (other * SLOT) as u64)
+            .unwrap();
+        assert_eq!(read_all(&c, &path), logical);
+        // Appending after reopening (the tail page read from disk).
+        let mut g = SegmentFile::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+            Some(c.clone()),
+        );
+        g.write_all_at(b"more", cut).unwrap();
+        logical.extend_from_slice(b"more");
+        assert_eq!(read_all(&c, &path), logical);
+        // Preallocated zeros after the data read as zeros.
+        let end = logical.len() as u64;
+        write_zeros(
+            g.file(),
+            true,
+            end,
+            end + 3 * PAGE as u64,
+            &vec![0u8; 1 << 16],
+        )
+        .unwrap();
+        let all = read_all(&c, &path);
+        assert_eq!(&all[..logical.len()], &logical[..]);
+        assert!(all[logical.len()..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn keys_open_only_under_their_master_and_rewrap_moves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = SegmentHeader::new(0, 0);
+        let old = MasterKey::new(SecretKey::random().unwrap());
+        let new = MasterKey::new(SecretKey::random().unwrap());
+        let (c, area) = new_key_area(&header, &old).unwrap();
+        let (path, mut f) = file_with(&header, &area, dir.path());
+        f.cipher = Some(c);
+        f.write_all_at(b"hello", 32).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(unlock(&file, &path, &header, Some(&old)).is_ok());
+        let e = unlock(&file, &path, &header, Some(&new))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&old.fingerprint_hex()) && e.contains("does not unwrap"),
+            "{e}"
+        );
+        let e = unlock(&file, &path, &header, None).unwrap_err().to_string();
+        assert!(e.contains("encrypted at rest"), "{e}");
+        assert_eq!(
+            rewrap(&path, &header, &old, &new).unwrap(),
+            Rewrapped::Moved
+        );
+        assert_eq!(
+            rewrap(&path, &header, &old, &new).unwrap(),
+            Rewrapped::Already
+        );
+        let c2 = unlock(&file, &path, &header, Some(&new)).unwrap();
+        assert_eq!(&read_all(&c2, &path)[32..], b"hello");
+        // A third key: the slot of the oldest wrapping is the one replaced.
+        let third = MasterKey::new(SecretKey::random().unwrap());
+        assert_eq!(
+            rewrap(&path, &header, &new, &third).unwrap(),
+            Rewrapped::Moved
+        );
+        assert!(unlock(&file, &path, &header, Some(&third)).is_ok());
+        assert!(unlock(&file, &path, &header, Some(&new)).is_ok());
+        assert!(unlock(&file, &path, &header, Some(&old)).is_err());
+    }
+}
