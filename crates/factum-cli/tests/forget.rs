@@ -11,7 +11,11 @@ fn factum(key: Option<&Path>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_factum"));
     c.env_remove("FACTUM_ENCRYPTION_KEY_FILE")
         .env_remove("FACTUM_ENCRYPTION_KEY")
-        .env_remove("FACTUM_DATA");
+        .env_remove("FACTUM_DATA")
+        // Crypto-shredding alone: segments in the clear, so the search of
+        // every file for the personal value proves the fields' encryption
+        // (at rest, ADR 45, is tested in tests/encryption.rs).
+        .env("FACTUM_ENCRYPT_AT_REST", "off");
     if let Some(key) = key {
         c.env("FACTUM_ENCRYPTION_KEY_FILE", key);
     }

@@ -8,7 +8,6 @@ use factum_core::EventStore;
 use factum_engine::engine::lock_dir;
 use factum_engine::index::INDEX_FILE;
 use factum_engine::log::sync_dir;
-use factum_engine::EngineConfig;
 
 use super::{ensure_store, runtime};
 use crate::error::{one_line, CliError};
@@ -37,7 +36,8 @@ pub struct ReindexArgs {
 pub fn verify(args: VerifyArgs) -> Result<(), CliError> {
     ensure_store(&args.data)?;
     let started = Instant::now();
-    let report = factum_engine::verify_with_archive(&args.data, args.conn.open()?)?;
+    let key = super::at_rest_key(None, Some(true))?;
+    let report = factum_engine::verify_store(&args.data, args.conn.open()?, key.as_ref())?;
     println!("segments       {}", report.segments);
     if report.compressed_segments > 0 || report.archived_segments > 0 {
         println!(
@@ -109,7 +109,7 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
         // The lock is released here: opening takes it again.
     }
     let started = Instant::now();
-    let (engine, recovery) = factum_engine::Engine::open_with(dir, EngineConfig::default())
+    let (engine, recovery) = factum_engine::Engine::open_with(dir, super::engine_config(None)?)
         .map_err(|e| {
             CliError::from(e).context(format!("rebuilding the index of {}", dir.display()))
         })?;

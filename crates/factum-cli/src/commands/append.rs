@@ -6,7 +6,6 @@ use std::str::FromStr;
 
 use clap::Args;
 use factum_core::{ContentType, EventData, EventStore, ExpectedRevision, Uuid};
-use factum_engine::EngineConfig;
 
 use super::{open, parse_stream, runtime};
 use crate::error::CliError;
@@ -84,7 +83,10 @@ pub fn run(args: AppendArgs) -> Result<(), CliError> {
             "the metadata names a $subject: give the master key (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY) so its personal fields are written encrypted",
         ));
     }
-    let engine = std::sync::Arc::new(open(&args.data, EngineConfig::default())?);
+    let engine = std::sync::Arc::new(open(
+        &args.data,
+        super::engine_config(args.encryption_key_file.as_deref())?,
+    )?);
     let rt = runtime()?;
     let result = match master {
         Some(master) if names_subject => {

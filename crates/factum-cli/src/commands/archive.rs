@@ -109,7 +109,7 @@ pub fn run(args: ArchiveArgs) -> Result<(), CliError> {
     ensure_store(&args.data)?;
     let config = EngineConfig {
         archive: Some(archive.clone()),
-        ..EngineConfig::default()
+        ..super::engine_config(None)?
     };
     let engine = match open(&args.data, config) {
         Ok(e) => e,

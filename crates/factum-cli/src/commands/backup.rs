@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use factum_engine::{Archive, BackupReport, EngineConfig};
+use factum_engine::{Archive, BackupReport};
 
 use super::{ensure_store, open};
 use crate::error::CliError;
@@ -53,7 +53,7 @@ pub struct RestoreArgs {
 pub fn backup(args: BackupArgs) -> Result<(), CliError> {
     ensure_store(&args.data)?;
     let started = Instant::now();
-    let engine = match open(&args.data, EngineConfig::default()) {
+    let engine = match open(&args.data, super::engine_config(None)?) {
         Ok(e) => e,
         Err(e) if e.message.contains("locked") => {
             return Err(CliError::failure(format!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use factum_engine::{CompressPolicy, Engine, EngineConfig, Throttle};
+use factum_engine::{CompressPolicy, Engine, Throttle};
 
 use super::{ensure_store, open};
 use crate::error::CliError;
@@ -44,7 +44,7 @@ pub fn run(args: CompactArgs) -> Result<(), CliError> {
         p => p,
     };
     ensure_store(&args.data)?;
-    let engine = match open(&args.data, EngineConfig::default()) {
+    let engine = match open(&args.data, super::engine_config(None)?) {
         Ok(e) => e,
         Err(e) if e.message.contains("locked") => {
             return Err(CliError::failure(format!(

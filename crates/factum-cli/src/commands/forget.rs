@@ -10,7 +10,6 @@ use std::sync::Arc;
 use clap::Args;
 use factum_core::EventStore;
 use factum_crypto::{FileKeyStore, SecretKey, Shredding, KEY_FILE_NAME};
-use factum_engine::EngineConfig;
 
 use super::{ensure_store, open, runtime};
 use crate::error::CliError;
@@ -80,7 +79,10 @@ pub fn run(args: ForgetArgs) -> Result<(), CliError> {
             "forget needs the master key: --encryption-key-file FILE (FACTUM_ENCRYPTION_KEY_FILE) or FACTUM_ENCRYPTION_KEY",
         ));
     };
-    let engine = Arc::new(open(data, EngineConfig::default())?);
+    let engine = Arc::new(open(
+        data,
+        super::engine_config(args.encryption_key_file.as_deref())?,
+    )?);
     let keys = engine_keys(data, master)?;
     let store = Shredding::new(engine.clone(), Arc::new(keys));
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown user".into());

@@ -85,6 +85,52 @@ pub fn segment_files(dir: &Path) -> Result<Vec<(std::path::PathBuf, u64)>, CliEr
     Ok(out)
 }
 
+/// The environment variable that turns encryption at rest off
+/// (`FACTUM_ENCRYPT_AT_REST=off`): a master key then serves
+/// crypto-shredding alone, and new segments are written in the clear.
+pub const ENCRYPT_AT_REST_ENV: &str = "FACTUM_ENCRYPT_AT_REST";
+
+/// `on` or `off` (what `--encrypt-at-rest` and FACTUM_ENCRYPT_AT_REST take).
+pub fn parse_on_off(what: &str, v: &str) -> Result<bool, CliError> {
+    match v.trim() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(CliError::usage(format!(
+            "{what} takes on or off, not {other:?}"
+        ))),
+    }
+}
+
+/// The master key segments are encrypted under (ADR 45): the one of
+/// crypto-shredding (`key_file`, else FACTUM_ENCRYPTION_KEY_FILE, else
+/// FACTUM_ENCRYPTION_KEY), unless encryption at rest is off (`at_rest`,
+/// else FACTUM_ENCRYPT_AT_REST; on by default).
+pub fn at_rest_key(
+    key_file: Option<&Path>,
+    at_rest: Option<bool>,
+) -> Result<Option<factum_engine::MasterKey>, CliError> {
+    let on = match at_rest {
+        Some(on) => on,
+        None => match std::env::var(ENCRYPT_AT_REST_ENV) {
+            Ok(v) => parse_on_off(ENCRYPT_AT_REST_ENV, &v)?,
+            Err(_) => true,
+        },
+    };
+    if !on {
+        return Ok(None);
+    }
+    Ok(forget::master_key(key_file)?.map(factum_engine::MasterKey::new))
+}
+
+/// The engine's configuration for a command: defaults, with encryption
+/// at rest as [`at_rest_key`] gives it.
+pub fn engine_config(key_file: Option<&Path>) -> Result<EngineConfig, CliError> {
+    Ok(EngineConfig {
+        encryption: at_rest_key(key_file, None)?,
+        ..EngineConfig::default()
+    })
+}
+
 /// Opens a store (durable appends), logging what recovery did.
 pub fn open(dir: &Path, config: EngineConfig) -> Result<Engine, CliError> {
     let (engine, recovery) = Engine::open_with(dir, config)

@@ -8,7 +8,6 @@ use factum_core::{
     AllStart, Direction, EventStore, Position, ReadAll, ReadStream, RecordedEvent, StreamRevision,
     StreamStart,
 };
-use factum_engine::EngineConfig;
 
 use super::{ensure_store, open, parse_stream, runtime};
 use crate::error::CliError;
@@ -48,7 +47,10 @@ pub fn run(args: ReadArgs) -> Result<(), CliError> {
     let stream = parse_stream(&args.stream)?;
     ensure_store(&args.data)?;
     let master = super::forget::master_key(args.encryption_key_file.as_deref())?;
-    let engine = std::sync::Arc::new(open(&args.data, EngineConfig::default())?);
+    let engine = std::sync::Arc::new(open(
+        &args.data,
+        super::engine_config(args.encryption_key_file.as_deref())?,
+    )?);
     let rt = runtime()?;
     let stdout = std::io::stdout();
     let mut printer = EventPrinter::new(BufWriter::new(stdout.lock()), args.json);

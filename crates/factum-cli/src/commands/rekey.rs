@@ -1,10 +1,12 @@
 //! `factum rekey`: master-key rotation for crypto-shredding's subject keys
-//! (ADR 42). Re-seals the key store from the current master key to a new
-//! one, offline: the engine's `subject-keys` file under the data
-//! directory's lock, or PostgreSQL's `subject_keys` table in one
-//! transaction. Events are not rewritten (their fields are sealed under
-//! subject keys, which do not change). Idempotent: after an interruption,
-//! run it again.
+//! (ADR 42) and for the data keys of segments encrypted at rest (ADR 45).
+//! Re-seals the key store from the current master key to a new one,
+//! offline: the engine's `subject-keys` file under the data directory's
+//! lock, or PostgreSQL's `subject_keys` table in one transaction; and
+//! re-wraps each encrypted segment's data key into its second key slot.
+//! Events are not rewritten (their fields are sealed under subject keys,
+//! their pages under data keys, neither of which changes). Idempotent:
+//! after an interruption, run it again.
 
 use std::path::PathBuf;
 
@@ -81,6 +83,22 @@ pub fn run(args: RekeyArgs) -> Result<(), CliError> {
     }
     if let Some(data) = &args.data {
         super::ensure_store(data)?;
+        // Segments encrypted at rest (ADR 45): each data key re-wrapped in
+        // its file's second key slot; no data rewritten.
+        let segs = factum_engine::rekey_store(
+            data,
+            &factum_engine::MasterKey::new(old.clone()),
+            &factum_engine::MasterKey::new(new.clone()),
+        )
+        .map_err(|e| {
+            CliError::from(e).context(format!("rekeying the segments of {}", data.display()))
+        })?;
+        if segs.moved + segs.already > 0 {
+            println!(
+                "re-wrapped the data keys of {} encrypted segment(s) under the new master key ({} already were)",
+                segs.moved, segs.already
+            );
+        }
         let _lock = lock_dir(data)?;
         let done = FileKeyStore::rekey(data, &old, &new).map_err(|e| {
             CliError::failure(e.to_string()).context(format!("rekeying {}", data.display()))

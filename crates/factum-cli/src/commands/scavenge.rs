@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use factum_engine::scavenge::ScavengeEnd;
-use factum_engine::{EngineConfig, ScavengeOptions, Throttle};
+use factum_engine::{ScavengeOptions, Throttle};
 
 use super::{ensure_store, open};
 use crate::error::CliError;
@@ -34,7 +34,7 @@ pub struct ScavengeArgs {
 /// Runs `factum scavenge`.
 pub fn run(args: ScavengeArgs) -> Result<(), CliError> {
     ensure_store(&args.data)?;
-    let engine = match open(&args.data, EngineConfig::default()) {
+    let engine = match open(&args.data, super::engine_config(None)?) {
         Ok(e) => e,
         Err(e) if e.message.contains("locked") => {
             return Err(CliError::failure(format!(

@@ -97,8 +97,17 @@ pub struct ServeArgs {
     /// digits (`openssl rand -hex 32`), or the key itself in
     /// FACTUM_ENCRYPTION_KEY. With it, events naming a `$subject` have
     /// their personal fields encrypted and `forget` works.
+    /// With it the store is also encrypted at rest (ADR 45: every new
+    /// segment under a data key this key wraps), unless
+    /// --encrypt-at-rest off.
     #[arg(long, env = "FACTUM_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// `on` [default]: with a master key, segments are encrypted at rest
+    /// (ADR 45); `off`: the key serves crypto-shredding alone and new
+    /// segments are written in the clear (an encrypted store still needs
+    /// its key to open). Engine only.
+    #[arg(long, env = "FACTUM_ENCRYPT_AT_REST", value_name = "on|off")]
+    pub encrypt_at_rest: Option<String>,
     /// Largest append in bytes (data + metadata) [default: 67108864].
     #[arg(long, env = "FACTUM_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<u64>,
@@ -205,6 +214,7 @@ fn read_config(path: &Path) -> Result<HashMap<String, String>, CliError> {
             "archive-allow-http",
             "archive-keep-local",
             "encryption-key-file",
+            "encrypt-at-rest",
             "max-append-bytes",
             "max-inflight-append-bytes",
             "max-connections",
@@ -261,6 +271,7 @@ struct Settings {
     /// More `/metrics` text from the backend (set once the store is open).
     extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     encryption_key_file: Option<PathBuf>,
+    encrypt_at_rest: bool,
     max_append_bytes: Option<u64>,
     max_inflight_append_bytes: Option<u64>,
     connections: factum_server::ConnectionLimits,
@@ -468,6 +479,13 @@ fn settings(args: ServeArgs) -> Result<Settings, CliError> {
         encryption_key_file: args
             .encryption_key_file
             .or_else(|| file.get("encryption-key-file").map(PathBuf::from)),
+        encrypt_at_rest: match args
+            .encrypt_at_rest
+            .or_else(|| file.get("encrypt-at-rest").map(String::from))
+        {
+            Some(v) => super::parse_on_off("--encrypt-at-rest", &v)?,
+            None => true,
+        },
         max_append_bytes: args.max_append_bytes.or(num("max-append-bytes")?),
         max_inflight_append_bytes: args
             .max_inflight_append_bytes
@@ -626,7 +644,13 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         Backend::Engine(data) => {
             std::fs::create_dir_all(data)
                 .map_err(|e| CliError::failure(format!("cannot create {}: {e}", data.display())))?;
-            let mut engine_config = EngineConfig::default();
+            let mut engine_config = EngineConfig {
+                encryption: super::at_rest_key(
+                    s.encryption_key_file.as_deref(),
+                    Some(s.encrypt_at_rest),
+                )?,
+                ..EngineConfig::default()
+            };
             if let Some(n) = s.segment_bytes {
                 engine_config.segment_bytes = n;
             }

@@ -117,6 +117,8 @@ pub fn run(args: StatsArgs) -> Result<(), CliError> {
 /// Reads the checkpoint and scans the log after it (the store's lock held).
 fn head_and_checkpoint(dir: &Path, stats: &mut Stats) -> Result<(), CliError> {
     let segments = open_segments(dir)?;
+    // An encrypted store (ADR 45) is read with the key from the environment.
+    segments.unlock(super::at_rest_key(None, Some(true))?.as_ref())?;
     let all = segments.all();
     let Some(first) = all.first() else {
         return Ok(());

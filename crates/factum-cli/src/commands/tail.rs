@@ -6,7 +6,6 @@ use clap::Args;
 use factum_core::{
     EventStore, Subscribe, SubscriptionMessage, SubscriptionStart, SubscriptionTarget,
 };
-use factum_engine::EngineConfig;
 
 use super::{ensure_store, open, parse_stream, runtime};
 use crate::error::CliError;
@@ -32,7 +31,7 @@ pub struct TailArgs {
 pub fn run(args: TailArgs) -> Result<(), CliError> {
     let stream = parse_stream(&args.stream)?;
     ensure_store(&args.data)?;
-    let engine = open(&args.data, EngineConfig::default())?;
+    let engine = open(&args.data, super::engine_config(None)?)?;
     let rt = runtime()?;
     let start = if args.from_start {
         SubscriptionStart::Beginning
