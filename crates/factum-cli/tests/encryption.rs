@@ -94,6 +94,8 @@ fn a_store_encrypted_at_rest_through_the_binary() {
         .args(["customer-ivy", "Registered", &body]);
     assert!(run(c).status.success());
     assert_eq!(found_in_files(&data, SECRET), Vec::<String>::new());
+    // Nor the stream name: the index is encrypted too.
+    assert_eq!(found_in_files(&data, "customer-ivy"), Vec::<String>::new());
 
     let read = |key: Option<&Path>| {
         let mut c = factum(key);

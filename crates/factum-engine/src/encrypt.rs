@@ -513,8 +513,8 @@ pub fn rewrap(
 /// What [`rekey_store`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RekeyReport {
-    /// Encrypted segments (and stubs) whose data key is now wrapped by the
-    /// new master key.
+    /// Encrypted segments (and stubs, and the index file) whose data key
+    /// is now wrapped by the new master key.
     pub moved: usize,
     /// Encrypted segments already under the new key (an earlier run).
     pub already: usize,
@@ -541,6 +541,11 @@ pub fn rekey_store(dir: &std::path::Path, old: &MasterKey, new: &MasterKey) -> R
             Rewrapped::Moved => report.moved += 1,
             Rewrapped::Already => report.already += 1,
         }
+    }
+    match rewrap_index(&dir.join(crate::index::INDEX_FILE), old, new)? {
+        Some(Rewrapped::Moved) => report.moved += 1,
+        Some(Rewrapped::Already) => report.already += 1,
+        None => {}
     }
     Ok(report)
 }
@@ -887,6 +892,236 @@ pub fn logical_len(
         PageState::Zero | PageState::Invalid => PAGE,
     };
     Ok(page_start(last) + used as u64)
+}
+
+// ---- the index file ----------------------------------------------------------
+
+/// Magic of an encrypted index file (`index.redb`, ADR 45).
+pub const INDEX_MAGIC: [u8; 8] = *b"FCTIDXE1";
+
+/// What the index's key slots are bound to (it has no segment number).
+fn index_header() -> SegmentHeader {
+    SegmentHeader {
+        version: crate::format::FORMAT_VERSION,
+        features: 0,
+        number: u32::MAX,
+        first_position: u64::MAX,
+    }
+}
+
+/// Is the file at `path` an encrypted index?
+pub fn is_encrypted_index(path: &std::path::Path) -> bool {
+    let mut magic = [0u8; 8];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut magic, 0))
+        .is_ok_and(|_| magic == INDEX_MAGIC)
+}
+
+/// The index file encrypted at rest (ADR 45): redb's storage backend over
+/// the same two-slot pages as segments, with random access. The file is a
+/// 4 KiB head (magic, logical length, the two key slots of its own data
+/// key) and the pages of redb's logical bytes, page `i` holding bytes
+/// `[i * PAGE, (i + 1) * PAGE)`. Every write of a page puts its new
+/// version in the slot that does not hold the current one, so a torn
+/// write leaves the version redb last synced; redb's own commit protocol
+/// does the rest.
+#[derive(Debug)]
+pub struct EncryptedIndexFile {
+    file: File,
+    cipher: Arc<SegmentCipher>,
+    /// Logical length (also at bytes 8..16 of the file).
+    len: std::sync::atomic::AtomicU64,
+    /// Per page: its current version and slot, once known.
+    pages: parking_lot::Mutex<std::collections::HashMap<u64, (u64, Option<usize>)>>,
+}
+
+impl EncryptedIndexFile {
+    /// Opens the encrypted index at `path`, or creates it (with a fresh
+    /// data key wrapped by `master`) when there is no file or an empty one.
+    pub fn open_or_create(path: &std::path::Path, master: &MasterKey) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_err(format!("opening {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_err(format!("stat {}", path.display()), e))?
+            .len();
+        let header = index_header();
+        let cipher = if len == 0 {
+            let (c, area) = new_key_area(&header, master)?;
+            let mut head = vec![0u8; KEY_AREA as usize];
+            head[..8].copy_from_slice(&INDEX_MAGIC);
+            head[SEGMENT_HEADER_LEN..].copy_from_slice(&area);
+            file.write_all_at(&head, 0)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| io_err(format!("creating {}", path.display()), e))?;
+            if let Some(dir) = path.parent() {
+                crate::log::sync_dir(dir)?;
+            }
+            c
+        } else {
+            let mut magic = [0u8; 8];
+            file.read_exact_at(&mut magic, 0)
+                .map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+            if magic != INDEX_MAGIC {
+                return Err(Error::Corrupt {
+                    file: path.to_path_buf(),
+                    offset: 0,
+                    detail: "not an encrypted index".into(),
+                });
+            }
+            unlock(&file, path, &header, Some(master))?
+        };
+        let mut l = [0u8; 8];
+        file.read_exact_at(&mut l, 8)
+            .map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+        Ok(EncryptedIndexFile {
+            file,
+            cipher,
+            len: std::sync::atomic::AtomicU64::new(u64::from_le_bytes(l)),
+            pages: Default::default(),
+        })
+    }
+
+    fn pair(&self, page: u64) -> std::io::Result<Vec<u8>> {
+        let mut pair = vec![0u8; PAIR as usize];
+        let mut got = 0;
+        while got < pair.len() {
+            match self
+                .file
+                .read_at(&mut pair[got..], pair_offset(page) + got as u64)?
+            {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(pair)
+    }
+
+    /// Page `page`'s plaintext into `plain`; its version and slot.
+    fn read_page(&self, page: u64, plain: &mut [u8]) -> std::io::Result<(u64, Option<usize>)> {
+        let pair = self.pair(page)?;
+        let state = match self.cipher.open_page(page, &pair, plain) {
+            PageState::Zero => (0, None),
+            PageState::Valid { seq, slot, .. } => (seq, Some(slot)),
+            PageState::Invalid => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("encrypted index page {page} opens in neither slot (damaged)"),
+                ))
+            }
+        };
+        self.pages.lock().insert(page, state);
+        Ok(state)
+    }
+}
+
+impl redb::StorageBackend for EncryptedIndexFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        if offset + out.len() as u64 > self.len()? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the index",
+            ));
+        }
+        let mut plain = vec![0u8; PAGE];
+        let mut done = 0;
+        while done < out.len() {
+            let at = offset + done as u64;
+            let (page, within) = (at / PAGE as u64, (at % PAGE as u64) as usize);
+            self.read_page(page, &mut plain)?;
+            let n = (PAGE - within).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&plain[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let pages = len.div_ceil(PAGE as u64);
+        let old = self.len()?;
+        if len < old && !len.is_multiple_of(PAGE as u64) {
+            // The cut page keeps zeros after the new end (redb's contract
+            // for space it grows back into).
+            let mut plain = vec![0u8; PAGE];
+            let page = len / PAGE as u64;
+            let (seq, slot) = self.read_page(page, &mut plain)?;
+            plain[(len % PAGE as u64) as usize..].fill(0);
+            self.write_version(page, seq, slot, &plain)?;
+        }
+        if len < old {
+            self.pages.lock().retain(|p, _| *p < pages);
+        }
+        self.file.set_len(pair_offset(pages))?;
+        self.file.write_all_at(&len.to_le_bytes(), 8)?;
+        self.len.store(len, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut plain = vec![0u8; PAGE];
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let (page, within) = (at / PAGE as u64, (at % PAGE as u64) as usize);
+            let n = (PAGE - within).min(data.len() - done);
+            let known = self.pages.lock().get(&page).copied();
+            let (seq, slot) = match known {
+                Some(s) if n == PAGE => s,
+                _ => self.read_page(page, &mut plain)?,
+            };
+            plain[within..within + n].copy_from_slice(&data[done..done + n]);
+            self.write_version(page, seq, slot, &plain)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl EncryptedIndexFile {
+    /// Writes `plain` as the version after `seq` of `page`, into the slot
+    /// that does not hold version `seq`.
+    fn write_version(
+        &self,
+        page: u64,
+        seq: u64,
+        slot: Option<usize>,
+        plain: &[u8],
+    ) -> std::io::Result<()> {
+        let mut out = vec![0u8; SLOT];
+        let target = slot.map_or(0, |s| 1 - s);
+        self.cipher
+            .seal_page(page, seq + 1, PAGE, plain, &mut out)
+            .map_err(std::io::Error::other)?;
+        self.file
+            .write_all_at(&out, pair_offset(page) + (target * SLOT) as u64)?;
+        self.pages.lock().insert(page, (seq + 1, Some(target)));
+        Ok(())
+    }
+}
+
+/// `factum rekey` for the index file: its data key re-wrapped.
+pub fn rewrap_index(
+    path: &std::path::Path,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<Option<Rewrapped>> {
+    if !is_encrypted_index(path) {
+        return Ok(None);
+    }
+    rewrap(path, &index_header(), old, new).map(Some)
 }
 
 #[cfg(test)]

@@ -329,7 +329,11 @@ impl Engine {
         // After a failed fsync, the log is cut at its durable end before
         // anything is read (the page cache may hold what never reached the disk).
         let fsync_cut = apply_marker(&dir, config.encryption.as_ref())?;
-        let index = Arc::new(Index::open_or_rebuild(&dir, config.index_cache_bytes)?);
+        let index = Arc::new(Index::open_or_rebuild(
+            &dir,
+            config.index_cache_bytes,
+            config.encryption.as_ref(),
+        )?);
         // A segment rewrite a crash interrupted is finished (its index
         // change was committed) or undone (it was not) before the segments
         // are opened (ADR 33).

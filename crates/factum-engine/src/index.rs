@@ -30,6 +30,8 @@ use factum_core::{Error, Result, Uuid};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::encrypt::MasterKey;
+
 use crate::log::Loc;
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
@@ -331,6 +333,9 @@ struct State {
 /// The index: memtables over a redb file.
 pub struct Index {
     db: Database,
+    /// The master key the file is encrypted under (ADR 45): a snapshot
+    /// written for a backup is encrypted under it too.
+    key: Option<MasterKey>,
     path: PathBuf,
     state: RwLock<State>,
     flush_lock: Mutex<()>,
@@ -365,23 +370,48 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
-    guarded(path, || {
-        redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| redb_err(path, e))
-    })
+fn open_db(path: &Path, cache_bytes: usize, key: Option<&MasterKey>) -> Result<Database> {
+    let encrypted = crate::encrypt::is_encrypted_index(path);
+    match key {
+        None if encrypted => Err(Error::InvalidInput(format!(
+            "{} is encrypted at rest; give its master key (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY)",
+            path.display()
+        ))),
+        None => guarded(path, || {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|e| redb_err(path, e))
+        }),
+        Some(key) => {
+            // Encrypted at rest (ADR 45): redb over the encrypted pages.
+            let backend = crate::encrypt::EncryptedIndexFile::open_or_create(path, key)?;
+            guarded(path, || {
+                redb::Builder::new()
+                    .set_cache_size(cache_bytes)
+                    .create_with_backend(backend)
+                    .map_err(|e| redb_err(path, e))
+            })
+        }
+    }
+}
+
+/// Is there an index file at `path` written in the clear, where `key`
+/// asks for an encrypted one?
+fn clear_index_under_key(path: &Path, key: Option<&MasterKey>) -> bool {
+    key.is_some()
+        && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        && !crate::encrypt::is_encrypted_index(path)
 }
 
 /// The index version the index file in `dir` holds (`None`: no file, or
 /// a new one).
-pub fn stored_version_in(dir: &Path) -> Result<Option<u64>> {
+pub fn stored_version_in(dir: &Path, key: Option<&MasterKey>) -> Result<Option<u64>> {
     let path = dir.join(INDEX_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    let db = open_db(&path, 1 << 20)?;
+    let db = open_db(&path, 1 << 20, key)?;
     stored_version(&db, &path)
 }
 
@@ -422,19 +452,50 @@ impl Index {
     /// Changes nothing in an existing index of another version: one of an
     /// older format is refused with an error saying how it gets rebuilt.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<Index> {
-        Self::open_with(dir, cache_bytes, false)
+        Self::open_with(dir, cache_bytes, false, None)
+    }
+
+    /// [`Index::open`] of a store encrypted at rest (ADR 45).
+    pub fn open_encrypted(
+        dir: &Path,
+        cache_bytes: usize,
+        key: Option<&MasterKey>,
+    ) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, false, key)
     }
 
     /// As [`Index::open`], but an index written in an older format
     /// (version 1: one entry per event) is deleted, so that recovery
     /// rebuilds it from the log. Used by the engine's open.
-    pub fn open_or_rebuild(dir: &Path, cache_bytes: usize) -> Result<Index> {
-        Self::open_with(dir, cache_bytes, true)
+    /// With a master key (ADR 45) the index is encrypted at rest, and one
+    /// written in the clear is rebuilt encrypted the same way.
+    pub fn open_or_rebuild(
+        dir: &Path,
+        cache_bytes: usize,
+        key: Option<&MasterKey>,
+    ) -> Result<Index> {
+        Self::open_with(dir, cache_bytes, true, key)
     }
 
-    fn open_with(dir: &Path, cache_bytes: usize, rebuild_old: bool) -> Result<Index> {
+    fn open_with(
+        dir: &Path,
+        cache_bytes: usize,
+        rebuild_old: bool,
+        key: Option<&MasterKey>,
+    ) -> Result<Index> {
         let path = dir.join(INDEX_FILE);
-        let mut db = open_db(&path, cache_bytes)?;
+        let mut key = key;
+        if clear_index_under_key(&path, key) {
+            if !rebuild_old {
+                // A reader (verify, stats) reads a clear index as it is.
+                key = None;
+            } else {
+                tracing::warn!(file = %path.display(), "the index was written in the clear; rebuilding it encrypted from the log");
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            }
+        }
+        let mut db = open_db(&path, cache_bytes, key)?;
         if let Some(v) = stored_version(&db, &path)? {
             if v < INDEX_VERSION && !rebuild_old {
                 return Err(Error::Corrupt {
@@ -454,11 +515,12 @@ impl Index {
                 drop(db);
                 std::fs::remove_file(&path)
                     .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-                db = open_db(&path, cache_bytes)?;
+                db = open_db(&path, cache_bytes, key)?;
             }
         }
         let index = Index {
             db,
+            key: key.cloned(),
             path,
             state: RwLock::new(State {
                 active: Memtable::default(),
@@ -941,6 +1003,7 @@ impl Index {
 pub struct IndexSnapshot {
     tx: redb::ReadTransaction,
     path: PathBuf,
+    key: Option<MasterKey>,
 }
 
 /// Rows copied per (non-durable) transaction when a snapshot is written:
@@ -956,6 +1019,7 @@ impl Index {
         Ok(IndexSnapshot {
             tx: self.begin_read()?,
             path: self.path.clone(),
+            key: self.key.clone(),
         })
     }
 }
@@ -980,9 +1044,7 @@ impl IndexSnapshot {
     /// one durable. Returns the file's length.
     pub fn write_to(&self, to: &Path) -> Result<u64> {
         let src = &self.path;
-        let db = guarded(to, || {
-            redb::Builder::new().create(to).map_err(|e| redb_err(to, e))
-        })?;
+        let db = open_db(to, 1 << 20, self.key.as_ref())?;
         macro_rules! copy_table {
             ($def:expr) => {{
                 let table = match self.tx.open_table($def) {
@@ -1162,20 +1224,23 @@ mod tests {
     fn an_index_of_the_old_format_is_refused_or_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         write_v1_index(dir.path());
-        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        assert_eq!(stored_version_in(dir.path(), None).unwrap(), Some(1));
         // Tools that must change nothing are told how it gets rebuilt …
         match Index::open(dir.path(), 1 << 20) {
             Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("older"), "{detail}"),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("an old index must not be read"),
         }
-        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(1));
+        assert_eq!(stored_version_in(dir.path(), None).unwrap(), Some(1));
         // … and the engine's open rebuilds it: nothing of it is read, the
         // checkpoint starts over, so the whole log is replayed.
-        let index = Index::open_or_rebuild(dir.path(), 1 << 20).unwrap();
+        let index = Index::open_or_rebuild(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(index.checkpoint(), Checkpoint::default());
         drop(index);
-        assert_eq!(stored_version_in(dir.path()).unwrap(), Some(INDEX_VERSION));
+        assert_eq!(
+            stored_version_in(dir.path(), None).unwrap(),
+            Some(INDEX_VERSION)
+        );
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub fn verify_store(
         }
     }
     // 2. The index: integrity, checkpoint, and every entry against the log.
-    match crate::index::stored_version_in(dir) {
+    match crate::index::stored_version_in(dir, key) {
         Ok(Some(v)) if v < crate::index::INDEX_VERSION => {
             r.notes.push(format!(
                 "the index has format version {v}, older than this build's ({}): not checked; the next open of the store rebuilds it from the log",
@@ -290,7 +290,7 @@ pub fn verify_store(
             return Ok(r);
         }
     }
-    let mut index = match Index::open(dir, 16 << 20) {
+    let mut index = match Index::open_encrypted(dir, 16 << 20, key) {
         Ok(i) => i,
         Err(e) => {
             r.faults.push(e.to_string());

@@ -593,7 +593,7 @@ async fn an_old_format_index_is_rebuilt_on_open_and_left_alone_by_verify() {
     );
     // Verify left it as it was (redb may rewrite its own header on open).
     assert_eq!(
-        factum_engine::index::stored_version_in(dir.path()).unwrap(),
+        factum_engine::index::stored_version_in(dir.path(), None).unwrap(),
         Some(1)
     );
     {

@@ -118,13 +118,14 @@ pub fn run(args: StatsArgs) -> Result<(), CliError> {
 fn head_and_checkpoint(dir: &Path, stats: &mut Stats) -> Result<(), CliError> {
     let segments = open_segments(dir)?;
     // An encrypted store (ADR 45) is read with the key from the environment.
-    segments.unlock(super::at_rest_key(None, Some(true))?.as_ref())?;
+    let key = super::at_rest_key(None, Some(true))?;
+    segments.unlock(key.as_ref())?;
     let all = segments.all();
     let Some(first) = all.first() else {
         return Ok(());
     };
     let checkpoint = if stats.index_bytes.is_some() {
-        Some(Index::open(dir, 1 << 20)?.checkpoint())
+        Some(Index::open_encrypted(dir, 1 << 20, key.as_ref())?.checkpoint())
     } else {
         stats
             .notes
