@@ -331,6 +331,10 @@ fn evict(
     };
     new_segment.path = seg.path.clone();
     let _ = new_segment.tier.set(tier.clone());
+    // The stub carries the same key slots: the same data key (ADR 45).
+    if let Some(c) = seg.cipher.get() {
+        let _ = new_segment.cipher.set(c.clone());
+    }
     let segments = &engine.reader().segments;
     {
         let _no_reads = segments.exclusive();
