@@ -304,7 +304,11 @@ fn encrypt_empty_active(
     key: &crate::encrypt::MasterKey,
 ) -> Result<()> {
     let active = segments.last().expect("at least one segment");
-    if active.format.encrypted() || active.len()? > SEGMENT_HEADER_LEN as u64 {
+    let len = active.len()?;
+    // No frame: nothing after the header, or only preallocated zeros.
+    if active.format.encrypted()
+        || !crate::log::all_zero(&active, SEGMENT_HEADER_LEN as u64, len)?
+    {
         return Ok(());
     }
     std::fs::remove_file(&active.path)
