@@ -81,7 +81,7 @@ fn read_exact(file: &dyn Physical, path: &Path, buf: &mut [u8], offset: u64) -> 
 }
 
 /// Threads a scan decompresses with: the machine's cores, at most 4.
-fn scan_threads() -> usize {
+pub(crate) fn scan_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         std::thread::available_parallelism()

@@ -814,46 +814,47 @@ pub fn read_pages(
         return Ok(got);
     }
     let pages = (stored_len - KEY_AREA).div_ceil(PAIR);
-    let mut plain = vec![0u8; PAGE];
     while got < buf.len() {
         let at = offset + got as u64;
         let (first, within) = page_of(at);
         if first >= pages {
             break;
         }
-        // Up to 1 MiB of pairs at once.
+        // Up to about 1 MiB of logical bytes at once.
         let want_pages = ((buf.len() - got + within).div_ceil(PAGE) as u64)
             .min(pages - first)
-            .min(128);
-        let mut raw = vec![0u8; (want_pages * PAIR) as usize];
+            .min(260) as usize;
+        let mut raw = vec![0u8; want_pages * PAIR as usize];
         let n = read(&mut raw, pair_offset(first))?;
         raw.truncate(n);
-        for i in 0..want_pages {
-            let page = first + i;
-            let lo = (i * PAIR) as usize;
-            if lo >= raw.len() {
-                break;
-            }
-            let hi = (lo + PAIR as usize).min(raw.len());
-            let mut state = cipher.open_page(page, &raw[lo..hi], &mut plain);
-            if state == PageState::Invalid {
+        let have = (raw.len().div_ceil(PAIR as usize)).min(want_pages);
+        if have == 0 {
+            break;
+        }
+        let mut plain = vec![0u8; have * PAGE];
+        let mut states = vec![PageState::Zero; have];
+        open_pages(cipher, first, &raw, &mut plain, &mut states);
+        for i in 0..have {
+            let page = first + i as u64;
+            let text = &mut plain[i * PAGE..(i + 1) * PAGE];
+            if states[i] == PageState::Invalid {
                 // A writer may be writing one of its slots right now: read
                 // the pair again before calling it damaged.
                 for _ in 0..3 {
                     let mut again = vec![0u8; PAIR as usize];
                     let n = read(&mut again, pair_offset(page))?;
-                    state = cipher.open_page(page, &again[..n], &mut plain);
-                    if state != PageState::Invalid {
+                    states[i] = cipher.open_page(page, &again[..n], text);
+                    if states[i] != PageState::Invalid {
                         break;
                     }
                 }
             }
-            let len = match state {
+            let len = match states[i] {
                 PageState::Zero => PAGE,
                 PageState::Valid { used, .. } if page + 1 == pages => used,
                 PageState::Valid { .. } => PAGE,
                 PageState::Invalid => {
-                    plain.fill(0xff);
+                    text.fill(0xff);
                     PAGE
                 }
             };
@@ -862,7 +863,7 @@ pub fn read_pages(
                 return Ok(got);
             }
             let n = (len - from).min(buf.len() - got);
-            buf[got..got + n].copy_from_slice(&plain[from..from + n]);
+            buf[got..got + n].copy_from_slice(&text[from..from + n]);
             got += n;
             if got == buf.len() || (page + 1 == pages && from + n == len) {
                 return Ok(got);
@@ -870,6 +871,53 @@ pub fn read_pages(
         }
     }
     Ok(got)
+}
+
+/// Opens the pages of `raw` (pairs from page `first`) into `plain` (one
+/// [`PAGE`] each) and `states`; a long run on several threads (pages are
+/// independent), as compressed blocks are decompressed.
+fn open_pages(
+    cipher: &SegmentCipher,
+    first: u64,
+    raw: &[u8],
+    plain: &mut [u8],
+    states: &mut [PageState],
+) {
+    let pages = states.len();
+    let pair = PAIR as usize;
+    let threads = crate::compress::scan_threads();
+    let one = |from: usize, plain: &mut [u8], states: &mut [PageState]| {
+        for (j, state) in states.iter_mut().enumerate() {
+            let i = from + j;
+            let lo = i * pair;
+            let hi = (lo + pair).min(raw.len());
+            *state = cipher.open_page(
+                first + i as u64,
+                &raw[lo..hi],
+                &mut plain[j * PAGE..(j + 1) * PAGE],
+            );
+        }
+    };
+    if threads < 2 || pages < 16 {
+        one(0, plain, states);
+        return;
+    }
+    let per = pages.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut plain_rest = plain;
+        let mut states_rest = states;
+        let mut from = 0;
+        while from < pages {
+            let k = per.min(pages - from);
+            let (p, pr) = std::mem::take(&mut plain_rest).split_at_mut(k * PAGE);
+            let (s, sr) = std::mem::take(&mut states_rest).split_at_mut(k);
+            plain_rest = pr;
+            states_rest = sr;
+            let one = &one;
+            scope.spawn(move || one(from, p, s));
+            from += k;
+        }
+    });
 }
 
 /// The logical length of an encrypted (page-format) segment whose stored

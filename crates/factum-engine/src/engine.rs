@@ -306,8 +306,7 @@ fn encrypt_empty_active(
     let active = segments.last().expect("at least one segment");
     let len = active.len()?;
     // No frame: nothing after the header, or only preallocated zeros.
-    if active.format.encrypted()
-        || !crate::log::all_zero(&active, SEGMENT_HEADER_LEN as u64, len)?
+    if active.format.encrypted() || !crate::log::all_zero(&active, SEGMENT_HEADER_LEN as u64, len)?
     {
         return Ok(());
     }
