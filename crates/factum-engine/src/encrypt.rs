@@ -1231,7 +1231,8 @@ mod tests {
         let mut logical = header.encode().to_vec();
         // Small appends, a large one across pages, more small ones.
         let mut at = SEGMENT_HEADER_LEN as u64;
-        for (i, n) in [10usize, 300, 5000, 3, 9000, 1, PAGE, 77]
+        // 120,000 bytes: a run of pages opened on several threads.
+        for (i, n) in [10usize, 300, 5000, 3, 9000, 1, PAGE, 77, 120_000, 5]
             .iter()
             .enumerate()
         {
