@@ -12,11 +12,16 @@
 (function (global) {
   "use strict";
 
-  // The host's per-event CPU-time arm (see `run` below), taken out of reach.
-  const tick = global.__factum_tick;
-  delete global.__factum_tick;
+  // Where the per-input CPU-time limit is counted (see `run` below): the
+  // number of the input being handled (1, 2, …; the host resets it to 0
+  // per call), which the host's interrupt handler reads. Taken out of reach.
+  const inputCounter = global.__factum_input;
+  delete global.__factum_input;
 
   const RealDate = Date;
+  // Taken before any projection source runs (which may replace them).
+  const fnToString = Function.prototype.toString;
+  const reflectApply = Reflect.apply;
   const jsonParse = JSON.parse;
   const jsonStringify = JSON.stringify;
   const isArray = Array.isArray;
@@ -27,7 +32,11 @@
     byStream: false,
     partitionBy: null,
     handlers: Object.create(null),
+    // Whether each handler can reach its event (`reachesEvent`), set by
+    // `definition()`.
+    reaches: Object.create(null),
     any: null,
+    anyReaches: true,
     init: null,
     initShared: null,
     created: [],
@@ -277,8 +286,19 @@
   // What the event being handled emitted: null until it emits.
   let emitted = null;
   let logs = [];
-  // The event being handled ($causedBy of what it emits).
+  // The event being handled ($causedBy of what it emits): its object, or
+  // its batch and index when no object was made for it (see `reachesEvent`).
   let currentEvent = null;
+  let currentBatch = null;
+  let currentIndex = 0;
+  function hasCurrentEvent() {
+    return currentEvent !== null || currentBatch !== null;
+  }
+  function currentEventId() {
+    if (currentEvent !== null) return currentEvent.eventId;
+    const n = currentIndex * NUMS;
+    return currentBatch.text.substring(currentBatch.nums[n + 7], currentBatch.nums[n + 7] + currentBatch.nums[n + 8]);
+  }
   const MAX_LOG_LINES = 100;
   const MAX_LOG_CHARS = 4096;
 
@@ -298,12 +318,12 @@
 
   function metadataOf(metadata, name) {
     if (metadata === undefined || metadata === null) {
-      return currentEvent === null ? null : jsonStringify({ $causedBy: currentEvent.eventId });
+      return hasCurrentEvent() ? jsonStringify({ $causedBy: currentEventId() }) : null;
     }
     if (typeof metadata !== "object") fail(name + "(): metadata must be an object");
     const m = {};
     for (const k of Object.keys(metadata)) if (metadata[k] !== undefined) m[k] = metadata[k];
-    if (currentEvent !== null && m.$causedBy === undefined) m.$causedBy = currentEvent.eventId;
+    if (hasCurrentEvent() && m.$causedBy === undefined) m.$causedBy = currentEventId();
     return jsonStringify(m);
   }
 
@@ -360,28 +380,30 @@
   // `body` not parsed yet.
   const UNPARSED = {};
   // Where an event object finds its fields: its batch, its index in it,
-  // and its parsed body. Symbol keys, which `for…in`, `Object.keys` and
-  // `JSON.stringify` pass over.
+  // and its parsed body once read. Symbol keys, which `for…in`,
+  // `Object.keys` and `JSON.stringify` pass over.
   const BATCH = Symbol("batch");
   const INDEX = Symbol("index");
   const BODY = Symbol("body");
-  function Envelope(batch, i) {
-    this[BATCH] = batch;
-    this[INDEX] = i;
-    this[BODY] = UNPARSED;
-  }
+  // The event objects' prototype. An event object is made by a literal,
+  // `{ __proto__: EVENT, [BATCH]: batch, [INDEX]: i }` (written out where
+  // events are made): in QuickJS a literal costs less than a constructor
+  // call, and two slots less than three. Its body is not parsed until an
+  // own BODY says otherwise: the prototype's BODY is UNPARSED.
+  function Envelope() {}
+  const EVENT = Envelope.prototype;
+  EVENT[BODY] = UNPARSED;
   // QuickJS frees a shape no object has any more, and event objects die
-  // with their event: kept objects at each step of the constructor keep
-  // the shapes, so each event object finds them instead of building them.
-  const shapeKeepers = [];
-  {
-    const steps = [BATCH, INDEX, BODY];
-    for (let n = 0; n <= steps.length; n++) {
-      const o = Object.create(Envelope.prototype);
-      for (let k = 0; k < n; k++) o[steps[k]] = null;
-      shapeKeepers.push(o);
-    }
-  }
+  // with their event: kept objects at each step of the literal (and with
+  // a parsed body) keep the shapes, so each event object finds them
+  // instead of building them.
+  const shapeKeepers = [
+    { __proto__: EVENT },
+    { __proto__: EVENT, [BATCH]: null },
+    { __proto__: EVENT, [BATCH]: null, [INDEX]: 0 },
+  ];
+  shapeKeepers[2][BODY] = null;
+  shapeKeepers.push({ __proto__: EVENT, [BATCH]: null, [INDEX]: 0 });
   const envelopeMethods = {
     toJSON() {
       const o = {};
@@ -517,6 +539,120 @@
   lazy("metadata", (e) => parseOrUndefined(e.metadataRaw));
   lazy("linkMetadata", (e) => parseOrUndefined(e.linkMetadataRaw));
 
+  // ---- handlers that cannot reach their event ------------------------------
+  // Whether a handler can reach the event it is called with. When it
+  // cannot, no event object is made for it (the object is most of what an
+  // event costs a counting projection): nothing observes the difference.
+  // Decided from the handler's source text, conservatively — any doubt
+  // answers true: a plain function, arrow or method whose parameters are
+  // plain names (no defaults, patterns or rest) and whose body names
+  // neither its second parameter nor `arguments`, anywhere (strings and
+  // comments included), nor contains a `\u` escape (an identifier may be
+  // spelled with one). `eval` and `Function` are gone, and QuickJS refuses
+  // `f.arguments`, so a body that names neither cannot reach it. Built-in
+  // and bound functions ("[native code]") always get it. Written with
+  // string indexing only: the source may have replaced String's methods.
+  function identChar(c) {
+    return (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c === "_" || c === "$";
+  }
+  function isName(t) {
+    if (t.length === 0 || (t[0] >= "0" && t[0] <= "9")) return false;
+    for (let i = 0; i < t.length; i++) if (!identChar(t[i])) return false;
+    return true;
+  }
+  function trim(t) {
+    let a = 0;
+    let b = t.length;
+    while (a < b && (t[a] === " " || t[a] === "\t" || t[a] === "\n" || t[a] === "\r")) a++;
+    while (b > a && (t[b - 1] === " " || t[b - 1] === "\t" || t[b - 1] === "\n" || t[b - 1] === "\r")) b--;
+    let o = "";
+    for (let i = a; i < b; i++) o += t[i];
+    return o;
+  }
+  function slice(t, a, b) {
+    let o = "";
+    for (let i = a; i < b; i++) o += t[i];
+    return o;
+  }
+  // Whether `word` occurs in `t` between non-identifier characters.
+  function names(t, word) {
+    const n = word.length;
+    for (let i = 0; i + n <= t.length; i++) {
+      let k = 0;
+      while (k < n && t[i + k] === word[k]) k++;
+      if (k < n) continue;
+      if (i > 0 && identChar(t[i - 1])) continue;
+      if (i + n < t.length && identChar(t[i + n])) continue;
+      return true;
+    }
+    return false;
+  }
+  function reachesEvent(fn) {
+    let src;
+    try {
+      src = reflectApply(fnToString, fn, []);
+    } catch (x) {
+      return true;
+    }
+    if (typeof src !== "string") return true;
+    let open = -1;
+    let arrow = -1;
+    for (let i = 0; i < src.length; i++) {
+      if (src[i] === "(") {
+        open = i;
+        break;
+      }
+      if (src[i] === "=" && src[i + 1] === ">") {
+        arrow = i;
+        break;
+      }
+    }
+    let params;
+    let body;
+    if (arrow >= 0) {
+      // `x => …` (or `async x => …`).
+      let head = trim(slice(src, 0, arrow));
+      if (head.length > 6 && slice(head, 0, 6) === "async ") head = trim(slice(head, 6, head.length));
+      params = [head];
+      body = slice(src, arrow + 2, src.length);
+    } else {
+      if (open < 0) return true;
+      // What comes before the parameters: `function`, `function name`,
+      // `function*`, `async …`, a method's name, or nothing (an arrow).
+      const head = trim(slice(src, 0, open));
+      let rest = head;
+      if (rest.length >= 5 && slice(rest, 0, 5) === "async" && (rest.length === 5 || !identChar(rest[5]))) rest = trim(slice(rest, 5, rest.length));
+      if (rest.length >= 8 && slice(rest, 0, 8) === "function" && (rest.length === 8 || !identChar(rest[8]))) {
+        rest = trim(slice(rest, 8, rest.length));
+        if (rest.length > 0 && rest[0] === "*") rest = trim(slice(rest, 1, rest.length));
+      }
+      if (rest.length > 0 && !isName(rest)) return true;
+      let close = -1;
+      for (let i = open + 1; i < src.length; i++) {
+        if (src[i] === ")") {
+          close = i;
+          break;
+        }
+      }
+      if (close < 0) return true;
+      params = [];
+      let from = open + 1;
+      for (let i = open + 1; i <= close; i++) {
+        if (i === close || src[i] === ",") {
+          params.push(trim(slice(src, from, i)));
+          from = i + 1;
+        }
+      }
+      if (params.length === 1 && params[0] === "") params = [];
+      body = slice(src, close + 1, src.length);
+    }
+    for (const p of params) if (!isName(p)) return true;
+    if (params.length >= 2 && names(body, params[1])) return true;
+    if (names(body, "arguments") || names(body, "native")) return true;
+    for (let i = 0; i + 1 < body.length; i++) if (body[i] === "\\" && body[i + 1] === "u") return true;
+    return false;
+  }
+
   // ---- state ---------------------------------------------------------------
   const states = new Map();
   let shared; // bi-state projections' shared state
@@ -542,6 +678,7 @@
   function end() {
     running = false;
     currentEvent = null;
+    currentBatch = null;
     clockMicros = 0;
   }
 
@@ -579,6 +716,8 @@
       // Definition functions are gone once the projection runs.
       for (const name of Object.keys(definitionFunctions)) delete global[name];
       const events = Object.keys(def.handlers);
+      for (const name of events) def.reaches[name] = reachesEvent(def.handlers[name]);
+      def.anyReaches = def.any === null || reachesEvent(def.any);
       return jsonStringify({
         source: def.source,
         byStream: def.byStream,
@@ -611,9 +750,9 @@
           out[i] = "";
           continue;
         }
-        tick();
+        inputCounter[0] = i + 1;
         begin(nums[i * NUMS], nums[i * NUMS + 1]);
-        const p = def.partitionBy(new Envelope(batch, i));
+        const p = def.partitionBy({ __proto__: EVENT, [BATCH]: batch, [INDEX]: i });
         end();
         out[i] = typeof p === "string" ? p : typeof p === "number" ? String(p) : null;
       }
@@ -650,7 +789,7 @@
       }
     },
     // Handles a batch of inputs in order (see "batches" above), each under
-    // its own CPU-time limit (`tick` arms it). Returns null when nothing
+    // its own CPU-time limit (counted in `inputCounter`). Returns null when nothing
     // was emitted, else [index, emitted, index, emitted, …].
     run(strings, text, ints, nums, count) {
       // Referenced here, the shape keepers live as long as this interface.
@@ -658,26 +797,32 @@
       const batch = { strings, text, ints, nums };
       let out = null;
       // The handler of each event type of the batch (by its index in
-      // `strings`; null: none), looked up once.
+      // `strings`; null: none), looked up once, and whether it can reach
+      // its event (`reachesEvent`).
       const handlers = [];
+      const reach = [];
       // The partition of the events handled last and its state, stored
       // back into `states` when another partition comes (a run of events
       // of one stream touches the map once).
       let current = null;
       let state;
+      const biState = def.biState;
+      const hasCreated = def.created.length > 0;
+      // begin(), inlined: what stays for the whole batch once, the clock
+      // and the seed per input.
+      emitted = null;
+      currentEvent = null;
+      currentBatch = null;
+      running = true;
       try {
         for (let i = 0; i < count; i++) {
-          tick();
+          inputCounter[0] = i + 1;
           const a = i * INTS;
           const n = i * NUMS;
           const kind = ints[a];
           const partition = strings[ints[a + 2]];
-          // begin(position, commit time), inlined
-          emitted = null;
-          currentEvent = null;
           seedPosition = nums[n];
           clockMicros = nums[n + 1];
-          running = true;
           if (kind === KIND_DELETED) {
             if (current !== null) {
               states.set(current, state);
@@ -692,19 +837,34 @@
               dirty.add(partition);
             }
             const t = ints[a + 4];
-            const eventType = strings[t];
-            const e = new Envelope(batch, i);
-            currentEvent = e;
-            if (kind === KIND_CREATED) {
-              for (const h of def.created) h(def.biState ? [state, shared] : state, e);
-            }
             let h = handlers[t];
             if (h === undefined) {
+              const eventType = strings[t];
               h = def.handlers[eventType];
-              if (h === undefined) h = def.any;
+              let reaches;
+              if (h === undefined) {
+                h = def.any;
+                reaches = def.anyReaches;
+              } else {
+                reaches = def.reaches[eventType];
+              }
               handlers[t] = h;
+              reach[t] = h === null || reaches !== false;
             }
-            if (def.biState) {
+            const created = hasCreated && kind === KIND_CREATED;
+            // An event object only for handlers that can reach it.
+            let e;
+            if (created || reach[t]) {
+              e = { __proto__: EVENT, [BATCH]: batch, [INDEX]: i };
+              currentEvent = e;
+            } else {
+              currentBatch = batch;
+              currentIndex = i;
+            }
+            if (created) {
+              for (const c of def.created) c(biState ? [state, shared] : state, e);
+            }
+            if (biState) {
               const pair = [state, shared];
               let r = h ? h(pair, e) : e.bodyRaw;
               if (r === undefined) r = pair;
@@ -719,6 +879,8 @@
               const r = h ? h(state, e) : e.bodyRaw;
               if (r !== undefined) state = r;
             }
+            if (e !== undefined) currentEvent = null;
+            else currentBatch = null;
           }
           if (emitted !== null) {
             if (out === null) out = [];

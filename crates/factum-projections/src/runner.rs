@@ -14,7 +14,7 @@
 //! `$projections-<name>-<partition>-checkpoint` (states of an older epoch,
 //! before a reset, are ignored) and stay in the sandbox's heap, bounded by
 //! its memory limit. JavaScript runs on blocking threads, one batch of
-//! events at a time.
+//! events at a time, while a task of its own reads the next ones ahead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +24,8 @@ use factum_core::rules::{SOFT_DELETED_TRUNCATE_BEFORE, TOMBSTONE_EVENT_TYPE};
 use factum_core::{
     ContentType, Direction, Error, EventData, EventStore, ExpectedRevision, Filter, MultiAppend,
     ReadStream, RecordedEvent, StreamCondition, StreamMetadata, StreamName, StreamRevision,
-    StreamStart, Subscribe, SubscriptionMessage, SubscriptionStart, Uuid, METADATA_EVENT_TYPE,
+    StreamStart, Subscribe, Subscription, SubscriptionMessage, SubscriptionStart, Uuid,
+    METADATA_EVENT_TYPE,
 };
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -318,6 +319,9 @@ pub async fn run<S: EventStore>(mut run: Run<S>) -> Result<End, RunError> {
 /// The state of one run between batches.
 struct Work {
     projection: Option<Projection>,
+    /// The last batch's emptied vector of inputs, kept for the next batch
+    /// (fresh memory for each batch is pages the kernel zeroes).
+    spare: Vec<Owned>,
     definition: Definition,
     names: Names,
     persist: bool,
@@ -380,6 +384,7 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
     run.published.lock().expect("published").definition = Some(definition.clone());
     let mut work = Work {
         projection: Some(projection),
+        spare: Vec::new(),
         definition: definition.clone(),
         names,
         persist,
@@ -465,7 +470,8 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         0 => SubscriptionStart::Beginning,
         p => SubscriptionStart::After(p),
     };
-    let mut subscription = store.subscribe(Subscribe::all(start, Some(filter))).await?;
+    let subscription = store.subscribe(Subscribe::all(start, Some(filter))).await?;
+    let mut ahead = ReadAhead::start(subscription);
     let runs_once = settings.mode != Mode::Continuous;
     let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH_EVENTS);
     loop {
@@ -475,7 +481,7 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         if request != StopRequest::Run {
             return stop(&mut work, run, request).await;
         }
-        // Wait for one message, then take what is ready up to a batch.
+        // Wait for what the read-ahead has, up to a batch.
         let first = tokio::select! {
             changed = run.stop.changed() => {
                 if changed.is_err() {
@@ -484,27 +490,16 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
                 continue;
             }
             _ = tokio::time::sleep(run.policy.after_time), if work.pending_events > 0 => None,
-            msg = subscription.next() => Some(msg),
+            chunk = ahead.chunks.recv() => Some(chunk),
         };
-        let mut messages = Vec::new();
-        if let Some(m) = first {
-            let size = |m: &Option<Result<SubscriptionMessage, Error>>| match m {
-                Some(Ok(SubscriptionMessage::Event(e))) => e.data.len() + e.metadata.len(),
-                _ => 0,
-            };
-            let mut bytes = size(&m);
-            messages.push(m);
-            while messages.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
-                match subscription.next().now_or_never() {
-                    Some(m) => {
-                        bytes += size(&m);
-                        messages.push(m);
-                    }
-                    None => break,
-                }
-            }
-        }
-        for m in messages {
+        let mut messages = match first {
+            // The read-ahead ends only after passing on the subscription's
+            // end or error; gone otherwise, it failed.
+            Some(None) => vec![None],
+            Some(Some(chunk)) => chunk,
+            None => Vec::new(),
+        };
+        for m in messages.drain(..) {
             match m {
                 None => return Err(RunError::Other("the store closed the subscription".into())),
                 Some(Err(e)) => return Err(e.into()),
@@ -514,9 +509,9 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
                 Some(Ok(SubscriptionMessage::FellBehind)) => {}
             }
         }
+        ahead.recycle(messages);
         if !batch.is_empty() {
-            let events = std::mem::take(&mut batch);
-            handle_batch(&mut work, run, events).await?;
+            handle_batch(&mut work, run, &mut batch).await?;
         }
         if let Some(p) = scanned {
             work.position = work.position.max(p);
@@ -530,6 +525,92 @@ async fn run_inner<S: EventStore>(run: &mut Run<S>) -> Result<End, RunError> {
         }
         if caught_up && runs_once {
             return Ok(End::Completed);
+        }
+    }
+}
+
+/// What the subscription delivered, a chunk at a time: at most a batch's
+/// worth of messages (the last one ending the subscription: `None` when
+/// the store closed it, or an error).
+type Chunk = Vec<Option<Result<SubscriptionMessage, Error>>>;
+
+/// The subscription read ahead of the sandbox by a task of its own: while
+/// JavaScript handles a batch, the next pages are read and gathered (ADR
+/// 44's follow-up: the store's reads and the sandbox's calls overlap
+/// instead of taking turns). At most one chunk waits in the channel and one
+/// is being gathered, each bounded like a batch ([`BATCH_EVENTS`],
+/// [`BATCH_BYTES`]); the task ends with the runner (aborted when this is
+/// dropped) or after passing on the subscription's end.
+struct ReadAhead {
+    chunks: tokio::sync::mpsc::Receiver<Chunk>,
+    task: tokio::task::JoinHandle<()>,
+    /// Emptied chunks handed back for the next ones (fresh memory for each
+    /// chunk is pages the kernel zeroes).
+    spare: Arc<Mutex<Vec<Chunk>>>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ReadAhead {
+    /// Hands an emptied chunk back (two are kept at most).
+    fn recycle(&self, mut chunk: Chunk) {
+        chunk.clear();
+        let mut spare = self.spare.lock().expect("spare chunks");
+        if spare.len() < 2 && chunk.capacity() > 0 {
+            spare.push(chunk);
+        }
+    }
+
+    fn start(mut subscription: Subscription) -> ReadAhead {
+        let (tx, chunks) = tokio::sync::mpsc::channel::<Chunk>(1);
+        let spare: Arc<Mutex<Vec<Chunk>>> = Arc::default();
+        let kept = spare.clone();
+        let task = tokio::spawn(async move {
+            let size = |m: &Option<Result<SubscriptionMessage, Error>>| match m {
+                Some(Ok(SubscriptionMessage::Event(e))) => e.data.len() + e.metadata.len(),
+                _ => 0,
+            };
+            let mut gathered: Chunk = Vec::new();
+            let mut bytes = 0usize;
+            let mut ended = false;
+            loop {
+                let full = gathered.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES || ended;
+                // Hand over what is gathered as soon as the runner can take
+                // it; read on meanwhile (both are cancel-safe).
+                tokio::select! {
+                    biased;
+                    permit = tx.reserve(), if !gathered.is_empty() => {
+                        let Ok(permit) = permit else { return };
+                        let next = kept.lock().expect("spare chunks").pop().unwrap_or_default();
+                        permit.send(std::mem::replace(&mut gathered, next));
+                        bytes = 0;
+                        if ended {
+                            return;
+                        }
+                    }
+                    m = subscription.next(), if !full => {
+                        let mut next = Some(m);
+                        while let Some(m) = next.take() {
+                            ended = !matches!(m, Some(Ok(_)));
+                            bytes += size(&m);
+                            gathered.push(m);
+                            if ended || gathered.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
+                                break;
+                            }
+                            next = subscription.next().now_or_never();
+                        }
+                    }
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            task,
+            spare,
         }
     }
 }
@@ -764,6 +845,23 @@ impl Owned {
         self.deleted.as_ref().unwrap_or(&self.event.stream).as_str()
     }
 
+    /// The input it is in `partition` (`created`: the partition's first).
+    fn input_in<'a>(&'a self, partition: &'a str, created: bool) -> Input<'a> {
+        if self.deleted.is_some() {
+            Input::Deleted {
+                partition,
+                position: self.event.position.0,
+                created_micros: self.event.created.as_micros(),
+            }
+        } else {
+            Input::Event {
+                partition,
+                created,
+                event: self.input(),
+            }
+        }
+    }
+
     fn input(&self) -> InputEvent<'_> {
         InputEvent {
             position: self.event.position.0,
@@ -822,13 +920,14 @@ async fn readable_only<S: EventStore>(
 async fn handle_batch<S: EventStore>(
     work: &mut Work,
     run: &Run<S>,
-    events: Vec<RecordedEvent>,
+    events: &mut Vec<RecordedEvent>,
 ) -> Result<(), RunError> {
     let last = events.last().map(|e| e.position.0).unwrap_or(work.position);
     // Each event the projection takes, with the stream it deletes when it
     // is a deletion (moved once: events are large).
-    let mut owned: Vec<Owned> = Vec::with_capacity(events.len());
-    for e in events {
+    let mut owned: Vec<Owned> = std::mem::take(&mut work.spare);
+    owned.reserve(events.len());
+    for e in events.drain(..) {
         if e.position.0 <= work.position {
             continue;
         }
@@ -850,25 +949,32 @@ async fn handle_batch<S: EventStore>(
     }
     if owned.is_empty() {
         work.position = work.position.max(last);
+        work.spare = owned;
         return Ok(());
     }
     let owned = Arc::new(owned);
-    // The partitions, and the states to load for those not in memory.
-    let partitions: Vec<Option<String>> = if work.definition.is_partitioned() {
+    // The partitions (unpartitioned: none, every event is in ""), and the
+    // states to load for those not in memory.
+    let partitions: Option<Vec<Option<String>>> = if work.definition.is_partitioned() {
         let o = owned.clone();
-        blocking(work, move |p| {
-            // `foreachStream()` partitions by stream, a deletion's included.
-            let inputs: Vec<InputEvent<'_>> = o.iter().map(Owned::input).collect();
-            p.partitions_of(&inputs)
-        })
-        .await?
+        Some(
+            blocking(work, move |p| {
+                // `foreachStream()` partitions by stream, a deletion's included.
+                let inputs: Vec<InputEvent<'_>> = o.iter().map(Owned::input).collect();
+                p.partitions_of(&inputs)
+            })
+            .await?,
+        )
     } else {
-        vec![Some(String::new()); owned.len()]
+        None
     };
+    let root = [Some(String::new())];
+    // Unpartitioned, every event is in "": one look-up, not one per event.
+    let distinct: &[Option<String>] = partitions.as_deref().unwrap_or(&root);
     work.batches += 1;
     if work.definition.is_partitioned() {
         let mut previous: Option<&String> = None;
-        for p in partitions.iter().flatten() {
+        for p in distinct.iter().flatten() {
             // Runs of one partition touch it once.
             if previous == Some(p) {
                 continue;
@@ -884,7 +990,7 @@ async fn handle_batch<S: EventStore>(
     }
     let mut to_load: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut previous: Option<&String> = None;
-    for p in partitions.iter().flatten() {
+    for p in distinct.iter().flatten() {
         // Runs of one partition are looked up once.
         if previous == Some(p) {
             continue;
@@ -916,29 +1022,31 @@ async fn handle_batch<S: EventStore>(
             }
             p.load_partition(partition, state.as_deref())?;
         }
-        let mut firsts = Vec::new();
-        let mut handled = Vec::new();
-        for (e, partition) in o.iter().zip(&partitions) {
-            let Some(partition) = partition else { continue };
-            firsts.push(created.remove(partition));
-            handled.push((e, partition.as_str()));
-        }
-        let emitted =
-            p.handle_many(handled.iter().zip(&firsts).map(|((e, partition), first)| {
-                if e.deleted.is_some() {
-                    Input::Deleted {
-                        partition,
-                        position: e.event.position.0,
-                        created_micros: e.event.created.as_micros(),
-                    }
-                } else {
-                    Input::Event {
-                        partition,
-                        created: *first,
-                        event: e.input(),
-                    }
+        // Each input's position, by its index in what was handled.
+        let (emitted, positions) = match &partitions {
+            // Unpartitioned: every event, in "", none the partition's first.
+            None => (
+                p.handle_many(o.iter().map(|e| e.input_in("", false)))?,
+                None,
+            ),
+            Some(partitions) => {
+                let mut firsts = Vec::new();
+                let mut handled = Vec::new();
+                for (e, partition) in o.iter().zip(partitions) {
+                    let Some(partition) = partition else { continue };
+                    firsts.push(!created.is_empty() && created.remove(partition));
+                    handled.push((e, partition.as_str()));
                 }
-            }))?;
+                let emitted = p.handle_many(
+                    handled
+                        .iter()
+                        .zip(&firsts)
+                        .map(|((e, partition), first)| e.input_in(partition, *first)),
+                )?;
+                let positions: Vec<u64> = handled.iter().map(|(e, _)| e.event.position.0).collect();
+                (emitted, Some(positions))
+            }
+        };
         if !emitted.is_empty() && !emit_enabled {
             return Err(Fault::Script(
                 "'emit' is not allowed by the projection/configuration/mode".into(),
@@ -946,7 +1054,13 @@ async fn handle_batch<S: EventStore>(
         }
         let out: Vec<(u64, Vec<Emitted>)> = emitted
             .into_iter()
-            .map(|(i, emitted)| (handled[i].0.event.position.0, emitted))
+            .map(|(i, emitted)| {
+                let position = match &positions {
+                    Some(positions) => positions[i],
+                    None => o[i].event.position.0,
+                };
+                (position, emitted)
+            })
             .collect();
         for line in p.take_logs()? {
             tracing::debug!(target: "factum_projections::log", "{line}");
@@ -995,6 +1109,11 @@ async fn handle_batch<S: EventStore>(
         work.pending_events = 0;
         work.pending_emits.clear();
         work.pending_bytes = 0;
+    }
+    // The blocking calls are over: the vector is this batch's alone again.
+    if let Ok(mut spare) = Arc::try_unwrap(owned) {
+        spare.clear();
+        work.spare = spare;
     }
     Ok(())
 }

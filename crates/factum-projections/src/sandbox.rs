@@ -12,7 +12,7 @@
 //! QuickJS heap that ran out of memory is not trusted), the runner drops it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,9 @@ const PRELUDE: &str = include_str!("prelude.js");
 /// The global the prelude leaves its interface in.
 const API: &str = "__factum";
 
-/// The global the host's per-event CPU-time arm is handed to the prelude in.
-const TICK: &str = "__factum_tick";
+/// The global the per-input counter of the CPU-time limit is handed to the
+/// prelude in ([`input_counter`]).
+const COUNTER: &str = "__factum_input";
 
 fn api<'js>(ctx: &Ctx<'js>) -> Result<Object<'js>, Fault> {
     ctx.globals().get(API).map_err(engine)
@@ -167,33 +168,115 @@ pub struct Emitted {
 }
 
 /// The CPU-time watchdog the interrupt handler reads.
+///
+/// Batches re-arm it per input without calling the host: the prelude
+/// writes the number of the input it starts (1, 2, …) into `input`, memory
+/// it sees as an `Int32Array` (see [`input_counter`]), and the interrupt
+/// handler, which QuickJS calls every few thousand steps, re-arms the
+/// deadline when that number has moved since it last looked. An input's
+/// time is thus counted from the first interrupt check inside it, at most
+/// one check interval after it began (before ADR 44's follow-up, a host
+/// call and a clock read per input armed it exactly at its start).
 struct Watchdog {
     epoch: Instant,
     /// Nanoseconds since `epoch` after which the running call stops.
     deadline: AtomicU64,
     fired: AtomicBool,
+    /// The time each input of the running call may take, in nanoseconds.
+    allowed: AtomicU64,
+    /// The number of the input the prelude runs (0: none yet in this call);
+    /// written by JavaScript through an `Int32Array` over it, on the thread
+    /// that runs the call, which is also the thread that reads it.
+    input: AtomicI32,
+    /// `input` when the deadline was last armed.
+    seen: AtomicI32,
 }
 
 impl Watchdog {
+    fn new() -> Watchdog {
+        Watchdog {
+            epoch: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            fired: AtomicBool::new(false),
+            allowed: AtomicU64::new(0),
+            input: AtomicI32::new(0),
+            seen: AtomicI32::new(0),
+        }
+    }
+    fn nanos(d: Duration) -> u64 {
+        d.as_nanos().min(u64::MAX as u128) as u64
+    }
     fn arm(&self, allowed: Duration) {
         self.fired.store(false, Ordering::Relaxed);
+        self.input.store(0, Ordering::Relaxed);
+        self.seen.store(0, Ordering::Relaxed);
+        self.allowed.store(Self::nanos(allowed), Ordering::Relaxed);
         let at = self.epoch.elapsed() + allowed;
-        self.deadline.store(
-            at.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+        self.deadline.store(Self::nanos(at), Ordering::Relaxed);
     }
     fn disarm(&self) {
         self.deadline.store(u64::MAX, Ordering::Relaxed);
     }
     fn expired(&self) -> bool {
         let deadline = self.deadline.load(Ordering::Relaxed);
-        if deadline != u64::MAX && self.epoch.elapsed().as_nanos() as u64 > deadline {
+        if deadline == u64::MAX {
+            return false;
+        }
+        let now = Self::nanos(self.epoch.elapsed());
+        let input = self.input.load(Ordering::Relaxed);
+        if input != self.seen.load(Ordering::Relaxed) {
+            // Another input began since the last check: its own time.
+            self.seen.store(input, Ordering::Relaxed);
+            let allowed = self.allowed.load(Ordering::Relaxed);
+            self.deadline
+                .store(now.saturating_add(allowed), Ordering::Relaxed);
+            return false;
+        }
+        if now > deadline {
             self.fired.store(true, Ordering::Relaxed);
             return true;
         }
         false
     }
+}
+
+/// An `Int32Array` of one element over the watchdog's `input`: what the
+/// prelude writes the number of each input it starts into. The memory is
+/// the watchdog's; the array buffer holds a reference to the watchdog,
+/// dropped when QuickJS frees the buffer, so it outlives every access.
+fn input_counter<'js>(
+    ctx: &Ctx<'js>,
+    watchdog: &Arc<Watchdog>,
+) -> Result<rquickjs::TypedArray<'js, i32>, Fault> {
+    unsafe extern "C" fn release(
+        _rt: *mut rquickjs::qjs::JSRuntime,
+        opaque: *mut std::ffi::c_void,
+        _ptr: *mut std::ffi::c_void,
+    ) {
+        // SAFETY: `opaque` is the `Arc::into_raw` below, released once
+        // (QuickJS calls this once, when it frees the buffer).
+        drop(unsafe { Arc::from_raw(opaque as *const Watchdog) });
+    }
+    let opaque = Arc::into_raw(watchdog.clone());
+    // SAFETY: the buffer is the 4 bytes of an `AtomicI32` (an `i32` in an
+    // `UnsafeCell`, aligned for an `Int32Array`) inside the `Arc` that
+    // `opaque` keeps alive until QuickJS releases the buffer. JavaScript
+    // writes it only while it runs on the thread that owns the projection,
+    // the interrupt handler reads it on that same thread: no data race.
+    let value = unsafe {
+        let raw = rquickjs::qjs::JS_NewArrayBuffer(
+            ctx.as_raw().as_ptr(),
+            watchdog.input.as_ptr().cast::<u8>(),
+            std::mem::size_of::<i32>() as _,
+            Some(release),
+            opaque as *mut std::ffi::c_void,
+            false,
+        );
+        rquickjs::Value::from_raw(ctx.clone(), raw)
+    };
+    let buffer = rquickjs::ArrayBuffer::from_value(value)
+        .ok_or_else(|| Fault::Engine("the input counter could not be made".into()))?;
+    rquickjs::TypedArray::<i32>::from_arraybuffer(buffer).map_err(engine)
 }
 
 /// A compiled projection and its states.
@@ -204,6 +287,10 @@ pub struct Projection {
     watchdog: Arc<Watchdog>,
     limits: Limits,
     definition: Definition,
+    /// The last batch's buffers, kept for the next one: a batch's few
+    /// hundred kilobytes come from the allocator's warm memory instead of
+    /// fresh pages the kernel zeroes each time.
+    buffers: Buffers,
 }
 
 impl std::fmt::Debug for Projection {
@@ -220,22 +307,17 @@ impl Projection {
         let runtime = Runtime::new().map_err(|e| Fault::Engine(e.to_string()))?;
         runtime.set_memory_limit(limits.memory_bytes);
         runtime.set_max_stack_size(limits.stack_bytes);
-        let watchdog = Arc::new(Watchdog {
-            epoch: Instant::now(),
-            deadline: AtomicU64::new(u64::MAX),
-            fired: AtomicBool::new(false),
-        });
+        let watchdog = Arc::new(Watchdog::new());
         let dog = watchdog.clone();
         runtime.set_interrupt_handler(Some(Box::new(move || dog.expired())));
         let context = Context::full(&runtime).map_err(|e| Fault::Engine(e.to_string()))?;
         watchdog.arm(limits.compile_time);
         let compiled = context.with(|ctx| {
-            // The per-event CPU-time arm batches call (`tick` in the prelude,
-            // which takes it out of the global object before any source runs).
-            let dog = watchdog.clone();
-            let allowed = limits.handler_time;
-            let tick = Function::new(ctx.clone(), move || dog.arm(allowed)).map_err(engine)?;
-            ctx.globals().set(TICK, tick).map_err(engine)?;
+            // Where batches count their inputs for the per-input CPU-time
+            // limit (`inputCounter` in the prelude, which takes it out of
+            // the global object before any source runs).
+            let counter = input_counter(&ctx, &watchdog)?;
+            ctx.globals().set(COUNTER, counter).map_err(engine)?;
             ctx.eval::<(), _>(PRELUDE)
                 .catch(&ctx)
                 .map_err(|e| Fault::Engine(format!("prelude: {}", describe(e))))?;
@@ -267,6 +349,7 @@ impl Projection {
             watchdog,
             limits,
             definition,
+            buffers: Buffers::default(),
         })
     }
 
@@ -321,11 +404,15 @@ impl Projection {
         if !self.definition.partitioned {
             return Ok(vec![Some(String::new()); events.len()]);
         }
-        let batch = Batch::of(events.iter().map(|e| Input::Event {
-            partition: "",
-            created: false,
-            event: *e,
-        }));
+        let buffers = std::mem::take(&mut self.buffers);
+        let batch = Batch::of(
+            buffers,
+            events.iter().map(|e| Input::Event {
+                partition: "",
+                created: false,
+                event: *e,
+            }),
+        );
         self.call_batch("partitionBatch", batch, |v| {
             let list: Vec<Option<String>> = v.get().map_err(engine)?;
             Ok(list)
@@ -377,14 +464,16 @@ impl Projection {
 
     /// Handles inputs in order, as [`handle`](Self::handle) does one event,
     /// in one call into the engine: each input runs under its own CPU-time
-    /// limit (the prelude arms it per input through the host's `tick`).
+    /// limit (the prelude counts its inputs where the interrupt handler
+    /// reads them, [`Watchdog`]).
     /// Returns, for each input that emitted, its index and what it emitted.
     pub fn handle_many<'e>(
         &mut self,
         inputs: impl IntoIterator<Item = Input<'e>>,
     ) -> Result<Vec<(usize, Vec<Emitted>)>, Fault> {
-        let batch = Batch::of(inputs);
+        let batch = Batch::of(std::mem::take(&mut self.buffers), inputs);
         if batch.count == 0 {
+            self.buffers = batch.buffers;
             return Ok(Vec::new());
         }
         let limit = self.limits.emits_per_event;
@@ -435,28 +524,33 @@ impl Projection {
             let f: Function = api(&ctx)?.get(name).map_err(engine)?;
             let Batch {
                 strings,
-                text,
-                ints,
-                numbers,
+                buffers,
                 count,
-            } = batch;
+            } = &batch;
             let strings = {
                 let array = rquickjs::Array::new(ctx.clone()).map_err(engine)?;
-                for (i, s) in strings.into_iter().enumerate() {
-                    array.set(i, s).map_err(engine)?;
+                for (i, s) in strings.iter().enumerate() {
+                    array.set(i, *s).map_err(engine)?;
                 }
                 array
             };
-            let text = rquickjs::String::from_str(ctx.clone(), &text).map_err(engine)?;
-            let ints = rquickjs::TypedArray::<i32>::new(ctx.clone(), ints).map_err(engine)?;
-            let numbers = rquickjs::TypedArray::<f64>::new(ctx.clone(), numbers).map_err(engine)?;
+            let text = rquickjs::String::from_str(ctx.clone(), &buffers.text).map_err(engine)?;
+            let ints = rquickjs::TypedArray::<i32>::new_copy(ctx.clone(), &buffers.ints)
+                .map_err(engine)?;
+            let numbers = rquickjs::TypedArray::<f64>::new_copy(ctx.clone(), &buffers.numbers)
+                .map_err(engine)?;
             let v: rquickjs::Value = f
-                .call((strings, text, ints, numbers, count as i32))
+                .call((strings, text, ints, numbers, *count as i32))
                 .catch(&ctx)
                 .map_err(|e| classify(e, &self.watchdog, &self.limits, "execute"))?;
             read(v)
         });
         self.watchdog.disarm();
+        self.buffers = batch.buffers;
+        if self.buffers.text.capacity() > KEPT_TEXT {
+            // A batch of large events: its text is not kept.
+            self.buffers.text = String::new();
+        }
         out.map_err(|f| refine(&self.runtime, &self.limits, f))
     }
 
@@ -525,11 +619,21 @@ impl Projection {
 /// it. One conversion per batch instead of a dozen per event.
 struct Batch<'a> {
     strings: Vec<&'a str>,
+    buffers: Buffers,
+    count: usize,
+}
+
+/// A [`Batch`]'s text, integers and numbers (copied into the engine).
+#[derive(Default)]
+struct Buffers {
     text: String,
     ints: Vec<i32>,
     numbers: Vec<f64>,
-    count: usize,
 }
+
+/// The most text capacity a projection keeps between batches, in bytes
+/// (its integers and numbers, under half a megabyte at most, are kept).
+const KEPT_TEXT: usize = 1 << 20;
 
 /// Integers per input in a [`Batch`].
 const INTS: usize = 6;
@@ -540,14 +644,17 @@ const KIND_CREATED: i32 = 1;
 const KIND_DELETED: i32 = 2;
 
 impl<'a> Batch<'a> {
-    fn of(inputs: impl IntoIterator<Item = Input<'a>>) -> Batch<'a> {
+    fn of(mut buffers: Buffers, inputs: impl IntoIterator<Item = Input<'a>>) -> Batch<'a> {
         let inputs = inputs.into_iter();
         let hint = inputs.size_hint().0;
+        buffers.text.clear();
+        buffers.ints.clear();
+        buffers.ints.reserve(hint * INTS);
+        buffers.numbers.clear();
+        buffers.numbers.reserve(hint * NUMS);
         let mut batch = Batch {
             strings: vec![""],
-            text: String::new(),
-            ints: Vec::with_capacity(hint * INTS),
-            numbers: Vec::with_capacity(hint * NUMS),
+            buffers,
             count: 0,
         };
         let mut index: HashMap<&'a str, i32> = HashMap::new();
@@ -599,10 +706,10 @@ impl<'a> Batch<'a> {
                         short(2, e.event_type, &mut batch.strings),
                         short(3, e.category, &mut batch.strings),
                     ];
-                    batch.ints.extend_from_slice(&ints);
+                    batch.buffers.ints.extend_from_slice(&ints);
                     // As f64: JavaScript's numbers; revisions beyond 2^53
                     // lose precision as in KurrentDB's runtime.
-                    batch.numbers.extend_from_slice(&[
+                    batch.buffers.numbers.extend_from_slice(&[
                         e.position as f64,
                         e.created_micros as f64,
                         e.sequence_number as f64,
@@ -613,8 +720,8 @@ impl<'a> Batch<'a> {
                         Some(e.event_id),
                         e.link_metadata,
                     ] {
-                        let at = long(s, &mut batch.text);
-                        batch.numbers.extend_from_slice(&at);
+                        let at = long(s, &mut batch.buffers.text);
+                        batch.buffers.numbers.extend_from_slice(&at);
                     }
                 }
                 Input::Deleted {
@@ -623,8 +730,11 @@ impl<'a> Batch<'a> {
                     created_micros,
                 } => {
                     let p = short(0, partition, &mut batch.strings);
-                    batch.ints.extend_from_slice(&[KIND_DELETED, 0, p, p, 0, 0]);
-                    batch.numbers.extend_from_slice(&[
+                    batch
+                        .buffers
+                        .ints
+                        .extend_from_slice(&[KIND_DELETED, 0, p, p, 0, 0]);
+                    batch.buffers.numbers.extend_from_slice(&[
                         position as f64,
                         created_micros as f64,
                         0.0,

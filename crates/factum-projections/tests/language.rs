@@ -686,3 +686,83 @@ fn the_event_object_shows_its_fields() {
     assert_eq!(state["kept"]["eventType"], "F");
     assert_eq!(state["seen"], serde_json::json!(["0@/a:1", "0@/b:2"]));
 }
+
+/// An event object is made only for a handler that can reach its event
+/// (ADR 44): one that cannot still emits with the event's id as
+/// `$causedBy`, and every way of reaching it still gets it — the second
+/// parameter, `arguments` (in a nested arrow too), a rest parameter, a
+/// default, a pattern, a name spelled with an escape, a bound function.
+#[test]
+fn handlers_get_their_event_however_they_reach_it() {
+    let mut p = compile(
+        r#"fromAll().when({
+            $init: () => ({ n: 0, seen: [] }),
+            A: function (s, e) { s.n += 1; emit("out-a", "Counted", { n: s.n }); return s },
+            B: function (s) { s.seen.push("B " + arguments[1].eventType); return s },
+            C: (s, ...rest) => { s.seen.push("C " + rest[0].eventType); return s },
+            D: (s, e = null) => { s.seen.push("D " + e.eventType); return s },
+            E: (s, { eventType }) => { s.seen.push("E " + eventType); return s },
+            F(s, ev) { s.seen.push("F " + \u0065v.eventType); return s },
+            G: function (s) { const f = () => arguments[1]; s.seen.push("G " + f().eventType); return s },
+            H: (function (s, e) { s.seen.push("H " + e.eventType); return s }).bind(null),
+            I: s => { s.n += 1; linkStreamTo("out-i", "x"); return s },
+            J: function (s, e) { s.seen.push("J " + e.eventType); return s },
+        })"#,
+    );
+    let types = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"];
+    let events: Vec<Event> = types.iter().map(|t| ev("a-1", t, "{}")).collect();
+    let out = run(&mut p, &events).unwrap();
+    let state = json(p.state("").unwrap());
+    assert_eq!(state["n"], 2);
+    assert_eq!(
+        state["seen"],
+        serde_json::json!(["B B", "C C", "D D", "E E", "F F", "G G", "H H", "J J"])
+    );
+    assert_eq!(out.len(), 2);
+    let caused_by = |e: &Emitted| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(e.metadata.as_deref().unwrap()).unwrap()
+            ["$causedBy"]
+            .clone()
+    };
+    assert_eq!(caused_by(&out[0]), "00000000-0000-0000-0000-000000000001");
+    assert_eq!(caused_by(&out[1]), "00000000-0000-0000-0000-000000000009");
+    // In one batch, as the runner hands events over.
+    let mut p = compile(
+        r#"fromAll().when({
+            $init: () => ({ n: 0 }),
+            $any: function (s, e) { s.n += 1; emit("out", "Counted", { n: s.n }); return s },
+        })"#,
+    );
+    p.load_partition("", None).unwrap();
+    let ids: Vec<String> = (1..=3)
+        .map(|i| format!("00000000-0000-0000-0000-{i:012}"))
+        .collect();
+    let out = p
+        .handle_many(ids.iter().enumerate().map(|(i, id)| Input::Event {
+            partition: "",
+            created: false,
+            event: InputEvent {
+                position: i as u64 + 1,
+                created_micros: 0,
+                stream: "a-1",
+                sequence_number: i as u64,
+                event_type: "E",
+                body: "{}",
+                metadata: "",
+                link_metadata: None,
+                is_json: true,
+                category: "a",
+                event_id: id,
+            },
+        }))
+        .unwrap();
+    let seen: Vec<(usize, serde_json::Value)> =
+        out.iter().map(|(i, e)| (*i, caused_by(&e[0]))).collect();
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|i| (i, serde_json::Value::from(ids[i].clone())))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(json(p.state("").unwrap())["n"], 3);
+}
