@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use factum_core::{EventStore, ExpectedRevision, StreamName};
-use factum_engine::Durability;
+use factum_core::{Bytes, EventStore, ExpectedRevision, StreamName};
+use factum_engine::{Durability, Engine};
 
 use crate::error::BenchError;
 use crate::util::{event, open_engine, payload, rate, raw_sync_loop, Latencies, RawWriter};
@@ -15,11 +15,11 @@ use crate::{Ctx, Report, Workload};
 /// Size of the raw baseline's write in `fsync-baseline`.
 const FSYNC_WRITE: usize = 300;
 /// Event payload size.
-const EVENT_BYTES: usize = 256;
+pub const EVENT_BYTES: usize = 256;
 /// Writers in `append-concurrent`.
 const WRITERS: u64 = 256;
 /// Events per append in `append-batch`.
-const BATCH: u64 = 1000;
+pub const BATCH: u64 = 1000;
 /// Engine and baseline alternate in this many slices each.
 const ROUNDS: u64 = 4;
 /// Chunk of the raw bandwidth baseline.
@@ -66,32 +66,27 @@ pub fn seq(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let frame = (engine.log_bytes()? - before) as usize;
     let mut raw = RawWriter::create(&dir.join("raw.bin"), frame)?;
     let mut raw_pre = RawWriter::create_preallocated(&dir.join("raw-pre.bin"), frame)?;
-    let mut lat = Latencies::with_capacity(1 << 14);
-    let mut n = 0u64;
-    let mut elapsed = Duration::ZERO;
+    let appends = Appends {
+        stream,
+        data,
+        per_append: 1,
+    };
+    let mut tally = Tally::default();
     for round in 0..ROUNDS {
-        let quota = share(max, round);
-        let started = Instant::now();
-        ctx.rt.block_on(async {
-            let mut k = 0;
-            while n < quota && (k == 0 || started.elapsed() < slice) {
-                let t = Instant::now();
-                engine
-                    .append(stream.clone(), ExpectedRevision::Any, vec![event(&data)])
-                    .await?;
-                lat.push(t.elapsed());
-                n += 1;
-                k += 1;
-            }
-            Ok::<_, BenchError>(())
-        })?;
-        elapsed += started.elapsed();
+        let quota = share(max, round, ROUNDS);
+        appends.slice(ctx, &engine, quota, slice, &mut tally)?;
         raw.run(slice, quota)?;
         raw_pre.run(slice, quota)?;
     }
     engine.close()?;
     let raw = raw.finish();
     let mut raw_pre = raw_pre.finish();
+    let Tally {
+        events: n,
+        elapsed,
+        mut lat,
+        ..
+    } = tally;
     let (p50, p99) = lat.p50_p99_us();
     let eps = rate(n, elapsed);
     let mut r = ctx.report(Workload::AppendSeq);
@@ -125,12 +120,72 @@ pub fn seq(ctx: &mut Ctx) -> Result<Report, BenchError> {
     Ok(r)
 }
 
-/// The cumulative quota of operations after `round` of [`ROUNDS`].
-fn share(max: u64, round: u64) -> u64 {
+/// The cumulative quota of operations after `round` of `rounds`.
+pub fn share(max: u64, round: u64, rounds: u64) -> u64 {
     if max == u64::MAX {
         return u64::MAX;
     }
-    (max as u128 * (round + 1) as u128 / ROUNDS as u128) as u64
+    (max as u128 * (round + 1) as u128 / rounds as u128) as u64
+}
+
+/// What one writer appends: `per_append` events of `data` to `stream`,
+/// one append after the other, each awaited.
+pub struct Appends {
+    /// The stream appended to (`ExpectedRevision::Any`).
+    pub stream: StreamName,
+    /// Each event's payload.
+    pub data: Bytes,
+    /// Events per append.
+    pub per_append: u64,
+}
+
+/// What a writer's slices achieved so far.
+#[derive(Default)]
+pub struct Tally {
+    /// Events appended and acknowledged.
+    pub events: u64,
+    /// Time of the slices.
+    pub elapsed: Duration,
+    /// Latency of each append.
+    pub lat: Latencies,
+    /// Events/s of each slice that appended anything.
+    pub slice_rates: Vec<f64>,
+}
+
+impl Appends {
+    /// One slice: appends until `slice` has passed (at least one append)
+    /// or `quota` events in all are counted in `tally`.
+    pub fn slice(
+        &self,
+        ctx: &Ctx,
+        engine: &Engine,
+        quota: u64,
+        slice: Duration,
+        tally: &mut Tally,
+    ) -> Result<(), BenchError> {
+        let before = tally.events;
+        let started = Instant::now();
+        ctx.rt.block_on(async {
+            let mut k = 0;
+            while tally.events < quota && (k == 0 || started.elapsed() < slice) {
+                let events = (0..self.per_append).map(|_| event(&self.data)).collect();
+                let t = Instant::now();
+                engine
+                    .append(self.stream.clone(), ExpectedRevision::Any, events)
+                    .await?;
+                tally.lat.push(t.elapsed());
+                tally.events += self.per_append;
+                k += 1;
+            }
+            Ok::<_, BenchError>(())
+        })?;
+        let took = started.elapsed();
+        tally.elapsed += took;
+        if tally.events > before {
+            tally.slice_rates.push(rate(tally.events - before, took));
+        }
+        Ok(())
+    }
 }
 
 /// `append-concurrent`: 256 tasks, each appending one 256-B event per
@@ -220,27 +275,15 @@ pub fn batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let data = payload(EVENT_BYTES);
     let mut raw = RawWriter::create(&dir.join("raw.bin"), RAW_CHUNK)?;
     let before = engine.log_bytes()?;
-    let mut lat = Latencies::with_capacity(4096);
-    let mut n = 0u64;
-    let mut elapsed = Duration::ZERO;
+    let appends = Appends {
+        stream,
+        data,
+        per_append,
+    };
+    let mut tally = Tally::default();
     for round in 0..ROUNDS {
-        let quota = share(max, round);
-        let started = Instant::now();
-        ctx.rt.block_on(async {
-            let mut k = 0;
-            while n < quota && (k == 0 || started.elapsed() < slice) {
-                let events = (0..per_append).map(|_| event(&data)).collect();
-                let t = Instant::now();
-                engine
-                    .append(stream.clone(), ExpectedRevision::Any, events)
-                    .await?;
-                lat.push(t.elapsed());
-                n += per_append;
-                k += 1;
-            }
-            Ok::<_, BenchError>(())
-        })?;
-        elapsed += started.elapsed();
+        let quota = share(max, round, ROUNDS);
+        appends.slice(ctx, &engine, quota, slice, &mut tally)?;
         // Under a test's --events cap, the baseline writes about as much as the engine.
         let raw_quota = if ctx.cap.is_some() {
             ((engine.log_bytes()? - before) / RAW_CHUNK as u64).max(1)
@@ -252,6 +295,12 @@ pub fn batch(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let written = engine.log_bytes()? - before;
     engine.close()?;
     let raw = raw.finish();
+    let Tally {
+        events: n,
+        elapsed,
+        mut lat,
+        ..
+    } = tally;
     let (p50, p99) = lat.p50_p99_us();
     let bps = written as f64 / elapsed.as_secs_f64().max(1e-9);
     let mut r = ctx.report(Workload::AppendBatch);

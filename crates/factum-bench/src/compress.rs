@@ -18,7 +18,7 @@ use factum_core::{EventStore, ExpectedRevision, ReadStream, StreamName};
 use factum_engine::{CompactReport, CompressPolicy, Durability, Engine, EngineConfig, Throttle};
 
 use crate::error::BenchError;
-use crate::util::{rate, read_all_pages, Latencies};
+use crate::util::{median, rate, read_all_pages, Latencies};
 use crate::{Ctx, Report, Workload};
 
 /// Events per `read_all` page.
@@ -96,11 +96,6 @@ fn pair(ctx: &Ctx, workload: Workload, total: u64) -> Result<Pair, BenchError> {
         compaction,
         streams,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn compact(engine: &Engine) -> Result<CompactReport, BenchError> {

@@ -20,6 +20,9 @@
 //! Basic credentials against an insecure server, same run),
 //! `persistent-1`, `persistent-4` ([`persistent`]: consumer groups),
 //! `reads-under-load` ([`reads_under_load`]: appends while 16 clients scan),
+//! `encrypted-append-seq`, `encrypted-append-batch`, `encrypted-read-all`
+//! ([`encrypt`]: a store encrypted at rest against an unencrypted one,
+//! same run),
 //! `soak` ([`soak`]: mixed load for a set time, the server's memory; only
 //! when named).
 //!
@@ -34,6 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod append;
 mod compress;
+mod encrypt;
 mod error;
 mod grpc;
 mod official;
@@ -259,6 +263,15 @@ pub enum Workload {
     /// Random stream reads from compressed segments, against the same
     /// store uncompressed (p99).
     CompressedReadStream,
+    /// `append-seq` on a store encrypted at rest, against the same on an
+    /// unencrypted one, alternating (issue 19).
+    EncryptedAppendSeq,
+    /// `append-batch` on a store encrypted at rest, against the same on an
+    /// unencrypted one, alternating.
+    EncryptedAppendBatch,
+    /// `read-all` on a store encrypted at rest, against the same on an
+    /// unencrypted one, alternating.
+    EncryptedReadAll,
     /// Mixed load for `--soak-seconds` against a `factum serve` process:
     /// its RSS over time, appends acknowledged vs present, errors by kind.
     /// Runs only when named.
@@ -313,11 +326,14 @@ impl Workload {
             Workload::CompressedRatio => "compressed-ratio",
             Workload::CompressedReadAll => "compressed-read-all",
             Workload::CompressedReadStream => "compressed-read-stream",
+            Workload::EncryptedAppendSeq => "encrypted-append-seq",
+            Workload::EncryptedAppendBatch => "encrypted-append-batch",
+            Workload::EncryptedReadAll => "encrypted-read-all",
             Workload::Soak => "soak",
         }
     }
 
-    const ALL: [Workload; 43] = [
+    const ALL: [Workload; 46] = [
         Workload::FsyncBaseline,
         Workload::AppendSeq,
         Workload::AppendConcurrent,
@@ -360,6 +376,9 @@ impl Workload {
         Workload::CompressedRatio,
         Workload::CompressedReadAll,
         Workload::CompressedReadStream,
+        Workload::EncryptedAppendSeq,
+        Workload::EncryptedAppendBatch,
+        Workload::EncryptedReadAll,
         Workload::Soak,
     ];
 }
@@ -597,6 +616,9 @@ fn run(args: BenchArgs) -> Result<(), BenchError> {
             Workload::CompressedRatio => compress::ratio(&mut ctx),
             Workload::CompressedReadAll => compress::read_all(&mut ctx),
             Workload::CompressedReadStream => compress::read_stream(&mut ctx),
+            Workload::EncryptedAppendSeq => encrypt::append_seq(&mut ctx),
+            Workload::EncryptedAppendBatch => encrypt::append_batch(&mut ctx),
+            Workload::EncryptedReadAll => encrypt::read_all(&mut ctx),
             Workload::Soak => soak::soak(&mut ctx, args.soak_seconds),
         }
         .map_err(|e| e.context(format!("workload {}", w.name())))?;

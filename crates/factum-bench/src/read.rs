@@ -2,47 +2,63 @@
 //! with durability `None` (fast, and labelled so), then closed and reopened
 //! so reads go through the persisted index as in a restarted process.
 
+use std::path::Path;
 use std::time::Instant;
 
 use factum_core::{EventStore, ExpectedRevision, ReadStream, StreamName};
-use factum_engine::Durability;
+use factum_engine::{Durability, MasterKey};
 
 use crate::error::BenchError;
-use crate::util::{event, open_engine, payload, rate, read_all_pages, Latencies};
+use crate::util::{event, open_engine, open_engine_with, payload, rate, read_all_pages, Latencies};
 use crate::{Ctx, Report, Workload};
 
 const EVENT_BYTES: usize = 256;
 /// Events per append when loading.
 const LOAD_BATCH: u64 = 1000;
 /// Events per `read_all` page.
-const PAGE: u64 = 10_000;
+pub const PAGE: u64 = 10_000;
 /// Events of the stream `read-stream` reads.
 const STREAM_EVENTS: u64 = 1000;
+
+/// Loads `read-all`'s store into `dir` (encrypted under `encryption` when
+/// given): `total` events of 256 B in appends of 1,000 over 100 streams,
+/// durability `None`; closes it. Returns the seconds it took.
+pub fn load_all_store(
+    ctx: &Ctx,
+    dir: &Path,
+    total: u64,
+    encryption: Option<MasterKey>,
+) -> Result<f64, BenchError> {
+    let data = payload(EVENT_BYTES);
+    let started = Instant::now();
+    let engine = open_engine_with(dir, Durability::None, encryption)?;
+    ctx.rt.block_on(async {
+        let mut loaded = 0u64;
+        let mut i = 0u64;
+        while loaded < total {
+            let n = LOAD_BATCH.min(total - loaded);
+            let stream = StreamName::new(format!("load-{}", i % 100))?;
+            let events = (0..n).map(|_| event(&data)).collect();
+            engine.append(stream, ExpectedRevision::Any, events).await?;
+            loaded += n;
+            i += 1;
+        }
+        Ok::<_, BenchError>(())
+    })?;
+    engine.close()?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The number of events in `read-all`'s store.
+pub fn read_all_total(ctx: &Ctx) -> u64 {
+    ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 })
+}
 
 /// `read-all`: `$all` forwards in pages of 10,000.
 pub fn read_all(ctx: &mut Ctx) -> Result<Report, BenchError> {
     let dir = ctx.dir(Workload::ReadAll.name())?;
-    let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
-    let data = payload(EVENT_BYTES);
-    let load_started = Instant::now();
-    {
-        let engine = open_engine(&dir, Durability::None)?;
-        ctx.rt.block_on(async {
-            let mut loaded = 0u64;
-            let mut i = 0u64;
-            while loaded < total {
-                let n = LOAD_BATCH.min(total - loaded);
-                let stream = StreamName::new(format!("load-{}", i % 100))?;
-                let events = (0..n).map(|_| event(&data)).collect();
-                engine.append(stream, ExpectedRevision::Any, events).await?;
-                loaded += n;
-                i += 1;
-            }
-            Ok::<_, BenchError>(())
-        })?;
-        engine.close()?;
-    }
-    let load_secs = load_started.elapsed().as_secs_f64();
+    let total = read_all_total(ctx);
+    let load_secs = load_all_store(ctx, &dir, total, None)?;
     let engine = open_engine(&dir, Durability::Always)?;
     // Two passes over the same store: the first after reopening (the
     // process's allocator and the reader still warming up), the second is

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use factum_core::{Bytes, ContentType, EventData, EventStore, Position, ReadAll};
-use factum_engine::{Durability, Engine, EngineConfig};
+use factum_engine::{Durability, Engine, EngineConfig, MasterKey};
 
 use crate::error::BenchError;
 
@@ -66,12 +66,28 @@ pub fn event(data: &Bytes) -> EventData {
 
 /// Opens a store for a workload.
 pub fn open_engine(dir: &Path, durability: Durability) -> Result<Engine, BenchError> {
+    open_engine_with(dir, durability, None)
+}
+
+/// Opens a store for a workload, encrypted at rest under `encryption`
+/// when given (ADR 45); otherwise as [`open_engine`].
+pub fn open_engine_with(
+    dir: &Path,
+    durability: Durability,
+    encryption: Option<MasterKey>,
+) -> Result<Engine, BenchError> {
     let config = EngineConfig {
         durability,
+        encryption,
         ..EngineConfig::default()
     };
-
     Ok(Engine::open_with(dir, config)?.0)
+}
+
+/// The median of some measurements (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// What a raw write + fdatasync loop achieved.

@@ -145,3 +145,39 @@ fn bench_shred_reports_personal_against_plain() {
         assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+#[test]
+fn bench_encrypted_reports_encrypted_against_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "encrypted-append-seq",
+        "encrypted-append-batch",
+        "encrypted-read-all",
+    ];
+    let mut args = vec!["--quick", "--workload"];
+    args.extend(names);
+    args.extend(["--json", "--events", "50", "--data"]);
+    args.push(dir.path().to_str().unwrap());
+    let out = ok(run(&args));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "{out}");
+    for (r, name) in lines.iter().zip(names) {
+        assert_eq!(r["workload"], name);
+        assert!(r["events"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["baseline_events_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        let ratio = r["ratio"].as_f64().unwrap();
+        let expected =
+            r["events_per_sec"].as_f64().unwrap() / r["baseline_events_per_sec"].as_f64().unwrap();
+        assert!((ratio - expected).abs() < 1e-9 * expected, "{r}");
+        assert!(r["target_met"].is_boolean(), "{r}");
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("refuses to open without its key"), "{notes}");
+    }
+    assert_eq!(
+        lines[2]["events"], 50,
+        "every event read back: {}",
+        lines[2]
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
