@@ -579,8 +579,10 @@ impl<S: EventStore> Projections<S> {
     /// Resets a projection: a new epoch, so it replays from the beginning
     /// (its old checkpoints and partition states are ignored). The streams
     /// it emitted to, when tracked, are truncated first: the replay's
-    /// events are the only ones readers see. Untracked ones are not known:
-    /// the replay appends to them.
+    /// events are the only ones readers see. Untracked ones are not known
+    /// here: the runner truncates each, before the new epoch's first write
+    /// to it, when this projection's older epoch wrote its last event
+    /// (ADR 44).
     pub async fn reset(&self, name: &str) -> Result<(), ProjectionError> {
         let mut entries = self.entries.lock().await;
         let entry = entries

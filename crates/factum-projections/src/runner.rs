@@ -52,9 +52,15 @@ const BATCH_BYTES: usize = 4 << 20;
 /// Streams a run remembers as checked for older epochs' events.
 const EPOCH_CHECKED_STREAMS: usize = 10_000;
 
-/// The metadata key of a system projection's links naming the epoch that
-/// wrote them (KurrentDB keeps the projection version in `$v`).
+/// The metadata key of an emitted event (and a system projection's link)
+/// naming the epoch that wrote it (KurrentDB keeps the projection version
+/// in `$v`).
 const EPOCH_KEY: &str = "$epoch";
+
+/// The metadata key of an emitted event naming the projection that wrote
+/// it, beside [`EPOCH_KEY`] (KurrentDB's `$v` starts with the projection's
+/// id; Factum's projections are known by name).
+const PROJECTION_KEY: &str = "$projection";
 
 /// When a running projection commits.
 #[derive(Clone, Copy, Debug)]
@@ -336,7 +342,7 @@ struct Work {
     known_partitions: HashSet<String>,
     /// Emitted streams already tracked.
     tracked: HashSet<String>,
-    /// Streams a system projection wrote to in this run whose events of an
+    /// Streams the projection wrote to in this run whose events of an
     /// older epoch are already hidden (a cache: cleared past
     /// [`EPOCH_CHECKED_STREAMS`], a stream checked again costs a read).
     epoch_checked: HashSet<String>,
@@ -1191,9 +1197,7 @@ async fn commit<S: EventStore>(
         })
         .expect("checkpoint metadata serializes")
     };
-    if settings.system {
-        hide_older_epochs(work, run).await?;
-    }
+    hide_older_epochs(work, run).await?;
     let mut request = MultiAppend::new();
     let mut new_tracked = Vec::new();
     for (source_position, emitted) in &work.pending_emits {
@@ -1205,13 +1209,13 @@ async fn commit<S: EventStore>(
             } else {
                 ContentType::Binary
             };
-            let mut data =
-                EventData::new(x.event_type.clone(), content, x.data.clone()).with_id(id);
-            if settings.system {
-                data = data.with_metadata(with_epoch(x.metadata.as_deref(), settings.epoch));
-            } else if let Some(m) = &x.metadata {
-                data = data.with_metadata(m.clone());
-            }
+            let data = EventData::new(x.event_type.clone(), content, x.data.clone())
+                .with_id(id)
+                .with_metadata(with_epoch(
+                    x.metadata.as_deref(),
+                    &settings.name,
+                    settings.epoch,
+                ));
             if settings.track_emitted_streams
                 && !work.tracked.contains(&x.stream)
                 && !new_tracked.contains(&x.stream)
@@ -1354,14 +1358,16 @@ async fn commit<S: EventStore>(
     evict_partitions(work, run).await
 }
 
-/// A system projection's streams after a reset (KurrentDB's
+/// A projection's emitted streams after a reset (KurrentDB's
 /// `EmittedStream`): the first time a run writes to a stream, its last
-/// event is read; written by an older epoch (links without an epoch are
-/// epoch 0's), the stream is truncated after it (`$tb`, other metadata
-/// kept), so readers see only the new epoch's links. The truncation goes
-/// before the commit (a stream and its `$$` stream cannot share one
-/// multi-stream append): after a crash between the two, the stream's old
-/// events are hidden and the replay writes the new ones.
+/// event is read; written by an older epoch of this projection, the stream
+/// is truncated after it (`$tb`, other metadata kept), so readers see only
+/// the new epoch's events — tracked or not. A stream last written by
+/// anyone else (a client, another projection, this projection before its
+/// emitted events carried their writer) is left alone and appended to.
+/// The truncation goes before the commit (a stream and its `$$` stream
+/// cannot share one multi-stream append): after a crash between the two,
+/// the stream's old events are hidden and the replay writes the new ones.
 async fn hide_older_epochs<S: EventStore>(work: &mut Work, run: &Run<S>) -> Result<(), RunError> {
     let epoch = run.settings.epoch;
     if epoch == 0 {
@@ -1381,8 +1387,14 @@ async fn hide_older_epochs<S: EventStore>(work: &mut Work, run: &Run<S>) -> Resu
     }
     for stream in streams {
         let name = StreamName::new(&stream)?;
-        if let Some(last) = last_event(&*run.store, &name).await? {
-            if epoch_of(&last.metadata) < epoch {
+        let last = match last_event(&*run.store, &name).await {
+            Ok(last) => last,
+            // The commit's append answers for a deleted stream, as before.
+            Err(Error::StreamDeleted { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(last) = last {
+            if written_by_older_epoch(&last.metadata, &run.settings, epoch) {
                 truncate_through(&*run.store, name, last.revision).await?;
             }
         }
@@ -1391,19 +1403,41 @@ async fn hide_older_epochs<S: EventStore>(work: &mut Work, run: &Run<S>) -> Resu
     Ok(())
 }
 
-/// The epoch a system projection's link was written in (0 without one).
-fn epoch_of(metadata: &[u8]) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(metadata)
-        .ok()
-        .and_then(|m| m.get(EPOCH_KEY).and_then(serde_json::Value::as_u64))
-        .unwrap_or(0)
+/// Whether an event's metadata says this projection wrote it in an epoch
+/// older than `epoch`. A user projection's own events name it
+/// ([`PROJECTION_KEY`]) and their epoch; anything else is someone else's.
+/// A system projection's streams are its own (managed: no client writes
+/// them), and its links written before they named their writer carry only
+/// the epoch, or nothing (epoch 0's).
+fn written_by_older_epoch(metadata: &[u8], settings: &Settings, epoch: u64) -> bool {
+    let m = serde_json::from_slice::<serde_json::Value>(metadata).ok();
+    let field = |key: &str| m.as_ref().and_then(|m| m.get(key));
+    let writer = field(PROJECTION_KEY).and_then(serde_json::Value::as_str);
+    let written = field(EPOCH_KEY).and_then(serde_json::Value::as_u64);
+    let ours = match writer {
+        Some(w) => w == settings.name,
+        None => settings.system,
+    };
+    match written {
+        Some(e) => ours && e < epoch,
+        None => ours && settings.system,
+    }
 }
 
-/// An emitted event's metadata with the epoch added.
-fn with_epoch(metadata: Option<&str>, epoch: u64) -> String {
-    let mut m: serde_json::Map<String, serde_json::Value> = metadata
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default();
+/// An emitted event's metadata with its writer and epoch added
+/// ([`PROJECTION_KEY`], [`EPOCH_KEY`]; values the handler gave under
+/// those keys are replaced). Metadata that is not a JSON object (`copyTo`
+/// of an event with binary metadata) is kept as it is, unmarked.
+fn with_epoch(metadata: Option<&str>, projection: &str, epoch: u64) -> String {
+    let mut m = match metadata.map(str::trim) {
+        None | Some("") => serde_json::Map::new(),
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(serde_json::Value::Null) => serde_json::Map::new(),
+            _ => return metadata.unwrap_or_default().to_owned(),
+        },
+    };
+    m.insert(PROJECTION_KEY.into(), projection.into());
     m.insert(EPOCH_KEY.into(), epoch.into());
     serde_json::Value::Object(m).to_string()
 }

@@ -654,3 +654,192 @@ async fn resetting_link_writing_system_projections_does_not_duplicate_links() {
     }
     p.shutdown().await;
 }
+
+/// What a projection emitted to `stream`: each event's body and the
+/// metadata keys naming its writer.
+async fn emitted(
+    store: &Engine,
+    stream: &str,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    read(store, stream)
+        .await
+        .iter()
+        .map(|e| {
+            let m: serde_json::Value = serde_json::from_slice(&e.metadata).unwrap_or_default();
+            (
+                String::from_utf8_lossy(&e.data).into_owned(),
+                m["$projection"].clone(),
+                m["$epoch"].clone(),
+            )
+        })
+        .collect()
+}
+
+const AUDIT: &str = r#"
+fromCategory("order").when({
+    $any: (s, e) => {
+        emit("audit_" + PROJECTION, "Seen", { at: e.sequenceNumber + "@" + e.streamId });
+        linkTo("links_" + PROJECTION, e);
+    }
+})"#;
+
+/// Resetting a user projection does not duplicate what it emitted, whether
+/// its emitted streams are tracked or not: as KurrentDB's emitted streams
+/// (and the system projections' links, ADR 44), each emitted event carries
+/// the projection and its epoch, and a stream last written by an older
+/// epoch is truncated after it before the new epoch's first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_a_user_projection_does_not_duplicate_its_emitted_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    append(&store, "order-1", "Placed", serde_json::json!({})).await;
+    append(&store, "order-1", "Paid", serde_json::json!({})).await;
+    append(&store, "order-2", "Placed", serde_json::json!({})).await;
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    for (n, tracked) in [("untracked", false), ("tracked", true)] {
+        let mut c = create(
+            n,
+            &AUDIT.replace("PROJECTION", &format!("'{n}'")),
+            Mode::Continuous,
+        );
+        c.track_emitted_streams = tracked;
+        p.create(c).await.unwrap();
+    }
+    let mut want = vec!["0@order-1", "1@order-1", "0@order-2"];
+    for n in ["untracked", "tracked"] {
+        eventually("the first run's events", || async {
+            read(&store, &format!("audit_{n}")).await.len() == 3
+                && read(&store, &format!("links_{n}")).await.len() == 3
+        })
+        .await;
+    }
+    for round in 0..2u64 {
+        for n in ["untracked", "tracked"] {
+            p.reset(n).await.unwrap();
+        }
+        // A new event after the replay's: once it is emitted, the replay
+        // is done.
+        let stream = ["order-3", "order-4"][round as usize];
+        append(&store, stream, "Placed", serde_json::json!({})).await;
+        want.push(["0@order-3", "0@order-4"][round as usize]);
+        for n in ["untracked", "tracked"] {
+            eventually("the replay and the new event", || async {
+                read(&store, &format!("audit_{n}"))
+                    .await
+                    .last()
+                    .is_some_and(|e| {
+                        e.data.as_ref() == format!(r#"{{"at":"0@{stream}"}}"#).as_bytes()
+                    })
+                    && read(&store, &format!("links_{n}"))
+                        .await
+                        .last()
+                        .is_some_and(|e| e.data.as_ref() == format!("0@{stream}").as_bytes())
+            })
+            .await;
+        }
+        // Let the commits settle, then read: every event once, in order,
+        // written by this epoch.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for n in ["untracked", "tracked"] {
+            let audit = emitted(&store, &format!("audit_{n}")).await;
+            let bodies: Vec<String> = audit.iter().map(|(b, _, _)| b.clone()).collect();
+            let expected: Vec<String> = want.iter().map(|w| format!(r#"{{"at":"{w}"}}"#)).collect();
+            assert_eq!(bodies, expected, "{n}, round {round}");
+            for (_, projection, epoch) in &audit {
+                assert_eq!(projection, n, "{n}, round {round}");
+                assert_eq!(epoch, &serde_json::json!(round + 1), "{n}, round {round}");
+            }
+            let links: Vec<String> = emitted(&store, &format!("links_{n}"))
+                .await
+                .into_iter()
+                .map(|(b, _, _)| b)
+                .collect();
+            assert_eq!(links, want, "{n}, round {round}");
+        }
+    }
+    // Later events are appended after the replay's, once each.
+    append(&store, "order-5", "Placed", serde_json::json!({})).await;
+    want.push("0@order-5");
+    for n in ["untracked", "tracked"] {
+        eventually("the later event", || async {
+            read(&store, &format!("links_{n}")).await.len() == want.len()
+                && read(&store, &format!("audit_{n}")).await.len() == want.len()
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in ["untracked", "tracked"] {
+        let links: Vec<String> = emitted(&store, &format!("links_{n}"))
+            .await
+            .into_iter()
+            .map(|(b, _, _)| b)
+            .collect();
+        assert_eq!(links, want, "{n}, after the resets");
+        assert_eq!(read(&store, &format!("audit_{n}")).await.len(), want.len());
+    }
+    p.shutdown().await;
+}
+
+/// A stream whose last event a client wrote is not the projection's to
+/// truncate: after a reset the replay appends to it (nothing hidden, no
+/// fault), as Factum did before the epoch check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_does_not_truncate_a_stream_a_client_wrote_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    append(&store, "order-1", "Placed", serde_json::json!({})).await;
+    append(&store, "order-2", "Placed", serde_json::json!({})).await;
+    let p = Projections::new(store.clone(), Limits::default(), policy());
+    p.start().await.unwrap();
+    let mut c = create(
+        "shared",
+        &AUDIT.replace("PROJECTION", "'shared'"),
+        Mode::Continuous,
+    );
+    c.track_emitted_streams = false;
+    p.create(c).await.unwrap();
+    eventually("the first run's events", || async {
+        read(&store, "audit_shared").await.len() == 2
+    })
+    .await;
+    // A client writes to the stream the projection emits to.
+    append(
+        &store,
+        "audit_shared",
+        "Note",
+        serde_json::json!({"by": "client"}),
+    )
+    .await;
+    p.reset("shared").await.unwrap();
+    append(&store, "order-3", "Placed", serde_json::json!({})).await;
+    eventually("the replay and the new event", || async {
+        read(&store, "audit_shared")
+            .await
+            .last()
+            .is_some_and(|e| e.data.as_ref() == br#"{"at":"0@order-3"}"#)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let audit = emitted(&store, "audit_shared").await;
+    let bodies: Vec<&str> = audit.iter().map(|(b, _, _)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"at":"0@order-1"}"#,
+            r#"{"at":"0@order-2"}"#,
+            r#"{"by":"client"}"#,
+            r#"{"at":"0@order-1"}"#,
+            r#"{"at":"0@order-2"}"#,
+            r#"{"at":"0@order-3"}"#,
+        ],
+        "nothing truncated: the client's event and the projection's before it still read"
+    );
+    let metadata = store.stream_metadata(name("audit_shared")).await.unwrap();
+    assert_eq!(metadata.metadata.truncate_before, None);
+    assert_eq!(
+        p.statistics(Some("shared")).await.unwrap()[0].status,
+        "Running"
+    );
+    p.shutdown().await;
+}
