@@ -141,8 +141,9 @@ impl SegmentCipher {
         aad
     }
 
-    /// Seals page `page`'s plaintext (`plain`, [`PAGE`] bytes) as version
-    /// `seq` with `used` bytes in use into `out` ([`SLOT`] bytes).
+    /// Seals page `page`'s plaintext (`plain`, at most [`PAGE`] bytes; zeros
+    /// after it) as version `seq` with `used` bytes in use into `out`
+    /// ([`SLOT`] bytes).
     pub fn seal_page(
         &self,
         page: u64,
@@ -151,14 +152,15 @@ impl SegmentCipher {
         plain: &[u8],
         out: &mut [u8],
     ) -> Result<()> {
-        debug_assert_eq!(plain.len(), PAGE);
+        debug_assert!(plain.len() <= PAGE);
         debug_assert_eq!(out.len(), SLOT);
         out[0..8].copy_from_slice(&seq.to_le_bytes());
         out[8..12].copy_from_slice(&(used as u32).to_le_bytes());
         out[12..16].fill(0);
         let aad = self.aad(b"factum page v1", page, &out[0..12]);
         let body_at = SLOT_HEAD + NONCE_LEN;
-        out[body_at..body_at + PAGE].copy_from_slice(plain);
+        out[body_at..body_at + plain.len()].copy_from_slice(plain);
+        out[body_at + plain.len()..body_at + PAGE].fill(0);
         let mut nonce = [0u8; NONCE_LEN];
         let tag = seal_in_place(
             &self.key,
@@ -675,37 +677,26 @@ impl SegmentFile {
         if rest.is_empty() {
             return Ok(());
         }
-        // Fresh pages: one write of their pairs (version 1 in the first
-        // slot, the second slot zero).
+        // Fresh pages: version 1 in their first slot. The second slot of
+        // a page past the log's end is zero already (cuts remove whole
+        // pages past the end, preallocation writes zeros), so only first
+        // slots are written: one slot a page, not a pair with zeros.
         let pages = rest.len().div_ceil(PAGE);
-        let mut out = vec![0u8; pages * PAIR as usize];
+        let mut out = vec![0u8; pages * SLOT];
+        seal_fresh(&cipher, page, rest, &mut out).map_err(std::io::Error::other)?;
+        for (i, slot) in out.chunks(SLOT).enumerate() {
+            self.file.write_all_at(slot, pair_offset(page + i as u64))?;
+        }
+        let last = (pages - 1) * PAGE;
         let mut plain = vec![0u8; PAGE];
-        let mut last = None;
-        for (i, chunk) in rest.chunks(PAGE).enumerate() {
-            plain[..chunk.len()].copy_from_slice(chunk);
-            plain[chunk.len()..].fill(0);
-            let at = i * PAIR as usize;
-            cipher
-                .seal_page(
-                    page + i as u64,
-                    1,
-                    chunk.len(),
-                    &plain,
-                    &mut out[at..at + SLOT],
-                )
-                .map_err(std::io::Error::other)?;
-            last = Some((page + i as u64, chunk.len()));
-        }
-        self.file.write_all_at(&out, pair_offset(page))?;
-        if let Some((p, used)) = last {
-            self.tail = Some(Tail {
-                page: p,
-                seq: 1,
-                slot: Some(0),
-                used,
-                plain,
-            });
-        }
+        plain[..rest.len() - last].copy_from_slice(&rest[last..]);
+        self.tail = Some(Tail {
+            page: page + (pages - 1) as u64,
+            seq: 1,
+            slot: Some(0),
+            used: rest.len() - last,
+            plain,
+        });
         Ok(())
     }
 
@@ -755,6 +746,47 @@ impl SegmentFile {
     }
 }
 
+/// Seals `data`, fresh pages from `first`, as their version 1 into `out`
+/// (one [`SLOT`] each); a long run on several threads.
+fn seal_fresh(cipher: &SegmentCipher, first: u64, data: &[u8], out: &mut [u8]) -> Result<()> {
+    let pages = data.len().div_ceil(PAGE);
+    let one = |from: usize, out: &mut [u8]| -> Result<()> {
+        for (j, slot) in out.chunks_mut(SLOT).enumerate() {
+            let i = from + j;
+            let chunk = &data[i * PAGE..((i + 1) * PAGE).min(data.len())];
+            cipher.seal_page(first + i as u64, 1, chunk.len(), chunk, slot)?;
+        }
+        Ok(())
+    };
+    let threads = crate::compress::scan_threads();
+    if threads < 2 || pages < PARALLEL_PAGES {
+        return one(0, out);
+    }
+    let per = pages.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let tasks: Vec<_> = out
+            .chunks_mut(per * SLOT)
+            .enumerate()
+            .map(|(k, part)| {
+                let one = &one;
+                scope.spawn(move || one(k * per, part))
+            })
+            .collect();
+        tasks.into_iter().try_for_each(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    "sealing segment pages",
+                    std::io::Error::other("a sealing thread panicked"),
+                ))
+            })
+        })
+    })
+}
+
+/// Runs of at least this many pages are sealed or opened on several
+/// threads (below it, starting threads costs more than it saves).
+const PARALLEL_PAGES: usize = 64;
+
 /// Writes zeros over logical `[start, end)` of a segment file, free
 /// space ahead of the writer (preallocation, ADR 10). In an encrypted one:
 /// both slots of every page from the first that starts at or after
@@ -802,6 +834,29 @@ pub fn read_pages(
     buf: &mut [u8],
     offset: u64,
 ) -> Result<usize> {
+    thread_local! {
+        /// A thread's pair and plaintext buffers, kept between reads.
+        static SCRATCH: std::cell::Cell<(Vec<u8>, Vec<u8>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    }
+    let (mut raw, mut plain) = SCRATCH.take();
+    let r = read_pages_with(&mut raw, &mut plain, cipher, read, stored_len, buf, offset);
+    if raw.capacity() <= 4 << 20 {
+        SCRATCH.set((raw, plain));
+    }
+    r
+}
+
+/// [`read_pages`] with the caller's buffers.
+#[allow(clippy::too_many_arguments)]
+fn read_pages_with(
+    raw: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+    cipher: &SegmentCipher,
+    read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
+    stored_len: u64,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<usize> {
     let mut got = 0;
     if offset < SEGMENT_HEADER_LEN as u64 {
         let n = (SEGMENT_HEADER_LEN - offset as usize).min(buf.len());
@@ -824,16 +879,18 @@ pub fn read_pages(
         let want_pages = ((buf.len() - got + within).div_ceil(PAGE) as u64)
             .min(pages - first)
             .min(260) as usize;
-        let mut raw = vec![0u8; want_pages * PAIR as usize];
-        let n = read(&mut raw, pair_offset(first))?;
+        raw.clear();
+        raw.resize(want_pages * PAIR as usize, 0);
+        let n = read(raw, pair_offset(first))?;
         raw.truncate(n);
         let have = (raw.len().div_ceil(PAIR as usize)).min(want_pages);
         if have == 0 {
             break;
         }
-        let mut plain = vec![0u8; have * PAGE];
+        plain.resize(have * PAGE, 0);
+        let plain = &mut plain[..have * PAGE];
         let mut states = vec![PageState::Zero; have];
-        open_pages(cipher, first, &raw, &mut plain, &mut states);
+        open_pages(cipher, first, raw, plain, &mut states);
         for i in 0..have {
             let page = first + i as u64;
             let text = &mut plain[i * PAGE..(i + 1) * PAGE];
@@ -898,7 +955,7 @@ fn open_pages(
             );
         }
     };
-    if threads < 2 || pages < 16 {
+    if threads < 2 || pages < PARALLEL_PAGES {
         one(0, plain, states);
         return;
     }
@@ -1231,8 +1288,8 @@ mod tests {
         let mut logical = header.encode().to_vec();
         // Small appends, a large one across pages, more small ones.
         let mut at = SEGMENT_HEADER_LEN as u64;
-        // 120,000 bytes: a run of pages opened on several threads.
-        for (i, n) in [10usize, 300, 5000, 3, 9000, 1, PAGE, 77, 120_000, 5]
+        // 300,000 bytes: a run of pages sealed and opened on several threads.
+        for (i, n) in [10usize, 300, 5000, 3, 9000, 1, PAGE, 77, 300_000, 5]
             .iter()
             .enumerate()
         {
