@@ -41,13 +41,15 @@ fn fsync_child() {
     let rt = common::runtime();
     rt.block_on(async move {
         // Small segments, for faults while rolling.
-        let config = match std::env::var("FACTUM_FSYNC_SEGMENT_BYTES") {
+        let mut config = match std::env::var("FACTUM_FSYNC_SEGMENT_BYTES") {
             Ok(v) => EngineConfig {
                 segment_bytes: v.parse().unwrap(),
                 ..EngineConfig::default()
             },
             Err(_) => EngineConfig::default(),
         };
+        // Encrypted at rest (ADR 45) when the parent gives a key.
+        config.encryption = std::env::var(KEY_ENV).ok().map(|hex| master(&hex));
         let (engine, _) = Engine::open_with(&dir, config).unwrap();
         let mut tasks = Vec::new();
         for t in 0..TASKS {
@@ -89,8 +91,17 @@ fn fsync_child() {
     });
 }
 
+/// The child's master key (hex), when the run is encrypted at rest.
+const KEY_ENV: &str = "FACTUM_FSYNC_KEY";
+
+fn master(hex: &str) -> factum_engine::MasterKey {
+    factum_engine::MasterKey::new(factum_crypto::SecretKey::from_hex(hex).unwrap())
+}
+
 /// What one child run printed.
 struct Run {
+    /// The master key the store is encrypted under, if it is.
+    key: Option<factum_engine::MasterKey>,
     /// (task, revision, position) of every acknowledged append.
     acks: Vec<(u64, u64, u64)>,
     /// Per task: its answers in order, `true` for an acknowledgement.
@@ -125,6 +136,10 @@ fn run_child(test: &str, dir: &Path, fault: &[(&str, &str)]) -> Option<Run> {
         "the fault was never injected ({fault:?}):\n{stderr}"
     );
     let mut run = Run {
+        key: fault
+            .iter()
+            .find(|(k, _)| *k == KEY_ENV)
+            .map(|(_, hex)| master(hex)),
         acks: Vec::new(),
         order: vec![Vec::new(); TASKS as usize],
         errors: Vec::new(),
@@ -212,7 +227,11 @@ fn check_stopped(run: &Run, dir: &Path, reason_has: &str) {
 /// A fresh open (no shim) cuts what the marker says, holds exactly the
 /// acknowledged events, verifies, and takes appends again.
 async fn reopen_holds_exactly_the_acknowledged(dir: &Path, run: &Run, expect_marker: bool) {
-    let (engine, recovery) = Engine::open_with(dir, EngineConfig::default()).unwrap();
+    let config = EngineConfig {
+        encryption: run.key.clone(),
+        ..EngineConfig::default()
+    };
+    let (engine, recovery) = Engine::open_with(dir, config.clone()).unwrap();
     let all = engine.read_all(ReadAll::forwards()).await.unwrap();
     let stored: BTreeSet<(u64, u64, u64)> = all
         .iter()
@@ -254,9 +273,9 @@ async fn reopen_holds_exactly_the_acknowledged(dir: &Path, run: &Run, expect_mar
         .unwrap();
     engine.close().unwrap();
     drop(engine);
-    let report = factum_engine::verify(dir).unwrap();
+    let report = factum_engine::verify_store(dir, None, run.key.as_ref()).unwrap();
     assert!(report.ok(), "{:?}", report.faults);
-    let (engine, recovery) = Engine::open_with(dir, EngineConfig::default()).unwrap();
+    let (engine, recovery) = Engine::open_with(dir, config).unwrap();
     assert!(recovery.fsync_cut.is_none() && recovery.cut.is_none());
     assert_eq!(
         engine.read_all(ReadAll::forwards()).await.unwrap().len(),
@@ -481,5 +500,64 @@ fn a_failed_fsync_at_close_is_reported_and_loses_nothing() {
         dir.path(),
         &run,
         true,
+    ));
+}
+
+/// The writer's failed fdatasync in a store encrypted at rest (ADR 45):
+/// the marker's cut goes through the encrypted pages (the last kept page
+/// written again without the cut bytes), and the reopened store holds
+/// exactly what was acknowledged.
+#[test]
+fn a_failed_fdatasync_in_an_encrypted_store_cuts_through_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "4f".repeat(32);
+    let Some(run) = run_child(
+        "a_failed_fdatasync_in_an_encrypted_store_cuts_through_its_pages",
+        dir.path(),
+        &[
+            ("FACTUM_FAULT_CALL", "fdatasync"),
+            ("FACTUM_FAULT_NTH", "40"),
+            ("FACTUM_FAULT_THREAD", "factum-writer"),
+            ("FACTUM_FAULT_PATH", ".seg"),
+            (KEY_ENV, &key),
+        ],
+    ) else {
+        return;
+    };
+    check_stopped(&run, dir.path(), "fsync of");
+    common::runtime().block_on(reopen_holds_exactly_the_acknowledged(
+        dir.path(),
+        &run,
+        true,
+    ));
+}
+
+/// A failed write in an encrypted store: a group may have written a page's
+/// new version before the failing write; the undo cuts it through the
+/// pages and appends go on.
+#[test]
+fn a_failed_write_in_an_encrypted_store_is_undone_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "4f".repeat(32);
+    let Some(run) = run_child(
+        "a_failed_write_in_an_encrypted_store_is_undone_and_appends_go_on",
+        dir.path(),
+        &[
+            ("FACTUM_FAULT_CALL", "pwrite64"),
+            ("FACTUM_FAULT_NTH", "30"),
+            ("FACTUM_FAULT_THREAD", "factum-writer"),
+            ("FACTUM_FAULT_PATH", ".seg"),
+            (KEY_ENV, &key),
+        ],
+    ) else {
+        return;
+    };
+    assert!(run.fatal.is_none(), "{:?}", run.fatal);
+    assert!(!run.errors.is_empty(), "no append failed");
+    assert!(!dir.path().join(MARKER_FILE).exists());
+    common::runtime().block_on(reopen_holds_exactly_the_acknowledged(
+        dir.path(),
+        &run,
+        false,
     ));
 }
