@@ -176,6 +176,47 @@ fn a_store_encrypted_at_rest_through_the_binary() {
     let after = text(&read(Some(&new)));
     assert!(after.contains(SECRET) && after.contains(LIVE), "{after}");
     assert!(verify(Some(&new)).status.success());
+
+    // A backup and its restore stay encrypted; restore checks with the key.
+    let backup = dir.path().join("backup");
+    let restored = dir.path().join("restored");
+    let mut c = factum(Some(&new));
+    c.arg("backup")
+        .arg("--data")
+        .arg(&data)
+        .arg("--to")
+        .arg(&backup);
+    assert!(run(c).status.success());
+    assert_eq!(found_in_files(&backup, SECRET), Vec::<String>::new());
+    let mut c = factum(None);
+    c.arg("restore")
+        .arg("--from")
+        .arg(&backup)
+        .arg("--data")
+        .arg(&restored);
+    let o = run(c);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("encrypted at rest"), "{}", text(&o));
+    let mut c = factum(Some(&new));
+    c.arg("restore")
+        .arg("--from")
+        .arg(&backup)
+        .arg("--data")
+        .arg(&restored)
+        .arg("--force");
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = factum(Some(&new));
+    c.arg("read")
+        .arg("--data")
+        .arg(&restored)
+        .args(["customer-ivy", "--json"]);
+    let o = run(c);
+    assert!(
+        text(&o).contains(SECRET) && text(&o).contains(LIVE),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -204,12 +204,15 @@ pub fn restore(args: RestoreArgs) -> Result<(), CliError> {
     };
     let report = factum_engine::restore(&from, &args.data, args.force)?;
     print(&report, started, "restored");
-    let check = factum_engine::verify(&args.data)?;
+    // A store encrypted at rest (ADR 45) is checked with its key.
+    let key = super::at_rest_key(None, Some(true))?;
+    let check = factum_engine::verify_store(&args.data, None, key.as_ref())?;
     if !check.ok() {
         return Err(CliError::failure(format!(
-            "the restored store at {} fails verify: {} fault(s); the backup is damaged",
+            "the restored store at {} fails verify: {} fault(s), the first: {}",
             args.data.display(),
-            check.faults.len()
+            check.faults.len(),
+            check.faults[0]
         )));
     }
     println!("verify: ok ({} events)", check.events);
