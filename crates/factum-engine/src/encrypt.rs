@@ -677,16 +677,14 @@ impl SegmentFile {
         if rest.is_empty() {
             return Ok(());
         }
-        // Fresh pages: version 1 in their first slot. The second slot of
-        // a page past the log's end is zero already (cuts remove whole
-        // pages past the end, preallocation writes zeros), so only first
-        // slots are written: one slot a page, not a pair with zeros.
+        // Fresh pages: one write of their pairs, version 1 in the first
+        // slot and the second zero. (Writing only the first slots, one
+        // write each, left the file in 4 KiB islands and measured slower:
+        // 370k against 490k-560k events/s on encrypted-append-batch.)
         let pages = rest.len().div_ceil(PAGE);
-        let mut out = vec![0u8; pages * SLOT];
-        seal_fresh(&cipher, page, rest, &mut out).map_err(std::io::Error::other)?;
-        for (i, slot) in out.chunks(SLOT).enumerate() {
-            self.file.write_all_at(slot, pair_offset(page + i as u64))?;
-        }
+        let mut pairs = vec![0u8; pages * PAIR as usize];
+        seal_fresh(&cipher, page, rest, &mut pairs).map_err(std::io::Error::other)?;
+        self.file.write_all_at(&pairs, pair_offset(page))?;
         let last = (pages - 1) * PAGE;
         let mut plain = vec![0u8; PAGE];
         plain[..rest.len() - last].copy_from_slice(&rest[last..]);
@@ -746,15 +744,16 @@ impl SegmentFile {
     }
 }
 
-/// Seals `data`, fresh pages from `first`, as their version 1 into `out`
-/// (one [`SLOT`] each); a long run on several threads.
+/// Seals `data`, fresh pages from `first`, as their version 1 into the
+/// first slot of each pair of `out` (one [`PAIR`] a page, the second slot
+/// left as it is); a long run on several threads.
 fn seal_fresh(cipher: &SegmentCipher, first: u64, data: &[u8], out: &mut [u8]) -> Result<()> {
     let pages = data.len().div_ceil(PAGE);
     let one = |from: usize, out: &mut [u8]| -> Result<()> {
-        for (j, slot) in out.chunks_mut(SLOT).enumerate() {
+        for (j, pair) in out.chunks_mut(PAIR as usize).enumerate() {
             let i = from + j;
             let chunk = &data[i * PAGE..((i + 1) * PAGE).min(data.len())];
-            cipher.seal_page(first + i as u64, 1, chunk.len(), chunk, slot)?;
+            cipher.seal_page(first + i as u64, 1, chunk.len(), chunk, &mut pair[..SLOT])?;
         }
         Ok(())
     };
@@ -765,7 +764,7 @@ fn seal_fresh(cipher: &SegmentCipher, first: u64, data: &[u8], out: &mut [u8]) -
     let per = pages.div_ceil(threads);
     std::thread::scope(|scope| {
         let tasks: Vec<_> = out
-            .chunks_mut(per * SLOT)
+            .chunks_mut(per * PAIR as usize)
             .enumerate()
             .map(|(k, part)| {
                 let one = &one;
