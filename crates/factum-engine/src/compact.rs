@@ -116,7 +116,12 @@ impl Engine {
                 report.archive_only += 1;
                 continue;
             }
-            if seg.format.compressed() {
+            // A store opened with a master key also takes its compressed
+            // segments written in the clear: rewritten, they are encrypted
+            // (ADR 45).
+            if seg.format.compressed()
+                && (seg.format.encrypted() || self.config().encryption.is_none())
+            {
                 report.already_compressed += 1;
                 continue;
             }
