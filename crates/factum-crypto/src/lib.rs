@@ -40,6 +40,7 @@ pub mod key_store;
 pub mod master;
 pub mod seal;
 pub mod shredding;
+pub mod xaes;
 
 use std::path::{Path, PathBuf};
 

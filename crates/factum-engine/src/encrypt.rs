@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use factum_core::{Error, Result};
 use factum_crypto::seal::{open_in_place, seal_in_place, NONCE_LEN, TAG_LEN};
+use factum_crypto::xaes::XaesKey;
 use factum_crypto::SecretKey;
 use sha2::Digest;
 
@@ -41,6 +42,9 @@ pub const KEY_AREA: u64 = 4096;
 pub const SLOT: usize = 4096;
 /// Slot bytes before the nonce: `seq` (u64) and `used` (u32), 4 zero bytes.
 const SLOT_HEAD: usize = 16;
+/// Where a slot's body (ciphertext, or plaintext once opened in place)
+/// starts.
+const BODY_AT: usize = SLOT_HEAD + NONCE_LEN;
 /// Logical bytes per page.
 pub const PAGE: usize = SLOT - SLOT_HEAD - NONCE_LEN - TAG_LEN;
 /// Physical bytes of one page (its two slots).
@@ -95,7 +99,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The data key of one segment, and what binds its pages to their place.
 pub struct SegmentCipher {
-    key: SecretKey,
+    key: XaesKey,
     number: u32,
     first_position: u64,
 }
@@ -126,23 +130,50 @@ pub enum PageState {
     Invalid,
 }
 
+/// The associated data's labels: a page, a compressed block (XAES-256-GCM,
+/// ADR 45).
+const PAGE_LABEL: &[u8] = b"factum page v2";
+const BLOCK_LABEL: &[u8] = b"factum block v2";
+
 fn io_err(what: String, e: std::io::Error) -> Error {
     Error::io(what, e)
 }
 
+/// Associated data: a label, the segment, the page or block, and (for a
+/// page) its `seq | used`; on the stack.
+struct Aad {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl std::ops::Deref for Aad {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 impl SegmentCipher {
-    fn aad(&self, label: &[u8], index: u64, extra: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(label.len() + 20 + extra.len());
-        aad.extend_from_slice(label);
-        aad.extend_from_slice(&self.number.to_le_bytes());
-        aad.extend_from_slice(&self.first_position.to_le_bytes());
-        aad.extend_from_slice(&index.to_le_bytes());
-        aad.extend_from_slice(extra);
-        aad
+    fn aad(&self, label: &[u8], index: u64, extra: &[u8]) -> Aad {
+        let mut a = Aad {
+            buf: [0; 64],
+            len: 0,
+        };
+        for part in [
+            label,
+            &self.number.to_le_bytes()[..],
+            &self.first_position.to_le_bytes()[..],
+            &index.to_le_bytes()[..],
+            extra,
+        ] {
+            a.buf[a.len..a.len + part.len()].copy_from_slice(part);
+            a.len += part.len();
+        }
+        a
     }
 
     /// Seals page `page`'s plaintext (`plain`, at most [`PAGE`] bytes; zeros
-    /// after it) as version `seq` with `used` bytes in use into `out`
+    /// after it) as version `seq` (≥ 1) with `used` bytes in use into `out`
     /// ([`SLOT`] bytes).
     pub fn seal_page(
         &self,
@@ -154,92 +185,101 @@ impl SegmentCipher {
     ) -> Result<()> {
         debug_assert!(plain.len() <= PAGE);
         debug_assert_eq!(out.len(), SLOT);
+        debug_assert!(seq >= 1);
         out[0..8].copy_from_slice(&seq.to_le_bytes());
         out[8..12].copy_from_slice(&(used as u32).to_le_bytes());
         out[12..16].fill(0);
-        let aad = self.aad(b"factum page v1", page, &out[0..12]);
-        let body_at = SLOT_HEAD + NONCE_LEN;
+        let aad = self.aad(PAGE_LABEL, page, &out[0..12]);
+        let body_at = BODY_AT;
         out[body_at..body_at + plain.len()].copy_from_slice(plain);
         out[body_at + plain.len()..body_at + PAGE].fill(0);
         let mut nonce = [0u8; NONCE_LEN];
-        let tag = seal_in_place(
-            &self.key,
-            &aad,
-            &mut nonce,
-            &mut out[body_at..body_at + PAGE],
-        )
-        .map_err(|e| Error::io("encrypting a segment page", std::io::Error::other(e)))?;
+        let tag = self
+            .key
+            .seal_in_place(&aad, &mut nonce, &mut out[body_at..body_at + PAGE])
+            .map_err(|e| Error::io("encrypting a segment page", std::io::Error::other(e)))?;
         out[SLOT_HEAD..body_at].copy_from_slice(&nonce);
         out[body_at + PAGE..].copy_from_slice(&tag);
         Ok(())
     }
 
-    /// Opens one slot of page `page` into `plain`: `Some((seq, used))`.
-    fn open_slot(&self, page: u64, slot: &[u8], plain: &mut [u8]) -> Option<(u64, usize)> {
+    /// Opens one slot of page `page` in place (its body becomes the
+    /// plaintext, at `BODY_AT..BODY_AT + PAGE`): `Some((seq, used))`.
+    fn open_slot_in_place(&self, page: u64, slot: &mut [u8]) -> Option<(u64, usize)> {
         let seq = u64::from_le_bytes(slot[0..8].try_into().unwrap());
         let used = u32::from_le_bytes(slot[8..12].try_into().unwrap()) as usize;
-        if used > PAGE || slot[12..16] != [0; 4] {
+        if seq == 0 || used > PAGE || slot[12..16] != [0; 4] {
             return None;
         }
-        let aad = self.aad(b"factum page v1", page, &slot[0..12]);
-        let body_at = SLOT_HEAD + NONCE_LEN;
-        let nonce: [u8; NONCE_LEN] = slot[SLOT_HEAD..body_at].try_into().unwrap();
-        let tag: [u8; TAG_LEN] = slot[body_at + PAGE..].try_into().unwrap();
-        plain.copy_from_slice(&slot[body_at..body_at + PAGE]);
-        open_in_place(&self.key, &aad, &nonce, plain, &tag).then_some((seq, used))
+        let aad = self.aad(PAGE_LABEL, page, &slot[0..12]);
+        let nonce: [u8; NONCE_LEN] = slot[SLOT_HEAD..BODY_AT].try_into().unwrap();
+        let tag: [u8; TAG_LEN] = slot[BODY_AT + PAGE..].try_into().unwrap();
+        self.key
+            .open_in_place(&aad, &nonce, &mut slot[BODY_AT..BODY_AT + PAGE], &tag)
+            .then_some((seq, used))
     }
 
     /// Decodes page `page` from its two slots (`pair`, up to [`PAIR`]
     /// bytes: a missing tail reads as zeros) into `plain` ([`PAGE`] bytes,
     /// zeroed unless the page is valid).
     pub fn open_page(&self, page: u64, pair: &[u8], plain: &mut [u8]) -> PageState {
-        let owned;
-        let pair: &[u8] = if pair.len() < PAIR as usize {
-            let mut v = vec![0u8; PAIR as usize];
-            v[..pair.len()].copy_from_slice(pair);
-            owned = v;
-            &owned
-        } else {
-            &pair[..PAIR as usize]
-        };
-        let slots = [&pair[..SLOT], &pair[SLOT..]];
-        let zero = |s: &[u8]| s.iter().all(|&b| b == 0);
-        let seq_of = |s: &[u8]| u64::from_le_bytes(s[0..8].try_into().unwrap());
-        let (z0, z1) = (zero(slots[0]), zero(slots[1]));
-        if z0 && z1 {
-            plain.fill(0);
-            return PageState::Zero;
+        let mut copy = vec![0u8; PAIR as usize];
+        let n = pair.len().min(PAIR as usize);
+        copy[..n].copy_from_slice(&pair[..n]);
+        let state = self.open_page_in_place(page, &mut copy);
+        match state {
+            PageState::Valid { slot, .. } => {
+                let at = slot * SLOT + BODY_AT;
+                plain.copy_from_slice(&copy[at..at + PAGE]);
+            }
+            PageState::Zero | PageState::Invalid => plain.fill(0),
         }
-        // The higher version first; the other when it does not open (a
-        // torn write of the newer one).
-        let order = match (z0, z1) {
-            (true, _) => [1, 1],
-            (_, true) => [0, 0],
-            _ if seq_of(slots[1]) > seq_of(slots[0]) => [1, 0],
-            _ => [0, 1],
+        state
+    }
+
+    /// [`SegmentCipher::open_page`] in place: `pair` ([`PAIR`] bytes) is
+    /// decrypted where it lies; a valid page's plaintext is at
+    /// [`body_in_pair`] of its slot. The other slot may be overwritten.
+    pub fn open_page_in_place(&self, page: u64, pair: &mut [u8]) -> PageState {
+        debug_assert_eq!(pair.len(), PAIR as usize);
+        let seq_of = |s: &[u8]| u64::from_le_bytes(s[0..8].try_into().unwrap());
+        let (s0, s1) = (seq_of(&pair[..SLOT]), seq_of(&pair[SLOT..]));
+        // A version has seq ≥ 1: a slot whose seq is 0 holds none (zeros,
+        // or a torn write), and need not be tried.
+        let order: &[usize] = match (s0 == 0, s1 == 0) {
+            (true, true) => {
+                return if pair.iter().all(|&b| b == 0) {
+                    PageState::Zero
+                } else {
+                    PageState::Invalid
+                };
+            }
+            (true, false) => &[1],
+            (false, true) => &[0],
+            // The higher version first; the other when it does not open (a
+            // torn write of the newer one).
+            _ if s1 > s0 => &[1, 0],
+            _ => &[0, 1],
         };
-        for s in order {
-            if let Some((seq, used)) = self.open_slot(page, slots[s], plain) {
+        for &s in order {
+            let slot = &mut pair[s * SLOT..(s + 1) * SLOT];
+            if let Some((seq, used)) = self.open_slot_in_place(page, slot) {
                 return PageState::Valid { seq, used, slot: s };
             }
         }
-        plain.fill(0);
         PageState::Invalid
     }
 
     /// Seals a compressed block in place: `buf` is `nonce | body | tag`
     /// with room for both ([`BLOCK_OVERHEAD`] more than the body).
     pub fn seal_block(&self, block: u64, buf: &mut [u8]) -> Result<()> {
-        let aad = self.aad(b"factum block v1", block, &[]);
+        let aad = self.aad(BLOCK_LABEL, block, &[]);
         let n = buf.len();
         let mut nonce = [0u8; NONCE_LEN];
-        let tag = seal_in_place(
-            &self.key,
-            &aad,
-            &mut nonce,
-            &mut buf[NONCE_LEN..n - TAG_LEN],
-        )
-        .map_err(|e| Error::io("encrypting a segment block", std::io::Error::other(e)))?;
+        let tag = self
+            .key
+            .seal_in_place(&aad, &mut nonce, &mut buf[NONCE_LEN..n - TAG_LEN])
+            .map_err(|e| Error::io("encrypting a segment block", std::io::Error::other(e)))?;
         buf[..NONCE_LEN].copy_from_slice(&nonce);
         buf[n - TAG_LEN..].copy_from_slice(&tag);
         Ok(())
@@ -251,18 +291,18 @@ impl SegmentCipher {
         if buf.len() < BLOCK_OVERHEAD {
             return false;
         }
-        let aad = self.aad(b"factum block v1", block, &[]);
+        let aad = self.aad(BLOCK_LABEL, block, &[]);
         let n = buf.len();
         let nonce: [u8; NONCE_LEN] = buf[..NONCE_LEN].try_into().unwrap();
         let tag: [u8; TAG_LEN] = buf[n - TAG_LEN..].try_into().unwrap();
-        open_in_place(
-            &self.key,
-            &aad,
-            &nonce,
-            &mut buf[NONCE_LEN..n - TAG_LEN],
-            &tag,
-        )
+        self.key
+            .open_in_place(&aad, &nonce, &mut buf[NONCE_LEN..n - TAG_LEN], &tag)
     }
+}
+
+/// Where, in a pair opened in place, the plaintext of slot `slot` lies.
+pub fn body_in_pair(slot: usize) -> std::ops::Range<usize> {
+    slot * SLOT + BODY_AT..slot * SLOT + BODY_AT + PAGE
 }
 
 /// The physical offset of page `page`'s pair.
@@ -380,7 +420,7 @@ pub fn new_key_area(
     area[at..at + KEY_SLOT_LEN].copy_from_slice(&slot);
     Ok((
         Arc::new(SegmentCipher {
-            key: data_key,
+            key: XaesKey::new(&data_key),
             number: header.number,
             first_position: header.first_position,
         }),
@@ -438,7 +478,7 @@ pub fn unlock(
     }
     match best {
         Some((_, key)) => Ok(Arc::new(SegmentCipher {
-            key,
+            key: XaesKey::new(&key),
             number: header.number,
             first_position: header.first_position,
         })),
@@ -834,22 +874,21 @@ pub fn read_pages(
     offset: u64,
 ) -> Result<usize> {
     thread_local! {
-        /// A thread's pair and plaintext buffers, kept between reads.
-        static SCRATCH: std::cell::Cell<(Vec<u8>, Vec<u8>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+        /// A thread's buffer of pairs (decrypted in place), kept between
+        /// reads.
+        static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    let (mut raw, mut plain) = SCRATCH.take();
-    let r = read_pages_with(&mut raw, &mut plain, cipher, read, stored_len, buf, offset);
+    let mut raw = SCRATCH.take();
+    let r = read_pages_with(&mut raw, cipher, read, stored_len, buf, offset);
     if raw.capacity() <= 4 << 20 {
-        SCRATCH.set((raw, plain));
+        SCRATCH.set(raw);
     }
     r
 }
 
-/// [`read_pages`] with the caller's buffers.
-#[allow(clippy::too_many_arguments)]
+/// [`read_pages`] with the caller's buffer.
 fn read_pages_with(
     raw: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
     cipher: &SegmentCipher,
     read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
     stored_len: u64,
@@ -878,41 +917,42 @@ fn read_pages_with(
         let want_pages = ((buf.len() - got + within).div_ceil(PAGE) as u64)
             .min(pages - first)
             .min(260) as usize;
-        raw.clear();
-        raw.resize(want_pages * PAIR as usize, 0);
-        let n = read(raw, pair_offset(first))?;
-        raw.truncate(n);
-        let have = (raw.len().div_ceil(PAIR as usize)).min(want_pages);
+        let want = want_pages * PAIR as usize;
+        if raw.len() < want {
+            raw.resize(want, 0);
+        }
+        let n = read(&mut raw[..want], pair_offset(first))?;
+        let have = n.div_ceil(PAIR as usize).min(want_pages);
         if have == 0 {
             break;
         }
-        plain.resize(have * PAGE, 0);
-        let plain = &mut plain[..have * PAGE];
+        // A short last pair reads as zeros after its end.
+        let raw = &mut raw[..have * PAIR as usize];
+        raw[n.min(have * PAIR as usize)..].fill(0);
         let mut states = vec![PageState::Zero; have];
-        open_pages(cipher, first, raw, plain, &mut states);
+        open_pages_in_place(cipher, first, raw, &mut states);
         for i in 0..have {
             let page = first + i as u64;
-            let text = &mut plain[i * PAGE..(i + 1) * PAGE];
+            let pair = &mut raw[i * PAIR as usize..(i + 1) * PAIR as usize];
             if states[i] == PageState::Invalid {
                 // A writer may be writing one of its slots right now: read
                 // the pair again before calling it damaged.
                 for _ in 0..3 {
-                    let mut again = vec![0u8; PAIR as usize];
-                    let n = read(&mut again, pair_offset(page))?;
-                    states[i] = cipher.open_page(page, &again[..n], text);
+                    pair.fill(0);
+                    read(pair, pair_offset(page))?;
+                    states[i] = cipher.open_page_in_place(page, pair);
                     if states[i] != PageState::Invalid {
                         break;
                     }
                 }
             }
-            let len = match states[i] {
-                PageState::Zero => PAGE,
-                PageState::Valid { used, .. } if page + 1 == pages => used,
-                PageState::Valid { .. } => PAGE,
-                PageState::Invalid => {
-                    text.fill(0xff);
-                    PAGE
+            let (text, len): (&[u8], usize) = match states[i] {
+                PageState::Zero => (&ZERO_PAGE, PAGE),
+                PageState::Valid { used, slot, .. } if page + 1 == pages => {
+                    (&pair[body_in_pair(slot)], used)
                 }
+                PageState::Valid { slot, .. } => (&pair[body_in_pair(slot)], PAGE),
+                PageState::Invalid => (&DAMAGED_PAGE, PAGE),
             };
             let from = if i == 0 { within } else { 0 };
             if from >= len {
@@ -929,49 +969,45 @@ fn read_pages_with(
     Ok(got)
 }
 
-/// Opens the pages of `raw` (pairs from page `first`) into `plain` (one
-/// [`PAGE`] each) and `states`; a long run on several threads (pages are
-/// independent), as compressed blocks are decompressed.
-fn open_pages(
+/// What a free page reads as.
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+/// What a page that opens in neither slot reads as.
+static DAMAGED_PAGE: [u8; PAGE] = [0xff; PAGE];
+
+/// Opens the pairs of `raw` (from page `first`) in place into `states`; a
+/// long run on several threads (pages are independent), as compressed
+/// blocks are decompressed.
+fn open_pages_in_place(
     cipher: &SegmentCipher,
     first: u64,
-    raw: &[u8],
-    plain: &mut [u8],
+    raw: &mut [u8],
     states: &mut [PageState],
 ) {
     let pages = states.len();
     let pair = PAIR as usize;
     let threads = crate::compress::scan_threads();
-    let one = |from: usize, plain: &mut [u8], states: &mut [PageState]| {
-        for (j, state) in states.iter_mut().enumerate() {
-            let i = from + j;
-            let lo = i * pair;
-            let hi = (lo + pair).min(raw.len());
-            *state = cipher.open_page(
-                first + i as u64,
-                &raw[lo..hi],
-                &mut plain[j * PAGE..(j + 1) * PAGE],
-            );
+    let one = |from: usize, raw: &mut [u8], states: &mut [PageState]| {
+        for (j, (state, pair)) in states
+            .iter_mut()
+            .zip(raw.chunks_exact_mut(pair))
+            .enumerate()
+        {
+            *state = cipher.open_page_in_place(first + (from + j) as u64, pair);
         }
     };
     if threads < 2 || pages < PARALLEL_PAGES {
-        one(0, plain, states);
+        one(0, raw, states);
         return;
     }
     let per = pages.div_ceil(threads);
     std::thread::scope(|scope| {
-        let mut plain_rest = plain;
-        let mut states_rest = states;
-        let mut from = 0;
-        while from < pages {
-            let k = per.min(pages - from);
-            let (p, pr) = std::mem::take(&mut plain_rest).split_at_mut(k * PAGE);
-            let (s, sr) = std::mem::take(&mut states_rest).split_at_mut(k);
-            plain_rest = pr;
-            states_rest = sr;
+        for (k, (r, st)) in raw
+            .chunks_mut(per * pair)
+            .zip(states.chunks_mut(per))
+            .enumerate()
+        {
             let one = &one;
-            scope.spawn(move || one(from, p, s));
-            from += k;
+            scope.spawn(move || one(k * per, r, st));
         }
     });
 }
