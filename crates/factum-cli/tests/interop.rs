@@ -284,6 +284,59 @@ fn with_secure(client: &'static Official, name: &str) {
     with_server(client, name, true)
 }
 
+/// How long one client script may run: a script that hangs (a deadlock in
+/// a client, a call the server never answers) fails with what it printed
+/// instead of holding the suite until CI's limit.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to its end, or kills it after `limit`; its output either
+/// way, with a line saying it was killed.
+fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            killed = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = err.join().unwrap();
+    if killed {
+        stderr.extend_from_slice(
+            format!(
+                "\nkilled: the script ran longer than {} s\n",
+                limit.as_secs()
+            )
+            .as_bytes(),
+        );
+    }
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr,
+    }
+}
+
 fn with_server(client: &'static Official, name: &str, secure: bool) {
     let installed = match client.installed() {
         Ok(p) => p,
@@ -306,12 +359,10 @@ fn with_server(client: &'static Official, name: &str, secure: bool) {
         cmd.env("FACTUM_INTEROP_CA", ca);
     }
     let started = Instant::now();
-    let output = cmd
-        .arg(script(name))
-        .arg(&server.addr)
-        .arg(client.package)
-        .output()
-        .unwrap();
+    let output = output_within(
+        cmd.arg(script(name)).arg(&server.addr).arg(client.package),
+        SCRIPT_LIMIT,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");

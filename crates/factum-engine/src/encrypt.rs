@@ -102,6 +102,8 @@ pub struct SegmentCipher {
     key: XaesKey,
     number: u32,
     first_position: u64,
+    /// Recently opened chunks of whole pages, for scans (below).
+    chunks: ChunkCache,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -423,6 +425,7 @@ pub fn new_key_area(
             key: XaesKey::new(&data_key),
             number: header.number,
             first_position: header.first_position,
+            chunks: ChunkCache::default(),
         }),
         area,
     ))
@@ -481,6 +484,7 @@ pub fn unlock(
             key: XaesKey::new(&key),
             number: header.number,
             first_position: header.first_position,
+            chunks: ChunkCache::default(),
         })),
         None => Err(Error::InvalidInput(format!(
             "{}: the master key given (fingerprint {}) does not unwrap this segment's data key (wrapped by master key {}): the wrong key, or a key slot was damaged",
@@ -745,11 +749,20 @@ impl SegmentFile {
         let Some(cipher) = self.cipher.clone() else {
             return self.file.set_len(len);
         };
+        // Kept chunks past the cut go, before and after it (a chunk opened
+        // while it runs is not kept).
+        cipher.chunks.clear();
+        let r = self.cut(&cipher, len);
+        cipher.chunks.clear();
+        r
+    }
+
+    fn cut(&mut self, cipher: &SegmentCipher, len: u64) -> std::io::Result<()> {
         let physical = physical_len(len);
         if len > SEGMENT_HEADER_LEN as u64 {
             let (page, within) = page_of(len);
             if within > 0 {
-                let mut t = self.load(&cipher, page)?;
+                let mut t = self.load(cipher, page)?;
                 if t.used > within {
                     t.plain[within..].fill(0);
                     t.used = within;
@@ -867,11 +880,12 @@ pub fn write_zeros(
 /// damaged page fails its frames' and records' checks, as in an
 /// unencrypted segment.
 pub fn read_pages(
-    cipher: &SegmentCipher,
+    cipher: &Arc<SegmentCipher>,
     read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
     stored_len: u64,
     buf: &mut [u8],
     offset: u64,
+    file: Option<&File>,
 ) -> Result<usize> {
     thread_local! {
         /// A thread's buffer of pairs (decrypted in place), kept between
@@ -879,7 +893,7 @@ pub fn read_pages(
         static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let mut raw = SCRATCH.take();
-    let r = read_pages_with(&mut raw, cipher, read, stored_len, buf, offset);
+    let r = read_pages_with(&mut raw, cipher, read, stored_len, buf, offset, file);
     if raw.capacity() <= 4 << 20 {
         SCRATCH.set(raw);
     }
@@ -889,11 +903,12 @@ pub fn read_pages(
 /// [`read_pages`] with the caller's buffer.
 fn read_pages_with(
     raw: &mut Vec<u8>,
-    cipher: &SegmentCipher,
+    cipher: &Arc<SegmentCipher>,
     read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
     stored_len: u64,
     buf: &mut [u8],
     offset: u64,
+    file: Option<&File>,
 ) -> Result<usize> {
     let mut got = 0;
     if offset < SEGMENT_HEADER_LEN as u64 {
@@ -907,11 +922,34 @@ fn read_pages_with(
         return Ok(got);
     }
     let pages = (stored_len - KEY_AREA).div_ceil(PAIR);
+    // A scan (a large read) goes through whole cached chunks, and opens
+    // the next chunk ahead on another thread while its caller works on
+    // this one.
+    let scan = buf.len() >= SCAN_READ;
+    let mut uncachable = None;
     while got < buf.len() {
         let at = offset + got as u64;
         let (first, within) = page_of(at);
         if first >= pages {
             break;
+        }
+        let chunk = first / CHUNK_PAGES;
+        if scan && uncachable != Some(chunk) {
+            let text = match cipher.chunks.get(chunk) {
+                Some(text) => Some(text),
+                None => load_chunk(cipher, read, pages, chunk, crate::compress::scan_threads())?,
+            };
+            match text {
+                Some(text) => {
+                    if let Some(file) = file {
+                        prefetch(cipher, file, pages, chunk + 1);
+                    }
+                    let start = (first - chunk * CHUNK_PAGES) as usize * PAGE + within;
+                    got += text.copy_to(start, &mut buf[got..]);
+                    continue;
+                }
+                None => uncachable = Some(chunk),
+            }
         }
         // Up to about 1 MiB of logical bytes at once.
         let want_pages = ((buf.len() - got + within).div_ceil(PAGE) as u64)
@@ -930,7 +968,13 @@ fn read_pages_with(
         let raw = &mut raw[..have * PAIR as usize];
         raw[n.min(have * PAIR as usize)..].fill(0);
         let mut states = vec![PageState::Zero; have];
-        open_pages_in_place(cipher, first, raw, &mut states);
+        open_pages_in_place(
+            cipher,
+            first,
+            raw,
+            &mut states,
+            crate::compress::scan_threads(),
+        );
         for i in 0..have {
             let page = first + i as u64;
             let pair = &mut raw[i * PAIR as usize..(i + 1) * PAIR as usize];
@@ -969,23 +1013,247 @@ fn read_pages_with(
     Ok(got)
 }
 
+/// Reads at least this large are scans: they go through [`ChunkCache`].
+const SCAN_READ: usize = 256 << 10;
+/// Pages in a cached chunk (about 1 MiB of plaintext).
+const CHUNK_PAGES: u64 = 256;
+/// Chunks one segment keeps.
+const CHUNKS_PER_SEGMENT: usize = 4;
+/// Chunks all segments of the process keep together (memory bound: 2 MiB
+/// each).
+const CHUNKS_IN_ALL: usize = 32;
+/// Chunks cached now, over all segments.
+static CACHED_CHUNKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Buffers of dropped chunks, for the next ones (no allocation and page
+/// faults per chunk).
+static SPARE_BUFFERS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+
+/// One opened chunk: its pairs, opened in place, and which slot of each
+/// holds the page.
+struct Chunk {
+    pairs: Vec<u8>,
+    slots: Vec<u8>,
+}
+
+impl Chunk {
+    /// Copies the chunk's logical bytes from `start` into `out`; how many.
+    fn copy_to(&self, start: usize, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        let mut at = start;
+        while done < out.len() && at < self.slots.len() * PAGE {
+            let (i, within) = (at / PAGE, at % PAGE);
+            let body = body_in_pair(self.slots[i] as usize);
+            let from = i * PAIR as usize + body.start + within;
+            let n = (PAGE - within).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.pairs[from..from + n]);
+            done += n;
+            at += n;
+        }
+        done
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let mut spare = SPARE_BUFFERS.lock();
+        if spare.len() < 4 {
+            spare.push(std::mem::take(&mut self.pairs));
+        }
+    }
+}
+
+/// Recently opened chunks of a segment ([`CHUNK_PAGES`] pages from a
+/// multiple of it): a scan that stops in the middle of one (a page of
+/// `$all`) and the next scan that starts there open it once, and a scan's
+/// next chunks are opened ahead on another thread while it works on this
+/// one. Only chunks whose every page is full and valid are kept, and such
+/// pages change only when the file is cut ([`SegmentFile::set_len`]),
+/// which drops them; a chunk opened while a cut ran is not kept (the
+/// generation).
+#[derive(Default)]
+struct ChunkCache {
+    inner: parking_lot::Mutex<ChunkInner>,
+    /// Signalled when a chunk opened ahead is done.
+    ready: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct ChunkInner {
+    generation: u64,
+    chunks: std::collections::VecDeque<(u64, Arc<Chunk>)>,
+    /// The chunk being opened ahead.
+    ahead: Option<u64>,
+}
+
+impl ChunkCache {
+    /// Chunk `chunk` if kept; when it is being opened ahead, waits for it.
+    fn get(&self, chunk: u64) -> Option<Arc<Chunk>> {
+        let mut inner = self.inner.lock();
+        loop {
+            if let Some((_, c)) = inner.chunks.iter().find(|(c, _)| *c == chunk) {
+                return Some(c.clone());
+            }
+            if inner.ahead != Some(chunk) {
+                return None;
+            }
+            self.ready.wait(&mut inner);
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.lock().generation
+    }
+
+    fn insert(&self, chunk: u64, generation: u64, text: Arc<Chunk>) {
+        use std::sync::atomic::Ordering;
+        let mut inner = self.inner.lock();
+        if inner.generation != generation || inner.chunks.iter().any(|(c, _)| *c == chunk) {
+            return;
+        }
+        if inner.chunks.len() >= CHUNKS_PER_SEGMENT {
+            inner.chunks.pop_front();
+        } else if CACHED_CHUNKS.fetch_add(1, Ordering::Relaxed) >= CHUNKS_IN_ALL {
+            CACHED_CHUNKS.fetch_sub(1, Ordering::Relaxed);
+            if inner.chunks.is_empty() {
+                return;
+            }
+            inner.chunks.pop_front();
+        }
+        inner.chunks.push_back((chunk, text));
+    }
+
+    /// Drops every chunk (the file was cut).
+    fn clear(&self) {
+        let mut inner = self.inner.lock();
+        inner.generation += 1;
+        let n = inner.chunks.len();
+        inner.chunks.clear();
+        CACHED_CHUNKS.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        let n = self.inner.get_mut().chunks.len();
+        CACHED_CHUNKS.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Opens chunk `chunk` of a segment of `pages` pages (on `threads`
+/// threads) and keeps it; `None` when it is not whole (the file ends in
+/// it) or one of its pages is not full and valid (the active segment's
+/// tail, a page being written, damage: those are read page by page).
+fn load_chunk(
+    cipher: &SegmentCipher,
+    read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
+    pages: u64,
+    chunk: u64,
+    threads: usize,
+) -> Result<Option<Arc<Chunk>>> {
+    let first = chunk * CHUNK_PAGES;
+    if first + CHUNK_PAGES > pages {
+        return Ok(None);
+    }
+    let generation = cipher.chunks.generation();
+    let len = CHUNK_PAGES as usize * PAIR as usize;
+    let mut pairs = SPARE_BUFFERS.lock().pop().unwrap_or_default();
+    pairs.resize(len, 0);
+    let mut chunk_of = Chunk {
+        pairs,
+        slots: Vec::with_capacity(CHUNK_PAGES as usize),
+    };
+    if read(&mut chunk_of.pairs, pair_offset(first))? < len {
+        return Ok(None);
+    }
+    let mut states = vec![PageState::Zero; CHUNK_PAGES as usize];
+    open_pages_in_place(cipher, first, &mut chunk_of.pairs, &mut states, threads);
+    for state in &states {
+        match state {
+            PageState::Valid { used, slot, .. } if *used == PAGE => {
+                chunk_of.slots.push(*slot as u8)
+            }
+            _ => return Ok(None),
+        }
+    }
+    let text = Arc::new(chunk_of);
+    cipher.chunks.insert(chunk, generation, text.clone());
+    Ok(Some(text))
+}
+
+/// Opens the first of chunks `chunk` and `chunk + 1` not kept yet ahead,
+/// on a thread of its own, unless another is being opened ahead or the
+/// file ends in it.
+fn prefetch(cipher: &Arc<SegmentCipher>, file: &File, pages: u64, chunk: u64) {
+    if crate::compress::scan_threads() < 2 {
+        return;
+    }
+    let next = {
+        let mut inner = cipher.chunks.inner.lock();
+        if inner.ahead.is_some() {
+            return;
+        }
+        let Some(next) = (chunk..chunk + 2).find(|c| !inner.chunks.iter().any(|(k, _)| k == c))
+        else {
+            return;
+        };
+        if (next + 1) * CHUNK_PAGES > pages {
+            return;
+        }
+        inner.ahead = Some(next);
+        next
+    };
+    /// Ends the opening ahead however it ends (a reader may be waiting).
+    struct Done(Arc<SegmentCipher>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.chunks.inner.lock().ahead = None;
+            self.0.chunks.ready.notify_all();
+        }
+    }
+    let done = Done(cipher.clone());
+    let Ok(file) = file.try_clone() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("factum-read-ahead".into())
+        .spawn(move || {
+            let c = &done.0;
+            let read = |b: &mut [u8], o: u64| -> Result<usize> {
+                let mut n = 0;
+                while n < b.len() {
+                    match file.read_at(&mut b[n..], o + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io("reading ahead", e)),
+                    }
+                }
+                Ok(n)
+            };
+            // Errors are the reader's to meet when it gets there.
+            let _ = load_chunk(c, &read, pages, next, 1);
+        });
+    // Not spawned: the closure, and `done` with it, is dropped.
+    drop(spawned);
+}
+
 /// What a free page reads as.
 static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 /// What a page that opens in neither slot reads as.
 static DAMAGED_PAGE: [u8; PAGE] = [0xff; PAGE];
 
 /// Opens the pairs of `raw` (from page `first`) in place into `states`; a
-/// long run on several threads (pages are independent), as compressed
-/// blocks are decompressed.
+/// long run on up to `threads` threads (pages are independent), as
+/// compressed blocks are decompressed.
 fn open_pages_in_place(
     cipher: &SegmentCipher,
     first: u64,
     raw: &mut [u8],
     states: &mut [PageState],
+    threads: usize,
 ) {
     let pages = states.len();
     let pair = PAIR as usize;
-    let threads = crate::compress::scan_threads();
     let one = |from: usize, raw: &mut [u8], states: &mut [PageState]| {
         for (j, (state, pair)) in states
             .iter_mut()
@@ -1293,7 +1561,7 @@ mod tests {
         (path, SegmentFile::new(f, None))
     }
 
-    fn read_all(c: &SegmentCipher, path: &std::path::Path) -> Vec<u8> {
+    fn read_all(c: &Arc<SegmentCipher>, path: &std::path::Path) -> Vec<u8> {
         let f = File::open(path).unwrap();
         let len = f.metadata().unwrap().len();
         let read = |b: &mut [u8], o: u64| -> Result<usize> {
@@ -1309,7 +1577,7 @@ mod tests {
         };
         let l = logical_len(c, &read, len).unwrap();
         let mut out = vec![0u8; l as usize];
-        let n = read_pages(c, &read, len, &mut out, 0).unwrap();
+        let n = read_pages(c, &read, len, &mut out, 0, None).unwrap();
         out.truncate(n);
         out
     }
@@ -1376,6 +1644,69 @@ mod tests {
         let all = read_all(&c, &path);
         assert_eq!(&all[..logical.len()], &logical[..]);
         assert!(all[logical.len()..].iter().all(|&b| b == 0));
+    }
+
+    /// Scans (reads of 1 MiB, as a frame reader's) go through kept chunks
+    /// and open the next ones ahead; what they return is the logical bytes
+    /// wherever they start, and a cut followed by different bytes at the
+    /// same offsets is never served from a chunk kept before the cut.
+    #[test]
+    fn scans_through_kept_chunks_read_the_bytes_written_after_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (header, c, area) = cipher();
+        let (path, mut f) = file_with(&header, &area, dir.path());
+        f.cipher = Some(c.clone());
+        let fill = |seed: u8, n: usize| -> Vec<u8> {
+            (0..n).map(|j| seed.wrapping_add((j % 253) as u8)).collect()
+        };
+        // Five chunks and a bit: whole chunks are kept, the tail is not.
+        let n = 5 * CHUNK_PAGES as usize * PAGE + 1234;
+        let mut logical = header.encode().to_vec();
+        logical.extend_from_slice(&fill(1, n));
+        f.write_all_at(&logical[SEGMENT_HEADER_LEN..], SEGMENT_HEADER_LEN as u64)
+            .unwrap();
+        let file = File::open(&path).unwrap();
+        let scan = |from: usize, out: &mut Vec<u8>| {
+            let len = file.metadata().unwrap().len();
+            let read = |b: &mut [u8], o: u64| -> Result<usize> { Ok(file.read_at(b, o).unwrap()) };
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = from;
+            loop {
+                let got = read_pages(&c, &read, len, &mut buf, at as u64, Some(&file)).unwrap();
+                out.extend_from_slice(&buf[..got]);
+                at += got;
+                if got < buf.len() {
+                    break;
+                }
+            }
+        };
+        for from in [0usize, 32, 4040 * 255 + 17, 3 << 20, n - 100] {
+            let mut out = Vec::new();
+            scan(from, &mut out);
+            assert_eq!(out.len(), logical.len() - from, "from {from}");
+            assert!(out == logical[from..], "scan from {from} differs");
+        }
+        assert!(
+            !c.chunks.inner.lock().chunks.is_empty(),
+            "scans kept no chunk"
+        );
+        // Cut into the second chunk and write other bytes in its place.
+        let cut = SEGMENT_HEADER_LEN + CHUNK_PAGES as usize * PAGE + 500;
+        f.set_len(cut as u64).unwrap();
+        logical.truncate(cut);
+        logical.extend_from_slice(&fill(99, n + SEGMENT_HEADER_LEN - cut));
+        f.write_all_at(&logical[cut..], cut as u64).unwrap();
+        // (From inside the cut chunk first: it is kept, unless the cut
+        // dropped it.)
+        for from in [cut - 10, 0, 2 << 20] {
+            let mut out = Vec::new();
+            scan(from, &mut out);
+            assert!(
+                out == logical[from..],
+                "scan from {from} after the cut differs"
+            );
+        }
+        assert_eq!(read_all(&c, &path), logical);
     }
 
     #[test]

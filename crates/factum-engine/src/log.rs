@@ -107,11 +107,12 @@ impl Segment {
                 blocks.read_into(self, &self.path, self.cipher_if_encrypted()?, buf, offset)
             }
             None if self.format.encrypted() => crate::encrypt::read_pages(
-                self.cipher()?,
+                self.cipher_arc()?,
                 &|b, o| self.read_physical(b, o),
                 self.stored_len()?,
                 buf,
                 offset,
+                self.stub.is_none().then_some(&self.file),
             ),
             None => self.read_physical(buf, offset),
         }
@@ -120,7 +121,12 @@ impl Segment {
     /// The data key of this encrypted segment; an error naming the segment
     /// when the store was opened without its master key.
     pub fn cipher(&self) -> Result<&crate::encrypt::SegmentCipher> {
-        self.cipher.get().map(|c| &**c).ok_or_else(|| {
+        self.cipher_arc().map(|c| &**c)
+    }
+
+    /// [`Segment::cipher`], shared.
+    pub fn cipher_arc(&self) -> Result<&Arc<crate::encrypt::SegmentCipher>> {
+        self.cipher.get().ok_or_else(|| {
             Error::InvalidInput(format!(
                 "{} is encrypted at rest and no master key was given (--encryption-key-file FILE, FACTUM_ENCRYPTION_KEY_FILE or FACTUM_ENCRYPTION_KEY)",
                 self.path.display()
