@@ -202,7 +202,11 @@ impl Engine {
             let digest = match held {
                 Some(digest) => digest,
                 None if encrypted_active => {
-                    copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
+                    // The file may end inside its last group (what is past
+                    // its end reads as zeros); the cut below makes the copy
+                    // whole groups.
+                    let have = seg.local_len()?.min(bytes);
+                    copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), have)?;
                     let copy = dest.join(&name);
                     let f = fs::OpenOptions::new()
                         .read(true)

@@ -209,8 +209,11 @@ impl Output {
     fn finish(mut self) -> Result<u64> {
         self.write_out()?;
         let (file, stored) = match self.sink {
-            Sink::Plain(file, at) => {
+            Sink::Plain(mut file, at) => {
                 let stored = if file.encrypted() {
+                    // Whole groups, as every encrypted segment (ADR 45).
+                    file.set_len(at)
+                        .map_err(|e| Error::io(format!("sizing {}", self.path.display()), e))?;
                     crate::encrypt::physical_len(at)
                 } else {
                     at

@@ -193,20 +193,26 @@ fn a_torn_last_write_loses_only_itself() {
     // it: the page's previous version (four events) is what the log holds.
     let (name, bytes) = segment_bytes(dir.path()).pop().unwrap();
     let path = dir.path().join(name);
-    let pages =
-        (bytes.len() as u64 - factum_engine::encrypt::KEY_AREA) / factum_engine::encrypt::PAIR;
-    let last = factum_engine::encrypt::pair_offset(pages - 1);
-    let slot_seq = |s: usize| {
-        let at = last as usize + s * factum_engine::encrypt::SLOT;
-        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+    use factum_engine::encrypt::{pages_in_file, slot_offset};
+    let slot_seq = |page: u64, s: usize| {
+        let at = slot_offset(page, s) as usize;
+        bytes
+            .get(at..at + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
     };
-    let newest = if slot_seq(1) > slot_seq(0) { 1 } else { 0 };
+    // The last page holding a version (the rest of its group is zeros).
+    let last = (0..pages_in_file(bytes.len() as u64))
+        .rev()
+        .find(|&p| slot_seq(p, 0) > 0 || slot_seq(p, 1) > 0)
+        .unwrap();
+    let newest = if slot_seq(last, 1) > slot_seq(last, 0) {
+        1
+    } else {
+        0
+    };
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(
-        &[0xa5; 512],
-        last + (newest * factum_engine::encrypt::SLOT) as u64 + 100,
-    )
-    .unwrap();
+    f.write_all_at(&[0xa5; 512], slot_offset(last, newest) + 100)
+        .unwrap();
     drop(f);
     // As after a crash before the index took the last write in: rebuilt
     // from the log.
