@@ -9,7 +9,8 @@
 //! | module | what |
 //! |---|---|
 //! | `master` | the master key: [`KeyProvider`] ([`KeyFile`], [`KeyEnv`]; a KMS later), [`SecretKey`] (zeroed on drop) |
-//! | `seal` | the one AEAD: XChaCha20-Poly1305, random 192-bit nonces, associated data |
+//! | `seal` | the AEAD of subject data and key wrapping: XChaCha20-Poly1305, random 192-bit nonces, associated data |
+//! | `xaes` | XAES-256-GCM for encryption at rest's pages and blocks (ring's AES-256-GCM, 192-bit nonces: a random salt per sealer and a counter) |
 //! | `key_store` | [`SubjectKeys`]: where subject keys live (created on first use, forgotten for good) |
 //! | `key_file` | [`FileKeyStore`]: the engine's key store, a file in the data directory rewritten under a fresh file key on `forget` |
 //! | `convention` | the metadata convention (`$subject`, `$personalFields`), encryption of one event, the erased placeholder |

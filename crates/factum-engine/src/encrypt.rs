@@ -8,20 +8,26 @@
 //! bytes — the header and the frames, at the offsets an unencrypted
 //! segment would have them — are cut into pages of [`PAGE`] bytes. Each
 //! page is stored in one of two 4 KiB *slots* as `seq | used | nonce |
-//! ciphertext | tag` under XChaCha20-Poly1305 with a fresh random 192-bit
-//! nonce (factum-crypto's one AEAD). The writer appends into the last,
-//! partly filled page by writing its new version into the slot that does
-//! not hold the current one, with a higher `seq`: a torn write leaves the
+//! ciphertext | tag` under XAES-256-GCM (factum-crypto's `xaes`: a random
+//! salt per sealer and a counter, so no nonce repeats). Slots are laid out
+//! in groups of [`GROUP`] pages: the first slots side by side, then the
+//! second slots, so a batch's fresh pages (first versions, first slots)
+//! are one contiguous write. The writer appends into the last, partly
+//! filled page by writing its new version into the slot that does not
+//! hold the current one, with a higher `seq`: a torn write leaves the
 //! current version intact, and acknowledged bytes are never overwritten in
 //! place. A reader takes the valid slot with the higher `seq`. A page
 //! whose slots are both zero reads as zeros, so preallocated space (ADR
 //! 10), recovery's tail classification and every offset work exactly as
-//! in an unencrypted segment: this module sits below all of them.
+//! in an unencrypted segment: this module sits below all of them. Past a
+//! segment's logical end every slot is zero (preallocation, cuts, holes),
+//! which is what lets a fresh page skip its second slot.
 //!
-//! Nonces are random, never derived from offsets or positions, so a
-//! recovery or rewrite that writes a page again never repeats one.
-//! Compressed sealed segments (ADR 43) seal each zstd block the same way
-//! (`compress.rs`).
+//! Nonces are never derived from offsets or positions, so a recovery or
+//! rewrite that writes a page again never repeats one. Compressed sealed
+//! segments (ADR 43) seal each zstd block the same way (`compress.rs`).
+//! Scans go through kept chunks of whole pages, opened ahead on a second
+//! thread ([`read_pages`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
