@@ -110,9 +110,11 @@ pub struct SegmentCipher {
     first_position: u64,
     /// Recently opened chunks of whole pages, for scans (below).
     chunks: ChunkCache,
-    /// The logical length last found, and the stored length it was found
-    /// for ([`logical_len`]); forgotten when the file is written.
-    len_memo: parking_lot::Mutex<Option<(u64, u64)>>,
+    /// The logical length last found and the stored length it was found
+    /// for ([`logical_len`]), with a generation that every write of the
+    /// file bumps before and after it (a length found while a write ran is
+    /// not kept).
+    len_memo: parking_lot::Mutex<(u64, Option<(u64, u64)>)>,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -167,7 +169,9 @@ impl std::ops::Deref for Aad {
 impl SegmentCipher {
     /// Forgets the remembered logical length (the file is being written).
     fn forget_len(&self) {
-        *self.len_memo.lock() = None;
+        let mut memo = self.len_memo.lock();
+        memo.0 += 1;
+        memo.1 = None;
     }
 
     fn aad(&self, label: &[u8], index: u64, extra: &[u8]) -> Aad {
@@ -499,7 +503,7 @@ pub fn new_key_area(
             number: header.number,
             first_position: header.first_position,
             chunks: ChunkCache::default(),
-            len_memo: parking_lot::Mutex::new(None),
+            len_memo: parking_lot::Mutex::new((0, None)),
         }),
         area,
     ))
@@ -559,7 +563,7 @@ pub fn unlock(
             number: header.number,
             first_position: header.first_position,
             chunks: ChunkCache::default(),
-            len_memo: parking_lot::Mutex::new(None),
+            len_memo: parking_lot::Mutex::new((0, None)),
         })),
         None => Err(Error::InvalidInput(format!(
             "{}: the master key given (fingerprint {}) does not unwrap this segment's data key (wrapped by master key {}): the wrong key, or a key slot was damaged",
@@ -766,6 +770,17 @@ impl SegmentFile {
         };
         debug_assert!(offset >= SEGMENT_HEADER_LEN as u64);
         cipher.forget_len();
+        let r = self.write_pages(&cipher, buf, offset);
+        cipher.forget_len();
+        r
+    }
+
+    fn write_pages(
+        &mut self,
+        cipher: &Arc<SegmentCipher>,
+        buf: &[u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
         let (first, within) = page_of(offset);
         let mut rest = buf;
         let mut page = first;
@@ -778,7 +793,7 @@ impl SegmentFile {
         {
             // Into a partly written page: its new version goes to the slot
             // that does not hold the current one.
-            let mut t = self.load(&cipher, first)?;
+            let mut t = self.load(cipher, first)?;
             let n = rest.len().min(PAGE - within);
             t.plain[within..within + n].copy_from_slice(&rest[..n]);
             t.used = t.used.max(within + n);
@@ -807,7 +822,7 @@ impl SegmentFile {
             self.slots.resize(pages * SLOT, 0);
         }
         let slots = &mut self.slots[..pages * SLOT];
-        seal_fresh(&cipher, page, rest, slots).map_err(std::io::Error::other)?;
+        seal_fresh(cipher, page, rest, slots).map_err(std::io::Error::other)?;
         let mut done = 0;
         while done < pages {
             let p = page + done as u64;
@@ -844,6 +859,7 @@ impl SegmentFile {
         cipher.chunks.clear();
         let r = self.cut(&cipher, len);
         cipher.chunks.clear();
+        cipher.forget_len();
         r
     }
 
@@ -1425,11 +1441,15 @@ pub fn logical_len(
     read: &dyn Fn(&mut [u8], u64) -> Result<usize>,
     stored_len: u64,
 ) -> Result<u64> {
-    if let Some((stored, logical)) = *cipher.len_memo.lock() {
-        if stored == stored_len {
-            return Ok(logical);
+    let generation = {
+        let memo = cipher.len_memo.lock();
+        if let Some((stored, logical)) = memo.1 {
+            if stored == stored_len {
+                return Ok(logical);
+            }
         }
-    }
+        memo.0
+    };
     let mut group = vec![0u8; GROUP_BYTES as usize];
     let mut g = pages_in_file(stored_len) / GROUP;
     let logical = loop {
@@ -1455,7 +1475,10 @@ pub fn logical_len(
             break page_start(p) + used as u64;
         }
     };
-    *cipher.len_memo.lock() = Some((stored_len, logical));
+    let mut memo = cipher.len_memo.lock();
+    if memo.0 == generation {
+        memo.1 = Some((stored_len, logical));
+    }
     Ok(logical)
 }
 
