@@ -1358,18 +1358,7 @@ fn prefetch(cipher: &Arc<SegmentCipher>, file: &File, pages: u64, chunk: u64) {
         .name("factum-read-ahead".into())
         .spawn(move || {
             let c = &done.0;
-            let read = |b: &mut [u8], o: u64| -> Result<usize> {
-                let mut n = 0;
-                while n < b.len() {
-                    match file.read_at(&mut b[n..], o + n as u64) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(Error::io("reading ahead", e)),
-                    }
-                }
-                Ok(n)
-            };
+            let read = |b: &mut [u8], o: u64| crate::compress::Physical::read_physical(&file, b, o);
             // Errors are the reader's to meet when it gets there.
             let _ = load_chunk(c, &read, pages, next, 1);
         });
