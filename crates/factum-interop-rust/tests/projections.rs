@@ -71,6 +71,22 @@ async fn status(projections: &ProjectionClient, projection: &str) -> String {
         .status
 }
 
+/// Waits for a projection's status: a projection starts (`Preparing`)
+/// after every create, update and enable, and the client's `create` with
+/// `emit` is a Create and then an Update (kurrentdb 1.2.0), which restarts
+/// the projection; its states read meanwhile come from its checkpoints.
+async fn eventually_status(projections: &ProjectionClient, projection: &str, want: &str) {
+    let mut seen = String::new();
+    for _ in 0..400 {
+        seen = status(projections, projection).await;
+        if seen == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{projection}: wanted status {want}, last {seen}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_rust_client_projection_calls() {
     let server = Server::start();
@@ -125,12 +141,13 @@ async fn official_rust_client_projection_calls() {
     assert_eq!(result, serde_json::json!({"doubled": 12.0}));
 
     // Statistics and the list (continuous ones, the system projections too).
+    eventually_status(&projections, "balances", "Running").await;
     let stats = projections
         .get_status("balances", &GenericProjectionOptions::default())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stats.status, "Running");
+    assert_eq!(stats.status, "Running", "{stats:?}");
     assert_eq!(stats.mode, "Continuous");
     assert_eq!(stats.name, "balances");
     assert!(stats.position.starts_with("C:"), "{}", stats.position);
@@ -207,15 +224,7 @@ async fn official_rust_client_projection_calls() {
         .enable("$by_correlation_id", &GenericProjectionOptions::default())
         .await
         .unwrap();
-    let mut seen = String::new();
-    for _ in 0..400 {
-        seen = status(&projections, "$by_correlation_id").await;
-        if seen == "Running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(seen, "Running");
+    eventually_status(&projections, "$by_correlation_id", "Running").await;
     projections
         .disable("$by_correlation_id", &GenericProjectionOptions::default())
         .await
