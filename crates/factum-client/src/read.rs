@@ -139,7 +139,21 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, Error> {
+        // Most varints here (keys, lengths, small numbers) are one byte.
+        if self.at < self.end {
+            if let Some(&b) = self.bytes.get(self.at) {
+                if b < 0x80 {
+                    self.at += 1;
+                    return Ok(u64::from(b));
+                }
+            }
+        }
+        self.varint_long()
+    }
+
+    fn varint_long(&mut self) -> Result<u64, Error> {
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self

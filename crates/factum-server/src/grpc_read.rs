@@ -32,7 +32,7 @@ use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
 use crate::grpc_call::{authenticate, grpc_timeout, ResponseStream};
-use crate::read_wire::{Outgoing, ReadCodec};
+use crate::read_wire;
 
 /// Events in the first store call of a read: the first answers leave soon.
 const FIRST_PAGE: u64 = 256;
@@ -142,24 +142,25 @@ fn plan(req: ReadReq) -> Result<Plan, Status> {
 /// hand-off per batch instead of per event keeps long reads cheap.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Batches of answers (or the final error).
-pub type Batch = Result<Vec<Outgoing>, Status>;
+/// A chunk of answers, each a gRPC frame (`read_wire::frame_event`), or
+/// the final error.
+pub type Batch = Result<Bytes, Status>;
 
 /// Sends to the client; `Err` means the client went away.
 struct Out<'a, S> {
     tx: mpsc::Sender<Batch>,
     ctx: &'a Ctx<S>,
     plan: &'a Plan,
+    /// The longest answer the client is sent.
+    max: usize,
     pending: std::sync::Mutex<Pending>,
 }
 
-/// Messages encoded but not yet handed over.
+/// Answers encoded but not yet handed over.
 #[derive(Default)]
 struct Pending {
-    messages: Vec<Outgoing>,
-    /// About the bytes `messages` encode to.
-    bytes: usize,
-    /// Events (and their payload bytes) in `messages`, for the metrics.
+    chunk: BytesMut,
+    /// Events (and their payload bytes) in `chunk`, for the metrics.
     events: u64,
     payload: u64,
 }
@@ -171,14 +172,13 @@ impl<S> Out<'_, S> {
     async fn hand_over(&self, now: bool) -> Result<(), Gone> {
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if p.messages.is_empty() || (!now && p.bytes < BATCH_BYTES) {
+            if p.chunk.is_empty() || (!now && p.chunk.len() < BATCH_BYTES) {
                 return Ok(());
             }
             self.ctx.metrics.sent(p.events, p.payload);
-            p.bytes = 0;
             p.events = 0;
             p.payload = 0;
-            std::mem::take(&mut p.messages)
+            p.chunk.split().freeze()
         };
         self.tx.send(Ok(batch)).await.map_err(|_| Gone)
     }
@@ -188,42 +188,55 @@ impl<S> Out<'_, S> {
         self.hand_over(true).await
     }
 
-    /// Sends a control message (and anything queued before it) now.
-    async fn send(&self, content: Content) -> Result<(), Gone> {
-        {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let m = Bytes::from(
-                ReadResp {
-                    content: Some(content),
-                }
-                .encode_to_vec(),
-            );
-            p.bytes += m.len();
-            p.messages.push(Outgoing::Message(m));
-        }
-        self.hand_over(true).await
+    /// Ends the call with `status` after what is queued: the read stops.
+    async fn fail(&self, status: Status) -> Result<(), Gone> {
+        self.flush().await?;
+        let _ = self.tx.send(Err(status)).await;
+        Err(Gone)
     }
 
-    /// An event: queued in reads (`now == false`), sent at once in subscriptions.
-    async fn event(&self, e: RecordedEvent, now: bool) -> Result<(), Gone> {
-        {
+    /// Sends a control message (and anything queued before it) now.
+    async fn send(&self, content: Content) -> Result<(), Gone> {
+        let framed = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let payload = e.data.len() + e.metadata.len();
-            // The fixed part of an event message is about 150 bytes.
-            p.bytes += payload + e.event_type.len() + e.stream.as_str().len() + 150;
-            p.events += 1;
-            p.payload += payload as u64;
-            p.messages.push(Outgoing::Event {
-                event: e,
-                resolve_links: self.plan.resolve_links,
-                uuid: self.plan.uuid,
-            });
+            let m = ReadResp {
+                content: Some(content),
+            };
+            read_wire::frame_message(&mut p.chunk, &m, self.max)
+        };
+        match framed {
+            Ok(()) => self.hand_over(true).await,
+            Err(status) => self.fail(status).await,
         }
-        self.hand_over(now).await
+    }
+
+    /// An event: queued in reads (`now == false`), sent at once in
+    /// subscriptions. One the client cannot be sent (longer than the
+    /// message limit) ends the call with that error after what came before.
+    async fn event(&self, e: RecordedEvent, now: bool) -> Result<(), Gone> {
+        let framed = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let r = read_wire::frame_event(
+                &mut p.chunk,
+                &e,
+                self.plan.resolve_links,
+                self.plan.uuid,
+                self.max,
+            );
+            if r.is_ok() {
+                p.events += 1;
+                p.payload += (e.data.len() + e.metadata.len()) as u64;
+            }
+            r
+        };
+        match framed {
+            Ok(()) => self.hand_over(now).await,
+            Err(status) => self.fail(status).await,
+        }
     }
 }
 
-/// Starts a read or subscription; its encoded answers arrive in batches.
+/// Starts a read or subscription; its encoded answers arrive in chunks.
 /// A read (not a subscription) with a call deadline (`grpc-timeout`) ends
 /// with DEADLINE_EXCEEDED when it passes.
 pub fn start<S: EventStore>(
@@ -231,41 +244,31 @@ pub fn start<S: EventStore>(
     req: ReadReq,
     timeout: Option<Duration>,
 ) -> mpsc::Receiver<Batch> {
-    // A few batches of up to 64 KiB in flight are plenty.
+    // A few chunks of up to 64 KiB in flight are plenty.
     let (tx, rx) = mpsc::channel(4);
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     tokio::spawn(crate::auth::inherit(run(ctx, req, tx, deadline)));
     rx
 }
 
-/// The batches as a stream of single answers.
-pub fn encoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<Outgoing> {
+/// The chunks as a stream of decoded messages (for `GrpcApi` used as a
+/// plain tonic service; `app()` routes reads through [`ReadRoute`], which
+/// sends the chunks as they are).
+pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
     use futures_util::StreamExt;
     let batches = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    // Each batch's answers are handed on as they are, not collected again.
     Box::pin(batches.flat_map(|batch| {
-        let (items, error) = match batch {
-            Ok(items) => (items, None),
-            Err(status) => (Vec::new(), Some(Err(status))),
+        let items: Vec<Result<ReadResp, Status>> = match batch {
+            Ok(chunk) => read_wire::messages(chunk)
+                .map(|m| {
+                    ReadResp::decode(m).map_err(|e| Status::internal(format!("re-decoding: {e}")))
+                })
+                .collect(),
+            Err(status) => vec![Err(status)],
         };
-        futures_util::stream::iter(items.into_iter().map(Ok).chain(error))
-    }))
-}
-
-/// The batches as a stream of decoded messages (for `GrpcApi`
-/// used as a plain tonic service; `app()` routes reads through
-/// [`ReadRoute`] instead).
-pub fn decoded(rx: mpsc::Receiver<Batch>) -> ResponseStream<ReadResp> {
-    use futures_util::StreamExt;
-    Box::pin(encoded(rx).map(|m| {
-        m.and_then(|out| {
-            let mut buf = BytesMut::new();
-            out.encode(&mut buf);
-            ReadResp::decode(buf.freeze())
-                .map_err(|e| Status::internal(format!("re-decoding: {e}")))
-        })
+        futures_util::stream::iter(items)
     }))
 }
 
@@ -287,6 +290,7 @@ async fn run<S: EventStore>(
         tx: tx.clone(),
         ctx: &ctx,
         plan: &plan,
+        max: ctx.config.max_message_bytes(),
         pending: Default::default(),
     };
     let result = match plan.count {
@@ -638,8 +642,11 @@ fn checkpoint(p: Position) -> Content {
     })
 }
 
-/// `Streams.Read` as a route of its own, answered with `read_wire`'s
-/// [`ReadCodec`] (events encoded by hand; see that module).
+/// `Streams.Read` as a route of its own, written by hand (ADR 46): the
+/// request's one message is read and decoded here, and the answer's body
+/// is the chunks of gRPC frames the read writes (`read_wire`), handed to
+/// HTTP/2 as they are, then the trailers — no per-answer item, encoder or
+/// buffer copy in between.
 pub struct ReadRoute<S> {
     ctx: Arc<Ctx<S>>,
 }
@@ -659,30 +666,111 @@ impl<S: EventStore> ReadRoute<S> {
     }
 }
 
-/// The method behind the route.
-struct ReadMethod<S>(Arc<Ctx<S>>);
+/// The request's first gRPC message (a call has one): read until it is
+/// whole, never more than `max` bytes of it.
+async fn first_message(mut body: Body, max: usize) -> Result<Bytes, Status> {
+    use http_body_util::BodyExt;
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.len() >= 5 {
+            if buf[0] != 0 {
+                return Err(Status::unimplemented(
+                    "compressed requests are not supported: send messages uncompressed",
+                ));
+            }
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > max {
+                return Err(Status::resource_exhausted(format!(
+                    "Error, decoded message length too large: found {len} bytes, the limit is: {max} bytes"
+                )));
+            }
+            if buf.len() >= 5 + len {
+                let _ = buf.split_to(5);
+                return Ok(buf.split_to(len).freeze());
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Status::cancelled(format!("reading the request: {e}")));
+            }
+            None => return Err(Status::internal("Missing request message.")),
+        }
+    }
+}
 
-type ReadFuture =
-    Pin<Box<dyn Future<Output = Result<tonic::Response<ResponseStream<Outgoing>>, Status>> + Send>>;
+/// The answer's body: each chunk as a data frame, then the trailers with
+/// the call's status (OK, or the error the read ended with).
+fn read_body(rx: mpsc::Receiver<Batch>) -> Body {
+    use http_body::Frame;
+    let frames = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let (frame, rest) = match rx.recv().await {
+            Some(Ok(chunk)) => (Frame::data(chunk), Some(rx)),
+            Some(Err(status)) => (Frame::trailers(trailers(status)), None),
+            None => (Frame::trailers(trailers(Status::ok(""))), None),
+        };
+        Some((Ok::<_, Infallible>(frame), rest))
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
+}
 
-impl<S: EventStore> tonic::server::ServerStreamingService<ReadReq> for ReadMethod<S> {
-    type Response = Outgoing;
-    type ResponseStream = ResponseStream<Outgoing>;
-    type Future = ReadFuture;
+/// `grpc-status`, `grpc-message` (and details) of `status`.
+fn trailers(status: Status) -> axum::http::HeaderMap {
+    let mut map = axum::http::HeaderMap::new();
+    if let Err(e) = status.add_header(&mut map) {
+        // Only a message that cannot be a header value gets here.
+        let _ = Status::new(e.code(), "").add_header(&mut map);
+    }
+    map
+}
 
-    fn call(&mut self, request: tonic::Request<ReadReq>) -> ReadFuture {
-        let ctx = self.0.clone();
-        Box::pin(async move {
-            authenticate(&ctx, &request)?;
-            let timeout = grpc_timeout(&request);
-            let batches = start(ctx, request.into_inner(), timeout);
-            Ok(tonic::Response::new(encoded(batches)))
-        })
+impl<S: EventStore> ReadRoute<S> {
+    async fn answer(self, req: axum::http::Request<Body>) -> axum::http::Response<Body> {
+        let (parts, body) = req.into_parts();
+        if let Some(encoding) = parts.headers.get("grpc-encoding") {
+            if encoding != "identity" {
+                return Status::unimplemented(format!(
+                    "Content is compressed with `{}` which isn't supported",
+                    String::from_utf8_lossy(encoding.as_bytes())
+                ))
+                .into_http();
+            }
+        }
+        let max = self.ctx.config.max_message_bytes();
+        let message = match first_message(body, max).await {
+            Ok(m) => m,
+            Err(status) => return status.into_http(),
+        };
+        let req = match ReadReq::decode(message) {
+            Ok(r) => r,
+            Err(e) => return Status::internal(format!("malformed ReadReq: {e}")).into_http(),
+        };
+        let request = tonic::Request::from_parts(
+            tonic::metadata::MetadataMap::from_headers(parts.headers),
+            parts.extensions,
+            req,
+        );
+        if let Err(status) = authenticate(&self.ctx, &request) {
+            return status.into_http();
+        }
+        let timeout = grpc_timeout(&request);
+        let rx = start(self.ctx.clone(), request.into_inner(), timeout);
+        let mut resp = axum::http::Response::new(read_body(rx));
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/grpc"),
+        );
+        resp
     }
 }
 
 impl<S: EventStore> tower::Service<axum::http::Request<Body>> for ReadRoute<S> {
-    type Response = axum::http::Response<tonic::body::Body>;
+    type Response = axum::http::Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -691,12 +779,7 @@ impl<S: EventStore> tower::Service<axum::http::Request<Body>> for ReadRoute<S> {
     }
 
     fn call(&mut self, req: axum::http::Request<Body>) -> Self::Future {
-        let method = ReadMethod(self.ctx.clone());
-        let max = self.ctx.config.max_message_bytes();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ReadCodec)
-                .apply_max_message_size_config(Some(max), Some(max));
-            Ok(grpc.server_streaming(method, req).await)
-        })
+        let route = self.clone();
+        Box::pin(async move { Ok(route.answer(req).await) })
     }
 }

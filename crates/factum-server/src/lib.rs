@@ -238,9 +238,7 @@ pub fn app<S: EventStore>(
             let mut resp = if !is_grpc {
                 auth::scope(principal, http.oneshot(req)).await?
             } else if path == read_wire::READ_PATH {
-                auth::scope(principal, read_route.oneshot(req))
-                    .await?
-                    .map(Body::new)
+                auth::scope(principal, read_route.oneshot(req)).await?
             } else if path
                 .strip_prefix('/')
                 .and_then(|p| p.strip_prefix(factum_proto::service_names::STREAMS))

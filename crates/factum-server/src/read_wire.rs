@@ -1,22 +1,21 @@
 //! The read path's wire format, written by hand: `Streams.Read` answers are
 //! most of what a server sends, so event messages are encoded straight from
-//! a [`RecordedEvent`] into one buffer — no intermediate prost structs, no
-//! metadata map, no per-field allocations. The bytes are exactly the
-//! protobuf encoding of `ReadResp { event: ReadEvent { … } }` (tested
-//! against prost's decoder below). Control messages (confirmation,
-//! checkpoints, caught-up, …) still go through prost.
+//! a [`RecordedEvent`] into the chunk that goes out — no intermediate prost
+//! structs, no metadata map, no per-field allocations, no second copy. The
+//! bytes are exactly the protobuf encoding of
+//! `ReadResp { event: ReadEvent { … } }` (tested against prost's decoder
+//! below). Control messages (confirmation, checkpoints, caught-up, …) still
+//! go through prost.
 //!
-//! The route `/event_store.client.streams.Streams/Read` is served by
-//! `grpc_read::ReadRoute` with [`ReadCodec`], whose items are events
-//! (encoded by hand as tonic writes them, straight into its buffer) or
-//! encoded messages.
+//! Answers are written as gRPC frames (a flag byte, a 4-byte length, the
+//! message) one after another into one buffer ([`frame_event`],
+//! [`frame_message`]); `grpc_read` hands such chunks to the response body
+//! as they are (ADR 46).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use factum_core::{ContentType, RecordedEvent, Uuid};
-use factum_proto::streams::ReadReq;
 use prost::encoding::encoded_len_varint;
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 use crate::convert::{UuidFormat, LINK_EVENT_TYPE};
@@ -24,54 +23,51 @@ use crate::convert::{UuidFormat, LINK_EVENT_TYPE};
 /// The request path of `Streams.Read`.
 pub const READ_PATH: &str = "/event_store.client.streams.Streams/Read";
 
-/// Where an encoding goes: only whole slices are written (see [`Exact`]).
+/// Where an encoding goes: only whole slices are written (see [`Cursor`]).
 pub trait Sink {
     /// Appends `b`.
     fn put_slice(&mut self, b: &[u8]);
-    /// Makes room for exactly `n` more bytes (the message about to be
-    /// written); `false` when they cannot be written here.
-    fn reserve_exact(&mut self, n: usize) -> bool;
+    /// Appends one byte.
+    fn put_u8(&mut self, b: u8) {
+        self.put_slice(&[b]);
+    }
 }
 
+#[cfg(test)]
 impl Sink for BytesMut {
     fn put_slice(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
     }
-
-    fn reserve_exact(&mut self, n: usize) -> bool {
-        self.reserve(n);
-        true
-    }
 }
 
-/// One event message written into a reused buffer sized for exactly that
-/// message: each small write (a key, a varint) is a bounds check and a
-/// copy, where `BytesMut` checks its capacity and may grow per write (the
-/// largest share of the server's CPU time in `grpc-read-all`, ADR 22).
-/// Writes past the size are dropped and remembered, never a panic; the
-/// encoder reports them as an internal error.
-struct Exact {
-    buf: Vec<u8>,
+/// One message written into the bytes reserved for exactly that message:
+/// each small write (a key, a varint) is a bounds check and a copy, where
+/// `BytesMut` checks its capacity and may grow per write (the largest share
+/// of the server's CPU time in `grpc-read-all`, ADR 22). Writes past the
+/// end are dropped and remembered, never a panic; [`frame_event`] reports
+/// them as an internal error.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
     len: usize,
     overflow: bool,
 }
 
-impl Exact {
-    fn new() -> Exact {
-        Exact {
-            buf: Vec::new(),
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a mut [u8]) -> Cursor<'a> {
+        Cursor {
+            buf,
             len: 0,
             overflow: false,
         }
     }
 
-    /// The bytes written, when they are exactly the message announced.
-    fn written(&self) -> Option<&[u8]> {
-        (!self.overflow && self.len == self.buf.len()).then_some(&self.buf[..])
+    /// Whether exactly the bytes reserved were written.
+    fn exact(&self) -> bool {
+        !self.overflow && self.len == self.buf.len()
     }
 }
 
-impl Sink for Exact {
+impl Sink for Cursor<'_> {
     #[inline]
     fn put_slice(&mut self, b: &[u8]) {
         match self.buf.get_mut(self.len..self.len + b.len()) {
@@ -83,32 +79,28 @@ impl Sink for Exact {
         }
     }
 
-    fn reserve_exact(&mut self, n: usize) -> bool {
-        if self.len != 0 || self.overflow {
-            // One message per use.
-            self.overflow = true;
-            return false;
+    /// A byte stored in place: keys and varints are most of an event's
+    /// writes, and a slice copy of one or two bytes is a `memcpy` call.
+    #[inline]
+    fn put_u8(&mut self, b: u8) {
+        match self.buf.get_mut(self.len) {
+            Some(dst) => {
+                *dst = b;
+                self.len += 1;
+            }
+            None => self.overflow = true,
         }
-        // Zeroing a few hundred bytes is cheaper than tracking what is
-        // initialised; the vector keeps its capacity between messages.
-        self.buf.clear();
-        self.buf.resize(n, 0);
-        true
     }
 }
 
-/// A varint in one write: `BufMut::put_u8` on a `BytesMut` (what prost's
-/// `encode_varint` uses) is a slice copy with a capacity check per byte.
+/// A varint, byte by byte into the sink (`Cursor` stores each in place).
+#[inline]
 fn encode_varint(mut v: u64, buf: &mut impl Sink) {
-    let mut bytes = [0u8; 10];
-    let mut n = 0;
     while v >= 0x80 {
-        bytes[n] = (v as u8) | 0x80;
+        buf.put_u8((v as u8) | 0x80);
         v >>= 7;
-        n += 1;
     }
-    bytes[n] = v as u8;
-    buf.put_slice(&bytes[..=n]);
+    buf.put_u8(v as u8);
 }
 
 const VARINT: u64 = 0;
@@ -321,165 +313,177 @@ fn event_record(e: &RecordedEvent, format: UuidFormat) -> Record<'_> {
     }
 }
 
-/// Appends one `ReadResp` carrying `e` — the event, its link (when read
-/// through `$ce-`/`$et-` with links resolved), or the link alone (not
-/// resolved) — to `buf`. The same choice [`crate::convert`] documents.
-pub fn encode_event(
-    buf: &mut impl Sink,
+/// One event's `ReadResp`: its records and their lengths.
+struct Layout<'a> {
+    event: Option<(Record<'a>, usize)>,
+    link: Option<(Record<'a>, usize)>,
+    read_event_len: usize,
+    position: u64,
+}
+
+impl<'a> Layout<'a> {
+    /// The event, its link (when read through `$ce-`/`$et-` with links
+    /// resolved), or the link alone (not resolved): the same choice
+    /// [`crate::convert`] documents. `link_data` holds the link's data.
+    fn new(
+        e: &'a RecordedEvent,
+        resolve_links: bool,
+        format: UuidFormat,
+        link_data: &'a mut String,
+    ) -> Layout<'a> {
+        let link = match &e.link {
+            Some(link) => {
+                *link_data = format!("{}@{}", e.revision, e.stream);
+                Some(Record {
+                    id: WireUuid::new(e.original_id(), format),
+                    stream: link.stream.as_str().as_bytes(),
+                    revision: link.revision.0,
+                    // No separate link record exists: the link stands at its target's position.
+                    position: e.position.0,
+                    event_type: LINK_EVENT_TYPE,
+                    content_type: ContentType::Binary.mime(),
+                    created: ticks(e),
+                    custom_metadata: &[],
+                    data: link_data.as_bytes(),
+                })
+            }
+            None => None,
+        };
+        let (event, link) = match link {
+            Some(l) if resolve_links => (Some(event_record(e, format)), Some(l)),
+            Some(l) => (Some(l), None),
+            None => (Some(event_record(e, format)), None),
+        };
+        let event = event.map(|r| {
+            let n = r.body_len();
+            (r, n)
+        });
+        let link = link.map(|r| {
+            let n = r.body_len();
+            (r, n)
+        });
+        // ReadEvent { event = 1; link = 2; oneof position { commit_position = 3 } }:
+        // a oneof scalar is written even when zero.
+        let read_event_len = event.as_ref().map_or(0, |(_, n)| message_len(*n))
+            + link.as_ref().map_or(0, |(_, n)| message_len(*n))
+            + 1
+            + encoded_len_varint(e.position.0);
+        Layout {
+            event,
+            link,
+            read_event_len,
+            position: e.position.0,
+        }
+    }
+
+    /// The `ReadResp`'s length: `ReadResp { oneof content { ReadEvent event = 1; … } }`.
+    fn len(&self) -> usize {
+        message_len(self.read_event_len)
+    }
+
+    fn put(&self, buf: &mut impl Sink) {
+        put_message_header(buf, 1, self.read_event_len);
+        if let Some((r, n)) = &self.event {
+            put_message_header(buf, 1, *n);
+            r.put(buf);
+        }
+        if let Some((r, n)) = &self.link {
+            put_message_header(buf, 2, *n);
+            r.put(buf);
+        }
+        put_key(buf, 3, VARINT);
+        encode_varint(self.position, buf);
+    }
+}
+
+/// Appends one `ReadResp` carrying `e` to `buf` (unframed; the tests'
+/// reference for the framed chunks).
+#[cfg(test)]
+fn encode_event(buf: &mut impl Sink, e: &RecordedEvent, resolve_links: bool, format: UuidFormat) {
+    let mut link_data = String::new();
+    Layout::new(e, resolve_links, format, &mut link_data).put(buf);
+}
+
+/// The gRPC frame header: not compressed, then the length (big-endian).
+const FRAME_HEADER: usize = 5;
+
+/// The error for an answer longer than the limit (gRPC's code for a message
+/// larger than allowed).
+fn too_large(len: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "an answer of {len} bytes is longer than the {max}-byte message limit (--max-append-size sets it)"
+    ))
+}
+
+/// Makes room at the end of `chunk` for one framed message of `len` bytes
+/// and returns the message's bytes (zeroed), after its header.
+fn frame(chunk: &mut BytesMut, len: usize) -> &mut [u8] {
+    let start = chunk.len();
+    if chunk.capacity() - start < FRAME_HEADER + len {
+        // Room for the rest of a batch at once, not a reallocation per event.
+        chunk.reserve((FRAME_HEADER + len).max(CHUNK_RESERVE));
+    }
+    chunk.resize(start + FRAME_HEADER + len, 0);
+    let (header, message) = chunk[start..].split_at_mut(FRAME_HEADER);
+    header[0] = 0;
+    header[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    message
+}
+
+/// What a chunk reserves when it needs room: a batch (`grpc_read` hands
+/// over at 64 KiB) and a typical event.
+const CHUNK_RESERVE: usize = 64 * 1024 + 1024;
+
+/// Appends the event's `ReadResp` to `chunk` as a gRPC frame; an answer
+/// longer than `max` bytes is refused (nothing is written).
+pub fn frame_event(
+    chunk: &mut BytesMut,
     e: &RecordedEvent,
     resolve_links: bool,
     format: UuidFormat,
-) {
-    let link_data;
-    let link = match &e.link {
-        Some(link) => {
-            link_data = format!("{}@{}", e.revision, e.stream);
-            Some(Record {
-                id: WireUuid::new(e.original_id(), format),
-                stream: link.stream.as_str().as_bytes(),
-                revision: link.revision.0,
-                // No separate link record exists: the link stands at its target's position.
-                position: e.position.0,
-                event_type: LINK_EVENT_TYPE,
-                content_type: ContentType::Binary.mime(),
-                created: ticks(e),
-                custom_metadata: &[],
-                data: link_data.as_bytes(),
-            })
+    max: usize,
+) -> Result<(), Status> {
+    let mut link_data = String::new();
+    let layout = Layout::new(e, resolve_links, format, &mut link_data);
+    let len = layout.len();
+    if len > max {
+        return Err(too_large(len, max));
+    }
+    let start = chunk.len();
+    let mut cursor = Cursor::new(frame(chunk, len));
+    layout.put(&mut cursor);
+    if !cursor.exact() {
+        chunk.truncate(start);
+        return Err(Status::internal(
+            "an event's encoding did not match its length",
+        ));
+    }
+    Ok(())
+}
+
+/// Appends any `ReadResp` to `chunk` as a gRPC frame (prost-encoded).
+pub fn frame_message(chunk: &mut BytesMut, m: &impl Message, max: usize) -> Result<(), Status> {
+    let len = m.encoded_len();
+    if len > max {
+        return Err(too_large(len, max));
+    }
+    let mut message = frame(chunk, len);
+    m.encode(&mut message)
+        .map_err(|e| Status::internal(format!("encoding an answer: {e}")))
+}
+
+/// The messages of a chunk of frames (as [`frame_event`] and
+/// [`frame_message`] write them).
+pub fn messages(mut chunk: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if chunk.len() < FRAME_HEADER {
+            return None;
         }
-        None => None,
-    };
-    let (event, link) = match link {
-        Some(l) if resolve_links => (Some(event_record(e, format)), Some(l)),
-        Some(l) => (Some(l), None),
-        None => (Some(event_record(e, format)), None),
-    };
-    let event_len = event.as_ref().map(Record::body_len);
-    let link_len = link.as_ref().map(Record::body_len);
-    // ReadEvent { event = 1; link = 2; oneof position { commit_position = 3 } }:
-    // a oneof scalar is written even when zero.
-    let read_event_len = event_len.map_or(0, message_len)
-        + link_len.map_or(0, message_len)
-        + 1
-        + encoded_len_varint(e.position.0);
-    // ReadResp { oneof content { ReadEvent event = 1; … } }
-    let total = message_len(read_event_len);
-    if !buf.reserve_exact(total) {
-        return;
-    }
-    put_message_header(buf, 1, read_event_len);
-    if let (Some(r), Some(n)) = (&event, event_len) {
-        put_message_header(buf, 1, n);
-        r.put(buf);
-    }
-    if let (Some(r), Some(n)) = (&link, link_len) {
-        put_message_header(buf, 2, n);
-        r.put(buf);
-    }
-    put_key(buf, 3, VARINT);
-    encode_varint(e.position.0, buf);
-}
-
-/// One answer of a read: an event, encoded when tonic writes it (straight
-/// into its buffer), or a message already encoded.
-pub enum Outgoing {
-    /// An event and how the client asked for it.
-    Event {
-        /// The event (with its link, if read through one).
-        event: RecordedEvent,
-        /// Send the event and its link, not the link alone.
-        resolve_links: bool,
-        /// The id form.
-        uuid: UuidFormat,
-    },
-    /// Any other `ReadResp`, encoded.
-    Message(Bytes),
-}
-
-impl Outgoing {
-    /// Writes the `ReadResp` into `buf`.
-    pub fn encode(self, buf: &mut impl Sink) {
-        match self {
-            Outgoing::Event {
-                event,
-                resolve_links,
-                uuid,
-            } => encode_event(buf, &event, resolve_links, uuid),
-            Outgoing::Message(m) => buf.put_slice(&m),
-        }
-    }
-}
-
-/// Read answers are encoded as tonic writes them; requests are decoded by prost.
-#[derive(Clone, Copy, Default)]
-pub struct ReadCodec;
-
-/// Writes answers into tonic's buffer.
-pub struct Encoded {
-    /// An event is encoded here first, then copied into tonic's buffer in
-    /// one write: tonic's buffer takes each small write (a varint byte) as
-    /// a slice copy with its own capacity check. Reused, so it stays in
-    /// cache.
-    scratch: Exact,
-}
-
-impl Encoder for Encoded {
-    type Item = Outgoing;
-    type Error = Status;
-
-    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        match item {
-            Outgoing::Message(m) => dst.put_slice(&m),
-            event => {
-                let scratch = &mut self.scratch;
-                scratch.len = 0;
-                scratch.overflow = false;
-                event.encode(scratch);
-                let bytes = scratch.written().ok_or_else(|| {
-                    Status::internal("an event's encoding did not match its length")
-                })?;
-                dst.put_slice(bytes);
-            }
-        }
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Ready answers are encoded into one buffer until 64 KiB are there
-        // (or the stream has nothing more right now), then written.
-        BufferSettings::new(64 * 1024, 64 * 1024)
-    }
-}
-
-/// Decodes the `ReadReq`.
-pub struct Request;
-
-impl Decoder for Request {
-    type Item = ReadReq;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ReadReq>, Status> {
-        ReadReq::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("malformed ReadReq: {e}")))
-    }
-}
-
-impl Codec for ReadCodec {
-    type Encode = Outgoing;
-    type Decode = ReadReq;
-    type Encoder = Encoded;
-    type Decoder = Request;
-
-    fn encoder(&mut self) -> Encoded {
-        Encoded {
-            scratch: Exact::new(),
-        }
-    }
-
-    fn decoder(&mut self) -> Request {
-        Request
-    }
+        let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
+        chunk.advance(FRAME_HEADER);
+        let len = len.min(chunk.len());
+        Some(chunk.split_to(len))
+    })
 }
 
 #[cfg(test)]
@@ -566,33 +570,60 @@ mod tests {
     }
 
     #[test]
-    fn the_encoder_writes_what_encode_event_writes() {
-        let mut encoder = ReadCodec.encoder();
+    fn framed_chunks_hold_the_messages_encode_event_writes() {
+        let mut chunk = BytesMut::new();
+        let mut expected = Vec::new();
         for e in events() {
             for resolve in [false, true] {
                 for f in [UuidFormat::String, UuidFormat::Structured] {
-                    let mut expected = BytesMut::new();
-                    encode_event(&mut expected, &e, resolve, f);
-                    let s = &mut encoder.scratch;
-                    s.len = 0;
-                    s.overflow = false;
-                    encode_event(s, &e, resolve, f);
-                    assert_eq!(s.written(), Some(&expected[..]));
+                    let mut one = BytesMut::new();
+                    encode_event(&mut one, &e, resolve, f);
+                    expected.push(one.freeze());
+                    frame_event(&mut chunk, &e, resolve, f, 1 << 20).unwrap();
                 }
             }
         }
+        let caught_up = ReadResp {
+            content: Some(Content::LastAllStreamPosition(
+                factum_proto::shared::AllStreamPosition {
+                    commit_position: 7,
+                    prepare_position: 7,
+                },
+            )),
+        };
+        frame_message(&mut chunk, &caught_up, 1 << 20).unwrap();
+        expected.push(Bytes::from(caught_up.encode_to_vec()));
+        let chunk = chunk.freeze();
+        // Each frame: not compressed, its length, the message.
+        assert_eq!(chunk[0], 0);
+        assert_eq!(
+            u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize,
+            expected[0].len()
+        );
+        let got: Vec<Bytes> = messages(chunk).collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
-    fn writes_past_the_announced_length_are_refused_not_a_panic() {
-        let mut s = Exact::new();
-        assert!(s.reserve_exact(3));
+    fn answers_past_the_limit_are_refused_and_leave_the_chunk_as_it_was() {
+        let big = events().remove(1);
+        let mut chunk = BytesMut::new();
+        frame_event(&mut chunk, &events()[0], false, UuidFormat::String, 1000).unwrap();
+        let before = chunk.clone();
+        let e = frame_event(&mut chunk, &big, false, UuidFormat::String, 1000).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert_eq!(chunk, before);
+    }
+
+    #[test]
+    fn writes_past_the_reserved_bytes_are_refused_not_a_panic() {
+        let mut bytes = [0u8; 3];
+        let mut s = Cursor::new(&mut bytes);
         s.put_slice(b"ab");
-        assert_eq!(s.written(), None, "short");
+        assert!(!s.exact(), "short");
         s.put_slice(b"cd");
         assert!(s.overflow);
-        assert_eq!(s.written(), None, "past the end");
-        assert!(!s.reserve_exact(1), "one message per use");
+        assert!(!s.exact(), "past the end");
     }
 
     #[test]
