@@ -210,6 +210,42 @@ impl<S> Out<'_, S> {
         }
     }
 
+    /// A read's page of events, framed by reference (no event moved out of
+    /// the page) and handed over in chunks of `BATCH_BYTES`.
+    async fn events(&self, events: &[RecordedEvent]) -> Result<(), Gone> {
+        let mut rest = events;
+        while !rest.is_empty() {
+            let framed = {
+                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = Ok(());
+                while let Some((e, more)) = rest.split_first() {
+                    r = read_wire::frame_event(
+                        &mut p.chunk,
+                        e,
+                        self.plan.resolve_links,
+                        self.plan.uuid,
+                        self.max,
+                    );
+                    if r.is_err() {
+                        break;
+                    }
+                    p.events += 1;
+                    p.payload += (e.data.len() + e.metadata.len()) as u64;
+                    rest = more;
+                    if p.chunk.len() >= BATCH_BYTES {
+                        break;
+                    }
+                }
+                r
+            };
+            match framed {
+                Ok(()) => self.hand_over(false).await?,
+                Err(status) => return self.fail(status).await,
+            }
+        }
+        Ok(())
+    }
+
     /// An event: queued in reads (`now == false`), sent at once in
     /// subscriptions. One the client cannot be sent (longer than the
     /// message limit) ends the call with that error after what came before.
@@ -396,9 +432,7 @@ async fn read_stream<S: EventStore>(
         let n = events.len() as u64;
         let full = PageBound::ended_full(&events, want, PAGE_BYTES);
         let last = events.last().map(|e| e.read_revision().0);
-        for e in events {
-            out.event(e, false).await?;
-        }
+        out.events(&events).await?;
         remaining -= n;
         let Some(r) = last else { break };
         if !full {
@@ -469,13 +503,11 @@ async fn read_all<S: EventStore>(out: &Out<'_, S>, start: AllStart, count: u64) 
         };
         let full = PageBound::ended_full(&events, want, PAGE_BYTES);
         let last = events.last().map(|e| e.position.0);
-        for e in events {
-            if remaining == 0 {
-                break;
-            }
-            out.event(e, false).await?;
-            remaining -= 1;
-        }
+        let take = events
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        out.events(&events[..take]).await?;
+        remaining -= take as u64;
         let Some(p) = last else { break };
         if !full {
             break;
