@@ -320,3 +320,71 @@ async fn a_batch_append_call_cannot_keep_unbounded_appends_unfinished() {
         "{resp:?}"
     );
 }
+
+/// A BatchAppend call drives its own appends (ADR 46): while it waits for
+/// budget, the appends it already took go on and release theirs, so one
+/// call whose appends together exceed the budget finishes them all.
+#[tokio::test]
+async fn one_batch_append_call_over_the_budget_finishes_all_its_appends() {
+    let (addr, _dir) = start(|c| {
+        c.max_append_bytes = MIB as u64;
+        // Raised to one largest message (1 MiB + 64 KiB).
+        c.max_inflight_append_bytes = 1;
+        c.append_budget_wait = Duration::from_secs(5);
+    })
+    .await;
+    let mut client = channel(addr).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BatchAppendReq>();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut responses = client.batch_append(requests).await.unwrap().into_inner();
+    // 12 appends of 400 KiB: 4.8 MiB through a budget of about 1 MiB.
+    for _ in 0..12 {
+        let p = proposed_message(vec![b'b'; 400 * 1024]);
+        tx.send(BatchAppendReq {
+            correlation_id: Some(shared::Uuid {
+                value: Some(shared::uuid::Value::String(
+                    uuid::Uuid::new_v4().to_string(),
+                )),
+            }),
+            options: Some(batch_append_req::Options {
+                stream_identifier: Some(shared::StreamIdentifier {
+                    stream_name: b"budget-1".to_vec(),
+                }),
+                expected_stream_position: Some(
+                    batch_append_req::options::ExpectedStreamPosition::Any(()),
+                ),
+                deadline_option: None,
+            }),
+            proposed_messages: vec![batch_append_req::ProposedMessage {
+                id: p.id,
+                metadata: p.metadata,
+                custom_metadata: p.custom_metadata,
+                data: p.data,
+            }],
+            is_final: true,
+        })
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..12 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                resp.result,
+                Some(factum_proto::streams::batch_append_resp::Result::Success(_))
+            ),
+            "{resp:?}"
+        );
+    }
+    // Not by waiting the budget's 5 s out.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
