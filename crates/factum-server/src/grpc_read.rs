@@ -246,29 +246,11 @@ impl<S> Out<'_, S> {
         Ok(())
     }
 
-    /// An event: queued in reads (`now == false`), sent at once in
-    /// subscriptions. One the client cannot be sent (longer than the
-    /// message limit) ends the call with that error after what came before.
-    async fn event(&self, e: RecordedEvent, now: bool) -> Result<(), Gone> {
-        let framed = {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let r = read_wire::frame_event(
-                &mut p.chunk,
-                &e,
-                self.plan.resolve_links,
-                self.plan.uuid,
-                self.max,
-            );
-            if r.is_ok() {
-                p.events += 1;
-                p.payload += (e.data.len() + e.metadata.len()) as u64;
-            }
-            r
-        };
-        match framed {
-            Ok(()) => self.hand_over(now).await,
-            Err(status) => self.fail(status).await,
-        }
+    /// A subscription's event, sent at once (with anything queued before
+    /// it).
+    async fn event(&self, e: RecordedEvent) -> Result<(), Gone> {
+        self.events(std::slice::from_ref(&e)).await?;
+        self.flush().await
     }
 }
 
@@ -623,7 +605,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                 Some(f) => {
                     resume.position = Some(e.position.0);
                     if f.matches(&e) {
-                        out.event(e, true).await?;
+                        out.event(e).await?;
                         scanned_since_checkpoint = 0;
                     } else {
                         scanned_since_checkpoint += 1;
@@ -639,7 +621,7 @@ async fn subscribe<S: EventStore>(out: &Out<'_, S>) -> Outcome {
                     } else {
                         resume.revision = Some(e.read_revision().0);
                     }
-                    out.event(e, true).await?;
+                    out.event(e).await?;
                 }
             },
             Ok(SubscriptionMessage::CaughtUp) => {

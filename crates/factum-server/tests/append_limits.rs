@@ -258,6 +258,35 @@ async fn append_bytes_in_flight_are_bounded_across_clients() {
     assert_eq!(status, 201, "{body}");
 }
 
+/// One request of a batch append to `stream` carrying one event of `data`,
+/// under a fresh correlation id.
+fn batch_request(stream: &[u8], data: Vec<u8>, is_final: bool) -> BatchAppendReq {
+    let p = proposed_message(data);
+    BatchAppendReq {
+        correlation_id: Some(shared::Uuid {
+            value: Some(shared::uuid::Value::String(
+                uuid::Uuid::new_v4().to_string(),
+            )),
+        }),
+        options: Some(batch_append_req::Options {
+            stream_identifier: Some(shared::StreamIdentifier {
+                stream_name: stream.to_vec(),
+            }),
+            expected_stream_position: Some(batch_append_req::options::ExpectedStreamPosition::Any(
+                (),
+            )),
+            deadline_option: None,
+        }),
+        proposed_messages: vec![batch_append_req::ProposedMessage {
+            id: p.id,
+            metadata: p.metadata,
+            custom_metadata: p.custom_metadata,
+            data: p.data,
+        }],
+        is_final,
+    }
+}
+
 #[tokio::test]
 async fn a_batch_append_call_cannot_keep_unbounded_appends_unfinished() {
     let (addr, _dir) = start(|_| {}).await;
@@ -266,32 +295,7 @@ async fn a_batch_append_call_cannot_keep_unbounded_appends_unfinished() {
     let requests =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     let mut responses = client.batch_append(requests).await.unwrap().into_inner();
-    let chunk = |is_final: bool| {
-        let p = proposed_message(b"x".to_vec());
-        BatchAppendReq {
-            correlation_id: Some(shared::Uuid {
-                value: Some(shared::uuid::Value::String(
-                    uuid::Uuid::new_v4().to_string(),
-                )),
-            }),
-            options: Some(batch_append_req::Options {
-                stream_identifier: Some(shared::StreamIdentifier {
-                    stream_name: b"batch-1".to_vec(),
-                }),
-                expected_stream_position: Some(
-                    batch_append_req::options::ExpectedStreamPosition::Any(()),
-                ),
-                deadline_option: None,
-            }),
-            proposed_messages: vec![batch_append_req::ProposedMessage {
-                id: p.id,
-                metadata: p.metadata,
-                custom_metadata: p.custom_metadata,
-                data: p.data,
-            }],
-            is_final,
-        }
-    };
+    let chunk = |is_final: bool| batch_request(b"batch-1", b"x".to_vec(), is_final);
     // Thousands of appends started and never finished.
     for _ in 0..5000 {
         if tx.send(chunk(false)).is_err() {
@@ -340,31 +344,8 @@ async fn one_batch_append_call_over_the_budget_finishes_all_its_appends() {
     let mut responses = client.batch_append(requests).await.unwrap().into_inner();
     // 12 appends of 400 KiB: 4.8 MiB through a budget of about 1 MiB.
     for _ in 0..12 {
-        let p = proposed_message(vec![b'b'; 400 * 1024]);
-        tx.send(BatchAppendReq {
-            correlation_id: Some(shared::Uuid {
-                value: Some(shared::uuid::Value::String(
-                    uuid::Uuid::new_v4().to_string(),
-                )),
-            }),
-            options: Some(batch_append_req::Options {
-                stream_identifier: Some(shared::StreamIdentifier {
-                    stream_name: b"budget-1".to_vec(),
-                }),
-                expected_stream_position: Some(
-                    batch_append_req::options::ExpectedStreamPosition::Any(()),
-                ),
-                deadline_option: None,
-            }),
-            proposed_messages: vec![batch_append_req::ProposedMessage {
-                id: p.id,
-                metadata: p.metadata,
-                custom_metadata: p.custom_metadata,
-                data: p.data,
-            }],
-            is_final: true,
-        })
-        .unwrap();
+        tx.send(batch_request(b"budget-1", vec![b'b'; 400 * 1024], true))
+            .unwrap();
     }
     let started = std::time::Instant::now();
     for _ in 0..12 {

@@ -588,26 +588,44 @@ async fn raw_call(
     messages: Vec<Vec<u8>>,
     end: bool,
 ) -> String {
+    let data = messages.iter().map(|m| grpc_frame(m)).collect();
+    raw_bytes_call(addr, path, &[("grpc-timeout", grpc_timeout)], data, end).await
+}
+
+/// `m` as one gRPC frame: not compressed, its length, the message.
+fn grpc_frame(m: &[u8]) -> Vec<u8> {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    framed.extend_from_slice(m);
+    framed
+}
+
+/// A call whose body is `data` as it is (frame headers included), sent in
+/// those pieces, then the end of the request when `end`; its `grpc-status`.
+async fn raw_bytes_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    data: Vec<Vec<u8>>,
+    end: bool,
+) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let mut client = client.ready().await.unwrap();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", grpc_timeout)
-        .body(())
-        .unwrap();
-    let (resp, mut send) = client.send_request(req, false).unwrap();
-    for m in messages {
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&m);
-        send.send_data(framed.into(), false).unwrap();
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+    for d in data {
+        send.send_data(d.into(), false).unwrap();
     }
     if end {
         send.send_data(Default::default(), true).unwrap();
@@ -674,48 +692,6 @@ async fn call_deadlines_on_append_and_read() {
     );
 }
 
-/// A call whose body is `data` as it is (frame headers included), sent in
-/// those pieces; its `grpc-status`.
-async fn raw_bytes_call(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    data: Vec<Vec<u8>>,
-) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.unwrap();
-    let mut req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
-    for d in data {
-        send.send_data(d.into(), false).unwrap();
-    }
-    send.send_data(Default::default(), true).unwrap();
-    let resp = resp.await.unwrap();
-    match resp.headers().get("grpc-status") {
-        Some(s) => s.to_str().unwrap().to_owned(),
-        None => {
-            let mut body = resp.into_body();
-            while let Some(d) = body.data().await {
-                let d = d.unwrap();
-                let _ = body.flow_control().release_capacity(d.len());
-            }
-            let trailers = body.trailers().await.unwrap().unwrap();
-            trailers["grpc-status"].to_str().unwrap().to_owned()
-        }
-    }
-}
-
 /// `Read` is served by a hand-written route (ADR 46): it reads the
 /// request's one message however the client splits it, and refuses what
 /// tonic refused.
@@ -725,30 +701,34 @@ async fn the_read_route_takes_its_request_as_grpc_defines_it() {
     let server = start().await;
     let read = "/event_store.client.streams.Streams/Read";
     let req = read_stream("route-1", 10).encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(req.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&req);
+    let framed = grpc_frame(&req);
     // The message in three pieces, the header itself split.
     let pieces = vec![
         framed[..3].to_vec(),
         framed[3..8].to_vec(),
         framed[8..].to_vec(),
     ];
-    assert_eq!(raw_bytes_call(server.addr, read, &[], pieces).await, "0");
+    assert_eq!(
+        raw_bytes_call(server.addr, read, &[], pieces, true).await,
+        "0"
+    );
     // No message at all.
-    assert_eq!(raw_bytes_call(server.addr, read, &[], vec![]).await, "13");
+    assert_eq!(
+        raw_bytes_call(server.addr, read, &[], vec![], true).await,
+        "13"
+    );
     // A message announced longer than the limit: refused before it is read.
     let mut huge = vec![0u8];
     huge.extend_from_slice(&(u32::MAX).to_be_bytes());
     assert_eq!(
-        raw_bytes_call(server.addr, read, &[], vec![huge]).await,
+        raw_bytes_call(server.addr, read, &[], vec![huge], true).await,
         "8"
     );
     // Compressed: the server enables no compression.
     let mut compressed = framed.clone();
     compressed[0] = 1;
     assert_eq!(
-        raw_bytes_call(server.addr, read, &[], vec![compressed]).await,
+        raw_bytes_call(server.addr, read, &[], vec![compressed], true).await,
         "12"
     );
     assert_eq!(
@@ -756,7 +736,8 @@ async fn the_read_route_takes_its_request_as_grpc_defines_it() {
             server.addr,
             read,
             &[("grpc-encoding", "gzip")],
-            vec![framed.clone()]
+            vec![framed.clone()],
+            true
         )
         .await,
         "12"
@@ -765,12 +746,12 @@ async fn the_read_route_takes_its_request_as_grpc_defines_it() {
     let mut garbage = vec![0u8, 0, 0, 0, 3];
     garbage.extend_from_slice(&[0x0a, 0x05, 0x01]);
     assert_eq!(
-        raw_bytes_call(server.addr, read, &[], vec![garbage]).await,
+        raw_bytes_call(server.addr, read, &[], vec![garbage], true).await,
         "13"
     );
     // The server goes on.
     assert_eq!(
-        raw_bytes_call(server.addr, read, &[], vec![framed]).await,
+        raw_bytes_call(server.addr, read, &[], vec![framed], true).await,
         "0"
     );
 }
