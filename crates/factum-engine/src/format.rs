@@ -53,6 +53,12 @@ pub const FEATURE_ARCHIVED: u32 = 16;
 /// pages (or, with `COMPRESSED`, encrypted zstd blocks). Set by the writer
 /// of a store opened with a master key, and by rewrites in such a store.
 pub const FEATURE_ENCRYPTED: u32 = 32;
+/// Feature flag: the segment was rewritten by a build that keeps the
+/// `$ce-`/`$et-` revisions of removed events in the log: it may hold link
+/// records (`FLAG_STUB | FLAG_LINKS`, ADR 47), which an older build would
+/// replay as plain stubs and so renumber link streams on a rebuild. Set on
+/// every rewritten version, never by the writer.
+pub const FEATURE_LINK_REVISIONS: u32 = 64;
 /// Every feature flag this build understands. A segment with any other flag
 /// set was written by a newer build and is refused rather than misread.
 pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES
@@ -60,7 +66,8 @@ pub const KNOWN_FEATURES: u32 = FEATURE_GROUP_FRAMES
     | FEATURE_SCAVENGED
     | FEATURE_COMPRESSED
     | FEATURE_ARCHIVED
-    | FEATURE_ENCRYPTED;
+    | FEATURE_ENCRYPTED
+    | FEATURE_LINK_REVISIONS;
 /// The feature flags of the segments this build creates.
 pub const WRITTEN_FEATURES: u32 = FEATURE_GROUP_FRAMES | FEATURE_PUBLIC_POSITIONS_FROM_ONE;
 
@@ -100,6 +107,15 @@ pub const FLAG_SOFT_DELETE: u8 = 2;
 /// the log, so an index rebuilt from the log still knows it. Only in
 /// segments with `FEATURE_SCAVENGED`.
 pub const FLAG_STUB: u8 = 4;
+/// Record flag, only with `FLAG_STUB`: a link record (ADR 47). A rewrite
+/// puts one in place of the last removed event before a kept one (or the
+/// segment's end) when removed events took `$ce-`/`$et-` revisions: its
+/// data lists, per link stream, the revision after the removed ones
+/// ([`StoredEvent::link_revisions`]), so an index rebuilt from the log
+/// numbers the kept links exactly as before. Otherwise a stub (same
+/// position, revision, id, commit time and stream as the removed event).
+/// Only in segments with `FEATURE_LINK_REVISIONS`.
+pub const FLAG_LINKS: u8 = 8;
 
 /// The header of a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +274,53 @@ impl StoredEvent {
             data: Bytes::new(),
             metadata: Bytes::new(),
         }
+    }
+
+    /// Is this record a link record (`FLAG_LINKS`, a stub whose data lists
+    /// link streams' next revisions)?
+    pub fn has_link_revisions(&self) -> bool {
+        self.flags & (FLAG_STUB | FLAG_LINKS) == FLAG_STUB | FLAG_LINKS
+    }
+
+    /// This stub (see [`StoredEvent::stub`]) as a link record: `next` lists,
+    /// per link stream, the revision its next link takes at the earliest
+    /// (each name: 2-byte length, UTF-8; then the revision, 8 bytes; all
+    /// little-endian, in the order given).
+    pub fn with_link_revisions<'a>(
+        &self,
+        next: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> StoredEvent {
+        let mut data = Vec::new();
+        for (name, revision) in next {
+            data.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            data.extend_from_slice(name.as_bytes());
+            data.extend_from_slice(&revision.to_le_bytes());
+        }
+        StoredEvent {
+            flags: self.flags | FLAG_STUB | FLAG_LINKS,
+            data: Bytes::from(data),
+            ..self.clone()
+        }
+    }
+
+    /// What a link record lists (empty for any other record); an error
+    /// describes a list that does not decode.
+    pub fn link_revisions(&self) -> std::result::Result<Vec<(&str, u64)>, String> {
+        let mut out = Vec::new();
+        if !self.has_link_revisions() {
+            return Ok(out);
+        }
+        let mut b = &self.data[..];
+        while !b.is_empty() {
+            let bad = || format!("link record at position {} is malformed", self.position);
+            let n = u16::from_le_bytes(b.get(..2).ok_or_else(bad)?.try_into().unwrap()) as usize;
+            let name = b.get(2..2 + n).ok_or_else(bad)?;
+            let name = std::str::from_utf8(name).map_err(|_| bad())?;
+            let rev = b.get(2 + n..10 + n).ok_or_else(bad)?;
+            out.push((name, u64::from_le_bytes(rev.try_into().unwrap())));
+            b = &b[10 + n..];
+        }
+        Ok(out)
     }
 
     /// Bytes this event takes in a frame.
@@ -599,6 +662,42 @@ mod tests {
             event_type: "T".into(),
             data: Bytes::from_static(data),
             metadata: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn link_records_round_trip_through_a_frame_and_malformed_lists_are_refused() {
+        let e = ev(9, b"{}");
+        assert!(e.link_revisions().unwrap().is_empty());
+        let stub = e.stub();
+        assert!(!stub.has_link_revisions());
+        let links = stub.with_link_revisions([("$ce-s", 12), ("$et-T", u64::MAX)]);
+        assert!(links.is_stub() && links.has_link_revisions());
+        assert_eq!(
+            (links.position, links.revision, links.id, &links.stream),
+            (e.position, e.revision, e.id, &e.stream)
+        );
+        let mut buf = Vec::new();
+        encode_frame(std::slice::from_ref(&links), Timestamp(42), 0, &mut buf);
+        let FrameCheck::Valid(h) = check_frame(&buf) else {
+            panic!()
+        };
+        let frame = Bytes::from(buf);
+        let decoded = decode_frame_events(&frame, &h).unwrap();
+        assert_eq!(
+            decoded[0].0.link_revisions().unwrap(),
+            vec![("$ce-s", 12), ("$et-T", u64::MAX)]
+        );
+        // Cut anywhere inside an entry: refused, not misread.
+        for cut in 1..links.data.len() {
+            if cut == 15 {
+                continue; // the end of the first entry: a shorter valid list
+            }
+            let short = StoredEvent {
+                data: links.data.slice(..cut),
+                ..links.clone()
+            };
+            assert!(short.link_revisions().is_err(), "cut at {cut}");
         }
     }
 

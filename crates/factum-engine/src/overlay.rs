@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use factum_core::rules::{link_parts, WriteKind};
-use factum_core::Result;
+use factum_core::{Error, Result};
 
 use crate::format::{StoredEvent, FLAG_SOFT_DELETE, FLAG_TOMBSTONE};
 
@@ -164,13 +164,18 @@ impl<'a> Overlay<'a> {
         }
         let mut i = 0;
         while i < events.len() {
+            if events[i].0.has_link_revisions() {
+                self.add_link_record(&events[i..i + 1])?;
+                i += 1;
+                continue;
+            }
             // The events of a frame the writer makes belong to one stream,
             // but for the `$$` undelete that may end it (ADR 26); handle
             // each stretch of one stream with one lookup per stream.
             let stream = &events[i].0.stream;
             let n = events[i..]
                 .iter()
-                .take_while(|(e, _)| e.stream == *stream)
+                .take_while(|(e, _)| e.stream == *stream && !e.has_link_revisions())
                 .count();
             self.add_events(&events[i..i + n])?;
             i += n;
@@ -180,6 +185,26 @@ impl<'a> Overlay<'a> {
             self.mem.checkpoint.next_position = last.position + 1;
         }
         self.mem.checkpoint.end = end;
+        Ok(())
+    }
+
+    /// A rewrite's link record (ADR 47): a stub of a removed event, after
+    /// which each link stream it lists takes at least the listed revision
+    /// next (the removed events took those before it).
+    fn add_link_record(&mut self, record: &[(StoredEvent, Loc)]) -> Result<()> {
+        self.add_events(record)?;
+        let e = &record[0].0;
+        let list = e.link_revisions().map_err(|detail| Error::Corrupt {
+            file: self.index.path().to_path_buf(),
+            offset: 0,
+            detail: format!("{detail} (replaying the log into the index)"),
+        })?;
+        for (stream, next) in list {
+            let l = self.record_mut(stream)?;
+            if l.next_revision() < next {
+                l.last_revision = next.checked_sub(1);
+            }
+        }
         Ok(())
     }
 

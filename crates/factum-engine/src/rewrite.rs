@@ -35,9 +35,10 @@ use factum_core::{Error, Result, StreamName};
 use crate::compress::BlockWriter;
 use crate::format::{
     decode_frame_events, encode_frame, SegmentHeader, StoredEvent, FEATURE_COMPRESSED,
-    FEATURE_ENCRYPTED, FEATURE_SCAVENGED, FLAG_TOMBSTONE, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+    FEATURE_ENCRYPTED, FEATURE_LINK_REVISIONS, FEATURE_SCAVENGED, FLAG_TOMBSTONE, FORMAT_VERSION,
+    SEGMENT_HEADER_LEN,
 };
-use crate::index::{Index, SegmentRewrite};
+use crate::index::{Index, Run, SegmentRewrite};
 use crate::log::{open_segment, segment_file_name, sync_dir, FrameReader, Loc, Scanned};
 use crate::overlay::RunBuilder;
 use crate::reader::Reader;
@@ -315,6 +316,7 @@ pub(crate) fn rewrite_segment(
         version: FORMAT_VERSION,
         features: (seg.format.features & !FEATURE_ENCRYPTED)
             | FEATURE_SCAVENGED
+            | FEATURE_LINK_REVISIONS
             | add_features
             | encrypted,
         number,
@@ -362,7 +364,8 @@ pub(crate) fn rewrite_segment(
     };
     // The logical bytes start with the header too (offsets are logical).
     out.buf.extend_from_slice(&header.encode());
-    let result = write_new_version(&seg, &mut out, decide, pace, stop);
+    let mut entries = SegmentEntries::new(index, &seg, lo, hi);
+    let result = write_new_version(&seg, &mut out, &mut entries, decide, pace, stop);
     let unchanged = |w: &Written| RewriteReport {
         segment: number,
         old_bytes,
@@ -402,7 +405,7 @@ pub(crate) fn rewrite_segment(
         let _ = std::fs::remove_file(&new_path);
         return Err(e);
     }
-    let change = match index_change(index, &seg, number, lo, hi, generation, &written) {
+    let change = match index_change(&mut entries, number, lo, generation, &written) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&new_path);
@@ -471,6 +474,7 @@ struct Written {
 fn write_new_version(
     seg: &Arc<crate::log::Segment>,
     out: &mut Output,
+    entries: &mut SegmentEntries,
     decide: &mut dyn FnMut(&StoredEvent) -> Result<RecordAction>,
     pace: &mut Pace,
     stop: &AtomicBool,
@@ -486,11 +490,13 @@ fn write_new_version(
     let mut frames = FrameReader::new(seg.clone(), SEGMENT_HEADER_LEN as u64, len);
     // Reused for link stream names.
     let mut name = String::new();
+    let mut links = LinkRecords::default();
     let corrupt = |offset: u64, detail: String| Error::Corrupt {
         file: seg.path.clone(),
         offset,
         detail,
     };
+    let mut created = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
@@ -513,12 +519,13 @@ fn write_new_version(
             }
             Scanned::Invalid { offset, detail } => return Err(corrupt(offset, detail)),
         };
-        let _ = offset;
+        created = Some(header.created);
         w.old_frames.push(header.first_position);
-        // The kept records, cut into frames of dense positions.
-        let mut runs: Vec<Vec<StoredEvent>> = Vec::new();
+        // The records written, in position order.
+        let mut records: Vec<StoredEvent> = Vec::new();
         for (e, _) in events {
-            if e.flags & FLAG_TOMBSTONE == 0 && !e.is_stub() {
+            let indexed = e.flags & FLAG_TOMBSTONE == 0 && !e.is_stub();
+            if indexed {
                 if !w.touched.contains(e.stream.as_str()) {
                     w.touched.insert(e.stream.as_str().to_string());
                 }
@@ -533,15 +540,16 @@ fn write_new_version(
                     }
                 }
             }
-            let record = match decide(&e)? {
+            let action = decide(&e)?;
+            let record = match action {
                 RecordAction::Keep => {
                     w.report.kept += 1;
-                    e
+                    Some(e.clone())
                 }
                 RecordAction::Remove => {
                     w.report.removed += 1;
                     w.changed = true;
-                    continue;
+                    None
                 }
                 RecordAction::Replace(r) => {
                     if r.position != e.position || r.stream != e.stream || r.revision != e.revision
@@ -553,42 +561,215 @@ fn write_new_version(
                     }
                     w.report.replaced += 1;
                     w.changed = true;
-                    r
+                    Some(r)
                 }
             };
-            match runs.last_mut() {
-                Some(run) if run.last().expect("non-empty").position + 1 == record.position => {
-                    run.push(record)
+            // Link revisions the record took, or a link record listed, that
+            // its new version no longer carries (ADR 47).
+            let links_lost = indexed
+                && record
+                    .as_ref()
+                    .is_none_or(|r| r.is_stub() || r.flags & FLAG_TOMBSTONE != 0);
+            let list_lost = e.has_link_revisions() && record.as_ref() != Some(&e);
+            if links_lost || list_lost {
+                if links_lost {
+                    for (prefix, part) in link_parts(&e.stream, &e.event_type) {
+                        let Some(part) = part else { continue };
+                        name.clear();
+                        name.push_str(prefix);
+                        name.push_str(part);
+                        let revision = entries.link_revision(&name, e.position)?;
+                        links.lost(&name, revision + 1);
+                    }
                 }
-                _ => runs.push(vec![record]),
+                for (stream, next) in e.link_revisions().map_err(|d| corrupt(offset, d))? {
+                    links.lost(stream, next);
+                }
+                links.hold(&e, record, &mut records);
+            } else if let Some(record) = record {
+                links.release(&mut records);
+                records.push(record);
             }
         }
-        for run in runs {
-            let frame_offset = out.len;
-            let start = out.buf.len();
-            let offsets = encode_frame(&run, header.created, 0, &mut out.buf);
-            out.len += (out.buf.len() - start) as u64;
-            let kept = run
-                .into_iter()
-                .zip(offsets)
-                .map(|(e, o)| Kept {
-                    position: e.position,
-                    revision: e.revision,
-                    flags: e.flags,
-                    len: e.encoded_len() as u32,
-                    stream: e.stream,
-                    event_type: e.event_type,
-                    loc: Loc::new(seg.number, frame_offset + o as u64),
-                })
-                .collect::<Vec<_>>();
-            w.frames.push((kept[0].position, frame_offset, kept));
-        }
+        write_records(seg.number, records, header.created, out, &mut w);
         if out.buf.len() >= 1 << 20 {
             out.write_out()?;
         }
         pace.account(header.len as u64 * 2, stop);
     }
+    // The segment's end: what removed records took that no record here
+    // lists yet is for the links of later segments.
+    let mut records = Vec::new();
+    links.release(&mut records);
+    if let Some(created) = created {
+        write_records(seg.number, records, created, out, &mut w);
+    }
     Ok(Some(w))
+}
+
+/// Writes `records` (in position order) into frames of dense positions.
+fn write_records(
+    segment: u32,
+    records: Vec<StoredEvent>,
+    created: factum_core::Timestamp,
+    out: &mut Output,
+    w: &mut Written,
+) {
+    let mut runs: Vec<Vec<StoredEvent>> = Vec::new();
+    for record in records {
+        match runs.last_mut() {
+            Some(run) if run.last().expect("non-empty").position + 1 == record.position => {
+                run.push(record)
+            }
+            _ => runs.push(vec![record]),
+        }
+    }
+    for run in runs {
+        let frame_offset = out.len;
+        let start = out.buf.len();
+        let offsets = encode_frame(&run, created, 0, &mut out.buf);
+        out.len += (out.buf.len() - start) as u64;
+        let kept = run
+            .into_iter()
+            .zip(offsets)
+            .map(|(e, o)| Kept {
+                position: e.position,
+                revision: e.revision,
+                flags: e.flags,
+                len: e.encoded_len() as u32,
+                stream: e.stream,
+                event_type: e.event_type,
+                loc: Loc::new(segment, frame_offset + o as u64),
+            })
+            .collect::<Vec<_>>();
+        w.frames.push((kept[0].position, frame_offset, kept));
+    }
+}
+
+/// The link records of a rewrite (ADR 47). Removed records that took
+/// `$ce-`/`$et-` revisions leave them behind: the revision after each
+/// such link stream's last removed one. They are written, as a link
+/// record in place of the last removed record, before the next record
+/// the new version keeps (or at the segment's end), so a rebuild from the
+/// log, which numbers links by counting, resumes each link stream where
+/// the removed records left it.
+#[derive(Default)]
+struct LinkRecords {
+    /// Link stream → revision its next link takes at the earliest.
+    next: std::collections::BTreeMap<String, u64>,
+    /// The last record that lost links: its stub, and whether its own new
+    /// version is that stub (a stub it was replaced by) or nothing.
+    held: Option<(StoredEvent, bool)>,
+}
+
+impl LinkRecords {
+    fn lost(&mut self, stream: &str, next: u64) {
+        match self.next.get_mut(stream) {
+            Some(n) => *n = (*n).max(next),
+            None => {
+                self.next.insert(stream.to_string(), next);
+            }
+        }
+    }
+
+    /// `e`, whose new version is `record`, lost links: the record held
+    /// before it goes out as it was decided (a later record carries the
+    /// list), and `e` is held.
+    fn hold(&mut self, e: &StoredEvent, record: Option<StoredEvent>, out: &mut Vec<StoredEvent>) {
+        if let Some((stub, true)) = self.held.take() {
+            out.push(stub);
+        }
+        self.held = Some(match record {
+            Some(stub) if stub.is_stub() && !stub.has_link_revisions() => (stub, true),
+            Some(other) => {
+                // A tombstone in its place: written as it is; the list goes
+                // with a stub of the event.
+                out.push(other);
+                (e.stub(), false)
+            }
+            None => (e.stub(), false),
+        });
+    }
+
+    /// A record is kept next (or the segment ends): the held record goes
+    /// out carrying the list, if there is one.
+    fn release(&mut self, out: &mut Vec<StoredEvent>) {
+        let Some((stub, own)) = self.held.take() else {
+            return;
+        };
+        if self.next.is_empty() {
+            if own {
+                out.push(stub);
+            }
+            return;
+        }
+        out.push(stub.with_link_revisions(self.next.iter().map(|(s, n)| (s.as_str(), *n))));
+        self.next.clear();
+    }
+}
+
+/// The index entries of the streams a segment's records are in, whose
+/// first position is in the segment: loaded once per stream, for the link
+/// revisions of removed records and for the index change.
+struct SegmentEntries<'a> {
+    index: &'a Index,
+    path: PathBuf,
+    lo: u64,
+    hi: u64,
+    streams: HashMap<String, (u64, Vec<(u64, Run)>)>,
+}
+
+impl<'a> SegmentEntries<'a> {
+    fn new(index: &'a Index, seg: &crate::log::Segment, lo: u64, hi: u64) -> Self {
+        SegmentEntries {
+            index,
+            path: seg.path.clone(),
+            lo,
+            hi,
+            streams: HashMap::new(),
+        }
+    }
+
+    fn fault(&self, detail: String) -> Error {
+        Error::Corrupt {
+            file: self.index.path().to_path_buf(),
+            offset: 0,
+            detail: format!(
+                "{detail} (rewriting {}; `factum reindex` rebuilds the index)",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// The stream's id and its runs (first revision, run) in the segment,
+    /// oldest first.
+    fn stream(&mut self, name: &str) -> Result<&(u64, Vec<(u64, Run)>)> {
+        if !self.streams.contains_key(name) {
+            let Some(rec) = self.index.stream(name)? else {
+                return Err(self.fault(format!("the index has no stream {name:?}")));
+            };
+            let runs = match rec.last_revision {
+                Some(last) => self
+                    .index
+                    .runs_in_positions(rec.id, last, self.lo, self.hi)?,
+                None => Vec::new(),
+            };
+            self.streams.insert(name.to_string(), (rec.id, runs));
+        }
+        Ok(&self.streams[name])
+    }
+
+    /// The revision link stream `name` gave the record at `position`.
+    fn link_revision(&mut self, name: &str, position: u64) -> Result<u64> {
+        let (_, runs) = self.stream(name)?;
+        let k = runs.partition_point(|(_, r)| r.position + r.count as u64 <= position);
+        match runs.get(k) {
+            Some((first, r)) if r.position <= position => Ok(first + (position - r.position)),
+            _ => Err(self.fault(format!(
+                "no entry of {name} for the event at position {position}"
+            ))),
+        }
+    }
 }
 
 /// The index change that goes with the new version: the old runs of every
@@ -596,22 +777,12 @@ fn write_new_version(
 /// new runs are built from the new frames, a `$ce-`/`$et-` record keeping
 /// the link revision it had.
 fn index_change(
-    index: &Index,
-    seg: &crate::log::Segment,
+    entries: &mut SegmentEntries,
     number: u32,
     lo: u64,
-    hi: u64,
     generation: u64,
     w: &Written,
 ) -> Result<SegmentRewrite> {
-    let index_fault = |detail: String| Error::Corrupt {
-        file: index.path().to_path_buf(),
-        offset: 0,
-        detail: format!(
-            "{detail} (rewriting {}; `factum reindex` rebuilds the index)",
-            seg.path.display()
-        ),
-    };
     let mut change = SegmentRewrite {
         segment: number,
         first_position: lo,
@@ -620,25 +791,12 @@ fn index_change(
         ..SegmentRewrite::default()
     };
     let mut ids: HashMap<&str, u64> = HashMap::new();
-    // (link stream id, position) → link revision.
-    let mut links: HashMap<(u64, u64), u64> = HashMap::new();
     for name in &w.touched {
-        let Some(rec) = index.stream(name)? else {
-            return Err(index_fault(format!("the index has no stream {name:?}")));
-        };
-        ids.insert(name.as_str(), rec.id);
-        let Some(last) = rec.last_revision else {
-            continue;
-        };
-        let is_link = name.starts_with("$ce-") || name.starts_with("$et-");
-        for (first, run) in index.runs_in_positions(rec.id, last, lo, hi)? {
-            change.old_runs.push((rec.id, first));
-            if is_link {
-                for i in 0..run.count as u64 {
-                    links.insert((rec.id, run.position + i), first + i);
-                }
-            }
-        }
+        let (id, runs) = entries.stream(name)?;
+        ids.insert(name.as_str(), *id);
+        change
+            .old_runs
+            .extend(runs.iter().map(|(first, _)| (*id, *first)));
     }
     let mut builder = RunBuilder::default();
     let mut name = String::new();
@@ -653,7 +811,7 @@ fn index_change(
             }
             let own = ids
                 .get(k.stream.as_str())
-                .ok_or_else(|| index_fault(format!("no stream {:?}", k.stream.as_str())))?;
+                .ok_or_else(|| entries.fault(format!("no stream {:?}", k.stream.as_str())))?;
             builder.add_entry(*own, k.revision, k.position, k.loc, k.len);
             for (prefix, part) in link_parts(&k.stream, &k.event_type) {
                 let Some(part) = part else { continue };
@@ -662,14 +820,9 @@ fn index_change(
                 name.push_str(part);
                 let id = ids
                     .get(name.as_str())
-                    .ok_or_else(|| index_fault(format!("no stream {name:?}")))?;
-                let rev = links.get(&(*id, k.position)).ok_or_else(|| {
-                    index_fault(format!(
-                        "no entry of {name} for the event at position {}",
-                        k.position
-                    ))
-                })?;
-                builder.add_entry(*id, *rev, k.position, k.loc, k.len);
+                    .ok_or_else(|| entries.fault(format!("no stream {name:?}")))?;
+                let rev = entries.link_revision(&name, k.position)?;
+                builder.add_entry(*id, rev, k.position, k.loc, k.len);
             }
         }
         builder.close_runs(u64::MAX);

@@ -226,6 +226,21 @@ pub fn verify_store(
                                         e.position
                                     ));
                                 }
+                                if e.has_link_revisions() {
+                                    let at = format!(
+                                        "{} at offset {}",
+                                        seg.path.display(),
+                                        offset + o as u64
+                                    );
+                                    if seg.format.features & crate::format::FEATURE_LINK_REVISIONS
+                                        == 0
+                                    {
+                                        r.faults.push(format!("{at}: a link record in a segment not rewritten to hold them"));
+                                    }
+                                    if let Err(d) = e.link_revisions() {
+                                        r.faults.push(format!("{at}: {d}"));
+                                    }
+                                }
                                 if e.is_stub() {
                                     r.stubs += 1;
                                     if !seg.format.scavenged() {
