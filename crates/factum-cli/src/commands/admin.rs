@@ -115,10 +115,15 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
         })?;
     let head = runtime()?.block_on(engine.head_position())?;
     engine.close()?;
-    // The log does not hold link revisions: after a scavenge, the rebuild
-    // numbers `$ce-`/`$et-` densely over what remains (ADR 40).
+    // Segments scavenged by a build before ADR 47 hold no link records: the
+    // rebuild numbers what they removed of `$ce-`/`$et-` densely (ADR 40).
     let scavenged = factum_engine::log::open_segments(dir)
-        .map(|s| s.all().iter().any(|seg| seg.format.scavenged()))
+        .map(|s| {
+            s.all().iter().any(|seg| {
+                seg.format.scavenged()
+                    && seg.format.features & factum_engine::format::FEATURE_LINK_REVISIONS == 0
+            })
+        })
         .unwrap_or(false);
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -131,7 +136,7 @@ pub fn reindex(args: ReindexArgs) -> Result<(), CliError> {
     }
     if scavenged {
         println!(
-            "note: this store was scavenged; $ce-/$et- streams are numbered again from 0 over the events that remain (their events and positions are unchanged): subscribers that track them by revision should resubscribe by position"
+            "note: this store was scavenged by a build before link records (ADR 47); $ce-/$et- streams are numbered again from 0 over the events that remain (their events and positions are unchanged): subscribers that track them by revision should resubscribe by position"
         );
     }
     if let Some((file, offset, bytes)) = &recovery.cut {
