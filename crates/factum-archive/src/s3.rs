@@ -5,7 +5,8 @@
 //! one PUT up to [`MULTIPART_THRESHOLD`], a multipart upload above it (parts
 //! of [`PART_SIZE`], a few in flight), and then a HEAD checks that the
 //! stored object has every byte sent; a failed multipart upload is aborted so
-//! no parts linger. Reads are ranged GETs. Every failure to reach the store
+//! no parts linger. Reads are ranged GETs; a deletion is one DELETE (S3
+//! answers it alike whether or not the object was there). Every failure to reach the store
 //! or a refusal by it is `Unavailable` (reason `Storage`) with a message
 //! naming the archive (bucket, prefix, endpoint) and the object, after
 //! bounded retries ([`ArchiveOptions`]): a read of an archived segment fails
@@ -240,6 +241,11 @@ impl Archive for S3Archive {
         self.run(|inner| async move { inner.list().await })
     }
 
+    fn delete(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.run(|inner| async move { inner.delete(&name).await })
+    }
+
     fn describe(&self) -> String {
         self.inner.describe.clone()
     }
@@ -457,11 +463,23 @@ impl Inner {
                 Some(ArchivedObject {
                     name,
                     size: meta.size,
+                    modified: Some(meta.last_modified.into()),
                 })
             })
             .collect();
         objects.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(objects)
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let location = self.location(name)?;
+        // S3 answers a DELETE of a missing key with 204, as of one that was
+        // there: that is the trait's "missing is Ok". A 404 means more
+        // than a missing object (no such bucket) and fails.
+        self.store
+            .delete(&location)
+            .await
+            .map_err(|e| self.failed("deleting", name, &e))
     }
 }
 

@@ -127,6 +127,8 @@ fn s3_archive_against_moto() {
     common::assert_unavailable_naming(&error, &["s3://no-such-bucket/p", name]);
     let error = nowhere.list().unwrap_err();
     common::assert_unavailable_naming(&error, &["s3://no-such-bucket/p"]);
+    let error = nowhere.delete(name).unwrap_err();
+    common::assert_unavailable_naming(&error, &["s3://no-such-bucket/p", name]);
 }
 
 /// Every call on an archive whose endpoint refuses connections fails,
@@ -178,7 +180,7 @@ fn fails_quickly(endpoint: &str, options: &ArchiveOptions, limit: Duration) {
     let scratch = tempfile::tempdir().unwrap();
     let segment = common::file(scratch.path(), "segment", &common::content(1_000, 5));
     let name = "00000000000000000000.seg";
-    let calls: [(&str, FailingCall); 4] = [
+    let calls: [(&str, FailingCall); 5] = [
         ("size", Box::new(|| archive.size(name).unwrap_err())),
         (
             "get_range",
@@ -186,6 +188,7 @@ fn fails_quickly(endpoint: &str, options: &ArchiveOptions, limit: Duration) {
         ),
         ("put", Box::new(|| archive.put(name, &segment).unwrap_err())),
         ("list", Box::new(|| archive.list().unwrap_err())),
+        ("delete", Box::new(|| archive.delete(name).unwrap_err())),
     ];
     for (call, fail) in calls {
         let started = Instant::now();

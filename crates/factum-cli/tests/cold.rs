@@ -4,9 +4,11 @@
 //! eviction, `verify` with and without the archive, `factum serve` reading
 //! every event back through the archive with its metrics, and `factum
 //! archive` killed (SIGKILL) at random moments of its uploads and run
-//! again; `factum backup` to S3 (incremental) and `factum restore` from it.
+//! again; `factum backup` to S3 (incremental, deleting the objects the two
+//! newest manifests do not name) and `factum restore` from it.
 
 mod common;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -343,4 +345,159 @@ async fn backup_to_s3_is_incremental_and_restores() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The objects `BACKUP.json` in `archive` names.
+fn manifest_objects(archive: &dyn factum_engine::Archive) -> BTreeSet<String> {
+    let size = archive.size("BACKUP.json").unwrap().expect("a BACKUP.json");
+    let bytes = archive.get_range("BACKUP.json", 0, size as usize).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    manifest["objects"]
+        .as_object()
+        .expect("objects in BACKUP.json")
+        .values()
+        .map(|object| object.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The objects in `archive`, with their sizes.
+fn listed(archive: &dyn factum_engine::Archive) -> BTreeMap<String, u64> {
+    archive
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|object| (object.name, object.size))
+        .collect()
+}
+
+/// The objects and bytes on a backup's `deleted` line.
+fn deleted(out: &str) -> (usize, u64) {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("deleted"))
+        .unwrap_or_else(|| panic!("no deleted line: {out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words[..] {
+        [objects, "object(s),", bytes, "byte(s)", ..] => {
+            (objects.parse().unwrap(), bytes.parse().unwrap())
+        }
+        _ => panic!("deleted line: {line}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_to_s3_deletes_objects_the_two_newest_manifests_do_not_name() {
+    let Some(moto) = moto_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    store(&data, 3000, 256 * 1024).await;
+    let d = data.to_str().unwrap().to_string();
+    let prefix = format!("s3://{BUCKET}/backups/node-2");
+    let endpoint = [
+        s("--archive-endpoint"),
+        moto.endpoint.clone(),
+        s("--archive-allow-http"),
+    ];
+    let staging = dir.path().join("staging").to_str().unwrap().to_string();
+    let mut b = vec![
+        s("backup"),
+        s("--data"),
+        d.clone(),
+        s("--to"),
+        prefix.clone(),
+        s("--staging"),
+        staging,
+    ];
+    b.extend(endpoint.clone());
+    let mut at_once = b.clone();
+    at_once.extend([s("--delete-unreferenced-after"), s("0s")]);
+    let mut options = factum_archive::ArchiveOptions::default();
+    options.endpoint = Some(moto.endpoint.clone());
+    options.allow_http = true;
+    options.access_key_id = Some("test".into());
+    options.secret_access_key = Some("test".into());
+    let archive = factum_archive::open_archive(&prefix, &options).unwrap();
+
+    let out = ok(&run(&b));
+    assert_eq!(deleted(&out), (0, 0), "{out}");
+    let first = manifest_objects(archive.as_ref());
+
+    // A rewrite of every sealed segment (compression) and more events: the
+    // next backup uploads new objects for them; the first manifest's stay,
+    // since it is the previous one.
+    let out = ok(&run(&[s("compact"), s("--data"), d.clone()]));
+    assert!(out.contains("compressed now"), "{out}");
+    store(&data, 10, 256 * 1024).await;
+    let out = ok(&run(&at_once));
+    assert_eq!(deleted(&out), (0, 0), "{out}");
+    let second = manifest_objects(archive.as_ref());
+    let only_first: BTreeSet<String> = first.difference(&second).cloned().collect();
+    assert!(
+        only_first.iter().filter(|o| o.contains(".seg.")).count() >= 3,
+        "the rewrite should have given sealed segments new objects: {only_first:?}"
+    );
+    let before = listed(archive.as_ref());
+    for object in first.iter().chain(&second) {
+        assert!(before.contains_key(object), "{object} missing: {before:?}");
+    }
+
+    // The third: what only the first manifest named goes, and its bytes
+    // are reported; what the second and third name stays.
+    store(&data, 10, 256 * 1024).await;
+    let out = ok(&run(&at_once));
+    let third = manifest_objects(archive.as_ref());
+    let gone: BTreeSet<&String> = only_first.difference(&third).collect();
+    let gone_bytes: u64 = gone.iter().map(|object| before[*object]).sum();
+    assert_eq!(deleted(&out), (gone.len(), gone_bytes), "{out}");
+    let after = listed(archive.as_ref());
+    for object in &gone {
+        assert!(
+            !after.contains_key(*object),
+            "{object} still there: {after:?}"
+        );
+    }
+    for object in second.iter().chain(&third) {
+        assert!(after.contains_key(object), "{object} missing: {after:?}");
+    }
+    assert!(after.contains_key("BACKUP.json"));
+
+    // --keep-unreferenced deletes nothing, though the second manifest's
+    // own objects (its active segment, its index) are now named by neither.
+    store(&data, 10, 256 * 1024).await;
+    let mut keep = b.clone();
+    keep.push(s("--keep-unreferenced"));
+    let out = ok(&run(&keep));
+    assert!(
+        out.contains("deleted        nothing (--keep-unreferenced)"),
+        "{out}"
+    );
+    let fourth = manifest_objects(archive.as_ref());
+    let only_second: Vec<&String> = second
+        .iter()
+        .filter(|o| !third.contains(*o) && !fourth.contains(*o))
+        .collect();
+    assert!(!only_second.is_empty(), "{second:?} / {fourth:?}");
+    let kept = listed(archive.as_ref());
+    for object in only_second {
+        assert!(kept.contains_key(object), "{object} deleted: {kept:?}");
+    }
+
+    // A restore from the prefix holds every event and passes verify.
+    let restored = dir.path().join("restored");
+    let mut r = vec![
+        s("restore"),
+        s("--from"),
+        prefix,
+        s("--data"),
+        restored.to_str().unwrap().to_string(),
+    ];
+    r.extend(endpoint);
+    let out = ok(&run(&r));
+    assert!(out.contains("verify: ok (3030 events)"), "{out}");
+    let (engine, _) = Engine::open_with(&restored, EngineConfig::default()).unwrap();
+    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
+    let (original, _) = Engine::open_with(&data, EngineConfig::default()).unwrap();
+    let want = original.read_all(ReadAll::forwards()).await.unwrap();
+    assert_eq!(all.len(), 3030);
+    assert_eq!(all, want);
 }

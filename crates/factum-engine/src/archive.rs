@@ -2,7 +2,7 @@
 //! object storage or a directory, read back on demand.
 //!
 //! The engine sees an archive through [`Archive`]: whole-file uploads,
-//! ranged reads, size checks and a listing, all blocking (the engine calls
+//! ranged reads, size checks, a listing and deletion, all blocking (the engine calls
 //! them from its own threads, never from an async task). [`LocalArchive`]
 //! keeps the objects in a directory; `factum-archive` implements S3 and
 //! every S3-compatible store on the `object_store` crate.
@@ -21,6 +21,9 @@ pub struct ArchivedObject {
     pub name: String,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written, where the archive says (a file's mtime,
+    /// S3's `Last-Modified`); `None` when it does not.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Where sealed segments go (see the module doc). Every error is
@@ -37,6 +40,9 @@ pub trait Archive: Send + Sync + std::fmt::Debug {
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Bytes>;
     /// Every object, in name order.
     fn list(&self) -> Result<Vec<ArchivedObject>>;
+    /// Deletes the object; deleting one that is not there is `Ok` (so a
+    /// retried clean-up does not fail on what it removed before).
+    fn delete(&self, name: &str) -> Result<()>;
     /// Where it is, for messages (`s3://bucket/prefix`, a directory).
     fn describe(&self) -> String;
 }
@@ -118,14 +124,27 @@ impl Archive for LocalArchive {
             if name.ends_with(".upload") {
                 continue;
             }
-            let size = entry
+            let metadata = entry
                 .metadata()
-                .map_err(|e| self.unavailable("listing", e))?
-                .len();
-            out.push(ArchivedObject { name, size });
+                .map_err(|e| self.unavailable("listing", e))?;
+            out.push(ArchivedObject {
+                name,
+                size: metadata.len(),
+                modified: metadata.modified().ok(),
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        // No fsync of the directory: a deletion a crash undoes leaves an
+        // object the next clean-up deletes again.
+        match std::fs::remove_file(self.dir.join(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.unavailable(&format!("deleting {name}"), e)),
+        }
     }
 
     fn describe(&self) -> String {
@@ -330,5 +349,38 @@ impl Tier {
     /// Bytes cached now.
     pub fn cached_bytes(&self) -> usize {
         self.cache.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_archive_delete_removes_the_file_and_a_missing_name_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = LocalArchive::new(dir.path().join("archive")).unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, b"segment bytes").unwrap();
+        archive.put("a.seg", &source).unwrap();
+        archive.put("b.seg", &source).unwrap();
+        let listed = archive.list().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|o| o.modified.is_some()), "{listed:?}");
+
+        archive.delete("a.seg").unwrap();
+        assert!(!dir.path().join("archive/a.seg").exists());
+        assert_eq!(archive.size("a.seg").unwrap(), None);
+        let names: Vec<String> = archive
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["b.seg"]);
+        // Again, and a name that never was: nothing to do, no error.
+        archive.delete("a.seg").unwrap();
+        archive.delete("never.seg").unwrap();
+        assert_eq!(archive.size("b.seg").unwrap(), Some(13));
     }
 }

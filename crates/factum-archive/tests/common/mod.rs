@@ -48,8 +48,9 @@ pub fn assert_unavailable_naming(error: &Error, names: &[&str]) {
     }
 }
 
-/// put, size, get_range (start, middle, across and past the end), list,
-/// replace, and an empty object.
+/// put, size, get_range (start, middle, across and past the end), list
+/// (with modification times), replace, an empty object, and delete (also of
+/// a missing name).
 pub fn round_trip(archive: &dyn Archive, scratch: &Path) {
     let first = "00000000000000000000.seg";
     let second = "00000000000000100000.seg";
@@ -94,23 +95,48 @@ pub fn round_trip(archive: &dyn Archive, scratch: &Path) {
         &shorter[..]
     );
 
+    let started = std::time::SystemTime::now();
     assert_eq!(
-        archive.list().unwrap(),
+        names_and_sizes(&archive.list().unwrap()),
         vec![
-            ArchivedObject {
-                name: first.into(),
-                size: 777
-            },
-            ArchivedObject {
-                name: second.into(),
-                size: 4_321
-            },
-            ArchivedObject {
-                name: empty.into(),
-                size: 0
-            },
+            (first.into(), 777),
+            (second.into(), 4_321),
+            (empty.into(), 0)
         ]
     );
+    // Every object carries its modification time, recent (the store's
+    // clock may be a little off ours, or truncate to seconds).
+    for object in archive.list().unwrap() {
+        let modified = object
+            .modified
+            .unwrap_or_else(|| panic!("{}: no modification time", object.name));
+        let age = started
+            .duration_since(modified)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            age.as_secs() < 300,
+            "{}: modified {age:?} away",
+            object.name
+        );
+    }
+
+    // A deletion removes the object; deleting it again, or a name that
+    // never was, is no error.
+    // (The S3 test looks at `second` afterwards.)
+    archive.delete(empty).unwrap();
+    assert_eq!(archive.size(empty).unwrap(), None);
+    archive.delete(empty).unwrap();
+    archive.delete("00000000000000900000.seg").unwrap();
+    assert_eq!(
+        names_and_sizes(&archive.list().unwrap()),
+        vec![(first.into(), 777), (second.into(), 4_321)]
+    );
+}
+
+/// Each object's name and size (what a listing must hold; the
+/// modification time is the store's).
+pub fn names_and_sizes(objects: &[ArchivedObject]) -> Vec<(String, u64)> {
+    objects.iter().map(|o| (o.name.clone(), o.size)).collect()
 }
 
 /// The object [`multipart_round_trip`] writes.
@@ -133,10 +159,7 @@ pub fn multipart_round_trip(archive: &dyn Archive, scratch: &Path) {
         assert_eq!(&got[..], &bytes[offset..end], "range {offset}+{count}");
     }
     assert_eq!(&archive.get_range(name, 0, len).unwrap()[..], &bytes[..]);
-    assert!(archive.list().unwrap().contains(&ArchivedObject {
-        name: name.into(),
-        size: len as u64
-    }));
+    assert!(names_and_sizes(&archive.list().unwrap()).contains(&(name.into(), len as u64)));
 }
 
 /// A name with no object: no size, and a read fails naming it.

@@ -70,11 +70,24 @@ impl ArchiveConn {
 pub fn keep_local(value: &str) -> Result<Option<Duration>, CliError> {
     match value.trim() {
         "forever" | "always" => Ok(None),
-        "0" => Ok(Some(Duration::ZERO)),
-        v => match CompressPolicy::parse(v) {
-            Ok(CompressPolicy::SealedFor(age)) => Ok(Some(age)),
-            _ => Err(CliError::usage(format!(
+        v => age("--archive-keep-local", v).map(Some).map_err(|_| {
+            CliError::usage(format!(
                 "--archive-keep-local {v}: use forever, or an age such as 0s, 7d, 12h, 30m"
+            ))
+        }),
+    }
+}
+
+/// Parses an age flag's value: `0`, or a number and `s`, `m`, `h` or `d`
+/// (`0s`, `45s`, `30m`, `12h`, `7d`), as compression ages are written
+/// (one parser: `CompressPolicy::parse`'s).
+pub fn age(flag: &str, value: &str) -> Result<Duration, CliError> {
+    match value.trim() {
+        "0" => Ok(Duration::ZERO),
+        v => match CompressPolicy::parse(v) {
+            Ok(CompressPolicy::SealedFor(age)) => Ok(age),
+            _ => Err(CliError::usage(format!(
+                "{flag} {v}: use an age such as 0s, 45s, 30m, 12h, 7d"
             ))),
         },
     }
