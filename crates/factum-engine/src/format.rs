@@ -508,23 +508,46 @@ pub fn encode_frame(
     group_offset: u32,
     out: &mut Vec<u8>,
 ) -> Vec<u32> {
-    let start = out.len();
-    out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]); // length, below
-    out.extend_from_slice(&events[0].position.to_le_bytes());
-    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    out.extend_from_slice(&group_offset.to_le_bytes());
-    out.extend_from_slice(&created.0.to_le_bytes());
+    let start = begin_frame(events[0].position, created, group_offset, out);
     let mut offsets = Vec::with_capacity(events.len());
     for e in events {
         offsets.push((out.len() - start) as u32);
         e.encode_into(out);
     }
+    finish_frame(start, events.len() as u32, out);
+    offsets
+}
+
+/// Starts a frame at the end of `out` whose first record holds
+/// `first_position`: its header, with the length and record count left
+/// for [`finish_frame`]. Records are appended after it
+/// ([`StoredEvent::encode_into`]); returns where the frame starts.
+pub fn begin_frame(
+    first_position: u64,
+    created: Timestamp,
+    group_offset: u32,
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]); // length, by finish_frame
+    out.extend_from_slice(&first_position.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]); // record count, by finish_frame
+    out.extend_from_slice(&group_offset.to_le_bytes());
+    out.extend_from_slice(&created.0.to_le_bytes());
+    debug_assert_eq!(out.len() - start, FRAME_HEADER_LEN);
+    start
+}
+
+/// Completes the frame [`begin_frame`] started at `start` of `out`, which
+/// now holds its `count` records: fills in its length and count and
+/// appends the CRC trailer.
+pub fn finish_frame(start: usize, count: u32, out: &mut Vec<u8>) {
     let len = (out.len() - start + FRAME_TRAILER_LEN) as u32;
     out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    out[start + 16..start + 20].copy_from_slice(&count.to_le_bytes());
     let crc = crc32c::crc32c(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
-    offsets
 }
 
 /// What came before a frame in its segment, for [`check_group_link`].

@@ -159,8 +159,27 @@ impl<'a> Overlay<'a> {
         events: &[(StoredEvent, Loc)],
         end: Loc,
     ) -> Result<()> {
-        if let Some((first, _)) = events.first() {
-            self.mem.batches.push((first.position, frame_loc.0));
+        self.add_to_frame(frame_loc, events, true)?;
+        self.end_frame(end);
+        Ok(())
+    }
+
+    /// Records records appended to a frame not yet complete (the writer's
+    /// frame of a write group, ADR 48): `first` for the frame's first
+    /// records, which also record the frame itself. Runs stay open, so the
+    /// next records of the frame extend them; [`Overlay::end_frame`]
+    /// completes them. Recording a frame in parts gives the same changes as
+    /// [`Overlay::add_frame`] of the whole.
+    pub fn add_to_frame(
+        &mut self,
+        frame_loc: Loc,
+        events: &[(StoredEvent, Loc)],
+        first: bool,
+    ) -> Result<()> {
+        if first {
+            if let Some((e, _)) = events.first() {
+                self.mem.batches.push((e.position, frame_loc.0));
+            }
         }
         let mut i = 0;
         while i < events.len() {
@@ -180,12 +199,20 @@ impl<'a> Overlay<'a> {
             self.add_events(&events[i..i + n])?;
             i += n;
         }
-        self.close_runs(u64::MAX);
         if let Some((last, _)) = events.last() {
             self.mem.checkpoint.next_position = last.position + 1;
         }
-        self.mem.checkpoint.end = end;
         Ok(())
+    }
+
+    /// The frame being recorded ends at `end`: its runs are complete.
+    pub fn end_frame(&mut self, end: Loc) {
+        self.close_runs(u64::MAX);
+        self.mem.checkpoint.end = end;
+    }
+
+    fn add_entry(&mut self, id: u64, rev: u64, position: u64, loc: Loc, len: u32) {
+        self.runs.add_entry(id, rev, position, loc, len);
     }
 
     /// A rewrite's link record (ADR 47): a stub of a removed event, after
@@ -206,10 +233,6 @@ impl<'a> Overlay<'a> {
             }
         }
         Ok(())
-    }
-
-    fn add_entry(&mut self, id: u64, rev: u64, position: u64, loc: Loc, len: u32) {
-        self.runs.add_entry(id, rev, position, loc, len);
     }
 
     /// Completes the open runs that the record at `position` cannot extend,

@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{Durability, EngineConfig};
 use crate::fatal::Fatal;
 use crate::format::{
-    encode_frame, public_position, StoredEvent, EVENT_HEADER_LEN,
+    begin_frame, finish_frame, public_position, StoredEvent, EVENT_HEADER_LEN,
     FEATURE_PUBLIC_POSITIONS_FROM_ONE, FLAG_SOFT_DELETE, FLAG_TOMBSTONE, FRAME_HEADER_LEN,
     FRAME_TRAILER_LEN,
 };
@@ -184,6 +184,20 @@ struct FrameWrite {
 /// One record of a frame: stream, revision, flags, event.
 type FrameRecord = (StreamName, u64, u8, EventData);
 
+/// The appends of a write group share frames (ADR 48) up to this many
+/// bytes: a group of small appends is one frame, so the index records one
+/// frame and one `$ce-`/`$et-` run for all of them instead of one each.
+pub const GROUP_FRAME_BYTES: usize = 64 << 10;
+
+/// The bytes of the write group being prepared.
+#[derive(Default)]
+struct GroupBuf {
+    bytes: Vec<u8>,
+    /// The frame appends are joining: where it starts in `bytes`, and its
+    /// records so far.
+    open: Option<(usize, u32)>,
+}
+
 enum Outcome<T = AppendResult> {
     /// Answer now / after the group is durable.
     Done(Result<T>),
@@ -229,7 +243,10 @@ impl Writer {
 
     pub fn run(mut self, rx: Receiver<Job>) {
         let mut carry: Vec<Job> = Vec::new();
-        let mut buf = Vec::with_capacity(1 << 20);
+        let mut buf = GroupBuf {
+            bytes: Vec::with_capacity(1 << 20),
+            open: None,
+        };
         loop {
             let mut group: Vec<Job> = std::mem::take(&mut carry);
             if group.is_empty() {
@@ -277,7 +294,8 @@ impl Writer {
             let mut overlay = Overlay::new(&index);
             self.group_first = overlay.mem.checkpoint.next_position;
             let mut answers: Vec<Answer> = Vec::new();
-            buf.clear();
+            buf.bytes.clear();
+            buf.open = None;
             let now = self.config.clock.now();
             let mut roll = false;
             let mut requests = group.into_iter();
@@ -319,13 +337,14 @@ impl Writer {
                     roll = true;
                     break;
                 }
-                if buf.len() >= self.config.max_group_bytes {
+                if buf.bytes.len() >= self.config.max_group_bytes {
                     break;
                 }
             }
             carry.extend(requests);
-            if !buf.is_empty() {
-                let written = self.write_durably(&buf).and_then(|end| {
+            self.close_frame(&mut overlay, &mut buf);
+            if !buf.bytes.is_empty() {
+                let written = self.write_durably(&buf.bytes).and_then(|end| {
                     // Acknowledge only while the store has not stopped
                     // (another thread's fsync may have failed meanwhile).
                     self.fatal.durable(end).map_err(|why| {
@@ -342,7 +361,7 @@ impl Writer {
                     }
                     continue;
                 }
-                self.segment_len += buf.len() as u64;
+                self.segment_len += buf.bytes.len() as u64;
                 let changes = overlay.take();
                 let cp = changes.checkpoint;
                 self.index.apply(changes);
@@ -594,7 +613,7 @@ impl Writer {
         &self,
         req: &AppendRequest,
         overlay: &mut Overlay<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut GroupBuf,
         now: Timestamp,
     ) -> Outcome {
         match self.try_prepare(req, overlay, buf, now) {
@@ -607,7 +626,7 @@ impl Writer {
         &self,
         req: &AppendRequest,
         overlay: &mut Overlay<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut GroupBuf,
         now: Timestamp,
     ) -> Result<Outcome> {
         let (owner, written) = rules::streams_of(&req.stream, &req.op);
@@ -691,7 +710,7 @@ impl Writer {
     fn encode(
         &self,
         overlay: &mut Overlay<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut GroupBuf,
         now: Timestamp,
         write: FrameWrite,
     ) -> Result<Outcome> {
@@ -742,7 +761,7 @@ impl Writer {
         &self,
         request: &MultiAppend,
         overlay: &mut Overlay<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut GroupBuf,
         now: Timestamp,
     ) -> Result<Outcome<MultiAppendResult>> {
         let parts = multi_rules::decide_multi(
@@ -789,13 +808,17 @@ impl Writer {
         }
     }
 
-    /// Encodes one frame of `records` into the group buffer and records its
-    /// index changes; returns the log position of its first record, or
-    /// `None` when it does not fit in the active segment (roll first).
+    /// Encodes `records` (one append's) into the group buffer and records
+    /// their index changes; returns the log position of the first, or
+    /// `None` when they do not fit in the active segment (roll first).
+    /// They join the group's open frame while it stays within
+    /// [`GROUP_FRAME_BYTES`] (ADR 48), else start a new one: either way
+    /// one append's records are in one frame, so recovery keeps all of them
+    /// or none.
     fn encode_frame_of(
         &self,
         overlay: &mut Overlay<'_>,
-        buf: &mut Vec<u8>,
+        buf: &mut GroupBuf,
         now: Timestamp,
         records: Vec<FrameRecord>,
     ) -> Result<Option<u64>> {
@@ -806,15 +829,20 @@ impl Writer {
                 + e.data.len()
                 + e.metadata.len()
         };
-        let frame_len = FRAME_HEADER_LEN
-            + FRAME_TRAILER_LEN
-            + records
-                .iter()
-                .map(|(stream, _, _, e)| record_len(stream, e))
-                .sum::<usize>();
-        let offset = self.segment_len + buf.len() as u64;
+        let records_len = records
+            .iter()
+            .map(|(stream, _, _, e)| record_len(stream, e))
+            .sum::<usize>();
+        if let Some((start, _)) = buf.open {
+            if buf.bytes.len() - start + records_len + FRAME_TRAILER_LEN > GROUP_FRAME_BYTES {
+                self.close_frame(overlay, buf);
+            }
+        }
+        let new_frame = buf.open.is_none();
+        let added = records_len + FRAME_TRAILER_LEN + if new_frame { FRAME_HEADER_LEN } else { 0 };
+        let offset = self.segment_len + buf.bytes.len() as u64;
         let header = crate::format::SEGMENT_HEADER_LEN as u64;
-        if offset > header && offset + frame_len as u64 > self.config.segment_bytes {
+        if offset > header && offset + added as u64 > self.config.segment_bytes {
             return Ok(None);
         }
         let first_position = overlay.mem.checkpoint.next_position;
@@ -828,10 +856,26 @@ impl Writer {
                 records.len()
             )));
         }
-        let stored: Vec<StoredEvent> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (stream, revision, flags, e))| StoredEvent {
+        let undo = buf.bytes.len();
+        if new_frame {
+            // Frames of one group stay in one segment (a roll ends the
+            // group), and a group holds far fewer than 2^32 events
+            // (max_group_bytes).
+            let group_offset = if self.segment.format.group_frames() {
+                u32::try_from(first_position - self.group_first).map_err(|_| {
+                    Error::InvalidInput("a write group holds more than 2^32 events".into())
+                })?
+            } else {
+                0
+            };
+            let start = begin_frame(first_position, now, group_offset, &mut buf.bytes);
+            buf.open = Some((start, 0));
+        }
+        let (start, count) = buf.open.as_mut().expect("opened above");
+        let seg = self.segment.number;
+        let mut located: Vec<(StoredEvent, Loc)> = Vec::with_capacity(records.len());
+        for (i, (stream, revision, flags, e)) in records.into_iter().enumerate() {
+            let e = StoredEvent {
                 position: first_position + i as u64,
                 revision,
                 created: now,
@@ -842,29 +886,34 @@ impl Writer {
                 event_type: e.event_type,
                 data: e.data,
                 metadata: e.metadata,
-            })
-            .collect();
-        // Frames of one group stay in one segment (a roll ends the group),
-        // and a group holds far fewer than 2^32 events (max_group_bytes).
-        let group_offset = if self.segment.format.group_frames() {
-            u32::try_from(first_position - self.group_first).map_err(|_| {
-                Error::InvalidInput("a write group holds more than 2^32 events".into())
-            })?
-        } else {
-            0
-        };
-        let start = buf.len();
-        let offsets = encode_frame(&stored, now, group_offset, buf);
-        debug_assert_eq!(buf.len() - start, frame_len);
-        let seg = self.segment.number;
-        let located: Vec<(StoredEvent, Loc)> = stored
-            .into_iter()
-            .zip(offsets)
-            .map(|(e, o)| (e, Loc::new(seg, offset + o as u64)))
-            .collect();
-        let end = Loc::new(seg, offset + frame_len as u64);
-        overlay.add_frame(Loc::new(seg, offset), &located, end)?;
+            };
+            let loc = Loc::new(seg, self.segment_len + buf.bytes.len() as u64);
+            e.encode_into(&mut buf.bytes);
+            located.push((e, loc));
+        }
+        debug_assert_eq!(buf.bytes.len() - undo, added - FRAME_TRAILER_LEN);
+        *count += located.len() as u32;
+        let frame_loc = Loc::new(seg, self.segment_len + *start as u64);
+        if let Err(e) = overlay.add_to_frame(frame_loc, &located, new_frame) {
+            // Not answered as written, so not written.
+            *count -= located.len() as u32;
+            buf.bytes.truncate(undo);
+            if new_frame {
+                buf.open = None;
+            }
+            return Err(e);
+        }
         Ok(Some(first_position))
+    }
+
+    /// Completes the group's open frame, if any (its length, count and CRC;
+    /// its runs in the overlay).
+    fn close_frame(&self, overlay: &mut Overlay<'_>, buf: &mut GroupBuf) {
+        if let Some((start, count)) = buf.open.take() {
+            finish_frame(start, count, &mut buf.bytes);
+            let end = self.segment_len + buf.bytes.len() as u64;
+            overlay.end_frame(Loc::new(self.segment.number, end));
+        }
     }
 
     /// If the events of stream `id` from revision `first` have exactly these

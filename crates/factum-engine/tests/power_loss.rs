@@ -7,8 +7,10 @@
 //! new bytes and the rest zeros (the preallocated space they overwrite), or
 //! the file ends early (a size that never reached the disk). Bytes that
 //! were acknowledged are never touched. Every image must open, hold every
-//! acknowledged event, and hold exactly the appends of the group that lie
-//! whole before its first damaged byte — each append whole or not at all,
+//! acknowledged event, and hold exactly the frames of the group that lie
+//! whole before its first damaged byte — each frame, and so each append,
+//! whole or not at all (the appends of a group share frames of up to
+//! 64 KiB, ADR 48),
 //! multi-stream appends (one frame over two streams, ADR 29) included.
 //! Damage before the last group must make open refuse, naming the file.
 //!
@@ -47,7 +49,7 @@ fn event(i: usize, size: usize) -> EventData {
     EventData::json("Recorded", &serde_json::json!({ "i": i, "filler": filler })).unwrap()
 }
 
-/// One frame (one append) of the last write group.
+/// One frame (one append, or several small ones: ADR 48) of the last write group.
 struct Frame {
     offset: u64,
     end: u64,
@@ -131,29 +133,35 @@ async fn write_scenario(dir: &Path) -> Written {
                 .await
                 .unwrap();
         }
+        // The events are made before the tasks start, so the burst reaches
+        // the writer while it is still busy with the big append.
         let big = {
             let engine = engine.clone();
             let s = streams[0].clone();
-            tokio::spawn(async move {
-                let events = (0..40).map(|k| event(1000 + k, 20_000)).collect();
-                engine.append(s, ExpectedRevision::Any, events).await
-            })
+            let events: Vec<EventData> = (0..40).map(|k| event(1000 + k, 20_000)).collect();
+            tokio::spawn(async move { engine.append(s, ExpectedRevision::Any, events).await })
         };
         tokio::task::yield_now().await;
+        let burst_events: Vec<_> = (0..48)
+            .map(|i| {
+                // Large enough that the group's shared frames (up to 64 KiB,
+                // ADR 48) are many, each holding a few appends.
+                let size = 4_000 + (i * 577) % 12_000;
+                let events: Vec<EventData> = (0..1 + i % 2)
+                    .map(|k| event(2000 + i * 2 + k, size))
+                    .collect();
+                (events, event(5000 + i, size))
+            })
+            .collect();
         let mut burst = Vec::new();
-        for i in 0..48 {
+        for (i, (events, last)) in burst_events.into_iter().enumerate() {
             let engine = engine.clone();
             let s = streams[i % 4].clone();
-            let size = 100 + (i * 577) % 3000;
             // Every third is a multi-stream append (ADR 29): one frame
             // over two streams, so it too must come back whole or not at all.
             let other = streams[(i + 1) % 4].clone();
             burst.push(tokio::spawn(async move {
-                let events: Vec<EventData> = (0..1 + i % 2)
-                    .map(|k| event(2000 + i * 2 + k, size))
-                    .collect();
                 if i % 3 == 0 {
-                    let last = event(5000 + i, size);
                     let request = factum_core::MultiAppend::new()
                         .append(s, ExpectedRevision::Any, events)
                         .append(other, ExpectedRevision::Any, [last]);
