@@ -167,9 +167,48 @@ impl Engine {
             // through the one holding the committed end, that page cut to
             // it in the copy (the writer may have appended into it since).
             let encrypted_active = seg.number == end.segment() && seg.format.encrypted();
+            // A segment that lives only in the archive (ADR 43) is copied
+            // whole from there, not as its stub: a backup must not depend on
+            // the archive.
+            if let (Some(stub), true) = (&seg.stub, seg.number < end.segment()) {
+                let bytes = stub.size;
+                // The object, and the stub's file (its key slots, which
+                // `factum rekey` rewrites).
+                let source = identity(&seg.file)
+                    .ok()
+                    .map(|id| format!("archive:{}:{id}", stub.object));
+                let held = previous.as_ref().and_then(|m| {
+                    m.segments.iter().find(|f| {
+                        f.name == name
+                            && f.bytes == bytes
+                            && f.sha256.is_some()
+                            && source.is_some()
+                            && f.source == source
+                    })
+                });
+                let held =
+                    held.filter(|_| fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes));
+                let digest = match held {
+                    Some(f) => f.sha256.clone().expect("checked above"),
+                    None => {
+                        let digest = copy_archived(&seg, stub, &dest.join(&name))?;
+                        report.files_copied += 1;
+                        report.bytes_copied += bytes;
+                        digest
+                    }
+                };
+                report.files += 1;
+                report.bytes_total += bytes;
+                manifest.segments.push(BackupFile {
+                    name,
+                    bytes,
+                    sha256: Some(digest),
+                    source,
+                });
+                continue;
+            }
             let bytes = if seg.number < end.segment() {
-                // The file as stored locally (compressed or not; an
-                // archived segment's stub, ADR 43).
+                // The file as stored locally (compressed or not).
                 seg.local_len()?
             } else if encrypted_active {
                 crate::encrypt::physical_len(end.offset())
@@ -474,6 +513,89 @@ fn copy_prefix_of(input: &File, src: &Path, dst: &Path, len: u64) -> Result<Stri
     out.sync_all().map_err(|e| io(&tmp, "fsync", e))?;
     fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))?;
     Ok(from.hex())
+}
+
+/// Copies a segment that lives only in the archive into `dst` as the
+/// whole file it was before its local copy went (the archived object, read
+/// through the archive tier), with the key slots of its stub for an
+/// encrypted one (they hold the data key as the current master key wraps
+/// it). Returns the SHA-256 (hex) of what it wrote.
+fn copy_archived(
+    seg: &crate::log::Segment,
+    stub: &crate::archive::Stub,
+    dst: &Path,
+) -> Result<String> {
+    let key_area = if seg.format.encrypted() {
+        use std::os::unix::fs::FileExt;
+        let mut area =
+            vec![0u8; (crate::encrypt::KEY_AREA as usize) - crate::format::SEGMENT_HEADER_LEN];
+        seg.file
+            .read_exact_at(&mut area, crate::format::SEGMENT_HEADER_LEN as u64)
+            .map_err(|e| io(&seg.path, "reading the key slots of", e))?;
+        Some(area)
+    } else {
+        None
+    };
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(".backup-tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut out = File::create(&tmp).map_err(|e| io(&tmp, "creating", e))?;
+    let mut from = Digest::new(Archived {
+        seg,
+        key_area,
+        at: 0,
+        size: stub.size,
+    });
+    let copied = std::io::copy(&mut from, &mut out).map_err(|e| io(&tmp, "copying to", e))?;
+    if copied != stub.size {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::Corrupt {
+            file: seg.path.clone(),
+            offset: copied,
+            detail: format!(
+                "the archived object {} ended before its {} bytes",
+                stub.object, stub.size
+            ),
+        });
+    }
+    out.sync_all().map_err(|e| io(&tmp, "fsync", e))?;
+    fs::rename(&tmp, dst).map_err(|e| io(dst, "renaming into", e))?;
+    Ok(from.hex())
+}
+
+/// The bytes of an archived segment's file, read through the archive tier
+/// (`compress::Physical`), with its stub's key slots in place.
+struct Archived<'a> {
+    seg: &'a crate::log::Segment,
+    key_area: Option<Vec<u8>>,
+    at: u64,
+    size: u64,
+}
+
+impl Read for Archived<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use crate::compress::Physical;
+        let want = buf.len().min((self.size - self.at).min(1 << 20) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self
+            .seg
+            .read_physical(&mut buf[..want], self.at)
+            .map_err(std::io::Error::other)?;
+        if let Some(area) = &self.key_area {
+            // The overlap of bytes at..at+n with the key slots.
+            let lo = crate::format::SEGMENT_HEADER_LEN as u64;
+            let hi = lo + area.len() as u64;
+            let (from, to) = (self.at.max(lo), (self.at + n as u64).min(hi));
+            if from < to {
+                buf[(from - self.at) as usize..(to - self.at) as usize]
+                    .copy_from_slice(&area[(from - lo) as usize..(to - lo) as usize]);
+            }
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// Whether two files hold the same first and last 4 KiB of their first

@@ -412,8 +412,23 @@ fn archived_encrypted_segments_read_back_and_rekey_through_their_stubs() {
     let new = key();
     factum_engine::rekey_store(&data, &k, &new).unwrap();
     assert_eq!(store_files(&arch), objects);
+    // A backup copies the archived segments whole, with the stubs' (new)
+    // key slots: restored, they read with the new key and no archive.
+    let backup = dir.path().join("backup");
     rt.block_on(async {
         let (engine, _) = Engine::open_with(&data, with_archive(&new)).unwrap();
+        assert_eq!(all_emails(&engine).await, before);
+        engine.backup(&backup).unwrap();
+        engine.close().unwrap();
+    });
+    assert_no_plaintext(&backup);
+    let restored = dir.path().join("restored");
+    factum_engine::restore(&backup, &restored, false).unwrap();
+    let r = factum_engine::verify_store(&restored, None, Some(&new)).unwrap();
+    assert!(r.ok(), "{:?}", r.faults);
+    assert_eq!(r.archived_segments, 0);
+    rt.block_on(async {
+        let (engine, _) = Engine::open_with(&restored, config(Some(&new))).unwrap();
         assert_eq!(all_emails(&engine).await, before);
         engine.close().unwrap();
     });
