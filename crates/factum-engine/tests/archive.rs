@@ -214,7 +214,11 @@ async fn archived_segments_read_back_from_three_places_across_restarts() {
     assert!(v.ok(), "{:?}", v.faults);
     assert_eq!(v.archived_segments, 0, "the restore holds every segment");
     let (engine, _) = Engine::open_with(&restored, config(&clock, None)).unwrap();
-    assert_eq!(dump(&engine).await, expected_all, "the restore, without the archive");
+    assert_eq!(
+        dump(&engine).await,
+        expected_all,
+        "the restore, without the archive"
+    );
     engine.close().unwrap();
     drop(engine);
 
