@@ -8,7 +8,9 @@
 use factum_core::follow::{
     follow, page_bound, start_cursor, stream_page, stream_page_request, Follow, MAX_SCAN,
 };
-use factum_core::{Position, RecordedEvent, Result, Subscribe, Subscription, SubscriptionTarget};
+use factum_core::{
+    PageBound, Position, RecordedEvent, Result, Subscribe, Subscription, SubscriptionTarget,
+};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -21,7 +23,16 @@ struct EngineFollow {
     reader: Reader,
     pool: Arc<ReadPool>,
     committed: watch::Receiver<Committed>,
+    /// The committed end when a `$all` page last reached the head: the
+    /// next page then reads only what was committed since.
+    head_end: Option<crate::log::Loc>,
 }
+
+/// A live `$all` page whose new log bytes are at most this many is read on
+/// the subscription's own task rather than the reader pool: the bytes
+/// were just written (in the page cache and the block cache), and the
+/// hand-off to a pool thread and back would be most of its cost.
+const INLINE_TAIL_BYTES: u64 = 64 << 10;
 
 /// The public position after the log's last committed event: where a
 /// `$all` cursor stands at the head.
@@ -36,19 +47,14 @@ fn page(
     reader: &Reader,
     target: &SubscriptionTarget,
     cursor: u64,
+    bound: PageBound,
     progress: &mut Progress<'_>,
 ) -> Result<(Vec<RecordedEvent>, u64, bool)> {
     match target {
         SubscriptionTarget::All(filter) => {
             let from = log_position(Position(cursor)).unwrap_or(0);
-            let (events, next) = reader.scan_forwards(
-                from,
-                page_bound(),
-                filter.as_ref(),
-                None,
-                MAX_SCAN,
-                progress,
-            )?;
+            let (events, next) =
+                reader.scan_forwards(from, bound, filter.as_ref(), None, MAX_SCAN, progress)?;
             let next = public_position(next).0;
             Ok((events, next, next >= public_next(reader)))
         }
@@ -66,11 +72,30 @@ impl Follow for EngineFollow {
         target: &SubscriptionTarget,
         cursor: &mut u64,
     ) -> Result<(Vec<RecordedEvent>, bool)> {
-        let (reader, target, from) = (self.reader.clone(), target.clone(), *cursor);
-        let (events, next, at_head) = self
-            .pool
-            .run(move |progress| page(&reader, &target, from, progress))
-            .await?;
+        let end = self.reader.committed().end;
+        let small_tail = matches!(target, SubscriptionTarget::All(_))
+            && self.head_end.is_some_and(|was| {
+                was.segment() == end.segment()
+                    && end.offset().saturating_sub(was.offset()) <= INLINE_TAIL_BYTES
+            });
+        let (events, next, at_head) = if small_tail {
+            // Bounded by bytes too, should more have been committed since.
+            let bound = PageBound::new(page_bound().max_count(), INLINE_TAIL_BYTES);
+            page(
+                &self.reader,
+                target,
+                *cursor,
+                bound,
+                &mut crate::pool::Progress::unbounded(),
+            )?
+        } else {
+            let (reader, target, from) = (self.reader.clone(), target.clone(), *cursor);
+            self.pool
+                .run(move |progress| page(&reader, &target, from, page_bound(), progress))
+                .await?
+        };
+        // Read up to `end` at least: at the head, the next page starts there.
+        self.head_end = at_head.then_some(end);
         *cursor = next;
         Ok((events, at_head))
     }
@@ -119,6 +144,7 @@ pub(crate) async fn start(
         committed: reader.committed.clone(),
         reader,
         pool,
+        head_end: None,
     };
     Ok(follow(source, req.target, cursor, fell_behind))
 }
