@@ -170,77 +170,68 @@ impl Engine {
             // A segment that lives only in the archive (ADR 43) is copied
             // whole from there, not as its stub: a backup must not depend on
             // the archive.
-            if let (Some(stub), true) = (&seg.stub, seg.number < end.segment()) {
-                let bytes = stub.size;
-                // The object, and the stub's file (its key slots, which
-                // `factum rekey` rewrites).
-                let source = identity(&seg.file)
-                    .ok()
-                    .map(|id| format!("archive:{}:{id}", stub.object));
-                let held = previous.as_ref().and_then(|m| {
-                    m.segments.iter().find(|f| {
-                        f.name == name
-                            && f.bytes == bytes
-                            && f.sha256.is_some()
-                            && source.is_some()
-                            && f.source == source
-                    })
-                });
-                let held =
-                    held.filter(|_| fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes));
-                let digest = match held {
-                    Some(f) => f.sha256.clone().expect("checked above"),
-                    None => {
-                        let digest = copy_archived(&seg, stub, &dest.join(&name))?;
-                        report.files_copied += 1;
-                        report.bytes_copied += bytes;
-                        digest
-                    }
-                };
-                report.files += 1;
-                report.bytes_total += bytes;
-                manifest.segments.push(BackupFile {
-                    name,
-                    bytes,
-                    sha256: Some(digest),
-                    source,
-                });
-                continue;
-            }
-            let bytes = if seg.number < end.segment() {
-                // The file as stored locally (compressed or not).
-                seg.local_len()?
-            } else if encrypted_active {
-                crate::encrypt::physical_len(end.offset())
-            } else {
-                end.offset()
-            };
-            let source = identity(&seg.file).ok();
-            // What the earlier backup holds whole under this name.
-            let earlier = previous.as_ref().and_then(|m| {
-                m.segments
-                    .iter()
-                    .find(|f| f.name == name && f.bytes == bytes && f.sha256.is_some())
-            });
-            let earlier = earlier.filter(|_| {
-                !encrypted_active
-                    && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
-                    && same_ends(&seg.path, &dest.join(&name), bytes)
-            });
-            let held = match earlier {
-                // The same file as then: a sealed segment never changes.
-                Some(f) if source.is_some() && f.source == source => f.sha256.clone(),
-                // Another file of the same length (rewritten): compare.
-                Some(f) => {
-                    report.files_checked += 1;
-                    let now = digest_of(&seg.file, &seg.path, bytes)?;
-                    (Some(&now) == f.sha256.as_ref()).then_some(now)
+            let (bytes, source, held) = match (&seg.stub, seg.number < end.segment()) {
+                (Some(stub), true) => {
+                    // The object, and the stub's file (its key slots, which
+                    // `factum rekey` rewrites).
+                    let source = identity(&seg.file)
+                        .ok()
+                        .map(|id| format!("archive:{}:{id}", stub.object));
+                    let held = previous.as_ref().and_then(|m| {
+                        m.segments.iter().find(|f| {
+                            f.name == name
+                                && f.bytes == stub.size
+                                && source.is_some()
+                                && f.source == source
+                                && fs::metadata(dest.join(&name))
+                                    .is_ok_and(|m| m.len() == stub.size)
+                        })
+                    });
+                    (stub.size, source, held.and_then(|f| f.sha256.clone()))
                 }
-                None => None,
+                _ => {
+                    let bytes = if seg.number < end.segment() {
+                        // The file as stored locally (compressed or not).
+                        seg.local_len()?
+                    } else if encrypted_active {
+                        crate::encrypt::physical_len(end.offset())
+                    } else {
+                        end.offset()
+                    };
+                    let source = identity(&seg.file).ok();
+                    // What the earlier backup holds whole under this name.
+                    let earlier = previous.as_ref().and_then(|m| {
+                        m.segments
+                            .iter()
+                            .find(|f| f.name == name && f.bytes == bytes && f.sha256.is_some())
+                    });
+                    let earlier = earlier.filter(|_| {
+                        !encrypted_active
+                            && fs::metadata(dest.join(&name)).is_ok_and(|m| m.len() == bytes)
+                            && same_ends(&seg.path, &dest.join(&name), bytes)
+                    });
+                    let held = match earlier {
+                        // The same file as then: a sealed segment never changes.
+                        Some(f) if source.is_some() && f.source == source => f.sha256.clone(),
+                        // Another file of the same length (rewritten): compare.
+                        Some(f) => {
+                            report.files_checked += 1;
+                            let now = digest_of(&seg.file, &seg.path, bytes)?;
+                            (Some(&now) == f.sha256.as_ref()).then_some(now)
+                        }
+                        None => None,
+                    };
+                    (bytes, source, held)
+                }
             };
-            let digest = match held {
-                Some(digest) => digest,
-                None if encrypted_active => {
+            if held.is_none() {
+                report.files_copied += 1;
+                report.bytes_copied += bytes;
+            }
+            let digest = match (held, &seg.stub) {
+                (Some(digest), _) => digest,
+                (None, Some(stub)) => copy_archived(&seg, stub, &dest.join(&name))?,
+                (None, None) if encrypted_active => {
                     // The file may end inside its last group (what is past
                     // its end reads as zeros); the cut below makes the copy
                     // whole groups.
@@ -264,17 +255,9 @@ impl Engine {
                     f.set_len(end.offset())
                         .and_then(|_| f.sync_all())
                         .map_err(|e| io(&copy, "cutting to the committed end", e))?;
-                    let digest = digest_of(f.file(), &copy, bytes)?;
-                    report.files_copied += 1;
-                    report.bytes_copied += bytes;
-                    digest
+                    digest_of(f.file(), &copy, bytes)?
                 }
-                None => {
-                    let digest = copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?;
-                    report.files_copied += 1;
-                    report.bytes_copied += bytes;
-                    digest
-                }
+                (None, None) => copy_prefix_of(&seg.file, &seg.path, &dest.join(&name), bytes)?,
             };
             report.files += 1;
             report.bytes_total += bytes;
