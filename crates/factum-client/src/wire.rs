@@ -16,9 +16,16 @@ pub fn stream_id(stream: &StreamName) -> Option<shared::StreamIdentifier> {
     })
 }
 
+/// An id for the wire in the structured form (two 64-bit halves, as
+/// KurrentDB's Java and .NET clients send them): no text to format here
+/// or to allocate and parse on the server. KurrentDB takes both forms.
 pub fn uuid(id: Uuid) -> Option<shared::Uuid> {
+    let (most, least) = id.as_u64_pair();
     Some(shared::Uuid {
-        value: Some(shared::uuid::Value::String(id.hyphenated().to_string())),
+        value: Some(shared::uuid::Value::Structured(shared::uuid::Structured {
+            most_significant_bits: most as i64,
+            least_significant_bits: least as i64,
+        })),
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use factum_core::{ContentType, EventData, Position, RecordedEvent, StreamName, Timestamp, Uuid};
 use factum_proto::shared;
 use factum_proto::streams::read_resp::read_event::RecordedEvent as WireEvent;
@@ -69,12 +70,31 @@ pub fn proposed_to_event(
     custom_metadata: Vec<u8>,
     data: Vec<u8>,
 ) -> Result<EventData, Status> {
+    proposed_event(
+        id,
+        metadata.get("type").map(String::as_str),
+        metadata.get("content-type").map(String::as_str),
+        custom_metadata.into(),
+        data.into(),
+    )
+}
+
+/// A proposed event from its parts: the id, the `type` and `content-type`
+/// system metadata (both required), custom metadata and data.
+pub fn proposed_event(
+    id: Option<&shared::Uuid>,
+    event_type: Option<&str>,
+    content_type: Option<&str>,
+    custom_metadata: Bytes,
+    data: Bytes,
+) -> Result<EventData, Status> {
     let id = uuid_from_wire(id, "event id")?;
-    let missing: Vec<&str> = ["type", "content-type"]
-        .into_iter()
-        .filter(|k| !metadata.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
+    let (Some(event_type), Some(content_type)) = (event_type, content_type) else {
+        let missing: Vec<&str> = [("type", event_type), ("content-type", content_type)]
+            .into_iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k)
+            .collect();
         let mut status = Status::invalid_argument(format!(
             "required metadata properties are missing: {}",
             missing.join(", ")
@@ -88,17 +108,17 @@ pub fn proposed_to_event(
             md.insert("required-metadata-properties", v);
         }
         return Err(status);
-    }
-    let content_type = match metadata["content-type"].as_str() {
+    };
+    let content_type = match content_type {
         "application/json" => ContentType::Json,
         _ => ContentType::Binary,
     };
     Ok(EventData {
         id,
-        event_type: metadata["type"].clone(),
+        event_type: event_type.to_owned(),
         content_type,
-        data: data.into(),
-        metadata: custom_metadata.into(),
+        data,
+        metadata: custom_metadata,
     })
 }
 

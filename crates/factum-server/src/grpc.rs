@@ -19,6 +19,7 @@ use factum_proto::streams::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::batch_wire::{BatchCodec, BatchMsg};
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::grpc_call::{self, channel_stream, grpc_timeout, CHANNEL};
@@ -107,6 +108,27 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         &self,
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        // `app()` serves batch appends through `batch_append_route`
+        // (requests decoded by hand); this path is for the service used on
+        // its own.
+        use futures_util::StreamExt;
+        self.start_batch_append(request.map(|input| input.map(|m| m.map(BatchMsg::from))))
+    }
+}
+
+/// `Streams.BatchAppend`'s path.
+pub const BATCH_APPEND_PATH: &str = "/event_store.client.streams.Streams/BatchAppend";
+
+impl<S: EventStore> GrpcApi<S> {
+    /// A batch-append call over `request`'s messages: its appends run on a
+    /// task of their own, their answers are the response stream.
+    fn start_batch_append<I>(
+        &self,
+        request: Request<I>,
+    ) -> Result<Response<ResponseStream<BatchAppendResp>>, Status>
+    where
+        I: futures_util::Stream<Item = Result<BatchMsg, Status>> + Unpin + Send + 'static,
+    {
         self.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(CHANNEL);
         tokio::spawn(crate::auth::inherit(grpc_write::batch_append(
@@ -116,6 +138,29 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         )));
         Ok(Response::new(channel_stream(rx)))
     }
+}
+
+/// `Streams.BatchAppend` as `app()` serves it (ADR 51): tonic's streaming
+/// call, as the generated service makes it (message limit `max` both
+/// ways, no compression), with requests decoded by `batch_wire` instead of
+/// prost's generated `BatchAppendReq`.
+pub async fn batch_append_route<S: EventStore, B>(
+    api: GrpcApi<S>,
+    req: axum::http::Request<B>,
+    max: usize,
+) -> axum::http::Response<tonic::body::Body>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let service = tower::service_fn(move |request: Request<Streaming<BatchMsg>>| {
+        let started = api.start_batch_append(request);
+        std::future::ready(started)
+    });
+    tonic::server::Grpc::new(BatchCodec)
+        .apply_max_message_size_config(Some(max), Some(max))
+        .streaming(service, req)
+        .await
 }
 
 /// Exactly the methods this server implements: (service, methods).

@@ -12,13 +12,14 @@ use factum_proto::shared;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
     append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
-    BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
+    BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use crate::batch_wire::BatchMsg;
 use crate::budget::Reserved;
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
@@ -263,7 +264,7 @@ fn batch_deadline(o: &batch_append_req::Options) -> Option<Instant> {
 /// completed append runs concurrently and answers when done.
 pub async fn batch_append<S: EventStore>(
     ctx: Arc<Ctx<S>>,
-    mut input: Streaming<BatchAppendReq>,
+    mut input: impl futures_util::Stream<Item = Result<BatchMsg, Status>> + Unpin,
     tx: mpsc::Sender<Result<BatchAppendResp, Status>>,
 ) {
     let mut pending: HashMap<Uuid, Pending> = HashMap::new();
@@ -282,7 +283,7 @@ pub async fn batch_append<S: EventStore>(
         let next_deadline = pending.values().filter_map(|p| p.deadline).min();
         let next = tokio::select! {
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
-            m = input.message() => Some(Some(m)),
+            m = input.next() => Some(Some(m.transpose())),
             _ = shutdown.wait_for(|s| *s) => None,
             _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()),
                 if next_deadline.is_some() => Some(None),
@@ -394,8 +395,8 @@ pub async fn batch_append<S: EventStore>(
         // Each proposed message counts whole, as in `Append`, and is
         // reserved in the append budget as it is taken.
         let mut refused = None;
-        for p in msg.proposed_messages {
-            let bytes = p.encoded_len() as u64;
+        for p in msg.proposed {
+            let bytes = p.bytes;
             if let Err(e) = ctx.config.count_append_bytes(&mut entry.size, bytes) {
                 refused = Some(batch_status(&e));
                 break;
@@ -418,8 +419,7 @@ pub async fn batch_append<S: EventStore>(
                 });
                 break;
             }
-            match convert::proposed_to_event(p.id.as_ref(), &p.metadata, p.custom_metadata, p.data)
-            {
+            match p.event {
                 Ok(e) => entry.events.push(e),
                 Err(status) => {
                     refused = Some(batch_status(&Error::InvalidInput(

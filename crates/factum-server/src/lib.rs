@@ -45,6 +45,7 @@
 pub mod acl;
 mod advertise;
 pub mod auth;
+mod batch_wire;
 pub mod bearer;
 pub mod budget;
 mod client_store;
@@ -184,7 +185,9 @@ pub fn app<S: EventStore>(
                 .max_decoding_message_size(max_persistent_request)
                 .max_encoding_message_size(max),
         )
-        .add_service(factum_proto::operations::operations_server::OperationsServer::new(api));
+        .add_service(
+            factum_proto::operations::operations_server::OperationsServer::new(api.clone()),
+        );
     let grpc = match &ctx.users {
         Some(users) => grpc.add_service(UsersServer::new(grpc_users::UsersApi::new(users.clone()))),
         None => grpc,
@@ -212,7 +215,7 @@ pub fn app<S: EventStore>(
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let (grpc, http, ctx) = (grpc.clone(), http.clone(), gate_ctx.clone());
-        let (streams, read_route) = (streams.clone(), read_route.clone());
+        let (streams, read_route, api) = (streams.clone(), read_route.clone(), api.clone());
         async move {
             // One authentication gate in front of both (ADR 31).
             let req = match auth::gate(
@@ -239,6 +242,10 @@ pub fn app<S: EventStore>(
                 auth::scope(principal, http.oneshot(req)).await?
             } else if path == read_wire::READ_PATH {
                 auth::scope(principal, read_route.oneshot(req)).await?
+            } else if path == grpc::BATCH_APPEND_PATH {
+                auth::scope(principal, grpc::batch_append_route(api, req, max))
+                    .await
+                    .map(Body::new)
             } else if path
                 .strip_prefix('/')
                 .and_then(|p| p.strip_prefix(factum_proto::service_names::STREAMS))

@@ -1,0 +1,463 @@
+//! `BatchAppend` requests decoded by hand (ADR 51): straight from the
+//! message's bytes into the events the writer takes, instead of prost's
+//! generated `BatchAppendReq` (a `HashMap` and two `String`s per event, its
+//! reads through tonic's non-contiguous buffer), then a conversion.
+//!
+//! The hand decoder takes the shapes clients send. Anything else — a field
+//! with another wire type than the schema's, a sub-message given twice
+//! (which protobuf merges), a group, a truncated message — goes to prost
+//! and is converted from there, so every message, valid or not, is
+//! answered exactly as the generated decoder would answer it.
+//! `the_hand_decoder_agrees_with_prost` checks the two against each other
+//! on random and mutated messages.
+
+use bytes::{Buf, Bytes};
+use factum_core::EventData;
+use factum_proto::shared;
+use factum_proto::streams::{batch_append_req, BatchAppendReq, BatchAppendResp};
+use prost::Message;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::Status;
+
+use crate::convert;
+
+/// One `BatchAppendReq` as the batch-append loop takes it.
+#[derive(Debug)]
+pub struct BatchMsg {
+    pub correlation_id: Option<shared::Uuid>,
+    pub options: Option<batch_append_req::Options>,
+    pub proposed: Vec<Proposed>,
+    pub is_final: bool,
+}
+
+/// One proposed message: its size as it counts against the append limits,
+/// and the event it proposes (or why it is refused).
+#[derive(Debug)]
+pub struct Proposed {
+    pub bytes: u64,
+    pub event: Result<EventData, Status>,
+}
+
+impl From<BatchAppendReq> for BatchMsg {
+    fn from(m: BatchAppendReq) -> Self {
+        BatchMsg {
+            correlation_id: m.correlation_id,
+            options: m.options,
+            proposed: m
+                .proposed_messages
+                .into_iter()
+                .map(|p| Proposed {
+                    bytes: p.encoded_len() as u64,
+                    event: convert::proposed_to_event(
+                        p.id.as_ref(),
+                        &p.metadata,
+                        p.custom_metadata,
+                        p.data,
+                    ),
+                })
+                .collect(),
+            is_final: m.is_final,
+        }
+    }
+}
+
+/// Decodes one message: by hand when it has the usual shape, through prost
+/// otherwise (and prost's error, as tonic reports it, for an invalid one).
+pub fn decode(buf: &[u8]) -> Result<BatchMsg, Status> {
+    match fast(buf) {
+        Some(m) => Ok(m),
+        None => BatchAppendReq::decode(buf)
+            .map(BatchMsg::from)
+            .map_err(|e| Status::internal(e.to_string())),
+    }
+}
+
+/// The codec of the `BatchAppend` route: requests decoded here, answers
+/// encoded by prost.
+#[derive(Default)]
+pub struct BatchCodec;
+
+impl Codec for BatchCodec {
+    type Encode = BatchAppendResp;
+    type Decode = BatchMsg;
+    type Encoder = tonic_prost::ProstEncoder<BatchAppendResp>;
+    type Decoder = BatchDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BatchDecoder
+    }
+}
+
+pub struct BatchDecoder;
+
+impl Decoder for BatchDecoder {
+    type Item = BatchMsg;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<BatchMsg>, Status> {
+        let len = buf.remaining();
+        // tonic hands a message over in one piece of its buffer.
+        let msg = if buf.chunk().len() == len {
+            let m = decode(buf.chunk());
+            buf.advance(len);
+            m
+        } else {
+            decode(&buf.copy_to_bytes(len))
+        };
+        msg.map(Some)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// Wire types.
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+const I32: u8 = 5;
+
+/// A cursor over one message's bytes; `None` sends the message to prost.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for (i, &b) in self.buf.iter().enumerate().take(10) {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                // A tenth byte carries one bit; more is not a varint.
+                if i == 9 && b > 1 {
+                    return None;
+                }
+                self.buf = &self.buf[i + 1..];
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The next field's number and wire type; `None` at the end too.
+    fn key(&mut self) -> Option<(u64, u8)> {
+        let k = self.varint()?;
+        let field = k >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return None;
+        }
+        Some((field, (k & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        if len > self.buf.len() {
+            return None;
+        }
+        let (v, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Some(v)
+    }
+
+    fn text(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    /// Skips an unknown field of `wire` type (groups go to prost).
+    fn skip(&mut self, wire: u8) -> Option<()> {
+        let n = match wire {
+            VARINT => return self.varint().map(drop),
+            LEN => return self.bytes().map(drop),
+            I64 => 8,
+            I32 => 4,
+            _ => return None,
+        };
+        self.buf = self.buf.get(n..)?;
+        Some(())
+    }
+
+    fn done(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+fn fast(buf: &[u8]) -> Option<BatchMsg> {
+    let mut f = Fields { buf };
+    let mut m = BatchMsg {
+        correlation_id: None,
+        options: None,
+        proposed: Vec::new(),
+        is_final: false,
+    };
+    while !f.done() {
+        match f.key()? {
+            (1, LEN) if m.correlation_id.is_none() => m.correlation_id = Some(uuid(f.bytes()?)?),
+            (2, LEN) if m.options.is_none() => {
+                m.options = Some(batch_append_req::Options::decode(f.bytes()?).ok()?)
+            }
+            (3, LEN) => m.proposed.push(proposed(f.bytes()?)?),
+            (4, VARINT) => m.is_final = f.varint()? != 0,
+            (1..=4, _) => return None,
+            (_, wire) => f.skip(wire)?,
+        }
+    }
+    Some(m)
+}
+
+fn uuid(buf: &[u8]) -> Option<shared::Uuid> {
+    let mut f = Fields { buf };
+    let mut value = None;
+    while !f.done() {
+        match f.key()? {
+            (1, LEN) if value.is_none() => {
+                let mut s = Fields { buf: f.bytes()? };
+                let (mut most, mut least) = (0u64, 0u64);
+                while !s.done() {
+                    match s.key()? {
+                        (1, VARINT) => most = s.varint()?,
+                        (2, VARINT) => least = s.varint()?,
+                        (1 | 2, _) => return None,
+                        (_, wire) => s.skip(wire)?,
+                    }
+                }
+                value = Some(shared::uuid::Value::Structured(shared::uuid::Structured {
+                    most_significant_bits: most as i64,
+                    least_significant_bits: least as i64,
+                }));
+            }
+            (2, LEN) if value.is_none() => {
+                value = Some(shared::uuid::Value::String(f.text()?.to_owned()))
+            }
+            (1 | 2, _) => return None,
+            (_, wire) => f.skip(wire)?,
+        }
+    }
+    Some(shared::Uuid { value })
+}
+
+fn proposed(buf: &[u8]) -> Option<Proposed> {
+    let mut f = Fields { buf };
+    let mut id = None;
+    let (mut event_type, mut content_type) = (None, None);
+    let (mut custom, mut data): (&[u8], &[u8]) = (&[], &[]);
+    while !f.done() {
+        match f.key()? {
+            (1, LEN) if id.is_none() => id = Some(uuid(f.bytes()?)?),
+            (2, LEN) => {
+                let mut e = Fields { buf: f.bytes()? };
+                let (mut key, mut value) = ("", "");
+                while !e.done() {
+                    match e.key()? {
+                        (1, LEN) => key = e.text()?,
+                        (2, LEN) => value = e.text()?,
+                        (1 | 2, _) => return None,
+                        (_, wire) => e.skip(wire)?,
+                    }
+                }
+                match key {
+                    "type" => event_type = Some(value),
+                    "content-type" => content_type = Some(value),
+                    _ => {}
+                }
+            }
+            (3, LEN) => custom = f.bytes()?,
+            (4, LEN) => data = f.bytes()?,
+            (1..=4, _) => return None,
+            (_, wire) => f.skip(wire)?,
+        }
+    }
+    Some(Proposed {
+        bytes: buf.len() as u64,
+        event: convert::proposed_event(
+            id.as_ref(),
+            event_type,
+            content_type,
+            Bytes::copy_from_slice(custom),
+            Bytes::copy_from_slice(data),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use factum_core::Uuid;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a decoded message amounts to, comparable across the two paths.
+    fn summary(r: &Result<BatchMsg, Status>) -> String {
+        match r {
+            Ok(m) => format!(
+                "{:?} {:?} final={} [{}]",
+                m.correlation_id,
+                m.options,
+                m.is_final,
+                m.proposed
+                    .iter()
+                    .map(|p| match &p.event {
+                        Ok(e) => format!("ok {:?}", e),
+                        Err(s) => format!("err {:?} {}", s.code(), s.message()),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(s) => format!("error {:?} {}", s.code(), s.message()),
+        }
+    }
+
+    fn reference(buf: &[u8]) -> Result<BatchMsg, Status> {
+        BatchAppendReq::decode(buf)
+            .map(BatchMsg::from)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn wire_uuid(structured: bool, id: u128) -> shared::Uuid {
+        let id = Uuid::from_u128(id);
+        convert::uuid_to_wire(
+            id,
+            if structured {
+                convert::UuidFormat::Structured
+            } else {
+                convert::UuidFormat::String
+            },
+        )
+    }
+
+    prop_compose! {
+        fn message()(
+            structured in any::<bool>(),
+            corr in any::<u128>(),
+            stream in "[a-z-]{0,12}",
+            expected in 0u8..5,
+            events in prop::collection::vec(
+                (any::<bool>(), any::<u128>(), "[A-Za-z]{0,8}", 0u8..4,
+                 prop::collection::vec(any::<u8>(), 0..40), any::<bool>()),
+                0..4),
+            is_final in any::<bool>(),
+            with_options in any::<bool>(),
+        ) -> BatchAppendReq {
+            use batch_append_req::options::ExpectedStreamPosition as E;
+            BatchAppendReq {
+                correlation_id: Some(wire_uuid(structured, corr)),
+                options: with_options.then(|| batch_append_req::Options {
+                    stream_identifier: Some(shared::StreamIdentifier {
+                        stream_name: stream.into_bytes(),
+                    }),
+                    expected_stream_position: match expected {
+                        0 => None,
+                        1 => Some(E::StreamPosition(7)),
+                        2 => Some(E::NoStream(())),
+                        3 => Some(E::Any(())),
+                        _ => Some(E::StreamExists(())),
+                    },
+                    deadline_option: None,
+                }),
+                proposed_messages: events
+                    .into_iter()
+                    .map(|(s, id, ty, ct, data, with_id)| {
+                        let mut metadata = HashMap::new();
+                        if ct != 0 {
+                            metadata.insert("type".to_owned(), ty);
+                        }
+                        match ct {
+                            1 => {}
+                            2 => {
+                                metadata.insert("content-type".into(), "application/json".into());
+                            }
+                            _ => {
+                                metadata.insert("content-type".into(), "application/octet-stream".into());
+                                metadata.insert("other".into(), "x".into());
+                            }
+                        }
+                        batch_append_req::ProposedMessage {
+                            id: with_id.then(|| wire_uuid(s, id)),
+                            metadata,
+                            custom_metadata: data.iter().rev().copied().collect(),
+                            data,
+                        }
+                    })
+                    .collect(),
+                is_final,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every message clients send decodes by hand, to what prost gives.
+        #[test]
+        fn the_hand_decoder_agrees_with_prost(m in message()) {
+            let buf = m.encode_to_vec();
+            prop_assert!(fast(&buf).is_some(), "a client's message went to prost");
+            prop_assert_eq!(summary(&decode(&buf)), summary(&reference(&buf)));
+            for p in decode(&buf).unwrap().proposed.iter().zip(&m.proposed_messages) {
+                prop_assert_eq!(p.0.bytes, p.1.encoded_len() as u64);
+            }
+        }
+
+        /// Damaged, truncated and extended messages: the same answer as
+        /// prost's, valid or not.
+        #[test]
+        fn damaged_messages_are_answered_as_prost_answers_them(
+            m in message(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+            tail in prop::collection::vec(any::<u8>(), 0..6),
+        ) {
+            let mut buf = m.encode_to_vec();
+            if !buf.is_empty() {
+                let i = at.index(buf.len());
+                if cut {
+                    buf.truncate(i);
+                } else {
+                    buf[i] = byte;
+                }
+            }
+            buf.extend(tail);
+            prop_assert_eq!(summary(&decode(&buf)), summary(&reference(&buf)));
+        }
+    }
+
+    #[test]
+    fn unusual_shapes_go_to_prost() {
+        let m = BatchAppendReq {
+            correlation_id: Some(wire_uuid(true, 5)),
+            options: None,
+            proposed_messages: vec![],
+            is_final: true,
+        };
+        let mut buf = m.encode_to_vec();
+        // The correlation id again: protobuf merges it into the first.
+        buf.push(0x0a);
+        buf.extend(
+            m.correlation_id
+                .as_ref()
+                .unwrap()
+                .encode_length_delimited_to_vec(),
+        );
+        assert!(fast(&buf).is_none());
+        assert_eq!(summary(&decode(&buf)), summary(&reference(&buf)));
+        // An unknown field of every wire type is skipped by hand.
+        let mut buf = m.encode_to_vec();
+        buf.extend([
+            0x28, 0x01, 0x31, 1, 2, 3, 4, 5, 6, 7, 8, 0x3a, 1, 9, 0x45, 1, 2, 3, 4,
+        ]);
+        assert!(fast(&buf).is_some());
+        assert_eq!(summary(&decode(&buf)), summary(&reference(&buf)));
+        // A group is left to prost.
+        let mut buf = m.encode_to_vec();
+        buf.extend([0x2b, 0x2c]);
+        assert!(fast(&buf).is_none());
+        assert_eq!(summary(&decode(&buf)), summary(&reference(&buf)));
+    }
+}
