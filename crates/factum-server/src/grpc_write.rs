@@ -276,17 +276,36 @@ pub async fn batch_append<S: EventStore>(
     // CPU, ADR 46). Every wait of the loop below also drives them.
     let mut in_flight = FuturesUnordered::new();
     let mut shutdown = ctx.shutdown.clone();
+    // The loop's waits that last across messages are made once, not per
+    // message (a `select!` evaluates every branch's future each time).
+    let shutting_down = shutdown.wait_for(|s| *s);
+    tokio::pin!(shutting_down);
+    let expiry = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(expiry);
     let end = loop {
         while in_flight.len() >= MAX_WRITING_PER_CALL {
             in_flight.next().await;
         }
-        let next_deadline = pending.values().filter_map(|p| p.deadline).min();
+        let next_deadline = if pending.is_empty() {
+            None
+        } else {
+            pending.values().filter_map(|p| p.deadline).min()
+        };
+        if let Some(d) = next_deadline {
+            let d = tokio::time::Instant::from_std(d);
+            if expiry.deadline() != d {
+                expiry.as_mut().reset(d);
+            }
+        }
+        // In a fixed order: shutting down and deadlines are never starved by
+        // a client that keeps sending; finished appends answer before more
+        // are read.
         let next = tokio::select! {
+            biased;
+            _ = &mut shutting_down => None,
+            _ = &mut expiry, if next_deadline.is_some() => Some(None),
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             m = input.next() => Some(Some(m.transpose())),
-            _ = shutdown.wait_for(|s| *s) => None,
-            _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now).into()),
-                if next_deadline.is_some() => Some(None),
         };
         let next = match next {
             Some(Some(m)) => Some(m),
@@ -344,9 +363,12 @@ pub async fn batch_append<S: EventStore>(
                 "more than {MAX_PENDING_PER_CALL} appends unfinished on one batch append call"
             )));
         }
-        let entry = match pending.entry(correlation) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
+        // An append's first message starts it here; it joins `pending` only
+        // when more chunks are to come (most appends are one message).
+        let mut fresh = None;
+        let entry = match pending.get_mut(&correlation) {
+            Some(p) => p,
+            None => {
                 let Some(options) = msg.options.as_ref() else {
                     break Some(Status::invalid_argument(format!(
                         "the first request of batch append {correlation} carries no options"
@@ -380,7 +402,7 @@ pub async fn batch_append<S: EventStore>(
                     }
                 };
                 let deadline = batch_deadline(options);
-                v.insert(Pending {
+                fresh.insert(Pending {
                     wire_stream: convert::stream_to_wire(&stream),
                     stream,
                     expected,
@@ -430,9 +452,12 @@ pub async fn batch_append<S: EventStore>(
             }
         }
         if refused.is_none() && !msg.is_final {
+            if let Some(p) = fresh {
+                pending.insert(correlation, p);
+            }
             continue;
         }
-        let Some(p) = pending.remove(&correlation) else {
+        let Some(p) = fresh.or_else(|| pending.remove(&correlation)) else {
             continue;
         };
         if refused.is_some() && !msg.is_final {
