@@ -626,5 +626,19 @@ pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
         &placement,
     );
     r.target = "none: p99 reported against the embedded engine's".into();
+    // The embedded baseline never crosses between the two CPUs; the gRPC
+    // path crosses twice per event (the append in, the delivery out).
+    if let (Some(server_cpu), Some(load_cpu)) = (placement.server_cpu(), placement.load_cpu()) {
+        let mut across = crate::server::echo_round_trips(server_cpu, n as usize)?;
+        let mut same = crate::server::echo_round_trips(load_cpu, n as usize)?;
+        let ((a50, a99), (s50, s99)) = (across.p50_p99_us(), same.p50_p99_us());
+        r.notes.push(format!(
+            "the placement's floor, same run: a loopback TCP round trip of 300 bytes, one at a time, between this process and a process on the server's CPU {server_cpu}: p50 {:.0} µs, p99 {:.0} µs; on this process's own CPU {load_cpu}: p50 {:.0} µs, p99 {:.0} µs",
+            a50.unwrap_or(0.0),
+            a99.unwrap_or(0.0),
+            s50.unwrap_or(0.0),
+            s99.unwrap_or(0.0),
+        ));
+    }
     Ok(r)
 }

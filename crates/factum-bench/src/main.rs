@@ -89,6 +89,10 @@ enum Helper {
     /// Opens a store and reports the open time and peak memory (used by `open`).
     #[command(hide = true)]
     OpenProbe(open::ProbeArgs),
+    /// Echoes what one TCP connection sends (used by `grpc-subscribe-latency`
+    /// to measure the round-trip floor of the placement).
+    #[command(hide = true)]
+    Echo,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.helper {
         Some(Helper::OpenProbe(a)) => open::probe(a),
+        Some(Helper::Echo) => server::echo(),
         None => run(cli.bench),
     };
     match result {

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::BenchError;
+use crate::util::Latencies;
 
 /// Where the `factum` binary is.
 pub fn factum_binary() -> Result<PathBuf, BenchError> {
@@ -132,8 +133,16 @@ impl Placement {
         }
     }
 
+    /// The load generator's CPU, when pinned.
+    pub(crate) fn load_cpu(&self) -> Option<usize> {
+        match self {
+            Placement::Pinned { load_cpu, .. } => Some(*load_cpu),
+            Placement::Shared(_) => None,
+        }
+    }
+
     /// The server's CPU, when pinned.
-    fn server_cpu(&self) -> Option<usize> {
+    pub(crate) fn server_cpu(&self) -> Option<usize> {
         match self {
             Placement::Pinned { server_cpu, .. } => Some(*server_cpu),
             Placement::Shared(_) => None,
@@ -422,6 +431,68 @@ fn tail(log: &Path) -> String {
     } else {
         last
     }
+}
+
+/// Bytes per echo round trip: about one append or one delivered event.
+const ECHO_BYTES: usize = 300;
+
+/// The hidden `factum-bench echo`: prints the port it listens on, then
+/// echoes one connection's messages of [`ECHO_BYTES`] until it closes.
+pub fn echo() -> Result<(), BenchError> {
+    use std::io::{Read, Write};
+    let fail = |e: std::io::Error| BenchError::failure(format!("echo: {e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    println!("{}", listener.local_addr().map_err(fail)?.port());
+    std::io::stdout().flush().map_err(fail)?;
+    let (mut tcp, _) = listener.accept().map_err(fail)?;
+    tcp.set_nodelay(true).map_err(fail)?;
+    let mut buf = [0u8; ECHO_BYTES];
+    while tcp.read_exact(&mut buf).is_ok() {
+        tcp.write_all(&buf).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// `n` loopback TCP round trips of [`ECHO_BYTES`], one at a time, between
+/// this process and an echo process on `cpu`: what crossing between the two
+/// costs before any server work (on a VM whose idle CPUs halt, waking one
+/// is most of it).
+pub fn echo_round_trips(cpu: usize, n: usize) -> Result<Latencies, BenchError> {
+    use std::io::{Read, Write};
+    let fail = |e: std::io::Error| BenchError::failure(format!("echo round trips: {e}"));
+    let exe = std::env::current_exe().map_err(fail)?;
+    let mut child = Command::new("taskset")
+        .args(["--cpu-list", &cpu.to_string()])
+        .arg(exe)
+        .arg("echo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut port)
+        .map_err(fail)?;
+    let result = (|| {
+        let port: u16 = port
+            .trim()
+            .parse()
+            .map_err(|_| BenchError::failure(format!("echo printed {port:?}, not a port")))?;
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(fail)?;
+        tcp.set_nodelay(true).map_err(fail)?;
+        let mut buf = [7u8; ECHO_BYTES];
+        let mut lat = Latencies::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            tcp.write_all(&buf).map_err(fail)?;
+            tcp.read_exact(&mut buf).map_err(fail)?;
+            lat.push(t.elapsed());
+        }
+        Ok(lat)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 #[cfg(test)]
