@@ -19,7 +19,7 @@ use factum_proto::streams::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::batch_wire::{BatchCodec, BatchMsg};
+use crate::append_wire::{decode_append, decode_batch, AppendMsg, BatchMsg, HandCodec};
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::grpc_call::{self, channel_stream, grpc_timeout, CHANNEL};
@@ -78,11 +78,11 @@ impl<S: EventStore> Streams for GrpcApi<S> {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
-        self.authenticate(&request)?;
-        let timeout = grpc_timeout(&request);
-        grpc_write::append(self.ctx.clone(), request.into_inner(), timeout)
+        // `app()` serves appends through `append_route` (requests decoded
+        // by hand); this path is for the service used on its own.
+        use futures_util::StreamExt;
+        self.append_msgs(request.map(|input| input.map(|m| m.map(AppendMsg::from))))
             .await
-            .map(Response::new)
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
@@ -118,8 +118,22 @@ impl<S: EventStore> Streams for GrpcApi<S> {
 
 /// `Streams.BatchAppend`'s path.
 pub const BATCH_APPEND_PATH: &str = "/event_store.client.streams.Streams/BatchAppend";
+/// `Streams.Append`'s path.
+pub const APPEND_PATH: &str = "/event_store.client.streams.Streams/Append";
 
 impl<S: EventStore> GrpcApi<S> {
+    /// An append call over `request`'s messages.
+    async fn append_msgs<I>(&self, request: Request<I>) -> Result<Response<AppendResp>, Status>
+    where
+        I: futures_util::Stream<Item = Result<AppendMsg, Status>> + Unpin + Send + 'static,
+    {
+        self.authenticate(&request)?;
+        let timeout = grpc_timeout(&request);
+        grpc_write::append(self.ctx.clone(), request.into_inner(), timeout)
+            .await
+            .map(Response::new)
+    }
+
     /// A batch-append call over `request`'s messages: its appends run on a
     /// task of their own, their answers are the response stream.
     fn start_batch_append<I>(
@@ -142,7 +156,7 @@ impl<S: EventStore> GrpcApi<S> {
 
 /// `Streams.BatchAppend` as `app()` serves it (ADR 51): tonic's streaming
 /// call, as the generated service makes it (message limit `max` both
-/// ways, no compression), with requests decoded by `batch_wire` instead of
+/// ways, no compression), with requests decoded by `append_wire` instead of
 /// prost's generated `BatchAppendReq`.
 pub async fn batch_append_route<S: EventStore, B>(
     api: GrpcApi<S>,
@@ -157,9 +171,31 @@ where
         let started = api.start_batch_append(request);
         std::future::ready(started)
     });
-    tonic::server::Grpc::new(BatchCodec)
+    tonic::server::Grpc::new(HandCodec::<BatchAppendResp, _>::new(decode_batch))
         .apply_max_message_size_config(Some(max), Some(max))
         .streaming(service, req)
+        .await
+}
+
+/// `Streams.Append` as `app()` serves it (ADR 51): tonic's client-streaming
+/// call, as the generated service makes it, with requests decoded by
+/// `append_wire`.
+pub async fn append_route<S: EventStore, B>(
+    api: GrpcApi<S>,
+    req: axum::http::Request<B>,
+    max: usize,
+) -> axum::http::Response<tonic::body::Body>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let service = tower::service_fn(move |request: Request<Streaming<AppendMsg>>| {
+        let api = api.clone();
+        async move { api.append_msgs(request).await }
+    });
+    tonic::server::Grpc::new(HandCodec::<AppendResp, _>::new(decode_append))
+        .apply_max_message_size_config(Some(max), Some(max))
+        .client_streaming(service, req)
         .await
 }
 

@@ -11,15 +11,14 @@ use factum_core::{AppendResult, Error, EventData, EventStore, ExpectedRevision, 
 use factum_proto::shared;
 use factum_proto::status as rpc;
 use factum_proto::streams::{
-    append_req, append_resp, batch_append_req, batch_append_resp, AppendReq, AppendResp,
-    BatchAppendResp, DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
+    append_req, append_resp, batch_append_req, batch_append_resp, AppendResp, BatchAppendResp,
+    DeleteReq, DeleteResp, TombstoneReq, TombstoneResp,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use prost::Message;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use crate::batch_wire::BatchMsg;
+use crate::append_wire::{AppendMsg, BatchMsg};
 use crate::budget::Reserved;
 use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
@@ -72,7 +71,7 @@ where
 /// retry with the same event ids is idempotent).
 pub async fn append<S: EventStore>(
     ctx: Arc<Ctx<S>>,
-    input: Streaming<AppendReq>,
+    input: impl futures_util::Stream<Item = Result<AppendMsg, Status>> + Unpin,
     timeout: Option<Duration>,
 ) -> Result<AppendResp, Status> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -115,14 +114,15 @@ pub async fn append<S: EventStore>(
 /// reserved in the server's append budget before the next is read.
 async fn receive<S>(
     ctx: &Ctx<S>,
-    mut input: Streaming<AppendReq>,
+    mut input: impl futures_util::Stream<Item = Result<AppendMsg, Status>> + Unpin,
 ) -> Result<(StreamName, ExpectedRevision, Vec<EventData>, Reserved), Status> {
     let first = input
-        .message()
+        .next()
         .await
+        .transpose()
         .map_err(transport_status)?
         .ok_or_else(|| Status::invalid_argument("the append stream was empty"))?;
-    let Some(append_req::Content::Options(options)) = first.content else {
+    let AppendMsg::Options(options) = first else {
         return Err(Status::invalid_argument(
             "an append must start with its options",
         ));
@@ -132,10 +132,10 @@ async fn receive<S>(
     let mut events = Vec::new();
     let mut size = 0u64;
     let mut reserved = Reserved::default();
-    while let Some(msg) = input.message().await.map_err(transport_status)? {
-        match msg.content {
-            Some(append_req::Content::ProposedMessage(p)) => {
-                let bytes = p.encoded_len() as u64;
+    while let Some(msg) = input.next().await.transpose().map_err(transport_status)? {
+        match msg {
+            AppendMsg::Proposed(p) => {
+                let bytes = p.bytes;
                 ctx.config
                     .count_append_bytes(&mut size, bytes)
                     .map_err(|e| to_status(&e, Operation::Append))?;
@@ -143,19 +143,16 @@ async fn receive<S>(
                     .reserve(&mut reserved, bytes)
                     .await
                     .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-                events.push(convert::proposed_to_event(
-                    p.id.as_ref(),
-                    &p.metadata,
-                    p.custom_metadata,
-                    p.data,
-                )?);
+                events.push(p.event?);
             }
-            Some(append_req::Content::Options(_)) => {
+            AppendMsg::Options(_) => {
                 return Err(Status::invalid_argument(
                     "an append carries its options once",
                 ))
             }
-            None => return Err(Status::invalid_argument("an append message was empty")),
+            AppendMsg::Empty => {
+                return Err(Status::invalid_argument("an append message was empty"))
+            }
         }
     }
     Ok((stream, expected, events, reserved))

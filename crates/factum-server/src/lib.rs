@@ -44,8 +44,8 @@
 
 pub mod acl;
 mod advertise;
+mod append_wire;
 pub mod auth;
-mod batch_wire;
 pub mod bearer;
 pub mod budget;
 mod client_store;
@@ -242,6 +242,10 @@ pub fn app<S: EventStore>(
                 auth::scope(principal, http.oneshot(req)).await?
             } else if path == read_wire::READ_PATH {
                 auth::scope(principal, read_route.oneshot(req)).await?
+            } else if path == grpc::APPEND_PATH {
+                auth::scope(principal, grpc::append_route(api, req, max))
+                    .await
+                    .map(Body::new)
             } else if path == grpc::BATCH_APPEND_PATH {
                 auth::scope(principal, grpc::batch_append_route(api, req, max))
                     .await
