@@ -71,6 +71,9 @@ struct Server {
     addr: String,
     /// The development CA clients trust (secure servers).
     ca: Option<PathBuf>,
+    /// The server's stderr: its logs, `factum_server`'s at debug level (a
+    /// file, not a pipe: a pipe nobody reads would stop a talkative server).
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -86,6 +89,7 @@ impl Server {
 
     fn start_with(secure: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_factum"))
             .args([
                 "serve",
@@ -97,8 +101,9 @@ impl Server {
             ])
             .arg("--data")
             .arg(dir.path().join("store"))
+            .env("FACTUM_LOG", "warn,factum_server=debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("factum serve starts");
         // Dev mode prints the CA and a connection string before "serving".
@@ -125,8 +130,14 @@ impl Server {
             child,
             addr,
             ca,
+            log,
             _dir: dir,
         }
+    }
+
+    /// What the server has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
     /// SIGTERM; the server must drain, close the store and exit 0.
@@ -144,8 +155,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut err = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let err = self.log();
         assert!(status.success(), "factum serve exited with {status}: {err}");
         assert!(err.contains("store closed"), "no clean close: {err}");
     }
@@ -378,11 +388,13 @@ fn with_server(client: &'static Official, name: &str, secure: bool) {
     );
     assert!(
         output.status.success(),
-        "{what} reported failures:\n{stdout}\n{stderr}"
+        "{what} reported failures:\n{stdout}\n{stderr}\nfactum serve's log:\n{}",
+        server.log()
     );
     assert!(
         stdout.contains(" 0 failed"),
-        "{what} printed no summary:\n{stdout}\n{stderr}"
+        "{what} printed no summary:\n{stdout}\n{stderr}\nfactum serve's log:\n{}",
+        server.log()
     );
     server.stop();
 }
