@@ -42,13 +42,9 @@ async fn store(dir: &Path, n: u64, segment_bytes: u64) {
 }
 
 fn archive_args(moto: &Moto, prefix: &str) -> Vec<String> {
-    vec![
-        "--archive".into(),
-        format!("s3://{BUCKET}/{prefix}"),
-        "--archive-endpoint".into(),
-        moto.endpoint.clone(),
-        "--archive-allow-http".into(),
-    ]
+    let mut a = vec![s("--archive"), format!("s3://{BUCKET}/{prefix}")];
+    a.extend(on_moto(moto));
+    a
 }
 
 fn factum(args: &[String]) -> Command {
@@ -283,25 +279,8 @@ async fn backup_to_s3_is_incremental_and_restores() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     store(&data, 3000, 256 * 1024).await;
-    let d = data.to_str().unwrap().to_string();
-    let s3 = |v: &mut Vec<String>| {
-        v.extend([
-            s("--archive-endpoint"),
-            moto.endpoint.clone(),
-            s("--archive-allow-http"),
-        ])
-    };
-    let staging = dir.path().join("staging").to_str().unwrap().to_string();
-    let mut b = vec![
-        s("backup"),
-        s("--data"),
-        d.clone(),
-        s("--to"),
-        format!("s3://{BUCKET}/backups/node-1"),
-        s("--staging"),
-        staging.clone(),
-    ];
-    s3(&mut b);
+    let prefix = format!("s3://{BUCKET}/backups/node-1");
+    let b = backup_to_s3(&data, &prefix, &dir.path().join("staging"), &moto);
     let first = ok(&run(&b));
     let count = |out: &str| -> u64 {
         out.lines()
@@ -318,22 +297,8 @@ async fn backup_to_s3_is_incremental_and_restores() {
     let second = ok(&run(&b));
     assert!(count(&second) <= 3, "{second}");
     // Restored from S3 into a new directory (verified by restore).
-    let restored = dir.path().join("restored");
-    let mut r = vec![
-        s("restore"),
-        s("--from"),
-        format!("s3://{BUCKET}/backups/node-1"),
-        s("--data"),
-        restored.to_str().unwrap().to_string(),
-    ];
-    s3(&mut r);
-    let out = ok(&run(&r));
-    assert!(out.contains("verify: ok (3010 events)"), "{out}");
-    let (engine, _) = Engine::open_with(&restored, EngineConfig::default()).unwrap();
-    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
-    let (original, _) = Engine::open_with(&data, EngineConfig::default()).unwrap();
-    let want = original.read_all(ReadAll::forwards()).await.unwrap();
-    assert_eq!(all, want);
+    let r = restore_from_s3(&prefix, &dir.path().join("restored"), &moto);
+    restored_as(&r, &data, 3010).await;
     // A prefix holding no backup is named.
     let mut bad = r.clone();
     bad[2] = format!("s3://{BUCKET}/backups/none");
@@ -345,6 +310,60 @@ async fn backup_to_s3_is_incremental_and_restores() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The S3 options of every command against moto.
+fn on_moto(moto: &Moto) -> [String; 3] {
+    [
+        s("--archive-endpoint"),
+        moto.endpoint.clone(),
+        s("--archive-allow-http"),
+    ]
+}
+
+/// `factum backup` of the store in `data` to the S3 `prefix`.
+fn backup_to_s3(data: &Path, prefix: &str, staging: &Path, moto: &Moto) -> Vec<String> {
+    let mut b = vec![
+        s("backup"),
+        s("--data"),
+        data.to_str().unwrap().to_string(),
+        s("--to"),
+        s(prefix),
+        s("--staging"),
+        staging.to_str().unwrap().to_string(),
+    ];
+    b.extend(on_moto(moto));
+    b
+}
+
+/// `factum restore` from the S3 `prefix` into `into` (the prefix and the
+/// directory are its arguments 2 and 4).
+fn restore_from_s3(prefix: &str, into: &Path, moto: &Moto) -> Vec<String> {
+    let mut r = vec![
+        s("restore"),
+        s("--from"),
+        s(prefix),
+        s("--data"),
+        into.to_str().unwrap().to_string(),
+    ];
+    r.extend(on_moto(moto));
+    r
+}
+
+/// Runs the `restore` command `r`: it verifies `events` events, and the
+/// restored store reads as the one in `data`. Returns its events.
+async fn restored_as(r: &[String], data: &Path, events: u64) -> Vec<factum_core::RecordedEvent> {
+    let out = ok(&run(r));
+    assert!(
+        out.contains(&format!("verify: ok ({events} events)")),
+        "{out}"
+    );
+    let (engine, _) = Engine::open_with(Path::new(&r[4]), EngineConfig::default()).unwrap();
+    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
+    let (original, _) = Engine::open_with(data, EngineConfig::default()).unwrap();
+    let want = original.read_all(ReadAll::forwards()).await.unwrap();
+    assert_eq!(all, want);
+    all
 }
 
 /// The objects `BACKUP.json` in `archive` names.
@@ -393,22 +412,7 @@ async fn backup_to_s3_deletes_objects_the_two_newest_manifests_do_not_name() {
     store(&data, 3000, 256 * 1024).await;
     let d = data.to_str().unwrap().to_string();
     let prefix = format!("s3://{BUCKET}/backups/node-2");
-    let endpoint = [
-        s("--archive-endpoint"),
-        moto.endpoint.clone(),
-        s("--archive-allow-http"),
-    ];
-    let staging = dir.path().join("staging").to_str().unwrap().to_string();
-    let mut b = vec![
-        s("backup"),
-        s("--data"),
-        d.clone(),
-        s("--to"),
-        prefix.clone(),
-        s("--staging"),
-        staging,
-    ];
-    b.extend(endpoint.clone());
+    let b = backup_to_s3(&data, &prefix, &dir.path().join("staging"), &moto);
     let mut at_once = b.clone();
     at_once.extend([s("--delete-unreferenced-after"), s("0s")]);
     let mut options = factum_archive::ArchiveOptions::default();
@@ -483,21 +487,7 @@ async fn backup_to_s3_deletes_objects_the_two_newest_manifests_do_not_name() {
     }
 
     // A restore from the prefix holds every event and passes verify.
-    let restored = dir.path().join("restored");
-    let mut r = vec![
-        s("restore"),
-        s("--from"),
-        prefix,
-        s("--data"),
-        restored.to_str().unwrap().to_string(),
-    ];
-    r.extend(endpoint);
-    let out = ok(&run(&r));
-    assert!(out.contains("verify: ok (3030 events)"), "{out}");
-    let (engine, _) = Engine::open_with(&restored, EngineConfig::default()).unwrap();
-    let all = engine.read_all(ReadAll::forwards()).await.unwrap();
-    let (original, _) = Engine::open_with(&data, EngineConfig::default()).unwrap();
-    let want = original.read_all(ReadAll::forwards()).await.unwrap();
+    let r = restore_from_s3(&prefix, &dir.path().join("restored"), &moto);
+    let all = restored_as(&r, &data, 3030).await;
     assert_eq!(all.len(), 3030);
-    assert_eq!(all, want);
 }

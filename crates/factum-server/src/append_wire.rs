@@ -101,26 +101,30 @@ impl From<AppendReq> for AppendMsg {
     }
 }
 
-/// Decodes one `BatchAppendReq`: by hand when it has the usual shape,
-/// through prost otherwise (and prost's error, as tonic reports it, for an
+/// Decodes one message by `hand` when it has the usual shape, through
+/// prost's `M` otherwise (and prost's error, as tonic reports it, for an
 /// invalid one).
-pub fn decode_batch(buf: &[u8]) -> Result<BatchMsg, Status> {
-    match fast(buf) {
+fn decode_with<M, T>(buf: &[u8], hand: fn(&[u8]) -> Option<T>) -> Result<T, Status>
+where
+    M: Message + Default,
+    T: From<M>,
+{
+    match hand(buf) {
         Some(m) => Ok(m),
-        None => BatchAppendReq::decode(buf)
-            .map(BatchMsg::from)
+        None => M::decode(buf)
+            .map(T::from)
             .map_err(|e| Status::internal(e.to_string())),
     }
 }
 
-/// Decodes one `AppendReq`, as [`decode_batch`] does.
+/// Decodes one `BatchAppendReq`.
+pub fn decode_batch(buf: &[u8]) -> Result<BatchMsg, Status> {
+    decode_with::<BatchAppendReq, _>(buf, fast)
+}
+
+/// Decodes one `AppendReq`.
 pub fn decode_append(buf: &[u8]) -> Result<AppendMsg, Status> {
-    match fast_append(buf) {
-        Some(m) => Ok(m),
-        None => AppendReq::decode(buf)
-            .map(AppendMsg::from)
-            .map_err(|e| Status::internal(e.to_string())),
-    }
+    decode_with::<AppendReq, _>(buf, fast_append)
 }
 
 /// The codec of a route whose requests are decoded by `decode` (here) and
@@ -130,12 +134,19 @@ pub struct HandCodec<E, D> {
     answers: PhantomData<fn(E)>,
 }
 
-impl<E, D> HandCodec<E, D> {
-    pub fn new(decode: fn(&[u8]) -> Result<D, Status>) -> Self {
-        HandCodec {
+impl<E, D> HandCodec<E, D>
+where
+    E: Message + Send + 'static,
+    D: Send + 'static,
+{
+    /// tonic's call machinery with this codec, as the generated services
+    /// make it: messages up to `max` bytes both ways, no compression.
+    pub fn grpc(decode: fn(&[u8]) -> Result<D, Status>, max: usize) -> tonic::server::Grpc<Self> {
+        tonic::server::Grpc::new(HandCodec {
             decode,
             answers: PhantomData,
-        }
+        })
+        .apply_max_message_size_config(Some(max), Some(max))
     }
 }
 
@@ -398,10 +409,9 @@ mod tests {
         }
     }
 
+    /// prost's path alone.
     fn reference(buf: &[u8]) -> Result<BatchMsg, Status> {
-        BatchAppendReq::decode(buf)
-            .map(BatchMsg::from)
-            .map_err(|e| Status::internal(e.to_string()))
+        decode_with::<BatchAppendReq, _>(buf, |_| None)
     }
 
     fn wire_uuid(structured: bool, id: u128) -> shared::Uuid {
@@ -566,9 +576,7 @@ mod tests {
     }
 
     fn append_reference(buf: &[u8]) -> Result<AppendMsg, Status> {
-        AppendReq::decode(buf)
-            .map(AppendMsg::from)
-            .map_err(|e| Status::internal(e.to_string()))
+        decode_with::<AppendReq, _>(buf, |_| None)
     }
 
     /// `Append`'s messages: its options, or one of the batch's proposed

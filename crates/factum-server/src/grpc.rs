@@ -171,8 +171,7 @@ where
         let started = api.start_batch_append(request);
         std::future::ready(started)
     });
-    tonic::server::Grpc::new(HandCodec::<BatchAppendResp, _>::new(decode_batch))
-        .apply_max_message_size_config(Some(max), Some(max))
+    HandCodec::<BatchAppendResp, _>::grpc(decode_batch, max)
         .streaming(service, req)
         .await
 }
@@ -193,8 +192,7 @@ where
         let api = api.clone();
         async move { api.append_msgs(request).await }
     });
-    tonic::server::Grpc::new(HandCodec::<AppendResp, _>::new(decode_append))
-        .apply_max_message_size_config(Some(max), Some(max))
+    HandCodec::<AppendResp, _>::grpc(decode_append, max)
         .client_streaming(service, req)
         .await
 }
