@@ -101,7 +101,12 @@ impl Server {
             ])
             .arg("--data")
             .arg(dir.path().join("store"))
-            .env("FACTUM_LOG", "warn,factum_server=debug")
+            // FACTUM_INTEROP_LOG replaces the filter (say, to add h2's frames).
+            .env(
+                "FACTUM_LOG",
+                std::env::var("FACTUM_INTEROP_LOG")
+                    .unwrap_or_else(|_| "warn,factum_server=debug".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

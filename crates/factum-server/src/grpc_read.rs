@@ -31,7 +31,7 @@ use crate::context::Ctx;
 use crate::convert::{self, UuidFormat};
 use crate::errors::{to_status, Operation};
 use crate::filter::WireFilter;
-use crate::grpc_call::{authenticate, grpc_timeout, ResponseStream};
+use crate::grpc_call::{authenticate, ResponseStream};
 use crate::read_wire;
 
 /// Events in the first store call of a read: the first answers leave soon.
@@ -680,9 +680,32 @@ impl<S: EventStore> ReadRoute<S> {
     }
 }
 
-/// The request's first gRPC message (a call has one): read until it is
-/// whole, never more than `max` bytes of it.
-async fn first_message(mut body: Body, max: usize) -> Result<Bytes, Status> {
+/// The request's gRPC message (a call has one): read until it is whole,
+/// never more than `max` bytes of it; then the request is read to its end,
+/// as tonic's handlers for one-message calls do (anything after the message
+/// is dropped as it comes).
+///
+/// Answering before the request has ended would let h2 end the call with
+/// `RST_STREAM(NO_ERROR)` once the answer is sent (the request half is
+/// still open and nobody reads it). HTTP/2 allows that, but clients on h2
+/// before 0.4.16 — the Rust core of KurrentDB's Node client 1.x — then
+/// drop the answer they had not read yet and fail the read
+/// (`UnavailableError`): a race the client loses when its empty end-of-
+/// request frame comes after the answer, which load makes likely.
+async fn request_message(mut body: Body, max: usize) -> Result<Bytes, Status> {
+    use http_body_util::BodyExt;
+    let message = first_message(&mut body, max).await?;
+    while let Some(frame) = body.frame().await {
+        if let Err(e) = frame {
+            return Err(Status::cancelled(format!("reading the request: {e}")));
+        }
+    }
+    Ok(message)
+}
+
+/// The request's first gRPC message, read until it is whole, never more
+/// than `max` bytes of it.
+async fn first_message(body: &mut Body, max: usize) -> Result<Bytes, Status> {
     use http_body_util::BodyExt;
     let mut buf = BytesMut::new();
     loop {
@@ -756,7 +779,20 @@ impl<S: EventStore> ReadRoute<S> {
             }
         }
         let max = self.ctx.config.max_message_bytes();
-        let message = match first_message(body, max).await {
+        let started = Instant::now();
+        let timeout = convert::grpc_timeout(
+            parts
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let message = match timeout {
+            Some(t) => tokio::time::timeout(t, request_message(body, max))
+                .await
+                .unwrap_or_else(|_| Err(convert::deadline_exceeded())),
+            None => request_message(body, max).await,
+        };
+        let message = match message {
             Ok(m) => m,
             Err(status) => return status.into_http(),
         };
@@ -772,7 +808,8 @@ impl<S: EventStore> ReadRoute<S> {
         if let Err(status) = authenticate(&self.ctx, &request) {
             return status.into_http();
         }
-        let timeout = grpc_timeout(&request);
+        // The deadline counts from the call's start.
+        let timeout = timeout.map(|t| t.saturating_sub(started.elapsed()));
         let rx = start(self.ctx.clone(), request.into_inner(), timeout);
         let mut resp = axum::http::Response::new(read_body(rx));
         resp.headers_mut().insert(

@@ -182,7 +182,9 @@ pub(crate) async fn run(
         let idle_timeout = limits.idle_timeout;
         let handshake_timeout = limits.tls_handshake_timeout;
         let tls = tls.clone();
-        tokio::spawn(async move {
+        // The connection's events (hyper's and h2's too) name its peer.
+        let span = tracing::debug_span!("connection", %peer);
+        let served = async move {
             let _ = tcp.set_nodelay(true);
             let io = CoalescedWrites::new(tcp);
             let mut info = crate::auth::Connection {
@@ -212,7 +214,8 @@ pub(crate) async fn run(
                 }
             }
             drop(slot);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(served, span));
     }
     drop(listener);
     let _ = closing_tx.send(true);
@@ -247,15 +250,26 @@ async fn serve_connection<Io>(
     let tracked = activity.clone();
     let service = tower::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = InFlight::new(&tracked);
+        // With debug logging on, a call that ends with an error status is
+        // logged with its path (what a client reports is often only the
+        // code).
+        let logged = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (info.peer, req.uri().path().to_owned()));
         // Who is at the other end, for the authentication gate.
         req.extensions_mut().insert(info.clone());
         let call = router.clone().oneshot(req.map(Body::new));
         async move {
             let resp = call.await?;
+            if let Some((peer, path)) = &logged {
+                log_error_status(*peer, path, resp.headers());
+            }
             // The request stays in flight until its body has been sent.
             Ok::<_, std::convert::Infallible>(resp.map(|body| {
                 Body::new(body.map_frame(move |frame| {
                     let _ = &in_flight;
+                    if let (Some((peer, path)), Some(trailers)) = (&logged, frame.trailers_ref()) {
+                        log_error_status(*peer, path, trailers);
+                    }
                     frame
                 }))
             }))
@@ -269,7 +283,7 @@ async fn serve_connection<Io>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!("connection ended: {e}");
+                    tracing::debug!("connection ended: {}", with_causes(&*e));
                 }
                 return;
             }
@@ -290,6 +304,39 @@ async fn serve_connection<Io>(
             }
         }
     }
+}
+
+/// Logs (debug) a gRPC call's error status, from the answer's headers
+/// (an immediate error) or its trailers.
+fn log_error_status(peer: std::net::SocketAddr, path: &str, fields: &axum::http::HeaderMap) {
+    let Some(code) = fields.get("grpc-status") else {
+        return;
+    };
+    if code.as_bytes() != b"0" {
+        let message = fields
+            .get("grpc-message")
+            .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
+        tracing::debug!(
+            %peer,
+            path,
+            code = %String::from_utf8_lossy(code.as_bytes()),
+            message = message.as_deref().unwrap_or(""),
+            "call ended with an error"
+        );
+    }
+}
+
+/// An error and each of its causes, `: `-separated (hyper's own text for
+/// an I/O error is only "connection error").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A connection whose writes wait for the calls that are ready to run

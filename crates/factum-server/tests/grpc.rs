@@ -756,6 +756,62 @@ async fn the_read_route_takes_its_request_as_grpc_defines_it() {
     );
 }
 
+/// A `Read` is answered once its request has ended (the client's
+/// end-of-stream after its one message), as tonic's handlers did: an
+/// answer sent earlier ends with h2 resetting the call (`RST_STREAM
+/// NO_ERROR`), and clients on h2 before 0.4.16 (the Node client's Rust
+/// core) then lose the answer. A request that never ends runs into its
+/// deadline.
+#[tokio::test]
+async fn a_read_is_answered_once_its_request_has_ended() {
+    use prost::Message;
+    let server = start().await;
+    let read = "/event_store.client.streams.Streams/Read";
+    let req = read_stream("ended-1", 10).encode_to_vec();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{read}", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(grpc_frame(&req).into(), false).unwrap();
+    let mut resp = Box::pin(resp);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut resp)
+            .await
+            .is_err(),
+        "answered before the request ended"
+    );
+    send.send_data(Default::default(), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut answer = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d.unwrap();
+        let _ = body.flow_control().release_capacity(d.len());
+        answer.extend_from_slice(&d);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    let msg = ReadResp::decode(&answer[5..]).unwrap();
+    assert!(matches!(msg.content, Some(Content::StreamNotFound(_))));
+    // Never sent: the server had nothing to reset once both halves ended.
+    let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(send.poll_reset(cx))).await;
+    assert!(reset.is_pending(), "the server reset the call: {reset:?}");
+    // A request that does not end: its deadline, not an answer.
+    assert_eq!(
+        raw_call(server.addr, read, "200m", vec![req], false).await,
+        "4"
+    );
+}
+
 #[tokio::test]
 async fn batch_append_deadlines() {
     use factum_proto::streams::{batch_append_req, batch_append_resp, BatchAppendReq};
