@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use factum_core::error::with_causes;
 use factum_core::{Error, Result, UnavailableReason};
 use factum_engine::{Archive, ArchivedObject};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -197,7 +198,7 @@ impl S3Archive {
         let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         let store = builder
             .build()
-            .map_err(|e| invalid(format!("at {endpoint}: {}", error_chain(&e))))?;
+            .map_err(|e| invalid(format!("at {endpoint}: {}", with_causes(&e))))?;
 
         Ok(S3Archive {
             inner: Arc::new(Inner {
@@ -271,7 +272,7 @@ impl Inner {
     fn failed(&self, doing: &str, name: &str, e: &object_store::Error) -> Error {
         let detail = match e {
             object_store::Error::NotFound { .. } => format!("object {name} not found"),
-            _ => error_chain(e),
+            _ => with_causes(e),
         };
         Error::unavailable(
             UnavailableReason::Storage,
@@ -383,7 +384,7 @@ impl Inner {
                     tracing::warn!(
                         archive = %self.describe,
                         object = name,
-                        error = %error_chain(&abort),
+                        error = %with_causes(&abort),
                         "could not abort a failed multipart upload; its parts stay until the bucket's lifecycle rule removes them"
                     );
                 }
@@ -452,7 +453,7 @@ impl Inner {
         let listing = self.store.list_with_delimiter(prefix).await.map_err(|e| {
             Error::unavailable(
                 UnavailableReason::Storage,
-                format!("archive {}: listing: {}", self.describe, error_chain(&e)),
+                format!("archive {}: listing: {}", self.describe, with_causes(&e)),
             )
         })?;
         let mut objects: Vec<ArchivedObject> = listing
@@ -524,24 +525,7 @@ const RANGE_NOT_SATISFIABLE: &str = "416 Range Not Satisfiable";
 /// Whether the store answered 416 Range Not Satisfiable.
 fn is_range_not_satisfiable(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::Generic { .. })
-        && error_chain(e).contains(RANGE_NOT_SATISFIABLE)
-}
-
-/// An error and its causes on one line: object_store's own message says
-/// what request failed, the causes say why (connection refused, the
-/// store's error body).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message.push_str(": ");
-            message.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    message
+        && with_causes(e).contains(RANGE_NOT_SATISFIABLE)
 }
 
 #[cfg(test)]

@@ -233,6 +233,24 @@ fn list(violations: &[crate::multi::Violation]) -> String {
     v.join("; ")
 }
 
+/// An error and its causes on one line, `: `-separated; a cause whose text
+/// the line already holds is left out. Libraries often keep the useful part
+/// in the causes: hyper says only "connection error", object_store names
+/// the request and leaves why it failed to its source.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +271,32 @@ mod tests {
             UnavailableReason::Unspecified
         );
         assert!(!Error::InvalidInput("x".into()).is_transient());
+    }
+
+    #[test]
+    fn an_error_with_its_causes_on_one_line() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error, &'static str);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.1)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            with_causes(&Outer(reset(), "connection error")),
+            "connection error: connection reset"
+        );
+        // A cause the message already quotes is not repeated.
+        assert_eq!(
+            with_causes(&Outer(reset(), "listing: connection reset")),
+            "listing: connection reset"
+        );
+        assert_eq!(with_causes(&reset()), "connection reset");
     }
 }

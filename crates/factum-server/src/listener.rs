@@ -283,7 +283,7 @@ async fn serve_connection<Io>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!("connection ended: {}", with_causes(&*e));
+                    tracing::debug!("connection ended: {}", factum_core::error::with_causes(&*e));
                 }
                 return;
             }
@@ -324,19 +324,6 @@ fn log_error_status(peer: std::net::SocketAddr, path: &str, fields: &axum::http:
             "call ended with an error"
         );
     }
-}
-
-/// An error and each of its causes, `: `-separated (hyper's own text for
-/// an I/O error is only "connection error").
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// A connection whose writes wait for the calls that are ready to run
