@@ -14,6 +14,7 @@ use factum_core::{
     ContentType, Error, Link, Position, RecordedEvent, StreamName, StreamRevision, Timestamp, Uuid,
 };
 use factum_proto::streams::{ReadReq, ReadResp};
+use factum_proto::wire;
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -108,23 +109,13 @@ pub fn decode_read_message(message: Bytes) -> Result<Option<Result<RecordedEvent
     }
 }
 
-/// A position in a message being read.
+/// A position in a message being read: the shared cursor
+/// ([`wire::Fields`]) over the answer's `Bytes`, its refusals as this
+/// client's protocol errors.
 struct Fields<'a> {
     bytes: &'a Bytes,
-    at: usize,
-    end: usize,
+    inner: wire::Fields<'a>,
 }
-
-/// Wire types.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
-
-/// How deep skipped groups may nest (prost's recursion limit).
-const MAX_GROUP_DEPTH: u32 = 100;
 
 fn malformed(what: &str) -> Error {
     protocol(format!("malformed ReadResp: {what}"))
@@ -134,114 +125,36 @@ impl<'a> Fields<'a> {
     fn new(bytes: &'a Bytes, range: Range<usize>) -> Fields<'a> {
         Fields {
             bytes,
-            at: range.start,
-            end: range.end,
+            inner: wire::Fields::within(bytes, range),
         }
-    }
-
-    #[inline]
-    fn varint(&mut self) -> Result<u64, Error> {
-        // Most varints here (keys, lengths, small numbers) are one byte.
-        if self.at < self.end {
-            if let Some(&b) = self.bytes.get(self.at) {
-                if b < 0x80 {
-                    self.at += 1;
-                    return Ok(u64::from(b));
-                }
-            }
-        }
-        self.varint_long()
-    }
-
-    fn varint_long(&mut self) -> Result<u64, Error> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = *self
-                .bytes
-                .get(self.at)
-                .filter(|_| self.at < self.end)
-                .ok_or_else(|| malformed("truncated varint"))?;
-            self.at += 1;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(malformed("varint too long"))
     }
 
     /// The next field's number and wire type; `None` at the end.
+    #[inline]
     fn next(&mut self) -> Result<Option<(u64, u8)>, Error> {
-        if self.at >= self.end {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        let field = key >> 3;
-        if field == 0 {
-            return Err(malformed("field number 0"));
-        }
-        Ok(Some((field, (key & 7) as u8)))
-    }
-
-    fn delimited(&mut self) -> Result<Range<usize>, Error> {
-        let len = self.varint()?;
-        let start = self.at;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| start.checked_add(l))
-            .filter(|e| *e <= self.end)
-            .ok_or_else(|| malformed("length past the end"))?;
-        self.at = end;
-        Ok(start..end)
-    }
-
-    fn advance(&mut self, n: usize) -> Result<(), Error> {
-        if self.end - self.at < n {
-            return Err(malformed("truncated field"));
-        }
-        self.at += n;
-        Ok(())
+        self.inner.key().map_err(|e| malformed(e.0))
     }
 
     /// Skips a field of this wire type (its key already read).
     fn skip(&mut self, field: u64, wire_type: u8) -> Result<(), Error> {
-        self.skip_nested(field, wire_type, 0)
+        self.inner
+            .skip(field, wire_type)
+            .map_err(|e| malformed(e.0))
     }
 
-    /// As [`Fields::skip`], inside `depth` groups: groups nest at most
-    /// [`MAX_GROUP_DEPTH`] deep (prost's recursion limit), so a message of
-    /// nested group starts cannot overflow the stack.
-    fn skip_nested(&mut self, field: u64, wire_type: u8, depth: u32) -> Result<(), Error> {
-        match wire_type {
-            VARINT => self.varint().map(|_| ()),
-            FIXED64 => self.advance(8),
-            LEN => self.delimited().map(|_| ()),
-            FIXED32 => self.advance(4),
-            START_GROUP if depth >= MAX_GROUP_DEPTH => Err(malformed("groups nested too deep")),
-            START_GROUP => loop {
-                match self.next()? {
-                    Some((f, END_GROUP)) if f == field => return Ok(()),
-                    Some((f, t)) => self.skip_nested(f, t, depth + 1)?,
-                    None => return Err(malformed("unterminated group")),
-                }
-            },
-            _ => Err(malformed("unknown wire type")),
-        }
-    }
-
-    /// A length-delimited field's bytes, checking its wire type.
+    /// A length-delimited field's position, checking its wire type.
+    #[inline]
     fn expect_delimited(&mut self, wire_type: u8) -> Result<Range<usize>, Error> {
-        if wire_type != LEN {
-            return Err(malformed("wrong wire type"));
-        }
-        self.delimited()
+        self.inner
+            .expect_delimited(wire_type)
+            .map_err(|e| malformed(e.0))
     }
 
+    #[inline]
     fn expect_varint(&mut self, wire_type: u8) -> Result<u64, Error> {
-        if wire_type != VARINT {
-            return Err(malformed("wrong wire type"));
-        }
-        self.varint()
+        self.inner
+            .expect_varint(wire_type)
+            .map_err(|e| malformed(e.0))
     }
 }
 

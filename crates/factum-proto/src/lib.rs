@@ -18,6 +18,7 @@
 //! | [`expected`] | – | expected/current revisions ⇄ wire, shared by server and client |
 //! | [`v2_streams`] | `kurrentdb.protocol.v2.streams` (+ `.errors`) | `StreamsService`: AppendSession, AppendRecords (ADR 29) |
 //! | [`ticks`] | – | .NET ticks (`created`, gossip time stamps, durations) ⇄ [`factum_core::Timestamp`] |
+//! | [`wire`] | – | a cursor over a message's fields for the decoders written by hand (client reads, server appends) |
 //! | [`persistent`] | `event_store.client.persistent_subscriptions` | `PersistentSubscriptions`: Create, Update, Delete, Read, GetInfo, ReplayParked, List, RestartSubsystem |
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)] // generated code
@@ -101,6 +102,7 @@ pub use generated::kurrentdb::protocol::v2::streams as v2_streams;
 
 pub mod expected;
 pub mod ticks;
+pub mod wire;
 
 /// Full gRPC service names, as they appear in request paths.
 pub mod service_names {

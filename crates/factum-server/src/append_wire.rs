@@ -4,9 +4,11 @@
 //! two `String`s per event, its reads through tonic's non-contiguous
 //! buffer), then a conversion.
 //!
-//! The hand decoder takes the shapes clients send. Anything else — a field
-//! with another wire type than the schema's, a sub-message given twice
-//! (which protobuf merges), a group, a truncated message — goes to prost
+//! The hand decoder takes the shapes clients send (and skips unknown
+//! fields, groups included, with the shared cursor `factum_proto::wire`).
+//! Anything else — a field with another wire type than the schema's, a
+//! sub-message given twice (which protobuf merges), a truncated message —
+//! goes to prost
 //! and is converted from there, so every message, valid or not, is
 //! answered exactly as the generated decoder would answer it.
 //! `the_hand_decoder_agrees_with_prost` and its twin for `Append` check the
@@ -16,6 +18,7 @@ use bytes::{Buf, Bytes};
 use factum_core::EventData;
 use factum_proto::shared;
 use factum_proto::streams::{append_req, batch_append_req, AppendReq, BatchAppendReq};
+use factum_proto::wire::{self, LEN, VARINT};
 use prost::Message;
 use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
@@ -193,78 +196,44 @@ impl<D> Decoder for HandDecoder<D> {
     }
 }
 
-/// Wire types.
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
-
-/// A cursor over one message's bytes; `None` sends the message to prost.
-struct Fields<'a> {
-    buf: &'a [u8],
-}
+/// The shared cursor ([`wire::Fields`]) where any refusal is `None`: the
+/// message then goes to prost, whose error the client gets.
+struct Fields<'a>(wire::Fields<'a>);
 
 impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Fields<'a> {
+        Fields(wire::Fields::new(buf))
+    }
+
     fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for (i, &b) in self.buf.iter().enumerate().take(10) {
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                // A tenth byte carries one bit; more is not a varint.
-                if i == 9 && b > 1 {
-                    return None;
-                }
-                self.buf = &self.buf[i + 1..];
-                return Some(v);
-            }
-        }
-        None
+        self.0.varint().ok()
     }
 
     /// The next field's number and wire type; `None` at the end too.
     fn key(&mut self) -> Option<(u64, u8)> {
-        let k = self.varint()?;
-        let field = k >> 3;
-        if field == 0 || field > u64::from(u32::MAX >> 3) {
-            return None;
-        }
-        Some((field, (k & 7) as u8))
+        self.0.key().ok().flatten()
     }
 
     fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        if len > self.buf.len() {
-            return None;
-        }
-        let (v, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        Some(v)
+        self.0.bytes().ok()
     }
 
     fn text(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.bytes()?).ok()
     }
 
-    /// Skips an unknown field of `wire` type (groups go to prost).
-    fn skip(&mut self, wire: u8) -> Option<()> {
-        let n = match wire {
-            VARINT => return self.varint().map(drop),
-            LEN => return self.bytes().map(drop),
-            I64 => 8,
-            I32 => 4,
-            _ => return None,
-        };
-        self.buf = self.buf.get(n..)?;
-        Some(())
+    /// Skips an unknown field (a group with all in it).
+    fn skip(&mut self, field: u64, wire: u8) -> Option<()> {
+        self.0.skip(field, wire).ok()
     }
 
     fn done(&self) -> bool {
-        self.buf.is_empty()
+        self.0.done()
     }
 }
 
 fn fast(buf: &[u8]) -> Option<BatchMsg> {
-    let mut f = Fields { buf };
+    let mut f = Fields::new(buf);
     let mut m = BatchMsg {
         correlation_id: None,
         options: None,
@@ -280,14 +249,14 @@ fn fast(buf: &[u8]) -> Option<BatchMsg> {
             (3, LEN) => m.proposed.push(proposed(f.bytes()?)?),
             (4, VARINT) => m.is_final = f.varint()? != 0,
             (1..=4, _) => return None,
-            (_, wire) => f.skip(wire)?,
+            (field, wire) => f.skip(field, wire)?,
         }
     }
     Some(m)
 }
 
 fn fast_append(buf: &[u8]) -> Option<AppendMsg> {
-    let mut f = Fields { buf };
+    let mut f = Fields::new(buf);
     let mut m = AppendMsg::Empty;
     let mut seen = false;
     while !f.done() {
@@ -298,7 +267,7 @@ fn fast_append(buf: &[u8]) -> Option<AppendMsg> {
             (1, LEN) => m = AppendMsg::Options(append_req::Options::decode(f.bytes()?).ok()?),
             (2, LEN) => m = AppendMsg::Proposed(proposed(f.bytes()?)?),
             (1 | 2, _) => return None,
-            (_, wire) => f.skip(wire)?,
+            (field, wire) => f.skip(field, wire)?,
         }
         seen |= !matches!(m, AppendMsg::Empty);
     }
@@ -306,19 +275,19 @@ fn fast_append(buf: &[u8]) -> Option<AppendMsg> {
 }
 
 fn uuid(buf: &[u8]) -> Option<shared::Uuid> {
-    let mut f = Fields { buf };
+    let mut f = Fields::new(buf);
     let mut value = None;
     while !f.done() {
         match f.key()? {
             (1, LEN) if value.is_none() => {
-                let mut s = Fields { buf: f.bytes()? };
+                let mut s = Fields::new(f.bytes()?);
                 let (mut most, mut least) = (0u64, 0u64);
                 while !s.done() {
                     match s.key()? {
                         (1, VARINT) => most = s.varint()?,
                         (2, VARINT) => least = s.varint()?,
                         (1 | 2, _) => return None,
-                        (_, wire) => s.skip(wire)?,
+                        (field, wire) => s.skip(field, wire)?,
                     }
                 }
                 value = Some(shared::uuid::Value::Structured(shared::uuid::Structured {
@@ -330,14 +299,14 @@ fn uuid(buf: &[u8]) -> Option<shared::Uuid> {
                 value = Some(shared::uuid::Value::String(f.text()?.to_owned()))
             }
             (1 | 2, _) => return None,
-            (_, wire) => f.skip(wire)?,
+            (field, wire) => f.skip(field, wire)?,
         }
     }
     Some(shared::Uuid { value })
 }
 
 fn proposed(buf: &[u8]) -> Option<Proposed> {
-    let mut f = Fields { buf };
+    let mut f = Fields::new(buf);
     let mut id = None;
     let (mut event_type, mut content_type) = (None, None);
     let (mut custom, mut data): (&[u8], &[u8]) = (&[], &[]);
@@ -345,14 +314,14 @@ fn proposed(buf: &[u8]) -> Option<Proposed> {
         match f.key()? {
             (1, LEN) if id.is_none() => id = Some(uuid(f.bytes()?)?),
             (2, LEN) => {
-                let mut e = Fields { buf: f.bytes()? };
+                let mut e = Fields::new(f.bytes()?);
                 let (mut key, mut value) = ("", "");
                 while !e.done() {
                     match e.key()? {
                         (1, LEN) => key = e.text()?,
                         (2, LEN) => value = e.text()?,
                         (1 | 2, _) => return None,
-                        (_, wire) => e.skip(wire)?,
+                        (field, wire) => e.skip(field, wire)?,
                     }
                 }
                 match key {
@@ -364,7 +333,7 @@ fn proposed(buf: &[u8]) -> Option<Proposed> {
             (3, LEN) => custom = f.bytes()?,
             (4, LEN) => data = f.bytes()?,
             (1..=4, _) => return None,
-            (_, wire) => f.skip(wire)?,
+            (field, wire) => f.skip(field, wire)?,
         }
     }
     Some(Proposed {
@@ -549,9 +518,13 @@ mod tests {
         ]);
         assert!(fast(&buf).is_some());
         assert_eq!(summary(&decode_batch(&buf)), summary(&reference(&buf)));
-        // A group is left to prost.
+        // An unknown group is skipped too; an unterminated one goes to prost.
         let mut buf = m.encode_to_vec();
-        buf.extend([0x2b, 0x2c]);
+        buf.extend([0x2b, 0x28, 0x01, 0x2c]);
+        assert!(fast(&buf).is_some());
+        assert_eq!(summary(&decode_batch(&buf)), summary(&reference(&buf)));
+        let mut buf = m.encode_to_vec();
+        buf.extend([0x2b, 0x28, 0x01]);
         assert!(fast(&buf).is_none());
         assert_eq!(summary(&decode_batch(&buf)), summary(&reference(&buf)));
     }
