@@ -283,11 +283,7 @@ pub async fn batch_append<S: EventStore>(
         while in_flight.len() >= MAX_WRITING_PER_CALL {
             in_flight.next().await;
         }
-        let next_deadline = if pending.is_empty() {
-            None
-        } else {
-            pending.values().filter_map(|p| p.deadline).min()
-        };
+        let next_deadline = pending.values().filter_map(|p| p.deadline).min();
         if let Some(d) = next_deadline {
             let d = tokio::time::Instant::from_std(d);
             if expiry.deadline() != d {

@@ -600,15 +600,13 @@ fn grpc_frame(m: &[u8]) -> Vec<u8> {
     framed
 }
 
-/// A call whose body is `data` as it is (frame headers included), sent in
-/// those pieces, then the end of the request when `end`; its `grpc-status`.
-async fn raw_bytes_call(
+/// A gRPC call opened over a raw HTTP/2 connection of its own: its answer
+/// to come and the request's body to send.
+async fn open_call(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
-    data: Vec<Vec<u8>>,
-    end: bool,
-) -> String {
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -623,7 +621,30 @@ async fn raw_bytes_call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+    client.send_request(req.body(()).unwrap(), false).unwrap()
+}
+
+/// An answer's body, read to its end, and its trailers.
+async fn body_and_trailers(mut body: h2::RecvStream) -> (Vec<u8>, http::HeaderMap) {
+    let mut answer = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d.unwrap();
+        let _ = body.flow_control().release_capacity(d.len());
+        answer.extend_from_slice(&d);
+    }
+    (answer, body.trailers().await.unwrap().unwrap())
+}
+
+/// A call whose body is `data` as it is (frame headers included), sent in
+/// those pieces, then the end of the request when `end`; its `grpc-status`.
+async fn raw_bytes_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    data: Vec<Vec<u8>>,
+    end: bool,
+) -> String {
+    let (resp, mut send) = open_call(addr, path, headers).await;
     for d in data {
         send.send_data(d.into(), false).unwrap();
     }
@@ -634,12 +655,7 @@ async fn raw_bytes_call(
     let status = match resp.headers().get("grpc-status") {
         Some(s) => s.to_str().unwrap().to_owned(),
         None => {
-            let mut body = resp.into_body();
-            while let Some(d) = body.data().await {
-                let d = d.unwrap();
-                let _ = body.flow_control().release_capacity(d.len());
-            }
-            let trailers = body.trailers().await.unwrap().unwrap();
+            let (_, trailers) = body_and_trailers(resp.into_body()).await;
             trailers["grpc-status"].to_str().unwrap().to_owned()
         }
     };
@@ -768,20 +784,7 @@ async fn a_read_is_answered_once_its_request_has_ended() {
     let server = start().await;
     let read = "/event_store.client.streams.Streams/Read";
     let req = read_stream("ended-1", 10).encode_to_vec();
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}{read}", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (resp, mut send) = client.send_request(request, false).unwrap();
+    let (resp, mut send) = open_call(server.addr, read, &[]).await;
     send.send_data(grpc_frame(&req).into(), false).unwrap();
     let mut resp = Box::pin(resp);
     assert!(
@@ -791,14 +794,7 @@ async fn a_read_is_answered_once_its_request_has_ended() {
         "answered before the request ended"
     );
     send.send_data(Default::default(), true).unwrap();
-    let mut body = resp.await.unwrap().into_body();
-    let mut answer = Vec::new();
-    while let Some(d) = body.data().await {
-        let d = d.unwrap();
-        let _ = body.flow_control().release_capacity(d.len());
-        answer.extend_from_slice(&d);
-    }
-    let trailers = body.trailers().await.unwrap().unwrap();
+    let (answer, trailers) = body_and_trailers(resp.await.unwrap().into_body()).await;
     assert_eq!(trailers["grpc-status"], "0");
     let msg = ReadResp::decode(&answer[5..]).unwrap();
     assert!(matches!(msg.content, Some(Content::StreamNotFound(_))));
