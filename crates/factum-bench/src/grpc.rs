@@ -285,7 +285,7 @@ impl Via {
 
 /// The embedded side of an append workload, on a fresh store.
 fn embedded_appends(
-    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     writers: usize,
     per_append: usize,
@@ -293,7 +293,7 @@ fn embedded_appends(
     max: u64,
 ) -> Result<Side, BenchError> {
     let engine = Arc::new(open_engine(dir, Durability::Always)?);
-    let side = ctx.rt.block_on(appends(
+    let side = rt.block_on(appends(
         &[Ours(engine.clone())],
         writers,
         per_append,
@@ -318,10 +318,11 @@ fn append_workload(
     let max = ctx.cap(u64::MAX);
     let dir = ctx.dir(w.name())?;
     let placement = Placement::pin();
-    let embedded = embedded_appends(ctx, &dir.join("embedded"), writers, per_append, time, max)?;
+    let rt = placement.runtime(&ctx.rt);
+    let embedded = embedded_appends(rt, &dir.join("embedded"), writers, per_append, time, max)?;
     let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
     let connections = via.connections(writers);
-    let grpc = ctx.rt.block_on(async {
+    let grpc = rt.block_on(async {
         let cpu = Some(&server.cpu);
         match via {
             Via::FactumClient => {
@@ -400,11 +401,12 @@ pub fn append_batch(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, Benc
 /// 10,000, each event dropped once counted.
 fn load_and_read_embedded(
     ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     total: u64,
 ) -> Result<Side, BenchError> {
     load(ctx, dir, total)?;
-    read_embedded(ctx, open_engine(dir, Durability::None)?)
+    read_embedded(rt, open_engine(dir, Durability::None)?)
 }
 
 /// The store of a read workload: `total` events in appends of 1,000 to one
@@ -433,8 +435,11 @@ pub(crate) fn load(ctx: &Ctx, dir: &std::path::Path, total: u64) -> Result<(), B
 }
 
 /// The embedded side of a read workload: the loaded store read forwards.
-fn read_embedded(ctx: &Ctx, engine: factum_engine::Engine) -> Result<Side, BenchError> {
-    let side = ctx.rt.block_on(async {
+fn read_embedded(
+    rt: &tokio::runtime::Runtime,
+    engine: factum_engine::Engine,
+) -> Result<Side, BenchError> {
+    let side = rt.block_on(async {
         let started = Instant::now();
         let mut from = 0u64;
         let mut events = 0u64;
@@ -494,9 +499,10 @@ pub fn read_all(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report, BenchErr
     let dir = ctx.dir(w.name())?;
     let total = ctx.cap(if ctx.quick { 200_000 } else { 1_000_000 });
     let placement = Placement::pin();
-    let embedded = load_and_read_embedded(ctx, &dir.join("store"), total)?;
+    let rt = placement.runtime(&ctx.rt);
+    let embedded = load_and_read_embedded(ctx, rt, &dir.join("store"), total)?;
     let server = ServerProcess::start(&dir.join("store"), &placement)?;
-    let remote = ctx.rt.block_on(async {
+    let remote = rt.block_on(async {
         let ours = match via {
             Via::FactumClient => Some(connect(&server).await?),
             Via::Kurrentdb => None,
@@ -594,9 +600,13 @@ async fn delivery<S: BenchStore>(
 }
 
 /// The embedded side of a subscribe workload, on a fresh store.
-fn embedded_delivery(ctx: &Ctx, dir: &std::path::Path, n: u64) -> Result<Side, BenchError> {
+fn embedded_delivery(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    n: u64,
+) -> Result<Side, BenchError> {
     let engine = Arc::new(open_engine(dir, Durability::Always)?);
-    let side = ctx.rt.block_on(delivery(&Ours(engine.clone()), n, None))?;
+    let side = rt.block_on(delivery(&Ours(engine.clone()), n, None))?;
     engine.close()?;
     Ok(side)
 }
@@ -606,9 +616,10 @@ pub fn subscribe_latency(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
     let dir = ctx.dir(w.name())?;
     let n = ctx.cap(if ctx.quick { 500 } else { 2000 });
     let placement = Placement::pin();
-    let embedded = embedded_delivery(ctx, &dir.join("embedded"), n)?;
+    let rt = placement.runtime(&ctx.rt);
+    let embedded = embedded_delivery(rt, &dir.join("embedded"), n)?;
     let server = ServerProcess::start(&dir.join("grpc"), &placement)?;
-    let grpc = ctx.rt.block_on(async {
+    let grpc = rt.block_on(async {
         let cpu = Some(&server.cpu);
         match via {
             Via::FactumClient => delivery(&Ours(connect(&server).await?), n, cpu).await,

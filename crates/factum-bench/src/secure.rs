@@ -83,7 +83,7 @@ pub fn append_concurrent(ctx: &mut Ctx, w: Workload, via: Via) -> Result<Report,
     let mut sides = Vec::new();
     for (name, security) in [("insecure", Security::Insecure), ("secure", Security::Dev)] {
         let server = ServerProcess::start_as(&dir.join(name), &placement, security, &[])?;
-        let side = ctx.rt.block_on(async {
+        let side = placement.runtime(&ctx.rt).block_on(async {
             let cpu = Some(&server.cpu);
             match via {
                 Via::FactumClient => {
@@ -132,7 +132,9 @@ pub fn read_all(ctx: &mut Ctx, w: Workload) -> Result<Report, BenchError> {
     let mut sides = Vec::new();
     for security in [Security::Insecure, Security::Dev] {
         let server = ServerProcess::start_as(&store, &placement, security, &[])?;
-        let side = ctx.rt.block_on(grpc::read_all_remote(&server, total))?;
+        let side = placement
+            .runtime(&ctx.rt)
+            .block_on(grpc::read_all_remote(&server, total))?;
         server.stop()?;
         if side.events != total {
             return Err(BenchError::failure(format!(

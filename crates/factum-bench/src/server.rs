@@ -11,8 +11,9 @@
 //! `/proc/<pid>/stat`, sampled right before and right after the measured
 //! window. On a machine with two or more CPUs the server is pinned to one
 //! (`taskset`) and this process — the load generator and the engine
-//! baseline — to another, so neither takes the other's core; elsewhere the
-//! report says that it could not pin.
+//! baseline, on a runtime of one worker made for that CPU — to another, so
+//! neither takes the other's core; elsewhere the report says that it could
+//! not pin.
 //!
 //! The `factum` binary is `FACTUM_BIN` when set, else the `factum` beside
 //! this executable (cargo builds both into the same directory).
@@ -104,6 +105,14 @@ pub enum Placement {
         load_cpu: usize,
         /// This process's CPU list before pinning.
         restore: String,
+        /// The runtime of the load generator and the engine baseline: one
+        /// worker, as tokio sizes a runtime for a process on one CPU. The
+        /// bench's own runtime, made before pinning, has a worker per CPU
+        /// of the machine; squeezed onto one CPU, its workers woke each
+        /// other for every burst of answers (a futex and a context switch
+        /// each): three context switches per append through KurrentDB's
+        /// official client, whose throughput they decided.
+        runtime: tokio::runtime::Runtime,
     },
     /// Both share every CPU; why.
     Shared(String),
@@ -123,13 +132,39 @@ impl Placement {
             ));
         }
         let (server_cpu, load_cpu) = (cpus[0], cpus[1]);
-        match pin_self(&load_cpu.to_string()) {
-            Ok(()) => Placement::Pinned {
+        if let Err(why) = pin_self(&load_cpu.to_string()) {
+            return Placement::Shared(format!("not pinned: {why}"));
+        }
+        // Made after pinning: its threads start on the load CPU.
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => Placement::Pinned {
                 server_cpu,
                 load_cpu,
                 restore,
+                runtime,
             },
-            Err(why) => Placement::Shared(format!("not pinned: {why}")),
+            Err(e) => {
+                let _ = pin_self(&restore);
+                Placement::Shared(format!(
+                    "not pinned: cannot start a runtime for the load CPU: {e}"
+                ))
+            }
+        }
+    }
+
+    /// The runtime the load generator and the engine baseline run on: the
+    /// load CPU's own when pinned, else `shared` (the bench's).
+    pub fn runtime<'a>(
+        &'a self,
+        shared: &'a tokio::runtime::Runtime,
+    ) -> &'a tokio::runtime::Runtime {
+        match self {
+            Placement::Pinned { runtime, .. } => runtime,
+            Placement::Shared(_) => shared,
         }
     }
 
@@ -157,7 +192,7 @@ impl Placement {
                 load_cpu,
                 ..
             } => format!(
-                "pinned (taskset): the server on CPU {server_cpu}; the load generator and the engine baseline on CPU {load_cpu}"
+                "pinned (taskset): the server on CPU {server_cpu}; the load generator and the engine baseline on CPU {load_cpu}, on a runtime of one worker"
             ),
             Placement::Shared(why) => {
                 format!("{why}: server, load generator and engine baseline share the CPUs")
